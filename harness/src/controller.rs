@@ -1,0 +1,1389 @@
+//! The controller daemon: owns the model state, serves the unix socket, runs one worker per
+//! unit that fires hooks in Juju's order (one at a time per machine), commits or discards
+//! each hook's buffered changes, and runs the update-status timer.
+//!
+//! Hook sequencing lives in the `Model` methods here (`add_unit`, `enter_scope`, `remove_unit`,
+//! `commit`, ...); the hook tools live in `tools.rs`, the `juju` commands in `cli.rs`.
+
+use crate::machine::{self, Net};
+use crate::proto::{self, AgentRequest, Reply, Request};
+use crate::state::*;
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub const JUJU_VERSION: &str = "3.6.8";
+
+/// A running hook, action or exec: what the hook tools act on.
+#[derive(Debug, Clone)]
+pub struct HookCtx {
+    pub id: String,
+    pub model: String,
+    pub unit: String,
+    pub app: String,
+    pub event: Event,
+    pub task: Option<u64>,
+    pub is_action: bool,
+    pub machine_root: PathBuf,
+    /// (relation id, unit or app name) → key → value ("" deletes)
+    pub rel_writes: BTreeMap<(u32, String), Bag>,
+    pub ports: Vec<(bool, String)>,
+    pub secrets: Vec<SecretOp>,
+    pub state: Vec<(String, Option<String>)>,
+    pub storage_add: Vec<(String, u32)>,
+    pub reboot: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretOp {
+    Add(Secret),
+    Set { id: String, content: Option<Bag>, label: Option<String>, description: Option<String>, expire: Option<String>, rotate: Option<String> },
+    Remove { id: String, revision: Option<u32> },
+    Grant { id: String, relation: u32, unit: Option<String> },
+    Revoke { id: String, relation: u32, unit: Option<String> },
+}
+
+pub struct Ctl {
+    pub home: PathBuf,
+    pub world: Mutex<World>,
+    pub contexts: Mutex<HashMap<String, HookCtx>>,
+    gen: watch::Sender<u64>,
+    workers: Mutex<HashSet<(String, String)>>,
+    serial: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    last_update_status: Mutex<HashMap<String, Instant>>,
+    pub shutdown: tokio::sync::Notify,
+}
+
+pub fn state_path(home: &Path) -> PathBuf {
+    home.join("state.json")
+}
+
+pub fn model_dir(home: &Path, model: &str) -> PathBuf {
+    home.join("models").join(model)
+}
+
+pub fn unit_dir_name(unit: &str) -> String {
+    format!("unit-{}", unit.replace('/', "-"))
+}
+
+pub fn charm_dir_in_machine(unit: &str) -> String {
+    format!("/var/lib/juju/agents/{}/charm", unit_dir_name(unit))
+}
+
+pub fn unit_number(unit: &str) -> u32 {
+    unit.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+pub fn app_of(unit: &str) -> &str {
+    unit.split('/').next().unwrap_or(unit)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Parses Go-style durations as Juju's model config takes them: "5m", "10s", "1h30m", "500ms".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.trim().chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&n) = chars.peek() {
+            if n.is_ascii_alphabetic() {
+                unit.push(n);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let v: f64 = num.parse().ok()?;
+        num.clear();
+        total += v * match unit.as_str() {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return None;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+impl Model {
+    pub fn net(&self) -> Net {
+        Net { index: self.net_index }
+    }
+
+    pub fn config_str(&self, key: &str) -> Option<String> {
+        self.config.get(key).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    pub fn config_bool(&self, key: &str, default: bool) -> bool {
+        match self.config.get(key) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => crate::flags::parse_go_bool(s).unwrap_or(default),
+            _ => default,
+        }
+    }
+
+    /// Queues an event on a unit, coalescing with an identical event still waiting.
+    pub fn push(&mut self, unit: &str, ev: Event) {
+        if let Some(u) = self.units.get_mut(unit) {
+            if !u.queue.contains(&ev) {
+                u.queue.push_back(ev);
+            }
+        }
+    }
+
+    pub fn relations_of_app(&self, app: &str) -> Vec<u32> {
+        self.relations.values().filter(|r| !r.dying && r.endpoint_of(app).is_some()).map(|r| r.id).collect()
+    }
+
+    /// Units on the other side of `rel` from `unit` that are in scope.
+    pub fn remote_units_in_scope(&self, rel: u32, unit: &str) -> Vec<String> {
+        let Some(r) = self.relations.get(&rel) else { return vec![] };
+        let app = app_of(unit);
+        let remote_app = r.remote_app_of(app).unwrap_or("");
+        r.scope.iter().filter(|u| app_of(u) == remote_app && u.as_str() != unit).cloned().collect()
+    }
+
+    pub fn add_unit(&mut self, app: &str) -> Result<String> {
+        let a = self.apps.get_mut(app).context("application not found")?;
+        let name = format!("{}/{}", app, a.next_unit);
+        a.next_unit += 1;
+        let storage_reqs: Vec<(String, u32)> = a
+            .meta
+            .storage
+            .iter()
+            .map(|(k, d)| (k.clone(), *a.storage_requests.get(k).unwrap_or(&d.min)))
+            .collect();
+        let is_leader = a.leader.is_none();
+        if is_leader {
+            a.leader = Some(name.clone());
+        }
+        let id = self.next_machine;
+        self.next_machine += 1;
+        let net = self.net();
+        self.machines.insert(
+            id,
+            Machine {
+                id,
+                address: net.machine_address(id),
+                hostname: format!("juju-{}-{}", &self.uuid[..6], id),
+                spawn_pid: None,
+                init_pid: None,
+                status: "pending".into(),
+                cut: false,
+                unit: Some(name.clone()),
+            },
+        );
+        let mut storage = vec![];
+        for (sname, count) in storage_reqs {
+            for _ in 0..count {
+                let n = self.next_storage.entry(sname.clone()).or_insert(0);
+                storage.push(format!("{sname}/{n}"));
+                *n += 1;
+            }
+        }
+        self.units.insert(
+            name.clone(),
+            Unit {
+                name: name.clone(),
+                app: app.into(),
+                machine: id,
+                life: Life::Alive,
+                workload: Status::new("waiting", "waiting for machine"),
+                agent: Status::new("allocating", ""),
+                ports: Default::default(),
+                queue: Default::default(),
+                actions: Default::default(),
+                error: None,
+                installed: false,
+                started: false,
+                views: Default::default(),
+                storage: storage.clone(),
+                state: Default::default(),
+                tracked: Default::default(),
+                workload_set: false,
+            },
+        );
+        for s in &storage {
+            self.push(&name, Event { hook: format!("{}-storage-attached", s.split('/').next().unwrap_or("")), storage: Some(s.clone()), ..Default::default() });
+        }
+        self.push(&name, Event::hook("install"));
+        for rel in self.relations_of_app(app) {
+            let ep = self.relations[&rel].endpoint_of(app).map(|e| e.name.clone()).unwrap_or_default();
+            self.push(&name, Event { hook: format!("{ep}-relation-created"), relation: Some(rel), remote_app: self.relations[&rel].remote_app_of(app).map(String::from), ..Default::default() });
+        }
+        self.push(&name, Event::hook(if is_leader { "leader-elected" } else { "leader-settings-changed" }));
+        self.push(&name, Event::hook("config-changed"));
+        self.push(&name, Event::hook("start"));
+        Ok(name)
+    }
+
+    /// Called once a unit's start hook has run: it joins every relation of its application.
+    pub fn enter_scope(&mut self, unit: &str) {
+        let app = app_of(unit).to_string();
+        let address = self.units.get(unit).and_then(|u| self.machines.get(&u.machine)).map(|m| m.address.clone()).unwrap_or_default();
+        for rel in self.relations_of_app(&app) {
+            self.enter_relation_scope(rel, unit, &address);
+        }
+    }
+
+    pub fn enter_relation_scope(&mut self, rel: u32, unit: &str, address: &str) {
+        let Some(r) = self.relations.get_mut(&rel) else { return };
+        if r.scope.contains(unit) {
+            return;
+        }
+        let bag = r.unit_data.entry(unit.to_string()).or_default();
+        bag.insert("private-address".into(), address.into());
+        bag.insert("ingress-address".into(), address.into());
+        bag.insert("egress-subnets".into(), format!("{address}/32"));
+        let app = app_of(unit).to_string();
+        let remote_app = r.remote_app_of(&app).unwrap_or("").to_string();
+        let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
+        let others: Vec<String> = r.scope.iter().filter(|u| app_of(u) == remote_app && u.as_str() != unit).cloned().collect();
+        r.scope.insert(unit.to_string());
+        for other in others {
+            let their_ep = self.relations[&rel].endpoint_of(&remote_app).map(|e| e.name.clone()).unwrap_or_default();
+            for (target, ep, remote) in [(other.as_str(), &their_ep, unit), (unit, &my_ep, other.as_str())] {
+                for kind in ["joined", "changed"] {
+                    self.push(
+                        target,
+                        Event {
+                            hook: format!("{ep}-relation-{kind}"),
+                            relation: Some(rel),
+                            remote_unit: Some(remote.to_string()),
+                            remote_app: Some(app_of(remote).to_string()),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts removing a unit: departed hooks everywhere, then its own teardown hooks.
+    pub fn remove_unit(&mut self, unit: &str) {
+        let Some(u) = self.units.get_mut(unit) else { return };
+        if u.life == Life::Dying {
+            return;
+        }
+        u.life = Life::Dying;
+        let app = app_of(unit).to_string();
+        let rels: Vec<u32> = self.relations.values().filter(|r| r.scope.contains(unit)).map(|r| r.id).collect();
+        for rel in rels.iter().copied() {
+            let remotes = self.remote_units_in_scope(rel, unit);
+            let r = self.relations.get_mut(&rel).unwrap();
+            r.scope.remove(unit);
+            let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
+            for v in remotes {
+                let their_ep = self.relations[&rel].endpoint_of(app_of(&v)).map(|e| e.name.clone()).unwrap_or_default();
+                self.push(&v, Event { hook: format!("{their_ep}-relation-departed"), relation: Some(rel), remote_unit: Some(unit.into()), remote_app: Some(app.clone()), departing: Some(unit.into()), ..Default::default() });
+                self.push(unit, Event { hook: format!("{my_ep}-relation-departed"), relation: Some(rel), remote_unit: Some(v.clone()), remote_app: Some(app_of(&v).into()), departing: Some(unit.into()), ..Default::default() });
+            }
+        }
+        for rel in self.relations_of_app(&app) {
+            let r = &self.relations[&rel];
+            let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
+            let remote_app = r.remote_app_of(&app).map(String::from);
+            self.push(unit, Event { hook: format!("{my_ep}-relation-broken"), relation: Some(rel), remote_app, ..Default::default() });
+        }
+        self.push(unit, Event::hook("stop"));
+        let storage = self.units[unit].storage.clone();
+        for s in storage {
+            self.push(unit, Event { hook: format!("{}-storage-detaching", s.split('/').next().unwrap_or("")), storage: Some(s), ..Default::default() });
+        }
+        self.push(unit, Event::hook("remove"));
+    }
+
+    pub fn remove_relation(&mut self, rel: u32) {
+        let Some(r) = self.relations.get_mut(&rel) else { return };
+        if r.dying {
+            return;
+        }
+        r.dying = true;
+        let scope: Vec<String> = r.scope.iter().cloned().collect();
+        let endpoints = r.endpoints.clone();
+        r.scope.clear();
+        for u in scope {
+            let app = app_of(&u).to_string();
+            let ep = endpoints.iter().find(|e| e.app == app).map(|e| e.name.clone()).unwrap_or_default();
+            let remote_app = self.relations[&rel].remote_app_of(&app).map(String::from);
+            let view: Vec<String> = self.units.get(&u).and_then(|x| x.views.get(&rel)).map(|v| v.iter().cloned().collect()).unwrap_or_default();
+            for v in view {
+                self.push(&u, Event { hook: format!("{ep}-relation-departed"), relation: Some(rel), remote_unit: Some(v.clone()), remote_app: remote_app.clone(), departing: Some(v.clone()), ..Default::default() });
+            }
+            self.push(&u, Event { hook: format!("{ep}-relation-broken"), relation: Some(rel), remote_app, ..Default::default() });
+        }
+    }
+
+    /// Gives the application a new leader (the lowest-numbered live unit) after the old one left.
+    pub fn elect(&mut self, app: &str) {
+        let mut candidates: Vec<&Unit> = self.units.values().filter(|u| u.app == app && u.life == Life::Alive).collect();
+        candidates.sort_by_key(|u| unit_number(&u.name));
+        let Some(new) = candidates.first().map(|u| u.name.clone()) else {
+            if let Some(a) = self.apps.get_mut(app) {
+                a.leader = None;
+            }
+            return;
+        };
+        let others: Vec<String> = candidates.iter().skip(1).map(|u| u.name.clone()).collect();
+        if let Some(a) = self.apps.get_mut(app) {
+            if a.leader.as_deref() == Some(new.as_str()) {
+                return;
+            }
+            a.leader = Some(new.clone());
+        }
+        self.push(&new, Event::hook("leader-elected"));
+        for o in others {
+            self.push(&o, Event::hook("leader-settings-changed"));
+        }
+    }
+
+    /// Applies a successful hook's buffered changes and fires what they cause.
+    pub fn commit(&mut self, ctx: &HookCtx) {
+        for ((rel, owner), writes) in &ctx.rel_writes {
+            let Some(r) = self.relations.get_mut(rel) else { continue };
+            let is_app = !owner.contains('/');
+            let bag = if is_app { r.app_data.entry(owner.clone()).or_default() } else { r.unit_data.entry(owner.clone()).or_default() };
+            let mut changed = false;
+            for (k, v) in writes {
+                if v.is_empty() {
+                    changed |= bag.remove(k).is_some();
+                } else if bag.get(k) != Some(v) {
+                    bag.insert(k.clone(), v.clone());
+                    changed = true;
+                }
+            }
+            // A departing unit's writes are not published.
+            let departing = self.units.get(&ctx.unit).map(|u| u.life == Life::Dying).unwrap_or(true);
+            if !changed || r.dying || departing {
+                continue;
+            }
+            let writer_app = app_of(&ctx.unit).to_string();
+            let remote_app = r.remote_app_of(&writer_app).unwrap_or("").to_string();
+            if !is_app && !r.scope.contains(owner) {
+                continue;
+            }
+            let targets: Vec<String> = r.scope.iter().filter(|u| app_of(u) == remote_app && *u != &ctx.unit).cloned().collect();
+            let ep = r.endpoint_of(&remote_app).map(|e| e.name.clone()).unwrap_or_default();
+            for t in targets {
+                let ev = Event {
+                    hook: format!("{ep}-relation-changed"),
+                    relation: Some(*rel),
+                    remote_unit: if is_app { None } else { Some(owner.clone()) },
+                    remote_app: Some(writer_app.clone()),
+                    ..Default::default()
+                };
+                self.push(&t, ev);
+            }
+        }
+        if let Some(u) = self.units.get_mut(&ctx.unit) {
+            for (open, p) in &ctx.ports {
+                if *open {
+                    u.ports.insert(p.clone());
+                } else {
+                    u.ports.remove(p);
+                }
+            }
+            for (k, v) in &ctx.state {
+                match v {
+                    Some(v) => u.state.insert(k.clone(), v.clone()),
+                    None => u.state.remove(k),
+                };
+            }
+        }
+        for op in &ctx.secrets {
+            self.apply_secret(op, &ctx.unit);
+        }
+        for (name, count) in &ctx.storage_add {
+            for _ in 0..*count {
+                let n = self.next_storage.entry(name.clone()).or_insert(0);
+                let id = format!("{name}/{n}");
+                *n += 1;
+                if let Some(u) = self.units.get_mut(&ctx.unit) {
+                    u.storage.push(id.clone());
+                }
+                self.push(&ctx.unit, Event { hook: format!("{name}-storage-attached"), storage: Some(id), ..Default::default() });
+            }
+        }
+    }
+
+    fn apply_secret(&mut self, op: &SecretOp, unit: &str) {
+        match op {
+            SecretOp::Add(s) => {
+                self.secrets.insert(s.id.clone(), s.clone());
+            }
+            SecretOp::Set { id, content, label, description, expire, rotate } => {
+                let Some(s) = self.secrets.get_mut(id) else { return };
+                if let Some(l) = label {
+                    s.label = Some(l.clone());
+                }
+                if let Some(d) = description {
+                    s.description = Some(d.clone());
+                }
+                if expire.is_some() {
+                    s.expire = expire.clone();
+                }
+                if rotate.is_some() {
+                    s.rotate = rotate.clone();
+                }
+                if let Some(c) = content {
+                    let rev = s.latest() + 1;
+                    s.revisions.insert(rev, c.clone());
+                    // Consumers tracking an older revision hear about the new one.
+                    let consumers: Vec<(String, u32)> = self.units.values().filter_map(|u| u.tracked.get(id).map(|r| (u.name.clone(), *r))).collect();
+                    let label = s.label.clone();
+                    for (c, r) in consumers {
+                        if r < rev && c != unit {
+                            let cl = self.secrets[id].consumer_labels.get(&c).cloned().or(label.clone());
+                            let _ = cl;
+                            self.push(&c, Event { hook: "secret-changed".into(), secret: Some(id.clone()), secret_revision: Some(rev), ..Default::default() });
+                        }
+                    }
+                }
+            }
+            SecretOp::Remove { id, revision } => match revision {
+                Some(r) => {
+                    if let Some(s) = self.secrets.get_mut(id) {
+                        s.revisions.remove(r);
+                    }
+                }
+                None => {
+                    self.secrets.remove(id);
+                }
+            },
+            SecretOp::Grant { id, relation, unit } => {
+                let targets: Vec<String> = match unit {
+                    Some(u) => vec![u.clone()],
+                    None => {
+                        let Some(r) = self.relations.get(relation) else { return };
+                        let owner_app = self.secrets.get(id).map(|s| s.owner.split('/').next().unwrap_or("").to_string()).unwrap_or_default();
+                        let remote = r.remote_app_of(&owner_app).unwrap_or("").to_string();
+                        vec![remote]
+                    }
+                };
+                if let Some(s) = self.secrets.get_mut(id) {
+                    let latest = s.latest();
+                    s.grants.entry(*relation).or_default().extend(targets);
+                    let _ = latest;
+                }
+            }
+            SecretOp::Revoke { id, relation, unit } => {
+                if let Some(s) = self.secrets.get_mut(id) {
+                    if let Some(g) = s.grants.get_mut(relation) {
+                        match unit {
+                            Some(u) => {
+                                g.remove(u);
+                            }
+                            None => g.clear(),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The unit-view of relation events that are stale (their relation is gone).
+    pub fn event_is_stale(&self, ev: &Event) -> bool {
+        match ev.relation {
+            Some(rel) => {
+                let gone = !self.relations.contains_key(&rel);
+                let tail = ev.hook.ends_with("-relation-departed") || ev.hook.ends_with("-relation-broken");
+                gone || (self.relations[&rel].dying && !tail)
+            }
+            None => false,
+        }
+    }
+
+    /// Removes dying relations that no unit still has hooks for.
+    pub fn reap_relations(&mut self) {
+        let dying: Vec<u32> = self.relations.values().filter(|r| r.dying).map(|r| r.id).collect();
+        for rel in dying {
+            let busy = self.units.values().any(|u| u.queue.iter().any(|e| e.relation == Some(rel)));
+            if !busy {
+                self.relations.remove(&rel);
+                for u in self.units.values_mut() {
+                    u.views.remove(&rel);
+                }
+            }
+        }
+    }
+
+    /// The status Juju derives for an application whose leader never set one.
+    pub fn app_status(&self, app: &str) -> Status {
+        if let Some(s) = self.apps.get(app).and_then(|a| a.status.clone()) {
+            return s;
+        }
+        let sev = |s: &str| match s {
+            "error" => 100,
+            "blocked" => 90,
+            "maintenance" => 80,
+            "waiting" => 70,
+            "active" => 60,
+            "terminated" => 50,
+            _ => 40,
+        };
+        let mut best: Option<Status> = None;
+        for u in self.units.values().filter(|u| u.app == app) {
+            let s = unit_workload(u);
+            if best.as_ref().map(|b| sev(&s.current) > sev(&b.current)).unwrap_or(true) {
+                best = Some(s);
+            }
+        }
+        best.unwrap_or_else(|| Status::new("unknown", ""))
+    }
+}
+
+/// A unit's workload status as Juju shows it: error while a hook is failing.
+pub fn unit_workload(u: &Unit) -> Status {
+    match &u.error {
+        Some(e) => Status { current: "error".into(), message: format!("hook failed: \"{}\"", e.hook), since: u.workload.since.clone() },
+        None => u.workload.clone(),
+    }
+}
+
+impl Ctl {
+    pub fn new(home: PathBuf, world: World) -> Arc<Ctl> {
+        let (gen, _) = watch::channel(0);
+        Arc::new(Ctl {
+            home,
+            world: Mutex::new(world),
+            contexts: Mutex::new(HashMap::new()),
+            gen,
+            workers: Mutex::new(HashSet::new()),
+            serial: Mutex::new(HashMap::new()),
+            last_update_status: Mutex::new(HashMap::new()),
+            shutdown: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.gen.subscribe()
+    }
+
+    /// Runs `f` on the world, persists it, and wakes everyone waiting for a change.
+    pub fn mutate<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        let mut w = self.world.lock().unwrap();
+        let r = f(&mut w);
+        if let Err(e) = w.save(&state_path(&self.home)) {
+            eprintln!("cannot persist state: {e:#}");
+        }
+        drop(w);
+        self.gen.send_modify(|g| *g += 1);
+        r
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&World) -> R) -> R {
+        f(&self.world.lock().unwrap())
+    }
+
+    /// Waits until `cond` holds or the deadline passes.
+    pub async fn wait_for<R>(&self, deadline: Option<Instant>, mut cond: impl FnMut(&World) -> Option<R>) -> Option<R> {
+        let mut rx = self.subscribe();
+        loop {
+            if let Some(r) = self.read(&mut cond) {
+                return Some(r);
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+                        return self.read(&mut cond);
+                    }
+                }
+                None => {
+                    let _ = changed.await;
+                }
+            }
+        }
+    }
+
+    pub fn log(&self, model: &str, line: &str) {
+        use std::io::Write;
+        let dir = model_dir(&self.home, model);
+        let _ = std::fs::create_dir_all(&dir);
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("debug.log")) {
+            let ts = time::OffsetDateTime::now_utc();
+            let _ = writeln!(f, "{:02}:{:02}:{:02} {}", ts.hour(), ts.minute(), ts.second(), line);
+        }
+    }
+
+    /// Ensures a worker task runs for the unit.
+    pub fn ensure_worker(self: &Arc<Self>, model: &str, unit: &str) {
+        let key = (model.to_string(), unit.to_string());
+        if !self.workers.lock().unwrap().insert(key.clone()) {
+            return;
+        }
+        let ctl = self.clone();
+        tokio::spawn(async move {
+            ctl.worker(&key.0, &key.1).await;
+            ctl.workers.lock().unwrap().remove(&key);
+        });
+    }
+
+    /// Creates the machine of a unit and installs the charm in it.
+    pub fn provision(self: &Arc<Self>, model: &str, machine: u32) {
+        let ctl = self.clone();
+        let model = model.to_string();
+        tokio::spawn(async move {
+            let r = ctl.start_machine(&model, machine).await;
+            if let Err(e) = r {
+                ctl.log(&model, &format!("machine-{machine}: cannot start: {e:#}"));
+                ctl.mutate(|w| {
+                    if let Some(m) = w.models.get_mut(&model).and_then(|m| m.machines.get_mut(&machine)) {
+                        m.status = format!("error: {e:#}");
+                    }
+                });
+            }
+        });
+    }
+
+    pub async fn start_machine(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
+        let (net, hostname, unit, charm_dir) = self.read(|w| {
+            let m = &w.models[model];
+            let mach = &m.machines[&machine];
+            let unit = mach.unit.clone().unwrap_or_default();
+            let charm = m.units.get(&unit).and_then(|u| m.apps.get(&u.app)).map(|a| a.charm_dir.clone()).unwrap_or_default();
+            (m.net(), mach.hostname.clone(), unit, charm)
+        });
+        let mdir = model_dir(&self.home, model);
+        let home = self.home.clone();
+        let sock = machine::agent_socket(&mdir, machine);
+        let _ = std::fs::remove_file(&sock);
+        let spawned = tokio::task::spawn_blocking({
+            let net = net.clone();
+            move || -> Result<machine::Spawned> {
+                machine::create_netns(&net, machine)?;
+                machine::spawn_agent(&home, &mdir, &net, machine, &hostname)
+            }
+        })
+        .await??;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if machine::agent_call(&sock, &AgentRequest::Ping).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline || !machine::pid_alive(spawned.pid) {
+                anyhow::bail!("the machine agent did not come up; see {}", machine::agent_socket(&model_dir(&self.home, model), machine).with_file_name("agent.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let init = machine::children_of(spawned.pid).first().copied();
+        let root = PathBuf::from(format!("/proc/{}/root", init.unwrap_or(spawned.pid)));
+        // Install the charm into the unit's directory on the machine (kept across reboots).
+        if !unit.is_empty() {
+            let target = root.join(charm_dir_in_machine(&unit).trim_start_matches('/'));
+            if !target.join("metadata.yaml").exists() {
+                let src = PathBuf::from(&charm_dir);
+                tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await??;
+            }
+        }
+        self.mutate(|w| {
+            if let Some(m) = w.models.get_mut(model) {
+                if let Some(mach) = m.machines.get_mut(&machine) {
+                    mach.spawn_pid = Some(spawned.pid);
+                    mach.init_pid = init;
+                    mach.status = "started".into();
+                    if mach.cut {
+                        let _ = machine::set_link(&m.net(), machine, false);
+                    }
+                }
+                if let Some(u) = m.units.get_mut(&unit) {
+                    if u.agent.current == "allocating" || u.agent.current == "lost" {
+                        u.agent = Status::new("idle", "");
+                    }
+                    if !u.workload_set && !u.installed {
+                        u.workload = Status::new("maintenance", "installing charm software");
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Kills a machine's processes and waits until they are gone.
+    pub async fn crash_machine(&self, model: &str, machine: u32) {
+        let (spawn, init) = self.mutate(|w| {
+            let Some(m) = w.models.get_mut(model).and_then(|m| m.machines.get_mut(&machine)) else { return (None, None) };
+            m.status = "down".into();
+            let r = (m.spawn_pid.take(), m.init_pid.take());
+            let unit = m.unit.clone();
+            if let Some(u) = unit.and_then(|u| w.models.get_mut(model).unwrap().units.get_mut(&u)) {
+                u.agent = Status::new("lost", "agent is not communicating with the server");
+            }
+            r
+        });
+        machine::kill_machine(spawn, init);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while [spawn, init].iter().flatten().any(|p| machine::pid_alive(*p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn destroy_model(&self, model: &str) {
+        let machines: Vec<u32> = self.read(|w| w.models.get(model).map(|m| m.machines.keys().copied().collect()).unwrap_or_default());
+        for id in &machines {
+            self.crash_machine(model, *id).await;
+        }
+        let net = self.mutate(|w| {
+            if w.current_model.as_deref() == Some(model) {
+                w.current_model = None;
+            }
+            w.models.remove(model).map(|m| m.net())
+        });
+        if let Some(net) = net {
+            for id in machines {
+                machine::delete_netns(&net, id);
+            }
+            machine::delete_bridge(&net);
+        }
+        let _ = std::fs::remove_dir_all(model_dir(&self.home, model));
+        let _ = std::fs::remove_dir_all(self.home.join("charms").join(model));
+        let _ = std::fs::remove_dir_all(self.home.join("resources").join(model));
+    }
+
+    async fn worker(self: &Arc<Self>, model: &str, unit: &str) {
+        let mut rx = self.subscribe();
+        loop {
+            enum Next {
+                Gone,
+                Wait(Option<Duration>),
+                Hook(Event),
+                Task(u64),
+            }
+            let next = self.mutate(|w| {
+                let Some(m) = w.models.get_mut(model) else { return Next::Gone };
+                m.reap_relations();
+                let Some(u) = m.units.get(unit) else { return Next::Gone };
+                let ready = m.machines.get(&u.machine).map(|x| x.status == "started").unwrap_or(false);
+                if !ready {
+                    return Next::Wait(None);
+                }
+                let retry = m.config_bool("automatically-retry-hooks", true);
+                let u = m.units.get_mut(unit).unwrap();
+                if let Some(e) = &u.error {
+                    if let Some(t) = u.actions.pop_front() {
+                        return Next::Task(t);
+                    }
+                    match e.retry_at {
+                        Some(at) if retry => {
+                            let now = now_ms();
+                            if now >= at {
+                                return u.queue.front().cloned().map(Next::Hook).unwrap_or(Next::Wait(None));
+                            }
+                            return Next::Wait(Some(Duration::from_millis(at - now)));
+                        }
+                        _ => return Next::Wait(None),
+                    }
+                }
+                let _ = u;
+                while let Some(ev) = m.units[unit].queue.front().cloned() {
+                    if m.event_is_stale(&ev) {
+                        m.units.get_mut(unit).unwrap().queue.pop_front();
+                        continue;
+                    }
+                    return Next::Hook(ev);
+                }
+                let u = m.units.get_mut(unit).unwrap();
+                if let Some(t) = u.actions.pop_front() {
+                    return Next::Task(t);
+                }
+                Next::Wait(None)
+            });
+            match next {
+                Next::Gone => return,
+                Next::Wait(d) => {
+                    let changed = rx.changed();
+                    match d {
+                        Some(d) => {
+                            let _ = tokio::time::timeout(d, changed).await;
+                        }
+                        None => {
+                            let _ = changed.await;
+                        }
+                    }
+                }
+                Next::Hook(ev) => {
+                    let lock = self.serial_lock(model);
+                    let _g = match &lock {
+                        Some(l) => Some(l.lock().await),
+                        None => None,
+                    };
+                    self.run_hook(model, unit, ev).await;
+                }
+                Next::Task(t) => {
+                    let lock = self.serial_lock(model);
+                    let _g = match &lock {
+                        Some(l) => Some(l.lock().await),
+                        None => None,
+                    };
+                    self.run_task(model, unit, t).await;
+                }
+            }
+        }
+    }
+
+    fn serial_lock(&self, model: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let serial = self.read(|w| w.models.get(model).map(|m| m.config_bool("harness-serial", false)).unwrap_or(false));
+        if !serial {
+            return None;
+        }
+        Some(self.serial.lock().unwrap().entry(model.to_string()).or_default().clone())
+    }
+
+    /// Builds the hook environment of juju-contract.md §2.
+    fn environment(&self, m: &Model, unit: &str, ctx_id: &str, ev: Option<&Event>, dispatch: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let charm = charm_dir_in_machine(unit);
+        let u = &m.units[unit];
+        let mut set = |k: &str, v: &str| {
+            env.insert(k.to_string(), v.to_string());
+        };
+        set("PATH", &format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", proto::MACHINE_TOOLS_BIN));
+        set("CHARM_DIR", &charm);
+        set("JUJU_CHARM_DIR", &charm);
+        set("JUJU_CONTEXT_ID", ctx_id);
+        set("JUJU_AGENT_SOCKET_ADDRESS", &format!("{}/controller.sock", proto::MACHINE_SOCKET_DIR));
+        set("JUJU_AGENT_SOCKET_NETWORK", "unix");
+        set("JUJU_UNIT_NAME", unit);
+        set("JUJU_MODEL_UUID", &m.uuid);
+        set("JUJU_MODEL_NAME", &m.name);
+        set("JUJU_API_ADDRESSES", &format!("{}:17070", m.net().host_address()));
+        set("JUJU_MACHINE_ID", &u.machine.to_string());
+        set("JUJU_PRINCIPAL_UNIT", "");
+        set("JUJU_AVAILABILITY_ZONE", "");
+        set("JUJU_VERSION", JUJU_VERSION);
+        set("CLOUD_API_VERSION", "");
+        for p in ["HTTP", "HTTPS", "FTP", "NO"] {
+            set(&format!("JUJU_CHARM_{p}_PROXY"), "");
+        }
+        set("JUJU_DISPATCH_PATH", dispatch);
+        set("LANG", "C.UTF-8");
+        set("DEBIAN_FRONTEND", "noninteractive");
+        set("APT_LISTCHANGES_FRONTEND", "none");
+        set("HOME", "/root");
+        set("JUJU_HOOK_NAME", dispatch.strip_prefix("hooks/").unwrap_or(""));
+        if let Some(ev) = ev {
+            if let Some(rel) = ev.relation {
+                let r = m.relations.get(&rel);
+                let ep = r.and_then(|r| r.endpoint_of(app_of(unit))).map(|e| e.name.clone()).unwrap_or_default();
+                set("JUJU_RELATION", &ep);
+                set("JUJU_RELATION_ID", &format!("{ep}:{rel}"));
+                set("JUJU_REMOTE_APP", ev.remote_app.as_deref().unwrap_or(""));
+                set("JUJU_REMOTE_UNIT", ev.remote_unit.as_deref().unwrap_or(""));
+                if let Some(d) = &ev.departing {
+                    set("JUJU_DEPARTING_UNIT", d);
+                }
+            }
+            if let Some(s) = &ev.storage {
+                let name = s.split('/').next().unwrap_or("");
+                let def = m.apps.get(app_of(unit)).and_then(|a| a.meta.storage.get(name)).cloned().unwrap_or_default();
+                set("JUJU_STORAGE_ID", s);
+                set("JUJU_STORAGE_LOCATION", &storage_location(&def, s));
+                set("JUJU_STORAGE_KIND", if def.kind == "block" { "block" } else { "filesystem" });
+            }
+            if let Some(sid) = &ev.secret {
+                set("JUJU_SECRET_ID", sid);
+                let label = m.secrets.get(sid).and_then(|s| s.consumer_labels.get(unit).cloned().or(s.label.clone())).unwrap_or_default();
+                set("JUJU_SECRET_LABEL", &label);
+                if let Some(r) = ev.secret_revision.filter(|r| *r > 0) {
+                    set("JUJU_SECRET_REVISION", &r.to_string());
+                }
+            }
+        }
+        env
+    }
+
+    fn new_context(&self, w: &mut World, model: &str, unit: &str, ev: &Event, task: Option<u64>, is_action: bool) -> HookCtx {
+        w.next_context += 1;
+        let m = &w.models[model];
+        let init = m.units.get(unit).and_then(|u| m.machines.get(&u.machine)).and_then(|x| x.init_pid).unwrap_or(0);
+        HookCtx {
+            id: format!("{}-{}-{}", unit, if ev.hook.is_empty() { "action" } else { ev.hook.as_str() }, w.next_context),
+            model: model.into(),
+            unit: unit.into(),
+            app: app_of(unit).into(),
+            event: ev.clone(),
+            task,
+            is_action,
+            machine_root: PathBuf::from(format!("/proc/{init}/root")),
+            rel_writes: Default::default(),
+            ports: vec![],
+            secrets: vec![],
+            state: vec![],
+            storage_add: vec![],
+            reboot: false,
+        }
+    }
+
+    /// Which file Juju would run for this hook or action, if any.
+    fn handler(charm_dir: &str, kind: &str, name: &str) -> Option<String> {
+        let base = Path::new(charm_dir);
+        if base.join("dispatch").exists() {
+            return Some("dispatch".into());
+        }
+        let p = format!("{kind}/{name}");
+        if base.join(&p).exists() {
+            return Some(p);
+        }
+        None
+    }
+
+    async fn run_hook(self: &Arc<Self>, model: &str, unit: &str, ev: Event) {
+        let prep = self.mutate(|w| {
+            let m = w.models.get(model)?;
+            let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
+            let ctx = self.new_context(w, model, unit, &ev, None, false);
+            let m = w.models.get_mut(model)?;
+            let u = m.units.get_mut(unit)?;
+            u.agent = Status::new("executing", &format!("running {} hook", ev.hook));
+            if let (Some(rel), Some(remote)) = (ev.relation, &ev.remote_unit) {
+                if ev.hook.ends_with("-relation-joined") {
+                    u.views.entry(rel).or_default().insert(remote.clone());
+                } else if ev.hook.ends_with("-relation-departed") {
+                    u.views.entry(rel).or_default().remove(remote);
+                }
+            }
+            let handler = Self::handler(&charm_dir, "hooks", &ev.hook);
+            let dispatch = format!("hooks/{}", ev.hook);
+            let env = self.environment(m, unit, &ctx.id, Some(&ev), &dispatch);
+            Some((ctx, handler, env))
+        });
+        let Some((ctx, handler, env)) = prep else { return };
+        let sock = machine::agent_socket(&model_dir(&self.home, model), self.read(|w| w.models[model].units[unit].machine));
+        self.contexts.lock().unwrap().insert(ctx.id.clone(), ctx.clone());
+        let charm = charm_dir_in_machine(unit);
+        let started = Instant::now();
+        let result = match &handler {
+            None => Ok((proto::AgentReply::default(), None)),
+            Some(h) => machine::agent_call(&sock, &AgentRequest::Run { argv: vec![format!("{charm}/{h}")], env, cwd: charm.clone() }).await,
+        };
+        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
+        let name = ev.hook.clone();
+        match &result {
+            Ok((r, _)) => {
+                for line in r.stdout.lines() {
+                    self.log(model, &format!("unit-{}: DEBUG {name}: {line}", unit.replace('/', "-")));
+                }
+                for line in r.stderr.lines() {
+                    self.log(model, &format!("unit-{}: WARNING {name}: {line}", unit.replace('/', "-")));
+                }
+                if let Some(e) = &r.error {
+                    self.log(model, &format!("unit-{}: ERROR {name}: {e}", unit.replace('/', "-")));
+                }
+                self.log(model, &format!("unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms)", unit.replace('/', "-"), r.code, started.elapsed().as_millis()));
+            }
+            Err(e) => self.log(model, &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-"))),
+        }
+        let mut finalize = false;
+        let mut reboot = false;
+        self.mutate(|w| {
+            let Some(m) = w.models.get_mut(model) else { return };
+            let machine_up = m.units.get(unit).and_then(|u| m.machines.get(&u.machine)).map(|x| x.status == "started").unwrap_or(false);
+            match result {
+                Err(_) if !machine_up => {
+                    // The machine went down under the hook: it runs again when the machine is back.
+                }
+                Ok((r, _)) if r.code == 0 && r.error.is_none() => {
+                    m.commit(&ctx);
+                    let u = m.units.get_mut(unit).unwrap();
+                    if u.queue.front() == Some(&ev) {
+                        u.queue.pop_front();
+                    }
+                    u.error = None;
+                    u.agent = Status::new("idle", "");
+                    match name.as_str() {
+                        "install" => u.installed = true,
+                        "start" if !u.started => {
+                            u.started = true;
+                            if !u.workload_set {
+                                u.workload = Status::new("unknown", "");
+                            }
+                            if u.life == Life::Alive {
+                                m.enter_scope(unit);
+                            }
+                        }
+                        "remove" => finalize = true,
+                        _ => {}
+                    }
+                    reboot = ctx.reboot;
+                }
+                _ => {
+                    let u = m.units.get_mut(unit).unwrap();
+                    let attempts = u.error.as_ref().map(|e| e.attempts + 1).unwrap_or(1);
+                    let delay = (5_000u64 << (attempts - 1).min(6)).min(300_000);
+                    u.error = Some(HookError { hook: name.clone(), retry_at: Some(now_ms() + delay), attempts });
+                    u.agent = Status::new("idle", "");
+                }
+            }
+        });
+        if finalize {
+            self.finalize_unit(model, unit).await;
+        }
+        if reboot {
+            let machine = self.read(|w| w.models[model].units.get(unit).map(|u| u.machine));
+            if let Some(id) = machine {
+                let ctl = self.clone();
+                let model = model.to_string();
+                tokio::spawn(async move {
+                    let _ = ctl.reboot(&model, id).await;
+                });
+            }
+        }
+    }
+
+    pub async fn reboot(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
+        self.crash_machine(model, machine).await;
+        self.start_machine(model, machine).await?;
+        self.mutate(|w| {
+            if let Some(m) = w.models.get_mut(model) {
+                if let Some(u) = m.machines.get(&machine).and_then(|x| x.unit.clone()) {
+                    m.push(&u, Event::hook("start"));
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn finalize_unit(&self, model: &str, unit: &str) {
+        let machine = self.read(|w| w.models.get(model).and_then(|m| m.units.get(unit)).map(|u| u.machine));
+        if let Some(id) = machine {
+            self.crash_machine(model, id).await;
+            let net = self.read(|w| w.models.get(model).map(|m| m.net()));
+            if let Some(net) = net {
+                machine::delete_netns(&net, id);
+            }
+            let _ = std::fs::remove_dir_all(model_dir(&self.home, model).join("machines").join(id.to_string()));
+        }
+        self.mutate(|w| {
+            let Some(m) = w.models.get_mut(model) else { return };
+            m.units.remove(unit);
+            if let Some(id) = machine {
+                m.machines.remove(&id);
+            }
+            let app = app_of(unit).to_string();
+            let was_leader = m.apps.get(&app).map(|a| a.leader.as_deref() == Some(unit)).unwrap_or(false);
+            if was_leader {
+                if let Some(a) = m.apps.get_mut(&app) {
+                    a.leader = None;
+                }
+                m.elect(&app);
+            }
+            // An application whose last unit left while it was being removed goes too.
+            let dying_app = m.apps.get(&app).map(|a| a.status.as_ref().map(|s| s.current == "terminated").unwrap_or(false)).unwrap_or(false);
+            if dying_app && !m.units.values().any(|u| u.app == app) {
+                m.apps.remove(&app);
+                let rels: Vec<u32> = m.relations.values().filter(|r| r.endpoint_of(&app).is_some()).map(|r| r.id).collect();
+                for r in rels {
+                    m.remove_relation(r);
+                }
+            }
+        });
+    }
+
+    async fn run_task(self: &Arc<Self>, model: &str, unit: &str, task_id: u64) {
+        let prep = self.mutate(|w| {
+            let m = w.models.get(model)?;
+            let t = m.tasks.get(&task_id)?.clone();
+            let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
+            let ev = Event::default();
+            let ctx = self.new_context(w, model, unit, &ev, Some(task_id), t.command.is_none());
+            let m = w.models.get_mut(model)?;
+            let (argv, env) = match &t.command {
+                Some(cmd) => {
+                    let env = self.environment(m, unit, &ctx.id, None, "juju-exec");
+                    (vec!["/bin/bash".to_string(), "-c".to_string(), cmd.join(" ")], env)
+                }
+                None => {
+                    let dispatch = format!("actions/{}", t.action);
+                    let mut env = self.environment(m, unit, &ctx.id, None, &dispatch);
+                    env.insert("JUJU_ACTION_NAME".into(), t.action.clone());
+                    env.insert("JUJU_ACTION_UUID".into(), task_id.to_string());
+                    env.insert("JUJU_ACTION_TAG".into(), format!("action-{task_id}"));
+                    let charm = charm_dir_in_machine(unit);
+                    match Self::handler(&charm_dir, "actions", &t.action) {
+                        Some(h) => (vec![format!("{charm}/{h}")], env),
+                        None => (vec![], env),
+                    }
+                }
+            };
+            let task = m.tasks.get_mut(&task_id)?;
+            task.status = "running".into();
+            task.started = now_juju();
+            let u = m.units.get_mut(unit)?;
+            u.agent = Status::new("executing", &format!("running action {}", t.action));
+            Some((ctx, argv, env))
+        });
+        let Some((ctx, argv, env)) = prep else { return };
+        if argv.is_empty() {
+            self.mutate(|w| {
+                if let Some(m) = w.models.get_mut(model) {
+                    if let Some(t) = m.tasks.get_mut(&task_id) {
+                        t.status = "failed".into();
+                        t.message = format!("action not implemented on unit \"{unit}\"");
+                        t.completed = now_juju();
+                    }
+                    if let Some(u) = m.units.get_mut(unit) {
+                        u.agent = Status::new("idle", "");
+                    }
+                }
+            });
+            return;
+        }
+        let sock = machine::agent_socket(&model_dir(&self.home, model), self.read(|w| w.models[model].units[unit].machine));
+        self.contexts.lock().unwrap().insert(ctx.id.clone(), ctx.clone());
+        let cwd = charm_dir_in_machine(unit);
+        let result = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd }).await;
+        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
+        self.mutate(|w| {
+            let Some(m) = w.models.get_mut(model) else { return };
+            let ok = matches!(&result, Ok((r, _)) if r.error.is_none());
+            if let Ok((r, _)) = &result {
+                if r.code == 0 && r.error.is_none() {
+                    m.commit(&ctx);
+                }
+            }
+            if let Some(u) = m.units.get_mut(unit) {
+                u.agent = Status::new("idle", "");
+            }
+            let Some(t) = m.tasks.get_mut(&task_id) else { return };
+            t.completed = now_juju();
+            match result {
+                Ok((r, _)) => {
+                    t.return_code = Some(r.code);
+                    t.stdout = r.stdout;
+                    t.stderr = r.stderr;
+                    if let Some(e) = r.error {
+                        t.status = "failed".into();
+                        t.message = e;
+                    } else if t.status == "failing" {
+                        t.status = "failed".into();
+                    } else if r.code != 0 {
+                        t.status = "failed".into();
+                        if t.message.is_empty() {
+                            t.message = format!("exit status {}", r.code);
+                        }
+                    } else {
+                        t.status = "completed".into();
+                    }
+                }
+                Err(e) => {
+                    t.status = "failed".into();
+                    t.message = format!("{e:#}");
+                }
+            }
+            let _ = ok;
+        });
+    }
+
+    /// Fires update-status on every settled unit of models whose interval has passed.
+    pub async fn update_status_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let due: Vec<String> = {
+                let models: Vec<(String, Duration)> = self.read(|w| {
+                    w.models
+                        .values()
+                        .map(|m| (m.name.clone(), m.config_str("update-status-hook-interval").and_then(|s| parse_duration(&s)).unwrap_or(Duration::from_secs(300))))
+                        .collect()
+                });
+                let mut last = self.last_update_status.lock().unwrap();
+                let now = Instant::now();
+                models
+                    .into_iter()
+                    .filter(|(name, every)| {
+                        let l = last.entry(name.clone()).or_insert(now);
+                        if now.duration_since(*l) >= *every {
+                            *l = now;
+                            true
+                        } else {
+                            false
+                        }
+                    })
+                    .map(|(n, _)| n)
+                    .collect()
+            };
+            if due.is_empty() {
+                continue;
+            }
+            self.mutate(|w| {
+                for name in &due {
+                    let Some(m) = w.models.get_mut(name) else { continue };
+                    let units: Vec<String> = m.units.values().filter(|u| u.started && u.life == Life::Alive && u.error.is_none()).map(|u| u.name.clone()).collect();
+                    for u in units {
+                        m.push(&u, Event::hook("update-status"));
+                    }
+                }
+            });
+        }
+    }
+}
+
+pub fn storage_location(def: &StorageDef, id: &str) -> String {
+    match &def.location {
+        Some(l) => l.clone(),
+        None => format!("/var/lib/juju/storage/{id}"),
+    }
+}
+
+/// Copies a directory tree, keeping file modes and symlinks.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ft.is_dir() {
+            copy_tree(&entry.path(), &to)?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(entry.path())?;
+            let _ = std::fs::remove_file(&to);
+            std::os::unix::fs::symlink(target, &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to).with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Serves the controller socket until shutdown.
+pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<()> {
+    // Resume: workers for every unit, machines whose agents died come back.
+    let units: Vec<(String, String, u32, bool)> = ctl.read(|w| {
+        w.models
+            .values()
+            .flat_map(|m| m.units.values().map(|u| (m.name.clone(), u.name.clone(), u.machine, m.machines.get(&u.machine).map(|x| x.status == "started").unwrap_or(false))))
+            .collect()
+    });
+    let nets: Vec<Net> = ctl.read(|w| w.models.values().map(|m| m.net()).collect());
+    for n in nets {
+        let _ = machine::create_bridge(Some(n.index));
+    }
+    for (model, unit, machine_id, started) in units {
+        let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
+        let alive = started && machine::agent_call(&sock, &AgentRequest::Ping).await.is_ok();
+        if !alive {
+            ctl.mutate(|w| {
+                if let Some(m) = w.models.get_mut(&model).and_then(|m| m.machines.get_mut(&machine_id)) {
+                    m.status = "pending".into();
+                }
+            });
+            ctl.provision(&model, machine_id);
+        }
+        ctl.ensure_worker(&model, &unit);
+    }
+    tokio::spawn(ctl.clone().update_status_loop());
+    loop {
+        tokio::select! {
+            _ = ctl.shutdown.notified() => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_conn(ctl, stream).await {
+                        eprintln!("connection error: {e:#}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| p as u32);
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(r).read_line(&mut line).await?;
+    if line.trim().is_empty() {
+        // A liveness probe: connected and went away.
+        return Ok(());
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let reply = Reply::err(2, format!("bad request: {e}"));
+            w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+            return Ok(());
+        }
+    };
+    let reply = match req {
+        Request::Tool { tool, args, context, stdin } => crate::tools::handle(&ctl, &tool, &args, &context, stdin.as_deref(), peer_pid),
+        Request::Cli { args, cwd, model } => crate::cli::handle(&ctl, args, &cwd, model).await,
+        Request::Shutdown => {
+            let models: Vec<String> = ctl.read(|w| w.models.keys().cloned().collect());
+            for m in models {
+                ctl.destroy_model(&m).await;
+            }
+            let _ = std::fs::remove_file(state_path(&ctl.home));
+            ctl.shutdown.notify_one();
+            Reply::ok("")
+        }
+    };
+    w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+    Ok(())
+}
+
+/// `charm-harness bootstrap`: runs the daemon in the foreground (the CLI starts it detached).
+pub fn bootstrap(home: PathBuf) -> Result<()> {
+    for d in machine::OVERLAID {
+        if home.starts_with(d) {
+            anyhow::bail!("CHARM_HARNESS_HOME {} is under {d}, which machines overlay; choose a directory outside {:?} (default /tmp/charm-harness)", home.display(), machine::OVERLAID);
+        }
+    }
+    std::fs::create_dir_all(home.join("run"))?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(home.join("controller.lock"))?;
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Another controller owns this home.
+        return Ok(());
+    }
+    let sock = proto::controller_socket(&home);
+    let _ = std::fs::remove_file(&sock);
+    let world = World::load(&state_path(&home))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&sock)?;
+        std::fs::write(home.join("run").join("controller.pid"), std::process::id().to_string())?;
+        let ctl = Ctl::new(home.clone(), world);
+        serve(ctl, listener).await?;
+        let _ = std::fs::remove_file(&sock);
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(lock);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+}

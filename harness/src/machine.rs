@@ -1,0 +1,351 @@
+//! Machines made of Linux namespaces.
+//!
+//! Host side (called by the controller): a bridge per model with a /24 from 10.213.0.0/16, a
+//! named network namespace per machine joined to the bridge by a veth pair, and the machine
+//! agent started inside it with fresh mount, UTS and PID namespaces (`nsenter` + `unshare`
+//! from util-linux). The agent is PID 1 of its machine: killing it ends every process there.
+//!
+//! Agent side (`charm-harness machine-agent`): writable overlays over the host's /etc, /usr,
+//! /var, /opt, /home, /root and /srv whose upper layers live under the controller's home,
+//! private /tmp and /run, its own hostname, the hook tools, and a unix socket on which the
+//! controller asks it to run processes. Nothing here knows any charm.
+
+use crate::proto::{AgentReply, AgentRequest, MACHINE_SOCKET_DIR, MACHINE_TOOLS_BIN};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const OVERLAID: &[&str] = &["/etc", "/usr", "/var", "/opt", "/home", "/root", "/srv"];
+
+/// Names of everything the host side creates for one model's network.
+#[derive(Clone, Debug)]
+pub struct Net {
+    pub index: u8,
+}
+
+impl Net {
+    pub fn bridge(&self) -> String {
+        format!("chb{}", self.index)
+    }
+    pub fn host_address(&self) -> String {
+        format!("10.213.{}.1", self.index)
+    }
+    pub fn machine_address(&self, machine: u32) -> String {
+        format!("10.213.{}.{}", self.index, 10 + machine)
+    }
+    pub fn netns(&self, machine: u32) -> String {
+        format!("chb{}m{}", self.index, machine)
+    }
+    pub fn host_veth(&self, machine: u32) -> String {
+        format!("chb{}m{}h", self.index, machine)
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Claims a free bridge index: creating the bridge is the atomic claim, so two controllers
+/// never share a subnet.
+pub fn create_bridge(preferred: Option<u8>) -> Result<Net> {
+    if let Some(i) = preferred {
+        let net = Net { index: i };
+        if !link_exists(&net.bridge()) {
+            setup_bridge(&net)?;
+        }
+        return Ok(net);
+    }
+    for i in 1..=250u8 {
+        let net = Net { index: i };
+        if link_exists(&net.bridge()) {
+            continue;
+        }
+        if ip(&["link", "add", &net.bridge(), "type", "bridge"]).is_ok() {
+            ip(&["addr", "add", &format!("{}/24", net.host_address()), "dev", &net.bridge()])?;
+            ip(&["link", "set", &net.bridge(), "up"])?;
+            return Ok(net);
+        }
+    }
+    bail!("no free subnet in 10.213.0.0/16: remove unused chb* bridges (ip link del chbN)")
+}
+
+fn setup_bridge(net: &Net) -> Result<()> {
+    ip(&["link", "add", &net.bridge(), "type", "bridge"])?;
+    ip(&["addr", "add", &format!("{}/24", net.host_address()), "dev", &net.bridge()])?;
+    ip(&["link", "set", &net.bridge(), "up"])
+}
+
+pub fn delete_bridge(net: &Net) {
+    let _ = ip(&["link", "del", &net.bridge()]);
+}
+
+/// The network namespace and veth of one machine. Safe to call again: existing parts are kept.
+pub fn create_netns(net: &Net, machine: u32) -> Result<()> {
+    let ns = net.netns(machine);
+    let host = net.host_veth(machine);
+    if Path::new("/run/netns").join(&ns).exists() && link_exists(&host) {
+        return Ok(());
+    }
+    delete_netns(net, machine);
+    let peer = format!("chb{}m{}c", net.index, machine);
+    ip(&["netns", "add", &ns])?;
+    ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+    ip(&["link", "set", &peer, "netns", &ns])?;
+    ip(&["link", "set", &host, "master", &net.bridge(), "up"])?;
+    ip(&["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
+    ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.machine_address(machine)), "dev", "eth0"])?;
+    ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+pub fn delete_netns(net: &Net, machine: u32) {
+    let _ = ip(&["link", "del", &net.host_veth(machine)]);
+    let _ = ip(&["netns", "del", &net.netns(machine)]);
+}
+
+/// Cuts a machine off the network (both ways) or heals it.
+pub fn set_link(net: &Net, machine: u32, up: bool) -> Result<()> {
+    ip(&["link", "set", &net.host_veth(machine), if up { "up" } else { "down" }])
+}
+
+pub struct Spawned {
+    pub pid: u32,
+}
+
+/// Starts the machine agent inside fresh namespaces. Returns the host PID of the `unshare`
+/// parent; SIGKILL to it takes the whole machine down (its child, PID 1, dies with it).
+pub fn spawn_agent(home: &Path, model_dir: &Path, net: &Net, machine: u32, hostname: &str) -> Result<Spawned> {
+    let dir = model_dir.join("machines").join(machine.to_string());
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log"))?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", net.netns(machine)))
+        .args(["--", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "--"])
+        .arg(&exe)
+        .arg("machine-agent")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--home")
+        .arg(home)
+        .arg("--hostname")
+        .arg(hostname)
+        .arg("--address")
+        .arg(net.machine_address(machine))
+        .arg("--machine")
+        .arg(machine.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    use std::os::unix::process::CommandExt;
+    // Detach from the controller's session so a controller restart does not end machines.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the machine agent (nsenter, unshare from util-linux)")?;
+    let pid = child.id();
+    // The agent is reaped by a thread so it never lingers as a zombie of the controller.
+    std::thread::spawn(move || {
+        let mut c = child;
+        let _ = c.wait();
+    });
+    Ok(Spawned { pid })
+}
+
+pub fn agent_socket(model_dir: &Path, machine: u32) -> PathBuf {
+    model_dir.join("machines").join(machine.to_string()).join("agent.sock")
+}
+
+/// Kills every process of a machine by killing its PID 1 (and the unshare parent).
+pub fn kill_machine(unshare_pid: Option<u32>, init_pid: Option<u32>) {
+    for pid in [init_pid, unshare_pid].into_iter().flatten() {
+        if pid > 1 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    pid > 1 && Path::new(&format!("/proc/{pid}")).exists() && {
+        // A zombie is not alive.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .unwrap_or(false)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent side
+
+fn mount(src: &str, target: &str, fstype: Option<&str>, flags: nix::mount::MsFlags, data: Option<&str>) -> Result<()> {
+    nix::mount::mount(Some(src), target, fstype, flags, data).with_context(|| format!("mount {src} on {target}"))
+}
+
+/// Entry of `charm-harness machine-agent`: runs as PID 1 of the machine.
+pub fn agent_main(dir: PathBuf, home: PathBuf, hostname: String, address: String, machine: u32) -> Result<()> {
+    use nix::mount::MsFlags;
+    mount("none", "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    let layers = dir.join("layers");
+    for d in OVERLAID {
+        if !Path::new(d).is_dir() {
+            continue;
+        }
+        let name = d.trim_start_matches('/');
+        let upper = layers.join("upper").join(name);
+        let work = layers.join("work").join(name);
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let opts = format!("lowerdir={d},upperdir={},workdir={}", upper.display(), work.display());
+        mount("overlay", d, Some("overlay"), MsFlags::empty(), Some(&opts))?;
+    }
+    nix::unistd::sethostname(&hostname)?;
+    std::fs::write("/etc/hostname", format!("{hostname}\n"))?;
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let line = format!("{address}\t{hostname}\n");
+    if !hosts.contains(&line) {
+        std::fs::write("/etc/hosts", format!("{hosts}{line}"))?;
+    }
+    // The controller's socket directory, visible inside as MACHINE_SOCKET_DIR.
+    std::fs::create_dir_all(MACHINE_SOCKET_DIR)?;
+    let run = home.join("run");
+    mount(&run.to_string_lossy(), MACHINE_SOCKET_DIR, None, MsFlags::MS_BIND, None)?;
+    // Hook tools: one multi-call binary under every tool name, plus `jujud` for charmhelpers.
+    let tools = PathBuf::from(format!("/var/lib/juju/tools/machine-{machine}"));
+    std::fs::create_dir_all(&tools)?;
+    std::fs::create_dir_all(MACHINE_TOOLS_BIN)?;
+    let jujud = tools.join("jujud");
+    let tmp = tools.join("jujud.new");
+    std::fs::copy("/proc/self/exe", &tmp)?;
+    std::fs::rename(&tmp, &jujud)?;
+    for t in crate::tools::TOOL_NAMES.iter().chain(["jujud"].iter()) {
+        let link = Path::new(MACHINE_TOOLS_BIN).join(t);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&jujud, &link)?;
+    }
+    // The agent socket is bound before /tmp is hidden, so it stays reachable from the host.
+    let sock = dir.join("agent.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+    mount("tmpfs", "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777"))?;
+    mount("tmpfs", "/run", Some("tmpfs"), MsFlags::empty(), Some("mode=755"))?;
+    std::fs::create_dir_all("/run/lock")?;
+    // PID 1 reaps orphans; its child serves the controller.
+    match unsafe { nix::unistd::fork()? } {
+        nix::unistd::ForkResult::Child => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(serve(listener))
+        }
+        nix::unistd::ForkResult::Parent { child } => loop {
+            match nix::sys::wait::waitpid(None, None) {
+                Ok(status) => {
+                    if status.pid() == Some(child) {
+                        std::process::exit(0);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => std::process::exit(0),
+            }
+        },
+    }
+}
+
+async fn serve(listener: std::os::unix::net::UnixListener) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            let _ = handle(stream, counter).await;
+        });
+    }
+}
+
+async fn handle(stream: tokio::net::UnixStream, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(r).read_line(&mut line).await?;
+    let req: AgentRequest = serde_json::from_str(&line)?;
+    let reply = match req {
+        AgentRequest::Ping => AgentReply::default(),
+        AgentRequest::Run { argv, env, cwd } => {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            run_process(&argv, &env, &cwd, n).await
+        }
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+/// Runs one process with output captured to files, not pipes: a daemon the process leaves
+/// behind keeps its inherited descriptors, and the run must still end when the process does.
+async fn run_process(argv: &[String], env: &BTreeMap<String, String>, cwd: &str, n: u64) -> AgentReply {
+    let out_path = PathBuf::from(format!("/run/harness-run-{n}.out"));
+    let err_path = PathBuf::from(format!("/run/harness-run-{n}.err"));
+    let result = async {
+        let out = std::fs::File::create(&out_path)?;
+        let err = std::fs::File::create(&err_path)?;
+        let Some((prog, args)) = argv.split_first() else { bail!("empty command") };
+        let mut cmd = tokio::process::Command::new(prog);
+        cmd.args(args).env_clear().envs(env).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
+        let status = cmd.spawn().with_context(|| format!("cannot run {prog}"))?.wait().await?;
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Ok::<i32, anyhow::Error>(code)
+    }
+    .await;
+    let read = |p: &Path| {
+        let b = std::fs::read(p).unwrap_or_default();
+        let _ = std::fs::remove_file(p);
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let stdout = read(&out_path);
+    let stderr = read(&err_path);
+    match result {
+        Ok(code) => AgentReply { code, stdout, stderr, error: None },
+        Err(e) => AgentReply { code: -1, stdout, stderr, error: Some(format!("{e:#}")) },
+    }
+}
+
+/// Asks a machine agent something, from the controller (async).
+pub async fn agent_call(socket: &Path, req: &AgentRequest) -> Result<(AgentReply, Option<u32>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let pid = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| p as u32);
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut buf = String::new();
+    tokio::io::BufReader::new(r).read_line(&mut buf).await?;
+    if buf.is_empty() {
+        bail!("the machine agent closed the connection (machine down?)");
+    }
+    Ok((serde_json::from_str(&buf)?, pid))
+}
+
+/// The direct children of a process (host view), e.g. the PID 1 that `unshare --fork` started.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}

