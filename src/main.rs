@@ -1,1 +1,69 @@
-fn main() {}
+//! `etcd-charm`: the etcd machine charm. Juju runs `dispatch`, which runs this binary with
+//! `JUJU_DISPATCH_PATH` set; it parses the context once, runs the hook's reconcile or the
+//! action's handler, and turns the result into an exit code.
+//!
+//! Layers (each arrow the only way down): `charm` (reconcile, status) and `actions` →
+//! `cluster` (membership decisions, pure), `pki` (CA, keys, CSRs), `etcd` (install, render,
+//! service, API client), `relations` (db, proxy) → `juju` (the only code that runs hook tools).
+
+mod actions;
+mod charm;
+mod cluster;
+mod config;
+mod etcd;
+mod juju;
+mod pki;
+mod relations;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "etcd-charm", about = "The etcd machine charm (run by Juju through dispatch)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a hook by name (normally chosen by JUJU_DISPATCH_PATH).
+    Hook { name: String },
+    /// Run an action by name.
+    Action { name: String },
+    /// The built-in supervisor: runs etcd as a child, restarts it when it fails.
+    Supervise {
+        #[arg(long)]
+        etcd: String,
+        #[arg(long)]
+        config: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let mut ctx = juju::Context::from_env();
+    let result = match cli.cmd {
+        Some(Cmd::Supervise { etcd, config }) => etcd::service::supervise(&etcd, &config),
+        Some(Cmd::Hook { name }) => {
+            ctx.dispatch = format!("hooks/{name}");
+            charm::hook(&ctx)
+        }
+        Some(Cmd::Action { name }) => {
+            ctx.action = Some(name.clone());
+            ctx.dispatch = format!("actions/{name}");
+            actions::run(&ctx)
+        }
+        None if ctx.dispatch.starts_with("actions/") => actions::run(&ctx),
+        None if ctx.dispatch.starts_with("hooks/") => charm::hook(&ctx),
+        None => {
+            eprintln!("etcd-charm: no JUJU_DISPATCH_PATH; run it through Juju, or see --help");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        let msg = format!("{e:#}");
+        eprintln!("ERROR {msg}");
+        juju::log("ERROR", &msg);
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,655 @@
+//! The hook handler: observe everything, decide, apply only the differences, then set the
+//! status once. Every hook but stop/remove runs the same `reconcile()`. Hooks never fail for
+//! ordering reasons: what is not ready yet becomes a waiting status.
+//!
+//! Peer relation `cluster` keys. Unit databag: `db-ingress-address` (classic), `member-name`,
+//! `peer-url`, `client-url`, `csr-server`, `csr-peer`, `phase` (installed|ready|started).
+//! App databag (leader): `ca`, `cert-<profile>.<member>`, `csr-sha-<profile>.<member>`,
+//! `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
+//! (name=peerURL of started members), `epoch`.
+
+use crate::cluster::{self, Join, Step, UnitInfo};
+use crate::config::Config;
+use crate::etcd::client::{Client, Member, Tls};
+use crate::etcd::install::{self, Delivery, InstallError, Installed};
+use crate::etcd::render::{self, ClusterState};
+use crate::etcd::service::{self, Service};
+use crate::juju::{self, Bag, Context};
+use crate::pki::{self, Ca, Profile};
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const PEER: &str = "cluster";
+pub const LOCAL_STATE: &str = "/var/lib/etcd-charm/state.json";
+const CA_LABEL: &str = "etcd-ca";
+const CLIENT_LABEL: &str = "etcd-client";
+
+/// This unit's own small state, kept across hooks.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LocalState {
+    /// the unit left the cluster (removal in progress): never start etcd again
+    #[serde(default)]
+    pub left: bool,
+    /// how this member was first started (kept so a re-render never changes it)
+    #[serde(default)]
+    pub initial_cluster: Option<String>,
+    #[serde(default)]
+    pub initial_state: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// when the leader first waited for peers before bootstrap (unix seconds)
+    #[serde(default)]
+    pub bootstrap_wait_since: Option<u64>,
+    /// names this unit's CSRs were made for
+    #[serde(default)]
+    pub csr_names: Vec<String>,
+}
+
+impl LocalState {
+    pub fn load() -> LocalState {
+        std::fs::read(LOCAL_STATE).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+    pub fn save(&self) -> Result<()> {
+        pki::write_file(Path::new(LOCAL_STATE), &serde_json::to_vec_pretty(self)?, 0o600)?;
+        Ok(())
+    }
+}
+
+/// Statuses reported by the parts of a hook; the most severe one wins.
+#[derive(Default)]
+pub struct StatusBoard {
+    entries: Vec<(u8, &'static str, String)>,
+}
+
+impl StatusBoard {
+    pub fn report(&mut self, status: &'static str, msg: impl Into<String>) {
+        let rank = match status {
+            "blocked" => 4,
+            "maintenance" => 3,
+            "waiting" => 2,
+            _ => 1,
+        };
+        self.entries.push((rank, status, msg.into()));
+    }
+    pub fn winner(&self) -> (&'static str, String) {
+        self.entries.iter().max_by_key(|e| e.0).map(|e| (e.1, e.2.clone())).unwrap_or(("waiting", "Waiting for the cluster".into()))
+    }
+}
+
+pub fn member_name(unit: &str) -> String {
+    unit.replace('/', "")
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd.
+pub fn data_dir() -> String {
+    juju::storage_location("data").unwrap_or_else(|| crate::etcd::DATA_DIR.to_string())
+}
+
+pub fn has_member_data(dir: &str) -> bool {
+    Path::new(dir).join("member").join("wal").exists() || Path::new(dir).join("member").join("snap").exists()
+}
+
+pub fn tls_client() -> Result<Client> {
+    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key").context("reading this unit's certificates")?;
+    Ok(Client::new(&tls, Duration::from_secs(10))?)
+}
+
+/// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
+pub fn ensure_installed(cfg: &Config, board: &mut StatusBoard) -> std::result::Result<Installed, InstallError> {
+    let current = Installed::load();
+    let resource = juju::resource_get("etcd");
+    if let Some(cur) = &current {
+        if cur.delivery == Delivery::Deb && resource.is_some() {
+            // Attaching a resource never migrates a Debian-package unit by itself.
+            board.report("active", "");
+            return Ok(cur.clone());
+        }
+        if cur.delivery != Delivery::Archive || (resource.is_none() && cfg.archive_url.is_none()) {
+            return Ok(cur.clone());
+        }
+    }
+    if let Some(path) = resource {
+        return install::install_archive(Path::new(&path), cfg.archive_sha256.as_deref(), "etcd resource");
+    }
+    if let (Some(url), Some(sha)) = (&cfg.archive_url, &cfg.archive_sha256) {
+        let file = install::download(url, sha)?;
+        return install::install_archive(&file, Some(sha), &format!("archive {url}"));
+    }
+    if let Some(cur) = current {
+        return Ok(cur);
+    }
+    if install::snapd_present() {
+        return install::install_snap(&cfg.channel);
+    }
+    install::install_deb()
+}
+
+/// Makes (or keeps) this unit's CSRs for its current addresses.
+fn ensure_csrs(st: &mut LocalState, unit: &str, names: &[String]) -> Result<(String, String)> {
+    let mut out = vec![];
+    let renew = [Profile::Server, Profile::Peer].iter().any(|p| {
+        std::fs::read_to_string(pki::path(&format!("{}.crt", p.name()))).map(|c| pki::needs_renewal(&c, now() as i64)).unwrap_or(false)
+    });
+    for p in [Profile::Server, Profile::Peer] {
+        let csr_file = Path::new("/var/lib/etcd-charm").join(format!("{}.csr", p.name()));
+        let existing = std::fs::read_to_string(&csr_file).ok();
+        let csr = match existing {
+            Some(c) if st.csr_names == names && !renew => c,
+            _ => {
+                let key = pki::unit_key(p)?;
+                let c = pki::csr_for(&key, &member_name(unit), names)?;
+                pki::write_file(&csr_file, c.as_bytes(), 0o644)?;
+                c
+            }
+        };
+        out.push(csr);
+    }
+    st.csr_names = names.to_vec();
+    Ok((out[0].clone(), out[1].clone()))
+}
+
+/// What a hook sees of the peer relation, with the leader's writes of this hook merged in.
+struct Peers {
+    rel: String,
+    app: Bag,
+    app_writes: Bag,
+    /// unit → databag, this unit included (with its pending writes)
+    units: std::collections::BTreeMap<String, Bag>,
+}
+
+impl Peers {
+    fn app_get(&self, k: &str) -> Option<&str> {
+        match self.app_writes.get(k) {
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(v),
+            None => self.app.get(k).map(String::as_str).filter(|v| !v.is_empty()),
+        }
+    }
+    fn app_set(&mut self, k: &str, v: &str) {
+        if self.app_get(k) != Some(v) && !(v.is_empty() && self.app_get(k).is_none()) {
+            self.app_writes.insert(k.to_string(), v.to_string());
+        }
+    }
+    fn infos(&self) -> Vec<UnitInfo> {
+        self.units
+            .iter()
+            .filter_map(|(u, b)| {
+                Some(UnitInfo {
+                    unit: u.clone(),
+                    name: b.get("member-name")?.clone(),
+                    peer_url: b.get("peer-url")?.clone(),
+                    client_url: b.get("client-url").cloned().unwrap_or_default(),
+                    ready: matches!(b.get("phase").map(String::as_str), Some("ready") | Some("started")),
+                    started: b.get("phase").map(String::as_str) == Some("started"),
+                })
+            })
+            .collect()
+    }
+    fn join(&self) -> Option<Join> {
+        self.app_get("join").and_then(|j| serde_json::from_str(j).ok())
+    }
+}
+
+/// The leader's CA, created once; its key lives in an application-owned secret.
+fn leader_ca(peers: &mut Peers) -> Result<Ca> {
+    if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
+        if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
+            let ca = Ca { cert_pem: c.clone(), key_pem: k.clone() };
+            peers.app_set("ca", &ca.cert_pem);
+            return Ok(ca);
+        }
+    }
+    if peers.app_get("ca").is_some() {
+        anyhow::bail!("the CA key secret {CA_LABEL:?} is missing but a CA is published; restore the secret or redeploy");
+    }
+    let ca = Ca::create("etcd-charm CA")?;
+    juju::secret_add(CA_LABEL, &Bag::from([("ca-cert".into(), ca.cert_pem.clone()), ("ca-key".into(), ca.key_pem.clone())]))?;
+    let (cc, ck) = ca.issue_with_key(Profile::Client, "etcd-client")?;
+    juju::secret_add(CLIENT_LABEL, &Bag::from([("client-cert".into(), cc), ("client-key".into(), ck)]))?;
+    peers.app_set("ca", &ca.cert_pem);
+    Ok(ca)
+}
+
+/// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
+fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[String]) {
+    let units: Vec<(String, Bag)> = peers.units.iter().map(|(u, b)| (u.clone(), b.clone())).collect();
+    for (unit, bag) in units {
+        let Some(name) = bag.get("member-name").cloned() else { continue };
+        let mut allowed: Vec<String> = ["ingress-address", "private-address"].iter().filter_map(|k| bag.get(*k).cloned()).collect();
+        if unit == own_unit {
+            allowed.extend(own_addresses.iter().cloned());
+        }
+        for p in [Profile::Server, Profile::Peer] {
+            let Some(csr) = bag.get(&format!("csr-{}", p.name())) else { continue };
+            let sha = pki::sha256_hex(csr.as_bytes());
+            let sha_key = format!("csr-sha-{}.{name}", p.name());
+            if peers.app_get(&sha_key) == Some(sha.as_str()) {
+                continue;
+            }
+            match ca.sign(csr, p, &name, &allowed) {
+                Ok(cert) => {
+                    peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
+                    peers.app_set(&sha_key, &sha);
+                }
+                Err(e) => juju::log("WARNING", &format!("not signing the {} certificate of {unit}: {e}", p.name())),
+            }
+        }
+    }
+}
+
+/// Writes this unit's certificates once the leader has signed its current CSRs.
+fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<bool> {
+    let Some(ca) = peers.app_get("ca") else { return Ok(false) };
+    let mut files = vec![("ca.crt".to_string(), ca.to_string())];
+    for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
+        let sha = pki::sha256_hex(csr.as_bytes());
+        if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+            return Ok(false);
+        }
+        let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else { return Ok(false) };
+        files.push((format!("{}.crt", p.name()), cert.to_string()));
+    }
+    let client = juju::secret_get_by_label(CLIENT_LABEL)?;
+    for (file, content) in files {
+        let path = pki::path(&file);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
+            pki::write_file(&path, content.as_bytes(), 0o644)?;
+        }
+    }
+    if let Some(c) = client {
+        if let (Some(cert), Some(key)) = (c.get("client-cert"), c.get("client-key")) {
+            if std::fs::read_to_string(pki::path("client.crt")).ok().as_deref() != Some(cert.as_str()) {
+                pki::write_file(&pki::path("client.crt"), cert.as_bytes(), 0o644)?;
+                pki::write_file(&pki::path("client.key"), key.as_bytes(), 0o600)?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn endpoint(address: &str, cfg: &Config) -> String {
+    format!("https://{address}:{}", cfg.port)
+}
+
+/// Waits until `f` succeeds or the deadline passes, retrying on failure.
+pub fn retry<T, E: std::fmt::Display>(deadline: Duration, every: Duration, mut f: impl FnMut() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+    let until = Instant::now() + deadline;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= until => return Err(e),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
+
+/// The leader's membership work: admit ready units one at a time, promote, heal.
+fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, board: &mut StatusBoard) -> Result<Vec<Member>> {
+    let mut members = client.member_list(ep)?;
+    for _ in 0..10 {
+        let infos = peers.infos();
+        let join = peers.join();
+        match cluster::next_step(&members, &infos, join.as_ref()) {
+            Step::Wait(msg) => {
+                board.report("active", "");
+                juju::log("INFO", &format!("membership: {msg}"));
+                break;
+            }
+            Step::Done => break,
+            Step::Finish { unit } => {
+                juju::log("INFO", &format!("membership: {unit} has joined"));
+                peers.app_set("join", "");
+            }
+            Step::Promote { id, unit } => {
+                juju::log("INFO", &format!("membership: promoting {unit}"));
+                let r = retry(Duration::from_secs(30), Duration::from_millis(200), || client.member_promote(ep, id));
+                if let Err(e) = r {
+                    juju::log("WARNING", &format!("cannot promote {unit} yet: {e}"));
+                    break;
+                }
+            }
+            Step::RemoveStray { id, why } => {
+                juju::log("INFO", &format!("membership: removing member {id:x}: {why}"));
+                match client.member_remove(ep, id) {
+                    Ok(()) => {}
+                    Err(e) if e.status() == Some(404) => {}
+                    Err(e) => {
+                        juju::log("WARNING", &format!("cannot remove member {id:x}: {e}"));
+                        break;
+                    }
+                }
+            }
+            Step::Add(u) => {
+                juju::log("INFO", &format!("membership: adding {} as a learner", u.unit));
+                let r = retry(Duration::from_secs(20), Duration::from_millis(250), || match client.member_add(ep, &u.peer_url, true) {
+                    Err(e) if e.message_contains("Peer URLs already exists") => Ok(None),
+                    other => other.map(Some),
+                });
+                match r {
+                    Ok(_) => {
+                        members = client.member_list(ep)?;
+                        let entries: Vec<(String, String)> = members
+                            .iter()
+                            .map(|m| {
+                                let name = if m.peer_urls.contains(&u.peer_url) { u.name.clone() } else { m.name.clone() };
+                                (name, m.peer_urls.first().cloned().unwrap_or_default())
+                            })
+                            .collect();
+                        let join = Join { unit: u.unit.clone(), name: u.name.clone(), peer_url: u.peer_url.clone(), initial_cluster: cluster::initial_cluster(&entries) };
+                        peers.app_set("join", &serde_json::to_string(&join)?);
+                    }
+                    Err(e) => juju::log("WARNING", &format!("cannot add {} yet: {e}", u.unit)),
+                }
+                break;
+            }
+        }
+        members = client.member_list(ep)?;
+    }
+    if heal {
+        let infos = peers.infos();
+        for m in cluster::strays(&members, &infos, peers.join().as_ref()) {
+            juju::log("INFO", &format!("membership: removing member {} {:?}: its unit is gone", m.name, m.peer_urls));
+            if let Err(e) = client.member_remove(ep, m.id) {
+                juju::log("WARNING", &format!("cannot remove member {}: {e}", m.name));
+            }
+        }
+        members = client.member_list(ep)?;
+    }
+    Ok(members)
+}
+
+fn publish_members(peers: &mut Peers, members: &[Member]) {
+    let mut urls: Vec<String> = members.iter().filter(|m| m.started()).flat_map(|m| m.client_urls.iter().filter(|u| !u.contains("127.0.0.1")).take(1).cloned()).collect();
+    urls.sort();
+    let entries: Vec<(String, String)> = members.iter().filter(|m| m.started()).map(|m| (m.name.clone(), m.peer_urls.first().cloned().unwrap_or_default())).collect();
+    peers.app_set("members", &urls.join(","));
+    peers.app_set("cluster", &cluster::initial_cluster(&entries));
+}
+
+/// Leaves the cluster when this unit is removed: hand raft leadership over, remove self,
+/// stop etcd. Safe to run again.
+pub fn leave(st: &mut LocalState) -> Result<()> {
+    if st.left {
+        return Ok(());
+    }
+    let inst = Installed::load();
+    let svc = Service { etcd_binary: inst.as_ref().map(|i| i.etcd()).unwrap_or_default() };
+    let cfg = Config::parse(&juju::config()?).ok();
+    let address = juju::network_ingress(PEER).ok().and_then(|a| a.first().cloned());
+    if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()) {
+        let ep = endpoint(&address, &cfg);
+        let client = tls_client()?;
+        let peer_url = format!("https://{address}:{}", cfg.management_port);
+        if let Ok(members) = client.member_list(&ep) {
+            if members.len() > 1 {
+                if let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer_url)) {
+                    if let Ok(s) = client.status(&ep) {
+                        if s.leader == me.id {
+                            if let Some(other) = members.iter().find(|m| m.id != me.id && m.started() && !m.is_learner) {
+                                juju::log("INFO", &format!("moving raft leadership to {} before leaving", other.name));
+                                if let Err(e) = client.move_leader(&ep, other.id) {
+                                    juju::log("WARNING", &format!("cannot move leadership: {e}"));
+                                }
+                            }
+                        }
+                    }
+                    let id = me.id;
+                    let r = retry(Duration::from_secs(30), Duration::from_millis(300), || match client.member_remove(&ep, id) {
+                        Err(e) if e.status() == Some(404) => Ok(()),
+                        other => other,
+                    });
+                    match r {
+                        Ok(()) => juju::log("INFO", "removed this member from the cluster"),
+                        Err(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    svc.stop()?;
+    st.left = true;
+    st.save()
+}
+
+pub fn hook(ctx: &Context) -> Result<()> {
+    let mut st = LocalState::load();
+    let name = ctx.hook_name();
+    let leaving = (name == "cluster-relation-departed" && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str())) || name == "stop";
+    if leaving {
+        leave(&mut st)?;
+    }
+    if name == "remove" || st.left {
+        let _ = juju::status_set("maintenance", "Unit removed from the cluster", false);
+        return Ok(());
+    }
+    let mut board = StatusBoard::default();
+    let r = reconcile(ctx, &mut st, &mut board);
+    st.save()?;
+    let (status, msg) = board.winner();
+    juju::status_set(status, &msg, false)?;
+    r
+}
+
+fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Result<()> {
+    let cfg = match Config::parse(&juju::config()?) {
+        Ok(c) => c,
+        Err(msg) => {
+            board.report("blocked", msg);
+            return Ok(());
+        }
+    };
+    let leader = juju::is_leader()?;
+    let inst = match ensure_installed(&cfg, board) {
+        Ok(i) => i,
+        Err(InstallError::Bad(msg)) => {
+            board.report("blocked", msg);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if inst.delivery == Delivery::Deb && juju::resource_get("etcd").is_some() {
+        board.report("active", "");
+    }
+    let _ = juju::application_version_set(&inst.version);
+    let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
+        board.report("waiting", "Waiting for the peer relation");
+        return Ok(());
+    };
+    let addresses = juju::network_ingress(PEER)?;
+    let Some(address) = addresses.first().cloned() else {
+        board.report("waiting", "Waiting for an ingress address");
+        return Ok(());
+    };
+    let name = member_name(&ctx.unit);
+    let peer_url = format!("https://{address}:{}", cfg.management_port);
+    let client_url = format!("https://{address}:{}", cfg.port);
+    let mut names = addresses.clone();
+    names.push("127.0.0.1".into());
+    let csrs = ensure_csrs(st, &ctx.unit, &names)?;
+
+    let mut peers = Peers { rel: rel.clone(), app: juju::relation_get(&rel, &ctx.app, true)?, app_writes: Bag::new(), units: Default::default() };
+    for u in juju::relation_list(&rel)? {
+        let b = juju::relation_get(&rel, &u, false)?;
+        peers.units.insert(u, b);
+    }
+    let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
+    let mut my_writes = Bag::new();
+    for (k, v) in [("db-ingress-address", &address), ("member-name", &name), ("peer-url", &peer_url), ("client-url", &client_url), ("csr-server", &csrs.0), ("csr-peer", &csrs.1)] {
+        if mine.get(k) != Some(v) {
+            my_writes.insert(k.into(), v.clone());
+            mine.insert(k.into(), v.clone());
+        }
+    }
+    let mut set_phase = |mine: &mut Bag, writes: &mut Bag, phase: &str| {
+        if mine.get("phase").map(String::as_str) != Some(phase) {
+            writes.insert("phase".into(), phase.into());
+            mine.insert("phase".into(), phase.into());
+        }
+    };
+    peers.units.insert(ctx.unit.clone(), mine.clone());
+
+    if leader {
+        let ca = leader_ca(&mut peers)?;
+        leader_sign(&mut peers, &ca, &ctx.unit, &addresses);
+    }
+    let certified = install_certs(&peers, &name, &csrs)?;
+    let data = data_dir();
+    let svc = Service { etcd_binary: inst.etcd() };
+    let ep = endpoint(&address, &cfg);
+
+    let outcome = (|| -> Result<()> {
+        if !certified {
+            set_phase(&mut mine, &mut my_writes, "installed");
+            board.report("waiting", "Waiting for certificates from the leader");
+            return Ok(());
+        }
+        let was_started = mine.get("phase").map(String::as_str) == Some("started");
+        if !was_started {
+            set_phase(&mut mine, &mut my_writes, "ready");
+        }
+        peers.units.insert(ctx.unit.clone(), mine.clone());
+        // Leader: form the cluster from the units that are ready.
+        if leader && peers.app_get("bootstrap").is_none() {
+            let planned = juju::goal_state_units().unwrap_or_default();
+            let since = *st.bootstrap_wait_since.get_or_insert(now());
+            let waited = Duration::from_secs(now().saturating_sub(since));
+            match cluster::bootstrap_set(&ctx.unit, &planned, &peers.infos(), waited, cluster::BOOTSTRAP_PATIENCE) {
+                Some(set) => {
+                    use rand::Rng;
+                    let token: String = format!("etcd-{:016x}", rand::thread_rng().gen::<u64>());
+                    let entries: Vec<(String, String)> = set.iter().map(|u| (u.name.clone(), u.peer_url.clone())).collect();
+                    juju::log("INFO", &format!("bootstrapping the cluster with {}", set.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>().join(", ")));
+                    peers.app_set("token", &token);
+                    peers.app_set("epoch", "1");
+                    peers.app_set("initial-cluster", &cluster::initial_cluster(&entries));
+                    peers.app_set("bootstrap", &set.iter().map(|u| u.name.clone()).collect::<Vec<_>>().join(","));
+                }
+                None => {
+                    let ready = peers.infos().iter().filter(|u| u.ready).count();
+                    board.report("waiting", format!("Waiting for peers to be ready to bootstrap ({ready} of {} ready)", planned.len().max(1)));
+                    return Ok(());
+                }
+            }
+        }
+        // How this member starts: its data, the bootstrap set, or the join in flight.
+        if st.initial_cluster.is_none() {
+            let bootstrap: Vec<String> = peers.app_get("bootstrap").map(|b| b.split(',').map(String::from).collect()).unwrap_or_default();
+            let join = peers.join().filter(|j| j.unit == ctx.unit);
+            if let Some(j) = join {
+                st.initial_cluster = Some(j.initial_cluster);
+                st.initial_state = Some("existing".into());
+            } else if bootstrap.contains(&name) {
+                st.initial_cluster = peers.app_get("initial-cluster").map(String::from);
+                st.initial_state = Some("new".into());
+            } else if has_member_data(&data) {
+                st.initial_state = Some("existing".into());
+            } else {
+                board.report("waiting", "Waiting to join the cluster");
+                return Ok(());
+            }
+            st.token = peers.app_get("token").map(String::from);
+        }
+        let member = render::Member {
+            name: name.clone(),
+            address: address.clone(),
+            data_dir: data.clone(),
+            initial_cluster: st.initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer_url}")),
+            state: if st.initial_state.as_deref() == Some("new") { ClusterState::New } else { ClusterState::Existing },
+            token: st.token.clone().unwrap_or_else(|| "etcd-cluster".into()),
+            pki_dir: pki::PKI_DIR.into(),
+        };
+        let rendered = render::etcd_config(&member, &cfg);
+        let changed = std::fs::read_to_string(service::CONFIG_FILE).ok().as_deref() != Some(rendered.as_str());
+        if changed {
+            pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644)?;
+        }
+        std::fs::create_dir_all(&data)?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
+        let client = tls_client()?;
+        let running = svc.running();
+        if ctx.hook_name() == "update-status" && !running {
+            // Report the fault now; the restart below is seen by the next update-status.
+            board.report("blocked", format!("UnHealthy with {} known peers: etcd was not running; restarting it", peers.units.len()));
+            svc.start()?;
+            return Ok(());
+        }
+        if !running {
+            svc.start()?;
+        } else if changed {
+            juju::log("INFO", "etcd config changed; restarting");
+            svc.restart()?;
+        }
+        let _ = retry(Duration::from_secs(if was_started { 10 } else { 30 }), Duration::from_millis(100), || client.status(&ep));
+        let status = client.status(&ep);
+        if status.is_ok() {
+            set_phase(&mut mine, &mut my_writes, "started");
+            peers.units.insert(ctx.unit.clone(), mine.clone());
+            let _ = juju::open_port(cfg.port);
+        }
+        // Leader: membership.
+        let mut members = vec![];
+        if leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
+            match leader_membership(&mut peers, &client, &ep, ctx.hook_name() == "update-status", board) {
+                Ok(m) => {
+                    publish_members(&mut peers, &m);
+                    members = m;
+                }
+                Err(e) => juju::log("WARNING", &format!("membership: {e}")),
+            }
+        } else if let Ok(m) = client.member_list(&ep) {
+            members = m;
+        }
+        let healthy = client.health(&ep).unwrap_or(false);
+        let voters = members.iter().filter(|m| m.started() && !m.is_learner).count();
+        match (&status, healthy) {
+            (Ok(s), true) if s.is_learner => board.report("waiting", "Joined as a learner; waiting for promotion"),
+            (Ok(_), true) => board.report("active", format!("Healthy with {voters} known peers")),
+            (Ok(_), false) => board.report("blocked", format!("UnHealthy with {voters} known peers")),
+            (Err(e), _) => {
+                juju::log("WARNING", &format!("etcd does not answer: {e}"));
+                board.report("waiting", "Waiting for etcd to start")
+            }
+        }
+        if leader {
+            let all: Vec<UnitInfo> = peers.infos();
+            let started = all.iter().filter(|u| u.started).count();
+            let (s, msg) = board.winner();
+            if s == "active" && started == all.len() {
+                juju::status_set("active", &format!("Healthy with {voters} known peers"), true)?;
+            } else if s == "active" {
+                juju::status_set("waiting", &format!("{started} of {} units are cluster members", all.len()), true)?;
+            } else {
+                juju::status_set(s, &msg, true)?;
+            }
+        }
+        Ok(())
+    })();
+
+    juju::relation_set(&rel, &my_writes, false)?;
+    if leader {
+        juju::relation_set(&rel, &peers.app_writes, true)?;
+    }
+    crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
+    let _ = peers.rel;
+    outcome
+}
+
+/// What the client relations need from the peer view.
+pub struct ClusterView {
+    pub members: String,
+    pub cluster: String,
+    pub ca: Option<String>,
+}
+
+fn peers_view(p: &Peers) -> ClusterView {
+    ClusterView { members: p.app_get("members").unwrap_or("").to_string(), cluster: p.app_get("cluster").unwrap_or("").to_string(), ca: p.app_get("ca").map(String::from) }
+}

@@ -1,0 +1,212 @@
+//! The charm's configuration: typed, validated where it enters. Pure: no I/O.
+//! A bad value becomes one specific message that blocks the unit and changes nothing.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Go TLS cipher suite names etcd accepts (crypto/tls, TLS 1.2 suites).
+pub const KNOWN_CIPHERS: &[&str] = &[
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub port: u16,
+    pub management_port: u16,
+    pub channel: String,
+    pub heartbeat_interval: u32,
+    pub election_timeout: u32,
+    pub snapshot_count: u64,
+    pub bind_to_all_interfaces: bool,
+    pub bind_with_insecure_http: bool,
+    pub tls_cipher_suites: Vec<String>,
+    pub quota_backend_bytes: u64,
+    pub auto_compaction_mode: String,
+    pub auto_compaction_retention: String,
+    pub archive_url: Option<String>,
+    pub archive_sha256: Option<String>,
+}
+
+fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
+    match c.get(k) {
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn get_int(c: &BTreeMap<String, Value>, k: &str, default: i64) -> Result<i64, String> {
+    match c.get(k) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("{k} must be a whole number")),
+        Some(Value::String(s)) if s == "auto" => Ok(default),
+        Some(Value::String(s)) => s.trim().parse().map_err(|_| format!("{k} must be a whole number, got {s:?}")),
+        Some(other) => Err(format!("{k} must be a whole number, got {other}")),
+    }
+}
+
+fn get_bool(c: &BTreeMap<String, Value>, k: &str) -> bool {
+    matches!(c.get(k), Some(Value::Bool(true)))
+}
+
+impl Config {
+    /// Validates the raw `config-get` map. The error is the blocked status message.
+    pub fn parse(c: &BTreeMap<String, Value>) -> Result<Config, String> {
+        let port = get_int(c, "port", 2379)?;
+        let mport = get_int(c, "management_port", 2380)?;
+        for (name, p) in [("port", port), ("management_port", mport)] {
+            if !(1..=65535).contains(&p) {
+                return Err(format!("invalid config: {name} {p} is out of range 1-65535"));
+            }
+        }
+        if port == mport {
+            return Err(format!("invalid config: port and management_port are both {port}; choose two different ports"));
+        }
+        if port == 4001 && get_bool(c, "bind_with_insecure_http") {
+            return Err("invalid config: port 4001 is taken by bind_with_insecure_http".into());
+        }
+        let hb = get_int(c, "heartbeat_interval", 100)?;
+        let et = get_int(c, "election_timeout", 1000)?;
+        if !(10..=5000).contains(&hb) {
+            return Err(format!("invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"));
+        }
+        if et < 5 * hb {
+            return Err(format!("invalid config: election_timeout {et} must be at least 5 x heartbeat_interval ({})", 5 * hb));
+        }
+        if et > 50000 {
+            return Err(format!("invalid config: election_timeout {et} must be at most 50000 ms"));
+        }
+        let snapshot_count = get_int(c, "snapshot_count", 10000)?;
+        if snapshot_count < 1 {
+            return Err(format!("invalid config: snapshot_count {snapshot_count} must be positive"));
+        }
+        let channel = {
+            let ch = get_str(c, "channel");
+            if ch.is_empty() { "auto".to_string() } else { ch }
+        };
+        if !valid_channel(&channel) {
+            return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
+        }
+        let ciphers: Vec<String> = get_str(c, "tls_cipher_suites").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        for cs in &ciphers {
+            if !KNOWN_CIPHERS.contains(&cs.as_str()) {
+                return Err(format!("invalid config: unknown cipher suite {cs:?} in tls_cipher_suites"));
+            }
+        }
+        let quota = get_int(c, "quota_backend_bytes", 0)?;
+        if quota < 0 || quota > 8 * 1024 * 1024 * 1024 {
+            return Err(format!("invalid config: quota_backend_bytes {quota} must be between 0 (etcd's 2 GiB default) and 8589934592"));
+        }
+        let mode = {
+            let m = get_str(c, "auto_compaction_mode");
+            if m.is_empty() { "periodic".to_string() } else { m }
+        };
+        if mode != "periodic" && mode != "revision" {
+            return Err(format!("invalid config: auto_compaction_mode {mode:?} must be periodic or revision"));
+        }
+        let retention = {
+            let r = get_str(c, "auto_compaction_retention");
+            if r.is_empty() { "1h".to_string() } else { r }
+        };
+        let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
+        let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
+        if let Some(s) = &sha {
+            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err("invalid config: archive_sha256 must be 64 hex digits".into());
+            }
+        }
+        if let Some(u) = &url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return Err(format!("invalid config: archive_url {u:?} must be an http(s) URL"));
+            }
+            if sha.is_none() {
+                return Err("invalid config: archive_url needs archive_sha256 (the tarball's sha256)".into());
+            }
+        }
+        Ok(Config {
+            port: port as u16,
+            management_port: mport as u16,
+            channel,
+            heartbeat_interval: hb as u32,
+            election_timeout: et as u32,
+            snapshot_count: snapshot_count as u64,
+            bind_to_all_interfaces: get_bool(c, "bind_to_all_interfaces"),
+            bind_with_insecure_http: get_bool(c, "bind_with_insecure_http"),
+            tls_cipher_suites: ciphers,
+            quota_backend_bytes: quota as u64,
+            auto_compaction_mode: mode,
+            auto_compaction_retention: retention,
+            archive_url: url,
+            archive_sha256: sha,
+        })
+    }
+}
+
+/// `auto`, `<track>/<risk>[/<branch>]`, `<risk>` or `<track>`.
+pub fn valid_channel(ch: &str) -> bool {
+    if ch == "auto" {
+        return true;
+    }
+    let parts: Vec<&str> = ch.split('/').collect();
+    let risks = ["stable", "candidate", "beta", "edge"];
+    let track_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    match parts.as_slice() {
+        [one] => track_ok(one),
+        [t, r] => track_ok(t) && risks.contains(r),
+        [t, r, b] => track_ok(t) && risks.contains(r) && track_ok(b),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cfg(v: Value) -> Result<Config, String> {
+        Config::parse(&serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = cfg(json!({})).unwrap();
+        assert_eq!((c.port, c.management_port, c.heartbeat_interval, c.election_timeout), (2379, 2380, 100, 1000));
+        assert_eq!(c.channel, "auto");
+    }
+
+    #[test]
+    fn rejects_bad_values_with_specific_messages() {
+        assert!(cfg(json!({"port": 70000})).unwrap_err().contains("port 70000 is out of range"));
+        assert!(cfg(json!({"port": 2380})).unwrap_err().contains("both 2380"));
+        assert!(cfg(json!({"heartbeat_interval": 300, "election_timeout": 1000})).unwrap_err().contains("at least 5 x heartbeat_interval"));
+        assert!(cfg(json!({"tls_cipher_suites": "TLS_NOPE"})).unwrap_err().contains("unknown cipher suite \"TLS_NOPE\""));
+        assert!(cfg(json!({"channel": "3.5/sideways"})).unwrap_err().contains("channel"));
+        assert!(cfg(json!({"archive_url": "https://x/etcd.tgz"})).unwrap_err().contains("archive_sha256"));
+        assert!(cfg(json!({"archive_sha256": "abc"})).unwrap_err().contains("64 hex"));
+    }
+
+    #[test]
+    fn channels() {
+        for ok in ["auto", "3.5/stable", "latest/edge", "stable", "3.4"] {
+            assert!(valid_channel(ok), "{ok}");
+        }
+        for bad in ["", "3.5/nope", "a/b/c/d", "3.5 /stable"] {
+            assert!(!valid_channel(bad), "{bad}");
+        }
+    }
+}

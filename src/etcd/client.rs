@@ -1,0 +1,249 @@
+//! etcd's HTTP/JSON gateway over HTTPS with this unit's client certificate (reqwest +
+//! rustls). Knows the gateway's quirks (etcd-notes §0–§1): 64-bit integers arrive as
+//! strings, default-valued fields are left out, errors carry a gRPC code.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd at {endpoint}: HTTP {status}: {message}")]
+    Api { endpoint: String, status: u16, message: String },
+    #[error("etcd at {endpoint}: {source}")]
+    Transport { endpoint: String, source: reqwest::Error },
+    #[error("etcd TLS credentials: {0}")]
+    Tls(String),
+    #[error("etcd at {endpoint}: unexpected answer: {detail}")]
+    Decode { endpoint: String, detail: String },
+}
+
+impl EtcdError {
+    pub fn message_contains(&self, s: &str) -> bool {
+        matches!(self, EtcdError::Api { message, .. } if message.contains(s))
+    }
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            EtcdError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EtcdError>;
+
+/// A u64 sent as a JSON string (or a number).
+pub fn de_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::String(s) => s.parse().map_err(serde::de::Error::custom),
+        Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom("not a u64")),
+        Value::Null => Ok(0),
+        other => Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, Default, PartialEq)]
+pub struct Member {
+    #[serde(rename = "ID", deserialize_with = "de_u64", default)]
+    pub id: u64,
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs", default)]
+    pub client_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+}
+
+impl Member {
+    /// Started members have a name and client URLs (etcd-notes §0.3).
+    pub fn started(&self) -> bool {
+        !self.name.is_empty() && !self.client_urls.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Status {
+    #[serde(default)]
+    pub version: String,
+    #[serde(rename = "dbSize", deserialize_with = "de_u64", default)]
+    pub db_size: u64,
+    #[serde(deserialize_with = "de_u64", default)]
+    pub leader: u64,
+    #[serde(rename = "raftIndex", deserialize_with = "de_u64", default)]
+    pub raft_index: u64,
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+    #[serde(default)]
+    pub errors: Vec<String>,
+    #[serde(default)]
+    pub header: Header,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Header {
+    #[serde(deserialize_with = "de_u64", default)]
+    pub cluster_id: u64,
+    #[serde(deserialize_with = "de_u64", default)]
+    pub member_id: u64,
+    #[serde(deserialize_with = "de_u64", default)]
+    pub revision: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Alarm {
+    #[serde(rename = "memberID", deserialize_with = "de_u64", default)]
+    pub member_id: u64,
+    #[serde(default)]
+    pub alarm: String,
+}
+
+pub struct Tls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl Tls {
+    pub fn from_dir(dir: &str, cert: &str, key: &str) -> std::io::Result<Tls> {
+        Ok(Tls {
+            ca_pem: std::fs::read(format!("{dir}/ca.crt"))?,
+            cert_pem: std::fs::read(format!("{dir}/{cert}"))?,
+            key_pem: std::fs::read(format!("{dir}/{key}"))?,
+        })
+    }
+}
+
+pub struct Client {
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    pub fn new(tls: &Tls, timeout: Duration) -> Result<Client> {
+        let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(|e| EtcdError::Tls(format!("CA certificate: {e}")))?;
+        let mut pem = tls.cert_pem.clone();
+        pem.extend_from_slice(b"\n");
+        pem.extend_from_slice(&tls.key_pem);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| EtcdError::Tls(format!("client certificate: {e}")))?;
+        let http = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(id)
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| EtcdError::Tls(e.to_string()))?;
+        Ok(Client { http })
+    }
+
+    pub fn http(&self) -> &reqwest::blocking::Client {
+        &self.http
+    }
+
+    pub fn post(&self, endpoint: &str, path: &str, body: Value) -> Result<Value> {
+        let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+        let resp = self.http.post(&url).json(&body).send().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if status >= 300 {
+            let message = v.get("error").or_else(|| v.get("message")).and_then(Value::as_str).unwrap_or(text.trim()).to_string();
+            return Err(EtcdError::Api { endpoint: endpoint.into(), status, message });
+        }
+        Ok(v)
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(endpoint: &str, v: Value) -> Result<T> {
+        serde_json::from_value(v.clone()).map_err(|e| EtcdError::Decode { endpoint: endpoint.into(), detail: format!("{e}: {v}") })
+    }
+
+    /// `/health`: true when the member is healthy (has a leader, no alarms).
+    pub fn health(&self, endpoint: &str) -> Result<bool> {
+        let url = format!("{}/health", endpoint.trim_end_matches('/'));
+        let resp = self.http.get(&url).send().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let v: Value = resp.json().unwrap_or(Value::Null);
+        Ok(v.get("health").and_then(Value::as_str) == Some("true"))
+    }
+
+    pub fn member_list(&self, endpoint: &str) -> Result<Vec<Member>> {
+        let v = self.post(endpoint, "/v3/cluster/member/list", json!({"linearizable": true}))?;
+        Self::decode(endpoint, v.get("members").cloned().unwrap_or(json!([])))
+    }
+
+    /// Adds a member (a learner by default); answers the new member and the full list.
+    pub fn member_add(&self, endpoint: &str, peer_url: &str, learner: bool) -> Result<(Member, Vec<Member>)> {
+        let v = self.post(endpoint, "/v3/cluster/member/add", json!({"peerURLs": [peer_url], "isLearner": learner}))?;
+        let m = Self::decode(endpoint, v.get("member").cloned().unwrap_or(Value::Null))?;
+        let all = Self::decode(endpoint, v.get("members").cloned().unwrap_or(json!([])))?;
+        Ok((m, all))
+    }
+
+    pub fn member_remove(&self, endpoint: &str, id: u64) -> Result<()> {
+        self.post(endpoint, "/v3/cluster/member/remove", json!({"ID": id.to_string()})).map(|_| ())
+    }
+
+    pub fn member_promote(&self, endpoint: &str, id: u64) -> Result<()> {
+        self.post(endpoint, "/v3/cluster/member/promote", json!({"ID": id.to_string()})).map(|_| ())
+    }
+
+    pub fn member_update(&self, endpoint: &str, id: u64, peer_urls: &[String]) -> Result<()> {
+        self.post(endpoint, "/v3/cluster/member/update", json!({"ID": id.to_string(), "peerURLs": peer_urls})).map(|_| ())
+    }
+
+    pub fn status(&self, endpoint: &str) -> Result<Status> {
+        let v = self.post(endpoint, "/v3/maintenance/status", json!({}))?;
+        Self::decode(endpoint, v)
+    }
+
+    pub fn alarms(&self, endpoint: &str) -> Result<Vec<Alarm>> {
+        let v = self.post(endpoint, "/v3/maintenance/alarm", json!({"action": "GET"}))?;
+        Self::decode(endpoint, v.get("alarms").cloned().unwrap_or(json!([])))
+    }
+
+    pub fn alarm_disarm(&self, endpoint: &str, a: &Alarm) -> Result<()> {
+        self.post(endpoint, "/v3/maintenance/alarm", json!({"action": "DEACTIVATE", "memberID": a.member_id.to_string(), "alarm": a.alarm})).map(|_| ())
+    }
+
+    pub fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<()> {
+        self.post(leader_endpoint, "/v3/maintenance/transfer-leadership", json!({"targetID": target.to_string()})).map(|_| ())
+    }
+
+    pub fn compact(&self, endpoint: &str, revision: u64, physical: bool) -> Result<()> {
+        self.post(endpoint, "/v3/kv/compaction", json!({"revision": revision.to_string(), "physical": physical})).map(|_| ())
+    }
+
+    pub fn defrag(&self, endpoint: &str) -> Result<()> {
+        self.post(endpoint, "/v3/maintenance/defragment", json!({})).map(|_| ())
+    }
+
+    pub fn put(&self, endpoint: &str, key: &[u8], value: &[u8]) -> Result<()> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD;
+        self.post(endpoint, "/v3/kv/put", json!({"key": b.encode(key), "value": b.encode(value)})).map(|_| ())
+    }
+
+    /// The current revision as seen by `endpoint`.
+    pub fn revision(&self, endpoint: &str) -> Result<u64> {
+        let v = self.post(endpoint, "/v3/kv/range", json!({"key": "AA==", "limit": "1", "count_only": true}))?;
+        let h: Header = Self::decode(endpoint, v.get("header").cloned().unwrap_or(json!({})))?;
+        Ok(h.revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_decode_gateway_json() {
+        let v = json!([{"ID":"13510015062231200447","name":"etcd0","peerURLs":["https://10.0.0.1:2380"],"clientURLs":["https://10.0.0.1:2379"]},
+                        {"ID":"42","peerURLs":["https://10.0.0.2:2380"],"isLearner":true}]);
+        let m: Vec<Member> = serde_json::from_value(v).unwrap();
+        assert_eq!(m[0].id, 13510015062231200447);
+        assert!(m[0].started() && !m[0].is_learner);
+        assert!(!m[1].started() && m[1].is_learner);
+    }
+}

@@ -1,0 +1,376 @@
+//! Deliveries of the etcd binaries (ARCHITECTURE §3.1): an upstream release tarball from the
+//! `etcd` resource or a pinned URL (sha256 verified while streaming, unpacked defensively
+//! into a staging dir, switched in by moving the `current` link), the Debian package, or the
+//! snap. A delivery only provides binaries; the charm owns config, certificates and data.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+pub const OPT_DIR: &str = "/opt/etcd";
+pub const STATE_FILE: &str = "/var/lib/etcd-charm/install.json";
+const MAX_FILE: u64 = 512 << 20;
+const MAX_TOTAL: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The operator's input is wrong: the unit blocks with this message.
+    #[error("{0}")]
+    Bad(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T> = std::result::Result<T, InstallError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> InstallError {
+    let what = what.into();
+    move |source| InstallError::Io { what, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Archive,
+    Deb,
+    Snap,
+}
+
+impl Delivery {
+    pub fn name(self) -> &'static str {
+        match self {
+            Delivery::Archive => "archive",
+            Delivery::Deb => "deb",
+            Delivery::Snap => "snap",
+        }
+    }
+}
+
+/// What is installed, recorded after a verified install.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Installed {
+    pub delivery: Delivery,
+    pub version: String,
+    pub bin_dir: String,
+    /// sha256 of the tarball an archive install came from
+    #[serde(default)]
+    pub source_sha256: Option<String>,
+}
+
+impl Installed {
+    pub fn load() -> Option<Installed> {
+        serde_json::from_slice(&std::fs::read(STATE_FILE).ok()?).ok()
+    }
+    pub fn save(&self) -> Result<()> {
+        let p = Path::new(STATE_FILE);
+        std::fs::create_dir_all(p.parent().unwrap()).map_err(io("creating /var/lib/etcd-charm"))?;
+        let tmp = p.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default()).map_err(io(STATE_FILE))?;
+        std::fs::rename(&tmp, p).map_err(io(STATE_FILE))
+    }
+    pub fn etcd(&self) -> String {
+        format!("{}/etcd", self.bin_dir)
+    }
+    pub fn etcdctl(&self) -> String {
+        format!("{}/etcdctl", self.bin_dir)
+    }
+    /// `etcdutl` (3.5+) or None (3.4 has only etcdctl for offline work).
+    pub fn etcdutl(&self) -> Option<String> {
+        let p = format!("{}/etcdutl", self.bin_dir);
+        Path::new(&p).exists().then_some(p)
+    }
+}
+
+pub fn sha256_file(p: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `etcd --version` → "3.5.1".
+pub fn binary_version(etcd: &Path) -> Result<String> {
+    let out = Command::new(etcd).arg("--version").output().map_err(|e| InstallError::Bad(format!("{} does not run: {e}", etcd.display())))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd Version:").map(|v| v.trim().to_string()))
+        .ok_or_else(|| InstallError::Bad(format!("{} is not an etcd binary (no version in `etcd --version`)", etcd.display())))
+}
+
+/// Checks one tar entry path: relative, no `..`, nothing but normal components.
+pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(x) => out.push(x),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("{} climbs out with '..'", p.display())),
+            Component::RootDir | Component::Prefix(_) => return Err(format!("{} is an absolute path", p.display())),
+        }
+    }
+    Ok(out)
+}
+
+/// Unpacks a gzip tarball into `dest` refusing absolute paths, `..`, links, devices and
+/// oversized entries. A corrupt or truncated archive fails here (gzip's CRC, tar's framing).
+pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), String> {
+    let f = std::fs::File::open(tarball).map_err(|e| format!("cannot open {}: {e}", tarball.display()))?;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    let mut total = 0u64;
+    let entries = ar.entries().map_err(|e| format!("not a gzip tarball: {e}"))?;
+    for entry in entries {
+        let mut e = entry.map_err(|e| format!("damaged tarball: {e}"))?;
+        let path = e.path().map_err(|e| format!("bad entry name: {e}"))?.into_owned();
+        let rel = safe_path(&path)?;
+        let kind = e.header().entry_type();
+        if kind.is_dir() {
+            std::fs::create_dir_all(dest.join(&rel)).map_err(|e| e.to_string())?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(format!("{} is a {:?} entry; only regular files and directories are accepted", path.display(), kind));
+        }
+        let size = e.header().size().map_err(|e| e.to_string())?;
+        total += size;
+        if size > MAX_FILE || total > MAX_TOTAL {
+            return Err(format!("{} makes the archive larger than allowed", path.display()));
+        }
+        let target = dest.join(&rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+        }
+        let mode = e.header().mode().unwrap_or(0o644) & 0o755;
+        let mut out = std::fs::File::create(&target).map_err(|e| e.to_string())?;
+        std::io::copy(&mut (&mut e).take(size), &mut out).map_err(|e| format!("damaged tarball at {}: {e}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Finds the directory holding `etcd` in an unpacked release (top level or one dir down).
+fn find_bin_dir(root: &Path) -> Option<PathBuf> {
+    if root.join("etcd").is_file() {
+        return Some(root.to_path_buf());
+    }
+    for e in std::fs::read_dir(root).ok()?.flatten() {
+        if e.path().join("etcd").is_file() {
+            return Some(e.path());
+        }
+    }
+    None
+}
+
+/// Installs an upstream release tarball. `expected_sha256` (config `archive_sha256`) is
+/// checked first. Re-installing the same tarball is a no-op.
+pub fn install_archive(tarball: &Path, expected_sha256: Option<&str>, label: &str) -> Result<Installed> {
+    let sha = sha256_file(tarball).map_err(io(format!("reading {label}")))?;
+    if let Some(want) = expected_sha256 {
+        if want != sha {
+            return Err(InstallError::Bad(format!("{label}: sha256 {sha} does not match archive_sha256 {want}; attach the right tarball or fix the config")));
+        }
+    }
+    if let Some(cur) = Installed::load() {
+        if cur.delivery == Delivery::Archive && cur.source_sha256.as_deref() == Some(sha.as_str()) && Path::new(&cur.etcd()).exists() {
+            return Ok(cur);
+        }
+    }
+    std::fs::create_dir_all(OPT_DIR).map_err(io(OPT_DIR))?;
+    let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(OPT_DIR).map_err(io("staging dir"))?;
+    unpack_safely(tarball, staging.path()).map_err(|e| InstallError::Bad(format!("{label} refused: {e}; attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
+    let bin = find_bin_dir(staging.path()).ok_or_else(|| InstallError::Bad(format!("{label} is not an etcd release tarball (no etcd binary inside); attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
+    if !bin.join("etcdctl").is_file() {
+        return Err(InstallError::Bad(format!("{label} has no etcdctl; attach a complete upstream etcd release tarball")));
+    }
+    let version = binary_version(&bin.join("etcd"))?;
+    let final_dir = Path::new(OPT_DIR).join(&version);
+    // Move the verified binaries into place; an older copy of the same version is set aside
+    // and removed only once the new one is in place.
+    let aside = Path::new(OPT_DIR).join(format!(".{version}.old"));
+    let _ = std::fs::remove_dir_all(&aside);
+    if final_dir.exists() {
+        std::fs::rename(&final_dir, &aside).map_err(io("setting the old version aside"))?;
+    }
+    std::fs::rename(&bin, &final_dir).map_err(io(format!("moving etcd {version} into {}", final_dir.display())))?;
+    switch_current(&final_dir)?;
+    let _ = std::fs::remove_dir_all(&aside);
+    let inst = Installed { delivery: Delivery::Archive, version, bin_dir: format!("{OPT_DIR}/current"), source_sha256: Some(sha) };
+    inst.save()?;
+    Ok(inst)
+}
+
+/// Points /opt/etcd/current at `dir` atomically (a new link renamed over the old one).
+pub fn switch_current(dir: &Path) -> Result<()> {
+    let link = Path::new(OPT_DIR).join("current");
+    let tmp = Path::new(OPT_DIR).join(".current.new");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(dir, &tmp).map_err(io("creating the current link"))?;
+    std::fs::rename(&tmp, &link).map_err(io("switching the current link"))
+}
+
+/// Downloads a pinned tarball, hashing while streaming; only a matching file is kept.
+pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
+    let cache = Path::new("/var/cache/etcd-charm");
+    std::fs::create_dir_all(cache).map_err(io("/var/cache/etcd-charm"))?;
+    let done = cache.join(format!("{sha256}.tar.gz"));
+    if done.exists() && sha256_file(&done).ok().as_deref() == Some(sha256) {
+        return Ok(done);
+    }
+    let partial = cache.join(format!("{sha256}.partial"));
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build().map_err(|e| InstallError::Failed(e.to_string()))?;
+    let mut resp = client.get(url).send().map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(InstallError::Bad(format!("downloading {url}: HTTP {}; check archive_url", resp.status())));
+    }
+    let mut f = std::fs::File::create(&partial).map_err(io("download file"))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = resp.read(&mut buf).map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n]).map_err(io("download file"))?;
+    }
+    f.sync_all().map_err(io("download file"))?;
+    let got = hex(&h.finalize());
+    if got != sha256 {
+        let _ = std::fs::remove_file(&partial);
+        return Err(InstallError::Bad(format!("{url}: sha256 {got} does not match archive_sha256 {sha256}; fix archive_url or archive_sha256")));
+    }
+    std::fs::rename(&partial, &done).map_err(io("download file"))?;
+    Ok(done)
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).env("DEBIAN_FRONTEND", "noninteractive").output().map_err(|e| InstallError::Failed(format!("cannot run {cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(InstallError::Failed(format!("{cmd} {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The distro package. The package's own default instance is stopped: the charm owns the
+/// data dir and the service.
+pub fn install_deb() -> Result<Installed> {
+    if !Path::new("/usr/bin/etcd").exists() || !Path::new("/usr/bin/etcdctl").exists() {
+        run("apt-get", &["install", "-y", "-q", "--no-install-recommends", "etcd-server", "etcd-client"]).map_err(|e| InstallError::Bad(format!("installing the etcd-server package failed: {e}")))?;
+    }
+    stop_package_instance();
+    let version = binary_version(Path::new("/usr/bin/etcd"))?;
+    let inst = Installed { delivery: Delivery::Deb, version, bin_dir: "/usr/bin".into(), source_sha256: None };
+    inst.save()?;
+    Ok(inst)
+}
+
+pub fn deb_installed() -> bool {
+    Command::new("dpkg-query").args(["-W", "-f=${Status}", "etcd-server"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed")).unwrap_or(false)
+}
+
+/// Stops the Debian package's default instance (systemd unit, or a stray process of it).
+pub fn stop_package_instance() {
+    if crate::etcd::service::systemd_present() {
+        let _ = Command::new("systemctl").args(["disable", "--now", "etcd.service"]).output();
+    }
+    for pid in crate::etcd::service::pids_of_exe("/usr/bin/etcd") {
+        if !crate::etcd::service::is_ours(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+        }
+    }
+}
+
+pub fn snapd_present() -> bool {
+    Path::new("/run/snapd.socket").exists() && Command::new("snap").arg("version").output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// The snap (only where snapd runs; not available on the local controller's machines).
+pub fn install_snap(channel: &str) -> Result<Installed> {
+    let ch = if channel == "auto" { "3.5/stable" } else { channel };
+    run("snap", &["install", "etcd", "--channel", ch])?;
+    let version = binary_version(Path::new("/snap/bin/etcd"))?;
+    let inst = Installed { delivery: Delivery::Snap, version, bin_dir: "/snap/bin".into(), source_sha256: None };
+    inst.save()?;
+    Ok(inst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tarball(entries: &[(&str, &[u8], tar::EntryType)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let gz = flate2::write::GzEncoder::new(f.reopen().unwrap(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, data, kind) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name("/etc/passwd").unwrap();
+                h.set_size(0);
+            }
+            // write the name raw so unsafe names survive into the archive
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        f
+    }
+
+    #[test]
+    fn refuses_unsafe_entries() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, kind, why) in [
+            ("../evil", tar::EntryType::Regular, "'..'"),
+            ("/etc/evil", tar::EntryType::Regular, "absolute"),
+            ("etcd-v3/link", tar::EntryType::Symlink, "Symlink"),
+            ("dev", tar::EntryType::Char, "Char"),
+        ] {
+            let t = tarball(&[(name, b"x", kind)]);
+            let err = unpack_safely(t.path(), d.path()).unwrap_err();
+            assert!(err.contains(why), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_corrupt_archives() {
+        let t = tarball(&[("etcd-v3/etcd", &vec![7u8; 100_000], tar::EntryType::Regular)]);
+        let mut bytes = std::fs::read(t.path()).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        let bad = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(bad.path(), &bytes).unwrap();
+        let d = tempfile::tempdir().unwrap();
+        assert!(unpack_safely(bad.path(), d.path()).is_err());
+        let truncated = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(truncated.path(), &std::fs::read(t.path()).unwrap()[..200]).unwrap();
+        assert!(unpack_safely(truncated.path(), d.path()).is_err());
+    }
+
+    #[test]
+    fn unpacks_a_good_archive() {
+        let t = tarball(&[("etcd-v3/etcd", b"bin", tar::EntryType::Regular), ("etcd-v3/etcdctl", b"ctl", tar::EntryType::Regular)]);
+        let d = tempfile::tempdir().unwrap();
+        unpack_safely(t.path(), d.path()).unwrap();
+        assert_eq!(find_bin_dir(d.path()).unwrap(), d.path().join("etcd-v3"));
+    }
+}
