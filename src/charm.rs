@@ -80,6 +80,26 @@ impl StatusBoard {
     }
 }
 
+thread_local! {
+    static MARKS: std::cell::RefCell<Vec<(&'static str, Instant)>> = std::cell::RefCell::new(vec![("begin", Instant::now())]);
+}
+
+/// Records how long each part of a hook took; slow hooks log the breakdown.
+fn mark(what: &'static str) {
+    MARKS.with(|m| m.borrow_mut().push((what, Instant::now())));
+}
+
+fn log_slow_hook(hook: &str) {
+    MARKS.with(|m| {
+        let m = m.borrow();
+        let total = m.last().map(|l| l.1.duration_since(m[0].1)).unwrap_or_default();
+        if total > Duration::from_millis(1500) {
+            let parts: Vec<String> = m.windows(2).map(|w| format!("{}={}ms", w[1].0, w[1].1.duration_since(w[0].1).as_millis())).collect();
+            juju::log("INFO", &format!("slow {hook} hook ({} ms): {}", total.as_millis(), parts.join(" ")));
+        }
+    });
+}
+
 pub fn member_name(unit: &str) -> String {
     unit.replace('/', "")
 }
@@ -99,7 +119,7 @@ pub fn has_member_data(dir: &str) -> bool {
 
 pub fn tls_client() -> Result<Client> {
     let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key").context("reading this unit's certificates")?;
-    Ok(Client::new(&tls, Duration::from_secs(10))?)
+    Ok(Client::new(&tls, Duration::from_secs(3))?)
 }
 
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
@@ -432,6 +452,8 @@ pub fn hook(ctx: &Context) -> Result<()> {
     }
     let mut board = StatusBoard::default();
     let r = reconcile(ctx, &mut st, &mut board);
+    mark("end");
+    log_slow_hook(name);
     st.save()?;
     let (status, msg) = board.winner();
     juju::status_set(status, &msg, false)?;
@@ -458,6 +480,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     if inst.delivery == Delivery::Deb && juju::resource_get("etcd").is_some() {
         board.report("active", "");
     }
+    mark("installed");
     let _ = juju::application_version_set(&inst.version);
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
         board.report("waiting", "Waiting for the peer relation");
@@ -480,6 +503,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         let b = juju::relation_get(&rel, &u, false)?;
         peers.units.insert(u, b);
     }
+    mark("peers-read");
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
     for (k, v) in [("db-ingress-address", &address), ("member-name", &name), ("peer-url", &peer_url), ("client-url", &client_url), ("csr-server", &csrs.0), ("csr-peer", &csrs.1)] {
@@ -488,7 +512,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             mine.insert(k.into(), v.clone());
         }
     }
-    let mut set_phase = |mine: &mut Bag, writes: &mut Bag, phase: &str| {
+    let set_phase = |mine: &mut Bag, writes: &mut Bag, phase: &str| {
         if mine.get("phase").map(String::as_str) != Some(phase) {
             writes.insert("phase".into(), phase.into());
             mine.insert("phase".into(), phase.into());
@@ -500,6 +524,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         let ca = leader_ca(&mut peers)?;
         leader_sign(&mut peers, &ca, &ctx.unit, &addresses);
     }
+    mark("leader-pki");
     let certified = install_certs(&peers, &name, &csrs)?;
     let data = data_dir();
     let svc = Service { etcd_binary: inst.etcd() };
@@ -574,6 +599,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         std::fs::create_dir_all(&data)?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
+    mark("rendered");
         let client = tls_client()?;
         let running = svc.running();
         if ctx.hook_name() == "update-status" && !running {
@@ -588,7 +614,18 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             juju::log("INFO", "etcd config changed; restarting");
             svc.restart()?;
         }
-        let _ = retry(Duration::from_secs(if was_started { 10 } else { 30 }), Duration::from_millis(100), || client.status(&ep));
+        // A bootstrap member cannot be healthy before its peers start, and they start only
+        // after this hook commits: do not wait for them here.
+        let bootstrap_size = peers.app_get("bootstrap").map(|b| b.split(',').count()).unwrap_or(0);
+        let patience = if was_started {
+            Duration::from_secs(10)
+        } else if st.initial_state.as_deref() == Some("new") && bootstrap_size > 1 && peers.app_writes.contains_key("bootstrap") {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(30)
+        };
+        let _ = retry(patience, Duration::from_millis(100), || client.status(&ep));
+    mark("started");
         let status = client.status(&ep);
         if status.is_ok() {
             set_phase(&mut mine, &mut my_writes, "started");
@@ -597,7 +634,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         // Leader: membership.
         let mut members = vec![];
-        if leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
+        let has_leader = status.as_ref().map(|s| s.leader != 0).unwrap_or(false);
+        if !has_leader {
+            // No quorum yet (a bootstrap in progress, or peers down): nothing to ask etcd.
+        } else if leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
             match leader_membership(&mut peers, &client, &ep, ctx.hook_name() == "update-status", board) {
                 Ok(m) => {
                     publish_members(&mut peers, &m);
@@ -608,7 +648,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         } else if let Ok(m) = client.member_list(&ep) {
             members = m;
         }
-        let healthy = client.health(&ep).unwrap_or(false);
+    mark("membership");
+        let healthy = has_leader && client.health(&ep).unwrap_or(false);
         let voters = members.iter().filter(|m| m.started() && !m.is_learner).count();
         match (&status, healthy) {
             (Ok(s), true) if s.is_learner => board.report("waiting", "Joined as a learner; waiting for promotion"),
