@@ -1,10 +1,508 @@
-//! The actions (classic names, params and result keys; anchor-charms §4.4).
+//! The actions, with the classic charm's names, params and result keys (anchor-charms §4.4).
+//! Bad params fail the action with a message that says what is wrong, before anything changes.
 
+use crate::charm::{self, member_name, tls_client};
+use crate::config::Config;
+use crate::etcd::client::{Client, Member};
+use crate::etcd::install::{self, Installed};
+use crate::etcd::service::Service;
 use crate::juju::{self, Context};
-use anyhow::Result;
+use crate::pki;
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// An action failure the operator should read (action-fail, exit 0).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refused(msg.into()).into())
+}
 
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
-    juju::action_fail(&format!("action {name:?} is not implemented yet"))?;
+    let params = juju::action_params()?;
+    let r = match name.as_str() {
+        "health" => health(),
+        "package-client-credentials" => package_client_credentials(ctx),
+        "snapshot" => snapshot(ctx, &params),
+        "restore" => crate::restore::restore(ctx, &params),
+        "compact" => compact(&params),
+        "defrag" => defrag(),
+        "alarm-list" => alarm_list(),
+        "alarm-disarm" => alarm_disarm(),
+        "install" => reinstall(),
+        "snap-upgrade" => crate::migrate::snap_upgrade(ctx, &params),
+        other => refuse(format!("unknown action {other:?}")),
+    };
+    match r {
+        Ok(results) => juju::action_set(&results).map_err(Into::into),
+        Err(e) => {
+            let msg = match e.downcast_ref::<Refused>() {
+                Some(r) => r.0.clone(),
+                None => format!("{e:#}"),
+            };
+            juju::action_fail(&msg)?;
+            Ok(())
+        }
+    }
+}
+
+type Results = Vec<(String, String)>;
+
+/// This unit's endpoint and a TLS client for it.
+pub fn local() -> Result<(Client, String, Config)> {
+    let cfg = Config::parse(&juju::config()?).map_err(Refused)?;
+    let address = juju::network_ingress(charm::PEER)?.into_iter().next().ok_or_else(|| anyhow!("this unit has no address yet"))?;
+    if !Path::new(&pki::path("server.crt")).exists() {
+        return refuse("this unit has no certificates yet; wait until it is active");
+    }
+    Ok((tls_client()?, format!("https://{address}:{}", cfg.port), cfg))
+}
+
+pub fn client_url(m: &Member) -> Option<String> {
+    m.client_urls.iter().find(|u| !u.contains("127.0.0.1")).or(m.client_urls.first()).cloned()
+}
+
+/// The raft leader's client URL.
+pub fn leader_endpoint(client: &Client, ep: &str) -> Result<(String, Member)> {
+    let members = client.member_list(ep)?;
+    let st = client.status(ep)?;
+    let m = members.into_iter().find(|m| m.id == st.leader).ok_or_else(|| anyhow!("the cluster has no leader"))?;
+    Ok((client_url(&m).ok_or_else(|| anyhow!("the leader has no client URL"))?, m))
+}
+
+fn health() -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let members = client.member_list(&ep)?;
+    let mut lines = vec![];
+    let mut res = vec![];
+    let mut all = true;
+    for m in &members {
+        let key = if m.name.is_empty() { format!("{:x}", m.id) } else { m.name.clone() };
+        let Some(url) = client_url(m) else {
+            all = false;
+            lines.push(format!("member {:x} is unhealthy: it has not started", m.id));
+            res.push((format!("members.{key}.healthy"), "false".into()));
+            res.push((format!("members.{key}.error"), "not started".into()));
+            continue;
+        };
+        let healthy = client.health(&url);
+        let status = client.status(&url);
+        res.push((format!("members.{key}.endpoint"), url.clone()));
+        res.push((format!("members.{key}.learner"), m.is_learner.to_string()));
+        match (&healthy, &status) {
+            (Ok(true), Ok(s)) => {
+                lines.push(format!("member {:x} is healthy: got healthy result from {url}", m.id));
+                res.push((format!("members.{key}.healthy"), "true".into()));
+                res.push((format!("members.{key}.leader"), (s.leader == m.id).to_string()));
+                res.push((format!("members.{key}.db-size"), s.db_size.to_string()));
+                res.push((format!("members.{key}.raft-index"), s.raft_index.to_string()));
+                res.push((format!("members.{key}.version"), s.version.clone()));
+            }
+            _ => {
+                all = false;
+                let err = match (healthy, status) {
+                    (Err(e), _) => e.to_string(),
+                    (_, Err(e)) => e.to_string(),
+                    _ => "health check returned false".into(),
+                };
+                lines.push(format!("member {:x} is unhealthy: got unhealthy result from {url}: {err}", m.id));
+                res.push((format!("members.{key}.healthy"), "false".into()));
+                res.push((format!("members.{key}.error"), err));
+            }
+        }
+    }
+    lines.push(if all { "cluster is healthy".into() } else { "cluster is unhealthy".into() });
+    res.push(("output".into(), lines.join("\n")));
+    res.push(("healthy".into(), all.to_string()));
+    Ok(res)
+}
+
+/// Where archives for the operator go: /home/ubuntu when it exists, else /root.
+fn operator_dir() -> PathBuf {
+    if Path::new("/home/ubuntu").is_dir() {
+        PathBuf::from("/home/ubuntu")
+    } else {
+        PathBuf::from("/root")
+    }
+}
+
+/// The credentials package's README (pure).
+pub fn credentials_readme(endpoints: &[String]) -> String {
+    let eps = endpoints.join(",");
+    format!(
+        "etcd client credentials\n=======================\n\nUnpack this archive, then from the directory that holds etcd_credentials/:\n\n# etcdctl 3.4 and later (API v3)\nexport ETCDCTL_API=3\nexport ETCDCTL_ENDPOINTS={eps}\nexport ETCDCTL_CACERT=$PWD/etcd_credentials/ca.crt\nexport ETCDCTL_CERT=$PWD/etcd_credentials/client.crt\nexport ETCDCTL_KEY=$PWD/etcd_credentials/client.key\n\n# older etcdctl (v2 variable names)\nexport ETCDCTL_CA_FILE=$PWD/etcd_credentials/ca.crt\nexport ETCDCTL_CERT_FILE=$PWD/etcd_credentials/client.crt\nexport ETCDCTL_KEY_FILE=$PWD/etcd_credentials/client.key\n\netcdctl member list\netcdctl put greeting hello && etcdctl get greeting\n\nEndpoints:\n{}\n",
+        endpoints.iter().map(|e| format!("  {e}\n")).collect::<String>()
+    )
+}
+
+fn tar_gz_private(path: &Path, entries: &[(String, Vec<u8>, u32)]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("part");
+    let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+    for (name, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+        h.set_cksum();
+        b.append_data(&mut h, name, data.as_slice())?;
+    }
+    b.into_inner()?.finish()?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+fn package_client_credentials(ctx: &Context) -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let mut endpoints: Vec<String> = client.member_list(&ep)?.iter().filter_map(client_url).collect();
+    endpoints.sort();
+    let read = |f: &str| std::fs::read(pki::path(f)).with_context(|| format!("reading {f}; is the unit certified?"));
+    let entries = vec![
+        ("etcd_credentials/ca.crt".to_string(), read("ca.crt")?, 0o644),
+        ("etcd_credentials/client.crt".to_string(), read("client.crt")?, 0o644),
+        ("etcd_credentials/client.key".to_string(), read("client.key")?, 0o600),
+        ("etcd_credentials/README.txt".to_string(), credentials_readme(&endpoints).into_bytes(), 0o644),
+    ];
+    let path = operator_dir().join("etcd_credentials.tar.gz");
+    tar_gz_private(&path, &entries)?;
+    let sha = install::sha256_file(&path)?;
+    Ok(vec![
+        ("path".into(), path.display().to_string()),
+        ("sha256".into(), sha),
+        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+    ])
+}
+
+/// Checks that `target` is an absolute directory we can write to (creating it if needed).
+pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(target);
+    if !p.is_absolute() {
+        return refuse(format!("{param} {target:?} must be an absolute path"));
+    }
+    if let Err(e) = std::fs::create_dir_all(&p) {
+        return refuse(format!("{param} {target:?} cannot be created: {e}"));
+    }
+    if let Err(e) = tempfile::tempfile_in(&p) {
+        return refuse(format!("{param} {target:?} is not writable: {e}"));
+    }
+    Ok(p)
+}
+
+fn param_str<'a>(params: &'a std::collections::BTreeMap<String, Value>, k: &str, default: &'a str) -> &'a str {
+    params.get(k).and_then(Value::as_str).unwrap_or(default)
+}
+
+fn timestamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}-{:02}-{:02}.{:02}.{:02}", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second())
+}
+
+/// Streams a consistent snapshot from `ep` into `out` (the raw db followed by its 32-byte
+/// sha256, byte-identical to `etcdctl snapshot save`), verifying the digest. Returns the
+/// number of bytes written.
+/// Receives a snapshot stream: its total size (database + 32-byte digest) first, then bytes.
+pub trait SnapshotSink {
+    fn begin(&mut self, size: u64) -> std::io::Result<()>;
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// Any writer is a sink that ignores the size.
+pub struct Raw<W: Write>(pub W);
+
+impl<W: Write> SnapshotSink for Raw<W> {
+    fn begin(&mut self, _: u64) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(b)
+    }
+}
+
+/// Writes the stream as the `db` entry of a tar archive (the header needs the size first).
+struct TarEntry<'a, W: Write> {
+    tar: &'a mut tar::Builder<W>,
+    size: u64,
+}
+
+impl<W: Write> SnapshotSink for TarEntry<'_, W> {
+    fn begin(&mut self, size: u64) -> std::io::Result<()> {
+        self.size = size;
+        let mut h = tar::Header::new_gnu();
+        h.set_path("db")?;
+        h.set_size(size);
+        h.set_mode(0o600);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        self.tar.get_mut().write_all(h.as_bytes())
+    }
+    fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.tar.get_mut().write_all(b)
+    }
+}
+
+pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) -> Result<u64> {
+    use base64::Engine;
+    use sha2::Digest;
+    let url = format!("{ep}/v3/maintenance/snapshot");
+    let resp = client.http().post(&url).timeout(Duration::from_secs(3600)).json(&serde_json::json!({})).send()?;
+    if !resp.status().is_success() {
+        bail!("snapshot from {ep}: HTTP {}: {}", resp.status(), resp.text().unwrap_or_default());
+    }
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, resp);
+    let mut hasher = sha2::Sha256::new();
+    let mut pending: Vec<u8> = vec![];
+    let mut line = String::new();
+    let mut total = 0u64;
+    let mut first = true;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            break;
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| "snapshot stream: a line that is not JSON")?;
+        let Some(result) = v.get("result") else {
+            bail!("snapshot stream from {ep} failed: {}", v.get("error").map(|e| e.to_string()).unwrap_or(line.clone()));
+        };
+        let blob = b64.decode(result.get("blob").and_then(Value::as_str).unwrap_or(""))?;
+        if first {
+            let remaining: u64 = result.get("remaining_bytes").and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_u64())).unwrap_or(0);
+            out.begin(remaining + blob.len() as u64 + 32)?;
+            first = false;
+        }
+        // Everything but the last 32 bytes seen so far is database; the last 32 may be the digest.
+        pending.extend_from_slice(&blob);
+        if pending.len() > 32 {
+            let cut = pending.len() - 32;
+            hasher.update(&pending[..cut]);
+            out.data(&pending[..cut])?;
+            total += cut as u64;
+            pending.drain(..cut);
+        }
+    }
+    if pending.len() != 32 {
+        bail!("snapshot stream from {ep} ended early (no trailing digest)");
+    }
+    let digest = hasher.finalize();
+    if digest.as_slice() != pending.as_slice() {
+        bail!("snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest");
+    }
+    out.data(&pending)?;
+    Ok(total + 32)
+}
+
+fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
+    let keys = param_str(params, "keys-version", "v3");
+    if keys != "v3" && keys != "v2" {
+        return refuse(format!("keys-version {keys:?} is not valid: use v3 or v2"));
+    }
+    let target = writable_dir(param_str(params, "target", "/home/ubuntu/etcd-snapshots"), "target")?;
+    let (client, ep, _) = local()?;
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+    let name = format!("etcd-snapshot-{}", timestamp());
+    let path = target.join(format!("{name}.tar.gz"));
+    if keys == "v2" {
+        return snapshot_v2(ctx, &inst, &target, &name);
+    }
+    let (leader_ep, _) = leader_endpoint(&client, &ep)?;
+    let status = client.status(&leader_ep)?;
+    let members = client.member_list(&ep)?.len();
+    let meta = serde_json::json!({
+        "format": "etcd-charm-snapshot/1",
+        "etcd-version": status.version,
+        "revision": status.header.revision,
+        "cluster-id": format!("{:x}", status.header.cluster_id),
+        "member-count": members,
+        "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "keys-version": "v3",
+    });
+    juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
+    use std::os::unix::fs::OpenOptionsExt;
+    let part = target.join(format!(".{name}.part"));
+    let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&part)?;
+    let result = (|| -> Result<u64> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, f), flate2::Compression::fast()));
+        let meta_bytes = serde_json::to_vec_pretty(&meta)?;
+        let mut h = tar::Header::new_gnu();
+        h.set_size(meta_bytes.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append_data(&mut h, "metadata.json", meta_bytes.as_slice())?;
+        // The db entry is streamed: its size is known from the first chunk (+32 digest bytes).
+        let mut entry = TarEntry { tar: &mut b, size: 0 };
+        let written = stream_snapshot(&client, &leader_ep, &mut entry)?;
+        let size = entry.size;
+        if written != size {
+            bail!("snapshot stream size {written} does not match the announced {size}");
+        }
+        // pad the tar entry to 512 bytes
+        let pad = (512 - (size % 512)) % 512;
+        b.get_mut().write_all(&vec![0u8; pad as usize])?;
+        let gz = b.into_inner()?;
+        let w = gz.finish()?;
+        w.into_inner().map_err(|e| anyhow!("flushing the snapshot: {e}"))?.sync_all()?;
+        Ok(written)
+    })();
+    let db_size = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&part, &path)?;
+    let sha = install::sha256_file(&path)?;
+    let size = std::fs::metadata(&path)?.len();
+    juju::action_log(&format!("snapshot of {db_size} bytes written to {}", path.display()));
+    Ok(vec![
+        ("snapshot.path".into(), path.display().to_string()),
+        ("snapshot.size".into(), size.to_string()),
+        ("snapshot.sha256".into(), sha),
+        ("snapshot.version".into(), status.version.clone()),
+        ("snapshot.revision".into(), status.header.revision.to_string()),
+        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+    ])
+}
+
+fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Result<Results> {
+    let data = charm::data_dir();
+    let work = tempfile::tempdir_in(target)?;
+    let backup = work.path().join("backup");
+    let out = std::process::Command::new(inst.etcdctl())
+        .env("ETCDCTL_API", "2")
+        .args(["backup", "--data-dir", &data, "--backup-dir"])
+        .arg(&backup)
+        .output()
+        .with_context(|| format!("running {}", inst.etcdctl()))?;
+    if !out.status.success() {
+        return refuse(format!("v2 backup is not available with etcd {}: {}", inst.version, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let path = target.join(format!("{name}.tar.gz"));
+    let tmp = target.join(format!(".{name}.part"));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+        b.append_dir_all(".", &backup)?;
+        b.into_inner()?.finish()?.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(vec![
+        ("snapshot.path".into(), path.display().to_string()),
+        ("snapshot.size".into(), std::fs::metadata(&path)?.len().to_string()),
+        ("snapshot.sha256".into(), install::sha256_file(&path)?),
+        ("snapshot.version".into(), "v2".into()),
+        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+    ])
+}
+
+fn compact(params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
+    let raw = match params.get("revision") {
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => String::new(),
+    };
+    let revision: Option<u64> = if raw.is_empty() {
+        None
+    } else {
+        Some(raw.parse().map_err(|_| Refused(format!("revision {raw:?} is not a number; give a revision such as 1234, or leave it empty for the current one")))?)
+    };
+    let physical = params.get("physical").and_then(Value::as_bool).unwrap_or(false);
+    let (client, ep, _) = local()?;
+    let rev = match revision {
+        Some(r) => r,
+        None => client.revision(&ep)?,
+    };
+    match client.compact(&ep, rev, physical) {
+        Ok(()) => Ok(vec![("output".into(), format!("compacted revision {rev}")), ("revision".into(), rev.to_string())]),
+        Err(e) if e.status() == Some(400) => refuse(format!("cannot compact to revision {rev}: {e}")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn defrag() -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let before = client.status(&ep)?.db_size;
+    client.defrag(&ep)?;
+    let after = client.status(&ep)?.db_size;
+    Ok(vec![("output".into(), format!("Finished defragmenting etcd member[{ep}]")), ("db-size.before".into(), before.to_string()), ("db-size.after".into(), after.to_string())])
+}
+
+fn alarm_text(a: &crate::etcd::client::Alarm) -> String {
+    format!("memberID:{} alarm:{}", a.member_id, a.alarm)
+}
+
+fn alarm_list() -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let alarms = client.alarms(&ep)?;
+    Ok(vec![("alarm-list".into(), alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n")), ("count".into(), alarms.len().to_string())])
+}
+
+fn alarm_disarm() -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let alarms = client.alarms(&ep)?;
+    for a in &alarms {
+        client.alarm_disarm(&ep, a)?;
+    }
+    let left = client.alarms(&ep)?;
+    Ok(vec![("alarm-disarm".into(), alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n")), ("remaining".into(), left.len().to_string())])
+}
+
+/// Re-installs this unit from the attached `etcd` resource; rolls back to the previous
+/// binaries unless etcd comes back healthy.
+fn reinstall() -> Result<Results> {
+    let Some(resource) = juju::resource_get("etcd") else {
+        return refuse("no etcd resource is attached; attach an upstream etcd release tarball first");
+    };
+    let (client, ep, cfg) = local()?;
+    let before = Installed::load();
+    let old_target = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
+    let inst = match install::install_archive(Path::new(&resource), cfg.archive_sha256.as_deref(), "etcd resource") {
+        Ok(i) => i,
+        Err(install::InstallError::Bad(m)) => return refuse(m),
+        Err(e) => return Err(e.into()),
+    };
+    let svc = Service { etcd_binary: inst.etcd() };
+    juju::action_log(&format!("restarting etcd {}", inst.version));
+    svc.restart()?;
+    let healthy = charm::retry(Duration::from_secs(60), Duration::from_millis(200), || match client.health(&ep) {
+        Ok(true) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    if let Err(e) = healthy {
+        juju::action_log("etcd did not come back healthy; rolling back");
+        if let (Some(old), Some(b)) = (old_target, before) {
+            install::switch_current(&old)?;
+            b.save()?;
+            svc.restart()?;
+        }
+        return refuse(format!("etcd {} did not become healthy ({e}); rolled back to the previous binaries", inst.version));
+    }
+    let _ = juju::application_version_set(&inst.version);
+    let _ = member_name("");
+    Ok(vec![("version".into(), inst.version), ("output".into(), "etcd re-installed from the etcd resource".into())])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_gives_both_variable_generations() {
+        let r = credentials_readme(&["https://10.0.0.1:2379".into(), "https://10.0.0.2:2379".into()]);
+        assert!(r.contains("ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379"));
+        for v in ["ETCDCTL_CACERT", "ETCDCTL_CERT=", "ETCDCTL_KEY=", "ETCDCTL_CA_FILE", "ETCDCTL_CERT_FILE", "ETCDCTL_KEY_FILE"] {
+            assert!(r.contains(v), "{v}");
+        }
+    }
 }

@@ -7,6 +7,8 @@
 //! service, API client), `relations` (db, proxy) → `juju` (the only code that runs hook tools).
 
 mod actions;
+mod migrate;
+mod restore;
 mod charm;
 mod cluster;
 mod config;
