@@ -406,6 +406,7 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
     let address = juju::network_ingress(PEER).ok().and_then(|a| a.first().cloned());
     if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()) {
         let ep = endpoint(&address, &cfg);
+
         let client = tls_client()?;
         let peer_url = format!("https://{address}:{}", cfg.management_port);
         if let Ok(members) = client.member_list(&ep) {
@@ -530,6 +531,31 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     let svc = Service { etcd_binary: inst.etcd() };
     let ep = endpoint(&address, &cfg);
 
+    // After a restore the leader publishes a new epoch: this member's data belongs to the old
+    // cluster. Set it aside (never deleted here) and join the new one through the normal path.
+    if let Some(epoch) = peers.app_get("epoch").map(String::from) {
+        match st.epoch.clone() {
+            Some(old) if old != epoch && !leader => {
+                juju::log("INFO", &format!("the cluster was restored (epoch {old} -> {epoch}); rejoining"));
+                svc.stop()?;
+                let member = Path::new(&data).join("member");
+                if member.exists() {
+                    let aside = Path::new(&data).join(format!(".epoch-{old}"));
+                    let _ = std::fs::remove_dir_all(&aside);
+                    std::fs::create_dir_all(&aside)?;
+                    std::fs::rename(&member, aside.join("member"))?;
+                }
+                st.initial_cluster = None;
+                st.initial_state = None;
+                st.epoch = None;
+                set_phase(&mut mine, &mut my_writes, "ready");
+                peers.units.insert(ctx.unit.clone(), mine.clone());
+            }
+            None if st.initial_cluster.is_some() => st.epoch = Some(epoch),
+            _ => {}
+        }
+    }
+
     let outcome = (|| -> Result<()> {
         if !certified {
             set_phase(&mut mine, &mut my_writes, "installed");
@@ -581,6 +607,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 return Ok(());
             }
             st.token = peers.app_get("token").map(String::from);
+            st.epoch = peers.app_get("epoch").map(String::from);
         }
         let member = render::Member {
             name: name.clone(),

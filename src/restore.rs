@@ -1,8 +1,340 @@
-//! The restore action (placeholder until implemented).
-use crate::juju::Context;
-use anyhow::Result;
-use serde_json::Value;
+//! The restore action: rebuild the cluster from the `snapshot` resource, on the leader.
+//!
+//! Steps, each checking before it acts:
+//! 1. `fetch`: the resource, detected as this charm's archive, the classic charm's archive
+//!    (a v3 db at the root) or a raw `etcdctl snapshot save` file; unpacked defensively.
+//! 2. `verify`: the snapshot's trailing sha256 (or, without one, `snapshot status`), and an
+//!    offline `snapshot restore` into a staging dir. Nothing of the cluster is touched yet.
+//! 3. `backup` (unless skip-backup): a snapshot of the running cluster into `target`.
+//! 4. `dismantle`: the other members are removed while quorum holds (they stop by themselves).
+//! 5. `swap`: stop etcd, set the current data aside, move the restored data in, start.
+//! 6. `check`: healthy, at the snapshot's revision. On failure the old data goes back.
+//! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
+//!    and joins again through the normal one-at-a-time learner path.
 
-pub fn restore(_ctx: &Context, _params: &std::collections::BTreeMap<String, Value>) -> Result<Vec<(String, String)>> {
-    Err(crate::actions::Refused("restore is not implemented yet".into()).into())
+use crate::actions::{self, leader_endpoint, local, writable_dir, Refused};
+use crate::charm::{self, member_name, retry, LocalState};
+use crate::etcd::install::{self, Installed};
+use crate::etcd::service::Service;
+use crate::juju::{self, Bag, Context};
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+use sha2::Digest;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+type Results = Vec<(String, String)>;
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refused(msg.into()).into())
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Kind {
+    /// a bbolt db followed by its sha256 (etcdctl snapshot save / the gateway stream)
+    WithDigest,
+    /// a bare bbolt db (e.g. member/snap/db)
+    Bare,
+}
+
+/// Decides what a snapshot file is by its size (etcd's own `hasChecksum` rule).
+pub fn kind_of(size: u64) -> Option<Kind> {
+    match size % 512 {
+        32 => Some(Kind::WithDigest),
+        0 if size > 0 => Some(Kind::Bare),
+        _ => None,
+    }
+}
+
+/// Verifies the trailing digest of a snapshot file.
+pub fn verify_digest(path: &Path) -> Result<()> {
+    let size = std::fs::metadata(path)?.len();
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut left = size - 32;
+    let mut buf = vec![0u8; 1 << 20];
+    while left > 0 {
+        let n = f.read(&mut buf[..(left.min(1 << 20)) as usize])?;
+        if n == 0 {
+            bail!("snapshot ends early");
+        }
+        h.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut digest = [0u8; 32];
+    f.read_exact(&mut digest)?;
+    if h.finalize().as_slice() != digest {
+        bail!("the snapshot's sha256 does not match its trailing digest: the file is corrupt");
+    }
+    Ok(())
+}
+
+/// Finds the snapshot db in the resource: a raw file, or inside a tar.gz archive.
+fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
+    let mut magic = [0u8; 2];
+    std::fs::File::open(resource)?.read_exact(&mut magic).map_err(|_| Refused("the snapshot resource is empty".into()))?;
+    if magic != [0x1f, 0x8b] {
+        return Ok((resource.to_path_buf(), "a raw etcd snapshot file".into()));
+    }
+    let dir = staging.join("unpacked");
+    std::fs::create_dir_all(&dir)?;
+    install::unpack_safely(resource, &dir).map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
+    // A v2 data dir (the classic charm's keys-version=v2) has member/wal.
+    let mut roots = vec![dir.clone()];
+    for e in std::fs::read_dir(&dir)?.flatten() {
+        if e.path().is_dir() {
+            roots.push(e.path());
+        }
+    }
+    if roots.iter().any(|r| r.join("member").join("wal").exists()) {
+        return refuse("the archive holds a v2 data directory (member/wal); restoring v2 data is not supported: take a v3 snapshot (keys-version=v3)");
+    }
+    for r in &roots {
+        let meta = r.join("metadata.json");
+        if r.join("db").is_file() {
+            let what = if meta.exists() { "an etcd-charm snapshot archive" } else { "a classic etcd charm snapshot archive" };
+            return Ok((r.join("db"), what.into()));
+        }
+    }
+    for r in &roots {
+        for e in std::fs::read_dir(r)?.flatten() {
+            let p = e.path();
+            if p.is_file() && kind_of(std::fs::metadata(&p)?.len()).is_some() && p.file_name().map(|n| n != "metadata.json").unwrap_or(false) {
+                return Ok((p, "a classic etcd charm snapshot archive".into()));
+            }
+        }
+    }
+    refuse("the snapshot archive holds no snapshot db file")
+}
+
+/// Runs the offline restore tool of the installed etcd into `out`.
+fn offline_restore(inst: &Installed, db: &Path, kind: &Kind, name: &str, peer_url: &str, token: &str, out: &Path) -> Result<()> {
+    let cluster = format!("{name}={peer_url}");
+    let mut cmd = match inst.etcdutl() {
+        Some(u) => Command::new(u),
+        None => {
+            let mut c = Command::new(inst.etcdctl());
+            c.env("ETCDCTL_API", "3");
+            c
+        }
+    };
+    cmd.arg("snapshot").arg("restore").arg(db).args(["--name", name, "--initial-cluster", &cluster, "--initial-advertise-peer-urls", peer_url, "--initial-cluster-token", token, "--data-dir"]).arg(out);
+    if *kind == Kind::Bare {
+        cmd.arg("--skip-hash-check");
+    }
+    let o = cmd.output().context("running the offline snapshot restore")?;
+    if !o.status.success() {
+        return refuse(format!("the snapshot does not restore: {}", String::from_utf8_lossy(&o.stderr).trim()));
+    }
+    Ok(())
+}
+
+/// The revision a snapshot holds (offline `snapshot status`).
+fn snapshot_revision(inst: &Installed, db: &Path) -> Option<u64> {
+    let mut cmd = match inst.etcdutl() {
+        Some(u) => Command::new(u),
+        None => {
+            let mut c = Command::new(inst.etcdctl());
+            c.env("ETCDCTL_API", "3");
+            c
+        }
+    };
+    let o = cmd.arg("snapshot").arg("status").arg(db).args(["-w", "json"]).output().ok()?;
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    v.get("revision").and_then(Value::as_u64)
+}
+
+pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
+    if !juju::is_leader()? {
+        return refuse(format!("restore runs on the leader only; {} is not the leader (run it on etcd/leader)", ctx.unit));
+    }
+    let skip_backup = params.get("skip-backup").and_then(Value::as_bool).unwrap_or(true);
+    let target = params.get("target").and_then(Value::as_str).unwrap_or("/home/ubuntu").to_string();
+    let target_dir = if skip_backup { None } else { Some(writable_dir(&target, "target")?) };
+    let Some(resource) = juju::resource_get("snapshot") else {
+        return refuse("no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first");
+    };
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+    let (client, ep, cfg) = local()?;
+    let data = charm::data_dir();
+    let staging = Path::new(&data).join(".restore-staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let cleanup = scopeguard(staging.clone());
+
+    // 1–2. fetch and verify, touching nothing.
+    juju::action_log("verifying the snapshot");
+    let (db, what) = fetch(Path::new(&resource), &staging)?;
+    let size = std::fs::metadata(&db)?.len();
+    let kind = kind_of(size).ok_or_else(|| Refused(format!("{what} is not an etcd snapshot (size {size} is not a whole number of pages, with or without a digest): truncated?")))?;
+    if kind == Kind::WithDigest {
+        verify_digest(&db).map_err(|e| Refused(format!("{what} refused: {e}")))?;
+    }
+    let address = juju::network_ingress(charm::PEER)?.into_iter().next().ok_or_else(|| anyhow!("no address"))?;
+    let name = member_name(&ctx.unit);
+    let peer_url = format!("https://{address}:{}", cfg.management_port);
+    let epoch: u64 = juju::relation_ids(charm::PEER)?
+        .first()
+        .and_then(|r| juju::relation_get(r, &ctx.app, true).ok())
+        .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
+        .unwrap_or(1)
+        + 1;
+    let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
+    let restored = staging.join("data");
+    offline_restore(&inst, &db, &kind, &name, &peer_url, &token, &restored)?;
+    let want_rev = snapshot_revision(&inst, &db);
+    juju::action_log(&format!("{what} verified and restored offline (revision {})", want_rev.map(|r| r.to_string()).unwrap_or("unknown".into())));
+
+    // 3. backup of the running cluster.
+    let mut results: Results = vec![];
+    if let Some(dir) = target_dir {
+        let path = dir.join(format!("etcd-pre-restore-{}.db", epoch));
+        let (leader_ep, _) = leader_endpoint(&client, &ep)?;
+        let f = std::fs::File::create(&path)?;
+        actions::stream_snapshot(&client, &leader_ep, &mut actions::Raw(std::io::BufWriter::new(f)))?;
+        juju::action_log(&format!("the current data is saved in {}", path.display()));
+        results.push(("backup.path".into(), path.display().to_string()));
+    }
+
+    // 4. dismantle: remove the other members while quorum holds.
+    let members = client.member_list(&ep)?;
+    for m in members.iter().filter(|m| !m.peer_urls.contains(&peer_url)) {
+        juju::action_log(&format!("removing member {} from the old cluster", m.name));
+        retry(Duration::from_secs(30), Duration::from_millis(300), || match client.member_remove(&ep, m.id) {
+            Err(e) if e.status() == Some(404) => Ok(()),
+            other => other,
+        })?;
+    }
+
+    // 5. swap, keeping the old data until the restored cluster is healthy.
+    let svc = Service { etcd_binary: inst.etcd() };
+    svc.stop()?;
+    let aside = Path::new(&data).join(format!(".pre-restore-{epoch}"));
+    let _ = std::fs::remove_dir_all(&aside);
+    std::fs::create_dir_all(&aside)?;
+    let member = Path::new(&data).join("member");
+    if member.exists() {
+        std::fs::rename(&member, aside.join("member"))?;
+    }
+    std::fs::rename(restored.join("member"), &member)?;
+    let mut st = LocalState::load();
+    let old_state = (st.initial_cluster.clone(), st.initial_state.clone(), st.token.clone(), st.epoch.clone());
+    st.initial_cluster = Some(format!("{name}={peer_url}"));
+    st.initial_state = Some("new".into());
+    st.token = Some(token.clone());
+    st.epoch = Some(epoch.to_string());
+    st.save()?;
+    rerender(&st, &cfg, &name, &address, &data)?;
+    svc.start()?;
+
+    // 6. check.
+    let check = retry(Duration::from_secs(60), Duration::from_millis(200), || -> Result<u64> {
+        if !client.health(&ep)? {
+            bail!("not healthy yet");
+        }
+        Ok(client.revision(&ep)?)
+    });
+    let ok = match (&check, want_rev) {
+        (Ok(rev), Some(want)) => *rev >= want,
+        (Ok(_), None) => true,
+        _ => false,
+    };
+    if !ok {
+        juju::action_log("the restored member did not become healthy; putting the old data back");
+        svc.stop()?;
+        let failed = Path::new(&data).join(format!(".failed-restore-{epoch}"));
+        let _ = std::fs::remove_dir_all(&failed);
+        std::fs::rename(&member, &failed)?;
+        if aside.join("member").exists() {
+            std::fs::rename(aside.join("member"), &member)?;
+        }
+        st.initial_cluster = old_state.0;
+        st.initial_state = old_state.1;
+        st.token = old_state.2;
+        st.epoch = old_state.3;
+        st.save()?;
+        rerender(&st, &cfg, &name, &address, &data)?;
+        svc.start()?;
+        publish_epoch(ctx, epoch, st.token.as_deref().unwrap_or(&token), &name, &peer_url)?;
+        return refuse(format!("the restored cluster did not become healthy ({check:?}); the previous data is back in place"));
+    }
+    let _ = std::fs::remove_dir_all(&aside);
+    drop(cleanup);
+
+    // 7. publish the new epoch: the other units rejoin one at a time.
+    publish_epoch(ctx, epoch, &token, &name, &peer_url)?;
+    results.push(("restore.from".into(), what));
+    results.push(("restore.revision".into(), check.map(|r| r.to_string()).unwrap_or_default()));
+    results.push(("restore.epoch".into(), epoch.to_string()));
+    results.push(("output".into(), "restored; the other units rejoin the new cluster one at a time".into()));
+    Ok(results)
+}
+
+fn rerender(st: &LocalState, cfg: &crate::config::Config, name: &str, address: &str, data: &str) -> Result<()> {
+    let m = crate::etcd::render::Member {
+        name: name.into(),
+        address: address.into(),
+        data_dir: data.into(),
+        initial_cluster: st.initial_cluster.clone().unwrap_or_default(),
+        state: crate::etcd::render::ClusterState::New,
+        token: st.token.clone().unwrap_or_default(),
+        pki_dir: crate::pki::PKI_DIR.into(),
+    };
+    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), crate::etcd::render::etcd_config(&m, cfg).as_bytes(), 0o644)?;
+    Ok(())
+}
+
+fn publish_epoch(ctx: &Context, epoch: u64, token: &str, name: &str, peer_url: &str) -> Result<()> {
+    let Some(rel) = juju::relation_ids(charm::PEER)?.into_iter().next() else { return Ok(()) };
+    let mut b = Bag::new();
+    b.insert("epoch".into(), epoch.to_string());
+    b.insert("token".into(), token.into());
+    b.insert("bootstrap".into(), name.into());
+    b.insert("initial-cluster".into(), format!("{name}={peer_url}"));
+    b.insert("join".into(), String::new());
+    juju::relation_set(&rel, &b, true)?;
+    let _ = ctx;
+    Ok(())
+}
+
+/// Removes the staging dir when dropped.
+struct Guard(PathBuf);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scopeguard(p: PathBuf) -> Guard {
+    Guard(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_size() {
+        assert_eq!(kind_of(8192 + 32), Some(Kind::WithDigest));
+        assert_eq!(kind_of(8192), Some(Kind::Bare));
+        assert_eq!(kind_of(8000), None);
+        assert_eq!(kind_of(0), None);
+    }
+
+    #[test]
+    fn digest_catches_one_flipped_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let mut body = vec![5u8; 4096];
+        let digest = sha2::Sha256::digest(&body);
+        body.extend_from_slice(&digest);
+        let p = d.path().join("snap.db");
+        std::fs::write(&p, &body).unwrap();
+        verify_digest(&p).unwrap();
+        body[100] ^= 1;
+        std::fs::write(&p, &body).unwrap();
+        assert!(verify_digest(&p).unwrap_err().to_string().contains("corrupt"));
+    }
 }

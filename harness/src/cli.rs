@@ -513,7 +513,7 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                 .wait_for(Some(Instant::now() + timeout), |w| {
                     let m = w.models.get(&model)?;
                     let settled = m.units.values().all(|u| {
-                        u.queue.is_empty() && u.actions.is_empty() && u.agent.current == "idle" && u.error.is_none() && want.as_ref().map(|s| &u.workload.current == s).unwrap_or(true)
+                        u.queue.is_empty() && u.running.is_none() && u.actions.is_empty() && u.agent.current == "idle" && u.error.is_none() && want.as_ref().map(|s| &u.workload.current == s).unwrap_or(true)
                     });
                     let machines = m.machines.values().all(|x| x.status == "started");
                     (settled && machines).then_some(())

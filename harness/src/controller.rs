@@ -213,6 +213,7 @@ impl Model {
                 agent: Status::new("allocating", ""),
                 ports: Default::default(),
                 queue: Default::default(),
+                running: None,
                 actions: Default::default(),
                 error: None,
                 installed: false,
@@ -518,7 +519,7 @@ impl Model {
     pub fn reap_relations(&mut self) {
         let dying: Vec<u32> = self.relations.values().filter(|r| r.dying).map(|r| r.id).collect();
         for rel in dying {
-            let busy = self.units.values().any(|u| u.queue.iter().any(|e| e.relation == Some(rel)));
+            let busy = self.units.values().any(|u| u.queue.iter().chain(u.running.iter()).any(|e| e.relation == Some(rel)));
             if !busy {
                 self.relations.remove(&rel);
                 for u in self.units.values_mut() {
@@ -956,6 +957,12 @@ impl Ctl {
             let ctx = self.new_context(w, model, unit, &ev, None, false);
             let m = w.models.get_mut(model)?;
             let u = m.units.get_mut(unit)?;
+            // The event leaves the queue while it runs, so a change committed meanwhile queues
+            // a fresh event instead of coalescing with one that already read the old data.
+            if u.queue.front() == Some(&ev) {
+                u.queue.pop_front();
+            }
+            u.running = Some(ev.clone());
             u.agent = Status::new("executing", &format!("running {} hook", ev.hook));
             if let (Some(rel), Some(remote)) = (ev.relation, &ev.remote_unit) {
                 if ev.hook.ends_with("-relation-joined") {
@@ -1003,13 +1010,15 @@ impl Ctl {
             match result {
                 Err(_) if !machine_up => {
                     // The machine went down under the hook: it runs again when the machine is back.
+                    if let Some(u) = m.units.get_mut(unit) {
+                        u.running = None;
+                        u.queue.push_front(ev.clone());
+                    }
                 }
                 Ok((r, _)) if r.code == 0 && r.error.is_none() => {
                     m.commit(&ctx);
                     let u = m.units.get_mut(unit).unwrap();
-                    if u.queue.front() == Some(&ev) {
-                        u.queue.pop_front();
-                    }
+                    u.running = None;
                     u.error = None;
                     u.agent = Status::new("idle", "");
                     match name.as_str() {
@@ -1030,6 +1039,8 @@ impl Ctl {
                 }
                 _ => {
                     let u = m.units.get_mut(unit).unwrap();
+                    u.running = None;
+                    u.queue.push_front(ev.clone());
                     let attempts = u.error.as_ref().map(|e| e.attempts + 1).unwrap_or(1);
                     let delay = (5_000u64 << (attempts - 1).min(6)).min(300_000);
                     u.error = Some(HookError { hook: name.clone(), retry_at: Some(now_ms() + delay), attempts });
@@ -1279,6 +1290,15 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
     for n in nets {
         let _ = machine::create_bridge(Some(n.index));
     }
+    ctl.mutate(|w| {
+        for m in w.models.values_mut() {
+            for u in m.units.values_mut() {
+                if let Some(ev) = u.running.take() {
+                    u.queue.push_front(ev);
+                }
+            }
+        }
+    });
     for (model, unit, machine_id, started) in units {
         let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
         let alive = started && machine::agent_call(&sock, &AgentRequest::Ping).await.is_ok();

@@ -142,6 +142,9 @@ pub struct Unit {
     pub agent: Status,
     pub ports: BTreeSet<String>,
     pub queue: VecDeque<Event>,
+    /// the hook running now (out of the queue while it runs)
+    #[serde(default)]
+    pub running: Option<Event>,
     pub actions: VecDeque<u64>,
     /// The hook that failed, while the unit is in error.
     pub error: Option<HookError>,

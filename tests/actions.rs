@@ -1,0 +1,207 @@
+//! The actions through the local controller, with real etcd.
+
+mod support;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn deploy3(env: &Env, work: &Path) {
+    let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
+    let res = format!("etcd={}", tarball.display());
+    env.ok(&["deploy", repo_root().to_str().unwrap(), "etcd", "-n", "3", "--resource", &res]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+}
+
+/// `juju run --format json`; returns (exit code, the task).
+fn run_action(env: &Env, unit: &str, args: &[&str]) -> (i32, Value) {
+    let mut a = vec!["run", "--format", "json", unit];
+    a.extend(args);
+    let r = env.run(&a);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|_| panic!("no JSON from run {args:?}: {}{}", r.stdout, r.stderr));
+    let task = v.as_object().unwrap().values().next().unwrap().clone();
+    (r.code, task)
+}
+
+/// A file inside a unit's machine, read from the host.
+fn machine_file(env: &Env, unit: &str, path: &str) -> PathBuf {
+    let pid = env.machine_pid(&env.machine(unit));
+    PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
+fn etcdctl(env_vars: &[(String, String)], args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(etcd35().join("etcdctl"));
+    // etcdctl refuses a flag that shadows its environment variable
+    let explicit = args.contains(&"--endpoints");
+    for (k, v) in env_vars {
+        if !(explicit && k == "ETCDCTL_ENDPOINTS") {
+            c.env(k, v);
+        }
+    }
+    c.args(["--dial-timeout=3s", "--command-timeout=5s"]).args(args).output().unwrap()
+}
+
+/// Unpacks the credentials package on the host and returns the README's exports.
+fn credentials(env: &Env, work: &Path) -> Vec<(String, String)> {
+    let (code, task) = run_action(env, "etcd/0", &["package-client-credentials"]);
+    assert_eq!(code, 0, "{task}");
+    let path = task["results"]["path"].as_str().unwrap();
+    let host = machine_file(env, "etcd/0", path);
+    let meta = std::fs::metadata(&host).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the credentials package is private");
+    let out = Command::new("tar").arg("-xzf").arg(&host).arg("-C").arg(work).output().unwrap();
+    assert!(out.status.success());
+    let readme = std::fs::read_to_string(work.join("etcd_credentials/README.txt")).unwrap();
+    readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.replace("$PWD", work.to_str().unwrap()))
+        })
+        .filter(|(k, _)| !k.ends_with("_FILE"))
+        .collect()
+}
+
+#[test]
+fn health_credentials_and_bad_params() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("act", &["update-status-hook-interval=1h"]);
+    deploy3(&env, work.path());
+
+    let (code, task) = run_action(&env, "etcd/1", &["health"]);
+    assert_eq!(code, 0, "{task}");
+    let output = task["results"]["output"].as_str().unwrap();
+    assert!(output.ends_with("cluster is healthy"), "{output}");
+    assert_eq!(output.matches("is healthy: got healthy result").count(), 3, "{output}");
+    let leaders = task["results"]["members"].as_object().unwrap().values().filter(|m| m["leader"] == "true").count();
+    assert_eq!(leaders, 1);
+
+    // The packaged credentials work from the host against every endpoint.
+    let vars = credentials(&env, work.path());
+    let eps = vars.iter().find(|(k, _)| k == "ETCDCTL_ENDPOINTS").unwrap().1.clone();
+    assert_eq!(eps.split(',').count(), 3);
+    let out = etcdctl(&vars, &["put", "greeting", "hello"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for ep in eps.split(',') {
+        let out = etcdctl(&vars, &["--endpoints", ep, "get", "greeting", "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "via {ep}");
+    }
+
+    // Bad params fail the action with a clear message and change nothing.
+    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "keys-version=v4"]);
+    assert_ne!(code, 0);
+    assert_eq!(task["status"], "failed");
+    assert!(task["message"].as_str().unwrap().contains("keys-version \"v4\""), "{task}");
+    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/proc/forbidden"]);
+    assert_ne!(code, 0);
+    assert!(task["message"].as_str().unwrap().contains("target"), "{task}");
+    let (code, task) = run_action(&env, "etcd/0", &["compact", "revision=abc"]);
+    assert_ne!(code, 0);
+    assert!(task["message"].as_str().unwrap().contains("\"abc\" is not a number"), "{task}");
+    let (code, task) = run_action(&env, "etcd/0", &["compact"]);
+    assert_eq!(code, 0, "{task}");
+    let (code, task) = run_action(&env, "etcd/0", &["alarm-list"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["count"], "0");
+    let (code, task) = run_action(&env, "etcd/0", &["defrag"]);
+    assert_eq!(code, 0, "{task}");
+    let out = etcdctl(&vars, &["get", "greeting", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+}
+
+#[test]
+fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("restore", &["update-status-hook-interval=1h"]);
+    deploy3(&env, work.path());
+    let vars = credentials(&env, work.path());
+    for i in 0..50 {
+        let out = etcdctl(&vars, &["put", &format!("/data/{i:03}"), &format!("value-{i}")]);
+        assert!(out.status.success());
+    }
+    let (code, task) = run_action(&env, "etcd/1", &["snapshot", "target=/root/snaps"]);
+    assert_eq!(code, 0, "{task}");
+    let r = &task["results"]["snapshot"];
+    assert_eq!(r["version"], "3.5.1");
+    let archive = machine_file(&env, "etcd/1", r["path"].as_str().unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    let local = work.path().join("snap.tar.gz");
+    std::fs::copy(&archive, &local).unwrap();
+    let sha = Command::new("sha256sum").arg(&local).output().unwrap();
+    assert!(String::from_utf8_lossy(&sha.stdout).starts_with(r["sha256"].as_str().unwrap()));
+
+    // Corrupt and truncated copies, and a restore on a non-leader, are refused; nothing changes.
+    let bytes = std::fs::read(&local).unwrap();
+    let mut flipped = bytes.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x01;
+    let bad = work.path().join("flipped.tar.gz");
+    std::fs::write(&bad, &flipped).unwrap();
+    let truncated = work.path().join("truncated.tar.gz");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let leader = env.leader("etcd");
+    for f in [&bad, &truncated] {
+        env.ok(&["attach-resource", "etcd", &format!("snapshot={}", f.display())]);
+        env.settle("2m");
+        let (code, task) = run_action(&env, &leader, &["restore"]);
+        assert_ne!(code, 0, "{} must be refused", f.display());
+        assert!(task["message"].as_str().unwrap().contains("refused") || task["message"].as_str().unwrap().contains("not an etcd snapshot"), "{task}");
+    }
+    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", local.display())]);
+    env.settle("2m");
+    let follower = env.units("etcd").into_iter().find(|u| u != &leader).unwrap();
+    let (code, task) = run_action(&env, &follower, &["restore"]);
+    assert_ne!(code, 0);
+    assert!(task["message"].as_str().unwrap().contains("leader"), "{task}");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
+
+    // Delete the keys, restore, and every key is back on all three units.
+    let out = etcdctl(&vars, &["del", "/data/", "--prefix"]);
+    assert!(out.status.success());
+    let (code, task) = run_action(&env, &leader, &["restore"]);
+    assert_eq!(code, 0, "{task}");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    for u in env.units("etcd") {
+        let ep = format!("https://{}:2379", env.address(&u));
+        let out = etcdctl(&vars, &["--endpoints", &ep, "get", "/data/", "--prefix", "--keys-only", "--consistency=s"]);
+        let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count();
+        assert_eq!(n, 50, "{u} has {n} of 50 keys after the restore");
+    }
+
+    // A raw `etcdctl snapshot save` file restores too.
+    let raw = work.path().join("raw.db");
+    let out = etcdctl(&vars, &["--endpoints", &format!("https://{}:2379", env.address(&leader)), "snapshot", "save", raw.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    etcdctl(&vars, &["del", "/data/", "--prefix"]);
+    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", raw.display())]);
+    env.settle("2m");
+    let (code, task) = run_action(&env, &leader, &["restore"]);
+    assert_eq!(code, 0, "{task}");
+    assert!(task["results"]["restore"]["from"].as_str().unwrap().contains("raw"), "{task}");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count(), 50);
+
+    // A classic-format archive: the v3 db alone at the root of a tar.gz.
+    let classic_dir = work.path().join("classic");
+    std::fs::create_dir_all(&classic_dir).unwrap();
+    std::fs::copy(&raw, classic_dir.join("etcd-snapshot-2025-01-01-00.00.00.db")).unwrap();
+    let classic = work.path().join("classic.tar.gz");
+    assert!(Command::new("tar").arg("-czf").arg(&classic).arg("-C").arg(&classic_dir).arg(".").status().unwrap().success());
+    etcdctl(&vars, &["del", "/data/", "--prefix"]);
+    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", classic.display())]);
+    env.settle("2m");
+    let (code, task) = run_action(&env, &leader, &["restore"]);
+    assert_eq!(code, 0, "{task}");
+    assert!(task["results"]["restore"]["from"].as_str().unwrap().contains("classic"), "{task}");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count(), 50);
+}
