@@ -57,23 +57,40 @@ type Results = Vec<(String, String)>;
 /// This unit's endpoint and a TLS client for it.
 pub fn local() -> Result<(Client, String, Config)> {
     let cfg = Config::parse(&juju::config()?).map_err(Refused)?;
-    let address = juju::network_ingress(charm::PEER)?.into_iter().next().ok_or_else(|| anyhow!("this unit has no address yet"))?;
+    let address = juju::network_ingress(charm::PEER)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("this unit has no address yet"))?;
     if !Path::new(&pki::path("server.crt")).exists() {
         return refuse("this unit has no certificates yet; wait until it is active");
     }
-    Ok((tls_client()?, format!("https://{address}:{}", cfg.port), cfg))
+    Ok((
+        tls_client()?,
+        format!("https://{address}:{}", cfg.port),
+        cfg,
+    ))
 }
 
 pub fn client_url(m: &Member) -> Option<String> {
-    m.client_urls.iter().find(|u| !u.contains("127.0.0.1")).or(m.client_urls.first()).cloned()
+    m.client_urls
+        .iter()
+        .find(|u| !u.contains("127.0.0.1"))
+        .or(m.client_urls.first())
+        .cloned()
 }
 
 /// The raft leader's client URL.
 pub fn leader_endpoint(client: &Client, ep: &str) -> Result<(String, Member)> {
     let members = client.member_list(ep)?;
     let st = client.status(ep)?;
-    let m = members.into_iter().find(|m| m.id == st.leader).ok_or_else(|| anyhow!("the cluster has no leader"))?;
-    Ok((client_url(&m).ok_or_else(|| anyhow!("the leader has no client URL"))?, m))
+    let m = members
+        .into_iter()
+        .find(|m| m.id == st.leader)
+        .ok_or_else(|| anyhow!("the cluster has no leader"))?;
+    Ok((
+        client_url(&m).ok_or_else(|| anyhow!("the leader has no client URL"))?,
+        m,
+    ))
 }
 
 fn health() -> Result<Results> {
@@ -83,10 +100,17 @@ fn health() -> Result<Results> {
     let mut res = vec![];
     let mut all = true;
     for m in &members {
-        let key = if m.name.is_empty() { format!("{:x}", m.id) } else { m.name.clone() };
+        let key = if m.name.is_empty() {
+            format!("{:x}", m.id)
+        } else {
+            m.name.clone()
+        };
         let Some(url) = client_url(m) else {
             all = false;
-            lines.push(format!("member {:x} is unhealthy: it has not started", m.id));
+            lines.push(format!(
+                "member {:x} is unhealthy: it has not started",
+                m.id
+            ));
             res.push((format!("members.{key}.healthy"), "false".into()));
             res.push((format!("members.{key}.error"), "not started".into()));
             continue;
@@ -97,11 +121,20 @@ fn health() -> Result<Results> {
         res.push((format!("members.{key}.learner"), m.is_learner.to_string()));
         match (&healthy, &status) {
             (Ok(true), Ok(s)) => {
-                lines.push(format!("member {:x} is healthy: got healthy result from {url}", m.id));
+                lines.push(format!(
+                    "member {:x} is healthy: got healthy result from {url}",
+                    m.id
+                ));
                 res.push((format!("members.{key}.healthy"), "true".into()));
-                res.push((format!("members.{key}.leader"), (s.leader == m.id).to_string()));
+                res.push((
+                    format!("members.{key}.leader"),
+                    (s.leader == m.id).to_string(),
+                ));
                 res.push((format!("members.{key}.db-size"), s.db_size.to_string()));
-                res.push((format!("members.{key}.raft-index"), s.raft_index.to_string()));
+                res.push((
+                    format!("members.{key}.raft-index"),
+                    s.raft_index.to_string(),
+                ));
                 res.push((format!("members.{key}.version"), s.version.clone()));
             }
             _ => {
@@ -111,13 +144,20 @@ fn health() -> Result<Results> {
                     (_, Err(e)) => e.to_string(),
                     _ => "health check returned false".into(),
                 };
-                lines.push(format!("member {:x} is unhealthy: got unhealthy result from {url}: {err}", m.id));
+                lines.push(format!(
+                    "member {:x} is unhealthy: got unhealthy result from {url}: {err}",
+                    m.id
+                ));
                 res.push((format!("members.{key}.healthy"), "false".into()));
                 res.push((format!("members.{key}.error"), err));
             }
         }
     }
-    lines.push(if all { "cluster is healthy".into() } else { "cluster is unhealthy".into() });
+    lines.push(if all {
+        "cluster is healthy".into()
+    } else {
+        "cluster is unhealthy".into()
+    });
     res.push(("output".into(), lines.join("\n")));
     res.push(("healthy".into(), all.to_string()));
     Ok(res)
@@ -144,13 +184,26 @@ pub fn credentials_readme(endpoints: &[String]) -> String {
 fn tar_gz_private(path: &Path, entries: &[(String, Vec<u8>, u32)]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("part");
-    let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        f,
+        flate2::Compression::default(),
+    ));
     for (name, data, mode) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(*mode);
-        h.set_mtime(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+        h.set_mtime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
         h.set_cksum();
         b.append_data(&mut h, name, data.as_slice())?;
     }
@@ -161,14 +214,36 @@ fn tar_gz_private(path: &Path, entries: &[(String, Vec<u8>, u32)]) -> Result<()>
 
 fn package_client_credentials(ctx: &Context) -> Result<Results> {
     let (client, ep, _) = local()?;
-    let mut endpoints: Vec<String> = client.member_list(&ep)?.iter().filter_map(client_url).collect();
+    let mut endpoints: Vec<String> = client
+        .member_list(&ep)?
+        .iter()
+        .filter_map(client_url)
+        .collect();
     endpoints.sort();
-    let read = |f: &str| std::fs::read(pki::path(f)).with_context(|| format!("reading {f}; is the unit certified?"));
+    let read = |f: &str| {
+        std::fs::read(pki::path(f)).with_context(|| format!("reading {f}; is the unit certified?"))
+    };
     let entries = vec![
-        ("etcd_credentials/ca.crt".to_string(), read("ca.crt")?, 0o644),
-        ("etcd_credentials/client.crt".to_string(), read("client.crt")?, 0o644),
-        ("etcd_credentials/client.key".to_string(), read("client.key")?, 0o600),
-        ("etcd_credentials/README.txt".to_string(), credentials_readme(&endpoints).into_bytes(), 0o644),
+        (
+            "etcd_credentials/ca.crt".to_string(),
+            read("ca.crt")?,
+            0o644,
+        ),
+        (
+            "etcd_credentials/client.crt".to_string(),
+            read("client.crt")?,
+            0o644,
+        ),
+        (
+            "etcd_credentials/client.key".to_string(),
+            read("client.key")?,
+            0o600,
+        ),
+        (
+            "etcd_credentials/README.txt".to_string(),
+            credentials_readme(&endpoints).into_bytes(),
+            0o644,
+        ),
     ];
     let path = operator_dir().join("etcd_credentials.tar.gz");
     tar_gz_private(&path, &entries)?;
@@ -176,7 +251,10 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
     Ok(vec![
         ("path".into(), path.display().to_string()),
         ("sha256".into(), sha),
-        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+        (
+            "copy.cmd".into(),
+            format!("juju scp {}:{} .", ctx.unit, path.display()),
+        ),
     ])
 }
 
@@ -195,13 +273,25 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn param_str<'a>(params: &'a std::collections::BTreeMap<String, Value>, k: &str, default: &'a str) -> &'a str {
+fn param_str<'a>(
+    params: &'a std::collections::BTreeMap<String, Value>,
+    k: &str,
+    default: &'a str,
+) -> &'a str {
     params.get(k).and_then(Value::as_str).unwrap_or(default)
 }
 
 fn timestamp() -> String {
     let now = time::OffsetDateTime::now_utc();
-    format!("{:04}-{:02}-{:02}-{:02}.{:02}.{:02}", now.year(), now.month() as u8, now.day(), now.hour(), now.minute(), now.second())
+    format!(
+        "{:04}-{:02}-{:02}-{:02}.{:02}.{:02}",
+        now.year(),
+        now.month() as u8,
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }
 
 /// Streams a consistent snapshot from `ep` into `out` (the raw db followed by its 32-byte
@@ -251,9 +341,18 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
     use base64::Engine;
     use sha2::Digest;
     let url = format!("{ep}/v3/maintenance/snapshot");
-    let resp = client.http().post(&url).timeout(Duration::from_secs(3600)).json(&serde_json::json!({})).send()?;
+    let resp = client
+        .http()
+        .post(&url)
+        .timeout(Duration::from_secs(3600))
+        .json(&serde_json::json!({}))
+        .send()?;
     if !resp.status().is_success() {
-        bail!("snapshot from {ep}: HTTP {}: {}", resp.status(), resp.text().unwrap_or_default());
+        bail!(
+            "snapshot from {ep}: HTTP {}: {}",
+            resp.status(),
+            resp.text().unwrap_or_default()
+        );
     }
     let mut reader = std::io::BufReader::with_capacity(1 << 20, resp);
     let mut hasher = sha2::Sha256::new();
@@ -270,13 +369,22 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line).with_context(|| "snapshot stream: a line that is not JSON")?;
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| "snapshot stream: a line that is not JSON")?;
         let Some(result) = v.get("result") else {
-            bail!("snapshot stream from {ep} failed: {}", v.get("error").map(|e| e.to_string()).unwrap_or(line.clone()));
+            bail!(
+                "snapshot stream from {ep} failed: {}",
+                v.get("error")
+                    .map(|e| e.to_string())
+                    .unwrap_or(line.clone())
+            );
         };
         let blob = b64.decode(result.get("blob").and_then(Value::as_str).unwrap_or(""))?;
         if first {
-            let remaining: u64 = result.get("remaining_bytes").and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_u64())).unwrap_or(0);
+            let remaining: u64 = result
+                .get("remaining_bytes")
+                .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_u64()))
+                .unwrap_or(0);
             out.begin(remaining + blob.len() as u64 + 32)?;
             first = false;
         }
@@ -295,7 +403,9 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
     }
     let digest = hasher.finalize();
     if digest.as_slice() != pending.as_slice() {
-        bail!("snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest");
+        bail!(
+            "snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest"
+        );
     }
     out.data(&pending)?;
     Ok(total + 32)
@@ -306,7 +416,10 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     if keys != "v3" && keys != "v2" {
         return refuse(format!("keys-version {keys:?} is not valid: use v3 or v2"));
     }
-    let target = writable_dir(param_str(params, "target", "/home/ubuntu/etcd-snapshots"), "target")?;
+    let target = writable_dir(
+        param_str(params, "target", "/home/ubuntu/etcd-snapshots"),
+        "target",
+    )?;
     let (client, ep, _) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let name = format!("etcd-snapshot-{}", timestamp());
@@ -329,9 +442,17 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
     use std::os::unix::fs::OpenOptionsExt;
     let part = target.join(format!(".{name}.part"));
-    let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&part)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&part)?;
     let result = (|| -> Result<u64> {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(std::io::BufWriter::with_capacity(1 << 20, f), flate2::Compression::fast()));
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::io::BufWriter::with_capacity(1 << 20, f),
+            flate2::Compression::fast(),
+        ));
         let meta_bytes = serde_json::to_vec_pretty(&meta)?;
         let mut h = tar::Header::new_gnu();
         h.set_size(meta_bytes.len() as u64);
@@ -339,7 +460,10 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         h.set_cksum();
         b.append_data(&mut h, "metadata.json", meta_bytes.as_slice())?;
         // The db entry is streamed: its size is known from the first chunk (+32 digest bytes).
-        let mut entry = TarEntry { tar: &mut b, size: 0 };
+        let mut entry = TarEntry {
+            tar: &mut b,
+            size: 0,
+        };
         let written = stream_snapshot(&client, &leader_ep, &mut entry)?;
         let size = entry.size;
         if written != size {
@@ -350,7 +474,9 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         b.get_mut().write_all(&vec![0u8; pad as usize])?;
         let gz = b.into_inner()?;
         let w = gz.finish()?;
-        w.into_inner().map_err(|e| anyhow!("flushing the snapshot: {e}"))?.sync_all()?;
+        w.into_inner()
+            .map_err(|e| anyhow!("flushing the snapshot: {e}"))?
+            .sync_all()?;
         Ok(written)
     })();
     let db_size = match result {
@@ -363,14 +489,23 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     std::fs::rename(&part, &path)?;
     let sha = install::sha256_file(&path)?;
     let size = std::fs::metadata(&path)?.len();
-    juju::action_log(&format!("snapshot of {db_size} bytes written to {}", path.display()));
+    juju::action_log(&format!(
+        "snapshot of {db_size} bytes written to {}",
+        path.display()
+    ));
     Ok(vec![
         ("snapshot.path".into(), path.display().to_string()),
         ("snapshot.size".into(), size.to_string()),
         ("snapshot.sha256".into(), sha),
         ("snapshot.version".into(), status.version.clone()),
-        ("snapshot.revision".into(), status.header.revision.to_string()),
-        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+        (
+            "snapshot.revision".into(),
+            status.header.revision.to_string(),
+        ),
+        (
+            "copy.cmd".into(),
+            format!("juju scp {}:{} .", ctx.unit, path.display()),
+        ),
     ])
 }
 
@@ -385,24 +520,42 @@ fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Re
         .output()
         .with_context(|| format!("running {}", inst.etcdctl()))?;
     if !out.status.success() {
-        return refuse(format!("v2 backup is not available with etcd {}: {}", inst.version, String::from_utf8_lossy(&out.stderr).trim()));
+        return refuse(format!(
+            "v2 backup is not available with etcd {}: {}",
+            inst.version,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let path = target.join(format!("{name}.tar.gz"));
     let tmp = target.join(format!(".{name}.part"));
     {
         use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            f,
+            flate2::Compression::default(),
+        ));
         b.append_dir_all(".", &backup)?;
         b.into_inner()?.finish()?.sync_all()?;
     }
     std::fs::rename(&tmp, &path)?;
     Ok(vec![
         ("snapshot.path".into(), path.display().to_string()),
-        ("snapshot.size".into(), std::fs::metadata(&path)?.len().to_string()),
+        (
+            "snapshot.size".into(),
+            std::fs::metadata(&path)?.len().to_string(),
+        ),
         ("snapshot.sha256".into(), install::sha256_file(&path)?),
         ("snapshot.version".into(), "v2".into()),
-        ("copy.cmd".into(), format!("juju scp {}:{} .", ctx.unit, path.display())),
+        (
+            "copy.cmd".into(),
+            format!("juju scp {}:{} .", ctx.unit, path.display()),
+        ),
     ])
 }
 
@@ -417,15 +570,23 @@ fn compact(params: &std::collections::BTreeMap<String, Value>) -> Result<Results
     } else {
         Some(raw.parse().map_err(|_| Refused(format!("revision {raw:?} is not a number; give a revision such as 1234, or leave it empty for the current one")))?)
     };
-    let physical = params.get("physical").and_then(Value::as_bool).unwrap_or(false);
+    let physical = params
+        .get("physical")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let (client, ep, _) = local()?;
     let rev = match revision {
         Some(r) => r,
         None => client.revision(&ep)?,
     };
     match client.compact(&ep, rev, physical) {
-        Ok(()) => Ok(vec![("output".into(), format!("compacted revision {rev}")), ("revision".into(), rev.to_string())]),
-        Err(e) if e.status() == Some(400) => refuse(format!("cannot compact to revision {rev}: {e}")),
+        Ok(()) => Ok(vec![
+            ("output".into(), format!("compacted revision {rev}")),
+            ("revision".into(), rev.to_string()),
+        ]),
+        Err(e) if e.status() == Some(400) => {
+            refuse(format!("cannot compact to revision {rev}: {e}"))
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -435,7 +596,14 @@ fn defrag() -> Result<Results> {
     let before = client.status(&ep)?.db_size;
     client.defrag(&ep)?;
     let after = client.status(&ep)?.db_size;
-    Ok(vec![("output".into(), format!("Finished defragmenting etcd member[{ep}]")), ("db-size.before".into(), before.to_string()), ("db-size.after".into(), after.to_string())])
+    Ok(vec![
+        (
+            "output".into(),
+            format!("Finished defragmenting etcd member[{ep}]"),
+        ),
+        ("db-size.before".into(), before.to_string()),
+        ("db-size.after".into(), after.to_string()),
+    ])
 }
 
 fn alarm_text(a: &crate::etcd::client::Alarm) -> String {
@@ -445,7 +613,13 @@ fn alarm_text(a: &crate::etcd::client::Alarm) -> String {
 fn alarm_list() -> Result<Results> {
     let (client, ep, _) = local()?;
     let alarms = client.alarms(&ep)?;
-    Ok(vec![("alarm-list".into(), alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n")), ("count".into(), alarms.len().to_string())])
+    Ok(vec![
+        (
+            "alarm-list".into(),
+            alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n"),
+        ),
+        ("count".into(), alarms.len().to_string()),
+    ])
 }
 
 fn alarm_disarm() -> Result<Results> {
@@ -455,30 +629,48 @@ fn alarm_disarm() -> Result<Results> {
         client.alarm_disarm(&ep, a)?;
     }
     let left = client.alarms(&ep)?;
-    Ok(vec![("alarm-disarm".into(), alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n")), ("remaining".into(), left.len().to_string())])
+    Ok(vec![
+        (
+            "alarm-disarm".into(),
+            alarms.iter().map(alarm_text).collect::<Vec<_>>().join("\n"),
+        ),
+        ("remaining".into(), left.len().to_string()),
+    ])
 }
 
 /// Re-installs this unit from the attached `etcd` resource; rolls back to the previous
 /// binaries unless etcd comes back healthy.
 fn reinstall() -> Result<Results> {
     let Some(resource) = juju::resource_get("etcd") else {
-        return refuse("no etcd resource is attached; attach an upstream etcd release tarball first");
+        return refuse(
+            "no etcd resource is attached; attach an upstream etcd release tarball first",
+        );
     };
     let (client, ep, cfg) = local()?;
     let before = Installed::load();
     let old_target = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
-    let inst = match install::install_archive(Path::new(&resource), cfg.archive_sha256.as_deref(), "etcd resource") {
+    let inst = match install::install_archive(
+        Path::new(&resource),
+        cfg.archive_sha256.as_deref(),
+        "etcd resource",
+    ) {
         Ok(i) => i,
         Err(install::InstallError::Bad(m)) => return refuse(m),
         Err(e) => return Err(e.into()),
     };
-    let svc = Service { etcd_binary: inst.etcd() };
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
     juju::action_log(&format!("restarting etcd {}", inst.version));
     svc.restart()?;
-    let healthy = charm::retry(Duration::from_secs(60), Duration::from_millis(200), || match client.health(&ep) {
-        Ok(true) => Ok(()),
-        other => Err(format!("{other:?}")),
-    });
+    let healthy = charm::retry(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || match client.health(&ep) {
+            Ok(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
     if let Err(e) = healthy {
         juju::action_log("etcd did not come back healthy; rolling back");
         if let (Some(old), Some(b)) = (old_target, before) {
@@ -486,11 +678,20 @@ fn reinstall() -> Result<Results> {
             b.save()?;
             svc.restart()?;
         }
-        return refuse(format!("etcd {} did not become healthy ({e}); rolled back to the previous binaries", inst.version));
+        return refuse(format!(
+            "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
+            inst.version
+        ));
     }
     let _ = juju::application_version_set(&inst.version);
     let _ = member_name("");
-    Ok(vec![("version".into(), inst.version), ("output".into(), "etcd re-installed from the etcd resource".into())])
+    Ok(vec![
+        ("version".into(), inst.version),
+        (
+            "output".into(),
+            "etcd re-installed from the etcd resource".into(),
+        ),
+    ])
 }
 
 #[cfg(test)]
@@ -499,9 +700,19 @@ mod tests {
 
     #[test]
     fn readme_gives_both_variable_generations() {
-        let r = credentials_readme(&["https://10.0.0.1:2379".into(), "https://10.0.0.2:2379".into()]);
+        let r = credentials_readme(&[
+            "https://10.0.0.1:2379".into(),
+            "https://10.0.0.2:2379".into(),
+        ]);
         assert!(r.contains("ETCDCTL_ENDPOINTS=https://10.0.0.1:2379,https://10.0.0.2:2379"));
-        for v in ["ETCDCTL_CACERT", "ETCDCTL_CERT=", "ETCDCTL_KEY=", "ETCDCTL_CA_FILE", "ETCDCTL_CERT_FILE", "ETCDCTL_KEY_FILE"] {
+        for v in [
+            "ETCDCTL_CACERT",
+            "ETCDCTL_CERT=",
+            "ETCDCTL_KEY=",
+            "ETCDCTL_CA_FILE",
+            "ETCDCTL_CERT_FILE",
+            "ETCDCTL_KEY_FILE",
+        ] {
             assert!(r.contains(v), "{v}");
         }
     }

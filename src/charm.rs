@@ -51,10 +51,17 @@ pub struct LocalState {
 
 impl LocalState {
     pub fn load() -> LocalState {
-        std::fs::read(LOCAL_STATE).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        std::fs::read(LOCAL_STATE)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
     pub fn save(&self) -> Result<()> {
-        pki::write_file(Path::new(LOCAL_STATE), &serde_json::to_vec_pretty(self)?, 0o600)?;
+        pki::write_file(
+            Path::new(LOCAL_STATE),
+            &serde_json::to_vec_pretty(self)?,
+            0o600,
+        )?;
         Ok(())
     }
 }
@@ -76,7 +83,11 @@ impl StatusBoard {
         self.entries.push((rank, status, msg.into()));
     }
     pub fn winner(&self) -> (&'static str, String) {
-        self.entries.iter().max_by_key(|e| e.0).map(|e| (e.1, e.2.clone())).unwrap_or(("waiting", "Waiting for the cluster".into()))
+        self.entries
+            .iter()
+            .max_by_key(|e| e.0)
+            .map(|e| (e.1, e.2.clone()))
+            .unwrap_or(("waiting", "Waiting for the cluster".into()))
     }
 }
 
@@ -92,10 +103,23 @@ fn mark(what: &'static str) {
 fn log_slow_hook(hook: &str) {
     MARKS.with(|m| {
         let m = m.borrow();
-        let total = m.last().map(|l| l.1.duration_since(m[0].1)).unwrap_or_default();
+        let total = m
+            .last()
+            .map(|l| l.1.duration_since(m[0].1))
+            .unwrap_or_default();
         if total > Duration::from_millis(1500) {
-            let parts: Vec<String> = m.windows(2).map(|w| format!("{}={}ms", w[1].0, w[1].1.duration_since(w[0].1).as_millis())).collect();
-            juju::log("INFO", &format!("slow {hook} hook ({} ms): {}", total.as_millis(), parts.join(" ")));
+            let parts: Vec<String> = m
+                .windows(2)
+                .map(|w| format!("{}={}ms", w[1].0, w[1].1.duration_since(w[0].1).as_millis()))
+                .collect();
+            juju::log(
+                "INFO",
+                &format!(
+                    "slow {hook} hook ({} ms): {}",
+                    total.as_millis(),
+                    parts.join(" ")
+                ),
+            );
         }
     });
 }
@@ -105,7 +129,10 @@ pub fn member_name(unit: &str) -> String {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd.
@@ -114,16 +141,21 @@ pub fn data_dir() -> String {
 }
 
 pub fn has_member_data(dir: &str) -> bool {
-    Path::new(dir).join("member").join("wal").exists() || Path::new(dir).join("member").join("snap").exists()
+    Path::new(dir).join("member").join("wal").exists()
+        || Path::new(dir).join("member").join("snap").exists()
 }
 
 pub fn tls_client() -> Result<Client> {
-    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key").context("reading this unit's certificates")?;
+    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
+        .context("reading this unit's certificates")?;
     Ok(Client::new(&tls, Duration::from_secs(3))?)
 }
 
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
-pub fn ensure_installed(cfg: &Config, board: &mut StatusBoard) -> std::result::Result<Installed, InstallError> {
+pub fn ensure_installed(
+    cfg: &Config,
+    board: &mut StatusBoard,
+) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
     let resource = juju::resource_get("etcd");
     if let Some(cur) = &current {
@@ -137,7 +169,11 @@ pub fn ensure_installed(cfg: &Config, board: &mut StatusBoard) -> std::result::R
         }
     }
     if let Some(path) = resource {
-        return install::install_archive(Path::new(&path), cfg.archive_sha256.as_deref(), "etcd resource");
+        return install::install_archive(
+            Path::new(&path),
+            cfg.archive_sha256.as_deref(),
+            "etcd resource",
+        );
     }
     if let (Some(url), Some(sha)) = (&cfg.archive_url, &cfg.archive_sha256) {
         let file = install::download(url, sha)?;
@@ -156,7 +192,9 @@ pub fn ensure_installed(cfg: &Config, board: &mut StatusBoard) -> std::result::R
 fn ensure_csrs(st: &mut LocalState, unit: &str, names: &[String]) -> Result<(String, String)> {
     let mut out = vec![];
     let renew = [Profile::Server, Profile::Peer].iter().any(|p| {
-        std::fs::read_to_string(pki::path(&format!("{}.crt", p.name()))).map(|c| pki::needs_renewal(&c, now() as i64)).unwrap_or(false)
+        std::fs::read_to_string(pki::path(&format!("{}.crt", p.name())))
+            .map(|c| pki::needs_renewal(&c, now() as i64))
+            .unwrap_or(false)
     });
     for p in [Profile::Server, Profile::Peer] {
         let csr_file = Path::new("/var/lib/etcd-charm").join(format!("{}.csr", p.name()));
@@ -190,7 +228,11 @@ impl Peers {
         match self.app_writes.get(k) {
             Some(v) if v.is_empty() => None,
             Some(v) => Some(v),
-            None => self.app.get(k).map(String::as_str).filter(|v| !v.is_empty()),
+            None => self
+                .app
+                .get(k)
+                .map(String::as_str)
+                .filter(|v| !v.is_empty()),
         }
     }
     fn app_set(&mut self, k: &str, v: &str) {
@@ -207,14 +249,18 @@ impl Peers {
                     name: b.get("member-name")?.clone(),
                     peer_url: b.get("peer-url")?.clone(),
                     client_url: b.get("client-url").cloned().unwrap_or_default(),
-                    ready: matches!(b.get("phase").map(String::as_str), Some("ready") | Some("started")),
+                    ready: matches!(
+                        b.get("phase").map(String::as_str),
+                        Some("ready") | Some("started")
+                    ),
                     started: b.get("phase").map(String::as_str) == Some("started"),
                 })
             })
             .collect()
     }
     fn join(&self) -> Option<Join> {
-        self.app_get("join").and_then(|j| serde_json::from_str(j).ok())
+        self.app_get("join")
+            .and_then(|j| serde_json::from_str(j).ok())
     }
 }
 
@@ -222,7 +268,10 @@ impl Peers {
 fn leader_ca(peers: &mut Peers) -> Result<Ca> {
     if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
         if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
-            let ca = Ca { cert_pem: c.clone(), key_pem: k.clone() };
+            let ca = Ca {
+                cert_pem: c.clone(),
+                key_pem: k.clone(),
+            };
             peers.app_set("ca", &ca.cert_pem);
             return Ok(ca);
         }
@@ -231,24 +280,44 @@ fn leader_ca(peers: &mut Peers) -> Result<Ca> {
         anyhow::bail!("the CA key secret {CA_LABEL:?} is missing but a CA is published; restore the secret or redeploy");
     }
     let ca = Ca::create("etcd-charm CA")?;
-    juju::secret_add(CA_LABEL, &Bag::from([("ca-cert".into(), ca.cert_pem.clone()), ("ca-key".into(), ca.key_pem.clone())]))?;
+    juju::secret_add(
+        CA_LABEL,
+        &Bag::from([
+            ("ca-cert".into(), ca.cert_pem.clone()),
+            ("ca-key".into(), ca.key_pem.clone()),
+        ]),
+    )?;
     let (cc, ck) = ca.issue_with_key(Profile::Client, "etcd-client")?;
-    juju::secret_add(CLIENT_LABEL, &Bag::from([("client-cert".into(), cc), ("client-key".into(), ck)]))?;
+    juju::secret_add(
+        CLIENT_LABEL,
+        &Bag::from([("client-cert".into(), cc), ("client-key".into(), ck)]),
+    )?;
     peers.app_set("ca", &ca.cert_pem);
     Ok(ca)
 }
 
 /// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
 fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[String]) {
-    let units: Vec<(String, Bag)> = peers.units.iter().map(|(u, b)| (u.clone(), b.clone())).collect();
+    let units: Vec<(String, Bag)> = peers
+        .units
+        .iter()
+        .map(|(u, b)| (u.clone(), b.clone()))
+        .collect();
     for (unit, bag) in units {
-        let Some(name) = bag.get("member-name").cloned() else { continue };
-        let mut allowed: Vec<String> = ["ingress-address", "private-address"].iter().filter_map(|k| bag.get(*k).cloned()).collect();
+        let Some(name) = bag.get("member-name").cloned() else {
+            continue;
+        };
+        let mut allowed: Vec<String> = ["ingress-address", "private-address"]
+            .iter()
+            .filter_map(|k| bag.get(*k).cloned())
+            .collect();
         if unit == own_unit {
             allowed.extend(own_addresses.iter().cloned());
         }
         for p in [Profile::Server, Profile::Peer] {
-            let Some(csr) = bag.get(&format!("csr-{}", p.name())) else { continue };
+            let Some(csr) = bag.get(&format!("csr-{}", p.name())) else {
+                continue;
+            };
             let sha = pki::sha256_hex(csr.as_bytes());
             let sha_key = format!("csr-sha-{}.{name}", p.name());
             if peers.app_get(&sha_key) == Some(sha.as_str()) {
@@ -259,7 +328,10 @@ fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[Stri
                     peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
                     peers.app_set(&sha_key, &sha);
                 }
-                Err(e) => juju::log("WARNING", &format!("not signing the {} certificate of {unit}: {e}", p.name())),
+                Err(e) => juju::log(
+                    "WARNING",
+                    &format!("not signing the {} certificate of {unit}: {e}", p.name()),
+                ),
             }
         }
     }
@@ -267,14 +339,18 @@ fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[Stri
 
 /// Writes this unit's certificates once the leader has signed its current CSRs.
 fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<bool> {
-    let Some(ca) = peers.app_get("ca") else { return Ok(false) };
+    let Some(ca) = peers.app_get("ca") else {
+        return Ok(false);
+    };
     let mut files = vec![("ca.crt".to_string(), ca.to_string())];
     for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
         let sha = pki::sha256_hex(csr.as_bytes());
         if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
             return Ok(false);
         }
-        let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else { return Ok(false) };
+        let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
+            return Ok(false);
+        };
         files.push((format!("{}.crt", p.name()), cert.to_string()));
     }
     let client = juju::secret_get_by_label(CLIENT_LABEL)?;
@@ -286,7 +362,11 @@ fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<b
     }
     if let Some(c) = client {
         if let (Some(cert), Some(key)) = (c.get("client-cert"), c.get("client-key")) {
-            if std::fs::read_to_string(pki::path("client.crt")).ok().as_deref() != Some(cert.as_str()) {
+            if std::fs::read_to_string(pki::path("client.crt"))
+                .ok()
+                .as_deref()
+                != Some(cert.as_str())
+            {
                 pki::write_file(&pki::path("client.crt"), cert.as_bytes(), 0o644)?;
                 pki::write_file(&pki::path("client.key"), key.as_bytes(), 0o600)?;
             }
@@ -300,7 +380,11 @@ fn endpoint(address: &str, cfg: &Config) -> String {
 }
 
 /// Waits until `f` succeeds or the deadline passes, retrying on failure.
-pub fn retry<T, E: std::fmt::Display>(deadline: Duration, every: Duration, mut f: impl FnMut() -> std::result::Result<T, E>) -> std::result::Result<T, E> {
+pub fn retry<T, E: std::fmt::Display>(
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     let until = Instant::now() + deadline;
     loop {
         match f() {
@@ -312,7 +396,13 @@ pub fn retry<T, E: std::fmt::Display>(deadline: Duration, every: Duration, mut f
 }
 
 /// The leader's membership work: admit ready units one at a time, promote, heal.
-fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, board: &mut StatusBoard) -> Result<Vec<Member>> {
+fn leader_membership(
+    peers: &mut Peers,
+    client: &Client,
+    ep: &str,
+    heal: bool,
+    board: &mut StatusBoard,
+) -> Result<Vec<Member>> {
     let mut members = client.member_list(ep)?;
     for _ in 0..10 {
         let infos = peers.infos();
@@ -330,14 +420,19 @@ fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, b
             }
             Step::Promote { id, unit } => {
                 juju::log("INFO", &format!("membership: promoting {unit}"));
-                let r = retry(Duration::from_secs(30), Duration::from_millis(200), || client.member_promote(ep, id));
+                let r = retry(Duration::from_secs(30), Duration::from_millis(200), || {
+                    client.member_promote(ep, id)
+                });
                 if let Err(e) = r {
                     juju::log("WARNING", &format!("cannot promote {unit} yet: {e}"));
                     break;
                 }
             }
             Step::RemoveStray { id, why } => {
-                juju::log("INFO", &format!("membership: removing member {id:x}: {why}"));
+                juju::log(
+                    "INFO",
+                    &format!("membership: removing member {id:x}: {why}"),
+                );
                 match client.member_remove(ep, id) {
                     Ok(()) => {}
                     Err(e) if e.status() == Some(404) => {}
@@ -348,22 +443,38 @@ fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, b
                 }
             }
             Step::Add(u) => {
-                juju::log("INFO", &format!("membership: adding {} as a learner", u.unit));
-                let r = retry(Duration::from_secs(20), Duration::from_millis(250), || match client.member_add(ep, &u.peer_url, true) {
-                    Err(e) if e.message_contains("Peer URLs already exists") => Ok(None),
-                    other => other.map(Some),
-                });
+                juju::log(
+                    "INFO",
+                    &format!("membership: adding {} as a learner", u.unit),
+                );
+                let r = retry(
+                    Duration::from_secs(20),
+                    Duration::from_millis(250),
+                    || match client.member_add(ep, &u.peer_url, true) {
+                        Err(e) if e.message_contains("Peer URLs already exists") => Ok(None),
+                        other => other.map(Some),
+                    },
+                );
                 match r {
                     Ok(_) => {
                         members = client.member_list(ep)?;
                         let entries: Vec<(String, String)> = members
                             .iter()
                             .map(|m| {
-                                let name = if m.peer_urls.contains(&u.peer_url) { u.name.clone() } else { m.name.clone() };
+                                let name = if m.peer_urls.contains(&u.peer_url) {
+                                    u.name.clone()
+                                } else {
+                                    m.name.clone()
+                                };
                                 (name, m.peer_urls.first().cloned().unwrap_or_default())
                             })
                             .collect();
-                        let join = Join { unit: u.unit.clone(), name: u.name.clone(), peer_url: u.peer_url.clone(), initial_cluster: cluster::initial_cluster(&entries) };
+                        let join = Join {
+                            unit: u.unit.clone(),
+                            name: u.name.clone(),
+                            peer_url: u.peer_url.clone(),
+                            initial_cluster: cluster::initial_cluster(&entries),
+                        };
                         peers.app_set("join", &serde_json::to_string(&join)?);
                     }
                     Err(e) => juju::log("WARNING", &format!("cannot add {} yet: {e}", u.unit)),
@@ -376,7 +487,13 @@ fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, b
     if heal {
         let infos = peers.infos();
         for m in cluster::strays(&members, &infos, peers.join().as_ref()) {
-            juju::log("INFO", &format!("membership: removing member {} {:?}: its unit is gone", m.name, m.peer_urls));
+            juju::log(
+                "INFO",
+                &format!(
+                    "membership: removing member {} {:?}: its unit is gone",
+                    m.name, m.peer_urls
+                ),
+            );
             if let Err(e) = client.member_remove(ep, m.id) {
                 juju::log("WARNING", &format!("cannot remove member {}: {e}", m.name));
             }
@@ -387,9 +504,28 @@ fn leader_membership(peers: &mut Peers, client: &Client, ep: &str, heal: bool, b
 }
 
 fn publish_members(peers: &mut Peers, members: &[Member]) {
-    let mut urls: Vec<String> = members.iter().filter(|m| m.started()).flat_map(|m| m.client_urls.iter().filter(|u| !u.contains("127.0.0.1")).take(1).cloned()).collect();
+    let mut urls: Vec<String> = members
+        .iter()
+        .filter(|m| m.started())
+        .flat_map(|m| {
+            m.client_urls
+                .iter()
+                .filter(|u| !u.contains("127.0.0.1"))
+                .take(1)
+                .cloned()
+        })
+        .collect();
     urls.sort();
-    let entries: Vec<(String, String)> = members.iter().filter(|m| m.started()).map(|m| (m.name.clone(), m.peer_urls.first().cloned().unwrap_or_default())).collect();
+    let entries: Vec<(String, String)> = members
+        .iter()
+        .filter(|m| m.started())
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.peer_urls.first().cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
     peers.app_set("members", &urls.join(","));
     peers.app_set("cluster", &cluster::initial_cluster(&entries));
 }
@@ -401,9 +537,13 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
         return Ok(());
     }
     let inst = Installed::load();
-    let svc = Service { etcd_binary: inst.as_ref().map(|i| i.etcd()).unwrap_or_default() };
+    let svc = Service {
+        etcd_binary: inst.as_ref().map(|i| i.etcd()).unwrap_or_default(),
+    };
     let cfg = Config::parse(&juju::config()?).ok();
-    let address = juju::network_ingress(PEER).ok().and_then(|a| a.first().cloned());
+    let address = juju::network_ingress(PEER)
+        .ok()
+        .and_then(|a| a.first().cloned());
     if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()) {
         let ep = endpoint(&address, &cfg);
 
@@ -414,8 +554,17 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
                 if let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer_url)) {
                     if let Ok(s) = client.status(&ep) {
                         if s.leader == me.id {
-                            if let Some(other) = members.iter().find(|m| m.id != me.id && m.started() && !m.is_learner) {
-                                juju::log("INFO", &format!("moving raft leadership to {} before leaving", other.name));
+                            if let Some(other) = members
+                                .iter()
+                                .find(|m| m.id != me.id && m.started() && !m.is_learner)
+                            {
+                                juju::log(
+                                    "INFO",
+                                    &format!(
+                                        "moving raft leadership to {} before leaving",
+                                        other.name
+                                    ),
+                                );
                                 if let Err(e) = client.move_leader(&ep, other.id) {
                                     juju::log("WARNING", &format!("cannot move leadership: {e}"));
                                 }
@@ -423,10 +572,15 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
                         }
                     }
                     let id = me.id;
-                    let r = retry(Duration::from_secs(30), Duration::from_millis(300), || match client.member_remove(&ep, id) {
-                        Err(e) if e.status() == Some(404) => Ok(()),
-                        other => other,
-                    });
+                    let r =
+                        retry(
+                            Duration::from_secs(30),
+                            Duration::from_millis(300),
+                            || match client.member_remove(&ep, id) {
+                                Err(e) if e.status() == Some(404) => Ok(()),
+                                other => other,
+                            },
+                        );
                     match r {
                         Ok(()) => juju::log("INFO", "removed this member from the cluster"),
                         Err(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
@@ -443,7 +597,9 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
 pub fn hook(ctx: &Context) -> Result<()> {
     let mut st = LocalState::load();
     let name = ctx.hook_name();
-    let leaving = (name == "cluster-relation-departed" && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str())) || name == "stop";
+    let leaving = (name == "cluster-relation-departed"
+        && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
+        || name == "stop";
     if leaving {
         leave(&mut st)?;
     }
@@ -499,7 +655,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     names.push("127.0.0.1".into());
     let csrs = ensure_csrs(st, &ctx.unit, &names)?;
 
-    let mut peers = Peers { rel: rel.clone(), app: juju::relation_get(&rel, &ctx.app, true)?, app_writes: Bag::new(), units: Default::default() };
+    let mut peers = Peers {
+        rel: rel.clone(),
+        app: juju::relation_get(&rel, &ctx.app, true)?,
+        app_writes: Bag::new(),
+        units: Default::default(),
+    };
     for u in juju::relation_list(&rel)? {
         let b = juju::relation_get(&rel, &u, false)?;
         peers.units.insert(u, b);
@@ -507,7 +668,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("peers-read");
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
-    for (k, v) in [("db-ingress-address", &address), ("member-name", &name), ("peer-url", &peer_url), ("client-url", &client_url), ("csr-server", &csrs.0), ("csr-peer", &csrs.1)] {
+    for (k, v) in [
+        ("db-ingress-address", &address),
+        ("member-name", &name),
+        ("peer-url", &peer_url),
+        ("client-url", &client_url),
+        ("csr-server", &csrs.0),
+        ("csr-peer", &csrs.1),
+    ] {
         if mine.get(k) != Some(v) {
             my_writes.insert(k.into(), v.clone());
             mine.insert(k.into(), v.clone());
@@ -528,7 +696,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("leader-pki");
     let certified = install_certs(&peers, &name, &csrs)?;
     let data = data_dir();
-    let svc = Service { etcd_binary: inst.etcd() };
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
     let ep = endpoint(&address, &cfg);
 
     // After a restore the leader publishes a new epoch: this member's data belongs to the old
@@ -536,7 +706,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     if let Some(epoch) = peers.app_get("epoch").map(String::from) {
         match st.epoch.clone() {
             Some(old) if old != epoch && !leader => {
-                juju::log("INFO", &format!("the cluster was restored (epoch {old} -> {epoch}); rejoining"));
+                juju::log(
+                    "INFO",
+                    &format!("the cluster was restored (epoch {old} -> {epoch}); rejoining"),
+                );
                 svc.stop()?;
                 let member = Path::new(&data).join("member");
                 if member.exists() {
@@ -572,27 +745,60 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             let planned = juju::goal_state_units().unwrap_or_default();
             let since = *st.bootstrap_wait_since.get_or_insert(now());
             let waited = Duration::from_secs(now().saturating_sub(since));
-            match cluster::bootstrap_set(&ctx.unit, &planned, &peers.infos(), waited, cluster::BOOTSTRAP_PATIENCE) {
+            match cluster::bootstrap_set(
+                &ctx.unit,
+                &planned,
+                &peers.infos(),
+                waited,
+                cluster::BOOTSTRAP_PATIENCE,
+            ) {
                 Some(set) => {
                     use rand::Rng;
                     let token: String = format!("etcd-{:016x}", rand::thread_rng().gen::<u64>());
-                    let entries: Vec<(String, String)> = set.iter().map(|u| (u.name.clone(), u.peer_url.clone())).collect();
-                    juju::log("INFO", &format!("bootstrapping the cluster with {}", set.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>().join(", ")));
+                    let entries: Vec<(String, String)> = set
+                        .iter()
+                        .map(|u| (u.name.clone(), u.peer_url.clone()))
+                        .collect();
+                    juju::log(
+                        "INFO",
+                        &format!(
+                            "bootstrapping the cluster with {}",
+                            set.iter()
+                                .map(|u| u.unit.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
                     peers.app_set("token", &token);
                     peers.app_set("epoch", "1");
                     peers.app_set("initial-cluster", &cluster::initial_cluster(&entries));
-                    peers.app_set("bootstrap", &set.iter().map(|u| u.name.clone()).collect::<Vec<_>>().join(","));
+                    peers.app_set(
+                        "bootstrap",
+                        &set.iter()
+                            .map(|u| u.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
                 }
                 None => {
                     let ready = peers.infos().iter().filter(|u| u.ready).count();
-                    board.report("waiting", format!("Waiting for peers to be ready to bootstrap ({ready} of {} ready)", planned.len().max(1)));
+                    board.report(
+                        "waiting",
+                        format!(
+                            "Waiting for peers to be ready to bootstrap ({ready} of {} ready)",
+                            planned.len().max(1)
+                        ),
+                    );
                     return Ok(());
                 }
             }
         }
         // How this member starts: its data, the bootstrap set, or the join in flight.
         if st.initial_cluster.is_none() {
-            let bootstrap: Vec<String> = peers.app_get("bootstrap").map(|b| b.split(',').map(String::from).collect()).unwrap_or_default();
+            let bootstrap: Vec<String> = peers
+                .app_get("bootstrap")
+                .map(|b| b.split(',').map(String::from).collect())
+                .unwrap_or_default();
             let join = peers.join().filter(|j| j.unit == ctx.unit);
             if let Some(j) = join {
                 st.initial_cluster = Some(j.initial_cluster);
@@ -613,25 +819,41 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             name: name.clone(),
             address: address.clone(),
             data_dir: data.clone(),
-            initial_cluster: st.initial_cluster.clone().unwrap_or_else(|| format!("{name}={peer_url}")),
-            state: if st.initial_state.as_deref() == Some("new") { ClusterState::New } else { ClusterState::Existing },
+            initial_cluster: st
+                .initial_cluster
+                .clone()
+                .unwrap_or_else(|| format!("{name}={peer_url}")),
+            state: if st.initial_state.as_deref() == Some("new") {
+                ClusterState::New
+            } else {
+                ClusterState::Existing
+            },
             token: st.token.clone().unwrap_or_else(|| "etcd-cluster".into()),
             pki_dir: pki::PKI_DIR.into(),
         };
         let rendered = render::etcd_config(&member, &cfg);
-        let changed = std::fs::read_to_string(service::CONFIG_FILE).ok().as_deref() != Some(rendered.as_str());
+        let changed = std::fs::read_to_string(service::CONFIG_FILE)
+            .ok()
+            .as_deref()
+            != Some(rendered.as_str());
         if changed {
             pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644)?;
         }
         std::fs::create_dir_all(&data)?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
-    mark("rendered");
+        mark("rendered");
         let client = tls_client()?;
         let running = svc.running();
         if ctx.hook_name() == "update-status" && !running {
             // Report the fault now; the restart below is seen by the next update-status.
-            board.report("blocked", format!("UnHealthy with {} known peers: etcd was not running; restarting it", peers.units.len()));
+            board.report(
+                "blocked",
+                format!(
+                    "UnHealthy with {} known peers: etcd was not running; restarting it",
+                    peers.units.len()
+                ),
+            );
             svc.start()?;
             return Ok(());
         }
@@ -643,16 +865,22 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         // A bootstrap member cannot be healthy before its peers start, and they start only
         // after this hook commits: do not wait for them here.
-        let bootstrap_size = peers.app_get("bootstrap").map(|b| b.split(',').count()).unwrap_or(0);
+        let bootstrap_size = peers
+            .app_get("bootstrap")
+            .map(|b| b.split(',').count())
+            .unwrap_or(0);
         let patience = if was_started {
             Duration::from_secs(10)
-        } else if st.initial_state.as_deref() == Some("new") && bootstrap_size > 1 && peers.app_writes.contains_key("bootstrap") {
+        } else if st.initial_state.as_deref() == Some("new")
+            && bootstrap_size > 1
+            && peers.app_writes.contains_key("bootstrap")
+        {
             Duration::ZERO
         } else {
             Duration::from_secs(30)
         };
         let _ = retry(patience, Duration::from_millis(100), || client.status(&ep));
-    mark("started");
+        mark("started");
         let status = client.status(&ep);
         if status.is_ok() {
             set_phase(&mut mine, &mut my_writes, "started");
@@ -665,7 +893,13 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         if !has_leader {
             // No quorum yet (a bootstrap in progress, or peers down): nothing to ask etcd.
         } else if leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
-            match leader_membership(&mut peers, &client, &ep, ctx.hook_name() == "update-status", board) {
+            match leader_membership(
+                &mut peers,
+                &client,
+                &ep,
+                ctx.hook_name() == "update-status",
+                board,
+            ) {
                 Ok(m) => {
                     publish_members(&mut peers, &m);
                     members = m;
@@ -675,13 +909,20 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         } else if let Ok(m) = client.member_list(&ep) {
             members = m;
         }
-    mark("membership");
+        mark("membership");
         let healthy = has_leader && client.health(&ep).unwrap_or(false);
-        let voters = members.iter().filter(|m| m.started() && !m.is_learner).count();
+        let voters = members
+            .iter()
+            .filter(|m| m.started() && !m.is_learner)
+            .count();
         match (&status, healthy) {
-            (Ok(s), true) if s.is_learner => board.report("waiting", "Joined as a learner; waiting for promotion"),
+            (Ok(s), true) if s.is_learner => {
+                board.report("waiting", "Joined as a learner; waiting for promotion")
+            }
             (Ok(_), true) => board.report("active", format!("Healthy with {voters} known peers")),
-            (Ok(_), false) => board.report("blocked", format!("UnHealthy with {voters} known peers")),
+            (Ok(_), false) => {
+                board.report("blocked", format!("UnHealthy with {voters} known peers"))
+            }
             (Err(e), _) => {
                 juju::log("WARNING", &format!("etcd does not answer: {e}"));
                 board.report("waiting", "Waiting for etcd to start")
@@ -692,9 +933,17 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             let started = all.iter().filter(|u| u.started).count();
             let (s, msg) = board.winner();
             if s == "active" && started == all.len() {
-                juju::status_set("active", &format!("Healthy with {voters} known peers"), true)?;
+                juju::status_set(
+                    "active",
+                    &format!("Healthy with {voters} known peers"),
+                    true,
+                )?;
             } else if s == "active" {
-                juju::status_set("waiting", &format!("{started} of {} units are cluster members", all.len()), true)?;
+                juju::status_set(
+                    "waiting",
+                    &format!("{started} of {} units are cluster members", all.len()),
+                    true,
+                )?;
             } else {
                 juju::status_set(s, &msg, true)?;
             }
@@ -719,5 +968,9 @@ pub struct ClusterView {
 }
 
 fn peers_view(p: &Peers) -> ClusterView {
-    ClusterView { members: p.app_get("members").unwrap_or("").to_string(), cluster: p.app_get("cluster").unwrap_or("").to_string(), ca: p.app_get("ca").map(String::from) }
+    ClusterView {
+        members: p.app_get("members").unwrap_or("").to_string(),
+        cluster: p.app_get("cluster").unwrap_or("").to_string(),
+        ca: p.app_get("ca").map(String::from),
+    }
 }

@@ -29,7 +29,13 @@ pub const BOOTSTRAP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Which units form the first cluster, or None to keep waiting. Every planned unit ready →
 /// all of them; otherwise, after `patience`, those that are ready (the leader among them).
-pub fn bootstrap_set(leader: &str, planned: &[String], units: &[UnitInfo], waited: Duration, patience: Duration) -> Option<Vec<UnitInfo>> {
+pub fn bootstrap_set(
+    leader: &str,
+    planned: &[String],
+    units: &[UnitInfo],
+    waited: Duration,
+    patience: Duration,
+) -> Option<Vec<UnitInfo>> {
     let ready: Vec<UnitInfo> = units.iter().filter(|u| u.ready).cloned().collect();
     if !ready.iter().any(|u| u.unit == leader) {
         return None;
@@ -44,7 +50,10 @@ pub fn bootstrap_set(leader: &str, planned: &[String], units: &[UnitInfo], waite
 }
 
 pub fn unit_number(unit: &str) -> u32 {
-    unit.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(u32::MAX)
+    unit.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u32::MAX)
 }
 
 /// `name=peerURL,...` as etcd's initial-cluster wants it.
@@ -80,7 +89,9 @@ pub enum Step {
 }
 
 fn member_of<'a>(members: &'a [Member], peer_url: &str) -> Option<&'a Member> {
-    members.iter().find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+    members
+        .iter()
+        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
 }
 
 /// The next membership step for the leader, given etcd's member list, the units, and the
@@ -93,27 +104,54 @@ pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) ->
                 if units.iter().any(|u| u.unit == j.unit) {
                     return Step::Wait(format!("adding {} to the cluster", j.unit));
                 }
-                return Step::Finish { unit: j.unit.clone() };
+                return Step::Finish {
+                    unit: j.unit.clone(),
+                };
             }
-            Some(m) if m.is_learner && m.started() => return Step::Promote { id: m.id, unit: j.unit.clone() },
+            Some(m) if m.is_learner && m.started() => {
+                return Step::Promote {
+                    id: m.id,
+                    unit: j.unit.clone(),
+                }
+            }
             Some(m) if m.is_learner || !m.started() => {
                 if !units.iter().any(|u| u.unit == j.unit) {
-                    return Step::RemoveStray { id: m.id, why: format!("{} left before it joined", j.unit) };
+                    return Step::RemoveStray {
+                        id: m.id,
+                        why: format!("{} left before it joined", j.unit),
+                    };
                 }
                 return Step::Wait(format!("waiting for {} to start", j.unit));
             }
-            Some(_) => return Step::Finish { unit: j.unit.clone() },
+            Some(_) => {
+                return Step::Finish {
+                    unit: j.unit.clone(),
+                }
+            }
         }
     }
     // Any learner or unstarted member not ours blocks further adds (one at a time).
     for m in members.iter().filter(|m| m.is_learner || !m.started()) {
         let owner = units.iter().find(|u| m.peer_urls.contains(&u.peer_url));
         match owner {
-            Some(u) => return Step::Wait(format!("member {} ({}) has not started", u.name, u.unit)),
-            None => return Step::RemoveStray { id: m.id, why: format!("member {:?} {:?} belongs to no unit and never started", m.name, m.peer_urls) },
+            Some(u) => {
+                return Step::Wait(format!("member {} ({}) has not started", u.name, u.unit))
+            }
+            None => {
+                return Step::RemoveStray {
+                    id: m.id,
+                    why: format!(
+                        "member {:?} {:?} belongs to no unit and never started",
+                        m.name, m.peer_urls
+                    ),
+                }
+            }
         }
     }
-    let mut candidates: Vec<&UnitInfo> = units.iter().filter(|u| u.ready && member_of(members, &u.peer_url).is_none()).collect();
+    let mut candidates: Vec<&UnitInfo> = units
+        .iter()
+        .filter(|u| u.ready && member_of(members, &u.peer_url).is_none())
+        .collect();
     candidates.sort_by_key(|u| unit_number(&u.unit));
     match candidates.first() {
         Some(u) => Step::Add((*u).clone()),
@@ -130,7 +168,10 @@ pub fn strays(members: &[Member], units: &[UnitInfo], join: Option<&Join>) -> Ve
     members
         .iter()
         .filter(|m| !units.iter().any(|u| m.peer_urls.contains(&u.peer_url)))
-        .filter(|m| join.map(|j| !m.peer_urls.contains(&j.peer_url)).unwrap_or(true))
+        .filter(|m| {
+            join.map(|j| !m.peer_urls.contains(&j.peer_url))
+                .unwrap_or(true)
+        })
         .cloned()
         .collect()
 }
@@ -140,15 +181,30 @@ mod tests {
     use super::*;
 
     fn unit(n: u32, ready: bool) -> UnitInfo {
-        UnitInfo { unit: format!("etcd/{n}"), name: format!("etcd{n}"), peer_url: format!("https://10.0.0.{n}:2380"), client_url: format!("https://10.0.0.{n}:2379"), ready, started: false }
+        UnitInfo {
+            unit: format!("etcd/{n}"),
+            name: format!("etcd{n}"),
+            peer_url: format!("https://10.0.0.{n}:2380"),
+            client_url: format!("https://10.0.0.{n}:2379"),
+            ready,
+            started: false,
+        }
     }
 
     fn member(n: u32, started: bool, learner: bool) -> Member {
         Member {
             id: 100 + n as u64,
-            name: if started { format!("etcd{n}") } else { String::new() },
+            name: if started {
+                format!("etcd{n}")
+            } else {
+                String::new()
+            },
             peer_urls: vec![format!("https://10.0.0.{n}:2380")],
-            client_urls: if started { vec![format!("https://10.0.0.{n}:2379")] } else { vec![] },
+            client_urls: if started {
+                vec![format!("https://10.0.0.{n}:2379")]
+            } else {
+                vec![]
+            },
             is_learner: learner,
         }
     }
@@ -160,19 +216,54 @@ mod tests {
     #[test]
     fn bootstrap_waits_for_every_planned_unit_then_takes_them_all() {
         let units = vec![unit(0, true), unit(1, true), unit(2, false)];
-        assert_eq!(bootstrap_set("etcd/0", &planned(3), &units, Duration::from_secs(1), BOOTSTRAP_PATIENCE), None);
+        assert_eq!(
+            bootstrap_set(
+                "etcd/0",
+                &planned(3),
+                &units,
+                Duration::from_secs(1),
+                BOOTSTRAP_PATIENCE
+            ),
+            None
+        );
         let units = vec![unit(0, true), unit(1, true), unit(2, true)];
-        let set = bootstrap_set("etcd/0", &planned(3), &units, Duration::ZERO, BOOTSTRAP_PATIENCE).unwrap();
-        assert_eq!(set.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>(), ["etcd/0", "etcd/1", "etcd/2"]);
+        let set = bootstrap_set(
+            "etcd/0",
+            &planned(3),
+            &units,
+            Duration::ZERO,
+            BOOTSTRAP_PATIENCE,
+        )
+        .unwrap();
+        assert_eq!(
+            set.iter().map(|u| u.unit.as_str()).collect::<Vec<_>>(),
+            ["etcd/0", "etcd/1", "etcd/2"]
+        );
     }
 
     #[test]
     fn bootstrap_after_patience_with_those_ready_but_never_without_the_leader() {
         let units = vec![unit(0, true), unit(1, false)];
-        let set = bootstrap_set("etcd/0", &planned(2), &units, BOOTSTRAP_PATIENCE, BOOTSTRAP_PATIENCE).unwrap();
+        let set = bootstrap_set(
+            "etcd/0",
+            &planned(2),
+            &units,
+            BOOTSTRAP_PATIENCE,
+            BOOTSTRAP_PATIENCE,
+        )
+        .unwrap();
         assert_eq!(set.len(), 1);
         let units = vec![unit(0, false), unit(1, true)];
-        assert_eq!(bootstrap_set("etcd/0", &planned(2), &units, BOOTSTRAP_PATIENCE * 2, BOOTSTRAP_PATIENCE), None);
+        assert_eq!(
+            bootstrap_set(
+                "etcd/0",
+                &planned(2),
+                &units,
+                BOOTSTRAP_PATIENCE * 2,
+                BOOTSTRAP_PATIENCE
+            ),
+            None
+        );
     }
 
     #[test]
@@ -182,13 +273,32 @@ mod tests {
         assert_eq!(next_step(&members, &units, None), Step::Add(unit(1, true)));
         // a learner that has not started blocks the next add
         let members = vec![member(0, true, false), member(1, false, true)];
-        let join = Join { unit: "etcd/1".into(), name: "etcd1".into(), peer_url: unit(1, true).peer_url, initial_cluster: String::new() };
-        assert!(matches!(next_step(&members, &units, Some(&join)), Step::Wait(_)));
+        let join = Join {
+            unit: "etcd/1".into(),
+            name: "etcd1".into(),
+            peer_url: unit(1, true).peer_url,
+            initial_cluster: String::new(),
+        };
+        assert!(matches!(
+            next_step(&members, &units, Some(&join)),
+            Step::Wait(_)
+        ));
         // started learner → promote; promoted → finish; then the next unit
         let members = vec![member(0, true, false), member(1, true, true)];
-        assert_eq!(next_step(&members, &units, Some(&join)), Step::Promote { id: 101, unit: "etcd/1".into() });
+        assert_eq!(
+            next_step(&members, &units, Some(&join)),
+            Step::Promote {
+                id: 101,
+                unit: "etcd/1".into()
+            }
+        );
         let members = vec![member(0, true, false), member(1, true, false)];
-        assert_eq!(next_step(&members, &units, Some(&join)), Step::Finish { unit: "etcd/1".into() });
+        assert_eq!(
+            next_step(&members, &units, Some(&join)),
+            Step::Finish {
+                unit: "etcd/1".into()
+            }
+        );
         assert_eq!(next_step(&members, &units, None), Step::Add(unit(2, true)));
     }
 
@@ -196,23 +306,52 @@ mod tests {
     fn an_unstarted_member_of_a_vanished_unit_is_removed_before_the_next_add() {
         let members = vec![member(0, true, false), member(5, false, true)];
         let units = vec![unit(0, false), unit(1, true)];
-        assert!(matches!(next_step(&members, &units, None), Step::RemoveStray { id: 105, .. }));
-        let join = Join { unit: "etcd/5".into(), name: "etcd5".into(), peer_url: "https://10.0.0.5:2380".into(), initial_cluster: String::new() };
-        assert!(matches!(next_step(&members, &units, Some(&join)), Step::RemoveStray { id: 105, .. }));
+        assert!(matches!(
+            next_step(&members, &units, None),
+            Step::RemoveStray { id: 105, .. }
+        ));
+        let join = Join {
+            unit: "etcd/5".into(),
+            name: "etcd5".into(),
+            peer_url: "https://10.0.0.5:2380".into(),
+            initial_cluster: String::new(),
+        };
+        assert!(matches!(
+            next_step(&members, &units, Some(&join)),
+            Step::RemoveStray { id: 105, .. }
+        ));
     }
 
     #[test]
     fn strays_are_members_without_units_but_never_the_last_or_the_joiner() {
-        let members = vec![member(0, true, false), member(1, true, false), member(2, true, false)];
+        let members = vec![
+            member(0, true, false),
+            member(1, true, false),
+            member(2, true, false),
+        ];
         let units = vec![unit(0, false), unit(1, false)];
-        assert_eq!(strays(&members, &units, None).iter().map(|m| m.id).collect::<Vec<_>>(), [102]);
-        let join = Join { unit: "etcd/2".into(), name: "etcd2".into(), peer_url: "https://10.0.0.2:2380".into(), initial_cluster: String::new() };
+        assert_eq!(
+            strays(&members, &units, None)
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
+            [102]
+        );
+        let join = Join {
+            unit: "etcd/2".into(),
+            name: "etcd2".into(),
+            peer_url: "https://10.0.0.2:2380".into(),
+            initial_cluster: String::new(),
+        };
         assert!(strays(&members, &units, Some(&join)).is_empty());
         assert!(strays(&members[..1], &[], None).is_empty());
     }
 
     #[test]
     fn initial_cluster_is_sorted() {
-        assert_eq!(initial_cluster(&[("b".into(), "u2".into()), ("a".into(), "u1".into())]), "a=u1,b=u2");
+        assert_eq!(
+            initial_cluster(&[("b".into(), "u2".into()), ("a".into(), "u1".into())]),
+            "a=u1,b=u2"
+        );
     }
 }

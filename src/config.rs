@@ -53,9 +53,14 @@ fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
 fn get_int(c: &BTreeMap<String, Value>, k: &str, default: i64) -> Result<i64, String> {
     match c.get(k) {
         None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("{k} must be a whole number")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("{k} must be a whole number")),
         Some(Value::String(s)) if s == "auto" => Ok(default),
-        Some(Value::String(s)) => s.trim().parse().map_err(|_| format!("{k} must be a whole number, got {s:?}")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{k} must be a whole number, got {s:?}")),
         Some(other) => Err(format!("{k} must be a whole number, got {other}")),
     }
 }
@@ -71,7 +76,9 @@ impl Config {
         let mport = get_int(c, "management_port", 2380)?;
         for (name, p) in [("port", port), ("management_port", mport)] {
             if !(1..=65535).contains(&p) {
-                return Err(format!("invalid config: {name} {p} is out of range 1-65535"));
+                return Err(format!(
+                    "invalid config: {name} {p} is out of range 1-65535"
+                ));
             }
         }
         if port == mport {
@@ -83,29 +90,45 @@ impl Config {
         let hb = get_int(c, "heartbeat_interval", 100)?;
         let et = get_int(c, "election_timeout", 1000)?;
         if !(10..=5000).contains(&hb) {
-            return Err(format!("invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"));
+            return Err(format!(
+                "invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"
+            ));
         }
         if et < 5 * hb {
             return Err(format!("invalid config: election_timeout {et} must be at least 5 x heartbeat_interval ({})", 5 * hb));
         }
         if et > 50000 {
-            return Err(format!("invalid config: election_timeout {et} must be at most 50000 ms"));
+            return Err(format!(
+                "invalid config: election_timeout {et} must be at most 50000 ms"
+            ));
         }
         let snapshot_count = get_int(c, "snapshot_count", 10000)?;
         if snapshot_count < 1 {
-            return Err(format!("invalid config: snapshot_count {snapshot_count} must be positive"));
+            return Err(format!(
+                "invalid config: snapshot_count {snapshot_count} must be positive"
+            ));
         }
         let channel = {
             let ch = get_str(c, "channel");
-            if ch.is_empty() { "auto".to_string() } else { ch }
+            if ch.is_empty() {
+                "auto".to_string()
+            } else {
+                ch
+            }
         };
         if !valid_channel(&channel) {
             return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
         }
-        let ciphers: Vec<String> = get_str(c, "tls_cipher_suites").split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let ciphers: Vec<String> = get_str(c, "tls_cipher_suites")
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         for cs in &ciphers {
             if !KNOWN_CIPHERS.contains(&cs.as_str()) {
-                return Err(format!("invalid config: unknown cipher suite {cs:?} in tls_cipher_suites"));
+                return Err(format!(
+                    "invalid config: unknown cipher suite {cs:?} in tls_cipher_suites"
+                ));
             }
         }
         let quota = get_int(c, "quota_backend_bytes", 0)?;
@@ -114,14 +137,24 @@ impl Config {
         }
         let mode = {
             let m = get_str(c, "auto_compaction_mode");
-            if m.is_empty() { "periodic".to_string() } else { m }
+            if m.is_empty() {
+                "periodic".to_string()
+            } else {
+                m
+            }
         };
         if mode != "periodic" && mode != "revision" {
-            return Err(format!("invalid config: auto_compaction_mode {mode:?} must be periodic or revision"));
+            return Err(format!(
+                "invalid config: auto_compaction_mode {mode:?} must be periodic or revision"
+            ));
         }
         let retention = {
             let r = get_str(c, "auto_compaction_retention");
-            if r.is_empty() { "1h".to_string() } else { r }
+            if r.is_empty() {
+                "1h".to_string()
+            } else {
+                r
+            }
         };
         let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
         let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
@@ -132,10 +165,15 @@ impl Config {
         }
         if let Some(u) = &url {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return Err(format!("invalid config: archive_url {u:?} must be an http(s) URL"));
+                return Err(format!(
+                    "invalid config: archive_url {u:?} must be an http(s) URL"
+                ));
             }
             if sha.is_none() {
-                return Err("invalid config: archive_url needs archive_sha256 (the tarball's sha256)".into());
+                return Err(
+                    "invalid config: archive_url needs archive_sha256 (the tarball's sha256)"
+                        .into(),
+                );
             }
         }
         Ok(Config {
@@ -164,7 +202,11 @@ pub fn valid_channel(ch: &str) -> bool {
     }
     let parts: Vec<&str> = ch.split('/').collect();
     let risks = ["stable", "candidate", "beta", "edge"];
-    let track_ok = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    let track_ok = |t: &str| {
+        !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+    };
     match parts.as_slice() {
         [one] => track_ok(one),
         [t, r] => track_ok(t) && risks.contains(r),
@@ -185,19 +227,43 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = cfg(json!({})).unwrap();
-        assert_eq!((c.port, c.management_port, c.heartbeat_interval, c.election_timeout), (2379, 2380, 100, 1000));
+        assert_eq!(
+            (
+                c.port,
+                c.management_port,
+                c.heartbeat_interval,
+                c.election_timeout
+            ),
+            (2379, 2380, 100, 1000)
+        );
         assert_eq!(c.channel, "auto");
     }
 
     #[test]
     fn rejects_bad_values_with_specific_messages() {
-        assert!(cfg(json!({"port": 70000})).unwrap_err().contains("port 70000 is out of range"));
-        assert!(cfg(json!({"port": 2380})).unwrap_err().contains("both 2380"));
-        assert!(cfg(json!({"heartbeat_interval": 300, "election_timeout": 1000})).unwrap_err().contains("at least 5 x heartbeat_interval"));
-        assert!(cfg(json!({"tls_cipher_suites": "TLS_NOPE"})).unwrap_err().contains("unknown cipher suite \"TLS_NOPE\""));
-        assert!(cfg(json!({"channel": "3.5/sideways"})).unwrap_err().contains("channel"));
-        assert!(cfg(json!({"archive_url": "https://x/etcd.tgz"})).unwrap_err().contains("archive_sha256"));
-        assert!(cfg(json!({"archive_sha256": "abc"})).unwrap_err().contains("64 hex"));
+        assert!(cfg(json!({"port": 70000}))
+            .unwrap_err()
+            .contains("port 70000 is out of range"));
+        assert!(cfg(json!({"port": 2380}))
+            .unwrap_err()
+            .contains("both 2380"));
+        assert!(
+            cfg(json!({"heartbeat_interval": 300, "election_timeout": 1000}))
+                .unwrap_err()
+                .contains("at least 5 x heartbeat_interval")
+        );
+        assert!(cfg(json!({"tls_cipher_suites": "TLS_NOPE"}))
+            .unwrap_err()
+            .contains("unknown cipher suite \"TLS_NOPE\""));
+        assert!(cfg(json!({"channel": "3.5/sideways"}))
+            .unwrap_err()
+            .contains("channel"));
+        assert!(cfg(json!({"archive_url": "https://x/etcd.tgz"}))
+            .unwrap_err()
+            .contains("archive_sha256"));
+        assert!(cfg(json!({"archive_sha256": "abc"}))
+            .unwrap_err()
+            .contains("64 hex"));
     }
 
     #[test]

@@ -12,9 +12,16 @@ use std::process::{Command, Stdio};
 #[derive(Debug, thiserror::Error)]
 pub enum JujuError {
     #[error("{tool} failed (exit {code}): {stderr}")]
-    Tool { tool: String, code: i32, stderr: String },
+    Tool {
+        tool: String,
+        code: i32,
+        stderr: String,
+    },
     #[error("cannot run hook tool {tool}: {source}")]
-    Spawn { tool: String, source: std::io::Error },
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
     #[error("{tool} printed something that is not the expected JSON: {detail}")]
     Parse { tool: String, detail: String },
 }
@@ -53,13 +60,16 @@ impl Context {
             app: unit.split('/').next().unwrap_or("").to_string(),
             unit,
             model: get("JUJU_MODEL_NAME").unwrap_or_default(),
-            charm_dir: get("JUJU_CHARM_DIR").or_else(|| get("CHARM_DIR")).unwrap_or_else(|| ".".into()),
+            charm_dir: get("JUJU_CHARM_DIR")
+                .or_else(|| get("CHARM_DIR"))
+                .unwrap_or_else(|| ".".into()),
             relation: get("JUJU_RELATION"),
             relation_id: get("JUJU_RELATION_ID"),
             remote_unit: get("JUJU_REMOTE_UNIT"),
             remote_app: get("JUJU_REMOTE_APP"),
             departing_unit: get("JUJU_DEPARTING_UNIT"),
-            action: get("JUJU_ACTION_NAME").or_else(|| dispatch.strip_prefix("actions/").map(String::from)),
+            action: get("JUJU_ACTION_NAME")
+                .or_else(|| dispatch.strip_prefix("actions/").map(String::from)),
             dispatch,
         }
     }
@@ -72,14 +82,31 @@ impl Context {
 /// Runs a hook tool. `stdin` feeds `--file -`.
 pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new(tool);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = cmd.spawn().map_err(|e| JujuError::Spawn { tool: tool.into(), source: e })?;
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().map_err(|e| JujuError::Spawn {
+        tool: tool.into(),
+        source: e,
+    })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         let _ = pipe.write_all(input.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|e| JujuError::Spawn { tool: tool.into(), source: e })?;
+    let out = child.wait_with_output().map_err(|e| JujuError::Spawn {
+        tool: tool.into(),
+        source: e,
+    })?;
     if !out.status.success() {
-        return Err(JujuError::Tool { tool: tool.into(), code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(JujuError::Tool {
+            tool: tool.into(),
+            code: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -88,7 +115,10 @@ fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
     let mut a = args.to_vec();
     a.push("--format=json");
     let out = run(tool, &a, None)?;
-    serde_json::from_str(out.trim()).map_err(|e| JujuError::Parse { tool: tool.into(), detail: format!("{e}: {}", out.trim()) })
+    serde_json::from_str(out.trim()).map_err(|e| JujuError::Parse {
+        tool: tool.into(),
+        detail: format!("{e}: {}", out.trim()),
+    })
 }
 
 pub fn log(level: &str, msg: &str) {
@@ -148,11 +178,28 @@ pub fn relation_set(rel: &str, data: &Bag, app: bool) -> Result<()> {
 
 pub fn network_ingress(binding: &str) -> Result<Vec<String>> {
     let v: Value = json("network-get", &[binding])?;
-    let mut out: Vec<String> = v.get("ingress-addresses").and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+    let mut out: Vec<String> = v
+        .get("ingress-addresses")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
     if let Some(binds) = v.get("bind-addresses").and_then(Value::as_array) {
         for b in binds {
-            for a in b.get("addresses").and_then(Value::as_array).into_iter().flatten() {
-                if let Some(ip) = a.get("value").or_else(|| a.get("address")).and_then(Value::as_str) {
+            for a in b
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(ip) = a
+                    .get("value")
+                    .or_else(|| a.get("address"))
+                    .and_then(Value::as_str)
+                {
                     if !out.iter().any(|x| x == ip) {
                         out.push(ip.to_string());
                     }
@@ -186,12 +233,20 @@ pub fn goal_state_units() -> Result<Vec<String>> {
     let v: Value = json("goal-state", &[])?;
     Ok(v.get("units")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter(|(_, s)| s.get("status").and_then(Value::as_str) != Some("dying")).map(|(k, _)| k.clone()).collect())
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| s.get("status").and_then(Value::as_str) != Some("dying"))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
         .unwrap_or_default())
 }
 
 pub fn storage_location(name: &str) -> Option<String> {
-    let ids: Vec<String> = json::<Option<Vec<String>>>("storage-list", &[name]).ok().flatten().unwrap_or_default();
+    let ids: Vec<String> = json::<Option<Vec<String>>>("storage-list", &[name])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let id = ids.first()?;
     let v: Value = json("storage-get", &["-s", id]).ok()?;
     v.get("location").and_then(Value::as_str).map(String::from)
@@ -201,12 +256,23 @@ pub fn storage_location(name: &str) -> Option<String> {
 
 /// Adds an application-owned secret; returns its id.
 pub fn secret_add(label: &str, content: &Bag) -> Result<String> {
-    let mut args: Vec<String> = vec!["--owner".into(), "application".into(), "--label".into(), label.into()];
-    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn { tool: "secret-add".into(), source: e })?;
+    let mut args: Vec<String> = vec![
+        "--owner".into(),
+        "application".into(),
+        "--label".into(),
+        label.into(),
+    ];
+    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn {
+        tool: "secret-add".into(),
+        source: e,
+    })?;
     for (k, v) in content {
         // Values go through files so they never show in a process list.
         let p = dir.path().join(k);
-        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn { tool: "secret-add".into(), source: e })?;
+        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn {
+            tool: "secret-add".into(),
+            source: e,
+        })?;
         args.push(format!("{k}#file={}", p.display()));
     }
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -223,7 +289,12 @@ pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
 
 fn write_private(p: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(p)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(p)?;
     f.write_all(data)
 }
 

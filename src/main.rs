@@ -7,20 +7,23 @@
 //! service, API client), `relations` (db, proxy) → `juju` (the only code that runs hook tools).
 
 mod actions;
-mod migrate;
-mod restore;
 mod charm;
 mod cluster;
 mod config;
 mod etcd;
 mod juju;
+mod migrate;
 mod pki;
 mod relations;
+mod restore;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "etcd-charm", about = "The etcd machine charm (run by Juju through dispatch)")]
+#[command(
+    name = "etcd-charm",
+    about = "The etcd machine charm (run by Juju through dispatch)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,

@@ -3,6 +3,9 @@ use crate::juju::Context;
 use anyhow::Result;
 use serde_json::Value;
 
-pub fn snap_upgrade(_ctx: &Context, _params: &std::collections::BTreeMap<String, Value>) -> Result<Vec<(String, String)>> {
+pub fn snap_upgrade(
+    _ctx: &Context,
+    _params: &std::collections::BTreeMap<String, Value>,
+) -> Result<Vec<(String, String)>> {
     Err(crate::actions::Refused("snap-upgrade is not implemented yet".into()).into())
 }

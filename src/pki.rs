@@ -3,8 +3,8 @@
 //! server/peer/client profiles, private files (0600) and expiry. Keys are never logged.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::io::Write;
 use std::net::IpAddr;
@@ -22,7 +22,10 @@ pub enum PkiError {
     #[error("certificate library: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("certificate request refused: {0}")]
     Refused(String),
     #[error("cannot parse certificate: {0}")]
@@ -51,7 +54,10 @@ impl Profile {
     }
     fn ekus(self) -> Vec<ExtendedKeyUsagePurpose> {
         match self {
-            Profile::Server | Profile::Peer => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Profile::Server | Profile::Peer => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             Profile::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         }
     }
@@ -78,18 +84,31 @@ impl Ca {
         dn.push(DnType::CommonName, common_name);
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::minutes(5);
         p.not_after = now + Duration::days(CA_DAYS);
         p.serial_number = Some(serial());
         let cert = p.self_signed(&key)?;
-        Ok(Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Signs a CSR with the given profile, granting only the SANs in `allowed` (checked
     /// before: every requested name must be one of the requester's real addresses).
-    pub fn sign(&self, csr_pem: &str, profile: Profile, common_name: &str, allowed: &[String]) -> Result<String> {
+    pub fn sign(
+        &self,
+        csr_pem: &str,
+        profile: Profile,
+        common_name: &str,
+        allowed: &[String],
+    ) -> Result<String> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let requested = requested_names(&csr.params.subject_alt_names);
         check_names(&requested, allowed)?;
@@ -102,7 +121,10 @@ impl Ca {
         dn.push(DnType::OrganizationName, profile.name());
         p.distinguished_name = dn;
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = profile.ekus();
         let now = OffsetDateTime::now_utc();
         p.not_before = now - Duration::minutes(5);
@@ -139,9 +161,15 @@ fn requested_names(sans: &[SanType]) -> Vec<String> {
 /// (or loopback). Pure.
 pub fn check_names(requested: &[String], allowed: &[String]) -> Result<()> {
     for n in requested {
-        let loopback = n == "localhost" || n.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
+        let loopback = n == "localhost"
+            || n.parse::<IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false);
         if !loopback && !allowed.iter().any(|a| a == n) {
-            return Err(PkiError::Refused(format!("{n} is not an address of the requesting unit (known: {})", allowed.join(", "))));
+            return Err(PkiError::Refused(format!(
+                "{n} is not an address of the requesting unit (known: {})",
+                allowed.join(", ")
+            )));
         }
     }
     Ok(())
@@ -170,13 +198,21 @@ pub fn path(name: &str) -> PathBuf {
 /// Writes a file atomically with the given mode (0600 for keys).
 pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| PkiError::Io { path: p.display().to_string(), source: e };
+    let io = |e: std::io::Error| PkiError::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
     if let Some(dir) = p.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = p.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().create_new(true).write(true).mode(mode).open(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, p).map_err(io)?;
@@ -198,15 +234,21 @@ pub fn unit_key(profile: Profile) -> Result<KeyPair> {
 
 /// Seconds since the epoch at which a PEM certificate expires.
 pub fn not_after(cert_pem: &str) -> Result<i64> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem.parse_x509().map_err(|e| PkiError::Parse(e.to_string()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
     Ok(cert.validity().not_after.timestamp())
 }
 
 /// The SANs a certificate carries (IPs and DNS names), for re-issue decisions.
 pub fn cert_names(cert_pem: &str) -> Result<Vec<String>> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem.parse_x509().map_err(|e| PkiError::Parse(e.to_string()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
     let mut out = vec![];
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -229,7 +271,9 @@ pub fn cert_names(cert_pem: &str) -> Result<Vec<String>> {
 }
 
 pub fn needs_renewal(cert_pem: &str, now: i64) -> bool {
-    not_after(cert_pem).map(|t| t - now < RENEW_BEFORE_DAYS * 86400).unwrap_or(true)
+    not_after(cert_pem)
+        .map(|t| t - now < RENEW_BEFORE_DAYS * 86400)
+        .unwrap_or(true)
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -247,14 +291,27 @@ mod tests {
         let ca = Ca::create("test-ca").unwrap();
         let key = KeyPair::generate().unwrap();
         let csr = csr_for(&key, "etcd0", &["10.0.0.5".into(), "127.0.0.1".into()]).unwrap();
-        let cert = ca.sign(&csr, Profile::Server, "etcd0", &["10.0.0.5".into()]).unwrap();
+        let cert = ca
+            .sign(&csr, Profile::Server, "etcd0", &["10.0.0.5".into()])
+            .unwrap();
         let names = cert_names(&cert).unwrap();
-        assert!(names.contains(&"10.0.0.5".to_string()) && names.contains(&"127.0.0.1".to_string()), "{names:?}");
-        assert!(!needs_renewal(&cert, OffsetDateTime::now_utc().unix_timestamp()));
+        assert!(
+            names.contains(&"10.0.0.5".to_string()) && names.contains(&"127.0.0.1".to_string()),
+            "{names:?}"
+        );
+        assert!(!needs_renewal(
+            &cert,
+            OffsetDateTime::now_utc().unix_timestamp()
+        ));
         // a name that is not the unit's is refused
         let csr = csr_for(&key, "etcd0", &["10.0.0.9".into()]).unwrap();
-        let err = ca.sign(&csr, Profile::Peer, "etcd0", &["10.0.0.5".into()]).unwrap_err();
-        assert!(err.to_string().contains("10.0.0.9 is not an address"), "{err}");
+        let err = ca
+            .sign(&csr, Profile::Peer, "etcd0", &["10.0.0.5".into()])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("10.0.0.9 is not an address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -74,13 +74,16 @@ pub fn verify_digest(path: &Path) -> Result<()> {
 /// Finds the snapshot db in the resource: a raw file, or inside a tar.gz archive.
 fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
     let mut magic = [0u8; 2];
-    std::fs::File::open(resource)?.read_exact(&mut magic).map_err(|_| Refused("the snapshot resource is empty".into()))?;
+    std::fs::File::open(resource)?
+        .read_exact(&mut magic)
+        .map_err(|_| Refused("the snapshot resource is empty".into()))?;
     if magic != [0x1f, 0x8b] {
         return Ok((resource.to_path_buf(), "a raw etcd snapshot file".into()));
     }
     let dir = staging.join("unpacked");
     std::fs::create_dir_all(&dir)?;
-    install::unpack_safely(resource, &dir).map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
+    install::unpack_safely(resource, &dir)
+        .map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
     // A v2 data dir (the classic charm's keys-version=v2) has member/wal.
     let mut roots = vec![dir.clone()];
     for e in std::fs::read_dir(&dir)?.flatten() {
@@ -94,14 +97,21 @@ fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
     for r in &roots {
         let meta = r.join("metadata.json");
         if r.join("db").is_file() {
-            let what = if meta.exists() { "an etcd-charm snapshot archive" } else { "a classic etcd charm snapshot archive" };
+            let what = if meta.exists() {
+                "an etcd-charm snapshot archive"
+            } else {
+                "a classic etcd charm snapshot archive"
+            };
             return Ok((r.join("db"), what.into()));
         }
     }
     for r in &roots {
         for e in std::fs::read_dir(r)?.flatten() {
             let p = e.path();
-            if p.is_file() && kind_of(std::fs::metadata(&p)?.len()).is_some() && p.file_name().map(|n| n != "metadata.json").unwrap_or(false) {
+            if p.is_file()
+                && kind_of(std::fs::metadata(&p)?.len()).is_some()
+                && p.file_name().map(|n| n != "metadata.json").unwrap_or(false)
+            {
                 return Ok((p, "a classic etcd charm snapshot archive".into()));
             }
         }
@@ -110,7 +120,15 @@ fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
 }
 
 /// Runs the offline restore tool of the installed etcd into `out`.
-fn offline_restore(inst: &Installed, db: &Path, kind: &Kind, name: &str, peer_url: &str, token: &str, out: &Path) -> Result<()> {
+fn offline_restore(
+    inst: &Installed,
+    db: &Path,
+    kind: &Kind,
+    name: &str,
+    peer_url: &str,
+    token: &str,
+    out: &Path,
+) -> Result<()> {
     let cluster = format!("{name}={peer_url}");
     let mut cmd = match inst.etcdutl() {
         Some(u) => Command::new(u),
@@ -120,13 +138,32 @@ fn offline_restore(inst: &Installed, db: &Path, kind: &Kind, name: &str, peer_ur
             c
         }
     };
-    cmd.arg("snapshot").arg("restore").arg(db).args(["--name", name, "--initial-cluster", &cluster, "--initial-advertise-peer-urls", peer_url, "--initial-cluster-token", token, "--data-dir"]).arg(out);
+    cmd.arg("snapshot")
+        .arg("restore")
+        .arg(db)
+        .args([
+            "--name",
+            name,
+            "--initial-cluster",
+            &cluster,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster-token",
+            token,
+            "--data-dir",
+        ])
+        .arg(out);
     if *kind == Kind::Bare {
         cmd.arg("--skip-hash-check");
     }
-    let o = cmd.output().context("running the offline snapshot restore")?;
+    let o = cmd
+        .output()
+        .context("running the offline snapshot restore")?;
     if !o.status.success() {
-        return refuse(format!("the snapshot does not restore: {}", String::from_utf8_lossy(&o.stderr).trim()));
+        return refuse(format!(
+            "the snapshot does not restore: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
     }
     Ok(())
 }
@@ -141,20 +178,45 @@ fn snapshot_revision(inst: &Installed, db: &Path) -> Option<u64> {
             c
         }
     };
-    let o = cmd.arg("snapshot").arg("status").arg(db).args(["-w", "json"]).output().ok()?;
+    let o = cmd
+        .arg("snapshot")
+        .arg("status")
+        .arg(db)
+        .args(["-w", "json"])
+        .output()
+        .ok()?;
     let v: Value = serde_json::from_slice(&o.stdout).ok()?;
     v.get("revision").and_then(Value::as_u64)
 }
 
-pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
+pub fn restore(
+    ctx: &Context,
+    params: &std::collections::BTreeMap<String, Value>,
+) -> Result<Results> {
     if !juju::is_leader()? {
-        return refuse(format!("restore runs on the leader only; {} is not the leader (run it on etcd/leader)", ctx.unit));
+        return refuse(format!(
+            "restore runs on the leader only; {} is not the leader (run it on etcd/leader)",
+            ctx.unit
+        ));
     }
-    let skip_backup = params.get("skip-backup").and_then(Value::as_bool).unwrap_or(true);
-    let target = params.get("target").and_then(Value::as_str).unwrap_or("/home/ubuntu").to_string();
-    let target_dir = if skip_backup { None } else { Some(writable_dir(&target, "target")?) };
+    let skip_backup = params
+        .get("skip-backup")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let target = params
+        .get("target")
+        .and_then(Value::as_str)
+        .unwrap_or("/home/ubuntu")
+        .to_string();
+    let target_dir = if skip_backup {
+        None
+    } else {
+        Some(writable_dir(&target, "target")?)
+    };
     let Some(resource) = juju::resource_get("snapshot") else {
-        return refuse("no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first");
+        return refuse(
+            "no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first",
+        );
     };
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let (client, ep, cfg) = local()?;
@@ -172,7 +234,10 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     if kind == Kind::WithDigest {
         verify_digest(&db).map_err(|e| Refused(format!("{what} refused: {e}")))?;
     }
-    let address = juju::network_ingress(charm::PEER)?.into_iter().next().ok_or_else(|| anyhow!("no address"))?;
+    let address = juju::network_ingress(charm::PEER)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no address"))?;
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
     let epoch: u64 = juju::relation_ids(charm::PEER)?
@@ -185,7 +250,10 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     let restored = staging.join("data");
     offline_restore(&inst, &db, &kind, &name, &peer_url, &token, &restored)?;
     let want_rev = snapshot_revision(&inst, &db);
-    juju::action_log(&format!("{what} verified and restored offline (revision {})", want_rev.map(|r| r.to_string()).unwrap_or("unknown".into())));
+    juju::action_log(&format!(
+        "{what} verified and restored offline (revision {})",
+        want_rev.map(|r| r.to_string()).unwrap_or("unknown".into())
+    ));
 
     // 3. backup of the running cluster.
     let mut results: Results = vec![];
@@ -193,7 +261,11 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
         let path = dir.join(format!("etcd-pre-restore-{}.db", epoch));
         let (leader_ep, _) = leader_endpoint(&client, &ep)?;
         let f = std::fs::File::create(&path)?;
-        actions::stream_snapshot(&client, &leader_ep, &mut actions::Raw(std::io::BufWriter::new(f)))?;
+        actions::stream_snapshot(
+            &client,
+            &leader_ep,
+            &mut actions::Raw(std::io::BufWriter::new(f)),
+        )?;
         juju::action_log(&format!("the current data is saved in {}", path.display()));
         results.push(("backup.path".into(), path.display().to_string()));
     }
@@ -202,14 +274,20 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     let members = client.member_list(&ep)?;
     for m in members.iter().filter(|m| !m.peer_urls.contains(&peer_url)) {
         juju::action_log(&format!("removing member {} from the old cluster", m.name));
-        retry(Duration::from_secs(30), Duration::from_millis(300), || match client.member_remove(&ep, m.id) {
-            Err(e) if e.status() == Some(404) => Ok(()),
-            other => other,
-        })?;
+        retry(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+            || match client.member_remove(&ep, m.id) {
+                Err(e) if e.status() == Some(404) => Ok(()),
+                other => other,
+            },
+        )?;
     }
 
     // 5. swap, keeping the old data until the restored cluster is healthy.
-    let svc = Service { etcd_binary: inst.etcd() };
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
     svc.stop()?;
     let aside = Path::new(&data).join(format!(".pre-restore-{epoch}"));
     let _ = std::fs::remove_dir_all(&aside);
@@ -220,7 +298,12 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     }
     std::fs::rename(restored.join("member"), &member)?;
     let mut st = LocalState::load();
-    let old_state = (st.initial_cluster.clone(), st.initial_state.clone(), st.token.clone(), st.epoch.clone());
+    let old_state = (
+        st.initial_cluster.clone(),
+        st.initial_state.clone(),
+        st.token.clone(),
+        st.epoch.clone(),
+    );
     st.initial_cluster = Some(format!("{name}={peer_url}"));
     st.initial_state = Some("new".into());
     st.token = Some(token.clone());
@@ -230,12 +313,16 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     svc.start()?;
 
     // 6. check.
-    let check = retry(Duration::from_secs(60), Duration::from_millis(200), || -> Result<u64> {
-        if !client.health(&ep)? {
-            bail!("not healthy yet");
-        }
-        Ok(client.revision(&ep)?)
-    });
+    let check = retry(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || -> Result<u64> {
+            if !client.health(&ep)? {
+                bail!("not healthy yet");
+            }
+            Ok(client.revision(&ep)?)
+        },
+    );
     let ok = match (&check, want_rev) {
         (Ok(rev), Some(want)) => *rev >= want,
         (Ok(_), None) => true,
@@ -257,7 +344,13 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
         st.save()?;
         rerender(&st, &cfg, &name, &address, &data)?;
         svc.start()?;
-        publish_epoch(ctx, epoch, st.token.as_deref().unwrap_or(&token), &name, &peer_url)?;
+        publish_epoch(
+            ctx,
+            epoch,
+            st.token.as_deref().unwrap_or(&token),
+            &name,
+            &peer_url,
+        )?;
         return refuse(format!("the restored cluster did not become healthy ({check:?}); the previous data is back in place"));
     }
     let _ = std::fs::remove_dir_all(&aside);
@@ -266,13 +359,25 @@ pub fn restore(ctx: &Context, params: &std::collections::BTreeMap<String, Value>
     // 7. publish the new epoch: the other units rejoin one at a time.
     publish_epoch(ctx, epoch, &token, &name, &peer_url)?;
     results.push(("restore.from".into(), what));
-    results.push(("restore.revision".into(), check.map(|r| r.to_string()).unwrap_or_default()));
+    results.push((
+        "restore.revision".into(),
+        check.map(|r| r.to_string()).unwrap_or_default(),
+    ));
     results.push(("restore.epoch".into(), epoch.to_string()));
-    results.push(("output".into(), "restored; the other units rejoin the new cluster one at a time".into()));
+    results.push((
+        "output".into(),
+        "restored; the other units rejoin the new cluster one at a time".into(),
+    ));
     Ok(results)
 }
 
-fn rerender(st: &LocalState, cfg: &crate::config::Config, name: &str, address: &str, data: &str) -> Result<()> {
+fn rerender(
+    st: &LocalState,
+    cfg: &crate::config::Config,
+    name: &str,
+    address: &str,
+    data: &str,
+) -> Result<()> {
     let m = crate::etcd::render::Member {
         name: name.into(),
         address: address.into(),
@@ -282,12 +387,18 @@ fn rerender(st: &LocalState, cfg: &crate::config::Config, name: &str, address: &
         token: st.token.clone().unwrap_or_default(),
         pki_dir: crate::pki::PKI_DIR.into(),
     };
-    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), crate::etcd::render::etcd_config(&m, cfg).as_bytes(), 0o644)?;
+    crate::pki::write_file(
+        Path::new(crate::etcd::service::CONFIG_FILE),
+        crate::etcd::render::etcd_config(&m, cfg).as_bytes(),
+        0o644,
+    )?;
     Ok(())
 }
 
 fn publish_epoch(ctx: &Context, epoch: u64, token: &str, name: &str, peer_url: &str) -> Result<()> {
-    let Some(rel) = juju::relation_ids(charm::PEER)?.into_iter().next() else { return Ok(()) };
+    let Some(rel) = juju::relation_ids(charm::PEER)?.into_iter().next() else {
+        return Ok(());
+    };
     let mut b = Bag::new();
     b.insert("epoch".into(), epoch.to_string());
     b.insert("token".into(), token.into());
@@ -335,6 +446,9 @@ mod tests {
         verify_digest(&p).unwrap();
         body[100] ^= 1;
         std::fs::write(&p, &body).unwrap();
-        assert!(verify_digest(&p).unwrap_err().to_string().contains("corrupt"));
+        assert!(verify_digest(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt"));
     }
 }

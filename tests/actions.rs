@@ -13,7 +13,15 @@ const MIN: Duration = Duration::from_secs(60);
 fn deploy3(env: &Env, work: &Path) {
     let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
     let res = format!("etcd={}", tarball.display());
-    env.ok(&["deploy", repo_root().to_str().unwrap(), "etcd", "-n", "3", "--resource", &res]);
+    env.ok(&[
+        "deploy",
+        repo_root().to_str().unwrap(),
+        "etcd",
+        "-n",
+        "3",
+        "--resource",
+        &res,
+    ]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
 }
 
@@ -22,7 +30,8 @@ fn run_action(env: &Env, unit: &str, args: &[&str]) -> (i32, Value) {
     let mut a = vec!["run", "--format", "json", unit];
     a.extend(args);
     let r = env.run(&a);
-    let v: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|_| panic!("no JSON from run {args:?}: {}{}", r.stdout, r.stderr));
+    let v: Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|_| panic!("no JSON from run {args:?}: {}{}", r.stdout, r.stderr));
     let task = v.as_object().unwrap().values().next().unwrap().clone();
     (r.code, task)
 }
@@ -42,7 +51,10 @@ fn etcdctl(env_vars: &[(String, String)], args: &[&str]) -> std::process::Output
             c.env(k, v);
         }
     }
-    c.args(["--dial-timeout=3s", "--command-timeout=5s"]).args(args).output().unwrap()
+    c.args(["--dial-timeout=3s", "--command-timeout=5s"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// Unpacks the credentials package on the host and returns the README's exports.
@@ -53,8 +65,18 @@ fn credentials(env: &Env, work: &Path) -> Vec<(String, String)> {
     let host = machine_file(env, "etcd/0", path);
     let meta = std::fs::metadata(&host).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "the credentials package is private");
-    let out = Command::new("tar").arg("-xzf").arg(&host).arg("-C").arg(work).output().unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the credentials package is private"
+    );
+    let out = Command::new("tar")
+        .arg("-xzf")
+        .arg(&host)
+        .arg("-C")
+        .arg(work)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let readme = std::fs::read_to_string(work.join("etcd_credentials/README.txt")).unwrap();
     readme
@@ -78,32 +100,72 @@ fn health_credentials_and_bad_params() {
     assert_eq!(code, 0, "{task}");
     let output = task["results"]["output"].as_str().unwrap();
     assert!(output.ends_with("cluster is healthy"), "{output}");
-    assert_eq!(output.matches("is healthy: got healthy result").count(), 3, "{output}");
-    let leaders = task["results"]["members"].as_object().unwrap().values().filter(|m| m["leader"] == "true").count();
+    assert_eq!(
+        output.matches("is healthy: got healthy result").count(),
+        3,
+        "{output}"
+    );
+    let leaders = task["results"]["members"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|m| m["leader"] == "true")
+        .count();
     assert_eq!(leaders, 1);
 
     // The packaged credentials work from the host against every endpoint.
     let vars = credentials(&env, work.path());
-    let eps = vars.iter().find(|(k, _)| k == "ETCDCTL_ENDPOINTS").unwrap().1.clone();
+    let eps = vars
+        .iter()
+        .find(|(k, _)| k == "ETCDCTL_ENDPOINTS")
+        .unwrap()
+        .1
+        .clone();
     assert_eq!(eps.split(',').count(), 3);
     let out = etcdctl(&vars, &["put", "greeting", "hello"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for ep in eps.split(',') {
-        let out = etcdctl(&vars, &["--endpoints", ep, "get", "greeting", "--print-value-only"]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "via {ep}");
+        let out = etcdctl(
+            &vars,
+            &["--endpoints", ep, "get", "greeting", "--print-value-only"],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "hello",
+            "via {ep}"
+        );
     }
 
     // Bad params fail the action with a clear message and change nothing.
     let (code, task) = run_action(&env, "etcd/0", &["snapshot", "keys-version=v4"]);
     assert_ne!(code, 0);
     assert_eq!(task["status"], "failed");
-    assert!(task["message"].as_str().unwrap().contains("keys-version \"v4\""), "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys-version \"v4\""),
+        "{task}"
+    );
     let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/proc/forbidden"]);
     assert_ne!(code, 0);
-    assert!(task["message"].as_str().unwrap().contains("target"), "{task}");
+    assert!(
+        task["message"].as_str().unwrap().contains("target"),
+        "{task}"
+    );
     let (code, task) = run_action(&env, "etcd/0", &["compact", "revision=abc"]);
     assert_ne!(code, 0);
-    assert!(task["message"].as_str().unwrap().contains("\"abc\" is not a number"), "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"abc\" is not a number"),
+        "{task}"
+    );
     let (code, task) = run_action(&env, "etcd/0", &["compact"]);
     assert_eq!(code, 0, "{task}");
     let (code, task) = run_action(&env, "etcd/0", &["alarm-list"]);
@@ -122,7 +184,10 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     deploy3(&env, work.path());
     let vars = credentials(&env, work.path());
     for i in 0..50 {
-        let out = etcdctl(&vars, &["put", &format!("/data/{i:03}"), &format!("value-{i}")]);
+        let out = etcdctl(
+            &vars,
+            &["put", &format!("/data/{i:03}"), &format!("value-{i}")],
+        );
         assert!(out.status.success());
     }
     let (code, task) = run_action(&env, "etcd/1", &["snapshot", "target=/root/snaps"]);
@@ -131,7 +196,10 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     assert_eq!(r["version"], "3.5.1");
     let archive = machine_file(&env, "etcd/1", r["path"].as_str().unwrap());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let local = work.path().join("snap.tar.gz");
     std::fs::copy(&archive, &local).unwrap();
     let sha = Command::new("sha256sum").arg(&local).output().unwrap();
@@ -148,18 +216,40 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let leader = env.leader("etcd");
     for f in [&bad, &truncated] {
-        env.ok(&["attach-resource", "etcd", &format!("snapshot={}", f.display())]);
+        env.ok(&[
+            "attach-resource",
+            "etcd",
+            &format!("snapshot={}", f.display()),
+        ]);
         env.settle("2m");
         let (code, task) = run_action(&env, &leader, &["restore"]);
         assert_ne!(code, 0, "{} must be refused", f.display());
-        assert!(task["message"].as_str().unwrap().contains("refused") || task["message"].as_str().unwrap().contains("not an etcd snapshot"), "{task}");
+        assert!(
+            task["message"].as_str().unwrap().contains("refused")
+                || task["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not an etcd snapshot"),
+            "{task}"
+        );
     }
-    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", local.display())]);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("snapshot={}", local.display()),
+    ]);
     env.settle("2m");
-    let follower = env.units("etcd").into_iter().find(|u| u != &leader).unwrap();
+    let follower = env
+        .units("etcd")
+        .into_iter()
+        .find(|u| u != &leader)
+        .unwrap();
     let (code, task) = run_action(&env, &follower, &["restore"]);
     assert_ne!(code, 0);
-    assert!(task["message"].as_str().unwrap().contains("leader"), "{task}");
+    assert!(
+        task["message"].as_str().unwrap().contains("leader"),
+        "{task}"
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
 
     // Delete the keys, restore, and every key is back on all three units.
@@ -170,38 +260,109 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     for u in env.units("etcd") {
         let ep = format!("https://{}:2379", env.address(&u));
-        let out = etcdctl(&vars, &["--endpoints", &ep, "get", "/data/", "--prefix", "--keys-only", "--consistency=s"]);
-        let n = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count();
+        let out = etcdctl(
+            &vars,
+            &[
+                "--endpoints",
+                &ep,
+                "get",
+                "/data/",
+                "--prefix",
+                "--keys-only",
+                "--consistency=s",
+            ],
+        );
+        let n = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
         assert_eq!(n, 50, "{u} has {n} of 50 keys after the restore");
     }
 
     // A raw `etcdctl snapshot save` file restores too.
     let raw = work.path().join("raw.db");
-    let out = etcdctl(&vars, &["--endpoints", &format!("https://{}:2379", env.address(&leader)), "snapshot", "save", raw.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = etcdctl(
+        &vars,
+        &[
+            "--endpoints",
+            &format!("https://{}:2379", env.address(&leader)),
+            "snapshot",
+            "save",
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     etcdctl(&vars, &["del", "/data/", "--prefix"]);
-    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", raw.display())]);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("snapshot={}", raw.display()),
+    ]);
     env.settle("2m");
     let (code, task) = run_action(&env, &leader, &["restore"]);
     assert_eq!(code, 0, "{task}");
-    assert!(task["results"]["restore"]["from"].as_str().unwrap().contains("raw"), "{task}");
+    assert!(
+        task["results"]["restore"]["from"]
+            .as_str()
+            .unwrap()
+            .contains("raw"),
+        "{task}"
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count(), 50);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        50
+    );
 
     // A classic-format archive: the v3 db alone at the root of a tar.gz.
     let classic_dir = work.path().join("classic");
     std::fs::create_dir_all(&classic_dir).unwrap();
-    std::fs::copy(&raw, classic_dir.join("etcd-snapshot-2025-01-01-00.00.00.db")).unwrap();
+    std::fs::copy(
+        &raw,
+        classic_dir.join("etcd-snapshot-2025-01-01-00.00.00.db"),
+    )
+    .unwrap();
     let classic = work.path().join("classic.tar.gz");
-    assert!(Command::new("tar").arg("-czf").arg(&classic).arg("-C").arg(&classic_dir).arg(".").status().unwrap().success());
+    assert!(Command::new("tar")
+        .arg("-czf")
+        .arg(&classic)
+        .arg("-C")
+        .arg(&classic_dir)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
     etcdctl(&vars, &["del", "/data/", "--prefix"]);
-    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", classic.display())]);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("snapshot={}", classic.display()),
+    ]);
     env.settle("2m");
     let (code, task) = run_action(&env, &leader, &["restore"]);
     assert_eq!(code, 0, "{task}");
-    assert!(task["results"]["restore"]["from"].as_str().unwrap().contains("classic"), "{task}");
+    assert!(
+        task["results"]["restore"]["from"]
+            .as_str()
+            .unwrap()
+            .contains("classic"),
+        "{task}"
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count(), 50);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        50
+    );
 }

@@ -12,7 +12,15 @@ const MIN: Duration = Duration::from_secs(60);
 fn deploy(env: &Env, n: u32, resource: &Path) {
     let n = n.to_string();
     let res = format!("etcd={}", resource.display());
-    env.ok(&["deploy", repo_root().to_str().unwrap(), "etcd", "-n", &n, "--resource", &res]);
+    env.ok(&[
+        "deploy",
+        repo_root().to_str().unwrap(),
+        "etcd",
+        "-n",
+        &n,
+        "--resource",
+        &res,
+    ]);
 }
 
 /// Client credentials copied out of a unit, for etcdctl on the host.
@@ -35,17 +43,24 @@ impl Creds {
     /// etcdctl (3.5.1 from the fixtures) with or without the client certificate.
     fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> std::process::Output {
         let mut c = Command::new(etcd35().join("etcdctl"));
-        c.arg(format!("--endpoints={endpoints}")).arg("--dial-timeout=3s").arg("--command-timeout=5s");
+        c.arg(format!("--endpoints={endpoints}"))
+            .arg("--dial-timeout=3s")
+            .arg("--command-timeout=5s");
         c.arg(format!("--cacert={}", self.path("ca.crt").display()));
         if with_cert {
-            c.arg(format!("--cert={}", self.path("client.crt").display())).arg(format!("--key={}", self.path("client.key").display()));
+            c.arg(format!("--cert={}", self.path("client.crt").display()))
+                .arg(format!("--key={}", self.path("client.key").display()));
         }
         c.args(args).output().unwrap()
     }
 }
 
 fn endpoints(env: &Env) -> String {
-    env.units("etcd").iter().map(|u| format!("https://{}:2379", env.address(u))).collect::<Vec<_>>().join(",")
+    env.units("etcd")
+        .iter()
+        .map(|u| format!("https://{}:2379", env.address(u)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -55,26 +70,57 @@ fn three_units_at_once_form_one_tls_cluster() {
     let env = Env::new("three", &["update-status-hook-interval=1h"]);
     deploy(&env, 3, &tarball);
     let s = env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    assert_eq!(s["applications"]["etcd"]["application-status"]["current"], "active");
+    assert_eq!(
+        s["applications"]["etcd"]["application-status"]["current"],
+        "active"
+    );
     assert_eq!(s["applications"]["etcd"]["version"], "3.5.1");
 
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = endpoints(&env);
     let out = creds.etcdctl(&eps, true, &["member", "list", "-w", "json"]);
-    assert!(out.status.success(), "member list with a client certificate: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "member list with a client certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
-    assert!(members.iter().all(|m| m["name"].as_str().is_some_and(|n| !n.is_empty()) && m.get("isLearner").is_none()), "{v}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["name"].as_str().is_some_and(|n| !n.is_empty())
+                && m.get("isLearner").is_none()),
+        "{v}"
+    );
 
     // Without a client certificate the TLS handshake is refused.
     let out = creds.etcdctl(&eps, false, &["member", "list"]);
-    assert!(!out.status.success(), "member list without a client certificate must fail");
+    assert!(
+        !out.status.success(),
+        "member list without a client certificate must fail"
+    );
     // Plain HTTP on the client port is refused too.
     let addr = env.address("etcd/0");
-    let out = Command::new("curl").args(["-sS", "-m", "5", &format!("http://{addr}:2379/v3/cluster/member/list"), "-X", "POST", "-d", "{}"]).output().unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://{addr}:2379/v3/cluster/member/list"),
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+        ])
+        .output()
+        .unwrap();
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(!body.contains("members"), "plain HTTP must not serve the API: {body}");
+    assert!(
+        !body.contains("members"),
+        "plain HTTP must not serve the API: {body}"
+    );
 
     // Private keys are 0600 on every unit.
     for u in env.units("etcd") {
@@ -102,7 +148,11 @@ impl Writer {
                 let key = format!("/writer/{i:06}");
                 let eps = endpoints.lock().unwrap().clone();
                 let out = Command::new(etcd35().join("etcdctl"))
-                    .args([format!("--endpoints={eps}"), "--dial-timeout=2s".into(), "--command-timeout=4s".into()])
+                    .args([
+                        format!("--endpoints={eps}"),
+                        "--dial-timeout=2s".into(),
+                        "--command-timeout=4s".into(),
+                    ])
                     .arg(format!("--cacert={}", creds.join("ca.crt").display()))
                     .arg(format!("--cert={}", creds.join("client.crt").display()))
                     .arg(format!("--key={}", creds.join("client.key").display()))
@@ -166,10 +216,23 @@ fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
     if raft_leader != juju_leader {
         victims.push(raft_leader.clone());
     } else {
-        victims.push(env.units("etcd").into_iter().find(|u| u != &juju_leader).unwrap());
+        victims.push(
+            env.units("etcd")
+                .into_iter()
+                .find(|u| u != &juju_leader)
+                .unwrap(),
+        );
     }
-    let remaining: Vec<String> = env.units("etcd").into_iter().filter(|u| !victims.contains(u)).collect();
-    *eps.lock().unwrap() = remaining.iter().map(|u| format!("https://{}:2379", env.address(u))).collect::<Vec<_>>().join(",");
+    let remaining: Vec<String> = env
+        .units("etcd")
+        .into_iter()
+        .filter(|u| !victims.contains(u))
+        .collect();
+    *eps.lock().unwrap() = remaining
+        .iter()
+        .map(|u| format!("https://{}:2379", env.address(u)))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut args = vec!["remove-unit", "--no-prompt"];
     args.extend(victims.iter().map(String::as_str));
     env.ok(&args);
@@ -177,19 +240,36 @@ fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
 
     let last = env.units("etcd")[0].clone();
     *eps.lock().unwrap() = format!("https://{}:2379", env.address(&last));
-    let others: Vec<String> = env.units("etcd").into_iter().filter(|u| u != &last).collect();
+    let others: Vec<String> = env
+        .units("etcd")
+        .into_iter()
+        .filter(|u| u != &last)
+        .collect();
     let mut args = vec!["remove-unit", "--no-prompt"];
     args.extend(others.iter().map(String::as_str));
     env.ok(&args);
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
 
     let acked = writer.finish();
-    assert!(acked.len() > 20, "the writer got too few writes through: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "the writer got too few writes through: {}",
+        acked.len()
+    );
     let ep = format!("https://{}:2379", env.address(&last));
     let out = creds.etcdctl(&ep, true, &["get", "/writer/", "--prefix", "--keys-only"]);
-    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(String::from).collect();
+    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
     let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(lost.is_empty(), "{} acknowledged keys lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged keys lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 #[test]
@@ -204,14 +284,23 @@ fn a_killed_member_is_reported_and_comes_back_and_a_rebooted_machine_rejoins_wit
     assert!(out.status.success());
 
     // Kill etcd and its supervisor on one unit: the next update-status reports the fault.
-    env.exec_ok("etcd/1", "kill -9 $(cat /run/etcd-charm/supervisor.pid) $(cat /run/etcd-charm/etcd.pid)");
+    env.exec_ok(
+        "etcd/1",
+        "kill -9 $(cat /run/etcd-charm/supervisor.pid) $(cat /run/etcd-charm/etcd.pid)",
+    );
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
     env.wait("etcd/1 to report the fault", MIN, |s| {
-        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"].as_str().unwrap_or("").starts_with("UnHealthy")
+        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("UnHealthy")
     });
     // ... and the hook brought it back: healthy again.
     env.wait("etcd/1 healthy again", MIN, |s| {
-        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"].as_str().unwrap_or("").starts_with("Healthy with 3")
+        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Healthy with 3")
     });
     env.ok(&["model-config", "update-status-hook-interval=1h"]);
 
@@ -222,7 +311,16 @@ fn a_killed_member_is_reported_and_comes_back_and_a_rebooted_machine_rejoins_wit
     let id_after = env.exec_ok("etcd/2", "ls /var/lib/etcd/member/wal | head -1");
     assert_eq!(id_before, id_after, "the rebooted member kept its data dir");
     let ep = format!("https://{}:2379", env.address("etcd/2"));
-    let out = creds.etcdctl(&ep, true, &["get", "/before-reboot", "--print-value-only", "--consistency=s"]);
+    let out = creds.etcdctl(
+        &ep,
+        true,
+        &[
+            "get",
+            "/before-reboot",
+            "--print-value-only",
+            "--consistency=s",
+        ],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
     let _ = Instant::now();
 }

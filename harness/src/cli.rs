@@ -18,7 +18,12 @@ use std::time::{Duration, Instant};
 const MODEL: Flag = value(&["m", "model"]);
 const FORMAT: Flag = value(&["format"]);
 
-pub async fn handle(ctl: &Arc<Ctl>, args: Vec<String>, cwd: &str, env_model: Option<String>) -> Reply {
+pub async fn handle(
+    ctl: &Arc<Ctl>,
+    args: Vec<String>,
+    cwd: &str,
+    env_model: Option<String>,
+) -> Reply {
     let Some((cmd, rest)) = args.split_first() else {
         return Reply::ok(USAGE);
     };
@@ -41,7 +46,11 @@ fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
 }
 
 fn model_name(ctl: &Ctl, p: &flags::Parsed, env_model: &Option<String>) -> Result<String> {
-    let m = p.value("m").map(String::from).or(env_model.clone()).or_else(|| ctl.read(|w| w.current_model.clone()));
+    let m = p
+        .value("m")
+        .map(String::from)
+        .or(env_model.clone())
+        .or_else(|| ctl.read(|w| w.current_model.clone()));
     let m = m.ok_or_else(|| anyhow!("no model in focus: pass --model or run add-model first"))?;
     let m = m.rsplit(':').next().unwrap_or(&m).to_string();
     if !ctl.read(|w| w.models.contains_key(&m)) {
@@ -57,7 +66,11 @@ fn fmt_out(v: &Value, p: &flags::Parsed, default: Format) -> Result<Reply> {
 
 fn resolve_unit(m: &Model, name: &str) -> Result<String> {
     if let Some(app) = name.strip_suffix("/leader") {
-        return m.apps.get(app).and_then(|a| a.leader.clone()).ok_or_else(|| anyhow!("could not determine leader for \"{app}\""));
+        return m
+            .apps
+            .get(app)
+            .and_then(|a| a.leader.clone())
+            .ok_or_else(|| anyhow!("could not determine leader for \"{app}\""));
     }
     if m.units.contains_key(name) {
         Ok(name.to_string())
@@ -69,9 +82,14 @@ fn resolve_unit(m: &Model, name: &str) -> Result<String> {
 /// Parses a config value by its option type, as `juju config` does.
 fn typed(kind: &str, key: &str, raw: &str) -> Result<Value> {
     Ok(match kind {
-        "int" => json!(raw.parse::<i64>().map_err(|_| anyhow!("option {key:?} expected int, got {raw:?}"))?),
-        "float" => json!(raw.parse::<f64>().map_err(|_| anyhow!("option {key:?} expected float, got {raw:?}"))?),
-        "boolean" => json!(flags::parse_go_bool(raw).ok_or_else(|| anyhow!("option {key:?} expected boolean, got {raw:?}"))?),
+        "int" => json!(raw
+            .parse::<i64>()
+            .map_err(|_| anyhow!("option {key:?} expected int, got {raw:?}"))?),
+        "float" => json!(raw
+            .parse::<f64>()
+            .map_err(|_| anyhow!("option {key:?} expected float, got {raw:?}"))?),
+        "boolean" => json!(flags::parse_go_bool(raw)
+            .ok_or_else(|| anyhow!("option {key:?} expected boolean, got {raw:?}"))?),
         _ => json!(raw),
     })
 }
@@ -91,18 +109,30 @@ fn typed_value(kind: &str, key: &str, v: &Value) -> Result<Value> {
 }
 
 /// `--config k=v` or `--config file.yaml` (`{app: {k: v}}` or `{k: v}`).
-fn config_args(meta: &CharmMeta, app: &str, items: &[String], cwd: &Path) -> Result<BTreeMap<String, Value>> {
+fn config_args(
+    meta: &CharmMeta,
+    app: &str,
+    items: &[String],
+    cwd: &Path,
+) -> Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for item in items {
         if let Some((k, v)) = item.split_once('=') {
-            let def = meta.options.get(k).ok_or_else(|| anyhow!("unknown option {k:?}"))?;
+            let def = meta
+                .options
+                .get(k)
+                .ok_or_else(|| anyhow!("unknown option {k:?}"))?;
             out.insert(k.to_string(), typed(&def.kind, k, v)?);
         } else {
-            let text = std::fs::read_to_string(cwd.join(item)).with_context(|| format!("reading config file {item}"))?;
+            let text = std::fs::read_to_string(cwd.join(item))
+                .with_context(|| format!("reading config file {item}"))?;
             let v: Value = serde_yaml::from_str(&text)?;
             let map = v.get(app).cloned().unwrap_or(v);
             for (k, v) in map.as_object().cloned().unwrap_or_default() {
-                let def = meta.options.get(&k).ok_or_else(|| anyhow!("unknown option {k:?}"))?;
+                let def = meta
+                    .options
+                    .get(&k)
+                    .ok_or_else(|| anyhow!("unknown option {k:?}"))?;
                 out.insert(k.clone(), typed_value(&def.kind, &k, &v)?);
             }
         }
@@ -142,17 +172,32 @@ fn snapshot_charm(src: &Path, dst: &Path) -> Result<()> {
             if let Some(p) = to.parent() {
                 std::fs::create_dir_all(p)?;
             }
-            std::fs::copy(entry.path(), &to).with_context(|| format!("copying {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
         }
     }
     Ok(())
 }
 
-fn store_resource(ctl: &Ctl, model: &str, app: &str, name: &str, rev: u32, src: &Path) -> Result<String> {
-    let dir = ctl.home.join("resources").join(model).join(app).join(name).join(rev.to_string());
+fn store_resource(
+    ctl: &Ctl,
+    model: &str,
+    app: &str,
+    name: &str,
+    rev: u32,
+    src: &Path,
+) -> Result<String> {
+    let dir = ctl
+        .home
+        .join("resources")
+        .join(model)
+        .join(app)
+        .join(name)
+        .join(rev.to_string());
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(src.file_name().unwrap_or_default());
-    std::fs::copy(src, &file).with_context(|| format!("reading resource file {}", src.display()))?;
+    std::fs::copy(src, &file)
+        .with_context(|| format!("reading resource file {}", src.display()))?;
     Ok(file.to_string_lossy().into_owned())
 }
 
@@ -160,26 +205,57 @@ fn new_uuid() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::thread_rng().gen();
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
-async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: Option<String>) -> Result<Reply> {
+async fn run(
+    ctl: &Arc<Ctl>,
+    cmd: &str,
+    args: &[String],
+    cwd: &Path,
+    env_model: Option<String>,
+) -> Result<Reply> {
     match cmd {
         "version" => {
             let p = parse(&[FORMAT, boolean(&["all"])], args)?;
-            let v = if p.flag("all") { json!({"version": controller::JUJU_VERSION, "git-commit": "", "compiler": "rustc"}) } else { json!(controller::JUJU_VERSION) };
+            let v = if p.flag("all") {
+                json!({"version": controller::JUJU_VERSION, "git-commit": "", "compiler": "rustc"})
+            } else {
+                json!(controller::JUJU_VERSION)
+            };
             fmt_out(&v, &p, Format::Smart)
         }
         "add-model" => {
-            let p = parse(&[boolean(&["no-switch"]), value(&["config"]), value(&["c", "controller"]), value(&["credential"])], args)?;
-            let name = p.positional.first().ok_or_else(|| anyhow!("model name required"))?.clone();
+            let p = parse(
+                &[
+                    boolean(&["no-switch"]),
+                    value(&["config"]),
+                    value(&["c", "controller"]),
+                    value(&["credential"]),
+                ],
+                args,
+            )?;
+            let name = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("model name required"))?
+                .clone();
             if ctl.read(|w| w.models.contains_key(&name)) {
                 bail!("model \"{name}\" already exists");
             }
             let net = tokio::task::spawn_blocking(|| machine::create_bridge(None)).await??;
             let mut config: BTreeMap<String, Value> = BTreeMap::new();
             for kv in p.values("config") {
-                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--config expects key=value, got {kv:?}"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--config expects key=value, got {kv:?}"))?;
                 config.insert(k.into(), serde_yaml::from_str(v).unwrap_or(json!(v)));
             }
             ctl.mutate(|w| {
@@ -206,11 +282,33 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                     w.current_model = Some(name.clone());
                 }
             });
-            Ok(Reply { code: 0, stdout: String::new(), stderr: format!("Added '{name}' model on bridge {} ({}/24)\n", net.bridge(), net.host_address()) })
+            Ok(Reply {
+                code: 0,
+                stdout: String::new(),
+                stderr: format!(
+                    "Added '{name}' model on bridge {} ({}/24)\n",
+                    net.bridge(),
+                    net.host_address()
+                ),
+            })
         }
         "destroy-model" => {
-            let p = parse(&[boolean(&["no-prompt"]), boolean(&["y", "yes"]), boolean(&["destroy-storage"]), boolean(&["release-storage"]), boolean(&["force"]), boolean(&["no-wait"]), value(&["timeout"])], args)?;
-            let name = p.positional.first().ok_or_else(|| anyhow!("model name required"))?;
+            let p = parse(
+                &[
+                    boolean(&["no-prompt"]),
+                    boolean(&["y", "yes"]),
+                    boolean(&["destroy-storage"]),
+                    boolean(&["release-storage"]),
+                    boolean(&["force"]),
+                    boolean(&["no-wait"]),
+                    value(&["timeout"]),
+                ],
+                args,
+            )?;
+            let name = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("model name required"))?;
             let name = name.rsplit(':').next().unwrap_or(name).to_string();
             if !ctl.read(|w| w.models.contains_key(&name)) {
                 bail!("model \"{name}\" not found");
@@ -237,23 +335,51 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
         }
         "deploy" => deploy(ctl, args, cwd, &env_model).await,
         "add-unit" => {
-            let p = parse(&[value(&["n", "num-units"]), value(&["to"]), value(&["attach-storage"])], args)?;
+            let p = parse(
+                &[
+                    value(&["n", "num-units"]),
+                    value(&["to"]),
+                    value(&["attach-storage"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
-            let app = p.positional.first().ok_or_else(|| anyhow!("no application name specified"))?.clone();
+            let app = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("no application name specified"))?
+                .clone();
             let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
             add_units(ctl, &model, &app, n)?;
             Ok(Reply::ok(""))
         }
         "remove-unit" => {
-            let p = parse(&[boolean(&["no-prompt"]), boolean(&["destroy-storage"]), boolean(&["force"]), boolean(&["no-wait"]), value(&["num-units"])], args)?;
+            let p = parse(
+                &[
+                    boolean(&["no-prompt"]),
+                    boolean(&["destroy-storage"]),
+                    boolean(&["force"]),
+                    boolean(&["no-wait"]),
+                    value(&["num-units"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
             ctl.mutate(|w| -> Result<()> {
                 let m = w.models.get_mut(&model).unwrap();
                 let mut targets = vec![];
                 if let Some(n) = p.value("num-units") {
-                    let app = p.positional.first().ok_or_else(|| anyhow!("application name required with --num-units"))?;
+                    let app = p
+                        .positional
+                        .first()
+                        .ok_or_else(|| anyhow!("application name required with --num-units"))?;
                     let n: usize = n.parse()?;
-                    let mut units: Vec<String> = m.units.values().filter(|u| &u.app == app && u.life == Life::Alive).map(|u| u.name.clone()).collect();
+                    let mut units: Vec<String> = m
+                        .units
+                        .values()
+                        .filter(|u| &u.app == app && u.life == Life::Alive)
+                        .map(|u| u.name.clone())
+                        .collect();
                     units.sort_by_key(|u| std::cmp::Reverse(unit_number(u)));
                     targets.extend(units.into_iter().take(n));
                 } else {
@@ -272,18 +398,39 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
             Ok(Reply::ok(""))
         }
         "remove-application" => {
-            let p = parse(&[boolean(&["no-prompt"]), boolean(&["destroy-storage"]), boolean(&["force"]), boolean(&["no-wait"])], args)?;
+            let p = parse(
+                &[
+                    boolean(&["no-prompt"]),
+                    boolean(&["destroy-storage"]),
+                    boolean(&["force"]),
+                    boolean(&["no-wait"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
             ctl.mutate(|w| -> Result<()> {
                 let m = w.models.get_mut(&model).unwrap();
                 for app in &p.positional {
-                    let a = m.apps.get_mut(app).ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+                    let a = m
+                        .apps
+                        .get_mut(app)
+                        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
                     a.status = Some(Status::new("terminated", "application is being removed"));
-                    let units: Vec<String> = m.units.values().filter(|u| &u.app == app).map(|u| u.name.clone()).collect();
+                    let units: Vec<String> = m
+                        .units
+                        .values()
+                        .filter(|u| &u.app == app)
+                        .map(|u| u.name.clone())
+                        .collect();
                     if units.is_empty() {
                         m.apps.remove(app);
                     }
-                    let rels: Vec<u32> = m.relations.values().filter(|r| !r.peer && r.endpoint_of(app).is_some()).map(|r| r.id).collect();
+                    let rels: Vec<u32> = m
+                        .relations
+                        .values()
+                        .filter(|r| !r.peer && r.endpoint_of(app).is_some())
+                        .map(|r| r.id)
+                        .collect();
                     for r in rels {
                         m.remove_relation(r);
                     }
@@ -301,7 +448,13 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
             if p.positional.len() != 2 {
                 bail!("a relation must involve two applications");
             }
-            ctl.mutate(|w| integrate(w.models.get_mut(&model).unwrap(), &p.positional[0], &p.positional[1]))?;
+            ctl.mutate(|w| {
+                integrate(
+                    w.models.get_mut(&model).unwrap(),
+                    &p.positional[0],
+                    &p.positional[1],
+                )
+            })?;
             Ok(Reply::ok(""))
         }
         "remove-relation" => {
@@ -313,10 +466,24 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                     vec![p.positional[0].parse().context("relation id")?]
                 } else if p.positional.len() == 2 {
                     let matches = |spec: &str, r: &Relation| {
-                        let (app, ep) = spec.split_once(':').map(|(a, e)| (a, Some(e))).unwrap_or((spec, None));
-                        r.endpoints.iter().any(|e| e.app == app && ep.map(|x| x == e.name).unwrap_or(true))
+                        let (app, ep) = spec
+                            .split_once(':')
+                            .map(|(a, e)| (a, Some(e)))
+                            .unwrap_or((spec, None));
+                        r.endpoints
+                            .iter()
+                            .any(|e| e.app == app && ep.map(|x| x == e.name).unwrap_or(true))
                     };
-                    m.relations.values().filter(|r| !r.peer && !r.dying && matches(&p.positional[0], r) && matches(&p.positional[1], r)).map(|r| r.id).collect()
+                    m.relations
+                        .values()
+                        .filter(|r| {
+                            !r.peer
+                                && !r.dying
+                                && matches(&p.positional[0], r)
+                                && matches(&p.positional[1], r)
+                        })
+                        .map(|r| r.id)
+                        .collect()
                 } else {
                     bail!("remove-relation takes two endpoints or a relation id");
                 };
@@ -373,14 +540,27 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                 Value::Object(out)
             });
             match p.positional.first() {
-                Some(k) => fmt_out(&v.get(k).map(|x| x["Value"].clone()).unwrap_or(Value::Null), &p, Format::Smart),
+                Some(k) => fmt_out(
+                    &v.get(k).map(|x| x["Value"].clone()).unwrap_or(Value::Null),
+                    &p,
+                    Format::Smart,
+                ),
                 None => fmt_out(&v, &p, Format::Yaml),
             }
         }
         "run" => run_action(ctl, args, cwd, &env_model).await,
         "exec" => exec(ctl, args, &env_model).await,
         "status" => {
-            let p = parse(&[FORMAT, boolean(&["color"]), boolean(&["relations"]), boolean(&["storage"]), boolean(&["watch"])], args)?;
+            let p = parse(
+                &[
+                    FORMAT,
+                    boolean(&["color"]),
+                    boolean(&["relations"]),
+                    boolean(&["storage"]),
+                    boolean(&["watch"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
             let v = ctl.read(|w| status_json(&w.models[&model]));
             match p.value("format") {
@@ -418,49 +598,116 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
             fmt_out(&v, &p, Format::Yaml)
         }
         "debug-log" => {
-            let p = parse(&[value(&["n", "lines"]), value(&["limit"]), boolean(&["replay"]), value(&["include"]), value(&["level"]), boolean(&["tail"]), boolean(&["no-tail"])], args)?;
+            let p = parse(
+                &[
+                    value(&["n", "lines"]),
+                    value(&["limit"]),
+                    boolean(&["replay"]),
+                    value(&["include"]),
+                    value(&["level"]),
+                    boolean(&["tail"]),
+                    boolean(&["no-tail"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
-            let text = std::fs::read_to_string(controller::model_dir(&ctl.home, &model).join("debug.log")).unwrap_or_default();
-            let include: Vec<String> = p.values("include").iter().map(|i| i.replace('/', "-")).collect();
-            let mut lines: Vec<&str> = text.lines().filter(|l| include.is_empty() || include.iter().any(|i| l.contains(i.as_str()))).collect();
+            let text =
+                std::fs::read_to_string(controller::model_dir(&ctl.home, &model).join("debug.log"))
+                    .unwrap_or_default();
+            let include: Vec<String> = p
+                .values("include")
+                .iter()
+                .map(|i| i.replace('/', "-"))
+                .collect();
+            let mut lines: Vec<&str> = text
+                .lines()
+                .filter(|l| include.is_empty() || include.iter().any(|i| l.contains(i.as_str())))
+                .collect();
             if let Some(n) = p.value("limit").or(p.value("n")) {
                 let n: usize = n.parse().context("--limit")?;
                 let skip = lines.len().saturating_sub(n);
                 lines.drain(..skip);
             }
-            Ok(Reply::ok(lines.iter().map(|l| format!("{l}\n")).collect::<String>()))
+            Ok(Reply::ok(
+                lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+            ))
         }
         "attach-resource" => {
             let p = parse(&[], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            let app = p.positional.first().ok_or_else(|| anyhow!("application name required"))?.clone();
+            let app = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("application name required"))?
+                .clone();
             for kv in &p.positional[1..] {
-                let (name, path) = kv.split_once('=').ok_or_else(|| anyhow!("expected name=path, got {kv:?}"))?;
-                let known = ctl.read(|w| w.models[&model].apps.get(&app).map(|a| a.meta.resources.contains_key(name)));
+                let (name, path) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("expected name=path, got {kv:?}"))?;
+                let known = ctl.read(|w| {
+                    w.models[&model]
+                        .apps
+                        .get(&app)
+                        .map(|a| a.meta.resources.contains_key(name))
+                });
                 match known {
                     None => bail!("application \"{app}\" not found"),
                     Some(false) => bail!("charm does not define resource {name:?}"),
                     Some(true) => {}
                 }
-                let rev = ctl.read(|w| w.models[&model].apps[&app].resources.get(name).map(|r| r.revision).unwrap_or(0)) + 1;
+                let rev = ctl.read(|w| {
+                    w.models[&model].apps[&app]
+                        .resources
+                        .get(name)
+                        .map(|r| r.revision)
+                        .unwrap_or(0)
+                }) + 1;
                 let stored = store_resource(ctl, &model, &app, name, rev, &cwd.join(path))?;
                 ctl.mutate(|w| {
                     let m = w.models.get_mut(&model).unwrap();
-                    m.apps.get_mut(&app).unwrap().resources.insert(name.to_string(), Resource { revision: rev, path: stored.clone() });
+                    m.apps.get_mut(&app).unwrap().resources.insert(
+                        name.to_string(),
+                        Resource {
+                            revision: rev,
+                            path: stored.clone(),
+                        },
+                    );
                     upgrade_sequence(m, &app);
                 });
             }
             Ok(Reply::ok(""))
         }
         "refresh" | "upgrade-charm" => {
-            let p = parse(&[value(&["path"]), value(&["resource"]), boolean(&["force"]), boolean(&["force-units"])], args)?;
+            let p = parse(
+                &[
+                    value(&["path"]),
+                    value(&["resource"]),
+                    boolean(&["force"]),
+                    boolean(&["force-units"]),
+                ],
+                args,
+            )?;
             let model = model_name(ctl, &p, &env_model)?;
-            let app = p.positional.first().ok_or_else(|| anyhow!("application name required"))?.clone();
-            let path = p.value("path").ok_or_else(|| anyhow!("only --path refreshes are supported here"))?;
+            let app = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("application name required"))?
+                .clone();
+            let path = p
+                .value("path")
+                .ok_or_else(|| anyhow!("only --path refreshes are supported here"))?;
             let src = cwd.join(path);
             let meta = read_charm(&src)?;
-            let rev = ctl.read(|w| w.models[&model].apps.get(&app).map(|a| a.charm_rev)).ok_or_else(|| anyhow!("application \"{app}\" not found"))? + 1;
-            let dst = ctl.home.join("charms").join(&model).join(&app).join(rev.to_string());
+            let rev = ctl
+                .read(|w| w.models[&model].apps.get(&app).map(|a| a.charm_rev))
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+                + 1;
+            let dst = ctl
+                .home
+                .join("charms")
+                .join(&model)
+                .join(&app)
+                .join(rev.to_string());
             snapshot_charm(&src, &dst)?;
             ctl.mutate(|w| {
                 let m = w.models.get_mut(&model).unwrap();
@@ -471,10 +718,26 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                 upgrade_sequence(m, &app);
             });
             // Units get the new charm files before their upgrade-charm hook.
-            let units: Vec<(String, Option<u32>)> = ctl.read(|w| w.models[&model].units.values().filter(|u| u.app == app).map(|u| (u.name.clone(), w.models[&model].machines.get(&u.machine).and_then(|m| m.init_pid))).collect());
+            let units: Vec<(String, Option<u32>)> = ctl.read(|w| {
+                w.models[&model]
+                    .units
+                    .values()
+                    .filter(|u| u.app == app)
+                    .map(|u| {
+                        (
+                            u.name.clone(),
+                            w.models[&model]
+                                .machines
+                                .get(&u.machine)
+                                .and_then(|m| m.init_pid),
+                        )
+                    })
+                    .collect()
+            });
             for (u, pid) in units {
                 if let Some(pid) = pid {
-                    let target = PathBuf::from(format!("/proc/{pid}/root")).join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
+                    let target = PathBuf::from(format!("/proc/{pid}/root"))
+                        .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
                     let _ = std::fs::remove_dir_all(&target);
                     controller::copy_tree(&dst, &target)?;
                 }
@@ -486,7 +749,14 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
             let model = model_name(ctl, &p, &env_model)?;
             ctl.mutate(|w| -> Result<()> {
                 let m = w.models.get_mut(&model).unwrap();
-                let units: Vec<String> = if p.flag("all") { m.units.keys().cloned().collect() } else { p.positional.iter().map(|u| resolve_unit(m, u)).collect::<Result<_>>()? };
+                let units: Vec<String> = if p.flag("all") {
+                    m.units.keys().cloned().collect()
+                } else {
+                    p.positional
+                        .iter()
+                        .map(|u| resolve_unit(m, u))
+                        .collect::<Result<_>>()?
+                };
                 for unit in units {
                     let u = m.units.get_mut(&unit).unwrap();
                     if u.error.is_none() {
@@ -507,13 +777,24 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
         "wait-settled" => {
             let p = parse(&[value(&["timeout"]), value(&["status"])], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            let timeout = p.value("timeout").and_then(controller::parse_duration).unwrap_or(Duration::from_secs(600));
+            let timeout = p
+                .value("timeout")
+                .and_then(controller::parse_duration)
+                .unwrap_or(Duration::from_secs(600));
             let want = p.value("status").map(String::from);
             let ok = ctl
                 .wait_for(Some(Instant::now() + timeout), |w| {
                     let m = w.models.get(&model)?;
                     let settled = m.units.values().all(|u| {
-                        u.queue.is_empty() && u.running.is_none() && u.actions.is_empty() && u.agent.current == "idle" && u.error.is_none() && want.as_ref().map(|s| &u.workload.current == s).unwrap_or(true)
+                        u.queue.is_empty()
+                            && u.running.is_none()
+                            && u.actions.is_empty()
+                            && u.agent.current == "idle"
+                            && u.error.is_none()
+                            && want
+                                .as_ref()
+                                .map(|s| &u.workload.current == s)
+                                .unwrap_or(true)
                     });
                     let machines = m.machines.values().all(|x| x.status == "started");
                     (settled && machines).then_some(())
@@ -523,14 +804,21 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                 Some(()) => Ok(Reply::ok("")),
                 None => {
                     let v = ctl.read(|w| status_json(&w.models[&model]));
-                    Ok(Reply { code: 1, stdout: status_table(&v), stderr: "ERROR timed out waiting for the model to settle\n".into() })
+                    Ok(Reply {
+                        code: 1,
+                        stdout: status_table(&v),
+                        stderr: "ERROR timed out waiting for the model to settle\n".into(),
+                    })
                 }
             }
         }
         "cut-network" | "heal-network" | "crash-machine" | "start-machine" | "reboot-machine" => {
             let p = parse(&[], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            let target = p.positional.first().ok_or_else(|| anyhow!("machine id or unit name required"))?;
+            let target = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("machine id or unit name required"))?;
             let id: u32 = match target.parse() {
                 Ok(n) => n,
                 Err(_) => ctl.read(|w| -> Result<u32> {
@@ -547,7 +835,15 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
                     let up = cmd == "heal-network";
                     let net = ctl.read(|w| w.models[&model].net());
                     machine::set_link(&net, id, up)?;
-                    ctl.mutate(|w| w.models.get_mut(&model).unwrap().machines.get_mut(&id).unwrap().cut = !up);
+                    ctl.mutate(|w| {
+                        w.models
+                            .get_mut(&model)
+                            .unwrap()
+                            .machines
+                            .get_mut(&id)
+                            .unwrap()
+                            .cut = !up
+                    });
                 }
                 "crash-machine" => ctl.crash_machine(&model, id).await,
                 "start-machine" => {
@@ -566,7 +862,12 @@ async fn run(ctl: &Arc<Ctl>, cmd: &str, args: &[String], cwd: &Path, env_model: 
 
 fn upgrade_sequence(m: &mut Model, app: &str) {
     let leader = m.apps.get(app).and_then(|a| a.leader.clone());
-    let units: Vec<String> = m.units.values().filter(|u| u.app == app && u.life == Life::Alive).map(|u| u.name.clone()).collect();
+    let units: Vec<String> = m
+        .units
+        .values()
+        .filter(|u| u.app == app && u.life == Life::Alive)
+        .map(|u| u.name.clone())
+        .collect();
     for u in units {
         m.push(&u, Event::hook("upgrade-charm"));
         m.push(&u, Event::hook("config-changed"));
@@ -598,16 +899,50 @@ fn add_units(ctl: &Arc<Ctl>, model: &str, app: &str, n: u32) -> Result<Vec<Strin
 }
 
 fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
-    let split = |s: &str| s.split_once(':').map(|(x, y)| (x.to_string(), Some(y.to_string()))).unwrap_or((s.to_string(), None));
+    let split = |s: &str| {
+        s.split_once(':')
+            .map(|(x, y)| (x.to_string(), Some(y.to_string())))
+            .unwrap_or((s.to_string(), None))
+    };
     let (app_a, ep_a) = split(a);
     let (app_b, ep_b) = split(b);
-    let meta_a = m.apps.get(&app_a).ok_or_else(|| anyhow!("application \"{app_a}\" not found"))?.meta.clone();
-    let meta_b = m.apps.get(&app_b).ok_or_else(|| anyhow!("application \"{app_b}\" not found"))?.meta.clone();
+    let meta_a = m
+        .apps
+        .get(&app_a)
+        .ok_or_else(|| anyhow!("application \"{app_a}\" not found"))?
+        .meta
+        .clone();
+    let meta_b = m
+        .apps
+        .get(&app_b)
+        .ok_or_else(|| anyhow!("application \"{app_b}\" not found"))?
+        .meta
+        .clone();
     // provides on one side, requires on the other, same interface
     let mut candidates = vec![];
-    for (pa, ia) in meta_a.provides.iter().map(|(k, v)| (k, v, true)).chain(meta_a.requires.iter().map(|(k, v)| (k, v, false))).map(|(k, v, p)| ((k.clone(), p), v.clone())) {
-        for (pb, ib) in meta_b.provides.iter().map(|(k, v)| ((k.clone(), true), v.clone())).chain(meta_b.requires.iter().map(|(k, v)| ((k.clone(), false), v.clone()))) {
-            if ia == ib && pa.1 != pb.1 && ep_a.as_ref().map(|e| e == &pa.0).unwrap_or(true) && ep_b.as_ref().map(|e| e == &pb.0).unwrap_or(true) {
+    for (pa, ia) in meta_a
+        .provides
+        .iter()
+        .map(|(k, v)| (k, v, true))
+        .chain(meta_a.requires.iter().map(|(k, v)| (k, v, false)))
+        .map(|(k, v, p)| ((k.clone(), p), v.clone()))
+    {
+        for (pb, ib) in meta_b
+            .provides
+            .iter()
+            .map(|(k, v)| ((k.clone(), true), v.clone()))
+            .chain(
+                meta_b
+                    .requires
+                    .iter()
+                    .map(|(k, v)| ((k.clone(), false), v.clone())),
+            )
+        {
+            if ia == ib
+                && pa.1 != pb.1
+                && ep_a.as_ref().map(|e| e == &pa.0).unwrap_or(true)
+                && ep_b.as_ref().map(|e| e == &pb.0).unwrap_or(true)
+            {
                 candidates.push((pa.0.clone(), pb.0.clone(), ia.clone()));
             }
         }
@@ -615,9 +950,20 @@ fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
     let (ea, eb, iface) = match candidates.len() {
         0 => bail!("no relations found between {a:?} and {b:?}"),
         1 => candidates.remove(0),
-        _ => bail!("ambiguous relation: {a:?} {b:?} could refer to {}", candidates.iter().map(|(x, y, _)| format!("\"{app_a}:{x} {app_b}:{y}\"")).collect::<Vec<_>>().join("; ")),
+        _ => bail!(
+            "ambiguous relation: {a:?} {b:?} could refer to {}",
+            candidates
+                .iter()
+                .map(|(x, y, _)| format!("\"{app_a}:{x} {app_b}:{y}\""))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     };
-    if m.relations.values().any(|r| !r.dying && r.endpoint_of(&app_a).map(|e| e.name == ea).unwrap_or(false) && r.endpoint_of(&app_b).map(|e| e.name == eb).unwrap_or(false)) {
+    if m.relations.values().any(|r| {
+        !r.dying
+            && r.endpoint_of(&app_a).map(|e| e.name == ea).unwrap_or(false)
+            && r.endpoint_of(&app_b).map(|e| e.name == eb).unwrap_or(false)
+    }) {
         bail!("relation {app_a}:{ea} {app_b}:{eb} already exists");
     }
     let id = m.next_relation;
@@ -626,7 +972,18 @@ fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
         id,
         Relation {
             id,
-            endpoints: vec![Endpoint { app: app_a.clone(), name: ea.clone(), interface: iface.clone() }, Endpoint { app: app_b.clone(), name: eb.clone(), interface: iface }],
+            endpoints: vec![
+                Endpoint {
+                    app: app_a.clone(),
+                    name: ea.clone(),
+                    interface: iface.clone(),
+                },
+                Endpoint {
+                    app: app_b.clone(),
+                    name: eb.clone(),
+                    interface: iface,
+                },
+            ],
             peer: false,
             app_data: Default::default(),
             unit_data: Default::default(),
@@ -636,22 +993,44 @@ fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
     );
     let mut started = vec![];
     for (app, ep, remote) in [(&app_a, &ea, &app_b), (&app_b, &eb, &app_a)] {
-        let units: Vec<(String, bool)> = m.units.values().filter(|u| &u.app == app && u.life == Life::Alive).map(|u| (u.name.clone(), u.started)).collect();
+        let units: Vec<(String, bool)> = m
+            .units
+            .values()
+            .filter(|u| &u.app == app && u.life == Life::Alive)
+            .map(|u| (u.name.clone(), u.started))
+            .collect();
         for (u, s) in units {
-            m.push(&u, Event { hook: format!("{ep}-relation-created"), relation: Some(id), remote_app: Some(remote.clone()), ..Default::default() });
+            m.push(
+                &u,
+                Event {
+                    hook: format!("{ep}-relation-created"),
+                    relation: Some(id),
+                    remote_app: Some(remote.clone()),
+                    ..Default::default()
+                },
+            );
             if s {
                 started.push(u);
             }
         }
     }
     for u in started {
-        let addr = m.machines.get(&m.units[&u].machine).map(|x| x.address.clone()).unwrap_or_default();
+        let addr = m
+            .machines
+            .get(&m.units[&u].machine)
+            .map(|x| x.address.clone())
+            .unwrap_or_default();
         m.enter_relation_scope(id, &u, &addr);
     }
     Ok(())
 }
 
-async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<String>) -> Result<Reply> {
+async fn deploy(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
     let p = parse(
         &[
             value(&["n", "num-units"]),
@@ -673,13 +1052,20 @@ async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<
         args,
     )?;
     let model = model_name(ctl, &p, env_model)?;
-    let charm = p.positional.first().ok_or_else(|| anyhow!("no charm specified"))?;
+    let charm = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("no charm specified"))?;
     let src = cwd.join(charm);
     if !src.is_dir() {
         bail!("charm {charm:?} not found: only local charm directories deploy here (build it, then deploy the directory)");
     }
     let meta = read_charm(&src)?;
-    let app = p.positional.get(1).cloned().unwrap_or_else(|| meta.name.clone());
+    let app = p
+        .positional
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| meta.name.clone());
     if ctl.read(|w| w.models[&model].apps.contains_key(&app)) {
         bail!("cannot add application \"{app}\": application already exists");
     }
@@ -687,7 +1073,9 @@ async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
     let mut storage_requests = BTreeMap::new();
     for s in p.values("storage") {
-        let (name, spec) = s.split_once('=').ok_or_else(|| anyhow!("--storage expects name=count"))?;
+        let (name, spec) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--storage expects name=count"))?;
         if !meta.storage.contains_key(name) {
             bail!("charm has no storage {name:?}");
         }
@@ -700,12 +1088,20 @@ async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<
     tokio::task::spawn_blocking(move || snapshot_charm(&src2, &dst2)).await??;
     let mut resources = BTreeMap::new();
     for r in p.values("resource") {
-        let (name, path) = r.split_once('=').ok_or_else(|| anyhow!("--resource expects name=path"))?;
+        let (name, path) = r
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--resource expects name=path"))?;
         if !meta.resources.contains_key(name) {
             bail!("charm does not define resource {name:?}");
         }
         let stored = store_resource(ctl, &model, &app, name, 1, &cwd.join(path))?;
-        resources.insert(name.to_string(), Resource { revision: 1, path: stored });
+        resources.insert(
+            name.to_string(),
+            Resource {
+                revision: 1,
+                path: stored,
+            },
+        );
     }
     let peers = meta.peers.clone();
     ctl.mutate(|w| {
@@ -734,7 +1130,11 @@ async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<
                 id,
                 Relation {
                     id,
-                    endpoints: vec![Endpoint { app: app.clone(), name: ep, interface: iface }],
+                    endpoints: vec![Endpoint {
+                        app: app.clone(),
+                        name: ep,
+                        interface: iface,
+                    }],
                     peer: true,
                     app_data: Default::default(),
                     unit_data: Default::default(),
@@ -745,22 +1145,50 @@ async fn deploy(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<
         }
     });
     add_units(ctl, &model, &app, n)?;
-    Ok(Reply { code: 0, stdout: String::new(), stderr: format!("Deployed \"{app}\" from local charm \"{}\", revision 1\n", meta.name) })
+    Ok(Reply {
+        code: 0,
+        stdout: String::new(),
+        stderr: format!(
+            "Deployed \"{app}\" from local charm \"{}\", revision 1\n",
+            meta.name
+        ),
+    })
 }
 
-fn config_cmd(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<String>) -> Result<Reply> {
+fn config_cmd(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
     let p = parse(&[FORMAT, value(&["reset"]), value(&["file"])], args)?;
     let model = model_name(ctl, &p, env_model)?;
-    let app = p.positional.first().ok_or_else(|| anyhow!("no application name specified"))?.clone();
-    let meta = ctl.read(|w| w.models[&model].apps.get(&app).map(|a| a.meta.clone())).ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
-    let sets: Vec<String> = p.positional[1..].iter().filter(|a| a.contains('=')).cloned().collect();
+    let app = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("no application name specified"))?
+        .clone();
+    let meta = ctl
+        .read(|w| w.models[&model].apps.get(&app).map(|a| a.meta.clone()))
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let sets: Vec<String> = p.positional[1..]
+        .iter()
+        .filter(|a| a.contains('='))
+        .cloned()
+        .collect();
     let mut items = sets.clone();
     if let Some(f) = p.value("file") {
         items.push(f.to_string());
     }
     if !items.is_empty() || p.value("reset").is_some() {
         let new = config_args(&meta, &app, &items, cwd)?;
-        let resets: Vec<String> = p.value("reset").unwrap_or("").split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+        let resets: Vec<String> = p
+            .value("reset")
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
         for r in &resets {
             if !meta.options.contains_key(r) {
                 bail!("unknown option {r:?}");
@@ -782,7 +1210,12 @@ fn config_cmd(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<St
                 a.config.remove(&r);
             }
             if a.config != before {
-                let units: Vec<String> = m.units.values().filter(|u| u.app == app && u.life == Life::Alive).map(|u| u.name.clone()).collect();
+                let units: Vec<String> = m
+                    .units
+                    .values()
+                    .filter(|u| u.app == app && u.life == Life::Alive)
+                    .map(|u| u.name.clone())
+                    .collect();
                 for u in units {
                     m.push(&u, Event::hook("config-changed"));
                 }
@@ -817,14 +1250,26 @@ fn config_cmd(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<St
         json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": "default", "type": "bool", "value": false}}})
     });
     match p.positional.get(1) {
-        Some(k) => fmt_out(&v["settings"].get(k).and_then(|e| e.get("value")).cloned().unwrap_or(Value::Null), &p, Format::Smart),
+        Some(k) => fmt_out(
+            &v["settings"]
+                .get(k)
+                .and_then(|e| e.get("value"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            &p,
+            Format::Smart,
+        ),
         None => fmt_out(&v, &p, Format::Yaml),
     }
 }
 
 /// Checks params against an action's schema (types, unknown keys) and fills defaults.
 fn validate_params(spec: &Value, mut params: Map<String, Value>) -> Result<Value> {
-    let props = spec.get("params").and_then(Value::as_object).cloned().unwrap_or_default();
+    let props = spec
+        .get("params")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let strict = spec.get("additionalProperties").and_then(Value::as_bool) == Some(false);
     for (k, v) in &params {
         let Some(def) = props.get(k) else {
@@ -844,11 +1289,21 @@ fn validate_params(spec: &Value, mut params: Map<String, Value>) -> Result<Value
             _ => true,
         };
         if !ok {
-            bail!("validation failed: (root).{k} : invalid type. Expected: {want}, given: {}", json_type(v));
+            bail!(
+                "validation failed: (root).{k} : invalid type. Expected: {want}, given: {}",
+                json_type(v)
+            );
         }
         if let (Some(allowed), false) = (def.get("enum").and_then(Value::as_array), v.is_null()) {
             if !allowed.contains(v) {
-                bail!("validation failed: (root).{k} : {k} must be one of the following: {}", allowed.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "validation failed: (root).{k} : {k} must be one of the following: {}",
+                    allowed
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
         }
     }
@@ -904,15 +1359,26 @@ fn task_json(t: &Task) -> Value {
     if !t.log.is_empty() {
         o.insert("log".into(), json!(t.log));
     }
-    o.insert("timing".into(), json!({"enqueued": t.enqueued, "started": t.started, "completed": t.completed}));
+    o.insert(
+        "timing".into(),
+        json!({"enqueued": t.enqueued, "started": t.started, "completed": t.completed}),
+    );
     Value::Object(o)
 }
 
-async fn wait_tasks(ctl: &Arc<Ctl>, model: &str, ids: &[u64], wait: Option<Duration>) -> Option<Vec<Task>> {
+async fn wait_tasks(
+    ctl: &Arc<Ctl>,
+    model: &str,
+    ids: &[u64],
+    wait: Option<Duration>,
+) -> Option<Vec<Task>> {
     ctl.wait_for(wait.map(|d| Instant::now() + d), |w| {
         let m = w.models.get(model)?;
         let tasks: Vec<Task> = ids.iter().filter_map(|i| m.tasks.get(i).cloned()).collect();
-        tasks.iter().all(|t| t.status == "completed" || t.status == "failed").then_some(tasks)
+        tasks
+            .iter()
+            .all(|t| t.status == "completed" || t.status == "failed")
+            .then_some(tasks)
     })
     .await
 }
@@ -922,10 +1388,23 @@ fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Reply {
     for t in tasks {
         out.insert(t.unit.clone(), task_json(t));
     }
-    let failed: Vec<&Task> = tasks.iter().filter(|t| t.status != "completed" || (!exec && t.return_code.unwrap_or(0) != 0)).collect();
-    let json_mode = p.value("format").map(|f| f == "json" || f == "yaml").unwrap_or(false);
+    let failed: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.status != "completed" || (!exec && t.return_code.unwrap_or(0) != 0))
+        .collect();
+    let json_mode = p
+        .value("format")
+        .map(|f| f == "json" || f == "yaml")
+        .unwrap_or(false);
     let stdout = if json_mode {
-        render(&Value::Object(out), if p.value("format") == Some("json") { Format::Json } else { Format::Yaml })
+        render(
+            &Value::Object(out),
+            if p.value("format") == Some("json") {
+                Format::Json
+            } else {
+                Format::Yaml
+            },
+        )
     } else if exec && tasks.len() == 1 {
         tasks[0].stdout.clone()
     } else {
@@ -945,48 +1424,89 @@ fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Reply {
     };
     if exec && !json_mode && tasks.len() == 1 {
         let t = &tasks[0];
-        let code = if t.status == "completed" { t.return_code.unwrap_or(0) } else { 1 };
+        let code = t.return_code.unwrap_or(1);
         let mut stderr = t.stderr.clone();
-        if t.status != "completed" {
+        if t.return_code.is_none() {
             stderr.push_str(&format!("ERROR {}\n", t.message));
         }
-        return Reply { code, stdout, stderr };
+        return Reply {
+            code,
+            stdout,
+            stderr,
+        };
     }
     if failed.is_empty() {
         return Reply::ok(stdout);
     }
     let mut stderr = String::from("ERROR the following task failed:\n");
     for t in failed {
-        stderr.push_str(&format!(" id \"{}\" with return code {}\n", t.id, t.return_code.unwrap_or(1)));
+        stderr.push_str(&format!(
+            " id \"{}\" with return code {}\n",
+            t.id,
+            t.return_code.unwrap_or(1)
+        ));
         if !t.message.is_empty() {
             stderr.push_str(&format!("   message: {}\n", t.message));
         }
     }
     stderr.push_str("\nuse 'juju show-task' to inspect the failure (task failed)\n");
-    Reply { code: 1, stdout, stderr }
+    Reply {
+        code: 1,
+        stdout,
+        stderr,
+    }
 }
 
-async fn run_action(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Option<String>) -> Result<Reply> {
-    let p = parse(&[FORMAT, value(&["wait"]), value(&["params"]), boolean(&["string-args"]), boolean(&["background"]), boolean(&["quiet"]), boolean(&["utc"]), value(&["color"])], args)?;
+async fn run_action(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            FORMAT,
+            value(&["wait"]),
+            value(&["params"]),
+            boolean(&["string-args"]),
+            boolean(&["background"]),
+            boolean(&["quiet"]),
+            boolean(&["utc"]),
+            value(&["color"]),
+        ],
+        args,
+    )?;
     let model = model_name(ctl, &p, env_model)?;
     if p.positional.len() < 2 {
         bail!("no unit and action specified");
     }
     let mut params = Map::new();
     if let Some(f) = p.value("params") {
-        let text = std::fs::read_to_string(cwd.join(f)).with_context(|| format!("reading --params {f}"))?;
-        let v: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing --params {f}"))?;
+        let text = std::fs::read_to_string(cwd.join(f))
+            .with_context(|| format!("reading --params {f}"))?;
+        let v: Value =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing --params {f}"))?;
         if let Value::Object(o) = v {
             params.extend(o);
         }
     }
     for kv in &p.positional[2..] {
-        let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("argument {kv:?} must be of the form key.key=value"))?;
-        let val: Value = if p.flag("string-args") { json!(v) } else { serde_yaml::from_str(v).unwrap_or(json!(v)) };
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("argument {kv:?} must be of the form key.key=value"))?;
+        let val: Value = if p.flag("string-args") {
+            json!(v)
+        } else {
+            serde_yaml::from_str(v).unwrap_or(json!(v))
+        };
         let segs: Vec<&str> = k.split('.').collect();
         let mut cur = &mut params;
         for s in &segs[..segs.len() - 1] {
-            cur = cur.entry(s.to_string()).or_insert_with(|| json!({})).as_object_mut().ok_or_else(|| anyhow!("conflicting key {k}"))?;
+            cur = cur
+                .entry(s.to_string())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("conflicting key {k}"))?;
         }
         cur.insert(segs[segs.len() - 1].to_string(), val);
     }
@@ -995,29 +1515,71 @@ async fn run_action(ctl: &Arc<Ctl>, args: &[String], cwd: &Path, env_model: &Opt
         let m = w.models.get_mut(&model).unwrap();
         let unit = resolve_unit(m, &p.positional[0])?;
         let app = app_of(&unit).to_string();
-        let spec = m.apps[&app].meta.actions.get(&action).cloned().ok_or_else(|| anyhow!("action \"{action}\" not defined on unit \"{unit}\" (not found)"))?;
+        let spec = m.apps[&app]
+            .meta
+            .actions
+            .get(&action)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!("action \"{action}\" not defined on unit \"{unit}\" (not found)")
+            })?;
         let params = validate_params(&spec, params)?;
         m.next_task += 1;
         let id = m.next_task;
         m.tasks.insert(
             id,
-            Task { id, unit: unit.clone(), action: action.clone(), params, status: "pending".into(), message: String::new(), results: Default::default(), log: vec![], enqueued: now_juju(), started: String::new(), completed: String::new(), return_code: None, stdout: String::new(), stderr: String::new(), command: None },
+            Task {
+                id,
+                unit: unit.clone(),
+                action: action.clone(),
+                params,
+                status: "pending".into(),
+                message: String::new(),
+                results: Default::default(),
+                log: vec![],
+                enqueued: now_juju(),
+                started: String::new(),
+                completed: String::new(),
+                return_code: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                command: None,
+            },
         );
         m.units.get_mut(&unit).unwrap().actions.push_back(id);
         Ok(id)
     })?;
     if p.flag("background") {
-        return Ok(Reply { code: 0, stdout: String::new(), stderr: format!("Scheduled operation {id} with task {id}\n") });
+        return Ok(Reply {
+            code: 0,
+            stdout: String::new(),
+            stderr: format!("Scheduled operation {id} with task {id}\n"),
+        });
     }
     let wait = p.value("wait").and_then(controller::parse_duration);
     match wait_tasks(ctl, &model, &[id], wait).await {
         Some(tasks) => Ok(tasks_reply(&tasks, &p, false)),
-        None => Ok(Reply { code: 1, stdout: String::new(), stderr: format!("ERROR timed out waiting for result from task {id}\n") }),
+        None => Ok(Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("ERROR timed out waiting for result from task {id}\n"),
+        }),
     }
 }
 
 async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {
-    let p = parse(&[FORMAT, value(&["wait"]), value(&["unit", "u"]), value(&["machine"]), value(&["application", "a"]), boolean(&["all"]), boolean(&["background"])], args)?;
+    let p = parse(
+        &[
+            FORMAT,
+            value(&["wait"]),
+            value(&["unit", "u"]),
+            value(&["machine"]),
+            value(&["application", "a"]),
+            boolean(&["all"]),
+            boolean(&["background"]),
+        ],
+        args,
+    )?;
     let model = model_name(ctl, &p, env_model)?;
     if p.positional.is_empty() {
         bail!("no commands specified");
@@ -1026,17 +1588,44 @@ async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Re
     let wait = p.value("wait").and_then(controller::parse_duration);
     if let Some(mid) = p.value("machine") {
         let id: u32 = mid.parse().context("--machine")?;
-        let (sock, up) = ctl.read(|w| (machine::agent_socket(&controller::model_dir(&ctl.home, &model), id), w.models[&model].machines.get(&id).map(|x| x.status == "started")));
+        let (sock, up) = ctl.read(|w| {
+            (
+                machine::agent_socket(&controller::model_dir(&ctl.home, &model), id),
+                w.models[&model]
+                    .machines
+                    .get(&id)
+                    .map(|x| x.status == "started"),
+            )
+        });
         if up != Some(true) {
             bail!("machine {id} is not running");
         }
-        let env = BTreeMap::from([("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()), ("HOME".to_string(), "/root".to_string()), ("LANG".to_string(), "C.UTF-8".to_string())]);
-        let (r, _) = machine::agent_call(&sock, &AgentRequest::Run { argv: vec!["/bin/bash".into(), "-c".into(), command.join(" ")], env, cwd: "/root".into() }).await?;
+        let env = BTreeMap::from([
+            (
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            ),
+            ("HOME".to_string(), "/root".to_string()),
+            ("LANG".to_string(), "C.UTF-8".to_string()),
+        ]);
+        let (r, _) = machine::agent_call(
+            &sock,
+            &AgentRequest::Run {
+                argv: vec!["/bin/bash".into(), "-c".into(), command.join(" ")],
+                env,
+                cwd: "/root".into(),
+            },
+        )
+        .await?;
         if p.value("format") == Some("json") {
             let v = json!({ format!("machine-{id}"): {"id": "0", "status": "completed", "machine": id.to_string(), "results": {"return-code": r.code, "stdout": r.stdout, "stderr": r.stderr}}});
             return Ok(Reply::ok(render(&v, Format::Json)));
         }
-        return Ok(Reply { code: r.code, stdout: r.stdout, stderr: r.stderr });
+        return Ok(Reply {
+            code: r.code,
+            stdout: r.stdout,
+            stderr: r.stderr,
+        });
     }
     let ids = ctl.mutate(|w| -> Result<Vec<u64>> {
         let m = w.models.get_mut(&model).unwrap();
@@ -1065,7 +1654,11 @@ async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Re
     })?;
     match wait_tasks(ctl, &model, &ids, wait).await {
         Some(tasks) => Ok(tasks_reply(&tasks, &p, true)),
-        None => Ok(Reply { code: 1, stdout: String::new(), stderr: "ERROR timed out waiting for results\n".into() }),
+        None => Ok(Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: "ERROR timed out waiting for results\n".into(),
+        }),
     }
 }
 
@@ -1081,9 +1674,17 @@ fn status_entry(s: &Status) -> Value {
 
 fn show_unit(m: &Model, unit: &str) -> Value {
     let u = &m.units[unit];
-    let addr = m.machines.get(&u.machine).map(|x| x.address.clone()).unwrap_or_default();
+    let addr = m
+        .machines
+        .get(&u.machine)
+        .map(|x| x.address.clone())
+        .unwrap_or_default();
     let mut rels = vec![];
-    for r in m.relations.values().filter(|r| !r.dying && r.endpoint_of(&u.app).is_some()) {
+    for r in m
+        .relations
+        .values()
+        .filter(|r| !r.dying && r.endpoint_of(&u.app).is_some())
+    {
         let ep = r.endpoint_of(&u.app).unwrap();
         let remote = r.remote_app_of(&u.app).unwrap_or("");
         let mut related = Map::new();
@@ -1131,7 +1732,11 @@ pub fn status_json(m: &Model) -> Value {
         let mut app_units: Vec<&Unit> = m.units.values().filter(|u| &u.app == name).collect();
         app_units.sort_by_key(|u| unit_number(&u.name));
         for u in &app_units {
-            let addr = m.machines.get(&u.machine).map(|x| x.address.clone()).unwrap_or_default();
+            let addr = m
+                .machines
+                .get(&u.machine)
+                .map(|x| x.address.clone())
+                .unwrap_or_default();
             let mut e = Map::new();
             e.insert("workload-status".into(), status_entry(&unit_workload(u)));
             let mut js = status_entry(&u.agent);
@@ -1142,7 +1747,10 @@ pub fn status_json(m: &Model) -> Value {
             }
             e.insert("machine".into(), json!(u.machine.to_string()));
             if !u.ports.is_empty() {
-                e.insert("open-ports".into(), json!(u.ports.iter().cloned().collect::<Vec<_>>()));
+                e.insert(
+                    "open-ports".into(),
+                    json!(u.ports.iter().cloned().collect::<Vec<_>>()),
+                );
             }
             e.insert("public-address".into(), json!(addr));
             e.insert("address".into(), json!(addr));
@@ -1156,14 +1764,20 @@ pub fn status_json(m: &Model) -> Value {
             }
         }
         let mut e = Map::new();
-        e.insert("charm".into(), json!(format!("local:{}-{}", a.meta.name, a.charm_rev)));
+        e.insert(
+            "charm".into(),
+            json!(format!("local:{}-{}", a.meta.name, a.charm_rev)),
+        );
         e.insert("charm-origin".into(), json!("local"));
         e.insert("charm-name".into(), json!(a.meta.name));
         e.insert("charm-rev".into(), json!(a.charm_rev));
         e.insert("exposed".into(), json!(false));
         e.insert("base".into(), json!({"name": "debian", "channel": "12"}));
         e.insert("scale".into(), json!(app_units.len()));
-        e.insert("application-status".into(), status_entry(&m.app_status(name)));
+        e.insert(
+            "application-status".into(),
+            status_entry(&m.app_status(name)),
+        );
         if !a.version.is_empty() {
             e.insert("version".into(), json!(a.version));
         }
@@ -1186,9 +1800,17 @@ pub fn status_json(m: &Model) -> Value {
 pub fn status_table(v: &Value) -> String {
     let mut s = String::new();
     let model = &v["model"];
-    s.push_str(&format!("Model  Controller  Cloud/Region         Version\n{:<6} {:<11} localhost/localhost  {}\n\n", model["name"].as_str().unwrap_or(""), "harness", model["version"].as_str().unwrap_or("")));
+    s.push_str(&format!(
+        "Model  Controller  Cloud/Region         Version\n{:<6} {:<11} localhost/localhost  {}\n\n",
+        model["name"].as_str().unwrap_or(""),
+        "harness",
+        model["version"].as_str().unwrap_or("")
+    ));
     let apps = v["applications"].as_object().cloned().unwrap_or_default();
-    s.push_str(&format!("{:<12} {:<9} {:<12} {:<6} {}\n", "App", "Version", "Status", "Scale", "Message"));
+    s.push_str(&format!(
+        "{:<12} {:<9} {:<12} {:<6} {}\n",
+        "App", "Version", "Status", "Scale", "Message"
+    ));
     for (name, a) in &apps {
         s.push_str(&format!(
             "{:<12} {:<9} {:<12} {:<6} {}\n",
@@ -1199,11 +1821,22 @@ pub fn status_table(v: &Value) -> String {
             a["application-status"]["message"].as_str().unwrap_or("")
         ));
     }
-    s.push_str(&format!("\n{:<12} {:<12} {:<10} {:<8} {:<15} {:<10} {}\n", "Unit", "Workload", "Agent", "Machine", "Public address", "Ports", "Message"));
+    s.push_str(&format!(
+        "\n{:<12} {:<12} {:<10} {:<8} {:<15} {:<10} {}\n",
+        "Unit", "Workload", "Agent", "Machine", "Public address", "Ports", "Message"
+    ));
     for a in apps.values() {
         for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
             let leader = if e.get("leader").is_some() { "*" } else { "" };
-            let ports = e["open-ports"].as_array().map(|p| p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(",")).unwrap_or_default();
+            let ports = e["open-ports"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
             s.push_str(&format!(
                 "{:<12} {:<12} {:<10} {:<8} {:<15} {:<10} {}\n",
                 format!("{u}{leader}"),
@@ -1216,9 +1849,18 @@ pub fn status_table(v: &Value) -> String {
             ));
         }
     }
-    s.push_str(&format!("\n{:<8} {:<10} {:<15} {}\n", "Machine", "State", "Address", "Inst id"));
+    s.push_str(&format!(
+        "\n{:<8} {:<10} {:<15} {}\n",
+        "Machine", "State", "Address", "Inst id"
+    ));
     for (id, mach) in v["machines"].as_object().cloned().unwrap_or_default() {
-        s.push_str(&format!("{:<8} {:<10} {:<15} {}\n", id, mach["juju-status"]["current"].as_str().unwrap_or(""), mach["dns-name"].as_str().unwrap_or(""), mach["instance-id"].as_str().unwrap_or("")));
+        s.push_str(&format!(
+            "{:<8} {:<10} {:<15} {}\n",
+            id,
+            mach["juju-status"]["current"].as_str().unwrap_or(""),
+            mach["dns-name"].as_str().unwrap_or(""),
+            mach["instance-id"].as_str().unwrap_or("")
+        ));
     }
     s
 }
@@ -1230,11 +1872,20 @@ mod tests {
     #[test]
     fn params_are_typed_and_defaulted() {
         let spec = json!({"params": {"revision": {"type": "integer"}, "physical": {"type": "boolean", "default": false}}, "additionalProperties": false});
-        let v = validate_params(&spec, serde_json::from_value(json!({"revision": 5})).unwrap()).unwrap();
+        let v = validate_params(
+            &spec,
+            serde_json::from_value(json!({"revision": 5})).unwrap(),
+        )
+        .unwrap();
         assert_eq!(v, json!({"revision": 5, "physical": false}));
-        let e = validate_params(&spec, serde_json::from_value(json!({"revision": "x"})).unwrap()).unwrap_err();
+        let e = validate_params(
+            &spec,
+            serde_json::from_value(json!({"revision": "x"})).unwrap(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("Expected: integer"), "{e}");
-        let e = validate_params(&spec, serde_json::from_value(json!({"nope": 1})).unwrap()).unwrap_err();
+        let e = validate_params(&spec, serde_json::from_value(json!({"nope": 1})).unwrap())
+            .unwrap_err();
         assert!(e.to_string().contains("additional property"), "{e}");
     }
 

@@ -41,10 +41,28 @@ pub struct HookCtx {
 #[derive(Debug, Clone)]
 pub enum SecretOp {
     Add(Secret),
-    Set { id: String, content: Option<Bag>, label: Option<String>, description: Option<String>, expire: Option<String>, rotate: Option<String> },
-    Remove { id: String, revision: Option<u32> },
-    Grant { id: String, relation: u32, unit: Option<String> },
-    Revoke { id: String, relation: u32, unit: Option<String> },
+    Set {
+        id: String,
+        content: Option<Bag>,
+        label: Option<String>,
+        description: Option<String>,
+        expire: Option<String>,
+        rotate: Option<String>,
+    },
+    Remove {
+        id: String,
+        revision: Option<u32>,
+    },
+    Grant {
+        id: String,
+        relation: u32,
+        unit: Option<String>,
+    },
+    Revoke {
+        id: String,
+        relation: u32,
+        unit: Option<String>,
+    },
 }
 
 pub struct Ctl {
@@ -75,7 +93,10 @@ pub fn charm_dir_in_machine(unit: &str) -> String {
 }
 
 pub fn unit_number(unit: &str) -> u32 {
-    unit.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    unit.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn app_of(unit: &str) -> &str {
@@ -83,7 +104,10 @@ pub fn app_of(unit: &str) -> &str {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Parses Go-style durations as Juju's model config takes them: "5m", "10s", "1h30m", "500ms".
@@ -125,7 +149,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 impl Model {
     pub fn net(&self) -> Net {
-        Net { index: self.net_index }
+        Net {
+            index: self.net_index,
+        }
     }
 
     pub fn config_str(&self, key: &str) -> Option<String> {
@@ -153,15 +179,25 @@ impl Model {
     }
 
     pub fn relations_of_app(&self, app: &str) -> Vec<u32> {
-        self.relations.values().filter(|r| !r.dying && r.endpoint_of(app).is_some()).map(|r| r.id).collect()
+        self.relations
+            .values()
+            .filter(|r| !r.dying && r.endpoint_of(app).is_some())
+            .map(|r| r.id)
+            .collect()
     }
 
     /// Units on the other side of `rel` from `unit` that are in scope.
     pub fn remote_units_in_scope(&self, rel: u32, unit: &str) -> Vec<String> {
-        let Some(r) = self.relations.get(&rel) else { return vec![] };
+        let Some(r) = self.relations.get(&rel) else {
+            return vec![];
+        };
         let app = app_of(unit);
         let remote_app = r.remote_app_of(app).unwrap_or("");
-        r.scope.iter().filter(|u| app_of(u) == remote_app && u.as_str() != unit).cloned().collect()
+        r.scope
+            .iter()
+            .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .cloned()
+            .collect()
     }
 
     pub fn add_unit(&mut self, app: &str) -> Result<String> {
@@ -226,14 +262,39 @@ impl Model {
             },
         );
         for s in &storage {
-            self.push(&name, Event { hook: format!("{}-storage-attached", s.split('/').next().unwrap_or("")), storage: Some(s.clone()), ..Default::default() });
+            self.push(
+                &name,
+                Event {
+                    hook: format!("{}-storage-attached", s.split('/').next().unwrap_or("")),
+                    storage: Some(s.clone()),
+                    ..Default::default()
+                },
+            );
         }
         self.push(&name, Event::hook("install"));
         for rel in self.relations_of_app(app) {
-            let ep = self.relations[&rel].endpoint_of(app).map(|e| e.name.clone()).unwrap_or_default();
-            self.push(&name, Event { hook: format!("{ep}-relation-created"), relation: Some(rel), remote_app: self.relations[&rel].remote_app_of(app).map(String::from), ..Default::default() });
+            let ep = self.relations[&rel]
+                .endpoint_of(app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            self.push(
+                &name,
+                Event {
+                    hook: format!("{ep}-relation-created"),
+                    relation: Some(rel),
+                    remote_app: self.relations[&rel].remote_app_of(app).map(String::from),
+                    ..Default::default()
+                },
+            );
         }
-        self.push(&name, Event::hook(if is_leader { "leader-elected" } else { "leader-settings-changed" }));
+        self.push(
+            &name,
+            Event::hook(if is_leader {
+                "leader-elected"
+            } else {
+                "leader-settings-changed"
+            }),
+        );
         self.push(&name, Event::hook("config-changed"));
         self.push(&name, Event::hook("start"));
         Ok(name)
@@ -242,14 +303,21 @@ impl Model {
     /// Called once a unit's start hook has run: it joins every relation of its application.
     pub fn enter_scope(&mut self, unit: &str) {
         let app = app_of(unit).to_string();
-        let address = self.units.get(unit).and_then(|u| self.machines.get(&u.machine)).map(|m| m.address.clone()).unwrap_or_default();
+        let address = self
+            .units
+            .get(unit)
+            .and_then(|u| self.machines.get(&u.machine))
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
         for rel in self.relations_of_app(&app) {
             self.enter_relation_scope(rel, unit, &address);
         }
     }
 
     pub fn enter_relation_scope(&mut self, rel: u32, unit: &str, address: &str) {
-        let Some(r) = self.relations.get_mut(&rel) else { return };
+        let Some(r) = self.relations.get_mut(&rel) else {
+            return;
+        };
         if r.scope.contains(unit) {
             return;
         }
@@ -259,12 +327,26 @@ impl Model {
         bag.insert("egress-subnets".into(), format!("{address}/32"));
         let app = app_of(unit).to_string();
         let remote_app = r.remote_app_of(&app).unwrap_or("").to_string();
-        let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
-        let others: Vec<String> = r.scope.iter().filter(|u| app_of(u) == remote_app && u.as_str() != unit).cloned().collect();
+        let my_ep = r
+            .endpoint_of(&app)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        let others: Vec<String> = r
+            .scope
+            .iter()
+            .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .cloned()
+            .collect();
         r.scope.insert(unit.to_string());
         for other in others {
-            let their_ep = self.relations[&rel].endpoint_of(&remote_app).map(|e| e.name.clone()).unwrap_or_default();
-            for (target, ep, remote) in [(other.as_str(), &their_ep, unit), (unit, &my_ep, other.as_str())] {
+            let their_ep = self.relations[&rel]
+                .endpoint_of(&remote_app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            for (target, ep, remote) in [
+                (other.as_str(), &their_ep, unit),
+                (unit, &my_ep, other.as_str()),
+            ] {
                 for kind in ["joined", "changed"] {
                     self.push(
                         target,
@@ -283,40 +365,93 @@ impl Model {
 
     /// Starts removing a unit: departed hooks everywhere, then its own teardown hooks.
     pub fn remove_unit(&mut self, unit: &str) {
-        let Some(u) = self.units.get_mut(unit) else { return };
+        let Some(u) = self.units.get_mut(unit) else {
+            return;
+        };
         if u.life == Life::Dying {
             return;
         }
         u.life = Life::Dying;
         let app = app_of(unit).to_string();
-        let rels: Vec<u32> = self.relations.values().filter(|r| r.scope.contains(unit)).map(|r| r.id).collect();
+        let rels: Vec<u32> = self
+            .relations
+            .values()
+            .filter(|r| r.scope.contains(unit))
+            .map(|r| r.id)
+            .collect();
         for rel in rels.iter().copied() {
             let remotes = self.remote_units_in_scope(rel, unit);
             let r = self.relations.get_mut(&rel).unwrap();
             r.scope.remove(unit);
-            let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
+            let my_ep = r
+                .endpoint_of(&app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
             for v in remotes {
-                let their_ep = self.relations[&rel].endpoint_of(app_of(&v)).map(|e| e.name.clone()).unwrap_or_default();
-                self.push(&v, Event { hook: format!("{their_ep}-relation-departed"), relation: Some(rel), remote_unit: Some(unit.into()), remote_app: Some(app.clone()), departing: Some(unit.into()), ..Default::default() });
-                self.push(unit, Event { hook: format!("{my_ep}-relation-departed"), relation: Some(rel), remote_unit: Some(v.clone()), remote_app: Some(app_of(&v).into()), departing: Some(unit.into()), ..Default::default() });
+                let their_ep = self.relations[&rel]
+                    .endpoint_of(app_of(&v))
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
+                self.push(
+                    &v,
+                    Event {
+                        hook: format!("{their_ep}-relation-departed"),
+                        relation: Some(rel),
+                        remote_unit: Some(unit.into()),
+                        remote_app: Some(app.clone()),
+                        departing: Some(unit.into()),
+                        ..Default::default()
+                    },
+                );
+                self.push(
+                    unit,
+                    Event {
+                        hook: format!("{my_ep}-relation-departed"),
+                        relation: Some(rel),
+                        remote_unit: Some(v.clone()),
+                        remote_app: Some(app_of(&v).into()),
+                        departing: Some(unit.into()),
+                        ..Default::default()
+                    },
+                );
             }
         }
         for rel in self.relations_of_app(&app) {
             let r = &self.relations[&rel];
-            let my_ep = r.endpoint_of(&app).map(|e| e.name.clone()).unwrap_or_default();
+            let my_ep = r
+                .endpoint_of(&app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
             let remote_app = r.remote_app_of(&app).map(String::from);
-            self.push(unit, Event { hook: format!("{my_ep}-relation-broken"), relation: Some(rel), remote_app, ..Default::default() });
+            self.push(
+                unit,
+                Event {
+                    hook: format!("{my_ep}-relation-broken"),
+                    relation: Some(rel),
+                    remote_app,
+                    ..Default::default()
+                },
+            );
         }
         self.push(unit, Event::hook("stop"));
         let storage = self.units[unit].storage.clone();
         for s in storage {
-            self.push(unit, Event { hook: format!("{}-storage-detaching", s.split('/').next().unwrap_or("")), storage: Some(s), ..Default::default() });
+            self.push(
+                unit,
+                Event {
+                    hook: format!("{}-storage-detaching", s.split('/').next().unwrap_or("")),
+                    storage: Some(s),
+                    ..Default::default()
+                },
+            );
         }
         self.push(unit, Event::hook("remove"));
     }
 
     pub fn remove_relation(&mut self, rel: u32) {
-        let Some(r) = self.relations.get_mut(&rel) else { return };
+        let Some(r) = self.relations.get_mut(&rel) else {
+            return;
+        };
         if r.dying {
             return;
         }
@@ -326,19 +461,50 @@ impl Model {
         r.scope.clear();
         for u in scope {
             let app = app_of(&u).to_string();
-            let ep = endpoints.iter().find(|e| e.app == app).map(|e| e.name.clone()).unwrap_or_default();
+            let ep = endpoints
+                .iter()
+                .find(|e| e.app == app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
             let remote_app = self.relations[&rel].remote_app_of(&app).map(String::from);
-            let view: Vec<String> = self.units.get(&u).and_then(|x| x.views.get(&rel)).map(|v| v.iter().cloned().collect()).unwrap_or_default();
+            let view: Vec<String> = self
+                .units
+                .get(&u)
+                .and_then(|x| x.views.get(&rel))
+                .map(|v| v.iter().cloned().collect())
+                .unwrap_or_default();
             for v in view {
-                self.push(&u, Event { hook: format!("{ep}-relation-departed"), relation: Some(rel), remote_unit: Some(v.clone()), remote_app: remote_app.clone(), departing: Some(v.clone()), ..Default::default() });
+                self.push(
+                    &u,
+                    Event {
+                        hook: format!("{ep}-relation-departed"),
+                        relation: Some(rel),
+                        remote_unit: Some(v.clone()),
+                        remote_app: remote_app.clone(),
+                        departing: Some(v.clone()),
+                        ..Default::default()
+                    },
+                );
             }
-            self.push(&u, Event { hook: format!("{ep}-relation-broken"), relation: Some(rel), remote_app, ..Default::default() });
+            self.push(
+                &u,
+                Event {
+                    hook: format!("{ep}-relation-broken"),
+                    relation: Some(rel),
+                    remote_app,
+                    ..Default::default()
+                },
+            );
         }
     }
 
     /// Gives the application a new leader (the lowest-numbered live unit) after the old one left.
     pub fn elect(&mut self, app: &str) {
-        let mut candidates: Vec<&Unit> = self.units.values().filter(|u| u.app == app && u.life == Life::Alive).collect();
+        let mut candidates: Vec<&Unit> = self
+            .units
+            .values()
+            .filter(|u| u.app == app && u.life == Life::Alive)
+            .collect();
         candidates.sort_by_key(|u| unit_number(&u.name));
         let Some(new) = candidates.first().map(|u| u.name.clone()) else {
             if let Some(a) = self.apps.get_mut(app) {
@@ -362,9 +528,15 @@ impl Model {
     /// Applies a successful hook's buffered changes and fires what they cause.
     pub fn commit(&mut self, ctx: &HookCtx) {
         for ((rel, owner), writes) in &ctx.rel_writes {
-            let Some(r) = self.relations.get_mut(rel) else { continue };
+            let Some(r) = self.relations.get_mut(rel) else {
+                continue;
+            };
             let is_app = !owner.contains('/');
-            let bag = if is_app { r.app_data.entry(owner.clone()).or_default() } else { r.unit_data.entry(owner.clone()).or_default() };
+            let bag = if is_app {
+                r.app_data.entry(owner.clone()).or_default()
+            } else {
+                r.unit_data.entry(owner.clone()).or_default()
+            };
             let mut changed = false;
             for (k, v) in writes {
                 if v.is_empty() {
@@ -375,7 +547,11 @@ impl Model {
                 }
             }
             // A departing unit's writes are not published.
-            let departing = self.units.get(&ctx.unit).map(|u| u.life == Life::Dying).unwrap_or(true);
+            let departing = self
+                .units
+                .get(&ctx.unit)
+                .map(|u| u.life == Life::Dying)
+                .unwrap_or(true);
             if !changed || r.dying || departing {
                 continue;
             }
@@ -384,8 +560,16 @@ impl Model {
             if !is_app && !r.scope.contains(owner) {
                 continue;
             }
-            let targets: Vec<String> = r.scope.iter().filter(|u| app_of(u) == remote_app && *u != &ctx.unit).cloned().collect();
-            let ep = r.endpoint_of(&remote_app).map(|e| e.name.clone()).unwrap_or_default();
+            let targets: Vec<String> = r
+                .scope
+                .iter()
+                .filter(|u| app_of(u) == remote_app && *u != &ctx.unit)
+                .cloned()
+                .collect();
+            let ep = r
+                .endpoint_of(&remote_app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
             for t in targets {
                 let ev = Event {
                     hook: format!("{ep}-relation-changed"),
@@ -423,7 +607,14 @@ impl Model {
                 if let Some(u) = self.units.get_mut(&ctx.unit) {
                     u.storage.push(id.clone());
                 }
-                self.push(&ctx.unit, Event { hook: format!("{name}-storage-attached"), storage: Some(id), ..Default::default() });
+                self.push(
+                    &ctx.unit,
+                    Event {
+                        hook: format!("{name}-storage-attached"),
+                        storage: Some(id),
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -433,8 +624,17 @@ impl Model {
             SecretOp::Add(s) => {
                 self.secrets.insert(s.id.clone(), s.clone());
             }
-            SecretOp::Set { id, content, label, description, expire, rotate } => {
-                let Some(s) = self.secrets.get_mut(id) else { return };
+            SecretOp::Set {
+                id,
+                content,
+                label,
+                description,
+                expire,
+                rotate,
+            } => {
+                let Some(s) = self.secrets.get_mut(id) else {
+                    return;
+                };
                 if let Some(l) = label {
                     s.label = Some(l.clone());
                 }
@@ -451,13 +651,29 @@ impl Model {
                     let rev = s.latest() + 1;
                     s.revisions.insert(rev, c.clone());
                     // Consumers tracking an older revision hear about the new one.
-                    let consumers: Vec<(String, u32)> = self.units.values().filter_map(|u| u.tracked.get(id).map(|r| (u.name.clone(), *r))).collect();
+                    let consumers: Vec<(String, u32)> = self
+                        .units
+                        .values()
+                        .filter_map(|u| u.tracked.get(id).map(|r| (u.name.clone(), *r)))
+                        .collect();
                     let label = s.label.clone();
                     for (c, r) in consumers {
                         if r < rev && c != unit {
-                            let cl = self.secrets[id].consumer_labels.get(&c).cloned().or(label.clone());
+                            let cl = self.secrets[id]
+                                .consumer_labels
+                                .get(&c)
+                                .cloned()
+                                .or(label.clone());
                             let _ = cl;
-                            self.push(&c, Event { hook: "secret-changed".into(), secret: Some(id.clone()), secret_revision: Some(rev), ..Default::default() });
+                            self.push(
+                                &c,
+                                Event {
+                                    hook: "secret-changed".into(),
+                                    secret: Some(id.clone()),
+                                    secret_revision: Some(rev),
+                                    ..Default::default()
+                                },
+                            );
                         }
                     }
                 }
@@ -476,8 +692,14 @@ impl Model {
                 let targets: Vec<String> = match unit {
                     Some(u) => vec![u.clone()],
                     None => {
-                        let Some(r) = self.relations.get(relation) else { return };
-                        let owner_app = self.secrets.get(id).map(|s| s.owner.split('/').next().unwrap_or("").to_string()).unwrap_or_default();
+                        let Some(r) = self.relations.get(relation) else {
+                            return;
+                        };
+                        let owner_app = self
+                            .secrets
+                            .get(id)
+                            .map(|s| s.owner.split('/').next().unwrap_or("").to_string())
+                            .unwrap_or_default();
                         let remote = r.remote_app_of(&owner_app).unwrap_or("").to_string();
                         vec![remote]
                     }
@@ -508,7 +730,8 @@ impl Model {
         match ev.relation {
             Some(rel) => {
                 let gone = !self.relations.contains_key(&rel);
-                let tail = ev.hook.ends_with("-relation-departed") || ev.hook.ends_with("-relation-broken");
+                let tail = ev.hook.ends_with("-relation-departed")
+                    || ev.hook.ends_with("-relation-broken");
                 gone || (self.relations[&rel].dying && !tail)
             }
             None => false,
@@ -517,9 +740,19 @@ impl Model {
 
     /// Removes dying relations that no unit still has hooks for.
     pub fn reap_relations(&mut self) {
-        let dying: Vec<u32> = self.relations.values().filter(|r| r.dying).map(|r| r.id).collect();
+        let dying: Vec<u32> = self
+            .relations
+            .values()
+            .filter(|r| r.dying)
+            .map(|r| r.id)
+            .collect();
         for rel in dying {
-            let busy = self.units.values().any(|u| u.queue.iter().chain(u.running.iter()).any(|e| e.relation == Some(rel)));
+            let busy = self.units.values().any(|u| {
+                u.queue
+                    .iter()
+                    .chain(u.running.iter())
+                    .any(|e| e.relation == Some(rel))
+            });
             if !busy {
                 self.relations.remove(&rel);
                 for u in self.units.values_mut() {
@@ -546,7 +779,11 @@ impl Model {
         let mut best: Option<Status> = None;
         for u in self.units.values().filter(|u| u.app == app) {
             let s = unit_workload(u);
-            if best.as_ref().map(|b| sev(&s.current) > sev(&b.current)).unwrap_or(true) {
+            if best
+                .as_ref()
+                .map(|b| sev(&s.current) > sev(&b.current))
+                .unwrap_or(true)
+            {
                 best = Some(s);
             }
         }
@@ -557,7 +794,11 @@ impl Model {
 /// A unit's workload status as Juju shows it: error while a hook is failing.
 pub fn unit_workload(u: &Unit) -> Status {
     match &u.error {
-        Some(e) => Status { current: "error".into(), message: format!("hook failed: \"{}\"", e.hook), since: u.workload.since.clone() },
+        Some(e) => Status {
+            current: "error".into(),
+            message: format!("hook failed: \"{}\"", e.hook),
+            since: u.workload.since.clone(),
+        },
         None => u.workload.clone(),
     }
 }
@@ -598,7 +839,11 @@ impl Ctl {
     }
 
     /// Waits until `cond` holds or the deadline passes.
-    pub async fn wait_for<R>(&self, deadline: Option<Instant>, mut cond: impl FnMut(&World) -> Option<R>) -> Option<R> {
+    pub async fn wait_for<R>(
+        &self,
+        deadline: Option<Instant>,
+        mut cond: impl FnMut(&World) -> Option<R>,
+    ) -> Option<R> {
         let mut rx = self.subscribe();
         loop {
             if let Some(r) = self.read(&mut cond) {
@@ -623,9 +868,20 @@ impl Ctl {
         use std::io::Write;
         let dir = model_dir(&self.home, model);
         let _ = std::fs::create_dir_all(&dir);
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("debug.log")) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("debug.log"))
+        {
             let ts = time::OffsetDateTime::now_utc();
-            let _ = writeln!(f, "{:02}:{:02}:{:02} {}", ts.hour(), ts.minute(), ts.second(), line);
+            let _ = writeln!(
+                f,
+                "{:02}:{:02}:{:02} {}",
+                ts.hour(),
+                ts.minute(),
+                ts.second(),
+                line
+            );
         }
     }
 
@@ -651,7 +907,11 @@ impl Ctl {
             if let Err(e) = r {
                 ctl.log(&model, &format!("machine-{machine}: cannot start: {e:#}"));
                 ctl.mutate(|w| {
-                    if let Some(m) = w.models.get_mut(&model).and_then(|m| m.machines.get_mut(&machine)) {
+                    if let Some(m) = w
+                        .models
+                        .get_mut(&model)
+                        .and_then(|m| m.machines.get_mut(&machine))
+                    {
                         m.status = format!("error: {e:#}");
                     }
                 });
@@ -664,7 +924,12 @@ impl Ctl {
             let m = &w.models[model];
             let mach = &m.machines[&machine];
             let unit = mach.unit.clone().unwrap_or_default();
-            let charm = m.units.get(&unit).and_then(|u| m.apps.get(&u.app)).map(|a| a.charm_dir.clone()).unwrap_or_default();
+            let charm = m
+                .units
+                .get(&unit)
+                .and_then(|u| m.apps.get(&u.app))
+                .map(|a| a.charm_dir.clone())
+                .unwrap_or_default();
             (m.net(), mach.hostname.clone(), unit, charm)
         });
         let mdir = model_dir(&self.home, model);
@@ -681,11 +946,19 @@ impl Ctl {
         .await??;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if machine::agent_call(&sock, &AgentRequest::Ping).await.is_ok() {
+            if machine::agent_call(&sock, &AgentRequest::Ping)
+                .await
+                .is_ok()
+            {
                 break;
             }
             if Instant::now() > deadline || !machine::pid_alive(spawned.pid) {
-                anyhow::bail!("the machine agent did not come up; see {}", machine::agent_socket(&model_dir(&self.home, model), machine).with_file_name("agent.log").display());
+                anyhow::bail!(
+                    "the machine agent did not come up; see {}",
+                    machine::agent_socket(&model_dir(&self.home, model), machine)
+                        .with_file_name("agent.log")
+                        .display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -725,7 +998,13 @@ impl Ctl {
     /// Kills a machine's processes and waits until they are gone.
     pub async fn crash_machine(&self, model: &str, machine: u32) {
         let (spawn, init) = self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model).and_then(|m| m.machines.get_mut(&machine)) else { return (None, None) };
+            let Some(m) = w
+                .models
+                .get_mut(model)
+                .and_then(|m| m.machines.get_mut(&machine))
+            else {
+                return (None, None);
+            };
             m.status = "down".into();
             let r = (m.spawn_pid.take(), m.init_pid.take());
             let unit = m.unit.clone();
@@ -734,15 +1013,32 @@ impl Ctl {
             }
             r
         });
-        machine::kill_machine(spawn, init);
+        // PID 1 first: `unshare` reaps it and exits, so no zombie is left behind; the
+        // `unshare` parent only if it lingers.
+        machine::kill_machine(None, init);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while [spawn, init].iter().flatten().any(|p| machine::pid_alive(*p)) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        while init
+            .map(|p| Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(false)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if spawn.map(machine::pid_alive).unwrap_or(false) {
+            machine::kill_machine(spawn, None);
+        }
+        while spawn.map(machine::pid_alive).unwrap_or(false) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
     pub async fn destroy_model(&self, model: &str) {
-        let machines: Vec<u32> = self.read(|w| w.models.get(model).map(|m| m.machines.keys().copied().collect()).unwrap_or_default());
+        let machines: Vec<u32> = self.read(|w| {
+            w.models
+                .get(model)
+                .map(|m| m.machines.keys().copied().collect())
+                .unwrap_or_default()
+        });
         for id in &machines {
             self.crash_machine(model, *id).await;
         }
@@ -773,10 +1069,18 @@ impl Ctl {
                 Task(u64),
             }
             let next = self.mutate(|w| {
-                let Some(m) = w.models.get_mut(model) else { return Next::Gone };
+                let Some(m) = w.models.get_mut(model) else {
+                    return Next::Gone;
+                };
                 m.reap_relations();
-                let Some(u) = m.units.get(unit) else { return Next::Gone };
-                let ready = m.machines.get(&u.machine).map(|x| x.status == "started").unwrap_or(false);
+                let Some(u) = m.units.get(unit) else {
+                    return Next::Gone;
+                };
+                let ready = m
+                    .machines
+                    .get(&u.machine)
+                    .map(|x| x.status == "started")
+                    .unwrap_or(false);
                 if !ready {
                     return Next::Wait(None);
                 }
@@ -790,7 +1094,12 @@ impl Ctl {
                         Some(at) if retry => {
                             let now = now_ms();
                             if now >= at {
-                                return u.queue.front().cloned().map(Next::Hook).unwrap_or(Next::Wait(None));
+                                return u
+                                    .queue
+                                    .front()
+                                    .cloned()
+                                    .map(Next::Hook)
+                                    .unwrap_or(Next::Wait(None));
                             }
                             return Next::Wait(Some(Duration::from_millis(at - now)));
                         }
@@ -845,31 +1154,62 @@ impl Ctl {
     }
 
     fn serial_lock(&self, model: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        let serial = self.read(|w| w.models.get(model).map(|m| m.config_bool("harness-serial", false)).unwrap_or(false));
+        let serial = self.read(|w| {
+            w.models
+                .get(model)
+                .map(|m| m.config_bool("harness-serial", false))
+                .unwrap_or(false)
+        });
         if !serial {
             return None;
         }
-        Some(self.serial.lock().unwrap().entry(model.to_string()).or_default().clone())
+        Some(
+            self.serial
+                .lock()
+                .unwrap()
+                .entry(model.to_string())
+                .or_default()
+                .clone(),
+        )
     }
 
     /// Builds the hook environment of juju-contract.md §2.
-    fn environment(&self, m: &Model, unit: &str, ctx_id: &str, ev: Option<&Event>, dispatch: &str) -> BTreeMap<String, String> {
+    fn environment(
+        &self,
+        m: &Model,
+        unit: &str,
+        ctx_id: &str,
+        ev: Option<&Event>,
+        dispatch: &str,
+    ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         let charm = charm_dir_in_machine(unit);
         let u = &m.units[unit];
         let mut set = |k: &str, v: &str| {
             env.insert(k.to_string(), v.to_string());
         };
-        set("PATH", &format!("{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", proto::MACHINE_TOOLS_BIN));
+        set(
+            "PATH",
+            &format!(
+                "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                proto::MACHINE_TOOLS_BIN
+            ),
+        );
         set("CHARM_DIR", &charm);
         set("JUJU_CHARM_DIR", &charm);
         set("JUJU_CONTEXT_ID", ctx_id);
-        set("JUJU_AGENT_SOCKET_ADDRESS", &format!("{}/controller.sock", proto::MACHINE_SOCKET_DIR));
+        set(
+            "JUJU_AGENT_SOCKET_ADDRESS",
+            &format!("{}/controller.sock", proto::MACHINE_SOCKET_DIR),
+        );
         set("JUJU_AGENT_SOCKET_NETWORK", "unix");
         set("JUJU_UNIT_NAME", unit);
         set("JUJU_MODEL_UUID", &m.uuid);
         set("JUJU_MODEL_NAME", &m.name);
-        set("JUJU_API_ADDRESSES", &format!("{}:17070", m.net().host_address()));
+        set(
+            "JUJU_API_ADDRESSES",
+            &format!("{}:17070", m.net().host_address()),
+        );
         set("JUJU_MACHINE_ID", &u.machine.to_string());
         set("JUJU_PRINCIPAL_UNIT", "");
         set("JUJU_AVAILABILITY_ZONE", "");
@@ -883,11 +1223,17 @@ impl Ctl {
         set("DEBIAN_FRONTEND", "noninteractive");
         set("APT_LISTCHANGES_FRONTEND", "none");
         set("HOME", "/root");
-        set("JUJU_HOOK_NAME", dispatch.strip_prefix("hooks/").unwrap_or(""));
+        set(
+            "JUJU_HOOK_NAME",
+            dispatch.strip_prefix("hooks/").unwrap_or(""),
+        );
         if let Some(ev) = ev {
             if let Some(rel) = ev.relation {
                 let r = m.relations.get(&rel);
-                let ep = r.and_then(|r| r.endpoint_of(app_of(unit))).map(|e| e.name.clone()).unwrap_or_default();
+                let ep = r
+                    .and_then(|r| r.endpoint_of(app_of(unit)))
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default();
                 set("JUJU_RELATION", &ep);
                 set("JUJU_RELATION_ID", &format!("{ep}:{rel}"));
                 set("JUJU_REMOTE_APP", ev.remote_app.as_deref().unwrap_or(""));
@@ -898,14 +1244,30 @@ impl Ctl {
             }
             if let Some(s) = &ev.storage {
                 let name = s.split('/').next().unwrap_or("");
-                let def = m.apps.get(app_of(unit)).and_then(|a| a.meta.storage.get(name)).cloned().unwrap_or_default();
+                let def = m
+                    .apps
+                    .get(app_of(unit))
+                    .and_then(|a| a.meta.storage.get(name))
+                    .cloned()
+                    .unwrap_or_default();
                 set("JUJU_STORAGE_ID", s);
                 set("JUJU_STORAGE_LOCATION", &storage_location(&def, s));
-                set("JUJU_STORAGE_KIND", if def.kind == "block" { "block" } else { "filesystem" });
+                set(
+                    "JUJU_STORAGE_KIND",
+                    if def.kind == "block" {
+                        "block"
+                    } else {
+                        "filesystem"
+                    },
+                );
             }
             if let Some(sid) = &ev.secret {
                 set("JUJU_SECRET_ID", sid);
-                let label = m.secrets.get(sid).and_then(|s| s.consumer_labels.get(unit).cloned().or(s.label.clone())).unwrap_or_default();
+                let label = m
+                    .secrets
+                    .get(sid)
+                    .and_then(|s| s.consumer_labels.get(unit).cloned().or(s.label.clone()))
+                    .unwrap_or_default();
                 set("JUJU_SECRET_LABEL", &label);
                 if let Some(r) = ev.secret_revision.filter(|r| *r > 0) {
                     set("JUJU_SECRET_REVISION", &r.to_string());
@@ -915,12 +1277,34 @@ impl Ctl {
         env
     }
 
-    fn new_context(&self, w: &mut World, model: &str, unit: &str, ev: &Event, task: Option<u64>, is_action: bool) -> HookCtx {
+    fn new_context(
+        &self,
+        w: &mut World,
+        model: &str,
+        unit: &str,
+        ev: &Event,
+        task: Option<u64>,
+        is_action: bool,
+    ) -> HookCtx {
         w.next_context += 1;
         let m = &w.models[model];
-        let init = m.units.get(unit).and_then(|u| m.machines.get(&u.machine)).and_then(|x| x.init_pid).unwrap_or(0);
+        let init = m
+            .units
+            .get(unit)
+            .and_then(|u| m.machines.get(&u.machine))
+            .and_then(|x| x.init_pid)
+            .unwrap_or(0);
         HookCtx {
-            id: format!("{}-{}-{}", unit, if ev.hook.is_empty() { "action" } else { ev.hook.as_str() }, w.next_context),
+            id: format!(
+                "{}-{}-{}",
+                unit,
+                if ev.hook.is_empty() {
+                    "action"
+                } else {
+                    ev.hook.as_str()
+                },
+                w.next_context
+            ),
             model: model.into(),
             unit: unit.into(),
             app: app_of(unit).into(),
@@ -976,37 +1360,82 @@ impl Ctl {
             let env = self.environment(m, unit, &ctx.id, Some(&ev), &dispatch);
             Some((ctx, handler, env))
         });
-        let Some((ctx, handler, env)) = prep else { return };
-        let sock = machine::agent_socket(&model_dir(&self.home, model), self.read(|w| w.models[model].units[unit].machine));
-        self.contexts.lock().unwrap().insert(ctx.id.clone(), ctx.clone());
+        let Some((ctx, handler, env)) = prep else {
+            return;
+        };
+        let sock = machine::agent_socket(
+            &model_dir(&self.home, model),
+            self.read(|w| w.models[model].units[unit].machine),
+        );
+        self.contexts
+            .lock()
+            .unwrap()
+            .insert(ctx.id.clone(), ctx.clone());
         let charm = charm_dir_in_machine(unit);
         let started = Instant::now();
         let result = match &handler {
             None => Ok((proto::AgentReply::default(), None)),
-            Some(h) => machine::agent_call(&sock, &AgentRequest::Run { argv: vec![format!("{charm}/{h}")], env, cwd: charm.clone() }).await,
+            Some(h) => {
+                machine::agent_call(
+                    &sock,
+                    &AgentRequest::Run {
+                        argv: vec![format!("{charm}/{h}")],
+                        env,
+                        cwd: charm.clone(),
+                    },
+                )
+                .await
+            }
         };
         let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
         let name = ev.hook.clone();
         match &result {
             Ok((r, _)) => {
                 for line in r.stdout.lines() {
-                    self.log(model, &format!("unit-{}: DEBUG {name}: {line}", unit.replace('/', "-")));
+                    self.log(
+                        model,
+                        &format!("unit-{}: DEBUG {name}: {line}", unit.replace('/', "-")),
+                    );
                 }
                 for line in r.stderr.lines() {
-                    self.log(model, &format!("unit-{}: WARNING {name}: {line}", unit.replace('/', "-")));
+                    self.log(
+                        model,
+                        &format!("unit-{}: WARNING {name}: {line}", unit.replace('/', "-")),
+                    );
                 }
                 if let Some(e) = &r.error {
-                    self.log(model, &format!("unit-{}: ERROR {name}: {e}", unit.replace('/', "-")));
+                    self.log(
+                        model,
+                        &format!("unit-{}: ERROR {name}: {e}", unit.replace('/', "-")),
+                    );
                 }
-                self.log(model, &format!("unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms)", unit.replace('/', "-"), r.code, started.elapsed().as_millis()));
+                self.log(
+                    model,
+                    &format!(
+                        "unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms)",
+                        unit.replace('/', "-"),
+                        r.code,
+                        started.elapsed().as_millis()
+                    ),
+                );
             }
-            Err(e) => self.log(model, &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-"))),
+            Err(e) => self.log(
+                model,
+                &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-")),
+            ),
         }
         let mut finalize = false;
         let mut reboot = false;
         self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model) else { return };
-            let machine_up = m.units.get(unit).and_then(|u| m.machines.get(&u.machine)).map(|x| x.status == "started").unwrap_or(false);
+            let Some(m) = w.models.get_mut(model) else {
+                return;
+            };
+            let machine_up = m
+                .units
+                .get(unit)
+                .and_then(|u| m.machines.get(&u.machine))
+                .map(|x| x.status == "started")
+                .unwrap_or(false);
             match result {
                 Err(_) if !machine_up => {
                     // The machine went down under the hook: it runs again when the machine is back.
@@ -1043,7 +1472,11 @@ impl Ctl {
                     u.queue.push_front(ev.clone());
                     let attempts = u.error.as_ref().map(|e| e.attempts + 1).unwrap_or(1);
                     let delay = (5_000u64 << (attempts - 1).min(6)).min(300_000);
-                    u.error = Some(HookError { hook: name.clone(), retry_at: Some(now_ms() + delay), attempts });
+                    u.error = Some(HookError {
+                        hook: name.clone(),
+                        retry_at: Some(now_ms() + delay),
+                        attempts,
+                    });
                     u.agent = Status::new("idle", "");
                 }
             }
@@ -1077,23 +1510,38 @@ impl Ctl {
     }
 
     async fn finalize_unit(&self, model: &str, unit: &str) {
-        let machine = self.read(|w| w.models.get(model).and_then(|m| m.units.get(unit)).map(|u| u.machine));
+        let machine = self.read(|w| {
+            w.models
+                .get(model)
+                .and_then(|m| m.units.get(unit))
+                .map(|u| u.machine)
+        });
         if let Some(id) = machine {
             self.crash_machine(model, id).await;
             let net = self.read(|w| w.models.get(model).map(|m| m.net()));
             if let Some(net) = net {
                 machine::delete_netns(&net, id);
             }
-            let _ = std::fs::remove_dir_all(model_dir(&self.home, model).join("machines").join(id.to_string()));
+            let _ = std::fs::remove_dir_all(
+                model_dir(&self.home, model)
+                    .join("machines")
+                    .join(id.to_string()),
+            );
         }
         self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model) else { return };
+            let Some(m) = w.models.get_mut(model) else {
+                return;
+            };
             m.units.remove(unit);
             if let Some(id) = machine {
                 m.machines.remove(&id);
             }
             let app = app_of(unit).to_string();
-            let was_leader = m.apps.get(&app).map(|a| a.leader.as_deref() == Some(unit)).unwrap_or(false);
+            let was_leader = m
+                .apps
+                .get(&app)
+                .map(|a| a.leader.as_deref() == Some(unit))
+                .unwrap_or(false);
             if was_leader {
                 if let Some(a) = m.apps.get_mut(&app) {
                     a.leader = None;
@@ -1101,10 +1549,24 @@ impl Ctl {
                 m.elect(&app);
             }
             // An application whose last unit left while it was being removed goes too.
-            let dying_app = m.apps.get(&app).map(|a| a.status.as_ref().map(|s| s.current == "terminated").unwrap_or(false)).unwrap_or(false);
+            let dying_app = m
+                .apps
+                .get(&app)
+                .map(|a| {
+                    a.status
+                        .as_ref()
+                        .map(|s| s.current == "terminated")
+                        .unwrap_or(false)
+                })
+                .unwrap_or(false);
             if dying_app && !m.units.values().any(|u| u.app == app) {
                 m.apps.remove(&app);
-                let rels: Vec<u32> = m.relations.values().filter(|r| r.endpoint_of(&app).is_some()).map(|r| r.id).collect();
+                let rels: Vec<u32> = m
+                    .relations
+                    .values()
+                    .filter(|r| r.endpoint_of(&app).is_some())
+                    .map(|r| r.id)
+                    .collect();
                 for r in rels {
                     m.remove_relation(r);
                 }
@@ -1123,7 +1585,10 @@ impl Ctl {
             let (argv, env) = match &t.command {
                 Some(cmd) => {
                     let env = self.environment(m, unit, &ctx.id, None, "juju-exec");
-                    (vec!["/bin/bash".to_string(), "-c".to_string(), cmd.join(" ")], env)
+                    (
+                        vec!["/bin/bash".to_string(), "-c".to_string(), cmd.join(" ")],
+                        env,
+                    )
                 }
                 None => {
                     let dispatch = format!("actions/{}", t.action);
@@ -1161,13 +1626,21 @@ impl Ctl {
             });
             return;
         }
-        let sock = machine::agent_socket(&model_dir(&self.home, model), self.read(|w| w.models[model].units[unit].machine));
-        self.contexts.lock().unwrap().insert(ctx.id.clone(), ctx.clone());
+        let sock = machine::agent_socket(
+            &model_dir(&self.home, model),
+            self.read(|w| w.models[model].units[unit].machine),
+        );
+        self.contexts
+            .lock()
+            .unwrap()
+            .insert(ctx.id.clone(), ctx.clone());
         let cwd = charm_dir_in_machine(unit);
         let result = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd }).await;
         let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
         self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model) else { return };
+            let Some(m) = w.models.get_mut(model) else {
+                return;
+            };
             let ok = matches!(&result, Ok((r, _)) if r.error.is_none());
             if let Ok((r, _)) = &result {
                 if r.code == 0 && r.error.is_none() {
@@ -1177,7 +1650,9 @@ impl Ctl {
             if let Some(u) = m.units.get_mut(unit) {
                 u.agent = Status::new("idle", "");
             }
-            let Some(t) = m.tasks.get_mut(&task_id) else { return };
+            let Some(t) = m.tasks.get_mut(&task_id) else {
+                return;
+            };
             t.completed = now_juju();
             match result {
                 Ok((r, _)) => {
@@ -1215,7 +1690,14 @@ impl Ctl {
                 let models: Vec<(String, Duration)> = self.read(|w| {
                     w.models
                         .values()
-                        .map(|m| (m.name.clone(), m.config_str("update-status-hook-interval").and_then(|s| parse_duration(&s)).unwrap_or(Duration::from_secs(300))))
+                        .map(|m| {
+                            (
+                                m.name.clone(),
+                                m.config_str("update-status-hook-interval")
+                                    .and_then(|s| parse_duration(&s))
+                                    .unwrap_or(Duration::from_secs(300)),
+                            )
+                        })
                         .collect()
                 });
                 let mut last = self.last_update_status.lock().unwrap();
@@ -1239,8 +1721,15 @@ impl Ctl {
             }
             self.mutate(|w| {
                 for name in &due {
-                    let Some(m) = w.models.get_mut(name) else { continue };
-                    let units: Vec<String> = m.units.values().filter(|u| u.started && u.life == Life::Alive && u.error.is_none()).map(|u| u.name.clone()).collect();
+                    let Some(m) = w.models.get_mut(name) else {
+                        continue;
+                    };
+                    let units: Vec<String> = m
+                        .units
+                        .values()
+                        .filter(|u| u.started && u.life == Life::Alive && u.error.is_none())
+                        .map(|u| u.name.clone())
+                        .collect();
                     for u in units {
                         m.push(&u, Event::hook("update-status"));
                     }
@@ -1271,7 +1760,8 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             let _ = std::fs::remove_file(&to);
             std::os::unix::fs::symlink(target, &to)?;
         } else {
-            std::fs::copy(entry.path(), &to).with_context(|| format!("copying {}", entry.path().display()))?;
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
         }
     }
     Ok(())
@@ -1283,7 +1773,19 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
     let units: Vec<(String, String, u32, bool)> = ctl.read(|w| {
         w.models
             .values()
-            .flat_map(|m| m.units.values().map(|u| (m.name.clone(), u.name.clone(), u.machine, m.machines.get(&u.machine).map(|x| x.status == "started").unwrap_or(false))))
+            .flat_map(|m| {
+                m.units.values().map(|u| {
+                    (
+                        m.name.clone(),
+                        u.name.clone(),
+                        u.machine,
+                        m.machines
+                            .get(&u.machine)
+                            .map(|x| x.status == "started")
+                            .unwrap_or(false),
+                    )
+                })
+            })
             .collect()
     });
     let nets: Vec<Net> = ctl.read(|w| w.models.values().map(|m| m.net()).collect());
@@ -1301,10 +1803,17 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
     });
     for (model, unit, machine_id, started) in units {
         let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
-        let alive = started && machine::agent_call(&sock, &AgentRequest::Ping).await.is_ok();
+        let alive = started
+            && machine::agent_call(&sock, &AgentRequest::Ping)
+                .await
+                .is_ok();
         if !alive {
             ctl.mutate(|w| {
-                if let Some(m) = w.models.get_mut(&model).and_then(|m| m.machines.get_mut(&machine_id)) {
+                if let Some(m) = w
+                    .models
+                    .get_mut(&model)
+                    .and_then(|m| m.machines.get_mut(&machine_id))
+                {
                     m.status = "pending".into();
                 }
             });
@@ -1331,7 +1840,11 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
 
 async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| p as u32);
+    let peer_pid = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .map(|p| p as u32);
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     tokio::io::BufReader::new(r).read_line(&mut line).await?;
@@ -1343,12 +1856,18 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
         Ok(r) => r,
         Err(e) => {
             let reply = Reply::err(2, format!("bad request: {e}"));
-            w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+            w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes())
+                .await?;
             return Ok(());
         }
     };
     let reply = match req {
-        Request::Tool { tool, args, context, stdin } => crate::tools::handle(&ctl, &tool, &args, &context, stdin.as_deref(), peer_pid),
+        Request::Tool {
+            tool,
+            args,
+            context,
+            stdin,
+        } => crate::tools::handle(&ctl, &tool, &args, &context, stdin.as_deref(), peer_pid),
         Request::Cli { args, cwd, model } => crate::cli::handle(&ctl, args, &cwd, model).await,
         Request::Shutdown => {
             let models: Vec<String> = ctl.read(|w| w.models.keys().cloned().collect());
@@ -1360,7 +1879,8 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
             Reply::ok("")
         }
     };
-    w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes()).await?;
+    w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes())
+        .await?;
     Ok(())
 }
 
@@ -1372,7 +1892,11 @@ pub fn bootstrap(home: PathBuf) -> Result<()> {
         }
     }
     std::fs::create_dir_all(home.join("run"))?;
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(home.join("controller.lock"))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.join("controller.lock"))?;
     use std::os::fd::AsRawFd;
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         // Another controller owns this home.
@@ -1381,10 +1905,16 @@ pub fn bootstrap(home: PathBuf) -> Result<()> {
     let sock = proto::controller_socket(&home);
     let _ = std::fs::remove_file(&sock);
     let world = World::load(&state_path(&home))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::UnixListener::bind(&sock)?;
-        std::fs::write(home.join("run").join("controller.pid"), std::process::id().to_string())?;
+        std::fs::write(
+            home.join("run").join("controller.pid"),
+            std::process::id().to_string(),
+        )?;
         let ctl = Ctl::new(home.clone(), world);
         serve(ctl, listener).await?;
         let _ = std::fs::remove_file(&sock);

@@ -15,11 +15,17 @@ pub struct Flag {
 }
 
 pub const fn boolean(names: &'static [&'static str]) -> Flag {
-    Flag { names, takes_value: false }
+    Flag {
+        names,
+        takes_value: false,
+    }
 }
 
 pub const fn value(names: &'static [&'static str]) -> Flag {
-    Flag { names, takes_value: true }
+    Flag {
+        names,
+        takes_value: true,
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -36,7 +42,10 @@ impl Parsed {
     }
     /// The last value given for a value flag.
     pub fn value(&self, name: &str) -> Option<&str> {
-        self.values.get(name).and_then(|v| v.last()).map(String::as_str)
+        self.values
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
     }
     /// Every value given for a repeatable flag, in order.
     pub fn values(&self, name: &str) -> &[String] {
@@ -129,7 +138,11 @@ pub fn key_values(args: &[String]) -> Result<Vec<(String, String)>, String> {
 mod tests {
     use super::*;
 
-    const F: &[Flag] = &[value(&["format"]), boolean(&["application", "app"]), value(&["r", "relation"])];
+    const F: &[Flag] = &[
+        value(&["format"]),
+        boolean(&["application", "app"]),
+        value(&["r", "relation"]),
+    ];
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
@@ -137,7 +150,18 @@ mod tests {
 
     #[test]
     fn interleaved_flags_and_go_booleans() {
-        let p = parse(F, &s(&["db", "--format=json", "-r", "db:1", "--application=True", "x"])).unwrap();
+        let p = parse(
+            F,
+            &s(&[
+                "db",
+                "--format=json",
+                "-r",
+                "db:1",
+                "--application=True",
+                "x",
+            ]),
+        )
+        .unwrap();
         assert_eq!(p.positional, s(&["db", "x"]));
         assert_eq!(p.value("format"), Some("json"));
         assert_eq!(p.value("r"), Some("db:1"));
@@ -154,16 +178,27 @@ mod tests {
 
     #[test]
     fn unknown_flag_and_bad_bool_are_errors() {
-        assert!(parse(F, &s(&["--nope"])).unwrap_err().contains("not defined"));
+        assert!(parse(F, &s(&["--nope"]))
+            .unwrap_err()
+            .contains("not defined"));
         assert!(parse(F, &s(&["--application=yes"])).is_err());
-        assert!(parse(F, &s(&["-r"])).unwrap_err().contains("needs an argument"));
+        assert!(parse(F, &s(&["-r"]))
+            .unwrap_err()
+            .contains("needs an argument"));
     }
 
     #[test]
     fn key_values_rules() {
-        assert_eq!(key_values(&s(&["a=b=c", "e="])).unwrap(), vec![("a".into(), "b=c".into()), ("e".into(), "".into())]);
-        assert!(key_values(&s(&["a=1", "a=2"])).unwrap_err().contains("more than once"));
-        assert!(key_values(&s(&["novalue"])).unwrap_err().contains("key=value"));
+        assert_eq!(
+            key_values(&s(&["a=b=c", "e="])).unwrap(),
+            vec![("a".into(), "b=c".into()), ("e".into(), "".into())]
+        );
+        assert!(key_values(&s(&["a=1", "a=2"]))
+            .unwrap_err()
+            .contains("more than once"));
+        assert!(key_values(&s(&["novalue"]))
+            .unwrap_err()
+            .contains("key=value"));
         assert!(key_values(&s(&["=v"])).is_err());
     }
 }

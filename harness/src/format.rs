@@ -18,7 +18,9 @@ impl Format {
             Some("smart") => Ok(Format::Smart),
             Some("yaml") => Ok(Format::Yaml),
             Some("json") => Ok(Format::Json),
-            Some(other) => Err(format!("invalid value {other:?} for option --format: unknown format {other:?}")),
+            Some(other) => Err(format!(
+                "invalid value {other:?} for option --format: unknown format {other:?}"
+            )),
         }
     }
 }
@@ -49,10 +51,17 @@ pub fn render(v: &Value, f: Format) -> String {
             Value::Null => String::new(),
             Value::String(s) if s.is_empty() => String::new(),
             Value::String(s) => format!("{s}\n"),
-            Value::Bool(b) => if *b { "True\n".into() } else { "False\n".into() },
-            Value::Array(items) if items.iter().all(Value::is_string) => {
-                items.iter().map(|i| format!("{}\n", i.as_str().unwrap_or(""))).collect()
+            Value::Bool(b) => {
+                if *b {
+                    "True\n".into()
+                } else {
+                    "False\n".into()
+                }
             }
+            Value::Array(items) if items.iter().all(Value::is_string) => items
+                .iter()
+                .map(|i| format!("{}\n", i.as_str().unwrap_or("")))
+                .collect(),
             _ => yaml(v),
         },
     }
@@ -71,7 +80,10 @@ mod tests {
         assert_eq!(render(&json!(true), Format::Smart), "True\n");
         assert_eq!(render(&json!(["a", "b"]), Format::Smart), "a\nb\n");
         assert_eq!(render(&json!("x"), Format::Smart), "x\n");
-        assert_eq!(render(&json!({"b": 1, "a": "x"}), Format::Json), "{\"a\":\"x\",\"b\":1}\n");
+        assert_eq!(
+            render(&json!({"b": 1, "a": "x"}), Format::Json),
+            "{\"a\":\"x\",\"b\":1}\n"
+        );
         assert_eq!(render(&json!({"a": "x"}), Format::Smart), "a: x\n");
     }
 }

@@ -43,9 +43,16 @@ impl Net {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -70,7 +77,13 @@ pub fn create_bridge(preferred: Option<u8>) -> Result<Net> {
             continue;
         }
         if ip(&["link", "add", &net.bridge(), "type", "bridge"]).is_ok() {
-            ip(&["addr", "add", &format!("{}/24", net.host_address()), "dev", &net.bridge()])?;
+            ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", net.host_address()),
+                "dev",
+                &net.bridge(),
+            ])?;
             ip(&["link", "set", &net.bridge(), "up"])?;
             return Ok(net);
         }
@@ -80,7 +93,13 @@ pub fn create_bridge(preferred: Option<u8>) -> Result<Net> {
 
 fn setup_bridge(net: &Net) -> Result<()> {
     ip(&["link", "add", &net.bridge(), "type", "bridge"])?;
-    ip(&["addr", "add", &format!("{}/24", net.host_address()), "dev", &net.bridge()])?;
+    ip(&[
+        "addr",
+        "add",
+        &format!("{}/24", net.host_address()),
+        "dev",
+        &net.bridge(),
+    ])?;
     ip(&["link", "set", &net.bridge(), "up"])
 }
 
@@ -102,7 +121,15 @@ pub fn create_netns(net: &Net, machine: u32) -> Result<()> {
     ip(&["link", "set", &peer, "netns", &ns])?;
     ip(&["link", "set", &host, "master", &net.bridge(), "up"])?;
     ip(&["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{}/24", net.machine_address(machine)), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{}/24", net.machine_address(machine)),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     Ok(())
@@ -115,7 +142,12 @@ pub fn delete_netns(net: &Net, machine: u32) {
 
 /// Cuts a machine off the network (both ways) or heals it.
 pub fn set_link(net: &Net, machine: u32, up: bool) -> Result<()> {
-    ip(&["link", "set", &net.host_veth(machine), if up { "up" } else { "down" }])
+    ip(&[
+        "link",
+        "set",
+        &net.host_veth(machine),
+        if up { "up" } else { "down" },
+    ])
 }
 
 pub struct Spawned {
@@ -124,14 +156,33 @@ pub struct Spawned {
 
 /// Starts the machine agent inside fresh namespaces. Returns the host PID of the `unshare`
 /// parent; SIGKILL to it takes the whole machine down (its child, PID 1, dies with it).
-pub fn spawn_agent(home: &Path, model_dir: &Path, net: &Net, machine: u32, hostname: &str) -> Result<Spawned> {
+pub fn spawn_agent(
+    home: &Path,
+    model_dir: &Path,
+    net: &Net,
+    machine: u32,
+    hostname: &str,
+) -> Result<Spawned> {
     let dir = model_dir.join("machines").join(machine.to_string());
     std::fs::create_dir_all(&dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.log"))?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", net.netns(machine)))
-        .args(["--", "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc", "--"])
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ])
         .arg(&exe)
         .arg("machine-agent")
         .arg("--dir")
@@ -155,7 +206,9 @@ pub fn spawn_agent(home: &Path, model_dir: &Path, net: &Net, machine: u32, hostn
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting the machine agent (nsenter, unshare from util-linux)")?;
+    let child = cmd
+        .spawn()
+        .context("starting the machine agent (nsenter, unshare from util-linux)")?;
     let pid = child.id();
     // The agent is reaped by a thread so it never lingers as a zombie of the controller.
     std::thread::spawn(move || {
@@ -166,14 +219,20 @@ pub fn spawn_agent(home: &Path, model_dir: &Path, net: &Net, machine: u32, hostn
 }
 
 pub fn agent_socket(model_dir: &Path, machine: u32) -> PathBuf {
-    model_dir.join("machines").join(machine.to_string()).join("agent.sock")
+    model_dir
+        .join("machines")
+        .join(machine.to_string())
+        .join("agent.sock")
 }
 
 /// Kills every process of a machine by killing its PID 1 (and the unshare parent).
 pub fn kill_machine(unshare_pid: Option<u32>, init_pid: Option<u32>) {
     for pid in [init_pid, unshare_pid].into_iter().flatten() {
         if pid > 1 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
         }
     }
 }
@@ -182,7 +241,13 @@ pub fn pid_alive(pid: u32) -> bool {
     pid > 1 && Path::new(&format!("/proc/{pid}")).exists() && {
         // A zombie is not alive.
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
             .unwrap_or(false)
     }
 }
@@ -190,14 +255,33 @@ pub fn pid_alive(pid: u32) -> bool {
 // ---------------------------------------------------------------------------------------
 // Agent side
 
-fn mount(src: &str, target: &str, fstype: Option<&str>, flags: nix::mount::MsFlags, data: Option<&str>) -> Result<()> {
-    nix::mount::mount(Some(src), target, fstype, flags, data).with_context(|| format!("mount {src} on {target}"))
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: Option<&str>,
+    flags: nix::mount::MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    nix::mount::mount(Some(src), target, fstype, flags, data)
+        .with_context(|| format!("mount {src} on {target}"))
 }
 
 /// Entry of `charm-harness machine-agent`: runs as PID 1 of the machine.
-pub fn agent_main(dir: PathBuf, home: PathBuf, hostname: String, address: String, machine: u32) -> Result<()> {
+pub fn agent_main(
+    dir: PathBuf,
+    home: PathBuf,
+    hostname: String,
+    address: String,
+    machine: u32,
+) -> Result<()> {
     use nix::mount::MsFlags;
-    mount("none", "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    mount(
+        "none",
+        "/",
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
     let layers = dir.join("layers");
     for d in OVERLAID {
         if !Path::new(d).is_dir() {
@@ -208,7 +292,11 @@ pub fn agent_main(dir: PathBuf, home: PathBuf, hostname: String, address: String
         let work = layers.join("work").join(name);
         std::fs::create_dir_all(&upper)?;
         std::fs::create_dir_all(&work)?;
-        let opts = format!("lowerdir={d},upperdir={},workdir={}", upper.display(), work.display());
+        let opts = format!(
+            "lowerdir={d},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
         mount("overlay", d, Some("overlay"), MsFlags::empty(), Some(&opts))?;
     }
     nix::unistd::sethostname(&hostname)?;
@@ -221,7 +309,13 @@ pub fn agent_main(dir: PathBuf, home: PathBuf, hostname: String, address: String
     // The controller's socket directory, visible inside as MACHINE_SOCKET_DIR.
     std::fs::create_dir_all(MACHINE_SOCKET_DIR)?;
     let run = home.join("run");
-    mount(&run.to_string_lossy(), MACHINE_SOCKET_DIR, None, MsFlags::MS_BIND, None)?;
+    mount(
+        &run.to_string_lossy(),
+        MACHINE_SOCKET_DIR,
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
     // Hook tools: one multi-call binary under every tool name, plus `jujud` for charmhelpers.
     let tools = PathBuf::from(format!("/var/lib/juju/tools/machine-{machine}"));
     std::fs::create_dir_all(&tools)?;
@@ -239,13 +333,28 @@ pub fn agent_main(dir: PathBuf, home: PathBuf, hostname: String, address: String
     let sock = dir.join("agent.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = std::os::unix::net::UnixListener::bind(&sock)?;
-    mount("tmpfs", "/tmp", Some("tmpfs"), MsFlags::empty(), Some("mode=1777"))?;
-    mount("tmpfs", "/run", Some("tmpfs"), MsFlags::empty(), Some("mode=755"))?;
+    mount(
+        "tmpfs",
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=1777"),
+    )?;
+    mount(
+        "tmpfs",
+        "/run",
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=755"),
+    )?;
     std::fs::create_dir_all("/run/lock")?;
     // PID 1 reaps orphans; its child serves the controller.
     match unsafe { nix::unistd::fork()? } {
         nix::unistd::ForkResult::Child => {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
             rt.block_on(serve(listener))
         }
         nix::unistd::ForkResult::Parent { child } => loop {
@@ -275,7 +384,10 @@ async fn serve(listener: std::os::unix::net::UnixListener) -> Result<()> {
     }
 }
 
-async fn handle(stream: tokio::net::UnixStream, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Result<()> {
+async fn handle(
+    stream: tokio::net::UnixStream,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<()> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
@@ -296,18 +408,37 @@ async fn handle(stream: tokio::net::UnixStream, counter: std::sync::Arc<std::syn
 
 /// Runs one process with output captured to files, not pipes: a daemon the process leaves
 /// behind keeps its inherited descriptors, and the run must still end when the process does.
-async fn run_process(argv: &[String], env: &BTreeMap<String, String>, cwd: &str, n: u64) -> AgentReply {
+async fn run_process(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    cwd: &str,
+    n: u64,
+) -> AgentReply {
     let out_path = PathBuf::from(format!("/run/harness-run-{n}.out"));
     let err_path = PathBuf::from(format!("/run/harness-run-{n}.err"));
     let result = async {
         let out = std::fs::File::create(&out_path)?;
         let err = std::fs::File::create(&err_path)?;
-        let Some((prog, args)) = argv.split_first() else { bail!("empty command") };
+        let Some((prog, args)) = argv.split_first() else {
+            bail!("empty command")
+        };
         let mut cmd = tokio::process::Command::new(prog);
-        cmd.args(args).env_clear().envs(env).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
-        let status = cmd.spawn().with_context(|| format!("cannot run {prog}"))?.wait().await?;
+        cmd.args(args)
+            .env_clear()
+            .envs(env)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let status = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {prog}"))?
+            .wait()
+            .await?;
         use std::os::unix::process::ExitStatusExt;
-        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         Ok::<i32, anyhow::Error>(code)
     }
     .await;
@@ -319,8 +450,18 @@ async fn run_process(argv: &[String], env: &BTreeMap<String, String>, cwd: &str,
     let stdout = read(&out_path);
     let stderr = read(&err_path);
     match result {
-        Ok(code) => AgentReply { code, stdout, stderr, error: None },
-        Err(e) => AgentReply { code: -1, stdout, stderr, error: Some(format!("{e:#}")) },
+        Ok(code) => AgentReply {
+            code,
+            stdout,
+            stderr,
+            error: None,
+        },
+        Err(e) => AgentReply {
+            code: -1,
+            stdout,
+            stderr,
+            error: Some(format!("{e:#}")),
+        },
     }
 }
 
@@ -328,7 +469,11 @@ async fn run_process(argv: &[String], env: &BTreeMap<String, String>, cwd: &str,
 pub async fn agent_call(socket: &Path, req: &AgentRequest) -> Result<(AgentReply, Option<u32>)> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let stream = tokio::net::UnixStream::connect(socket).await?;
-    let pid = stream.peer_cred().ok().and_then(|c| c.pid()).map(|p| p as u32);
+    let pid = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .map(|p| p as u32);
     let (r, mut w) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');

@@ -31,20 +31,34 @@ fn print_and_exit(r: Reply) -> ! {
 }
 
 fn tool_main(tool: &str, args: Vec<String>) -> ! {
-    let (Ok(context), Ok(sock)) = (std::env::var("JUJU_CONTEXT_ID"), std::env::var("JUJU_AGENT_SOCKET_ADDRESS")) else {
+    let (Ok(context), Ok(sock)) = (
+        std::env::var("JUJU_CONTEXT_ID"),
+        std::env::var("JUJU_AGENT_SOCKET_ADDRESS"),
+    ) else {
         print_and_exit(Reply::err(1, format!("{tool}: not running in a hook context (JUJU_CONTEXT_ID and JUJU_AGENT_SOCKET_ADDRESS unset)")));
     };
     let reads_stdin = ["relation-set", "state-set", "secret-add", "secret-set"].contains(&tool)
-        && (args.windows(2).any(|w| w[0].trim_start_matches('-') == "file" && w[1] == "-") || args.iter().any(|a| a.trim_start_matches('-') == "file=-"));
+        && (args
+            .windows(2)
+            .any(|w| w[0].trim_start_matches('-') == "file" && w[1] == "-")
+            || args.iter().any(|a| a.trim_start_matches('-') == "file=-"));
     let stdin = reads_stdin.then(|| {
         let mut s = String::new();
         let _ = std::io::stdin().read_to_string(&mut s);
         s
     });
-    let req = Request::Tool { tool: tool.to_string(), args, context, stdin };
+    let req = Request::Tool {
+        tool: tool.to_string(),
+        args,
+        context,
+        stdin,
+    };
     match proto::call::<_, Reply>(Path::new(&sock), &req) {
         Ok(r) => print_and_exit(r),
-        Err(e) => print_and_exit(Reply::err(1, format!("cannot reach the controller at {sock}: {e}"))),
+        Err(e) => print_and_exit(Reply::err(
+            1,
+            format!("cannot reach the controller at {sock}: {e}"),
+        )),
     }
 }
 
@@ -55,9 +69,16 @@ fn ensure_controller(home: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(home)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(home.join("controller.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("controller.log"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("bootstrap").env("CHARM_HARNESS_HOME", home).stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.arg("bootstrap")
+        .env("CHARM_HARNESS_HOME", home)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     use std::os::unix::process::CommandExt;
     unsafe {
         cmd.pre_exec(|| {
@@ -78,11 +99,17 @@ fn ensure_controller(home: &Path) -> std::io::Result<()> {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(std::io::Error::other(format!("the controller exited ({status}); see {}", home.join("controller.log").display())));
+                return Err(std::io::Error::other(format!(
+                    "the controller exited ({status}); see {}",
+                    home.join("controller.log").display()
+                )));
             }
         }
         if Instant::now() > deadline {
-            return Err(std::io::Error::other(format!("the controller did not start; see {}", home.join("controller.log").display())));
+            return Err(std::io::Error::other(format!(
+                "the controller did not start; see {}",
+                home.join("controller.log").display()
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -93,12 +120,18 @@ fn kill_controller(home: &Path) -> ! {
     if std::os::unix::net::UnixStream::connect(&sock).is_err() {
         print_and_exit(Reply::ok(""));
     }
-    let pid: Option<i32> = std::fs::read_to_string(home.join("run").join("controller.pid")).ok().and_then(|s| s.trim().parse().ok());
-    let r = proto::call::<_, Reply>(&sock, &Request::Shutdown).unwrap_or_else(|e| Reply::err(1, e.to_string()));
+    let pid: Option<i32> = std::fs::read_to_string(home.join("run").join("controller.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let r = proto::call::<_, Reply>(&sock, &Request::Shutdown)
+        .unwrap_or_else(|e| Reply::err(1, e.to_string()));
     if let Some(pid) = pid {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            if std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true) {
+            if std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -110,7 +143,11 @@ fn kill_controller(home: &Path) -> ! {
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let argv0 = PathBuf::from(args.remove(0));
-    let name = argv0.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
+    let name = argv0
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_string();
     if tools::TOOL_NAMES.contains(&name.as_str()) {
         tool_main(&name, args);
     }
@@ -128,7 +165,17 @@ fn main() {
             return;
         }
         Some("machine-agent") => {
-            let p = flags::parse(&[flags::value(&["dir"]), flags::value(&["home"]), flags::value(&["hostname"]), flags::value(&["address"]), flags::value(&["machine"])], &args[1..]).unwrap_or_default();
+            let p = flags::parse(
+                &[
+                    flags::value(&["dir"]),
+                    flags::value(&["home"]),
+                    flags::value(&["hostname"]),
+                    flags::value(&["address"]),
+                    flags::value(&["machine"]),
+                ],
+                &args[1..],
+            )
+            .unwrap_or_default();
             let r = machine::agent_main(
                 PathBuf::from(p.value("dir").unwrap_or_default()),
                 PathBuf::from(p.value("home").unwrap_or_default()),
@@ -148,15 +195,25 @@ fn main() {
         }
         _ => {}
     }
-    if let Some(tool) = args.first().filter(|a| tools::TOOL_NAMES.contains(&a.as_str())).cloned() {
+    if let Some(tool) = args
+        .first()
+        .filter(|a| tools::TOOL_NAMES.contains(&a.as_str()))
+        .cloned()
+    {
         // `charm-harness relation-get ...` works like the tool itself.
         tool_main(&tool, args[1..].to_vec());
     }
     if let Err(e) = ensure_controller(&home) {
         print_and_exit(Reply::err(1, format!("cannot start the controller: {e}")));
     }
-    let cwd = std::env::current_dir().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/".into());
-    let req = Request::Cli { args, cwd, model: std::env::var("JUJU_MODEL").ok() };
+    let cwd = std::env::current_dir()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/".into());
+    let req = Request::Cli {
+        args,
+        cwd,
+        model: std::env::var("JUJU_MODEL").ok(),
+    };
     match proto::call::<_, Reply>(&proto::controller_socket(&home), &req) {
         Ok(r) => print_and_exit(r),
         Err(e) => print_and_exit(Reply::err(1, format!("controller: {e}"))),

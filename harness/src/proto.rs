@@ -13,9 +13,18 @@ use std::path::{Path, PathBuf};
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Request {
     /// A `juju`/`charm-harness` command line, parsed by the controller.
-    Cli { args: Vec<String>, cwd: String, model: Option<String> },
+    Cli {
+        args: Vec<String>,
+        cwd: String,
+        model: Option<String>,
+    },
     /// A hook tool called inside a hook, action or exec context.
-    Tool { tool: String, args: Vec<String>, context: String, stdin: Option<String> },
+    Tool {
+        tool: String,
+        args: Vec<String>,
+        context: String,
+        stdin: Option<String>,
+    },
     /// Stop everything the controller started and exit.
     Shutdown,
 }
@@ -32,10 +41,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(stdout: impl Into<String>) -> Reply {
-        Reply { code: 0, stdout: stdout.into(), stderr: String::new() }
+        Reply {
+            code: 0,
+            stdout: stdout.into(),
+            stderr: String::new(),
+        }
     }
     pub fn err(code: i32, msg: impl AsRef<str>) -> Reply {
-        Reply { code, stdout: String::new(), stderr: format!("ERROR {}\n", msg.as_ref()) }
+        Reply {
+            code,
+            stdout: String::new(),
+            stderr: format!("ERROR {}\n", msg.as_ref()),
+        }
     }
 }
 
@@ -45,7 +62,11 @@ impl Reply {
 pub enum AgentRequest {
     Ping,
     /// Run a process inside the machine and report how it ended.
-    Run { argv: Vec<String>, env: BTreeMap<String, String>, cwd: String },
+    Run {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        cwd: String,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -60,7 +81,10 @@ pub struct AgentReply {
 }
 
 /// Sends one request and reads one reply, blocking.
-pub fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(socket: &Path, req: &Q) -> std::io::Result<A> {
+pub fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(
+    socket: &Path,
+    req: &Q,
+) -> std::io::Result<A> {
     let mut s = UnixStream::connect(socket)?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -69,14 +93,19 @@ pub fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(socket: &Path, req: &Q) 
     let mut buf = String::new();
     r.read_line(&mut buf)?;
     if buf.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the controller closed the connection"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the controller closed the connection",
+        ));
     }
     Ok(serde_json::from_str(&buf)?)
 }
 
 /// The controller's home: state, sockets, machine layers. `CHARM_HARNESS_HOME` or /tmp/charm-harness.
 pub fn home() -> PathBuf {
-    std::env::var_os("CHARM_HARNESS_HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp/charm-harness"))
+    std::env::var_os("CHARM_HARNESS_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/charm-harness"))
 }
 
 pub fn controller_socket(home: &Path) -> PathBuf {

@@ -26,7 +26,9 @@ fn new_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuv";
     let mut rng = rand::thread_rng();
-    let s: String = (0..20).map(|_| ALPHABET[rng.gen_range(0..32)] as char).collect();
+    let s: String = (0..20)
+        .map(|_| ALPHABET[rng.gen_range(0..32)] as char)
+        .collect();
     format!("secret:{s}")
 }
 
@@ -59,14 +61,26 @@ fn is_owner_side(ctx: &HookCtx, s: &Secret) -> bool {
 }
 
 fn granted(m: &Model, ctx: &HookCtx, s: &Secret) -> bool {
-    s.grants.iter().any(|(rel, who)| m.relations.contains_key(rel) && (who.contains(&ctx.unit) || who.contains(&ctx.app)))
+    s.grants.iter().any(|(rel, who)| {
+        m.relations.contains_key(rel) && (who.contains(&ctx.unit) || who.contains(&ctx.app))
+    })
 }
 
-fn content_args(ctx: &HookCtx, args: &[String], file: Option<&str>, stdin: Option<&str>) -> Result<Bag, SErr> {
+fn content_args(
+    ctx: &HookCtx,
+    args: &[String],
+    file: Option<&str>,
+    stdin: Option<&str>,
+) -> Result<Bag, SErr> {
     let mut bag = Bag::new();
     if let Some(f) = file {
-        let text = if f == "-" { stdin.unwrap_or("").to_string() } else { crate::tools::read_in_machine(ctx, f).map_err(SErr::Run)? };
-        let v: BTreeMap<String, String> = serde_yaml::from_str(&text).map_err(|e| SErr::Usage(format!("invalid secret file: {e}")))?;
+        let text = if f == "-" {
+            stdin.unwrap_or("").to_string()
+        } else {
+            crate::tools::read_in_machine(ctx, f).map_err(SErr::Run)?
+        };
+        let v: BTreeMap<String, String> = serde_yaml::from_str(&text)
+            .map_err(|e| SErr::Usage(format!("invalid secret file: {e}")))?;
         bag.extend(v);
     }
     for (k, v) in flags::key_values(args).map_err(SErr::Usage)? {
@@ -77,8 +91,14 @@ fn content_args(ctx: &HookCtx, args: &[String], file: Option<&str>, stdin: Optio
         let val = match enc.as_deref() {
             None => v,
             Some("base64") => {
-                let b = base64::engine::general_purpose::STANDARD.decode(v.trim()).map_err(|e| SErr::Usage(format!("invalid base64 for {key}: {e}")))?;
-                String::from_utf8(b).map_err(|_| SErr::Usage(format!("{key}: binary secret values are not supported here")))?
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(v.trim())
+                    .map_err(|e| SErr::Usage(format!("invalid base64 for {key}: {e}")))?;
+                String::from_utf8(b).map_err(|_| {
+                    SErr::Usage(format!(
+                        "{key}: binary secret values are not supported here"
+                    ))
+                })?
             }
             Some("file") => crate::tools::read_in_machine(ctx, &v).map_err(SErr::Run)?,
             Some(other) => return usage(format!("invalid encoding {other:?} for {key}")),
@@ -119,20 +139,49 @@ const META_FLAGS: [flags::Flag; 6] = [
     value(&["file"]),
 ];
 
-fn find<'a>(m: &'a Model, ctx: &HookCtx, id: Option<&str>, label: Option<&str>) -> Result<&'a Secret, SErr> {
+fn find<'a>(
+    m: &'a Model,
+    ctx: &HookCtx,
+    id: Option<&str>,
+    label: Option<&str>,
+) -> Result<&'a Secret, SErr> {
     if let Some(id) = id {
-        return m.secrets.get(&normalize(id)).ok_or_else(|| SErr::Run(format!("secret {id:?} not found")));
+        return m
+            .secrets
+            .get(&normalize(id))
+            .ok_or_else(|| SErr::Run(format!("secret {id:?} not found")));
     }
     let label = label.unwrap_or("");
     m.secrets
         .values()
-        .find(|s| (is_owner_side(ctx, s) && s.label.as_deref() == Some(label)) || s.consumer_labels.get(&ctx.unit).map(|l| l == label).unwrap_or(false))
+        .find(|s| {
+            (is_owner_side(ctx, s) && s.label.as_deref() == Some(label))
+                || s.consumer_labels
+                    .get(&ctx.unit)
+                    .map(|l| l == label)
+                    .unwrap_or(false)
+        })
         .ok_or_else(|| SErr::Run(format!("secret with label {label:?} not found")))
 }
 
-pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], stdin: Option<&str>) -> Result<Reply, SErr> {
+pub fn dispatch(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    tool: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> Result<Reply, SErr> {
     let mut defs: Vec<flags::Flag> = META_FLAGS.to_vec();
-    defs.extend([value(&["format"]), value(&["o", "output"]), boolean(&["peek"]), boolean(&["refresh"]), value(&["revision"]), value(&["r", "relation"]), value(&["unit"]), value(&["app"])]);
+    defs.extend([
+        value(&["format"]),
+        value(&["o", "output"]),
+        boolean(&["peek"]),
+        boolean(&["refresh"]),
+        value(&["revision"]),
+        value(&["r", "relation"]),
+        value(&["unit"]),
+        value(&["app"]),
+    ]);
     let p = flags::parse(&defs, args).map_err(SErr::Usage)?;
     let fmt = |v: &Value, default: Format| -> Result<Reply, SErr> {
         let f = Format::parse(p.value("format"), default).map_err(SErr::Usage)?;
@@ -142,14 +191,19 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
         "secret-add" => {
             let owner = owner_of(ctx, p.value("owner"))?;
             if owner == ctx.app && !is_leader(m, ctx) {
-                return refuse("permission denied: only the leader can add application-owned secrets");
+                return refuse(
+                    "permission denied: only the leader can add application-owned secrets",
+                );
             }
             let content = content_args(ctx, &p.positional, p.value("file"), stdin)?;
             if content.is_empty() {
                 return usage("missing secret value or filename");
             }
             if let Some(l) = p.value("label") {
-                if m.secrets.values().any(|s| s.owner == owner && s.label.as_deref() == Some(l)) {
+                if m.secrets
+                    .values()
+                    .any(|s| s.owner == owner && s.label.as_deref() == Some(l))
+                {
                     return refuse(format!("secret with label {l:?} already exists"));
                 }
             }
@@ -176,7 +230,13 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
             if id.is_none() && p.value("label").is_none() {
                 return usage("require either a secret URI or label");
             }
-            let s = find(m, ctx, id, if id.is_some() { None } else { p.value("label") })?.clone();
+            let s = find(
+                m,
+                ctx,
+                id,
+                if id.is_some() { None } else { p.value("label") },
+            )?
+            .clone();
             let owner_side = is_owner_side(ctx, &s);
             if !owner_side && !granted(m, ctx, &s) {
                 return refuse(format!("secret {:?} not found", s.id));
@@ -192,7 +252,11 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
                 *tracked
             };
             if let (Some(_), Some(l), false) = (id, p.value("label"), owner_side) {
-                m.secrets.get_mut(&s.id).unwrap().consumer_labels.insert(ctx.unit.clone(), l.to_string());
+                m.secrets
+                    .get_mut(&s.id)
+                    .unwrap()
+                    .consumer_labels
+                    .insert(ctx.unit.clone(), l.to_string());
             }
             let content = s.revisions.get(&rev).cloned().unwrap_or_default();
             match p.positional.get(1) {
@@ -201,22 +265,37 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
                         Some(x) => (x, true),
                         None => (k.as_str(), false),
                     };
-                    let v = content.get(key).map(|v| if b64 { base64::engine::general_purpose::STANDARD.encode(v) } else { v.clone() });
+                    let v = content.get(key).map(|v| {
+                        if b64 {
+                            base64::engine::general_purpose::STANDARD.encode(v)
+                        } else {
+                            v.clone()
+                        }
+                    });
                     fmt(&v.map(Value::String).unwrap_or(Value::Null), Format::Yaml)
                 }
                 None => fmt(&json!(content), Format::Yaml),
             }
         }
         "secret-set" => {
-            let Some(id) = p.positional.first() else { return usage("missing secret URI") };
+            let Some(id) = p.positional.first() else {
+                return usage("missing secret URI");
+            };
             let s = find(m, ctx, Some(id), None)?.clone();
             if !can_manage(m, ctx, &s) {
-                return refuse(format!("permission denied: cannot update secret {:?}", s.id));
+                return refuse(format!(
+                    "permission denied: cannot update secret {:?}",
+                    s.id
+                ));
             }
             let content = content_args(ctx, &p.positional[1..], p.value("file"), stdin)?;
             ctx.secrets.push(SecretOp::Set {
                 id: s.id.clone(),
-                content: if content.is_empty() { None } else { Some(content) },
+                content: if content.is_empty() {
+                    None
+                } else {
+                    Some(content)
+                },
                 label: p.value("label").map(String::from),
                 description: p.value("description").map(String::from),
                 expire: p.value("expire").map(String::from),
@@ -225,35 +304,74 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
             Ok(Reply::ok(""))
         }
         "secret-remove" => {
-            let Some(id) = p.positional.first() else { return usage("missing secret URI") };
+            let Some(id) = p.positional.first() else {
+                return usage("missing secret URI");
+            };
             let s = find(m, ctx, Some(id), None)?.clone();
             if !can_manage(m, ctx, &s) {
-                return refuse(format!("permission denied: cannot remove secret {:?}", s.id));
+                return refuse(format!(
+                    "permission denied: cannot remove secret {:?}",
+                    s.id
+                ));
             }
             let revision = match p.value("revision") {
-                Some(r) => Some(r.parse::<u32>().map_err(|_| SErr::Usage(format!("invalid revision {r:?}")))?),
+                Some(r) => Some(
+                    r.parse::<u32>()
+                        .map_err(|_| SErr::Usage(format!("invalid revision {r:?}")))?,
+                ),
                 None => None,
             };
             ctx.secrets.push(SecretOp::Remove { id: s.id, revision });
             Ok(Reply::ok(""))
         }
         "secret-grant" | "secret-revoke" => {
-            let Some(id) = p.positional.first() else { return usage("missing secret URI") };
-            let Some(rel) = p.value("r") else { return usage("missing relation") };
-            let rel: u32 = rel.rsplit(':').next().unwrap_or(rel).parse().map_err(|_| SErr::Usage(format!("invalid relation id {rel:?}")))?;
+            let Some(id) = p.positional.first() else {
+                return usage("missing secret URI");
+            };
+            let Some(rel) = p.value("r") else {
+                return usage("missing relation");
+            };
+            let rel: u32 = rel
+                .rsplit(':')
+                .next()
+                .unwrap_or(rel)
+                .parse()
+                .map_err(|_| SErr::Usage(format!("invalid relation id {rel:?}")))?;
             if !m.relations.contains_key(&rel) {
-                return usage(format!("invalid value {rel:?} for option -r: relation not found"));
+                return usage(format!(
+                    "invalid value {rel:?} for option -r: relation not found"
+                ));
             }
             let s = find(m, ctx, Some(id), None)?.clone();
             if !can_manage(m, ctx, &s) {
-                return refuse(format!("permission denied: cannot change access to secret {:?}", s.id));
+                return refuse(format!(
+                    "permission denied: cannot change access to secret {:?}",
+                    s.id
+                ));
             }
             let unit = p.value("unit").map(String::from);
-            ctx.secrets.push(if tool == "secret-grant" { SecretOp::Grant { id: s.id, relation: rel, unit } } else { SecretOp::Revoke { id: s.id, relation: rel, unit } });
+            ctx.secrets.push(if tool == "secret-grant" {
+                SecretOp::Grant {
+                    id: s.id,
+                    relation: rel,
+                    unit,
+                }
+            } else {
+                SecretOp::Revoke {
+                    id: s.id,
+                    relation: rel,
+                    unit,
+                }
+            });
             Ok(Reply::ok(""))
         }
         "secret-ids" => {
-            let ids: Vec<String> = m.secrets.values().filter(|s| s.owner == ctx.unit || s.owner == ctx.app).map(|s| s.id.clone()).collect();
+            let ids: Vec<String> = m
+                .secrets
+                .values()
+                .filter(|s| s.owner == ctx.unit || s.owner == ctx.app)
+                .map(|s| s.id.clone())
+                .collect();
             fmt(&json!(ids), Format::Smart)
         }
         "secret-info-get" => {
@@ -267,7 +385,14 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
             }
             let mut info = Map::new();
             info.insert("revision".into(), json!(s.latest()));
-            info.insert("owner".into(), json!(if s.owner.contains('/') { "unit" } else { "application" }));
+            info.insert(
+                "owner".into(),
+                json!(if s.owner.contains('/') {
+                    "unit"
+                } else {
+                    "application"
+                }),
+            );
             if let Some(l) = &s.label {
                 info.insert("label".into(), json!(l));
             }
@@ -280,7 +405,10 @@ pub fn dispatch(m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], s
             if let Some(r) = &s.rotate {
                 info.insert("rotation".into(), json!(r));
             }
-            fmt(&json!({ s.id.trim_start_matches("secret:"): info }), Format::Yaml)
+            fmt(
+                &json!({ s.id.trim_start_matches("secret:"): info }),
+                Format::Yaml,
+            )
         }
         other => refuse(format!("unknown hook tool {other:?}")),
     }

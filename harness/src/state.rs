@@ -29,19 +29,27 @@ pub struct Status {
 
 impl Status {
     pub fn new(current: &str, message: &str) -> Status {
-        Status { current: current.into(), message: message.into(), since: now_juju() }
+        Status {
+            current: current.into(),
+            message: message.into(),
+            since: now_juju(),
+        }
     }
 }
 
 /// Juju's human-readable "since" form.
 pub fn now_juju() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!("[day] [month repr:short] [year] [hour]:[minute]:[second]Z");
+    let fmt = time::macros::format_description!(
+        "[day] [month repr:short] [year] [hour]:[minute]:[second]Z"
+    );
     now.format(fmt).unwrap_or_default()
 }
 
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -187,7 +195,10 @@ pub struct Event {
 
 impl Event {
     pub fn hook(name: &str) -> Event {
-        Event { hook: name.into(), ..Default::default() }
+        Event {
+            hook: name.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -234,7 +245,10 @@ impl Relation {
         if self.peer {
             return Some(&self.endpoints[0].app);
         }
-        self.endpoints.iter().find(|e| e.app != app).map(|e| e.app.as_str())
+        self.endpoints
+            .iter()
+            .find(|e| e.app != app)
+            .map(|e| e.app.as_str())
     }
 }
 
@@ -283,9 +297,12 @@ impl Secret {
 impl World {
     pub fn load(path: &Path) -> Result<World> {
         match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading controller state {}", path.display())),
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("reading controller state {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(World::default()),
-            Err(e) => Err(e).with_context(|| format!("reading controller state {}", path.display())),
+            Err(e) => {
+                Err(e).with_context(|| format!("reading controller state {}", path.display()))
+            }
         }
     }
 
@@ -303,16 +320,33 @@ impl World {
 /// Reads metadata.yaml, config.yaml and actions.yaml of a charm directory.
 pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
     let meta_path = dir.join("metadata.yaml");
-    let text = std::fs::read_to_string(&meta_path)
-        .with_context(|| format!("{} not found: is this a charm directory?", meta_path.display()))?;
-    let meta: Value = serde_yaml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?;
-    let name = meta.get("name").and_then(Value::as_str).context("metadata.yaml has no name")?.to_string();
+    let text = std::fs::read_to_string(&meta_path).with_context(|| {
+        format!(
+            "{} not found: is this a charm directory?",
+            meta_path.display()
+        )
+    })?;
+    let meta: Value =
+        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .context("metadata.yaml has no name")?
+        .to_string();
     let endpoints = |key: &str| -> BTreeMap<String, String> {
         meta.get(key)
             .and_then(Value::as_object)
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.get("interface").and_then(Value::as_str).unwrap_or("").to_string()))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.get("interface")
+                                .and_then(Value::as_str)
+                                .unwrap_or("")
+                                .to_string(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -326,22 +360,38 @@ pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
     };
     if let Some(res) = meta.get("resources").and_then(Value::as_object) {
         for (k, v) in res {
-            let file = v.get("filename").and_then(Value::as_str).unwrap_or(k).to_string();
+            let file = v
+                .get("filename")
+                .and_then(Value::as_str)
+                .unwrap_or(k)
+                .to_string();
             out.resources.insert(k.clone(), file);
         }
     }
     if let Some(st) = meta.get("storage").and_then(Value::as_object) {
         for (k, v) in st {
             let min = match v.get("multiple").and_then(|m| m.get("range")) {
-                Some(Value::String(r)) => r.split('-').next().and_then(|x| x.parse().ok()).unwrap_or(1),
+                Some(Value::String(r)) => r
+                    .split('-')
+                    .next()
+                    .and_then(|x| x.parse().ok())
+                    .unwrap_or(1),
                 Some(Value::Number(n)) => n.as_u64().unwrap_or(1) as u32,
                 _ => 1,
             };
-            let min = if v.get("optional").and_then(Value::as_bool) == Some(true) { 0 } else { min };
+            let min = if v.get("optional").and_then(Value::as_bool) == Some(true) {
+                0
+            } else {
+                min
+            };
             out.storage.insert(
                 k.clone(),
                 StorageDef {
-                    kind: v.get("type").and_then(Value::as_str).unwrap_or("filesystem").to_string(),
+                    kind: v
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("filesystem")
+                        .to_string(),
                     location: v.get("location").and_then(Value::as_str).map(String::from),
                     min,
                 },
@@ -355,9 +405,17 @@ pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
                 out.options.insert(
                     k.clone(),
                     OptionDef {
-                        kind: v.get("type").and_then(Value::as_str).unwrap_or("string").to_string(),
+                        kind: v
+                            .get("type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("string")
+                            .to_string(),
                         default: v.get("default").cloned().filter(|d| !d.is_null()),
-                        description: v.get("description").and_then(Value::as_str).unwrap_or("").to_string(),
+                        description: v
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string(),
                     },
                 );
             }

@@ -12,13 +12,47 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 pub const TOOL_NAMES: &[&str] = &[
-    "action-fail", "action-get", "action-log", "action-set", "add-metric", "application-version-set",
-    "close-port", "config-get", "credential-get", "goal-state", "is-leader", "juju-log", "juju-reboot",
-    "leader-get", "leader-set", "network-get", "open-port", "opened-ports", "relation-get", "relation-ids",
-    "relation-list", "relation-model-get", "relation-set", "resource-get", "secret-add", "secret-get",
-    "secret-grant", "secret-ids", "secret-info-get", "secret-remove", "secret-revoke", "secret-set",
-    "state-delete", "state-get", "state-set", "status-get", "status-set", "storage-add", "storage-get",
-    "storage-list", "unit-get",
+    "action-fail",
+    "action-get",
+    "action-log",
+    "action-set",
+    "add-metric",
+    "application-version-set",
+    "close-port",
+    "config-get",
+    "credential-get",
+    "goal-state",
+    "is-leader",
+    "juju-log",
+    "juju-reboot",
+    "leader-get",
+    "leader-set",
+    "network-get",
+    "open-port",
+    "opened-ports",
+    "relation-get",
+    "relation-ids",
+    "relation-list",
+    "relation-model-get",
+    "relation-set",
+    "resource-get",
+    "secret-add",
+    "secret-get",
+    "secret-grant",
+    "secret-ids",
+    "secret-info-get",
+    "secret-remove",
+    "secret-revoke",
+    "secret-set",
+    "state-delete",
+    "state-get",
+    "state-set",
+    "status-get",
+    "status-set",
+    "storage-add",
+    "storage-get",
+    "storage-list",
+    "unit-get",
 ];
 
 enum E {
@@ -47,16 +81,29 @@ fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed, E> {
 const FORMAT: Flag = value(&["format"]);
 const OUTPUT: Flag = value(&["o", "output"]);
 
-pub fn handle(ctl: &Ctl, tool: &str, args: &[String], context: &str, stdin: Option<&str>, _peer: Option<u32>) -> Reply {
+pub fn handle(
+    ctl: &Ctl,
+    tool: &str,
+    args: &[String],
+    context: &str,
+    stdin: Option<&str>,
+    _peer: Option<u32>,
+) -> Reply {
     let mut contexts = ctl.contexts.lock().unwrap();
     let Some(ctx) = contexts.get_mut(context) else {
-        return Reply::err(1, format!("bad request: unknown context id {context:?} (is a hook running?)"));
+        return Reply::err(
+            1,
+            format!("bad request: unknown context id {context:?} (is a hook running?)"),
+        );
     };
     if args.iter().any(|a| a == "--help" || a == "-h") {
         return Reply::ok(help(tool));
     }
     let r = ctl.mutate(|w| {
-        let m = w.models.get_mut(&ctx.model).ok_or_else(|| E::Run("model not found".into()))?;
+        let m = w
+            .models
+            .get_mut(&ctx.model)
+            .ok_or_else(|| E::Run("model not found".into()))?;
         dispatch(ctl, m, ctx, tool, args, stdin)
     });
     match r {
@@ -82,9 +129,15 @@ fn relation_id(m: &Model, ctx: &HookCtx, p: &flags::Parsed) -> Result<u32, E> {
     match p.value("r") {
         Some(v) => {
             let num = v.rsplit(':').next().unwrap_or(v);
-            let id: u32 = num.parse().map_err(|_| E::Usage(format!("invalid value {v:?} for option -r: invalid relation id")))?;
+            let id: u32 = num.parse().map_err(|_| {
+                E::Usage(format!(
+                    "invalid value {v:?} for option -r: invalid relation id"
+                ))
+            })?;
             if !m.relations.contains_key(&id) {
-                return usage(format!("invalid value {v:?} for option -r: relation not found"));
+                return usage(format!(
+                    "invalid value {v:?} for option -r: relation not found"
+                ));
             }
             Ok(id)
         }
@@ -102,13 +155,24 @@ fn get_action_params<'a>(m: &'a Model, ctx: &HookCtx) -> Result<&'a Task, E> {
     }
 }
 
-fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[String], stdin: Option<&str>) -> R {
+fn dispatch(
+    ctl: &Ctl,
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    tool: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> R {
     match tool {
         "status-set" => {
             let p = parse(&[boolean(&["application"])], args)?;
-            let Some(st) = p.positional.first() else { return usage("invalid args, require <status> [message] [data]") };
+            let Some(st) = p.positional.first() else {
+                return usage("invalid args, require <status> [message] [data]");
+            };
             if !["maintenance", "blocked", "waiting", "active"].contains(&st.as_str()) {
-                return usage(format!("invalid status {st:?}, expected one of [maintenance blocked waiting active]"));
+                return usage(format!(
+                    "invalid status {st:?}, expected one of [maintenance blocked waiting active]"
+                ));
             }
             if p.positional.len() > 2 {
                 return usage(format!("unrecognized args: {:?}", &p.positional[2..]));
@@ -126,7 +190,15 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             Ok(Reply::ok(""))
         }
         "status-get" => {
-            let p = parse(&[FORMAT, OUTPUT, boolean(&["include-data"]), boolean(&["application"])], args)?;
+            let p = parse(
+                &[
+                    FORMAT,
+                    OUTPUT,
+                    boolean(&["include-data"]),
+                    boolean(&["application"]),
+                ],
+                args,
+            )?;
             if !p.positional.is_empty() {
                 return usage(format!("unrecognized args: {:?}", p.positional));
             }
@@ -151,13 +223,22 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 let app = m.app_status(&ctx.app);
                 let mut v = fmt(&app);
                 if let Value::Object(o) = &mut v {
-                    let units: Map<String, Value> = m.units.values().filter(|u| u.app == ctx.app).map(|u| (u.name.clone(), fmt(&crate::controller::unit_workload(u)))).collect();
+                    let units: Map<String, Value> = m
+                        .units
+                        .values()
+                        .filter(|u| u.app == ctx.app)
+                        .map(|u| (u.name.clone(), fmt(&crate::controller::unit_workload(u))))
+                        .collect();
                     o.insert("units".into(), Value::Object(units));
                     v = json!({"application-status": v});
                 }
                 return out(&v, &p, Format::Smart);
             }
-            let s = m.units.get(&ctx.unit).map(|u| u.workload.clone()).unwrap_or_else(|| Status::new("unknown", ""));
+            let s = m
+                .units
+                .get(&ctx.unit)
+                .map(|u| u.workload.clone())
+                .unwrap_or_else(|| Status::new("unknown", ""));
             out(&fmt(&s), &p, Format::Smart)
         }
         "application-version-set" => {
@@ -169,19 +250,41 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             Ok(Reply::ok(""))
         }
         "juju-log" => {
-            let p = parse(&[boolean(&["debug"]), value(&["l", "log-level"]), FORMAT], args)?;
+            let p = parse(
+                &[boolean(&["debug"]), value(&["l", "log-level"]), FORMAT],
+                args,
+            )?;
             if p.positional.is_empty() {
                 return usage("no message specified");
             }
-            let mut level = p.value("l").unwrap_or(if p.flag("debug") { "DEBUG" } else { "INFO" }).to_uppercase();
-            if !["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"].contains(&level.as_str()) {
+            let mut level = p
+                .value("l")
+                .unwrap_or(if p.flag("debug") { "DEBUG" } else { "INFO" })
+                .to_uppercase();
+            if !["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"].contains(&level.as_str())
+            {
                 level = "INFO".into();
             }
             let prefix = match ctx.event.relation {
-                Some(r) => format!("{}:{r}: ", m.relations.get(&r).and_then(|x| x.endpoint_of(&ctx.app)).map(|e| e.name.clone()).unwrap_or_default()),
+                Some(r) => format!(
+                    "{}:{r}: ",
+                    m.relations
+                        .get(&r)
+                        .and_then(|x| x.endpoint_of(&ctx.app))
+                        .map(|e| e.name.clone())
+                        .unwrap_or_default()
+                ),
                 None => String::new(),
             };
-            ctl.log(&ctx.model, &format!("unit-{}: {level} unit.{}.juju-log {prefix}{}", ctx.unit.replace('/', "-"), ctx.unit, p.positional.join(" ")));
+            ctl.log(
+                &ctx.model,
+                &format!(
+                    "unit-{}: {level} unit.{}.juju-log {prefix}{}",
+                    ctx.unit.replace('/', "-"),
+                    ctx.unit,
+                    p.positional.join(" ")
+                ),
+            );
             Ok(Reply::ok(""))
         }
         "config-get" => {
@@ -218,14 +321,20 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             match p.positional.first().map(String::as_str) {
                 None | Some("-") => out(&json!(s), &p, Format::Smart),
                 Some(k) if k.contains('=') => usage("invalid key"),
-                Some(k) => out(&s.get(k).map(|v| json!(v)).unwrap_or(Value::Null), &p, Format::Smart),
+                Some(k) => out(
+                    &s.get(k).map(|v| json!(v)).unwrap_or(Value::Null),
+                    &p,
+                    Format::Smart,
+                ),
             }
         }
         "leader-set" => {
             let p = parse(&[], args)?;
             let kvs = flags::key_values(&p.positional).map_err(E::Usage)?;
             if !is_leader(m, ctx) {
-                return refuse("cannot write leadership settings: cannot write settings: not the leader");
+                return refuse(
+                    "cannot write leadership settings: cannot write settings: not the leader",
+                );
             }
             let a = m.apps.get_mut(&ctx.app).unwrap();
             let mut changed = false;
@@ -238,7 +347,12 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 }
             }
             if changed {
-                let others: Vec<String> = m.units.values().filter(|u| u.app == ctx.app && u.name != ctx.unit && u.installed).map(|u| u.name.clone()).collect();
+                let others: Vec<String> = m
+                    .units
+                    .values()
+                    .filter(|u| u.app == ctx.app && u.name != ctx.unit && u.installed)
+                    .map(|u| u.name.clone())
+                    .collect();
                 for o in others {
                     m.push(&o, Event::hook("leader-settings-changed"));
                 }
@@ -249,7 +363,12 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             let p = parse(&[FORMAT, OUTPUT], args)?;
             let ep = match p.positional.first() {
                 Some(e) => e.clone(),
-                None => match ctx.event.relation.and_then(|r| m.relations.get(&r)).and_then(|r| r.endpoint_of(&ctx.app)) {
+                None => match ctx
+                    .event
+                    .relation
+                    .and_then(|r| m.relations.get(&r))
+                    .and_then(|r| r.endpoint_of(&ctx.app))
+                {
                     Some(e) => e.name.clone(),
                     None => return usage("no endpoint name specified"),
                 },
@@ -257,24 +376,43 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             let mut ids: Vec<String> = m
                 .relations
                 .values()
-                .filter(|r| !r.dying && r.endpoint_of(&ctx.app).map(|e| e.name == ep).unwrap_or(false))
+                .filter(|r| {
+                    !r.dying
+                        && r.endpoint_of(&ctx.app)
+                            .map(|e| e.name == ep)
+                            .unwrap_or(false)
+                })
                 .map(|r| format!("{ep}:{}", r.id))
                 .collect();
             ids.sort();
             out(&json!(ids), &p, Format::Smart)
         }
         "relation-list" => {
-            let p = parse(&[FORMAT, OUTPUT, value(&["r", "relation"]), boolean(&["app"])], args)?;
+            let p = parse(
+                &[FORMAT, OUTPUT, value(&["r", "relation"]), boolean(&["app"])],
+                args,
+            )?;
             let rel = relation_id(m, ctx, &p)?;
             if p.flag("app") {
-                let remote = m.relations[&rel].remote_app_of(&ctx.app).unwrap_or("").to_string();
+                let remote = m.relations[&rel]
+                    .remote_app_of(&ctx.app)
+                    .unwrap_or("")
+                    .to_string();
                 return out(&json!(remote), &p, Format::Smart);
             }
-            let view: Vec<String> = m.units.get(&ctx.unit).and_then(|u| u.views.get(&rel)).map(|v| v.iter().cloned().collect()).unwrap_or_default();
+            let view: Vec<String> = m
+                .units
+                .get(&ctx.unit)
+                .and_then(|u| u.views.get(&rel))
+                .map(|v| v.iter().cloned().collect())
+                .unwrap_or_default();
             out(&json!(view), &p, Format::Smart)
         }
         "relation-get" => {
-            let p = parse(&[FORMAT, OUTPUT, value(&["r", "relation"]), boolean(&["app"])], args)?;
+            let p = parse(
+                &[FORMAT, OUTPUT, value(&["r", "relation"]), boolean(&["app"])],
+                args,
+            )?;
             let rel = relation_id(m, ctx, &p)?;
             let key = p.positional.first().filter(|k| k.as_str() != "-").cloned();
             let explicit = p.positional.get(1).cloned();
@@ -322,12 +460,24 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 }
             }
             match key {
-                Some(k) => out(&bag.get(&k).map(|v| json!(v)).unwrap_or(Value::Null), &p, Format::Smart),
+                Some(k) => out(
+                    &bag.get(&k).map(|v| json!(v)).unwrap_or(Value::Null),
+                    &p,
+                    Format::Smart,
+                ),
                 None => out(&json!(bag), &p, Format::Smart),
             }
         }
         "relation-set" => {
-            let p = parse(&[FORMAT, value(&["r", "relation"]), boolean(&["app"]), value(&["file"])], args)?;
+            let p = parse(
+                &[
+                    FORMAT,
+                    value(&["r", "relation"]),
+                    boolean(&["app"]),
+                    value(&["file"]),
+                ],
+                args,
+            )?;
             let rel = relation_id(m, ctx, &p)?;
             let mut kvs: BTreeMap<String, String> = BTreeMap::new();
             if let Some(f) = p.value("file") {
@@ -336,7 +486,8 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 } else {
                     read_in_machine(ctx, f).map_err(E::Run)?
                 };
-                let v: Value = serde_yaml::from_str(&text).map_err(|e| E::Usage(format!("invalid YAML in --file: {e}")))?;
+                let v: Value = serde_yaml::from_str(&text)
+                    .map_err(|e| E::Usage(format!("invalid YAML in --file: {e}")))?;
                 if let Value::Object(o) = v {
                     for (k, v) in o {
                         let s = match v {
@@ -370,18 +521,39 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
         }
         "network-get" => {
             let p = parse(
-                &[FORMAT, OUTPUT, value(&["r", "relation"]), boolean(&["bind-address"]), boolean(&["ingress-address"]), boolean(&["egress-subnets"]), boolean(&["primary-address"])],
+                &[
+                    FORMAT,
+                    OUTPUT,
+                    value(&["r", "relation"]),
+                    boolean(&["bind-address"]),
+                    boolean(&["ingress-address"]),
+                    boolean(&["egress-subnets"]),
+                    boolean(&["primary-address"]),
+                ],
                 args,
             )?;
-            let Some(binding) = p.positional.first() else { return usage("no arguments specified") };
+            let Some(binding) = p.positional.first() else {
+                return usage("no arguments specified");
+            };
             let meta = &m.apps[&ctx.app].meta;
-            let known = meta.peers.contains_key(binding) || meta.provides.contains_key(binding) || meta.requires.contains_key(binding) || binding == "juju-info";
+            let known = meta.peers.contains_key(binding)
+                || meta.provides.contains_key(binding)
+                || meta.requires.contains_key(binding)
+                || binding == "juju-info";
             if !known {
                 return refuse(format!("no network config found for binding {binding:?}"));
             }
-            let addr = m.units.get(&ctx.unit).and_then(|u| m.machines.get(&u.machine)).map(|x| x.address.clone()).unwrap_or_default();
+            let addr = m
+                .units
+                .get(&ctx.unit)
+                .and_then(|u| m.machines.get(&u.machine))
+                .map(|x| x.address.clone())
+                .unwrap_or_default();
             let cidr = format!("{}.0/24", addr.rsplitn(2, '.').nth(1).unwrap_or(""));
-            let flags_set: Vec<&str> = ["bind-address", "ingress-address", "egress-subnets"].into_iter().filter(|f| p.flag(f)).collect();
+            let flags_set: Vec<&str> = ["bind-address", "ingress-address", "egress-subnets"]
+                .into_iter()
+                .filter(|f| p.flag(f))
+                .collect();
             if p.flag("primary-address") {
                 return out(&json!(addr), &p, Format::Smart);
             }
@@ -393,7 +565,10 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 return out(&field(flags_set[0]), &p, Format::Smart);
             }
             if flags_set.len() > 1 {
-                let mp: Map<String, Value> = flags_set.iter().map(|f| (f.to_string(), field(f))).collect();
+                let mp: Map<String, Value> = flags_set
+                    .iter()
+                    .map(|f| (f.to_string(), field(f)))
+                    .collect();
                 return out(&Value::Object(mp), &p, Format::Smart);
             }
             let v = json!({
@@ -407,7 +582,12 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             let p = parse(&[FORMAT, OUTPUT], args)?;
             match p.positional.first().map(String::as_str) {
                 Some("private-address") | Some("public-address") => {
-                    let addr = m.units.get(&ctx.unit).and_then(|u| m.machines.get(&u.machine)).map(|x| x.address.clone()).unwrap_or_default();
+                    let addr = m
+                        .units
+                        .get(&ctx.unit)
+                        .and_then(|u| m.machines.get(&u.machine))
+                        .map(|x| x.address.clone())
+                        .unwrap_or_default();
                     out(&json!(addr), &p, Format::Smart)
                 }
                 Some(other) => usage(format!("unknown setting {other:?}")),
@@ -416,7 +596,9 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
         }
         "open-port" | "close-port" => {
             let p = parse(&[FORMAT, value(&["endpoints"])], args)?;
-            let Some(a) = p.positional.first() else { return usage("no port or range specified") };
+            let Some(a) = p.positional.first() else {
+                return usage("no port or range specified");
+            };
             if p.positional.len() > 1 {
                 return usage(format!("unrecognized args: {:?}", &p.positional[1..]));
             }
@@ -426,24 +608,51 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
         }
         "opened-ports" => {
             let p = parse(&[FORMAT, OUTPUT, boolean(&["endpoints"])], args)?;
-            let ports: Vec<String> = m.units.get(&ctx.unit).map(|u| u.ports.iter().map(|x| if p.flag("endpoints") { format!("{x} (*)") } else { x.clone() }).collect()).unwrap_or_default();
+            let ports: Vec<String> = m
+                .units
+                .get(&ctx.unit)
+                .map(|u| {
+                    u.ports
+                        .iter()
+                        .map(|x| {
+                            if p.flag("endpoints") {
+                                format!("{x} (*)")
+                            } else {
+                                x.clone()
+                            }
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             out(&json!(ports), &p, Format::Smart)
         }
         "resource-get" => {
             let p = parse(&[], args)?;
-            let Some(name) = p.positional.first() else { return usage("missing required resource name") };
+            let Some(name) = p.positional.first() else {
+                return usage("missing required resource name");
+            };
             let app = &m.apps[&ctx.app];
             let Some(file) = app.meta.resources.get(name) else {
-                return refuse(format!("could not download resource: resource {name:?} is not defined by the charm"));
+                return refuse(format!(
+                    "could not download resource: resource {name:?} is not defined by the charm"
+                ));
             };
             let Some(res) = app.resources.get(name) else {
-                return refuse(format!("could not download resource: resource#{}/{name} not found", ctx.app));
+                return refuse(format!(
+                    "could not download resource: resource#{}/{name} not found",
+                    ctx.app
+                ));
             };
-            let dir = format!("/var/lib/juju/agents/{}/resources/{name}", crate::controller::unit_dir_name(&ctx.unit));
+            let dir = format!(
+                "/var/lib/juju/agents/{}/resources/{name}",
+                crate::controller::unit_dir_name(&ctx.unit)
+            );
             let inside = format!("{dir}/{file}");
             let host_dir = ctx.machine_root.join(dir.trim_start_matches('/'));
             let marker = host_dir.join(".revision");
-            let have = std::fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            let have = std::fs::read_to_string(&marker)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
             if have != Some(res.revision) {
                 let copy = || -> std::io::Result<()> {
                     std::fs::create_dir_all(&host_dir)?;
@@ -461,21 +670,48 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             let ids: Vec<String> = m
                 .units
                 .get(&ctx.unit)
-                .map(|u| u.storage.iter().filter(|s| p.positional.first().map(|n| s.split('/').next() == Some(n.as_str())).unwrap_or(true)).cloned().collect())
+                .map(|u| {
+                    u.storage
+                        .iter()
+                        .filter(|s| {
+                            p.positional
+                                .first()
+                                .map(|n| s.split('/').next() == Some(n.as_str()))
+                                .unwrap_or(true)
+                        })
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             out(&json!(ids), &p, Format::Smart)
         }
         "storage-get" => {
             let p = parse(&[FORMAT, OUTPUT, value(&["s"])], args)?;
-            let id = match p.value("s").map(String::from).or_else(|| ctx.event.storage.clone()) {
+            let id = match p
+                .value("s")
+                .map(String::from)
+                .or_else(|| ctx.event.storage.clone())
+            {
                 Some(i) => i,
                 None => return usage("no storage instance specified"),
             };
-            if !m.units.get(&ctx.unit).map(|u| u.storage.contains(&id)).unwrap_or(false) {
-                return usage(format!("invalid value {id:?} for option -s: storage instance {id:?} not found"));
+            if !m
+                .units
+                .get(&ctx.unit)
+                .map(|u| u.storage.contains(&id))
+                .unwrap_or(false)
+            {
+                return usage(format!(
+                    "invalid value {id:?} for option -s: storage instance {id:?} not found"
+                ));
             }
             let name = id.split('/').next().unwrap_or("");
-            let def = m.apps[&ctx.app].meta.storage.get(name).cloned().unwrap_or_default();
+            let def = m.apps[&ctx.app]
+                .meta
+                .storage
+                .get(name)
+                .cloned()
+                .unwrap_or_default();
             let loc = storage_location(&def, &id);
             let _ = std::fs::create_dir_all(ctx.machine_root.join(loc.trim_start_matches('/')));
             let v = json!({"kind": if def.kind == "block" { "block" } else { "filesystem" }, "location": loc});
@@ -492,7 +728,11 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             }
             for a in &p.positional {
                 let (name, count) = match a.split_once('=') {
-                    Some((n, c)) => (n.to_string(), c.parse::<u32>().map_err(|_| E::Usage(format!("cannot parse count in {a:?}")))?),
+                    Some((n, c)) => (
+                        n.to_string(),
+                        c.parse::<u32>()
+                            .map_err(|_| E::Usage(format!("cannot parse count in {a:?}")))?,
+                    ),
                     None => (a.clone(), 1),
                 };
                 if !m.apps[&ctx.app].meta.storage.contains_key(&name) {
@@ -518,7 +758,9 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             get_action_params(m, ctx)?;
             let mut sets = vec![];
             for a in &p.positional {
-                let Some((k, v)) = a.split_once('=') else { return usage(format!("argument {a:?} must be of the form key...=value")) };
+                let Some((k, v)) = a.split_once('=') else {
+                    return usage(format!("argument {a:?} must be of the form key...=value"));
+                };
                 let segs: Vec<&str> = k.split('.').collect();
                 for s in &segs {
                     if !valid_action_key(s) {
@@ -528,7 +770,10 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                         return usage(format!("cannot set reserved action key \"{k}\""));
                     }
                 }
-                sets.push((segs.iter().map(|s| s.to_string()).collect::<Vec<_>>(), v.to_string()));
+                sets.push((
+                    segs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    v.to_string(),
+                ));
             }
             let t = m.tasks.get_mut(&ctx.task.unwrap()).unwrap();
             for (segs, v) in sets {
@@ -544,7 +789,9 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             }
             let t = m.tasks.get_mut(&ctx.task.unwrap()).unwrap();
             t.status = "failing".into();
-            t.message = p.positional.first().cloned().unwrap_or_else(|| "action failed without reason given, check action for errors".into());
+            t.message = p.positional.first().cloned().unwrap_or_else(|| {
+                "action failed without reason given, check action for errors".into()
+            });
             Ok(Reply::ok(""))
         }
         "action-log" => {
@@ -554,7 +801,8 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 return usage("no message specified");
             }
             let t = m.tasks.get_mut(&ctx.task.unwrap()).unwrap();
-            t.log.push(format!("{} {}", now_rfc3339(), p.positional.join(" ")));
+            t.log
+                .push(format!("{} {}", now_rfc3339(), p.positional.join(" ")));
             Ok(Reply::ok(""))
         }
         "goal-state" => {
@@ -568,20 +816,37 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                 .collect();
             let mut rels = Map::new();
             for r in m.relations.values().filter(|r| !r.dying) {
-                let Some(ep) = r.endpoint_of(&ctx.app) else { continue };
+                let Some(ep) = r.endpoint_of(&ctx.app) else {
+                    continue;
+                };
                 let remote = r.remote_app_of(&ctx.app).unwrap_or("");
                 let mut entry = Map::new();
-                entry.insert(remote.to_string(), json!({"status": "joined", "since": since}));
-                for u in m.units.values().filter(|u| u.app == remote && u.name != ctx.unit) {
+                entry.insert(
+                    remote.to_string(),
+                    json!({"status": "joined", "since": since}),
+                );
+                for u in m
+                    .units
+                    .values()
+                    .filter(|u| u.app == remote && u.name != ctx.unit)
+                {
                     entry.insert(u.name.clone(), json!({"status": if u.life == Life::Dying { "dying" } else { "active" }, "since": since}));
                 }
                 rels.insert(ep.name.clone(), Value::Object(entry));
             }
-            out(&json!({"units": units, "relations": rels}), &p, Format::Yaml)
+            out(
+                &json!({"units": units, "relations": rels}),
+                &p,
+                Format::Yaml,
+            )
         }
         "state-get" => {
             let p = parse(&[FORMAT, OUTPUT, boolean(&["strict"])], args)?;
-            let mut s = m.units.get(&ctx.unit).map(|u| u.state.clone()).unwrap_or_default();
+            let mut s = m
+                .units
+                .get(&ctx.unit)
+                .map(|u| u.state.clone())
+                .unwrap_or_default();
             for (k, v) in &ctx.state {
                 match v {
                     Some(v) => s.insert(k.clone(), v.clone()),
@@ -594,32 +859,48 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
                     None if p.flag("strict") => refuse(format!("key {k:?} not found")),
                     None => out(&Value::Null, &p, Format::Smart),
                 },
-                None => out(&if s.is_empty() { Value::Null } else { json!(s) }, &p, Format::Smart),
+                None => out(
+                    &if s.is_empty() { Value::Null } else { json!(s) },
+                    &p,
+                    Format::Smart,
+                ),
             }
         }
         "state-set" => {
             let p = parse(&[value(&["file"])], args)?;
             if let Some(f) = p.value("file") {
-                let text = if f == "-" { stdin.unwrap_or("").to_string() } else { read_in_machine(ctx, f).map_err(E::Run)? };
-                let v: BTreeMap<String, Option<String>> = serde_yaml::from_str(&text).map_err(|e| E::Usage(format!("invalid YAML: {e}")))?;
+                let text = if f == "-" {
+                    stdin.unwrap_or("").to_string()
+                } else {
+                    read_in_machine(ctx, f).map_err(E::Run)?
+                };
+                let v: BTreeMap<String, Option<String>> = serde_yaml::from_str(&text)
+                    .map_err(|e| E::Usage(format!("invalid YAML: {e}")))?;
                 for (k, v) in v {
                     ctx.state.push((k, v.filter(|s| !s.is_empty())));
                 }
             }
             for (k, v) in flags::key_values(&p.positional).map_err(E::Usage)? {
-                ctx.state.push((k, if v.is_empty() { None } else { Some(v) }));
+                ctx.state
+                    .push((k, if v.is_empty() { None } else { Some(v) }));
             }
             Ok(Reply::ok(""))
         }
         "state-delete" => {
             let p = parse(&[], args)?;
-            let Some(k) = p.positional.first() else { return usage("no key specified") };
+            let Some(k) = p.positional.first() else {
+                return usage("no key specified");
+            };
             ctx.state.push((k.clone(), None));
             Ok(Reply::ok(""))
         }
         "credential-get" => {
             let p = parse(&[FORMAT, OUTPUT], args)?;
-            out(&json!({"type": "harness", "name": "localhost", "credential": {"auth-type": "empty", "attributes": {}}}), &p, Format::Smart)
+            out(
+                &json!({"type": "harness", "name": "localhost", "credential": {"auth-type": "empty", "attributes": {}}}),
+                &p,
+                Format::Smart,
+            )
         }
         "juju-reboot" => {
             let p = parse(&[boolean(&["now"])], args)?;
@@ -628,24 +909,33 @@ fn dispatch(ctl: &Ctl, m: &mut Model, ctx: &mut HookCtx, tool: &str, args: &[Str
             Ok(Reply::ok(""))
         }
         "add-metric" => Ok(Reply::ok("")),
-        t if t.starts_with("secret-") => crate::secrets::dispatch(m, ctx, t, args, stdin).map_err(|e| match e {
-            crate::secrets::SErr::Usage(s) => E::Usage(s),
-            crate::secrets::SErr::Run(s) => E::Run(s),
-        }),
+        t if t.starts_with("secret-") => {
+            crate::secrets::dispatch(m, ctx, t, args, stdin).map_err(|e| match e {
+                crate::secrets::SErr::Usage(s) => E::Usage(s),
+                crate::secrets::SErr::Run(s) => E::Run(s),
+            })
+        }
         other => refuse(format!("unknown hook tool {other:?}")),
     }
 }
 
 /// Reads a file named by a hook tool argument, inside the machine's filesystem.
 pub fn read_in_machine(ctx: &HookCtx, path: &str) -> Result<String, String> {
-    let p = if path.starts_with('/') { ctx.machine_root.join(path.trim_start_matches('/')) } else { ctx.machine_root.join(crate::controller::charm_dir_in_machine(&ctx.unit).trim_start_matches('/')).join(path) };
+    let p = if path.starts_with('/') {
+        ctx.machine_root.join(path.trim_start_matches('/'))
+    } else {
+        ctx.machine_root
+            .join(crate::controller::charm_dir_in_machine(&ctx.unit).trim_start_matches('/'))
+            .join(path)
+    };
     std::fs::read_to_string(&p).map_err(|e| format!("cannot read {path}: {e}"))
 }
 
 fn valid_action_key(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -659,7 +949,8 @@ fn set_nested(map: &mut BTreeMap<String, Value>, segs: &[String], v: String) {
     if !entry.is_object() {
         *entry = json!({});
     }
-    let mut inner: BTreeMap<String, Value> = serde_json::from_value(entry.clone()).unwrap_or_default();
+    let mut inner: BTreeMap<String, Value> =
+        serde_json::from_value(entry.clone()).unwrap_or_default();
     set_nested(&mut inner, &segs[1..], v);
     *entry = serde_json::to_value(inner).unwrap_or_default();
 }
@@ -673,7 +964,9 @@ fn normalize_port(a: &str) -> Result<String, String> {
         None => (a, "tcp"),
     };
     if !["tcp", "udp"].contains(&proto) {
-        return Err(format!("invalid protocol {proto:?}, expected \"tcp\", \"udp\", or \"icmp\""));
+        return Err(format!(
+            "invalid protocol {proto:?}, expected \"tcp\", \"udp\", or \"icmp\""
+        ));
     }
     let ok = |s: &str| s.parse::<u16>().map(|n| n > 0).unwrap_or(false);
     let valid = match range.split_once('-') {
@@ -713,6 +1006,9 @@ mod tests {
         let mut m = BTreeMap::new();
         set_nested(&mut m, &["a".into(), "b".into()], "1".into());
         set_nested(&mut m, &["a".into(), "c".into()], "2".into());
-        assert_eq!(serde_json::to_value(&m).unwrap(), json!({"a": {"b": "1", "c": "2"}}));
+        assert_eq!(
+            serde_json::to_value(&m).unwrap(),
+            json!({"a": {"b": "1", "c": "2"}})
+        );
     }
 }

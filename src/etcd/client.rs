@@ -9,9 +9,16 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     #[error("etcd at {endpoint}: HTTP {status}: {message}")]
-    Api { endpoint: String, status: u16, message: String },
+    Api {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
     #[error("etcd at {endpoint}: {source}")]
-    Transport { endpoint: String, source: reqwest::Error },
+    Transport {
+        endpoint: String,
+        source: reqwest::Error,
+    },
     #[error("etcd TLS credentials: {0}")]
     Tls(String),
     #[error("etcd at {endpoint}: unexpected answer: {detail}")]
@@ -37,9 +44,13 @@ pub fn de_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Er
     let v = Value::deserialize(d)?;
     match v {
         Value::String(s) => s.parse().map_err(serde::de::Error::custom),
-        Value::Number(n) => n.as_u64().ok_or_else(|| serde::de::Error::custom("not a u64")),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| serde::de::Error::custom("not a u64")),
         Value::Null => Ok(0),
-        other => Err(serde::de::Error::custom(format!("expected a number, got {other}"))),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a number, got {other}"
+        ))),
     }
 }
 
@@ -122,11 +133,13 @@ pub struct Client {
 
 impl Client {
     pub fn new(tls: &Tls, timeout: Duration) -> Result<Client> {
-        let ca = reqwest::Certificate::from_pem(&tls.ca_pem).map_err(|e| EtcdError::Tls(format!("CA certificate: {e}")))?;
+        let ca = reqwest::Certificate::from_pem(&tls.ca_pem)
+            .map_err(|e| EtcdError::Tls(format!("CA certificate: {e}")))?;
         let mut pem = tls.cert_pem.clone();
         pem.extend_from_slice(b"\n");
         pem.extend_from_slice(&tls.key_pem);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| EtcdError::Tls(format!("client certificate: {e}")))?;
+        let id = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| EtcdError::Tls(format!("client certificate: {e}")))?;
         let http = reqwest::blocking::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -145,52 +158,110 @@ impl Client {
 
     pub fn post(&self, endpoint: &str, path: &str, body: Value) -> Result<Value> {
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-        let resp = self.http.post(&url).json(&body).send().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let resp = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .map_err(|e| EtcdError::Transport {
+                endpoint: endpoint.into(),
+                source: e,
+            })?;
         let status = resp.status().as_u16();
-        let text = resp.text().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let text = resp.text().map_err(|e| EtcdError::Transport {
+            endpoint: endpoint.into(),
+            source: e,
+        })?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if status >= 300 {
-            let message = v.get("error").or_else(|| v.get("message")).and_then(Value::as_str).unwrap_or(text.trim()).to_string();
-            return Err(EtcdError::Api { endpoint: endpoint.into(), status, message });
+            let message = v
+                .get("error")
+                .or_else(|| v.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or(text.trim())
+                .to_string();
+            return Err(EtcdError::Api {
+                endpoint: endpoint.into(),
+                status,
+                message,
+            });
         }
         Ok(v)
     }
 
     fn decode<T: for<'de> Deserialize<'de>>(endpoint: &str, v: Value) -> Result<T> {
-        serde_json::from_value(v.clone()).map_err(|e| EtcdError::Decode { endpoint: endpoint.into(), detail: format!("{e}: {v}") })
+        serde_json::from_value(v.clone()).map_err(|e| EtcdError::Decode {
+            endpoint: endpoint.into(),
+            detail: format!("{e}: {v}"),
+        })
     }
 
     /// `/health`: true when the member is healthy (has a leader, no alarms).
     pub fn health(&self, endpoint: &str) -> Result<bool> {
         let url = format!("{}/health", endpoint.trim_end_matches('/'));
-        let resp = self.http.get(&url).send().map_err(|e| EtcdError::Transport { endpoint: endpoint.into(), source: e })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .map_err(|e| EtcdError::Transport {
+                endpoint: endpoint.into(),
+                source: e,
+            })?;
         let v: Value = resp.json().unwrap_or(Value::Null);
         Ok(v.get("health").and_then(Value::as_str) == Some("true"))
     }
 
     pub fn member_list(&self, endpoint: &str) -> Result<Vec<Member>> {
-        let v = self.post(endpoint, "/v3/cluster/member/list", json!({"linearizable": true}))?;
+        let v = self.post(
+            endpoint,
+            "/v3/cluster/member/list",
+            json!({"linearizable": true}),
+        )?;
         Self::decode(endpoint, v.get("members").cloned().unwrap_or(json!([])))
     }
 
     /// Adds a member (a learner by default); answers the new member and the full list.
-    pub fn member_add(&self, endpoint: &str, peer_url: &str, learner: bool) -> Result<(Member, Vec<Member>)> {
-        let v = self.post(endpoint, "/v3/cluster/member/add", json!({"peerURLs": [peer_url], "isLearner": learner}))?;
+    pub fn member_add(
+        &self,
+        endpoint: &str,
+        peer_url: &str,
+        learner: bool,
+    ) -> Result<(Member, Vec<Member>)> {
+        let v = self.post(
+            endpoint,
+            "/v3/cluster/member/add",
+            json!({"peerURLs": [peer_url], "isLearner": learner}),
+        )?;
         let m = Self::decode(endpoint, v.get("member").cloned().unwrap_or(Value::Null))?;
         let all = Self::decode(endpoint, v.get("members").cloned().unwrap_or(json!([])))?;
         Ok((m, all))
     }
 
     pub fn member_remove(&self, endpoint: &str, id: u64) -> Result<()> {
-        self.post(endpoint, "/v3/cluster/member/remove", json!({"ID": id.to_string()})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/cluster/member/remove",
+            json!({"ID": id.to_string()}),
+        )
+        .map(|_| ())
     }
 
     pub fn member_promote(&self, endpoint: &str, id: u64) -> Result<()> {
-        self.post(endpoint, "/v3/cluster/member/promote", json!({"ID": id.to_string()})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/cluster/member/promote",
+            json!({"ID": id.to_string()}),
+        )
+        .map(|_| ())
     }
 
     pub fn member_update(&self, endpoint: &str, id: u64, peer_urls: &[String]) -> Result<()> {
-        self.post(endpoint, "/v3/cluster/member/update", json!({"ID": id.to_string(), "peerURLs": peer_urls})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/cluster/member/update",
+            json!({"ID": id.to_string(), "peerURLs": peer_urls}),
+        )
+        .map(|_| ())
     }
 
     pub fn status(&self, endpoint: &str) -> Result<Status> {
@@ -204,30 +275,55 @@ impl Client {
     }
 
     pub fn alarm_disarm(&self, endpoint: &str, a: &Alarm) -> Result<()> {
-        self.post(endpoint, "/v3/maintenance/alarm", json!({"action": "DEACTIVATE", "memberID": a.member_id.to_string(), "alarm": a.alarm})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/maintenance/alarm",
+            json!({"action": "DEACTIVATE", "memberID": a.member_id.to_string(), "alarm": a.alarm}),
+        )
+        .map(|_| ())
     }
 
     pub fn move_leader(&self, leader_endpoint: &str, target: u64) -> Result<()> {
-        self.post(leader_endpoint, "/v3/maintenance/transfer-leadership", json!({"targetID": target.to_string()})).map(|_| ())
+        self.post(
+            leader_endpoint,
+            "/v3/maintenance/transfer-leadership",
+            json!({"targetID": target.to_string()}),
+        )
+        .map(|_| ())
     }
 
     pub fn compact(&self, endpoint: &str, revision: u64, physical: bool) -> Result<()> {
-        self.post(endpoint, "/v3/kv/compaction", json!({"revision": revision.to_string(), "physical": physical})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/kv/compaction",
+            json!({"revision": revision.to_string(), "physical": physical}),
+        )
+        .map(|_| ())
     }
 
     pub fn defrag(&self, endpoint: &str) -> Result<()> {
-        self.post(endpoint, "/v3/maintenance/defragment", json!({})).map(|_| ())
+        self.post(endpoint, "/v3/maintenance/defragment", json!({}))
+            .map(|_| ())
     }
 
     pub fn put(&self, endpoint: &str, key: &[u8], value: &[u8]) -> Result<()> {
         use base64::Engine;
         let b = base64::engine::general_purpose::STANDARD;
-        self.post(endpoint, "/v3/kv/put", json!({"key": b.encode(key), "value": b.encode(value)})).map(|_| ())
+        self.post(
+            endpoint,
+            "/v3/kv/put",
+            json!({"key": b.encode(key), "value": b.encode(value)}),
+        )
+        .map(|_| ())
     }
 
     /// The current revision as seen by `endpoint`.
     pub fn revision(&self, endpoint: &str) -> Result<u64> {
-        let v = self.post(endpoint, "/v3/kv/range", json!({"key": "AA==", "limit": "1", "count_only": true}))?;
+        let v = self.post(
+            endpoint,
+            "/v3/kv/range",
+            json!({"key": "AA==", "limit": "1", "count_only": true}),
+        )?;
         let h: Header = Self::decode(endpoint, v.get("header").cloned().unwrap_or(json!({})))?;
         Ok(h.revision)
     }

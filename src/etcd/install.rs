@@ -20,7 +20,10 @@ pub enum InstallError {
     #[error("{0}")]
     Bad(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Failed(String),
 }
@@ -69,7 +72,8 @@ impl Installed {
         let p = Path::new(STATE_FILE);
         std::fs::create_dir_all(p.parent().unwrap()).map_err(io("creating /var/lib/etcd-charm"))?;
         let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default()).map_err(io(STATE_FILE))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())
+            .map_err(io(STATE_FILE))?;
         std::fs::rename(&tmp, p).map_err(io(STATE_FILE))
     }
     pub fn etcd(&self) -> String {
@@ -105,11 +109,22 @@ pub fn hex(b: &[u8]) -> String {
 
 /// `etcd --version` → "3.5.1".
 pub fn binary_version(etcd: &Path) -> Result<String> {
-    let out = Command::new(etcd).arg("--version").output().map_err(|e| InstallError::Bad(format!("{} does not run: {e}", etcd.display())))?;
+    let out = Command::new(etcd)
+        .arg("--version")
+        .output()
+        .map_err(|e| InstallError::Bad(format!("{} does not run: {e}", etcd.display())))?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.strip_prefix("etcd Version:").map(|v| v.trim().to_string()))
-        .ok_or_else(|| InstallError::Bad(format!("{} is not an etcd binary (no version in `etcd --version`)", etcd.display())))
+        .find_map(|l| {
+            l.strip_prefix("etcd Version:")
+                .map(|v| v.trim().to_string())
+        })
+        .ok_or_else(|| {
+            InstallError::Bad(format!(
+                "{} is not an etcd binary (no version in `etcd --version`)",
+                etcd.display()
+            ))
+        })
 }
 
 /// Checks one tar entry path: relative, no `..`, nothing but normal components.
@@ -120,7 +135,9 @@ pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
             Component::Normal(x) => out.push(x),
             Component::CurDir => {}
             Component::ParentDir => return Err(format!("{} climbs out with '..'", p.display())),
-            Component::RootDir | Component::Prefix(_) => return Err(format!("{} is an absolute path", p.display())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("{} is an absolute path", p.display()))
+            }
         }
     }
     Ok(out)
@@ -129,13 +146,19 @@ pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
 /// Unpacks a gzip tarball into `dest` refusing absolute paths, `..`, links, devices and
 /// oversized entries. A corrupt or truncated archive fails here (gzip's CRC, tar's framing).
 pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), String> {
-    let f = std::fs::File::open(tarball).map_err(|e| format!("cannot open {}: {e}", tarball.display()))?;
+    let f = std::fs::File::open(tarball)
+        .map_err(|e| format!("cannot open {}: {e}", tarball.display()))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
     let mut total = 0u64;
-    let entries = ar.entries().map_err(|e| format!("not a gzip tarball: {e}"))?;
+    let entries = ar
+        .entries()
+        .map_err(|e| format!("not a gzip tarball: {e}"))?;
     for entry in entries {
         let mut e = entry.map_err(|e| format!("damaged tarball: {e}"))?;
-        let path = e.path().map_err(|e| format!("bad entry name: {e}"))?.into_owned();
+        let path = e
+            .path()
+            .map_err(|e| format!("bad entry name: {e}"))?
+            .into_owned();
         let rel = safe_path(&path)?;
         let kind = e.header().entry_type();
         if kind.is_dir() {
@@ -143,12 +166,19 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
             continue;
         }
         if !kind.is_file() {
-            return Err(format!("{} is a {:?} entry; only regular files and directories are accepted", path.display(), kind));
+            return Err(format!(
+                "{} is a {:?} entry; only regular files and directories are accepted",
+                path.display(),
+                kind
+            ));
         }
         let size = e.header().size().map_err(|e| e.to_string())?;
         total += size;
         if size > MAX_FILE || total > MAX_TOTAL {
-            return Err(format!("{} makes the archive larger than allowed", path.display()));
+            return Err(format!(
+                "{} makes the archive larger than allowed",
+                path.display()
+            ));
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
@@ -156,9 +186,11 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
         }
         let mode = e.header().mode().unwrap_or(0o644) & 0o755;
         let mut out = std::fs::File::create(&target).map_err(|e| e.to_string())?;
-        std::io::copy(&mut (&mut e).take(size), &mut out).map_err(|e| format!("damaged tarball at {}: {e}", path.display()))?;
+        std::io::copy(&mut (&mut e).take(size), &mut out)
+            .map_err(|e| format!("damaged tarball at {}: {e}", path.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -178,7 +210,11 @@ fn find_bin_dir(root: &Path) -> Option<PathBuf> {
 
 /// Installs an upstream release tarball. `expected_sha256` (config `archive_sha256`) is
 /// checked first. Re-installing the same tarball is a no-op.
-pub fn install_archive(tarball: &Path, expected_sha256: Option<&str>, label: &str) -> Result<Installed> {
+pub fn install_archive(
+    tarball: &Path,
+    expected_sha256: Option<&str>,
+    label: &str,
+) -> Result<Installed> {
     let sha = sha256_file(tarball).map_err(io(format!("reading {label}")))?;
     if let Some(want) = expected_sha256 {
         if want != sha {
@@ -186,16 +222,28 @@ pub fn install_archive(tarball: &Path, expected_sha256: Option<&str>, label: &st
         }
     }
     if let Some(cur) = Installed::load() {
-        if cur.delivery == Delivery::Archive && cur.source_sha256.as_deref() == Some(sha.as_str()) && Path::new(&cur.etcd()).exists() {
+        if cur.delivery == Delivery::Archive
+            && cur.source_sha256.as_deref() == Some(sha.as_str())
+            && Path::new(&cur.etcd()).exists()
+        {
             return Ok(cur);
         }
     }
     std::fs::create_dir_all(OPT_DIR).map_err(io(OPT_DIR))?;
-    let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(OPT_DIR).map_err(io("staging dir"))?;
-    unpack_safely(tarball, staging.path()).map_err(|e| InstallError::Bad(format!("{label} refused: {e}; attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(OPT_DIR)
+        .map_err(io("staging dir"))?;
+    unpack_safely(tarball, staging.path()).map_err(|e| {
+        InstallError::Bad(format!(
+            "{label} refused: {e}; attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz"
+        ))
+    })?;
     let bin = find_bin_dir(staging.path()).ok_or_else(|| InstallError::Bad(format!("{label} is not an etcd release tarball (no etcd binary inside); attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
     if !bin.join("etcdctl").is_file() {
-        return Err(InstallError::Bad(format!("{label} has no etcdctl; attach a complete upstream etcd release tarball")));
+        return Err(InstallError::Bad(format!(
+            "{label} has no etcdctl; attach a complete upstream etcd release tarball"
+        )));
     }
     let version = binary_version(&bin.join("etcd"))?;
     let final_dir = Path::new(OPT_DIR).join(&version);
@@ -206,10 +254,18 @@ pub fn install_archive(tarball: &Path, expected_sha256: Option<&str>, label: &st
     if final_dir.exists() {
         std::fs::rename(&final_dir, &aside).map_err(io("setting the old version aside"))?;
     }
-    std::fs::rename(&bin, &final_dir).map_err(io(format!("moving etcd {version} into {}", final_dir.display())))?;
+    std::fs::rename(&bin, &final_dir).map_err(io(format!(
+        "moving etcd {version} into {}",
+        final_dir.display()
+    )))?;
     switch_current(&final_dir)?;
     let _ = std::fs::remove_dir_all(&aside);
-    let inst = Installed { delivery: Delivery::Archive, version, bin_dir: format!("{OPT_DIR}/current"), source_sha256: Some(sha) };
+    let inst = Installed {
+        delivery: Delivery::Archive,
+        version,
+        bin_dir: format!("{OPT_DIR}/current"),
+        source_sha256: Some(sha),
+    };
     inst.save()?;
     Ok(inst)
 }
@@ -232,16 +288,27 @@ pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
         return Ok(done);
     }
     let partial = cache.join(format!("{sha256}.partial"));
-    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build().map_err(|e| InstallError::Failed(e.to_string()))?;
-    let mut resp = client.get(url).send().map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .build()
+        .map_err(|e| InstallError::Failed(e.to_string()))?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
     if !resp.status().is_success() {
-        return Err(InstallError::Bad(format!("downloading {url}: HTTP {}; check archive_url", resp.status())));
+        return Err(InstallError::Bad(format!(
+            "downloading {url}: HTTP {}; check archive_url",
+            resp.status()
+        )));
     }
     let mut f = std::fs::File::create(&partial).map_err(io("download file"))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = resp.read(&mut buf).map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
+        let n = resp
+            .read(&mut buf)
+            .map_err(|e| InstallError::Failed(format!("downloading {url}: {e}")))?;
         if n == 0 {
             break;
         }
@@ -259,9 +326,17 @@ pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).env("DEBIAN_FRONTEND", "noninteractive").output().map_err(|e| InstallError::Failed(format!("cannot run {cmd}: {e}")))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| InstallError::Failed(format!("cannot run {cmd}: {e}")))?;
     if !out.status.success() {
-        return Err(InstallError::Failed(format!("{cmd} {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(InstallError::Failed(format!(
+            "{cmd} {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -270,41 +345,82 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
 /// data dir and the service.
 pub fn install_deb() -> Result<Installed> {
     if !Path::new("/usr/bin/etcd").exists() || !Path::new("/usr/bin/etcdctl").exists() {
-        run("apt-get", &["install", "-y", "-q", "--no-install-recommends", "etcd-server", "etcd-client"]).map_err(|e| InstallError::Bad(format!("installing the etcd-server package failed: {e}")))?;
+        run(
+            "apt-get",
+            &[
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "etcd-server",
+                "etcd-client",
+            ],
+        )
+        .map_err(|e| {
+            InstallError::Bad(format!("installing the etcd-server package failed: {e}"))
+        })?;
     }
     stop_package_instance();
     let version = binary_version(Path::new("/usr/bin/etcd"))?;
-    let inst = Installed { delivery: Delivery::Deb, version, bin_dir: "/usr/bin".into(), source_sha256: None };
+    let inst = Installed {
+        delivery: Delivery::Deb,
+        version,
+        bin_dir: "/usr/bin".into(),
+        source_sha256: None,
+    };
     inst.save()?;
     Ok(inst)
 }
 
 pub fn deb_installed() -> bool {
-    Command::new("dpkg-query").args(["-W", "-f=${Status}", "etcd-server"]).output().map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed")).unwrap_or(false)
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "etcd-server"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
 }
 
 /// Stops the Debian package's default instance (systemd unit, or a stray process of it).
 pub fn stop_package_instance() {
     if crate::etcd::service::systemd_present() {
-        let _ = Command::new("systemctl").args(["disable", "--now", "etcd.service"]).output();
+        let _ = Command::new("systemctl")
+            .args(["disable", "--now", "etcd.service"])
+            .output();
     }
     for pid in crate::etcd::service::pids_of_exe("/usr/bin/etcd") {
         if !crate::etcd::service::is_ours(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGTERM,
+            );
         }
     }
 }
 
 pub fn snapd_present() -> bool {
-    Path::new("/run/snapd.socket").exists() && Command::new("snap").arg("version").output().map(|o| o.status.success()).unwrap_or(false)
+    Path::new("/run/snapd.socket").exists()
+        && Command::new("snap")
+            .arg("version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
 }
 
 /// The snap (only where snapd runs; not available on the local controller's machines).
 pub fn install_snap(channel: &str) -> Result<Installed> {
-    let ch = if channel == "auto" { "3.5/stable" } else { channel };
+    let ch = if channel == "auto" {
+        "3.5/stable"
+    } else {
+        channel
+    };
     run("snap", &["install", "etcd", "--channel", ch])?;
     let version = binary_version(Path::new("/snap/bin/etcd"))?;
-    let inst = Installed { delivery: Delivery::Snap, version, bin_dir: "/snap/bin".into(), source_sha256: None };
+    let inst = Installed {
+        delivery: Delivery::Snap,
+        version,
+        bin_dir: "/snap/bin".into(),
+        source_sha256: None,
+    };
     inst.save()?;
     Ok(inst)
 }
@@ -368,7 +484,10 @@ mod tests {
 
     #[test]
     fn unpacks_a_good_archive() {
-        let t = tarball(&[("etcd-v3/etcd", b"bin", tar::EntryType::Regular), ("etcd-v3/etcdctl", b"ctl", tar::EntryType::Regular)]);
+        let t = tarball(&[
+            ("etcd-v3/etcd", b"bin", tar::EntryType::Regular),
+            ("etcd-v3/etcdctl", b"ctl", tar::EntryType::Regular),
+        ]);
         let d = tempfile::tempdir().unwrap();
         unpack_safely(t.path(), d.path()).unwrap();
         assert_eq!(find_bin_dir(d.path()).unwrap(), d.path().join("etcd-v3"));

@@ -25,7 +25,11 @@ fn yaml_str(s: &str) -> String {
 }
 
 pub fn etcd_config(m: &Member, c: &Config) -> String {
-    let listen_ip = if c.bind_to_all_interfaces { "0.0.0.0".to_string() } else { m.address.clone() };
+    let listen_ip = if c.bind_to_all_interfaces {
+        "0.0.0.0".to_string()
+    } else {
+        m.address.clone()
+    };
     let mut client_listen = vec![format!("https://{listen_ip}:{}", c.port)];
     if !c.bind_to_all_interfaces {
         client_listen.push(format!("https://127.0.0.1:{}", c.port));
@@ -46,19 +50,46 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     s.push_str("# Rendered by the etcd charm; changes are overwritten.\n");
     s.push_str(&format!("name: {}\n", yaml_str(&m.name)));
     s.push_str(&format!("data-dir: {}\n", yaml_str(&m.data_dir)));
-    s.push_str(&format!("initial-cluster: {}\n", yaml_str(&m.initial_cluster)));
-    s.push_str(&format!("initial-cluster-state: {}\n", match m.state { ClusterState::New => "new", ClusterState::Existing => "existing" }));
+    s.push_str(&format!(
+        "initial-cluster: {}\n",
+        yaml_str(&m.initial_cluster)
+    ));
+    s.push_str(&format!(
+        "initial-cluster-state: {}\n",
+        match m.state {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    ));
     s.push_str(&format!("initial-cluster-token: {}\n", yaml_str(&m.token)));
-    s.push_str(&format!("initial-advertise-peer-urls: {}\n", yaml_str(&format!("https://{}:{}", m.address, c.management_port))));
-    s.push_str(&format!("listen-peer-urls: {}\n", yaml_str(&format!("https://{listen_ip}:{}", c.management_port))));
-    s.push_str(&format!("listen-client-urls: {}\n", yaml_str(&client_listen.join(","))));
-    s.push_str(&format!("advertise-client-urls: {}\n", yaml_str(&format!("https://{}:{}", m.address, c.port))));
+    s.push_str(&format!(
+        "initial-advertise-peer-urls: {}\n",
+        yaml_str(&format!("https://{}:{}", m.address, c.management_port))
+    ));
+    s.push_str(&format!(
+        "listen-peer-urls: {}\n",
+        yaml_str(&format!("https://{listen_ip}:{}", c.management_port))
+    ));
+    s.push_str(&format!(
+        "listen-client-urls: {}\n",
+        yaml_str(&client_listen.join(","))
+    ));
+    s.push_str(&format!(
+        "advertise-client-urls: {}\n",
+        yaml_str(&format!("https://{}:{}", m.address, c.port))
+    ));
     s.push_str(&format!("heartbeat-interval: {}\n", c.heartbeat_interval));
     s.push_str(&format!("election-timeout: {}\n", c.election_timeout));
     s.push_str(&format!("snapshot-count: {}\n", c.snapshot_count));
     s.push_str(&format!("quota-backend-bytes: {}\n", c.quota_backend_bytes));
-    s.push_str(&format!("auto-compaction-mode: {}\n", c.auto_compaction_mode));
-    s.push_str(&format!("auto-compaction-retention: {}\n", yaml_str(&c.auto_compaction_retention)));
+    s.push_str(&format!(
+        "auto-compaction-mode: {}\n",
+        c.auto_compaction_mode
+    ));
+    s.push_str(&format!(
+        "auto-compaction-retention: {}\n",
+        yaml_str(&c.auto_compaction_retention)
+    ));
     s.push_str("strict-reconfig-check: true\n");
     s.push_str("pre-vote: true\n");
     // 3.4 turns the HTTP/JSON gateway off when a config file is used (etcd-notes §0.1).
@@ -70,7 +101,10 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     s.push_str("max-snapshots: 5\n");
     s.push_str("max-wals: 5\n");
     if !c.tls_cipher_suites.is_empty() {
-        s.push_str(&format!("cipher-suites: [{}]\n", c.tls_cipher_suites.join(", ")));
+        s.push_str(&format!(
+            "cipher-suites: [{}]\n",
+            c.tls_cipher_suites.join(", ")
+        ));
     }
     s.push_str("client-transport-security:\n");
     s.push_str(&tls("server.crt", "server.key"));
@@ -93,13 +127,25 @@ mod tests {
     use std::path::PathBuf;
 
     fn golden(name: &str, actual: &str) {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, actual).unwrap();
         }
-        let want = std::fs::read_to_string(&p).unwrap_or_else(|_| panic!("missing golden file {} (run with UPDATE_GOLDEN=1)", p.display()));
-        assert_eq!(actual, want, "{} differs; rerun with UPDATE_GOLDEN=1 if the change is intended", p.display());
+        let want = std::fs::read_to_string(&p).unwrap_or_else(|_| {
+            panic!(
+                "missing golden file {} (run with UPDATE_GOLDEN=1)",
+                p.display()
+            )
+        });
+        assert_eq!(
+            actual,
+            want,
+            "{} differs; rerun with UPDATE_GOLDEN=1 if the change is intended",
+            p.display()
+        );
     }
 
     fn member(state: ClusterState) -> Member {
@@ -120,14 +166,22 @@ mod tests {
 
     #[test]
     fn default_config() {
-        golden("etcd-default.conf.yml", &etcd_config(&member(ClusterState::New), &config(serde_json::json!({}))));
+        golden(
+            "etcd-default.conf.yml",
+            &etcd_config(&member(ClusterState::New), &config(serde_json::json!({}))),
+        );
     }
 
     #[test]
     fn all_interfaces_insecure_http_and_ciphers() {
-        let c = config(serde_json::json!({"bind_to_all_interfaces": true, "bind_with_insecure_http": true, "port": 12379, "management_port": 12380,
-            "tls_cipher_suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "heartbeat_interval": 200, "election_timeout": 2000}));
-        golden("etcd-all-interfaces.conf.yml", &etcd_config(&member(ClusterState::Existing), &c));
+        let c = config(
+            serde_json::json!({"bind_to_all_interfaces": true, "bind_with_insecure_http": true, "port": 12379, "management_port": 12380,
+            "tls_cipher_suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384", "heartbeat_interval": 200, "election_timeout": 2000}),
+        );
+        golden(
+            "etcd-all-interfaces.conf.yml",
+            &etcd_config(&member(ClusterState::Existing), &c),
+        );
     }
 
     #[test]
@@ -135,12 +189,21 @@ mod tests {
         let s = etcd_config(&member(ClusterState::New), &config(serde_json::json!({})));
         let v: serde_yaml::Value = serde_yaml::from_str(&s).unwrap();
         assert_eq!(v["enable-grpc-gateway"], serde_yaml::Value::Bool(true));
-        assert_eq!(v["client-transport-security"]["client-cert-auth"], serde_yaml::Value::Bool(true));
-        assert!(!s.contains("http://"), "no plaintext listener unless configured");
+        assert_eq!(
+            v["client-transport-security"]["client-cert-auth"],
+            serde_yaml::Value::Bool(true)
+        );
+        assert!(
+            !s.contains("http://"),
+            "no plaintext listener unless configured"
+        );
     }
 
     #[test]
     fn systemd() {
-        golden("etcd.service", &systemd_unit("/opt/etcd/current/etcd", "/etc/etcd/etcd.conf.yml"));
+        golden(
+            "etcd.service",
+            &systemd_unit("/opt/etcd/current/etcd", "/etc/etcd/etcd.conf.yml"),
+        );
     }
 }

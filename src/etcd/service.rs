@@ -24,7 +24,15 @@ fn read_pid(p: &str) -> Option<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z')).unwrap_or(false)
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
 }
 
 /// PIDs whose executable is `exe`.
@@ -32,7 +40,10 @@ pub fn pids_of_exe(exe: &str) -> Vec<u32> {
     let mut out = vec![];
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-            if std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p == Path::new(exe)).unwrap_or(false) {
+            if std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|p| p == Path::new(exe))
+                .unwrap_or(false)
+            {
                 out.push(pid);
             }
         }
@@ -52,9 +63,14 @@ pub struct Service {
 impl Service {
     pub fn running(&self) -> bool {
         if systemd_present() {
-            return Command::new("systemctl").args(["is-active", "--quiet", "etcd.service"]).status().map(|s| s.success()).unwrap_or(false);
+            return Command::new("systemctl")
+                .args(["is-active", "--quiet", "etcd.service"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
         }
-        read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false) && read_pid(ETCD_PID).map(alive).unwrap_or(false)
+        read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false)
+            && read_pid(ETCD_PID).map(alive).unwrap_or(false)
     }
 
     pub fn supervisor_alive(&self) -> bool {
@@ -64,11 +80,20 @@ impl Service {
     /// Starts etcd (no-op when it already runs).
     pub fn start(&self) -> std::io::Result<()> {
         if systemd_present() {
-            crate::pki::write_file(Path::new(UNIT_FILE), super::render::systemd_unit(&self.etcd_binary, CONFIG_FILE).as_bytes(), 0o644).map_err(std::io::Error::other)?;
+            crate::pki::write_file(
+                Path::new(UNIT_FILE),
+                super::render::systemd_unit(&self.etcd_binary, CONFIG_FILE).as_bytes(),
+                0o644,
+            )
+            .map_err(std::io::Error::other)?;
             let _ = Command::new("systemctl").arg("daemon-reload").status();
-            let st = Command::new("systemctl").args(["enable", "--now", "etcd.service"]).status()?;
+            let st = Command::new("systemctl")
+                .args(["enable", "--now", "etcd.service"])
+                .status()?;
             if !st.success() {
-                return Err(std::io::Error::other("systemctl enable --now etcd.service failed"));
+                return Err(std::io::Error::other(
+                    "systemctl enable --now etcd.service failed",
+                ));
             }
             return Ok(());
         }
@@ -77,7 +102,10 @@ impl Service {
         }
         // An etcd left behind by a supervisor that was killed would hold the ports.
         if let Some(pid) = read_pid(ETCD_PID).filter(|p| alive(*p)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(20);
             while alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
@@ -87,7 +115,16 @@ impl Service {
         std::fs::create_dir_all(Path::new(LOG_FILE).parent().unwrap())?;
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        cmd.args(["supervise", "--etcd", &self.etcd_binary, "--config", CONFIG_FILE]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.args([
+            "supervise",
+            "--etcd",
+            &self.etcd_binary,
+            "--config",
+            CONFIG_FILE,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         use std::os::unix::process::CommandExt;
         unsafe {
             cmd.pre_exec(|| {
@@ -110,21 +147,32 @@ impl Service {
     /// Stops etcd and waits until it is gone.
     pub fn stop(&self) -> std::io::Result<()> {
         if systemd_present() {
-            let _ = Command::new("systemctl").args(["stop", "etcd.service"]).status();
+            let _ = Command::new("systemctl")
+                .args(["stop", "etcd.service"])
+                .status();
             return Ok(());
         }
         let sup = read_pid(SUPERVISOR_PID);
         let child = read_pid(ETCD_PID);
         if let Some(pid) = sup.filter(|p| alive(*p)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGTERM,
+            );
         } else if let Some(pid) = child.filter(|p| alive(*p)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::SIGTERM,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         while [sup, child].iter().flatten().any(|p| alive(*p)) {
             if Instant::now() > deadline {
                 for p in [sup, child].into_iter().flatten() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p as i32),
+                        nix::sys::signal::SIGKILL,
+                    );
                 }
                 break;
             }
@@ -147,7 +195,11 @@ extern "C" fn on_term(_: libc::c_int) {
 
 fn log_line(msg: &str) {
     use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(LOG_FILE) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(LOG_FILE)
+    {
         let _ = writeln!(f, "etcd-charm supervise: {msg}");
     }
 }
@@ -157,20 +209,35 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::write(SUPERVISOR_PID, std::process::id().to_string())?;
-    let act = SigAction::new(SigHandler::Handler(on_term), SaFlags::empty(), SigSet::empty());
+    let act = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
     unsafe {
         sigaction(Signal::SIGTERM, &act)?;
         sigaction(Signal::SIGINT, &act)?;
     }
     let mut backoff = Duration::from_secs(1);
     loop {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(LOG_FILE)?;
-        let mut child = Command::new(etcd).args(["--config-file", config]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(LOG_FILE)?;
+        let mut child = Command::new(etcd)
+            .args(["--config-file", config])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
         std::fs::write(ETCD_PID, child.id().to_string())?;
         let started = Instant::now();
         let status = loop {
             if TERM.load(Ordering::SeqCst) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    Signal::SIGTERM,
+                );
                 let deadline = Instant::now() + Duration::from_secs(25);
                 while child.try_wait()?.is_none() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
@@ -197,7 +264,10 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_secs(1);
         }
-        log_line(&format!("etcd failed ({status}); restarting in {}s", backoff.as_secs()));
+        log_line(&format!(
+            "etcd failed ({status}); restarting in {}s",
+            backoff.as_secs()
+        ));
         let until = Instant::now() + backoff;
         while Instant::now() < until && !TERM.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));

@@ -15,7 +15,11 @@ pub fn target_dir() -> PathBuf {
 
 pub fn harness_bin() -> PathBuf {
     let p = target_dir().join("charm-harness");
-    assert!(p.exists(), "{} missing: build the workspace first (cargo build --release --workspace)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: build the workspace first (cargo build --release --workspace)",
+        p.display()
+    );
     p
 }
 
@@ -28,7 +32,10 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(std::env::var("ETCD_CHARM_FIXTURES").unwrap_or_else(|_| "/var/cache/etcd-charm-test".into()))
+    PathBuf::from(
+        std::env::var("ETCD_CHARM_FIXTURES")
+            .unwrap_or_else(|_| "/var/cache/etcd-charm-test".into()),
+    )
 }
 
 pub struct Env {
@@ -45,15 +52,26 @@ pub struct Run {
 
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
-        Run { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into_owned(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
     }
 }
 
 impl Env {
     /// A fresh controller with one model. `config` are model-config settings.
     pub fn new(model: &str, config: &[&str]) -> Env {
-        let home = tempfile::Builder::new().prefix("harness-test-").tempdir_in("/tmp").unwrap();
-        let env = Env { home, model: model.to_string(), bin: harness_bin() };
+        let home = tempfile::Builder::new()
+            .prefix("harness-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let env = Env {
+            home,
+            model: model.to_string(),
+            bin: harness_bin(),
+        };
         env.ok(&["add-model", "--no-switch", model]);
         let mut args = vec!["model-config"];
         args.extend(config);
@@ -65,18 +83,28 @@ impl Env {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
-        c.env("CHARM_HARNESS_HOME", self.home.path()).env("JUJU_MODEL", &self.model);
+        c.env("CHARM_HARNESS_HOME", self.home.path())
+            .env("JUJU_MODEL", &self.model);
         c
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
-        self.cmd().args(args).stdin(Stdio::null()).output().unwrap().into()
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
     }
 
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert_eq!(r.code, 0, "charm-harness {args:?} failed:\n{}{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.code, 0,
+            "charm-harness {args:?} failed:\n{}{}",
+            r.stdout, r.stderr
+        );
         r.stdout
     }
 
@@ -94,23 +122,43 @@ impl Env {
             }
             if Instant::now() > deadline {
                 let log = self.run(&["debug-log", "--limit", "60"]).stdout;
-                panic!("timed out waiting for {what}\n{}\n--- debug-log ---\n{log}", self.ok(&["status"]));
+                panic!(
+                    "timed out waiting for {what}\n{}\n--- debug-log ---\n{log}",
+                    self.ok(&["status"])
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Waits until every unit of `app` (exactly `n` of them) shows `workload` and is idle.
-    pub fn wait_units(&self, app: &str, n: usize, workload: &str, msg_prefix: &str, timeout: Duration) -> Value {
-        self.wait(&format!("{n} units of {app} {workload} {msg_prefix:?}"), timeout, |s| {
-            let units = s["applications"][app]["units"].as_object().cloned().unwrap_or_default();
-            units.len() == n
-                && units.values().all(|u| {
-                    u["workload-status"]["current"] == workload
-                        && u["workload-status"]["message"].as_str().unwrap_or("").starts_with(msg_prefix)
-                        && u["juju-status"]["current"] == "idle"
-                })
-        })
+    pub fn wait_units(
+        &self,
+        app: &str,
+        n: usize,
+        workload: &str,
+        msg_prefix: &str,
+        timeout: Duration,
+    ) -> Value {
+        self.wait(
+            &format!("{n} units of {app} {workload} {msg_prefix:?}"),
+            timeout,
+            |s| {
+                let units = s["applications"][app]["units"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default();
+                units.len() == n
+                    && units.values().all(|u| {
+                        u["workload-status"]["current"] == workload
+                            && u["workload-status"]["message"]
+                                .as_str()
+                                .unwrap_or("")
+                                .starts_with(msg_prefix)
+                            && u["juju-status"]["current"] == "idle"
+                    })
+            },
+        )
     }
 
     pub fn settle(&self, timeout: &str) {
@@ -124,35 +172,60 @@ impl Env {
 
     pub fn exec_ok(&self, unit: &str, script: &str) -> String {
         let r = self.exec(unit, script);
-        assert_eq!(r.code, 0, "exec on {unit} {script:?} failed:\n{}{}", r.stdout, r.stderr);
+        assert_eq!(
+            r.code, 0,
+            "exec on {unit} {script:?} failed:\n{}{}",
+            r.stdout, r.stderr
+        );
         r.stdout
     }
 
     pub fn units(&self, app: &str) -> Vec<String> {
         let s = self.status();
-        let mut v: Vec<String> = s["applications"][app]["units"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
-        v.sort_by_key(|u| u.rsplit('/').next().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+        let mut v: Vec<String> = s["applications"][app]["units"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort_by_key(|u| {
+            u.rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
         v
     }
 
     pub fn leader(&self, app: &str) -> String {
         let s = self.status();
-        s["applications"][app]["units"].as_object().unwrap().iter().find(|(_, u)| u["leader"] == true).map(|(k, _)| k.clone()).expect("a leader")
+        s["applications"][app]["units"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .find(|(_, u)| u["leader"] == true)
+            .map(|(k, _)| k.clone())
+            .expect("a leader")
     }
 
     pub fn address(&self, unit: &str) -> String {
         let s = self.status();
-        s["applications"][unit.split('/').next().unwrap()]["units"][unit]["public-address"].as_str().unwrap().to_string()
+        s["applications"][unit.split('/').next().unwrap()]["units"][unit]["public-address"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn machine(&self, unit: &str) -> String {
         let s = self.status();
-        s["applications"][unit.split('/').next().unwrap()]["units"][unit]["machine"].as_str().unwrap().to_string()
+        s["applications"][unit.split('/').next().unwrap()]["units"][unit]["machine"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The host PID of a machine's PID 1.
     pub fn machine_pid(&self, machine: &str) -> u32 {
-        let v: Value = serde_json::from_str(&self.ok(&["show-machine", machine, "--format", "json"])).unwrap();
+        let v: Value =
+            serde_json::from_str(&self.ok(&["show-machine", machine, "--format", "json"])).unwrap();
         v[machine]["init-pid"].as_u64().unwrap() as u32
     }
 }
@@ -172,7 +245,11 @@ pub fn etcd_tarball(dir: &Path, bin_dir: &Path, version: &str) -> PathBuf {
     let mut b = tar::Builder::new(gz);
     for e in std::fs::read_dir(bin_dir).unwrap() {
         let e = e.unwrap();
-        b.append_path_with_name(e.path(), format!("{top}/{}", e.file_name().to_string_lossy())).unwrap();
+        b.append_path_with_name(
+            e.path(),
+            format!("{top}/{}", e.file_name().to_string_lossy()),
+        )
+        .unwrap();
     }
     b.into_inner().unwrap().finish().unwrap();
     out

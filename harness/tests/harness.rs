@@ -1,0 +1,673 @@
+//! The local controller against the shell-script probe charm (tests/charms/probe): hook tool
+//! formats and exit codes, transactional rules, hook order, leader re-election, actions,
+//! secrets, resources, storage, isolation, faults, restarts, and that nothing leaks.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::*;
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn probe() -> String {
+    repo_root()
+        .join("tests/charms/probe")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn deploy(env: &Env, app: &str, n: u32) {
+    env.ok(&["deploy", &probe(), app, "-n", &n.to_string()]);
+    env.wait_units(app, n as usize, "active", "started", MIN);
+    env.settle("1m");
+}
+
+/// Events the probe recorded on a unit: (dispatch path, remote unit, relation id, departing).
+fn events(env: &Env, unit: &str) -> Vec<Vec<String>> {
+    env.exec_ok(unit, "cat /var/lib/probe/events.log")
+        .lines()
+        .map(|l| l.split(' ').map(String::from).collect())
+        .collect()
+}
+
+fn pos(ev: &[Vec<String>], path: &str) -> usize {
+    ev.iter()
+        .position(|e| e[0] == path)
+        .unwrap_or_else(|| panic!("{path} never ran: {ev:?}"))
+}
+
+#[test]
+fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
+    let env = Env::new("tools", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 1);
+    let u = "probe/0";
+    let json = |script: &str| -> Value {
+        serde_json::from_str(env.exec_ok(u, script).trim())
+            .unwrap_or_else(|e| panic!("{script}: {e}"))
+    };
+
+    let cfg = json("config-get --format=json");
+    assert_eq!(cfg["greeting"], "hello");
+    assert_eq!(cfg["count"], 3);
+    assert!(
+        cfg.get("unset-option").is_none(),
+        "options without value are left out: {cfg}"
+    );
+    assert!(json("config-get --all --format=json")["unset-option"].is_null());
+    assert_eq!(
+        env.exec_ok(u, "config-get nope --format=json").trim(),
+        "null"
+    );
+    assert_eq!(env.exec_ok(u, "config-get greeting"), "hello\n");
+
+    assert_eq!(json("is-leader --format=json"), Value::Bool(true));
+    assert_eq!(env.exec_ok(u, "is-leader"), "True\n");
+
+    let r = env.exec(u, "status-set bogus");
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(
+            "invalid status \"bogus\", expected one of [maintenance blocked waiting active]"
+        ),
+        "{}",
+        r.stderr
+    );
+    env.exec_ok(
+        u,
+        "status-set --application=True waiting -- '-dash message'",
+    );
+    let st = json("status-get --application=true --include-data --format=json");
+    assert_eq!(st["application-status"]["status"], "waiting");
+    assert_eq!(st["application-status"]["message"], "-dash message");
+    assert!(st["application-status"]["units"]["probe/0"]["status"].is_string());
+    let st = json("status-get --include-data --format=json");
+    assert!(
+        st.get("status").is_some()
+            && st.get("message").is_some()
+            && st.get("status-data").is_some(),
+        "{st}"
+    );
+    assert_eq!(
+        env.exec_ok(u, "status-get"),
+        format!("{}\n", st["status"].as_str().unwrap())
+    );
+
+    assert_eq!(
+        json("relation-ids peers --format=json"),
+        serde_json::json!(["peers:0"])
+    );
+    assert_eq!(json("relation-ids db --format=json"), serde_json::json!([]));
+    let r = env.exec(u, "relation-list -r peers:99 --format=json");
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("relation not found"), "{}", r.stderr);
+    let r = env.exec(u, "relation-list --format=json");
+    assert_eq!(r.code, 2, "no relation id outside a relation hook");
+    let bag = json("relation-get -r peers:0 - probe/0 --format=json");
+    for k in ["private-address", "ingress-address", "egress-subnets"] {
+        assert!(bag[k].is_string(), "{k} auto-filled: {bag}");
+    }
+    assert_eq!(
+        env.exec_ok(u, "relation-get -r peers:0 nokey probe/0 --format=json")
+            .trim(),
+        "null"
+    );
+    let r = env.exec(u, "relation-get -r peers:0 - probe");
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("expected unit name, got application name"),
+        "{}",
+        r.stderr
+    );
+    assert!(env.exec_ok(u, "relation-set --help").contains("--file"));
+
+    assert_eq!(
+        env.exec_ok(u, "leader-get --format=json nokey").trim(),
+        "null"
+    );
+    assert_eq!(json("leader-get --format=json -")["leader"], "probe/0");
+    let r = env.exec(u, "leader-set novalue");
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("expected \"key=value\""), "{}", r.stderr);
+
+    let r = env.exec(u, "action-get");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not running an action"));
+    assert_eq!(env.exec(u, "juju-log").code, 2);
+    env.exec_ok(u, "juju-log --log-level WARNING -- hello from the probe");
+    assert!(env
+        .ok(&["debug-log", "--limit", "20"])
+        .contains("hello from the probe"));
+
+    let net = json("network-get peers --format=json");
+    let addr = env.address(u);
+    assert_eq!(
+        net["bind-addresses"][0]["addresses"][0]["value"],
+        addr.as_str()
+    );
+    assert_eq!(net["ingress-addresses"][0], addr.as_str());
+    assert_eq!(
+        env.exec_ok(u, "network-get peers --ingress-address"),
+        format!("{addr}\n")
+    );
+    let r = env.exec(u, "network-get bogus");
+    assert_eq!(r.code, 1);
+    assert!(r
+        .stderr
+        .contains("no network config found for binding \"bogus\""));
+    assert_eq!(
+        json("unit-get private-address --format=json"),
+        Value::String(addr.clone())
+    );
+    assert_eq!(env.exec(u, "unit-get nonsense").code, 2);
+
+    // Ports commit only when the context exits 0.
+    assert_eq!(
+        env.exec_ok(u, "open-port 8080/TCP; opened-ports --format=json")
+            .trim(),
+        "[]"
+    );
+    assert_eq!(
+        json("opened-ports --format=json"),
+        serde_json::json!(["8080/tcp"])
+    );
+    env.exec(u, "close-port 8080; exit 3");
+    assert_eq!(
+        json("opened-ports --format=json"),
+        serde_json::json!(["8080/tcp"])
+    );
+
+    assert_eq!(
+        json("storage-list --format=json"),
+        serde_json::json!(["data/0"])
+    );
+    let sg = json("storage-get -s data/0 --format=json");
+    assert_eq!(sg["kind"], "filesystem");
+    env.exec_ok(u, &format!("test -d {}", sg["location"].as_str().unwrap()));
+    assert_eq!(env.exec(u, "storage-get -s data/0 bogus").code, 1);
+
+    // Resources: missing until attached, then a path printed without a newline.
+    let r = env.exec(u, "resource-get blob");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("could not download resource"),
+        "{}",
+        r.stderr
+    );
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "resource body v1").unwrap();
+    env.ok(&[
+        "attach-resource",
+        "probe",
+        &format!("blob={}", f.path().display()),
+    ]);
+    env.settle("1m");
+    let path = env.exec_ok(u, "resource-get blob");
+    assert!(
+        !path.ends_with('\n') && path.ends_with("blob.txt"),
+        "{path:?}"
+    );
+    assert_eq!(env.exec_ok(u, &format!("cat {path}")), "resource body v1");
+    let ev = events(&env, u);
+    let up = ev
+        .iter()
+        .rposition(|e| e[0] == "hooks/upgrade-charm")
+        .expect("upgrade-charm after attach-resource");
+    assert!(
+        ev[up..].iter().any(|e| e[0] == "hooks/config-changed")
+            && ev[up..].iter().any(|e| e[0] == "hooks/start")
+    );
+
+    // Secrets: added in one context, read in the next; an app secret by label.
+    let id = env.exec_ok(u, "echo -n s3cret > /tmp/v; secret-add --owner application --label db-pass password#file=/tmp/v");
+    assert!(id.trim().starts_with("secret:"), "{id}");
+    assert_eq!(
+        json("secret-get --label db-pass --format=json")["password"],
+        "s3cret"
+    );
+    assert_eq!(
+        env.exec_ok(u, &format!("secret-get {} password", id.trim())),
+        "s3cret\n"
+    );
+    assert_eq!(
+        json(&format!("secret-info-get {} --format=json", id.trim()))
+            [id.trim().trim_start_matches("secret:")]["revision"],
+        1
+    );
+    let r = env.exec(u, "secret-get secret:doesnotexist");
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("not found"));
+    let r = env.exec(u, "secret-add");
+    assert_eq!(r.code, 2);
+
+    let gs = json("goal-state --format=json");
+    assert_eq!(gs["units"]["probe/0"]["status"], "active");
+    assert!(gs["units"]["probe/0"]["since"]
+        .as_str()
+        .unwrap()
+        .contains('T'));
+}
+
+#[test]
+fn relation_writes_commit_only_on_success_and_status_is_immediate() {
+    let env = Env::new("txn", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 2);
+    let r = env.exec("probe/0", "relation-set -r peers:0 txn=failed; status-set blocked 'set while failing'; leader-set during=failure; exit 1");
+    assert_eq!(r.code, 1);
+    let bag: Value = serde_json::from_str(
+        &env.exec_ok("probe/1", "relation-get -r peers:0 - probe/0 --format=json"),
+    )
+    .unwrap();
+    assert!(
+        bag.get("txn").is_none(),
+        "a failed context must not publish relation data: {bag}"
+    );
+    let s = env.status();
+    assert_eq!(
+        s["applications"]["probe"]["units"]["probe/0"]["workload-status"]["message"],
+        "set while failing"
+    );
+    assert_eq!(
+        env.exec_ok("probe/1", "leader-get during").trim(),
+        "failure",
+        "leader-set is immediate"
+    );
+
+    let before = events(&env, "probe/1").len();
+    env.exec_ok(
+        "probe/0",
+        "relation-set -r peers:0 txn=ok; relation-get -r peers:0 txn probe/0",
+    );
+    let bag: Value = serde_json::from_str(
+        &env.exec_ok("probe/1", "relation-get -r peers:0 - probe/0 --format=json"),
+    )
+    .unwrap();
+    assert_eq!(bag["txn"], "ok");
+    // The other unit hears about it; the writer does not.
+    env.settle("1m");
+    let after = events(&env, "probe/1");
+    assert!(
+        after[before..]
+            .iter()
+            .any(|e| e[0] == "hooks/peers-relation-changed" && e[1] == "probe/0"),
+        "{:?}",
+        &after[before..]
+    );
+}
+
+#[test]
+fn hooks_run_in_jujus_order_and_a_new_leader_is_elected() {
+    let env = Env::new("order", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 3);
+    let leader = env.leader("probe");
+    for u in env.units("probe") {
+        let ev = events(&env, &u);
+        let lead = if u == leader {
+            "hooks/leader-elected"
+        } else {
+            "hooks/leader-settings-changed"
+        };
+        let order = [
+            "hooks/data-storage-attached",
+            "hooks/install",
+            "hooks/peers-relation-created",
+            lead,
+            "hooks/config-changed",
+            "hooks/start",
+        ];
+        let idx: Vec<usize> = order.iter().map(|p| pos(&ev, p)).collect();
+        assert!(
+            idx.windows(2).all(|w| w[0] < w[1]),
+            "{u}: startup order {idx:?} in {ev:?}"
+        );
+        for other in env.units("probe").into_iter().filter(|o| o != &u) {
+            let j = ev
+                .iter()
+                .position(|e| e[0] == "hooks/peers-relation-joined" && e[1] == other)
+                .expect("joined");
+            let c = ev
+                .iter()
+                .position(|e| e[0] == "hooks/peers-relation-changed" && e[1] == other)
+                .expect("changed");
+            assert!(
+                pos(&ev, "hooks/start") < j && j < c,
+                "{u}: joined {other} before changed, after start"
+            );
+        }
+    }
+    // Remove the leader: the others see it depart, one becomes leader.
+    env.ok(&["remove-unit", "--no-prompt", &leader]);
+    env.wait("a new leader", MIN, |s| {
+        let units = s["applications"]["probe"]["units"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        units.len() == 2 && units.values().any(|u| u["leader"] == true)
+    });
+    env.settle("1m");
+    let new_leader = env.leader("probe");
+    assert_ne!(new_leader, leader);
+    let ev = events(&env, &new_leader);
+    let dep = ev
+        .iter()
+        .position(|e| e[0] == "hooks/peers-relation-departed" && e[1] == leader)
+        .expect("departed");
+    assert_eq!(
+        ev[dep][3], leader,
+        "JUJU_DEPARTING_UNIT names the leaving unit"
+    );
+    assert!(
+        ev.iter()
+            .rposition(|e| e[0] == "hooks/leader-elected")
+            .unwrap()
+            > pos(&ev, "hooks/start")
+    );
+    assert_eq!(env.exec_ok(&new_leader, "is-leader"), "True\n");
+}
+
+#[test]
+fn update_status_fires_at_the_configured_interval() {
+    let env = Env::new("tick", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 1);
+    env.ok(&["model-config", "update-status-hook-interval=1s"]);
+    let start = Instant::now();
+    env.wait("three update-status hooks", MIN, |_| {
+        events(&env, "probe/0")
+            .iter()
+            .filter(|e| e[0] == "hooks/update-status")
+            .count()
+            >= 3
+    });
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "update-status fired faster than its interval"
+    );
+    env.ok(&["model-config", "update-status-hook-interval=1h"]);
+    let r = env.run(&["model-config", "update-status-hook-interval=often"]);
+    assert_ne!(r.code, 0);
+}
+
+#[test]
+fn actions_report_results_and_failures_like_juju_run() {
+    let env = Env::new("acts", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 1);
+    let r = env.run(&["run", "--format", "json", "probe/leader", "echo", "times=3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    let t = &v["probe/0"];
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["results"]["result"]["text"], "hi", "defaults filled in");
+    assert_eq!(t["results"]["result"]["times"], "3");
+    assert_eq!(t["results"]["return-code"], 0);
+    assert!(t["log"][0].as_str().unwrap().ends_with("echoing"));
+    assert!(t["id"].is_string());
+
+    let r = env.run(&["run", "--format", "json", "probe/0", "fail"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("task failed"), "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["probe/0"]["status"], "failed");
+    assert_eq!(v["probe/0"]["message"], "it broke");
+    assert_eq!(
+        v["probe/0"]["results"]["partial"], "yes",
+        "results set before action-fail are kept"
+    );
+
+    let r = env.run(&["run", "probe/0", "echo", "bogus=1"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("additional property"), "{}", r.stderr);
+    let r = env.run(&["run", "probe/0", "nosuchaction"]);
+    assert!(r.stderr.contains("not defined"), "{}", r.stderr);
+    let r = env.run(&[
+        "run",
+        "--format",
+        "json",
+        "probe/0",
+        "tool",
+        "argv=action-set Bad_Key=1",
+    ]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["probe/0"]["results"]["code"], "2",
+        "invalid action-set keys are argument errors"
+    );
+
+    // juju exec: output and exit code of the command.
+    let r = env.run(&[
+        "exec",
+        "--unit",
+        "probe/0",
+        "--",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (7, "out\n"));
+    assert!(r.stderr.contains("err"));
+    let r = env.run(&[
+        "exec", "--format", "json", "--unit", "probe/0", "--", "echo hi",
+    ]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["probe/0"]["results"]["stdout"], "hi\n");
+}
+
+#[test]
+fn a_failed_hook_puts_the_unit_in_error_until_resolved() {
+    let env = Env::new(
+        "errs",
+        &[
+            "update-status-hook-interval=1h",
+            "automatically-retry-hooks=false",
+        ],
+    );
+    deploy(&env, "probe", 1);
+    env.ok(&["config", "probe", "fail-hook=config-changed"]);
+    env.wait("the unit in error", MIN, |s| {
+        s["applications"]["probe"]["units"]["probe/0"]["workload-status"]["message"]
+            == "hook failed: \"config-changed\""
+    });
+    let s = env.status();
+    assert_eq!(
+        s["applications"]["probe"]["units"]["probe/0"]["workload-status"]["current"],
+        "error"
+    );
+    assert_eq!(
+        s["applications"]["probe"]["application-status"]["current"],
+        "error"
+    );
+    assert_eq!(env.run(&["resolve", "probe/0"]).code, 0);
+    // Retried on resolve, and it fails again while the option is still set.
+    env.wait("the retry to fail again", MIN, |s| {
+        s["applications"]["probe"]["units"]["probe/0"]["workload-status"]["current"] == "error"
+    });
+    env.ok(&["config", "probe", "fail-hook="]);
+    env.ok(&["resolve", "probe/0"]);
+    env.wait("the unit out of error", MIN, |s| {
+        s["applications"]["probe"]["units"]["probe/0"]["workload-status"]["current"] != "error"
+    });
+    assert_ne!(
+        env.run(&["resolve", "probe/0"]).code,
+        0,
+        "resolving a unit that is not in error is refused"
+    );
+}
+
+#[test]
+fn machines_are_isolated_and_faults_leave_nothing_behind() {
+    let env = Env::new("iso", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 2);
+    // Files and packages.
+    env.exec_ok("probe/0", "echo mine > /etc/probe-marker && dpkg -i /var/cache/apt/archives/etcd-client_*.deb >/dev/null 2>&1; test -x /usr/bin/etcdctl");
+    env.exec_ok(
+        "probe/1",
+        "test ! -e /etc/probe-marker && test ! -e /usr/bin/etcdctl",
+    );
+    assert!(
+        !std::path::Path::new("/etc/probe-marker").exists()
+            && !std::path::Path::new("/usr/bin/etcdctl").exists(),
+        "the host is untouched"
+    );
+    // Processes.
+    env.exec_ok("probe/0", "nohup sleep 1000 >/dev/null 2>&1 &");
+    assert_ne!(
+        env.exec("probe/1", "pgrep -x sleep").code,
+        0,
+        "a process of one machine is invisible to another"
+    );
+    let pid0 = env.machine_pid(&env.machine("probe/0"));
+    assert_eq!(
+        env.exec_ok("probe/0", "cat /proc/1/cmdline | tr '\\0' ' '")
+            .split_whitespace()
+            .nth(1),
+        Some("machine-agent"),
+        "PID 1 is the machine agent"
+    );
+    // Network: reachable, cut off both ways, healed.
+    let a1 = env.address("probe/1");
+    env.exec_ok(
+        "probe/1",
+        &format!("nohup /usr/bin/python3 -m http.server 8000 --bind {a1} >/dev/null 2>&1 &"),
+    );
+    let reach = |from: &str| {
+        env.exec(from, &format!("for i in $(seq 50); do curl -s -m 1 http://{a1}:8000/ >/dev/null && exit 0; sleep 0.1; done; exit 1")).code == 0
+    };
+    assert!(reach("probe/0"));
+    let host_reach = || {
+        std::process::Command::new("curl")
+            .args(["-s", "-m", "1", &format!("http://{a1}:8000/")])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(host_reach());
+    env.ok(&["cut-network", "probe/1"]);
+    assert!(
+        env.exec("probe/0", &format!("curl -s -m 1 http://{a1}:8000/"))
+            .code
+            != 0,
+        "a cut machine cannot be reached"
+    );
+    assert!(!host_reach());
+    env.ok(&["heal-network", "probe/1"]);
+    assert!(reach("probe/0"));
+    // Crash: every process of the machine dies; start brings it back with its files.
+    env.ok(&["crash-machine", "probe/0"]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid0}")).exists(),
+        "the machine's PID 1 is gone"
+    );
+    let netns = env.status()["machines"]["0"]["instance-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pids = std::process::Command::new("ip")
+        .args(["netns", "pids", &netns])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&pids.stdout).trim().is_empty(),
+        "no process left in {netns}"
+    );
+    env.ok(&["start-machine", "0"]);
+    env.exec_ok("probe/0", "test -e /etc/probe-marker && ! pgrep -x sleep");
+    // Reboot runs the start hook again.
+    let before = events(&env, "probe/0")
+        .iter()
+        .filter(|e| e[0] == "hooks/start")
+        .count();
+    env.ok(&["reboot-machine", "probe/0"]);
+    env.settle("1m");
+    assert_eq!(
+        events(&env, "probe/0")
+            .iter()
+            .filter(|e| e[0] == "hooks/start")
+            .count(),
+        before + 1
+    );
+}
+
+#[test]
+fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
+    let env = Env::new("restart", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 2);
+    env.ok(&["deploy", &probe(), "other"]);
+    env.ok(&["integrate", "probe:db", "other:backend"]);
+    env.settle("1m");
+    env.exec_ok("probe/0", "leader-set kept=yes");
+    let before = env.status();
+    let pid: i32 = std::fs::read_to_string(env.home.path().join("run/controller.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| !s.contains("zombie"))
+            .unwrap_or(false)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = env.status();
+    for app in ["probe", "other"] {
+        assert_eq!(
+            before["applications"][app]["units"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            after["applications"][app]["units"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(
+        after["applications"]["probe"]["relations"]["db"][0]["related-application"],
+        "other"
+    );
+    assert_eq!(env.exec_ok("probe/1", "leader-get kept").trim(), "yes");
+    let bag = env.exec_ok(
+        "other/0",
+        "relation-get -r $(relation-ids backend) - probe/0 --format=json",
+    );
+    assert!(bag.contains("private-address"), "{bag}");
+
+    // kill-controller removes every namespace, bridge and process it made.
+    let pids: Vec<u32> = ["0", "1", "2"].iter().map(|m| env.machine_pid(m)).collect();
+    let bridge = after["machines"]["0"]["instance-id"]
+        .as_str()
+        .unwrap()
+        .split('m')
+        .next()
+        .unwrap()
+        .to_string();
+    env.ok(&["kill-controller"]);
+    for p in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "machine PID {p} survived"
+        );
+    }
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&format!("{bridge}:")),
+        "bridge {bridge} left behind"
+    );
+    let ns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout)
+            .lines()
+            .any(|l| l.starts_with(&format!("{bridge}m"))),
+        "namespaces left behind"
+    );
+}
