@@ -1,0 +1,62 @@
+"""Real Python clients against the local controller: jubilant drives it through
+Juju(cli_binary=...), and a charm written with ops runs its handlers under it."""
+import os
+import pathlib
+
+import jubilant
+import pytest
+
+BIN = os.environ["HARNESS_BIN"]
+ROOT = pathlib.Path(os.environ["REPO_ROOT"])
+
+
+@pytest.fixture(scope="module")
+def juju():
+    j = jubilant.Juju(cli_binary=BIN, wait_timeout=120)
+    j.add_model("py")
+    j.model_config({"update-status-hook-interval": "1h"})
+    yield j
+    j.destroy_model("py", destroy_storage=True, force=True)
+
+
+def test_deploy_wait_status_run_config_integrate_remove(juju):
+    juju.deploy(str(ROOT / "tests/charms/probe"), "probe", num_units=2)
+    juju.deploy(str(ROOT / "tests/charms/opsprobe"), "opsprobe", num_units=2)
+    status = juju.wait(jubilant.all_active)
+    assert status.apps["probe"].units["probe/0"].workload_status.message == "started"
+    assert status.apps["opsprobe"].app_status.message == "ops leader says hello"
+    assert {u.workload_status.message for u in status.apps["opsprobe"].units.values()} == {"greeting=hello"}
+
+    task = juju.run("probe/0", "echo", {"text": "from jubilant", "times": 2})
+    assert task.status == "completed" and task.success
+    assert task.results["result"] == {"text": "from jubilant", "times": "2"}
+    with pytest.raises(jubilant.TaskError) as err:
+        juju.run("probe/0", "fail")
+    assert err.value.task.message == "it broke"
+
+    juju.config("opsprobe", {"greeting": "bonjour"})
+    juju.wait(lambda s: all(u.workload_status.message == "greeting=bonjour" for u in s.apps["opsprobe"].units.values()))
+    assert juju.config("opsprobe")["greeting"] == "bonjour"
+
+    # ops: the peer relation carried the new greeting to the other unit
+    def peer_saw_bonjour(_):
+        out = juju.exec("cat /var/lib/opsprobe/peer-opsprobe-0 2>/dev/null || true", unit="opsprobe/1").stdout
+        return out == "bonjour"
+    juju.wait(peer_saw_bonjour)
+
+    # ops action handler: results, logs and failure
+    task = juju.run("opsprobe/0", "echo", {"text": "ops"})
+    assert task.results == {"echo": "ops", "unit": "opsprobe/0"}
+    assert any("echoing" in line for line in task.log)
+    with pytest.raises(jubilant.TaskError):
+        juju.run("opsprobe/0", "echo", {"text": "fail"})
+
+    juju.integrate("opsprobe:db", "probe:db")
+    def related(_):
+        out = juju.exec("cat /var/lib/opsprobe/db-remote 2>/dev/null || true", unit="opsprobe/0").stdout
+        return out.startswith("probe ")
+    juju.wait(related)
+    assert juju.status().apps["probe"].relations["db"][0].related_app == "opsprobe"
+
+    juju.remove_unit("probe/1")
+    juju.wait(lambda s: list(s.apps["probe"].units) == ["probe/0"] and jubilant.all_active(s))
