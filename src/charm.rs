@@ -47,6 +47,12 @@ pub struct LocalState {
     /// names this unit's CSRs were made for
     #[serde(default)]
     pub csr_names: Vec<String>,
+    /// the client port and peer URL etcd runs with now (a config change applies them only
+    /// when this unit's rolling-restart turn comes)
+    #[serde(default)]
+    pub client_port: Option<u16>,
+    #[serde(default)]
+    pub running_peer_url: Option<String>,
 }
 
 impl LocalState {
@@ -375,8 +381,8 @@ fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<b
     Ok(true)
 }
 
-fn endpoint(address: &str, cfg: &Config) -> String {
-    format!("https://{address}:{}", cfg.port)
+fn endpoint(address: &str, port: u16) -> String {
+    format!("https://{address}:{port}")
 }
 
 /// Waits until `f` succeeds or the deadline passes, retrying on failure.
@@ -545,7 +551,7 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
         .ok()
         .and_then(|a| a.first().cloned());
     if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()) {
-        let ep = endpoint(&address, &cfg);
+        let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
 
         let client = tls_client()?;
         let peer_url = format!("https://{address}:{}", cfg.management_port);
@@ -668,11 +674,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("peers-read");
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
+    // Peers see the URLs etcd runs with now; new ones once this unit has restarted.
+    let pub_peer = st.running_peer_url.clone().unwrap_or(peer_url.clone());
+    let pub_client = format!("https://{address}:{}", st.client_port.unwrap_or(cfg.port));
     for (k, v) in [
         ("db-ingress-address", &address),
         ("member-name", &name),
-        ("peer-url", &peer_url),
-        ("client-url", &client_url),
+        ("peer-url", &pub_peer),
+        ("client-url", &pub_client),
         ("csr-server", &csrs.0),
         ("csr-peer", &csrs.1),
     ] {
@@ -699,7 +708,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     let svc = Service {
         etcd_binary: inst.etcd(),
     };
-    let ep = endpoint(&address, &cfg);
+    let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
 
     // After a restore the leader publishes a new epoch: this member's data belongs to the old
     // cluster. Set it aside (never deleted here) and join the new one through the normal path.
@@ -836,33 +845,75 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             .ok()
             .as_deref()
             != Some(rendered.as_str());
-        if changed {
-            pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644)?;
-        }
         std::fs::create_dir_all(&data)?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
         mark("rendered");
         let client = tls_client()?;
         let running = svc.running();
-        if ctx.hook_name() == "update-status" && !running {
-            // Report the fault now; the restart below is seen by the next update-status.
-            board.report(
-                "blocked",
-                format!(
-                    "UnHealthy with {} known peers: etcd was not running; restarting it",
-                    peers.units.len()
-                ),
-            );
-            svc.start()?;
-            return Ok(());
-        }
+        let write_config =
+            || pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644);
         if !running {
+            if changed {
+                write_config()?;
+            }
+            if ctx.hook_name() == "update-status" {
+                // Report the fault now; the restart is seen by the next update-status.
+                board.report(
+                    "blocked",
+                    format!(
+                        "UnHealthy with {} known peers: etcd was not running; restarting it",
+                        peers.units.len()
+                    ),
+                );
+                svc.start()?;
+                return Ok(());
+            }
             svc.start()?;
+            st.client_port = Some(cfg.port);
+            st.running_peer_url = Some(peer_url.clone());
         } else if changed {
-            juju::log("INFO", "etcd config changed; restarting");
-            svc.restart()?;
+            // A running member applies a new config in its turn: one unit at a time, each
+            // healthy again before the next, so quorum is never at risk.
+            let want = pki::sha256_hex(rendered.as_bytes())[..16].to_string();
+            set_key(&mut mine, &mut my_writes, "restart-wanted", &want);
+            peers.units.insert(ctx.unit.clone(), mine.clone());
+            if leader {
+                manage_restart_lock(&mut peers);
+            }
+            let alone = peers.units.len() == 1;
+            if alone
+                || peers.app_get("restart-grant") == Some(format!("{}:{want}", ctx.unit).as_str())
+            {
+                restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
+                st.client_port = Some(cfg.port);
+                st.running_peer_url = Some(peer_url.clone());
+                let new_ep = endpoint(&address, cfg.port);
+                let _ = retry(
+                    Duration::from_secs(30),
+                    Duration::from_millis(100),
+                    || match client.health(&new_ep) {
+                        Ok(true) => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    },
+                );
+                set_key(&mut mine, &mut my_writes, "restarted", &want);
+                set_key(&mut mine, &mut my_writes, "peer-url", &peer_url);
+                set_key(&mut mine, &mut my_writes, "client-url", &client_url);
+                peers.units.insert(ctx.unit.clone(), mine.clone());
+                if leader {
+                    manage_restart_lock(&mut peers);
+                }
+            } else {
+                board.report(
+                    "maintenance",
+                    "Waiting for this unit's turn to restart with the new config",
+                );
+            }
+        } else if leader {
+            manage_restart_lock(&mut peers);
         }
+        let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
         // A bootstrap member cannot be healthy before its peers start, and they start only
         // after this hook commits: do not wait for them here.
         let bootstrap_size = peers
@@ -958,6 +1009,75 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
     let _ = peers.rel;
     outcome
+}
+
+fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
+    if bag.get(k).map(String::as_str) != Some(v) {
+        writes.insert(k.into(), v.into());
+        bag.insert(k.into(), v.into());
+    }
+}
+
+/// The leader's rolling-restart lock: one grant (`unit:config-hash`) at a time, released when
+/// that unit reports it restarted with that config (or is gone).
+fn manage_restart_lock(peers: &mut Peers) {
+    if let Some(g) = peers.app_get("restart-grant").map(String::from) {
+        let (unit, hash) = g.split_once(':').unwrap_or((g.as_str(), ""));
+        let done = match peers.units.get(unit) {
+            None => true,
+            Some(b) => {
+                b.get("restarted").map(String::as_str) == Some(hash)
+                    || b.get("restart-wanted").map(String::as_str) != Some(hash)
+            }
+        };
+        if !done {
+            return;
+        }
+        peers.app_set("restart-grant", "");
+    }
+    let mut waiting: Vec<(String, String)> = peers
+        .units
+        .iter()
+        .filter_map(|(u, b)| {
+            let want = b.get("restart-wanted")?;
+            (b.get("restarted") != Some(want)).then(|| (u.clone(), want.clone()))
+        })
+        .collect();
+    waiting.sort_by_key(|(u, _)| cluster::unit_number(u));
+    if let Some((u, h)) = waiting.first() {
+        juju::log("INFO", &format!("rolling restart: {u}'s turn"));
+        peers.app_set("restart-grant", &format!("{u}:{h}"));
+    }
+}
+
+/// Restarts this member with its new config; a new peer URL is registered first.
+fn restart_with(
+    client: &Client,
+    ep: &str,
+    name: &str,
+    peer_url: &str,
+    st: &LocalState,
+    svc: &Service,
+    write_config: &dyn Fn() -> pki::Result<()>,
+) -> Result<()> {
+    if st
+        .running_peer_url
+        .as_deref()
+        .is_some_and(|u| u != peer_url)
+    {
+        let members = client.member_list(ep)?;
+        if let Some(me) = members.iter().find(|m| m.name == name) {
+            juju::log(
+                "INFO",
+                &format!("updating this member's peer URL to {peer_url}"),
+            );
+            client.member_update(ep, me.id, &[peer_url.to_string()])?;
+        }
+    }
+    write_config()?;
+    juju::log("INFO", "restarting etcd with the new config");
+    svc.restart()?;
+    Ok(())
 }
 
 /// What the client relations need from the peer view.

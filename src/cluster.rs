@@ -88,17 +88,21 @@ pub enum Step {
     Done,
 }
 
-fn member_of<'a>(members: &'a [Member], peer_url: &str) -> Option<&'a Member> {
-    members
-        .iter()
-        .find(|m| m.peer_urls.iter().any(|u| u == peer_url))
+/// The member that is this unit's: by name once it has started (names are unique and stay
+/// put while a peer URL changes), else by peer URL.
+fn member_of<'a>(members: &'a [Member], name: &str, peer_url: &str) -> Option<&'a Member> {
+    members.iter().find(|m| belongs(m, name, peer_url))
+}
+
+fn belongs(m: &Member, name: &str, peer_url: &str) -> bool {
+    (!m.name.is_empty() && m.name == name) || m.peer_urls.iter().any(|u| u == peer_url)
 }
 
 /// The next membership step for the leader, given etcd's member list, the units, and the
 /// join in flight (if any).
 pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) -> Step {
     if let Some(j) = join {
-        match member_of(members, &j.peer_url) {
+        match member_of(members, &j.name, &j.peer_url) {
             None => {
                 // The unit is gone or was never added: only carry on if it still exists.
                 if units.iter().any(|u| u.unit == j.unit) {
@@ -132,7 +136,7 @@ pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) ->
     }
     // Any learner or unstarted member not ours blocks further adds (one at a time).
     for m in members.iter().filter(|m| m.is_learner || !m.started()) {
-        let owner = units.iter().find(|u| m.peer_urls.contains(&u.peer_url));
+        let owner = units.iter().find(|u| belongs(m, &u.name, &u.peer_url));
         match owner {
             Some(u) => {
                 return Step::Wait(format!("member {} ({}) has not started", u.name, u.unit))
@@ -150,7 +154,7 @@ pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) ->
     }
     let mut candidates: Vec<&UnitInfo> = units
         .iter()
-        .filter(|u| u.ready && member_of(members, &u.peer_url).is_none())
+        .filter(|u| u.ready && member_of(members, &u.name, &u.peer_url).is_none())
         .collect();
     candidates.sort_by_key(|u| unit_number(&u.unit));
     match candidates.first() {
@@ -167,9 +171,9 @@ pub fn strays(members: &[Member], units: &[UnitInfo], join: Option<&Join>) -> Ve
     }
     members
         .iter()
-        .filter(|m| !units.iter().any(|u| m.peer_urls.contains(&u.peer_url)))
+        .filter(|m| !units.iter().any(|u| belongs(m, &u.name, &u.peer_url)))
         .filter(|m| {
-            join.map(|j| !m.peer_urls.contains(&j.peer_url))
+            join.map(|j| !belongs(m, &j.name, &j.peer_url))
                 .unwrap_or(true)
         })
         .cloned()
@@ -345,6 +349,16 @@ mod tests {
         };
         assert!(strays(&members, &units, Some(&join)).is_empty());
         assert!(strays(&members[..1], &[], None).is_empty());
+    }
+
+    #[test]
+    fn a_member_whose_peer_url_is_changing_is_neither_a_stray_nor_added_again() {
+        let mut m1 = member(1, true, false);
+        m1.peer_urls = vec!["https://10.0.0.1:12380".into()];
+        let members = vec![member(0, true, false), m1];
+        let units = vec![unit(0, true), unit(1, true)];
+        assert!(strays(&members, &units, None).is_empty());
+        assert_eq!(next_step(&members, &units, None), Step::Done);
     }
 
     #[test]

@@ -324,3 +324,104 @@ fn a_killed_member_is_reported_and_comes_back_and_a_rebooted_machine_rejoins_wit
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
     let _ = Instant::now();
 }
+
+#[test]
+fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("config", &["update-status-hook-interval=1h"]);
+    deploy(&env, 3, &tarball);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
+    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone());
+
+    // Invalid values block with a specific message and change nothing.
+    let before = env.exec_ok("etcd/1", "md5sum /etc/etcd/etcd.conf.yml");
+    env.ok(&[
+        "config",
+        "etcd",
+        "heartbeat_interval=300",
+        "election_timeout=1000",
+    ]);
+    env.wait_units(
+        "etcd",
+        3,
+        "blocked",
+        "invalid config: election_timeout 1000 must be at least 5 x heartbeat_interval",
+        MIN,
+    );
+    assert_eq!(
+        env.exec_ok("etcd/1", "md5sum /etc/etcd/etcd.conf.yml"),
+        before
+    );
+    env.ok(&[
+        "config",
+        "etcd",
+        "tls_cipher_suites=TLS_NOT_A_SUITE",
+        "heartbeat_interval=100",
+    ]);
+    env.wait_units(
+        "etcd",
+        3,
+        "blocked",
+        "invalid config: unknown cipher suite \"TLS_NOT_A_SUITE\"",
+        MIN,
+    );
+    env.ok(&[
+        "config",
+        "etcd",
+        "--reset",
+        "tls_cipher_suites,heartbeat_interval,election_timeout",
+    ]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
+    assert_eq!(
+        env.exec_ok("etcd/1", "md5sum /etc/etcd/etcd.conf.yml"),
+        before
+    );
+
+    // A valid change rolls through the units one at a time.
+    env.ok(&[
+        "config",
+        "etcd",
+        "heartbeat_interval=150",
+        "election_timeout=1500",
+    ]);
+    env.wait("every unit to run with the new config", 3 * MIN, |_| {
+        env.units("etcd").iter().all(|u| {
+            env.exec_ok(u, "cat /etc/etcd/etcd.conf.yml")
+                .contains("heartbeat-interval: 150")
+        })
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    let log = env.ok(&["debug-log"]);
+    let turns: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rolling restart:"))
+        .collect();
+    assert_eq!(turns.len(), 3, "one turn per unit: {turns:?}");
+
+    // A new management port: every member's peer URL follows, one unit at a time.
+    env.ok(&["config", "etcd", "management_port=2480"]);
+    env.wait("peer URLs on 2480", 3 * MIN, |_| {
+        let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines().count() == 3 && text.lines().all(|l| l.contains(":2480"))
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    let acked = writer.finish();
+    let out = creds.etcdctl(
+        &endpoints(&env),
+        true,
+        &["get", "/writer/", "--prefix", "--keys-only"],
+    );
+    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    assert!(
+        acked.iter().all(|k| have.contains(k)),
+        "acknowledged writes survive the rolling restarts"
+    );
+}

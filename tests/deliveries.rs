@@ -11,7 +11,10 @@ const MIN: Duration = Duration::from_secs(60);
 
 fn unit_msg(s: &serde_json::Value, app: &str) -> (String, String) {
     let u = &s["applications"][app]["units"][format!("{app}/0")]["workload-status"];
-    (u["current"].as_str().unwrap_or("").to_string(), u["message"].as_str().unwrap_or("").to_string())
+    (
+        u["current"].as_str().unwrap_or("").to_string(),
+        u["message"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 #[test]
@@ -29,36 +32,102 @@ fn archives_from_resource_and_url_the_debian_package_and_a_tampered_tarball() {
     let charm = root.to_str().unwrap();
 
     // A URL served on the controller's bridge (the host's .1 address).
-    env.ok(&["deploy", charm, "e34", "--resource", &format!("etcd={}", t34.display())]);
-    let s = env.wait("a machine address", MIN, |s| s["machines"]["0"]["dns-name"].is_string());
-    let host = s["machines"]["0"]["dns-name"].as_str().unwrap().rsplitn(2, '.').nth(1).unwrap().to_string() + ".1";
-    let mut server = Command::new("/usr/bin/python3").args(["-m", "http.server", "0", "--bind", &host, "--directory"]).arg(work.path()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    env.ok(&[
+        "deploy",
+        charm,
+        "e34",
+        "--resource",
+        &format!("etcd={}", t34.display()),
+    ]);
+    let s = env.wait("a machine address", MIN, |s| {
+        s["machines"]["0"]["dns-name"].is_string()
+    });
+    let host = s["machines"]["0"]["dns-name"]
+        .as_str()
+        .unwrap()
+        .rsplitn(2, '.')
+        .nth(1)
+        .unwrap()
+        .to_string()
+        + ".1";
+    let mut server = Command::new("/usr/bin/python3")
+        .args(["-m", "http.server", "0", "--bind", &host, "--directory"])
+        .arg(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let port = {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        line.split("port ").nth(1).and_then(|p| p.split_whitespace().next()).unwrap().to_string()
+        std::io::BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line.split("port ")
+            .nth(1)
+            .and_then(|p| p.split_whitespace().next())
+            .unwrap()
+            .to_string()
     };
-    let sha = String::from_utf8(Command::new("sha256sum").arg(&t35).output().unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string();
-    let url = format!("http://{host}:{port}/{}", t35.file_name().unwrap().to_string_lossy());
-    env.ok(&["deploy", charm, "eurl", "--config", &format!("archive_url={url}"), "--config", &format!("archive_sha256={sha}")]);
+    let sha = String::from_utf8(Command::new("sha256sum").arg(&t35).output().unwrap().stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let url = format!(
+        "http://{host}:{port}/{}",
+        t35.file_name().unwrap().to_string_lossy()
+    );
+    env.ok(&[
+        "deploy",
+        charm,
+        "eurl",
+        "--config",
+        &format!("archive_url={url}"),
+        "--config",
+        &format!("archive_sha256={sha}"),
+    ]);
     env.ok(&["deploy", charm, "edeb"]);
-    env.ok(&["deploy", charm, "ebad", "--resource", &format!("etcd={}", tampered.display())]);
+    env.ok(&[
+        "deploy",
+        charm,
+        "ebad",
+        "--resource",
+        &format!("etcd={}", tampered.display()),
+    ]);
 
     let s = env.wait("every delivery to settle", 4 * MIN, |s| {
-        ["e34", "eurl", "edeb"].iter().all(|a| unit_msg(s, a).1 == "Healthy with 1 known peers") && unit_msg(s, "ebad").0 == "blocked"
+        ["e34", "eurl", "edeb"]
+            .iter()
+            .all(|a| unit_msg(s, a).1 == "Healthy with 1 known peers")
+            && unit_msg(s, "ebad").0 == "blocked"
     });
     assert_eq!(s["applications"]["e34"]["version"], "3.4.23");
     assert_eq!(s["applications"]["eurl"]["version"], "3.5.1");
     assert_eq!(s["applications"]["edeb"]["version"], "3.4.23");
     let (_, msg) = unit_msg(&s, "ebad");
-    assert!(msg.contains("refused") && msg.contains("attach"), "a tampered tarball is refused with a message that says what to attach: {msg}");
-    env.exec_ok("edeb/0", "dpkg -s etcd-server | grep -q 'install ok installed'");
+    assert!(
+        msg.contains("refused") && msg.contains("attach"),
+        "a tampered tarball is refused with a message that says what to attach: {msg}"
+    );
+    env.exec_ok(
+        "edeb/0",
+        "dpkg -s etcd-server | grep -q 'install ok installed'",
+    );
     env.exec_ok("eurl/0", "readlink /opt/etcd/current | grep -q 3.5.1");
 
     // A wrong sha256 for the URL blocks and changes nothing.
-    env.ok(&["config", "eurl", &format!("archive_sha256={}", "0".repeat(64))]);
-    env.wait("the wrong sha256 to block", MIN, |s| unit_msg(s, "eurl").1.contains("does not match archive_sha256"));
+    env.ok(&[
+        "config",
+        "eurl",
+        &format!("archive_sha256={}", "0".repeat(64)),
+    ]);
+    env.wait("the wrong sha256 to block", MIN, |s| {
+        unit_msg(s, "eurl")
+            .1
+            .contains("does not match archive_sha256")
+    });
     env.exec_ok("eurl/0", "readlink /opt/etcd/current | grep -q 3.5.1 && test -z \"$(ls /var/cache/etcd-charm/*.partial 2>/dev/null)\"");
     let _ = server.kill();
     let _ = server.wait();
@@ -70,31 +139,58 @@ fn a_client_on_db_uses_the_credentials_and_sees_the_connection_string_change() {
     let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("client", &["update-status-hook-interval=1h"]);
     let root = repo_root();
-    env.ok(&["deploy", root.to_str().unwrap(), "etcd", "-n", "3", "--resource", &format!("etcd={}", t35.display())]);
-    env.ok(&["deploy", root.join("tests/charms/etcd-client").to_str().unwrap(), "client"]);
+    env.ok(&[
+        "deploy",
+        root.to_str().unwrap(),
+        "etcd",
+        "-n",
+        "3",
+        "--resource",
+        &format!("etcd={}", t35.display()),
+    ]);
+    env.ok(&[
+        "deploy",
+        root.join("tests/charms/etcd-client").to_str().unwrap(),
+        "client",
+    ]);
     env.ok(&["integrate", "etcd:db", "client:db"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    let s = env.wait("the client to write and read", 2 * MIN, |s| unit_msg(s, "client").1.starts_with("wrote and read a key"));
+    let s = env.wait("the client to write and read", 2 * MIN, |s| {
+        unit_msg(s, "client").1.starts_with("wrote and read a key")
+    });
     let _ = s;
     let cs = |env: &Env| env.exec_ok("client/0", "cat /var/lib/etcd-client/connection_string");
     let expect = |env: &Env| {
-        let mut v: Vec<String> = env.units("etcd").iter().map(|u| format!("https://{}:2379", env.address(u))).collect();
+        let mut v: Vec<String> = env
+            .units("etcd")
+            .iter()
+            .map(|u| format!("https://{}:2379", env.address(u)))
+            .collect();
         v.sort();
         v.join(",")
     };
     assert_eq!(cs(&env), expect(&env));
     // Every etcd unit publishes the same data.
     for u in env.units("etcd") {
-        let out = env.exec_ok("client/0", &format!("relation-get -r $(relation-ids db) connection_string {u}"));
+        let out = env.exec_ok(
+            "client/0",
+            &format!("relation-get -r $(relation-ids db) connection_string {u}"),
+        );
         assert_eq!(out.trim(), expect(&env), "{u}");
     }
     env.ok(&["add-unit", "etcd"]);
     env.wait_units("etcd", 4, "active", "Healthy with 4 known peers", 3 * MIN);
-    env.wait("the client to see 4 endpoints", MIN, |_| cs(&env).split(',').count() == 4);
+    env.wait("the client to see 4 endpoints", MIN, |_| {
+        cs(&env).split(',').count() == 4
+    });
     assert_eq!(cs(&env), expect(&env));
     env.ok(&["remove-unit", "--no-prompt", "etcd/1"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    env.wait("the client to see 3 endpoints", MIN, |_| cs(&env).split(',').count() == 3);
+    env.wait("the client to see 3 endpoints", MIN, |_| {
+        cs(&env).split(',').count() == 3
+    });
     assert_eq!(cs(&env), expect(&env));
-    env.wait("the client to still work", MIN, |s| unit_msg(s, "client").1.starts_with("wrote and read a key"));
+    env.wait("the client to still work", MIN, |s| {
+        unit_msg(s, "client").1.starts_with("wrote and read a key")
+    });
 }
