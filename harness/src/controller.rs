@@ -739,7 +739,8 @@ impl Model {
     }
 
     /// Removes dying relations that no unit still has hooks for.
-    pub fn reap_relations(&mut self) {
+    pub fn reap_relations(&mut self) -> bool {
+        let mut changed = false;
         let dying: Vec<u32> = self
             .relations
             .values()
@@ -754,12 +755,14 @@ impl Model {
                     .any(|e| e.relation == Some(rel))
             });
             if !busy {
+                changed = true;
                 self.relations.remove(&rel);
                 for u in self.units.values_mut() {
                     u.views.remove(&rel);
                 }
             }
         }
+        changed
     }
 
     /// The status Juju derives for an application whose leader never set one.
@@ -831,6 +834,22 @@ impl Ctl {
         }
         drop(w);
         self.gen.send_modify(|g| *g += 1);
+        r
+    }
+
+    /// Like `mutate`, but persists and wakes waiters only when `f` says it changed something.
+    pub fn mutate_if<R>(&self, f: impl FnOnce(&mut World) -> (R, bool)) -> R {
+        let mut w = self.world.lock().unwrap();
+        let (r, changed) = f(&mut w);
+        if changed {
+            if let Err(e) = w.save(&state_path(&self.home)) {
+                eprintln!("cannot persist state: {e:#}");
+            }
+        }
+        drop(w);
+        if changed {
+            self.gen.send_modify(|g| *g += 1);
+        }
         r
     }
 
@@ -1068,13 +1087,15 @@ impl Ctl {
                 Hook(Event),
                 Task(u64),
             }
-            let next = self.mutate(|w| {
+            // Decide the next event; persist and wake others only if this changed the state
+            // (otherwise every idle worker would wake every other one, forever).
+            let next = self.mutate_if(|w| {
                 let Some(m) = w.models.get_mut(model) else {
-                    return Next::Gone;
+                    return (Next::Gone, false);
                 };
-                m.reap_relations();
+                let mut changed = m.reap_relations();
                 let Some(u) = m.units.get(unit) else {
-                    return Next::Gone;
+                    return (Next::Gone, changed);
                 };
                 let ready = m
                     .machines
@@ -1082,43 +1103,44 @@ impl Ctl {
                     .map(|x| x.status == "started")
                     .unwrap_or(false);
                 if !ready {
-                    return Next::Wait(None);
+                    return (Next::Wait(None), changed);
                 }
                 let retry = m.config_bool("automatically-retry-hooks", true);
                 let u = m.units.get_mut(unit).unwrap();
                 if let Some(e) = &u.error {
                     if let Some(t) = u.actions.pop_front() {
-                        return Next::Task(t);
+                        return (Next::Task(t), true);
                     }
-                    match e.retry_at {
+                    let next = match e.retry_at {
                         Some(at) if retry => {
                             let now = now_ms();
                             if now >= at {
-                                return u
-                                    .queue
+                                u.queue
                                     .front()
                                     .cloned()
                                     .map(Next::Hook)
-                                    .unwrap_or(Next::Wait(None));
+                                    .unwrap_or(Next::Wait(None))
+                            } else {
+                                Next::Wait(Some(Duration::from_millis(at - now)))
                             }
-                            return Next::Wait(Some(Duration::from_millis(at - now)));
                         }
-                        _ => return Next::Wait(None),
-                    }
+                        _ => Next::Wait(None),
+                    };
+                    return (next, changed);
                 }
-                let _ = u;
                 while let Some(ev) = m.units[unit].queue.front().cloned() {
                     if m.event_is_stale(&ev) {
                         m.units.get_mut(unit).unwrap().queue.pop_front();
+                        changed = true;
                         continue;
                     }
-                    return Next::Hook(ev);
+                    return (Next::Hook(ev), changed);
                 }
                 let u = m.units.get_mut(unit).unwrap();
                 if let Some(t) = u.actions.pop_front() {
-                    return Next::Task(t);
+                    return (Next::Task(t), true);
                 }
-                Next::Wait(None)
+                (Next::Wait(None), changed)
             });
             match next {
                 Next::Gone => return,

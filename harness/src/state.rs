@@ -311,7 +311,9 @@ impl World {
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec(self)?)?;
-        f.sync_all()?;
+        // Atomic against a crash of the controller (write, then rename over the old file).
+        // Not fsynced: this state outlives controller restarts, not host power loss, and an
+        // fsync per change would dominate the cost of a hook.
         std::fs::rename(&tmp, path)?;
         Ok(())
     }

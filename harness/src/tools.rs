@@ -99,12 +99,25 @@ pub fn handle(
     if args.iter().any(|a| a == "--help" || a == "-h") {
         return Reply::ok(help(tool));
     }
-    let r = ctl.mutate(|w| {
-        let m = w
-            .models
-            .get_mut(&ctx.model)
-            .ok_or_else(|| E::Run("model not found".into()))?;
-        dispatch(ctl, m, ctx, tool, args, stdin)
+    // Only the tools with immediate effects change the model; the others read it or
+    // buffer into the context, and need no write to disk.
+    let immediate = matches!(
+        tool,
+        "status-set"
+            | "application-version-set"
+            | "leader-set"
+            | "action-set"
+            | "action-fail"
+            | "action-log"
+            | "secret-get"
+    );
+    let r = ctl.mutate_if(|w| {
+        let r = match w.models.get_mut(&ctx.model) {
+            Some(m) => dispatch(ctl, m, ctx, tool, args, stdin),
+            None => Err(E::Run("model not found".into())),
+        };
+        let changed = immediate && r.is_ok();
+        (r, changed)
     });
     match r {
         Ok(r) => r,
