@@ -492,7 +492,12 @@ fn leader_membership(
     }
     if heal {
         let infos = peers.infos();
-        for m in cluster::strays(&members, &infos, peers.join().as_ref()) {
+        let raft_leader = client.status(ep).map(|s| s.leader).unwrap_or(0);
+        // A departing raft leader hands leadership over and removes itself; leave it to that.
+        for m in cluster::strays(&members, &infos, peers.join().as_ref())
+            .into_iter()
+            .filter(|m| m.id != raft_leader)
+        {
             juju::log(
                 "INFO",
                 &format!(
@@ -500,7 +505,17 @@ fn leader_membership(
                     m.name, m.peer_urls
                 ),
             );
-            if let Err(e) = client.member_remove(ep, m.id) {
+            // The departing unit removes itself at about the same time; either way, wait
+            // for the membership change to go through (etcd refuses while it re-elects).
+            let r = retry(
+                Duration::from_secs(20),
+                Duration::from_millis(250),
+                || match client.member_remove(ep, m.id) {
+                    Err(e) if e.status() == Some(404) => Ok(()),
+                    other => other,
+                },
+            );
+            if let Err(e) = r {
                 juju::log("WARNING", &format!("cannot remove member {}: {e}", m.name));
             }
         }
@@ -538,7 +553,7 @@ fn publish_members(peers: &mut Peers, members: &[Member]) {
 
 /// Leaves the cluster when this unit is removed: hand raft leadership over, remove self,
 /// stop etcd. Safe to run again.
-pub fn leave(st: &mut LocalState) -> Result<()> {
+pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     if st.left {
         return Ok(());
     }
@@ -557,7 +572,11 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
         let peer_url = format!("https://{address}:{}", cfg.management_port);
         if let Ok(members) = client.member_list(&ep) {
             if members.len() > 1 {
-                if let Some(me) = members.iter().find(|m| m.peer_urls.contains(&peer_url)) {
+                let name = member_name(unit);
+                if let Some(me) = members
+                    .iter()
+                    .find(|m| m.name == name || m.peer_urls.contains(&peer_url))
+                {
                     if let Ok(s) = client.status(&ep) {
                         if s.leader == me.id {
                             if let Some(other) = members
@@ -577,16 +596,32 @@ pub fn leave(st: &mut LocalState) -> Result<()> {
                             }
                         }
                     }
+                    // Membership changes may wait for an election: a longer timeout, and any
+                    // member's endpoint will do.
                     let id = me.id;
-                    let r =
-                        retry(
-                            Duration::from_secs(30),
-                            Duration::from_millis(300),
-                            || match client.member_remove(&ep, id) {
-                                Err(e) if e.status() == Some(404) => Ok(()),
-                                other => other,
-                            },
-                        );
+                    let slow = Client::new(
+                        &Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")?,
+                        Duration::from_secs(10),
+                    )?;
+                    let eps: Vec<String> = std::iter::once(ep.clone())
+                        .chain(
+                            members
+                                .iter()
+                                .filter(|m| m.id != id)
+                                .filter_map(crate::actions::client_url),
+                        )
+                        .collect();
+                    let r = retry(Duration::from_secs(30), Duration::from_millis(300), || {
+                        let mut last = None;
+                        for e in &eps {
+                            match slow.member_remove(e, id) {
+                                Ok(()) => return Ok(()),
+                                Err(err) if err.status() == Some(404) => return Ok(()),
+                                Err(err) => last = Some(err),
+                            }
+                        }
+                        Err(last.map(|e| e.to_string()).unwrap_or_default())
+                    });
                     match r {
                         Ok(()) => juju::log("INFO", "removed this member from the cluster"),
                         Err(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
@@ -607,7 +642,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
         || name == "stop";
     if leaving {
-        leave(&mut st)?;
+        leave(&mut st, &ctx.unit)?;
     }
     if name == "remove" || st.left {
         let _ = juju::status_set("maintenance", "Unit removed from the cluster", false);
@@ -948,7 +983,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 &mut peers,
                 &client,
                 &ep,
-                ctx.hook_name() == "update-status",
+                matches!(
+                    ctx.hook_name(),
+                    "update-status" | "cluster-relation-departed" | "leader-elected"
+                ),
                 board,
             ) {
                 Ok(m) => {
@@ -959,6 +997,21 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             }
         } else if let Ok(m) = client.member_list(&ep) {
             members = m;
+            if ctx.hook_name() == "cluster-relation-departed" {
+                // The departing member leaves about now: report the membership after it.
+                let infos = peers.infos();
+                let settled = retry(Duration::from_secs(20), Duration::from_millis(250), || {
+                    let m = client.member_list(&ep).map_err(|e| e.to_string())?;
+                    if cluster::strays(&m, &infos, peers.join().as_ref()).is_empty() {
+                        Ok(m)
+                    } else {
+                        Err("a departed unit is still a member".to_string())
+                    }
+                });
+                if let Ok(m) = settled {
+                    members = m;
+                }
+            }
         }
         mark("membership");
         let healthy = has_leader && client.health(&ep).unwrap_or(false);
