@@ -158,16 +158,12 @@ pub fn tls_client() -> Result<Client> {
 }
 
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
-pub fn ensure_installed(
-    cfg: &Config,
-    board: &mut StatusBoard,
-) -> std::result::Result<Installed, InstallError> {
+pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
     let resource = juju::resource_get("etcd");
     if let Some(cur) = &current {
         if cur.delivery == Delivery::Deb && resource.is_some() {
             // Attaching a resource never migrates a Debian-package unit by itself.
-            board.report("active", "");
             return Ok(cur.clone());
         }
         if cur.delivery != Delivery::Archive || (resource.is_none() && cfg.archive_url.is_none()) {
@@ -667,7 +663,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
     };
     let leader = juju::is_leader()?;
-    let inst = match ensure_installed(&cfg, board) {
+    let inst = match ensure_installed(&cfg) {
         Ok(i) => i,
         Err(InstallError::Bad(msg)) => {
             board.report("blocked", msg);
@@ -675,9 +671,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         Err(e) => return Err(e.into()),
     };
-    if inst.delivery == Delivery::Deb && juju::resource_get("etcd").is_some() {
-        board.report("active", "");
-    }
+    // Attaching a resource never migrates a Debian-package unit by itself: say how to.
+    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd").is_some() {
+        "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
+    } else {
+        ""
+    };
     mark("installed");
     let _ = juju::application_version_set(&inst.version);
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
@@ -1023,7 +1022,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             (Ok(s), true) if s.is_learner => {
                 board.report("waiting", "Joined as a learner; waiting for promotion")
             }
-            (Ok(_), true) => board.report("active", format!("Healthy with {voters} known peers")),
+            (Ok(_), true) => board.report(
+                "active",
+                format!("Healthy with {voters} known peers{migration_hint}"),
+            ),
             (Ok(_), false) => {
                 board.report("blocked", format!("UnHealthy with {voters} known peers"))
             }

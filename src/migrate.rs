@@ -1,11 +1,276 @@
-//! The snap-upgrade action (placeholder until implemented).
-use crate::juju::Context;
-use anyhow::Result;
+//! The snap-upgrade action: move a unit running etcd from the Debian package to the managed
+//! delivery (the snap where snapd runs, otherwise the archive from the attached `etcd`
+//! resource), keeping the member's identity and data.
+//!
+//! Steps: `preflight` → `backup` → `snapshot` → `stop` → `install` → `start` → `verify`
+//! (healthy, same member ID, every key there) → `purge` (with etcd stopped and the data dir
+//! set aside: the package's purge deletes /var/lib/etcd) → `report`. A failure before the
+//! purge rolls back to the running package with its data.
+//!
+//! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
+
+use crate::actions::{self, local, writable_dir, Refused};
+use crate::charm;
+use crate::etcd::client::Client;
+use crate::etcd::install::{self, Delivery, Installed};
+use crate::etcd::service::Service;
+use crate::juju::{self, Context};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+type Results = Vec<(String, String)>;
+
+const CRASHPOINTS: &str = "/var/lib/etcd-charm/crashpoints";
+
+fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refused(msg.into()).into())
+}
+
+fn step(name: &str) -> Result<()> {
+    juju::action_log(&format!("snap-upgrade: {name}"));
+    if Path::new(CRASHPOINTS).join(name).exists() {
+        bail!("forced failure at step {name} (crash point file present)");
+    }
+    Ok(())
+}
+
+/// What the member looks like, to compare before and after.
+#[derive(Debug, PartialEq)]
+struct Identity {
+    member_id: u64,
+    keys: u64,
+}
+
+fn identity(client: &Client, ep: &str) -> Result<Identity> {
+    let st = client.status(ep)?;
+    let v = client.post(ep, "/v3/kv/range", serde_json::json!({"key": "AA==", "range_end": "AA==", "count_only": true, "serializable": true}))?;
+    let keys = v
+        .get("count")
+        .and_then(|c| c.as_str().and_then(|s| s.parse().ok()).or(c.as_u64()))
+        .unwrap_or(0);
+    Ok(Identity {
+        member_id: st.header.member_id,
+        keys,
+    })
+}
+
+fn wait_healthy(client: &Client, ep: &str) -> Result<()> {
+    charm::retry(
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || match client.health(ep) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(anyhow!("etcd is not healthy yet")),
+            Err(e) => Err(anyhow!("{e}")),
+        },
+    )
+}
 
 pub fn snap_upgrade(
-    _ctx: &Context,
-    _params: &std::collections::BTreeMap<String, Value>,
-) -> Result<Vec<(String, String)>> {
-    Err(crate::actions::Refused("snap-upgrade is not implemented yet".into()).into())
+    ctx: &Context,
+    params: &std::collections::BTreeMap<String, Value>,
+) -> Result<Results> {
+    let use_resource = params
+        .get("use-resource")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let backup = params
+        .get("backup")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let target = params
+        .get("target")
+        .and_then(Value::as_str)
+        .unwrap_or("/home/ubuntu/etcd-migration")
+        .to_string();
+
+    // preflight
+    let before_inst =
+        Installed::load().ok_or_else(|| anyhow!("etcd is not installed on this unit"))?;
+    if before_inst.delivery != Delivery::Deb {
+        return refuse(format!(
+            "this unit runs etcd from the {} delivery, not the Debian package: nothing to migrate",
+            before_inst.delivery.name()
+        ));
+    }
+    let to_snap = install::snapd_present() && !use_resource;
+    let resource = juju::resource_get("etcd");
+    if !to_snap && resource.is_none() {
+        return refuse("no snapd here: attach an etcd release tarball as the etcd resource, then run snap-upgrade again");
+    }
+    let target_dir = if backup {
+        Some(writable_dir(&target, "target")?)
+    } else {
+        None
+    };
+    let (client, ep, cfg) = local()?;
+    step("preflight")?;
+    if !client.health(&ep).unwrap_or(false) {
+        return refuse("etcd on this unit is not healthy; fix that before migrating");
+    }
+    let before = identity(&client, &ep)?;
+    let data = charm::data_dir();
+    let mut results: Results = vec![];
+
+    // backup of config, certificates and data, and a snapshot
+    if let Some(dir) = &target_dir {
+        step("backup")?;
+        let archive = dir.join("etcd-pre-migration.tar.gz");
+        let out = std::process::Command::new("tar")
+            .args(["-czf"])
+            .arg(&archive)
+            .args(["--exclude", "*.sock", "/etc/etcd", &data])
+            .output()
+            .context("running tar for the backup")?;
+        if !out.status.success() {
+            bail!("backup failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::fs::set_permissions(
+            &archive,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        step("snapshot")?;
+        let snap = dir.join("etcd-pre-migration.db");
+        let f = std::fs::File::create(&snap)?;
+        actions::stream_snapshot(&client, &ep, &mut actions::Raw(std::io::BufWriter::new(f)))?;
+        std::fs::set_permissions(&snap, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        results.push(("backup.path".into(), archive.display().to_string()));
+        results.push(("backup.snapshot".into(), snap.display().to_string()));
+    }
+
+    let old_svc = Service {
+        etcd_binary: before_inst.etcd(),
+    };
+    let old_link = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
+    let rollback = |why: &anyhow::Error| -> Result<()> {
+        juju::action_log(&format!(
+            "snap-upgrade failed ({why:#}); rolling back to the Debian package"
+        ));
+        let svc = Service {
+            etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
+        };
+        let _ = svc.stop();
+        before_inst.save()?;
+        match &old_link {
+            Some(l) => install::switch_current(l)?,
+            None => {
+                let _ = std::fs::remove_file(Path::new(install::OPT_DIR).join("current"));
+            }
+        }
+        old_svc.start()?;
+        wait_healthy(&client, &ep)
+    };
+
+    let migrated = (|| -> Result<Installed> {
+        step("stop")?;
+        old_svc.stop()?;
+        step("install")?;
+        let inst = if to_snap {
+            install::install_snap(&cfg.channel)?
+        } else {
+            match install::install_archive(
+                Path::new(resource.as_deref().unwrap_or_default()),
+                cfg.archive_sha256.as_deref(),
+                "etcd resource",
+            ) {
+                Ok(i) => i,
+                Err(install::InstallError::Bad(m)) => return Err(Refused(m).into()),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        step("start")?;
+        Service {
+            etcd_binary: inst.etcd(),
+        }
+        .start()?;
+        step("verify")?;
+        wait_healthy(&client, &ep)?;
+        let after = identity(&client, &ep)?;
+        if after.member_id != before.member_id {
+            bail!(
+                "the member ID changed ({:x} → {:x})",
+                before.member_id,
+                after.member_id
+            );
+        }
+        if after.keys < before.keys {
+            bail!(
+                "keys are missing after the migration ({} before, {} after)",
+                before.keys,
+                after.keys
+            );
+        }
+        Ok(inst)
+    })();
+    let inst = match migrated {
+        Ok(i) => i,
+        Err(e) => {
+            if let Err(r) = rollback(&e) {
+                bail!("snap-upgrade failed ({e:#}) and the rollback failed too ({r:#}): check etcd on this unit");
+            }
+            return match e.downcast::<Refused>() {
+                Ok(r) => refuse(format!(
+                    "{}; rolled back to the Debian package, which runs with its data",
+                    r.0
+                )),
+                Err(e) => refuse(format!(
+                    "{e:#}; rolled back to the Debian package, which runs with its data"
+                )),
+            };
+        }
+    };
+
+    // purge: the package's purge removes /var/lib/etcd, so the data is set aside meanwhile.
+    step("purge")?;
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
+    let purged = purge_keeping(&data, &svc).and_then(|_| wait_healthy(&client, &ep));
+    let purge_note = match purged {
+        Ok(()) => "the etcd-server and etcd-client packages are purged".to_string(),
+        Err(e) => {
+            format!("the packages could not be purged ({e:#}); etcd runs from the new delivery")
+        }
+    };
+    let after = identity(&client, &ep)?;
+    let _ = juju::application_version_set(&inst.version);
+    results.extend([
+        ("output".to_string(), format!("migrated from the Debian package (etcd {}) to the {} delivery (etcd {}); {purge_note}", before_inst.version, inst.delivery.name(), inst.version)),
+        ("member-id".to_string(), format!("{:x}", after.member_id)),
+        ("keys".to_string(), after.keys.to_string()),
+        ("delivery".to_string(), inst.delivery.name().to_string()),
+        ("version".to_string(), inst.version.clone()),
+    ]);
+    let _ = ctx;
+    Ok(results)
+}
+
+/// Purges the Debian packages with etcd stopped and the data dir moved out of their reach.
+fn purge_keeping(data: &str, svc: &Service) -> Result<()> {
+    svc.stop()?;
+    let data_path = PathBuf::from(data);
+    let aside = PathBuf::from(format!("{data}.migrating"));
+    let inside = data_path.starts_with("/var/lib/etcd");
+    if inside {
+        std::fs::rename(&data_path, &aside).context("setting the data dir aside")?;
+    }
+    let out = std::process::Command::new("apt-get")
+        .args(["purge", "-y", "-q", "etcd-server", "etcd-client"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    if inside {
+        let _ = std::fs::remove_dir_all(&data_path);
+        std::fs::rename(&aside, &data_path).context("putting the data dir back")?;
+    }
+    svc.start()?;
+    let out = out.context("running apt-get purge")?;
+    if !out.status.success() {
+        bail!(
+            "apt-get purge: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }

@@ -366,3 +366,115 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         50
     );
 }
+
+#[test]
+fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_identity() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("migrate", &["update-status-hook-interval=1h"]);
+    let root = repo_root();
+    // Two single-unit deployments from the Debian package: one migrates, the other is the witness.
+    env.ok(&["deploy", root.to_str().unwrap(), "etcd"]);
+    env.ok(&["deploy", root.to_str().unwrap(), "witness"]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
+    env.wait_units(
+        "witness",
+        1,
+        "active",
+        "Healthy with 1 known peers",
+        3 * MIN,
+    );
+    let vars = credentials(&env, work.path());
+    for i in 0..20 {
+        assert!(etcdctl(&vars, &["put", &format!("/m/{i:02}"), "v"])
+            .status
+            .success());
+    }
+    let member_id = || {
+        let out = etcdctl(&vars, &["endpoint", "status", "-w", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+    };
+    let id = member_id();
+    let exe = || {
+        env.exec_ok(
+            "etcd/0",
+            "readlink /proc/$(cat /run/etcd-charm/etcd.pid)/exe",
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(exe(), "/usr/bin/etcd");
+
+    // Attaching a resource does not migrate by itself; the status says snap-upgrade is available.
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", tarball.display()),
+    ]);
+    env.wait_units(
+        "etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers; snap-upgrade available",
+        MIN,
+    );
+    assert_eq!(exe(), "/usr/bin/etcd");
+
+    // A forced failure mid-way rolls back: the package's etcd runs with its data.
+    env.exec_ok(
+        "etcd/0",
+        "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify",
+    );
+    let (code, task) = run_action(&env, "etcd/0", &["snap-upgrade", "target=/root/migration"]);
+    assert_ne!(code, 0);
+    assert!(
+        task["message"].as_str().unwrap().contains("rolled back"),
+        "{task}"
+    );
+    assert_eq!(exe(), "/usr/bin/etcd");
+    env.exec_ok(
+        "etcd/0",
+        "dpkg -s etcd-server | grep -q 'install ok installed'",
+    );
+    let out = etcdctl(&vars, &["get", "/m/", "--prefix", "--keys-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        20
+    );
+
+    // The real migration.
+    env.exec_ok("etcd/0", "rm -r /var/lib/etcd-charm/crashpoints");
+    let (code, task) = run_action(&env, "etcd/0", &["snap-upgrade", "target=/root/migration"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["delivery"], "archive");
+    assert!(exe().starts_with("/opt/etcd/3.5.1/"), "{}", exe());
+    assert_eq!(member_id(), id, "the member keeps its identity");
+    let out = etcdctl(&vars, &["get", "/m/", "--prefix", "--keys-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        20,
+        "every key is there"
+    );
+    assert_ne!(
+        env.exec(
+            "etcd/0",
+            "dpkg -s etcd-server 2>/dev/null | grep -q 'install ok installed'"
+        )
+        .code,
+        0,
+        "the package is purged"
+    );
+    env.exec_ok(
+        "witness/0",
+        "dpkg -s etcd-server | grep -q 'install ok installed'",
+    );
+    env.exec_ok("etcd/0", "test -s /root/migration/etcd-pre-migration.tar.gz && test -s /root/migration/etcd-pre-migration.db");
+    env.ok(&["run", "etcd/0", "health"]);
+}
