@@ -39,14 +39,8 @@ pub type Result<T> = std::result::Result<T, JujuError>;
 pub struct Context {
     pub unit: String,
     pub app: String,
-    pub model: String,
-    pub charm_dir: String,
     /// `hooks/<name>` or `actions/<name>`
     pub dispatch: String,
-    pub relation: Option<String>,
-    pub relation_id: Option<String>,
-    pub remote_unit: Option<String>,
-    pub remote_app: Option<String>,
     pub departing_unit: Option<String>,
     pub action: Option<String>,
 }
@@ -59,14 +53,6 @@ impl Context {
         Context {
             app: unit.split('/').next().unwrap_or("").to_string(),
             unit,
-            model: get("JUJU_MODEL_NAME").unwrap_or_default(),
-            charm_dir: get("JUJU_CHARM_DIR")
-                .or_else(|| get("CHARM_DIR"))
-                .unwrap_or_else(|| ".".into()),
-            relation: get("JUJU_RELATION"),
-            relation_id: get("JUJU_RELATION_ID"),
-            remote_unit: get("JUJU_REMOTE_UNIT"),
-            remote_app: get("JUJU_REMOTE_APP"),
             departing_unit: get("JUJU_DEPARTING_UNIT"),
             action: get("JUJU_ACTION_NAME")
                 .or_else(|| dispatch.strip_prefix("actions/").map(String::from)),
@@ -219,14 +205,6 @@ pub fn resource_get(name: &str) -> Option<String> {
 
 pub fn open_port(port: u16) -> Result<()> {
     run("open-port", &[&format!("{port}/tcp")], None).map(|_| ())
-}
-
-pub fn close_port(port: u16) -> Result<()> {
-    run("close-port", &[&format!("{port}/tcp")], None).map(|_| ())
-}
-
-pub fn opened_ports() -> Result<Vec<String>> {
-    json::<Option<Vec<String>>>("opened-ports", &[]).map(Option::unwrap_or_default)
 }
 
 pub fn goal_state_units() -> Result<Vec<String>> {

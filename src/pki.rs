@@ -242,7 +242,8 @@ pub fn not_after(cert_pem: &str) -> Result<i64> {
     Ok(cert.validity().not_after.timestamp())
 }
 
-/// The SANs a certificate carries (IPs and DNS names), for re-issue decisions.
+/// The SANs a certificate carries (IPs and DNS names).
+#[cfg(test)]
 pub fn cert_names(cert_pem: &str) -> Result<Vec<String>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| PkiError::Parse(e.to_string()))?;

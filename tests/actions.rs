@@ -171,10 +171,105 @@ fn health_credentials_and_bad_params() {
     let (code, task) = run_action(&env, "etcd/0", &["alarm-list"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["count"], "0");
+    // Raise a NOSPACE alarm through the gateway; the actions list and disarm it.
+    let status = etcdctl(
+        &vars,
+        &[
+            "--endpoints",
+            &format!("https://{}:2379", env.address("etcd/0")),
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ],
+    );
+    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let member = v[0]["Status"]["header"]["member_id"].as_u64().unwrap();
+    let dir = work.path().join("etcd_credentials");
+    let body = format!(r#"{{"action":"ACTIVATE","memberID":"{member}","alarm":"NOSPACE"}}"#);
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .arg("--cert")
+        .arg(dir.join("client.crt"))
+        .arg("--key")
+        .arg(dir.join("client.key"))
+        .args([
+            "-X",
+            "POST",
+            &format!(
+                "https://{}:2379/v3/maintenance/alarm",
+                env.address("etcd/0")
+            ),
+            "-d",
+            &body,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, task) = run_action(&env, "etcd/0", &["alarm-list"]);
+    assert_eq!(task["results"]["count"], "1", "{task}");
+    assert!(task["results"]["alarm-list"]
+        .as_str()
+        .unwrap()
+        .contains("alarm:NOSPACE"));
+    let (code, task) = run_action(&env, "etcd/0", &["alarm-disarm"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["remaining"], "0");
+    // keys-version v2: the offline v2 backup where this etcd has it, or a clear refusal.
+    let (_, task) = run_action(
+        &env,
+        "etcd/0",
+        &["snapshot", "keys-version=v2", "target=/root/v2"],
+    );
+    match task["status"].as_str().unwrap() {
+        "completed" => assert_eq!(task["results"]["snapshot"]["version"], "v2"),
+        _ => assert!(
+            task["message"]
+                .as_str()
+                .unwrap()
+                .contains("v2 backup is not available"),
+            "{task}"
+        ),
+    }
     let (code, task) = run_action(&env, "etcd/0", &["defrag"]);
     assert_eq!(code, 0, "{task}");
     let out = etcdctl(&vars, &["get", "greeting", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+}
+
+/// Deletes the test keys, restores from `file` on the leader, and checks all 50 came back.
+fn restore_from(env: &Env, vars: &[(String, String)], leader: &str, file: &Path, kind: &str) {
+    etcdctl(vars, &["del", "/data/", "--prefix"]);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("snapshot={}", file.display()),
+    ]);
+    env.settle("2m");
+    let (code, task) = run_action(env, leader, &["restore"]);
+    assert_eq!(code, 0, "{task}");
+    assert!(
+        task["results"]["restore"]["from"]
+            .as_str()
+            .unwrap()
+            .contains(kind),
+        "{task}"
+    );
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let out = etcdctl(vars, &["get", "/data/", "--prefix", "--keys-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count(),
+        50,
+        "keys after restoring from {kind}"
+    );
 }
 
 #[test]
@@ -232,6 +327,19 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
                     .contains("not an etcd snapshot"),
             "{task}"
         );
+    }
+    // A tarball with a `..` entry or a link is refused too.
+    for (name, script) in [
+        ("dotdot.tar.gz", "import tarfile,io,sys\nt=tarfile.open(sys.argv[1],'w:gz')\ni=tarfile.TarInfo('../evil');i.size=3;t.addfile(i,io.BytesIO(b'bad'));t.close()"),
+        ("link.tar.gz", "import tarfile,sys\nt=tarfile.open(sys.argv[1],'w:gz')\ni=tarfile.TarInfo('db');i.type=tarfile.SYMTYPE;i.linkname='/etc/shadow';t.addfile(i);t.close()"),
+    ] {
+        let f = work.path().join(name);
+        assert!(Command::new("/usr/bin/python3").args(["-c", script]).arg(&f).status().unwrap().success());
+        env.ok(&["attach-resource", "etcd", &format!("snapshot={}", f.display())]);
+        env.settle("2m");
+        let (code, task) = run_action(&env, &leader, &["restore"]);
+        assert_ne!(code, 0);
+        assert!(task["message"].as_str().unwrap().contains("refused"), "{name}: {task}");
     }
     env.ok(&[
         "attach-resource",
@@ -296,31 +404,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    etcdctl(&vars, &["del", "/data/", "--prefix"]);
-    env.ok(&[
-        "attach-resource",
-        "etcd",
-        &format!("snapshot={}", raw.display()),
-    ]);
-    env.settle("2m");
-    let (code, task) = run_action(&env, &leader, &["restore"]);
-    assert_eq!(code, 0, "{task}");
-    assert!(
-        task["results"]["restore"]["from"]
-            .as_str()
-            .unwrap()
-            .contains("raw"),
-        "{task}"
-    );
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count(),
-        50
-    );
+    restore_from(&env, &vars, &leader, &raw, "raw");
 
     // A classic-format archive: the v3 db alone at the root of a tar.gz.
     let classic_dir = work.path().join("classic");
@@ -340,31 +424,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .status()
         .unwrap()
         .success());
-    etcdctl(&vars, &["del", "/data/", "--prefix"]);
-    env.ok(&[
-        "attach-resource",
-        "etcd",
-        &format!("snapshot={}", classic.display()),
-    ]);
-    env.settle("2m");
-    let (code, task) = run_action(&env, &leader, &["restore"]);
-    assert_eq!(code, 0, "{task}");
-    assert!(
-        task["results"]["restore"]["from"]
-            .as_str()
-            .unwrap()
-            .contains("classic"),
-        "{task}"
-    );
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .count(),
-        50
-    );
+    restore_from(&env, &vars, &leader, &classic, "classic");
 }
 
 #[test]

@@ -1356,6 +1356,31 @@ impl Ctl {
         None
     }
 
+    /// Runs a process on the unit's machine, in the charm dir, while `ctx` is the live hook
+    /// context its tools talk to; returns how it ended and the context with its buffered
+    /// changes.
+    async fn run_in_context(
+        &self,
+        model: &str,
+        unit: &str,
+        ctx: HookCtx,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+    ) -> (Result<(proto::AgentReply, Option<u32>)>, HookCtx) {
+        let sock = machine::agent_socket(
+            &model_dir(&self.home, model),
+            self.read(|w| w.models[model].units[unit].machine),
+        );
+        self.contexts
+            .lock()
+            .unwrap()
+            .insert(ctx.id.clone(), ctx.clone());
+        let cwd = charm_dir_in_machine(unit);
+        let result = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd }).await;
+        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
+        (result, ctx)
+    }
+
     async fn run_hook(self: &Arc<Self>, model: &str, unit: &str, ev: Event) {
         let prep = self.mutate(|w| {
             let m = w.models.get(model)?;
@@ -1385,31 +1410,15 @@ impl Ctl {
         let Some((ctx, handler, env)) = prep else {
             return;
         };
-        let sock = machine::agent_socket(
-            &model_dir(&self.home, model),
-            self.read(|w| w.models[model].units[unit].machine),
-        );
-        self.contexts
-            .lock()
-            .unwrap()
-            .insert(ctx.id.clone(), ctx.clone());
         let charm = charm_dir_in_machine(unit);
         let started = Instant::now();
-        let result = match &handler {
-            None => Ok((proto::AgentReply::default(), None)),
+        let (result, ctx) = match &handler {
+            None => (Ok((proto::AgentReply::default(), None)), ctx),
             Some(h) => {
-                machine::agent_call(
-                    &sock,
-                    &AgentRequest::Run {
-                        argv: vec![format!("{charm}/{h}")],
-                        env,
-                        cwd: charm.clone(),
-                    },
-                )
-                .await
+                self.run_in_context(model, unit, ctx, vec![format!("{charm}/{h}")], env)
+                    .await
             }
         };
-        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
         let name = ev.hook.clone();
         match &result {
             Ok((r, _)) => {
@@ -1648,17 +1657,7 @@ impl Ctl {
             });
             return;
         }
-        let sock = machine::agent_socket(
-            &model_dir(&self.home, model),
-            self.read(|w| w.models[model].units[unit].machine),
-        );
-        self.contexts
-            .lock()
-            .unwrap()
-            .insert(ctx.id.clone(), ctx.clone());
-        let cwd = charm_dir_in_machine(unit);
-        let result = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd }).await;
-        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
+        let (result, ctx) = self.run_in_context(model, unit, ctx, argv, env).await;
         self.mutate(|w| {
             let Some(m) = w.models.get_mut(model) else {
                 return;

@@ -76,15 +76,8 @@ pub fn create_bridge(preferred: Option<u8>) -> Result<Net> {
         if link_exists(&net.bridge()) {
             continue;
         }
-        if ip(&["link", "add", &net.bridge(), "type", "bridge"]).is_ok() {
-            ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", net.host_address()),
-                "dev",
-                &net.bridge(),
-            ])?;
-            ip(&["link", "set", &net.bridge(), "up"])?;
+        // Creating the bridge is the claim; a concurrent controller's claim fails here.
+        if setup_bridge(&net).is_ok() {
             return Ok(net);
         }
     }

@@ -88,8 +88,6 @@ pub struct Status {
     #[serde(rename = "isLearner", default)]
     pub is_learner: bool,
     #[serde(default)]
-    pub errors: Vec<String>,
-    #[serde(default)]
     pub header: Header,
 }
 
@@ -304,17 +302,6 @@ impl Client {
     pub fn defrag(&self, endpoint: &str) -> Result<()> {
         self.post(endpoint, "/v3/maintenance/defragment", json!({}))
             .map(|_| ())
-    }
-
-    pub fn put(&self, endpoint: &str, key: &[u8], value: &[u8]) -> Result<()> {
-        use base64::Engine;
-        let b = base64::engine::general_purpose::STANDARD;
-        self.post(
-            endpoint,
-            "/v3/kv/put",
-            json!({"key": b.encode(key), "value": b.encode(value)}),
-        )
-        .map(|_| ())
     }
 
     /// The current revision as seen by `endpoint`.

@@ -372,14 +372,6 @@ pub fn install_deb() -> Result<Installed> {
     Ok(inst)
 }
 
-pub fn deb_installed() -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "etcd-server"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
-}
-
 /// Stops the Debian package's default instance (systemd unit, or a stray process of it).
 pub fn stop_package_instance() {
     if crate::etcd::service::systemd_present() {
