@@ -53,6 +53,9 @@ pub struct LocalState {
     pub client_port: Option<u16>,
     #[serde(default)]
     pub running_peer_url: Option<String>,
+    /// the etcd version the running process was started from
+    #[serde(default)]
+    pub running_version: Option<String>,
 }
 
 impl LocalState {
@@ -906,10 +909,18 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             svc.start()?;
             st.client_port = Some(cfg.port);
             st.running_peer_url = Some(peer_url.clone());
-        } else if changed {
+            st.running_version = Some(inst.version.clone());
+        } else if changed
+            || st
+                .running_version
+                .as_deref()
+                .is_some_and(|v| v != inst.version)
+        {
             // A running member applies a new config in its turn: one unit at a time, each
             // healthy again before the next, so quorum is never at risk.
-            let want = pki::sha256_hex(rendered.as_bytes())[..16].to_string();
+            // New binaries (an attached etcd resource) roll the same way as a new config.
+            let want = pki::sha256_hex(format!("{rendered}\n{}", inst.version).as_bytes())[..16]
+                .to_string();
             set_key(&mut mine, &mut my_writes, "restart-wanted", &want);
             peers.units.insert(ctx.unit.clone(), mine.clone());
             if leader {
@@ -922,6 +933,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
                 st.client_port = Some(cfg.port);
                 st.running_peer_url = Some(peer_url.clone());
+                st.running_version = Some(inst.version.clone());
                 let new_ep = endpoint(&address, cfg.port);
                 let _ = retry(
                     Duration::from_secs(30),

@@ -434,3 +434,55 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
         "acknowledged writes survive the rolling restarts"
     );
 }
+
+#[test]
+fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
+    let work = tempfile::tempdir().unwrap();
+    let t34 = etcd_tarball(work.path(), &etcd34(), "3.4.23");
+    let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("upgrade", &["update-status-hook-interval=1h"]);
+    deploy(&env, 3, &t34);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
+    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone());
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", t35.display()),
+    ]);
+    env.wait("every member to run 3.5.1", 3 * MIN, |_| {
+        let out = creds.etcdctl(
+            &endpoints(&env),
+            true,
+            &["endpoint", "status", "-w", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|a| a.len() == 3 && a.iter().all(|e| e["Status"]["version"] == "3.5.1"))
+            .unwrap_or(false)
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    let turns = env
+        .ok(&["debug-log"])
+        .lines()
+        .filter(|l| l.contains("rolling restart:"))
+        .count();
+    assert_eq!(turns, 3, "one restart turn per unit");
+    let acked = writer.finish();
+    let out = creds.etcdctl(
+        &endpoints(&env),
+        true,
+        &["get", "/writer/", "--prefix", "--keys-only"],
+    );
+    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    assert!(
+        acked.iter().all(|k| have.contains(k)),
+        "acknowledged writes survive the upgrade"
+    );
+    assert_eq!(env.status()["applications"]["etcd"]["version"], "3.5.1");
+}

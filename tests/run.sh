@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
 cargo build --release --workspace
-cargo test --release --workspace -- --test-threads="${TEST_THREADS:-4}"
+cargo test --release --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 # Nothing the tests made may outlive them: namespaces, bridges, machine processes.
 left_ns=$(ip netns list 2>/dev/null | grep -c '^chb' || true)
 left_br=$(ip -o link 2>/dev/null | grep -c ': chb' || true)

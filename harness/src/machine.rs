@@ -71,8 +71,13 @@ pub fn create_bridge(preferred: Option<u8>) -> Result<Net> {
         }
         return Ok(net);
     }
-    for i in 1..=250u8 {
-        let net = Net { index: i };
+    // Start at a random index so a name just released by one controller is rarely reused at
+    // once by another (tests run several controllers side by side).
+    let start: u16 = rand::random::<u16>() % 250;
+    for k in 0..250u16 {
+        let net = Net {
+            index: ((start + k) % 250 + 1) as u8,
+        };
         if link_exists(&net.bridge()) {
             continue;
         }

@@ -636,15 +636,30 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     );
     assert!(bag.contains("private-address"), "{bag}");
 
-    // kill-controller removes every namespace, bridge and process it made.
+    // kill-controller removes every namespace, bridge and process it made. Names may be
+    // reused at once by a test running beside this one, so compare identities: the bridge's
+    // ifindex and each namespace's inode.
+    use std::os::unix::fs::MetadataExt;
     let pids: Vec<u32> = ["0", "1", "2"].iter().map(|m| env.machine_pid(m)).collect();
-    let bridge = after["machines"]["0"]["instance-id"]
-        .as_str()
-        .unwrap()
-        .split('m')
-        .next()
-        .unwrap()
-        .to_string();
+    let netns: Vec<String> = ["0", "1", "2"]
+        .iter()
+        .map(|m| {
+            after["machines"][*m]["instance-id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let bridge = netns[0].split('m').next().unwrap().to_string();
+    let ifindex =
+        |name: &str| std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex")).ok();
+    let inode = |ns: &str| {
+        std::fs::metadata(format!("/run/netns/{ns}"))
+            .ok()
+            .map(|m| m.ino())
+    };
+    let bridge_before = ifindex(&bridge).expect("the model's bridge exists");
+    let ns_before: Vec<Option<u64>> = netns.iter().map(|n| inode(n)).collect();
     env.ok(&["kill-controller"]);
     for p in pids {
         assert!(
@@ -652,22 +667,13 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
             "machine PID {p} survived"
         );
     }
-    let links = std::process::Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(&format!("{bridge}:")),
+    assert_ne!(
+        ifindex(&bridge),
+        Some(bridge_before),
         "bridge {bridge} left behind"
     );
-    let ns = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&ns.stdout)
-            .lines()
-            .any(|l| l.starts_with(&format!("{bridge}m"))),
-        "namespaces left behind"
-    );
+    for (n, before) in netns.iter().zip(ns_before) {
+        assert!(before.is_some());
+        assert_ne!(inode(n), before, "namespace {n} left behind");
+    }
 }
