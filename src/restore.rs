@@ -160,9 +160,17 @@ fn offline_restore(
         .output()
         .context("running the offline snapshot restore")?;
     if !o.status.success() {
+        // etcd's own check (e.g. "expected sha256 ..., got ...") is the last line.
+        let err = String::from_utf8_lossy(&o.stderr);
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_string();
         return refuse(format!(
-            "the snapshot does not restore: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
+            "the snapshot is refused: it does not restore (corrupt?): {last}"
         ));
     }
     Ok(())

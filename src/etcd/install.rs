@@ -192,6 +192,10 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
             .map_err(|e| e.to_string())?;
     }
+    // Read to the end of the gzip stream: its trailer CRC catches damage inside stored blocks
+    // that tar's framing cannot see.
+    let mut rest = ar.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| format!("damaged tarball: {e}"))?;
     Ok(())
 }
 
@@ -472,6 +476,33 @@ mod tests {
         let truncated = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(truncated.path(), &std::fs::read(t.path()).unwrap()[..200]).unwrap();
         assert!(unpack_safely(truncated.path(), d.path()).is_err());
+    }
+
+    #[test]
+    fn a_flipped_byte_in_stored_data_is_caught_by_the_gzip_crc() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("stored.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&f).unwrap(),
+            flate2::Compression::none(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "db", data.as_slice()).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+        let mut bytes = std::fs::read(&f).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x01;
+        std::fs::write(&f, &bytes).unwrap();
+        let out = d.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        assert!(unpack_safely(&f, &out).unwrap_err().contains("damaged"));
     }
 
     #[test]
