@@ -518,7 +518,17 @@ fn leader_membership(
                 juju::log("WARNING", &format!("cannot remove member {}: {e}", m.name));
             }
         }
-        members = client.member_list(ep)?;
+        // A departing raft leader removes itself a little later: report after it has.
+        let infos = peers.infos();
+        members = retry(Duration::from_secs(20), Duration::from_millis(250), || {
+            let m = client.member_list(ep).map_err(|e| e.to_string())?;
+            if cluster::strays(&m, &infos, peers.join().as_ref()).is_empty() {
+                Ok(m)
+            } else {
+                Err("a departed unit is still a member".to_string())
+            }
+        })
+        .or_else(|_| client.member_list(ep))?;
     }
     Ok(members)
 }

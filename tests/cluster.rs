@@ -217,6 +217,8 @@ fn raft_leader_unit(env: &Env, creds: &Creds) -> String {
 fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
     let work = tempfile::tempdir().unwrap();
     let (env, creds, eps, writer) = cluster_with_writer("scale", 1, work.path());
+    // Members of vanished units are also healed on update-status.
+    env.ok(&["model-config", "update-status-hook-interval=10s"]);
 
     env.ok(&["add-unit", "etcd", "-n", "2"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);

@@ -121,7 +121,12 @@ impl Env {
                 return s;
             }
             if Instant::now() > deadline {
-                let log = self.run(&["debug-log", "--limit", "60"]).stdout;
+                let log = self.run(&["debug-log", "--limit", "200"]).stdout;
+                let log: String = log
+                    .lines()
+                    .filter(|l| !l.contains(" DEBUG "))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
                 panic!(
                     "timed out waiting for {what}\n{}\n--- debug-log ---\n{log}",
                     self.ok(&["status"])
