@@ -197,6 +197,33 @@ fn cluster_with_writer(
     (env, creds, eps, writer)
 }
 
+/// Stops the writer and checks that every key it got acknowledged can be read back.
+fn no_acknowledged_write_lost(creds: &Creds, endpoints: &str, writer: Writer, during: &str) {
+    let acked = writer.finish();
+    assert!(
+        acked.len() > 10,
+        "the writer got too few writes through during the {during}: {}",
+        acked.len()
+    );
+    let out = creds.etcdctl(
+        endpoints,
+        true,
+        &["get", "/writer/", "--prefix", "--keys-only"],
+    );
+    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged keys lost during the {during}, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
 fn raft_leader_unit(env: &Env, creds: &Creds) -> String {
     let out = creds.etcdctl(&endpoints(env), true, &["endpoint", "status", "-w", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -268,26 +295,8 @@ fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
     env.ok(&args);
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
 
-    let acked = writer.finish();
-    assert!(
-        acked.len() > 20,
-        "the writer got too few writes through: {}",
-        acked.len()
-    );
     let ep = format!("https://{}:2379", env.address(&last));
-    let out = creds.etcdctl(&ep, true, &["get", "/writer/", "--prefix", "--keys-only"]);
-    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged keys lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    no_acknowledged_write_lost(&creds, &ep, writer, "scaling");
 }
 
 #[test]
@@ -420,21 +429,7 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
         text.lines().count() == 3 && text.lines().all(|l| l.contains(":2480"))
     });
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
-    let acked = writer.finish();
-    let out = creds.etcdctl(
-        &endpoints(&env),
-        true,
-        &["get", "/writer/", "--prefix", "--keys-only"],
-    );
-    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    assert!(
-        acked.iter().all(|k| have.contains(k)),
-        "acknowledged writes survive the rolling restarts"
-    );
+    no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "rolling restarts");
 }
 
 #[test]
@@ -471,20 +466,6 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
         .filter(|l| l.contains("rolling restart:"))
         .count();
     assert_eq!(turns, 3, "one restart turn per unit");
-    let acked = writer.finish();
-    let out = creds.etcdctl(
-        &endpoints(&env),
-        true,
-        &["get", "/writer/", "--prefix", "--keys-only"],
-    );
-    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    assert!(
-        acked.iter().all(|k| have.contains(k)),
-        "acknowledged writes survive the upgrade"
-    );
+    no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "upgrade");
     assert_eq!(env.status()["applications"]["etcd"]["version"], "3.5.1");
 }

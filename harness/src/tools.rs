@@ -133,6 +133,15 @@ fn help(tool: &str) -> String {
     }
 }
 
+/// The machine address of a unit (every binding resolves to it here).
+fn unit_address(m: &Model, unit: &str) -> String {
+    m.units
+        .get(unit)
+        .and_then(|u| m.machines.get(&u.machine))
+        .map(|x| x.address.clone())
+        .unwrap_or_default()
+}
+
 fn is_leader(m: &Model, ctx: &HookCtx) -> bool {
     m.apps.get(&ctx.app).and_then(|a| a.leader.as_deref()) == Some(ctx.unit.as_str())
 }
@@ -556,12 +565,7 @@ fn dispatch(
             if !known {
                 return refuse(format!("no network config found for binding {binding:?}"));
             }
-            let addr = m
-                .units
-                .get(&ctx.unit)
-                .and_then(|u| m.machines.get(&u.machine))
-                .map(|x| x.address.clone())
-                .unwrap_or_default();
+            let addr = unit_address(m, &ctx.unit);
             let cidr = format!("{}.0/24", addr.rsplitn(2, '.').nth(1).unwrap_or(""));
             let flags_set: Vec<&str> = ["bind-address", "ingress-address", "egress-subnets"]
                 .into_iter()
@@ -595,12 +599,7 @@ fn dispatch(
             let p = parse(&[FORMAT, OUTPUT], args)?;
             match p.positional.first().map(String::as_str) {
                 Some("private-address") | Some("public-address") => {
-                    let addr = m
-                        .units
-                        .get(&ctx.unit)
-                        .and_then(|u| m.machines.get(&u.machine))
-                        .map(|x| x.address.clone())
-                        .unwrap_or_default();
+                    let addr = unit_address(m, &ctx.unit);
                     out(&json!(addr), &p, Format::Smart)
                 }
                 Some(other) => usage(format!("unknown setting {other:?}")),
