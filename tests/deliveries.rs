@@ -154,6 +154,7 @@ fn a_client_on_db_uses_the_credentials_and_sees_the_connection_string_change() {
         "client",
     ]);
     env.ok(&["integrate", "etcd:db", "client:db"]);
+    env.ok(&["integrate", "etcd:proxy", "client:proxy"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let s = env.wait("the client to write and read", 2 * MIN, |s| {
         unit_msg(s, "client").1.starts_with("wrote and read a key")
@@ -177,6 +178,35 @@ fn a_client_on_db_uses_the_credentials_and_sees_the_connection_string_change() {
             &format!("relation-get -r $(relation-ids db) connection_string {u}"),
         );
         assert_eq!(out.trim(), expect(&env), "{u}");
+    }
+    // proxy: the initial-cluster style string of the started members, and the TLS trio.
+    let want_cluster = {
+        let mut v: Vec<String> = env
+            .units("etcd")
+            .iter()
+            .map(|u| format!("{}=https://{}:2380", u.replace('/', ""), env.address(u)))
+            .collect();
+        v.sort();
+        v.join(",")
+    };
+    env.wait("the proxy client to see the cluster", MIN, |_| {
+        env.exec_ok(
+            "client/0",
+            "cat /var/lib/etcd-client/proxy-cluster 2>/dev/null || true",
+        )
+        .trim()
+            == want_cluster
+    });
+    let trio = env.exec_ok(
+        "client/0",
+        "relation-get -r $(relation-ids proxy) - etcd/0 --format=json",
+    );
+    let trio: serde_json::Value = serde_json::from_str(&trio).unwrap();
+    for k in ["client_ca", "client_cert", "client_key"] {
+        assert!(
+            trio[k].as_str().unwrap_or("").contains("-----BEGIN"),
+            "{k} on proxy"
+        );
     }
     env.ok(&["add-unit", "etcd"]);
     env.wait_units("etcd", 4, "active", "Healthy with 4 known peers", 3 * MIN);

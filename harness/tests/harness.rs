@@ -680,8 +680,19 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
 
 #[test]
 fn serial_mode_runs_one_hook_at_a_time_in_the_whole_model() {
-    let env = Env::new("serial", &["update-status-hook-interval=1h", "harness-serial=true"]);
-    env.ok(&["deploy", &probe(), "probe", "-n", "3", "--config", "hook-sleep=0.05"]);
+    let env = Env::new(
+        "serial",
+        &["update-status-hook-interval=1h", "harness-serial=true"],
+    );
+    env.ok(&[
+        "deploy",
+        &probe(),
+        "probe",
+        "-n",
+        "3",
+        "--config",
+        "hook-sleep=0.05",
+    ]);
     env.wait_units("probe", 3, "active", "started", MIN);
     env.settle("2m");
     let mut spans: Vec<(f64, f64)> = vec![];
@@ -699,6 +710,11 @@ fn serial_mode_runs_one_hook_at_a_time_in_the_whole_model() {
     spans.sort_by(|a, b| a.partial_cmp(b).unwrap());
     assert!(spans.len() >= 3 * 6, "{} hooks recorded", spans.len());
     for w in spans.windows(2) {
-        assert!(w[0].1 <= w[1].0, "two hooks overlapped in serial mode: {:?} and {:?}", w[0], w[1]);
+        assert!(
+            w[0].1 <= w[1].0,
+            "two hooks overlapped in serial mode: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
     }
 }
