@@ -47,6 +47,9 @@ pub struct LocalState {
     /// names this unit's CSRs were made for
     #[serde(default)]
     pub csr_names: Vec<String>,
+    /// profile → sha256 of the certificate a renewal CSR was made for
+    #[serde(default)]
+    pub renewed_for: std::collections::BTreeMap<String, String>,
     /// the client port and peer URL etcd runs with now (a config change applies them only
     /// when this unit's rolling-restart turn comes)
     #[serde(default)]
@@ -196,17 +199,23 @@ pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallE
 /// Makes (or keeps) this unit's CSRs for its current addresses.
 fn ensure_csrs(st: &mut LocalState, unit: &str, names: &[String]) -> Result<(String, String)> {
     let mut out = vec![];
-    let renew = [Profile::Server, Profile::Peer].iter().any(|p| {
-        std::fs::read_to_string(pki::path(&format!("{}.crt", p.name())))
-            .map(|c| pki::needs_renewal(&c, now() as i64))
-            .unwrap_or(false)
-    });
     for p in [Profile::Server, Profile::Peer] {
         let csr_file = Path::new("/var/lib/etcd-charm").join(format!("{}.csr", p.name()));
-        let existing = std::fs::read_to_string(&csr_file).ok();
-        let csr = match existing {
+        // Renewal: one new CSR per certificate that is due (not one per hook while waiting).
+        let cert = std::fs::read_to_string(pki::path(&format!("{}.crt", p.name()))).ok();
+        let cert_sha = cert.as_deref().map(|c| pki::sha256_hex(c.as_bytes()));
+        let renew = cert
+            .as_deref()
+            .is_some_and(|c| pki::needs_renewal(c, now() as i64))
+            && st.renewed_for.get(p.name()) != cert_sha.as_ref();
+        let csr = match std::fs::read_to_string(&csr_file).ok() {
             Some(c) if st.csr_names == names && !renew => c,
             _ => {
+                if renew {
+                    juju::log("INFO", &format!("the {} certificate is due for renewal; asking the leader for a new one", p.name()));
+                    st.renewed_for
+                        .insert(p.name().to_string(), cert_sha.clone().unwrap_or_default());
+                }
                 let key = pki::unit_key(p)?;
                 let c = pki::csr_for(&key, &member_name(unit), names)?;
                 pki::write_file(&csr_file, c.as_bytes(), 0o644)?;
@@ -217,6 +226,28 @@ fn ensure_csrs(st: &mut LocalState, unit: &str, names: &[String]) -> Result<(Str
     }
     st.csr_names = names.to_vec();
     Ok((out[0].clone(), out[1].clone()))
+}
+
+/// Certificates on disk that have not expired (kept in use while a renewal is pending).
+fn certs_on_disk() -> bool {
+    ["ca.crt", "server.crt", "peer.crt"]
+        .iter()
+        .all(|f| pki::path(f).exists())
+        && ["server.crt", "peer.crt"].iter().all(|f| {
+            std::fs::read_to_string(pki::path(f))
+                .ok()
+                .and_then(|c| pki::not_after(&c).ok())
+                .is_some_and(|t| t > now() as i64)
+        })
+}
+
+/// A status for a certificate whose renewal is overdue.
+fn overdue_certificate() -> Option<String> {
+    ["server.crt", "peer.crt"].iter().find_map(|f| {
+        let c = std::fs::read_to_string(pki::path(f)).ok()?;
+        pki::renewal_overdue(&c, now() as i64)
+            .then(|| format!("TLS certificate {f} expires soon and its renewal has not completed"))
+    })
 }
 
 /// What a hook sees of the peer relation, with the leader's writes of this hook merged in.
@@ -302,7 +333,13 @@ fn leader_ca(peers: &mut Peers) -> Result<Ca> {
 }
 
 /// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
-fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[String]) {
+fn leader_sign(
+    peers: &mut Peers,
+    ca: &Ca,
+    own_unit: &str,
+    own_addresses: &[String],
+    lifetime: time::Duration,
+) {
     let units: Vec<(String, Bag)> = peers
         .units
         .iter()
@@ -328,7 +365,7 @@ fn leader_sign(peers: &mut Peers, ca: &Ca, own_unit: &str, own_addresses: &[Stri
             if peers.app_get(&sha_key) == Some(sha.as_str()) {
                 continue;
             }
-            match ca.sign(csr, p, &name, &allowed) {
+            match ca.sign(csr, p, &name, &allowed, lifetime) {
                 Ok(cert) => {
                     peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
                     peers.app_set(&sha_key, &sha);
@@ -351,10 +388,10 @@ fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<b
     for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
         let sha = pki::sha256_hex(csr.as_bytes());
         if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
-            return Ok(false);
+            return Ok(certs_on_disk());
         }
         let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
-            return Ok(false);
+            return Ok(certs_on_disk());
         };
         files.push((format!("{}.crt", p.name()), cert.to_string()));
     }
@@ -747,10 +784,19 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
 
     if leader {
         let ca = leader_ca(&mut peers)?;
-        leader_sign(&mut peers, &ca, &ctx.unit, &addresses);
+        leader_sign(
+            &mut peers,
+            &ca,
+            &ctx.unit,
+            &addresses,
+            cfg.tls_certificate_lifetime,
+        );
     }
     mark("leader-pki");
     let certified = install_certs(&peers, &name, &csrs)?;
+    if let Some(msg) = overdue_certificate() {
+        board.report("blocked", msg);
+    }
     let data = data_dir();
     let svc = Service {
         etcd_binary: inst.etcd(),

@@ -40,6 +40,8 @@ pub struct Config {
     pub auto_compaction_retention: String,
     pub archive_url: Option<String>,
     pub archive_sha256: Option<String>,
+    /// lifetime of the certificates the leader signs
+    pub tls_certificate_lifetime: time::Duration,
 }
 
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
@@ -176,7 +178,18 @@ impl Config {
                 );
             }
         }
+        let lifetime_raw = {
+            let l = get_str(c, "tls_certificate_lifetime");
+            if l.is_empty() {
+                "825d".to_string()
+            } else {
+                l
+            }
+        };
+        let tls_certificate_lifetime = parse_lifetime(&lifetime_raw)
+            .ok_or_else(|| format!("invalid config: tls_certificate_lifetime {lifetime_raw:?} must be a number with s, m, h or d, between 60s and 3650d"))?;
         Ok(Config {
+            tls_certificate_lifetime,
             port: port as u16,
             management_port: mport as u16,
             channel,
@@ -193,6 +206,22 @@ impl Config {
             archive_sha256: sha,
         })
     }
+}
+
+/// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
+pub fn parse_lifetime(s: &str) -> Option<time::Duration> {
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: i64 = num.trim().parse().ok()?;
+    let secs = n.checked_mul(match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    })?;
+    (60..=3650 * 86400)
+        .contains(&secs)
+        .then(|| time::Duration::seconds(secs))
 }
 
 /// `auto`, `<track>/<risk>[/<branch>]`, `<risk>` or `<track>`.

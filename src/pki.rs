@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
 pub const PKI_DIR: &str = "/etc/etcd/pki";
-const LEAF_DAYS: i64 = 825;
+/// Default lifetime of leaf certificates (config `tls_certificate_lifetime`).
+pub const LEAF_DAYS: i64 = 825;
 const CA_DAYS: i64 = 3650;
 /// Renew when less than this is left.
 pub const RENEW_BEFORE_DAYS: i64 = 30;
@@ -108,6 +109,7 @@ impl Ca {
         profile: Profile,
         common_name: &str,
         allowed: &[String],
+        lifetime: Duration,
     ) -> Result<String> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         let requested = requested_names(&csr.params.subject_alt_names);
@@ -127,8 +129,9 @@ impl Ca {
         ];
         p.extended_key_usages = profile.ekus();
         let now = OffsetDateTime::now_utc();
-        p.not_before = now - Duration::minutes(5);
-        p.not_after = now + Duration::days(LEAF_DAYS);
+        // A minute back for clock skew between units.
+        p.not_before = now - Duration::minutes(1);
+        p.not_after = now + lifetime;
         p.serial_number = Some(serial());
         p.use_authority_key_identifier_extension = true;
         if profile == Profile::Client {
@@ -142,7 +145,7 @@ impl Ca {
     pub fn issue_with_key(&self, profile: Profile, common_name: &str) -> Result<(String, String)> {
         let key = KeyPair::generate()?;
         let csr = csr_for(&key, common_name, &[])?;
-        let cert = self.sign(&csr, profile, common_name, &[])?;
+        let cert = self.sign(&csr, profile, common_name, &[], Duration::days(LEAF_DAYS))?;
         Ok((cert, key.serialize_pem()))
     }
 }
@@ -271,10 +274,29 @@ pub fn cert_names(cert_pem: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some((
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+/// Time to renew: less than a third of the lifetime (at most 30 days) is left.
 pub fn needs_renewal(cert_pem: &str, now: i64) -> bool {
-    not_after(cert_pem)
-        .map(|t| t - now < RENEW_BEFORE_DAYS * 86400)
-        .unwrap_or(true)
+    match validity(cert_pem) {
+        Some((from, to)) => to - now < ((to - from) / 3).min(RENEW_BEFORE_DAYS * 86400),
+        None => true,
+    }
+}
+
+/// Renewal is overdue: less than a tenth of the lifetime is left (or it has expired).
+pub fn renewal_overdue(cert_pem: &str, now: i64) -> bool {
+    match validity(cert_pem) {
+        Some((from, to)) => to - now < (to - from) / 10,
+        None => false,
+    }
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -293,7 +315,13 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let csr = csr_for(&key, "etcd0", &["10.0.0.5".into(), "127.0.0.1".into()]).unwrap();
         let cert = ca
-            .sign(&csr, Profile::Server, "etcd0", &["10.0.0.5".into()])
+            .sign(
+                &csr,
+                Profile::Server,
+                "etcd0",
+                &["10.0.0.5".into()],
+                Duration::days(LEAF_DAYS),
+            )
             .unwrap();
         let names = cert_names(&cert).unwrap();
         assert!(
@@ -307,12 +335,40 @@ mod tests {
         // a name that is not the unit's is refused
         let csr = csr_for(&key, "etcd0", &["10.0.0.9".into()]).unwrap();
         let err = ca
-            .sign(&csr, Profile::Peer, "etcd0", &["10.0.0.5".into()])
+            .sign(
+                &csr,
+                Profile::Peer,
+                "etcd0",
+                &["10.0.0.5".into()],
+                Duration::days(LEAF_DAYS),
+            )
             .unwrap_err();
         assert!(
             err.to_string().contains("10.0.0.9 is not an address"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn renewal_is_due_in_the_last_third_and_overdue_in_the_last_tenth() {
+        let ca = Ca::create("ca").unwrap();
+        let key = KeyPair::generate().unwrap();
+        let csr = csr_for(&key, "etcd0", &["10.0.0.5".into()]).unwrap();
+        let cert = ca
+            .sign(
+                &csr,
+                Profile::Server,
+                "etcd0",
+                &["10.0.0.5".into()],
+                Duration::minutes(5),
+            )
+            .unwrap();
+        let (from, to) = validity(&cert).unwrap();
+        assert_eq!(to - from, 6 * 60);
+        assert!(!needs_renewal(&cert, from + 60));
+        assert!(needs_renewal(&cert, to - 60));
+        assert!(!renewal_overdue(&cert, to - 60));
+        assert!(renewal_overdue(&cert, to - 10));
     }
 
     #[test]
