@@ -60,7 +60,9 @@ print("ok")
     h("attach-resource", "etcd", f"snapshot={local}")
     h("wait-settled", "--timeout", "5m")
     t = time.perf_counter()
-    h("run", "etcd/0", "restore")
+    out = json.loads(h("run", "--format", "json", "etcd/0", "restore"))
     restore_s = time.perf_counter() - t
+    for line in out["etcd/0"].get("log", []):
+        print("   ", line)
     t0, t1 = map(float, h("exec", "--unit", "etcd/0", "--", BASE_RESTORE.format(etcdutl=FIX / "etcd-3.5.1/etcdutl", etcd=FIX / "etcd-3.5.1/etcd")).split())
     row("restore action on one unit (verify, restore, swap, start, check)", restore_s, "s", "etcdutl snapshot restore + start etcd by hand", t1 - t0, "within 1.5x")

@@ -237,6 +237,7 @@ pub fn restore(
     // 1–2. fetch and verify, touching nothing.
     juju::action_log("verifying the snapshot");
     let (db, what) = fetch(Path::new(&resource), &staging)?;
+    juju::action_log(&format!("found {what}; restoring it offline"));
     let size = std::fs::metadata(&db)?.len();
     let kind = kind_of(size).ok_or_else(|| Refused(format!("{what} is not an etcd snapshot (size {size} is not a whole number of pages, with or without a digest): truncated?")))?;
     // A snapshot with a digest is verified by the offline restore itself (etcd's own
@@ -257,7 +258,12 @@ pub fn restore(
     let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
     let restored = staging.join("data");
     offline_restore(&inst, &db, &kind, &name, &peer_url, &token, &restored)?;
-    let want_rev = snapshot_revision(&inst, &db);
+    // This charm's archives say their revision; others are asked offline (a full read).
+    let meta_rev = std::fs::read(db.with_file_name("metadata.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v.get("revision").and_then(Value::as_u64));
+    let want_rev = meta_rev.or_else(|| snapshot_revision(&inst, &db));
     juju::action_log(&format!(
         "{what} verified and restored offline (revision {})",
         want_rev.map(|r| r.to_string()).unwrap_or("unknown".into())
@@ -296,6 +302,7 @@ pub fn restore(
     let svc = Service {
         etcd_binary: inst.etcd(),
     };
+    juju::action_log("stopping etcd and setting the current data aside");
     svc.stop()?;
     let aside = Path::new(&data).join(format!(".pre-restore-{epoch}"));
     let _ = std::fs::remove_dir_all(&aside);
@@ -318,12 +325,13 @@ pub fn restore(
     st.epoch = Some(epoch.to_string());
     st.save()?;
     rerender(&st, &cfg, &name, &address, &data)?;
+    juju::action_log("starting the restored member");
     svc.start()?;
 
     // 6. check.
     let check = retry(
         Duration::from_secs(60),
-        Duration::from_millis(200),
+        Duration::from_millis(50),
         || -> Result<u64> {
             if !client.health(&ep)? {
                 bail!("not healthy yet");

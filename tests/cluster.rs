@@ -476,16 +476,43 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("renew", &["update-status-hook-interval=1h"]);
     let res = format!("etcd={}", tarball.display());
-    env.ok(&["deploy", repo_root().to_str().unwrap(), "etcd", "-n", "3", "--resource", &res, "--config", "tls_certificate_lifetime=60s"]);
+    env.ok(&[
+        "deploy",
+        repo_root().to_str().unwrap(),
+        "etcd",
+        "-n",
+        "3",
+        "--resource",
+        &res,
+        "--config",
+        "tls_certificate_lifetime=60s",
+    ]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    let certs = |env: &Env| -> Vec<String> { env.units("etcd").iter().map(|u| env.exec_ok(u, "cat /etc/etcd/pki/server.crt /etc/etcd/pki/peer.crt")).collect() };
+    let certs = |env: &Env| -> Vec<String> {
+        env.units("etcd")
+            .iter()
+            .map(|u| env.exec_ok(u, "cat /etc/etcd/pki/server.crt /etc/etcd/pki/peer.crt"))
+            .collect()
+    };
     let first = certs(&env);
     env.ok(&["model-config", "update-status-hook-interval=3s"]);
-    env.wait("every unit to get new certificates", 2 * MIN, |_| certs(&env).iter().zip(&first).all(|(now, before)| now != before));
+    env.wait("every unit to get new certificates", 2 * MIN, |_| {
+        certs(&env)
+            .iter()
+            .zip(&first)
+            .all(|(now, before)| now != before)
+    });
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
     let out = creds.etcdctl(&endpoints(&env), true, &["put", "/after-renewal", "ok"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = env.ok(&["debug-log"]);
-    assert!(log.contains("due for renewal"), "renewal was requested by the units");
+    assert!(
+        log.contains("due for renewal"),
+        "renewal was requested by the units"
+    );
 }

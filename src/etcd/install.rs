@@ -148,7 +148,9 @@ pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
 pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), String> {
     let f = std::fs::File::open(tarball)
         .map_err(|e| format!("cannot open {}: {e}", tarball.display()))?;
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(f)));
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::io::BufReader::with_capacity(1 << 20, f),
+    ));
     let mut total = 0u64;
     let entries = ar
         .entries()
@@ -186,8 +188,19 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
         }
         let mode = e.header().mode().unwrap_or(0o644) & 0o755;
         let mut out = std::fs::File::create(&target).map_err(|e| e.to_string())?;
-        std::io::copy(&mut (&mut e).take(size), &mut out)
-            .map_err(|e| format!("damaged tarball at {}: {e}", path.display()))?;
+        // Large reads and writes: snapshot dbs are hundreds of MiB.
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = e
+                .read(&mut buf[..left.min(1 << 20) as usize])
+                .map_err(|err| format!("damaged tarball at {}: {err}", path.display()))?;
+            if n == 0 {
+                return Err(format!("damaged tarball: {} ends early", path.display()));
+            }
+            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            left -= n as u64;
+        }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
             .map_err(|e| e.to_string())?;
