@@ -315,25 +315,75 @@ impl<W: Write> SnapshotSink for Raw<W> {
     }
 }
 
-/// Writes the stream as the `db` entry of a tar archive (the header needs the size first).
-struct TarEntry<'a, W: Write> {
-    tar: &'a mut tar::Builder<W>,
+type ArchiveTar = tar::Builder<flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>>;
+
+/// The snapshot archive: `metadata.json`, then the db as a `db` entry streamed as it arrives
+/// (its tar header needs the size, which the first chunk announces). The gzip level is chosen
+/// from the first MiBs: data that does not compress is stored, so a restore does not pay to
+/// inflate literal-coded blocks for nothing.
+struct Archive {
+    file: Option<std::fs::File>,
+    meta: Vec<u8>,
     size: u64,
+    tar: Option<ArchiveTar>,
+    /// the first MiBs, held until the level is chosen (a db starts with compressible meta pages)
+    head: Vec<u8>,
 }
 
-impl<W: Write> SnapshotSink for TarEntry<'_, W> {
-    fn begin(&mut self, size: u64) -> std::io::Result<()> {
-        self.size = size;
+const ARCHIVE_SAMPLE: usize = 4 << 20;
+
+impl Archive {
+    fn open(&mut self) -> std::io::Result<ArchiveTar> {
+        let sample = &self.head;
+        let mut probe = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        probe.write_all(sample)?;
+        let compressed = probe.finish()?.len();
+        let level = if compressed * 10 > sample.len() * 9 {
+            flate2::Compression::none()
+        } else {
+            flate2::Compression::fast()
+        };
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("archive already open"))?;
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            level,
+        ));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(self.meta.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(&mut h, "metadata.json", self.meta.as_slice())?;
         let mut h = tar::Header::new_gnu();
         h.set_path("db")?;
-        h.set_size(size);
+        h.set_size(self.size);
         h.set_mode(0o600);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
-        self.tar.get_mut().write_all(h.as_bytes())
+        tar.get_mut().write_all(h.as_bytes())?;
+        Ok(tar)
+    }
+}
+
+impl SnapshotSink for Archive {
+    fn begin(&mut self, size: u64) -> std::io::Result<()> {
+        self.size = size;
+        Ok(())
     }
     fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.tar.get_mut().write_all(b)
+        if let Some(t) = self.tar.as_mut() {
+            return t.get_mut().write_all(b);
+        }
+        self.head.extend_from_slice(b);
+        if self.head.len() < ARCHIVE_SAMPLE && (self.head.len() as u64) < self.size {
+            return Ok(());
+        }
+        let mut tar = self.open()?;
+        tar.get_mut().write_all(&std::mem::take(&mut self.head))?;
+        self.tar = Some(tar);
+        Ok(())
     }
 }
 
@@ -449,26 +499,22 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         .mode(0o600)
         .open(&part)?;
     let result = (|| -> Result<u64> {
-        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
-            std::io::BufWriter::with_capacity(1 << 20, f),
-            flate2::Compression::fast(),
-        ));
-        let meta_bytes = serde_json::to_vec_pretty(&meta)?;
-        let mut h = tar::Header::new_gnu();
-        h.set_size(meta_bytes.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        b.append_data(&mut h, "metadata.json", meta_bytes.as_slice())?;
-        // The db entry is streamed: its size is known from the first chunk (+32 digest bytes).
-        let mut entry = TarEntry {
-            tar: &mut b,
+        let mut archive = Archive {
+            file: Some(f),
+            meta: serde_json::to_vec_pretty(&meta)?,
             size: 0,
+            tar: None,
+            head: Vec::new(),
         };
-        let written = stream_snapshot(&client, &leader_ep, &mut entry)?;
-        let size = entry.size;
+        let written = stream_snapshot(&client, &leader_ep, &mut archive)?;
+        let size = archive.size;
         if written != size {
             bail!("snapshot stream size {written} does not match the announced {size}");
         }
+        let mut b = archive
+            .tar
+            .take()
+            .ok_or_else(|| anyhow!("the snapshot stream was empty"))?;
         // pad the tar entry to 512 bytes
         let pad = (512 - (size % 512)) % 512;
         b.get_mut().write_all(&vec![0u8; pad as usize])?;
