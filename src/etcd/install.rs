@@ -62,6 +62,9 @@ pub struct Installed {
     /// sha256 of the tarball an archive install came from
     #[serde(default)]
     pub source_sha256: Option<String>,
+    /// path, size and mtime of that tarball: unchanged means already verified and installed
+    #[serde(default)]
+    pub source_stamp: Option<String>,
 }
 
 impl Installed {
@@ -87,6 +90,19 @@ impl Installed {
         let p = format!("{}/etcdutl", self.bin_dir);
         Path::new(&p).exists().then_some(p)
     }
+}
+
+/// Identifies a file cheaply (path, size, modification time) so every hook need not rehash it.
+fn stamp(p: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some(format!(
+        "{}|{}|{}.{}",
+        p.display(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ))
 }
 
 pub fn sha256_file(p: &Path) -> std::io::Result<String> {
@@ -232,17 +248,34 @@ pub fn install_archive(
     expected_sha256: Option<&str>,
     label: &str,
 ) -> Result<Installed> {
+    // The same file as last time (and the same expected sha256): already verified and installed.
+    let stamp = stamp(tarball);
+    if let Some(cur) = Installed::load() {
+        let expected_ok = expected_sha256
+            .map(|w| cur.source_sha256.as_deref() == Some(w))
+            .unwrap_or(true);
+        if cur.delivery == Delivery::Archive
+            && stamp.is_some()
+            && cur.source_stamp == stamp
+            && expected_ok
+            && Path::new(&cur.etcd()).exists()
+        {
+            return Ok(cur);
+        }
+    }
     let sha = sha256_file(tarball).map_err(io(format!("reading {label}")))?;
     if let Some(want) = expected_sha256 {
         if want != sha {
             return Err(InstallError::Bad(format!("{label}: sha256 {sha} does not match archive_sha256 {want}; attach the right tarball or fix the config")));
         }
     }
-    if let Some(cur) = Installed::load() {
+    if let Some(mut cur) = Installed::load() {
         if cur.delivery == Delivery::Archive
             && cur.source_sha256.as_deref() == Some(sha.as_str())
             && Path::new(&cur.etcd()).exists()
         {
+            cur.source_stamp = stamp;
+            cur.save()?;
             return Ok(cur);
         }
     }
@@ -282,6 +315,7 @@ pub fn install_archive(
         version,
         bin_dir: format!("{OPT_DIR}/current"),
         source_sha256: Some(sha),
+        source_stamp: stamp,
     };
     inst.save()?;
     Ok(inst)
@@ -301,7 +335,8 @@ pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
     let cache = Path::new("/var/cache/etcd-charm");
     std::fs::create_dir_all(cache).map_err(io("/var/cache/etcd-charm"))?;
     let done = cache.join(format!("{sha256}.tar.gz"));
-    if done.exists() && sha256_file(&done).ok().as_deref() == Some(sha256) {
+    // Only a verified download is ever renamed to its sha256 name.
+    if done.exists() {
         return Ok(done);
     }
     let partial = cache.join(format!("{sha256}.partial"));
@@ -384,6 +419,7 @@ pub fn install_deb() -> Result<Installed> {
         version,
         bin_dir: "/usr/bin".into(),
         source_sha256: None,
+        source_stamp: None,
     };
     inst.save()?;
     Ok(inst)
@@ -429,6 +465,7 @@ pub fn install_snap(channel: &str) -> Result<Installed> {
         version,
         bin_dir: "/snap/bin".into(),
         source_sha256: None,
+        source_stamp: None,
     };
     inst.save()?;
     Ok(inst)
