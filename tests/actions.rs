@@ -12,16 +12,7 @@ const MIN: Duration = Duration::from_secs(60);
 
 fn deploy3(env: &Env, work: &Path) {
     let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
-    let res = format!("etcd={}", tarball.display());
-    env.ok(&[
-        "deploy",
-        repo_root().to_str().unwrap(),
-        "etcd",
-        "-n",
-        "3",
-        "--resource",
-        &res,
-    ]);
+    deploy_etcd(env, 3, &tarball, &[]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
 }
 

@@ -10,17 +10,7 @@ use support::*;
 const MIN: Duration = Duration::from_secs(60);
 
 fn deploy(env: &Env, n: u32, resource: &Path) {
-    let n = n.to_string();
-    let res = format!("etcd={}", resource.display());
-    env.ok(&[
-        "deploy",
-        repo_root().to_str().unwrap(),
-        "etcd",
-        "-n",
-        &n,
-        "--resource",
-        &res,
-    ]);
+    deploy_etcd(env, n, resource, &[]);
 }
 
 /// Client credentials copied out of a unit, for etcdctl on the host.
@@ -475,18 +465,12 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("renew", &["update-status-hook-interval=1h"]);
-    let res = format!("etcd={}", tarball.display());
-    env.ok(&[
-        "deploy",
-        repo_root().to_str().unwrap(),
-        "etcd",
-        "-n",
-        "3",
-        "--resource",
-        &res,
-        "--config",
-        "tls_certificate_lifetime=60s",
-    ]);
+    deploy_etcd(
+        &env,
+        3,
+        &tarball,
+        &["--config", "tls_certificate_lifetime=60s"],
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let certs = |env: &Env| -> Vec<String> {
         env.units("etcd")

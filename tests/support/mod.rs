@@ -260,6 +260,24 @@ pub fn etcd_tarball(dir: &Path, bin_dir: &Path, version: &str) -> PathBuf {
     out
 }
 
+/// Deploys the repository's charm as `etcd` with `n` units from an etcd release tarball.
+pub fn deploy_etcd(env: &Env, n: u32, tarball: &Path, extra: &[&str]) {
+    let n = n.to_string();
+    let res = format!("etcd={}", tarball.display());
+    let root = repo_root();
+    let mut args = vec![
+        "deploy",
+        root.to_str().unwrap(),
+        "etcd",
+        "-n",
+        &n,
+        "--resource",
+        &res,
+    ];
+    args.extend(extra);
+    env.ok(&args);
+}
+
 pub fn etcd35() -> PathBuf {
     fixtures().join("etcd-3.5.1")
 }
