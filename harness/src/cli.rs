@@ -505,6 +505,8 @@ async fn run(
                 ("automatically-retry-hooks", json!(true)),
                 ("update-status-hook-interval", json!("5m")),
                 ("harness-serial", json!(false)),
+                ("harness-machine", json!(controller::DEFAULT_MACHINE_KIND.name())),
+                ("apt-mirror", json!(controller::default_apt_mirror())),
             ]);
             let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();
             if !sets.is_empty() || p.value("reset").is_some() {
@@ -514,6 +516,12 @@ async fn run(
                         let (k, v) = kv.split_once('=').unwrap();
                         if k == "update-status-hook-interval" && controller::parse_duration(v).is_none() {
                             bail!("update-status-hook-interval: invalid duration {v:?} (use e.g. 5m, 30s)");
+                        }
+                        if k == "harness-machine" && crate::machine::Kind::parse(v).is_none() {
+                            bail!("harness-machine: unknown machine kind {v:?} (use {})", crate::machine::Kind::NAMES);
+                        }
+                        if k == "apt-mirror" && !(v.is_empty() || v.starts_with("file:/") || v.starts_with("http://") || v.starts_with("https://")) {
+                            bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
                         }
                         let val = match v {
                             "true" | "false" => json!(v == "true"),

@@ -17,6 +17,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub const JUJU_VERSION: &str = "3.6.8";
+/// Machines boot systemd unless the model says otherwise: a cloud image does, and the
+/// charm's code paths for systemd are the ones operators run.
+pub const DEFAULT_MACHINE_KIND: crate::machine::Kind = crate::machine::Kind::Systemd;
+
+/// The apt mirror machines use when the model does not set `apt-mirror`: the controller's
+/// environment `CHARM_HARNESS_APT_MIRROR` (a `file:` directory with a flat Debian archive,
+/// or an http URL on the model's bridge), else none (machines keep the host's sources).
+pub fn default_apt_mirror() -> String {
+    std::env::var("CHARM_HARNESS_APT_MIRROR").unwrap_or_default()
+}
 
 /// A running hook, action or exec: what the hook tools act on.
 #[derive(Debug, Clone)]
@@ -217,6 +227,10 @@ impl Model {
         let id = self.next_machine;
         self.next_machine += 1;
         let net = self.net();
+        let kind = self
+            .config_str("harness-machine")
+            .and_then(|k| crate::machine::Kind::parse(&k))
+            .unwrap_or(DEFAULT_MACHINE_KIND);
         self.machines.insert(
             id,
             Machine {
@@ -228,6 +242,8 @@ impl Model {
                 status: "pending".into(),
                 cut: false,
                 unit: Some(name.clone()),
+                kind,
+                provisioned: false,
             },
         );
         let mut storage = vec![];
@@ -939,9 +955,9 @@ impl Ctl {
     }
 
     pub async fn start_machine(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
-        let (net, hostname, unit, charm_dir) = self.read(|w| {
-            let m = &w.models[model];
-            let mach = &m.machines[&machine];
+        let found = self.read(|w| {
+            let m = w.models.get(model)?;
+            let mach = m.machines.get(&machine)?;
             let unit = mach.unit.clone().unwrap_or_default();
             let charm = m
                 .units
@@ -949,8 +965,21 @@ impl Ctl {
                 .and_then(|u| m.apps.get(&u.app))
                 .map(|a| a.charm_dir.clone())
                 .unwrap_or_default();
-            (m.net(), mach.hostname.clone(), unit, charm)
+            let mirror = m
+                .config_str("apt-mirror")
+                .unwrap_or_else(default_apt_mirror);
+            Some((
+                m.net(),
+                mach.hostname.clone(),
+                unit,
+                charm,
+                mach.kind,
+                (!mach.provisioned).then_some(mirror),
+            ))
         });
+        let Some((net, hostname, unit, charm_dir, kind, provision)) = found else {
+            anyhow::bail!("machine {machine} of model {model:?} no longer exists");
+        };
         let mdir = model_dir(&self.home, model);
         let home = self.home.clone();
         let sock = machine::agent_socket(&mdir, machine);
@@ -959,7 +988,7 @@ impl Ctl {
             let net = net.clone();
             move || -> Result<machine::Spawned> {
                 machine::create_netns(&net, machine)?;
-                machine::spawn_agent(&home, &mdir, &net, machine, &hostname)
+                machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
             }
         })
         .await??;
@@ -982,6 +1011,21 @@ impl Ctl {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let init = machine::children_of(spawned.pid).first().copied();
+        // First boot: what cloud-init does on a cloud, apt sources pointing at the mirror.
+        if let Some(mirror) = provision {
+            if !mirror.is_empty() {
+                self.configure_apt(model, machine, &mirror).await?;
+            }
+            self.mutate(|w| {
+                if let Some(mach) = w
+                    .models
+                    .get_mut(model)
+                    .and_then(|m| m.machines.get_mut(&machine))
+                {
+                    mach.provisioned = true;
+                }
+            });
+        }
         let root = PathBuf::from(format!("/proc/{}/root", init.unwrap_or(spawned.pid)));
         // Install the charm into the unit's directory on the machine (kept across reboots).
         if !unit.is_empty() {
@@ -1011,6 +1055,40 @@ impl Ctl {
                 }
             }
         });
+        Ok(())
+    }
+
+    /// Points a new machine's apt at the model's mirror and reads its index, as cloud-init's
+    /// `apt` and `package_update` do: the host's sources are hidden from the machine, so a
+    /// package comes from the mirror or not at all.
+    async fn configure_apt(&self, model: &str, machine: u32, mirror: &str) -> Result<()> {
+        let source = if let Some(dir) = mirror.strip_prefix("file:") {
+            if !Path::new(dir).join("Packages").exists() {
+                anyhow::bail!("apt-mirror {mirror}: no Packages index in {dir}; index the .deb files there (dpkg-scanpackages . > Packages)");
+            }
+            format!("deb [trusted=yes] file:{dir} ./")
+        } else {
+            format!("deb [trusted=yes] {mirror} ./")
+        };
+        let script = format!(
+            "set -e; rm -f /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; \
+             echo '{source}' > /etc/apt/sources.list; \
+             apt-get update -qq -o Acquire::Languages=none"
+        );
+        let sock = machine::agent_socket(&model_dir(&self.home, model), machine);
+        let env = BTreeMap::from([
+            ("PATH".to_string(), "/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+            ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
+        ]);
+        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+        let (reply, _) = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd: "/".into() }).await?;
+        if reply.code != 0 {
+            anyhow::bail!(
+                "configuring apt-mirror {mirror} on machine {machine} failed: {}{}",
+                reply.stderr.trim(),
+                reply.error.unwrap_or_default()
+            );
+        }
         Ok(())
     }
 
@@ -1069,7 +1147,7 @@ impl Ctl {
         });
         if let Some(net) = net {
             for id in machines {
-                machine::delete_netns(&net, id);
+                machine::remove_host_parts(&net, id);
             }
             machine::delete_bridge(&net);
         }
@@ -1528,6 +1606,23 @@ impl Ctl {
     }
 
     pub async fn reboot(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
+        let (kind, init) = self.read(|w| {
+            w.models
+                .get(model)
+                .and_then(|m| m.machines.get(&machine))
+                .map(|m| (m.kind, m.init_pid))
+                .unwrap_or_default()
+        });
+        if let Some(pid) = init.filter(|p| kind.boots_systemd() && machine::pid_alive(*p)) {
+            // A clean reboot: systemd stops every unit (SIGRTMIN+5 is its reboot request),
+            // then asks the kernel to reboot, which ends a PID namespace's init.
+            // (nix's Signal has no real-time signals.)
+            unsafe { libc::kill(pid as i32, libc::SIGRTMIN() + 5) };
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while machine::pid_alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         self.crash_machine(model, machine).await;
         self.start_machine(model, machine).await?;
         self.mutate(|w| {
@@ -1551,7 +1646,7 @@ impl Ctl {
             self.crash_machine(model, id).await;
             let net = self.read(|w| w.models.get(model).map(|m| m.net()));
             if let Some(net) = net {
-                machine::delete_netns(&net, id);
+                machine::remove_host_parts(&net, id);
             }
             let _ = std::fs::remove_dir_all(
                 model_dir(&self.home, model)

@@ -12,11 +12,51 @@
 
 use crate::proto::{AgentReply, AgentRequest, MACHINE_SOCKET_DIR, MACHINE_TOOLS_BIN};
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub const OVERLAID: &[&str] = &["/etc", "/usr", "/var", "/opt", "/home", "/root", "/srv"];
+
+/// What a machine boots (model config `harness-machine`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The machine agent is PID 1: fastest, no init system.
+    #[default]
+    Namespace,
+    /// systemd is PID 1 and the machine agent one of its services, as on a cloud image.
+    Systemd,
+    /// A systemd machine that also has loop devices for snapd.
+    Snapd,
+}
+
+impl Kind {
+    pub const NAMES: &'static str = "namespace, systemd or snapd";
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "namespace" => Some(Kind::Namespace),
+            "systemd" => Some(Kind::Systemd),
+            "snapd" => Some(Kind::Snapd),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Systemd => "systemd",
+            Kind::Snapd => "snapd",
+        }
+    }
+
+    /// systemd is PID 1.
+    pub fn boots_systemd(self) -> bool {
+        self != Kind::Namespace
+    }
+}
 
 /// Names of everything the host side creates for one model's network.
 #[derive(Clone, Debug)]
@@ -138,6 +178,15 @@ pub fn delete_netns(net: &Net, machine: u32) {
     let _ = ip(&["netns", "del", &net.netns(machine)]);
 }
 
+/// Removes what the host holds for a machine whose processes are gone: its network
+/// namespace and veth, and its cgroups.
+pub fn remove_host_parts(net: &Net, machine: u32) {
+    delete_netns(net, machine);
+    if let Err(e) = crate::cgroups::remove(&net.netns(machine)) {
+        eprintln!("machine {machine}: {e:#}");
+    }
+}
+
 /// Cuts a machine off the network (both ways) or heals it.
 pub fn set_link(net: &Net, machine: u32, up: bool) -> Result<()> {
     ip(&[
@@ -160,8 +209,16 @@ pub fn spawn_agent(
     net: &Net,
     machine: u32,
     hostname: &str,
+    kind: Kind,
 ) -> Result<Spawned> {
     let dir = model_dir.join("machines").join(machine.to_string());
+    // A systemd machine gets cgroups of its own, joined between fork and exec.
+    let cgroups = if kind.boots_systemd() {
+        crate::cgroups::create(&net.netns(machine))?
+    } else {
+        vec![]
+    };
+    let cgroup_fds = crate::cgroups::raw_fds(&cgroups);
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -179,8 +236,13 @@ pub fn spawn_agent(
             "--fork",
             "--kill-child",
             "--mount-proc",
-            "--",
         ])
+        .args(if kind.boots_systemd() {
+            &["--ipc", "--cgroup"][..]
+        } else {
+            &[]
+        })
+        .arg("--")
         .arg(&exe)
         .arg("machine-agent")
         .arg("--dir")
@@ -193,20 +255,23 @@ pub fn spawn_agent(
         .arg(net.machine_address(machine))
         .arg("--machine")
         .arg(machine.to_string())
+        .arg("--kind")
+        .arg(kind.name())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
     use std::os::unix::process::CommandExt;
     // Detach from the controller's session so a controller restart does not end machines.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
-            Ok(())
+            crate::cgroups::join_raw(&cgroup_fds)
         });
     }
     let child = cmd
         .spawn()
         .context("starting the machine agent (nsenter, unshare from util-linux)")?;
+    drop(cgroups);
     let pid = child.id();
     // The agent is reaped by a thread so it never lingers as a zombie of the controller.
     std::thread::spawn(move || {
@@ -253,7 +318,7 @@ pub fn pid_alive(pid: u32) -> bool {
 // ---------------------------------------------------------------------------------------
 // Agent side
 
-fn mount(
+pub fn mount(
     src: &str,
     target: &str,
     fstype: Option<&str>,
@@ -271,8 +336,12 @@ pub fn agent_main(
     hostname: String,
     address: String,
     machine: u32,
+    kind: Kind,
 ) -> Result<()> {
     use nix::mount::MsFlags;
+    if kind.boots_systemd() {
+        return crate::boot::boot(&dir, &home, &hostname, &address, machine, kind);
+    }
     mount(
         "none",
         "/",
@@ -298,12 +367,7 @@ pub fn agent_main(
         mount("overlay", d, Some("overlay"), MsFlags::empty(), Some(&opts))?;
     }
     nix::unistd::sethostname(&hostname)?;
-    std::fs::write("/etc/hostname", format!("{hostname}\n"))?;
-    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-    let line = format!("{address}\t{hostname}\n");
-    if !hosts.contains(&line) {
-        std::fs::write("/etc/hosts", format!("{hosts}{line}"))?;
-    }
+    write_identity(Path::new("/"), &hostname, &address)?;
     // The controller's socket directory, visible inside as MACHINE_SOCKET_DIR.
     std::fs::create_dir_all(MACHINE_SOCKET_DIR)?;
     let run = home.join("run");
@@ -314,19 +378,7 @@ pub fn agent_main(
         MsFlags::MS_BIND,
         None,
     )?;
-    // Hook tools: one multi-call binary under every tool name, plus `jujud` for charmhelpers.
-    let tools = PathBuf::from(format!("/var/lib/juju/tools/machine-{machine}"));
-    std::fs::create_dir_all(&tools)?;
-    std::fs::create_dir_all(MACHINE_TOOLS_BIN)?;
-    let jujud = tools.join("jujud");
-    let tmp = tools.join("jujud.new");
-    std::fs::copy("/proc/self/exe", &tmp)?;
-    std::fs::rename(&tmp, &jujud)?;
-    for t in crate::tools::TOOL_NAMES.iter().chain(["jujud"].iter()) {
-        let link = Path::new(MACHINE_TOOLS_BIN).join(t);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&jujud, &link)?;
-    }
+    install_tools(Path::new("/"), machine)?;
     // The agent socket is bound before /tmp is hidden, so it stays reachable from the host.
     let sock = dir.join("agent.sock");
     let _ = std::fs::remove_file(&sock);
@@ -367,6 +419,54 @@ pub fn agent_main(
             }
         },
     }
+}
+
+/// The machine's name in /etc/hostname and its address in /etc/hosts, under `root`.
+pub fn write_identity(root: &Path, hostname: &str, address: &str) -> Result<()> {
+    std::fs::write(root.join("etc/hostname"), format!("{hostname}\n"))?;
+    let hosts_file = root.join("etc/hosts");
+    let hosts = std::fs::read_to_string(&hosts_file).unwrap_or_default();
+    let line = format!("{address}\t{hostname}\n");
+    if !hosts.contains(&line) {
+        std::fs::write(&hosts_file, format!("{hosts}{line}"))?;
+    }
+    Ok(())
+}
+
+/// Hook tools under `root`: the controller's binary as `charm-harness`, linked under every
+/// tool name and as `jujud` (charmhelpers asks it for the version). Returns the binary's path.
+pub fn install_tools(root: &Path, machine: u32) -> Result<PathBuf> {
+    let tools = root.join(format!("var/lib/juju/tools/machine-{machine}"));
+    let bin_dir = root.join(MACHINE_TOOLS_BIN.trim_start_matches('/'));
+    std::fs::create_dir_all(&tools)?;
+    std::fs::create_dir_all(&bin_dir)?;
+    let exe = tools.join("charm-harness");
+    let tmp = tools.join("charm-harness.new");
+    std::fs::copy("/proc/self/exe", &tmp)?;
+    std::fs::rename(&tmp, &exe)?;
+    let inside = Path::new("/").join(exe.strip_prefix(root)?);
+    let jujud = tools.join("jujud");
+    let _ = std::fs::remove_file(&jujud);
+    std::os::unix::fs::symlink(&inside, &jujud)?;
+    for t in crate::tools::TOOL_NAMES.iter().chain(["jujud"].iter()) {
+        let link = bin_dir.join(t);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&inside, &link)?;
+    }
+    Ok(exe)
+}
+
+/// `charm-harness machine-agent --serve SOCKET`: the agent as a service of the machine's
+/// systemd (systemd machines), answering the controller on SOCKET.
+pub fn serve_main(socket: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(listener))
 }
 
 async fn serve(listener: std::os::unix::net::UnixListener) -> Result<()> {

@@ -8,6 +8,8 @@
 //! `state` (model data), `machine` (namespaces), `controller` (daemon, hook sequencing),
 //! `tools` and `secrets` (hook tools), `cli` (juju commands).
 
+mod boot;
+mod cgroups;
 mod cli;
 mod controller;
 mod flags;
@@ -172,16 +174,30 @@ fn main() {
                     flags::value(&["hostname"]),
                     flags::value(&["address"]),
                     flags::value(&["machine"]),
+                    flags::value(&["kind"]),
+                    flags::value(&["serve"]),
                 ],
                 &args[1..],
             )
             .unwrap_or_default();
+            if let Some(sock) = p.value("serve") {
+                if let Err(e) = machine::serve_main(Path::new(sock)) {
+                    eprintln!("machine agent: {e:#}");
+                    std::process::exit(1);
+                }
+                return;
+            }
+            let kind = p
+                .value("kind")
+                .and_then(machine::Kind::parse)
+                .unwrap_or_default();
             let r = machine::agent_main(
                 PathBuf::from(p.value("dir").unwrap_or_default()),
                 PathBuf::from(p.value("home").unwrap_or_default()),
                 p.value("hostname").unwrap_or("machine").to_string(),
                 p.value("address").unwrap_or_default().to_string(),
                 p.value("machine").and_then(|m| m.parse().ok()).unwrap_or(0),
+                kind,
             );
             if let Err(e) = r {
                 eprintln!("machine agent: {e:#}");

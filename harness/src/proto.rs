@@ -114,4 +114,6 @@ pub fn controller_socket(home: &Path) -> PathBuf {
 
 /// Where machines see the controller's socket directory.
 pub const MACHINE_SOCKET_DIR: &str = "/var/lib/juju/harness";
+/// Where a systemd machine sees its own directory of the controller's home (the agent's socket).
+pub const MACHINE_DIR: &str = "/var/lib/juju/harness-machine";
 pub const MACHINE_TOOLS_BIN: &str = "/var/lib/juju/tools/bin";

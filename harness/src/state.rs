@@ -214,6 +214,12 @@ pub struct Machine {
     pub status: String,
     pub cut: bool,
     pub unit: Option<String>,
+    /// What the machine boots, fixed when it is created.
+    #[serde(default)]
+    pub kind: crate::machine::Kind,
+    /// The first boot's provisioning (apt sources) is done.
+    #[serde(default)]
+    pub provisioned: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -493,11 +493,31 @@ fn a_failed_hook_puts_the_unit_in_error_until_resolved() {
 }
 
 #[test]
-fn machines_are_isolated_and_faults_leave_nothing_behind() {
-    let env = Env::new("iso", &["update-status-hook-interval=1h"]);
+fn namespace_machines_are_isolated_and_faults_leave_nothing_behind() {
+    isolation_and_faults("namespace");
+}
+
+#[test]
+fn systemd_machines_are_isolated_and_faults_leave_nothing_behind() {
+    isolation_and_faults("systemd");
+}
+
+fn isolation_and_faults(kind: &str) {
+    let env = Env::new(
+        "iso",
+        &[
+            "update-status-hook-interval=1h",
+            &format!("harness-machine={kind}"),
+        ],
+    );
     deploy(&env, "probe", 2);
-    // Files and packages.
-    env.exec_ok("probe/0", "echo mine > /etc/probe-marker && dpkg -i /var/cache/apt/archives/etcd-client_*.deb >/dev/null 2>&1; test -x /usr/bin/etcdctl");
+    // Files and packages: the package comes from the model's apt mirror, whatever the
+    // host's apt cache holds (the host's own sources are hidden from machines).
+    env.exec_ok(
+        "probe/0",
+        "echo mine > /etc/probe-marker && apt-get install -y -qq etcd-client >/dev/null && test -x /usr/bin/etcdctl \
+         && ! grep -rqs deb.debian.org /etc/apt/sources.list /etc/apt/sources.list.d/",
+    );
     env.exec_ok(
         "probe/1",
         "test ! -e /etc/probe-marker && test ! -e /usr/bin/etcdctl",
@@ -515,13 +535,28 @@ fn machines_are_isolated_and_faults_leave_nothing_behind() {
         "a process of one machine is invisible to another"
     );
     let pid0 = env.machine_pid(&env.machine("probe/0"));
-    assert_eq!(
-        env.exec_ok("probe/0", "cat /proc/1/cmdline | tr '\\0' ' '")
-            .split_whitespace()
-            .nth(1),
-        Some("machine-agent"),
-        "PID 1 is the machine agent"
-    );
+    if kind == "systemd" {
+        assert_eq!(
+            env.exec_ok("probe/0", "cat /proc/1/comm").trim(),
+            "systemd",
+            "PID 1 is systemd"
+        );
+        let state = env.exec("probe/0", "systemctl is-system-running; systemctl --failed --no-legend");
+        assert_eq!(state.stdout.trim(), "running", "systemd booted with no failed unit");
+        // A service whose stop leaves a mark on disk: a clean reboot stops it.
+        env.exec_ok(
+            "probe/0",
+            "printf '[Service]\\nType=oneshot\\nRemainAfterExit=yes\\nExecStart=/bin/true\\nExecStop=/bin/sh -c \"echo stopped >> /root/stopped\"\\n[Install]\\nWantedBy=multi-user.target\\n' > /etc/systemd/system/mark.service && systemctl enable --now mark.service",
+        );
+    } else {
+        assert_eq!(
+            env.exec_ok("probe/0", "cat /proc/1/cmdline | tr '\\0' ' '")
+                .split_whitespace()
+                .nth(1),
+            Some("machine-agent"),
+            "PID 1 is the machine agent"
+        );
+    }
     // Network: reachable, cut off both ways, healed.
     let a1 = env.address("probe/1");
     env.exec_ok(
@@ -575,6 +610,7 @@ fn machines_are_isolated_and_faults_leave_nothing_behind() {
         .iter()
         .filter(|e| e[0] == "hooks/start")
         .count();
+    let init_before = env.machine_pid(&env.machine("probe/0"));
     env.ok(&["reboot-machine", "probe/0"]);
     env.settle("1m");
     assert_eq!(
@@ -584,6 +620,21 @@ fn machines_are_isolated_and_faults_leave_nothing_behind() {
             .count(),
         before + 1
     );
+    assert_ne!(env.machine_pid(&env.machine("probe/0")), init_before, "the machine booted again");
+    if kind == "systemd" {
+        // The crash stopped nothing cleanly; the reboot stopped the service (one mark), and
+        // the enabled service started again at boot.
+        assert_eq!(env.exec_ok("probe/0", "wc -l < /root/stopped").trim(), "1", "a reboot stops units cleanly, a crash does not");
+        env.exec_ok("probe/0", "systemctl is-active mark.service");
+    }
+    // Destroying the model removes the machines' cgroups and namespaces.
+    let netns0 = netns.clone();
+    env.ok(&["destroy-model", &env.model, "--no-prompt"]);
+    let left = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-type", "d", "-name", &netns0])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "cgroups left: {}", String::from_utf8_lossy(&left.stdout));
 }
 
 #[test]

@@ -63,10 +63,17 @@ pub struct Service {
 impl Service {
     pub fn running(&self) -> bool {
         if systemd_present() {
+            // "activating" covers a notify service still joining and systemd's own restart
+            // after a failure: either way systemd is on it.
             return Command::new("systemctl")
-                .args(["is-active", "--quiet", "etcd.service"])
-                .status()
-                .map(|s| s.success())
+                .args(["is-active", "etcd.service"])
+                .output()
+                .map(|o| {
+                    matches!(
+                        String::from_utf8_lossy(&o.stdout).trim(),
+                        "active" | "activating" | "reloading"
+                    )
+                })
                 .unwrap_or(false);
         }
         read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false)
@@ -86,16 +93,11 @@ impl Service {
                 0o644,
             )
             .map_err(std::io::Error::other)?;
-            let _ = Command::new("systemctl").arg("daemon-reload").status();
-            let st = Command::new("systemctl")
-                .args(["enable", "--now", "etcd.service"])
-                .status()?;
-            if !st.success() {
-                return Err(std::io::Error::other(
-                    "systemctl enable --now etcd.service failed",
-                ));
-            }
-            return Ok(());
+            systemctl(&["daemon-reload"])?;
+            systemctl(&["enable", "etcd.service"])?;
+            // Without --no-block a notify service's start waits for etcd to join, which
+            // may need a peer whose own hook has not run yet; the charm checks health itself.
+            return systemctl(&["start", "--no-block", "etcd.service"]);
         }
         if self.supervisor_alive() {
             return Ok(());
@@ -147,10 +149,7 @@ impl Service {
     /// Stops etcd and waits until it is gone.
     pub fn stop(&self) -> std::io::Result<()> {
         if systemd_present() {
-            let _ = Command::new("systemctl")
-                .args(["stop", "etcd.service"])
-                .status();
-            return Ok(());
+            return systemctl(&["stop", "etcd.service"]);
         }
         let sup = read_pid(SUPERVISOR_PID);
         let child = read_pid(ETCD_PID);
@@ -181,10 +180,32 @@ impl Service {
         Ok(())
     }
 
+    /// Stops etcd for good: a member that left the cluster must not come back at boot.
+    pub fn stop_and_disable(&self) -> std::io::Result<()> {
+        self.stop()?;
+        if systemd_present() && Path::new(UNIT_FILE).exists() {
+            systemctl(&["disable", "etcd.service"])?;
+        }
+        Ok(())
+    }
+
     pub fn restart(&self) -> std::io::Result<()> {
         self.stop()?;
         self.start()
     }
+}
+
+/// Runs `systemctl ARGS`; a failure is an error that carries systemctl's own words.
+fn systemctl(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("systemctl").args(args).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 static TERM: AtomicBool = AtomicBool::new(false);

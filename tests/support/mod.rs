@@ -38,6 +38,11 @@ pub fn fixtures() -> PathBuf {
     )
 }
 
+/// The machines' apt mirror that tests/setup.sh indexes.
+pub fn apt_mirror() -> String {
+    format!("file:{}", fixtures().join("archive").display())
+}
+
 pub struct Env {
     pub home: tempfile::TempDir,
     pub model: String,
@@ -84,7 +89,8 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.env("CHARM_HARNESS_HOME", self.home.path())
-            .env("JUJU_MODEL", &self.model);
+            .env("JUJU_MODEL", &self.model)
+            .env("CHARM_HARNESS_APT_MIRROR", apt_mirror());
         c
     }
 
