@@ -449,7 +449,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     let exe = || {
         env.exec_ok(
             "etcd/0",
-            "readlink /proc/$(cat /run/etcd-charm/etcd.pid)/exe",
+            "readlink /proc/$(systemctl show -p MainPID --value etcd.service)/exe",
         )
         .trim()
         .to_string()

@@ -289,18 +289,86 @@ fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
     no_acknowledged_write_lost(&creds, &ep, writer, "scaling");
 }
 
+/// The member ID a unit's own endpoint reports (etcdctl endpoint status).
+fn member_id(env: &Env, creds: &Creds, unit: &str) -> Option<u64> {
+    let ep = format!("https://{}:2379", env.address(unit));
+    let out = creds.etcdctl(&ep, true, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["Status"]["header"]["member_id"].as_u64()
+}
+
+/// Three healthy units holding `/before-fault`; the client credentials of etcd/0.
+fn three_healthy_with_a_key(env: &Env, tarball: &Path) -> Creds {
+    deploy(env, 3, tarball);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(env, "etcd/0");
+    let out = creds.etcdctl(&endpoints(env), true, &["put", "/before-fault", "kept"]);
+    assert!(out.status.success());
+    creds
+}
+
+/// Waits until a unit's own endpoint serves the key written before a fault, with its old ID.
+fn wait_member_back(env: &Env, creds: &Creds, unit: &str, id: u64, what: &str) {
+    let ep = format!("https://{}:2379", env.address(unit));
+    let deadline = std::time::Instant::now() + 2 * MIN;
+    loop {
+        let out = creds.etcdctl(
+            &ep,
+            true,
+            &["get", "/before-fault", "--print-value-only", "--consistency=s"],
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() == "kept" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{unit} did not serve its data again after {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(member_id(env, creds, unit), Some(id), "{unit} is the same member after {what}");
+}
+
 #[test]
-fn a_killed_member_is_reported_and_comes_back_and_a_rebooted_machine_rejoins_with_its_data() {
+fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    // No update-status: whatever brings etcd back here is systemd, not a hook.
     let env = Env::new("faults", &["update-status-hook-interval=1h"]);
-    deploy(&env, 3, &tarball);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
-    let creds = Creds::from_unit(&env, "etcd/0");
-    let out = creds.etcdctl(&endpoints(&env), true, &["put", "/before-reboot", "kept"]);
-    assert!(out.status.success());
+    let creds = three_healthy_with_a_key(&env, &tarball);
 
-    // Kill etcd and its supervisor on one unit: the next update-status reports the fault.
+    // kill -9 of etcd: systemd's Restart=on-failure brings the same member back.
+    let id1 = member_id(&env, &creds, "etcd/1").expect("etcd/1 member ID");
+    let show = |p: &str| env.exec_ok("etcd/1", &format!("systemctl show -p {p} --value etcd.service")).trim().to_string();
+    let pid = show("MainPID");
+    assert_ne!(pid, "0", "systemd runs etcd");
+    env.exec_ok("etcd/1", &format!("kill -9 {pid}"));
+    wait_member_back(&env, &creds, "etcd/1", id1, "kill -9");
+    assert_eq!(show("NRestarts"), "1", "systemd restarted it once");
+    assert_ne!(show("MainPID"), pid);
+
+    // A clean reboot: etcd is stopped by systemd, started again at boot, same member.
+    let id2 = member_id(&env, &creds, "etcd/2").expect("etcd/2 member ID");
+    let machine = env.machine("etcd/2");
+    let init = env.machine_pid(&machine);
+    env.ok(&["reboot-machine", "etcd/2"]);
+    env.wait("etcd/2's machine to boot again", MIN, |_| {
+        env.run(&["show-machine", &machine, "--format", "json"]).stdout.contains("started")
+            && env.machine_pid(&machine) != init
+    });
+    wait_member_back(&env, &creds, "etcd/2", id2, "a reboot");
+    env.exec_ok("etcd/2", "systemctl is-enabled etcd.service && systemctl is-active etcd.service");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+}
+
+#[test]
+fn the_built_in_supervisor_runs_etcd_on_machines_without_an_init_system() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new(
+        "supervisor",
+        &["update-status-hook-interval=1h", "harness-machine=namespace"],
+    );
+    let creds = three_healthy_with_a_key(&env, &tarball);
+    let id1 = member_id(&env, &creds, "etcd/1").expect("etcd/1 member ID");
+    // Kill etcd and its supervisor: the next update-status reports the fault and restarts it.
     env.exec_ok(
         "etcd/1",
         "kill -9 $(cat /run/etcd-charm/supervisor.pid) $(cat /run/etcd-charm/etcd.pid)",
@@ -312,33 +380,13 @@ fn a_killed_member_is_reported_and_comes_back_and_a_rebooted_machine_rejoins_wit
             .unwrap_or("")
             .starts_with("UnHealthy")
     });
-    // ... and the hook brought it back: healthy again.
+    wait_member_back(&env, &creds, "etcd/1", id1, "kill -9 of etcd and its supervisor");
     env.wait("etcd/1 healthy again", MIN, |s| {
         s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
             .as_str()
             .unwrap_or("")
             .starts_with("Healthy with 3")
     });
-    env.ok(&["model-config", "update-status-hook-interval=1h"]);
-
-    // Reboot a machine: its member rejoins with its data (same member ID).
-    let id_before = env.exec_ok("etcd/2", "ls /var/lib/etcd/member/wal | head -1");
-    env.ok(&["reboot-machine", "etcd/2"]);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
-    let id_after = env.exec_ok("etcd/2", "ls /var/lib/etcd/member/wal | head -1");
-    assert_eq!(id_before, id_after, "the rebooted member kept its data dir");
-    let ep = format!("https://{}:2379", env.address("etcd/2"));
-    let out = creds.etcdctl(
-        &ep,
-        true,
-        &[
-            "get",
-            "/before-reboot",
-            "--print-value-only",
-            "--consistency=s",
-        ],
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept");
 }
 
 #[test]
