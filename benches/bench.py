@@ -2,6 +2,7 @@
 """Benchmarks with a baseline measured side by side in the same run; prints ratios.
 
     python3 benches/bench.py harness   # controller: hook tool, empty hook, 10-unit deploy, RSS
+    python3 benches/bench.py machines  # boot time and memory of a systemd machine beside a namespace one
     python3 benches/bench.py charm     # update-status vs etcdctl; deploy -n 3 vs a bare bootstrap
     python3 benches/bench.py actions   # snapshot and restore of a 256 MiB database
 Needs root, a release build (cargo build --release --workspace) and tests/setup.sh.
@@ -129,6 +130,71 @@ print(json.dumps({"tool": measure(["is-leader", "--format=json"], 200), "true": 
     row("controller RSS idle (13 units in 3 apps)", rss, "MB", "an idle python3 process", base, "< 30 MB")
 
 
+def machine_memory_mb(init_pid):
+    """PSS of every process in a machine's PID namespace, in MB."""
+    ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            if os.readlink(f"/proc/{d}/ns/pid") != ns:
+                continue
+            for line in open(f"/proc/{d}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def bench_machines():
+    """Boot time and memory of each machine kind (median of 10, alternated), and a 10-unit
+    no-op deploy on each."""
+    h("add-model", "--no-switch", "bench")
+    h("model-config", "update-status-hook-interval=1h")
+    kinds = ["namespace", "systemd"]
+    for k in kinds:
+        h("model-config", f"harness-machine={k}")
+        h("deploy", str(ROOT / "tests/charms/noop"), k)
+    h("wait-settled", "--timeout", "2m")
+    ready = {"namespace": "true", "systemd": "systemctl is-system-running --wait >/dev/null"}
+    boots = {k: [] for k in kinds}
+    mem = {k: [] for k in kinds}
+    for _ in range(10):
+        for k in kinds:
+            machine = json.loads(h("show-unit", f"{k}/0", "--format", "json"))[f"{k}/0"]["machine"]
+            h("crash-machine", machine)
+            t = time.perf_counter()
+            h("start-machine", machine)
+            h("exec", "--unit", f"{k}/0", "--", ready[k])
+            boots[k].append(time.perf_counter() - t)
+            init = json.loads(h("show-machine", machine, "--format", "json"))[machine]["init-pid"]
+            mem[k].append(machine_memory_mb(init))
+    med = {k: statistics.median(v) for k, v in boots.items()}
+    row("systemd machine boot (start-machine until is-system-running says running)", med["systemd"] * 1000, "ms",
+        "namespace machine (start-machine until exec answers)", med["namespace"] * 1000, "report")
+    memo = {k: statistics.median(v) for k, v in mem.items()}
+    row("systemd machine memory after boot (PSS of its processes)", memo["systemd"], "MB",
+        "namespace machine", memo["namespace"], "report")
+    for k, target in (("namespace", "< 3 s"), ("systemd", "< 10 s")):
+        h("model-config", f"harness-machine={k}")
+        t = time.perf_counter()
+        h("deploy", str(ROOT / "tests/charms/noop"), f"ten-{k}", "-n", "10")
+        h("wait-settled", "--timeout", "5m")
+        deploy_s = time.perf_counter() - t
+        t = time.perf_counter()
+        for i in range(10):
+            subprocess.run(["ip", "netns", "add", f"benchns{i}"], check=True)
+            subprocess.run(["unshare", "--mount", "--uts", "--pid", "--fork", "--mount-proc", "true"], check=True)
+            subprocess.run(["ip", "netns", "del", f"benchns{i}"], check=True)
+        base_s = time.perf_counter() - t
+        row(f"10-unit deploy of a no-op charm until settled, {k} machines", deploy_s, "s",
+            "10 x (netns add + unshare true + netns del)", base_s, target)
+        h("remove-application", f"ten-{k}")
+        h("wait-settled", "--timeout", "2m")
+
+
 def bench_charm():
     tb = tarball(FIX / "etcd-3.5.1", "3.5.1")
     h("add-model", "--no-switch", "bench")
@@ -203,7 +269,7 @@ def main():
     what = sys.argv[1:] or ["harness", "charm"]
     try:
         for w in what:
-            {"harness": bench_harness, "charm": bench_charm, "actions": lambda: __import__("bench_actions").run(h, inside, row, tarball, wait, FIX, ROOT, HOME)}[w]()
+            {"harness": bench_harness, "machines": bench_machines, "charm": bench_charm, "actions": lambda: __import__("bench_actions").run(h, inside, row, tarball, wait, FIX, ROOT, HOME)}[w]()
             h("destroy-model", "bench", "--no-prompt", check=False)
     finally:
         subprocess.run([H, "kill-controller"], env=ENV, capture_output=True)

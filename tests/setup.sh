@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need_apt=()
 for cmd in ip:iproute2 nsenter:util-linux unshare:util-linux curl:curl python3:python3 pip3:python3-pip \
-    dpkg-scanpackages:dpkg-dev /lib/systemd/systemd:systemd; do
+    dpkg-scanpackages:dpkg-dev /lib/systemd/systemd:systemd mksquashfs:squashfs-tools; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || [ -x "${cmd%%:*}" ] || need_apt+=("${cmd#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -25,6 +25,77 @@ if ! ls "$FIXTURES"/debs/etcd-server_*.deb >/dev/null 2>&1 || ! ls "$FIXTURES"/d
   [ -f /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1 || apt-get update -qq
   (cd "$FIXTURES/debs" && apt-get download etcd-server etcd-client 2>/dev/null || { apt-get update -qq && apt-get download etcd-server etcd-client; })
 fi
+# snapd and what it needs beyond the host's own packages, for the mirror (snapd machines and
+# the snap-upgrade tests install it from there; never installed on the host).
+if ! ls "$FIXTURES"/debs/snapd_*.deb >/dev/null 2>&1; then
+  [ -n "$(ls /var/lib/apt/lists/*Packages 2>/dev/null)" ] || apt-get update -qq
+  closure=$(apt-get install -s --no-install-recommends snapd 2>/dev/null | awk '/^Inst /{print $2}')
+  [ -n "$closure" ] || { apt-get update -qq; closure=$(apt-get install -s --no-install-recommends snapd | awk '/^Inst /{print $2}'); }
+  # shellcheck disable=SC2086
+  (cd "$FIXTURES/debs" && apt-get download $closure >/dev/null)
+fi
+
+# Snaps packed here (the store is out of reach): the `bare` base and a placeholder `snapd`
+# snap that snapd wants before any snap on another base, and etcd snaps laid out like the
+# store's (apps etcd and etcdctl; /snap/bin/etcd, /snap/bin/etcd.etcdctl). They are classic:
+# on these machines snap-confine cannot preserve a strict snap's mount namespace (EINVAL from
+# the kernel), and Debian's 3.4.23 binaries need the host's libc anyway.
+pack_snap() { # dir out
+  mksquashfs "$1" "$2.new" -noappend -comp xz -no-fragments -all-root -no-xattrs -quiet >/dev/null && mv "$2.new" "$2"
+}
+mkdir -p "$FIXTURES/snaps" "$FIXTURES/seed"
+if [ ! -s "$FIXTURES/seed/bare_1.0_all.snap" ] || [ ! -s "$FIXTURES/seed/snapd_2.57.6_amd64.snap" ]; then
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/bare/meta"
+  for d in bin dev etc home lib lib64 media mnt proc root run snap sys tmp usr/lib/snapd usr/src var/lib/snapd var/log var/snap var/tmp lib/modules var/lib/extrausers; do
+    mkdir -p "$tmp/bare/$d"
+  done
+  printf 'name: bare
+version: "1.0"
+summary: empty base (packed locally for tests)
+description: empty base
+type: base
+architectures: [all]
+' > "$tmp/bare/meta/snap.yaml"
+  pack_snap "$tmp/bare" "$FIXTURES/seed/bare_1.0_all.snap"
+  mkdir -p "$tmp/snapd/meta" "$tmp/snapd/usr/lib/snapd"
+  printf 'name: snapd
+version: "2.57.6"
+summary: placeholder (packed locally for tests)
+description: placeholder; the distro snapd runs
+type: snapd
+architectures: [amd64]
+' > "$tmp/snapd/meta/snap.yaml"
+  printf 'VERSION=2.57.6
+' > "$tmp/snapd/usr/lib/snapd/info"
+  pack_snap "$tmp/snapd" "$FIXTURES/seed/snapd_2.57.6_amd64.snap"
+  rm -rf "$tmp"
+fi
+for v in 3.5.1 3.4.23; do
+  out="$FIXTURES/snaps/etcd_${v}_amd64.snap"
+  [ -s "$out" ] && continue
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/etcd/meta" "$tmp/etcd/bin"
+  cp "$FIXTURES/etcd-$v"/* "$tmp/etcd/bin/"
+  cat > "$tmp/etcd/meta/snap.yaml" <<YAML
+name: etcd
+version: "$v"
+summary: etcd $v (packed locally for tests)
+description: etcd $v, binaries from the test fixtures
+grade: stable
+base: bare
+confinement: classic
+architectures: [amd64]
+apps:
+  etcd:
+    command: bin/etcd
+  etcdctl:
+    command: bin/etcdctl
+YAML
+  pack_snap "$tmp/etcd" "$out"
+  rm -rf "$tmp"
+done
+
 # The machines' apt mirror: a flat archive of the fixture packages, indexed. The local
 # controller points every machine's apt sources at it (CHARM_HARNESS_APT_MIRROR), so deb
 # deliveries never depend on the host's apt cache or sources.

@@ -98,16 +98,6 @@ pub fn raw_fds(fds: &[OwnedFd]) -> Vec<i32> {
     fds.iter().map(|f| f.as_raw_fd()).collect()
 }
 
-/// Bytes of memory a machine uses now (memory cgroup usage), when that hierarchy is mounted.
-pub fn memory_usage(name: &str) -> Option<u64> {
-    machine_dirs(name).ok()?.into_iter().find_map(|d| {
-        ["memory.usage_in_bytes", "memory.current"]
-            .iter()
-            .find_map(|f| std::fs::read_to_string(d.join(f)).ok())
-            .and_then(|s| s.trim().parse().ok())
-    })
-}
-
 /// Removes a machine's cgroups, children first. Waits (a few seconds at most) for the
 /// kernel to let go of processes that were just killed.
 pub fn remove(name: &str) -> Result<()> {

@@ -21,6 +21,16 @@ pub const JUJU_VERSION: &str = "3.6.8";
 /// charm's code paths for systemd are the ones operators run.
 pub const DEFAULT_MACHINE_KIND: crate::machine::Kind = crate::machine::Kind::Systemd;
 
+/// Snaps a `snapd` machine gets installed at its first boot, as a cloud image's seed would
+/// hold them: the `.snap` files of the directory named by the controller's environment
+/// `CHARM_HARNESS_SNAP_SEED` (bases first), installed with `--dangerous` as the store is
+/// out of reach.
+pub fn snap_seed() -> Option<PathBuf> {
+    std::env::var_os("CHARM_HARNESS_SNAP_SEED")
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
 /// The apt mirror machines use when the model does not set `apt-mirror`: the controller's
 /// environment `CHARM_HARNESS_APT_MIRROR` (a `file:` directory with a flat Debian archive,
 /// or an http URL on the model's bridge), else none (machines keep the host's sources).
@@ -1011,10 +1021,24 @@ impl Ctl {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let init = machine::children_of(spawned.pid).first().copied();
+        // Known at once: a crash or kill-controller during provisioning must find the machine.
+        self.mutate(|w| {
+            if let Some(mach) = w
+                .models
+                .get_mut(model)
+                .and_then(|m| m.machines.get_mut(&machine))
+            {
+                mach.spawn_pid = Some(spawned.pid);
+                mach.init_pid = init;
+            }
+        });
         // First boot: what cloud-init does on a cloud, apt sources pointing at the mirror.
         if let Some(mirror) = provision {
             if !mirror.is_empty() {
                 self.configure_apt(model, machine, &mirror).await?;
+            }
+            if kind == machine::Kind::Snapd {
+                self.install_snapd(model, machine).await?;
             }
             self.mutate(|w| {
                 if let Some(mach) = w
@@ -1075,13 +1099,7 @@ impl Ctl {
              echo '{source}' > /etc/apt/sources.list; \
              apt-get update -qq -o Acquire::Languages=none"
         );
-        let sock = machine::agent_socket(&model_dir(&self.home, model), machine);
-        let env = BTreeMap::from([
-            ("PATH".to_string(), "/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
-            ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
-        ]);
-        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
-        let (reply, _) = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd: "/".into() }).await?;
+        let reply = self.run_on_machine(model, machine, script).await?;
         if reply.code != 0 {
             anyhow::bail!(
                 "configuring apt-mirror {mirror} on machine {machine} failed: {}{}",
@@ -1090,6 +1108,53 @@ impl Ctl {
             );
         }
         Ok(())
+    }
+
+    /// A `snapd` machine's first boot: snapd from the apt mirror, then the seed snaps.
+    async fn install_snapd(&self, model: &str, machine: u32) -> Result<()> {
+        let mut script = String::from(
+            "set -e; apt-get install -y -qq --no-install-recommends snapd >/dev/null; \
+             systemctl start systemd-udevd.service snapd.socket snapd.service; \
+             timeout 120 snap wait system seed.loaded; ",
+        );
+        if let Some(seed) = snap_seed() {
+            let mut snaps: Vec<PathBuf> = std::fs::read_dir(&seed)
+                .with_context(|| format!("reading the snap seed {}", seed.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+                .collect();
+            // Bases and snapd first: other snaps need them.
+            snaps.sort_by_key(|p| {
+                let n = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                (!(n.starts_with("bare_") || n.starts_with("core") || n.starts_with("snapd_")), n)
+            });
+            for s in snaps {
+                script.push_str(&format!("timeout 120 snap install --dangerous '{}' >/dev/null; ", s.display()));
+            }
+        }
+        let r = self.run_on_machine(model, machine, script).await?;
+        if r.code != 0 {
+            anyhow::bail!(
+                "installing snapd on machine {machine} failed: {}{}",
+                r.stderr.trim(),
+                r.error.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs a root shell script on a machine outside any hook (provisioning).
+    async fn run_on_machine(&self, model: &str, machine: u32, script: String) -> Result<proto::AgentReply> {
+        let sock = machine::agent_socket(&model_dir(&self.home, model), machine);
+        let env = BTreeMap::from([
+            ("PATH".to_string(), "/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin".to_string()),
+            ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ]);
+        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
+        let (reply, _) = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd: "/".into() }).await?;
+        Ok(reply)
     }
 
     /// Kills a machine's processes and waits until they are gone.
