@@ -694,12 +694,37 @@ fn reinstall() -> Result<Results> {
     };
     let (client, ep, cfg) = local()?;
     let before = Installed::load();
+    let was_snap = before.as_ref().is_some_and(|b| b.delivery == install::Delivery::Snap);
+    let snap_resource = install::is_snap_file(Path::new(&resource));
+    if snap_resource != was_snap {
+        return refuse(if snap_resource {
+            "the etcd resource is a snap but this unit does not run the snap delivery; run snap-upgrade to move it to the snap"
+        } else {
+            "this unit runs the etcd snap: attach an etcd snap (etcd.snap) as the etcd resource"
+        });
+    }
     let old_target = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
-    let inst = match install::install_archive(
-        Path::new(&resource),
-        cfg.archive_sha256.as_deref(),
-        "etcd resource",
-    ) {
+    let installed = if snap_resource {
+        // snapd refreshes a snap only while none of its apps runs: this unit's member is
+        // down for the switch (its rolling turn), and up again on any failure.
+        let old_svc = Service {
+            etcd_binary: before.as_ref().map(|b| b.etcd()).unwrap_or_default(),
+        };
+        juju::action_log("stopping etcd to switch the snap's revision");
+        old_svc.stop()?;
+        let r = install::install_snap_file(Path::new(&resource));
+        if r.is_err() {
+            old_svc.start()?;
+        }
+        r
+    } else {
+        install::install_archive(
+            Path::new(&resource),
+            cfg.archive_sha256.as_deref(),
+            "etcd resource",
+        )
+    };
+    let inst = match installed {
         Ok(i) => i,
         Err(install::InstallError::Bad(m)) => return refuse(m),
         Err(e) => return Err(e.into()),
@@ -719,15 +744,25 @@ fn reinstall() -> Result<Results> {
     );
     if let Err(e) = healthy {
         juju::action_log("etcd did not come back healthy; rolling back");
-        if let (Some(old), Some(b)) = (old_target, before) {
+        let rolled_back = if was_snap {
+            // snapd keeps the previous revision (and reverts only while no app runs).
+            svc.stop()?;
+            install::revert_snap()?;
+            svc.restart()?;
+            true
+        } else if let (Some(old), Some(b)) = (old_target, before) {
             install::switch_current(&old)?;
             b.save()?;
             svc.restart()?;
-        }
-        return refuse(format!(
-            "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
-            inst.version
-        ));
+            true
+        } else {
+            false
+        };
+        return refuse(if rolled_back {
+            format!("etcd {} did not become healthy ({e}); rolled back to the previous binaries", inst.version)
+        } else {
+            format!("etcd {} did not become healthy ({e}); there were no previous binaries to roll back to", inst.version)
+        });
     }
     let _ = juju::application_version_set(&inst.version);
     let _ = member_name("");

@@ -32,6 +32,9 @@ pub struct LocalState {
     /// the unit left the cluster (removal in progress): never start etcd again
     #[serde(default)]
     pub left: bool,
+    /// the snapd refresh.timer last applied from `snapd_refresh`
+    #[serde(default)]
+    pub snapd_refresh: Option<String>,
     /// how this member was first started (kept so a re-render never changes it)
     #[serde(default)]
     pub initial_cluster: Option<String>,
@@ -147,9 +150,17 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd.
+/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
+/// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
+/// /var/snap/etcd/current, which snapd copies on every refresh).
 pub fn data_dir() -> String {
-    juju::storage_location("data").unwrap_or_else(|| crate::etcd::DATA_DIR.to_string())
+    juju::storage_location("data").unwrap_or_else(|| {
+        if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
+            crate::etcd::SNAP_DATA_DIR.to_string()
+        } else {
+            crate::etcd::DATA_DIR.to_string()
+        }
+    })
 }
 
 pub fn has_member_data(dir: &str) -> bool {
@@ -167,14 +178,28 @@ pub fn tls_client() -> Result<Client> {
 pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
     let resource = juju::resource_get("etcd");
+    let snap_resource = resource
+        .as_deref()
+        .is_some_and(|p| install::is_snap_file(Path::new(p)));
     if let Some(cur) = &current {
         if cur.delivery == Delivery::Deb && resource.is_some() {
             // Attaching a resource never migrates a Debian-package unit by itself.
             return Ok(cur.clone());
         }
-        if cur.delivery != Delivery::Archive || (resource.is_none() && cfg.archive_url.is_none()) {
+        // A snap unit takes a newly attached snap through the install action, unit by unit;
+        // an archive unit never switches to a snap by itself.
+        if cur.delivery != Delivery::Archive
+            || snap_resource
+            || (resource.is_none() && cfg.archive_url.is_none())
+        {
             return Ok(cur.clone());
         }
+    }
+    if let Some(path) = resource.as_deref().filter(|_| snap_resource) {
+        if !install::snapd_present() {
+            return Err(InstallError::Bad("the etcd resource is a snap but snapd does not run on this machine: attach an etcd release tarball (etcd-vX.Y.Z-linux-amd64.tar.gz) instead".into()));
+        }
+        return install::install_snap_file(Path::new(path));
     }
     if let Some(path) = resource {
         return install::install_archive(
@@ -194,6 +219,29 @@ pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallE
         return install::install_snap(&cfg.channel);
     }
     install::install_deb()
+}
+
+/// Sets snapd's refresh.timer from `snapd_refresh` where snapd runs. "max" means monthly
+/// (the last Friday), each unit in an hour of its own so units never refresh together.
+/// Remembered once applied, so hooks do not ask snapd every time.
+fn apply_snapd_refresh(st: &mut LocalState, cfg: &Config, unit: &str) -> std::result::Result<(), String> {
+    let timer = if cfg.snapd_refresh == "max" {
+        let hour = (unit_number(unit) * 7) % 24;
+        format!("fri5,{hour:02}:00-{hour:02}:59")
+    } else {
+        cfg.snapd_refresh.clone()
+    };
+    if st.snapd_refresh.as_deref() == Some(timer.as_str()) || !install::snapd_present() {
+        return Ok(());
+    }
+    install::set_snap_refresh_timer(&timer).map_err(|e| e.to_string())?;
+    juju::log("INFO", &format!("snapd refresh.timer set to {timer}"));
+    st.snapd_refresh = Some(timer);
+    Ok(())
+}
+
+fn unit_number(unit: &str) -> u32 {
+    unit.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
 /// Makes (or keeps) this unit's CSRs for its current addresses.
@@ -728,6 +776,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         ""
     };
     mark("installed");
+    if let Err(msg) = apply_snapd_refresh(st, &cfg, &ctx.unit) {
+        board.report("blocked", msg);
+        return Ok(());
+    }
     let _ = juju::application_version_set(&inst.version);
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
         board.report("waiting", "Waiting for the peer relation");

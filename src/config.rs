@@ -42,6 +42,8 @@ pub struct Config {
     pub archive_sha256: Option<String>,
     /// lifetime of the certificates the leader signs
     pub tls_certificate_lifetime: time::Duration,
+    /// snapd's refresh.timer: "max" (monthly, each unit in its own hour) or a timer
+    pub snapd_refresh: String,
 }
 
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
@@ -188,7 +190,19 @@ impl Config {
         };
         let tls_certificate_lifetime = parse_lifetime(&lifetime_raw)
             .ok_or_else(|| format!("invalid config: tls_certificate_lifetime {lifetime_raw:?} must be a number with s, m, h or d, between 60s and 3650d"))?;
+        let snapd_refresh = {
+            let r = get_str(c, "snapd_refresh");
+            if r.is_empty() {
+                "max".to_string()
+            } else {
+                r
+            }
+        };
+        if let Err(e) = check_refresh_timer(&snapd_refresh) {
+            return Err(format!("invalid config: snapd_refresh {snapd_refresh:?}: {e} (use max, or a snapd timer such as fri5,23:00-01:00 or mon,10:00~12:00)"));
+        }
         Ok(Config {
+            snapd_refresh,
             tls_certificate_lifetime,
             port: port as u16,
             management_port: mport as u16,
@@ -206,6 +220,51 @@ impl Config {
             archive_sha256: sha,
         })
     }
+}
+
+/// Checks a snapd timer (snapd's "timer strings": comma-separated days, day ranges,
+/// times, time ranges with `-` or a spread with `~`, and `/N` repeats), or "max".
+pub fn check_refresh_timer(t: &str) -> Result<(), String> {
+    if t == "max" {
+        return Ok(());
+    }
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let day = |d: &str| -> bool {
+        let (name, week) = d.split_at(d.len().min(3));
+        DAYS.contains(&name) && (week.is_empty() || matches!(week, "1" | "2" | "3" | "4" | "5"))
+    };
+    let time = |t: &str| -> bool {
+        match t.split_once(':') {
+            Some((h, m)) => {
+                h.len() <= 2
+                    && m.len() == 2
+                    && h.parse::<u32>().is_ok_and(|h| h < 24)
+                    && m.parse::<u32>().is_ok_and(|m| m < 60)
+            }
+            None => false,
+        }
+    };
+    for event in t.split(',') {
+        let (span, repeat) = match event.split_once('/') {
+            Some((a, n)) => (a, Some(n)),
+            None => (event, None),
+        };
+        if let Some(n) = repeat {
+            if !n.parse::<u32>().is_ok_and(|n| n > 0) {
+                return Err(format!("{event:?}: the repeat /{n} must be a positive number"));
+            }
+        }
+        let parts: Vec<&str> = span.split(['-', '~']).collect();
+        let ok = match parts.as_slice() {
+            [one] => day(one) || time(one),
+            [a, b] => (day(a) && day(b)) || (time(a) && time(b)),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{event:?} is not a day (mon..sun, fri5), a time (23:00) or a range of either"));
+        }
+    }
+    Ok(())
 }
 
 /// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
@@ -303,5 +362,19 @@ mod tests {
         for bad in ["", "3.5/nope", "a/b/c/d", "3.5 /stable"] {
             assert!(!valid_channel(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn snapd_refresh_timers() {
+        for good in ["max", "fri5", "fri5,23:00-01:00", "mon,10:00~12:00", "mon-fri,4:00", "00:00-23:00/4"] {
+            assert_eq!(check_refresh_timer(good), Ok(()), "{good}");
+        }
+        for bad in ["", "never", "fri6", "25:00", "mon,", "10:00-", "mon/0", "monthly"] {
+            assert!(check_refresh_timer(bad).is_err(), "{bad}");
+        }
+        let mut c = BTreeMap::new();
+        c.insert("snapd_refresh".to_string(), Value::String("someday".into()));
+        let e = Config::parse(&c).unwrap_err();
+        assert!(e.contains("snapd_refresh") && e.contains("someday"), "{e}");
     }
 }

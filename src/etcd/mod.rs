@@ -8,3 +8,5 @@ pub mod render;
 pub mod service;
 
 pub const DATA_DIR: &str = "/var/lib/etcd";
+/// The snap delivery's data dir (the classic charm's snap keeps its files under common/).
+pub const SNAP_DATA_DIR: &str = "/var/snap/etcd/common/data";

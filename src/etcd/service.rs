@@ -149,6 +149,11 @@ impl Service {
     /// Stops etcd and waits until it is gone.
     pub fn stop(&self) -> std::io::Result<()> {
         if systemd_present() {
+            // Never written: nothing of ours to stop (the package's own instance is stopped
+            // by the install).
+            if !Path::new(UNIT_FILE).exists() {
+                return Ok(());
+            }
             return systemctl(&["stop", "etcd.service"]);
         }
         let sup = read_pid(SUPERVISOR_PID);

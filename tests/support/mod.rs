@@ -90,7 +90,8 @@ impl Env {
         let mut c = Command::new(&self.bin);
         c.env("CHARM_HARNESS_HOME", self.home.path())
             .env("JUJU_MODEL", &self.model)
-            .env("CHARM_HARNESS_APT_MIRROR", apt_mirror());
+            .env("CHARM_HARNESS_APT_MIRROR", apt_mirror())
+            .env("CHARM_HARNESS_SNAP_SEED", fixtures().join("seed"));
         c
     }
 
