@@ -2,7 +2,8 @@
 //! delivery (the snap where snapd runs, otherwise the archive from the attached `etcd`
 //! resource), keeping the member's identity and data.
 //!
-//! Steps: `preflight` → `backup` → `snapshot` → `stop` → `install` → `start` → `verify`
+//! Steps: `preflight` → `backup` → `snapshot` → `stop` → `install` (for a snap, then
+//! `move-data` to /var/snap/etcd/common/data and the config's data-dir) → `start` → `verify`
 //! (healthy, same member ID, every key there) → `purge` (with etcd stopped and the data dir
 //! set aside: the package's purge deletes /var/lib/etcd) → `report`. A failure before the
 //! purge rolls back to the running package with its data.
@@ -95,8 +96,18 @@ pub fn snap_upgrade(
             before_inst.delivery.name()
         ));
     }
-    let to_snap = install::snapd_present() && !use_resource;
     let resource = juju::resource_get("etcd");
+    let snap_file = resource
+        .as_deref()
+        .map(PathBuf::from)
+        .filter(|p| install::is_snap_file(p));
+    let snapd = install::snapd_present();
+    if snap_file.is_some() && !snapd {
+        return refuse("the etcd resource is a snap but snapd does not run on this machine: install snapd, or attach an etcd release tarball, then run snap-upgrade again");
+    }
+    // An attached snap wins; else the store's snap where snapd runs, unless use-resource
+    // asks for the attached tarball.
+    let to_snap = snap_file.is_some() || (snapd && !use_resource);
     if !to_snap && resource.is_none() {
         return refuse("no snapd here: attach an etcd release tarball as the etcd resource, then run snap-upgrade again");
     }
@@ -144,6 +155,12 @@ pub fn snap_upgrade(
         etcd_binary: before_inst.etcd(),
     };
     let old_link = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
+    // The snap keeps its data under /var/snap/etcd/common: the data moves there (and back on
+    // a rollback), and the config names the new place.
+    let config_file = Path::new(crate::etcd::service::CONFIG_FILE);
+    let old_config = std::fs::read(config_file).context("reading the etcd config")?;
+    let new_data = PathBuf::from(crate::etcd::SNAP_DATA_DIR);
+    let moves_data = to_snap && juju::storage_location("data").is_none();
     let rollback = |why: &anyhow::Error| -> Result<()> {
         juju::action_log(&format!(
             "snap-upgrade failed ({why:#}); rolling back to the Debian package"
@@ -151,7 +168,11 @@ pub fn snap_upgrade(
         let svc = Service {
             etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
         };
-        let _ = svc.stop();
+        svc.stop()?;
+        if moves_data && new_data.exists() && !Path::new(&data).exists() {
+            std::fs::rename(&new_data, &data).context("moving the data back")?;
+        }
+        crate::pki::write_file(config_file, &old_config, 0o644)?;
         before_inst.save()?;
         match &old_link {
             Some(l) => install::switch_current(l)?,
@@ -168,7 +189,27 @@ pub fn snap_upgrade(
         old_svc.stop()?;
         step("install")?;
         let inst = if to_snap {
-            install::install_snap(&cfg.channel)?
+            let inst = match &snap_file {
+                Some(f) => install::install_snap_file(f),
+                None => install::install_snap(&cfg.channel),
+            };
+            let inst = match inst {
+                Ok(i) => i,
+                Err(install::InstallError::Bad(m)) => return Err(Refused(m).into()),
+                Err(e) => return Err(e.into()),
+            };
+            if moves_data {
+                step("move-data")?;
+                std::fs::create_dir_all(new_data.parent().unwrap_or(Path::new("/")))?;
+                std::fs::rename(&data, &new_data).with_context(|| {
+                    format!("moving {data} to {}", new_data.display())
+                })?;
+                let mut conf: serde_yaml::Value = serde_yaml::from_slice(&old_config)
+                    .context("parsing the etcd config")?;
+                conf["data-dir"] = serde_yaml::Value::from(new_data.display().to_string());
+                crate::pki::write_file(config_file, serde_yaml::to_string(&conf)?.as_bytes(), 0o644)?;
+            }
+            inst
         } else {
             match install::install_archive(
                 Path::new(resource.as_deref().unwrap_or_default()),
@@ -227,7 +268,12 @@ pub fn snap_upgrade(
     let svc = Service {
         etcd_binary: inst.etcd(),
     };
-    let purged = purge_keeping(&data, &svc).and_then(|_| wait_healthy(&client, &ep));
+    let data_now = if moves_data {
+        new_data.display().to_string()
+    } else {
+        data.clone()
+    };
+    let purged = purge_keeping(&data_now, &svc).and_then(|_| wait_healthy(&client, &ep));
     let purge_note = match purged {
         Ok(()) => "the etcd-server and etcd-client packages are purged".to_string(),
         Err(e) => {

@@ -109,3 +109,72 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
     assert_eq!(etcdctl(&env, "etcd/0", "get /snap-key --print-value-only").stdout.trim(), "kept");
 
 }
+
+/// Keys under /m/ as the unit's own etcdctl sees them (the package's or the snap's).
+fn key_count(env: &Env, unit: &str, etcdctl_bin: &str) -> usize {
+    let ep = format!("https://{}:2379", env.address(unit));
+    env.exec_ok(
+        unit,
+        &format!("{etcdctl_bin} --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key get /m/ --prefix --keys-only"),
+    )
+    .lines()
+    .filter(|l| !l.is_empty())
+    .count()
+}
+
+#[test]
+fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_member_and_data() {
+    // A systemd machine without snapd: the Debian package, from the apt mirror.
+    let env = Env::new("debsnap", &["update-status-hook-interval=1h"]);
+    let root = repo_root();
+    env.ok(&["deploy", root.to_str().unwrap(), "etcd"]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
+    let ep = format!("https://{}:2379", env.address("etcd/0"));
+    env.exec_ok(
+        "etcd/0",
+        &format!("for i in $(seq -w 1 20); do etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key put /m/$i v >/dev/null; done"),
+    );
+    let id = {
+        let out = env.exec_ok("etcd/0", &format!("etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key endpoint status -w json"));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+    };
+    let exe = || env.exec_ok("etcd/0", "readlink /proc/$(systemctl show -p MainPID --value etcd.service)/exe").trim().to_string();
+    assert_eq!(exe(), "/usr/bin/etcd");
+
+    // snapd becomes available (from the mirror; the seed snaps stand in for the store).
+    let seed = fixtures().join("seed");
+    env.exec_ok(
+        "etcd/0",
+        &format!("apt-get install -y -qq --no-install-recommends snapd >/dev/null && systemctl start systemd-udevd snapd.socket snapd.service \
+                  && timeout 120 snap wait system seed.loaded && snap install --dangerous {0}/bare_1.0_all.snap >/dev/null \
+                  && snap install --dangerous {0}/snapd_2.57.6_amd64.snap >/dev/null", seed.display()),
+    );
+    env.ok(&["attach-resource", "etcd", &format!("etcd={}", snap("3.5.1").display())]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers; snap-upgrade available", 2 * MIN);
+    assert_eq!(exe(), "/usr/bin/etcd", "attaching alone migrates nothing");
+
+    // A failure mid-way rolls back: the package's etcd runs with its data where it was.
+    env.exec_ok("etcd/0", "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify");
+    let r = env.run(&["run", "--format", "json", "etcd/0", "snap-upgrade", "target=/root/migration"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stdout.contains("rolled back"), "{}", r.stdout);
+    assert_eq!(exe(), "/usr/bin/etcd");
+    env.exec_ok("etcd/0", "test -d /var/lib/etcd/member && dpkg -s etcd-server | grep -q 'install ok installed'");
+    assert_eq!(key_count(&env, "etcd/0", "etcdctl"), 20);
+
+    // The real migration: the snap runs the same member with every key, data moved.
+    env.exec_ok("etcd/0", "rm -r /var/lib/etcd-charm/crashpoints");
+    let r = env.run(&["run", "--format", "json", "etcd/0", "snap-upgrade", "target=/root/migration"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["etcd/0"]["results"]["delivery"], "snap", "{v}");
+    assert_eq!(v["etcd/0"]["results"]["member-id"], format!("{id:x}"));
+    assert_eq!(key_count(&env, "etcd/0", "/snap/bin/etcdctl"), 20, "every key is there");
+    env.exec_ok(
+        "etcd/0",
+        "test -d /var/snap/etcd/common/data/member && ! dpkg -s etcd-server 2>/dev/null | grep -q 'install ok installed' \
+         && systemctl show -p ExecStart etcd.service | grep -q /snap/bin/etcd && snap list etcd | grep -q 3.5.1",
+    );
+    env.ok(&["run", "etcd/0", "health"]);
+}

@@ -10,7 +10,7 @@
 //! and execs systemd. The agent service answers the controller on the same socket as a
 //! `namespace` machine's agent does. Facts behind each step: shared/machines.md.
 
-use crate::machine::{install_tools, mount, write_identity, Kind, OVERLAID};
+use crate::machine::{install_tools, mount, write_identity, OVERLAID};
 use crate::proto::{MACHINE_DIR, MACHINE_SOCKET_DIR};
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
@@ -43,7 +43,6 @@ pub fn boot(
     hostname: &str,
     address: &str,
     machine: u32,
-    kind: Kind,
 ) -> Result<()> {
     mount("none", "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
     let root = dir.join("rootfs");
@@ -89,7 +88,7 @@ pub fn boot(
     mount("proc", path(&root.join("proc")), Some("proc"), nodev, None)?;
     mount("sysfs", path(&root.join("sys")), Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
     mount_cgroups(&root.join("sys/fs/cgroup"))?;
-    make_dev(&root.join("dev"), kind)?;
+    make_dev(&root.join("dev"))?;
     mount("tmpfs", path(&root.join("run")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755"))?;
     mount("tmpfs", path(&root.join("tmp")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
 
@@ -169,9 +168,9 @@ fn mount_cgroups(target: &Path) -> Result<()> {
 }
 
 /// A small /dev: the host's harmless character devices bound in, a private devpts, shm and
-/// mqueue. Machines that run snapd also get loop device nodes (the kernel's loop devices are
-/// shared by the host; snapd finds free ones through /dev/loop-control).
-fn make_dev(dev: &Path, kind: Kind) -> Result<()> {
+/// mqueue, and loop device nodes (the kernel's loop devices are shared by the host; snapd
+/// finds free ones through /dev/loop-control).
+fn make_dev(dev: &Path) -> Result<()> {
     mount("tmpfs", path(dev), Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755"))?;
     for d in DEVICES {
         let t = dev.join(d);
@@ -194,7 +193,8 @@ fn make_dev(dev: &Path, kind: Kind) -> Result<()> {
     ] {
         symlink(target, dev.join(name))?;
     }
-    if kind == Kind::Snapd {
+    // Loop device nodes, as a cloud machine has them (snapd mounts snaps on them).
+    {
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
         let perm = Mode::from_bits_truncate(0o660);
         mknod(&dev.join("loop-control"), SFlag::S_IFCHR, perm, makedev(10, 237))?;

@@ -340,7 +340,7 @@ pub fn agent_main(
 ) -> Result<()> {
     use nix::mount::MsFlags;
     if kind.boots_systemd() {
-        return crate::boot::boot(&dir, &home, &hostname, &address, machine, kind);
+        return crate::boot::boot(&dir, &home, &hostname, &address, machine);
     }
     mount(
         "none",
