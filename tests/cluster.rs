@@ -359,6 +359,36 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
 }
 
 #[test]
+fn a_member_that_left_the_cluster_stays_down_across_a_reboot() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("left", &["update-status-hook-interval=1h"]);
+    let creds = three_healthy_with_a_key(&env, &tarball);
+    // etcd/2 leaves as its stop hook makes it leave when Juju removes the unit (run here by
+    // hand, so the machine is still there to reboot afterwards).
+    env.exec_ok("etcd/2", "JUJU_DISPATCH_PATH=hooks/stop ./dispatch");
+    let members = || {
+        let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+    };
+    assert_eq!(members(), 2, "the member removed itself");
+    env.exec_ok("etcd/2", "! systemctl is-enabled etcd.service && ! systemctl is-active etcd.service");
+    let machine = env.machine("etcd/2");
+    let init = env.machine_pid(&machine);
+    env.ok(&["reboot-machine", "etcd/2"]);
+    env.wait("etcd/2's machine to boot again", MIN, |_| {
+        env.run(&["show-machine", &machine, "--format", "json"]).stdout.contains("started")
+            && env.machine_pid(&machine) != init
+    });
+    env.settle("2m");
+    let after = env.exec("etcd/2", "systemctl is-active etcd.service; pgrep -x etcd");
+    assert_eq!(after.stdout.trim(), "inactive", "etcd stays down after the reboot: {}", after.stdout);
+    assert_eq!(members(), 2);
+    let out = creds.etcdctl(&endpoints(&env), true, &["get", "/before-fault", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept", "the others serve on");
+}
+
+#[test]
 fn the_built_in_supervisor_runs_etcd_on_machines_without_an_init_system() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
