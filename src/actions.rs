@@ -26,6 +26,7 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T> {
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
+    crate::charm::check_local_files()?;
     let r = match name.as_str() {
         "health" => health(),
         "package-client-credentials" => package_client_credentials(ctx),
@@ -556,7 +557,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
 }
 
 fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Result<Results> {
-    let data = charm::data_dir();
+    let data = charm::data_dir()?;
     let work = tempfile::tempdir_in(target)?;
     let backup = work.path().join("backup");
     let out = std::process::Command::new(inst.etcdctl())
@@ -687,7 +688,7 @@ fn alarm_disarm() -> Result<Results> {
 /// Re-installs this unit from the attached `etcd` resource; rolls back to the previous
 /// binaries unless etcd comes back healthy.
 fn reinstall() -> Result<Results> {
-    let Some(resource) = juju::resource_get("etcd") else {
+    let Some(resource) = juju::resource_get("etcd")? else {
         return refuse(
             "no etcd resource is attached; attach an upstream etcd release tarball first",
         );

@@ -16,7 +16,7 @@ use crate::etcd::render::{self, ClusterState};
 use crate::etcd::service::{self, Service};
 use crate::juju::{self, Bag, Context};
 use crate::pki::{self, Ca, Profile};
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -64,12 +64,29 @@ pub struct LocalState {
     pub running_version: Option<String>,
 }
 
+/// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an
+/// error that names the file and says what to do (never a silent default).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot read {path}: {e}"),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        anyhow!("{path} is corrupt ({e}); restore it from a backup or repair the JSON: the charm changes nothing until then")
+    })
+}
+
+/// The charm's local files, checked before a hook or an action relies on them.
+pub fn check_local_files() -> Result<()> {
+    read_json::<LocalState>(LOCAL_STATE)?;
+    read_json::<Installed>(install::STATE_FILE)?;
+    Ok(())
+}
+
 impl LocalState {
-    pub fn load() -> LocalState {
-        std::fs::read(LOCAL_STATE)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    pub fn load() -> Result<LocalState> {
+        Ok(read_json(LOCAL_STATE)?.unwrap_or_default())
     }
     pub fn save(&self) -> Result<()> {
         pki::write_file(
@@ -153,14 +170,16 @@ fn now() -> u64 {
 /// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
 /// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
 /// /var/snap/etcd/current, which snapd copies on every refresh).
-pub fn data_dir() -> String {
-    juju::storage_location("data").unwrap_or_else(|| {
-        if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
-            crate::etcd::SNAP_DATA_DIR.to_string()
-        } else {
-            crate::etcd::DATA_DIR.to_string()
-        }
-    })
+pub fn data_dir() -> Result<String> {
+    Ok(juju::storage_location("data")
+        .context("asking Juju where the data storage is")?
+        .unwrap_or_else(|| {
+            if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
+                crate::etcd::SNAP_DATA_DIR.to_string()
+            } else {
+                crate::etcd::DATA_DIR.to_string()
+            }
+        }))
 }
 
 pub fn has_member_data(dir: &str) -> bool {
@@ -177,7 +196,8 @@ pub fn tls_client() -> Result<Client> {
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
 pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
-    let resource = juju::resource_get("etcd");
+    let resource = juju::resource_get("etcd")
+        .map_err(|e| InstallError::Failed(format!("cannot tell whether an etcd resource is attached: {e}")))?;
     let snap_resource = resource
         .as_deref()
         .is_some_and(|p| install::is_snap_file(Path::new(p)));
@@ -730,7 +750,12 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
 }
 
 pub fn hook(ctx: &Context) -> Result<()> {
-    let mut st = LocalState::load();
+    if let Err(e) = check_local_files() {
+        // Nothing is decided from a file that cannot be trusted: the operator sees which.
+        juju::status_set("blocked", &format!("{e:#}"), false)?;
+        return Ok(());
+    }
+    let mut st = LocalState::load()?;
     let name = ctx.hook_name();
     let leaving = (name == "cluster-relation-departed"
         && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
@@ -770,7 +795,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         Err(e) => return Err(e.into()),
     };
     // Attaching a resource never migrates a Debian-package unit by itself: say how to.
-    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd").is_some() {
+    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd")?.is_some() {
         "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
     } else {
         ""
@@ -849,7 +874,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     if let Some(msg) = overdue_certificate() {
         board.report("blocked", msg);
     }
-    let data = data_dir();
+    let data = data_dir()?;
     let svc = Service {
         etcd_binary: inst.etcd(),
     };

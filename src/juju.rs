@@ -101,9 +101,11 @@ fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
     let mut a = args.to_vec();
     a.push("--format=json");
     let out = run(tool, &a, None)?;
+    // The error names the JSON fault only: the output itself may be a secret's content or
+    // a private key, which must never reach a log.
     serde_json::from_str(out.trim()).map_err(|e| JujuError::Parse {
         tool: tool.into(),
-        detail: format!("{e}: {}", out.trim()),
+        detail: format!("{e} ({} bytes of output)", out.len()),
     })
 }
 
@@ -197,10 +199,26 @@ pub fn network_ingress(binding: &str) -> Result<Vec<String>> {
 }
 
 /// The path of a resource, or None when it was never attached (or is an empty placeholder).
-pub fn resource_get(name: &str) -> Option<String> {
-    let p = run("resource-get", &[name], None).ok()?.trim().to_string();
-    let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-    (len > 0).then_some(p)
+/// The path of an attached resource; `None` when nothing is attached (Juju says the
+/// resource is not found, or hands out an empty placeholder file). Any other failure of
+/// `resource-get` is an error, never "not attached".
+pub fn resource_get(name: &str) -> Result<Option<String>> {
+    resource_get_with("resource-get", name)
+}
+
+fn resource_get_with(tool: &str, name: &str) -> Result<Option<String>> {
+    let p = match run(tool, &[name], None) {
+        Ok(out) => out.trim().to_string(),
+        Err(e) if e.stderr_contains("not found") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) => Ok((m.len() > 0).then_some(p)),
+        Err(e) => Err(JujuError::Parse {
+            tool: "resource-get".into(),
+            detail: format!("the resource file {p} it named cannot be read: {e}"),
+        }),
+    }
 }
 
 pub fn open_port(port: u16) -> Result<()> {
@@ -220,14 +238,22 @@ pub fn goal_state_units() -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
-pub fn storage_location(name: &str) -> Option<String> {
-    let ids: Vec<String> = json::<Option<Vec<String>>>("storage-list", &[name])
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    let id = ids.first()?;
-    let v: Value = json("storage-get", &["-s", id]).ok()?;
-    v.get("location").and_then(Value::as_str).map(String::from)
+/// Where the storage `name` is mounted; `None` when none is attached. A failing tool is an
+/// error: guessing "not attached" would move the data dir.
+pub fn storage_location(name: &str) -> Result<Option<String>> {
+    let ids: Vec<String> =
+        json::<Option<Vec<String>>>("storage-list", &[name])?.unwrap_or_default();
+    let Some(id) = ids.first() else {
+        return Ok(None);
+    };
+    let v: Value = json("storage-get", &["-s", id])?;
+    match v.get("location").and_then(Value::as_str) {
+        Some(l) => Ok(Some(l.to_string())),
+        None => Err(JujuError::Parse {
+            tool: "storage-get".into(),
+            detail: format!("no location for storage {id}"),
+        }),
+    }
 }
 
 // Secrets --------------------------------------------------------------------------------
@@ -297,4 +323,43 @@ pub fn action_fail(msg: &str) -> Result<()> {
 
 pub fn action_log(msg: &str) {
     let _ = run("action-log", &["--", msg], None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in hook tool: a real process that prints and exits as told.
+    fn tool(dir: &std::path::Path, name: &str, script: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn a_failing_resource_get_is_an_error_and_not_found_is_absence() {
+        let d = tempfile::tempdir().unwrap();
+        let broken = tool(d.path(), "broken", "echo 'ERROR cannot connect to the controller: connection refused' >&2; exit 1");
+        let e = resource_get_with(&broken, "etcd").unwrap_err();
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        let missing = tool(d.path(), "missing", "echo 'ERROR could not download resource: resource#etcd/etcd not found' >&2; exit 1");
+        assert_eq!(resource_get_with(&missing, "etcd").unwrap(), None);
+        let file = d.path().join("etcd.tar.gz");
+        std::fs::write(&file, b"x").unwrap();
+        let ok = tool(d.path(), "ok", &format!("echo {}", file.display()));
+        assert_eq!(resource_get_with(&ok, "etcd").unwrap(), Some(file.display().to_string()));
+        let gone = tool(d.path(), "gone", "echo /nonexistent/etcd.tar.gz");
+        assert!(resource_get_with(&gone, "etcd").is_err(), "a path that cannot be read is an error");
+    }
+
+    #[test]
+    fn a_parse_error_never_carries_the_tools_output() {
+        let d = tempfile::tempdir().unwrap();
+        let leaky = tool(d.path(), "secret-get", "echo '-----BEGIN PRIVATE KEY----- MIGHAgEAMBMG'");
+        let e = json::<Value>(&leaky, &[]).unwrap_err().to_string();
+        assert!(!e.contains("PRIVATE KEY") && !e.contains("MIGHAgEAMBMG"), "{e}");
+        assert!(e.contains("bytes of output"), "{e}");
+    }
 }

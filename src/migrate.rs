@@ -96,7 +96,7 @@ pub fn snap_upgrade(
             before_inst.delivery.name()
         ));
     }
-    let resource = juju::resource_get("etcd");
+    let resource = juju::resource_get("etcd")?;
     let snap_file = resource
         .as_deref()
         .map(PathBuf::from)
@@ -122,7 +122,7 @@ pub fn snap_upgrade(
         return refuse("etcd on this unit is not healthy; fix that before migrating");
     }
     let before = identity(&client, &ep)?;
-    let data = charm::data_dir();
+    let data = charm::data_dir()?;
     let mut results: Results = vec![];
 
     // backup of config, certificates and data, and a snapshot
@@ -160,7 +160,7 @@ pub fn snap_upgrade(
     let config_file = Path::new(crate::etcd::service::CONFIG_FILE);
     let old_config = std::fs::read(config_file).context("reading the etcd config")?;
     let new_data = PathBuf::from(crate::etcd::SNAP_DATA_DIR);
-    let moves_data = to_snap && juju::storage_location("data").is_none();
+    let moves_data = to_snap && juju::storage_location("data")?.is_none();
     let rollback = |why: &anyhow::Error| -> Result<()> {
         juju::action_log(&format!(
             "snap-upgrade failed ({why:#}); rolling back to the Debian package"

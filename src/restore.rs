@@ -221,14 +221,14 @@ pub fn restore(
     } else {
         Some(writable_dir(&target, "target")?)
     };
-    let Some(resource) = juju::resource_get("snapshot") else {
+    let Some(resource) = juju::resource_get("snapshot")? else {
         return refuse(
             "no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first",
         );
     };
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let (client, ep, cfg) = local()?;
-    let data = charm::data_dir();
+    let data = charm::data_dir()?;
     let staging = Path::new(&data).join(".restore-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
@@ -312,7 +312,7 @@ pub fn restore(
         std::fs::rename(&member, aside.join("member"))?;
     }
     std::fs::rename(restored.join("member"), &member)?;
-    let mut st = LocalState::load();
+    let mut st = LocalState::load()?;
     let old_state = (
         st.initial_cluster.clone(),
         st.initial_state.clone(),

@@ -356,6 +356,23 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
     wait_member_back(&env, &creds, "etcd/2", id2, "a reboot");
     env.exec_ok("etcd/2", "systemctl is-enabled etcd.service && systemctl is-active etcd.service");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+
+    // A corrupt local state file stops the charm's decisions with a message naming it; the
+    // member keeps serving; a repaired file brings the unit back.
+    env.exec_ok("etcd/1", "cp /var/lib/etcd-charm/state.json /root/state.json && echo '{broken' > /var/lib/etcd-charm/state.json");
+    env.ok(&["model-config", "update-status-hook-interval=2s"]);
+    let msg = |s: &serde_json::Value| {
+        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    env.wait("etcd/1 blocked naming its state file", MIN, |s| {
+        msg(s).contains("/var/lib/etcd-charm/state.json is corrupt")
+    });
+    wait_member_back(&env, &creds, "etcd/1", id1, "a corrupt state file");
+    env.exec_ok("etcd/1", "cp /root/state.json /var/lib/etcd-charm/state.json");
+    env.wait("etcd/1 healthy again", MIN, |s| msg(s).starts_with("Healthy with 3"));
 }
 
 #[test]

@@ -314,8 +314,15 @@ impl World {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        // It holds secrets' contents: readable by root only, from the first byte.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&serde_json::to_vec(self)?)?;
         // Atomic against a crash of the controller (write, then rename over the old file).
         // Not fsynced: this state outlives controller restarts, not host power loss, and an

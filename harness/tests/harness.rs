@@ -227,6 +227,12 @@ fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
         json("secret-get --label db-pass --format=json")["password"],
         "s3cret"
     );
+    // The controller's state holds the secret's content: root only.
+    let state = env.home.path().join("state.json");
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(text.contains("s3cret") || text.contains("czNjcmV0"), "the state file is the one with the secret");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(
         env.exec_ok(u, &format!("secret-get {} password", id.trim())),
         "s3cret\n"

@@ -68,6 +68,8 @@ pub struct Installed {
 }
 
 impl Installed {
+    /// What is installed. A corrupt record reads as nothing here; every hook and action
+    /// checks the file first (`charm::check_local_files`) and stops with its name instead.
     pub fn load() -> Option<Installed> {
         serde_json::from_slice(&std::fs::read(STATE_FILE).ok()?).ok()
     }
