@@ -98,6 +98,19 @@ impl LocalState {
     }
 }
 
+/// Crash points for tests: when /var/lib/etcd-charm/crash-at names this step, the charm
+/// removes the file and SIGKILLs itself right here, as a power cut or an OOM kill would
+/// (no unwinding, no cleanup, the hook's relation writes discarded).
+pub fn crash_point(step: &str) {
+    let p = Path::new(CRASH_AT);
+    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) {
+        let _ = std::fs::remove_file(p);
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
+
 /// Statuses reported by the parts of a hook; the most severe one wins.
 #[derive(Default)]
 pub struct StatusBoard {
@@ -567,6 +580,7 @@ fn leader_membership(
                 );
                 match r {
                     Ok(_) => {
+                        crash_point("member-added");
                         members = client.member_list(ep)?;
                         let entries: Vec<(String, String)> = members
                             .iter()

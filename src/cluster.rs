@@ -138,6 +138,11 @@ pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) ->
     for m in members.iter().filter(|m| m.is_learner || !m.started()) {
         let owner = units.iter().find(|u| belongs(m, &u.name, &u.peer_url));
         match owner {
+            // A learner that never started, of a live unit, with no join in flight: the
+            // leader's hook added it and died before its `join` publication was committed
+            // (Juju discards a failed hook's relation writes). Admitting it again publishes
+            // the join once more (etcd answers that the peer URL exists, which is success).
+            Some(u) if m.is_learner && !m.started() => return Step::Add(u.clone()),
             Some(u) => {
                 return Step::Wait(format!("member {} ({}) has not started", u.name, u.unit))
             }
@@ -304,6 +309,19 @@ mod tests {
             }
         );
         assert_eq!(next_step(&members, &units, None), Step::Add(unit(2, true)));
+    }
+
+    #[test]
+    fn a_learner_whose_join_publication_was_lost_is_admitted_again() {
+        // unit 2 was added as a learner, but the hook that added it died before its join
+        // was committed: no join in flight.
+        let mut members = vec![member(0, true, false), member(1, true, false)];
+        members.push(member(2, false, true));
+        let units = vec![unit(0, true), unit(1, true), unit(2, true)];
+        assert_eq!(next_step(&members, &units, None), Step::Add(unit(2, true)));
+        // A voter that has not started yet (a bootstrap member) is waited for, not re-added.
+        let boot = vec![member(0, true, false), member(1, false, false)];
+        assert!(matches!(next_step(&boot, &units[..2], None), Step::Wait(_)));
     }
 
     #[test]

@@ -406,6 +406,29 @@ fn a_member_that_left_the_cluster_stays_down_across_a_reboot() {
 }
 
 #[test]
+fn a_leader_killed_right_after_member_add_still_admits_the_unit() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("joinkill", &["update-status-hook-interval=1h"]);
+    deploy(&env, 1, &tarball);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    // The leader's hook is SIGKILLed right after `member add`: its publication of the join
+    // is discarded with the hook. Before the fix the learner waited for a join forever.
+    env.exec_ok("etcd/0", &format!("echo member-added > {}", "/var/lib/etcd-charm/crash-at"));
+    env.ok(&["add-unit", "etcd"]);
+    env.wait("the crash point to fire", 2 * MIN, |_| {
+        env.exec("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at").code == 0
+    });
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let members = v["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    assert!(members.iter().all(|m| m["isLearner"].as_bool() != Some(true)), "the learner was promoted: {v}");
+}
+
+#[test]
 fn the_built_in_supervisor_runs_etcd_on_machines_without_an_init_system() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");

@@ -96,6 +96,13 @@ pub struct Ctl {
     pub shutdown: tokio::sync::Notify,
 }
 
+/// Locks a mutex even if a thread panicked while holding it: one failed request must not
+/// make every later one panic too (the data is consistent between mutations, as each
+/// mutation is a plain function of the world).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn state_path(home: &Path) -> PathBuf {
     home.join("state.json")
 }
@@ -853,7 +860,7 @@ impl Ctl {
 
     /// Runs `f` on the world, persists it, and wakes everyone waiting for a change.
     pub fn mutate<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
-        let mut w = self.world.lock().unwrap();
+        let mut w = lock(&self.world);
         let r = f(&mut w);
         if let Err(e) = w.save(&state_path(&self.home)) {
             eprintln!("cannot persist state: {e:#}");
@@ -865,7 +872,7 @@ impl Ctl {
 
     /// Like `mutate`, but persists and wakes waiters only when `f` says it changed something.
     pub fn mutate_if<R>(&self, f: impl FnOnce(&mut World) -> (R, bool)) -> R {
-        let mut w = self.world.lock().unwrap();
+        let mut w = lock(&self.world);
         let (r, changed) = f(&mut w);
         if changed {
             if let Err(e) = w.save(&state_path(&self.home)) {
@@ -880,7 +887,7 @@ impl Ctl {
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&World) -> R) -> R {
-        f(&self.world.lock().unwrap())
+        f(&lock(&self.world))
     }
 
     /// Waits until `cond` holds or the deadline passes.
@@ -933,13 +940,13 @@ impl Ctl {
     /// Ensures a worker task runs for the unit.
     pub fn ensure_worker(self: &Arc<Self>, model: &str, unit: &str) {
         let key = (model.to_string(), unit.to_string());
-        if !self.workers.lock().unwrap().insert(key.clone()) {
+        if !lock(&self.workers).insert(key.clone()) {
             return;
         }
         let ctl = self.clone();
         tokio::spawn(async move {
             ctl.worker(&key.0, &key.1).await;
-            ctl.workers.lock().unwrap().remove(&key);
+            lock(&ctl.workers).remove(&key);
         });
     }
 
@@ -1329,9 +1336,7 @@ impl Ctl {
             return None;
         }
         Some(
-            self.serial
-                .lock()
-                .unwrap()
+            lock(&self.serial)
                 .entry(model.to_string())
                 .or_default()
                 .clone(),
@@ -1510,17 +1515,20 @@ impl Ctl {
         argv: Vec<String>,
         env: BTreeMap<String, String>,
     ) -> (Result<(proto::AgentReply, Option<u32>)>, HookCtx) {
-        let sock = machine::agent_socket(
-            &model_dir(&self.home, model),
-            self.read(|w| w.models[model].units[unit].machine),
-        );
-        self.contexts
-            .lock()
-            .unwrap()
-            .insert(ctx.id.clone(), ctx.clone());
+        let Some(machine_id) = self.read(|w| {
+            w.models
+                .get(model)
+                .and_then(|m| m.units.get(unit))
+                .map(|u| u.machine)
+        }) else {
+            let err = anyhow::anyhow!("unit {unit} of model {model} is gone");
+            return (Err(err), ctx);
+        };
+        let sock = machine::agent_socket(&model_dir(&self.home, model), machine_id);
+        lock(&self.contexts).insert(ctx.id.clone(), ctx.clone());
         let cwd = charm_dir_in_machine(unit);
         let result = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd }).await;
-        let ctx = self.contexts.lock().unwrap().remove(&ctx.id).unwrap_or(ctx);
+        let ctx = lock(&self.contexts).remove(&ctx.id).unwrap_or(ctx);
         (result, ctx)
     }
 
@@ -1659,7 +1667,12 @@ impl Ctl {
             self.finalize_unit(model, unit).await;
         }
         if reboot {
-            let machine = self.read(|w| w.models[model].units.get(unit).map(|u| u.machine));
+            let machine = self.read(|w| {
+                w.models
+                    .get(model)
+                    .and_then(|m| m.units.get(unit))
+                    .map(|u| u.machine)
+            });
             if let Some(id) = machine {
                 let ctl = self.clone();
                 let model = model.to_string();
@@ -1881,7 +1894,7 @@ impl Ctl {
                         })
                         .collect()
                 });
-                let mut last = self.last_update_status.lock().unwrap();
+                let mut last = lock(&self.last_update_status);
                 let now = Instant::now();
                 models
                     .into_iter()

@@ -89,7 +89,7 @@ pub fn handle(
     stdin: Option<&str>,
     _peer: Option<u32>,
 ) -> Reply {
-    let mut contexts = ctl.contexts.lock().unwrap();
+    let mut contexts = crate::controller::lock(&ctl.contexts);
     let Some(ctx) = contexts.get_mut(context) else {
         return Reply::err(
             1,
