@@ -27,6 +27,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
     crate::charm::check_local_files()?;
+    crate::restore::recover_interrupted()?;
     let r = match name.as_str() {
         "health" => health(),
         "package-client-credentials" => package_client_credentials(ctx),

@@ -173,7 +173,7 @@ pub fn member_name(unit: &str) -> String {
     unit.replace('/', "")
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -769,6 +769,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         juju::status_set("blocked", &format!("{e:#}"), false)?;
         return Ok(());
     }
+    crate::restore::recover_interrupted()?;
     let mut st = LocalState::load()?;
     let name = ctx.hook_name();
     let leaving = (name == "cluster-relation-departed"

@@ -298,21 +298,35 @@ pub fn restore(
         )?;
     }
 
-    // 5. swap, keeping the old data until the restored cluster is healthy.
+    // 5. swap, keeping the old data until the restored cluster is healthy. The journal is
+    // written first: if this process dies anywhere until the check passes, the next hook
+    // puts the old data, state and config back (`recover_interrupted`). An aside is never
+    // reused or deleted before its replacement is proven: each attempt has its own.
     let svc = Service {
         etcd_binary: inst.etcd(),
     };
+    let mut st = LocalState::load()?;
+    let aside = Path::new(&data).join(format!(".pre-restore-{epoch}-{}", charm::now()));
+    let member = Path::new(&data).join("member");
+    let journal = Journal {
+        aside: aside.display().to_string(),
+        member: member.display().to_string(),
+        config: std::fs::read_to_string(crate::etcd::service::CONFIG_FILE)
+            .context("reading the etcd config")?,
+        initial_cluster: st.initial_cluster.clone(),
+        initial_state: st.initial_state.clone(),
+        token: st.token.clone(),
+        epoch: st.epoch.clone(),
+    };
+    journal.save()?;
     juju::action_log("stopping etcd and setting the current data aside");
     svc.stop()?;
-    let aside = Path::new(&data).join(format!(".pre-restore-{epoch}"));
-    let _ = std::fs::remove_dir_all(&aside);
     std::fs::create_dir_all(&aside)?;
-    let member = Path::new(&data).join("member");
     if member.exists() {
         std::fs::rename(&member, aside.join("member"))?;
     }
+    charm::crash_point("restore-aside");
     std::fs::rename(restored.join("member"), &member)?;
-    let mut st = LocalState::load()?;
     let old_state = (
         st.initial_cluster.clone(),
         st.initial_state.clone(),
@@ -327,6 +341,7 @@ pub fn restore(
     rerender(&st, &cfg, &name, &address, &data)?;
     juju::action_log("starting the restored member");
     svc.start()?;
+    charm::crash_point("restore-started");
 
     // 6. check.
     let check = retry(
@@ -359,6 +374,7 @@ pub fn restore(
         st.epoch = old_state.3;
         st.save()?;
         rerender(&st, &cfg, &name, &address, &data)?;
+        Journal::clear()?;
         svc.start()?;
         publish_epoch(
             ctx,
@@ -369,6 +385,7 @@ pub fn restore(
         )?;
         return refuse(format!("the restored cluster did not become healthy ({check:?}); the previous data is back in place"));
     }
+    Journal::clear()?;
     let _ = std::fs::remove_dir_all(&aside);
     drop(cleanup);
 
@@ -385,6 +402,67 @@ pub fn restore(
         "restored; the other units rejoin the new cluster one at a time".into(),
     ));
     Ok(results)
+}
+
+const JOURNAL: &str = "/var/lib/etcd-charm/restore-journal.json";
+
+/// What a restore in the middle of its swap must be able to undo.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Journal {
+    aside: String,
+    member: String,
+    config: String,
+    initial_cluster: Option<String>,
+    initial_state: Option<String>,
+    token: Option<String>,
+    epoch: Option<String>,
+}
+
+impl Journal {
+    fn save(&self) -> Result<()> {
+        crate::pki::write_file(Path::new(JOURNAL), &serde_json::to_vec_pretty(self)?, 0o600)?;
+        Ok(())
+    }
+    fn clear() -> Result<()> {
+        match std::fs::remove_file(JOURNAL) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Undoes a restore whose process died during its swap (before the restored member was
+/// proven healthy): etcd stopped, the half-restored member set aside as
+/// `.failed-restore-<time>`, the original data, state and config put back. Every hook runs
+/// this first; the restore can then be run again.
+pub fn recover_interrupted() -> Result<()> {
+    let Some(j) = charm::read_json::<Journal>(JOURNAL)? else {
+        return Ok(());
+    };
+    juju::log("WARNING", &format!("a restore was interrupted; putting the data from {} back", j.aside));
+    let svc = Service {
+        etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
+    };
+    svc.stop()?;
+    let member = Path::new(&j.member);
+    let original = Path::new(&j.aside).join("member");
+    if original.exists() {
+        if member.exists() {
+            let failed = member.with_file_name(format!(".failed-restore-{}", charm::now()));
+            std::fs::rename(member, &failed).context("setting the half-restored member aside")?;
+        }
+        std::fs::rename(&original, member).context("putting the original member back")?;
+    }
+    let mut st = LocalState::load()?;
+    st.initial_cluster = j.initial_cluster;
+    st.initial_state = j.initial_state;
+    st.token = j.token;
+    st.epoch = j.epoch;
+    st.save()?;
+    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), j.config.as_bytes(), 0o644)?;
+    Journal::clear()?;
+    svc.start()?;
+    Ok(())
 }
 
 fn rerender(

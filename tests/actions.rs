@@ -529,3 +529,48 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     env.exec_ok("etcd/0", "test -s /root/migration/etcd-pre-migration.tar.gz && test -s /root/migration/etcd-pre-migration.db");
     env.ok(&["run", "etcd/0", "health"]);
 }
+
+#[test]
+fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("restorekill", &["update-status-hook-interval=1h"]);
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    deploy_etcd(&env, 1, &tarball, &[]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    let vars = credentials(&env, work.path());
+    let keys = |prefix: &str| {
+        let out = etcdctl(&vars, &["get", prefix, "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+    };
+    for i in 0..10 {
+        assert!(etcdctl(&vars, &["put", &format!("/old/{i}"), "v"]).status.success());
+    }
+    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/root/snaps"]);
+    assert_eq!(code, 0, "{task}");
+    let archive = machine_file(&env, "etcd/0", task["results"]["snapshot"]["path"].as_str().unwrap());
+    let local = work.path().join("snap.tar.gz");
+    std::fs::copy(&archive, &local).unwrap();
+    // Written after the snapshot: present in the original data only.
+    assert!(etcdctl(&vars, &["put", "/after-snapshot", "v"]).status.success());
+    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", local.display())]);
+    env.settle("2m");
+
+    // The action is SIGKILLed with the original data set aside and nothing in its place.
+    env.exec_ok("etcd/0", "echo restore-aside > /var/lib/etcd-charm/crash-at");
+    let (code, _) = run_action(&env, "etcd/0", &["restore"]);
+    assert_ne!(code, 0, "the killed restore fails");
+    env.exec_ok("etcd/0", "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/restore-journal.json");
+    // The next hook puts the original back: the key written after the snapshot is there.
+    env.ok(&["model-config", "update-status-hook-interval=2s"]);
+    env.wait("the original data back", 2 * MIN, |_| keys("/after-snapshot") == 1);
+    env.exec_ok("etcd/0", "test ! -e /var/lib/etcd-charm/restore-journal.json");
+    env.ok(&["model-config", "update-status-hook-interval=1h"]);
+    assert_eq!(keys("/old/"), 10);
+
+    // Run again: the snapshot's state, and the original data was never deleted on the way.
+    let (code, task) = run_action(&env, "etcd/0", &["restore"]);
+    assert_eq!(code, 0, "{task}");
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    assert_eq!(keys("/old/"), 10);
+    assert_eq!(keys("/after-snapshot"), 0, "the snapshot's state");
+}
