@@ -724,6 +724,7 @@ fn reinstall() -> Result<Results> {
             Path::new(&resource),
             cfg.archive_sha256.as_deref(),
             "etcd resource",
+            false,
         )
     };
     let inst = match installed {

@@ -234,16 +234,19 @@ pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallE
         }
         return install::install_snap_file(Path::new(path));
     }
+    // A unit that runs archive binaries already switches to new ones in its rolling turn.
+    let defer = current.as_ref().is_some_and(|c| c.delivery == Delivery::Archive);
     if let Some(path) = resource {
         return install::install_archive(
             Path::new(&path),
             cfg.archive_sha256.as_deref(),
             "etcd resource",
+            defer,
         );
     }
     if let (Some(url), Some(sha)) = (&cfg.archive_url, &cfg.archive_sha256) {
         let file = install::download(url, sha)?;
-        return install::install_archive(&file, Some(sha), &format!("archive {url}"));
+        return install::install_archive(&file, Some(sha), &format!("archive {url}"), defer);
     }
     if let Some(cur) = current {
         return Ok(cur);
@@ -821,6 +824,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         return Ok(());
     }
     let _ = juju::application_version_set(&inst.version);
+    if let Some(v) = &inst.rolled_back {
+        board.report(
+            "blocked",
+            format!("etcd {v} did not become healthy on this unit and was rolled back to {}; attach a working etcd resource", inst.version),
+        );
+    }
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
         board.report("waiting", "Waiting for the peer relation");
         return Ok(());
@@ -1057,7 +1066,13 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             svc.start()?;
             st.client_port = Some(cfg.port);
             st.running_peer_url = Some(peer_url.clone());
-            st.running_version = Some(inst.version.clone());
+            // With binaries staged for a rolling upgrade, what started is what `current`
+            // still points at; the new ones wait for this unit's turn.
+            st.running_version = Some(if inst.staged.is_some() {
+                install::binary_version(Path::new(&inst.etcd()))?
+            } else {
+                inst.version.clone()
+            });
         } else if changed
             || st
                 .running_version
@@ -1078,12 +1093,15 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             if alone
                 || peers.app_get("restart-grant") == Some(format!("{}:{want}", ctx.unit).as_str())
             {
+                // This unit's turn: new binaries are switched in only now.
+                let mut inst = inst.clone();
+                let previous = install::switch_staged(&mut inst)?;
                 restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
                 st.client_port = Some(cfg.port);
                 st.running_peer_url = Some(peer_url.clone());
                 st.running_version = Some(inst.version.clone());
                 let new_ep = endpoint(&address, cfg.port);
-                let _ = retry(
+                let healthy = retry(
                     Duration::from_secs(30),
                     Duration::from_millis(100),
                     || match client.health(&new_ep) {
@@ -1091,6 +1109,15 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                         other => Err(format!("{other:?}")),
                     },
                 );
+                if let (Err(e), Some(prev)) = (&healthy, previous) {
+                    // The new binaries failed on this unit: the old ones again, and the
+                    // others never get their turn with this version.
+                    let failed = inst.version.clone();
+                    install::roll_back_to(&mut inst, &prev)?;
+                    juju::log("WARNING", &format!("etcd {failed} did not become healthy ({e}); rolled back to {}", inst.version));
+                    svc.restart()?;
+                    st.running_version = Some(inst.version.clone());
+                }
                 set_key(&mut mine, &mut my_writes, "restarted", &want);
                 set_key(&mut mine, &mut my_writes, "peer-url", &peer_url);
                 set_key(&mut mine, &mut my_writes, "client-url", &client_url);

@@ -215,6 +215,7 @@ pub fn snap_upgrade(
                 Path::new(resource.as_deref().unwrap_or_default()),
                 cfg.archive_sha256.as_deref(),
                 "etcd resource",
+                false,
             ) {
                 Ok(i) => i,
                 Err(install::InstallError::Bad(m)) => return Err(Refused(m).into()),

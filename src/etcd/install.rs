@@ -65,6 +65,13 @@ pub struct Installed {
     /// path, size and mtime of that tarball: unchanged means already verified and installed
     #[serde(default)]
     pub source_stamp: Option<String>,
+    /// verified binaries of `version`, unpacked but not yet switched in: the running member
+    /// switches to them in its own rolling turn
+    #[serde(default)]
+    pub staged: Option<String>,
+    /// a version that failed its health check on this unit and was rolled back
+    #[serde(default)]
+    pub rolled_back: Option<String>,
 }
 
 impl Installed {
@@ -245,10 +252,14 @@ fn find_bin_dir(root: &Path) -> Option<PathBuf> {
 
 /// Installs an upstream release tarball. `expected_sha256` (config `archive_sha256`) is
 /// checked first. Re-installing the same tarball is a no-op.
+/// With `defer_switch` (a running member's upgrade) the new binaries are unpacked and
+/// verified but `current` keeps pointing at the running ones until `switch_staged`, in this
+/// unit's rolling turn: a restart out of turn (a crash, systemd) runs what ran before.
 pub fn install_archive(
     tarball: &Path,
     expected_sha256: Option<&str>,
     label: &str,
+    defer_switch: bool,
 ) -> Result<Installed> {
     // The same file as last time (and the same expected sha256): already verified and installed.
     let stamp = stamp(tarball);
@@ -310,7 +321,13 @@ pub fn install_archive(
         "moving etcd {version} into {}",
         final_dir.display()
     )))?;
-    switch_current(&final_dir)?;
+    let running = std::fs::read_link(Path::new(OPT_DIR).join("current")).ok();
+    let staged = if defer_switch && running.as_deref().is_some_and(|r| r != final_dir) {
+        Some(final_dir.display().to_string())
+    } else {
+        switch_current(&final_dir)?;
+        None
+    };
     let _ = std::fs::remove_dir_all(&aside);
     let inst = Installed {
         delivery: Delivery::Archive,
@@ -318,9 +335,32 @@ pub fn install_archive(
         bin_dir: format!("{OPT_DIR}/current"),
         source_sha256: Some(sha),
         source_stamp: stamp,
+        staged,
+        rolled_back: None,
     };
     inst.save()?;
     Ok(inst)
+}
+
+/// Switches `current` to the staged binaries (this unit's turn). Returns the directory it
+/// pointed at before, for a rollback.
+pub fn switch_staged(inst: &mut Installed) -> Result<Option<PathBuf>> {
+    let Some(dir) = inst.staged.take() else {
+        return Ok(None);
+    };
+    let before = std::fs::read_link(Path::new(OPT_DIR).join("current")).ok();
+    switch_current(Path::new(&dir))?;
+    inst.save()?;
+    Ok(before)
+}
+
+/// Puts the binaries of `dir` back after the new ones failed their health check, and
+/// remembers the version that failed so it is not tried again until a new resource.
+pub fn roll_back_to(inst: &mut Installed, dir: &Path) -> Result<()> {
+    switch_current(dir)?;
+    inst.rolled_back = Some(inst.version.clone());
+    inst.version = binary_version(&dir.join("etcd"))?;
+    inst.save()
 }
 
 /// Points /opt/etcd/current at `dir` atomically (a new link renamed over the old one).
@@ -422,6 +462,8 @@ pub fn install_deb() -> Result<Installed> {
         bin_dir: "/usr/bin".into(),
         source_sha256: None,
         source_stamp: None,
+        staged: None,
+        rolled_back: None,
     };
     inst.save()?;
     Ok(inst)
@@ -527,6 +569,8 @@ fn snap_installed(source_stamp: Option<String>) -> Result<Installed> {
         bin_dir: "/snap/bin".into(),
         source_sha256: None,
         source_stamp,
+        staged: None,
+        rolled_back: None,
     };
     inst.save()?;
     Ok(inst)

@@ -177,6 +177,15 @@ impl Env {
         self.ok(&["wait-settled", "--timeout", timeout]);
     }
 
+    /// A handle on this controller for another thread (the Env still owns the controller).
+    pub fn share(&self) -> Shared {
+        Shared {
+            home: self.home.path().to_path_buf(),
+            model: self.model.clone(),
+            bin: self.bin.clone(),
+        }
+    }
+
     /// `juju exec` inside a unit's machine.
     pub fn exec(&self, unit: &str, script: &str) -> Run {
         self.run(&["exec", "--unit", unit, "--", script])
@@ -239,6 +248,27 @@ impl Env {
         let v: Value =
             serde_json::from_str(&self.ok(&["show-machine", machine, "--format", "json"])).unwrap();
         v[machine]["init-pid"].as_u64().unwrap() as u32
+    }
+}
+
+/// See `Env::share`.
+#[derive(Clone)]
+pub struct Shared {
+    home: PathBuf,
+    model: String,
+    bin: PathBuf,
+}
+
+impl Shared {
+    pub fn exec(&self, unit: &str, script: &str) -> Run {
+        Command::new(&self.bin)
+            .env("CHARM_HARNESS_HOME", &self.home)
+            .env("JUJU_MODEL", &self.model)
+            .args(["exec", "--unit", unit, "--", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
     }
 }
 
