@@ -1110,8 +1110,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     },
                 );
                 if let (Err(e), Some(prev)) = (&healthy, previous) {
-                    // The new binaries failed on this unit: the old ones again, and the
-                    // others never get their turn with this version.
+                    // The new binaries failed on this unit: the old ones again. (The other
+                    // units still take their turns; stopping the roll is the upgrade phase's
+                    // job, not built yet.)
                     let failed = inst.version.clone();
                     install::roll_back_to(&mut inst, &prev)?;
                     juju::log("WARNING", &format!("etcd {failed} did not become healthy ({e}); rolled back to {}", inst.version));
