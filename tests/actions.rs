@@ -157,8 +157,27 @@ fn health_credentials_and_bad_params() {
             .contains("\"abc\" is not a number"),
         "{task}"
     );
+    // compact: an older revision of a key is readable before, gone after.
+    assert!(etcdctl(&vars, &["put", "compact-key", "first"]).status.success());
+    let revision = || {
+        let out = etcdctl(&vars, &["get", "compact-key", "-w", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["header"]["revision"].as_u64().unwrap()
+    };
+    let old_rev = revision();
+    assert!(etcdctl(&vars, &["put", "compact-key", "second"]).status.success());
+    let read_old = || etcdctl(&vars, &["get", "compact-key", &format!("--rev={old_rev}"), "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&read_old().stdout).trim(), "first");
+    let now = revision();
     let (code, task) = run_action(&env, "etcd/0", &["compact"]);
     assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["revision"], now.to_string(), "{task}");
+    let after = read_old();
+    assert!(
+        !after.status.success() && String::from_utf8_lossy(&after.stderr).contains("compacted"),
+        "revision {old_rev} is compacted away: {}",
+        String::from_utf8_lossy(&after.stderr)
+    );
     let (code, task) = run_action(&env, "etcd/0", &["alarm-list"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["count"], "0");
