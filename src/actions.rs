@@ -696,7 +696,9 @@ fn reinstall() -> Result<Results> {
     };
     let (client, ep, cfg) = local()?;
     let before = Installed::load();
-    let was_snap = before.as_ref().is_some_and(|b| b.delivery == install::Delivery::Snap);
+    let was_snap = before
+        .as_ref()
+        .is_some_and(|b| b.delivery == install::Delivery::Snap);
     let snap_resource = install::is_snap_file(Path::new(&resource));
     if snap_resource != was_snap {
         return refuse(if snap_resource {
@@ -762,7 +764,10 @@ fn reinstall() -> Result<Results> {
             false
         };
         return refuse(if rolled_back {
-            format!("etcd {} did not become healthy ({e}); rolled back to the previous binaries", inst.version)
+            format!(
+                "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
+                inst.version
+            )
         } else {
             format!("etcd {} did not become healthy ({e}); there were no previous binaries to roll back to", inst.version)
         });

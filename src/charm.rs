@@ -103,8 +103,10 @@ impl LocalState {
 /// (no unwinding, no cleanup, the hook's relation writes discarded).
 pub fn crash_point(step: &str) {
     let p = Path::new(CRASH_AT);
-    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) {
-        let _ = std::fs::remove_file(p);
+    // Only a crash point that is consumed fires: one left in place would kill every run.
+    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) && std::fs::remove_file(p).is_ok()
+    {
+        // SIGKILL cannot be caught or fail for the process itself; nothing runs after it.
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
@@ -209,8 +211,11 @@ pub fn tls_client() -> Result<Client> {
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
 pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
-    let resource = juju::resource_get("etcd")
-        .map_err(|e| InstallError::Failed(format!("cannot tell whether an etcd resource is attached: {e}")))?;
+    let resource = juju::resource_get("etcd").map_err(|e| {
+        InstallError::Failed(format!(
+            "cannot tell whether an etcd resource is attached: {e}"
+        ))
+    })?;
     let snap_resource = resource
         .as_deref()
         .is_some_and(|p| install::is_snap_file(Path::new(p)));
@@ -235,7 +240,9 @@ pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallE
         return install::install_snap_file(Path::new(path));
     }
     // A unit that runs archive binaries already switches to new ones in its rolling turn.
-    let defer = current.as_ref().is_some_and(|c| c.delivery == Delivery::Archive);
+    let defer = current
+        .as_ref()
+        .is_some_and(|c| c.delivery == Delivery::Archive);
     if let Some(path) = resource {
         return install::install_archive(
             Path::new(&path),
@@ -260,7 +267,11 @@ pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallE
 /// Sets snapd's refresh.timer from `snapd_refresh` where snapd runs. "max" means monthly
 /// (the last Friday), each unit in an hour of its own so units never refresh together.
 /// Remembered once applied, so hooks do not ask snapd every time.
-fn apply_snapd_refresh(st: &mut LocalState, cfg: &Config, unit: &str) -> std::result::Result<(), String> {
+fn apply_snapd_refresh(
+    st: &mut LocalState,
+    cfg: &Config,
+    unit: &str,
+) -> std::result::Result<(), String> {
     let timer = if cfg.snapd_refresh == "max" {
         let hour = (unit_number(unit) * 7) % 24;
         format!("fri5,{hour:02}:00-{hour:02}:59")
@@ -277,7 +288,10 @@ fn apply_snapd_refresh(st: &mut LocalState, cfg: &Config, unit: &str) -> std::re
 }
 
 fn unit_number(unit: &str) -> u32 {
-    unit.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    unit.rsplit('/')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Makes (or keeps) this unit's CSRs for its current addresses.
@@ -813,7 +827,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         Err(e) => return Err(e.into()),
     };
     // Attaching a resource never migrates a Debian-package unit by itself: say how to.
-    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd")?.is_some() {
+    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd")?.is_some()
+    {
         "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
     } else {
         ""
@@ -1101,21 +1116,28 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 st.running_peer_url = Some(peer_url.clone());
                 st.running_version = Some(inst.version.clone());
                 let new_ep = endpoint(&address, cfg.port);
-                let healthy = retry(
-                    Duration::from_secs(30),
-                    Duration::from_millis(100),
-                    || match client.health(&new_ep) {
-                        Ok(true) => Ok(()),
-                        other => Err(format!("{other:?}")),
-                    },
-                );
+                let healthy =
+                    retry(
+                        Duration::from_secs(30),
+                        Duration::from_millis(100),
+                        || match client.health(&new_ep) {
+                            Ok(true) => Ok(()),
+                            other => Err(format!("{other:?}")),
+                        },
+                    );
                 if let (Err(e), Some(prev)) = (&healthy, previous) {
                     // The new binaries failed on this unit: the old ones again. (The other
                     // units still take their turns; stopping the roll is the upgrade phase's
                     // job, not built yet.)
                     let failed = inst.version.clone();
                     install::roll_back_to(&mut inst, &prev)?;
-                    juju::log("WARNING", &format!("etcd {failed} did not become healthy ({e}); rolled back to {}", inst.version));
+                    juju::log(
+                        "WARNING",
+                        &format!(
+                            "etcd {failed} did not become healthy ({e}); rolled back to {}",
+                            inst.version
+                        ),
+                    );
                     svc.restart()?;
                     st.running_version = Some(inst.version.clone());
                 }
@@ -1152,6 +1174,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         } else {
             Duration::from_secs(30)
         };
+        // Waiting only: the status is asked again just below and that answer is what counts.
         let _ = retry(patience, Duration::from_millis(100), || client.status(&ep));
         mark("started");
         let status = client.status(&ep);

@@ -251,7 +251,9 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
         };
         if let Some(n) = repeat {
             if !n.parse::<u32>().is_ok_and(|n| n > 0) {
-                return Err(format!("{event:?}: the repeat /{n} must be a positive number"));
+                return Err(format!(
+                    "{event:?}: the repeat /{n} must be a positive number"
+                ));
             }
         }
         let parts: Vec<&str> = span.split(['-', '~']).collect();
@@ -261,7 +263,9 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
             _ => false,
         };
         if !ok {
-            return Err(format!("{event:?} is not a day (mon..sun, fri5), a time (23:00) or a range of either"));
+            return Err(format!(
+                "{event:?} is not a day (mon..sun, fri5), a time (23:00) or a range of either"
+            ));
         }
     }
     Ok(())
@@ -366,10 +370,19 @@ mod tests {
 
     #[test]
     fn snapd_refresh_timers() {
-        for good in ["max", "fri5", "fri5,23:00-01:00", "mon,10:00~12:00", "mon-fri,4:00", "00:00-23:00/4"] {
+        for good in [
+            "max",
+            "fri5",
+            "fri5,23:00-01:00",
+            "mon,10:00~12:00",
+            "mon-fri,4:00",
+            "00:00-23:00/4",
+        ] {
             assert_eq!(check_refresh_timer(good), Ok(()), "{good}");
         }
-        for bad in ["", "never", "fri6", "25:00", "mon,", "10:00-", "mon/0", "monthly"] {
+        for bad in [
+            "", "never", "fri6", "25:00", "mon,", "10:00-", "mon/0", "monthly",
+        ] {
             assert!(check_refresh_timer(bad).is_err(), "{bad}");
         }
         let mut c = BTreeMap::new();

@@ -341,25 +341,46 @@ mod tests {
     #[test]
     fn a_failing_resource_get_is_an_error_and_not_found_is_absence() {
         let d = tempfile::tempdir().unwrap();
-        let broken = tool(d.path(), "broken", "echo 'ERROR cannot connect to the controller: connection refused' >&2; exit 1");
+        let broken = tool(
+            d.path(),
+            "broken",
+            "echo 'ERROR cannot connect to the controller: connection refused' >&2; exit 1",
+        );
         let e = resource_get_with(&broken, "etcd").unwrap_err();
         assert!(e.to_string().contains("connection refused"), "{e}");
-        let missing = tool(d.path(), "missing", "echo 'ERROR could not download resource: resource#etcd/etcd not found' >&2; exit 1");
+        let missing = tool(
+            d.path(),
+            "missing",
+            "echo 'ERROR could not download resource: resource#etcd/etcd not found' >&2; exit 1",
+        );
         assert_eq!(resource_get_with(&missing, "etcd").unwrap(), None);
         let file = d.path().join("etcd.tar.gz");
         std::fs::write(&file, b"x").unwrap();
         let ok = tool(d.path(), "ok", &format!("echo {}", file.display()));
-        assert_eq!(resource_get_with(&ok, "etcd").unwrap(), Some(file.display().to_string()));
+        assert_eq!(
+            resource_get_with(&ok, "etcd").unwrap(),
+            Some(file.display().to_string())
+        );
         let gone = tool(d.path(), "gone", "echo /nonexistent/etcd.tar.gz");
-        assert!(resource_get_with(&gone, "etcd").is_err(), "a path that cannot be read is an error");
+        assert!(
+            resource_get_with(&gone, "etcd").is_err(),
+            "a path that cannot be read is an error"
+        );
     }
 
     #[test]
     fn a_parse_error_never_carries_the_tools_output() {
         let d = tempfile::tempdir().unwrap();
-        let leaky = tool(d.path(), "secret-get", "echo '-----BEGIN PRIVATE KEY----- MIGHAgEAMBMG'");
+        let leaky = tool(
+            d.path(),
+            "secret-get",
+            "echo '-----BEGIN PRIVATE KEY----- MIGHAgEAMBMG'",
+        );
         let e = json::<Value>(&leaky, &[]).unwrap_err().to_string();
-        assert!(!e.contains("PRIVATE KEY") && !e.contains("MIGHAgEAMBMG"), "{e}");
+        assert!(
+            !e.contains("PRIVATE KEY") && !e.contains("MIGHAgEAMBMG"),
+            "{e}"
+        );
         assert!(e.contains("bytes of output"), "{e}");
     }
 }

@@ -201,13 +201,16 @@ pub fn snap_upgrade(
             if moves_data {
                 step("move-data")?;
                 std::fs::create_dir_all(new_data.parent().unwrap_or(Path::new("/")))?;
-                std::fs::rename(&data, &new_data).with_context(|| {
-                    format!("moving {data} to {}", new_data.display())
-                })?;
-                let mut conf: serde_yaml::Value = serde_yaml::from_slice(&old_config)
-                    .context("parsing the etcd config")?;
+                std::fs::rename(&data, &new_data)
+                    .with_context(|| format!("moving {data} to {}", new_data.display()))?;
+                let mut conf: serde_yaml::Value =
+                    serde_yaml::from_slice(&old_config).context("parsing the etcd config")?;
                 conf["data-dir"] = serde_yaml::Value::from(new_data.display().to_string());
-                crate::pki::write_file(config_file, serde_yaml::to_string(&conf)?.as_bytes(), 0o644)?;
+                crate::pki::write_file(
+                    config_file,
+                    serde_yaml::to_string(&conf)?.as_bytes(),
+                    0o644,
+                )?;
             }
             inst
         } else {

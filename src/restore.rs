@@ -439,7 +439,13 @@ pub fn recover_interrupted() -> Result<()> {
     let Some(j) = charm::read_json::<Journal>(JOURNAL)? else {
         return Ok(());
     };
-    juju::log("WARNING", &format!("a restore was interrupted; putting the data from {} back", j.aside));
+    juju::log(
+        "WARNING",
+        &format!(
+            "a restore was interrupted; putting the data from {} back",
+            j.aside
+        ),
+    );
     let svc = Service {
         etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
     };
@@ -459,7 +465,11 @@ pub fn recover_interrupted() -> Result<()> {
     st.token = j.token;
     st.epoch = j.epoch;
     st.save()?;
-    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), j.config.as_bytes(), 0o644)?;
+    crate::pki::write_file(
+        Path::new(crate::etcd::service::CONFIG_FILE),
+        j.config.as_bytes(),
+        0o644,
+    )?;
     Journal::clear()?;
     svc.start()?;
     Ok(())

@@ -158,15 +158,29 @@ fn health_credentials_and_bad_params() {
         "{task}"
     );
     // compact: an older revision of a key is readable before, gone after.
-    assert!(etcdctl(&vars, &["put", "compact-key", "first"]).status.success());
+    assert!(etcdctl(&vars, &["put", "compact-key", "first"])
+        .status
+        .success());
     let revision = || {
         let out = etcdctl(&vars, &["get", "compact-key", "-w", "json"]);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         v["header"]["revision"].as_u64().unwrap()
     };
     let old_rev = revision();
-    assert!(etcdctl(&vars, &["put", "compact-key", "second"]).status.success());
-    let read_old = || etcdctl(&vars, &["get", "compact-key", &format!("--rev={old_rev}"), "--print-value-only"]);
+    assert!(etcdctl(&vars, &["put", "compact-key", "second"])
+        .status
+        .success());
+    let read_old = || {
+        etcdctl(
+            &vars,
+            &[
+                "get",
+                "compact-key",
+                &format!("--rev={old_rev}"),
+                "--print-value-only",
+            ],
+        )
+    };
     assert_eq!(String::from_utf8_lossy(&read_old().stdout).trim(), "first");
     let now = revision();
     let (code, task) = run_action(&env, "etcd/0", &["compact"]);
@@ -239,12 +253,26 @@ fn health_credentials_and_bad_params() {
     );
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["snapshot"]["version"], "v2", "{task}");
-    let archive = machine_file(&env, "etcd/0", task["results"]["snapshot"]["path"].as_str().unwrap());
+    let archive = machine_file(
+        &env,
+        "etcd/0",
+        task["results"]["snapshot"]["path"].as_str().unwrap(),
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777, 0o600);
-    let list = Command::new("tar").arg("-tzf").arg(&archive).output().unwrap();
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let list = Command::new("tar")
+        .arg("-tzf")
+        .arg(&archive)
+        .output()
+        .unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    assert!(list.contains("member/wal/") && list.contains("member/snap/"), "{list}");
+    assert!(
+        list.contains("member/wal/") && list.contains("member/snap/"),
+        "{list}"
+    );
     let (code, task) = run_action(&env, "etcd/0", &["defrag"]);
     assert_eq!(code, 0, "{task}");
     let out = etcdctl(&vars, &["get", "greeting", "--print-value-only"]);
@@ -464,14 +492,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
         v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
     };
     let id = member_id();
-    let exe = || {
-        env.exec_ok(
-            "etcd/0",
-            "readlink /proc/$(systemctl show -p MainPID --value etcd.service)/exe",
-        )
-        .trim()
-        .to_string()
-    };
+    let exe = || running_etcd(&env, "etcd/0");
     assert_eq!(exe(), "/usr/bin/etcd");
 
     // Attaching a resource does not migrate by itself; the status says snap-upgrade is available.
@@ -558,30 +579,56 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     let vars = credentials(&env, work.path());
     let keys = |prefix: &str| {
         let out = etcdctl(&vars, &["get", prefix, "--prefix", "--keys-only"]);
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
     };
     for i in 0..10 {
-        assert!(etcdctl(&vars, &["put", &format!("/old/{i}"), "v"]).status.success());
+        assert!(etcdctl(&vars, &["put", &format!("/old/{i}"), "v"])
+            .status
+            .success());
     }
     let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/root/snaps"]);
     assert_eq!(code, 0, "{task}");
-    let archive = machine_file(&env, "etcd/0", task["results"]["snapshot"]["path"].as_str().unwrap());
+    let archive = machine_file(
+        &env,
+        "etcd/0",
+        task["results"]["snapshot"]["path"].as_str().unwrap(),
+    );
     let local = work.path().join("snap.tar.gz");
     std::fs::copy(&archive, &local).unwrap();
     // Written after the snapshot: present in the original data only.
-    assert!(etcdctl(&vars, &["put", "/after-snapshot", "v"]).status.success());
-    env.ok(&["attach-resource", "etcd", &format!("snapshot={}", local.display())]);
+    assert!(etcdctl(&vars, &["put", "/after-snapshot", "v"])
+        .status
+        .success());
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("snapshot={}", local.display()),
+    ]);
     env.settle("2m");
 
     // The action is SIGKILLed with the original data set aside and nothing in its place.
-    env.exec_ok("etcd/0", "echo restore-aside > /var/lib/etcd-charm/crash-at");
+    env.exec_ok(
+        "etcd/0",
+        "echo restore-aside > /var/lib/etcd-charm/crash-at",
+    );
     let (code, _) = run_action(&env, "etcd/0", &["restore"]);
     assert_ne!(code, 0, "the killed restore fails");
-    env.exec_ok("etcd/0", "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/restore-journal.json");
+    env.exec_ok(
+        "etcd/0",
+        "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/restore-journal.json",
+    );
     // The next hook puts the original back: the key written after the snapshot is there.
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
-    env.wait("the original data back", 2 * MIN, |_| keys("/after-snapshot") == 1);
-    env.exec_ok("etcd/0", "test ! -e /var/lib/etcd-charm/restore-journal.json");
+    env.wait("the original data back", 2 * MIN, |_| {
+        keys("/after-snapshot") == 1
+    });
+    env.exec_ok(
+        "etcd/0",
+        "test ! -e /var/lib/etcd-charm/restore-journal.json",
+    );
     env.ok(&["model-config", "update-status-hook-interval=1h"]);
     assert_eq!(keys("/old/"), 10);
 

@@ -297,6 +297,19 @@ fn member_id(env: &Env, creds: &Creds, unit: &str) -> Option<u64> {
     v[0]["Status"]["header"]["member_id"].as_u64()
 }
 
+/// A clean reboot of a unit's machine; returns once it has booted again (a new PID 1).
+fn reboot_and_wait(env: &Env, unit: &str) {
+    let machine = env.machine(unit);
+    let init = env.machine_pid(&machine);
+    env.ok(&["reboot-machine", unit]);
+    env.wait(&format!("{unit}'s machine to boot again"), MIN, |_| {
+        env.run(&["show-machine", &machine, "--format", "json"])
+            .stdout
+            .contains("started")
+            && env.machine_pid(&machine) != init
+    });
+}
+
 /// Three healthy units holding `/before-fault`; the client credentials of etcd/0.
 fn three_healthy_with_a_key(env: &Env, tarball: &Path) -> Creds {
     deploy(env, 3, tarball);
@@ -315,15 +328,27 @@ fn wait_member_back(env: &Env, creds: &Creds, unit: &str, id: u64, what: &str) {
         let out = creds.etcdctl(
             &ep,
             true,
-            &["get", "/before-fault", "--print-value-only", "--consistency=s"],
+            &[
+                "get",
+                "/before-fault",
+                "--print-value-only",
+                "--consistency=s",
+            ],
         );
         if String::from_utf8_lossy(&out.stdout).trim() == "kept" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "{unit} did not serve its data again after {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{unit} did not serve its data again after {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(member_id(env, creds, unit), Some(id), "{unit} is the same member after {what}");
+    assert_eq!(
+        member_id(env, creds, unit),
+        Some(id),
+        "{unit} is the same member after {what}"
+    );
 }
 
 #[test]
@@ -336,7 +361,14 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
 
     // kill -9 of etcd: systemd's Restart=on-failure brings the same member back.
     let id1 = member_id(&env, &creds, "etcd/1").expect("etcd/1 member ID");
-    let show = |p: &str| env.exec_ok("etcd/1", &format!("systemctl show -p {p} --value etcd.service")).trim().to_string();
+    let show = |p: &str| {
+        env.exec_ok(
+            "etcd/1",
+            &format!("systemctl show -p {p} --value etcd.service"),
+        )
+        .trim()
+        .to_string()
+    };
     let pid = show("MainPID");
     assert_ne!(pid, "0", "systemd runs etcd");
     env.exec_ok("etcd/1", &format!("kill -9 {pid}"));
@@ -346,33 +378,30 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
 
     // A clean reboot: etcd is stopped by systemd, started again at boot, same member.
     let id2 = member_id(&env, &creds, "etcd/2").expect("etcd/2 member ID");
-    let machine = env.machine("etcd/2");
-    let init = env.machine_pid(&machine);
-    env.ok(&["reboot-machine", "etcd/2"]);
-    env.wait("etcd/2's machine to boot again", MIN, |_| {
-        env.run(&["show-machine", &machine, "--format", "json"]).stdout.contains("started")
-            && env.machine_pid(&machine) != init
-    });
+    reboot_and_wait(&env, "etcd/2");
     wait_member_back(&env, &creds, "etcd/2", id2, "a reboot");
-    env.exec_ok("etcd/2", "systemctl is-enabled etcd.service && systemctl is-active etcd.service");
+    env.exec_ok(
+        "etcd/2",
+        "systemctl is-enabled etcd.service && systemctl is-active etcd.service",
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
 
     // A corrupt local state file stops the charm's decisions with a message naming it; the
     // member keeps serving; a repaired file brings the unit back.
     env.exec_ok("etcd/1", "cp /var/lib/etcd-charm/state.json /root/state.json && echo '{broken' > /var/lib/etcd-charm/state.json");
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
-    let msg = |s: &serde_json::Value| {
-        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    };
+    let msg = |s: &serde_json::Value| unit_message(s, "etcd/1");
     env.wait("etcd/1 blocked naming its state file", MIN, |s| {
         msg(s).contains("/var/lib/etcd-charm/state.json is corrupt")
     });
     wait_member_back(&env, &creds, "etcd/1", id1, "a corrupt state file");
-    env.exec_ok("etcd/1", "cp /root/state.json /var/lib/etcd-charm/state.json");
-    env.wait("etcd/1 healthy again", MIN, |s| msg(s).starts_with("Healthy with 3"));
+    env.exec_ok(
+        "etcd/1",
+        "cp /root/state.json /var/lib/etcd-charm/state.json",
+    );
+    env.wait("etcd/1 healthy again", MIN, |s| {
+        msg(s).starts_with("Healthy with 3")
+    });
 }
 
 #[test]
@@ -386,23 +415,36 @@ fn a_member_that_left_the_cluster_stays_down_across_a_reboot() {
     env.exec_ok("etcd/2", "JUJU_DISPATCH_PATH=hooks/stop ./dispatch");
     let members = || {
         let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
     };
     assert_eq!(members(), 2, "the member removed itself");
-    env.exec_ok("etcd/2", "! systemctl is-enabled etcd.service && ! systemctl is-active etcd.service");
-    let machine = env.machine("etcd/2");
-    let init = env.machine_pid(&machine);
-    env.ok(&["reboot-machine", "etcd/2"]);
-    env.wait("etcd/2's machine to boot again", MIN, |_| {
-        env.run(&["show-machine", &machine, "--format", "json"]).stdout.contains("started")
-            && env.machine_pid(&machine) != init
-    });
+    env.exec_ok(
+        "etcd/2",
+        "! systemctl is-enabled etcd.service && ! systemctl is-active etcd.service",
+    );
+    reboot_and_wait(&env, "etcd/2");
     env.settle("2m");
     let after = env.exec("etcd/2", "systemctl is-active etcd.service; pgrep -x etcd");
-    assert_eq!(after.stdout.trim(), "inactive", "etcd stays down after the reboot: {}", after.stdout);
+    assert_eq!(
+        after.stdout.trim(),
+        "inactive",
+        "etcd stays down after the reboot: {}",
+        after.stdout
+    );
     assert_eq!(members(), 2);
-    let out = creds.etcdctl(&endpoints(&env), true, &["get", "/before-fault", "--print-value-only"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "kept", "the others serve on");
+    let out = creds.etcdctl(
+        &endpoints(&env),
+        true,
+        &["get", "/before-fault", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "kept",
+        "the others serve on"
+    );
 }
 
 #[test]
@@ -414,10 +456,15 @@ fn a_leader_killed_right_after_member_add_still_admits_the_unit() {
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     // The leader's hook is SIGKILLed right after `member add`: its publication of the join
     // is discarded with the hook. Before the fix the learner waited for a join forever.
-    env.exec_ok("etcd/0", &format!("echo member-added > {}", "/var/lib/etcd-charm/crash-at"));
+    env.exec_ok(
+        "etcd/0",
+        &format!("echo member-added > {}", "/var/lib/etcd-charm/crash-at"),
+    );
     env.ok(&["add-unit", "etcd"]);
     env.wait("the crash point to fire", 2 * MIN, |_| {
-        env.exec("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at").code == 0
+        env.exec("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at")
+            .code
+            == 0
     });
     env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
@@ -425,7 +472,12 @@ fn a_leader_killed_right_after_member_add_still_admits_the_unit() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let members = v["members"].as_array().unwrap();
     assert_eq!(members.len(), 2);
-    assert!(members.iter().all(|m| m["isLearner"].as_bool() != Some(true)), "the learner was promoted: {v}");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["isLearner"].as_bool() != Some(true)),
+        "the learner was promoted: {v}"
+    );
 }
 
 #[test]
@@ -434,7 +486,10 @@ fn the_built_in_supervisor_runs_etcd_on_machines_without_an_init_system() {
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new(
         "supervisor",
-        &["update-status-hook-interval=1h", "harness-machine=namespace"],
+        &[
+            "update-status-hook-interval=1h",
+            "harness-machine=namespace",
+        ],
     );
     let creds = three_healthy_with_a_key(&env, &tarball);
     let id1 = member_id(&env, &creds, "etcd/1").expect("etcd/1 member ID");
@@ -445,17 +500,17 @@ fn the_built_in_supervisor_runs_etcd_on_machines_without_an_init_system() {
     );
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
     env.wait("etcd/1 to report the fault", MIN, |s| {
-        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("UnHealthy")
+        unit_message(s, "etcd/1").starts_with("UnHealthy")
     });
-    wait_member_back(&env, &creds, "etcd/1", id1, "kill -9 of etcd and its supervisor");
+    wait_member_back(
+        &env,
+        &creds,
+        "etcd/1",
+        id1,
+        "kill -9 of etcd and its supervisor",
+    );
     env.wait("etcd/1 healthy again", MIN, |s| {
-        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("Healthy with 3")
+        unit_message(s, "etcd/1").starts_with("Healthy with 3")
     });
 }
 
@@ -600,8 +655,15 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
     let samples = samples.lock().unwrap();
     // (Samples queue behind hooks: a busy machine may take only a few.)
     assert!(!samples.is_empty(), "the sampler watched the upgrade");
-    let worst = samples.iter().map(|r| r.iter().filter(|x| **x).count()).max().unwrap_or(0);
-    assert!(worst <= 1, "at most one unit switches at a time; saw {worst} at once");
+    let worst = samples
+        .iter()
+        .map(|r| r.iter().filter(|x| **x).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        worst <= 1,
+        "at most one unit switches at a time; saw {worst} at once"
+    );
     no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "upgrade");
     assert_eq!(env.status()["applications"]["etcd"]["version"], "3.5.1");
 }

@@ -14,31 +14,34 @@ fn snap(version: &str) -> PathBuf {
     fixtures().join(format!("snaps/etcd_{version}_amd64.snap"))
 }
 
-fn message(env: &Env, unit: &str) -> String {
-    env.status()["applications"][unit.split('/').next().unwrap()]["units"][unit]["workload-status"]
-        ["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+/// An etcdctl command line inside the unit (the snap's or the package's binary) with the
+/// unit's client certificate, ready for its arguments.
+fn etcdctl_cmd(env: &Env, unit: &str, bin: &str) -> String {
+    let ep = format!("https://{}:2379", env.address(unit));
+    format!("{bin} --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key")
 }
 
-/// etcdctl inside the unit, from the snap, with the unit's client certificate.
+/// The snap's etcdctl inside the unit.
 fn etcdctl(env: &Env, unit: &str, args: &str) -> Run {
-    let ep = format!("https://{}:2379", env.address(unit));
     env.exec(
         unit,
-        &format!("/snap/bin/etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key {args}"),
+        &format!("{} {args}", etcdctl_cmd(env, unit, "/snap/bin/etcdctl")),
     )
 }
 
-fn member_id(env: &Env, unit: &str) -> u64 {
-    let out = etcdctl(env, unit, "endpoint status -w json");
-    let v: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|_| panic!("endpoint status: {}{}", out.stdout, out.stderr));
+fn member_id(env: &Env, unit: &str, bin: &str) -> u64 {
+    let out = env.exec(
+        unit,
+        &format!("{} endpoint status -w json", etcdctl_cmd(env, unit, bin)),
+    );
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|_| panic!("endpoint status: {}{}", out.stdout, out.stderr));
     v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
 }
 
 #[test]
-fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_action_and_sets_the_refresh_timer() {
+fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_action_and_sets_the_refresh_timer(
+) {
     let work = tempfile::tempdir().unwrap();
     let env = Env::new(
         "snaps",
@@ -47,16 +50,9 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
     // Recognised by content: the file's name says nothing of a snap.
     let payload = work.path().join("etcd-payload.bin");
     std::fs::copy(snap("3.4.23"), &payload).unwrap();
-    let root = repo_root();
-    env.ok(&[
-        "deploy",
-        root.to_str().unwrap(),
-        "etcd",
-        "--resource",
-        &format!("etcd={}", payload.display()),
-    ]);
+    deploy_etcd(&env, 1, &payload, &[]);
     // Without a resource and without the store, a unit says what to attach (no hang).
-    env.ok(&["deploy", root.to_str().unwrap(), "nostore"]);
+    env.ok(&["deploy", repo_root().to_str().unwrap(), "nostore"]);
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 4 * MIN);
     env.exec_ok(
         "etcd/0",
@@ -64,58 +60,90 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
          && test -d /var/snap/etcd/common/data/member \
          && systemctl show -p ExecStart etcd.service | grep -q /snap/bin/etcd",
     );
-    assert!(etcdctl(&env, "etcd/0", "put /snap-key kept").stdout.contains("OK"));
-    let id = member_id(&env, "etcd/0");
+    assert!(etcdctl(&env, "etcd/0", "put /snap-key kept")
+        .stdout
+        .contains("OK"));
+    let id = member_id(&env, "etcd/0", "/snap/bin/etcdctl");
 
     // snapd_refresh: "max" is a monthly window of this unit's own; a timer is set as given;
     // a bad value blocks and changes nothing.
-    let timer = || env.exec_ok("etcd/0", "snap get system refresh.timer").trim().to_string();
+    let timer = || {
+        env.exec_ok("etcd/0", "snap get system refresh.timer")
+            .trim()
+            .to_string()
+    };
     assert_eq!(timer(), "fri5,00:00-00:59");
     env.ok(&["config", "etcd", "snapd_refresh=mon,10:00~12:00"]);
-    env.wait("the new refresh timer", MIN, |_| timer() == "mon,10:00~12:00");
+    env.wait("the new refresh timer", MIN, |_| {
+        timer() == "mon,10:00~12:00"
+    });
     env.ok(&["config", "etcd", "snapd_refresh=someday"]);
-    env.wait("a blocked status naming snapd_refresh", MIN, |_| message(&env, "etcd/0").contains("snapd_refresh"));
+    env.wait("a blocked status naming snapd_refresh", MIN, |_| {
+        unit_message(&env.status(), "etcd/0").contains("snapd_refresh")
+    });
     assert_eq!(timer(), "mon,10:00~12:00", "a bad value changes nothing");
     env.ok(&["config", "etcd", "--reset", "snapd_refresh"]);
-    env.wait("the default refresh timer", MIN, |_| timer() == "fri5,00:00-00:59");
+    env.wait("the default refresh timer", MIN, |_| {
+        timer() == "fri5,00:00-00:59"
+    });
 
     // kill -9 of etcd: systemd brings the same member back.
-    let pid = env.exec_ok("etcd/0", "systemctl show -p MainPID --value etcd.service").trim().to_string();
+    let pid = env
+        .exec_ok("etcd/0", "systemctl show -p MainPID --value etcd.service")
+        .trim()
+        .to_string();
     env.exec_ok("etcd/0", &format!("kill -9 {pid}"));
     env.wait("etcd restarted by systemd", MIN, |_| {
-        env.exec("etcd/0", "systemctl show -p NRestarts --value etcd.service").stdout.trim() == "1"
-            && etcdctl(&env, "etcd/0", "get /snap-key --print-value-only").stdout.trim() == "kept"
+        env.exec("etcd/0", "systemctl show -p NRestarts --value etcd.service")
+            .stdout
+            .trim()
+            == "1"
+            && etcdctl(&env, "etcd/0", "get /snap-key --print-value-only")
+                .stdout
+                .trim()
+                == "kept"
     });
 
     let msg = env.wait("nostore blocked", 5 * MIN, |s| {
-        s["applications"]["nostore"]["units"]["nostore/0"]["workload-status"]["current"] == "blocked"
+        s["applications"]["nostore"]["units"]["nostore/0"]["workload-status"]["current"]
+            == "blocked"
     });
-    let m = msg["applications"]["nostore"]["units"]["nostore/0"]["workload-status"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let m = unit_message(&msg, "nostore/0");
     assert!(m.contains("attach etcd.snap"), "{m}");
     // (Gone before the model must settle: it asks the store again in every hook.)
     env.ok(&["remove-application", "nostore"]);
 
     // A newer snap attached, then the install action: the same member, every key, 3.5.1.
-    env.ok(&["attach-resource", "etcd", &format!("etcd={}", snap("3.5.1").display())]);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", snap("3.5.1").display()),
+    ]);
     env.settle("2m");
-    assert!(env.exec_ok("etcd/0", "snap list etcd").contains("3.4.23"), "attaching alone does not upgrade");
+    assert!(
+        env.exec_ok("etcd/0", "snap list etcd").contains("3.4.23"),
+        "attaching alone does not upgrade"
+    );
     let r = env.run(&["run", "--format", "json", "etcd/0", "install"]);
     assert_eq!(r.code, 0, "install action: {}{}", r.stdout, r.stderr);
     assert!(env.exec_ok("etcd/0", "snap list etcd").contains("3.5.1"));
-    assert_eq!(member_id(&env, "etcd/0"), id);
-    assert_eq!(etcdctl(&env, "etcd/0", "get /snap-key --print-value-only").stdout.trim(), "kept");
-
+    assert_eq!(member_id(&env, "etcd/0", "/snap/bin/etcdctl"), id);
+    assert_eq!(
+        etcdctl(&env, "etcd/0", "get /snap-key --print-value-only")
+            .stdout
+            .trim(),
+        "kept"
+    );
 }
 
 /// Keys under /m/ as the unit's own etcdctl sees them (the package's or the snap's).
-fn key_count(env: &Env, unit: &str, etcdctl_bin: &str) -> usize {
-    let ep = format!("https://{}:2379", env.address(unit));
+fn key_count(env: &Env, unit: &str, bin: &str) -> usize {
     env.exec_ok(
         unit,
-        &format!("{etcdctl_bin} --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key get /m/ --prefix --keys-only"),
+        &format!(
+            "{} get /m/ --prefix --keys-only",
+            etcdctl_cmd(env, unit, bin)
+        ),
     )
     .lines()
     .filter(|l| !l.is_empty())
@@ -129,17 +157,13 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     let root = repo_root();
     env.ok(&["deploy", root.to_str().unwrap(), "etcd"]);
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
-    let ep = format!("https://{}:2379", env.address("etcd/0"));
+    let etcdctl = etcdctl_cmd(&env, "etcd/0", "etcdctl");
     env.exec_ok(
         "etcd/0",
-        &format!("for i in $(seq -w 1 20); do etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key put /m/$i v >/dev/null; done"),
+        &format!("for i in $(seq -w 1 20); do {etcdctl} put /m/$i v >/dev/null; done"),
     );
-    let id = {
-        let out = env.exec_ok("etcd/0", &format!("etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key endpoint status -w json"));
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
-    };
-    let exe = || env.exec_ok("etcd/0", "readlink /proc/$(systemctl show -p MainPID --value etcd.service)/exe").trim().to_string();
+    let id = member_id(&env, "etcd/0", "etcdctl");
+    let exe = || running_etcd(&env, "etcd/0");
     assert_eq!(exe(), "/usr/bin/etcd");
 
     // snapd becomes available (from the mirror; the seed snaps stand in for the store).
@@ -150,27 +174,57 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
                   && timeout 120 snap wait system seed.loaded && snap install --dangerous {0}/bare_1.0_all.snap >/dev/null \
                   && snap install --dangerous {0}/snapd_2.57.6_amd64.snap >/dev/null", seed.display()),
     );
-    env.ok(&["attach-resource", "etcd", &format!("etcd={}", snap("3.5.1").display())]);
-    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers; snap-upgrade available", 2 * MIN);
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", snap("3.5.1").display()),
+    ]);
+    env.wait_units(
+        "etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers; snap-upgrade available",
+        2 * MIN,
+    );
     assert_eq!(exe(), "/usr/bin/etcd", "attaching alone migrates nothing");
 
+    let snap_upgrade = || {
+        env.run(&[
+            "run",
+            "--format",
+            "json",
+            "etcd/0",
+            "snap-upgrade",
+            "target=/root/migration",
+        ])
+    };
     // A failure mid-way rolls back: the package's etcd runs with its data where it was.
-    env.exec_ok("etcd/0", "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify");
-    let r = env.run(&["run", "--format", "json", "etcd/0", "snap-upgrade", "target=/root/migration"]);
+    env.exec_ok(
+        "etcd/0",
+        "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify",
+    );
+    let r = snap_upgrade();
     assert_ne!(r.code, 0);
     assert!(r.stdout.contains("rolled back"), "{}", r.stdout);
     assert_eq!(exe(), "/usr/bin/etcd");
-    env.exec_ok("etcd/0", "test -d /var/lib/etcd/member && dpkg -s etcd-server | grep -q 'install ok installed'");
+    env.exec_ok(
+        "etcd/0",
+        "test -d /var/lib/etcd/member && dpkg -s etcd-server | grep -q 'install ok installed'",
+    );
     assert_eq!(key_count(&env, "etcd/0", "etcdctl"), 20);
 
     // The real migration: the snap runs the same member with every key, data moved.
     env.exec_ok("etcd/0", "rm -r /var/lib/etcd-charm/crashpoints");
-    let r = env.run(&["run", "--format", "json", "etcd/0", "snap-upgrade", "target=/root/migration"]);
+    let r = snap_upgrade();
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["etcd/0"]["results"]["delivery"], "snap", "{v}");
     assert_eq!(v["etcd/0"]["results"]["member-id"], format!("{id:x}"));
-    assert_eq!(key_count(&env, "etcd/0", "/snap/bin/etcdctl"), 20, "every key is there");
+    assert_eq!(
+        key_count(&env, "etcd/0", "/snap/bin/etcdctl"),
+        20,
+        "every key is there"
+    );
     env.exec_ok(
         "etcd/0",
         "test -d /var/snap/etcd/common/data/member && ! dpkg -s etcd-server 2>/dev/null | grep -q 'install ok installed' \

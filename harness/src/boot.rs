@@ -10,7 +10,7 @@
 //! and execs systemd. The agent service answers the controller on the same socket as a
 //! `namespace` machine's agent does. Facts behind each step: shared/machines.md.
 
-use crate::machine::{install_tools, mount, write_identity, OVERLAID};
+use crate::machine::{install_tools, mount, mount_overlays, write_identity};
 use crate::proto::{MACHINE_DIR, MACHINE_SOCKET_DIR};
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
@@ -36,18 +36,18 @@ const MASKED: &[&str] = &[
 
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Builds the machine's root and execs systemd. Returns only on failure.
-pub fn boot(
-    dir: &Path,
-    home: &Path,
-    hostname: &str,
-    address: &str,
-    machine: u32,
-) -> Result<()> {
-    mount("none", "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+/// Builds the machine's root and execs systemd (in a mount namespace whose mounts are
+/// already private). Returns only on failure.
+pub fn boot(dir: &Path, home: &Path, hostname: &str, address: &str, machine: u32) -> Result<()> {
     let root = dir.join("rootfs");
     std::fs::create_dir_all(&root)?;
-    mount("tmpfs", path(&root), Some("tmpfs"), MsFlags::empty(), Some("mode=755"))?;
+    mount(
+        "tmpfs",
+        path(&root),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=755"),
+    )?;
     for d in [
         "etc", "usr", "var", "opt", "home", "root", "srv", "proc", "sys", "dev", "run", "tmp",
         "mnt", "media", "boot", "snap",
@@ -58,42 +58,55 @@ pub fn boot(
     for e in std::fs::read_dir("/")?.flatten() {
         if let Ok(target) = std::fs::read_link(e.path()) {
             if target.is_relative() {
-                let _ = symlink(&target, root.join(e.file_name()));
+                let at = root.join(e.file_name());
+                symlink(&target, &at).with_context(|| format!("linking {}", at.display()))?;
             }
         }
     }
     let layers = dir.join("layers");
-    for d in OVERLAID {
-        if !Path::new(d).is_dir() {
-            continue;
-        }
-        let name = d.trim_start_matches('/');
-        let upper = layers.join("upper").join(name);
-        let work = layers.join("work").join(name);
-        std::fs::create_dir_all(&upper)?;
-        std::fs::create_dir_all(&work)?;
-        let opts = format!(
-            "lowerdir={d},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        mount("overlay", path(&root.join(name)), Some("overlay"), MsFlags::empty(), Some(&opts))?;
-    }
+    mount_overlays(&layers, &root)?;
     // /snap is the machine's own (snapd keeps its mounts' targets there across reboots).
     let snap = layers.join("snap");
     std::fs::create_dir_all(&snap)?;
-    mount(path(&snap), path(&root.join("snap")), None, MsFlags::MS_BIND, None)?;
+    mount(
+        path(&snap),
+        path(&root.join("snap")),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
 
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount("proc", path(&root.join("proc")), Some("proc"), nodev, None)?;
-    mount("sysfs", path(&root.join("sys")), Some("sysfs"), nodev | MsFlags::MS_RDONLY, None)?;
+    mount(
+        "sysfs",
+        path(&root.join("sys")),
+        Some("sysfs"),
+        nodev | MsFlags::MS_RDONLY,
+        None,
+    )?;
     mount_cgroups(&root.join("sys/fs/cgroup"))?;
     make_dev(&root.join("dev"))?;
-    mount("tmpfs", path(&root.join("run")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=755"))?;
-    mount("tmpfs", path(&root.join("tmp")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount(
+        "tmpfs",
+        path(&root.join("run")),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755"),
+    )?;
+    mount(
+        "tmpfs",
+        path(&root.join("tmp")),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
 
     // The controller's socket, and this machine's directory (the agent's socket).
-    for (src, inside) in [(home.join("run"), MACHINE_SOCKET_DIR), (dir.to_path_buf(), MACHINE_DIR)] {
+    for (src, inside) in [
+        (home.join("run"), MACHINE_SOCKET_DIR),
+        (dir.to_path_buf(), MACHINE_DIR),
+    ] {
         let target = root.join(inside.trim_start_matches('/'));
         std::fs::create_dir_all(&target)?;
         mount(path(&src), path(&target), None, MsFlags::MS_BIND, None)?;
@@ -111,12 +124,15 @@ pub fn boot(
     // Into the new root: pivot with the old root stacked under it, then detach the old one.
     nix::unistd::chdir(&root)?;
     nix::unistd::pivot_root(".", ".").context("pivot_root into the machine's root")?;
-    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).context("detaching the host's root")?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+        .context("detaching the host's root")?;
     nix::unistd::chdir("/")?;
     let prog = std::ffi::CString::new("/lib/systemd/systemd")?;
     let env = [
         std::ffi::CString::new("container=charm-harness")?,
-        std::ffi::CString::new("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")?,
+        std::ffi::CString::new(
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )?,
     ];
     nix::unistd::execve(&prog, &[prog.clone()], &env).context("exec /lib/systemd/systemd")?;
     unreachable!()
@@ -133,9 +149,21 @@ fn mount_cgroups(target: &Path) -> Result<()> {
     let text = std::fs::read_to_string("/proc/self/cgroup")?;
     let v1 = text.lines().any(|l| !l.starts_with("0::"));
     if !v1 {
-        return mount("cgroup2", path(target), Some("cgroup2"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
+        return mount(
+            "cgroup2",
+            path(target),
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None,
+        );
     }
-    mount("tmpfs", path(target), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=755"))?;
+    mount(
+        "tmpfs",
+        path(target),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )?;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(ctrls)) = (parts.next(), parts.next()) else {
@@ -153,7 +181,11 @@ fn mount_cgroups(target: &Path) -> Result<()> {
         let writable = ctrls
             .split(',')
             .any(|c| matches!(c, "name=systemd" | "freezer" | "devices"));
-        let flags = if writable { flags } else { flags | MsFlags::MS_RDONLY };
+        let flags = if writable {
+            flags
+        } else {
+            flags | MsFlags::MS_RDONLY
+        };
         mount("cgroup", path(&d), Some("cgroup"), flags, Some(ctrls))?;
     }
     // Co-mounted controllers have links such as cpu -> cpu,cpuacct on a server; nothing to
@@ -162,7 +194,11 @@ fn mount_cgroups(target: &Path) -> Result<()> {
         "none",
         path(target),
         None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
         Some("mode=755"),
     )
 }
@@ -171,19 +207,44 @@ fn mount_cgroups(target: &Path) -> Result<()> {
 /// mqueue, and loop device nodes (the kernel's loop devices are shared by the host; snapd
 /// finds free ones through /dev/loop-control).
 fn make_dev(dev: &Path) -> Result<()> {
-    mount("tmpfs", path(dev), Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=755"))?;
+    mount(
+        "tmpfs",
+        path(dev),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=755"),
+    )?;
     for d in DEVICES {
         let t = dev.join(d);
         std::fs::write(&t, b"")?;
         mount(&format!("/dev/{d}"), path(&t), None, MsFlags::MS_BIND, None)?;
     }
     std::fs::create_dir_all(dev.join("pts"))?;
-    mount("devpts", path(&dev.join("pts")), Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=620"))?;
+    mount(
+        "devpts",
+        path(&dev.join("pts")),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=620"),
+    )?;
     symlink("pts/ptmx", dev.join("ptmx"))?;
     std::fs::create_dir_all(dev.join("shm"))?;
-    mount("tmpfs", path(&dev.join("shm")), Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount(
+        "tmpfs",
+        path(&dev.join("shm")),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     std::fs::create_dir_all(dev.join("mqueue"))?;
-    let _ = mount("mqueue", path(&dev.join("mqueue")), Some("mqueue"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None);
+    // Optional: systemd mounts mqueue itself where this fails, and nothing here needs it.
+    let _ = mount(
+        "mqueue",
+        path(&dev.join("mqueue")),
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    );
     for (name, target) in [
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -197,9 +258,19 @@ fn make_dev(dev: &Path) -> Result<()> {
     {
         use nix::sys::stat::{makedev, mknod, Mode, SFlag};
         let perm = Mode::from_bits_truncate(0o660);
-        mknod(&dev.join("loop-control"), SFlag::S_IFCHR, perm, makedev(10, 237))?;
+        mknod(
+            &dev.join("loop-control"),
+            SFlag::S_IFCHR,
+            perm,
+            makedev(10, 237),
+        )?;
         for i in 0..64u64 {
-            mknod(&dev.join(format!("loop{i}")), SFlag::S_IFBLK, perm, makedev(7, i))?;
+            mknod(
+                &dev.join(format!("loop{i}")),
+                SFlag::S_IFBLK,
+                perm,
+                makedev(7, i),
+            )?;
         }
     }
     Ok(())
@@ -211,13 +282,20 @@ fn configure_systemd(root: &Path, agent: &Path) -> Result<()> {
     let etc = root.join("etc/systemd/system");
     std::fs::create_dir_all(etc.join("multi-user.target.wants"))?;
     let link = |target: &str, at: PathBuf| -> Result<()> {
-        if std::fs::read_link(&at).map(|t| t != Path::new(target)).unwrap_or(true) {
+        if std::fs::read_link(&at)
+            .map(|t| t != Path::new(target))
+            .unwrap_or(true)
+        {
+            // Absent is fine; any other failure makes the symlink below fail, with its path.
             let _ = std::fs::remove_file(&at);
             symlink(target, &at).with_context(|| format!("linking {}", at.display()))?;
         }
         Ok(())
     };
-    link("/lib/systemd/system/multi-user.target", etc.join("default.target"))?;
+    link(
+        "/lib/systemd/system/multi-user.target",
+        etc.join("default.target"),
+    )?;
     for unit in MASKED {
         link("/dev/null", etc.join(unit))?;
     }
@@ -231,7 +309,10 @@ fn configure_systemd(root: &Path, agent: &Path) -> Result<()> {
     ] {
         let d = etc.join(format!("{unit}.d"));
         std::fs::create_dir_all(&d)?;
-        std::fs::write(d.join("harness.conf"), "[Unit]\nConditionPathIsReadWrite=\n")?;
+        std::fs::write(
+            d.join("harness.conf"),
+            "[Unit]\nConditionPathIsReadWrite=\n",
+        )?;
     }
     let d = etc.join("snapd.service.d");
     std::fs::create_dir_all(&d)?;

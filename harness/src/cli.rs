@@ -505,7 +505,10 @@ async fn run(
                 ("automatically-retry-hooks", json!(true)),
                 ("update-status-hook-interval", json!("5m")),
                 ("harness-serial", json!(false)),
-                ("harness-machine", json!(controller::DEFAULT_MACHINE_KIND.name())),
+                (
+                    "harness-machine",
+                    json!(controller::DEFAULT_MACHINE_KIND.name()),
+                ),
                 ("apt-mirror", json!(controller::default_apt_mirror())),
             ]);
             let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();

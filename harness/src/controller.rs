@@ -950,6 +950,19 @@ impl Ctl {
         });
     }
 
+    /// Changes one machine's record, if the machine (and its model) still exist.
+    fn update_machine(&self, model: &str, machine: u32, f: impl FnOnce(&mut Machine)) {
+        self.mutate(|w| {
+            if let Some(m) = w
+                .models
+                .get_mut(model)
+                .and_then(|m| m.machines.get_mut(&machine))
+            {
+                f(m);
+            }
+        });
+    }
+
     /// Creates the machine of a unit and installs the charm in it.
     pub fn provision(self: &Arc<Self>, model: &str, machine: u32) {
         let ctl = self.clone();
@@ -958,15 +971,7 @@ impl Ctl {
             let r = ctl.start_machine(&model, machine).await;
             if let Err(e) = r {
                 ctl.log(&model, &format!("machine-{machine}: cannot start: {e:#}"));
-                ctl.mutate(|w| {
-                    if let Some(m) = w
-                        .models
-                        .get_mut(&model)
-                        .and_then(|m| m.machines.get_mut(&machine))
-                    {
-                        m.status = format!("error: {e:#}");
-                    }
-                });
+                ctl.update_machine(&model, machine, |m| m.status = format!("error: {e:#}"));
             }
         });
     }
@@ -1029,15 +1034,9 @@ impl Ctl {
         }
         let init = machine::children_of(spawned.pid).first().copied();
         // Known at once: a crash or kill-controller during provisioning must find the machine.
-        self.mutate(|w| {
-            if let Some(mach) = w
-                .models
-                .get_mut(model)
-                .and_then(|m| m.machines.get_mut(&machine))
-            {
-                mach.spawn_pid = Some(spawned.pid);
-                mach.init_pid = init;
-            }
+        self.update_machine(model, machine, |mach| {
+            mach.spawn_pid = Some(spawned.pid);
+            mach.init_pid = init;
         });
         // First boot: what cloud-init does on a cloud, apt sources pointing at the mirror.
         if let Some(mirror) = provision {
@@ -1047,15 +1046,7 @@ impl Ctl {
             if kind == machine::Kind::Snapd {
                 self.install_snapd(model, machine).await?;
             }
-            self.mutate(|w| {
-                if let Some(mach) = w
-                    .models
-                    .get_mut(model)
-                    .and_then(|m| m.machines.get_mut(&machine))
-                {
-                    mach.provisioned = true;
-                }
-            });
+            self.update_machine(model, machine, |mach| mach.provisioned = true);
         }
         let root = PathBuf::from(format!("/proc/{}/root", init.unwrap_or(spawned.pid)));
         // Install the charm into the unit's directory on the machine (kept across reboots).
@@ -1069,8 +1060,6 @@ impl Ctl {
         self.mutate(|w| {
             if let Some(m) = w.models.get_mut(model) {
                 if let Some(mach) = m.machines.get_mut(&machine) {
-                    mach.spawn_pid = Some(spawned.pid);
-                    mach.init_pid = init;
                     mach.status = "started".into();
                     if mach.cut {
                         let _ = machine::set_link(&m.net(), machine, false);
@@ -1106,15 +1095,8 @@ impl Ctl {
              echo '{source}' > /etc/apt/sources.list; \
              apt-get update -qq -o Acquire::Languages=none"
         );
-        let reply = self.run_on_machine(model, machine, script).await?;
-        if reply.code != 0 {
-            anyhow::bail!(
-                "configuring apt-mirror {mirror} on machine {machine} failed: {}{}",
-                reply.stderr.trim(),
-                reply.error.unwrap_or_default()
-            );
-        }
-        Ok(())
+        let what = format!("configuring apt-mirror {mirror}");
+        self.run_on_machine(model, machine, &what, script).await
     }
 
     /// A `snapd` machine's first boot: snapd from the apt mirror, then the seed snaps.
@@ -1133,35 +1115,63 @@ impl Ctl {
                 .collect();
             // Bases and snapd first: other snaps need them.
             snaps.sort_by_key(|p| {
-                let n = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
-                (!(n.starts_with("bare_") || n.starts_with("core") || n.starts_with("snapd_")), n)
+                let n = p
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                (
+                    !(n.starts_with("bare_") || n.starts_with("core") || n.starts_with("snapd_")),
+                    n,
+                )
             });
             for s in snaps {
-                script.push_str(&format!("timeout 120 snap install --dangerous '{}' >/dev/null; ", s.display()));
+                script.push_str(&format!(
+                    "timeout 120 snap install --dangerous '{}' >/dev/null; ",
+                    s.display()
+                ));
             }
         }
-        let r = self.run_on_machine(model, machine, script).await?;
-        if r.code != 0 {
-            anyhow::bail!(
-                "installing snapd on machine {machine} failed: {}{}",
-                r.stderr.trim(),
-                r.error.unwrap_or_default()
-            );
-        }
-        Ok(())
+        self.run_on_machine(model, machine, "installing snapd", script)
+            .await
     }
 
-    /// Runs a root shell script on a machine outside any hook (provisioning).
-    async fn run_on_machine(&self, model: &str, machine: u32, script: String) -> Result<proto::AgentReply> {
+    /// Runs a root shell script on a machine outside any hook (provisioning); a non-zero
+    /// exit is an error that says `what` failed, with the script's stderr.
+    async fn run_on_machine(
+        &self,
+        model: &str,
+        machine: u32,
+        what: &str,
+        script: String,
+    ) -> Result<()> {
         let sock = machine::agent_socket(&model_dir(&self.home, model), machine);
         let env = BTreeMap::from([
-            ("PATH".to_string(), "/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin".to_string()),
+            (
+                "PATH".to_string(),
+                "/usr/sbin:/usr/bin:/sbin:/bin:/snap/bin".to_string(),
+            ),
             ("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ]);
         let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script];
-        let (reply, _) = machine::agent_call(&sock, &AgentRequest::Run { argv, env, cwd: "/".into() }).await?;
-        Ok(reply)
+        let (reply, _) = machine::agent_call(
+            &sock,
+            &AgentRequest::Run {
+                argv,
+                env,
+                cwd: "/".into(),
+            },
+        )
+        .await?;
+        if reply.code != 0 {
+            anyhow::bail!(
+                "{what} on machine {machine} failed: {}{}",
+                reply.stderr.trim(),
+                reply.error.unwrap_or_default()
+            );
+        }
+        Ok(())
     }
 
     /// Kills a machine's processes and waits until they are gone.

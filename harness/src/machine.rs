@@ -28,7 +28,7 @@ pub enum Kind {
     Namespace,
     /// systemd is PID 1 and the machine agent one of its services, as on a cloud image.
     Systemd,
-    /// A systemd machine that also has loop devices for snapd.
+    /// A systemd machine that installs snapd (and the seed snaps) at its first boot.
     Snapd,
 }
 
@@ -339,9 +339,6 @@ pub fn agent_main(
     kind: Kind,
 ) -> Result<()> {
     use nix::mount::MsFlags;
-    if kind.boots_systemd() {
-        return crate::boot::boot(&dir, &home, &hostname, &address, machine);
-    }
     mount(
         "none",
         "/",
@@ -349,23 +346,10 @@ pub fn agent_main(
         MsFlags::MS_REC | MsFlags::MS_PRIVATE,
         None,
     )?;
-    let layers = dir.join("layers");
-    for d in OVERLAID {
-        if !Path::new(d).is_dir() {
-            continue;
-        }
-        let name = d.trim_start_matches('/');
-        let upper = layers.join("upper").join(name);
-        let work = layers.join("work").join(name);
-        std::fs::create_dir_all(&upper)?;
-        std::fs::create_dir_all(&work)?;
-        let opts = format!(
-            "lowerdir={d},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        mount("overlay", d, Some("overlay"), MsFlags::empty(), Some(&opts))?;
+    if kind.boots_systemd() {
+        return crate::boot::boot(&dir, &home, &hostname, &address, machine);
     }
+    mount_overlays(&dir.join("layers"), Path::new("/"))?;
     nix::unistd::sethostname(&hostname)?;
     write_identity(Path::new("/"), &hostname, &address)?;
     // The controller's socket directory, visible inside as MACHINE_SOCKET_DIR.
@@ -421,6 +405,35 @@ pub fn agent_main(
     }
 }
 
+/// The host's /etc, /usr, /var, ... as writable overlays under `root`, their upper layers
+/// (the machine's disk, kept across reboots) in `layers`.
+pub fn mount_overlays(layers: &Path, root: &Path) -> Result<()> {
+    for d in OVERLAID {
+        if !Path::new(d).is_dir() {
+            continue;
+        }
+        let name = d.trim_start_matches('/');
+        let upper = layers.join("upper").join(name);
+        let work = layers.join("work").join(name);
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let opts = format!(
+            "lowerdir={d},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        let target = root.join(name);
+        mount(
+            "overlay",
+            &target.to_string_lossy(),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(&opts),
+        )?;
+    }
+    Ok(())
+}
+
 /// The machine's name in /etc/hostname and its address in /etc/hosts, under `root`.
 pub fn write_identity(root: &Path, hostname: &str, address: &str) -> Result<()> {
     std::fs::write(root.join("etc/hostname"), format!("{hostname}\n"))?;
@@ -446,10 +459,12 @@ pub fn install_tools(root: &Path, machine: u32) -> Result<PathBuf> {
     std::fs::rename(&tmp, &exe)?;
     let inside = Path::new("/").join(exe.strip_prefix(root)?);
     let jujud = tools.join("jujud");
+    // Absent is fine; a link that cannot be replaced makes the symlink below fail.
     let _ = std::fs::remove_file(&jujud);
     std::os::unix::fs::symlink(&inside, &jujud)?;
     for t in crate::tools::TOOL_NAMES.iter().chain(["jujud"].iter()) {
         let link = bin_dir.join(t);
+        // As above: the symlink reports a link that cannot be replaced.
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&inside, &link)?;
     }
@@ -459,6 +474,7 @@ pub fn install_tools(root: &Path, machine: u32) -> Result<PathBuf> {
 /// `charm-harness machine-agent --serve SOCKET`: the agent as a service of the machine's
 /// systemd (systemd machines), answering the controller on SOCKET.
 pub fn serve_main(socket: &Path) -> Result<()> {
+    // A stale socket from the last boot; if it cannot go, bind below says so.
     let _ = std::fs::remove_file(socket);
     let listener = std::os::unix::net::UnixListener::bind(socket)
         .with_context(|| format!("binding {}", socket.display()))?;

@@ -230,9 +230,15 @@ fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
     // The controller's state holds the secret's content: root only.
     let state = env.home.path().join("state.json");
     let text = std::fs::read_to_string(&state).unwrap();
-    assert!(text.contains("s3cret") || text.contains("czNjcmV0"), "the state file is the one with the secret");
+    assert!(
+        text.contains("s3cret") || text.contains("czNjcmV0"),
+        "the state file is the one with the secret"
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     assert_eq!(
         env.exec_ok(u, &format!("secret-get {} password", id.trim())),
         "s3cret\n"
@@ -547,8 +553,15 @@ fn isolation_and_faults(kind: &str) {
             "systemd",
             "PID 1 is systemd"
         );
-        let state = env.exec("probe/0", "systemctl is-system-running; systemctl --failed --no-legend");
-        assert_eq!(state.stdout.trim(), "running", "systemd booted with no failed unit");
+        let state = env.exec(
+            "probe/0",
+            "systemctl is-system-running; systemctl --failed --no-legend",
+        );
+        assert_eq!(
+            state.stdout.trim(),
+            "running",
+            "systemd booted with no failed unit"
+        );
         // A service whose stop leaves a mark on disk: a clean reboot stops it.
         env.exec_ok(
             "probe/0",
@@ -626,11 +639,19 @@ fn isolation_and_faults(kind: &str) {
             .count(),
         before + 1
     );
-    assert_ne!(env.machine_pid(&env.machine("probe/0")), init_before, "the machine booted again");
+    assert_ne!(
+        env.machine_pid(&env.machine("probe/0")),
+        init_before,
+        "the machine booted again"
+    );
     if kind == "systemd" {
         // The crash stopped nothing cleanly; the reboot stopped the service (one mark), and
         // the enabled service started again at boot.
-        assert_eq!(env.exec_ok("probe/0", "wc -l < /root/stopped").trim(), "1", "a reboot stops units cleanly, a crash does not");
+        assert_eq!(
+            env.exec_ok("probe/0", "wc -l < /root/stopped").trim(),
+            "1",
+            "a reboot stops units cleanly, a crash does not"
+        );
         env.exec_ok("probe/0", "systemctl is-active mark.service");
     }
     // Destroying the model removes the machines' cgroups and namespaces.
@@ -640,7 +661,11 @@ fn isolation_and_faults(kind: &str) {
         .args(["/sys/fs/cgroup", "-type", "d", "-name", &netns0])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "cgroups left: {}", String::from_utf8_lossy(&left.stdout));
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "cgroups left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
 }
 
 #[test]

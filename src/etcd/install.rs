@@ -487,8 +487,7 @@ pub fn stop_package_instance() {
 }
 
 pub fn snapd_present() -> bool {
-    Path::new("/run/snapd.socket").exists()
-        && run_bounded("snap", &["version"], SNAP_QUICK).is_ok()
+    Path::new("/run/snapd.socket").exists() && run_bounded("snap", &["version"], SNAP_QUICK).is_ok()
 }
 
 /// How long a snap call may take: quick queries, and installs (a sideload unpacks and
@@ -523,6 +522,7 @@ fn run_bounded(cmd: &str, args: &[&str], limit: std::time::Duration) -> Result<S
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut v = vec![];
+            // The output only goes into messages: a read error leaves what was read.
             let _ = r.read_to_end(&mut v);
             String::from_utf8_lossy(&v).into_owned()
         })
@@ -534,6 +534,8 @@ fn run_bounded(cmd: &str, args: &[&str], limit: std::time::Duration) -> Result<S
         match child.try_wait() {
             Ok(Some(st)) => break st,
             Ok(None) if std::time::Instant::now() > deadline => {
+                // Past its deadline: the error below is the result; a kill that fails
+                // means it has just exited, and wait only reaps it.
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(InstallError::Failed(format!(
@@ -602,10 +604,12 @@ pub fn install_snap(channel: &str) -> Result<Installed> {
         let msg = format!(
             "cannot install the etcd snap from the store (channel {ch}): {e}; without access to the store, attach etcd.snap as the etcd resource (juju attach-resource etcd etcd=./etcd.snap)"
         );
+        // Without the marker the next hook only asks the store again (slower, not wrong).
         let _ = std::fs::create_dir_all(marker.parent().unwrap_or(Path::new("/")));
         let _ = std::fs::write(&marker, format!("{ch}\n{msg}"));
         return Err(InstallError::Bad(msg));
     }
+    // Read only while nothing is installed, which is no longer the case.
     let _ = std::fs::remove_file(&marker);
     snap_installed(None)
 }
@@ -624,7 +628,9 @@ pub fn install_snap_file(snap: &Path) -> Result<Installed> {
     let meta = run_bounded("unsquashfs", &["-cat", &file, "meta/snap.yaml"], SNAP_QUICK)
         .map_err(|e| InstallError::Bad(format!("the etcd resource is not a readable snap ({e}); attach an etcd snap or release tarball")))?;
     let meta: serde_yaml::Value = serde_yaml::from_str(&meta).map_err(|e| {
-        InstallError::Bad(format!("the etcd resource's meta/snap.yaml is not YAML ({e}); attach an etcd snap"))
+        InstallError::Bad(format!(
+            "the etcd resource's meta/snap.yaml is not YAML ({e}); attach an etcd snap"
+        ))
     })?;
     if meta.get("name").and_then(|v| v.as_str()) != Some("etcd") {
         return Err(InstallError::Bad(format!(

@@ -38,6 +38,25 @@ pub fn fixtures() -> PathBuf {
     )
 }
 
+/// A unit's workload status message in `status --format json`.
+pub fn unit_message(status: &Value, unit: &str) -> String {
+    let app = unit.split('/').next().unwrap_or("");
+    status["applications"][app]["units"][unit]["workload-status"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The binary the unit's systemd-run etcd was started from.
+pub fn running_etcd(env: &Env, unit: &str) -> String {
+    env.exec_ok(
+        unit,
+        "readlink /proc/$(systemctl show -p MainPID --value etcd.service)/exe",
+    )
+    .trim()
+    .to_string()
+}
+
 /// The machines' apt mirror that tests/setup.sh indexes.
 pub fn apt_mirror() -> String {
     format!("file:{}", fixtures().join("archive").display())
