@@ -19,8 +19,19 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct Refused(pub String);
 
-fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
     Err(Refused(msg.into()).into())
+}
+
+/// Refuses an action that only the leader may run, saying where to run it.
+pub fn leader_only(ctx: &Context, action: &str) -> Result<()> {
+    if !juju::is_leader()? {
+        return refuse(format!(
+            "{action} runs on the leader only; {} is not the leader (run it on etcd/leader)",
+            ctx.unit
+        ));
+    }
+    Ok(())
 }
 
 pub fn run(ctx: &Context) -> Result<()> {
@@ -33,6 +44,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "package-client-credentials" => package_client_credentials(ctx),
         "snapshot" => snapshot(ctx, &params),
         "restore" => crate::restore::restore(ctx, &params),
+        "recover" => crate::recover::recover(ctx, &params),
         "compact" => compact(&params),
         "defrag" => defrag(),
         "alarm-list" => alarm_list(),

@@ -1164,7 +1164,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             .app_get("bootstrap")
             .map(|b| b.split(',').count())
             .unwrap_or(0);
-        let patience = if was_started {
+        let patience = if ctx.hook_name() == "update-status" {
+            // A probe: it reports what it sees now and runs again soon.
+            Duration::from_secs(1)
+        } else if was_started {
             Duration::from_secs(10)
         } else if st.initial_state.as_deref() == Some("new")
             && bootstrap_size > 1
@@ -1237,9 +1240,18 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 "active",
                 format!("Healthy with {voters} known peers{migration_hint}"),
             ),
-            (Ok(_), false) => {
-                board.report("blocked", format!("UnHealthy with {voters} known peers"))
-            }
+            (Ok(s), false) if s.leader == 0 && was_started => board.report(
+                "blocked",
+                "No raft leader: a majority of the cluster's members do not answer; if they \
+                 are gone for good, run the recover action on the leader",
+            ),
+            (Ok(_), false) => match client.alarms(&ep) {
+                Ok(alarms) if !alarms.is_empty() => board.report(
+                    "blocked",
+                    alarm_message(&alarms, &members, cfg.quota_backend_bytes),
+                ),
+                _ => board.report("blocked", format!("UnHealthy with {voters} known peers")),
+            },
             (Err(e), _) => {
                 juju::log("WARNING", &format!("etcd does not answer: {e}"));
                 board.report("waiting", "Waiting for etcd to start")
@@ -1275,6 +1287,36 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
     let _ = peers.rel;
     outcome
+}
+
+/// What an active alarm means and what the operator does about it.
+fn alarm_message(alarms: &[crate::etcd::client::Alarm], members: &[Member], quota: u64) -> String {
+    let on = |id: u64| {
+        members
+            .iter()
+            .find(|m| m.id == id)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| format!("{id:x}"))
+    };
+    let mut parts: Vec<String> = alarms
+        .iter()
+        .map(|a| format!("{} on {}", a.alarm, on(a.member_id)))
+        .collect();
+    parts.dedup();
+    let hint = if alarms.iter().any(|a| a.alarm == "NOSPACE") {
+        let quota = if quota == 0 {
+            "the backend quota".to_string()
+        } else {
+            format!("quota_backend_bytes ({quota})")
+        };
+        format!(
+            ": the database reached {quota}; writes are refused until you run the compact \
+             action, defrag on every unit, then alarm-disarm (or raise quota_backend_bytes)"
+        )
+    } else {
+        ": run alarm-list for details and alarm-disarm once the cause is fixed".to_string()
+    };
+    format!("Alarm {}{hint}", parts.join(", "))
 }
 
 fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {

@@ -14,6 +14,7 @@ mod etcd;
 mod juju;
 mod migrate;
 mod pki;
+mod recover;
 mod relations;
 mod restore;
 

@@ -10,7 +10,7 @@
 //!
 //! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
 
-use crate::actions::{self, local, writable_dir, Refused};
+use crate::actions::{self, local, refuse, writable_dir, Refused};
 use crate::charm;
 use crate::etcd::client::Client;
 use crate::etcd::install::{self, Delivery, Installed};
@@ -25,9 +25,6 @@ type Results = Vec<(String, String)>;
 
 const CRASHPOINTS: &str = "/var/lib/etcd-charm/crashpoints";
 
-fn refuse<T>(msg: impl Into<String>) -> Result<T> {
-    Err(Refused(msg.into()).into())
-}
 
 fn step(name: &str) -> Result<()> {
     juju::action_log(&format!("snap-upgrade: {name}"));

@@ -12,7 +12,7 @@
 //! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
 //!    and joins again through the normal one-at-a-time learner path.
 
-use crate::actions::{self, leader_endpoint, local, writable_dir, Refused};
+use crate::actions::{self, leader_endpoint, leader_only, local, refuse, writable_dir, Refused};
 use crate::charm::{self, member_name, retry, LocalState};
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
@@ -26,10 +26,6 @@ use std::process::Command;
 use std::time::Duration;
 
 type Results = Vec<(String, String)>;
-
-fn refuse<T>(msg: impl Into<String>) -> Result<T> {
-    Err(Refused(msg.into()).into())
-}
 
 #[derive(Debug, PartialEq)]
 pub enum Kind {
@@ -201,12 +197,7 @@ pub fn restore(
     ctx: &Context,
     params: &std::collections::BTreeMap<String, Value>,
 ) -> Result<Results> {
-    if !juju::is_leader()? {
-        return refuse(format!(
-            "restore runs on the leader only; {} is not the leader (run it on etcd/leader)",
-            ctx.unit
-        ));
-    }
+    leader_only(ctx, "restore")?;
     let skip_backup = params
         .get("skip-backup")
         .and_then(Value::as_bool)
@@ -407,23 +398,24 @@ pub fn restore(
 const JOURNAL: &str = "/var/lib/etcd-charm/restore-journal.json";
 
 /// What a restore in the middle of its swap must be able to undo.
+/// Used by restore and recover alike.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Journal {
-    aside: String,
-    member: String,
-    config: String,
-    initial_cluster: Option<String>,
-    initial_state: Option<String>,
-    token: Option<String>,
-    epoch: Option<String>,
+pub(crate) struct Journal {
+    pub aside: String,
+    pub member: String,
+    pub config: String,
+    pub initial_cluster: Option<String>,
+    pub initial_state: Option<String>,
+    pub token: Option<String>,
+    pub epoch: Option<String>,
 }
 
 impl Journal {
-    fn save(&self) -> Result<()> {
+    pub fn save(&self) -> Result<()> {
         crate::pki::write_file(Path::new(JOURNAL), &serde_json::to_vec_pretty(self)?, 0o600)?;
         Ok(())
     }
-    fn clear() -> Result<()> {
+    pub fn clear() -> Result<()> {
         match std::fs::remove_file(JOURNAL) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
@@ -431,8 +423,8 @@ impl Journal {
     }
 }
 
-/// Undoes a restore whose process died during its swap (before the restored member was
-/// proven healthy): etcd stopped, the half-restored member set aside as
+/// Undoes a restore (or recover) whose process died during its swap (before the new member
+/// was proven healthy): etcd stopped, the half-restored member set aside as
 /// `.failed-restore-<time>`, the original data, state and config put back. Every hook runs
 /// this first; the restore can then be run again.
 pub fn recover_interrupted() -> Result<()> {
@@ -442,7 +434,7 @@ pub fn recover_interrupted() -> Result<()> {
     juju::log(
         "WARNING",
         &format!(
-            "a restore was interrupted; putting the data from {} back",
+            "a restore or recover was interrupted; putting the data from {} back",
             j.aside
         ),
     );
@@ -475,7 +467,7 @@ pub fn recover_interrupted() -> Result<()> {
     Ok(())
 }
 
-fn rerender(
+pub(crate) fn rerender(
     st: &LocalState,
     cfg: &crate::config::Config,
     name: &str,
@@ -499,7 +491,13 @@ fn rerender(
     Ok(())
 }
 
-fn publish_epoch(ctx: &Context, epoch: u64, token: &str, name: &str, peer_url: &str) -> Result<()> {
+pub(crate) fn publish_epoch(
+    ctx: &Context,
+    epoch: u64,
+    token: &str,
+    name: &str,
+    peer_url: &str,
+) -> Result<()> {
     let Some(rel) = juju::relation_ids(charm::PEER)?.into_iter().next() else {
         return Ok(());
     };

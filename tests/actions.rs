@@ -16,17 +16,6 @@ fn deploy3(env: &Env, work: &Path) {
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
 }
 
-/// `juju run --format json`; returns (exit code, the task).
-fn run_action(env: &Env, unit: &str, args: &[&str]) -> (i32, Value) {
-    let mut a = vec!["run", "--format", "json", unit];
-    a.extend(args);
-    let r = env.run(&a);
-    let v: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|_| panic!("no JSON from run {args:?}: {}{}", r.stdout, r.stderr));
-    let task = v.as_object().unwrap().values().next().unwrap().clone();
-    (r.code, task)
-}
-
 /// A file inside a unit's machine, read from the host.
 fn machine_file(env: &Env, unit: &str, path: &str) -> PathBuf {
     let pid = env.machine_pid(&env.machine(unit));
@@ -50,7 +39,7 @@ fn etcdctl(env_vars: &[(String, String)], args: &[&str]) -> std::process::Output
 
 /// Unpacks the credentials package on the host and returns the README's exports.
 fn credentials(env: &Env, work: &Path) -> Vec<(String, String)> {
-    let (code, task) = run_action(env, "etcd/0", &["package-client-credentials"]);
+    let (code, task) = env.run_action("etcd/0", &["package-client-credentials"]);
     assert_eq!(code, 0, "{task}");
     let path = task["results"]["path"].as_str().unwrap();
     let host = machine_file(env, "etcd/0", path);
@@ -87,7 +76,7 @@ fn health_credentials_and_bad_params() {
     let env = Env::new("act", &["update-status-hook-interval=1h"]);
     deploy3(&env, work.path());
 
-    let (code, task) = run_action(&env, "etcd/1", &["health"]);
+    let (code, task) = env.run_action("etcd/1", &["health"]);
     assert_eq!(code, 0, "{task}");
     let output = task["results"]["output"].as_str().unwrap();
     assert!(output.ends_with("cluster is healthy"), "{output}");
@@ -132,7 +121,7 @@ fn health_credentials_and_bad_params() {
     }
 
     // Bad params fail the action with a clear message and change nothing.
-    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "keys-version=v4"]);
+    let (code, task) = env.run_action("etcd/0", &["snapshot", "keys-version=v4"]);
     assert_ne!(code, 0);
     assert_eq!(task["status"], "failed");
     assert!(
@@ -142,13 +131,13 @@ fn health_credentials_and_bad_params() {
             .contains("keys-version \"v4\""),
         "{task}"
     );
-    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/proc/forbidden"]);
+    let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/proc/forbidden"]);
     assert_ne!(code, 0);
     assert!(
         task["message"].as_str().unwrap().contains("target"),
         "{task}"
     );
-    let (code, task) = run_action(&env, "etcd/0", &["compact", "revision=abc"]);
+    let (code, task) = env.run_action("etcd/0", &["compact", "revision=abc"]);
     assert_ne!(code, 0);
     assert!(
         task["message"]
@@ -183,7 +172,7 @@ fn health_credentials_and_bad_params() {
     };
     assert_eq!(String::from_utf8_lossy(&read_old().stdout).trim(), "first");
     let now = revision();
-    let (code, task) = run_action(&env, "etcd/0", &["compact"]);
+    let (code, task) = env.run_action("etcd/0", &["compact"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["revision"], now.to_string(), "{task}");
     let after = read_old();
@@ -192,7 +181,7 @@ fn health_credentials_and_bad_params() {
         "revision {old_rev} is compacted away: {}",
         String::from_utf8_lossy(&after.stderr)
     );
-    let (code, task) = run_action(&env, "etcd/0", &["alarm-list"]);
+    let (code, task) = env.run_action("etcd/0", &["alarm-list"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["count"], "0");
     // Raise a NOSPACE alarm through the gateway; the actions list and disarm it.
@@ -235,19 +224,18 @@ fn health_credentials_and_bad_params() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (_, task) = run_action(&env, "etcd/0", &["alarm-list"]);
+    let (_, task) = env.run_action("etcd/0", &["alarm-list"]);
     assert_eq!(task["results"]["count"], "1", "{task}");
     assert!(task["results"]["alarm-list"]
         .as_str()
         .unwrap()
         .contains("alarm:NOSPACE"));
-    let (code, task) = run_action(&env, "etcd/0", &["alarm-disarm"]);
+    let (code, task) = env.run_action("etcd/0", &["alarm-disarm"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["remaining"], "0");
     // keys-version v2: etcd 3.5.1's etcdctl still has the offline v2 backup: an archive
     // holding the member's WAL and snapshot directories, private to root.
-    let (code, task) = run_action(
-        &env,
+    let (code, task) = env.run_action(
         "etcd/0",
         &["snapshot", "keys-version=v2", "target=/root/v2"],
     );
@@ -273,7 +261,7 @@ fn health_credentials_and_bad_params() {
         list.contains("member/wal/") && list.contains("member/snap/"),
         "{list}"
     );
-    let (code, task) = run_action(&env, "etcd/0", &["defrag"]);
+    let (code, task) = env.run_action("etcd/0", &["defrag"]);
     assert_eq!(code, 0, "{task}");
     let out = etcdctl(&vars, &["get", "greeting", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
@@ -288,7 +276,7 @@ fn restore_from(env: &Env, vars: &[(String, String)], leader: &str, file: &Path,
         &format!("snapshot={}", file.display()),
     ]);
     env.settle("2m");
-    let (code, task) = run_action(env, leader, &["restore"]);
+    let (code, task) = env.run_action(leader, &["restore"]);
     assert_eq!(code, 0, "{task}");
     assert!(
         task["results"]["restore"]["from"]
@@ -322,7 +310,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         );
         assert!(out.status.success());
     }
-    let (code, task) = run_action(&env, "etcd/1", &["snapshot", "target=/root/snaps"]);
+    let (code, task) = env.run_action("etcd/1", &["snapshot", "target=/root/snaps"]);
     assert_eq!(code, 0, "{task}");
     let r = &task["results"]["snapshot"];
     assert_eq!(r["version"], "3.5.1");
@@ -354,7 +342,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
             &format!("snapshot={}", f.display()),
         ]);
         env.settle("2m");
-        let (code, task) = run_action(&env, &leader, &["restore"]);
+        let (code, task) = env.run_action(&leader, &["restore"]);
         assert_ne!(code, 0, "{} must be refused", f.display());
         assert!(
             task["message"].as_str().unwrap().contains("refused")
@@ -374,7 +362,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         assert!(Command::new("/usr/bin/python3").args(["-c", script]).arg(&f).status().unwrap().success());
         env.ok(&["attach-resource", "etcd", &format!("snapshot={}", f.display())]);
         env.settle("2m");
-        let (code, task) = run_action(&env, &leader, &["restore"]);
+        let (code, task) = env.run_action(&leader, &["restore"]);
         assert_ne!(code, 0);
         assert!(task["message"].as_str().unwrap().contains("refused"), "{name}: {task}");
     }
@@ -389,7 +377,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .into_iter()
         .find(|u| u != &leader)
         .unwrap();
-    let (code, task) = run_action(&env, &follower, &["restore"]);
+    let (code, task) = env.run_action(&follower, &["restore"]);
     assert_ne!(code, 0);
     assert!(
         task["message"].as_str().unwrap().contains("leader"),
@@ -400,7 +388,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     // Delete the keys, restore, and every key is back on all three units.
     let out = etcdctl(&vars, &["del", "/data/", "--prefix"]);
     assert!(out.status.success());
-    let (code, task) = run_action(&env, &leader, &["restore"]);
+    let (code, task) = env.run_action(&leader, &["restore"]);
     assert_eq!(code, 0, "{task}");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     for u in env.units("etcd") {
@@ -516,7 +504,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
         "etcd/0",
         "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify",
     );
-    let (code, task) = run_action(&env, "etcd/0", &["snap-upgrade", "target=/root/migration"]);
+    let (code, task) = env.run_action("etcd/0", &["snap-upgrade", "target=/root/migration"]);
     assert_ne!(code, 0);
     assert!(
         task["message"].as_str().unwrap().contains("rolled back"),
@@ -538,7 +526,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
 
     // The real migration.
     env.exec_ok("etcd/0", "rm -r /var/lib/etcd-charm/crashpoints");
-    let (code, task) = run_action(&env, "etcd/0", &["snap-upgrade", "target=/root/migration"]);
+    let (code, task) = env.run_action("etcd/0", &["snap-upgrade", "target=/root/migration"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["delivery"], "archive");
     assert!(exe().starts_with("/opt/etcd/3.5.1/"), "{}", exe());
@@ -589,7 +577,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
             .status
             .success());
     }
-    let (code, task) = run_action(&env, "etcd/0", &["snapshot", "target=/root/snaps"]);
+    let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/root/snaps"]);
     assert_eq!(code, 0, "{task}");
     let archive = machine_file(
         &env,
@@ -614,7 +602,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
         "etcd/0",
         "echo restore-aside > /var/lib/etcd-charm/crash-at",
     );
-    let (code, _) = run_action(&env, "etcd/0", &["restore"]);
+    let (code, _) = env.run_action("etcd/0", &["restore"]);
     assert_ne!(code, 0, "the killed restore fails");
     env.exec_ok(
         "etcd/0",
@@ -633,7 +621,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     assert_eq!(keys("/old/"), 10);
 
     // Run again: the snapshot's state, and the original data was never deleted on the way.
-    let (code, task) = run_action(&env, "etcd/0", &["restore"]);
+    let (code, task) = env.run_action("etcd/0", &["restore"]);
     assert_eq!(code, 0, "{task}");
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     assert_eq!(keys("/old/"), 10);

@@ -2,55 +2,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use support::etcd::*;
 use support::*;
-
-const MIN: Duration = Duration::from_secs(60);
 
 fn deploy(env: &Env, n: u32, resource: &Path) {
     deploy_etcd(env, n, resource, &[]);
-}
-
-/// Client credentials copied out of a unit, for etcdctl on the host.
-struct Creds {
-    dir: tempfile::TempDir,
-}
-
-impl Creds {
-    fn from_unit(env: &Env, unit: &str) -> Creds {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["ca.crt", "client.crt", "client.key"] {
-            let body = env.exec_ok(unit, &format!("cat /etc/etcd/pki/{f}"));
-            std::fs::write(dir.path().join(f), body).unwrap();
-        }
-        Creds { dir }
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.path().join(f)
-    }
-    /// etcdctl (3.5.1 from the fixtures) with or without the client certificate.
-    fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> std::process::Output {
-        let mut c = Command::new(etcd35().join("etcdctl"));
-        c.arg(format!("--endpoints={endpoints}"))
-            .arg("--dial-timeout=3s")
-            .arg("--command-timeout=5s");
-        c.arg(format!("--cacert={}", self.path("ca.crt").display()));
-        if with_cert {
-            c.arg(format!("--cert={}", self.path("client.crt").display()))
-                .arg(format!("--key={}", self.path("client.key").display()));
-        }
-        c.args(args).output().unwrap()
-    }
-}
-
-fn endpoints(env: &Env) -> String {
-    env.units("etcd")
-        .iter()
-        .map(|u| format!("https://{}:2379", env.address(u)))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[test]
@@ -121,50 +80,6 @@ fn three_units_at_once_form_one_tls_cluster() {
     }
 }
 
-/// Keeps writing keys through whatever members exist; returns the acknowledged keys.
-struct Writer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl Writer {
-    fn start(creds: PathBuf, endpoints: std::sync::Arc<std::sync::Mutex<String>>) -> Writer {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut acked = vec![];
-            let mut i = 0;
-            while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                let key = format!("/writer/{i:06}");
-                let eps = endpoints.lock().unwrap().clone();
-                let out = Command::new(etcd35().join("etcdctl"))
-                    .args([
-                        format!("--endpoints={eps}"),
-                        "--dial-timeout=2s".into(),
-                        "--command-timeout=4s".into(),
-                    ])
-                    .arg(format!("--cacert={}", creds.join("ca.crt").display()))
-                    .arg(format!("--cert={}", creds.join("client.crt").display()))
-                    .arg(format!("--key={}", creds.join("client.key").display()))
-                    .args(["put", &key, "v"])
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    acked.push(key);
-                }
-                i += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            acked
-        });
-        Writer { stop, handle }
-    }
-    fn finish(self) -> Vec<String> {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.handle.join().unwrap()
-    }
-}
-
 /// A deployed, healthy cluster of `n` with host credentials and a writer running through it.
 fn cluster_with_writer(
     name: &str,
@@ -183,51 +98,8 @@ fn cluster_with_writer(
     );
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
-    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone());
+    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
     (env, creds, eps, writer)
-}
-
-/// Stops the writer and checks that every key it got acknowledged can be read back.
-fn no_acknowledged_write_lost(creds: &Creds, endpoints: &str, writer: Writer, during: &str) {
-    let acked = writer.finish();
-    assert!(
-        acked.len() > 10,
-        "the writer got too few writes through during the {during}: {}",
-        acked.len()
-    );
-    let out = creds.etcdctl(
-        endpoints,
-        true,
-        &["get", "/writer/", "--prefix", "--keys-only"],
-    );
-    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged keys lost during the {during}, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-}
-
-fn raft_leader_unit(env: &Env, creds: &Creds) -> String {
-    let out = creds.etcdctl(&endpoints(env), true, &["endpoint", "status", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    for e in v.as_array().cloned().unwrap_or_default() {
-        if e["Status"]["leader"] == e["Status"]["header"]["member_id"] {
-            let ep = e["Endpoint"].as_str().unwrap().to_string();
-            for u in env.units("etcd") {
-                if ep.contains(&env.address(&u)) {
-                    return u;
-                }
-            }
-        }
-    }
-    panic!("no raft leader found: {v}");
 }
 
 #[test]
@@ -605,7 +477,7 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
-    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone());
+    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
     // Watch every unit while the upgrade rolls: the binaries `current` points at and the
     // ones the running etcd was started from. A unit whose link already names the new
     // version while it runs the old one is switching; never two at once (before the fix,

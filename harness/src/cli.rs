@@ -365,8 +365,11 @@ async fn run(
                 args,
             )?;
             let model = model_name(ctl, &p, &env_model)?;
-            ctl.mutate(|w| -> Result<()> {
-                let m = w.models.get_mut(&model).unwrap();
+            let removed = ctl.mutate(|w| -> Result<Vec<String>> {
+                let m = w
+                    .models
+                    .get_mut(&model)
+                    .ok_or_else(|| anyhow!("model {model:?} not found"))?;
                 let mut targets = vec![];
                 if let Some(n) = p.value("num-units") {
                     let app = p
@@ -390,11 +393,28 @@ async fn run(
                 if targets.is_empty() {
                     bail!("no units specified");
                 }
-                for t in targets {
-                    m.remove_unit(&t);
+                for t in &targets {
+                    m.remove_unit(t);
                 }
-                Ok(())
+                Ok(targets)
             })?;
+            // --force: a unit whose machine is down cannot run its teardown hooks; it goes
+            // now (its peers still see it depart), as Juju does for a dead machine.
+            if p.flag("force") {
+                for unit in removed {
+                    let down = ctl.read(|w| {
+                        w.models.get(&model).is_some_and(|m| {
+                            m.units
+                                .get(&unit)
+                                .and_then(|u| m.machines.get(&u.machine))
+                                .is_some_and(|x| x.status != "started")
+                        })
+                    });
+                    if down {
+                        ctl.finalize_unit(&model, &unit).await;
+                    }
+                }
+            }
             Ok(Reply::ok(""))
         }
         "remove-application" => {

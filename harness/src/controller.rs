@@ -1240,6 +1240,9 @@ impl Ctl {
 
     async fn worker(self: &Arc<Self>, model: &str, unit: &str) {
         let mut rx = self.subscribe();
+        // Hooks and tasks take turns when both wait: a unit whose hooks keep coming (slow
+        // update-status hooks on a short interval) still runs `juju exec` and actions.
+        let mut task_turn = false;
         loop {
             enum Next {
                 Gone,
@@ -1288,6 +1291,11 @@ impl Ctl {
                     };
                     return (next, changed);
                 }
+                if task_turn {
+                    if let Some(t) = m.units.get_mut(unit).unwrap().actions.pop_front() {
+                        return (Next::Task(t), true);
+                    }
+                }
                 while let Some(ev) = m.units[unit].queue.front().cloned() {
                     if m.event_is_stale(&ev) {
                         m.units.get_mut(unit).unwrap().queue.pop_front();
@@ -1322,8 +1330,10 @@ impl Ctl {
                         None => None,
                     };
                     self.run_hook(model, unit, ev).await;
+                    task_turn = true;
                 }
                 Next::Task(t) => {
+                    task_turn = false;
                     let lock = self.serial_lock(model);
                     let _g = match &lock {
                         Some(l) => Some(l.lock().await),
@@ -1723,7 +1733,7 @@ impl Ctl {
         Ok(())
     }
 
-    async fn finalize_unit(&self, model: &str, unit: &str) {
+    pub async fn finalize_unit(&self, model: &str, unit: &str) {
         let machine = self.read(|w| {
             w.models
                 .get(model)

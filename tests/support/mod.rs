@@ -2,6 +2,8 @@
 //! its own controller (its own home, bridge and machines), torn down when it ends.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -218,6 +220,17 @@ impl Env {
             r.stdout, r.stderr
         );
         r.stdout
+    }
+
+    /// `juju run --format json`; returns (exit code, the task).
+    pub fn run_action(&self, unit: &str, args: &[&str]) -> (i32, Value) {
+        let mut a = vec!["run", "--format", "json", unit];
+        a.extend(args);
+        let r = self.run(&a);
+        let v: Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|_| panic!("no JSON from run {args:?}: {}{}", r.stdout, r.stderr));
+        let task = v.as_object().unwrap().values().next().unwrap().clone();
+        (r.code, task)
     }
 
     pub fn units(&self, app: &str) -> Vec<String> {

@@ -1,0 +1,231 @@
+//! The recover action: a working cluster again after a majority of members is gone for good.
+//!
+//! Steps, each checking before it acts:
+//! 1. `observe`: this unit is the leader, its member answers but has no raft leader (no
+//!    quorum), and the surviving units' members are asked for their raft index. The rebuild
+//!    starts from the most advanced survivor; if that is another unit the action refuses and
+//!    names it (unless `accept-older-data`), and it refuses without `confirm-majority-lost`.
+//! 2. `copy`: this member's data is copied aside (`.pre-recover-<time>`) and a journal
+//!    written, so a crash anywhere until step 4 puts the original back (`restore::recover_interrupted`).
+//! 3. `force`: etcd restarts once with `force-new-cluster`: the same data, the same member,
+//!    a membership of one.
+//! 4. `check`: healthy alone; etcd restarts with its normal config; then the copy goes.
+//! 5. `publish`: a new epoch: every other unit sets its old member data aside and joins again
+//!    through the normal one-at-a-time learner path.
+
+use crate::actions::{leader_only, local, refuse, Refused};
+use crate::charm::{self, member_name, retry, LocalState};
+use crate::etcd::install::Installed;
+use crate::etcd::service::{Service, CONFIG_FILE};
+use crate::juju::{self, Context};
+use crate::restore::{publish_epoch, rerender, Journal};
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+type Results = Vec<(String, String)>;
+
+fn flag(params: &std::collections::BTreeMap<String, Value>, name: &str) -> bool {
+    params.get(name).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// The other units' client URLs, as they published them on the peer relation.
+fn peer_client_urls() -> Result<Vec<(String, String)>> {
+    let mut out = vec![];
+    for rel in juju::relation_ids(charm::PEER)? {
+        for unit in juju::relation_list(&rel)? {
+            let bag = juju::relation_get(&rel, &unit, false)?;
+            if let Some(url) = bag.get("client-url").filter(|u| !u.is_empty()) {
+                out.push((unit, url.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn recover(
+    ctx: &Context,
+    params: &std::collections::BTreeMap<String, Value>,
+) -> Result<Results> {
+    leader_only(ctx, "recover")?;
+    let (client, ep, cfg) = local()?;
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+
+    // 1. observe.
+    let own = client.status(&ep).map_err(|e| {
+        Refused(format!(
+            "this unit's etcd does not answer ({e}); recover rebuilds from a running member's \
+             data: start etcd on this unit first"
+        ))
+    })?;
+    if own.leader != 0 {
+        return refuse(
+            "the cluster has a raft leader, so a majority of members is alive: recover is only \
+             for a majority lost for good. Remove dead units with remove-unit instead",
+        );
+    }
+    let mut best = (ctx.unit.clone(), own.raft_index);
+    let mut alive = vec![ctx.unit.clone()];
+    let mut silent = vec![];
+    for (unit, url) in peer_client_urls()? {
+        match client.status(&url) {
+            Ok(s) => {
+                alive.push(unit.clone());
+                if s.raft_index > best.1 {
+                    best = (unit, s.raft_index);
+                }
+            }
+            Err(_) => silent.push(unit),
+        }
+    }
+    juju::action_log(&format!(
+        "surviving members: {} (raft index here {}); not answering: {}",
+        alive.join(", "),
+        own.raft_index,
+        if silent.is_empty() {
+            "none".into()
+        } else {
+            silent.join(", ")
+        }
+    ));
+    if best.0 != ctx.unit && !flag(params, "accept-older-data") {
+        return refuse(format!(
+            "{} holds newer data (raft index {}, this unit {}): rebuilding from this unit would \
+             drop up to {} raft entries. Run again with accept-older-data=true to accept that",
+            best.0,
+            best.1,
+            own.raft_index,
+            best.1 - own.raft_index
+        ));
+    }
+    if !flag(params, "confirm-majority-lost") {
+        return refuse(format!(
+            "recover rebuilds the cluster from {}'s data alone (etcd's force-new-cluster): \
+             writes that only the lost members held are gone. If the members that do not \
+             answer are gone for good, run again with confirm-majority-lost=true",
+            ctx.unit
+        ));
+    }
+
+    // 2. copy, with a journal that undoes everything until the check passes.
+    let data = charm::data_dir()?;
+    let member = Path::new(&data).join("member");
+    if !member.join("wal").is_dir() {
+        return refuse(format!(
+            "{} holds no member data to recover from",
+            member.display()
+        ));
+    }
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
+    let mut st = LocalState::load()?;
+    let aside = Path::new(&data).join(format!(".pre-recover-{}", charm::now()));
+    let config = std::fs::read_to_string(CONFIG_FILE).context("reading the etcd config")?;
+    Journal {
+        aside: aside.display().to_string(),
+        member: member.display().to_string(),
+        config: config.clone(),
+        initial_cluster: st.initial_cluster.clone(),
+        initial_state: st.initial_state.clone(),
+        token: st.token.clone(),
+        epoch: st.epoch.clone(),
+    }
+    .save()?;
+    juju::action_log("stopping etcd and copying its data aside");
+    svc.stop()?;
+    // The copy is complete, or it is not `member`: only a whole copy is ever put back.
+    std::fs::create_dir_all(&aside)?;
+    copy_dir(&member, &aside.join("member.partial"))?;
+    std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
+    charm::crash_point("recover-copied");
+
+    // 3. force a new cluster of one from this member's data.
+    crate::pki::write_file(
+        Path::new(CONFIG_FILE),
+        format!("{}\nforce-new-cluster: true\n", config.trim_end()).as_bytes(),
+        0o644,
+    )?;
+    juju::action_log("starting etcd with force-new-cluster");
+    svc.start()?;
+    charm::crash_point("recover-forced");
+    let alone = || -> Result<()> {
+        if !client.health(&ep)? {
+            bail!("not healthy yet");
+        }
+        let members = client.member_list(&ep)?;
+        if members.len() != 1 {
+            bail!("{} members", members.len());
+        }
+        Ok(())
+    };
+    if let Err(e) = retry(Duration::from_secs(60), Duration::from_millis(100), alone) {
+        // The journal puts the original data back, as after a crash here.
+        crate::restore::recover_interrupted()?;
+        return refuse(format!(
+            "etcd did not come up alone with force-new-cluster ({e}); the original data is back in place"
+        ));
+    }
+
+    // 4. the normal config again; then the copy can go.
+    let address = juju::network_ingress(charm::PEER)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no address"))?;
+    let name = member_name(&ctx.unit);
+    let peer_url = format!("https://{address}:{}", cfg.management_port);
+    let epoch: u64 = st
+        .epoch
+        .as_deref()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(1)
+        + 1;
+    st.initial_cluster = Some(format!("{name}={peer_url}"));
+    st.initial_state = Some("existing".into());
+    st.epoch = Some(epoch.to_string());
+    st.save()?;
+    rerender(&st, &cfg, &name, &address, &data)?;
+    svc.restart()?;
+    retry(Duration::from_secs(60), Duration::from_millis(100), alone)
+        .map_err(|e| anyhow!("the recovered member is not healthy after its restart: {e}"))?;
+    Journal::clear()?;
+    std::fs::remove_dir_all(&aside).context("removing the copy of the original data")?;
+
+    // 5. the other units rejoin the new cluster.
+    let token = st.token.clone().unwrap_or_else(|| "etcd-cluster".into());
+    publish_epoch(ctx, epoch, &token, &name, &peer_url)?;
+    let revision = client.revision(&ep)?;
+    juju::action_log(&format!(
+        "{} is a cluster of one at revision {revision}; the other units rejoin one at a time",
+        ctx.unit
+    ));
+    Ok(vec![
+        ("recover.from".into(), ctx.unit.clone()),
+        ("recover.revision".into(), revision.to_string()),
+        ("recover.epoch".into(), epoch.to_string()),
+        (
+            "output".into(),
+            "recovered; add units or wait for the surviving ones to rejoin".into(),
+        ),
+    ])
+}
+
+/// Copies a member directory (files and directories only, as etcd writes it), with fsync.
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::File::open(&dst)?.sync_all()?;
+        } else {
+            bail!("{} is neither a file nor a directory", src.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,393 @@
+//! The fault suite: the faults an etcd operator fears, each under a continuous writer that
+//! records every acknowledged write. Every case ends with all acknowledged writes readable,
+//! all members agreeing on their keys (`endpoint hashkv`) and the charm's status back to
+//! "Healthy with N known peers". Each fault leaves a row in `target/reliability/`, from which
+//! `python3 tests/reliability.py` prints docs/RELIABILITY.md's table.
+
+mod support;
+
+use std::time::Duration;
+use support::etcd::*;
+use support::*;
+
+/// How long a stopped process or a cut network stays so: several election timeouts.
+const HOLD: Duration = Duration::from_secs(6);
+
+/// Three healthy units (systemd machines) and the host's client credentials.
+fn three_units(model: &str, work: &std::path::Path) -> (Env, Creds) {
+    let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
+    let env = Env::new(model, &["update-status-hook-interval=10s"]);
+    deploy_etcd(&env, 3, &tarball, &[]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    (env, creds)
+}
+
+fn back_to_healthy_status(env: &Env, n: usize, what: &str) {
+    env.wait(
+        &format!("every unit to report healthy again after {what}"),
+        3 * MIN,
+        |s| {
+            env_units(s).len() == n
+                && env_units(s)
+                    .iter()
+                    .all(|u| unit_message(s, u) == format!("Healthy with {n} known peers"))
+        },
+    );
+}
+
+fn env_units(s: &serde_json::Value) -> Vec<String> {
+    s["applications"]["etcd"]["units"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// kill -9, SIGSTOP and a network cut of one member, under a writer each.
+fn process_and_network_faults(env: &Env, creds: &Creds, role: &str, pick: impl Fn() -> String) {
+    let who = if role == "leader" {
+        "raft leader"
+    } else {
+        role
+    };
+    let unit = pick();
+    under_writer(
+        env,
+        creds,
+        &format!("{role}-kill9"),
+        &format!("kill -9 of the {who}"),
+        || {
+            let pid = etcd_pid(env, &unit);
+            env.exec_ok(&unit, &format!("kill -9 {pid}"));
+            // systemd starts it again (Restart=on-failure): a new process, not the old one.
+            env.wait(&format!("a new etcd process on {unit}"), MIN, |_| {
+                let now = etcd_pid(env, &unit);
+                now != pid && now != "0"
+            });
+        },
+    );
+    back_to_healthy_status(env, 3, &format!("kill -9 of the {who}"));
+
+    let unit = pick();
+    under_writer(
+        env,
+        creds,
+        &format!("{role}-sigstop"),
+        &format!("SIGSTOP of the {who} ({}s)", HOLD.as_secs()),
+        || {
+            let pid = etcd_pid(env, &unit);
+            env.exec_ok(&unit, &format!("kill -STOP {pid}"));
+            std::thread::sleep(HOLD); // the fault's length, not a wait for anything
+            env.exec_ok(&unit, &format!("kill -CONT {pid}"));
+        },
+    );
+    back_to_healthy_status(env, 3, &format!("SIGSTOP of the {who}"));
+
+    let unit = pick();
+    under_writer(
+        env,
+        creds,
+        &format!("{role}-cut"),
+        &format!("network cut of the {who} ({}s)", HOLD.as_secs()),
+        || {
+            env.ok(&["cut-network", &unit]);
+            std::thread::sleep(HOLD); // the fault's length
+            env.ok(&["heal-network", &unit]);
+        },
+    );
+    back_to_healthy_status(env, 3, &format!("network cut of the {who}"));
+}
+
+#[test]
+fn the_raft_leader_killed_stopped_and_cut_off_loses_no_acknowledged_write() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-leader", work.path());
+    process_and_network_faults(&env, &creds, "leader", || raft_leader_unit(&env, &creds));
+}
+
+#[test]
+fn a_follower_killed_stopped_and_cut_off_loses_no_acknowledged_write() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-follower", work.path());
+    process_and_network_faults(&env, &creds, "follower", || {
+        let leader = raft_leader_unit(&env, &creds);
+        env.units("etcd")
+            .into_iter()
+            .find(|u| *u != leader)
+            .unwrap()
+    });
+}
+
+/// Waits until a machine runs again with a new PID 1.
+fn wait_booted(env: &Env, machine: &str, old_init: u32) {
+    env.wait(&format!("machine {machine} to boot again"), MIN, |_| {
+        env.run(&["show-machine", machine, "--format", "json"])
+            .stdout
+            .contains("\"started\"")
+            && env.machine_pid(machine) != old_init
+    });
+}
+
+#[test]
+fn machines_rebooted_crashed_and_all_crashed_at_once_lose_no_acknowledged_write() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-machines", work.path());
+
+    let unit = raft_leader_unit(&env, &creds);
+    under_writer(
+        &env,
+        &creds,
+        "reboot",
+        "clean reboot of the raft leader's machine",
+        || {
+            let m = env.machine(&unit);
+            let init = env.machine_pid(&m);
+            env.ok(&["reboot-machine", &unit]);
+            wait_booted(&env, &m, init);
+        },
+    );
+    back_to_healthy_status(&env, 3, "a reboot");
+
+    let unit = raft_leader_unit(&env, &creds);
+    under_writer(
+        &env,
+        &creds,
+        "crash",
+        "crash of the raft leader's machine",
+        || {
+            let m = env.machine(&unit);
+            let init = env.machine_pid(&m);
+            env.ok(&["crash-machine", &unit]);
+            env.ok(&["start-machine", &unit]);
+            wait_booted(&env, &m, init);
+        },
+    );
+    back_to_healthy_status(&env, 3, "a machine crash");
+
+    under_writer(
+        &env,
+        &creds,
+        "crash-all",
+        "crash of every machine at once",
+        || {
+            let machines: Vec<(String, u32)> = env
+                .units("etcd")
+                .iter()
+                .map(|u| {
+                    let m = env.machine(u);
+                    let pid = env.machine_pid(&m);
+                    (m, pid)
+                })
+                .collect();
+            for (m, _) in &machines {
+                env.ok(&["crash-machine", m]);
+            }
+            for (m, init) in &machines {
+                env.ok(&["start-machine", m]);
+                wait_booted(&env, m, *init);
+            }
+        },
+    );
+    back_to_healthy_status(&env, 3, "every machine crashed");
+}
+
+#[test]
+fn a_unit_removed_while_the_raft_leader_is_cut_off_leaves_cleanly() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-remove", work.path());
+    env.ok(&["add-unit", "etcd"]);
+    env.wait_units("etcd", 4, "active", "Healthy with 4 known peers", 3 * MIN);
+    let leader = raft_leader_unit(&env, &creds);
+    let juju_leader = env.leader("etcd");
+    let victim = env
+        .units("etcd")
+        .into_iter()
+        .find(|u| *u != leader && *u != juju_leader)
+        .unwrap();
+    under_writer(
+        &env,
+        &creds,
+        "remove-while-leader-cut",
+        "a unit removed while the raft leader is cut off",
+        || {
+            env.ok(&["cut-network", &leader]);
+            env.ok(&["remove-unit", "--no-prompt", &victim]);
+            env.wait("the removed unit to go", 2 * MIN, |s| {
+                !env_units(s).contains(&victim)
+            });
+            env.ok(&["heal-network", &leader]);
+        },
+    );
+    back_to_healthy_status(&env, 3, "the removal");
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(list.lines().count(), 3, "three members left: {list}");
+    assert!(
+        !list.contains(&victim.replace('/', "-")),
+        "the removed unit is no member: {list}"
+    );
+}
+
+#[test]
+fn a_full_database_raises_nospace_and_compact_defrag_disarm_recover_it() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("fault-nospace", &["update-status-hook-interval=5s"]);
+    deploy_etcd(
+        &env,
+        3,
+        &tarball,
+        &["--config", "quota_backend_bytes=16777216"],
+    );
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    let eps = endpoints(&env);
+    assert!(creds
+        .etcdctl(&eps, true, &["put", "/kept", "yes"])
+        .status
+        .success());
+
+    // Overwrite one key with 512 KiB values until etcd refuses: the old revisions fill it.
+    let big = "x".repeat(512 * 1024);
+    let value_file = work.path().join("value");
+    std::fs::write(&value_file, &big).unwrap();
+    let mut refused = String::new();
+    for _ in 0..200 {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} --endpoints={eps} --cacert={} --cert={} --key={} put /big < {}",
+                etcd35().join("etcdctl").display(),
+                creds.path("ca.crt").display(),
+                creds.path("client.crt").display(),
+                creds.path("client.key").display(),
+                value_file.display()
+            ))
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            break;
+        }
+    }
+    assert!(
+        refused.contains("database space exceeded"),
+        "etcd refused the write: {refused}"
+    );
+
+    env.wait("the NOSPACE alarm in status", 2 * MIN, |s| {
+        unit_message(s, "etcd/0").contains("NOSPACE")
+    });
+    let s = env.status();
+    let msg = unit_message(&s, "etcd/0");
+    assert!(
+        msg.contains("alarm-disarm"),
+        "status says how to recover: {msg}"
+    );
+
+    // The runbook: compact to the current revision, defrag every member, disarm.
+    let (code, task) = env.run_action("etcd/0", &["compact", "physical=true"]);
+    assert_eq!(code, 0, "compact: {task}");
+    for unit in env.units("etcd") {
+        let (code, task) = env.run_action(&unit, &["defrag"]);
+        assert_eq!(code, 0, "defrag on {unit}: {task}");
+        let before: u64 = task["results"]["db-size"]["before"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let after: u64 = task["results"]["db-size"]["after"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            after < before,
+            "defrag shrank {unit}'s database: {before} -> {after}"
+        );
+    }
+    let (code, task) = env.run_action("etcd/0", &["alarm-disarm"]);
+    assert_eq!(code, 0, "alarm-disarm: {task}");
+    assert_eq!(task["results"]["remaining"], "0", "{task}");
+
+    assert!(
+        creds
+            .etcdctl(&eps, true, &["put", "/after", "ok"])
+            .status
+            .success(),
+        "writes work again"
+    );
+    let out = creds.etcdctl(&eps, true, &["get", "/kept", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    back_to_healthy_status(&env, 3, "alarm-disarm");
+    members_agree(&env, &creds, "the NOSPACE recovery");
+}
+
+#[test]
+fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-majority", work.path());
+    let survivor = env.leader("etcd");
+    // The raft leader holds every committed write: make the survivor the raft leader, so that
+    // nothing acknowledged can be missing from it.
+    let id = member_id_hex(&creds, &unit_endpoint(&env, &survivor));
+    let out = creds.etcdctl(&endpoints(&env), true, &["move-leader", &id]);
+    assert!(
+        out.status.success(),
+        "move-leader: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lost: Vec<String> = env
+        .units("etcd")
+        .into_iter()
+        .filter(|u| *u != survivor)
+        .collect();
+
+    under_writer(
+        &env,
+        &creds,
+        "majority-lost",
+        "two of three machines destroyed, then recover",
+        || {
+            for u in &lost {
+                env.ok(&["crash-machine", u]);
+            }
+            let mut args = vec!["remove-unit", "--force", "--no-prompt"];
+            args.extend(lost.iter().map(String::as_str));
+            env.ok(&args);
+            env.wait("the survivor to say it has no raft leader", 2 * MIN, |s| {
+                env_units(s) == vec![survivor.clone()]
+                    && unit_message(s, &survivor).contains("run the recover action")
+            });
+            let (code, task) = env.run_action(&survivor, &["recover"]);
+            assert_ne!(code, 0, "recover without confirmation is refused: {task}");
+            assert!(
+                task["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("confirm-majority-lost=true"),
+                "the refusal says how to go on: {task}"
+            );
+            let (code, task) =
+                env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
+            assert_eq!(code, 0, "recover: {task}");
+        },
+    );
+    back_to_healthy_status(&env, 1, "recover");
+
+    // The normal join path brings the cluster back to three.
+    env.ok(&["add-unit", "etcd", "-n", "2"]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    members_agree(&env, &creds, "the rebuilt cluster grew back to three");
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}
+
+fn member_id_hex(creds: &Creds, ep: &str) -> String {
+    let out = creds.etcdctl(ep, true, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    format!(
+        "{:x}",
+        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
+    )
+}

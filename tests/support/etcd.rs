@@ -1,0 +1,319 @@
+//! etcd from the host's side of a test: client credentials copied out of a unit, a writer that
+//! records every acknowledged write, and the checks a fault run ends with (nothing acknowledged
+//! is lost, every member holds the same keys).
+
+use super::{etcd35, target_dir, Env};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const MIN: Duration = Duration::from_secs(60);
+
+/// Client credentials copied out of a unit, for etcdctl on the host.
+pub struct Creds {
+    pub dir: tempfile::TempDir,
+}
+
+impl Creds {
+    pub fn from_unit(env: &Env, unit: &str) -> Creds {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "client.crt", "client.key"] {
+            let body = env.exec_ok(unit, &format!("cat /etc/etcd/pki/{f}"));
+            std::fs::write(dir.path().join(f), body).unwrap();
+        }
+        Creds { dir }
+    }
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.path().join(f)
+    }
+    /// etcdctl (3.5.1 from the fixtures) with or without the client certificate.
+    pub fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
+        etcdctl(self.dir.path(), endpoints, with_cert, args)
+    }
+}
+
+fn etcdctl(creds: &Path, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
+    let mut c = Command::new(etcd35().join("etcdctl"));
+    c.arg(format!("--endpoints={endpoints}"))
+        .arg("--dial-timeout=2s")
+        .arg("--command-timeout=4s");
+    c.arg(format!("--cacert={}", creds.join("ca.crt").display()));
+    if with_cert {
+        c.arg(format!("--cert={}", creds.join("client.crt").display()))
+            .arg(format!("--key={}", creds.join("client.key").display()));
+    }
+    c.args(args).output().unwrap()
+}
+
+/// Every unit's client endpoint, comma-separated.
+pub fn endpoints(env: &Env) -> String {
+    env.units("etcd")
+        .iter()
+        .map(|u| unit_endpoint(env, u))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn unit_endpoint(env: &Env, unit: &str) -> String {
+    format!("https://{}:2379", env.address(unit))
+}
+
+/// The unit whose member is the raft leader.
+pub fn raft_leader_unit(env: &Env, creds: &Creds) -> String {
+    let deadline = Instant::now() + MIN;
+    loop {
+        let out = creds.etcdctl(&endpoints(env), true, &["endpoint", "status", "-w", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for e in v.as_array().cloned().unwrap_or_default() {
+            if e["Status"]["leader"] != 0
+                && e["Status"]["leader"] == e["Status"]["header"]["member_id"]
+            {
+                let ep = e["Endpoint"].as_str().unwrap().to_string();
+                for u in env.units("etcd") {
+                    if ep.contains(&format!("//{}:", env.address(&u))) {
+                        return u;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no raft leader found: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Keeps writing keys under a prefix through whatever endpoints it is given, one at a time,
+/// and records when each write was acknowledged.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    started: Instant,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    pub fn start(creds: PathBuf, endpoints: Arc<Mutex<String>>, prefix: &str) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(vec![]));
+        let (s, a, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
+        let handle = std::thread::spawn(move || {
+            let mut i = 0;
+            while !s.load(Ordering::SeqCst) {
+                let key = format!("{prefix}{i:06}");
+                let eps = endpoints.lock().unwrap().clone();
+                if etcdctl(&creds, &eps, true, &["put", &key, "v"])
+                    .status
+                    .success()
+                {
+                    a.lock().unwrap().push((key, Instant::now()));
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Writer {
+            stop,
+            acked,
+            started: Instant::now(),
+            handle,
+        }
+    }
+
+    pub fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more writes than now have been acknowledged.
+    pub fn wait_for_writes(&self, n: usize, what: &str) {
+        let want = self.acked() + n;
+        let deadline = Instant::now() + 2 * MIN;
+        while self.acked() < want {
+            assert!(
+                Instant::now() < deadline,
+                "the writer got no writes through {what}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops writing; returns the acknowledged keys and the longest time without an
+    /// acknowledgement.
+    pub fn finish(self) -> (Vec<String>, Duration) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap();
+        let acked = std::mem::take(&mut *self.acked.lock().unwrap());
+        let mut gap = Duration::ZERO;
+        let mut last = self.started;
+        for (_, t) in &acked {
+            gap = gap.max(t.duration_since(last));
+            last = *t;
+        }
+        (acked.into_iter().map(|(k, _)| k).collect(), gap)
+    }
+}
+
+/// What a fault did to the writes: the row of docs/RELIABILITY.md.
+pub struct Tally {
+    pub acked: usize,
+    pub lost: usize,
+    pub longest_gap: Duration,
+}
+
+/// Stops the writer and checks that every key it got acknowledged can be read back.
+pub fn no_acknowledged_write_lost(
+    creds: &Creds,
+    endpoints: &str,
+    writer: Writer,
+    during: &str,
+) -> Tally {
+    let (acked, gap) = writer.finish();
+    assert!(
+        acked.len() > 10,
+        "the writer got too few writes through during the {during}: {}",
+        acked.len()
+    );
+    let prefix = acked[0].trim_end_matches(|c: char| c.is_ascii_digit());
+    let out = creds.etcdctl(endpoints, true, &["get", prefix, "--prefix", "--keys-only"]);
+    assert!(
+        out.status.success(),
+        "reading back the writes after the {during}"
+    );
+    let have: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|k| !have.contains(*k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged keys lost during the {during}, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    Tally {
+        acked: acked.len(),
+        lost: lost.len(),
+        longest_gap: gap,
+    }
+}
+
+/// Waits until every member answers and all hold the same keys (`endpoint hashkv` agrees at
+/// one revision).
+pub fn members_agree(env: &Env, creds: &Creds, what: &str) {
+    let eps = endpoints(env);
+    let deadline = Instant::now() + 2 * MIN;
+    let mut last = String::new();
+    loop {
+        // The same revision for everyone: the hash of the keys as of the newest one.
+        let st = creds.etcdctl(&eps, true, &["endpoint", "status", "-w", "json"]);
+        let v: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+        let rev = v.as_array().and_then(|a| {
+            a.iter()
+                .filter_map(|e| e["Status"]["header"]["revision"].as_i64())
+                .min()
+        });
+        if let Some(rev) = rev {
+            let out = creds.etcdctl(
+                &eps,
+                true,
+                &[
+                    "endpoint",
+                    "hashkv",
+                    "--rev",
+                    &rev.to_string(),
+                    "-w",
+                    "json",
+                ],
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let hashes: Vec<i64> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e["HashKV"]["hash"].as_i64())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let n = env.units("etcd").len();
+            if out.status.success() && hashes.len() == n && hashes.windows(2).all(|w| w[0] == w[1])
+            {
+                return;
+            }
+            last = format!("{v}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members do not agree on their keys after {what}: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until every unit's member answers `/health` true; returns when that happened.
+pub fn wait_all_healthy(env: &Env, creds: &Creds, what: &str) -> Instant {
+    let deadline = Instant::now() + 3 * MIN;
+    loop {
+        let units = env.units("etcd");
+        let ok = units.iter().all(|u| {
+            creds
+                .etcdctl(&unit_endpoint(env, u), true, &["endpoint", "health"])
+                .status
+                .success()
+        });
+        if ok {
+            return Instant::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members did not all become healthy after {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One fault, from a running writer's point of view: writes acknowledged while it lasted,
+/// lost ones (always 0, or the test failed), the longest gap, and the time from the fault's
+/// start until every member was healthy again. Written to `target/reliability/<name>.json`
+/// for docs/RELIABILITY.md (`python3 tests/reliability.py`).
+pub fn record(name: &str, fault: &str, tally: &Tally, back: Duration) {
+    let dir = target_dir().join("reliability");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v = serde_json::json!({
+        "fault": fault,
+        "acked": tally.acked,
+        "lost": tally.lost,
+        "longest_gap_s": (tally.longest_gap.as_secs_f64() * 10.0).round() / 10.0,
+        "back_s": (back.as_secs_f64() * 10.0).round() / 10.0,
+    });
+    std::fs::write(dir.join(format!("{name}.json")), v.to_string()).unwrap();
+    eprintln!("reliability {name}: {v}");
+}
+
+/// Runs one fault under a fresh writer: `inject` makes the fault and lifts it. Checks that no
+/// acknowledged write was lost and that the members agree, records the row, and returns.
+pub fn under_writer(env: &Env, creds: &Creds, name: &str, fault: &str, inject: impl FnOnce()) {
+    let eps = Arc::new(Mutex::new(endpoints(env)));
+    let writer = Writer::start(
+        creds.dir.path().to_path_buf(),
+        eps.clone(),
+        &format!("/faults/{name}/"),
+    );
+    writer.wait_for_writes(5, "before the fault");
+    let start = Instant::now();
+    inject();
+    let back = wait_all_healthy(env, creds, fault).duration_since(start);
+    writer.wait_for_writes(10, "after the fault");
+    *eps.lock().unwrap() = endpoints(env);
+    let tally = no_acknowledged_write_lost(creds, &endpoints(env), writer, fault);
+    members_agree(env, creds, fault);
+    record(name, fault, &tally, back);
+}
+
+/// The PID of a unit's running etcd, as its machine's PID namespace numbers it.
+pub fn etcd_pid(env: &Env, unit: &str) -> String {
+    env.exec_ok(unit, "systemctl show -p MainPID --value etcd.service")
+        .trim()
+        .to_string()
+}
