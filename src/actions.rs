@@ -1,44 +1,25 @@
 //! The actions, with the classic charm's names, params and result keys (anchor-charms §4.4).
 //! Bad params fail the action with a message that says what is wrong, before anything changes.
 
-use crate::charm::{self, member_name, tls_client};
-use crate::config::Config;
-use crate::etcd::client::{Client, Member};
+use crate::action_support::{leader_endpoint, local, refuse, writable_dir, Refused, Results};
+use crate::etcd::client::Member;
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
+use crate::etcd::snapshot::{stream_snapshot, SnapshotSink};
 use crate::juju::{self, Context};
 use crate::pki;
+use crate::unit::{self, member_name};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// An action failure the operator should read (action-fail, exit 0).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
-
-pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
-    Err(Refused(msg.into()).into())
-}
-
-/// Refuses an action that only the leader may run, saying where to run it.
-pub fn leader_only(ctx: &Context, action: &str) -> Result<()> {
-    if !juju::is_leader()? {
-        return refuse(format!(
-            "{action} runs on the leader only; {} is not the leader (run it on etcd/leader)",
-            ctx.unit
-        ));
-    }
-    Ok(())
-}
 
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
-    crate::charm::check_local_files()?;
-    crate::restore::recover_interrupted()?;
+    crate::unit::check_local_files()?;
+    crate::finish_interrupted()?;
     let r = match name.as_str() {
         "health" => health(),
         "package-client-credentials" => package_client_credentials(ctx),
@@ -66,47 +47,6 @@ pub fn run(ctx: &Context) -> Result<()> {
     }
 }
 
-type Results = Vec<(String, String)>;
-
-/// This unit's endpoint and a TLS client for it.
-pub fn local() -> Result<(Client, String, Config)> {
-    let cfg = Config::parse(&juju::config()?).map_err(Refused)?;
-    let address = juju::network_ingress(charm::PEER)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("this unit has no address yet"))?;
-    if !Path::new(&pki::path("server.crt")).exists() {
-        return refuse("this unit has no certificates yet; wait until it is active");
-    }
-    Ok((
-        tls_client()?,
-        format!("https://{address}:{}", cfg.port),
-        cfg,
-    ))
-}
-
-pub fn client_url(m: &Member) -> Option<String> {
-    m.client_urls
-        .iter()
-        .find(|u| !u.contains("127.0.0.1"))
-        .or(m.client_urls.first())
-        .cloned()
-}
-
-/// The raft leader's client URL.
-pub fn leader_endpoint(client: &Client, ep: &str) -> Result<(String, Member)> {
-    let members = client.member_list(ep)?;
-    let st = client.status(ep)?;
-    let m = members
-        .into_iter()
-        .find(|m| m.id == st.leader)
-        .ok_or_else(|| anyhow!("the cluster has no leader"))?;
-    Ok((
-        client_url(&m).ok_or_else(|| anyhow!("the leader has no client URL"))?,
-        m,
-    ))
-}
-
 fn health() -> Result<Results> {
     let (client, ep, _) = local()?;
     let members = client.member_list(&ep)?;
@@ -119,7 +59,7 @@ fn health() -> Result<Results> {
         } else {
             m.name.clone()
         };
-        let Some(url) = client_url(m) else {
+        let Some(url) = m.client_url() else {
             all = false;
             lines.push(format!(
                 "member {:x} is unhealthy: it has not started",
@@ -231,7 +171,7 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
     let mut endpoints: Vec<String> = client
         .member_list(&ep)?
         .iter()
-        .filter_map(client_url)
+        .filter_map(Member::client_url)
         .collect();
     endpoints.sort();
     let read = |f: &str| {
@@ -272,21 +212,6 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
     ])
 }
 
-/// Checks that `target` is an absolute directory we can write to (creating it if needed).
-pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(target);
-    if !p.is_absolute() {
-        return refuse(format!("{param} {target:?} must be an absolute path"));
-    }
-    if let Err(e) = std::fs::create_dir_all(&p) {
-        return refuse(format!("{param} {target:?} cannot be created: {e}"));
-    }
-    if let Err(e) = tempfile::tempfile_in(&p) {
-        return refuse(format!("{param} {target:?} is not writable: {e}"));
-    }
-    Ok(p)
-}
-
 fn param_str<'a>(
     params: &'a std::collections::BTreeMap<String, Value>,
     k: &str,
@@ -306,27 +231,6 @@ fn timestamp() -> String {
         now.minute(),
         now.second()
     )
-}
-
-/// Streams a consistent snapshot from `ep` into `out` (the raw db followed by its 32-byte
-/// sha256, byte-identical to `etcdctl snapshot save`), verifying the digest. Returns the
-/// number of bytes written.
-/// Receives a snapshot stream: its total size (database + 32-byte digest) first, then bytes.
-pub trait SnapshotSink {
-    fn begin(&mut self, size: u64) -> std::io::Result<()>;
-    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
-}
-
-/// Any writer is a sink that ignores the size.
-pub struct Raw<W: Write>(pub W);
-
-impl<W: Write> SnapshotSink for Raw<W> {
-    fn begin(&mut self, _: u64) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(b)
-    }
 }
 
 type ArchiveTar = tar::Builder<flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>>;
@@ -399,80 +303,6 @@ impl SnapshotSink for Archive {
         self.tar = Some(tar);
         Ok(())
     }
-}
-
-pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) -> Result<u64> {
-    use base64::Engine;
-    use sha2::Digest;
-    let url = format!("{ep}/v3/maintenance/snapshot");
-    let resp = client
-        .http()
-        .post(&url)
-        .timeout(Duration::from_secs(3600))
-        .json(&serde_json::json!({}))
-        .send()?;
-    if !resp.status().is_success() {
-        bail!(
-            "snapshot from {ep}: HTTP {}: {}",
-            resp.status(),
-            resp.text().unwrap_or_default()
-        );
-    }
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, resp);
-    let mut hasher = sha2::Sha256::new();
-    let mut pending: Vec<u8> = vec![];
-    let mut line = String::new();
-    let mut total = 0u64;
-    let mut first = true;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line)
-            .with_context(|| "snapshot stream: a line that is not JSON")?;
-        let Some(result) = v.get("result") else {
-            bail!(
-                "snapshot stream from {ep} failed: {}",
-                v.get("error")
-                    .map(|e| e.to_string())
-                    .unwrap_or(line.clone())
-            );
-        };
-        let blob = b64.decode(result.get("blob").and_then(Value::as_str).unwrap_or(""))?;
-        if first {
-            let remaining: u64 = result
-                .get("remaining_bytes")
-                .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_u64()))
-                .unwrap_or(0);
-            out.begin(remaining + blob.len() as u64 + 32)?;
-            first = false;
-        }
-        // Everything but the last 32 bytes seen so far is database; the last 32 may be the digest.
-        pending.extend_from_slice(&blob);
-        if pending.len() > 32 {
-            let cut = pending.len() - 32;
-            hasher.update(&pending[..cut]);
-            out.data(&pending[..cut])?;
-            total += cut as u64;
-            pending.drain(..cut);
-        }
-    }
-    if pending.len() != 32 {
-        bail!("snapshot stream from {ep} ended early (no trailing digest)");
-    }
-    let digest = hasher.finalize();
-    if digest.as_slice() != pending.as_slice() {
-        bail!(
-            "snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest"
-        );
-    }
-    out.data(&pending)?;
-    Ok(total + 32)
 }
 
 fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
@@ -570,7 +400,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
 }
 
 fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Result<Results> {
-    let data = charm::data_dir()?;
+    let data = unit::data_dir()?;
     let work = tempfile::tempdir_in(target)?;
     let backup = work.path().join("backup");
     let out = std::process::Command::new(inst.etcdctl())
@@ -751,7 +581,7 @@ fn reinstall() -> Result<Results> {
     };
     juju::action_log(&format!("restarting etcd {}", inst.version));
     svc.restart()?;
-    let healthy = charm::retry(
+    let healthy = unit::retry(
         Duration::from_secs(60),
         Duration::from_millis(200),
         || match client.health(&ep) {

@@ -16,102 +16,16 @@ use crate::etcd::render::{self, ClusterState};
 use crate::etcd::service::{self, Service};
 use crate::juju::{self, Bag, Context};
 use crate::pki::{self, Ca, Profile};
-use anyhow::{anyhow, bail, Context as _, Result};
-use serde::{Deserialize, Serialize};
+use crate::unit::{
+    check_local_files, crash_point, data_dir, has_member_data, member_name, now, retry, tls_client,
+    LocalState, PEER,
+};
+use anyhow::Result;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub const PEER: &str = "cluster";
-pub const LOCAL_STATE: &str = "/var/lib/etcd-charm/state.json";
 const CA_LABEL: &str = "etcd-ca";
 const CLIENT_LABEL: &str = "etcd-client";
-
-/// This unit's own small state, kept across hooks.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct LocalState {
-    /// the unit left the cluster (removal in progress): never start etcd again
-    #[serde(default)]
-    pub left: bool,
-    /// the snapd refresh.timer last applied from `snapd_refresh`
-    #[serde(default)]
-    pub snapd_refresh: Option<String>,
-    /// how this member was first started (kept so a re-render never changes it)
-    #[serde(default)]
-    pub initial_cluster: Option<String>,
-    #[serde(default)]
-    pub initial_state: Option<String>,
-    #[serde(default)]
-    pub token: Option<String>,
-    #[serde(default)]
-    pub epoch: Option<String>,
-    /// when the leader first waited for peers before bootstrap (unix seconds)
-    #[serde(default)]
-    pub bootstrap_wait_since: Option<u64>,
-    /// names this unit's CSRs were made for
-    #[serde(default)]
-    pub csr_names: Vec<String>,
-    /// profile → sha256 of the certificate a renewal CSR was made for
-    #[serde(default)]
-    pub renewed_for: std::collections::BTreeMap<String, String>,
-    /// the client port and peer URL etcd runs with now (a config change applies them only
-    /// when this unit's rolling-restart turn comes)
-    #[serde(default)]
-    pub client_port: Option<u16>,
-    #[serde(default)]
-    pub running_peer_url: Option<String>,
-    /// the etcd version the running process was started from
-    #[serde(default)]
-    pub running_version: Option<String>,
-}
-
-/// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an
-/// error that names the file and says what to do (never a silent default).
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot read {path}: {e}"),
-    };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        anyhow!("{path} is corrupt ({e}); restore it from a backup or repair the JSON: the charm changes nothing until then")
-    })
-}
-
-/// The charm's local files, checked before a hook or an action relies on them.
-pub fn check_local_files() -> Result<()> {
-    read_json::<LocalState>(LOCAL_STATE)?;
-    read_json::<Installed>(install::STATE_FILE)?;
-    Ok(())
-}
-
-impl LocalState {
-    pub fn load() -> Result<LocalState> {
-        Ok(read_json(LOCAL_STATE)?.unwrap_or_default())
-    }
-    pub fn save(&self) -> Result<()> {
-        pki::write_file(
-            Path::new(LOCAL_STATE),
-            &serde_json::to_vec_pretty(self)?,
-            0o600,
-        )?;
-        Ok(())
-    }
-}
-
-/// Crash points for tests: when /var/lib/etcd-charm/crash-at names this step, the charm
-/// removes the file and SIGKILLs itself right here, as a power cut or an OOM kill would
-/// (no unwinding, no cleanup, the hook's relation writes discarded).
-pub fn crash_point(step: &str) {
-    let p = Path::new(CRASH_AT);
-    // Only a crash point that is consumed fires: one left in place would kill every run.
-    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) && std::fs::remove_file(p).is_ok()
-    {
-        // SIGKILL cannot be caught or fail for the process itself; nothing runs after it.
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
 
 /// Statuses reported by the parts of a hook; the most severe one wins.
 #[derive(Default)]
@@ -169,43 +83,6 @@ fn log_slow_hook(hook: &str) {
             );
         }
     });
-}
-
-pub fn member_name(unit: &str) -> String {
-    unit.replace('/', "")
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
-/// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
-/// /var/snap/etcd/current, which snapd copies on every refresh).
-pub fn data_dir() -> Result<String> {
-    Ok(juju::storage_location("data")
-        .context("asking Juju where the data storage is")?
-        .unwrap_or_else(|| {
-            if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
-                crate::etcd::SNAP_DATA_DIR.to_string()
-            } else {
-                crate::etcd::DATA_DIR.to_string()
-            }
-        }))
-}
-
-pub fn has_member_data(dir: &str) -> bool {
-    Path::new(dir).join("member").join("wal").exists()
-        || Path::new(dir).join("member").join("snap").exists()
-}
-
-pub fn tls_client() -> Result<Client> {
-    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
-        .context("reading this unit's certificates")?;
-    Ok(Client::new(&tls, Duration::from_secs(3))?)
 }
 
 /// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
@@ -520,21 +397,6 @@ fn endpoint(address: &str, port: u16) -> String {
 }
 
 /// Waits until `f` succeeds or the deadline passes, retrying on failure.
-pub fn retry<T, E: std::fmt::Display>(
-    deadline: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    let until = Instant::now() + deadline;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= until => return Err(e),
-            Err(_) => std::thread::sleep(every),
-        }
-    }
-}
-
 /// The leader's membership work: admit ready units one at a time, promote, heal.
 fn leader_membership(
     peers: &mut Peers,
@@ -753,7 +615,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
                             members
                                 .iter()
                                 .filter(|m| m.id != id)
-                                .filter_map(crate::actions::client_url),
+                                .filter_map(Member::client_url),
                         )
                         .collect();
                     let r = retry(Duration::from_secs(30), Duration::from_millis(300), || {
@@ -767,6 +629,9 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
                         }
                         Err(last.map(|e| e.to_string()).unwrap_or_default())
                     });
+                    if r.is_ok() {
+                        crash_point("member-removed");
+                    }
                     match r {
                         Ok(()) => juju::log("INFO", "removed this member from the cluster"),
                         Err(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
@@ -786,7 +651,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         juju::status_set("blocked", &format!("{e:#}"), false)?;
         return Ok(());
     }
-    crate::restore::recover_interrupted()?;
+    crate::finish_interrupted()?;
     let mut st = LocalState::load()?;
     let name = ctx.hook_name();
     let leaving = (name == "cluster-relation-departed"
@@ -1111,7 +976,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 // This unit's turn: new binaries are switched in only now.
                 let mut inst = inst.clone();
                 let previous = install::switch_staged(&mut inst)?;
+                crash_point("upgrade-switched");
                 restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
+                crash_point("upgrade-restarted");
                 st.client_port = Some(cfg.port);
                 st.running_peer_url = Some(peer_url.clone());
                 st.running_version = Some(inst.version.clone());
@@ -1388,15 +1255,8 @@ fn restart_with(
     Ok(())
 }
 
-/// What the client relations need from the peer view.
-pub struct ClusterView {
-    pub members: String,
-    pub cluster: String,
-    pub ca: Option<String>,
-}
-
-fn peers_view(p: &Peers) -> ClusterView {
-    ClusterView {
+fn peers_view(p: &Peers) -> crate::relations::ClusterView {
+    crate::relations::ClusterView {
         members: p.app_get("members").unwrap_or("").to_string(),
         cluster: p.app_get("cluster").unwrap_or("").to_string(),
         ca: p.app_get("ca").map(String::from),

@@ -2,10 +2,17 @@
 //! `JUJU_DISPATCH_PATH` set; it parses the context once, runs the hook's reconcile or the
 //! action's handler, and turns the result into an exit code.
 //!
-//! Layers (each arrow the only way down): `charm` (reconcile, status) and `actions` →
-//! `cluster` (membership decisions, pure), `pki` (CA, keys, CSRs), `etcd` (install, render,
-//! service, API client), `relations` (db, proxy) → `juju` (the only code that runs hook tools).
+//! Layers (each arrow the only way down, no cycles):
+//! - `actions` (the action dispatch and the simple actions) → `restore`, `recover`,
+//!   `migrate` (the multi-step operations, each with a journal that the next run finishes or
+//!   undoes: `finish_interrupted`) → `action_support` (refusals, the leader check, endpoints);
+//! - `charm` (the hooks' reconcile and status);
+//! - all of them → `cluster` (membership decisions, pure), `relations` (db, proxy), `unit`
+//!   (this unit's state file, names, data dir, crash points) → `pki` (CA, keys, CSRs),
+//!   `etcd` (install, render, service, API client, snapshot stream) → `juju` (the only code
+//!   that runs hook tools).
 
+mod action_support;
 mod actions;
 mod charm;
 mod cluster;
@@ -17,6 +24,7 @@ mod pki;
 mod recover;
 mod relations;
 mod restore;
+mod unit;
 
 use clap::{Parser, Subcommand};
 
@@ -43,6 +51,12 @@ enum Cmd {
         #[arg(long)]
         config: String,
     },
+}
+
+/// Operations whose process died part-way are undone (or finished) before anything else runs.
+pub(crate) fn finish_interrupted() -> anyhow::Result<()> {
+    crate::restore::recover_interrupted()?;
+    crate::migrate::recover_interrupted()
 }
 
 fn main() {

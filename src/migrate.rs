@@ -10,12 +10,13 @@
 //!
 //! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
 
-use crate::actions::{self, local, refuse, writable_dir, Refused};
-use crate::charm;
+use crate::action_support::{local, refuse, writable_dir, Refused};
 use crate::etcd::client::Client;
 use crate::etcd::install::{self, Delivery, Installed};
 use crate::etcd::service::Service;
+use crate::etcd::snapshot::{stream_snapshot, Raw};
 use crate::juju::{self, Context};
+use crate::unit;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -25,13 +26,128 @@ type Results = Vec<(String, String)>;
 
 const CRASHPOINTS: &str = "/var/lib/etcd-charm/crashpoints";
 
-
 fn step(name: &str) -> Result<()> {
     juju::action_log(&format!("snap-upgrade: {name}"));
+    // A test can kill the action here (`crash-at` = snap-upgrade-<step>) or make the step fail.
+    unit::crash_point(&format!("snap-upgrade-{name}"));
     if Path::new(CRASHPOINTS).join(name).exists() {
         bail!("forced failure at step {name} (crash point file present)");
     }
     Ok(())
+}
+
+const JOURNAL: &str = "/var/lib/etcd-charm/migration-journal.json";
+
+/// What a snap-upgrade that dies part-way must be able to undo: written before etcd stops,
+/// cleared once the new delivery's member is verified (`Switch`), or before the package purge
+/// sets the data aside (`Purge`).
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Journal {
+    Switch {
+        data: String,
+        /// where the data moved to, when it moves (the snap's own place)
+        new_data: Option<String>,
+        config: String,
+        old_link: Option<String>,
+        before: Installed,
+    },
+    Purge {
+        data: String,
+        aside: String,
+    },
+}
+
+impl Journal {
+    fn save(&self) -> Result<()> {
+        crate::pki::write_file(Path::new(JOURNAL), &serde_json::to_vec_pretty(self)?, 0o600)?;
+        Ok(())
+    }
+    fn clear() -> Result<()> {
+        match std::fs::remove_file(JOURNAL) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Puts the Debian package's member back as it was before the switch: etcd stopped, the data
+/// in its old place, the old config, install record and binaries link; then started.
+fn undo_switch(
+    data: &str,
+    new_data: Option<&str>,
+    config: &[u8],
+    old_link: Option<&Path>,
+    before: &Installed,
+) -> Result<()> {
+    let svc = Service {
+        etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
+    };
+    svc.stop()?;
+    if let Some(new_data) = new_data {
+        if Path::new(new_data).exists() && !Path::new(data).exists() {
+            std::fs::rename(new_data, data).context("moving the data back")?;
+        }
+    }
+    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), config, 0o644)?;
+    before.save()?;
+    match old_link {
+        Some(l) => install::switch_current(l)?,
+        None => match std::fs::remove_file(Path::new(install::OPT_DIR).join("current")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        },
+    }
+    Service {
+        etcd_binary: before.etcd(),
+    }
+    .start()?;
+    Ok(())
+}
+
+/// Finishes or undoes a snap-upgrade whose process died: every hook and action runs this
+/// first. Before the new member was verified, the package's member comes back; during the
+/// purge, the data set aside comes back to its place.
+pub fn recover_interrupted() -> Result<()> {
+    let Some(j) = unit::read_json::<Journal>(JOURNAL)? else {
+        return Ok(());
+    };
+    match &j {
+        Journal::Switch {
+            data,
+            new_data,
+            config,
+            old_link,
+            before,
+        } => {
+            juju::log(
+                "WARNING",
+                "a snap-upgrade was interrupted before its new member was verified; rolling back to the Debian package",
+            );
+            undo_switch(
+                data,
+                new_data.as_deref(),
+                config.as_bytes(),
+                old_link.as_deref().map(Path::new),
+                before,
+            )?;
+        }
+        Journal::Purge { data, aside } => {
+            juju::log(
+                "WARNING",
+                "a snap-upgrade was interrupted during the package purge; putting the data back",
+            );
+            let (data, aside) = (Path::new(data), Path::new(aside));
+            if aside.exists() {
+                set_leftover_aside(data)?;
+                std::fs::rename(aside, data).context("putting the data dir back")?;
+            }
+            Service {
+                etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
+            }
+            .start()?;
+        }
+    }
+    Journal::clear()
 }
 
 /// What the member looks like, to compare before and after.
@@ -55,7 +171,7 @@ fn identity(client: &Client, ep: &str) -> Result<Identity> {
 }
 
 fn wait_healthy(client: &Client, ep: &str) -> Result<()> {
-    charm::retry(
+    unit::retry(
         Duration::from_secs(60),
         Duration::from_millis(200),
         || match client.health(ep) {
@@ -119,7 +235,7 @@ pub fn snap_upgrade(
         return refuse("etcd on this unit is not healthy; fix that before migrating");
     }
     let before = identity(&client, &ep)?;
-    let data = charm::data_dir()?;
+    let data = unit::data_dir()?;
     let mut results: Results = vec![];
 
     // backup of config, certificates and data, and a snapshot
@@ -142,7 +258,7 @@ pub fn snap_upgrade(
         step("snapshot")?;
         let snap = dir.join("etcd-pre-migration.db");
         let f = std::fs::File::create(&snap)?;
-        actions::stream_snapshot(&client, &ep, &mut actions::Raw(std::io::BufWriter::new(f)))?;
+        stream_snapshot(&client, &ep, &mut Raw(std::io::BufWriter::new(f)))?;
         std::fs::set_permissions(&snap, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         results.push(("backup.path".into(), archive.display().to_string()));
         results.push(("backup.snapshot".into(), snap.display().to_string()));
@@ -158,26 +274,26 @@ pub fn snap_upgrade(
     let old_config = std::fs::read(config_file).context("reading the etcd config")?;
     let new_data = PathBuf::from(crate::etcd::SNAP_DATA_DIR);
     let moves_data = to_snap && juju::storage_location("data")?.is_none();
+    Journal::Switch {
+        data: data.clone(),
+        new_data: moves_data.then(|| new_data.display().to_string()),
+        config: String::from_utf8(old_config.clone()).context("the etcd config is not UTF-8")?,
+        old_link: old_link.as_ref().map(|l| l.display().to_string()),
+        before: before_inst.clone(),
+    }
+    .save()?;
     let rollback = |why: &anyhow::Error| -> Result<()> {
         juju::action_log(&format!(
             "snap-upgrade failed ({why:#}); rolling back to the Debian package"
         ));
-        let svc = Service {
-            etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
-        };
-        svc.stop()?;
-        if moves_data && new_data.exists() && !Path::new(&data).exists() {
-            std::fs::rename(&new_data, &data).context("moving the data back")?;
-        }
-        crate::pki::write_file(config_file, &old_config, 0o644)?;
-        before_inst.save()?;
-        match &old_link {
-            Some(l) => install::switch_current(l)?,
-            None => {
-                let _ = std::fs::remove_file(Path::new(install::OPT_DIR).join("current"));
-            }
-        }
-        old_svc.start()?;
+        undo_switch(
+            &data,
+            moves_data.then_some(new_data.to_str().unwrap_or_default()),
+            &old_config,
+            old_link.as_deref(),
+            &before_inst,
+        )?;
+        Journal::clear()?;
         wait_healthy(&client, &ep)
     };
 
@@ -247,7 +363,10 @@ pub fn snap_upgrade(
         Ok(inst)
     })();
     let inst = match migrated {
-        Ok(i) => i,
+        Ok(i) => {
+            Journal::clear()?;
+            i
+        }
         Err(e) => {
             if let Err(r) = rollback(&e) {
                 bail!("snap-upgrade failed ({e:#}) and the rollback failed too ({r:#}): check etcd on this unit");
@@ -294,6 +413,18 @@ pub fn snap_upgrade(
     Ok(results)
 }
 
+/// Clears the data dir's place for the data set aside during the purge: an empty dir the purge
+/// left goes; anything else is kept aside, never deleted here.
+fn set_leftover_aside(data: &Path) -> Result<()> {
+    if !data.exists() || std::fs::remove_dir(data).is_ok() {
+        return Ok(());
+    }
+    let left = data.with_file_name(format!(".purge-leftover-{}", unit::now()));
+    std::fs::rename(data, &left)
+        .with_context(|| format!("setting {} aside as {}", data.display(), left.display()))?;
+    Ok(())
+}
+
 /// Purges the Debian packages with etcd stopped and the data dir moved out of their reach.
 fn purge_keeping(data: &str, svc: &Service) -> Result<()> {
     svc.stop()?;
@@ -301,15 +432,22 @@ fn purge_keeping(data: &str, svc: &Service) -> Result<()> {
     let aside = PathBuf::from(format!("{data}.migrating"));
     let inside = data_path.starts_with("/var/lib/etcd");
     if inside {
+        Journal::Purge {
+            data: data.to_string(),
+            aside: aside.display().to_string(),
+        }
+        .save()?;
         std::fs::rename(&data_path, &aside).context("setting the data dir aside")?;
+        unit::crash_point("snap-upgrade-purge-aside");
     }
     let out = std::process::Command::new("apt-get")
         .args(["purge", "-y", "-q", "etcd-server", "etcd-client"])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output();
     if inside {
-        let _ = std::fs::remove_dir_all(&data_path);
+        set_leftover_aside(&data_path)?;
         std::fs::rename(&aside, &data_path).context("putting the data dir back")?;
+        Journal::clear()?;
     }
     svc.start()?;
     let out = out.context("running apt-get purge")?;

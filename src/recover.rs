@@ -13,18 +13,21 @@
 //! 5. `publish`: a new epoch: every other unit sets its old member data aside and joins again
 //!    through the normal one-at-a-time learner path.
 
-use crate::actions::{leader_only, local, refuse, Refused};
-use crate::charm::{self, member_name, retry, LocalState};
+use crate::action_support::{leader_only, local, refuse};
 use crate::etcd::install::Installed;
 use crate::etcd::service::{Service, CONFIG_FILE};
 use crate::juju::{self, Context};
 use crate::restore::{publish_epoch, rerender, Journal};
+use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
 type Results = Vec<(String, String)>;
+
+const HAS_QUORUM: &str = "the cluster has a raft leader, so a majority of members is alive: \
+     recover is only for a majority lost for good. Remove dead units with remove-unit instead";
 
 fn flag(params: &std::collections::BTreeMap<String, Value>, name: &str) -> bool {
     params.get(name).and_then(Value::as_bool).unwrap_or(false)
@@ -33,7 +36,7 @@ fn flag(params: &std::collections::BTreeMap<String, Value>, name: &str) -> bool 
 /// The other units' client URLs, as they published them on the peer relation.
 fn peer_client_urls() -> Result<Vec<(String, String)>> {
     let mut out = vec![];
-    for rel in juju::relation_ids(charm::PEER)? {
+    for rel in juju::relation_ids(unit::PEER)? {
         for unit in juju::relation_list(&rel)? {
             let bag = juju::relation_get(&rel, &unit, false)?;
             if let Some(url) = bag.get("client-url").filter(|u| !u.is_empty()) {
@@ -52,52 +55,58 @@ pub fn recover(
     let (client, ep, cfg) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
 
-    // 1. observe.
-    let own = client.status(&ep).map_err(|e| {
-        Refused(format!(
-            "this unit's etcd does not answer ({e}); recover rebuilds from a running member's \
-             data: start etcd on this unit first"
-        ))
-    })?;
-    if own.leader != 0 {
-        return refuse(
-            "the cluster has a raft leader, so a majority of members is alive: recover is only \
-             for a majority lost for good. Remove dead units with remove-unit instead",
-        );
+    // 1. observe. A member without quorum that (re)started since the loss does not serve
+    // clients at all (it waits for its peers before it is ready), so an unanswered status is
+    // not a refusal: the local data is what counts then.
+    let own = retry(Duration::from_secs(10), Duration::from_millis(200), || {
+        client.status(&ep)
+    })
+    .ok();
+    if own.as_ref().is_some_and(|s| s.leader != 0) {
+        return refuse(HAS_QUORUM);
     }
-    let mut best = (ctx.unit.clone(), own.raft_index);
-    let mut alive = vec![ctx.unit.clone()];
+    let mut newest: Option<(String, u64)> = None;
+    let mut alive = vec![];
     let mut silent = vec![];
     for (unit, url) in peer_client_urls()? {
         match client.status(&url) {
+            Ok(s) if s.leader != 0 => return refuse(HAS_QUORUM),
             Ok(s) => {
-                alive.push(unit.clone());
-                if s.raft_index > best.1 {
-                    best = (unit, s.raft_index);
+                alive.push(format!("{unit} (raft index {})", s.raft_index));
+                if newest.as_ref().is_none_or(|(_, i)| s.raft_index > *i) {
+                    newest = Some((unit, s.raft_index));
                 }
             }
             Err(_) => silent.push(unit),
         }
     }
+    let own_index = own.as_ref().map(|s| s.raft_index);
     juju::action_log(&format!(
-        "surviving members: {} (raft index here {}); not answering: {}",
-        alive.join(", "),
-        own.raft_index,
+        "this member: {}; other members answering: {}; not answering: {}",
+        own_index.map_or(
+            "does not serve clients (no quorum since it started)".into(),
+            |i| { format!("raft index {i}") }
+        ),
+        if alive.is_empty() {
+            "none".into()
+        } else {
+            alive.join(", ")
+        },
         if silent.is_empty() {
             "none".into()
         } else {
             silent.join(", ")
         }
     ));
-    if best.0 != ctx.unit && !flag(params, "accept-older-data") {
-        return refuse(format!(
-            "{} holds newer data (raft index {}, this unit {}): rebuilding from this unit would \
-             drop up to {} raft entries. Run again with accept-older-data=true to accept that",
-            best.0,
-            best.1,
-            own.raft_index,
-            best.1 - own.raft_index
-        ));
+    if let Some((unit, index)) = newest {
+        if own_index.is_none_or(|i| index > i) && !flag(params, "accept-older-data") {
+            return refuse(format!(
+                "{unit} may hold newer data (raft index {index}, this unit {}): rebuilding \
+                 from this unit could drop writes. Run again with accept-older-data=true to \
+                 accept that",
+                own_index.map_or("unknown".into(), |i| i.to_string())
+            ));
+        }
     }
     if !flag(params, "confirm-majority-lost") {
         return refuse(format!(
@@ -109,7 +118,7 @@ pub fn recover(
     }
 
     // 2. copy, with a journal that undoes everything until the check passes.
-    let data = charm::data_dir()?;
+    let data = unit::data_dir()?;
     let member = Path::new(&data).join("member");
     if !member.join("wal").is_dir() {
         return refuse(format!(
@@ -121,7 +130,7 @@ pub fn recover(
         etcd_binary: inst.etcd(),
     };
     let mut st = LocalState::load()?;
-    let aside = Path::new(&data).join(format!(".pre-recover-{}", charm::now()));
+    let aside = Path::new(&data).join(format!(".pre-recover-{}", unit::now()));
     let config = std::fs::read_to_string(CONFIG_FILE).context("reading the etcd config")?;
     Journal {
         aside: aside.display().to_string(),
@@ -137,9 +146,14 @@ pub fn recover(
     svc.stop()?;
     // The copy is complete, or it is not `member`: only a whole copy is ever put back.
     std::fs::create_dir_all(&aside)?;
+    std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     copy_dir(&member, &aside.join("member.partial"))?;
+    std::fs::set_permissions(
+        aside.join("member.partial"),
+        std::fs::metadata(&member)?.permissions(),
+    )?;
     std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
-    charm::crash_point("recover-copied");
+    unit::crash_point("recover-copied");
 
     // 3. force a new cluster of one from this member's data.
     crate::pki::write_file(
@@ -149,7 +163,7 @@ pub fn recover(
     )?;
     juju::action_log("starting etcd with force-new-cluster");
     svc.start()?;
-    charm::crash_point("recover-forced");
+    unit::crash_point("recover-forced");
     let alone = || -> Result<()> {
         if !client.health(&ep)? {
             bail!("not healthy yet");
@@ -169,7 +183,7 @@ pub fn recover(
     }
 
     // 4. the normal config again; then the copy can go.
-    let address = juju::network_ingress(charm::PEER)?
+    let address = juju::network_ingress(unit::PEER)?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("no address"))?;
@@ -220,6 +234,7 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         let ty = e.file_type()?;
         if ty.is_dir() {
             copy_dir(&src, &dst)?;
+            std::fs::set_permissions(&dst, e.metadata()?.permissions())?;
         } else if ty.is_file() {
             std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
             std::fs::File::open(&dst)?.sync_all()?;

@@ -2,7 +2,6 @@
 //! `db` (interface `etcd`): connection_string, version, client_ca, client_cert, client_key,
 //! identical on every unit; `proxy` (interface `etcd-proxy`): cluster plus the TLS trio.
 
-use crate::charm::ClusterView;
 use crate::juju::{self, Bag};
 use crate::pki;
 
@@ -47,4 +46,11 @@ fn set_if_changed(unit: &str, rel: &str, want: Bag) -> anyhow::Result<()> {
         .collect();
     juju::relation_set(rel, &diff, false)?;
     Ok(())
+}
+
+/// What the client relations need from the peer view.
+pub struct ClusterView {
+    pub members: String,
+    pub cluster: String,
+    pub ca: Option<String>,
 }

@@ -12,14 +12,14 @@
 //! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
 //!    and joins again through the normal one-at-a-time learner path.
 
-use crate::actions::{self, leader_endpoint, leader_only, local, refuse, writable_dir, Refused};
-use crate::charm::{self, member_name, retry, LocalState};
+use crate::action_support::{leader_endpoint, leader_only, local, refuse, writable_dir, Refused};
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
+use crate::etcd::snapshot::{stream_snapshot, Raw};
 use crate::juju::{self, Bag, Context};
+use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
-use sha2::Digest;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,8 +44,11 @@ pub fn kind_of(size: u64) -> Option<Kind> {
     }
 }
 
-/// Verifies the trailing digest of a snapshot file.
+/// Verifies the trailing digest of a snapshot file (the offline restore checks it too: see
+/// `restore`).
+#[cfg(test)]
 pub fn verify_digest(path: &Path) -> Result<()> {
+    use sha2::Digest;
     let size = std::fs::metadata(path)?.len();
     let mut f = std::fs::File::open(path)?;
     let mut h = sha2::Sha256::new();
@@ -219,7 +222,7 @@ pub fn restore(
     };
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let (client, ep, cfg) = local()?;
-    let data = charm::data_dir()?;
+    let data = unit::data_dir()?;
     let staging = Path::new(&data).join(".restore-staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
@@ -231,16 +234,16 @@ pub fn restore(
     juju::action_log(&format!("found {what}; restoring it offline"));
     let size = std::fs::metadata(&db)?.len();
     let kind = kind_of(size).ok_or_else(|| Refused(format!("{what} is not an etcd snapshot (size {size} is not a whole number of pages, with or without a digest): truncated?")))?;
-    // A snapshot with a digest is verified by the offline restore itself (etcd's own
-    // hash check); reading the whole file twice would only double the cost.
-    let _ = verify_digest;
-    let address = juju::network_ingress(charm::PEER)?
+    // A snapshot with a digest is verified by the offline restore itself (etcd's own hash
+    // check, never skipped for this kind), before anything of the cluster is touched; reading
+    // the whole file twice would only double the cost.
+    let address = juju::network_ingress(unit::PEER)?
         .into_iter()
         .next()
         .ok_or_else(|| anyhow!("no address"))?;
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
-    let epoch: u64 = juju::relation_ids(charm::PEER)?
+    let epoch: u64 = juju::relation_ids(unit::PEER)?
         .first()
         .and_then(|r| juju::relation_get(r, &ctx.app, true).ok())
         .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
@@ -266,11 +269,7 @@ pub fn restore(
         let path = dir.join(format!("etcd-pre-restore-{}.db", epoch));
         let (leader_ep, _) = leader_endpoint(&client, &ep)?;
         let f = std::fs::File::create(&path)?;
-        actions::stream_snapshot(
-            &client,
-            &leader_ep,
-            &mut actions::Raw(std::io::BufWriter::new(f)),
-        )?;
+        stream_snapshot(&client, &leader_ep, &mut Raw(std::io::BufWriter::new(f)))?;
         juju::action_log(&format!("the current data is saved in {}", path.display()));
         results.push(("backup.path".into(), path.display().to_string()));
     }
@@ -297,7 +296,7 @@ pub fn restore(
         etcd_binary: inst.etcd(),
     };
     let mut st = LocalState::load()?;
-    let aside = Path::new(&data).join(format!(".pre-restore-{epoch}-{}", charm::now()));
+    let aside = Path::new(&data).join(format!(".pre-restore-{epoch}-{}", unit::now()));
     let member = Path::new(&data).join("member");
     let journal = Journal {
         aside: aside.display().to_string(),
@@ -316,7 +315,7 @@ pub fn restore(
     if member.exists() {
         std::fs::rename(&member, aside.join("member"))?;
     }
-    charm::crash_point("restore-aside");
+    unit::crash_point("restore-aside");
     std::fs::rename(restored.join("member"), &member)?;
     let old_state = (
         st.initial_cluster.clone(),
@@ -332,7 +331,7 @@ pub fn restore(
     rerender(&st, &cfg, &name, &address, &data)?;
     juju::action_log("starting the restored member");
     svc.start()?;
-    charm::crash_point("restore-started");
+    unit::crash_point("restore-started");
 
     // 6. check.
     let check = retry(
@@ -428,7 +427,7 @@ impl Journal {
 /// `.failed-restore-<time>`, the original data, state and config put back. Every hook runs
 /// this first; the restore can then be run again.
 pub fn recover_interrupted() -> Result<()> {
-    let Some(j) = charm::read_json::<Journal>(JOURNAL)? else {
+    let Some(j) = unit::read_json::<Journal>(JOURNAL)? else {
         return Ok(());
     };
     juju::log(
@@ -446,7 +445,7 @@ pub fn recover_interrupted() -> Result<()> {
     let original = Path::new(&j.aside).join("member");
     if original.exists() {
         if member.exists() {
-            let failed = member.with_file_name(format!(".failed-restore-{}", charm::now()));
+            let failed = member.with_file_name(format!(".failed-restore-{}", unit::now()));
             std::fs::rename(member, &failed).context("setting the half-restored member aside")?;
         }
         std::fs::rename(&original, member).context("putting the original member back")?;
@@ -498,7 +497,7 @@ pub(crate) fn publish_epoch(
     name: &str,
     peer_url: &str,
 ) -> Result<()> {
-    let Some(rel) = juju::relation_ids(charm::PEER)?.into_iter().next() else {
+    let Some(rel) = juju::relation_ids(unit::PEER)?.into_iter().next() else {
         return Ok(());
     };
     let mut b = Bag::new();
@@ -541,7 +540,7 @@ mod tests {
     fn digest_catches_one_flipped_byte() {
         let d = tempfile::tempdir().unwrap();
         let mut body = vec![5u8; 4096];
-        let digest = sha2::Sha256::digest(&body);
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
         body.extend_from_slice(&digest);
         let p = d.path().join("snap.db");
         std::fs::write(&p, &body).unwrap();

@@ -269,7 +269,15 @@ fn health_credentials_and_bad_params() {
 
 /// Deletes the test keys, restores from `file` on the leader, and checks all 50 came back.
 fn restore_from(env: &Env, vars: &[(String, String)], leader: &str, file: &Path, kind: &str) {
-    etcdctl(vars, &["del", "/data/", "--prefix"]);
+    assert!(etcdctl(vars, &["del", "/data/", "--prefix"])
+        .status
+        .success());
+    let out = etcdctl(vars, &["get", "/data/", "--prefix", "--keys-only"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the keys are gone before the restore"
+    );
     env.ok(&[
         "attach-resource",
         "etcd",
@@ -334,8 +342,23 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     std::fs::write(&bad, &flipped).unwrap();
     let truncated = work.path().join("truncated.tar.gz");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // The snapshot db itself (with its trailing sha256), one byte flipped inside a page: a
+    // valid archive around a db whose digest does not match.
+    let mut db = vec![];
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().file_name() == Some(std::ffi::OsStr::new("db")) {
+            std::io::Read::read_to_end(&mut e, &mut db).unwrap();
+        }
+    }
+    assert_eq!(db.len() % 512, 32, "the archive's db carries its digest");
+    let page = db.len() / 2;
+    db[page] ^= 0x01;
+    let raw = work.path().join("flipped.db");
+    std::fs::write(&raw, &db).unwrap();
     let leader = env.leader("etcd");
-    for f in [&bad, &truncated] {
+    for f in [&bad, &truncated, &raw] {
         env.ok(&[
             "attach-resource",
             "etcd",
@@ -388,6 +411,12 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     // Delete the keys, restore, and every key is back on all three units.
     let out = etcdctl(&vars, &["del", "/data/", "--prefix"]);
     assert!(out.status.success());
+    let out = etcdctl(&vars, &["get", "/data/", "--prefix", "--keys-only"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the keys are gone before the restore"
+    );
     let (code, task) = env.run_action(&leader, &["restore"]);
     assert_eq!(code, 0, "{task}");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
@@ -450,6 +479,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .unwrap()
         .success());
     restore_from(&env, &vars, &leader, &classic, "classic");
+    assert_no_key_material_in_logs(&env);
 }
 
 #[test]

@@ -78,6 +78,7 @@ fn three_units_at_once_form_one_tls_cluster() {
             assert!(line.starts_with("600 "), "{u}: {line}");
         }
     }
+    assert_no_key_material_in_logs(&env);
 }
 
 /// A deployed, healthy cluster of `n` with host credentials and a writer running through it.
@@ -510,17 +511,7 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
         "etcd",
         &format!("etcd={}", t35.display()),
     ]);
-    env.wait("every member to run 3.5.1", 3 * MIN, |_| {
-        let out = creds.etcdctl(
-            &endpoints(&env),
-            true,
-            &["endpoint", "status", "-w", "json"],
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v.as_array()
-            .map(|a| a.len() == 3 && a.iter().all(|e| e["Status"]["version"] == "3.5.1"))
-            .unwrap_or(false)
-    });
+    wait_all_members_run(&env, &creds, 3, "3.5.1");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sampler.join().unwrap();

@@ -368,9 +368,15 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
                     .contains("confirm-majority-lost=true"),
                 "the refusal says how to go on: {task}"
             );
+            // Killed once after etcd restarted with force-new-cluster: the next action puts
+            // the original data back first; recover then runs again from the start.
+            crash_at(&env, &survivor, "recover-forced");
+            let (code, _) = env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
+            assert_ne!(code, 0, "recover was killed");
+            assert!(crash_consumed(&env, &survivor));
             let (code, task) =
                 env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
-            assert_eq!(code, 0, "recover: {task}");
+            assert_eq!(code, 0, "recover after an interrupted one: {task}");
         },
     );
     back_to_healthy_status(&env, 1, "recover");
@@ -390,4 +396,72 @@ fn member_id_hex(creds: &Creds, ep: &str) -> String {
         "{:x}",
         v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
     )
+}
+
+/// Makes the charm SIGKILL itself the next time it reaches `step` on `unit`.
+fn crash_at(env: &Env, unit: &str, step: &str) {
+    env.exec_ok(unit, &format!("echo {step} > /var/lib/etcd-charm/crash-at"));
+}
+
+fn crash_consumed(env: &Env, unit: &str) -> bool {
+    env.exec(unit, "test ! -e /var/lib/etcd-charm/crash-at")
+        .code
+        == 0
+}
+
+#[test]
+fn hooks_killed_while_a_unit_leaves_and_while_an_upgrade_rolls_finish_the_operation() {
+    let work = tempfile::tempdir().unwrap();
+    let t34 = etcd_tarball(work.path(), &etcd34(), "3.4.23");
+    let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("fault-hooks", &["update-status-hook-interval=10s"]);
+    deploy_etcd(&env, 3, &t34, &[]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+
+    // leave: killed right after its member was removed, before etcd stopped.
+    crash_at(&env, "etcd/2", "member-removed");
+    under_writer(
+        &env,
+        &creds,
+        "hook-kill-leave",
+        "a leaving unit's hook killed right after its member was removed",
+        || {
+            env.ok(&["remove-unit", "--no-prompt", "etcd/2"]);
+            env.wait("etcd/2 to go", 2 * MIN, |s| env_units(s).len() == 2);
+        },
+    );
+    back_to_healthy_status(&env, 2, "the interrupted leave");
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "no member is stuck"
+    );
+
+    // upgrade: one unit killed after its binaries switched, the other after its restart.
+    crash_at(&env, "etcd/0", "upgrade-switched");
+    crash_at(&env, "etcd/1", "upgrade-restarted");
+    under_writer(
+        &env,
+        &creds,
+        "hook-kill-upgrade",
+        "hooks killed after the binaries switched and after the restart (3.4.23 to 3.5.1)",
+        || {
+            env.ok(&[
+                "attach-resource",
+                "etcd",
+                &format!("etcd={}", t35.display()),
+            ]);
+            wait_all_members_run(&env, &creds, 2, "3.5.1");
+        },
+    );
+    assert!(
+        crash_consumed(&env, "etcd/0") && crash_consumed(&env, "etcd/1"),
+        "both hooks were killed"
+    );
+    back_to_healthy_status(&env, 2, "the interrupted upgrade");
+    for u in env.units("etcd") {
+        assert!(running_etcd(&env, &u).contains("3.5.1"), "{u} runs 3.5.1");
+    }
 }

@@ -7,7 +7,7 @@ import sys
 
 ORDER = ["leader-kill9", "leader-sigstop", "leader-cut", "follower-kill9", "follower-sigstop",
          "follower-cut", "reboot", "crash", "crash-all", "remove-while-leader-cut",
-         "majority-lost"]
+         "majority-lost", "hook-kill-leave", "hook-kill-upgrade"]
 
 def main():
     root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/release/reliability")

@@ -213,8 +213,41 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     );
     assert_eq!(key_count(&env, "etcd/0", "etcdctl"), 20);
 
-    // The real migration: the snap runs the same member with every key, data moved.
     env.exec_ok("etcd/0", "rm -r /var/lib/etcd-charm/crashpoints");
+
+    // The action killed (SIGKILL, no unwinding) after the snap is installed, and after the
+    // data moved and the snap's etcd started: the next action (or hook) rolls back first.
+    for step in ["snap-upgrade-move-data", "snap-upgrade-verify"] {
+        env.exec_ok(
+            "etcd/0",
+            &format!("echo {step} > /var/lib/etcd-charm/crash-at"),
+        );
+        let r = snap_upgrade();
+        assert_ne!(r.code, 0, "the action died at {step}");
+        env.exec_ok("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at");
+        // The first action undoes the interrupted migration; etcd then starts.
+        env.wait(
+            &format!("a healthy member after a kill at {step}"),
+            MIN,
+            |_| env.run_action("etcd/0", &["health"]).0 == 0,
+        );
+        assert_eq!(
+            exe(),
+            "/usr/bin/etcd",
+            "the package's etcd runs after a kill at {step}"
+        );
+        env.exec_ok(
+            "etcd/0",
+            "test -d /var/lib/etcd/member && test ! -e /var/lib/etcd-charm/migration-journal.json",
+        );
+        assert_eq!(
+            key_count(&env, "etcd/0", "etcdctl"),
+            20,
+            "every key after a kill at {step}"
+        );
+    }
+
+    // The real migration: the snap runs the same member with every key, data moved.
     let r = snap_upgrade();
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();

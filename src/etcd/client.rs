@@ -73,6 +73,14 @@ impl Member {
     pub fn started(&self) -> bool {
         !self.name.is_empty() && !self.client_urls.is_empty()
     }
+    /// The URL other machines reach its clients on (not a loopback one, if it has another).
+    pub fn client_url(&self) -> Option<String> {
+        self.client_urls
+            .iter()
+            .find(|u| !u.contains("127.0.0.1"))
+            .or(self.client_urls.first())
+            .cloned()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -6,6 +6,7 @@ pub mod client;
 pub mod install;
 pub mod render;
 pub mod service;
+pub mod snapshot;
 
 pub const DATA_DIR: &str = "/var/lib/etcd";
 /// The snap delivery's data dir (the classic charm's snap keeps its files under common/).

@@ -317,3 +317,13 @@ pub fn etcd_pid(env: &Env, unit: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// Waits until exactly `n` members answer and every one reports running `version`.
+pub fn wait_all_members_run(env: &Env, creds: &Creds, n: usize, version: &str) {
+    env.wait(&format!("every member to run {version}"), 3 * MIN, |_| {
+        let out = creds.etcdctl(&endpoints(env), true, &["endpoint", "status", "-w", "json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .is_some_and(|a| a.len() == n && a.iter().all(|e| e["Status"]["version"] == version))
+    });
+}

@@ -354,3 +354,54 @@ pub fn etcd35() -> PathBuf {
 pub fn etcd34() -> PathBuf {
     fixtures().join("etcd-3.4.23")
 }
+
+/// Fails if any unit's private key shows up in the controller's logs (every `*.log` under its
+/// home, and `debug-log` at every level, which carries the hooks' output), and checks that the
+/// controller's state file, which holds secret contents and relation data, is 0600.
+pub fn assert_no_key_material_in_logs(env: &Env) {
+    let mut needles = vec![];
+    for unit in env.units("etcd") {
+        let pems = env.exec_ok(
+            &unit,
+            "cat /etc/etcd/pki/*.key /var/lib/etcd-charm/*.key 2>/dev/null; true",
+        );
+        needles.extend(
+            pems.lines()
+                .filter(|l| l.len() >= 40 && !l.starts_with("-----"))
+                .map(String::from),
+        );
+    }
+    assert!(
+        !needles.is_empty(),
+        "found the units' private keys to look for"
+    );
+    let mut logs = vec![(
+        "debug-log".to_string(),
+        env.ok(&["debug-log", "--limit", "1000000", "--level", "DEBUG"]),
+    )];
+    let mut dirs = vec![env.home.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ty = e.file_type().unwrap();
+            // machines/ holds the machines' disks, where the keys belong.
+            if ty.is_dir() && p.file_name().is_some_and(|n| n != "machines") {
+                dirs.push(p);
+            } else if ty.is_file() && p.extension().is_some_and(|x| x == "log") {
+                logs.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap_or_default(),
+                ));
+            } else if ty.is_file() && p.file_name().is_some_and(|n| n == "state.json") {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is 0600", p.display());
+            }
+        }
+    }
+    for (name, text) in &logs {
+        for n in &needles {
+            assert!(!text.contains(n.as_str()), "key material in {name}");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! What every action handler shares: refusals (an operator's mistake, reported as the
+//! action's message, not as a charm failure), the leader check, this unit's endpoint, the
+//! raft leader's, and a writable target directory.
+
+use crate::config::Config;
+use crate::etcd::client::{Client, Member};
+use crate::juju::{self, Context};
+use crate::pki;
+use crate::unit::{self, tls_client};
+use anyhow::{anyhow, Result};
+use std::path::{Path, PathBuf};
+
+/// An action failure the operator should read (action-fail, exit 0).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+pub fn refuse<T>(msg: impl Into<String>) -> Result<T> {
+    Err(Refused(msg.into()).into())
+}
+
+/// Refuses an action that only the leader may run, saying where to run it.
+pub fn leader_only(ctx: &Context, action: &str) -> Result<()> {
+    if !juju::is_leader()? {
+        return refuse(format!(
+            "{action} runs on the leader only; {} is not the leader (run it on etcd/leader)",
+            ctx.unit
+        ));
+    }
+    Ok(())
+}
+
+pub type Results = Vec<(String, String)>;
+
+/// This unit's endpoint and a TLS client for it.
+pub fn local() -> Result<(Client, String, Config)> {
+    let cfg = Config::parse(&juju::config()?).map_err(Refused)?;
+    let address = juju::network_ingress(unit::PEER)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("this unit has no address yet"))?;
+    if !Path::new(&pki::path("server.crt")).exists() {
+        return refuse("this unit has no certificates yet; wait until it is active");
+    }
+    Ok((
+        tls_client()?,
+        format!("https://{address}:{}", cfg.port),
+        cfg,
+    ))
+}
+
+/// The raft leader's client URL.
+pub fn leader_endpoint(client: &Client, ep: &str) -> Result<(String, Member)> {
+    let members = client.member_list(ep)?;
+    let st = client.status(ep)?;
+    let m = members
+        .into_iter()
+        .find(|m| m.id == st.leader)
+        .ok_or_else(|| anyhow!("the cluster has no leader"))?;
+    Ok((
+        m.client_url()
+            .ok_or_else(|| anyhow!("the leader has no client URL"))?,
+        m,
+    ))
+}
+
+/// Checks that `target` is an absolute directory we can write to (creating it if needed).
+pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(target);
+    if !p.is_absolute() {
+        return refuse(format!("{param} {target:?} must be an absolute path"));
+    }
+    if let Err(e) = std::fs::create_dir_all(&p) {
+        return refuse(format!("{param} {target:?} cannot be created: {e}"));
+    }
+    if let Err(e) = tempfile::tempfile_in(&p) {
+        return refuse(format!("{param} {target:?} is not writable: {e}"));
+    }
+    Ok(p)
+}

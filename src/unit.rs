@@ -1,0 +1,153 @@
+//! This unit's own things: its local state file, names, data dir, TLS client, and the test
+//! crash points. Everything above (the hook's reconcile, actions, restore, migrate, recover)
+//! builds on these; this module depends only on `juju`, `pki` and `etcd`.
+
+use crate::etcd::client::{Client, Tls};
+use crate::etcd::install::{self, Delivery, Installed};
+use crate::juju;
+use crate::pki;
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const PEER: &str = "cluster";
+pub const LOCAL_STATE: &str = "/var/lib/etcd-charm/state.json";
+/// This unit's own small state, kept across hooks.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct LocalState {
+    /// the unit left the cluster (removal in progress): never start etcd again
+    #[serde(default)]
+    pub left: bool,
+    /// the snapd refresh.timer last applied from `snapd_refresh`
+    #[serde(default)]
+    pub snapd_refresh: Option<String>,
+    /// how this member was first started (kept so a re-render never changes it)
+    #[serde(default)]
+    pub initial_cluster: Option<String>,
+    #[serde(default)]
+    pub initial_state: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// when the leader first waited for peers before bootstrap (unix seconds)
+    #[serde(default)]
+    pub bootstrap_wait_since: Option<u64>,
+    /// names this unit's CSRs were made for
+    #[serde(default)]
+    pub csr_names: Vec<String>,
+    /// profile → sha256 of the certificate a renewal CSR was made for
+    #[serde(default)]
+    pub renewed_for: std::collections::BTreeMap<String, String>,
+    /// the client port and peer URL etcd runs with now (a config change applies them only
+    /// when this unit's rolling-restart turn comes)
+    #[serde(default)]
+    pub client_port: Option<u16>,
+    #[serde(default)]
+    pub running_peer_url: Option<String>,
+    /// the etcd version the running process was started from
+    #[serde(default)]
+    pub running_version: Option<String>,
+}
+
+/// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an
+/// error that names the file and says what to do (never a silent default).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => bail!("cannot read {path}: {e}"),
+    };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        anyhow!("{path} is corrupt ({e}); restore it from a backup or repair the JSON: the charm changes nothing until then")
+    })
+}
+
+/// The charm's local files, checked before a hook or an action relies on them.
+pub fn check_local_files() -> Result<()> {
+    read_json::<LocalState>(LOCAL_STATE)?;
+    read_json::<Installed>(install::STATE_FILE)?;
+    Ok(())
+}
+
+impl LocalState {
+    pub fn load() -> Result<LocalState> {
+        Ok(read_json(LOCAL_STATE)?.unwrap_or_default())
+    }
+    pub fn save(&self) -> Result<()> {
+        pki::write_file(
+            Path::new(LOCAL_STATE),
+            &serde_json::to_vec_pretty(self)?,
+            0o600,
+        )?;
+        Ok(())
+    }
+}
+
+/// Crash points for tests: when /var/lib/etcd-charm/crash-at names this step, the charm
+/// removes the file and SIGKILLs itself right here, as a power cut or an OOM kill would
+/// (no unwinding, no cleanup, the hook's relation writes discarded).
+pub fn crash_point(step: &str) {
+    let p = Path::new(CRASH_AT);
+    // Only a crash point that is consumed fires: one left in place would kill every run.
+    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) && std::fs::remove_file(p).is_ok()
+    {
+        // SIGKILL cannot be caught or fail for the process itself; nothing runs after it.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
+
+pub fn member_name(unit: &str) -> String {
+    unit.replace('/', "")
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
+/// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
+/// /var/snap/etcd/current, which snapd copies on every refresh).
+pub fn data_dir() -> Result<String> {
+    Ok(juju::storage_location("data")
+        .context("asking Juju where the data storage is")?
+        .unwrap_or_else(|| {
+            if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
+                crate::etcd::SNAP_DATA_DIR.to_string()
+            } else {
+                crate::etcd::DATA_DIR.to_string()
+            }
+        }))
+}
+
+pub fn has_member_data(dir: &str) -> bool {
+    Path::new(dir).join("member").join("wal").exists()
+        || Path::new(dir).join("member").join("snap").exists()
+}
+
+pub fn tls_client() -> Result<Client> {
+    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
+        .context("reading this unit's certificates")?;
+    Ok(Client::new(&tls, Duration::from_secs(3))?)
+}
+
+pub fn retry<T, E: std::fmt::Display>(
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    let until = Instant::now() + deadline;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= until => return Err(e),
+            Err(_) => std::thread::sleep(every),
+        }
+    }
+}
