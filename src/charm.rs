@@ -739,6 +739,13 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("peers-read");
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
+    // A version that failed here stops the roll everywhere (the leader grants no more turns).
+    set_key(
+        &mut mine,
+        &mut my_writes,
+        "rolled-back",
+        inst.rolled_back.as_deref().unwrap_or(""),
+    );
     // Peers see the URLs etcd runs with now; new ones once this unit has restarted.
     let pub_peer = st.running_peer_url.clone().unwrap_or(peer_url.clone());
     let pub_client = format!("https://{address}:{}", st.client_port.unwrap_or(cfg.port));
@@ -1015,6 +1022,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 if leader {
                     manage_restart_lock(&mut peers);
                 }
+            } else if let Some((unit, version)) = failed_upgrade(&peers) {
+                board.report(
+                    "blocked",
+                    format!(
+                        "Upgrade stopped: etcd {version} failed on {unit} and was rolled back \
+                         there; this unit keeps its version. Attach a working etcd resource"
+                    ),
+                );
             } else {
                 board.report(
                     "maintenance",
@@ -1195,6 +1210,15 @@ fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
 
 /// The leader's rolling-restart lock: one grant (`unit:config-hash`) at a time, released when
 /// that unit reports it restarted with that config (or is gone).
+/// The unit (and version) whose upgrade failed and was rolled back, if any.
+fn failed_upgrade(peers: &Peers) -> Option<(String, String)> {
+    peers.units.iter().find_map(|(u, b)| {
+        b.get("rolled-back")
+            .filter(|v| !v.is_empty())
+            .map(|v| (u.clone(), v.clone()))
+    })
+}
+
 fn manage_restart_lock(peers: &mut Peers) {
     if let Some(g) = peers.app_get("restart-grant").map(String::from) {
         let (unit, hash) = g.split_once(':').unwrap_or((g.as_str(), ""));
@@ -1209,6 +1233,15 @@ fn manage_restart_lock(peers: &mut Peers) {
             return;
         }
         peers.app_set("restart-grant", "");
+    }
+    if let Some((unit, version)) = failed_upgrade(peers) {
+        juju::log(
+            "WARNING",
+            &format!(
+                "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
+            ),
+        );
+        return;
     }
     let mut waiting: Vec<(String, String)> = peers
         .units

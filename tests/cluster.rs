@@ -571,3 +571,79 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
         "renewal was requested by the units"
     );
 }
+
+#[test]
+fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
+    let work = tempfile::tempdir().unwrap();
+    let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    // An "etcd 3.5.99" that answers --version and cannot serve: it fails its health check.
+    let fake = work.path().join("fake");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::copy(etcd35().join("etcdctl"), fake.join("etcdctl")).unwrap();
+    std::fs::write(
+        fake.join("etcd"),
+        "#!/bin/sh\n[ \"$1\" = --version ] && { echo 'etcd Version: 3.5.99'; exit 0; }\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(fake.join("etcd"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bad = etcd_tarball(work.path(), &fake, "3.5.99");
+    let env = Env::new("upgrade-fails", &["update-status-hook-interval=10s"]);
+    deploy(&env, 3, &t35);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let creds = Creds::from_unit(&env, "etcd/0");
+
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", bad.display()),
+    ]);
+    let s = env.wait(
+        "one unit rolled back and the others stopped",
+        3 * MIN,
+        |s| {
+            let msgs: Vec<String> = env
+                .units("etcd")
+                .iter()
+                .map(|u| unit_message(s, u))
+                .collect();
+            msgs.iter()
+                .filter(|m| m.contains("was rolled back to 3.5.1"))
+                .count()
+                == 1
+                && msgs
+                    .iter()
+                    .filter(|m| m.starts_with("Upgrade stopped: etcd 3.5.99 failed"))
+                    .count()
+                    == 2
+        },
+    );
+    // Let more hooks run: the roll stays stopped, every member still serves 3.5.1.
+    env.settle("2m");
+    wait_all_members_run(&env, &creds, 3, "3.5.1");
+    let mut tried = 0;
+    for u in env.units("etcd") {
+        assert!(running_etcd(&env, &u).contains("3.5.1"), "{u} runs 3.5.1");
+        if unit_message(&s, &u).contains("was rolled back to 3.5.1") {
+            tried += 1;
+        } else {
+            let link = env.exec_ok(&u, "readlink /opt/etcd/current");
+            assert!(
+                !link.contains("3.5.99"),
+                "{u} never switched to 3.5.99: {link}"
+            );
+        }
+    }
+    assert_eq!(tried, 1, "only one unit tried the failing version");
+
+    // A working resource clears the stop.
+    let again_dir = work.path().join("again");
+    std::fs::create_dir_all(&again_dir).unwrap();
+    let again = etcd_tarball(&again_dir, &etcd35(), "3.5.1");
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", again.display()),
+    ]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+}
