@@ -1136,7 +1136,17 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             },
             (Err(e), _) => {
                 juju::log("WARNING", &format!("etcd does not answer: {e}"));
-                board.report("waiting", "Waiting for etcd to start")
+                if was_started {
+                    // A member that restarts without a majority of its peers serves no client
+                    // until they answer: say what that means if they never come back.
+                    board.report(
+                        "waiting",
+                        "Waiting for etcd to start (it waits for a majority of its peers; if \
+                         they are gone for good, run the recover action on the leader)",
+                    )
+                } else {
+                    board.report("waiting", "Waiting for etcd to start")
+                }
             }
         }
         if leader {
