@@ -1014,6 +1014,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     );
                     svc.restart()?;
                     st.running_version = Some(inst.version.clone());
+                    // Published before the leader's lock below can grant the next turn.
+                    set_key(&mut mine, &mut my_writes, "rolled-back", &failed);
                 }
                 set_key(&mut mine, &mut my_writes, "restarted", &want);
                 set_key(&mut mine, &mut my_writes, "peer-url", &peer_url);

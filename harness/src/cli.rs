@@ -428,8 +428,7 @@ async fn run(
                 args,
             )?;
             let model = model_name(ctl, &p, &env_model)?;
-            ctl.mutate(|w| -> Result<()> {
-                let m = w.models.get_mut(&model).unwrap();
+            ctl.model_mut(&model, |m| -> Result<()> {
                 for app in &p.positional {
                     let a = m
                         .apps
@@ -468,20 +467,13 @@ async fn run(
             if p.positional.len() != 2 {
                 bail!("a relation must involve two applications");
             }
-            ctl.mutate(|w| {
-                integrate(
-                    w.models.get_mut(&model).unwrap(),
-                    &p.positional[0],
-                    &p.positional[1],
-                )
-            })?;
+            ctl.model_mut(&model, |m| integrate(m, &p.positional[0], &p.positional[1]))?;
             Ok(Reply::ok(""))
         }
         "remove-relation" => {
             let p = parse(&[boolean(&["force"])], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            ctl.mutate(|w| -> Result<()> {
-                let m = w.models.get_mut(&model).unwrap();
+            ctl.model_mut(&model, |m| -> Result<()> {
                 let ids: Vec<u32> = if p.positional.len() == 1 {
                     vec![p.positional[0].parse().context("relation id")?]
                 } else if p.positional.len() == 2 {
@@ -533,8 +525,7 @@ async fn run(
             ]);
             let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();
             if !sets.is_empty() || p.value("reset").is_some() {
-                ctl.mutate(|w| -> Result<()> {
-                    let m = w.models.get_mut(&model).unwrap();
+                ctl.model_mut(&model, |m| -> Result<()> {
                     for kv in sets {
                         let (k, v) = kv.split_once('=').unwrap();
                         if k == "update-status-hook-interval" && controller::parse_duration(v).is_none() {
@@ -559,8 +550,7 @@ async fn run(
                 })?;
                 return Ok(Reply::ok(""));
             }
-            let v = ctl.read(|w| {
-                let m = &w.models[&model];
+            let v = ctl.model(&model, |m| {
                 let mut out = Map::new();
                 for (k, d) in &defaults {
                     out.insert(k.to_string(), json!({"Value": m.config.get(*k).cloned().unwrap_or(d.clone()), "Source": if m.config.contains_key(*k) { "model" } else { "default" }}));
@@ -569,7 +559,7 @@ async fn run(
                     out.insert(k.clone(), json!({"Value": v, "Source": "model"}));
                 }
                 Value::Object(out)
-            });
+            })?;
             match p.positional.first() {
                 Some(k) => fmt_out(
                     &v.get(k).map(|x| x["Value"].clone()).unwrap_or(Value::Null),
@@ -593,7 +583,7 @@ async fn run(
                 args,
             )?;
             let model = model_name(ctl, &p, &env_model)?;
-            let v = ctl.read(|w| status_json(&w.models[&model]));
+            let v = ctl.model(&model, status_json)?;
             match p.value("format") {
                 Some("json") | Some("yaml") => fmt_out(&v, &p, Format::Yaml),
                 _ => Ok(Reply::ok(status_table(&v))),
@@ -602,22 +592,20 @@ async fn run(
         "show-unit" => {
             let p = parse(&[FORMAT], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            let v = ctl.read(|w| -> Result<Value> {
-                let m = &w.models[&model];
+            let v = ctl.model(&model, |m| -> Result<Value> {
                 let mut out = Map::new();
                 for name in &p.positional {
                     let unit = resolve_unit(m, name)?;
                     out.insert(unit.clone(), show_unit(m, &unit));
                 }
                 Ok(Value::Object(out))
-            })?;
+            })??;
             fmt_out(&v, &p, Format::Yaml)
         }
         "show-machine" => {
             let p = parse(&[FORMAT], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            let v = ctl.read(|w| {
-                let m = &w.models[&model];
+            let v = ctl.model(&model, |m| {
                 let mut out = Map::new();
                 for (id, mach) in &m.machines {
                     if p.positional.is_empty() || p.positional.contains(&id.to_string()) {
@@ -625,7 +613,7 @@ async fn run(
                     }
                 }
                 Value::Object(out)
-            });
+            })?;
             fmt_out(&v, &p, Format::Yaml)
         }
         "debug-log" => {
@@ -675,36 +663,39 @@ async fn run(
                 let (name, path) = kv
                     .split_once('=')
                     .ok_or_else(|| anyhow!("expected name=path, got {kv:?}"))?;
-                let known = ctl.read(|w| {
-                    w.models[&model]
-                        .apps
+                let known = ctl.model(&model, |m| {
+                    m.apps
                         .get(&app)
                         .map(|a| a.meta.resources.contains_key(name))
-                });
+                })?;
                 match known {
                     None => bail!("application \"{app}\" not found"),
                     Some(false) => bail!("charm does not define resource {name:?}"),
                     Some(true) => {}
                 }
-                let rev = ctl.read(|w| {
-                    w.models[&model].apps[&app]
-                        .resources
-                        .get(name)
+                let rev = ctl.model(&model, |m| {
+                    m.apps
+                        .get(&app)
+                        .and_then(|a| a.resources.get(name))
                         .map(|r| r.revision)
                         .unwrap_or(0)
-                }) + 1;
+                })? + 1;
                 let stored = store_resource(ctl, &model, &app, name, rev, &cwd.join(path))?;
-                ctl.mutate(|w| {
-                    let m = w.models.get_mut(&model).unwrap();
-                    m.apps.get_mut(&app).unwrap().resources.insert(
-                        name.to_string(),
-                        Resource {
-                            revision: rev,
-                            path: stored.clone(),
-                        },
-                    );
+                ctl.model_mut(&model, |m| {
+                    m.apps
+                        .get_mut(&app)
+                        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+                        .resources
+                        .insert(
+                            name.to_string(),
+                            Resource {
+                                revision: rev,
+                                path: stored.clone(),
+                            },
+                        );
                     upgrade_sequence(m, &app);
-                });
+                    Ok(())
+                })?;
             }
             Ok(Reply::ok(""))
         }
@@ -730,7 +721,7 @@ async fn run(
             let src = cwd.join(path);
             let meta = read_charm(&src)?;
             let rev = ctl
-                .read(|w| w.models[&model].apps.get(&app).map(|a| a.charm_rev))
+                .model(&model, |m| m.apps.get(&app).map(|a| a.charm_rev))?
                 .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
                 + 1;
             let dst = ctl
@@ -740,31 +731,30 @@ async fn run(
                 .join(&app)
                 .join(rev.to_string());
             snapshot_charm(&src, &dst)?;
-            ctl.mutate(|w| {
-                let m = w.models.get_mut(&model).unwrap();
-                let a = m.apps.get_mut(&app).unwrap();
+            ctl.model_mut(&model, |m| {
+                let a = m
+                    .apps
+                    .get_mut(&app)
+                    .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
                 a.meta = meta;
                 a.charm_rev = rev;
                 a.charm_dir = dst.to_string_lossy().into_owned();
                 upgrade_sequence(m, &app);
-            });
+                Ok(())
+            })?;
             // Units get the new charm files before their upgrade-charm hook.
-            let units: Vec<(String, Option<u32>)> = ctl.read(|w| {
-                w.models[&model]
-                    .units
+            let units: Vec<(String, Option<u32>)> = ctl.model(&model, |m| {
+                m.units
                     .values()
                     .filter(|u| u.app == app)
                     .map(|u| {
                         (
                             u.name.clone(),
-                            w.models[&model]
-                                .machines
-                                .get(&u.machine)
-                                .and_then(|m| m.init_pid),
+                            m.machines.get(&u.machine).and_then(|x| x.init_pid),
                         )
                     })
                     .collect()
-            });
+            })?;
             for (u, pid) in units {
                 if let Some(pid) = pid {
                     let target = PathBuf::from(format!("/proc/{pid}/root"))
@@ -778,8 +768,7 @@ async fn run(
         "resolve" | "resolved" => {
             let p = parse(&[boolean(&["no-retry"]), boolean(&["all"])], args)?;
             let model = model_name(ctl, &p, &env_model)?;
-            ctl.mutate(|w| -> Result<()> {
-                let m = w.models.get_mut(&model).unwrap();
+            ctl.model_mut(&model, |m| -> Result<()> {
                 let units: Vec<String> = if p.flag("all") {
                     m.units.keys().cloned().collect()
                 } else {
@@ -834,7 +823,7 @@ async fn run(
             match ok {
                 Some(()) => Ok(Reply::ok("")),
                 None => {
-                    let v = ctl.read(|w| status_json(&w.models[&model]));
+                    let v = ctl.model(&model, status_json)?;
                     Ok(Reply {
                         code: 1,
                         stdout: status_table(&v),
@@ -852,19 +841,21 @@ async fn run(
                 .ok_or_else(|| anyhow!("machine id or unit name required"))?;
             let id: u32 = match target.parse() {
                 Ok(n) => n,
-                Err(_) => ctl.read(|w| -> Result<u32> {
-                    let m = &w.models[&model];
+                Err(_) => ctl.model(&model, |m| -> Result<u32> {
                     let u = resolve_unit(m, target)?;
-                    Ok(m.units[&u].machine)
-                })?,
+                    m.units
+                        .get(&u)
+                        .map(|x| x.machine)
+                        .ok_or_else(|| anyhow!("unit \"{u}\" not found"))
+                })??,
             };
-            if !ctl.read(|w| w.models[&model].machines.contains_key(&id)) {
+            if !ctl.model(&model, |m| m.machines.contains_key(&id))? {
                 bail!("machine {id} not found");
             }
             match cmd {
                 "cut-network" | "heal-network" => {
                     let up = cmd == "heal-network";
-                    let net = ctl.read(|w| w.models[&model].net());
+                    let net = ctl.model(&model, |m| m.net())?;
                     machine::set_link(&net, id, up)?;
                     ctl.mutate(|w| {
                         w.models
@@ -878,7 +869,9 @@ async fn run(
                 }
                 "crash-machine" => ctl.crash_machine(&model, id).await,
                 "start-machine" => {
-                    if ctl.read(|w| w.models[&model].machines[&id].status == "started") {
+                    if ctl.model(&model, |m| {
+                        m.machines.get(&id).is_some_and(|x| x.status == "started")
+                    })? {
                         bail!("machine {id} is already running");
                     }
                     ctl.start_machine(&model, id).await?;
@@ -1097,7 +1090,7 @@ async fn deploy(
         .get(1)
         .cloned()
         .unwrap_or_else(|| meta.name.clone());
-    if ctl.read(|w| w.models[&model].apps.contains_key(&app)) {
+    if ctl.model(&model, |m| m.apps.contains_key(&app))? {
         bail!("cannot add application \"{app}\": application already exists");
     }
     let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
@@ -1135,8 +1128,7 @@ async fn deploy(
         );
     }
     let peers = meta.peers.clone();
-    ctl.mutate(|w| {
-        let m = w.models.get_mut(&model).unwrap();
+    ctl.model_mut(&model, |m| {
         m.apps.insert(
             app.clone(),
             App {
@@ -1174,7 +1166,8 @@ async fn deploy(
                 },
             );
         }
-    });
+        Ok(())
+    })?;
     add_units(ctl, &model, &app, n)?;
     Ok(Reply {
         code: 0,
@@ -1200,7 +1193,7 @@ fn config_cmd(
         .ok_or_else(|| anyhow!("no application name specified"))?
         .clone();
     let meta = ctl
-        .read(|w| w.models[&model].apps.get(&app).map(|a| a.meta.clone()))
+        .model(&model, |m| m.apps.get(&app).map(|a| a.meta.clone()))?
         .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
     let sets: Vec<String> = p.positional[1..]
         .iter()
@@ -1225,9 +1218,11 @@ fn config_cmd(
                 bail!("unknown option {r:?}");
             }
         }
-        ctl.mutate(|w| {
-            let m = w.models.get_mut(&model).unwrap();
-            let a = m.apps.get_mut(&app).unwrap();
+        ctl.model_mut(&model, |m| {
+            let a = m
+                .apps
+                .get_mut(&app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
             let before = a.config.clone();
             for (k, v) in new {
                 let default = meta.options.get(&k).and_then(|d| d.default.clone());
@@ -1251,11 +1246,15 @@ fn config_cmd(
                     m.push(&u, Event::hook("config-changed"));
                 }
             }
-        });
+            Ok(())
+        })?;
         return Ok(Reply::ok(""));
     }
-    let v = ctl.read(|w| {
-        let a = &w.models[&model].apps[&app];
+    let v = ctl.model(&model, |m| -> Result<Value> {
+        let a = m
+            .apps
+            .get(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
         let mut settings = Map::new();
         for (k, def) in &a.meta.options {
             let mut e = Map::new();
@@ -1278,8 +1277,8 @@ fn config_cmd(
             }
             settings.insert(k.clone(), Value::Object(e));
         }
-        json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": "default", "type": "bool", "value": false}}})
-    });
+        Ok(json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": "default", "type": "bool", "value": false}}}))
+    })??;
     match p.positional.get(1) {
         Some(k) => fmt_out(
             &v["settings"]
@@ -1542,8 +1541,7 @@ async fn run_action(
         cur.insert(segs[segs.len() - 1].to_string(), val);
     }
     let action = p.positional[1].clone();
-    let id = ctl.mutate(|w| -> Result<u64> {
-        let m = w.models.get_mut(&model).unwrap();
+    let id = ctl.model_mut(&model, |m| -> Result<u64> {
         let unit = resolve_unit(m, &p.positional[0])?;
         let app = app_of(&unit).to_string();
         let spec = m.apps[&app]
@@ -1619,15 +1617,10 @@ async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Re
     let wait = p.value("wait").and_then(controller::parse_duration);
     if let Some(mid) = p.value("machine") {
         let id: u32 = mid.parse().context("--machine")?;
-        let (sock, up) = ctl.read(|w| {
-            (
-                machine::agent_socket(&controller::model_dir(&ctl.home, &model), id),
-                w.models[&model]
-                    .machines
-                    .get(&id)
-                    .map(|x| x.status == "started"),
-            )
-        });
+        let sock = machine::agent_socket(&controller::model_dir(&ctl.home, &model), id);
+        let up = ctl.model(&model, |m| {
+            m.machines.get(&id).map(|x| x.status == "started")
+        })?;
         if up != Some(true) {
             bail!("machine {id} is not running");
         }
@@ -1658,8 +1651,7 @@ async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Re
             stderr: r.stderr,
         });
     }
-    let ids = ctl.mutate(|w| -> Result<Vec<u64>> {
-        let m = w.models.get_mut(&model).unwrap();
+    let ids = ctl.model_mut(&model, |m| -> Result<Vec<u64>> {
         let mut units: Vec<String> = vec![];
         for u in p.values("unit").iter().flat_map(|v| v.split(',')) {
             units.push(resolve_unit(m, u)?);

@@ -886,6 +886,21 @@ impl Ctl {
         r
     }
 
+    /// Reads one model; an error, never a panic under the lock, if it is gone (a command can
+    /// race a destroy-model).
+    pub fn model<R>(&self, name: &str, f: impl FnOnce(&Model) -> R) -> Result<R> {
+        self.read(|w| w.models.get(name).map(f))
+            .ok_or_else(|| anyhow::anyhow!("model \"{name}\" not found"))
+    }
+
+    /// Changes one model; an error if it is gone.
+    pub fn model_mut<R>(&self, name: &str, f: impl FnOnce(&mut Model) -> Result<R>) -> Result<R> {
+        self.mutate(|w| match w.models.get_mut(name) {
+            Some(m) => f(m),
+            None => Err(anyhow::anyhow!("model \"{name}\" not found")),
+        })
+    }
+
     pub fn read<R>(&self, f: impl FnOnce(&World) -> R) -> R {
         f(&lock(&self.world))
     }
