@@ -134,8 +134,8 @@ pub fn next_step(members: &[Member], units: &[UnitInfo], join: Option<&Join>) ->
             }
         }
     }
-    // Any learner or unstarted member not ours blocks further adds (one at a time).
-    for m in members.iter().filter(|m| m.is_learner || !m.started()) {
+    // The first learner or unstarted member blocks further adds (one at a time).
+    if let Some(m) = members.iter().find(|m| m.is_learner || !m.started()) {
         let owner = units.iter().find(|u| belongs(m, &u.name, &u.peer_url));
         match owner {
             // A learner that never started, of a live unit, with no join in flight: the
