@@ -8,6 +8,7 @@ use crate::juju::{self, Context};
 use crate::pki;
 use crate::unit::{self, tls_client};
 use anyhow::{anyhow, Result};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// An action failure the operator should read (action-fail, exit 0).
@@ -35,10 +36,7 @@ pub type Results = Vec<(String, String)>;
 /// This unit's endpoint and a TLS client for it.
 pub fn local() -> Result<(Client, String, Config)> {
     let cfg = Config::parse(&juju::config()?).map_err(Refused)?;
-    let address = juju::network_ingress(unit::PEER)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("this unit has no address yet"))?;
+    let address = unit::peer_address()?;
     if !Path::new(&pki::path("server.crt")).exists() {
         return refuse("this unit has no certificates yet; wait until it is active");
     }
@@ -77,4 +75,22 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
         return refuse(format!("{param} {target:?} is not writable: {e}"));
     }
     Ok(p)
+}
+
+/// A string parameter, or its default.
+pub fn param_str<'a>(
+    params: &'a std::collections::BTreeMap<String, Value>,
+    k: &str,
+    default: &'a str,
+) -> &'a str {
+    params.get(k).and_then(Value::as_str).unwrap_or(default)
+}
+
+/// A boolean parameter, or its default.
+pub fn param_bool(
+    params: &std::collections::BTreeMap<String, Value>,
+    k: &str,
+    default: bool,
+) -> bool {
+    params.get(k).and_then(Value::as_bool).unwrap_or(default)
 }

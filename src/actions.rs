@@ -1,7 +1,9 @@
 //! The actions, with the classic charm's names, params and result keys (anchor-charms §4.4).
 //! Bad params fail the action with a message that says what is wrong, before anything changes.
 
-use crate::action_support::{leader_endpoint, local, refuse, writable_dir, Refused, Results};
+use crate::action_support::{
+    leader_endpoint, local, param_bool, param_str, refuse, writable_dir, Refused, Results,
+};
 use crate::etcd::client::Member;
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
@@ -210,14 +212,6 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
             format!("juju scp {}:{} .", ctx.unit, path.display()),
         ),
     ])
-}
-
-fn param_str<'a>(
-    params: &'a std::collections::BTreeMap<String, Value>,
-    k: &str,
-    default: &'a str,
-) -> &'a str {
-    params.get(k).and_then(Value::as_str).unwrap_or(default)
 }
 
 fn timestamp() -> String {
@@ -460,10 +454,7 @@ fn compact(params: &std::collections::BTreeMap<String, Value>) -> Result<Results
     } else {
         Some(raw.parse().map_err(|_| Refused(format!("revision {raw:?} is not a number; give a revision such as 1234, or leave it empty for the current one")))?)
     };
-    let physical = params
-        .get("physical")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let physical = param_bool(params, "physical", false);
     let (client, ep, _) = local()?;
     let rev = match revision {
         Some(r) => r,

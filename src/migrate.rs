@@ -10,7 +10,7 @@
 //!
 //! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
 
-use crate::action_support::{local, refuse, writable_dir, Refused};
+use crate::action_support::{local, param_bool, param_str, refuse, writable_dir, Refused, Results};
 use crate::etcd::client::Client;
 use crate::etcd::install::{self, Delivery, Installed};
 use crate::etcd::service::Service;
@@ -21,8 +21,6 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-type Results = Vec<(String, String)>;
 
 const CRASHPOINTS: &str = "/var/lib/etcd-charm/crashpoints";
 
@@ -59,14 +57,10 @@ enum Journal {
 
 impl Journal {
     fn save(&self) -> Result<()> {
-        crate::pki::write_file(Path::new(JOURNAL), &serde_json::to_vec_pretty(self)?, 0o600)?;
-        Ok(())
+        unit::write_json(JOURNAL, self)
     }
     fn clear() -> Result<()> {
-        match std::fs::remove_file(JOURNAL) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        unit::remove_if_present(Path::new(JOURNAL))
     }
 }
 
@@ -92,10 +86,7 @@ fn undo_switch(
     before.save()?;
     match old_link {
         Some(l) => install::switch_current(l)?,
-        None => match std::fs::remove_file(Path::new(install::OPT_DIR).join("current")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        },
+        None => unit::remove_if_present(&Path::new(install::OPT_DIR).join("current"))?,
     }
     Service {
         etcd_binary: before.etcd(),
@@ -186,19 +177,9 @@ pub fn snap_upgrade(
     ctx: &Context,
     params: &std::collections::BTreeMap<String, Value>,
 ) -> Result<Results> {
-    let use_resource = params
-        .get("use-resource")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let backup = params
-        .get("backup")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let target = params
-        .get("target")
-        .and_then(Value::as_str)
-        .unwrap_or("/home/ubuntu/etcd-migration")
-        .to_string();
+    let use_resource = param_bool(params, "use-resource", false);
+    let backup = param_bool(params, "backup", true);
+    let target = param_str(params, "target", "/home/ubuntu/etcd-migration").to_string();
 
     // preflight
     let before_inst =

@@ -1,10 +1,11 @@
 //! The recover action: a working cluster again after a majority of members is gone for good.
 //!
 //! Steps, each checking before it acts:
-//! 1. `observe`: this unit is the leader, its member answers but has no raft leader (no
-//!    quorum), and the surviving units' members are asked for their raft index. The rebuild
-//!    starts from the most advanced survivor; if that is another unit the action refuses and
-//!    names it (unless `accept-older-data`), and it refuses without `confirm-majority-lost`.
+//! 1. `observe`: this unit is the leader; no member that answers has a raft leader (no
+//!    quorum; a member restarted since the loss answers nothing at all); the surviving units'
+//!    members are asked for their raft index. If another unit may hold newer data the action
+//!    refuses and names it (unless `accept-older-data`), and it refuses without
+//!    `confirm-majority-lost`.
 //! 2. `copy`: this member's data is copied aside (`.pre-recover-<time>`) and a journal
 //!    written, so a crash anywhere until step 4 puts the original back (`restore::recover_interrupted`).
 //! 3. `force`: etcd restarts once with `force-new-cluster`: the same data, the same member,
@@ -13,25 +14,19 @@
 //! 5. `publish`: a new epoch: every other unit sets its old member data aside and joins again
 //!    through the normal one-at-a-time learner path.
 
-use crate::action_support::{leader_only, local, refuse};
+use crate::action_support::{leader_only, local, param_bool, refuse, Results};
 use crate::etcd::install::Installed;
 use crate::etcd::service::{Service, CONFIG_FILE};
 use crate::juju::{self, Context};
-use crate::restore::{publish_epoch, rerender, Journal};
+use crate::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
-type Results = Vec<(String, String)>;
-
 const HAS_QUORUM: &str = "the cluster has a raft leader, so a majority of members is alive: \
      recover is only for a majority lost for good. Remove dead units with remove-unit instead";
-
-fn flag(params: &std::collections::BTreeMap<String, Value>, name: &str) -> bool {
-    params.get(name).and_then(Value::as_bool).unwrap_or(false)
-}
 
 /// The other units' client URLs, as they published them on the peer relation.
 fn peer_client_urls() -> Result<Vec<(String, String)>> {
@@ -99,7 +94,7 @@ pub fn recover(
         }
     ));
     if let Some((unit, index)) = newest {
-        if own_index.is_none_or(|i| index > i) && !flag(params, "accept-older-data") {
+        if own_index.is_none_or(|i| index > i) && !param_bool(params, "accept-older-data", false) {
             return refuse(format!(
                 "{unit} may hold newer data (raft index {index}, this unit {}): rebuilding \
                  from this unit could drop writes. Run again with accept-older-data=true to \
@@ -108,7 +103,7 @@ pub fn recover(
             ));
         }
     }
-    if !flag(params, "confirm-majority-lost") {
+    if !param_bool(params, "confirm-majority-lost", false) {
         return refuse(format!(
             "recover rebuilds the cluster from {}'s data alone (etcd's force-new-cluster): \
              writes that only the lost members held are gone. If the members that do not \
@@ -131,34 +126,21 @@ pub fn recover(
     };
     let mut st = LocalState::load()?;
     let aside = Path::new(&data).join(format!(".pre-recover-{}", unit::now()));
-    let config = std::fs::read_to_string(CONFIG_FILE).context("reading the etcd config")?;
-    Journal {
-        aside: aside.display().to_string(),
-        member: member.display().to_string(),
-        config: config.clone(),
-        initial_cluster: st.initial_cluster.clone(),
-        initial_state: st.initial_state.clone(),
-        token: st.token.clone(),
-        epoch: st.epoch.clone(),
-    }
-    .save()?;
+    let journal = Journal::new(&aside, &member, &st)?;
+    journal.save()?;
     juju::action_log("stopping etcd and copying its data aside");
     svc.stop()?;
     // The copy is complete, or it is not `member`: only a whole copy is ever put back.
     std::fs::create_dir_all(&aside)?;
     std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     copy_dir(&member, &aside.join("member.partial"))?;
-    std::fs::set_permissions(
-        aside.join("member.partial"),
-        std::fs::metadata(&member)?.permissions(),
-    )?;
     std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
     unit::crash_point("recover-copied");
 
     // 3. force a new cluster of one from this member's data.
     crate::pki::write_file(
         Path::new(CONFIG_FILE),
-        format!("{}\nforce-new-cluster: true\n", config.trim_end()).as_bytes(),
+        format!("{}\nforce-new-cluster: true\n", journal.config.trim_end()).as_bytes(),
         0o644,
     )?;
     juju::action_log("starting etcd with force-new-cluster");
@@ -183,18 +165,10 @@ pub fn recover(
     }
 
     // 4. the normal config again; then the copy can go.
-    let address = juju::network_ingress(unit::PEER)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("no address"))?;
+    let address = unit::peer_address()?;
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
-    let epoch: u64 = st
-        .epoch
-        .as_deref()
-        .and_then(|e| e.parse().ok())
-        .unwrap_or(1)
-        + 1;
+    let epoch = next_epoch(ctx)?;
     st.initial_cluster = Some(format!("{name}={peer_url}"));
     st.initial_state = Some("existing".into());
     st.epoch = Some(epoch.to_string());
@@ -225,16 +199,17 @@ pub fn recover(
     ])
 }
 
-/// Copies a member directory (files and directories only, as etcd writes it), with fsync.
+/// Copies a member directory (files and directories only, as etcd writes it, each with its
+/// permissions), with fsync.
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let (src, dst) = (e.path(), to.join(e.file_name()));
         let ty = e.file_type()?;
         if ty.is_dir() {
             copy_dir(&src, &dst)?;
-            std::fs::set_permissions(&dst, e.metadata()?.permissions())?;
         } else if ty.is_file() {
             std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
             std::fs::File::open(&dst)?.sync_all()?;

@@ -12,7 +12,10 @@
 //! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
 //!    and joins again through the normal one-at-a-time learner path.
 
-use crate::action_support::{leader_endpoint, leader_only, local, refuse, writable_dir, Refused};
+use crate::action_support::{
+    leader_endpoint, leader_only, local, param_bool, param_str, refuse, writable_dir, Refused,
+    Results,
+};
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
 use crate::etcd::snapshot::{stream_snapshot, Raw};
@@ -24,8 +27,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-type Results = Vec<(String, String)>;
 
 #[derive(Debug, PartialEq)]
 pub enum Kind {
@@ -201,15 +202,8 @@ pub fn restore(
     params: &std::collections::BTreeMap<String, Value>,
 ) -> Result<Results> {
     leader_only(ctx, "restore")?;
-    let skip_backup = params
-        .get("skip-backup")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let target = params
-        .get("target")
-        .and_then(Value::as_str)
-        .unwrap_or("/home/ubuntu")
-        .to_string();
+    let skip_backup = param_bool(params, "skip-backup", true);
+    let target = param_str(params, "target", "/home/ubuntu").to_string();
     let target_dir = if skip_backup {
         None
     } else {
@@ -237,18 +231,10 @@ pub fn restore(
     // A snapshot with a digest is verified by the offline restore itself (etcd's own hash
     // check, never skipped for this kind), before anything of the cluster is touched; reading
     // the whole file twice would only double the cost.
-    let address = juju::network_ingress(unit::PEER)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| anyhow!("no address"))?;
+    let address = unit::peer_address()?;
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
-    let epoch: u64 = juju::relation_ids(unit::PEER)?
-        .first()
-        .and_then(|r| juju::relation_get(r, &ctx.app, true).ok())
-        .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
-        .unwrap_or(1)
-        + 1;
+    let epoch = next_epoch(ctx)?;
     let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
     let restored = staging.join("data");
     offline_restore(&inst, &db, &kind, &name, &peer_url, &token, &restored)?;
@@ -298,17 +284,7 @@ pub fn restore(
     let mut st = LocalState::load()?;
     let aside = Path::new(&data).join(format!(".pre-restore-{epoch}-{}", unit::now()));
     let member = Path::new(&data).join("member");
-    let journal = Journal {
-        aside: aside.display().to_string(),
-        member: member.display().to_string(),
-        config: std::fs::read_to_string(crate::etcd::service::CONFIG_FILE)
-            .context("reading the etcd config")?,
-        initial_cluster: st.initial_cluster.clone(),
-        initial_state: st.initial_state.clone(),
-        token: st.token.clone(),
-        epoch: st.epoch.clone(),
-    };
-    journal.save()?;
+    Journal::new(&aside, &member, &st)?.save()?;
     juju::action_log("stopping etcd and setting the current data aside");
     svc.stop()?;
     std::fs::create_dir_all(&aside)?;
@@ -410,16 +386,36 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
+    /// What to put back: the member at `member` (set aside at `aside`), the etcd config now
+    /// in place, and the unit's state as it is.
+    pub fn new(aside: &Path, member: &Path, st: &LocalState) -> Result<Journal> {
+        Ok(Journal {
+            aside: aside.display().to_string(),
+            member: member.display().to_string(),
+            config: std::fs::read_to_string(crate::etcd::service::CONFIG_FILE)
+                .context("reading the etcd config")?,
+            initial_cluster: st.initial_cluster.clone(),
+            initial_state: st.initial_state.clone(),
+            token: st.token.clone(),
+            epoch: st.epoch.clone(),
+        })
+    }
     pub fn save(&self) -> Result<()> {
-        crate::pki::write_file(Path::new(JOURNAL), &serde_json::to_vec_pretty(self)?, 0o600)?;
-        Ok(())
+        unit::write_json(JOURNAL, self)
     }
     pub fn clear() -> Result<()> {
-        match std::fs::remove_file(JOURNAL) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        unit::remove_if_present(Path::new(JOURNAL))
     }
+}
+
+/// The epoch a rebuilt cluster (restore, recover) publishes: one past the application's.
+pub(crate) fn next_epoch(ctx: &Context) -> Result<u64> {
+    Ok(juju::relation_ids(unit::PEER)?
+        .first()
+        .and_then(|r| juju::relation_get(r, &ctx.app, true).ok())
+        .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
+        .unwrap_or(1)
+        + 1)
 }
 
 /// Undoes a restore (or recover) whose process died during its swap (before the new member

@@ -71,17 +71,37 @@ pub fn check_local_files() -> Result<()> {
     Ok(())
 }
 
+/// Writes one of the charm's own JSON files, 0600 (they can name secrets' places and hold
+/// configs), replacing it atomically.
+pub fn write_json<T: Serialize>(path: &str, value: &T) -> Result<()> {
+    pki::write_file(Path::new(path), &serde_json::to_vec_pretty(value)?, 0o600)?;
+    Ok(())
+}
+
+/// Removes a file; one that is not there is not an error, any other failure is.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow!("cannot remove {}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// This unit's address on the peer binding (what its member advertises).
+pub fn peer_address() -> Result<String> {
+    juju::network_ingress(PEER)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("this unit has no address yet"))
+}
+
 impl LocalState {
     pub fn load() -> Result<LocalState> {
         Ok(read_json(LOCAL_STATE)?.unwrap_or_default())
     }
     pub fn save(&self) -> Result<()> {
-        pki::write_file(
-            Path::new(LOCAL_STATE),
-            &serde_json::to_vec_pretty(self)?,
-            0o600,
-        )?;
-        Ok(())
+        write_json(LOCAL_STATE, self)
     }
 }
 
