@@ -12,8 +12,7 @@ const MIN: Duration = Duration::from_secs(60);
 
 fn deploy3(env: &Env, work: &Path) {
     let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
-    deploy_etcd(env, 3, &tarball, &[]);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(env, 3, &tarball, &[]);
 }
 
 /// A file inside a unit's machine, read from the host.
@@ -592,8 +591,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     let work = tempfile::tempdir().unwrap();
     let env = Env::new("restorekill", &["update-status-hook-interval=1h"]);
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
-    deploy_etcd(&env, 1, &tarball, &[]);
-    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    deploy_healthy(&env, 1, &tarball, &[]);
     let vars = credentials(&env, work.path());
     let keys = |prefix: &str| {
         let out = etcdctl(&vars, &["get", prefix, "--prefix", "--keys-only"]);
@@ -628,10 +626,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     env.settle("2m");
 
     // The action is SIGKILLed with the original data set aside and nothing in its place.
-    env.exec_ok(
-        "etcd/0",
-        "echo restore-aside > /var/lib/etcd-charm/crash-at",
-    );
+    env.crash_at("etcd/0", "restore-aside");
     let (code, _) = env.run_action("etcd/0", &["restore"]);
     assert_ne!(code, 0, "the killed restore fails");
     env.exec_ok(

@@ -89,14 +89,7 @@ fn cluster_with_writer(
 ) -> (Env, Creds, std::sync::Arc<std::sync::Mutex<String>>, Writer) {
     let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
     let env = Env::new(name, &["update-status-hook-interval=1h"]);
-    deploy(&env, n, &tarball);
-    env.wait_units(
-        "etcd",
-        n as usize,
-        "active",
-        &format!("Healthy with {n} known peers"),
-        3 * MIN,
-    );
+    deploy_healthy(&env, n, &tarball, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
     let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
@@ -162,31 +155,9 @@ fn scale_1_3_5_3_1_without_losing_acknowledged_writes() {
     no_acknowledged_write_lost(&creds, &ep, writer, "scaling");
 }
 
-/// The member ID a unit's own endpoint reports (etcdctl endpoint status).
-fn member_id(env: &Env, creds: &Creds, unit: &str) -> Option<u64> {
-    let ep = format!("https://{}:2379", env.address(unit));
-    let out = creds.etcdctl(&ep, true, &["endpoint", "status", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v[0]["Status"]["header"]["member_id"].as_u64()
-}
-
-/// A clean reboot of a unit's machine; returns once it has booted again (a new PID 1).
-fn reboot_and_wait(env: &Env, unit: &str) {
-    let machine = env.machine(unit);
-    let init = env.machine_pid(&machine);
-    env.ok(&["reboot-machine", unit]);
-    env.wait(&format!("{unit}'s machine to boot again"), MIN, |_| {
-        env.run(&["show-machine", &machine, "--format", "json"])
-            .stdout
-            .contains("started")
-            && env.machine_pid(&machine) != init
-    });
-}
-
 /// Three healthy units holding `/before-fault`; the client credentials of etcd/0.
 fn three_healthy_with_a_key(env: &Env, tarball: &Path) -> Creds {
-    deploy(env, 3, tarball);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(env, 3, tarball, &[]);
     let creds = Creds::from_unit(env, "etcd/0");
     let out = creds.etcdctl(&endpoints(env), true, &["put", "/before-fault", "kept"]);
     assert!(out.status.success());
@@ -251,7 +222,7 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
 
     // A clean reboot: etcd is stopped by systemd, started again at boot, same member.
     let id2 = member_id(&env, &creds, "etcd/2").expect("etcd/2 member ID");
-    reboot_and_wait(&env, "etcd/2");
+    env.reboot_and_wait("etcd/2");
     wait_member_back(&env, &creds, "etcd/2", id2, "a reboot");
     env.exec_ok(
         "etcd/2",
@@ -298,7 +269,7 @@ fn a_member_that_left_the_cluster_stays_down_across_a_reboot() {
         "etcd/2",
         "! systemctl is-enabled etcd.service && ! systemctl is-active etcd.service",
     );
-    reboot_and_wait(&env, "etcd/2");
+    env.reboot_and_wait("etcd/2");
     env.settle("2m");
     let after = env.exec("etcd/2", "systemctl is-active etcd.service; pgrep -x etcd");
     assert_eq!(
@@ -325,19 +296,13 @@ fn a_leader_killed_right_after_member_add_still_admits_the_unit() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("joinkill", &["update-status-hook-interval=1h"]);
-    deploy(&env, 1, &tarball);
-    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    deploy_healthy(&env, 1, &tarball, &[]);
     // The leader's hook is SIGKILLed right after `member add`: its publication of the join
     // is discarded with the hook. Before the fix the learner waited for a join forever.
-    env.exec_ok(
-        "etcd/0",
-        &format!("echo member-added > {}", "/var/lib/etcd-charm/crash-at"),
-    );
+    env.crash_at("etcd/0", "member-added");
     env.ok(&["add-unit", "etcd"]);
     env.wait("the crash point to fire", 2 * MIN, |_| {
-        env.exec("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at")
-            .code
-            == 0
+        env.crash_consumed("etcd/0")
     });
     env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
@@ -474,8 +439,7 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
     let t34 = etcd_tarball(work.path(), &etcd34(), "3.4.23");
     let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("upgrade", &["update-status-hook-interval=1h"]);
-    deploy(&env, 3, &t34);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(&env, 3, &t34, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
     let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
@@ -536,13 +500,12 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("renew", &["update-status-hook-interval=1h"]);
-    deploy_etcd(
+    deploy_healthy(
         &env,
         3,
         &tarball,
         &["--config", "tls_certificate_lifetime=60s"],
     );
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let certs = |env: &Env| -> Vec<String> {
         env.units("etcd")
             .iter()
@@ -589,8 +552,7 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
     std::fs::set_permissions(fake.join("etcd"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bad = etcd_tarball(work.path(), &fake, "3.5.99");
     let env = Env::new("upgrade-fails", &["update-status-hook-interval=10s"]);
-    deploy(&env, 3, &t35);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(&env, 3, &t35, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
 
     env.ok(&[

@@ -17,85 +17,55 @@ const HOLD: Duration = Duration::from_secs(6);
 fn three_units(model: &str, work: &std::path::Path) -> (Env, Creds) {
     let tarball = etcd_tarball(work, &etcd35(), "3.5.1");
     let env = Env::new(model, &["update-status-hook-interval=10s"]);
-    deploy_etcd(&env, 3, &tarball, &[]);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(&env, 3, &tarball, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
     (env, creds)
 }
 
-fn back_to_healthy_status(env: &Env, n: usize, what: &str) {
-    env.wait(
-        &format!("every unit to report healthy again after {what}"),
-        3 * MIN,
-        |s| {
-            env_units(s).len() == n
-                && env_units(s)
-                    .iter()
-                    .all(|u| unit_message(s, u) == format!("Healthy with {n} known peers"))
-        },
-    );
-}
-
-fn env_units(s: &serde_json::Value) -> Vec<String> {
-    s["applications"]["etcd"]["units"]
-        .as_object()
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// kill -9, SIGSTOP and a network cut of one member, under a writer each.
+/// kill -9, SIGSTOP and a network cut of one member (`pick` chooses it anew for each),
+/// under a writer each.
 fn process_and_network_faults(env: &Env, creds: &Creds, role: &str, pick: impl Fn() -> String) {
     let who = if role == "leader" {
         "raft leader"
     } else {
         role
     };
-    let unit = pick();
-    under_writer(
-        env,
-        creds,
-        &format!("{role}-kill9"),
-        &format!("kill -9 of the {who}"),
-        || {
-            let pid = etcd_pid(env, &unit);
-            env.exec_ok(&unit, &format!("kill -9 {pid}"));
-            // systemd starts it again (Restart=on-failure): a new process, not the old one.
-            env.wait(&format!("a new etcd process on {unit}"), MIN, |_| {
-                let now = etcd_pid(env, &unit);
-                now != pid && now != "0"
-            });
-        },
-    );
-    back_to_healthy_status(env, 3, &format!("kill -9 of the {who}"));
-
-    let unit = pick();
-    under_writer(
-        env,
-        creds,
-        &format!("{role}-sigstop"),
-        &format!("SIGSTOP of the {who} ({}s)", HOLD.as_secs()),
-        || {
-            let pid = etcd_pid(env, &unit);
-            env.exec_ok(&unit, &format!("kill -STOP {pid}"));
-            std::thread::sleep(HOLD); // the fault's length, not a wait for anything
-            env.exec_ok(&unit, &format!("kill -CONT {pid}"));
-        },
-    );
-    back_to_healthy_status(env, 3, &format!("SIGSTOP of the {who}"));
-
-    let unit = pick();
-    under_writer(
-        env,
-        creds,
-        &format!("{role}-cut"),
-        &format!("network cut of the {who} ({}s)", HOLD.as_secs()),
-        || {
-            env.ok(&["cut-network", &unit]);
-            std::thread::sleep(HOLD); // the fault's length
-            env.ok(&["heal-network", &unit]);
-        },
-    );
-    back_to_healthy_status(env, 3, &format!("network cut of the {who}"));
+    let hold = HOLD.as_secs();
+    let kill9 = |unit: &str| {
+        let pid = etcd_pid(env, unit);
+        env.exec_ok(unit, &format!("kill -9 {pid}"));
+        // systemd starts it again (Restart=on-failure): a new process, not the old one.
+        env.wait(&format!("a new etcd process on {unit}"), MIN, |_| {
+            let now = etcd_pid(env, unit);
+            now != pid && now != "0"
+        });
+    };
+    let sigstop = |unit: &str| {
+        let pid = etcd_pid(env, unit);
+        env.exec_ok(unit, &format!("kill -STOP {pid}"));
+        std::thread::sleep(HOLD); // the fault's length, not a wait for anything
+        env.exec_ok(unit, &format!("kill -CONT {pid}"));
+    };
+    let cut = |unit: &str| {
+        env.ok(&["cut-network", unit]);
+        std::thread::sleep(HOLD); // the fault's length
+        env.ok(&["heal-network", unit]);
+    };
+    let faults: [(&str, String, &dyn Fn(&str)); 3] = [
+        ("kill9", format!("kill -9 of the {who}"), &kill9),
+        (
+            "sigstop",
+            format!("SIGSTOP of the {who} ({hold}s)"),
+            &sigstop,
+        ),
+        ("cut", format!("network cut of the {who} ({hold}s)"), &cut),
+    ];
+    for (name, fault, inject) in faults {
+        let unit = pick();
+        under_writer(env, creds, &format!("{role}-{name}"), &fault, 3, || {
+            inject(&unit)
+        });
+    }
 }
 
 #[test]
@@ -118,16 +88,6 @@ fn a_follower_killed_stopped_and_cut_off_loses_no_acknowledged_write() {
     });
 }
 
-/// Waits until a machine runs again with a new PID 1.
-fn wait_booted(env: &Env, machine: &str, old_init: u32) {
-    env.wait(&format!("machine {machine} to boot again"), MIN, |_| {
-        env.run(&["show-machine", machine, "--format", "json"])
-            .stdout
-            .contains("\"started\"")
-            && env.machine_pid(machine) != old_init
-    });
-}
-
 #[test]
 fn machines_rebooted_crashed_and_all_crashed_at_once_lose_no_acknowledged_write() {
     let work = tempfile::tempdir().unwrap();
@@ -139,14 +99,9 @@ fn machines_rebooted_crashed_and_all_crashed_at_once_lose_no_acknowledged_write(
         &creds,
         "reboot",
         "clean reboot of the raft leader's machine",
-        || {
-            let m = env.machine(&unit);
-            let init = env.machine_pid(&m);
-            env.ok(&["reboot-machine", &unit]);
-            wait_booted(&env, &m, init);
-        },
+        3,
+        || env.reboot_and_wait(&unit),
     );
-    back_to_healthy_status(&env, 3, "a reboot");
 
     let unit = raft_leader_unit(&env, &creds);
     under_writer(
@@ -154,21 +109,22 @@ fn machines_rebooted_crashed_and_all_crashed_at_once_lose_no_acknowledged_write(
         &creds,
         "crash",
         "crash of the raft leader's machine",
+        3,
         || {
             let m = env.machine(&unit);
             let init = env.machine_pid(&m);
             env.ok(&["crash-machine", &unit]);
             env.ok(&["start-machine", &unit]);
-            wait_booted(&env, &m, init);
+            env.wait_booted(&m, init);
         },
     );
-    back_to_healthy_status(&env, 3, "a machine crash");
 
     under_writer(
         &env,
         &creds,
         "crash-all",
         "crash of every machine at once",
+        3,
         || {
             let machines: Vec<(String, u32)> = env
                 .units("etcd")
@@ -184,11 +140,10 @@ fn machines_rebooted_crashed_and_all_crashed_at_once_lose_no_acknowledged_write(
             }
             for (m, init) in &machines {
                 env.ok(&["start-machine", m]);
-                wait_booted(&env, m, *init);
+                env.wait_booted(m, *init);
             }
         },
     );
-    back_to_healthy_status(&env, 3, "every machine crashed");
 }
 
 #[test]
@@ -209,16 +164,16 @@ fn a_unit_removed_while_the_raft_leader_is_cut_off_leaves_cleanly() {
         &creds,
         "remove-while-leader-cut",
         "a unit removed while the raft leader is cut off",
+        3,
         || {
             env.ok(&["cut-network", &leader]);
             env.ok(&["remove-unit", "--no-prompt", &victim]);
             env.wait("the removed unit to go", 2 * MIN, |s| {
-                !env_units(s).contains(&victim)
+                !units_of(s, "etcd").contains(&victim)
             });
             env.ok(&["heal-network", &leader]);
         },
     );
-    back_to_healthy_status(&env, 3, "the removal");
     let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
     let list = String::from_utf8_lossy(&out.stdout);
     assert_eq!(list.lines().count(), 3, "three members left: {list}");
@@ -233,13 +188,12 @@ fn a_full_database_raises_nospace_and_compact_defrag_disarm_recover_it() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("fault-nospace", &["update-status-hook-interval=5s"]);
-    deploy_etcd(
+    deploy_healthy(
         &env,
         3,
         &tarball,
         &["--config", "quota_backend_bytes=16777216"],
     );
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = endpoints(&env);
     assert!(creds
@@ -319,7 +273,7 @@ fn a_full_database_raises_nospace_and_compact_defrag_disarm_recover_it() {
     );
     let out = creds.etcdctl(&eps, true, &["get", "/kept", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
-    back_to_healthy_status(&env, 3, "alarm-disarm");
+    wait_healthy_status(&env, 3, "alarm-disarm");
     members_agree(&env, &creds, "the NOSPACE recovery");
 }
 
@@ -330,8 +284,8 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
     let survivor = env.leader("etcd");
     // The raft leader holds every committed write: make the survivor the raft leader, so that
     // nothing acknowledged can be missing from it.
-    let id = member_id_hex(&creds, &unit_endpoint(&env, &survivor));
-    let out = creds.etcdctl(&endpoints(&env), true, &["move-leader", &id]);
+    let id = member_id(&env, &creds, &survivor).expect("the survivor's member ID");
+    let out = creds.etcdctl(&endpoints(&env), true, &["move-leader", &format!("{id:x}")]);
     assert!(
         out.status.success(),
         "move-leader: {}",
@@ -348,6 +302,7 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
         &creds,
         "majority-lost",
         "two of three machines destroyed, then recover",
+        1,
         || {
             for u in &lost {
                 env.ok(&["crash-machine", u]);
@@ -356,7 +311,7 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
             args.extend(lost.iter().map(String::as_str));
             env.ok(&args);
             env.wait("the survivor to say it has no raft leader", 2 * MIN, |s| {
-                env_units(s) == vec![survivor.clone()]
+                units_of(s, "etcd") == vec![survivor.clone()]
                     && unit_message(s, &survivor).contains("run the recover action")
             });
             let (code, task) = env.run_action(&survivor, &["recover"]);
@@ -370,16 +325,15 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
             );
             // Killed once after etcd restarted with force-new-cluster: the next action puts
             // the original data back first; recover then runs again from the start.
-            crash_at(&env, &survivor, "recover-forced");
+            env.crash_at(&survivor, "recover-forced");
             let (code, _) = env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
             assert_ne!(code, 0, "recover was killed");
-            assert!(crash_consumed(&env, &survivor));
+            assert!(env.crash_consumed(&survivor));
             let (code, task) =
                 env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
             assert_eq!(code, 0, "recover after an interrupted one: {task}");
         },
     );
-    back_to_healthy_status(&env, 1, "recover");
 
     // The normal join path brings the cluster back to three.
     env.ok(&["add-unit", "etcd", "-n", "2"]);
@@ -389,49 +343,28 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
 
-fn member_id_hex(creds: &Creds, ep: &str) -> String {
-    let out = creds.etcdctl(ep, true, &["endpoint", "status", "-w", "json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    format!(
-        "{:x}",
-        v[0]["Status"]["header"]["member_id"].as_u64().unwrap()
-    )
-}
-
-/// Makes the charm SIGKILL itself the next time it reaches `step` on `unit`.
-fn crash_at(env: &Env, unit: &str, step: &str) {
-    env.exec_ok(unit, &format!("echo {step} > /var/lib/etcd-charm/crash-at"));
-}
-
-fn crash_consumed(env: &Env, unit: &str) -> bool {
-    env.exec(unit, "test ! -e /var/lib/etcd-charm/crash-at")
-        .code
-        == 0
-}
-
 #[test]
 fn hooks_killed_while_a_unit_leaves_and_while_an_upgrade_rolls_finish_the_operation() {
     let work = tempfile::tempdir().unwrap();
     let t34 = etcd_tarball(work.path(), &etcd34(), "3.4.23");
     let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("fault-hooks", &["update-status-hook-interval=10s"]);
-    deploy_etcd(&env, 3, &t34, &[]);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    deploy_healthy(&env, 3, &t34, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
 
     // leave: killed right after its member was removed, before etcd stopped.
-    crash_at(&env, "etcd/2", "member-removed");
+    env.crash_at("etcd/2", "member-removed");
     under_writer(
         &env,
         &creds,
         "hook-kill-leave",
         "a leaving unit's hook killed right after its member was removed",
+        2,
         || {
             env.ok(&["remove-unit", "--no-prompt", "etcd/2"]);
-            env.wait("etcd/2 to go", 2 * MIN, |s| env_units(s).len() == 2);
+            env.wait("etcd/2 to go", 2 * MIN, |s| units_of(s, "etcd").len() == 2);
         },
     );
-    back_to_healthy_status(&env, 2, "the interrupted leave");
     let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
@@ -440,13 +373,14 @@ fn hooks_killed_while_a_unit_leaves_and_while_an_upgrade_rolls_finish_the_operat
     );
 
     // upgrade: one unit killed after its binaries switched, the other after its restart.
-    crash_at(&env, "etcd/0", "upgrade-switched");
-    crash_at(&env, "etcd/1", "upgrade-restarted");
+    env.crash_at("etcd/0", "upgrade-switched");
+    env.crash_at("etcd/1", "upgrade-restarted");
     under_writer(
         &env,
         &creds,
         "hook-kill-upgrade",
         "hooks killed after the binaries switched and after the restart (3.4.23 to 3.5.1)",
+        2,
         || {
             env.ok(&[
                 "attach-resource",
@@ -457,10 +391,9 @@ fn hooks_killed_while_a_unit_leaves_and_while_an_upgrade_rolls_finish_the_operat
         },
     );
     assert!(
-        crash_consumed(&env, "etcd/0") && crash_consumed(&env, "etcd/1"),
+        env.crash_consumed("etcd/0") && env.crash_consumed("etcd/1"),
         "both hooks were killed"
     );
-    back_to_healthy_status(&env, 2, "the interrupted upgrade");
     for u in env.units("etcd") {
         assert!(running_etcd(&env, &u).contains("3.5.1"), "{u} runs 3.5.1");
     }

@@ -218,13 +218,13 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     // The action killed (SIGKILL, no unwinding) after the snap is installed, and after the
     // data moved and the snap's etcd started: the next action (or hook) rolls back first.
     for step in ["snap-upgrade-move-data", "snap-upgrade-verify"] {
-        env.exec_ok(
-            "etcd/0",
-            &format!("echo {step} > /var/lib/etcd-charm/crash-at"),
-        );
+        env.crash_at("etcd/0", step);
         let r = snap_upgrade();
         assert_ne!(r.code, 0, "the action died at {step}");
-        env.exec_ok("etcd/0", "test ! -e /var/lib/etcd-charm/crash-at");
+        assert!(
+            env.crash_consumed("etcd/0"),
+            "the crash point at {step} fired"
+        );
         // The first action undoes the interrupted migration; etcd then starts.
         env.wait(
             &format!("a healthy member after a kill at {step}"),

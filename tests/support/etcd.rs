@@ -273,6 +273,31 @@ pub fn wait_all_healthy(env: &Env, creds: &Creds, what: &str) -> Instant {
     }
 }
 
+/// The member ID a unit's own endpoint reports (etcdctl endpoint status).
+pub fn member_id(env: &Env, creds: &Creds, unit: &str) -> Option<u64> {
+    let out = creds.etcdctl(
+        &unit_endpoint(env, unit),
+        true,
+        &["endpoint", "status", "-w", "json"],
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v[0]["Status"]["header"]["member_id"].as_u64()
+}
+
+/// Waits until there are `n` units and every one's status message is exactly "Healthy with
+/// `n` known peers".
+pub fn wait_healthy_status(env: &Env, n: usize, what: &str) {
+    let want = format!("Healthy with {n} known peers");
+    env.wait(
+        &format!("every unit to report healthy again after {what}"),
+        3 * MIN,
+        |s| {
+            let units = super::units_of(s, "etcd");
+            units.len() == n && units.iter().all(|u| super::unit_message(s, u) == want)
+        },
+    );
+}
+
 /// One fault, from a running writer's point of view: writes acknowledged while it lasted,
 /// lost ones (always 0, or the test failed), the longest gap, and the time from the fault's
 /// start until every member was healthy again. Written to `target/reliability/<name>.json`
@@ -292,8 +317,16 @@ pub fn record(name: &str, fault: &str, tally: &Tally, back: Duration) {
 }
 
 /// Runs one fault under a fresh writer: `inject` makes the fault and lifts it. Checks that no
-/// acknowledged write was lost and that the members agree, records the row, and returns.
-pub fn under_writer(env: &Env, creds: &Creds, name: &str, fault: &str, inject: impl FnOnce()) {
+/// acknowledged write was lost, that the members agree and that the `units_after` units all
+/// report healthy again; records the row.
+pub fn under_writer(
+    env: &Env,
+    creds: &Creds,
+    name: &str,
+    fault: &str,
+    units_after: usize,
+    inject: impl FnOnce(),
+) {
     let eps = Arc::new(Mutex::new(endpoints(env)));
     let writer = Writer::start(
         creds.dir.path().to_path_buf(),
@@ -309,6 +342,7 @@ pub fn under_writer(env: &Env, creds: &Creds, name: &str, fault: &str, inject: i
     let tally = no_acknowledged_write_lost(creds, &endpoints(env), writer, fault);
     members_agree(env, creds, fault);
     record(name, fault, &tally, back);
+    wait_healthy_status(env, units_after, fault);
 }
 
 /// The PID of a unit's running etcd, as its machine's PID namespace numbers it.

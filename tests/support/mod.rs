@@ -49,6 +49,21 @@ pub fn unit_message(status: &Value, unit: &str) -> String {
         .to_string()
 }
 
+/// The units of `app` in a status, in unit-number order.
+pub fn units_of(status: &Value, app: &str) -> Vec<String> {
+    let mut v: Vec<String> = status["applications"][app]["units"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    v.sort_by_key(|u| {
+        u.rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    v
+}
+
 /// The binary the unit's systemd-run etcd was started from.
 pub fn running_etcd(env: &Env, unit: &str) -> String {
     env.exec_ok(
@@ -234,18 +249,41 @@ impl Env {
     }
 
     pub fn units(&self, app: &str) -> Vec<String> {
-        let s = self.status();
-        let mut v: Vec<String> = s["applications"][app]["units"]
-            .as_object()
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        v.sort_by_key(|u| {
-            u.rsplit('/')
-                .next()
-                .and_then(|n| n.parse::<u32>().ok())
-                .unwrap_or(0)
-        });
-        v
+        units_of(&self.status(), app)
+    }
+
+    /// A clean reboot of a unit's machine; returns once it has booted again (a new PID 1).
+    pub fn reboot_and_wait(&self, unit: &str) {
+        let machine = self.machine(unit);
+        let init = self.machine_pid(&machine);
+        self.ok(&["reboot-machine", unit]);
+        self.wait_booted(&machine, init);
+    }
+
+    /// Waits until a machine runs again with a PID 1 other than `old_init`.
+    pub fn wait_booted(&self, machine: &str, old_init: u32) {
+        self.wait(
+            &format!("machine {machine} to boot again"),
+            Duration::from_secs(60),
+            |_| {
+                self.run(&["show-machine", machine, "--format", "json"])
+                    .stdout
+                    .contains("\"started\"")
+                    && self.machine_pid(machine) != old_init
+            },
+        );
+    }
+
+    /// Makes the charm SIGKILL itself the next time it reaches `step` on `unit`.
+    pub fn crash_at(&self, unit: &str, step: &str) {
+        self.exec_ok(unit, &format!("echo {step} > /var/lib/etcd-charm/crash-at"));
+    }
+
+    /// The crash point set on `unit` has fired (the charm removes it as it dies).
+    pub fn crash_consumed(&self, unit: &str) -> bool {
+        self.exec(unit, "test ! -e /var/lib/etcd-charm/crash-at")
+            .code
+            == 0
     }
 
     pub fn leader(&self, app: &str) -> String {
@@ -345,6 +383,20 @@ pub fn deploy_etcd(env: &Env, n: u32, tarball: &Path, extra: &[&str]) {
     ];
     args.extend(extra);
     env.ok(&args);
+}
+
+/// Deploys `n` units as `deploy_etcd` does and waits until every one is "Healthy with n
+/// known peers" (two minutes for one unit, three for more).
+pub fn deploy_healthy(env: &Env, n: u32, tarball: &Path, extra: &[&str]) {
+    deploy_etcd(env, n, tarball, extra);
+    let minutes = if n == 1 { 2 } else { 3 };
+    env.wait_units(
+        "etcd",
+        n as usize,
+        "active",
+        &format!("Healthy with {n} known peers"),
+        Duration::from_secs(60 * minutes),
+    );
 }
 
 pub fn etcd35() -> PathBuf {
