@@ -20,7 +20,7 @@ use crate::unit::{
     check_local_files, crash_point, data_dir, has_member_data, member_name, now, retry, tls_client,
     LocalState, PEER,
 };
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -85,14 +85,13 @@ fn log_slow_hook(hook: &str) {
     });
 }
 
-/// Chooses and runs the delivery (ARCHITECTURE §3.1). Returns what is installed.
-pub fn ensure_installed(cfg: &Config) -> std::result::Result<Installed, InstallError> {
+/// Chooses and runs the delivery (ARCHITECTURE §3.1), given the attached `etcd` resource's
+/// path if there is one. Returns what is installed.
+pub fn ensure_installed(
+    cfg: &Config,
+    resource: Option<&str>,
+) -> std::result::Result<Installed, InstallError> {
     let current = Installed::load();
-    let resource = juju::resource_get("etcd").map_err(|e| {
-        InstallError::Failed(format!(
-            "cannot tell whether an etcd resource is attached: {e}"
-        ))
-    })?;
     let snap_resource = resource
         .as_deref()
         .is_some_and(|p| install::is_snap_file(Path::new(p)));
@@ -683,7 +682,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
     };
     let leader = juju::is_leader()?;
-    let inst = match ensure_installed(&cfg) {
+    let resource =
+        juju::resource_get("etcd").context("cannot tell whether an etcd resource is attached")?;
+    let inst = match ensure_installed(&cfg, resource.as_deref()) {
         Ok(i) => i,
         Err(InstallError::Bad(msg)) => {
             board.report("blocked", msg);
@@ -692,8 +693,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         Err(e) => return Err(e.into()),
     };
     // Attaching a resource never migrates a Debian-package unit by itself: say how to.
-    let migration_hint = if inst.delivery == Delivery::Deb && juju::resource_get("etcd")?.is_some()
-    {
+    let migration_hint = if inst.delivery == Delivery::Deb && resource.is_some() {
         "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
     } else {
         ""
