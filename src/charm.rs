@@ -8,7 +8,7 @@
 //! `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
 //! (name=peerURL of started members), `epoch`.
 
-use crate::cluster::{self, Join, Step, UnitInfo};
+use crate::cluster::{self, Join, UnitInfo};
 use crate::config::Config;
 use crate::etcd::client::{Client, Member, Tls};
 use crate::etcd::install::{self, Delivery, InstallError, Installed};
@@ -395,139 +395,21 @@ fn endpoint(address: &str, port: u16) -> String {
     format!("https://{address}:{port}")
 }
 
-/// Waits until `f` succeeds or the deadline passes, retrying on failure.
-/// The leader's membership work: admit ready units one at a time, promote, heal.
-fn leader_membership(
-    peers: &mut Peers,
-    client: &Client,
-    ep: &str,
-    heal: bool,
-    board: &mut StatusBoard,
-) -> Result<Vec<Member>> {
-    let mut members = client.member_list(ep)?;
-    for _ in 0..10 {
-        let infos = peers.infos();
-        let join = peers.join();
-        match cluster::next_step(&members, &infos, join.as_ref()) {
-            Step::Wait(msg) => {
-                board.report("active", "");
-                juju::log("INFO", &format!("membership: {msg}"));
-                break;
-            }
-            Step::Done => break,
-            Step::Finish { unit } => {
-                juju::log("INFO", &format!("membership: {unit} has joined"));
-                peers.app_set("join", "");
-            }
-            Step::Promote { id, unit } => {
-                juju::log("INFO", &format!("membership: promoting {unit}"));
-                let r = retry(Duration::from_secs(30), Duration::from_millis(200), || {
-                    client.member_promote(ep, id)
-                });
-                if let Err(e) = r {
-                    juju::log("WARNING", &format!("cannot promote {unit} yet: {e}"));
-                    break;
-                }
-            }
-            Step::RemoveStray { id, why } => {
-                juju::log(
-                    "INFO",
-                    &format!("membership: removing member {id:x}: {why}"),
-                );
-                match client.member_remove(ep, id) {
-                    Ok(()) => {}
-                    Err(e) if e.status() == Some(404) => {}
-                    Err(e) => {
-                        juju::log("WARNING", &format!("cannot remove member {id:x}: {e}"));
-                        break;
-                    }
-                }
-            }
-            Step::Add(u) => {
-                juju::log(
-                    "INFO",
-                    &format!("membership: adding {} as a learner", u.unit),
-                );
-                let r = retry(
-                    Duration::from_secs(20),
-                    Duration::from_millis(250),
-                    || match client.member_add(ep, &u.peer_url, true) {
-                        Err(e) if e.message_contains("Peer URLs already exists") => Ok(None),
-                        other => other.map(Some),
-                    },
-                );
-                match r {
-                    Ok(_) => {
-                        crash_point("member-added");
-                        members = client.member_list(ep)?;
-                        let entries: Vec<(String, String)> = members
-                            .iter()
-                            .map(|m| {
-                                let name = if m.peer_urls.contains(&u.peer_url) {
-                                    u.name.clone()
-                                } else {
-                                    m.name.clone()
-                                };
-                                (name, m.peer_urls.first().cloned().unwrap_or_default())
-                            })
-                            .collect();
-                        let join = Join {
-                            unit: u.unit.clone(),
-                            name: u.name.clone(),
-                            peer_url: u.peer_url.clone(),
-                            initial_cluster: cluster::initial_cluster(&entries),
-                        };
-                        peers.app_set("join", &serde_json::to_string(&join)?);
-                    }
-                    Err(e) => juju::log("WARNING", &format!("cannot add {} yet: {e}", u.unit)),
-                }
-                break;
-            }
-        }
-        members = client.member_list(ep)?;
+impl crate::membership::PeerApp for Peers {
+    fn infos(&self) -> Vec<UnitInfo> {
+        Peers::infos(self)
     }
-    if heal {
-        let infos = peers.infos();
-        let raft_leader = client.status(ep).map(|s| s.leader).unwrap_or(0);
-        // A departing raft leader hands leadership over and removes itself; leave it to that.
-        for m in cluster::strays(&members, &infos, peers.join().as_ref())
-            .into_iter()
-            .filter(|m| m.id != raft_leader)
-        {
-            juju::log(
-                "INFO",
-                &format!(
-                    "membership: removing member {} {:?}: its unit is gone",
-                    m.name, m.peer_urls
-                ),
-            );
-            // The departing unit removes itself at about the same time; either way, wait
-            // for the membership change to go through (etcd refuses while it re-elects).
-            let r = retry(
-                Duration::from_secs(20),
-                Duration::from_millis(250),
-                || match client.member_remove(ep, m.id) {
-                    Err(e) if e.status() == Some(404) => Ok(()),
-                    other => other,
-                },
-            );
-            if let Err(e) = r {
-                juju::log("WARNING", &format!("cannot remove member {}: {e}", m.name));
-            }
-        }
-        // A departing raft leader removes itself a little later: report after it has.
-        let infos = peers.infos();
-        members = retry(Duration::from_secs(20), Duration::from_millis(250), || {
-            let m = client.member_list(ep).map_err(|e| e.to_string())?;
-            if cluster::strays(&m, &infos, peers.join().as_ref()).is_empty() {
-                Ok(m)
-            } else {
-                Err("a departed unit is still a member".to_string())
-            }
-        })
-        .or_else(|_| client.member_list(ep))?;
+    fn join(&self) -> Option<Join> {
+        Peers::join(self)
     }
-    Ok(members)
+    fn set_join(&mut self, join: Option<&Join>) -> Result<()> {
+        let v = match join {
+            Some(j) => serde_json::to_string(j)?,
+            None => String::new(),
+        };
+        self.app_set("join", &v);
+        Ok(())
+    }
 }
 
 fn publish_members(peers: &mut Peers, members: &[Member]) {
@@ -1072,23 +954,26 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         // Leader: membership.
         let mut members = vec![];
+        let mut membership_wait = None;
         let has_leader = status.as_ref().map(|s| s.leader != 0).unwrap_or(false);
         if !has_leader {
             // No quorum yet (a bootstrap in progress, or peers down): nothing to ask etcd.
         } else if leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
-            match leader_membership(
-                &mut peers,
-                &client,
-                &ep,
-                matches!(
-                    ctx.hook_name(),
-                    "update-status" | "cluster-relation-departed" | "leader-elected"
-                ),
-                board,
-            ) {
-                Ok(m) => {
-                    publish_members(&mut peers, &m);
-                    members = m;
+            let heal = matches!(
+                ctx.hook_name(),
+                "update-status" | "cluster-relation-departed" | "leader-elected"
+            );
+            let live = crate::membership::Live {
+                client: &client,
+                endpoint: &ep,
+            };
+            match crate::membership::converge(&live, &mut peers, heal, &mut |level, msg| {
+                juju::log(level, msg)
+            }) {
+                Ok(outcome) => {
+                    publish_members(&mut peers, &outcome.members);
+                    members = outcome.members;
+                    membership_wait = outcome.waiting;
                 }
                 Err(e) => juju::log("WARNING", &format!("membership: {e}")),
             }
@@ -1162,9 +1047,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     true,
                 )?;
             } else if s == "active" {
+                let why = membership_wait
+                    .map(|w| format!(": {w}"))
+                    .unwrap_or_default();
                 juju::status_set(
                     "waiting",
-                    &format!("{started} of {} units are cluster members", all.len()),
+                    &format!("{started} of {} units are cluster members{why}", all.len()),
                     true,
                 )?;
             } else {

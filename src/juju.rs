@@ -241,16 +241,21 @@ pub fn goal_state_units() -> Result<Vec<String>> {
 /// Where the storage `name` is mounted; `None` when none is attached. A failing tool is an
 /// error: guessing "not attached" would move the data dir.
 pub fn storage_location(name: &str) -> Result<Option<String>> {
-    let ids: Vec<String> =
-        json::<Option<Vec<String>>>("storage-list", &[name])?.unwrap_or_default();
+    storage_location_with("storage-list", "storage-get", name)
+}
+
+/// `storage_location` with the tools named (tests run stand-ins). No storage attached is
+/// `None`; a tool that fails is an error, never "no storage" (which would move the data).
+fn storage_location_with(list: &str, get: &str, name: &str) -> Result<Option<String>> {
+    let ids: Vec<String> = json::<Option<Vec<String>>>(list, &[name])?.unwrap_or_default();
     let Some(id) = ids.first() else {
         return Ok(None);
     };
-    let v: Value = json("storage-get", &["-s", id])?;
+    let v: Value = json(get, &["-s", id])?;
     match v.get("location").and_then(Value::as_str) {
         Some(l) => Ok(Some(l.to_string())),
         None => Err(JujuError::Parse {
-            tool: "storage-get".into(),
+            tool: get.into(),
             detail: format!("no location for storage {id}"),
         }),
     }
@@ -366,6 +371,33 @@ mod tests {
             resource_get_with(&gone, "etcd").is_err(),
             "a path that cannot be read is an error"
         );
+    }
+
+    #[test]
+    fn a_failing_storage_tool_is_an_error_and_no_storage_is_absence() {
+        let d = tempfile::tempdir().unwrap();
+        let list = tool(d.path(), "storage-list", "echo '[\"data/0\"]'");
+        let none = tool(d.path(), "storage-list-none", "echo '[]'");
+        let get = tool(
+            d.path(),
+            "storage-get",
+            "echo '{\"kind\":\"filesystem\",\"location\":\"/srv/data\"}'",
+        );
+        let broken = tool(
+            d.path(),
+            "storage-get-broken",
+            "echo 'ERROR connection is shut down' >&2; exit 1",
+        );
+        let no_location = tool(d.path(), "storage-get-odd", "echo '{}'");
+        assert_eq!(
+            storage_location_with(&list, &get, "data").unwrap(),
+            Some("/srv/data".into())
+        );
+        assert_eq!(storage_location_with(&none, &broken, "data").unwrap(), None);
+        let e = storage_location_with(&list, &broken, "data").unwrap_err();
+        assert!(e.to_string().contains("connection is shut down"), "{e}");
+        assert!(storage_location_with(&list, &no_location, "data").is_err());
+        assert!(storage_location_with(&broken, &get, "data").is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod cluster;
 mod config;
 mod etcd;
 mod juju;
+mod membership;
 mod migrate;
 mod pki;
 mod recover;

@@ -275,7 +275,7 @@ pub fn restore(
     }
 
     // 5. swap, keeping the old data until the restored cluster is healthy. The journal is
-    // written first: if this process dies anywhere until the check passes, the next hook
+    // written before any data moves: if this process dies anywhere until the check passes, the next hook
     // puts the old data, state and config back (`recover_interrupted`). An aside is never
     // reused or deleted before its replacement is proven: each attempt has its own.
     let svc = Service {
@@ -284,9 +284,12 @@ pub fn restore(
     let mut st = LocalState::load()?;
     let aside = Path::new(&data).join(format!(".pre-restore-{epoch}-{}", unit::now()));
     let member = Path::new(&data).join("member");
-    Journal::new(&aside, &member, &st)?.save()?;
+    // Stopped before the journal: a stop that fails leaves nothing to undo (the data is
+    // where it was), and a crash between the two leaves a stopped member the next hook starts.
     juju::action_log("stopping etcd and setting the current data aside");
-    svc.stop()?;
+    svc.stop()
+        .context("cannot stop etcd; nothing was moved, the member's data is where it was")?;
+    Journal::new(&aside, &member, &st)?.save()?;
     std::fs::create_dir_all(&aside)?;
     if member.exists() {
         std::fs::rename(&member, aside.join("member"))?;

@@ -625,6 +625,23 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     ]);
     env.settle("2m");
 
+    // etcd cannot be stopped (systemctl fails): the restore stops there and moves nothing.
+    env.exec_ok(
+        "etcd/0",
+        "printf '#!/bin/sh\\ncase \"$*\" in *stop*etcd*) echo \"Failed to stop etcd.service: Transaction is destructive.\" >&2; exit 1;; esac\\nexec /usr/bin/systemctl \"$@\"\\n' > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
+    );
+    let (code, task) = env.run_action("etcd/0", &["restore"]);
+    assert_ne!(code, 0, "a restore that cannot stop etcd fails: {task}");
+    assert!(
+        task.to_string().contains("Failed to stop etcd.service"),
+        "the failure says why: {task}"
+    );
+    env.exec_ok(
+        "etcd/0",
+        "rm /usr/local/sbin/systemctl && test -e /var/lib/etcd/member/wal && test ! -e /var/lib/etcd-charm/restore-journal.json",
+    );
+    assert_eq!(keys("/after-snapshot"), 1, "the original data still serves");
+
     // The action is SIGKILLed with the original data set aside and nothing in its place.
     env.crash_at("etcd/0", "restore-aside");
     let (code, _) = env.run_action("etcd/0", &["restore"]);

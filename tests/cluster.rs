@@ -230,21 +230,30 @@ fn systemd_restarts_a_killed_member_and_a_rebooted_machine_rejoins_with_its_data
     );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
 
-    // A corrupt local state file stops the charm's decisions with a message naming it; the
-    // member keeps serving; a repaired file brings the unit back.
+    // A corrupt local state file (etcd/1) or install record (etcd/2) stops the charm's
+    // decisions with a message naming the file; the member keeps serving; a repaired file
+    // brings the unit back.
     env.exec_ok("etcd/1", "cp /var/lib/etcd-charm/state.json /root/state.json && echo '{broken' > /var/lib/etcd-charm/state.json");
+    env.exec_ok("etcd/2", "cp /var/lib/etcd-charm/install.json /root/install.json && echo '{\"version\": 3' > /var/lib/etcd-charm/install.json");
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
-    let msg = |s: &serde_json::Value| unit_message(s, "etcd/1");
-    env.wait("etcd/1 blocked naming its state file", MIN, |s| {
-        msg(s).contains("/var/lib/etcd-charm/state.json is corrupt")
+    let msg = |s: &serde_json::Value, u: &str| unit_message(s, u);
+    env.wait("etcd/1 and etcd/2 blocked naming their files", MIN, |s| {
+        msg(s, "etcd/1").contains("/var/lib/etcd-charm/state.json is corrupt")
+            && msg(s, "etcd/2").contains("/var/lib/etcd-charm/install.json is corrupt")
     });
     wait_member_back(&env, &creds, "etcd/1", id1, "a corrupt state file");
+    wait_member_back(&env, &creds, "etcd/2", id2, "a corrupt install record");
     env.exec_ok(
         "etcd/1",
         "cp /root/state.json /var/lib/etcd-charm/state.json",
     );
-    env.wait("etcd/1 healthy again", MIN, |s| {
-        msg(s).starts_with("Healthy with 3")
+    env.exec_ok(
+        "etcd/2",
+        "cp /root/install.json /var/lib/etcd-charm/install.json",
+    );
+    env.wait("etcd/1 and etcd/2 healthy again", MIN, |s| {
+        msg(s, "etcd/1").starts_with("Healthy with 3")
+            && msg(s, "etcd/2").starts_with("Healthy with 3")
     });
 }
 

@@ -1490,16 +1490,16 @@ impl Ctl {
         ev: &Event,
         task: Option<u64>,
         is_action: bool,
-    ) -> HookCtx {
+    ) -> Option<HookCtx> {
         w.next_context += 1;
-        let m = &w.models[model];
+        let m = w.models.get(model)?;
         let init = m
             .units
             .get(unit)
             .and_then(|u| m.machines.get(&u.machine))
             .and_then(|x| x.init_pid)
             .unwrap_or(0);
-        HookCtx {
+        Some(HookCtx {
             id: format!(
                 "{}-{}-{}",
                 unit,
@@ -1523,7 +1523,7 @@ impl Ctl {
             state: vec![],
             storage_add: vec![],
             reboot: false,
-        }
+        })
     }
 
     /// Which file Juju would run for this hook or action, if any.
@@ -1571,7 +1571,7 @@ impl Ctl {
         let prep = self.mutate(|w| {
             let m = w.models.get(model)?;
             let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
-            let ctx = self.new_context(w, model, unit, &ev, None, false);
+            let ctx = self.new_context(w, model, unit, &ev, None, false)?;
             let m = w.models.get_mut(model)?;
             let u = m.units.get_mut(unit)?;
             // The event leaves the queue while it runs, so a change committed meanwhile queues
@@ -1819,7 +1819,7 @@ impl Ctl {
             let t = m.tasks.get(&task_id)?.clone();
             let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
             let ev = Event::default();
-            let ctx = self.new_context(w, model, unit, &ev, Some(task_id), t.command.is_none());
+            let ctx = self.new_context(w, model, unit, &ev, Some(task_id), t.command.is_none())?;
             let m = w.models.get_mut(model)?;
             let (argv, env) = match &t.command {
                 Some(cmd) => {
@@ -2164,5 +2164,19 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn a_panic_under_a_lock_does_not_stop_later_commands() {
+        let m = Arc::new(Mutex::new(1));
+        let held = m.clone();
+        let r = std::thread::spawn(move || {
+            let _g = lock(&held);
+            panic!("a command failed while holding the lock");
+        })
+        .join();
+        assert!(r.is_err() && m.is_poisoned());
+        *lock(&m) += 1;
+        assert_eq!(*lock(&m), 2);
     }
 }
