@@ -10,7 +10,7 @@ use crate::etcd::service::Service;
 use crate::etcd::snapshot::{stream_snapshot, SnapshotSink};
 use crate::juju::{self, Context};
 use crate::pki;
-use crate::unit::{self, member_name};
+use crate::unit;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 use std::io::Write;
@@ -34,6 +34,8 @@ pub fn run(ctx: &Context) -> Result<()> {
         "alarm-disarm" => alarm_disarm(),
         "install" => reinstall(),
         "snap-upgrade" => crate::migrate::snap_upgrade(ctx, &params),
+        "pre-upgrade-check" => crate::upgrade_actions::pre_upgrade_check(&params),
+        "resume-upgrade" => crate::upgrade_actions::resume_upgrade(ctx),
         other => refuse(format!("unknown action {other:?}")),
     };
     match r {
@@ -108,6 +110,16 @@ fn health() -> Result<Results> {
                 res.push((format!("members.{key}.error"), err));
             }
         }
+    }
+    let versions: std::collections::BTreeSet<&str> = res
+        .iter()
+        .filter(|(k, _)| k.ends_with(".version"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if versions.len() > 1 {
+        let mixed = versions.into_iter().collect::<Vec<_>>().join(", ");
+        lines.push(format!("members run different etcd versions: {mixed}"));
+        res.push(("mixed-versions".into(), mixed));
     }
     lines.push(if all {
         "cluster is healthy".into()
@@ -606,7 +618,6 @@ fn reinstall() -> Result<Results> {
         });
     }
     let _ = juju::application_version_set(&inst.version);
-    let _ = member_name("");
     Ok(vec![
         ("version".into(), inst.version),
         (

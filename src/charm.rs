@@ -16,6 +16,7 @@ use crate::etcd::render::{self, ClusterState};
 use crate::etcd::service::{self, Service};
 use crate::juju::{self, Bag, Context};
 use crate::pki::{self, Ca, Profile};
+use crate::roll::Next;
 use crate::unit::{
     check_local_files, crash_point, data_dir, has_member_data, member_name, now, retry, tls_client,
     LocalState, PEER,
@@ -628,6 +629,11 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         "rolled-back",
         inst.rolled_back.as_deref().unwrap_or(""),
     );
+    // The roll's view of this unit: the version it runs and the one it will run.
+    set_key(&mut mine, &mut my_writes, "wants-version", &inst.version);
+    if let Some(v) = &st.running_version {
+        set_key(&mut mine, &mut my_writes, "etcd-version", v);
+    }
     // Peers see the URLs etcd runs with now; new ones once this unit has restarted.
     let pub_peer = st.running_peer_url.clone().unwrap_or(peer_url.clone());
     let pub_client = format!("https://{address}:{}", st.client_port.unwrap_or(cfg.port));
@@ -802,6 +808,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             },
             token: st.token.clone().unwrap_or_else(|| "etcd-cluster".into()),
             pki_dir: pki::PKI_DIR.into(),
+            version: crate::upgrade::Version::parse(&inst.version)
+                .ok_or_else(|| anyhow::anyhow!("etcd reports no version ({:?})", inst.version))?,
         };
         let rendered = render::etcd_config(&member, &cfg);
         let changed = std::fs::read_to_string(service::CONFIG_FILE)
@@ -813,6 +821,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
         mark("rendered");
         let client = tls_client()?;
+        let roll_ctx = RollCtx {
+            pause_mode: &cfg.pause_after_unit_upgrade,
+            client: &client,
+            ep: &ep,
+        };
+        let mut roll_msg = None;
         let running = svc.running();
         let write_config =
             || pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644);
@@ -856,7 +870,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             set_key(&mut mine, &mut my_writes, "restart-wanted", &want);
             peers.units.insert(ctx.unit.clone(), mine.clone());
             if leader {
-                manage_restart_lock(&mut peers);
+                roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
             }
             let alone = peers.units.len() == 1;
             if alone
@@ -900,11 +914,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     set_key(&mut mine, &mut my_writes, "rolled-back", &failed);
                 }
                 set_key(&mut mine, &mut my_writes, "restarted", &want);
+                if let Some(v) = &st.running_version {
+                    set_key(&mut mine, &mut my_writes, "etcd-version", v);
+                }
                 set_key(&mut mine, &mut my_writes, "peer-url", &peer_url);
                 set_key(&mut mine, &mut my_writes, "client-url", &client_url);
                 peers.units.insert(ctx.unit.clone(), mine.clone());
                 if leader {
-                    manage_restart_lock(&mut peers);
+                    roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
                 }
             } else if let Some((unit, version)) = failed_upgrade(&peers) {
                 board.report(
@@ -914,6 +931,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                          there; this unit keeps its version. Attach a working etcd resource"
                     ),
                 );
+            } else if let Some(after) = peers.app_get("upgrade-paused") {
+                board.report(
+                    "maintenance",
+                    format!(
+                        "Upgrade paused after {after}: run the resume-upgrade action on the \
+                         leader to go on"
+                    ),
+                );
             } else {
                 board.report(
                     "maintenance",
@@ -921,7 +946,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 );
             }
         } else if leader {
-            manage_restart_lock(&mut peers);
+            roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
         }
         let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
         // A bootstrap member cannot be healthy before its peers start, and they start only
@@ -995,6 +1020,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 }
             }
         }
+        if let Some(msg) = roll_msg {
+            board.report("maintenance", msg);
+        }
         mark("membership");
         let healthy = has_leader && client.health(&ep).unwrap_or(false);
         let voters = members
@@ -1041,9 +1069,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             let started = all.iter().filter(|u| u.started).count();
             let (s, msg) = board.winner();
             if s == "active" && started == all.len() {
+                let mixed = crate::roll::mixed_versions(&peers.units)
+                    .map(|m| format!("; mixed etcd versions: {m}"))
+                    .unwrap_or_default();
                 juju::status_set(
                     "active",
-                    &format!("Healthy with {voters} known peers"),
+                    &format!("Healthy with {voters} known peers{mixed}"),
                     true,
                 )?;
             } else if s == "active" {
@@ -1108,8 +1139,6 @@ fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
     }
 }
 
-/// The leader's rolling-restart lock: one grant (`unit:config-hash`) at a time, released when
-/// that unit reports it restarted with that config (or is gone).
 /// The unit (and version) whose upgrade failed and was rolled back, if any.
 fn failed_upgrade(peers: &Peers) -> Option<(String, String)> {
     peers.units.iter().find_map(|(u, b)| {
@@ -1119,44 +1148,166 @@ fn failed_upgrade(peers: &Peers) -> Option<(String, String)> {
     })
 }
 
-fn manage_restart_lock(peers: &mut Peers) {
-    if let Some(g) = peers.app_get("restart-grant").map(String::from) {
-        let (unit, hash) = g.split_once(':').unwrap_or((g.as_str(), ""));
-        let done = match peers.units.get(unit) {
-            None => true,
-            Some(b) => {
-                b.get("restarted").map(String::as_str) == Some(hash)
-                    || b.get("restart-wanted").map(String::as_str) != Some(hash)
-            }
-        };
-        if !done {
-            return;
-        }
-        peers.app_set("restart-grant", "");
-    }
-    if let Some((unit, version)) = failed_upgrade(peers) {
-        juju::log(
-            "WARNING",
-            &format!(
-                "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
-            ),
-        );
-        return;
-    }
-    let mut waiting: Vec<(String, String)> = peers
-        .units
-        .iter()
-        .filter_map(|(u, b)| {
-            let want = b.get("restart-wanted")?;
-            (b.get("restarted") != Some(want)).then(|| (u.clone(), want.clone()))
-        })
-        .collect();
-    waiting.sort_by_key(|(u, _)| cluster::unit_number(u));
-    if let Some((u, h)) = waiting.first() {
-        juju::log("INFO", &format!("rolling restart: {u}'s turn"));
-        peers.app_set("restart-grant", &format!("{u}:{h}"));
-    }
+/// What the leader's roll asks of the running cluster (only when it grants an upgrade turn).
+struct RollCtx<'a> {
+    pause_mode: &'a str,
+    client: &'a Client,
+    ep: &'a str,
 }
+
+/// The unit whose member is the raft leader, if it can be told.
+fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Option<String> {
+    let leader = rc.client.status(rc.ep).ok()?.leader;
+    let members = rc.client.member_list(rc.ep).ok()?;
+    let name = &members.iter().find(|m| m.id == leader)?.name;
+    peers
+        .infos()
+        .into_iter()
+        .find(|u| &u.name == name)
+        .map(|u| u.unit)
+}
+
+/// The leader's rolling-restart lock (`roll::decide`): one grant (`unit:hash`) at a time,
+/// released when that unit reports it restarted with it (or is gone). Before an upgrade
+/// turn the cluster must pass the pre-upgrade check, and before the first one a snapshot is
+/// taken. Returns what the leader's status says about the roll, if anything.
+fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
+    let mut raft_leader: Option<Option<String>> = None;
+    let progress = |peers: &Peers| crate::roll::progress(&peers.units);
+    for _ in 0..4 {
+        let lock = crate::roll::Lock {
+            grant: peers.app_get("restart-grant").map(String::from),
+            upgrade_turn: peers.app_get("upgrade-turn").map(String::from),
+            paused: peers.app_get("upgrade-paused").map(String::from),
+        };
+        let leader_unit = raft_leader.clone().flatten();
+        match crate::roll::decide(&peers.units, &lock, rc.pause_mode, leader_unit.as_deref()) {
+            Next::Busy { unit } => {
+                return progress(peers).map(|(t, d, n)| {
+                    format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} upgrading")
+                })
+            }
+            Next::Release { pause } => {
+                juju::log(
+                    "INFO",
+                    &format!(
+                        "rolling restart: {} done (upgrade turn: {:?}; pause_after_unit_upgrade {}: {pause}; versions {:?})",
+                        lock.grant.as_deref().unwrap_or(""),
+                        lock.upgrade_turn,
+                        rc.pause_mode,
+                        peers
+                            .units
+                            .iter()
+                            .map(|(u, b)| format!(
+                                "{u}={}/{}",
+                                b.get("etcd-version").map(String::as_str).unwrap_or("?"),
+                                b.get("wants-version").map(String::as_str).unwrap_or("?")
+                            ))
+                            .collect::<Vec<_>>()
+                    ),
+                );
+                if pause {
+                    let after = lock.upgrade_turn.clone().unwrap_or_default();
+                    juju::log(
+                        "INFO",
+                        &format!("upgrade: paused after {after} (pause_after_unit_upgrade)"),
+                    );
+                    peers.app_set("upgrade-paused", &after);
+                }
+                peers.app_set("restart-grant", "");
+                peers.app_set("upgrade-turn", "");
+            }
+            Next::Stopped { unit, version } => {
+                juju::log(
+                    "WARNING",
+                    &format!(
+                        "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
+                    ),
+                );
+                return None;
+            }
+            Next::Paused { after } => {
+                return Some(match progress(peers) {
+                    Some((t, d, n)) => format!(
+                        "Upgrade to etcd {t} paused after {after} ({d} of {n} units done): run \
+                         the resume-upgrade action to go on"
+                    ),
+                    None => format!(
+                        "Upgrade paused after {after}: run the resume-upgrade action to go on"
+                    ),
+                })
+            }
+            Next::Grant {
+                unit,
+                hash,
+                upgrade,
+            } => {
+                if upgrade && raft_leader.is_none() {
+                    // The order of an upgrade puts the raft leader last: ask who it is.
+                    raft_leader = Some(raft_leader_unit(rc, peers));
+                    continue;
+                }
+                if upgrade {
+                    let target = progress(peers).map(|p| p.0).unwrap_or_default();
+                    if let Err(why) = crate::membership::ready_for_upgrade(rc.client, rc.ep) {
+                        juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
+                        return Some(format!("Upgrade to etcd {target} waits: {why}"));
+                    }
+                    if peers.app_get("upgrade-snapshot") != Some(target.as_str()) {
+                        match upgrade_snapshot(rc, &target) {
+                            Ok(path) => {
+                                juju::log(
+                                    "INFO",
+                                    &format!("upgrade to {target}: snapshot kept in {path}"),
+                                );
+                                peers.app_set("upgrade-snapshot", &target);
+                            }
+                            Err(e) => {
+                                juju::log("WARNING", &format!("upgrade snapshot failed: {e:#}"));
+                                return Some(format!(
+                                    "Upgrade to etcd {target} waits: the snapshot before it failed ({e})"
+                                ));
+                            }
+                        }
+                    }
+                    peers.app_set("upgrade-turn", &unit);
+                }
+                juju::log("INFO", &format!("rolling restart: {unit}'s turn"));
+                peers.app_set("restart-grant", &format!("{unit}:{hash}"));
+                return progress(peers).map(|(t, d, n)| {
+                    format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} next")
+                });
+            }
+            Next::Idle => return None,
+        }
+    }
+    None
+}
+
+/// A snapshot of the cluster before an upgrade's first turn, kept (0600) under
+/// /var/lib/etcd-charm/upgrade-snapshots.
+fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
+    use crate::etcd::snapshot::{stream_snapshot, Raw};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = Path::new(UPGRADE_SNAPSHOTS);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
+    let tmp = path.with_extension("partial");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let mut w = Raw(std::io::BufWriter::new(f));
+    stream_snapshot(rc.client, rc.ep, &mut w)?;
+    w.0.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path.display().to_string())
+}
+
+pub const UPGRADE_SNAPSHOTS: &str = "/var/lib/etcd-charm/upgrade-snapshots";
 
 /// Restarts this member with its new config; a new peer URL is registered first.
 fn restart_with(

@@ -44,6 +44,9 @@ pub struct Config {
     pub tls_certificate_lifetime: time::Duration,
     /// snapd's refresh.timer: "max" (monthly, each unit in its own hour) or a timer
     pub snapd_refresh: String,
+    /// where a version upgrade stops for the operator: "none", "first" (after the first
+    /// unit is upgraded) or "all" (after each unit); `resume-upgrade` goes on
+    pub pause_after_unit_upgrade: String,
 }
 
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
@@ -201,7 +204,19 @@ impl Config {
         if let Err(e) = check_refresh_timer(&snapd_refresh) {
             return Err(format!("invalid config: snapd_refresh {snapd_refresh:?}: {e} (use max, or a snapd timer such as fri5,23:00-01:00 or mon,10:00~12:00)"));
         }
+        let pause_after_unit_upgrade = {
+            let p = get_str(c, "pause_after_unit_upgrade");
+            if p.is_empty() {
+                "none".to_string()
+            } else {
+                p
+            }
+        };
+        if !matches!(pause_after_unit_upgrade.as_str(), "none" | "first" | "all") {
+            return Err(format!("invalid config: pause_after_unit_upgrade {pause_after_unit_upgrade:?} must be none, first or all"));
+        }
         Ok(Config {
+            pause_after_unit_upgrade,
             snapd_refresh,
             tls_certificate_lifetime,
             port: port as u16,
@@ -333,6 +348,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_values_with_specific_messages() {
+        assert!(cfg(json!({"pause_after_unit_upgrade": "sometimes"}))
+            .unwrap_err()
+            .contains("must be none, first or all"));
         assert!(cfg(json!({"port": 70000}))
             .unwrap_err()
             .contains("port 70000 is out of range"));

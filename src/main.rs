@@ -25,7 +25,10 @@ mod pki;
 mod recover;
 mod relations;
 mod restore;
+mod roll;
 mod unit;
+mod upgrade;
+mod upgrade_actions;
 
 use clap::{Parser, Subcommand};
 

@@ -95,6 +95,45 @@ impl Members for Live<'_> {
     }
 }
 
+/// The cluster state an upgrade step needs (the pre-upgrade check's cluster half): every
+/// member started, a voter and healthy at its own endpoint, and no alarm raised. The
+/// refusal names what is wrong and where.
+pub fn ready_for_upgrade(
+    client: &Client,
+    endpoint: &str,
+) -> std::result::Result<Vec<Member>, String> {
+    let members = client
+        .member_list(endpoint)
+        .map_err(|e| format!("cannot list the members: {e}"))?;
+    for m in &members {
+        if !m.started() {
+            return Err(format!(
+                "member {:?} {:?} has not started",
+                m.name, m.peer_urls
+            ));
+        }
+        if m.is_learner {
+            return Err(format!("member {} is a learner not yet promoted", m.name));
+        }
+        let url = m.client_url().unwrap_or_default();
+        match client.health(&url) {
+            Ok(true) => {}
+            Ok(false) => return Err(format!("member {} at {url} is not healthy", m.name)),
+            Err(e) => return Err(format!("member {} does not answer: {e}", m.name)),
+        }
+    }
+    let alarms = client
+        .alarms(endpoint)
+        .map_err(|e| format!("cannot read the alarms: {e}"))?;
+    if let Some(a) = alarms.first() {
+        return Err(format!(
+            "alarm {} is raised on member {:x}: clear it first (see the alarm's status message)",
+            a.alarm, a.member_id
+        ));
+    }
+    Ok(members)
+}
+
 /// What the membership work ended with: etcd's member list, and why it stopped short of
 /// `Done` (a unit to wait for), if it did.
 #[derive(Debug)]

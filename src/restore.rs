@@ -465,6 +465,17 @@ pub fn recover_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// The version of the etcd binaries installed for this unit to run.
+fn running_version() -> Result<crate::upgrade::Version> {
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+    crate::upgrade::Version::parse(&inst.version).ok_or_else(|| {
+        anyhow!(
+            "the install record names no etcd version ({:?})",
+            inst.version
+        )
+    })
+}
+
 pub(crate) fn rerender(
     st: &LocalState,
     cfg: &crate::config::Config,
@@ -480,6 +491,7 @@ pub(crate) fn rerender(
         state: crate::etcd::render::ClusterState::New,
         token: st.token.clone().unwrap_or_default(),
         pki_dir: crate::pki::PKI_DIR.into(),
+        version: running_version()?,
     };
     crate::pki::write_file(
         Path::new(crate::etcd::service::CONFIG_FILE),

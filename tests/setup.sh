@@ -63,6 +63,34 @@ if [ ! -x "$FIXTURES/etcd-3.5.1/etcd" ]; then
   rm -rf "$tmp"
 fi
 
+# Newer etcd builds from later Debian releases (3.5.16 from Debian 13, 3.5.30 from unstable):
+# their packages in $FIXTURES/debs-<version>/ and their binaries in $FIXTURES/etcd-<version>/
+# (they need only libc, so they run on Debian 12). Fetched with a source list and package
+# lists of our own, from the mirror the host's own sources name; the host's sources and
+# package lists are left alone.
+fetch_debian_etcd() { # suite version
+  local suite=$1 version=$2
+  [ -x "$FIXTURES/etcd-$version/etcd" ] && ls "$FIXTURES/debs-$version"/etcd-server_*.deb >/dev/null 2>&1 && return 0
+  local tmp uri apt_opts
+  tmp=$(mktemp -d)
+  uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+  [ -n "$uri" ] || uri=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
+  mkdir -p "$tmp/lists/partial" "$tmp/cache/archives/partial" "$FIXTURES/debs-$version" "$FIXTURES/etcd-$version"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $uri $suite main" > "$tmp/sources.list"
+  apt_opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache=$tmp/cache" -o APT::Sandbox::User=root)
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$FIXTURES/debs-$version" && apt-get "${apt_opts[@]}" download "etcd-server=$version*" "etcd-client=$version*" >/dev/null)
+  for d in "$FIXTURES/debs-$version"/*.deb; do dpkg-deb -x "$d" "$tmp/x"; done
+  for b in etcd etcdctl etcdutl; do
+    [ -x "$tmp/x/usr/bin/$b" ] && cp "$tmp/x/usr/bin/$b" "$FIXTURES/etcd-$version/"
+  done
+  "$FIXTURES/etcd-$version/etcd" --version | grep -q "etcd Version: $version" || { echo "etcd-$version: unexpected binary" >&2; exit 1; }
+  rm -rf "$tmp"
+}
+fetch_debian_etcd trixie 3.5.16
+fetch_debian_etcd sid 3.5.30
+
 # Snaps packed here (the store is out of reach): the `bare` base and a placeholder `snapd`
 # snap that snapd wants before any snap on another base, and etcd snaps laid out like the
 # store's (apps etcd and etcdctl; /snap/bin/etcd, /snap/bin/etcd.etcdctl). They are classic:

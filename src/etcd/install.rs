@@ -3,6 +3,7 @@
 //! into a staging dir, switched in by moving the `current` link), the Debian package, or the
 //! snap. A delivery only provides binaries; the charm owns config, certificates and data.
 
+use crate::upgrade::{check_step, Version};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -255,6 +256,23 @@ fn find_bin_dir(root: &Path) -> Option<PathBuf> {
 /// With `defer_switch` (a running member's upgrade) the new binaries are unpacked and
 /// verified but `current` keeps pointing at the running ones until `switch_staged`, in this
 /// unit's rolling turn: a restart out of turn (a crash, systemd) runs what ran before.
+/// Refuses a version step etcd does not support (a downgrade, a skipped minor, a minor
+/// from too early a patch release) from what runs on this unit now, before anything of the
+/// new version is put in place.
+fn refuse_bad_step(version: &str, label: &str) -> Result<()> {
+    let running_bin = Path::new(OPT_DIR).join("current").join("etcd");
+    if !running_bin.exists() {
+        return Ok(());
+    }
+    let running = binary_version(&running_bin)?;
+    let (Some(from), Some(to)) = (Version::parse(&running), Version::parse(version)) else {
+        return Err(InstallError::Bad(format!(
+            "{label}: cannot compare etcd versions {running:?} and {version:?}"
+        )));
+    };
+    check_step(from, to).map_err(|why| InstallError::Bad(format!("{label} refused: {why}")))
+}
+
 pub fn install_archive(
     tarball: &Path,
     expected_sha256: Option<&str>,
@@ -309,6 +327,9 @@ pub fn install_archive(
         )));
     }
     let version = binary_version(&bin.join("etcd"))?;
+    if defer_switch {
+        refuse_bad_step(&version, label)?;
+    }
     let final_dir = Path::new(OPT_DIR).join(&version);
     // Move the verified binaries into place; an older copy of the same version is set aside
     // and removed only once the new one is in place.

@@ -1,6 +1,7 @@
 //! Renders etcd's YAML config file and the systemd unit. Pure functions: data in, bytes out.
 
 use crate::config::Config;
+use crate::upgrade::Version;
 
 /// Everything the etcd config depends on besides the charm config.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +13,9 @@ pub struct Member {
     pub state: ClusterState,
     pub token: String,
     pub pki_dir: String,
+    /// the etcd version that runs this config: flags follow it (3.6 drops the v2 store's
+    /// `enable-v2`; 3.7 drops `max-snapshots`, which only counted v2 snapshots)
+    pub version: Version,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +98,21 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     s.push_str("pre-vote: true\n");
     // 3.4 turns the HTTP/JSON gateway off when a config file is used (etcd-notes §0.1).
     s.push_str("enable-grpc-gateway: true\n");
-    s.push_str("enable-v2: false\n");
+    let v36 = Version {
+        major: 3,
+        minor: 6,
+        patch: 0,
+    };
+    let v37 = Version { minor: 7, ..v36 };
+    if m.version < v36 {
+        s.push_str("enable-v2: false\n");
+    }
     s.push_str("logger: zap\n");
     s.push_str("log-level: info\n");
     s.push_str("log-outputs: [stderr]\n");
-    s.push_str("max-snapshots: 5\n");
+    if m.version < v37 {
+        s.push_str("max-snapshots: 5\n");
+    }
     s.push_str("max-wals: 5\n");
     if !c.tls_cipher_suites.is_empty() {
         s.push_str(&format!(
@@ -157,6 +171,7 @@ mod tests {
             state,
             token: "tok-123".into(),
             pki_dir: "/etc/etcd/pki".into(),
+            version: Version::parse("3.5.1").unwrap(),
         }
     }
 
@@ -197,6 +212,19 @@ mod tests {
             !s.contains("http://"),
             "no plaintext listener unless configured"
         );
+    }
+
+    #[test]
+    fn each_minor_version_gets_the_flags_it_knows() {
+        for v in ["3.4.23", "3.5.30", "3.6.0", "3.7.0"] {
+            let mut m = member(ClusterState::New);
+            m.version = Version::parse(v).unwrap();
+            let minor = &v[..3];
+            golden(
+                &format!("etcd-{minor}.conf.yml"),
+                &etcd_config(&m, &config(serde_json::json!({}))),
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,14 @@ impl Creds {
     pub fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)
     }
+    /// The same credentials in a directory of their own (for another thread).
+    pub fn copy(&self) -> Creds {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "client.crt", "client.key"] {
+            std::fs::copy(self.path(f), dir.path().join(f)).unwrap();
+        }
+        Creds { dir }
+    }
     /// etcdctl (3.5.1 from the fixtures) with or without the client certificate.
     pub fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
         etcdctl(self.dir.path(), endpoints, with_cert, args)

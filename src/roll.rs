@@ -1,0 +1,325 @@
+//! The leader's rolling-restart lock, as a pure decision over the peer databags: one unit at
+//! a time restarts (a new config or new binaries), each granted `unit:hash` and released
+//! when it reports `restarted` with that hash. For a version upgrade the raft leader's unit
+//! goes last (one leader election, not one per unit), a unit whose new binaries failed stops
+//! the roll, and `pause_after_unit_upgrade` holds it after the first or every upgraded unit
+//! until the `resume-upgrade` action.
+//!
+//! Unit databag keys: `restart-wanted` (hash of the config and version it wants to run),
+//! `restarted` (the hash it restarted with), `etcd-version` (what runs now),
+//! `wants-version` (what it will run after its turn), `rolled-back` (a version that failed).
+
+use crate::cluster::unit_number;
+use crate::upgrade::Version;
+use std::collections::BTreeMap;
+
+pub type Bag = BTreeMap<String, String>;
+
+/// The leader's app keys for the roll.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Lock {
+    /// `unit:hash` of the outstanding turn
+    pub grant: Option<String>,
+    /// the unit whose outstanding turn is a version upgrade
+    pub upgrade_turn: Option<String>,
+    /// the unit after which the upgrade is paused
+    pub paused: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// A turn is outstanding: wait for it.
+    Busy { unit: String },
+    /// The outstanding turn is over: release it (and pause after it if `pause`).
+    Release { pause: bool },
+    /// A unit's new version failed and was rolled back there: no more turns.
+    Stopped { unit: String, version: String },
+    /// Paused after `after` until `resume-upgrade`.
+    Paused { after: String },
+    /// Grant `unit` its turn; `upgrade` when it switches versions in it.
+    Grant {
+        unit: String,
+        hash: String,
+        upgrade: bool,
+    },
+    /// Nothing waits.
+    Idle,
+}
+
+fn get<'a>(b: &'a Bag, k: &str) -> Option<&'a str> {
+    b.get(k).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+fn wants_upgrade(b: &Bag) -> bool {
+    matches!((get(b, "wants-version"), get(b, "etcd-version")), (Some(w), Some(r)) if w != r)
+}
+
+/// The units waiting for a turn, in the order they get it: lowest unit number first, the
+/// raft leader's unit last.
+pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str>) -> Vec<&'a str> {
+    let mut waiting: Vec<&str> = units
+        .iter()
+        .filter(
+            |(_, b)| matches!(get(b, "restart-wanted"), Some(w) if get(b, "restarted") != Some(w)),
+        )
+        .map(|(u, _)| u.as_str())
+        .collect();
+    waiting.sort_by_key(|u| (Some(*u) == raft_leader_unit, unit_number(u)));
+    waiting
+}
+
+pub fn decide(
+    units: &BTreeMap<String, Bag>,
+    lock: &Lock,
+    pause_mode: &str,
+    raft_leader_unit: Option<&str>,
+) -> Next {
+    if let Some(g) = &lock.grant {
+        let (unit, hash) = g.split_once(':').unwrap_or((g.as_str(), ""));
+        let done = match units.get(unit) {
+            None => true,
+            Some(b) => get(b, "restarted") == Some(hash) || get(b, "restart-wanted") != Some(hash),
+        };
+        if !done {
+            return Next::Busy { unit: unit.into() };
+        }
+        let upgraded = lock.upgrade_turn.as_deref() == Some(unit)
+            && units
+                .get(unit)
+                .is_some_and(|b| !wants_upgrade(b) && get(b, "rolled-back").is_none());
+        let more = queue(units, raft_leader_unit).iter().any(|u| *u != unit);
+        let pause = upgraded
+            && more
+            && match pause_mode {
+                "all" => true,
+                "first" => {
+                    let v = units.get(unit).and_then(|b| get(b, "etcd-version"));
+                    units
+                        .values()
+                        .filter(|b| get(b, "etcd-version") == v)
+                        .count()
+                        == 1
+                }
+                _ => false,
+            };
+        return Next::Release { pause };
+    }
+    if let Some((unit, version)) = units
+        .iter()
+        .find_map(|(u, b)| get(b, "rolled-back").map(|v| (u.clone(), v.to_string())))
+    {
+        return Next::Stopped { unit, version };
+    }
+    if let Some(after) = &lock.paused {
+        return Next::Paused {
+            after: after.clone(),
+        };
+    }
+    match queue(units, raft_leader_unit).first() {
+        Some(u) => {
+            let b = &units[*u];
+            // An upgrade starts once every unit has unpacked the new version: until then the
+            // queue holds only the units that have, and the raft leader could be first.
+            let target = get(b, "wants-version");
+            if wants_upgrade(b) && units.values().any(|o| get(o, "wants-version") != target) {
+                return Next::Idle;
+            }
+            Next::Grant {
+                unit: u.to_string(),
+                hash: get(b, "restart-wanted").unwrap_or_default().to_string(),
+                upgrade: wants_upgrade(b),
+            }
+        }
+        None => Next::Idle,
+    }
+}
+
+/// Where a version upgrade stands: (target, units done, units), or None when every unit
+/// runs the newest version any unit wants.
+pub fn progress(units: &BTreeMap<String, Bag>) -> Option<(String, usize, usize)> {
+    let target = units
+        .values()
+        .filter_map(|b| get(b, "wants-version"))
+        .max_by_key(|v| Version::parse(v))?;
+    let done = units
+        .values()
+        .filter(|b| get(b, "etcd-version") == Some(target))
+        .count();
+    (done < units.len()).then(|| (target.to_string(), done, units.len()))
+}
+
+/// The versions the units run, when they differ: `3.4.23 (etcd/1, etcd/2), 3.5.16 (etcd/0)`.
+pub fn mixed_versions(units: &BTreeMap<String, Bag>) -> Option<String> {
+    let mut by: BTreeMap<Option<Version>, (String, Vec<&str>)> = BTreeMap::new();
+    for (u, b) in units {
+        if let Some(v) = get(b, "etcd-version") {
+            by.entry(Version::parse(v))
+                .or_insert_with(|| (v.to_string(), vec![]))
+                .1
+                .push(u);
+        }
+    }
+    (by.len() > 1).then(|| {
+        by.values()
+            .map(|(v, us)| format!("{v} ({})", us.join(", ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bag(pairs: &[(&str, &str)]) -> Bag {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Three units wanting 3.5.16 while running 3.4.23.
+    fn upgrading() -> BTreeMap<String, Bag> {
+        (0..3)
+            .map(|n| {
+                (
+                    format!("etcd/{n}"),
+                    bag(&[
+                        ("restart-wanted", "h2"),
+                        ("restarted", "h1"),
+                        ("etcd-version", "3.4.23"),
+                        ("wants-version", "3.5.16"),
+                    ]),
+                )
+            })
+            .collect()
+    }
+
+    fn finish(units: &mut BTreeMap<String, Bag>, unit: &str) {
+        let b = units.get_mut(unit).unwrap();
+        b.insert("restarted".into(), "h2".into());
+        b.insert("etcd-version".into(), "3.5.16".into());
+    }
+
+    /// Runs the roll to its end, granting and finishing turns; returns the order.
+    fn run(
+        units: &mut BTreeMap<String, Bag>,
+        mode: &str,
+        leader: Option<&str>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut lock = Lock::default();
+        let (mut order, mut pauses) = (vec![], vec![]);
+        for _ in 0..20 {
+            match decide(units, &lock, mode, leader) {
+                Next::Grant {
+                    unit,
+                    hash,
+                    upgrade,
+                } => {
+                    assert!(upgrade);
+                    lock.grant = Some(format!("{unit}:{hash}"));
+                    lock.upgrade_turn = Some(unit.clone());
+                    order.push(unit);
+                }
+                Next::Busy { unit } => finish(units, &unit),
+                Next::Release { pause } => {
+                    if pause {
+                        let after = lock.upgrade_turn.clone().unwrap();
+                        pauses.push(after.clone());
+                        lock.paused = Some(after);
+                    }
+                    lock.grant = None;
+                    lock.upgrade_turn = None;
+                }
+                Next::Paused { .. } => lock.paused = None, // resume-upgrade
+                Next::Idle => return (order, pauses),
+                other => panic!("{other:?}"),
+            }
+        }
+        panic!("the roll did not end");
+    }
+
+    #[test]
+    fn one_unit_at_a_time_the_raft_leader_last() {
+        let mut units = upgrading();
+        let (order, pauses) = run(&mut units, "none", Some("etcd/0"));
+        assert_eq!(order, ["etcd/1", "etcd/2", "etcd/0"]);
+        assert!(pauses.is_empty());
+        assert_eq!(progress(&units), None);
+    }
+
+    #[test]
+    fn an_upgrade_waits_until_every_unit_has_the_new_version() {
+        let mut units = upgrading();
+        // etcd/1 (the raft leader) alone has unpacked the new version so far
+        for u in ["etcd/0", "etcd/2"] {
+            let b = units.get_mut(u).unwrap();
+            b.insert("wants-version".into(), "3.4.23".into());
+            b.insert("restart-wanted".into(), "h1".into());
+        }
+        assert_eq!(
+            decide(&units, &Lock::default(), "none", Some("etcd/1")),
+            Next::Idle
+        );
+        let (order, _) = run(&mut upgrading(), "none", Some("etcd/1"));
+        assert_eq!(order, ["etcd/0", "etcd/2", "etcd/1"]);
+    }
+
+    #[test]
+    fn pauses_after_the_first_or_every_unit_but_never_after_the_last() {
+        let (_, pauses) = run(&mut upgrading(), "first", None);
+        assert_eq!(pauses, ["etcd/0"]);
+        let (_, pauses) = run(&mut upgrading(), "all", None);
+        assert_eq!(pauses, ["etcd/0", "etcd/1"]);
+    }
+
+    #[test]
+    fn a_rolled_back_unit_stops_the_roll_and_a_busy_turn_is_waited_for() {
+        let mut units = upgrading();
+        let lock = Lock {
+            grant: Some("etcd/0:h2".into()),
+            upgrade_turn: Some("etcd/0".into()),
+            paused: None,
+        };
+        assert_eq!(
+            decide(&units, &lock, "none", None),
+            Next::Busy {
+                unit: "etcd/0".into()
+            }
+        );
+        let b = units.get_mut("etcd/0").unwrap();
+        b.insert("restarted".into(), "h2".into());
+        b.insert("rolled-back".into(), "3.5.16".into());
+        assert_eq!(
+            decide(&units, &lock, "all", None),
+            Next::Release { pause: false }
+        );
+        assert_eq!(
+            decide(&units, &Lock::default(), "none", None),
+            Next::Stopped {
+                unit: "etcd/0".into(),
+                version: "3.5.16".into()
+            }
+        );
+    }
+
+    #[test]
+    fn progress_and_mixed_versions_name_the_units() {
+        let mut units = upgrading();
+        assert_eq!(progress(&units), Some(("3.5.16".into(), 0, 3)));
+        finish(&mut units, "etcd/1");
+        assert_eq!(progress(&units), Some(("3.5.16".into(), 1, 3)));
+        assert_eq!(
+            mixed_versions(&units).unwrap(),
+            "3.4.23 (etcd/0, etcd/2), 3.5.16 (etcd/1)"
+        );
+        // a config-only roll is no upgrade
+        let same: BTreeMap<String, Bag> = [(
+            "etcd/0".to_string(),
+            bag(&[("etcd-version", "3.5.1"), ("wants-version", "3.5.1")]),
+        )]
+        .into();
+        assert_eq!(progress(&same), None);
+        assert_eq!(mixed_versions(&same), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The upgrade's actions: `pre-upgrade-check` (the same checks the leader makes before an
+//! upgrade turn, plus disk space and the version step) and `resume-upgrade` (goes on after
+//! `pause_after_unit_upgrade` held the roll).
+
+use crate::action_support::{leader_only, local, param_str, refuse, Results};
+use crate::etcd::install::Installed;
+use crate::juju::{self, Bag, Context};
+use crate::upgrade::{check_step, Version};
+use crate::{membership, unit};
+use anyhow::{anyhow, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Checks the cluster is ready for an upgrade to `version` (default: the version staged on
+/// this unit from the attached etcd resource). Refuses with every failed check named.
+pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
+    let (client, ep, _) = local()?;
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+    let requested = param_str(params, "version", "");
+    let target_raw = if requested.is_empty() {
+        inst.version.clone()
+    } else {
+        requested.to_string()
+    };
+    let Some(target) = Version::parse(&target_raw) else {
+        return refuse(format!(
+            "version {target_raw:?} is not an etcd version (use 3.5.30 or v3.5.30)"
+        ));
+    };
+    let mut failed = vec![];
+    let mut lines = vec![];
+    let members = match membership::ready_for_upgrade(&client, &ep) {
+        Ok(m) => {
+            lines.push(format!(
+                "every member ({}) is started, a voter and healthy; no alarm",
+                m.len()
+            ));
+            m
+        }
+        Err(why) => {
+            failed.push(why);
+            client.member_list(&ep).unwrap_or_default()
+        }
+    };
+    // The step, from the oldest version any member runs.
+    let mut oldest: Option<Version> = None;
+    let mut largest_db = 0u64;
+    for m in &members {
+        let Some(url) = m.client_url() else { continue };
+        match client.status(&url) {
+            Ok(s) => {
+                largest_db = largest_db.max(s.db_size);
+                match Version::parse(&s.version) {
+                    Some(v) => oldest = Some(oldest.map_or(v, |o| o.min(v))),
+                    None => failed.push(format!("member {} reports no version", m.name)),
+                }
+            }
+            Err(e) => failed.push(format!("member {} does not report its status: {e}", m.name)),
+        }
+    }
+    if let Some(from) = oldest {
+        match check_step(from, target) {
+            Ok(()) => lines.push(format!("the step from {from} to {target} is supported")),
+            Err(why) => failed.push(why),
+        }
+    }
+    if target.minor >= 6 && target.major == 3 {
+        lines.push(format!(
+            "{target}: this charm runs etcd with enable-v2 off; data written through the v2 API \
+             before (the classic charm) must be gone: run `etcdutl check v2store` from the \
+             {}.{} tools on a copy of a member's data before the first unit switches",
+            target.major, target.minor
+        ));
+    }
+    // Disk: a snapshot (the upgrade keeps one) and room for the database to grow into.
+    let data = unit::data_dir()?;
+    let free = free_bytes(&data)?;
+    let need = largest_db.saturating_mul(2);
+    if free < need {
+        failed.push(format!(
+            "{data} has {} MiB free; the upgrade's snapshot and the database need {} MiB: free some space first",
+            free >> 20,
+            need >> 20
+        ));
+    } else {
+        lines.push(format!(
+            "{data} has {} MiB free (needs {} MiB)",
+            free >> 20,
+            need >> 20
+        ));
+    }
+    if !failed.is_empty() {
+        return refuse(format!(
+            "not ready to upgrade to etcd {target}: {}",
+            failed.join("; ")
+        ));
+    }
+    Ok(vec![
+        ("ready".into(), "true".into()),
+        ("target".into(), target.to_string()),
+        ("output".into(), lines.join("\n")),
+    ])
+}
+
+fn free_bytes(path: &str) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(path)
+        .map_err(|e| anyhow!("cannot tell how much space {path} has: {e}"))?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// Lets a paused upgrade go on (leader only): the next unit's turn is granted by the next
+/// hook.
+pub fn resume_upgrade(ctx: &Context) -> Result<Results> {
+    leader_only(ctx, "resume-upgrade")?;
+    let Some(rel) = juju::relation_ids(unit::PEER)?.into_iter().next() else {
+        return refuse("there is no peer relation yet: nothing to resume");
+    };
+    let app = juju::relation_get(&rel, &ctx.app, true)?;
+    let Some(after) = app.get("upgrade-paused").filter(|v| !v.is_empty()) else {
+        return refuse("no upgrade is paused");
+    };
+    let after = after.clone();
+    juju::relation_set(
+        &rel,
+        &Bag::from([("upgrade-paused".into(), String::new())]),
+        true,
+    )?;
+    Ok(vec![(
+        "output".into(),
+        format!("the upgrade goes on after {after}; the next unit's turn comes with the next hook"),
+    )])
+}
