@@ -427,7 +427,7 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
     let log = env.ok(&["debug-log"]);
     let turns: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("rolling restart:"))
+        .filter(|l| l.contains("rolling restart:") && l.contains("'s turn"))
         .collect();
     assert_eq!(turns.len(), 3, "one turn per unit: {turns:?}");
 
