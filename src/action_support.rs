@@ -49,11 +49,8 @@ pub fn local() -> Result<(Client, String, Config)> {
 
 /// The raft leader's client URL.
 pub fn leader_endpoint(client: &Client, ep: &str) -> Result<(String, Member)> {
-    let members = client.member_list(ep)?;
-    let st = client.status(ep)?;
-    let m = members
-        .into_iter()
-        .find(|m| m.id == st.leader)
+    let m = client
+        .leader_member(ep)?
         .ok_or_else(|| anyhow!("the cluster has no leader"))?;
     Ok((
         m.client_url()

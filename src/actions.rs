@@ -150,14 +150,8 @@ pub fn credentials_readme(endpoints: &[String]) -> String {
 }
 
 fn tar_gz_private(path: &Path, entries: &[(String, Vec<u8>, u32)]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("part");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let f = pki::create_private(&tmp)?;
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
         f,
         flate2::Compression::default(),
@@ -340,14 +334,8 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         "keys-version": "v3",
     });
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
-    use std::os::unix::fs::OpenOptionsExt;
     let part = target.join(format!(".{name}.part"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&part)?;
+    let f = pki::create_private(&part)?;
     let result = (|| -> Result<u64> {
         let mut archive = Archive {
             file: Some(f),
@@ -425,13 +413,7 @@ fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Re
     let path = target.join(format!("{name}.tar.gz"));
     let tmp = target.join(format!(".{name}.part"));
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let f = pki::create_private(&tmp)?;
         let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
             f,
             flate2::Compression::default(),

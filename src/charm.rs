@@ -808,8 +808,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             },
             token: st.token.clone().unwrap_or_else(|| "etcd-cluster".into()),
             pki_dir: pki::PKI_DIR.into(),
-            version: crate::upgrade::Version::parse(&inst.version)
-                .ok_or_else(|| anyhow::anyhow!("etcd reports no version ({:?})", inst.version))?,
+            version: crate::upgrade::Version::installed(&inst)?,
         };
         let rendered = render::etcd_config(&member, &cfg);
         let changed = std::fs::read_to_string(service::CONFIG_FILE)
@@ -923,7 +922,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 if leader {
                     roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
                 }
-            } else if let Some((unit, version)) = failed_upgrade(&peers) {
+            } else if let Some((unit, version)) = crate::roll::rolled_back(&peers.units) {
                 board.report(
                     "blocked",
                     format!(
@@ -1139,15 +1138,6 @@ fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
     }
 }
 
-/// The unit (and version) whose upgrade failed and was rolled back, if any.
-fn failed_upgrade(peers: &Peers) -> Option<(String, String)> {
-    peers.units.iter().find_map(|(u, b)| {
-        b.get("rolled-back")
-            .filter(|v| !v.is_empty())
-            .map(|v| (u.clone(), v.clone()))
-    })
-}
-
 /// What the leader's roll asks of the running cluster (only when it grants an upgrade turn).
 struct RollCtx<'a> {
     pause_mode: &'a str,
@@ -1157,13 +1147,11 @@ struct RollCtx<'a> {
 
 /// The unit whose member is the raft leader, if it can be told.
 fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Option<String> {
-    let leader = rc.client.status(rc.ep).ok()?.leader;
-    let members = rc.client.member_list(rc.ep).ok()?;
-    let name = &members.iter().find(|m| m.id == leader)?.name;
+    let leader = rc.client.leader_member(rc.ep).ok()??;
     peers
         .infos()
         .into_iter()
-        .find(|u| &u.name == name)
+        .find(|u| u.name == leader.name)
         .map(|u| u.unit)
 }
 
@@ -1287,23 +1275,12 @@ fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
 /// A snapshot of the cluster before an upgrade's first turn, kept (0600) under
 /// /var/lib/etcd-charm/upgrade-snapshots.
 fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
-    use crate::etcd::snapshot::{stream_snapshot, Raw};
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dir = Path::new(UPGRADE_SNAPSHOTS);
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
-    let tmp = path.with_extension("partial");
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    let mut w = Raw(std::io::BufWriter::new(f));
-    stream_snapshot(rc.client, rc.ep, &mut w)?;
-    w.0.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::etcd::snapshot::save_raw(rc.client, rc.ep, &path)?;
     Ok(path.display().to_string())
 }
 

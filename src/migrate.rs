@@ -14,7 +14,7 @@ use crate::action_support::{local, param_bool, param_str, refuse, writable_dir, 
 use crate::etcd::client::Client;
 use crate::etcd::install::{self, Delivery, Installed};
 use crate::etcd::service::Service;
-use crate::etcd::snapshot::{stream_snapshot, Raw};
+use crate::etcd::snapshot::save_raw;
 use crate::juju::{self, Context};
 use crate::unit;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -238,9 +238,7 @@ pub fn snap_upgrade(
         )?;
         step("snapshot")?;
         let snap = dir.join("etcd-pre-migration.db");
-        let f = std::fs::File::create(&snap)?;
-        stream_snapshot(&client, &ep, &mut Raw(std::io::BufWriter::new(f)))?;
-        std::fs::set_permissions(&snap, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        save_raw(&client, &ep, &snap)?;
         results.push(("backup.path".into(), archive.display().to_string()));
         results.push(("backup.snapshot".into(), snap.display().to_string()));
     }

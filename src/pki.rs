@@ -199,6 +199,18 @@ pub fn path(name: &str) -> PathBuf {
 }
 
 /// Writes a file atomically with the given mode (0600 for keys).
+/// Creates (or truncates) a file only its owner can read: 0600 from its creation, never
+/// readable by others even for a moment.
+pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(p)
+}
+
 pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| PkiError::Io {

@@ -18,7 +18,7 @@ use crate::action_support::{
 };
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
-use crate::etcd::snapshot::{stream_snapshot, Raw};
+use crate::etcd::snapshot::save_raw;
 use crate::juju::{self, Bag, Context};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -254,8 +254,7 @@ pub fn restore(
     if let Some(dir) = target_dir {
         let path = dir.join(format!("etcd-pre-restore-{}.db", epoch));
         let (leader_ep, _) = leader_endpoint(&client, &ep)?;
-        let f = std::fs::File::create(&path)?;
-        stream_snapshot(&client, &leader_ep, &mut Raw(std::io::BufWriter::new(f)))?;
+        save_raw(&client, &leader_ep, &path)?;
         juju::action_log(&format!("the current data is saved in {}", path.display()));
         results.push(("backup.path".into(), path.display().to_string()));
     }
@@ -465,17 +464,6 @@ pub fn recover_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// The version of the etcd binaries installed for this unit to run.
-fn running_version() -> Result<crate::upgrade::Version> {
-    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
-    crate::upgrade::Version::parse(&inst.version).ok_or_else(|| {
-        anyhow!(
-            "the install record names no etcd version ({:?})",
-            inst.version
-        )
-    })
-}
-
 pub(crate) fn rerender(
     st: &LocalState,
     cfg: &crate::config::Config,
@@ -491,7 +479,9 @@ pub(crate) fn rerender(
         state: crate::etcd::render::ClusterState::New,
         token: st.token.clone().unwrap_or_default(),
         pki_dir: crate::pki::PKI_DIR.into(),
-        version: running_version()?,
+        version: crate::upgrade::Version::installed(
+            &Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?,
+        )?,
     };
     crate::pki::write_file(
         Path::new(crate::etcd::service::CONFIG_FILE),

@@ -68,6 +68,14 @@ pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str
     waiting
 }
 
+/// The unit (and version) whose upgrade failed and was rolled back there, if any: it stops
+/// the roll.
+pub fn rolled_back(units: &BTreeMap<String, Bag>) -> Option<(String, String)> {
+    units
+        .iter()
+        .find_map(|(u, b)| get(b, "rolled-back").map(|v| (u.clone(), v.to_string())))
+}
+
 pub fn decide(
     units: &BTreeMap<String, Bag>,
     lock: &Lock,
@@ -104,10 +112,7 @@ pub fn decide(
             };
         return Next::Release { pause };
     }
-    if let Some((unit, version)) = units
-        .iter()
-        .find_map(|(u, b)| get(b, "rolled-back").map(|v| (u.clone(), v.to_string())))
-    {
+    if let Some((unit, version)) = rolled_back(units) {
         return Next::Stopped { unit, version };
     }
     if let Some(after) = &lock.paused {

@@ -30,6 +30,18 @@ impl Version {
     }
 }
 
+impl Version {
+    /// The version an install record names (what its binaries run and its config follows).
+    pub fn installed(inst: &crate::etcd::install::Installed) -> anyhow::Result<Version> {
+        Version::parse(&inst.version).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the install record names no etcd version ({:?})",
+                inst.version
+            )
+        })
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)

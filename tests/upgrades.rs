@@ -14,10 +14,6 @@ use std::sync::{Arc, Mutex};
 use support::etcd::*;
 use support::*;
 
-fn etcd_build(version: &str) -> std::path::PathBuf {
-    fixtures().join(format!("etcd-{version}"))
-}
-
 /// One look at the cluster from the host: each answering member's version, and the raft
 /// leader's member ID.
 #[derive(Debug, Clone)]

@@ -275,6 +275,13 @@ impl Client {
         Self::decode(endpoint, v)
     }
 
+    /// The raft leader's member, as `endpoint` sees it (None while there is no leader).
+    pub fn leader_member(&self, endpoint: &str) -> Result<Option<Member>> {
+        let members = self.member_list(endpoint)?;
+        let leader = self.status(endpoint)?.leader;
+        Ok(members.into_iter().find(|m| m.id == leader && leader != 0))
+    }
+
     pub fn alarms(&self, endpoint: &str) -> Result<Vec<Alarm>> {
         let v = self.post(endpoint, "/v3/maintenance/alarm", json!({"action": "GET"}))?;
         Self::decode(endpoint, v.get("alarms").cloned().unwrap_or(json!([])))

@@ -101,3 +101,30 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
     out.data(&pending)?;
     Ok(total + 32)
 }
+
+/// Streams a snapshot from `ep` into `path` as `etcdctl snapshot save` would write it: a
+/// private file (0600 from its creation), written beside the target, flushed and synced, and
+/// renamed into place only once its digest has been verified. Returns the bytes written.
+pub fn save_raw(client: &Client, ep: &str, path: &std::path::Path) -> Result<u64> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = (|| -> Result<u64> {
+        let f = crate::pki::create_private(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = Raw(std::io::BufWriter::new(f));
+        let n = stream_snapshot(client, ep, &mut w)?;
+        w.0.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("moving the snapshot to {}", path.display()))?;
+        Ok(n)
+    })();
+    if written.is_err() {
+        // A partial file is no snapshot: nothing else refers to it.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}

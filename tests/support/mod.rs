@@ -399,12 +399,17 @@ pub fn deploy_healthy(env: &Env, n: u32, tarball: &Path, extra: &[&str]) {
     );
 }
 
+/// The directory of one etcd build's binaries in the fixtures (`tests/setup.sh`).
+pub fn etcd_build(version: &str) -> PathBuf {
+    fixtures().join(format!("etcd-{version}"))
+}
+
 pub fn etcd35() -> PathBuf {
-    fixtures().join("etcd-3.5.1")
+    etcd_build("3.5.1")
 }
 
 pub fn etcd34() -> PathBuf {
-    fixtures().join("etcd-3.4.23")
+    etcd_build("3.4.23")
 }
 
 /// Fails if any unit's private key shows up in the controller's logs (every `*.log` under its
