@@ -36,6 +36,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "snap-upgrade" => crate::migrate::snap_upgrade(ctx, &params),
         "pre-upgrade-check" => crate::upgrade_actions::pre_upgrade_check(&params),
         "resume-upgrade" => crate::upgrade_actions::resume_upgrade(ctx),
+        "upgrade-package" => crate::upgrade_actions::upgrade_package(ctx, &params),
         other => refuse(format!("unknown action {other:?}")),
     };
     match r {

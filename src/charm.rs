@@ -567,7 +567,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     let leader = juju::is_leader()?;
     let resource =
         juju::resource_get("etcd").context("cannot tell whether an etcd resource is attached")?;
-    let inst = match ensure_installed(&cfg, resource.as_deref()) {
+    let mut inst = match ensure_installed(&cfg, resource.as_deref()) {
         Ok(i) => i,
         Err(InstallError::Bad(msg)) => {
             board.report("blocked", msg);
@@ -590,7 +590,15 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     if let Some(v) = &inst.rolled_back {
         board.report(
             "blocked",
-            format!("etcd {v} did not become healthy on this unit and was rolled back to {}; attach a working etcd resource", inst.version),
+            format!(
+                "etcd {v} did not become healthy on this unit and was rolled back to {}; {}",
+                inst.version,
+                if inst.delivery == Delivery::Deb {
+                    "publish a working package and run upgrade-package again"
+                } else {
+                    "attach a working etcd resource"
+                }
+            ),
         );
     }
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
@@ -620,6 +628,20 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         peers.units.insert(u, b);
     }
     mark("peers-read");
+    // A newer Debian package the leader published (the upgrade-package action): staged here,
+    // switched in this unit's rolling turn like an attached etcd resource.
+    if inst.delivery == Delivery::Deb {
+        if let Some(target) = peers.app_get("package-target").filter(|t| !t.is_empty()) {
+            inst = match install::stage_deb(&inst, target) {
+                Ok(i) => i,
+                Err(InstallError::Bad(msg)) => {
+                    board.report("blocked", msg);
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+        }
+    }
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
     // A version that failed here stops the roll everywhere (the leader grants no more turns).
@@ -856,6 +878,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 inst.version.clone()
             });
         } else if changed
+            || inst.staged.is_some()
             || st
                 .running_version
                 .as_deref()
@@ -864,7 +887,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             // A running member applies a new config in its turn: one unit at a time, each
             // healthy again before the next, so quorum is never at risk.
             // New binaries (an attached etcd resource) roll the same way as a new config.
-            let want = pki::sha256_hex(format!("{rendered}\n{}", inst.version).as_bytes())[..16]
+            let staged = inst.staged.as_deref().unwrap_or("");
+            let want = pki::sha256_hex(format!("{rendered}\n{}{staged}", inst.version).as_bytes())
+                [..16]
                 .to_string();
             set_key(&mut mine, &mut my_writes, "restart-wanted", &want);
             peers.units.insert(ctx.unit.clone(), mine.clone());
@@ -927,7 +952,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     "blocked",
                     format!(
                         "Upgrade stopped: etcd {version} failed on {unit} and was rolled back \
-                         there; this unit keeps its version. Attach a working etcd resource"
+                         there; this unit keeps its version. {}",
+                        if inst.delivery == Delivery::Deb {
+                            "Publish a working package and run upgrade-package again"
+                        } else {
+                            "Attach a working etcd resource"
+                        }
                     ),
                 );
             } else if let Some(after) = peers.app_get("upgrade-paused") {

@@ -102,6 +102,17 @@ pub fn ready_for_upgrade(
     client: &Client,
     endpoint: &str,
 ) -> std::result::Result<Vec<Member>, String> {
+    // Alarms first: a raised one also makes its member's /health false, and the alarm is
+    // what the operator has to clear.
+    let alarms = client
+        .alarms(endpoint)
+        .map_err(|e| format!("cannot read the alarms: {e}"))?;
+    if let Some(a) = alarms.first() {
+        return Err(format!(
+            "alarm {} is raised on member {:x}: clear it first (see the alarm's status message)",
+            a.alarm, a.member_id
+        ));
+    }
     let members = client
         .member_list(endpoint)
         .map_err(|e| format!("cannot list the members: {e}"))?;
@@ -121,15 +132,6 @@ pub fn ready_for_upgrade(
             Ok(false) => return Err(format!("member {} at {url} is not healthy", m.name)),
             Err(e) => return Err(format!("member {} does not answer: {e}", m.name)),
         }
-    }
-    let alarms = client
-        .alarms(endpoint)
-        .map_err(|e| format!("cannot read the alarms: {e}"))?;
-    if let Some(a) = alarms.first() {
-        return Err(format!(
-            "alarm {} is raised on member {:x}: clear it first (see the alarm's status message)",
-            a.alarm, a.member_id
-        ));
     }
     Ok(members)
 }

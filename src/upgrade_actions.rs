@@ -3,7 +3,7 @@
 //! `pause_after_unit_upgrade` held the roll).
 
 use crate::action_support::{leader_only, local, param_str, refuse, Results};
-use crate::etcd::install::Installed;
+use crate::etcd::install::{self, Delivery, Installed};
 use crate::juju::{self, Bag, Context};
 use crate::upgrade::{check_step, Version};
 use crate::{membership, unit};
@@ -129,4 +129,67 @@ pub fn resume_upgrade(ctx: &Context) -> Result<Results> {
         "output".into(),
         format!("the upgrade goes on after {after}; the next unit's turn comes with the next hook"),
     )])
+}
+
+/// Publishes a Debian package version for every unit to stage and roll to (leader only, for
+/// units installed from the Debian package): the version asked for, or the newest the apt
+/// sources offer, after the pre-upgrade check passes for its etcd version. The roll is the
+/// same as for an attached etcd resource: a snapshot first, one unit at a time, the raft
+/// leader last, each turn health-gated and rolled back on its unit if it fails.
+pub fn upgrade_package(ctx: &Context, params: &BTreeMap<String, Value>) -> Result<Results> {
+    leader_only(ctx, "upgrade-package")?;
+    let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
+    if inst.delivery != Delivery::Deb {
+        return refuse(format!(
+            "this unit runs etcd from the {} delivery; upgrade-package moves units installed \
+             from the Debian package (attach a newer etcd resource instead)",
+            inst.delivery.name()
+        ));
+    }
+    let Some(rel) = juju::relation_ids(unit::PEER)?.into_iter().next() else {
+        return refuse("there is no peer relation yet; wait until the unit is active");
+    };
+    let requested = param_str(params, "version", "");
+    let target = match install::package_in_sources((!requested.is_empty()).then_some(requested)) {
+        Ok(t) => t,
+        Err(install::InstallError::Bad(msg)) => return refuse(format!("version: {msg}")),
+        Err(e) => return Err(e.into()),
+    };
+    let running = match &inst.package {
+        Some(p) => p.clone(),
+        None => install::installed_package_version()?,
+    };
+    if target == running && inst.staged.is_none() {
+        return refuse(format!(
+            "etcd-server {target} is installed already; publish a newer package in the apt \
+             mirror first"
+        ));
+    }
+    let Some(etcd) = Version::parse(&target) else {
+        return refuse(format!("etcd-server {target} names no etcd version"));
+    };
+    let check = BTreeMap::from([("version".to_string(), Value::from(etcd.to_string()))]);
+    let checked = pre_upgrade_check(&check)?;
+    juju::relation_set(
+        &rel,
+        &Bag::from([("package-target".into(), target.clone())]),
+        true,
+    )?;
+    let mut out = vec![
+        ("target".into(), target.clone()),
+        (
+            "output".into(),
+            format!(
+                "etcd-server {target} (etcd {etcd}) is published to every unit: each stages it \
+                 now, then they switch one at a time, the raft leader last"
+            ),
+        ),
+    ];
+    out.extend(
+        checked
+            .into_iter()
+            .filter(|(k, _)| k == "output")
+            .map(|(_, v)| ("checks".into(), v)),
+    );
+    Ok(out)
 }

@@ -238,6 +238,16 @@ fn a_full_database_raises_nospace_and_compact_defrag_disarm_recover_it() {
         msg.contains("alarm-disarm"),
         "status says how to recover: {msg}"
     );
+    // No upgrade starts over a raised alarm.
+    let (_, task) = env.run_action("etcd/0", &["pre-upgrade-check", "version=3.5.2"]);
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alarm NOSPACE is raised"),
+        "{task}"
+    );
 
     // The runbook: compact to the current revision, defrag every member, disarm.
     let (code, task) = env.run_action("etcd/0", &["compact", "physical=true"]);

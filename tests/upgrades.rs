@@ -3,89 +3,15 @@
 //! 3.5.30 (Debian unstable's), under a continuous writer, one member at a time with the raft
 //! leader last (watched from the members' own versions, not from logs), the second step
 //! paused after its first unit and resumed by the action, then a downgrade refused with the
-//! cluster untouched. The pre-upgrade check refuses each state it names.
+//! cluster untouched. The pre-upgrade check refuses each state it names (a NOSPACE alarm in
+//! tests/faults.rs). The Debian package takes the same path from the machines' apt mirror.
 
 mod support;
 
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use support::etcd::*;
 use support::*;
-
-/// One look at the cluster from the host: each answering member's version, and the raft
-/// leader's member ID.
-#[derive(Debug, Clone)]
-struct Sample {
-    versions: BTreeMap<u64, String>,
-    leader: u64,
-}
-
-/// Each endpoint is asked on its own with a short timeout, so a member that is down (in its
-/// turn) shows as missing instead of holding the sample until it is back.
-fn sample(creds: &Creds, eps: &str) -> Sample {
-    let mut s = Sample {
-        versions: BTreeMap::new(),
-        leader: 0,
-    };
-    let answers: Vec<Value> = eps
-        .split(',')
-        .filter_map(|ep| {
-            let out = creds.etcdctl(
-                ep,
-                true,
-                &["endpoint", "status", "-w", "json", "--command-timeout=3s"],
-            );
-            serde_json::from_slice::<Value>(&out.stdout).ok()
-        })
-        .collect();
-    for e in answers
-        .iter()
-        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
-    {
-        let st = &e["Status"];
-        if let Some(id) = st["header"]["member_id"].as_u64() {
-            s.versions
-                .insert(id, st["version"].as_str().unwrap_or("").to_string());
-            s.leader = s.leader.max(st["leader"].as_u64().unwrap_or(0));
-        }
-    }
-    s
-}
-
-/// Samples the members until stopped.
-struct Watch {
-    stop: Arc<AtomicBool>,
-    samples: Arc<Mutex<Vec<Sample>>>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Watch {
-    fn start(creds: &Creds, eps: String) -> Watch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(vec![]));
-        let creds = creds.copy();
-        let (s2, v2) = (stop.clone(), samples.clone());
-        let thread = std::thread::spawn(move || {
-            while !s2.load(Ordering::SeqCst) {
-                let s = sample(&creds, &eps);
-                v2.lock().unwrap().push(s);
-            }
-        });
-        Watch {
-            stop,
-            samples,
-            thread,
-        }
-    }
-
-    fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap();
-        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
-    }
-}
 
 /// Checks a roll from `from` to `to` on `n` members, as the samples saw it: never more than
 /// one member away (restarting) at once, every member ends on `to`, members switch one at a
@@ -171,6 +97,36 @@ fn unit_messages(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// Twenty keys under /before/ and a writer that records every acknowledged write.
+fn keys_and_writer(env: &Env) -> (Creds, Writer) {
+    let creds = Creds::from_unit(env, "etcd/0");
+    for i in 0..20 {
+        let out = creds.etcdctl(
+            &endpoints(env),
+            true,
+            &["put", &format!("/before/{i}"), "v"],
+        );
+        assert!(out.status.success());
+    }
+    let eps = Arc::new(Mutex::new(endpoints(env)));
+    let writer = Writer::start(creds.dir.path().to_path_buf(), eps, "/writer/");
+    writer.wait_for_writes(20, "the writer to start");
+    (creds, writer)
+}
+
+fn keys_before_kept(env: &Env, creds: &Creds) {
+    let out = creds.etcdctl(
+        &endpoints(env),
+        true,
+        &["get", "/before/", "--prefix", "--keys-only"],
+    );
+    let kept = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(kept, 20, "the keys written on 3.4.23 are all there");
+}
+
 #[test]
 fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_last() {
     let work = tempfile::tempdir().unwrap();
@@ -179,18 +135,7 @@ fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_la
     let t3530 = etcd_tarball(work.path(), &etcd_build("3.5.30"), "3.5.30");
     let env = Env::new("upgrades", &["update-status-hook-interval=3s"]);
     deploy_healthy(&env, 3, &t34, &[]);
-    let creds = Creds::from_unit(&env, "etcd/0");
-    for i in 0..20 {
-        let out = creds.etcdctl(
-            &endpoints(&env),
-            true,
-            &["put", &format!("/before/{i}"), "v"],
-        );
-        assert!(out.status.success());
-    }
-    let eps = Arc::new(Mutex::new(endpoints(&env)));
-    let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
-    writer.wait_for_writes(20, "the writer to start");
+    let (creds, writer) = keys_and_writer(&env);
 
     // The pre-upgrade check: ready for 3.5.16; each bad step refused with the next step.
     let leader = env.leader("etcd");
@@ -295,16 +240,7 @@ fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_la
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
 
     no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "upgrades");
-    let out = creds.etcdctl(
-        &endpoints(&env),
-        true,
-        &["get", "/before/", "--prefix", "--keys-only"],
-    );
-    let kept = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-        .count();
-    assert_eq!(kept, 20, "the keys written on 3.4.23 are all there");
+    keys_before_kept(&env, &creds);
     members_agree(&env, &creds, "after the upgrades");
     assert_eq!(env.status()["applications"]["etcd"]["version"], "3.5.30");
 }
@@ -316,6 +252,70 @@ fn the_pre_upgrade_check_refuses_while_a_member_is_down() {
     let env = Env::new("precheck", &["update-status-hook-interval=1h"]);
     deploy_healthy(&env, 3, &t, &[]);
     let leader = env.leader("etcd");
+    let refused = |says: &[&str]| {
+        let (_, task) = env.run_action(&leader, &["pre-upgrade-check", "version=3.5.30"]);
+        assert_eq!(task["status"], "failed", "{task}");
+        let msg = task["message"].as_str().unwrap_or("").to_string();
+        for s in says {
+            assert!(msg.contains(s), "the refusal says {s:?}: {msg}");
+        }
+        msg
+    };
+
+    // A learner that has not started (a join half done): refused until it is gone.
+    let creds = Creds::from_unit(&env, "etcd/0");
+    let eps = endpoints(&env);
+    // etcd refuses a new member until every member has been connected for a while.
+    let added = std::cell::RefCell::new(Value::Null);
+    env.wait("etcd to take a new learner", MIN, |_| {
+        let out = creds.etcdctl(
+            &eps,
+            true,
+            &[
+                "member",
+                "add",
+                "pending",
+                "--learner",
+                "--peer-urls=https://10.254.254.254:2380",
+                "-w",
+                "json",
+            ],
+        );
+        *added.borrow_mut() = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        out.status.success()
+    });
+    let id = added.borrow()["member"]["ID"].as_u64().unwrap();
+    refused(&["has not started", "10.254.254.254"]);
+    let out = creds.etcdctl(&eps, true, &["member", "remove", &format!("{id:x}")]);
+    assert!(out.status.success(), "{out:?}");
+    let (code, task) = env.run_action(&leader, &["pre-upgrade-check", "version=3.5.30"]);
+    assert_eq!(code, 0, "ready again once the learner is gone: {task}");
+
+    // Too little disk for the upgrade's snapshot: the leader's data moved onto a small tmpfs
+    // (in its machine's own mount namespace), then filled.
+    env.exec_ok(
+        &leader,
+        "set -e; D=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml); \
+         systemctl stop etcd.service; mkdir -p /root/etcd-data; cp -a \"$D/.\" /root/etcd-data/; \
+         mount -t tmpfs -o mode=0700,size=$(( $(du -sm \"$D\" | cut -f1) + 16 ))m tmpfs \"$D\"; \
+         cp -a /root/etcd-data/. \"$D/\"; systemctl start etcd.service; \
+         dd if=/dev/zero of=\"$D/filler\" bs=1M 2>/dev/null || true",
+    );
+    env.wait("the leader's member to answer again", MIN, |_| {
+        creds
+            .etcdctl(&eps, true, &["endpoint", "health", "--cluster"])
+            .status
+            .success()
+    });
+    refused(&["MiB free", "free some space first"]);
+    env.exec_ok(
+        &leader,
+        "rm \"$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml)/filler\"",
+    );
+    let (code, task) = env.run_action(&leader, &["pre-upgrade-check", "version=3.5.30"]);
+    assert_eq!(code, 0, "ready again with the space back: {task}");
+
+    // A member down.
     let other = env
         .units("etcd")
         .into_iter()
@@ -335,4 +335,184 @@ fn the_pre_upgrade_check_refuses_while_a_member_is_down() {
             .0
             == 0
     });
+}
+
+/// A flat apt archive of one test's own, which its machines use as their mirror (under the
+/// fixtures: the host's /var is the lower layer of the machines' overlays, so what is
+/// published here later is seen there too). It starts with the fixtures' packages.
+struct Mirror {
+    dir: tempfile::TempDir,
+}
+
+impl Mirror {
+    fn new() -> Mirror {
+        let dir = tempfile::Builder::new()
+            .prefix("mirror-")
+            .tempdir_in(fixtures())
+            .unwrap();
+        let m = Mirror { dir };
+        m.publish(&fixtures().join("archive"));
+        m
+    }
+
+    fn url(&self) -> String {
+        format!("apt-mirror=file:{}", self.dir.path().display())
+    }
+
+    /// Adds every .deb of `from` and indexes the archive again.
+    fn publish(&self, from: &std::path::Path) {
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "deb") {
+                let to = self.dir.path().join(p.file_name().unwrap());
+                std::fs::hard_link(&p, &to)
+                    .or_else(|_| std::fs::copy(&p, &to).map(|_| ()))
+                    .unwrap();
+            }
+        }
+        let out = std::process::Command::new("dpkg-scanpackages")
+            .args(["--multiversion", "."])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::write(self.dir.path().join("Packages"), out.stdout).unwrap();
+    }
+}
+
+/// Repacks the fixtures' etcd 3.4.23 packages as `version`, with an `etcd` that reports that
+/// version and fails to start: a broken package as a mirror could serve one.
+fn broken_packages(work: &std::path::Path, version: &str) -> std::path::PathBuf {
+    let out_dir = work.join(format!("debs-{version}"));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for pkg in ["etcd-server", "etcd-client"] {
+        let deb = std::fs::read_dir(fixtures().join("debs"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{pkg}_"))
+            })
+            .unwrap();
+        let root = work.join(format!("{pkg}-root"));
+        let script = format!(
+            "set -e; dpkg-deb -R '{deb}' '{root}'; \
+             sed -i 's/^Version: .*/Version: {version}/' '{root}/DEBIAN/control'; \
+             if [ -e '{root}/usr/bin/etcd' ]; then \
+               printf '#!/bin/sh\\n[ \"$1\" = --version ] && {{ echo \"etcd Version: {upstream}\"; exit 0; }}\\necho broken >&2; exit 1\\n' > '{root}/usr/bin/etcd'; \
+             fi; \
+             dpkg-deb -Znone -b --root-owner-group '{root}' '{out}/{pkg}_{version}_amd64.deb' >/dev/null",
+            deb = deb.display(),
+            root = root.display(),
+            out = out_dir.display(),
+            upstream = version.split('-').next().unwrap(),
+        );
+        let st = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "repacking {pkg} as {version}");
+    }
+    out_dir
+}
+
+fn package_everywhere(env: &Env, version: &str) {
+    for u in env.units("etcd") {
+        env.exec_ok(
+            &u,
+            &format!(
+                "test \"$(dpkg-query -W -f '${{Version}}' etcd-server)\" = '{version}' && \
+                 test \"$(dpkg-query -W -f '${{Version}}' etcd-client)\" = '{version}' && \
+                 apt-mark showhold | grep -qx etcd-server"
+            ),
+        );
+    }
+}
+
+#[test]
+fn the_debian_package_steps_up_from_the_apt_mirror_through_the_same_gates() {
+    let work = tempfile::tempdir().unwrap();
+    let mirror = Mirror::new();
+    let env = Env::new(
+        "debupgrade",
+        &[&mirror.url(), "update-status-hook-interval=3s"],
+    );
+    env.ok(&["deploy", repo_root().to_str().unwrap(), "etcd", "-n", "3"]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 4 * MIN);
+    assert_eq!(env.status()["applications"]["etcd"]["version"], "3.4.23");
+    package_everywhere(&env, "3.4.23-4+b4");
+    let (creds, writer) = keys_and_writer(&env);
+    let leader = env.leader("etcd");
+
+    // Input is checked where it enters; nothing newer in the mirror yet.
+    for (args, says) in [
+        (vec!["upgrade-package"], "is installed already"),
+        (
+            vec!["upgrade-package", "version=3.5;touch /tmp/x"],
+            "is not a Debian package version",
+        ),
+        (
+            vec!["upgrade-package", "version=3.9.9-1"],
+            "the apt sources have no etcd-server 3.9.9-1",
+        ),
+    ] {
+        let (_, task) = env.run_action(&leader, &args);
+        assert_eq!(task["status"], "failed", "{args:?}: {task}");
+        assert!(
+            task["message"].as_str().unwrap_or("").contains(says),
+            "{args:?}: {task}"
+        );
+    }
+
+    // A broken package: the first unit to switch fails its health check and goes back to
+    // the package it ran; the roll stops there; every member keeps serving 3.4.23.
+    mirror.publish(&broken_packages(work.path(), "3.4.99-1"));
+    let (code, task) = env.run_action(&leader, &["upgrade-package"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["target"], "3.4.99-1", "{task}");
+    env.wait("the roll to stop on the broken package", 4 * MIN, |_| {
+        let m = unit_messages(&env);
+        m.len() == 3 && m.iter().all(|m| m.contains("3.4.99-1"))
+    });
+    wait_all_members_run(&env, &creds, 3, "3.4.23");
+    package_everywhere(&env, "3.4.23-4+b4");
+    let failed: Vec<String> = unit_messages(&env)
+        .into_iter()
+        .filter(|m| m.contains("was rolled back to 3.4.23"))
+        .collect();
+    assert_eq!(failed.len(), 1, "one unit rolled back: {failed:?}");
+
+    // The real next release: staged everywhere, then one member at a time, leader last.
+    mirror.publish(&fixtures().join("debs-3.5.16"));
+    let watch = Watch::start(&creds, endpoints(&env));
+    let (code, task) = env.run_action(&leader, &["upgrade-package"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["target"], "3.5.16-4", "{task}");
+    wait_all_members_run(&env, &creds, 3, "3.5.16");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    assert_rolled(&watch.finish(), 3, "3.4.23", "3.5.16");
+    package_everywhere(&env, "3.5.16-4");
+    env.exec_ok(
+        &leader,
+        "ls /var/lib/etcd-charm/upgrade-snapshots/etcd-pre-upgrade-3.5.16-*.db",
+    );
+
+    // Back to the old package: refused by the same check, nothing changes.
+    let (_, task) = env.run_action(&leader, &["upgrade-package", "version=3.4.23-4+b4"]);
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not support downgrades"),
+        "{task}"
+    );
+    package_everywhere(&env, "3.5.16-4");
+
+    no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "package upgrade");
+    keys_before_kept(&env, &creds);
+    members_agree(&env, &creds, "after the package upgrade");
 }

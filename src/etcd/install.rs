@@ -70,9 +70,13 @@ pub struct Installed {
     /// switches to them in its own rolling turn
     #[serde(default)]
     pub staged: Option<String>,
-    /// a version that failed its health check on this unit and was rolled back
+    /// a version that failed its health check on this unit and was rolled back (for the
+    /// Debian package, the package version)
     #[serde(default)]
     pub rolled_back: Option<String>,
+    /// the Debian version of the installed etcd-server package (the `deb` delivery)
+    #[serde(default)]
+    pub package: Option<String>,
 }
 
 impl Installed {
@@ -259,12 +263,11 @@ fn find_bin_dir(root: &Path) -> Option<PathBuf> {
 /// Refuses a version step etcd does not support (a downgrade, a skipped minor, a minor
 /// from too early a patch release) from what runs on this unit now, before anything of the
 /// new version is put in place.
-fn refuse_bad_step(version: &str, label: &str) -> Result<()> {
-    let running_bin = Path::new(OPT_DIR).join("current").join("etcd");
+fn refuse_bad_step(running_bin: &Path, version: &str, label: &str) -> Result<()> {
     if !running_bin.exists() {
         return Ok(());
     }
-    let running = binary_version(&running_bin)?;
+    let running = binary_version(running_bin)?;
     let (Some(from), Some(to)) = (Version::parse(&running), Version::parse(version)) else {
         return Err(InstallError::Bad(format!(
             "{label}: cannot compare etcd versions {running:?} and {version:?}"
@@ -328,7 +331,7 @@ pub fn install_archive(
     }
     let version = binary_version(&bin.join("etcd"))?;
     if defer_switch {
-        refuse_bad_step(&version, label)?;
+        refuse_bad_step(&Path::new(OPT_DIR).join("current/etcd"), &version, label)?;
     }
     let final_dir = Path::new(OPT_DIR).join(&version);
     // Move the verified binaries into place; an older copy of the same version is set aside
@@ -358,29 +361,56 @@ pub fn install_archive(
         source_stamp: stamp,
         staged,
         rolled_back: None,
+        package: None,
     };
     inst.save()?;
     Ok(inst)
 }
 
-/// Switches `current` to the staged binaries (this unit's turn). Returns the directory it
-/// pointed at before, for a rollback.
+/// Switches to the staged binaries (this unit's turn): `current` moves to the staged
+/// directory, or the staged Debian packages are installed. Returns what ran before (the
+/// directory, or the kept packages of the running version), for a rollback.
 pub fn switch_staged(inst: &mut Installed) -> Result<Option<PathBuf>> {
-    let Some(dir) = inst.staged.take() else {
+    let Some(dir) = inst.staged.clone() else {
         return Ok(None);
     };
-    let before = std::fs::read_link(Path::new(OPT_DIR).join("current")).ok();
-    switch_current(Path::new(&dir))?;
+    let before = match inst.delivery {
+        Delivery::Deb => {
+            let running = match &inst.package {
+                Some(p) => p.clone(),
+                None => installed_package_version()?,
+            };
+            install_debs(Path::new(&dir))?;
+            inst.package = Some(package_of(Path::new(&dir)));
+            Some(Path::new(DEBS_DIR).join(running))
+        }
+        _ => {
+            let before = std::fs::read_link(Path::new(OPT_DIR).join("current")).ok();
+            switch_current(Path::new(&dir))?;
+            before
+        }
+    };
+    inst.staged = None;
     inst.save()?;
     Ok(before)
 }
 
-/// Puts the binaries of `dir` back after the new ones failed their health check, and
-/// remembers the version that failed so it is not tried again until a new resource.
-pub fn roll_back_to(inst: &mut Installed, dir: &Path) -> Result<()> {
-    switch_current(dir)?;
-    inst.rolled_back = Some(inst.version.clone());
-    inst.version = binary_version(&dir.join("etcd"))?;
+/// Puts back what ran before (`switch_staged`'s answer) after the new binaries failed their
+/// health check, and remembers what failed so it is not tried again until a new resource
+/// (or a new package target).
+pub fn roll_back_to(inst: &mut Installed, before: &Path) -> Result<()> {
+    match inst.delivery {
+        Delivery::Deb => {
+            install_debs(before)?;
+            inst.rolled_back = inst.package.replace(package_of(before));
+            inst.version = binary_version(Path::new("/usr/bin/etcd"))?;
+        }
+        _ => {
+            switch_current(before)?;
+            inst.rolled_back = Some(inst.version.clone());
+            inst.version = binary_version(&before.join("etcd"))?;
+        }
+    }
     inst.save()
 }
 
@@ -457,7 +487,9 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
 }
 
 /// The distro package. The package's own default instance is stopped: the charm owns the
-/// data dir and the service.
+/// data dir and the service. The packages are held (an `apt upgrade` on the machine never
+/// swaps the binaries under a running member) and their .deb files kept: an upgrade's
+/// rollback installs them again.
 pub fn install_deb() -> Result<Installed> {
     if !Path::new("/usr/bin/etcd").exists() || !Path::new("/usr/bin/etcdctl").exists() {
         run(
@@ -477,6 +509,14 @@ pub fn install_deb() -> Result<Installed> {
     }
     stop_package_instance();
     let version = binary_version(Path::new("/usr/bin/etcd"))?;
+    let package = installed_package_version()?;
+    hold_packages()?;
+    if let Err(e) = keep_debs(&package) {
+        crate::juju::log(
+            "WARNING",
+            &format!("cannot keep the etcd-server {package} packages for a later rollback (an upgrade fetches them again): {e}"),
+        );
+    }
     let inst = Installed {
         delivery: Delivery::Deb,
         version,
@@ -485,7 +525,248 @@ pub fn install_deb() -> Result<Installed> {
         source_stamp: None,
         staged: None,
         rolled_back: None,
+        package: Some(package),
     };
+    inst.save()?;
+    Ok(inst)
+}
+
+/// Where the .deb files of the installed package version and of a staged one are kept.
+pub const DEBS_DIR: &str = "/var/lib/etcd-charm/debs";
+const PACKAGES: [&str; 2] = ["etcd-server", "etcd-client"];
+
+/// Checks a Debian package version given from outside (the `upgrade-package` action, the
+/// leader's `package-target`): it names files and goes to apt as `etcd-server=<version>`.
+pub fn valid_package_version(v: &str) -> std::result::Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.starts_with(|c: char| c.is_ascii_digit())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~:-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{v:?} is not a Debian package version (like 3.5.16-4, as `apt-cache policy etcd-server` lists them)"
+        ))
+    }
+}
+
+/// The Debian version of the installed etcd-server package.
+pub fn installed_package_version() -> Result<String> {
+    let v = run("dpkg-query", &["-W", "-f", "${Version}", "etcd-server"])?;
+    let v = v.trim().to_string();
+    valid_package_version(&v).map_err(|e| {
+        InstallError::Failed(format!("dpkg-query names the installed etcd-server {e}"))
+    })?;
+    Ok(v)
+}
+
+fn hold_packages() -> Result<()> {
+    run("apt-mark", &["hold", PACKAGES[0], PACKAGES[1]]).map(|_| ())
+}
+
+/// The package version a kept directory holds (its name).
+fn package_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The kept .deb files of one package version, when both are there.
+fn kept_debs(dir: &Path) -> Option<Vec<PathBuf>> {
+    let files: Vec<PathBuf> = PACKAGES
+        .iter()
+        .filter_map(|p| {
+            std::fs::read_dir(dir)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|f| {
+                    let n = f.file_name().unwrap_or_default().to_string_lossy();
+                    n.starts_with(&format!("{p}_")) && n.ends_with(".deb")
+                })
+        })
+        .collect();
+    (files.len() == PACKAGES.len()).then_some(files)
+}
+
+/// Fetches the etcd-server and etcd-client packages of `version` from the machine's apt
+/// sources into DEBS_DIR/<version>/ (unless they are there), each checked to be the package
+/// and version asked for before the directory is renamed into place.
+pub fn keep_debs(version: &str) -> Result<PathBuf> {
+    valid_package_version(version).map_err(InstallError::Bad)?;
+    let dir = Path::new(DEBS_DIR).join(version);
+    if kept_debs(&dir).is_some() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(DEBS_DIR).map_err(io(DEBS_DIR))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(DEBS_DIR)
+        .map_err(io("a download dir"))?;
+    let wanted: Vec<String> = PACKAGES.iter().map(|p| format!("{p}={version}")).collect();
+    let out = Command::new("apt-get")
+        .args(["download", "-q"])
+        .args(&wanted)
+        .current_dir(staging.path())
+        .output()
+        .map_err(|e| InstallError::Failed(format!("cannot run apt-get download: {e}")))?;
+    if !out.status.success() {
+        return Err(InstallError::Bad(format!(
+            "the apt sources have no etcd-server/etcd-client {version} ({}); publish both \
+             packages in the machines' apt mirror",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let files = kept_debs(staging.path()).ok_or_else(|| {
+        InstallError::Failed(format!(
+            "apt-get download left no etcd packages of {version}"
+        ))
+    })?;
+    for (f, p) in files.iter().zip(PACKAGES) {
+        let fields = run(
+            "dpkg-deb",
+            &["-f", &f.display().to_string(), "Package", "Version"],
+        )?;
+        let want = format!("Package: {p}\nVersion: {version}");
+        if fields.trim() != want {
+            return Err(InstallError::Bad(format!(
+                "{} is not {p} {version} ({})",
+                f.display(),
+                fields.trim().replace('\n', ", ")
+            )));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir); // an incomplete earlier copy
+    std::fs::rename(staging.keep(), &dir).map_err(io(format!("keeping {}", dir.display())))?;
+    Ok(dir)
+}
+
+/// Reads the apt sources again and answers the etcd-server version they offer: `requested`
+/// if they have it, else apt's candidate (the newest).
+pub fn package_in_sources(requested: Option<&str>) -> Result<String> {
+    if let Some(v) = requested {
+        valid_package_version(v).map_err(InstallError::Bad)?;
+    }
+    run("apt-get", &["update", "-qq"])?;
+    match requested {
+        Some(v) => {
+            // `apt-cache show pkg=version` succeeds for a version it does not have: madison
+            // lists what the sources offer, one "package | version | source" line each.
+            let offered = run("apt-cache", &["madison", "etcd-server"])?;
+            if !offered
+                .lines()
+                .any(|l| l.split('|').nth(1).map(str::trim) == Some(v))
+            {
+                return Err(InstallError::Bad(format!(
+                    "the apt sources have no etcd-server {v}; publish it in the machines' apt mirror (`apt-cache madison etcd-server` lists what they have)"
+                )));
+            }
+            Ok(v.to_string())
+        }
+        None => {
+            let policy = run("apt-cache", &["policy", "etcd-server"])?;
+            let candidate = policy
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Candidate:"))
+                .map(str::trim)
+                .filter(|c| *c != "(none)")
+                .ok_or_else(|| {
+                    InstallError::Bad(
+                        "the apt sources offer no etcd-server package; publish one in the machines' apt mirror".into(),
+                    )
+                })?;
+            valid_package_version(candidate).map_err(InstallError::Failed)?;
+            Ok(candidate.to_string())
+        }
+    }
+}
+
+/// Installs kept packages (this unit's turn, or its rollback) and holds them again.
+fn install_debs(dir: &Path) -> Result<()> {
+    let files = kept_debs(dir)
+        .ok_or_else(|| InstallError::Failed(format!("{} holds no etcd packages", dir.display())))?;
+    let mut args = vec!["-i".to_string(), "--force-confold".to_string()];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The package's scripts would restart etcd.service (ours) with the old config before the
+    // turn writes the new one: policy-rc.d denies them while dpkg runs; the turn restarts.
+    let policy = Path::new(POLICY_RC_D);
+    let ours = match std::fs::read_to_string(policy) {
+        Ok(text) => text.contains(POLICY_MARK),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => return Err(io(POLICY_RC_D)(e)),
+    };
+    if ours {
+        crate::pki::write_file(
+            policy,
+            format!("#!/bin/sh\n# {POLICY_MARK}\nexit 101\n").as_bytes(),
+            0o755,
+        )
+        .map_err(|e| InstallError::Failed(format!("writing {POLICY_RC_D}: {e}")))?;
+    }
+    let installed = run("dpkg", &args);
+    if ours {
+        std::fs::remove_file(policy).map_err(io(POLICY_RC_D))?;
+    }
+    installed?;
+    hold_packages()
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const POLICY_MARK: &str = "etcd-charm: etcd restarts in the unit's rolling turn";
+
+/// Stages the Debian packages of `target` (the leader's `package-target`) for this unit's
+/// rolling turn: both kept beside the running version's (which a rollback needs), the new
+/// etcd's version read from the package and checked as a step from what runs, before
+/// anything is installed. Nothing to do when `target` is installed, staged, or is what
+/// failed here before.
+pub fn stage_deb(cur: &Installed, target: &str) -> Result<Installed> {
+    valid_package_version(target).map_err(|e| InstallError::Bad(format!("package-target: {e}")))?;
+    let staged_dir = Path::new(DEBS_DIR).join(target);
+    if cur.package.as_deref() == Some(target)
+        || cur.rolled_back.as_deref() == Some(target)
+        || cur.staged.as_deref() == Some(&*staged_dir.to_string_lossy())
+    {
+        return Ok(cur.clone());
+    }
+    let running = match &cur.package {
+        Some(p) => p.clone(),
+        None => installed_package_version()?,
+    };
+    if kept_debs(&staged_dir).is_none() || kept_debs(&Path::new(DEBS_DIR).join(&running)).is_none()
+    {
+        run("apt-get", &["update", "-qq"])?;
+    }
+    keep_debs(&running).map_err(|e| {
+        InstallError::Bad(format!(
+            "cannot keep the running etcd-server {running} for a rollback: {e}"
+        ))
+    })?;
+    let dir = keep_debs(target)?;
+    let unpacked = tempfile::Builder::new()
+        .prefix(".unpacked-")
+        .tempdir_in(DEBS_DIR)
+        .map_err(io("an unpack dir"))?;
+    let server = kept_debs(&dir).unwrap_or_default().remove(0);
+    run(
+        "dpkg-deb",
+        &[
+            "-x",
+            &server.display().to_string(),
+            &unpacked.path().display().to_string(),
+        ],
+    )?;
+    let version = binary_version(&unpacked.path().join("usr/bin/etcd"))?;
+    let label = format!("etcd-server {target} (etcd {version})");
+    refuse_bad_step(Path::new("/usr/bin/etcd"), &version, &label)?;
+    let mut inst = cur.clone();
+    inst.version = version;
+    inst.package = Some(running);
+    inst.staged = Some(dir.display().to_string());
+    // A new target after a failed one: the roll may go on.
+    inst.rolled_back = None;
     inst.save()?;
     Ok(inst)
 }
@@ -594,6 +875,7 @@ fn snap_installed(source_stamp: Option<String>) -> Result<Installed> {
         source_stamp,
         staged: None,
         rolled_back: None,
+        package: None,
     };
     inst.save()?;
     Ok(inst)
@@ -711,6 +993,17 @@ mod tests {
         }
         b.into_inner().unwrap().finish().unwrap();
         f
+    }
+
+    #[test]
+    fn package_versions_from_outside_are_checked() {
+        for ok in ["3.5.16-4", "3.4.23-4+b4", "1:3.5.30-2~bpo12+1"] {
+            assert_eq!(valid_package_version(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "latest", "3.5;rm -rf /", "../3.5", "3.5 16", &"9".repeat(65)] {
+            let e = valid_package_version(bad).unwrap_err();
+            assert!(e.contains("is not a Debian package version"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -369,3 +369,90 @@ pub fn wait_all_members_run(env: &Env, creds: &Creds, n: usize, version: &str) {
             .is_some_and(|a| a.len() == n && a.iter().all(|e| e["Status"]["version"] == version))
     });
 }
+
+/// One look at the cluster from the host: each answering member's version, and the raft
+/// leader's member ID.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub versions: std::collections::BTreeMap<u64, String>,
+    pub leader: u64,
+}
+
+/// Each endpoint is asked on its own, all at once, with short timeouts, so a member that is
+/// down (in its turn) shows as missing instead of holding the sample until it is back.
+pub fn sample(creds: &Creds, eps: &str) -> Sample {
+    let mut s = Sample {
+        versions: std::collections::BTreeMap::new(),
+        leader: 0,
+    };
+    let answers: Vec<Value> = std::thread::scope(|scope| {
+        let asks: Vec<_> = eps
+            .split(',')
+            .map(|ep| {
+                scope.spawn(move || {
+                    let out = creds.etcdctl(
+                        ep,
+                        true,
+                        &[
+                            "endpoint",
+                            "status",
+                            "-w",
+                            "json",
+                            "--dial-timeout=1s",
+                            "--command-timeout=2s",
+                        ],
+                    );
+                    serde_json::from_slice::<Value>(&out.stdout).ok()
+                })
+            })
+            .collect();
+        asks.into_iter()
+            .filter_map(|a| a.join().ok().flatten())
+            .collect()
+    });
+    for e in answers
+        .iter()
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+    {
+        let st = &e["Status"];
+        if let Some(id) = st["header"]["member_id"].as_u64() {
+            s.versions
+                .insert(id, st["version"].as_str().unwrap_or("").to_string());
+            s.leader = s.leader.max(st["leader"].as_u64().unwrap_or(0));
+        }
+    }
+    s
+}
+
+/// Samples the members until stopped.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watch {
+    pub fn start(creds: &Creds, eps: String) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(vec![]));
+        let creds = creds.copy();
+        let (s2, v2) = (stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            while !s2.load(Ordering::SeqCst) {
+                let s = sample(&creds, &eps);
+                v2.lock().unwrap().push(s);
+            }
+        });
+        Watch {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    pub fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
+    }
+}
