@@ -535,7 +535,30 @@ fn reinstall() -> Result<Results> {
             "this unit runs the etcd snap: attach an etcd snap (etcd.snap) as the etcd resource"
         });
     }
+    if before
+        .as_ref()
+        .is_some_and(|b| b.delivery == install::Delivery::Deb)
+    {
+        return refuse(
+            "this unit runs etcd from the Debian package: run snap-upgrade to move it to the \
+             attached etcd resource (keeping its data), or upgrade-package on the leader for a \
+             newer package",
+        );
+    }
+    // What a failed re-install goes back to: the snap's previous revision (snapd keeps it),
+    // or the binaries `current` points at now. Nothing to go back to, nothing is touched.
     let old_target = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
+    let (old_target, before) = match (was_snap, old_target, before) {
+        (true, _, before) => (None, before),
+        (false, Some(t), Some(b)) => (Some(t), Some(b)),
+        _ => {
+            return refuse(format!(
+                "this unit has no etcd binaries in {}/current to return to if the new ones \
+                 fail; it is not safe to re-install it in place",
+                install::OPT_DIR
+            ))
+        }
+    };
     let installed = if snap_resource {
         // snapd refreshes a snap only while none of its apps runs: this unit's member is
         // down for the switch (its rolling turn), and up again on any failure.
@@ -577,28 +600,19 @@ fn reinstall() -> Result<Results> {
     );
     if let Err(e) = healthy {
         juju::action_log("etcd did not come back healthy; rolling back");
-        let rolled_back = if was_snap {
+        if was_snap {
             // snapd keeps the previous revision (and reverts only while no app runs).
             svc.stop()?;
             install::revert_snap()?;
-            svc.restart()?;
-            true
         } else if let (Some(old), Some(b)) = (old_target, before) {
             install::switch_current(&old)?;
             b.save()?;
-            svc.restart()?;
-            true
-        } else {
-            false
-        };
-        return refuse(if rolled_back {
-            format!(
-                "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
-                inst.version
-            )
-        } else {
-            format!("etcd {} did not become healthy ({e}); there were no previous binaries to roll back to", inst.version)
-        });
+        }
+        svc.restart()?;
+        return refuse(format!(
+            "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
+            inst.version
+        ));
     }
     let _ = juju::application_version_set(&inst.version);
     Ok(vec![

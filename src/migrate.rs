@@ -420,7 +420,15 @@ fn purge_keeping(data: &str, svc: &Service) -> Result<()> {
         unit::crash_point("snap-upgrade-purge-aside");
     }
     let out = std::process::Command::new("apt-get")
-        .args(["purge", "-y", "-q", "etcd-server", "etcd-client"])
+        .args([
+            "purge",
+            "-y",
+            "-q",
+            // the charm holds them against an `apt upgrade`; it is the charm that moves on
+            "--allow-change-held-packages",
+            "etcd-server",
+            "etcd-client",
+        ])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .output();
     if inside {

@@ -540,10 +540,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
         "{task}"
     );
     assert_eq!(exe(), "/usr/bin/etcd");
-    env.exec_ok(
-        "etcd/0",
-        "dpkg -s etcd-server | grep -q 'install ok installed'",
-    );
+    env.exec_ok("etcd/0", "dpkg -s etcd-server | grep -q 'ok installed'");
     let out = etcdctl(&vars, &["get", "/m/", "--prefix", "--keys-only"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
@@ -572,16 +569,13 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     assert_ne!(
         env.exec(
             "etcd/0",
-            "dpkg -s etcd-server 2>/dev/null | grep -q 'install ok installed'"
+            "dpkg -s etcd-server 2>/dev/null | grep -q 'ok installed'"
         )
         .code,
         0,
         "the package is purged"
     );
-    env.exec_ok(
-        "witness/0",
-        "dpkg -s etcd-server | grep -q 'install ok installed'",
-    );
+    env.exec_ok("witness/0", "dpkg -s etcd-server | grep -q 'ok installed'");
     env.exec_ok("etcd/0", "test -s /root/migration/etcd-pre-migration.tar.gz && test -s /root/migration/etcd-pre-migration.db");
     env.ok(&["run", "etcd/0", "health"]);
 }

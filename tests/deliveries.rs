@@ -5,6 +5,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::etcd::{endpoints, Creds};
 use support::*;
 
 const MIN: Duration = Duration::from_secs(60);
@@ -111,11 +112,36 @@ fn archives_from_resource_and_url_the_debian_package_and_a_tampered_tarball() {
         msg.contains("refused") && msg.contains("attach"),
         "a tampered tarball is refused with a message that says what to attach: {msg}"
     );
+    env.exec_ok("edeb/0", "dpkg -s etcd-server | grep -q 'ok installed'");
+    env.exec_ok("eurl/0", "readlink /opt/etcd/current | grep -q 3.5.1");
+
+    // The install action never moves a Debian-package unit to other binaries (it would have
+    // nothing to roll back to): it refuses, and says which action does that.
+    env.ok(&[
+        "attach-resource",
+        "edeb",
+        &format!("etcd={}", t35.display()),
+    ]);
+    env.wait("edeb to offer snap-upgrade", MIN, |s| {
+        unit_msg(s, "edeb").1.contains("snap-upgrade available")
+    });
+    let (_, task) = env.run_action("edeb/0", &["install"]);
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("runs etcd from the Debian package: run snap-upgrade"),
+        "{task}"
+    );
     env.exec_ok(
         "edeb/0",
-        "dpkg -s etcd-server | grep -q 'install ok installed'",
+        "test ! -e /opt/etcd/current && grep -q /usr/bin/etcd /etc/systemd/system/etcd.service \
+         && systemctl is-active -q etcd.service",
     );
-    env.exec_ok("eurl/0", "readlink /opt/etcd/current | grep -q 3.5.1");
+    assert!(unit_msg(&env.status(), "edeb")
+        .1
+        .starts_with("Healthy with 1 known peers"));
 
     // A wrong sha256 for the URL blocks and changes nothing.
     env.ok(&[
@@ -220,7 +246,20 @@ fn a_client_on_db_uses_the_credentials_and_sees_the_connection_string_change() {
         cs(&env).split(',').count() == 3
     });
     assert_eq!(cs(&env), expect(&env));
-    env.wait("the client to still work", MIN, |s| {
-        unit_msg(s, "client").1.starts_with("wrote and read a key")
+    // The client works with the new string: its status names the endpoint count it used
+    // (a status left from before says 4), and the key it wrote names the string.
+    env.wait("the client to work with 3 endpoints", MIN, |s| {
+        let m = unit_msg(s, "client").1;
+        m.starts_with("wrote and read a key") && m.ends_with("with 3 endpoints")
     });
+    let creds = Creds::from_unit(&env, &env.units("etcd")[0]);
+    let out = creds.etcdctl(
+        &endpoints(&env),
+        true,
+        &["get", "client-key", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("written for {}", expect(&env))
+    );
 }

@@ -209,7 +209,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     assert_eq!(exe(), "/usr/bin/etcd");
     env.exec_ok(
         "etcd/0",
-        "test -d /var/lib/etcd/member && dpkg -s etcd-server | grep -q 'install ok installed'",
+        "test -d /var/lib/etcd/member && dpkg -s etcd-server | grep -q 'ok installed'",
     );
     assert_eq!(key_count(&env, "etcd/0", "etcdctl"), 20);
 
@@ -260,7 +260,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     );
     env.exec_ok(
         "etcd/0",
-        "test -d /var/snap/etcd/common/data/member && ! dpkg -s etcd-server 2>/dev/null | grep -q 'install ok installed' \
+        "test -d /var/snap/etcd/common/data/member && ! dpkg -s etcd-server 2>/dev/null | grep -q 'ok installed' \
          && systemctl show -p ExecStart etcd.service | grep -q /snap/bin/etcd && snap list etcd | grep -q 3.5.1",
     );
     env.ok(&["run", "etcd/0", "health"]);

@@ -2,6 +2,9 @@
 //! plus the harness's own fault operations (cut-network, crash-machine, reboot-machine, ...).
 //! Arguments arrive from the thin CLI client and are parsed here with Juju's flag rules.
 
+mod actions;
+mod ssh;
+
 use crate::controller::{self, app_of, unit_number, unit_workload, Ctl};
 use crate::flags::{self, boolean, value, Flag};
 use crate::format::{render, Format};
@@ -36,6 +39,7 @@ pub async fn handle(
 const USAGE: &str = "charm-harness: a local Juju-compatible controller\n\
 commands: add-model destroy-model models deploy add-unit remove-unit remove-application integrate\n\
 remove-relation config model-config run exec status show-unit show-model debug-log attach-resource\n\
+run-action show-action-output show-task actions show-action scp ssh attach\n\
 resolve version wait-settled cut-network heal-network crash-machine start-machine reboot-machine\n\
 show-machine kill-controller\n";
 
@@ -570,6 +574,13 @@ async fn run(
             }
         }
         "run" => run_action(ctl, args, cwd, &env_model).await,
+        "run-action" => actions::run_action(ctl, args, cwd, &env_model).await,
+        "show-action-output" => actions::show_action_output(ctl, args, &env_model).await,
+        "show-task" => actions::show_task(ctl, args, &env_model).await,
+        "actions" | "list-actions" => actions::list(ctl, args, &env_model),
+        "show-action" => actions::show(ctl, args, &env_model),
+        "scp" => ssh::scp(ctl, args, cwd, &env_model).await,
+        "ssh" => ssh::ssh(ctl, args, &env_model).await,
         "exec" => exec(ctl, args, &env_model).await,
         "status" => {
             let p = parse(
@@ -651,7 +662,7 @@ async fn run(
                 lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
             ))
         }
-        "attach-resource" => {
+        "attach-resource" | "attach" => {
             let p = parse(&[], args)?;
             let model = model_name(ctl, &p, &env_model)?;
             let app = p
@@ -1507,6 +1518,28 @@ async fn run_action(
         args,
     )?;
     let model = model_name(ctl, &p, env_model)?;
+    let id = queue_action(ctl, &p, cwd, &model)?;
+    if p.flag("background") {
+        return Ok(Reply {
+            code: 0,
+            stdout: String::new(),
+            stderr: format!("Scheduled operation {id} with task {id}\n"),
+        });
+    }
+    let wait = p.value("wait").and_then(controller::parse_duration);
+    match wait_tasks(ctl, &model, &[id], wait).await {
+        Some(tasks) => Ok(tasks_reply(&tasks, &p, false)),
+        None => Ok(Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("ERROR timed out waiting for result from task {id}\n"),
+        }),
+    }
+}
+
+/// Queues the action `p` names (`<unit> <action> [key=value ...]`, `--params`, `--string-args`)
+/// after checking its parameters against the charm's schema; returns the task's id.
+fn queue_action(ctl: &Arc<Ctl>, p: &flags::Parsed, cwd: &Path, model: &str) -> Result<u64> {
     if p.positional.len() < 2 {
         bail!("no unit and action specified");
     }
@@ -1541,7 +1574,7 @@ async fn run_action(
         cur.insert(segs[segs.len() - 1].to_string(), val);
     }
     let action = p.positional[1].clone();
-    let id = ctl.model_mut(&model, |m| -> Result<u64> {
+    ctl.model_mut(model, |m| -> Result<u64> {
         let unit = resolve_unit(m, &p.positional[0])?;
         let app = app_of(&unit).to_string();
         let spec = m.apps[&app]
@@ -1575,25 +1608,13 @@ async fn run_action(
                 command: None,
             },
         );
-        m.units.get_mut(&unit).unwrap().actions.push_back(id);
+        m.units
+            .get_mut(&unit)
+            .ok_or_else(|| anyhow!("unit \"{unit}\" not found"))?
+            .actions
+            .push_back(id);
         Ok(id)
-    })?;
-    if p.flag("background") {
-        return Ok(Reply {
-            code: 0,
-            stdout: String::new(),
-            stderr: format!("Scheduled operation {id} with task {id}\n"),
-        });
-    }
-    let wait = p.value("wait").and_then(controller::parse_duration);
-    match wait_tasks(ctl, &model, &[id], wait).await {
-        Some(tasks) => Ok(tasks_reply(&tasks, &p, false)),
-        None => Ok(Reply {
-            code: 1,
-            stdout: String::new(),
-            stderr: format!("ERROR timed out waiting for result from task {id}\n"),
-        }),
-    }
+    })
 }
 
 async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {

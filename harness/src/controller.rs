@@ -1053,8 +1053,17 @@ impl Ctl {
             mach.spawn_pid = Some(spawned.pid);
             mach.init_pid = init;
         });
-        // First boot: what cloud-init does on a cloud, apt sources pointing at the mirror.
+        // First boot: what cloud-init does on a cloud: the `ubuntu` user with its home (where
+        // actions leave files for `juju scp`), apt sources pointing at the mirror.
         if let Some(mirror) = provision {
+            self.run_on_machine(
+                model,
+                machine,
+                "adding the ubuntu user",
+                "id ubuntu >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ubuntu"
+                    .into(),
+            )
+            .await?;
             if !mirror.is_empty() {
                 self.configure_apt(model, machine, &mirror).await?;
             }

@@ -1,0 +1,315 @@
+//! `scp` and `ssh` into a unit's (or machine's) machine. There is no sshd: the controller
+//! enters the machine's mount namespace (`nsenter`) to read or write files there, and runs
+//! commands through the machine agent. As with Juju, a relative path on a machine means the
+//! `ubuntu` user's home, and what is copied onto a machine belongs to that user.
+
+use super::{model_name, parse, resolve_unit};
+use crate::controller::Ctl;
+use crate::flags::boolean;
+use crate::machine;
+use crate::proto::{AgentRequest, Reply};
+use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+
+const HOME: &str = "/home/ubuntu";
+
+/// One side of a copy: a path on the host, or on a machine (its init's PID, for nsenter).
+enum Side {
+    Host(PathBuf),
+    Machine {
+        pid: u32,
+        path: String,
+        name: String,
+    },
+}
+
+/// `<unit>:<path>`, `<app>/leader:<path>` or `<machine>:<path>` is on a machine; anything else
+/// is on the host (relative to the directory the command was typed in).
+fn side(ctl: &Ctl, model: &str, arg: &str, cwd: &Path) -> Result<Side> {
+    let Some((target, path)) = arg.split_once(':').filter(|(t, _)| {
+        !t.is_empty() && !t.contains('.') && (t.contains('/') || t.parse::<u32>().is_ok())
+    }) else {
+        return Ok(Side::Host(cwd.join(arg)));
+    };
+    if path.is_empty() {
+        bail!("{arg:?}: no path after the colon (a relative path means {HOME})");
+    }
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{HOME}/{path}")
+    };
+    let (pid, name) = ctl.model(model, |m| -> Result<(Option<u32>, String)> {
+        let id = match target.parse::<u32>() {
+            Ok(id) => id,
+            Err(_) => {
+                let unit = resolve_unit(m, target)?;
+                m.units[&unit].machine
+            }
+        };
+        let mach = m
+            .machines
+            .get(&id)
+            .ok_or_else(|| anyhow!("machine {id} not found"))?;
+        let pid = (mach.status == "started")
+            .then_some(mach.init_pid)
+            .flatten();
+        Ok((pid, target.to_string()))
+    })??;
+    let pid = pid.ok_or_else(|| anyhow!("{name}'s machine is not running"))?;
+    Ok(Side::Machine { pid, path, name })
+}
+
+/// Runs `argv` in the machine's mount namespace with `input` as stdin; its stdout is
+/// returned, a failure carries its stderr.
+async fn in_machine(pid: u32, argv: &[&str], input: Option<std::fs::File>) -> Result<Vec<u8>> {
+    let mut cmd = tokio::process::Command::new("nsenter");
+    cmd.arg(format!("--target={pid}"))
+        .args(["--mount", "--"])
+        .args(argv)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.stdin(match input {
+        Some(f) => Stdio::from(f),
+        None => Stdio::null(),
+    });
+    let out = cmd.output().await.context("running nsenter")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out.stdout)
+}
+
+/// `scp [-r] <source> <destination>`: one side on a machine, the other on the host.
+pub async fn scp(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            boolean(&["r"]),
+            boolean(&["p"]),
+            boolean(&["q"]),
+            boolean(&["proxy"]),
+            boolean(&["no-host-key-checks"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let [from, to] = p.positional.as_slice() else {
+        bail!("scp takes a source and a destination, like etcd/0:etcd_credentials.tar.gz .");
+    };
+    let recursive = p.flag("r");
+    match (side(ctl, &model, from, cwd)?, side(ctl, &model, to, cwd)?) {
+        (Side::Machine { pid, path, name }, Side::Host(dest)) => {
+            pull(pid, &path, &name, &dest, recursive).await?
+        }
+        (Side::Host(src), Side::Machine { pid, path, name }) => {
+            push(&src, pid, &path, &name, recursive).await?
+        }
+        (Side::Host(_), Side::Host(_)) => {
+            bail!("scp: neither {from:?} nor {to:?} names a unit or machine (like etcd/0:path)")
+        }
+        (Side::Machine { .. }, Side::Machine { .. }) => {
+            bail!("scp: copy from one machine to another through the host")
+        }
+    }
+    Ok(Reply::ok(""))
+}
+
+/// What kind of file `path` is on the machine: "f" (a regular file), "d" or missing.
+async fn kind_on_machine(pid: u32, path: &str) -> Result<Option<char>> {
+    let out = in_machine(
+        pid,
+        &[
+            "sh",
+            "-c",
+            "if [ -d \"$1\" ]; then echo d; elif [ -f \"$1\" ]; then echo f; else echo -; fi",
+            "sh",
+            path,
+        ],
+        None,
+    )
+    .await?;
+    Ok(match String::from_utf8_lossy(&out).trim() {
+        "d" => Some('d'),
+        "f" => Some('f'),
+        _ => None,
+    })
+}
+
+async fn pull(pid: u32, path: &str, name: &str, dest: &Path, recursive: bool) -> Result<()> {
+    let kind = kind_on_machine(pid, path)
+        .await?
+        .ok_or_else(|| anyhow!("scp: {name}:{path}: No such file or directory"))?;
+    let base = Path::new(path)
+        .file_name()
+        .ok_or_else(|| anyhow!("scp: {name}:{path} names no file"))?;
+    let target = if dest.is_dir() {
+        dest.join(base)
+    } else {
+        dest.to_path_buf()
+    };
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("scp: {}: No such file or directory", parent.display());
+    }
+    if kind == 'd' {
+        if !recursive {
+            bail!("scp: {name}:{path}: not a regular file (use -r for a directory)");
+        }
+        let tar = in_machine(pid, &["tar", "-C", path, "-cf", "-", "."], None).await?;
+        std::fs::create_dir_all(&target)?;
+        tar::Archive::new(&tar[..])
+            .unpack(&target)
+            .with_context(|| format!("unpacking {name}:{path} into {}", target.display()))?;
+        return Ok(());
+    }
+    // The file's bytes and mode, written under a temporary name and renamed once complete.
+    let bytes = in_machine(pid, &["cat", "--", path], None).await?;
+    let mode = in_machine(pid, &["stat", "-c", "%a", "--", path], None).await?;
+    let mode = u32::from_str_radix(String::from_utf8_lossy(&mode).trim(), 8).unwrap_or(0o600);
+    let tmp = target.with_file_name(format!(
+        ".{}.scp",
+        target.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode & 0o777)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &target).with_context(|| format!("writing {}", target.display()))?;
+    Ok(())
+}
+
+async fn push(src: &Path, pid: u32, path: &str, name: &str, recursive: bool) -> Result<()> {
+    let meta = std::fs::metadata(src).map_err(|e| anyhow!("scp: {}: {e}", src.display()))?;
+    let base = src
+        .file_name()
+        .ok_or_else(|| anyhow!("scp: {} names no file", src.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let target = match kind_on_machine(pid, path).await? {
+        Some('d') => format!("{}/{base}", path.trim_end_matches('/')),
+        _ => path.to_string(),
+    };
+    // The copy, then the ubuntu user owns it (as a copy made over ssh by that user would be).
+    let own = "if id ubuntu >/dev/null 2>&1; then chown -R ubuntu:ubuntu \"$1\"; fi";
+    if meta.is_dir() {
+        if !recursive {
+            bail!(
+                "scp: {}: not a regular file (use -r for a directory)",
+                src.display()
+            );
+        }
+        let mut tar = tar::Builder::new(tempfile::tempfile()?);
+        tar.append_dir_all(".", src)?;
+        let mut file = tar.into_inner()?;
+        use std::io::Seek;
+        file.rewind()?;
+        let script = format!("mkdir -p -- \"$1\" && tar -C \"$1\" -xf - && {own}");
+        in_machine(pid, &["sh", "-c", &script, "sh", &target], Some(file))
+            .await
+            .map_err(|e| anyhow!("scp: {name}:{target}: {e}"))?;
+        return Ok(());
+    }
+    let file = std::fs::File::open(src).map_err(|e| anyhow!("scp: {}: {e}", src.display()))?;
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o777
+    };
+    let script = format!(
+        "d=$(dirname -- \"$1\"); [ -d \"$d\" ] || {{ echo \"$d: No such file or directory\" >&2; exit 1; }}; \
+         t=\"$d/.$(basename -- \"$1\").scp\"; (umask 077; cat > \"$t\") && chmod {mode:o} \"$t\" && mv -f \"$t\" \"$1\" && {own}"
+    );
+    in_machine(pid, &["sh", "-c", &script, "sh", &target], Some(file))
+        .await
+        .map_err(|e| anyhow!("scp: {name}:{target}: {e}"))?;
+    Ok(())
+}
+
+/// `ssh <unit|machine> <command ...>`: runs the command on the machine (in the ubuntu
+/// user's home), its output and exit code passed through. No interactive shell: there is
+/// no terminal between the client and the controller.
+pub async fn ssh(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {
+    // Everything after the target is the remote command, flags included.
+    let mut own = vec![];
+    let mut iter = args.iter();
+    let mut target = None;
+    for a in iter.by_ref() {
+        if a.starts_with('-') {
+            own.push(a.clone());
+        } else {
+            target = Some(a.clone());
+            break;
+        }
+    }
+    let command: Vec<String> = iter.cloned().collect();
+    let p = parse(
+        &[
+            boolean(&["proxy"]),
+            boolean(&["pty"]),
+            boolean(&["no-host-key-checks"]),
+        ],
+        &own,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let target = target.ok_or_else(|| anyhow!("ssh: no unit or machine given"))?;
+    if command.is_empty() {
+        bail!("ssh {target}: the local controller has no interactive shells; give a command (juju ssh {target} hostname)");
+    }
+    let id = ctl.model(&model, |m| -> Result<u32> {
+        match target.parse::<u32>() {
+            Ok(id) if m.machines.contains_key(&id) => Ok(id),
+            Ok(id) => bail!("machine {id} not found"),
+            Err(_) => Ok(m.units[&resolve_unit(m, &target)?].machine),
+        }
+    })??;
+    let up = ctl.model(&model, |m| {
+        m.machines.get(&id).map(|x| x.status == "started")
+    })?;
+    if up != Some(true) {
+        bail!("{target}'s machine is not running");
+    }
+    let sock = machine::agent_socket(&crate::controller::model_dir(&ctl.home, &model), id);
+    let env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".to_string(), HOME.to_string()),
+        ("USER".to_string(), "ubuntu".to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ]);
+    let (r, _) = machine::agent_call(
+        &sock,
+        &AgentRequest::Run {
+            argv: vec![
+                "/bin/bash".into(),
+                "-c".into(),
+                format!("cd {HOME} 2>/dev/null || cd /; {}", command.join(" ")),
+            ],
+            env,
+            cwd: "/".into(),
+        },
+    )
+    .await?;
+    Ok(Reply {
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    })
+}
