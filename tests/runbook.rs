@@ -1,9 +1,9 @@
 //! The classic charm's runbook (`../shared/runbook.md`) as an operator types it against the
 //! local controller, Juju 2.9 spellings included: `run-action [--wait]`,
 //! `show-action-output`, `show-task`, `actions`, `show-action`, `scp` (relative paths mean
-//! the ubuntu user's home), `ssh`, `attach`, `<app>/leader`. Each line's effect is checked,
-//! not only its exit code. (easyrsa, `deploy etcd` by name, storage pools and `expose` are
-//! not here yet: see the open runbook issue.)
+//! the ubuntu user's home), `ssh`, `attach`, `<app>/leader`, `deploy etcd` by name (from
+//! `CHARM_HARNESS_CHARMHUB`). Each line's effect is checked, not only its exit code.
+//! (easyrsa, storage pools and `expose` are not here yet: see the open runbook issue.)
 
 mod support;
 
@@ -46,7 +46,14 @@ fn the_classic_runbook_lines_work_as_typed() {
     let here = work.path();
     let tarball = etcd_tarball(here, &etcd35(), "3.5.1");
     let env = Env::new("runbook", &["update-status-hook-interval=1h"]);
-    deploy_healthy(&env, 1, &tarball, &[]);
+    // `juju deploy etcd`: found by name in the controller's charm store.
+    env.ok(&[
+        "deploy",
+        "etcd",
+        "--resource",
+        &format!("etcd={}", tarball.display()),
+    ]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     env.ok(&["add-unit", "-n", "2", "etcd"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
 
@@ -222,6 +229,54 @@ fn the_classic_runbook_lines_work_as_typed() {
         let out = etcdctl_with(&vars, &["get", "/runbook/key", "--print-value-only"]);
         String::from_utf8_lossy(&out.stdout).trim() == "kept"
     });
+
+    // The same snapshot into a new application deployed by name (the migration lines).
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &[
+            "deploy",
+            "etcd",
+            "new-etcd",
+            "--series=focal",
+            "--config",
+            "channel=3.4/stable",
+            "--resource",
+            &format!("etcd={}", tarball.display()),
+            "--resource",
+            &format!(
+                "snapshot={}",
+                fetched.file_name().unwrap().to_string_lossy()
+            ),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    env.wait_units(
+        "new-etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers",
+        2 * MIN,
+    );
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &["run-action", "--wait", "new-etcd/0", "restore"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let new_creds = support::etcd::Creds::from_unit(&env, "new-etcd/0");
+    let new_ep = format!("https://{}:2379", env.address("new-etcd/0"));
+    env.wait("the key in new-etcd", MIN, |_| {
+        let out = new_creds.etcdctl(
+            &new_ep,
+            true,
+            &["get", "/runbook/key", "--print-value-only"],
+        );
+        String::from_utf8_lossy(&out.stdout).trim() == "kept"
+    });
+    let (code, _, err) = juju_in(&env, here, &["deploy", "no-such-charm"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found in CHARM_HARNESS_CHARMHUB"), "{err}");
 
     // ssh runs a command in the ubuntu user's home.
     let (code, out, err) = juju_in(&env, here, &["ssh", "etcd/leader", "pwd"]);

@@ -1060,6 +1060,40 @@ fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
     Ok(())
 }
 
+/// The charm directory `deploy` names: a local directory (`./etcd`, `/path/to/etcd`), or a
+/// charm name (`etcd`, `ch:etcd`, `cs:etcd`) looked up as `<dir>/<name>/` in the
+/// colon-separated directories of `CHARM_HARNESS_CHARMHUB`, the local controller's store.
+fn find_charm(charm: &str, cwd: &Path) -> Result<PathBuf> {
+    let local = cwd.join(charm);
+    if local.is_dir() {
+        return Ok(local);
+    }
+    let by_name = charm
+        .strip_prefix("ch:")
+        .or_else(|| charm.strip_prefix("cs:"))
+        .unwrap_or(charm);
+    let store = std::env::var("CHARM_HARNESS_CHARMHUB").unwrap_or_default();
+    let looks_like_name = !by_name.is_empty()
+        && by_name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if looks_like_name {
+        for dir in store.split(':').filter(|d| !d.is_empty()) {
+            let candidate = Path::new(dir).join(by_name);
+            if candidate.join("metadata.yaml").is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if !looks_like_name {
+        bail!("charm {charm:?} not found: no such directory, and not a charm name");
+    }
+    if store.is_empty() {
+        bail!("charm {charm:?} not found: deploy a local charm directory, or set CHARM_HARNESS_CHARMHUB to directories holding <name>/ charm directories");
+    }
+    bail!("charm {charm:?} not found in CHARM_HARNESS_CHARMHUB ({store}): each directory there holds <name>/ charm directories")
+}
+
 async fn deploy(
     ctl: &Arc<Ctl>,
     args: &[String],
@@ -1091,10 +1125,7 @@ async fn deploy(
         .positional
         .first()
         .ok_or_else(|| anyhow!("no charm specified"))?;
-    let src = cwd.join(charm);
-    if !src.is_dir() {
-        bail!("charm {charm:?} not found: only local charm directories deploy here (build it, then deploy the directory)");
-    }
+    let src = find_charm(charm, cwd)?;
     let meta = read_charm(&src)?;
     let app = p
         .positional

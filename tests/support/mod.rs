@@ -33,6 +33,27 @@ pub fn repo_root() -> PathBuf {
     p
 }
 
+/// The local controller's charm store for the tests: `etcd` (this repository) and the test
+/// charms by name, as links in one directory (`deploy etcd` finds them there).
+pub fn charmhub() -> PathBuf {
+    let dir = target_dir().join("charmhub");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = repo_root();
+    for (name, src) in [
+        ("etcd", root.clone()),
+        ("etcd-client", root.join("tests/charms/etcd-client")),
+    ] {
+        let link = dir.join(name);
+        if std::fs::read_link(&link).ok().as_deref() != Some(src.as_path()) {
+            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp); // a leftover of an earlier run
+            std::os::unix::fs::symlink(&src, &tmp).unwrap();
+            std::fs::rename(&tmp, &link).unwrap();
+        }
+    }
+    dir
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(
         std::env::var("ETCD_CHARM_FIXTURES")
@@ -127,7 +148,8 @@ impl Env {
         c.env("CHARM_HARNESS_HOME", self.home.path())
             .env("JUJU_MODEL", &self.model)
             .env("CHARM_HARNESS_APT_MIRROR", apt_mirror())
-            .env("CHARM_HARNESS_SNAP_SEED", fixtures().join("seed"));
+            .env("CHARM_HARNESS_SNAP_SEED", fixtures().join("seed"))
+            .env("CHARM_HARNESS_CHARMHUB", charmhub());
         c
     }
 
