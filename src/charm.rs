@@ -593,11 +593,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             format!(
                 "etcd {v} did not become healthy on this unit and was rolled back to {}; {}",
                 inst.version,
-                if inst.delivery == Delivery::Deb {
-                    "publish a working package and run upgrade-package again"
-                } else {
-                    "attach a working etcd resource"
-                }
+                inst.retry_hint()
             ),
         );
     }
@@ -952,12 +948,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     "blocked",
                     format!(
                         "Upgrade stopped: etcd {version} failed on {unit} and was rolled back \
-                         there; this unit keeps its version. {}",
-                        if inst.delivery == Delivery::Deb {
-                            "Publish a working package and run upgrade-package again"
-                        } else {
-                            "Attach a working etcd resource"
-                        }
+                         there; this unit keeps its version: {}",
+                        inst.retry_hint()
                     ),
                 );
             } else if let Some(after) = peers.app_get("upgrade-paused") {

@@ -155,10 +155,7 @@ pub fn upgrade_package(ctx: &Context, params: &BTreeMap<String, Value>) -> Resul
         Err(install::InstallError::Bad(msg)) => return refuse(format!("version: {msg}")),
         Err(e) => return Err(e.into()),
     };
-    let running = match &inst.package {
-        Some(p) => p.clone(),
-        None => install::installed_package_version()?,
-    };
+    let running = inst.package_version()?;
     if target == running && inst.staged.is_none() {
         return refuse(format!(
             "etcd-server {target} is installed already; publish a newer package in the apt \

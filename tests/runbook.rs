@@ -281,6 +281,12 @@ fn the_classic_runbook_lines_work_as_typed() {
     // ssh runs a command in the ubuntu user's home.
     let (code, out, err) = juju_in(&env, here, &["ssh", "etcd/leader", "pwd"]);
     assert_eq!((code, out.trim()), (0, "/home/ubuntu"), "{err}");
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &["exec", "--machine", "0", "--", "echo $HOME; pwd"],
+    );
+    assert_eq!((code, out.as_str()), (0, "/root\n/root\n"), "{err}");
 
     // A file onto a unit (relative: the ubuntu user's home, owned by that user) and back.
     std::fs::write(here.join("note.txt"), "from the host\n").unwrap();

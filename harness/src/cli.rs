@@ -1648,6 +1648,47 @@ fn queue_action(ctl: &Arc<Ctl>, p: &flags::Parsed, cwd: &Path, model: &str) -> R
     })
 }
 
+/// Runs `script` with bash on a started machine through its agent (PATH, LANG, and HOME
+/// set to `home`), from `cwd`; its output and exit code as the reply.
+async fn shell_on_machine(
+    ctl: &Ctl,
+    model: &str,
+    id: u32,
+    script: String,
+    home: &str,
+    cwd: &str,
+) -> Result<Reply> {
+    let up = ctl.model(model, |m| {
+        m.machines.get(&id).map(|x| x.status == "started")
+    })?;
+    if up != Some(true) {
+        bail!("machine {id} is not running");
+    }
+    let sock = machine::agent_socket(&controller::model_dir(&ctl.home, model), id);
+    let env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".to_string(), home.to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ]);
+    let (r, _) = machine::agent_call(
+        &sock,
+        &AgentRequest::Run {
+            argv: vec!["/bin/bash".into(), "-c".into(), script],
+            env,
+            cwd: cwd.into(),
+        },
+    )
+    .await?;
+    Ok(Reply {
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    })
+}
+
 async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {
     let p = parse(
         &[
@@ -1669,39 +1710,12 @@ async fn exec(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Re
     let wait = p.value("wait").and_then(controller::parse_duration);
     if let Some(mid) = p.value("machine") {
         let id: u32 = mid.parse().context("--machine")?;
-        let sock = machine::agent_socket(&controller::model_dir(&ctl.home, &model), id);
-        let up = ctl.model(&model, |m| {
-            m.machines.get(&id).map(|x| x.status == "started")
-        })?;
-        if up != Some(true) {
-            bail!("machine {id} is not running");
-        }
-        let env = BTreeMap::from([
-            (
-                "PATH".to_string(),
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            ),
-            ("HOME".to_string(), "/root".to_string()),
-            ("LANG".to_string(), "C.UTF-8".to_string()),
-        ]);
-        let (r, _) = machine::agent_call(
-            &sock,
-            &AgentRequest::Run {
-                argv: vec!["/bin/bash".into(), "-c".into(), command.join(" ")],
-                env,
-                cwd: "/root".into(),
-            },
-        )
-        .await?;
+        let r = shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root").await?;
         if p.value("format") == Some("json") {
             let v = json!({ format!("machine-{id}"): {"id": "0", "status": "completed", "machine": id.to_string(), "results": {"return-code": r.code, "stdout": r.stdout, "stderr": r.stderr}}});
             return Ok(Reply::ok(render(&v, Format::Json)));
         }
-        return Ok(Reply {
-            code: r.code,
-            stdout: r.stdout,
-            stderr: r.stderr,
-        });
+        return Ok(r);
     }
     let ids = ctl.model_mut(&model, |m| -> Result<Vec<u64>> {
         let mut units: Vec<String> = vec![];

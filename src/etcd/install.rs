@@ -99,6 +99,21 @@ impl Installed {
     pub fn etcdctl(&self) -> String {
         format!("{}/etcdctl", self.bin_dir)
     }
+    /// The Debian version of the installed etcd-server package: as recorded, or asked of
+    /// dpkg for a record written before the charm kept it.
+    pub fn package_version(&self) -> Result<String> {
+        match &self.package {
+            Some(p) => Ok(p.clone()),
+            None => installed_package_version(),
+        }
+    }
+    /// What an operator does after a version failed here and was rolled back.
+    pub fn retry_hint(&self) -> &'static str {
+        match self.delivery {
+            Delivery::Deb => "publish a working package and run upgrade-package again",
+            _ => "attach a working etcd resource",
+        }
+    }
     /// `etcdutl` (3.5+) or None (3.4 has only etcdctl for offline work).
     pub fn etcdutl(&self) -> Option<String> {
         let p = format!("{}/etcdutl", self.bin_dir);
@@ -376,10 +391,7 @@ pub fn switch_staged(inst: &mut Installed) -> Result<Option<PathBuf>> {
     };
     let before = match inst.delivery {
         Delivery::Deb => {
-            let running = match &inst.package {
-                Some(p) => p.clone(),
-                None => installed_package_version()?,
-            };
+            let running = inst.package_version()?;
             install_debs(Path::new(&dir))?;
             inst.package = Some(package_of(Path::new(&dir)));
             Some(Path::new(DEBS_DIR).join(running))
@@ -731,10 +743,7 @@ pub fn stage_deb(cur: &Installed, target: &str) -> Result<Installed> {
     {
         return Ok(cur.clone());
     }
-    let running = match &cur.package {
-        Some(p) => p.clone(),
-        None => installed_package_version()?,
-    };
+    let running = cur.package_version()?;
     if kept_debs(&staged_dir).is_none() || kept_debs(&Path::new(DEBS_DIR).join(&running)).is_none()
     {
         run("apt-get", &["update", "-qq"])?;
@@ -749,7 +758,9 @@ pub fn stage_deb(cur: &Installed, target: &str) -> Result<Installed> {
         .prefix(".unpacked-")
         .tempdir_in(DEBS_DIR)
         .map_err(io("an unpack dir"))?;
-    let server = kept_debs(&dir).unwrap_or_default().remove(0);
+    let server = kept_debs(&dir)
+        .and_then(|f| f.into_iter().next())
+        .ok_or_else(|| InstallError::Failed(format!("{} holds no etcd packages", dir.display())))?;
     run(
         "dpkg-deb",
         &[

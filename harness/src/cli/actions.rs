@@ -152,8 +152,7 @@ pub async fn show_task(
 ) -> Result<Reply> {
     let (p, t) = task_arg(ctl, args, env_model, "show-task").await?;
     match p.value("format") {
-        Some("json") => Ok(Reply::ok(render(&task_json(&t), Format::Json))),
-        Some("yaml") => Ok(Reply::ok(render(&task_json(&t), Format::Yaml))),
+        Some("json" | "yaml") => fmt_out(&task_json(&t), &p, Format::Yaml),
         _ => Ok(tasks_reply(&[t], &p, false)),
     }
 }

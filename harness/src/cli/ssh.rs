@@ -3,13 +3,11 @@
 //! commands through the machine agent. As with Juju, a relative path on a machine means the
 //! `ubuntu` user's home, and what is copied onto a machine belongs to that user.
 
-use super::{model_name, parse, resolve_unit};
+use super::{model_name, parse, resolve_unit, shell_on_machine};
 use crate::controller::Ctl;
 use crate::flags::boolean;
-use crate::machine;
-use crate::proto::{AgentRequest, Reply};
+use crate::proto::Reply;
 use anyhow::{anyhow, bail, Context, Result};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -42,25 +40,38 @@ fn side(ctl: &Ctl, model: &str, arg: &str, cwd: &Path) -> Result<Side> {
     } else {
         format!("{HOME}/{path}")
     };
-    let (pid, name) = ctl.model(model, |m| -> Result<(Option<u32>, String)> {
+    let (_, pid) = running_machine(ctl, model, target)?;
+    let name = target.to_string();
+    Ok(Side::Machine { pid, path, name })
+}
+
+/// The machine a unit (`etcd/0`, `etcd/leader`) or machine id names, and its init's PID;
+/// an error when it does not exist or is not running.
+fn running_machine(ctl: &Ctl, model: &str, target: &str) -> Result<(u32, u32)> {
+    let (id, pid) = ctl.model(model, |m| -> Result<(u32, Option<u32>)> {
         let id = match target.parse::<u32>() {
             Ok(id) => id,
             Err(_) => {
                 let unit = resolve_unit(m, target)?;
-                m.units[&unit].machine
+                m.units
+                    .get(&unit)
+                    .map(|u| u.machine)
+                    .ok_or_else(|| anyhow!("unit \"{unit}\" not found"))?
             }
         };
         let mach = m
             .machines
             .get(&id)
             .ok_or_else(|| anyhow!("machine {id} not found"))?;
-        let pid = (mach.status == "started")
-            .then_some(mach.init_pid)
-            .flatten();
-        Ok((pid, target.to_string()))
+        Ok((
+            id,
+            (mach.status == "started")
+                .then_some(mach.init_pid)
+                .flatten(),
+        ))
     })??;
-    let pid = pid.ok_or_else(|| anyhow!("{name}'s machine is not running"))?;
-    Ok(Side::Machine { pid, path, name })
+    let pid = pid.ok_or_else(|| anyhow!("{target}'s machine is not running"))?;
+    Ok((id, pid))
 }
 
 /// Runs `argv` in the machine's mount namespace with `input` as stdin; its stdout is
@@ -271,45 +282,10 @@ pub async fn ssh(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) ->
     if command.is_empty() {
         bail!("ssh {target}: the local controller has no interactive shells; give a command (juju ssh {target} hostname)");
     }
-    let id = ctl.model(&model, |m| -> Result<u32> {
-        match target.parse::<u32>() {
-            Ok(id) if m.machines.contains_key(&id) => Ok(id),
-            Ok(id) => bail!("machine {id} not found"),
-            Err(_) => Ok(m.units[&resolve_unit(m, &target)?].machine),
-        }
-    })??;
-    let up = ctl.model(&model, |m| {
-        m.machines.get(&id).map(|x| x.status == "started")
-    })?;
-    if up != Some(true) {
-        bail!("{target}'s machine is not running");
-    }
-    let sock = machine::agent_socket(&crate::controller::model_dir(&ctl.home, &model), id);
-    let env = BTreeMap::from([
-        (
-            "PATH".to_string(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        ),
-        ("HOME".to_string(), HOME.to_string()),
-        ("USER".to_string(), "ubuntu".to_string()),
-        ("LANG".to_string(), "C.UTF-8".to_string()),
-    ]);
-    let (r, _) = machine::agent_call(
-        &sock,
-        &AgentRequest::Run {
-            argv: vec![
-                "/bin/bash".into(),
-                "-c".into(),
-                format!("cd {HOME} 2>/dev/null || cd /; {}", command.join(" ")),
-            ],
-            env,
-            cwd: "/".into(),
-        },
-    )
-    .await?;
-    Ok(Reply {
-        code: r.code,
-        stdout: r.stdout,
-        stderr: r.stderr,
-    })
+    let (id, _) = running_machine(ctl, &model, &target)?;
+    let script = format!(
+        "export USER=ubuntu; cd {HOME} 2>/dev/null || cd /; {}",
+        command.join(" ")
+    );
+    shell_on_machine(ctl, &model, id, script, HOME, "/").await
 }
