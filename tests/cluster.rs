@@ -414,7 +414,7 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
     // themselves (never two away at once), and every member's process restarted.
     let pid = |u: &str| env.exec_ok(u, "systemctl show -p MainPID --value etcd.service");
     let pids_before: Vec<String> = env.units("etcd").iter().map(|u| pid(u)).collect();
-    let watch = Watch::start(&creds, endpoints(&env));
+    let watch = Watch::start(&creds, endpoints(&env), Patience::Quick);
     env.ok(&[
         "config",
         "etcd",
@@ -429,7 +429,11 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
     });
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     let samples = watch.finish();
-    assert!(samples.len() > 3, "too few samples: {}", samples.len());
+    // The watch saw the roll (a sample spans a restart: one member away), never two away.
+    assert!(
+        samples.iter().any(|s| s.versions.len() < 3),
+        "the watch saw no member restart: {samples:?}"
+    );
     for s in &samples {
         assert!(
             s.versions.len() >= 2,

@@ -159,7 +159,7 @@ fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_la
     }
 
     // 3.4.23 → 3.5.16
-    let watch = Watch::start(&creds, endpoints(&env));
+    let watch = Watch::start(&creds, endpoints(&env), Patience::Patient);
     env.ok(&[
         "attach-resource",
         "etcd",
@@ -185,7 +185,7 @@ fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_la
     );
     env.ok(&["config", "etcd", "pause_after_unit_upgrade=first"]);
     env.settle("2m");
-    let watch = Watch::start(&creds, endpoints(&env));
+    let watch = Watch::start(&creds, endpoints(&env), Patience::Patient);
     env.ok(&[
         "attach-resource",
         "etcd",
@@ -197,7 +197,7 @@ fn the_classic_charms_3_4_steps_to_the_newest_3_5_one_member_at_a_time_leader_la
             .any(|m| m.contains("paused after"))
     });
     let on_new = |env: &Env| {
-        let s = sample(&creds, &endpoints(env));
+        let s = sample(&creds, &endpoints(env), Patience::Patient);
         s.versions.values().filter(|v| *v == "3.5.30").count()
     };
     assert_eq!(
@@ -487,7 +487,7 @@ fn the_debian_package_steps_up_from_the_apt_mirror_through_the_same_gates() {
 
     // The real next release: staged everywhere, then one member at a time, leader last.
     mirror.publish(&fixtures().join("debs-3.5.16"));
-    let watch = Watch::start(&creds, endpoints(&env));
+    let watch = Watch::start(&creds, endpoints(&env), Patience::Patient);
     let (code, task) = env.run_action(&leader, &["upgrade-package"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["target"], "3.5.16-4", "{task}");

@@ -378,9 +378,15 @@ pub struct Sample {
     pub leader: u64,
 }
 
-/// Each endpoint is asked on its own, all at once, with short timeouts, so a member that is
-/// down (in its turn) shows as missing instead of holding the sample until it is back.
-pub fn sample(creds: &Creds, eps: &str) -> Sample {
+/// Each endpoint is asked on its own, all at once, so a member that is down (in its turn)
+/// shows as missing instead of holding the sample until it is back, and a sample takes as
+/// long as its slowest answer, not the sum of them. `patience` bounds each answer: short to
+/// see quick restarts, longer where a slow answer must not read as a member away.
+pub fn sample(creds: &Creds, eps: &str, patience: Patience) -> Sample {
+    let timeouts: &[&str] = match patience {
+        Patience::Quick => &["--dial-timeout=1s", "--command-timeout=2s"],
+        Patience::Patient => &["--command-timeout=3s"],
+    };
     let mut s = Sample {
         versions: std::collections::BTreeMap::new(),
         leader: 0,
@@ -390,18 +396,9 @@ pub fn sample(creds: &Creds, eps: &str) -> Sample {
             .split(',')
             .map(|ep| {
                 scope.spawn(move || {
-                    let out = creds.etcdctl(
-                        ep,
-                        true,
-                        &[
-                            "endpoint",
-                            "status",
-                            "-w",
-                            "json",
-                            "--dial-timeout=1s",
-                            "--command-timeout=2s",
-                        ],
-                    );
+                    let mut args = vec!["endpoint", "status", "-w", "json"];
+                    args.extend(timeouts);
+                    let out = creds.etcdctl(ep, true, &args);
                     serde_json::from_slice::<Value>(&out.stdout).ok()
                 })
             })
@@ -424,6 +421,14 @@ pub fn sample(creds: &Creds, eps: &str) -> Sample {
     s
 }
 
+#[derive(Clone, Copy)]
+pub enum Patience {
+    /// a config roll's restarts take a second or two: sample often
+    Quick,
+    /// an upgrade's samples must not lose a slow member
+    Patient,
+}
+
 /// Samples the members until stopped.
 pub struct Watch {
     stop: Arc<AtomicBool>,
@@ -432,14 +437,14 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn start(creds: &Creds, eps: String) -> Watch {
+    pub fn start(creds: &Creds, eps: String, patience: Patience) -> Watch {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(vec![]));
         let creds = creds.copy();
         let (s2, v2) = (stop.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
             while !s2.load(Ordering::SeqCst) {
-                let s = sample(&creds, &eps);
+                let s = sample(&creds, &eps, patience);
                 v2.lock().unwrap().push(s);
             }
         });
