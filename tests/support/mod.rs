@@ -36,22 +36,29 @@ pub fn repo_root() -> PathBuf {
 /// The local controller's charm store for the tests: `etcd` (this repository) and the test
 /// charms by name, as links in one directory (`deploy etcd` finds them there).
 pub fn charmhub() -> PathBuf {
-    let dir = target_dir().join("charmhub");
-    std::fs::create_dir_all(&dir).unwrap();
-    let root = repo_root();
-    for (name, src) in [
-        ("etcd", root.clone()),
-        ("etcd-client", root.join("tests/charms/etcd-client")),
-    ] {
-        let link = dir.join(name);
-        if std::fs::read_link(&link).ok().as_deref() != Some(src.as_path()) {
-            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp); // a leftover of an earlier run
-            std::os::unix::fs::symlink(&src, &tmp).unwrap();
-            std::fs::rename(&tmp, &link).unwrap();
-        }
-    }
-    dir
+    static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    // Once per test process: parallel tests of one binary share it, and test binaries running
+    // at the same time each write their links under a name of their own, then rename.
+    STORE
+        .get_or_init(|| {
+            let dir = target_dir().join("charmhub");
+            std::fs::create_dir_all(&dir).unwrap();
+            let root = repo_root();
+            for (name, src) in [
+                ("etcd", root.clone()),
+                ("etcd-client", root.join("tests/charms/etcd-client")),
+            ] {
+                let link = dir.join(name);
+                if std::fs::read_link(&link).ok().as_deref() != Some(src.as_path()) {
+                    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+                    let _ = std::fs::remove_file(&tmp); // a leftover of an earlier run with this PID
+                    std::os::unix::fs::symlink(&src, &tmp).unwrap();
+                    std::fs::rename(&tmp, &link).unwrap();
+                }
+            }
+            dir
+        })
+        .clone()
 }
 
 pub fn fixtures() -> PathBuf {
