@@ -1,0 +1,418 @@
+//! The only code that talks to Juju: the hook context (parsed once from `JUJU_*`) and one
+//! typed function per hook tool, all built on `run()`, which keeps argv, exit code and
+//! stderr. Reads always ask for `--format=json`; free text goes after `--`. Tool failures
+//! become `JujuError`s here and nowhere else.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JujuError {
+    #[error("{tool} failed (exit {code}): {stderr}")]
+    Tool {
+        tool: String,
+        code: i32,
+        stderr: String,
+    },
+    #[error("cannot run hook tool {tool}: {source}")]
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
+    #[error("{tool} printed something that is not the expected JSON: {detail}")]
+    Parse { tool: String, detail: String },
+}
+
+impl JujuError {
+    pub fn stderr_contains(&self, s: &str) -> bool {
+        matches!(self, JujuError::Tool { stderr, .. } if stderr.contains(s))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, JujuError>;
+
+/// What Juju told this process about why it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub unit: String,
+    pub app: String,
+    /// `hooks/<name>` or `actions/<name>`
+    pub dispatch: String,
+    pub departing_unit: Option<String>,
+    pub action: Option<String>,
+}
+
+impl Context {
+    pub fn from_env() -> Context {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let unit = get("JUJU_UNIT_NAME").unwrap_or_default();
+        let dispatch = get("JUJU_DISPATCH_PATH").unwrap_or_default();
+        Context {
+            app: unit.split('/').next().unwrap_or("").to_string(),
+            unit,
+            departing_unit: get("JUJU_DEPARTING_UNIT"),
+            action: get("JUJU_ACTION_NAME")
+                .or_else(|| dispatch.strip_prefix("actions/").map(String::from)),
+            dispatch,
+        }
+    }
+
+    pub fn hook_name(&self) -> &str {
+        self.dispatch.strip_prefix("hooks/").unwrap_or("")
+    }
+}
+
+/// Runs a hook tool. `stdin` feeds `--file -`.
+pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(tool);
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().map_err(|e| JujuError::Spawn {
+        tool: tool.into(),
+        source: e,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|e| JujuError::Spawn {
+        tool: tool.into(),
+        source: e,
+    })?;
+    if !out.status.success() {
+        return Err(JujuError::Tool {
+            tool: tool.into(),
+            code: out.status.code().unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
+    let mut a = args.to_vec();
+    a.push("--format=json");
+    let out = run(tool, &a, None)?;
+    // The error names the JSON fault only: the output itself may be a secret's content or
+    // a private key, which must never reach a log.
+    serde_json::from_str(out.trim()).map_err(|e| JujuError::Parse {
+        tool: tool.into(),
+        detail: format!("{e} ({} bytes of output)", out.len()),
+    })
+}
+
+pub fn log(level: &str, msg: &str) {
+    let _ = run("juju-log", &["--log-level", level, "--", msg], None);
+}
+
+pub fn config() -> Result<BTreeMap<String, Value>> {
+    json("config-get", &[])
+}
+
+pub fn is_leader() -> Result<bool> {
+    json("is-leader", &[])
+}
+
+pub fn status_set(status: &str, message: &str, application: bool) -> Result<()> {
+    let app = format!("--application={application}");
+    run("status-set", &[&app, status, "--", message], None).map(|_| ())
+}
+
+pub fn application_version_set(v: &str) -> Result<()> {
+    run("application-version-set", &["--", v], None).map(|_| ())
+}
+
+pub fn relation_ids(endpoint: &str) -> Result<Vec<String>> {
+    json::<Option<Vec<String>>>("relation-ids", &[endpoint]).map(Option::unwrap_or_default)
+}
+
+pub fn relation_list(rel: &str) -> Result<Vec<String>> {
+    json::<Option<Vec<String>>>("relation-list", &["-r", rel]).map(Option::unwrap_or_default)
+}
+
+pub type Bag = BTreeMap<String, String>;
+
+/// A unit's databag (`target` a unit name) or an application's (`app` true).
+pub fn relation_get(rel: &str, target: &str, app: bool) -> Result<Bag> {
+    let mut args = vec!["-r", rel];
+    if app {
+        args.push("--app");
+    }
+    args.extend(["-", target]);
+    json::<Option<Bag>>("relation-get", &args).map(Option::unwrap_or_default)
+}
+
+/// Writes keys (an empty value deletes). Buffered by Juju until the hook exits 0.
+pub fn relation_set(rel: &str, data: &Bag, app: bool) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["-r", rel];
+    if app {
+        args.push("--app");
+    }
+    args.extend(["--file", "-"]);
+    let body = serde_json::to_string(data).unwrap_or_default();
+    run("relation-set", &args, Some(&body)).map(|_| ())
+}
+
+pub fn network_ingress(binding: &str) -> Result<Vec<String>> {
+    let v: Value = json("network-get", &[binding])?;
+    let mut out: Vec<String> = v
+        .get("ingress-addresses")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(binds) = v.get("bind-addresses").and_then(Value::as_array) {
+        for b in binds {
+            for a in b
+                .get("addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(ip) = a
+                    .get("value")
+                    .or_else(|| a.get("address"))
+                    .and_then(Value::as_str)
+                {
+                    if !out.iter().any(|x| x == ip) {
+                        out.push(ip.to_string());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The path of a resource, or None when it was never attached (or is an empty placeholder).
+/// The path of an attached resource; `None` when nothing is attached (Juju says the
+/// resource is not found, or hands out an empty placeholder file). Any other failure of
+/// `resource-get` is an error, never "not attached".
+pub fn resource_get(name: &str) -> Result<Option<String>> {
+    resource_get_with("resource-get", name)
+}
+
+fn resource_get_with(tool: &str, name: &str) -> Result<Option<String>> {
+    let p = match run(tool, &[name], None) {
+        Ok(out) => out.trim().to_string(),
+        Err(e) if e.stderr_contains("not found") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match std::fs::metadata(&p) {
+        Ok(m) => Ok((m.len() > 0).then_some(p)),
+        Err(e) => Err(JujuError::Parse {
+            tool: "resource-get".into(),
+            detail: format!("the resource file {p} it named cannot be read: {e}"),
+        }),
+    }
+}
+
+pub fn open_port(port: u16) -> Result<()> {
+    run("open-port", &[&format!("{port}/tcp")], None).map(|_| ())
+}
+
+pub fn goal_state_units() -> Result<Vec<String>> {
+    let v: Value = json("goal-state", &[])?;
+    Ok(v.get("units")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, s)| s.get("status").and_then(Value::as_str) != Some("dying"))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Where the storage `name` is mounted; `None` when none is attached. A failing tool is an
+/// error: guessing "not attached" would move the data dir.
+pub fn storage_location(name: &str) -> Result<Option<String>> {
+    storage_location_with("storage-list", "storage-get", name)
+}
+
+/// `storage_location` with the tools named (tests run stand-ins). No storage attached is
+/// `None`; a tool that fails is an error, never "no storage" (which would move the data).
+fn storage_location_with(list: &str, get: &str, name: &str) -> Result<Option<String>> {
+    let ids: Vec<String> = json::<Option<Vec<String>>>(list, &[name])?.unwrap_or_default();
+    let Some(id) = ids.first() else {
+        return Ok(None);
+    };
+    let v: Value = json(get, &["-s", id])?;
+    match v.get("location").and_then(Value::as_str) {
+        Some(l) => Ok(Some(l.to_string())),
+        None => Err(JujuError::Parse {
+            tool: get.into(),
+            detail: format!("no location for storage {id}"),
+        }),
+    }
+}
+
+// Secrets --------------------------------------------------------------------------------
+
+/// Adds an application-owned secret; returns its id.
+pub fn secret_add(label: &str, content: &Bag) -> Result<String> {
+    let mut args: Vec<String> = vec![
+        "--owner".into(),
+        "application".into(),
+        "--label".into(),
+        label.into(),
+    ];
+    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn {
+        tool: "secret-add".into(),
+        source: e,
+    })?;
+    for (k, v) in content {
+        // Values go through files so they never show in a process list.
+        let p = dir.path().join(k);
+        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn {
+            tool: "secret-add".into(),
+            source: e,
+        })?;
+        args.push(format!("{k}#file={}", p.display()));
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("secret-add", &a, None).map(|s| s.trim().to_string())
+}
+
+pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
+    match json::<Option<Bag>>("secret-get", &["--label", label]) {
+        Ok(b) => Ok(b),
+        Err(e) if e.stderr_contains("not found") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_private(p: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(data)
+}
+
+// Actions --------------------------------------------------------------------------------
+
+pub fn action_params() -> Result<BTreeMap<String, Value>> {
+    json::<Option<BTreeMap<String, Value>>>("action-get", &[]).map(Option::unwrap_or_default)
+}
+
+pub fn action_set(results: &[(String, String)]) -> Result<()> {
+    if results.is_empty() {
+        return Ok(());
+    }
+    let args: Vec<String> = results.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("action-set", &a, None).map(|_| ())
+}
+
+pub fn action_fail(msg: &str) -> Result<()> {
+    run("action-fail", &["--", msg], None).map(|_| ())
+}
+
+pub fn action_log(msg: &str) {
+    let _ = run("action-log", &["--", msg], None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in hook tool: a real process that prints and exits as told.
+    fn tool(dir: &std::path::Path, name: &str, script: &str) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p.display().to_string()
+    }
+
+    #[test]
+    fn a_failing_resource_get_is_an_error_and_not_found_is_absence() {
+        let d = tempfile::tempdir().unwrap();
+        let broken = tool(
+            d.path(),
+            "broken",
+            "echo 'ERROR cannot connect to the controller: connection refused' >&2; exit 1",
+        );
+        let e = resource_get_with(&broken, "etcd").unwrap_err();
+        assert!(e.to_string().contains("connection refused"), "{e}");
+        let missing = tool(
+            d.path(),
+            "missing",
+            "echo 'ERROR could not download resource: resource#etcd/etcd not found' >&2; exit 1",
+        );
+        assert_eq!(resource_get_with(&missing, "etcd").unwrap(), None);
+        let file = d.path().join("etcd.tar.gz");
+        std::fs::write(&file, b"x").unwrap();
+        let ok = tool(d.path(), "ok", &format!("echo {}", file.display()));
+        assert_eq!(
+            resource_get_with(&ok, "etcd").unwrap(),
+            Some(file.display().to_string())
+        );
+        let gone = tool(d.path(), "gone", "echo /nonexistent/etcd.tar.gz");
+        assert!(
+            resource_get_with(&gone, "etcd").is_err(),
+            "a path that cannot be read is an error"
+        );
+    }
+
+    #[test]
+    fn a_failing_storage_tool_is_an_error_and_no_storage_is_absence() {
+        let d = tempfile::tempdir().unwrap();
+        let list = tool(d.path(), "storage-list", "echo '[\"data/0\"]'");
+        let none = tool(d.path(), "storage-list-none", "echo '[]'");
+        let get = tool(
+            d.path(),
+            "storage-get",
+            "echo '{\"kind\":\"filesystem\",\"location\":\"/srv/data\"}'",
+        );
+        let broken = tool(
+            d.path(),
+            "storage-get-broken",
+            "echo 'ERROR connection is shut down' >&2; exit 1",
+        );
+        let no_location = tool(d.path(), "storage-get-odd", "echo '{}'");
+        assert_eq!(
+            storage_location_with(&list, &get, "data").unwrap(),
+            Some("/srv/data".into())
+        );
+        assert_eq!(storage_location_with(&none, &broken, "data").unwrap(), None);
+        let e = storage_location_with(&list, &broken, "data").unwrap_err();
+        assert!(e.to_string().contains("connection is shut down"), "{e}");
+        assert!(storage_location_with(&list, &no_location, "data").is_err());
+        assert!(storage_location_with(&broken, &get, "data").is_err());
+    }
+
+    #[test]
+    fn a_parse_error_never_carries_the_tools_output() {
+        let d = tempfile::tempdir().unwrap();
+        let leaky = tool(
+            d.path(),
+            "secret-get",
+            "echo '-----BEGIN PRIVATE KEY----- MIGHAgEAMBMG'",
+        );
+        let e = json::<Value>(&leaky, &[]).unwrap_err().to_string();
+        assert!(
+            !e.contains("PRIVATE KEY") && !e.contains("MIGHAgEAMBMG"),
+            "{e}"
+        );
+        assert!(e.contains("bytes of output"), "{e}");
+    }
+}
