@@ -245,46 +245,49 @@ pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
 
 /// Seconds since the epoch at which a PEM certificate expires.
 pub fn not_after(cert_pem: &str) -> Result<i64> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
+    with_cert(cert_pem, |c| c.validity().not_after.timestamp())
 }
 
 /// The SANs a certificate carries (IPs and DNS names).
 pub fn cert_names(cert_pem: &str) -> Result<Vec<String>> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let mut out = vec![];
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for n in &san.value.general_names {
-            match n {
-                x509_parser::extensions::GeneralName::DNSName(d) => out.push(d.to_string()),
-                x509_parser::extensions::GeneralName::IPAddress(b) => {
-                    if b.len() == 4 {
-                        out.push(IpAddr::from([b[0], b[1], b[2], b[3]]).to_string());
-                    } else if b.len() == 16 {
-                        let mut a = [0u8; 16];
-                        a.copy_from_slice(b);
-                        out.push(IpAddr::from(a).to_string());
+    with_cert(cert_pem, |cert| {
+        let mut out = vec![];
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => out.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => {
+                        if b.len() == 4 {
+                            out.push(IpAddr::from([b[0], b[1], b[2], b[3]]).to_string());
+                        } else if b.len() == 16 {
+                            let mut a = [0u8; 16];
+                            a.copy_from_slice(b);
+                            out.push(IpAddr::from(a).to_string());
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
-    }
-    Ok(out)
+        out
+    })
 }
 
 fn parse(cert_pem: &str) -> Result<Vec<u8>> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
         .map_err(|e| PkiError::Parse(e.to_string()))?;
     Ok(pem.contents)
+}
+
+/// Runs `f` on the parsed certificate of a PEM.
+fn with_cert<T>(
+    cert_pem: &str,
+    f: impl FnOnce(&x509_parser::certificate::X509Certificate) -> T,
+) -> Result<T> {
+    let der = parse(cert_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(f(&cert))
 }
 
 /// Whether `cert_pem` was signed by the CA certificate `ca_pem` (issuer name and signature).
@@ -299,37 +302,34 @@ pub fn issued_by(cert_pem: &str, ca_pem: &str) -> Result<bool> {
 
 /// Whether the private key `key_pem` belongs to the certificate `cert_pem`.
 pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool> {
-    let der = parse(cert_pem)?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
     let key = KeyPair::from_pem(key_pem)?;
-    Ok(cert.public_key().raw == key.public_key_der().as_slice())
+    with_cert(cert_pem, |c| {
+        c.public_key().raw == key.public_key_der().as_slice()
+    })
 }
 
 /// The subject's common name.
 pub fn common_name(cert_pem: &str) -> Result<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    Ok(cn)
+    with_cert(cert_pem, |cert| {
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        cn
+    })
 }
 
 fn validity(cert_pem: &str) -> Option<(i64, i64)> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some((
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    ))
+    with_cert(cert_pem, |c| {
+        (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        )
+    })
+    .ok()
 }
 
 /// Time to renew: less than a third of the lifetime (at most 30 days) is left.
