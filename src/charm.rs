@@ -8,6 +8,7 @@
 //! `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
 //! (name=peerURL of started members), `epoch`.
 
+use crate::authority;
 use crate::cluster::{self, Join, UnitInfo};
 use crate::config::Config;
 use crate::etcd::client::{Client, Member, Tls};
@@ -354,42 +355,132 @@ fn leader_sign(
     }
 }
 
-/// Writes this unit's certificates once the leader has signed its current CSRs.
-fn install_certs(peers: &Peers, name: &str, csrs: &(String, String)) -> Result<bool> {
-    let Some(ca) = peers.app_get("ca") else {
+/// The leader's step of a CA move (authority::plan): towards the `certificates` relation's
+/// CA when it answered, towards the built-in CA otherwise.
+fn plan_ca_move(peers: &mut Peers, internal: &str, provided: Option<&authority::Provided>) {
+    let target = provided
+        .map(|p| p.ca.as_str())
+        .unwrap_or(internal)
+        .to_string();
+    let issuer = peers.app_get("issuer-ca").unwrap_or(internal).to_string();
+    let trust = peers.app_get("trust").unwrap_or(internal).to_string();
+    let started: Vec<authority::UnitTls> = peers
+        .units
+        .values()
+        .filter(|b| b.get("phase").map(String::as_str) == Some("started"))
+        .map(|b| authority::UnitTls {
+            trust_running: b.get("trust-running").cloned(),
+            issuer_in_use: b.get("issuer-in-use").cloned(),
+        })
+        .collect();
+    let plan = authority::plan(&target, &issuer, &trust, &started, !started.is_empty());
+    if plan.step.as_deref() != peers.app_get("ca-move") {
+        juju::log(
+            "INFO",
+            plan.step
+                .as_deref()
+                .unwrap_or("CA move done: one CA trusted"),
+        );
+    }
+    peers.app_set("trust", &plan.trust);
+    peers.app_set("issuer-ca", &plan.issuer_ca);
+    peers.app_set("ca-move", plan.step.as_deref().unwrap_or(""));
+}
+
+/// Writes this unit's certificates: `ca.crt` is the bundle the leader says to trust; the
+/// certificates are those of the CA that issues now: the built-in CA's once its leader signed
+/// this unit's current CSRs, the `certificates` relation's once it answered. Moving to
+/// another CA's certificates waits for this unit's turn (`authority::my_turn`). Returns
+/// whether the unit has usable certificates.
+fn install_certs(
+    peers: &Peers,
+    unit: &str,
+    name: &str,
+    csrs: &(String, String),
+    provided: Option<&authority::Provided>,
+) -> Result<bool> {
+    let Some(internal) = peers.app_get("ca") else {
         return Ok(false);
     };
-    let mut files = vec![("ca.crt".to_string(), ca.to_string())];
-    for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
-        let sha = pki::sha256_hex(csr.as_bytes());
-        if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
-            return Ok(certs_on_disk());
-        }
-        let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
-            return Ok(certs_on_disk());
-        };
-        files.push((format!("{}.crt", p.name()), cert.to_string()));
-    }
-    let client = juju::secret_get_by_label(CLIENT_LABEL)?;
-    for (file, content) in files {
-        let path = pki::path(&file);
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(content.as_str()) {
-            pki::write_file(&path, content.as_bytes(), 0o644)?;
-        }
-    }
-    if let Some(c) = client {
-        if let (Some(cert), Some(key)) = (c.get("client-cert"), c.get("client-key")) {
-            if std::fs::read_to_string(pki::path("client.crt"))
-                .ok()
-                .as_deref()
-                != Some(cert.as_str())
-            {
-                pki::write_file(&pki::path("client.crt"), cert.as_bytes(), 0o644)?;
-                pki::write_file(&pki::path("client.key"), key.as_bytes(), 0o600)?;
+    let trust = peers.app_get("trust").unwrap_or(internal);
+    let issuer = peers.app_get("issuer-ca").unwrap_or(internal);
+    write_if_changed("ca.crt", trust, 0o644)?;
+    let read = |f: &str| std::fs::read_to_string(pki::path(f));
+    let files: Vec<(&str, String, u32)> = if authority::sha16(issuer) == authority::sha16(internal)
+    {
+        let mut files = vec![];
+        for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
+            let sha = pki::sha256_hex(csr.as_bytes());
+            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+                return Ok(certs_on_disk());
             }
+            let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
+                return Ok(certs_on_disk());
+            };
+            let key = read(&format!("csr-{}.key", p.name()))?;
+            files.push((p.name(), cert.to_string(), 0));
+            files.push((p.name(), key, 1));
         }
+        let client = juju::secret_get_by_label(CLIENT_LABEL)?;
+        if let Some((cert, key)) = client
+            .as_ref()
+            .and_then(|c| Some((c.get("client-cert")?, c.get("client-key")?)))
+        {
+            files.push(("client", cert.clone(), 0));
+            files.push(("client", key.clone(), 1));
+        }
+        files
+    } else {
+        match provided {
+            Some(authority::Provided {
+                ca,
+                server: Some((cert, key)),
+                client: Some((ccert, ckey)),
+            }) if ca == issuer => vec![
+                ("server", cert.clone(), 0),
+                ("server", key.clone(), 1),
+                ("peer", cert.clone(), 0),
+                ("peer", key.clone(), 1),
+                ("client", ccert.clone(), 0),
+                ("client", ckey.clone(), 1),
+            ],
+            _ => return Ok(certs_on_disk()),
+        }
+    };
+    // Another CA's certificates on disk: they go in this unit's turn only.
+    let serving_from_issuer = read("server.crt")
+        .ok()
+        .is_some_and(|c| pki::issued_by(&c, issuer).unwrap_or(false));
+    if !serving_from_issuer {
+        let started: Vec<(String, Option<String>)> = peers
+            .units
+            .iter()
+            .filter(|(u, b)| *u != unit && b.get("phase").map(String::as_str) == Some("started"))
+            .map(|(u, b)| (u.clone(), b.get("issuer-in-use").cloned()))
+            .collect();
+        if !authority::my_turn(unit, &authority::sha16(issuer), &started) {
+            return Ok(certs_on_disk());
+        }
+    }
+    // etcd reads each pair on every new connection: a handshake that falls between the two
+    // writes fails once and the client dials again.
+    for (base, body, is_key) in files {
+        let (file, mode) = if is_key == 1 {
+            (format!("{base}.key"), 0o600)
+        } else {
+            (format!("{base}.crt"), 0o644)
+        };
+        write_if_changed(&file, &body, mode)?;
     }
     Ok(true)
+}
+
+fn write_if_changed(file: &str, body: &str, mode: u32) -> Result<()> {
+    let path = pki::path(file);
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(body) {
+        pki::write_file(&path, body.as_bytes(), mode)?;
+    }
+    Ok(())
 }
 
 fn endpoint(address: &str, port: u16) -> String {
@@ -676,6 +767,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     };
     peers.units.insert(ctx.unit.clone(), mine.clone());
 
+    // The CA on the `certificates` relation (easyrsa), when there is one.
+    let provided = match authority::exchange(&ctx.unit, &address, &names)? {
+        Ok(p) => p,
+        Err(msg) => {
+            board.report("blocked", msg);
+            None
+        }
+    };
     if leader {
         let ca = leader_ca(&mut peers)?;
         leader_sign(
@@ -685,9 +784,43 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             &addresses,
             cfg.tls_certificate_lifetime,
         );
+        plan_ca_move(&mut peers, &ca.cert_pem, provided.as_ref());
     }
     mark("leader-pki");
-    let certified = install_certs(&peers, &name, &csrs)?;
+    let certified = install_certs(&peers, &ctx.unit, &name, &csrs, provided.as_ref())?;
+    // What the leader's CA move waits for: the CA of the certificates this unit serves with
+    // and the bundle its etcd started with.
+    let mut known = authority::split(peers.app_get("trust").unwrap_or_default());
+    known.extend(peers.app_get("ca").map(String::from));
+    known.extend(provided.as_ref().map(|p| p.ca.clone()));
+    let in_use = std::fs::read_to_string(pki::path("server.crt"))
+        .ok()
+        .and_then(|c| authority::issuer_of(&c, &known));
+    set_key(
+        &mut mine,
+        &mut my_writes,
+        "issuer-in-use",
+        in_use.as_deref().unwrap_or(""),
+    );
+    let trust_on_disk = std::fs::read_to_string(pki::path("ca.crt"))
+        .ok()
+        .map(|t| authority::sha16(&t));
+    if st.running_trust.is_none()
+        && (Service {
+            etcd_binary: inst.etcd(),
+        })
+        .running()
+    {
+        // A unit from before the CA move: etcd runs with what is on disk.
+        st.running_trust = trust_on_disk.clone();
+    }
+    if let Some(t) = &st.running_trust {
+        set_key(&mut mine, &mut my_writes, "trust-running", t);
+    }
+    peers.units.insert(ctx.unit.clone(), mine.clone());
+    if let Some(step) = peers.app_get("ca-move") {
+        board.report("maintenance", step.to_string());
+    }
     if let Some(msg) = overdue_certificate() {
         board.report("blocked", msg);
     }
@@ -861,9 +994,11 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     ),
                 );
                 svc.start()?;
+                st.running_trust = trust_on_disk.clone();
                 return Ok(());
             }
             svc.start()?;
+            st.running_trust = trust_on_disk.clone();
             st.client_port = Some(cfg.port);
             st.running_peer_url = Some(peer_url.clone());
             // With binaries staged for a rolling upgrade, what started is what `current`
@@ -874,6 +1009,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 inst.version.clone()
             });
         } else if changed
+            || st.running_trust != trust_on_disk
             || inst.staged.is_some()
             || st
                 .running_version
@@ -884,8 +1020,11 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             // healthy again before the next, so quorum is never at risk.
             // New binaries (an attached etcd resource) roll the same way as a new config.
             let staged = inst.staged.as_deref().unwrap_or("");
-            let want = pki::sha256_hex(format!("{rendered}\n{}{staged}", inst.version).as_bytes())
-                [..16]
+            // A new CA bundle too: etcd reads its trusted CAs only when it starts.
+            let trust = trust_on_disk.as_deref().unwrap_or("");
+            let want = pki::sha256_hex(
+                format!("{rendered}\n{}{staged}\n{trust}", inst.version).as_bytes(),
+            )[..16]
                 .to_string();
             set_key(&mut mine, &mut my_writes, "restart-wanted", &want);
             peers.units.insert(ctx.unit.clone(), mine.clone());
@@ -901,6 +1040,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 let previous = install::switch_staged(&mut inst)?;
                 crash_point("upgrade-switched");
                 restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
+                st.running_trust = trust_on_disk.clone();
                 crash_point("upgrade-restarted");
                 st.client_port = Some(cfg.port);
                 st.running_peer_url = Some(peer_url.clone());
@@ -939,6 +1079,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 }
                 set_key(&mut mine, &mut my_writes, "peer-url", &peer_url);
                 set_key(&mut mine, &mut my_writes, "client-url", &client_url);
+                if let Some(t) = &st.running_trust {
+                    set_key(&mut mine, &mut my_writes, "trust-running", t);
+                }
                 peers.units.insert(ctx.unit.clone(), mine.clone());
                 if leader {
                     roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
@@ -1342,6 +1485,6 @@ fn peers_view(p: &Peers) -> crate::relations::ClusterView {
     crate::relations::ClusterView {
         members: p.app_get("members").unwrap_or("").to_string(),
         cluster: p.app_get("cluster").unwrap_or("").to_string(),
-        ca: p.app_get("ca").map(String::from),
+        ca: p.app_get("trust").or(p.app_get("ca")).map(String::from),
     }
 }

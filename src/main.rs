@@ -14,6 +14,7 @@
 
 mod action_support;
 mod actions;
+mod authority;
 mod charm;
 mod cluster;
 mod config;

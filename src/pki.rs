@@ -11,9 +11,20 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(PKI_DIR).join(name)
 }
 
-/// This unit's private key for a profile, made once and kept 0600.
+/// This unit's private key for a profile (the key of its CSRs to the built-in CA), made
+/// once and kept 0600. `<profile>.key` is the key etcd serves with, which may be another
+/// CA's; units from before the `certificates` relation kept this key there (moved on the
+/// first hook of this version, before any other CA's key can be written).
 pub fn unit_key(profile: Profile) -> Result<KeyPair> {
-    let p = path(&format!("{}.key", profile.name()));
+    let p = path(&format!("csr-{}.key", profile.name()));
+    let old = path(&format!("{}.key", profile.name()));
+    if !p.exists() && old.exists() {
+        let pem = std::fs::read(&old).map_err(|e| PkiError::Io {
+            path: old.display().to_string(),
+            source: e,
+        })?;
+        write_file(&p, &pem, 0o600)?;
+    }
     if let Ok(pem) = std::fs::read_to_string(&p) {
         if let Ok(k) = KeyPair::from_pem(&pem) {
             return Ok(k);

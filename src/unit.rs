@@ -37,6 +37,10 @@ pub struct LocalState {
     /// names this unit's CSRs were made for
     #[serde(default)]
     pub csr_names: Vec<String>,
+    /// Digest of the CA bundle etcd last (re)started with (authority::sha16): a new bundle
+    /// rolls the members, as a new config does.
+    #[serde(default)]
+    pub running_trust: Option<String>,
     /// profile → sha256 of the certificate a renewal CSR was made for
     #[serde(default)]
     pub renewed_for: std::collections::BTreeMap<String, String>,

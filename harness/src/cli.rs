@@ -1064,8 +1064,11 @@ fn integrate(m: &mut Model, a: &str, b: &str) -> Result<()> {
 /// charm name (`etcd`, `ch:etcd`, `cs:etcd`) looked up as `<dir>/<name>/` in the
 /// colon-separated directories of `CHARM_HARNESS_CHARMHUB`, the local controller's store.
 fn find_charm(charm: &str, cwd: &Path) -> Result<PathBuf> {
+    // As Juju reads it: a path (with a `/` or a leading `.`) is a local charm; a bare name is
+    // the store's, and only a name no store holds falls back to a directory here.
     let local = cwd.join(charm);
-    if local.is_dir() {
+    let is_path = charm.contains('/') || charm.starts_with('.');
+    if is_path && local.is_dir() {
         return Ok(local);
     }
     let by_name = charm
@@ -1084,6 +1087,9 @@ fn find_charm(charm: &str, cwd: &Path) -> Result<PathBuf> {
                 return Ok(candidate);
             }
         }
+    }
+    if local.is_dir() {
+        return Ok(local);
     }
     if !looks_like_name {
         bail!("charm {charm:?} not found: no such directory, and not a charm name");

@@ -139,17 +139,26 @@ pub struct Client {
 
 impl Client {
     pub fn new(tls: &Tls, timeout: Duration) -> Result<Client> {
-        let ca = reqwest::Certificate::from_pem(&tls.ca_pem)
+        // A bundle while the application moves from one CA to another: trust each.
+        let cas = reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
             .map_err(|e| EtcdError::Tls(format!("CA certificate: {e}")))?;
+        if cas.is_empty() {
+            return Err(EtcdError::Tls(
+                "CA certificate: no certificate in ca.crt".into(),
+            ));
+        }
         let mut pem = tls.cert_pem.clone();
         pem.extend_from_slice(b"\n");
         pem.extend_from_slice(&tls.key_pem);
         let id = reqwest::Identity::from_pem(&pem)
             .map_err(|e| EtcdError::Tls(format!("client certificate: {e}")))?;
-        let http = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
+            .tls_built_in_root_certs(false);
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+        let http = builder
             .identity(id)
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)

@@ -103,6 +103,12 @@ pub struct Writer {
 
 impl Writer {
     pub fn start(creds: PathBuf, endpoints: Arc<Mutex<String>>, prefix: &str) -> Writer {
+        Writer::start_any(vec![creds], endpoints, prefix)
+    }
+
+    /// A writer holding several sets of credentials (a client given new ones during a CA
+    /// move): each write is tried with each set in turn until one is acknowledged.
+    pub fn start_any(creds: Vec<PathBuf>, endpoints: Arc<Mutex<String>>, prefix: &str) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(vec![]));
         let (s, a, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
@@ -111,9 +117,9 @@ impl Writer {
             while !s.load(Ordering::SeqCst) {
                 let key = format!("{prefix}{i:06}");
                 let eps = endpoints.lock().unwrap().clone();
-                if etcdctl(&creds, &eps, true, &["put", &key, "v"])
-                    .status
-                    .success()
+                if creds
+                    .iter()
+                    .any(|c| etcdctl(c, &eps, true, &["put", &key, "v"]).status.success())
                 {
                     a.lock().unwrap().push((key, Instant::now()));
                 }

@@ -33,8 +33,8 @@ pub fn repo_root() -> PathBuf {
     p
 }
 
-/// The local controller's charm store for the tests: `etcd` (this repository) and the test
-/// charms by name, as links in one directory (`deploy etcd` finds them there).
+/// The local controller's charm store for the tests: `etcd` (this repository), `easyrsa`
+/// and the test charms by name, as links in one directory (`deploy etcd` finds them there).
 pub fn charmhub() -> PathBuf {
     static STORE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     // Once per test process: parallel tests of one binary share it, and test binaries running
@@ -47,6 +47,8 @@ pub fn charmhub() -> PathBuf {
             for (name, src) in [
                 ("etcd", root.clone()),
                 ("etcd-client", root.join("tests/charms/etcd-client")),
+                ("easyrsa", packed_easyrsa(&dir)),
+                ("tls-probe", root.join("tests/charms/tls-probe")),
             ] {
                 let link = dir.join(name);
                 if std::fs::read_link(&link).ok().as_deref() != Some(src.as_path()) {
@@ -394,6 +396,47 @@ pub fn etcd_tarball(dir: &Path, bin_dir: &Path, version: &str) -> PathBuf {
     }
     b.into_inner().unwrap().finish().unwrap();
     out
+}
+
+/// easyrsa as a packed charm (its metadata, dispatch and the built binary in `bin/`): its
+/// checkout directory has no binary of its own. One directory per binary content, made
+/// under a temporary name and renamed, so parallel test processes never see half of one.
+fn packed_easyrsa(store: &Path) -> PathBuf {
+    let root = repo_root();
+    let bin = target_dir().join("easyrsa-charm");
+    let body = std::fs::read(&bin).expect("target/release/easyrsa-charm (cargo build --release)");
+    let sum = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(&body);
+        d.iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let dir = store.join(format!(".easyrsa-{sum}"));
+    if !dir.join("bin/easyrsa-charm").exists() {
+        let tmp = store.join(format!(".easyrsa-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp); // a leftover of an earlier run with this PID
+        std::fs::create_dir_all(tmp.join("bin")).unwrap();
+        for f in ["metadata.yaml", "dispatch"] {
+            std::fs::copy(root.join("easyrsa").join(f), tmp.join(f)).unwrap();
+        }
+        std::fs::copy(&bin, tmp.join("bin/easyrsa-charm")).unwrap();
+        if std::fs::rename(&tmp, &dir).is_err() {
+            // another test process made the same directory first
+            std::fs::remove_dir_all(&tmp).unwrap();
+        }
+    }
+    dir
+}
+
+/// Polls `cond` until it holds; panics naming `what` after `timeout`.
+pub fn until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// Deploys the repository's charm as `etcd` with `n` units from an etcd release tarball.

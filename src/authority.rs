@@ -1,0 +1,389 @@
+//! Which CA the application's certificates come from: the built-in CA, or the CA on the
+//! `certificates` relation (easyrsa, the legacy `tls-certificates` interface, anchor-charms
+//! §3.1), and the move between the two while the cluster keeps serving:
+//!
+//! 1. trust both: every member restarts, one at a time, with a bundle of the old and the
+//!    new CA (etcd reads its trusted CAs only when it starts);
+//! 2. new certificates, one unit at a time (etcd reloads certificate files on every new
+//!    connection, so this needs no restart), while both CAs are trusted;
+//! 3. drop the old CA: the bundle shrinks to the new CA and the members restart once more.
+//!
+//! The leader decides each step from what every unit reports in its peer databag
+//! (`trust-running`: the bundle its etcd started with; `issuer-in-use`: the CA of the
+//! certificates it serves with); the app databag carries the decision (`trust`, `issuer-ca`).
+
+use crate::juju::{self, Bag};
+use crate::pki;
+use std::collections::BTreeSet;
+
+pub const ENDPOINT: &str = "certificates";
+
+/// A short digest of a PEM text, as units report it.
+pub fn sha16(pem: &str) -> String {
+    pki::sha256_hex(pem.as_bytes())[..16].to_string()
+}
+
+/// The certificates of a PEM bundle, each ending in a newline.
+pub fn split(bundle: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut cur = String::new();
+    for line in bundle.lines() {
+        if line.starts_with("-----BEGIN") {
+            cur.clear();
+        }
+        cur.push_str(line.trim_end());
+        cur.push('\n');
+        if line.starts_with("-----END") {
+            out.insert(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+/// One bundle of CAs, in a fixed order whatever order they were found in.
+pub fn bundle(cas: &BTreeSet<String>) -> String {
+    cas.iter().map(String::as_str).collect()
+}
+
+/// What the CA on the `certificates` relation gave this unit, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provided {
+    pub ca: String,
+    /// this unit's server certificate and key (used on the client and the peer port)
+    pub server: Option<(String, String)>,
+    /// the global client certificate and key (the charm's `db` clients get it)
+    pub client: Option<(String, String)>,
+}
+
+/// Sends this unit's request (the classic charm's: CN = its address, every address and
+/// 127.0.0.1 as SANs, name `etcd_N`) and reads the answer. `Ok(None)` without the relation
+/// or before a CA has answered; `Err` names the relation value that cannot be used.
+pub fn exchange(
+    unit: &str,
+    common_name: &str,
+    names: &[String],
+) -> anyhow::Result<Result<Option<Provided>, String>> {
+    let Some(rel) = juju::relation_ids(ENDPOINT)?.into_iter().next() else {
+        return Ok(Ok(None));
+    };
+    let prefix = unit.replace('/', "_");
+    let mut sans = names.to_vec();
+    sans.sort();
+    sans.dedup();
+    let want = Bag::from([
+        ("unit_name".to_string(), prefix.clone()),
+        ("common_name".to_string(), common_name.to_string()),
+        ("sans".to_string(), serde_json::to_string(&sans)?),
+        ("certificate_name".to_string(), prefix.clone()),
+    ]);
+    let have = juju::relation_get(&rel, unit, false)?;
+    let diff: Bag = want
+        .into_iter()
+        .filter(|(k, v)| have.get(k) != Some(v))
+        .collect();
+    juju::relation_set(&rel, &diff, false)?;
+    let mut answers = vec![];
+    for remote in juju::relation_list(&rel)? {
+        let bag = juju::relation_get(&rel, &remote, false)?;
+        if bag.get("ca").is_some_and(|c| !c.is_empty()) {
+            answers.push((remote, bag));
+        }
+    }
+    let Some((remote, bag)) = answers.into_iter().next() else {
+        return Ok(Ok(None));
+    };
+    Ok(read_answer(&remote, &prefix, &bag))
+}
+
+/// Checks a CA's answer: the CA is one certificate, each certificate was signed by it and
+/// comes with its own key. Pure.
+pub fn read_answer(remote: &str, prefix: &str, bag: &Bag) -> Result<Option<Provided>, String> {
+    let ca = bag.get("ca").cloned().unwrap_or_default();
+    let cas = split(&ca);
+    if cas.len() != 1 || pki::common_name(&ca).is_err() {
+        return Err(format!(
+            "the certificates relation's `ca` from {remote} is not one PEM certificate; check the CA charm"
+        ));
+    }
+    let ca = bundle(&cas);
+    if let Some(reason) = bag
+        .get(&format!("{prefix}.refused"))
+        .filter(|r| !r.is_empty())
+    {
+        return Err(format!(
+            "{remote} refused this unit's certificate request: {reason}"
+        ));
+    }
+    let pair =
+        |cert_key: &str, key_key: &str| -> Result<Option<(String, String)>, String> {
+            let (Some(cert), Some(key)) = (
+                bag.get(cert_key).filter(|v| !v.is_empty()),
+                bag.get(key_key).filter(|v| !v.is_empty()),
+            ) else {
+                return Ok(None);
+            };
+            let signed = pki::issued_by(cert, &ca).unwrap_or(false);
+            let matches = pki::key_matches(cert, key).unwrap_or(false);
+            if !signed || !matches {
+                return Err(format!(
+                "the certificates relation's `{cert_key}` from {remote} is {}; check the CA charm",
+                if signed { "not the certificate of its key" } else { "not signed by its `ca`" }
+            ));
+            }
+            Ok(Some((cert.clone(), key.clone())))
+        };
+    Ok(Some(Provided {
+        server: pair(
+            &format!("{prefix}.server.cert"),
+            &format!("{prefix}.server.key"),
+        )?,
+        client: pair("client.cert", "client.key")?,
+        ca,
+    }))
+}
+
+/// What a started unit reports.
+#[derive(Debug, Clone, Default)]
+pub struct UnitTls {
+    pub trust_running: Option<String>,
+    pub issuer_in_use: Option<String>,
+}
+
+/// The leader's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub trust: String,
+    pub issuer_ca: String,
+    /// where the move stands, for the status; None when there is no move
+    pub step: Option<String>,
+}
+
+/// The next step towards certificates from `target` (a CA PEM). `known` maps reported
+/// digests back to CAs (every CA any unit may still use). Pure.
+pub fn plan(
+    target: &str,
+    issuer_ca: &str,
+    trust: &str,
+    units: &[UnitTls],
+    anything_started: bool,
+) -> Plan {
+    if !anything_started {
+        // Nothing serves yet: start on the target directly.
+        return Plan {
+            trust: target.to_string(),
+            issuer_ca: target.to_string(),
+            step: None,
+        };
+    }
+    let mut trusted = split(trust);
+    let in_use: BTreeSet<String> = trusted
+        .iter()
+        .chain([issuer_ca.to_string(), target.to_string()].iter())
+        .filter(|ca| {
+            let s = sha16(ca);
+            units
+                .iter()
+                .any(|u| u.issuer_in_use.as_deref() == Some(s.as_str()))
+        })
+        .cloned()
+        .collect();
+    let needed: BTreeSet<String> = in_use
+        .into_iter()
+        .chain([issuer_ca.to_string(), target.to_string()])
+        .collect();
+    if !needed.is_subset(&trusted) {
+        trusted.extend(needed);
+        return Plan {
+            trust: bundle(&trusted),
+            issuer_ca: issuer_ca.to_string(),
+            step: Some("CA move 1/3: every member restarts trusting both CAs".into()),
+        };
+    }
+    let trust = bundle(&trusted);
+    let all_trust = units
+        .iter()
+        .all(|u| u.trust_running.as_deref() == Some(sha16(&trust).as_str()));
+    if issuer_ca != target {
+        if all_trust {
+            return Plan {
+                trust,
+                issuer_ca: target.to_string(),
+                step: Some("CA move 2/3: new certificates, one unit at a time".into()),
+            };
+        }
+        return Plan {
+            trust,
+            issuer_ca: issuer_ca.to_string(),
+            step: Some("CA move 1/3: every member restarts trusting both CAs".into()),
+        };
+    }
+    let target_sha = sha16(target);
+    let all_moved = units
+        .iter()
+        .all(|u| u.issuer_in_use.as_deref() == Some(target_sha.as_str()));
+    if trusted.len() > 1 {
+        if all_moved {
+            return Plan {
+                trust: target.to_string(),
+                issuer_ca: target.to_string(),
+                step: Some("CA move 3/3: every member restarts trusting the new CA only".into()),
+            };
+        }
+        return Plan {
+            trust,
+            issuer_ca: target.to_string(),
+            step: Some("CA move 2/3: new certificates, one unit at a time".into()),
+        };
+    }
+    let step = (!all_trust)
+        .then(|| "CA move 3/3: every member restarts trusting the new CA only".to_string());
+    Plan {
+        trust,
+        issuer_ca: target.to_string(),
+        step,
+    }
+}
+
+/// A unit takes certificates from a new CA when every started unit before it (in unit
+/// order) already has: one unit at a time.
+pub fn my_turn(unit: &str, issuer_sha: &str, started: &[(String, Option<String>)]) -> bool {
+    let n = |u: &str| {
+        u.rsplit('/')
+            .next()
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    started
+        .iter()
+        .filter(|(u, _)| n(u) < n(unit))
+        .all(|(_, s)| s.as_deref() == Some(issuer_sha))
+}
+
+/// The digest of the CA (among `cas`) that signed `cert`, if any.
+pub fn issuer_of(cert: &str, cas: &BTreeSet<String>) -> Option<String> {
+    cas.iter()
+        .find(|ca| pki::issued_by(cert, ca).unwrap_or(false))
+        .map(|ca| sha16(ca))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca(n: &str) -> String {
+        pki::Ca::create(n).unwrap().cert_pem
+    }
+
+    fn unit(trust: &str, issuer: &str) -> UnitTls {
+        UnitTls {
+            trust_running: Some(sha16(trust)),
+            issuer_in_use: Some(sha16(issuer)),
+        }
+    }
+
+    #[test]
+    fn a_move_trusts_both_then_switches_then_drops_the_old_ca() {
+        let (a, b) = (ca("a"), ca("b"));
+        let both = bundle(&[a.clone(), b.clone()].into_iter().collect());
+        // all on A: the bundle grows first
+        let p = plan(&b, &a, &a, &[unit(&a, &a), unit(&a, &a)], true);
+        assert_eq!(
+            (p.trust.as_str(), p.issuer_ca.as_str()),
+            (both.as_str(), a.as_str())
+        );
+        // not every member restarted with both: the issuer stays
+        let p = plan(&b, &a, &both, &[unit(&both, &a), unit(&a, &a)], true);
+        assert_eq!(p.issuer_ca, a);
+        // every member trusts both: B issues
+        let p = plan(&b, &a, &both, &[unit(&both, &a), unit(&both, &a)], true);
+        assert_eq!(
+            (p.trust.as_str(), p.issuer_ca.as_str()),
+            (both.as_str(), b.as_str())
+        );
+        // one unit still on A: both stay trusted
+        let p = plan(&b, &b, &both, &[unit(&both, &b), unit(&both, &a)], true);
+        assert_eq!(p.trust, both);
+        // all on B: A is dropped
+        let p = plan(&b, &b, &both, &[unit(&both, &b), unit(&both, &b)], true);
+        assert_eq!(p.trust, b);
+        // and when every member restarted with B only, nothing is left to do
+        let p = plan(&b, &b, &b, &[unit(&b, &b), unit(&b, &b)], true);
+        assert_eq!((p.trust.as_str(), p.step), (b.as_str(), None));
+    }
+
+    #[test]
+    fn a_move_reversed_half_way_keeps_every_ca_in_use_trusted() {
+        let (a, b) = (ca("a"), ca("b"));
+        let both = bundle(&[a.clone(), b.clone()].into_iter().collect());
+        // B issues, one unit moved, then the relation goes: the target is A again
+        let p = plan(&a, &b, &both, &[unit(&both, &b), unit(&both, &a)], true);
+        assert_eq!(
+            (p.trust.as_str(), p.issuer_ca.as_str()),
+            (both.as_str(), a.as_str())
+        );
+        // a third CA while units use A and B: all three are trusted before anything else
+        let c = ca("c");
+        let p = plan(&c, &b, &both, &[unit(&both, &b), unit(&both, &a)], true);
+        assert_eq!(split(&p.trust).len(), 3);
+        assert_eq!(p.issuer_ca, b);
+    }
+
+    #[test]
+    fn before_anything_runs_the_target_is_used_directly() {
+        let (a, b) = (ca("a"), ca("b"));
+        let p = plan(&b, &a, &a, &[], false);
+        assert_eq!(
+            (p.trust.as_str(), p.issuer_ca.as_str()),
+            (b.as_str(), b.as_str())
+        );
+    }
+
+    #[test]
+    fn units_take_new_certificates_in_unit_order() {
+        let s = Some("x".to_string());
+        let started = vec![
+            ("etcd/0".to_string(), s.clone()),
+            ("etcd/10".to_string(), None),
+            ("etcd/2".to_string(), None),
+        ];
+        assert!(my_turn("etcd/2", "x", &started));
+        assert!(!my_turn("etcd/10", "x", &started));
+        assert!(my_turn("etcd/0", "x", &started));
+    }
+
+    #[test]
+    fn an_answer_signed_by_another_ca_or_refused_is_named() {
+        let (a, b) = (pki::Ca::create("a").unwrap(), pki::Ca::create("b").unwrap());
+        let names = vec!["10.0.0.5".to_string()];
+        let (cert, key) = b
+            .issue(
+                pki::Profile::Server,
+                "10.0.0.5",
+                &names,
+                &names,
+                time::Duration::days(1),
+            )
+            .unwrap();
+        let mut bag = Bag::from([
+            ("ca".into(), a.cert_pem.clone()),
+            ("etcd_0.server.cert".into(), cert.clone()),
+            ("etcd_0.server.key".into(), key.clone()),
+        ]);
+        let e = read_answer("easyrsa/0", "etcd_0", &bag).unwrap_err();
+        assert!(
+            e.contains("etcd_0.server.cert") && e.contains("not signed"),
+            "{e}"
+        );
+        bag.insert("ca".into(), b.cert_pem.clone());
+        let got = read_answer("easyrsa/0", "etcd_0", &bag).unwrap().unwrap();
+        assert_eq!(got.server, Some((cert, key)));
+        bag.insert("etcd_0.refused".into(), "10.9.9.9 is not an address".into());
+        assert!(read_answer("easyrsa/0", "etcd_0", &bag)
+            .unwrap_err()
+            .contains("refused"));
+        bag.insert("ca".into(), "garbage".into());
+        assert!(read_answer("easyrsa/0", "etcd_0", &bag)
+            .unwrap_err()
+            .contains("`ca`"));
+    }
+}

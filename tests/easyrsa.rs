@@ -1,0 +1,258 @@
+//! easyrsa, the charm, and the etcd charm's `certificates` relation: the classic runbook's
+//! first lines (deploy easyrsa, deploy etcd, relate, add units), any requirer served and
+//! refused where its request names addresses that are not its own, and the move from one CA
+//! to the other and back while a writer keeps writing.
+
+mod support;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::etcd::{self, Creds, Writer, MIN};
+use support::*;
+
+/// `openssl verify` on the host: does `ca` (a PEM bundle) vouch for `cert`?
+fn verifies(ca: &str, cert: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dir.path().join("ca.pem"))
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+fn cat(env: &Env, unit: &str, path: &str) -> String {
+    env.exec_ok(unit, &format!("cat {path}"))
+}
+
+/// Certificates in a PEM text.
+fn count_certs(pem: &str) -> usize {
+    pem.matches("-----BEGIN CERTIFICATE-----").count()
+}
+
+/// Client credentials for the host: the CA bundle given, a client pair read from a unit.
+fn creds_with(env: &Env, unit: &str, dir: &str, ca: &str) -> Creds {
+    let creds = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(creds.path("ca.crt"), ca).unwrap();
+    for f in ["client.crt", "client.key"] {
+        std::fs::write(creds.path(f), cat(env, unit, &format!("{dir}/{f}"))).unwrap();
+    }
+    creds
+}
+
+/// Every etcd unit serves with a certificate from `ca` and trusts `ca` alone, every member
+/// restarted since (its etcd PID changed) and no unit reports a CA move.
+fn all_on(env: &Env, ca: &str) -> bool {
+    let units = env.units("etcd");
+    units.iter().all(|u| {
+        let server = cat(env, u, "/etc/etcd/pki/server.crt");
+        let trusted = cat(env, u, "/etc/etcd/pki/ca.crt");
+        verifies(ca, &server) && count_certs(&trusted) == 1 && trusted.trim() == ca.trim()
+    }) && units.iter().all(|u| {
+        let s = env.status();
+        let msg = s["applications"]["etcd"]["units"][u.as_str()]["workload-status"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        msg.starts_with(&format!("Healthy with {} known peers", units.len()))
+    })
+}
+
+#[test]
+fn the_runbook_starts_with_easyrsa_and_every_certificate_comes_from_its_ca() {
+    let env = Env::new("easyrsa-runbook", &[]);
+    let here = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(here.path(), &etcd35(), "3.5.1");
+    let res = format!("etcd={}", tarball.display());
+    // The classic charm's documentation, in its order.
+    env.ok(&["deploy", "easyrsa"]);
+    env.ok(&["deploy", "etcd", "--resource", &res]);
+    env.ok(&["add-relation", "etcd", "easyrsa"]);
+    env.ok(&["add-unit", "-n", "2", "etcd"]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    env.wait_units("easyrsa", 1, "active", "Certificate Authority", 2 * MIN);
+    let ca = cat(&env, "easyrsa/0", "/var/lib/easyrsa/pki/ca.crt");
+    until("every unit on easyrsa's CA", 3 * MIN, || all_on(&env, &ca));
+    let s = env.status();
+    let msg = s["applications"]["easyrsa"]["units"]["easyrsa/0"]["workload-status"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(msg.starts_with("Certificate Authority connected"), "{msg}");
+    // Each unit's server and peer certificates verify against the CA easyrsa publishes and
+    // name the unit's address.
+    for u in env.units("etcd") {
+        let addr = env.address(&u);
+        for f in ["server.crt", "peer.crt"] {
+            let cert = cat(&env, &u, &format!("/etc/etcd/pki/{f}"));
+            assert!(verifies(&ca, &cert), "{u} {f} is not from easyrsa's CA");
+            let text = Command::new("openssl")
+                .args(["x509", "-noout", "-text"])
+                .stdin(
+                    std::fs::File::open({
+                        let p = std::env::temp_dir()
+                            .join(format!("easyrsa-{}.pem", std::process::id()));
+                        std::fs::write(&p, &cert).unwrap();
+                        p
+                    })
+                    .unwrap(),
+                )
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&text.stdout);
+            assert!(
+                text.contains(&format!("IP Address:{addr}")),
+                "{u} {f}: {text}"
+            );
+        }
+    }
+    // easyrsa's global client certificate works from the host against the whole cluster,
+    // with nothing but easyrsa's CA trusted.
+    let creds = creds_with(&env, "easyrsa/0", "/var/lib/easyrsa/pki", &ca);
+    let eps = etcd::endpoints(&env);
+    let out = creds.etcdctl(&eps, true, &["member", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    let out = creds.etcdctl(&eps, true, &["put", "foo", "bar"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The etcd charm's own credentials package carries easyrsa's CA.
+    let pkg = cat(&env, "etcd/0", "/etc/etcd/pki/ca.crt");
+    assert_eq!(pkg.trim(), ca.trim());
+
+    // Any requirer, not only etcd: the probe gets a certificate for its own address...
+    env.ok(&["deploy", "tls-probe"]);
+    env.ok(&["integrate", "tls-probe", "easyrsa"]);
+    env.wait_units("tls-probe", 1, "active", "certificate for", 2 * MIN);
+    let probe_addr = env.address("tls-probe/0");
+    let probe_cert = cat(&env, "tls-probe/0", "/var/lib/tls-probe/server.crt");
+    assert!(verifies(&ca, &probe_cert));
+    let mode = env.exec_ok("tls-probe/0", "stat -c %a /var/lib/tls-probe/server.key");
+    assert_eq!(mode.trim(), "600");
+    // ...and is refused one for an address that is not its own, keeping what it had.
+    env.ok(&["config", "tls-probe", "extra-san=10.99.0.1"]);
+    until("easyrsa's refusal", 2 * MIN, || {
+        cat(&env, "tls-probe/0", "/var/lib/tls-probe/refused")
+            .contains("10.99.0.1 is not an address")
+    });
+    let s = env.status();
+    let msg = s["applications"]["easyrsa"]["units"]["easyrsa/0"]["workload-status"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        msg.contains("refused tls-probe/0") && msg.contains("10.99.0.1"),
+        "{msg}"
+    );
+    assert_eq!(
+        cat(&env, "tls-probe/0", "/var/lib/tls-probe/server.crt"),
+        probe_cert,
+        "a refused request replaced the certificate the probe had"
+    );
+    assert!(!probe_addr.is_empty());
+    // A relation to an application without a matching endpoint is refused, changing nothing.
+    let r = env.run(&["integrate", "tls-probe", "etcd"]);
+    assert_ne!(r.code, 0);
+}
+
+#[test]
+fn the_ca_moves_to_easyrsa_and_back_while_a_writer_keeps_writing() {
+    let env = Env::new("easyrsa-move", &[]);
+    let here = tempfile::tempdir().unwrap();
+    deploy_healthy(&env, 3, &etcd_tarball(here.path(), &etcd35(), "3.5.1"), &[]);
+    env.ok(&["deploy", "easyrsa"]);
+    env.wait_units(
+        "easyrsa",
+        1,
+        "active",
+        "Certificate Authority ready",
+        2 * MIN,
+    );
+    let built_in = cat(&env, "etcd/0", "/etc/etcd/pki/ca.crt");
+    let easyrsa = cat(&env, "easyrsa/0", "/var/lib/easyrsa/pki/ca.crt");
+    assert_eq!(count_certs(&built_in), 1);
+    // A client that gets new credentials during the move (as `db` clients do): it trusts
+    // both CAs and holds both client certificates.
+    let both = format!("{}\n{}\n", built_in.trim(), easyrsa.trim());
+    let old = creds_with(&env, "etcd/0", "/etc/etcd/pki", &both);
+    let new = creds_with(&env, "easyrsa/0", "/var/lib/easyrsa/pki", &both);
+    let eps = Arc::new(Mutex::new(etcd::endpoints(&env)));
+    let writer = Writer::start_any(
+        vec![old.dir.path().to_path_buf(), new.dir.path().to_path_buf()],
+        eps.clone(),
+        "/ca-move/",
+    );
+    writer.wait_for_writes(20, "before the move");
+    let pids: Vec<String> = env
+        .units("etcd")
+        .iter()
+        .map(|u| etcd::etcd_pid(&env, u))
+        .collect();
+
+    env.ok(&["add-relation", "etcd", "easyrsa"]);
+    until("every unit on easyrsa's CA", 5 * MIN, || {
+        all_on(&env, &easyrsa)
+    });
+    let after: Vec<String> = env
+        .units("etcd")
+        .iter()
+        .map(|u| etcd::etcd_pid(&env, u))
+        .collect();
+    for (b, a) in pids.iter().zip(&after) {
+        assert_ne!(b, a, "a member never restarted to trust the new CA");
+    }
+    writer.wait_for_writes(20, "after the move to easyrsa");
+    // Only easyrsa's credentials work now: the built-in CA's client certificate is refused.
+    let only_old = creds_with(&env, "etcd/0", "/etc/etcd/pki", &easyrsa);
+    std::fs::copy(old.path("client.crt"), only_old.path("client.crt")).unwrap();
+    std::fs::copy(old.path("client.key"), only_old.path("client.key")).unwrap();
+    let out = only_old.etcdctl(&etcd::endpoints(&env), true, &["get", "x"]);
+    assert!(
+        !out.status.success(),
+        "the dropped CA's client certificate is still accepted"
+    );
+
+    env.ok(&["remove-relation", "etcd", "easyrsa"]);
+    until("every unit back on the built-in CA", 5 * MIN, || {
+        all_on(&env, &built_in)
+    });
+    writer.wait_for_writes(20, "after the move back");
+    let check = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        std::fs::write(
+            check.path(f),
+            cat(&env, "etcd/0", &format!("/etc/etcd/pki/{f}")),
+        )
+        .unwrap();
+    }
+    let tally =
+        etcd::no_acknowledged_write_lost(&check, &etcd::endpoints(&env), writer, "CA moves");
+    let gap = tally.longest_gap;
+    println!(
+        "CA moves: {} writes acknowledged, longest time without an acknowledged write {:.1} s",
+        tally.acked,
+        gap.as_secs_f64()
+    );
+    etcd::members_agree(&env, &check, "after two CA moves");
+    assert!(
+        gap < Duration::from_secs(6),
+        "writes were refused for {gap:?} during a CA move"
+    );
+}
