@@ -1892,34 +1892,82 @@ pub fn status_json(m: &Model) -> Value {
     })
 }
 
-pub fn status_table(v: &Value) -> String {
-    let mut s = String::new();
-    let model = &v["model"];
-    s.push_str(&format!(
-        "Model  Controller  Cloud/Region         Version\n{:<6} {:<11} localhost/localhost  {}\n\n",
-        model["name"].as_str().unwrap_or(""),
-        "harness",
-        model["version"].as_str().unwrap_or("")
-    ));
-    let apps = v["applications"].as_object().cloned().unwrap_or_default();
-    s.push_str(&format!(
-        "{:<12} {:<9} {:<12} {:<6} {}\n",
-        "App", "Version", "Status", "Scale", "Message"
-    ));
-    for (name, a) in &apps {
-        s.push_str(&format!(
-            "{:<12} {:<9} {:<12} {:<6} {}\n",
-            name,
-            a["version"].as_str().unwrap_or(""),
-            a["application-status"]["current"].as_str().unwrap_or(""),
-            a["scale"].to_string(),
-            a["application-status"]["message"].as_str().unwrap_or("")
-        ));
+/// Rows as Juju prints them: each column as wide as its widest cell, two spaces between
+/// columns, the last one unpadded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|x| x.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == r.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
-    s.push_str(&format!(
-        "\n{:<12} {:<12} {:<10} {:<8} {:<15} {:<10} {}\n",
-        "Unit", "Workload", "Agent", "Machine", "Public address", "Ports", "Message"
-    ));
+    out
+}
+
+pub fn status_table(v: &Value) -> String {
+    let text = |x: &Value| x.as_str().unwrap_or("").to_string();
+    let model = &v["model"];
+    let mut s = table(&[
+        vec![
+            "Model".into(),
+            "Controller".into(),
+            "Cloud/Region".into(),
+            "Version".into(),
+        ],
+        vec![
+            text(&model["name"]),
+            "harness".into(),
+            "localhost/localhost".into(),
+            text(&model["version"]),
+        ],
+    ]);
+    s.push('\n');
+    let apps = v["applications"].as_object().cloned().unwrap_or_default();
+    let mut rows = vec![vec![
+        "App".to_string(),
+        "Version".into(),
+        "Status".into(),
+        "Scale".into(),
+        "Message".into(),
+    ]];
+    for (name, a) in &apps {
+        rows.push(vec![
+            name.clone(),
+            text(&a["version"]),
+            text(&a["application-status"]["current"]),
+            a["scale"].to_string(),
+            text(&a["application-status"]["message"]),
+        ]);
+    }
+    s.push_str(&table(&rows));
+    let mut rows = vec![[
+        "Unit",
+        "Workload",
+        "Agent",
+        "Machine",
+        "Public address",
+        "Ports",
+        "Message",
+    ]
+    .map(String::from)
+    .to_vec()];
     for a in apps.values() {
         for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
             let leader = if e.get("leader").is_some() { "*" } else { "" };
@@ -1932,37 +1980,63 @@ pub fn status_table(v: &Value) -> String {
                         .join(",")
                 })
                 .unwrap_or_default();
-            s.push_str(&format!(
-                "{:<12} {:<12} {:<10} {:<8} {:<15} {:<10} {}\n",
+            rows.push(vec![
                 format!("{u}{leader}"),
-                e["workload-status"]["current"].as_str().unwrap_or(""),
-                e["juju-status"]["current"].as_str().unwrap_or(""),
-                e["machine"].as_str().unwrap_or(""),
-                e["public-address"].as_str().unwrap_or(""),
+                text(&e["workload-status"]["current"]),
+                text(&e["juju-status"]["current"]),
+                text(&e["machine"]),
+                text(&e["public-address"]),
                 ports,
-                e["workload-status"]["message"].as_str().unwrap_or("")
-            ));
+                text(&e["workload-status"]["message"]),
+            ]);
         }
     }
-    s.push_str(&format!(
-        "\n{:<8} {:<10} {:<15} {}\n",
-        "Machine", "State", "Address", "Inst id"
-    ));
+    s.push('\n');
+    s.push_str(&table(&rows));
+    let mut rows = vec![["Machine", "State", "Address", "Inst id"]
+        .map(String::from)
+        .to_vec()];
     for (id, mach) in v["machines"].as_object().cloned().unwrap_or_default() {
-        s.push_str(&format!(
-            "{:<8} {:<10} {:<15} {}\n",
-            id,
-            mach["juju-status"]["current"].as_str().unwrap_or(""),
-            mach["dns-name"].as_str().unwrap_or(""),
-            mach["instance-id"].as_str().unwrap_or("")
-        ));
+        rows.push(vec![
+            id.clone(),
+            text(&mach["juju-status"]["current"]),
+            text(&mach["dns-name"]),
+            text(&mach["instance-id"]),
+        ]);
     }
+    s.push('\n');
+    s.push_str(&table(&rows));
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_columns_fit_their_content() {
+        let v = json!({
+            "model": {"name": "a-rather-long-model-name", "version": "3.6.8"},
+            "applications": {"etcd": {"version": "3.5.1", "scale": 1,
+                "application-status": {"current": "active", "message": "ok"},
+                "units": {"etcd/0": {"workload-status": {"current": "active", "message": "Healthy"},
+                    "juju-status": {"current": "idle"}, "machine": "0", "leader": true,
+                    "public-address": "10.213.1.10", "open-ports": ["2379/tcp"]}}}},
+            "machines": {"0": {"juju-status": {"current": "started"}, "dns-name": "10.213.1.10", "instance-id": "m0"}}
+        });
+        let t = status_table(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        // header cells start where their values start
+        assert_eq!(lines[0].find("Controller"), lines[1].find("harness"), "{t}");
+        assert_eq!(lines[0].find("Version"), lines[1].find("3.6.8"), "{t}");
+        let unit = lines.iter().position(|l| l.starts_with("Unit")).unwrap();
+        assert_eq!(
+            lines[unit].find("Message"),
+            lines[unit + 1].find("Healthy"),
+            "{t}"
+        );
+        assert!(lines[unit + 1].starts_with("etcd/0*  active"), "{t}");
+    }
 
     #[test]
     fn params_are_typed_and_defaulted() {
