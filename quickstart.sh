@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up a 3-unit TLS etcd cluster on this machine with the local controller, on machines
-# that boot systemd as PID 1, and prints its status. Debian 12, root. Safe to run again: an
+# that boot systemd as PID 1, its certificates from easyrsa as in the classic charm's
+# documentation, and prints its status. Debian 12, root. Safe to run again: an
 # existing cluster is only shown.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,8 +28,12 @@ if ! $H show-model "$MODEL" >/dev/null 2>&1; then
   tar -C "$tmp" -czf "$tmp/etcd-v3.5.1-linux-amd64.tar.gz" etcd-v3.5.1-linux-amd64
   $H add-model "$MODEL" 2>&1 | sed 's/^/    /'
   $H model-config -m "$MODEL" harness-machine=systemd
-  step "deploying etcd -n 3 with etcd 3.5.1 as its resource"
+  step "packing the charms into build/ (bash pack.sh) and deploying easyrsa"
+  bash pack.sh 2>&1 | sed 's/^/    /'
+  $H deploy ./build/easyrsa -m "$MODEL" 2>&1 | sed 's/^/    /'
+  step "deploying etcd -n 3 with etcd 3.5.1 as its resource, related to easyrsa"
   $H deploy . etcd -n 3 --resource "etcd=$tmp/etcd-v3.5.1-linux-amd64.tar.gz" -m "$MODEL" 2>&1 | sed 's/^/    /'
+  $H add-relation etcd easyrsa -m "$MODEL" 2>&1 | sed 's/^/    /'
 fi
 
 step "waiting for every unit to be active (each status change is shown)"
@@ -52,6 +57,8 @@ for app in s.get("applications", {}).values():
   sleep 1
 done
 
+# A status can be all active for a moment between two hooks: wait until nothing is queued.
+$H wait-settled --timeout 5m -m "$MODEL" >/dev/null
 step "status"
 $H status -m "$MODEL"
 cat <<MSG
@@ -63,5 +70,6 @@ Try next, with H=$H (it answers as juju too when linked under that name):
   \$H exec --unit etcd/0 -m $MODEL -- systemctl status etcd
   \$H add-unit etcd -m $MODEL;  \$H remove-unit etcd/2 -m $MODEL
   \$H reboot-machine 1 -m $MODEL                        a clean reboot: the member rejoins with its data
+  \$H remove-relation etcd easyrsa -m $MODEL            the CA moves back to the charm's own, serving throughout
   \$H destroy-model $MODEL --no-prompt                  (or \$H kill-controller)
 MSG

@@ -55,6 +55,11 @@ pub struct Provided {
     pub client: Option<(String, String)>,
 }
 
+/// Whether the application is related to a CA over `certificates`.
+pub fn related() -> anyhow::Result<bool> {
+    Ok(!juju::relation_ids(ENDPOINT)?.is_empty())
+}
+
 /// Sends this unit's request (the classic charm's: CN = its address, every address and
 /// 127.0.0.1 as SANs, name `etcd_N`) and reads the answer. `Ok(None)` without the relation
 /// or before a CA has answered; `Err` names the relation value that cannot be used.

@@ -787,7 +787,18 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         plan_ca_move(&mut peers, &ca.cert_pem, provided.as_ref());
     }
     mark("leader-pki");
-    let certified = install_certs(&peers, &ctx.unit, &name, &csrs, provided.as_ref())?;
+    // Related to a CA that has not answered yet, before anything runs: wait for it rather
+    // than start on the built-in CA and move at once.
+    let nothing_started = peers
+        .units
+        .values()
+        .all(|b| b.get("phase").map(String::as_str) != Some("started"));
+    let certified = if provided.is_none() && nothing_started && authority::related()? {
+        board.report("waiting", "Waiting for the CA on the certificates relation");
+        false
+    } else {
+        install_certs(&peers, &ctx.unit, &name, &csrs, provided.as_ref())?
+    };
     // What the leader's CA move waits for: the CA of the certificates this unit serves with
     // and the bundle its etcd started with.
     let mut known = authority::split(peers.app_get("trust").unwrap_or_default());
