@@ -557,25 +557,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
                     .iter()
                     .find(|m| m.name == name || m.peer_urls.contains(&peer_url))
                 {
-                    if let Ok(s) = client.status(&ep) {
-                        if s.leader == me.id {
-                            if let Some(other) = members
-                                .iter()
-                                .find(|m| m.id != me.id && m.started() && !m.is_learner)
-                            {
-                                juju::log(
-                                    "INFO",
-                                    &format!(
-                                        "moving raft leadership to {} before leaving",
-                                        other.name
-                                    ),
-                                );
-                                if let Err(e) = client.move_leader(&ep, other.id) {
-                                    juju::log("WARNING", &format!("cannot move leadership: {e}"));
-                                }
-                            }
-                        }
-                    }
+                    hand_over_leadership(&client, &ep, me.id, &members, "leaving");
                     // Membership changes may wait for an election: a longer timeout, and any
                     // member's endpoint will do.
                     let id = me.id;
@@ -1486,10 +1468,38 @@ fn restart_with(
             client.member_update(ep, me.id, &[peer_url.to_string()])?;
         }
     }
+    // A raft leader that restarts costs the cluster an election: hand leadership over first.
+    if let Ok(members) = client.member_list(ep) {
+        if let Some(me) = members.iter().find(|m| m.name == name) {
+            hand_over_leadership(client, ep, me.id, &members, "restarting");
+        }
+    }
     write_config()?;
     juju::log("INFO", "restarting etcd with the new config");
     svc.restart()?;
     Ok(())
+}
+
+/// Moves raft leadership from member `me` (when it holds it) to another started voter.
+/// Best effort: the restart or the removal that follows is safe without it, only slower.
+fn hand_over_leadership(client: &Client, ep: &str, me: u64, members: &[Member], why: &str) {
+    let Ok(s) = client.status(ep) else { return };
+    if s.leader != me {
+        return;
+    }
+    let Some(other) = members
+        .iter()
+        .find(|m| m.id != me && m.started() && !m.is_learner)
+    else {
+        return;
+    };
+    juju::log(
+        "INFO",
+        &format!("moving raft leadership to {} before {why}", other.name),
+    );
+    if let Err(e) = client.move_leader(ep, other.id) {
+        juju::log("WARNING", &format!("cannot move leadership: {e}"));
+    }
 }
 
 fn peers_view(p: &Peers) -> crate::relations::ClusterView {
