@@ -81,12 +81,7 @@ pub fn exchange(
         ("sans".to_string(), serde_json::to_string(&sans)?),
         ("certificate_name".to_string(), prefix.clone()),
     ]);
-    let have = juju::relation_get(&rel, unit, false)?;
-    let diff: Bag = want
-        .into_iter()
-        .filter(|(k, v)| have.get(k) != Some(v))
-        .collect();
-    juju::relation_set(&rel, &diff, false)?;
+    juju::relation_update(&rel, &juju::relation_get(&rel, unit, false)?, want)?;
     let mut answers = vec![];
     for remote in juju::relation_list(&rel)? {
         let bag = juju::relation_get(&rel, &remote, false)?;

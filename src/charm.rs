@@ -270,6 +270,12 @@ impl Peers {
             })
             .collect()
     }
+    /// The units whose member has started, with their databags.
+    fn started(&self) -> impl Iterator<Item = (&String, &Bag)> {
+        self.units
+            .iter()
+            .filter(|(_, b)| b.get("phase").map(String::as_str) == Some("started"))
+    }
     fn join(&self) -> Option<Join> {
         self.app_get("join")
             .and_then(|j| serde_json::from_str(j).ok())
@@ -365,10 +371,8 @@ fn plan_ca_move(peers: &mut Peers, internal: &str, provided: Option<&authority::
     let issuer = peers.app_get("issuer-ca").unwrap_or(internal).to_string();
     let trust = peers.app_get("trust").unwrap_or(internal).to_string();
     let started: Vec<authority::UnitTls> = peers
-        .units
-        .values()
-        .filter(|b| b.get("phase").map(String::as_str) == Some("started"))
-        .map(|b| authority::UnitTls {
+        .started()
+        .map(|(_, b)| authority::UnitTls {
             trust_running: b.get("trust-running").cloned(),
             issuer_in_use: b.get("issuer-in-use").cloned(),
         })
@@ -404,11 +408,11 @@ fn install_certs(
     };
     let trust = peers.app_get("trust").unwrap_or(internal);
     let issuer = peers.app_get("issuer-ca").unwrap_or(internal);
-    write_if_changed("ca.crt", trust, 0o644)?;
+    pki::update_file(&pki::path("ca.crt"), trust, 0o644)?;
     let read = |f: &str| std::fs::read_to_string(pki::path(f));
-    let files: Vec<(&str, String, u32)> = if authority::sha16(issuer) == authority::sha16(internal)
-    {
-        let mut files = vec![];
+    // (file base name, certificate, key) for each pair to serve with
+    let mut pairs: Vec<(&str, String, String)> = vec![];
+    if issuer == internal {
         for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
             let sha = pki::sha256_hex(csr.as_bytes());
             if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
@@ -417,45 +421,41 @@ fn install_certs(
             let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
                 return Ok(certs_on_disk());
             };
-            let key = read(&format!("csr-{}.key", p.name()))?;
-            files.push((p.name(), cert.to_string(), 0));
-            files.push((p.name(), key, 1));
+            pairs.push((
+                p.name(),
+                cert.to_string(),
+                read(&format!("csr-{}.key", p.name()))?,
+            ));
         }
         let client = juju::secret_get_by_label(CLIENT_LABEL)?;
         if let Some((cert, key)) = client
             .as_ref()
             .and_then(|c| Some((c.get("client-cert")?, c.get("client-key")?)))
         {
-            files.push(("client", cert.clone(), 0));
-            files.push(("client", key.clone(), 1));
+            pairs.push(("client", cert.clone(), key.clone()));
         }
-        files
     } else {
         match provided {
             Some(authority::Provided {
                 ca,
                 server: Some((cert, key)),
                 client: Some((ccert, ckey)),
-            }) if ca == issuer => vec![
-                ("server", cert.clone(), 0),
-                ("server", key.clone(), 1),
-                ("peer", cert.clone(), 0),
-                ("peer", key.clone(), 1),
-                ("client", ccert.clone(), 0),
-                ("client", ckey.clone(), 1),
-            ],
+            }) if ca == issuer => {
+                pairs.push(("server", cert.clone(), key.clone()));
+                pairs.push(("peer", cert.clone(), key.clone()));
+                pairs.push(("client", ccert.clone(), ckey.clone()));
+            }
             _ => return Ok(certs_on_disk()),
         }
-    };
+    }
     // Another CA's certificates on disk: they go in this unit's turn only.
     let serving_from_issuer = read("server.crt")
         .ok()
         .is_some_and(|c| pki::issued_by(&c, issuer).unwrap_or(false));
     if !serving_from_issuer {
         let started: Vec<(String, Option<String>)> = peers
-            .units
-            .iter()
-            .filter(|(u, b)| *u != unit && b.get("phase").map(String::as_str) == Some("started"))
+            .started()
+            .filter(|(u, _)| *u != unit)
             .map(|(u, b)| (u.clone(), b.get("issuer-in-use").cloned()))
             .collect();
         if !authority::my_turn(unit, &authority::sha16(issuer), &started) {
@@ -464,23 +464,11 @@ fn install_certs(
     }
     // etcd reads each pair on every new connection: a handshake that falls between the two
     // writes fails once and the client dials again.
-    for (base, body, is_key) in files {
-        let (file, mode) = if is_key == 1 {
-            (format!("{base}.key"), 0o600)
-        } else {
-            (format!("{base}.crt"), 0o644)
-        };
-        write_if_changed(&file, &body, mode)?;
+    for (base, cert, key) in pairs {
+        pki::update_file(&pki::path(&format!("{base}.crt")), &cert, 0o644)?;
+        pki::update_file(&pki::path(&format!("{base}.key")), &key, 0o600)?;
     }
     Ok(true)
-}
-
-fn write_if_changed(file: &str, body: &str, mode: u32) -> Result<()> {
-    let path = pki::path(file);
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(body) {
-        pki::write_file(&path, body.as_bytes(), mode)?;
-    }
-    Ok(())
 }
 
 fn endpoint(address: &str, port: u16) -> String {
@@ -771,10 +759,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("leader-pki");
     // Related to a CA that has not answered yet, before anything runs: wait for it rather
     // than start on the built-in CA and move at once.
-    let nothing_started = peers
-        .units
-        .values()
-        .all(|b| b.get("phase").map(String::as_str) != Some("started"));
+    let nothing_started = peers.started().next().is_none();
     let certified = if provided.is_none() && nothing_started && authority::related()? {
         board.report("waiting", "Waiting for the CA on the certificates relation");
         false
@@ -798,12 +783,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     let trust_on_disk = std::fs::read_to_string(pki::path("ca.crt"))
         .ok()
         .map(|t| authority::sha16(&t));
-    if st.running_trust.is_none()
-        && (Service {
-            etcd_binary: inst.etcd(),
-        })
-        .running()
-    {
+    let svc = Service {
+        etcd_binary: inst.etcd(),
+    };
+    if st.running_trust.is_none() && svc.running() {
         // A unit from before the CA move: etcd runs with what is on disk.
         st.running_trust = trust_on_disk.clone();
     }
@@ -818,9 +801,6 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         board.report("blocked", msg);
     }
     let data = data_dir()?;
-    let svc = Service {
-        etcd_binary: inst.etcd(),
-    };
     let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
 
     // After a restore the leader publishes a new epoch: this member's data belongs to the old

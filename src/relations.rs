@@ -39,12 +39,7 @@ pub fn publish(unit: &str, view: &ClusterView, version: &str) -> anyhow::Result<
 }
 
 fn set_if_changed(unit: &str, rel: &str, want: Bag) -> anyhow::Result<()> {
-    let have = juju::relation_get(rel, unit, false)?;
-    let diff: Bag = want
-        .into_iter()
-        .filter(|(k, v)| have.get(k) != Some(v))
-        .collect();
-    juju::relation_set(rel, &diff, false)?;
+    juju::relation_update(rel, &juju::relation_get(rel, unit, false)?, want)?;
     Ok(())
 }
 

@@ -81,6 +81,8 @@ pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
         source: e,
     })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A tool that exits without reading its input breaks the pipe; its exit code and
+        // stderr, checked below, say what went wrong.
         let _ = pipe.write_all(input.as_bytes());
     }
     let out = child.wait_with_output().map_err(|e| JujuError::Spawn {
@@ -110,6 +112,7 @@ fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
 }
 
 pub fn log(level: &str, msg: &str) {
+    // Logging is best effort: a hook never fails because its log line could not be sent.
     let _ = run("juju-log", &["--log-level", level, "--", msg], None);
 }
 
@@ -148,6 +151,17 @@ pub fn relation_get(rel: &str, target: &str, app: bool) -> Result<Bag> {
     }
     args.extend(["-", target]);
     json::<Option<Bag>>("relation-get", &args).map(Option::unwrap_or_default)
+}
+
+/// Writes into this unit's databag only the keys of `want` whose values differ from `have`
+/// (what the bag holds now; a missing key counts as empty, so an empty value is written only
+/// to delete a key that is there).
+pub fn relation_update(rel: &str, have: &Bag, want: Bag) -> Result<()> {
+    let diff: Bag = want
+        .into_iter()
+        .filter(|(k, v)| have.get(k).map(String::as_str).unwrap_or("") != v)
+        .collect();
+    relation_set(rel, &diff, false)
 }
 
 /// Writes keys (an empty value deletes). Buffered by Juju until the hook exits 0.
@@ -327,6 +341,7 @@ pub fn action_fail(msg: &str) -> Result<()> {
 }
 
 pub fn action_log(msg: &str) {
+    // Progress messages are best effort: the action's result is what counts.
     let _ = run("action-log", &["--", msg], None);
 }
 

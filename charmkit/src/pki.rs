@@ -207,7 +207,6 @@ pub fn csr_for(key: &KeyPair, common_name: &str, names: &[String]) -> Result<Str
     Ok(p.serialize_request(key)?.pem()?)
 }
 
-/// Writes a file atomically with the given mode (0600 for keys).
 /// Creates (or truncates) a file only its owner can read: 0600 from its creation, never
 /// readable by others even for a moment.
 pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
@@ -220,6 +219,15 @@ pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
         .open(p)
 }
 
+/// Writes `data` as `write_file` does unless the file already holds exactly that.
+pub fn update_file(p: &Path, data: &str, mode: u32) -> Result<()> {
+    if std::fs::read_to_string(p).ok().as_deref() == Some(data) {
+        return Ok(());
+    }
+    write_file(p, data.as_bytes(), mode)
+}
+
+/// Writes a file atomically with the given mode (0600 for keys).
 pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let io = |e: std::io::Error| PkiError::Io {
@@ -230,6 +238,7 @@ pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     let tmp = p.with_extension("tmp");
+    // A leftover of an interrupted write; if it cannot go, create_new below says so.
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .create_new(true)

@@ -73,11 +73,7 @@ fn hook(dispatch: &str) -> Result<()> {
             }
         }
         // Only what changed: an empty value deletes a key that is there.
-        let diff: Bag = want
-            .into_iter()
-            .filter(|(k, v)| mine.get(k).map(String::as_str).unwrap_or("") != v)
-            .collect();
-        juju::relation_set(&rel, &diff, false)?;
+        juju::relation_update(&rel, &mine, want)?;
     }
     let mut msg = if served > 0 {
         format!("Certificate Authority connected ({served} units served)")
@@ -143,10 +139,7 @@ fn leader_ca() -> Result<Option<Authority>> {
         ("client.crt", &authority.client_cert, 0o644),
         ("client.key", &authority.client_key, 0o600),
     ] {
-        let p = dir.join(file);
-        if std::fs::read_to_string(&p).ok().as_deref() != Some(body.as_str()) {
-            pki::write_file(&p, body.as_bytes(), mode)?;
-        }
+        pki::update_file(&dir.join(file), body, mode)?;
     }
     Ok(Some(authority))
 }
