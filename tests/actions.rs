@@ -365,7 +365,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         ]);
         env.settle("2m");
         let (code, task) = env.run_action(&leader, &["restore"]);
-        assert_ne!(code, 0, "{} must be refused", f.display());
+        assert_ne!(code, 0, "{} must be refused: {task}", f.display());
         assert!(
             task["message"].as_str().unwrap().contains("refused")
                 || task["message"]
