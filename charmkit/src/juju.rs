@@ -348,13 +348,30 @@ pub fn action_log(msg: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     /// A stand-in hook tool: a real process that prints and exits as told.
+    ///
+    /// The script is written by a child process, not by this one: a file this
+    /// process holds open for writing is inherited by any child another test's
+    /// thread forks at that moment, and running the script while such a child
+    /// lives fails with "Text file busy" (ETXTBSY).
     fn tool(dir: &std::path::Path, name: &str, script: &str) -> String {
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "printf '#!/bin/sh\\n%s\\n' \"$2\" > \"$1\" && chmod 755 \"$1\"",
+                "sh",
+            ])
+            .arg(&p)
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot write the stand-in tool {}",
+            p.display()
+        );
         p.display().to_string()
     }
 
