@@ -10,8 +10,8 @@
 //! and execs systemd. The agent service answers the controller on the same socket as a
 //! `namespace` machine's agent does. Facts behind each step: shared/machines.md.
 
-use crate::machine::{install_tools, mount, mount_overlays, write_identity};
 use crate::proto::{MACHINE_DIR, MACHINE_SOCKET_DIR};
+use crate::rootfs::{install_tools, mount, mount_overlays, write_identity};
 use anyhow::{Context, Result};
 use nix::mount::MsFlags;
 use std::os::unix::fs::symlink;

@@ -4,9 +4,17 @@
 //! - `charm-harness bootstrap`: the controller daemon (started on demand by the CLI);
 //! - `charm-harness machine-agent`: PID 1 of a machine (started by the controller).
 //!
-//! Modules: `flags` (gnuflag rules), `format` (smart/yaml/json), `proto` (the wire),
-//! `state` (model data), `machine` (namespaces), `controller` (daemon, hook sequencing),
-//! `tools` and `secrets` (hook tools), `cli` (juju commands).
+//! Modules, each depending only on those listed before it (no import cycles):
+//! - `flags` (gnuflag rules), `format` (smart/yaml/json), `proto` (the wire: requests,
+//!   replies, hook tool names), `cgroups`;
+//! - `rootfs` (a machine's filesystem: overlays, identity, tools), `boot` (systemd as a
+//!   machine's PID 1), `machine` (namespaces, bridges, the machine agent);
+//! - `state` (the models' data, saved to `state.json`), `controller` (model operations and
+//!   hook sequencing);
+//! - `tools/` (hook tools: one function per tool; `tools/secrets.rs` for secret-*),
+//!   `cli/` (juju commands, one file per group: `models`, `deploy`, `apps`, `relations`,
+//!   `actions`, `ssh` (scp, ssh, exec), `status`, `machines`);
+//! - `server` (the controller daemon's socket: routes CLI and tool requests).
 
 mod boot;
 mod cgroups;
@@ -16,7 +24,8 @@ mod flags;
 mod format;
 mod machine;
 mod proto;
-mod secrets;
+mod rootfs;
+mod server;
 mod state;
 mod tools;
 
@@ -150,7 +159,7 @@ fn main() {
         .and_then(|n| n.to_str())
         .unwrap_or("")
         .to_string();
-    if tools::TOOL_NAMES.contains(&name.as_str()) {
+    if proto::TOOL_NAMES.contains(&name.as_str()) {
         tool_main(&name, args);
     }
     if name == "jujud" {
@@ -160,7 +169,7 @@ fn main() {
     let home = proto::home();
     match args.first().map(String::as_str) {
         Some("bootstrap") => {
-            if let Err(e) = controller::bootstrap(home) {
+            if let Err(e) = server::bootstrap(home) {
                 eprintln!("ERROR {e:#}");
                 std::process::exit(1);
             }
@@ -213,7 +222,7 @@ fn main() {
     }
     if let Some(tool) = args
         .first()
-        .filter(|a| tools::TOOL_NAMES.contains(&a.as_str()))
+        .filter(|a| proto::TOOL_NAMES.contains(&a.as_str()))
         .cloned()
     {
         // `charm-harness relation-get ...` works like the tool itself.

@@ -2,19 +2,7 @@
 //! commands that read them back (`show-task`, `actions`, `show-action`). `run` itself, the
 //! Juju 3 spelling, is in the parent module; both queue the same tasks.
 
-use super::{
-    fmt_out, model_name, parse, queue_action, render, task_json, tasks_reply, wait_tasks, Format,
-    FORMAT,
-};
-use crate::controller::{self, app_of, unit_number, Ctl};
-use crate::flags::{boolean, value};
-use crate::proto::Reply;
-use crate::state::Task;
-use anyhow::{anyhow, bail, Result};
-use serde_json::{json, Map, Value};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use super::*;
 
 /// `run-action <unit> <action> [key=value ...] [--wait[=<timeout>]]`. Without `--wait` it
 /// prints the id to read the result with (`show-action-output`); with it, the result keyed
@@ -231,4 +219,346 @@ pub fn show(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Resu
         _ => {}
     }
     Ok(Reply::ok(out))
+}
+/// Checks params against an action's schema (types, unknown keys) and fills defaults.
+pub(super) fn validate_params(spec: &Value, mut params: Map<String, Value>) -> Result<Value> {
+    let props = spec
+        .get("params")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let strict = spec.get("additionalProperties").and_then(Value::as_bool) == Some(false);
+    for (k, v) in &params {
+        let Some(def) = props.get(k) else {
+            if strict {
+                bail!("validation failed: (root) : additional property \"{k}\" is not allowed, given: {}", serde_json::to_string(&params).unwrap_or_default());
+            }
+            continue;
+        };
+        let want = def.get("type").and_then(Value::as_str).unwrap_or("");
+        let ok = match want {
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            _ => true,
+        };
+        if !ok {
+            bail!(
+                "validation failed: (root).{k} : invalid type. Expected: {want}, given: {}",
+                json_type(v)
+            );
+        }
+        if let (Some(allowed), false) = (def.get("enum").and_then(Value::as_array), v.is_null()) {
+            if !allowed.contains(v) {
+                bail!(
+                    "validation failed: (root).{k} : {k} must be one of the following: {}",
+                    allowed
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    for (k, def) in &props {
+        if !params.contains_key(k) {
+            if let Some(d) = def.get("default") {
+                params.insert(k.clone(), d.clone());
+            }
+        }
+    }
+    if let Some(req) = spec.get("required").and_then(Value::as_array) {
+        for r in req.iter().filter_map(Value::as_str) {
+            if !params.contains_key(r) {
+                bail!("validation failed: (root) : \"{r}\" property is missing and required");
+            }
+        }
+    }
+    Ok(Value::Object(params))
+}
+
+pub(super) fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+pub(super) fn task_json(t: &Task) -> Value {
+    let mut results = Map::new();
+    for (k, v) in &t.results {
+        results.insert(k.clone(), v.clone());
+    }
+    results.insert("return-code".into(), json!(t.return_code.unwrap_or(0)));
+    if !t.stdout.is_empty() {
+        results.insert("stdout".into(), json!(t.stdout));
+    }
+    if !t.stderr.is_empty() {
+        results.insert("stderr".into(), json!(t.stderr));
+    }
+    let mut o = Map::new();
+    o.insert("id".into(), json!(t.id.to_string()));
+    o.insert("status".into(), json!(t.status));
+    o.insert("unit".into(), json!(t.unit));
+    o.insert("results".into(), Value::Object(results));
+    if !t.message.is_empty() {
+        o.insert("message".into(), json!(t.message));
+    }
+    if !t.log.is_empty() {
+        o.insert("log".into(), json!(t.log));
+    }
+    o.insert(
+        "timing".into(),
+        json!({"enqueued": t.enqueued, "started": t.started, "completed": t.completed}),
+    );
+    Value::Object(o)
+}
+
+pub(super) async fn wait_tasks(
+    ctl: &Arc<Ctl>,
+    model: &str,
+    ids: &[u64],
+    wait: Option<Duration>,
+) -> Option<Vec<Task>> {
+    ctl.wait_for(wait.map(|d| Instant::now() + d), |w| {
+        let m = w.models.get(model)?;
+        let tasks: Vec<Task> = ids.iter().filter_map(|i| m.tasks.get(i).cloned()).collect();
+        tasks
+            .iter()
+            .all(|t| t.status == "completed" || t.status == "failed")
+            .then_some(tasks)
+    })
+    .await
+}
+
+pub(super) fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Reply {
+    let mut out = Map::new();
+    for t in tasks {
+        out.insert(t.unit.clone(), task_json(t));
+    }
+    let failed: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.status != "completed" || (!exec && t.return_code.unwrap_or(0) != 0))
+        .collect();
+    let json_mode = p
+        .value("format")
+        .map(|f| f == "json" || f == "yaml")
+        .unwrap_or(false);
+    let stdout = if json_mode {
+        render(
+            &Value::Object(out),
+            if p.value("format") == Some("json") {
+                Format::Json
+            } else {
+                Format::Yaml
+            },
+        )
+    } else if exec && tasks.len() == 1 {
+        tasks[0].stdout.clone()
+    } else {
+        let mut s = String::new();
+        for t in tasks {
+            if !t.log.is_empty() {
+                for l in &t.log {
+                    s.push_str(&format!("{l}\n"));
+                }
+            }
+            if !t.results.is_empty() {
+                s.push_str(&render(&json!(t.results), Format::Yaml));
+            }
+            s.push_str(&t.stdout);
+        }
+        s
+    };
+    if exec && !json_mode && tasks.len() == 1 {
+        let t = &tasks[0];
+        let code = t.return_code.unwrap_or(1);
+        let mut stderr = t.stderr.clone();
+        if t.return_code.is_none() {
+            stderr.push_str(&format!("ERROR {}\n", t.message));
+        }
+        return Reply {
+            code,
+            stdout,
+            stderr,
+        };
+    }
+    if failed.is_empty() {
+        return Reply::ok(stdout);
+    }
+    let mut stderr = String::from("ERROR the following task failed:\n");
+    for t in failed {
+        stderr.push_str(&format!(
+            " id \"{}\" with return code {}\n",
+            t.id,
+            t.return_code.unwrap_or(1)
+        ));
+        if !t.message.is_empty() {
+            stderr.push_str(&format!("   message: {}\n", t.message));
+        }
+    }
+    stderr.push_str("\nuse 'juju show-task' to inspect the failure (task failed)\n");
+    Reply {
+        code: 1,
+        stdout,
+        stderr,
+    }
+}
+
+pub(super) async fn run(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            FORMAT,
+            value(&["wait"]),
+            value(&["params"]),
+            boolean(&["string-args"]),
+            boolean(&["background"]),
+            boolean(&["quiet"]),
+            boolean(&["utc"]),
+            value(&["color"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let id = queue_action(ctl, &p, cwd, &model)?;
+    if p.flag("background") {
+        return Ok(Reply {
+            code: 0,
+            stdout: String::new(),
+            stderr: format!("Scheduled operation {id} with task {id}\n"),
+        });
+    }
+    let wait = p.value("wait").and_then(controller::parse_duration);
+    match wait_tasks(ctl, &model, &[id], wait).await {
+        Some(tasks) => Ok(tasks_reply(&tasks, &p, false)),
+        None => Ok(Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: format!("ERROR timed out waiting for result from task {id}\n"),
+        }),
+    }
+}
+
+/// Queues the action `p` names (`<unit> <action> [key=value ...]`, `--params`, `--string-args`)
+/// after checking its parameters against the charm's schema; returns the task's id.
+pub(super) fn queue_action(
+    ctl: &Arc<Ctl>,
+    p: &flags::Parsed,
+    cwd: &Path,
+    model: &str,
+) -> Result<u64> {
+    if p.positional.len() < 2 {
+        bail!("no unit and action specified");
+    }
+    let mut params = Map::new();
+    if let Some(f) = p.value("params") {
+        let text = std::fs::read_to_string(cwd.join(f))
+            .with_context(|| format!("reading --params {f}"))?;
+        let v: Value =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing --params {f}"))?;
+        if let Value::Object(o) = v {
+            params.extend(o);
+        }
+    }
+    for kv in &p.positional[2..] {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("argument {kv:?} must be of the form key.key=value"))?;
+        let val: Value = if p.flag("string-args") {
+            json!(v)
+        } else {
+            serde_yaml::from_str(v).unwrap_or(json!(v))
+        };
+        let segs: Vec<&str> = k.split('.').collect();
+        let mut cur = &mut params;
+        for s in &segs[..segs.len() - 1] {
+            cur = cur
+                .entry(s.to_string())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("conflicting key {k}"))?;
+        }
+        cur.insert(segs[segs.len() - 1].to_string(), val);
+    }
+    let action = p.positional[1].clone();
+    ctl.model_mut(model, |m| -> Result<u64> {
+        let unit = resolve_unit(m, &p.positional[0])?;
+        let app = app_of(&unit).to_string();
+        let spec = m.apps[&app]
+            .meta
+            .actions
+            .get(&action)
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!("action \"{action}\" not defined on unit \"{unit}\" (not found)")
+            })?;
+        let params = validate_params(&spec, params)?;
+        m.next_task += 1;
+        let id = m.next_task;
+        m.tasks.insert(
+            id,
+            Task {
+                id,
+                unit: unit.clone(),
+                action: action.clone(),
+                params,
+                status: "pending".into(),
+                message: String::new(),
+                results: Default::default(),
+                log: vec![],
+                enqueued: now_juju(),
+                started: String::new(),
+                completed: String::new(),
+                return_code: None,
+                stdout: String::new(),
+                stderr: String::new(),
+                command: None,
+            },
+        );
+        m.units
+            .get_mut(&unit)
+            .ok_or_else(|| anyhow!("unit \"{unit}\" not found"))?
+            .actions
+            .push_back(id);
+        Ok(id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_typed_and_defaulted() {
+        let spec = json!({"params": {"revision": {"type": "integer"}, "physical": {"type": "boolean", "default": false}}, "additionalProperties": false});
+        let v = validate_params(
+            &spec,
+            serde_json::from_value(json!({"revision": 5})).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v, json!({"revision": 5, "physical": false}));
+        let e = validate_params(
+            &spec,
+            serde_json::from_value(json!({"revision": "x"})).unwrap(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Expected: integer"), "{e}");
+        let e = validate_params(&spec, serde_json::from_value(json!({"nope": 1})).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("additional property"), "{e}");
+    }
 }

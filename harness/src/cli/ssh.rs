@@ -3,14 +3,9 @@
 //! commands through the machine agent. As with Juju, a relative path on a machine means the
 //! `ubuntu` user's home, and what is copied onto a machine belongs to that user.
 
-use super::{model_name, parse, resolve_unit, shell_on_machine};
-use crate::controller::Ctl;
-use crate::flags::boolean;
-use crate::proto::Reply;
-use anyhow::{anyhow, bail, Context, Result};
-use std::path::{Path, PathBuf};
+use super::actions::{tasks_reply, wait_tasks};
+use super::*;
 use std::process::Stdio;
-use std::sync::Arc;
 
 const HOME: &str = "/home/ubuntu";
 
@@ -288,4 +283,110 @@ pub async fn ssh(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) ->
         command.join(" ")
     );
     shell_on_machine(ctl, &model, id, script, HOME, "/").await
+}
+/// Runs `script` with bash on a started machine through its agent (PATH, LANG, and HOME
+/// set to `home`), from `cwd`; its output and exit code as the reply.
+pub(super) async fn shell_on_machine(
+    ctl: &Ctl,
+    model: &str,
+    id: u32,
+    script: String,
+    home: &str,
+    cwd: &str,
+) -> Result<Reply> {
+    let up = ctl.model(model, |m| {
+        m.machines.get(&id).map(|x| x.status == "started")
+    })?;
+    if up != Some(true) {
+        bail!("machine {id} is not running");
+    }
+    let sock = machine::agent_socket(&controller::model_dir(&ctl.home, model), id);
+    let env = BTreeMap::from([
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".to_string(), home.to_string()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+    ]);
+    let (r, _) = machine::agent_call(
+        &sock,
+        &AgentRequest::Run {
+            argv: vec!["/bin/bash".into(), "-c".into(), script],
+            env,
+            cwd: cwd.into(),
+        },
+    )
+    .await?;
+    Ok(Reply {
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+    })
+}
+
+pub(super) async fn exec(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            FORMAT,
+            value(&["wait"]),
+            value(&["unit", "u"]),
+            value(&["machine"]),
+            value(&["application", "a"]),
+            boolean(&["all"]),
+            boolean(&["background"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    if p.positional.is_empty() {
+        bail!("no commands specified");
+    }
+    let command = p.positional.clone();
+    let wait = p.value("wait").and_then(controller::parse_duration);
+    if let Some(mid) = p.value("machine") {
+        let id: u32 = mid.parse().context("--machine")?;
+        let r = shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root").await?;
+        if p.value("format") == Some("json") {
+            let v = json!({ format!("machine-{id}"): {"id": "0", "status": "completed", "machine": id.to_string(), "results": {"return-code": r.code, "stdout": r.stdout, "stderr": r.stderr}}});
+            return Ok(Reply::ok(render(&v, Format::Json)));
+        }
+        return Ok(r);
+    }
+    let ids = ctl.model_mut(&model, |m| -> Result<Vec<u64>> {
+        let mut units: Vec<String> = vec![];
+        for u in p.values("unit").iter().flat_map(|v| v.split(',')) {
+            units.push(resolve_unit(m, u)?);
+        }
+        for a in p.values("application").iter().flat_map(|v| v.split(',')) {
+            units.extend(m.units.values().filter(|u| u.app == a).map(|u| u.name.clone()));
+        }
+        if units.is_empty() {
+            bail!("you must specify a target, either through --all, --machine, --application or --unit");
+        }
+        let mut ids = vec![];
+        for unit in units {
+            m.next_task += 1;
+            let id = m.next_task;
+            m.tasks.insert(
+                id,
+                Task { id, unit: unit.clone(), action: "juju-exec".into(), params: json!({}), status: "pending".into(), message: String::new(), results: Default::default(), log: vec![], enqueued: now_juju(), started: String::new(), completed: String::new(), return_code: None, stdout: String::new(), stderr: String::new(), command: Some(command.clone()) },
+            );
+            m.units.get_mut(&unit).unwrap().actions.push_back(id);
+            ids.push(id);
+        }
+        Ok(ids)
+    })?;
+    match wait_tasks(ctl, &model, &ids, wait).await {
+        Some(tasks) => Ok(tasks_reply(&tasks, &p, true)),
+        None => Ok(Reply {
+            code: 1,
+            stdout: String::new(),
+            stderr: "ERROR timed out waiting for results\n".into(),
+        }),
+    }
 }

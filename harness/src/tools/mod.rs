@@ -3,6 +3,8 @@
 //! refusals) and stderr phrases. Relation writes, ports, secrets, state and storage-add are
 //! buffered in the context; status, leader-set, logs and action results apply at once.
 
+mod secrets;
+
 use crate::controller::{app_of, storage_location, Ctl, HookCtx};
 use crate::flags::{self, boolean, value, Flag};
 use crate::format::{render, Format};
@@ -10,50 +12,6 @@ use crate::proto::Reply;
 use crate::state::*;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-
-pub const TOOL_NAMES: &[&str] = &[
-    "action-fail",
-    "action-get",
-    "action-log",
-    "action-set",
-    "add-metric",
-    "application-version-set",
-    "close-port",
-    "config-get",
-    "credential-get",
-    "goal-state",
-    "is-leader",
-    "juju-log",
-    "juju-reboot",
-    "leader-get",
-    "leader-set",
-    "network-get",
-    "open-port",
-    "opened-ports",
-    "relation-get",
-    "relation-ids",
-    "relation-list",
-    "relation-model-get",
-    "relation-set",
-    "resource-get",
-    "secret-add",
-    "secret-get",
-    "secret-grant",
-    "secret-ids",
-    "secret-info-get",
-    "secret-remove",
-    "secret-revoke",
-    "secret-set",
-    "state-delete",
-    "state-get",
-    "state-set",
-    "status-get",
-    "status-set",
-    "storage-add",
-    "storage-get",
-    "storage-list",
-    "unit-get",
-];
 
 enum E {
     Usage(String),
@@ -922,9 +880,9 @@ fn dispatch(
         }
         "add-metric" => Ok(Reply::ok("")),
         t if t.starts_with("secret-") => {
-            crate::secrets::dispatch(m, ctx, t, args, stdin).map_err(|e| match e {
-                crate::secrets::SErr::Usage(s) => E::Usage(s),
-                crate::secrets::SErr::Run(s) => E::Run(s),
+            secrets::dispatch(m, ctx, t, args, stdin).map_err(|e| match e {
+                secrets::SErr::Usage(s) => E::Usage(s),
+                secrets::SErr::Run(s) => E::Run(s),
             })
         }
         other => refuse(format!("unknown hook tool {other:?}")),

@@ -1,0 +1,391 @@
+//! Applications and units: `add-unit`, `remove-unit`, `remove-application`, `config`,
+//! `resolve`.
+
+use super::*;
+
+/// `add-unit`
+pub(super) async fn add_unit(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            value(&["n", "num-units"]),
+            value(&["to"]),
+            value(&["attach-storage"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("no application name specified"))?
+        .clone();
+    let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
+    add_units(ctl, &model, &app, n)?;
+    Ok(Reply::ok(""))
+}
+
+/// `remove-unit`
+pub(super) async fn remove_unit(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            boolean(&["no-prompt"]),
+            boolean(&["destroy-storage"]),
+            boolean(&["force"]),
+            boolean(&["no-wait"]),
+            value(&["num-units"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let removed = ctl.mutate(|w| -> Result<Vec<String>> {
+        let m = w
+            .models
+            .get_mut(&model)
+            .ok_or_else(|| anyhow!("model {model:?} not found"))?;
+        let mut targets = vec![];
+        if let Some(n) = p.value("num-units") {
+            let app = p
+                .positional
+                .first()
+                .ok_or_else(|| anyhow!("application name required with --num-units"))?;
+            let n: usize = n.parse()?;
+            let mut units: Vec<String> = m
+                .units
+                .values()
+                .filter(|u| &u.app == app && u.life == Life::Alive)
+                .map(|u| u.name.clone())
+                .collect();
+            units.sort_by_key(|u| std::cmp::Reverse(unit_number(u)));
+            targets.extend(units.into_iter().take(n));
+        } else {
+            for u in &p.positional {
+                targets.push(resolve_unit(m, u)?);
+            }
+        }
+        if targets.is_empty() {
+            bail!("no units specified");
+        }
+        for t in &targets {
+            m.remove_unit(t);
+        }
+        Ok(targets)
+    })?;
+    // --force: a unit whose machine is down cannot run its teardown hooks; it goes
+    // now (its peers still see it depart), as Juju does for a dead machine.
+    if p.flag("force") {
+        for unit in removed {
+            let down = ctl.read(|w| {
+                w.models.get(&model).is_some_and(|m| {
+                    m.units
+                        .get(&unit)
+                        .and_then(|u| m.machines.get(&u.machine))
+                        .is_some_and(|x| x.status != "started")
+                })
+            });
+            if down {
+                ctl.finalize_unit(&model, &unit).await;
+            }
+        }
+    }
+    Ok(Reply::ok(""))
+}
+
+/// `remove-application`
+pub(super) async fn remove_application(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            boolean(&["no-prompt"]),
+            boolean(&["destroy-storage"]),
+            boolean(&["force"]),
+            boolean(&["no-wait"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    ctl.model_mut(&model, |m| -> Result<()> {
+        for app in &p.positional {
+            let a = m
+                .apps
+                .get_mut(app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+            a.status = Some(Status::new("terminated", "application is being removed"));
+            let units: Vec<String> = m
+                .units
+                .values()
+                .filter(|u| &u.app == app)
+                .map(|u| u.name.clone())
+                .collect();
+            if units.is_empty() {
+                m.apps.remove(app);
+            }
+            let rels: Vec<u32> = m
+                .relations
+                .values()
+                .filter(|r| !r.peer && r.endpoint_of(app).is_some())
+                .map(|r| r.id)
+                .collect();
+            for r in rels {
+                m.remove_relation(r);
+            }
+            for u in units {
+                m.remove_unit(&u);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Reply::ok(""))
+}
+
+/// `resolve | resolved`
+pub(super) async fn resolve(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[boolean(&["no-retry"]), boolean(&["all"])], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    ctl.model_mut(&model, |m| -> Result<()> {
+        let units: Vec<String> = if p.flag("all") {
+            m.units.keys().cloned().collect()
+        } else {
+            p.positional
+                .iter()
+                .map(|u| resolve_unit(m, u))
+                .collect::<Result<_>>()?
+        };
+        for unit in units {
+            let u = m.units.get_mut(&unit).unwrap();
+            if u.error.is_none() {
+                if !p.flag("all") {
+                    bail!("unit \"{unit}\" is not in an error state");
+                }
+                continue;
+            }
+            u.error = None;
+            if p.flag("no-retry") {
+                u.queue.pop_front();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Reply::ok(""))
+}
+
+/// Parses a config value by its option type, as `juju config` does.
+pub(super) fn typed(kind: &str, key: &str, raw: &str) -> Result<Value> {
+    Ok(match kind {
+        "int" => json!(raw
+            .parse::<i64>()
+            .map_err(|_| anyhow!("option {key:?} expected int, got {raw:?}"))?),
+        "float" => json!(raw
+            .parse::<f64>()
+            .map_err(|_| anyhow!("option {key:?} expected float, got {raw:?}"))?),
+        "boolean" => json!(flags::parse_go_bool(raw)
+            .ok_or_else(|| anyhow!("option {key:?} expected boolean, got {raw:?}"))?),
+        _ => json!(raw),
+    })
+}
+
+pub(super) fn typed_value(kind: &str, key: &str, v: &Value) -> Result<Value> {
+    match v {
+        Value::String(s) => typed(kind, key, s),
+        Value::Number(_) if kind == "int" || kind == "float" => Ok(v.clone()),
+        Value::Bool(_) if kind == "boolean" => Ok(v.clone()),
+        other if kind == "string" => Ok(json!(match other {
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => bail!("option {key:?} expected string"),
+        })),
+        _ => bail!("option {key:?} expected {kind}, got {v}"),
+    }
+}
+
+/// `--config k=v` or `--config file.yaml` (`{app: {k: v}}` or `{k: v}`).
+pub(super) fn config_args(
+    meta: &CharmMeta,
+    app: &str,
+    items: &[String],
+    cwd: &Path,
+) -> Result<BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        if let Some((k, v)) = item.split_once('=') {
+            let def = meta
+                .options
+                .get(k)
+                .ok_or_else(|| anyhow!("unknown option {k:?}"))?;
+            out.insert(k.to_string(), typed(&def.kind, k, v)?);
+        } else {
+            let text = std::fs::read_to_string(cwd.join(item))
+                .with_context(|| format!("reading config file {item}"))?;
+            let v: Value = serde_yaml::from_str(&text)?;
+            let map = v.get(app).cloned().unwrap_or(v);
+            for (k, v) in map.as_object().cloned().unwrap_or_default() {
+                let def = meta
+                    .options
+                    .get(&k)
+                    .ok_or_else(|| anyhow!("unknown option {k:?}"))?;
+                out.insert(k.clone(), typed_value(&def.kind, &k, &v)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn add_units(ctl: &Arc<Ctl>, model: &str, app: &str, n: u32) -> Result<Vec<String>> {
+    let added = ctl.mutate(|w| -> Result<Vec<(String, u32)>> {
+        let m = w.models.get_mut(model).unwrap();
+        if !m.apps.contains_key(app) {
+            bail!("application \"{app}\" not found");
+        }
+        let mut out = vec![];
+        for _ in 0..n {
+            let u = m.add_unit(app)?;
+            out.push((u.clone(), m.units[&u].machine));
+        }
+        Ok(out)
+    })?;
+    for (u, machine) in &added {
+        ctl.ensure_worker(model, u);
+        ctl.provision(model, *machine);
+    }
+    Ok(added.into_iter().map(|(u, _)| u).collect())
+}
+
+pub(super) fn config(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[FORMAT, value(&["reset"]), value(&["file"])], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("no application name specified"))?
+        .clone();
+    let meta = ctl
+        .model(&model, |m| m.apps.get(&app).map(|a| a.meta.clone()))?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let sets: Vec<String> = p.positional[1..]
+        .iter()
+        .filter(|a| a.contains('='))
+        .cloned()
+        .collect();
+    let mut items = sets.clone();
+    if let Some(f) = p.value("file") {
+        items.push(f.to_string());
+    }
+    if !items.is_empty() || p.value("reset").is_some() {
+        let new = config_args(&meta, &app, &items, cwd)?;
+        let resets: Vec<String> = p
+            .value("reset")
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        for r in &resets {
+            if !meta.options.contains_key(r) {
+                bail!("unknown option {r:?}");
+            }
+        }
+        ctl.model_mut(&model, |m| {
+            let a = m
+                .apps
+                .get_mut(&app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+            let before = a.config.clone();
+            for (k, v) in new {
+                let default = meta.options.get(&k).and_then(|d| d.default.clone());
+                if Some(&v) == default.as_ref() {
+                    a.config.remove(&k);
+                } else {
+                    a.config.insert(k, v);
+                }
+            }
+            for r in resets {
+                a.config.remove(&r);
+            }
+            if a.config != before {
+                let units: Vec<String> = m
+                    .units
+                    .values()
+                    .filter(|u| u.app == app && u.life == Life::Alive)
+                    .map(|u| u.name.clone())
+                    .collect();
+                for u in units {
+                    m.push(&u, Event::hook("config-changed"));
+                }
+            }
+            Ok(())
+        })?;
+        return Ok(Reply::ok(""));
+    }
+    let v = ctl.model(&model, |m| -> Result<Value> {
+        let a = m
+            .apps
+            .get(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+        let mut settings = Map::new();
+        for (k, def) in &a.meta.options {
+            let mut e = Map::new();
+            e.insert("type".into(), json!(def.kind));
+            e.insert("description".into(), json!(def.description));
+            if let Some(d) = &def.default {
+                e.insert("default".into(), d.clone());
+            }
+            match a.config.get(k) {
+                Some(v) => {
+                    e.insert("value".into(), v.clone());
+                    e.insert("source".into(), json!("user"));
+                }
+                None => {
+                    if let Some(d) = &def.default {
+                        e.insert("value".into(), d.clone());
+                    }
+                    e.insert("source".into(), json!(if def.default.is_some() { "default" } else { "unset" }));
+                }
+            }
+            settings.insert(k.clone(), Value::Object(e));
+        }
+        Ok(json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": "default", "type": "bool", "value": false}}}))
+    })??;
+    match p.positional.get(1) {
+        Some(k) => fmt_out(
+            &v["settings"]
+                .get(k)
+                .and_then(|e| e.get("value"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            &p,
+            Format::Smart,
+        ),
+        None => fmt_out(&v, &p, Format::Yaml),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_values_are_typed() {
+        assert_eq!(typed("int", "port", "2379").unwrap(), json!(2379));
+        assert_eq!(typed("boolean", "b", "True").unwrap(), json!(true));
+        assert!(typed("int", "port", "x").is_err());
+    }
+}

@@ -1,0 +1,379 @@
+//! Charms and resources: `deploy` (a local directory, or a name from
+//! `CHARM_HARNESS_CHARMHUB`), `refresh`/`upgrade-charm`, `attach-resource`/`attach`.
+
+use super::apps::{add_units, config_args};
+use super::*;
+
+/// `attach-resource | attach`
+pub(super) async fn attach_resource(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("application name required"))?
+        .clone();
+    for kv in &p.positional[1..] {
+        let (name, path) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("expected name=path, got {kv:?}"))?;
+        let known = ctl.model(&model, |m| {
+            m.apps
+                .get(&app)
+                .map(|a| a.meta.resources.contains_key(name))
+        })?;
+        match known {
+            None => bail!("application \"{app}\" not found"),
+            Some(false) => bail!("charm does not define resource {name:?}"),
+            Some(true) => {}
+        }
+        let rev = ctl.model(&model, |m| {
+            m.apps
+                .get(&app)
+                .and_then(|a| a.resources.get(name))
+                .map(|r| r.revision)
+                .unwrap_or(0)
+        })? + 1;
+        let stored = store_resource(ctl, &model, &app, name, rev, &cwd.join(path))?;
+        ctl.model_mut(&model, |m| {
+            m.apps
+                .get_mut(&app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+                .resources
+                .insert(
+                    name.to_string(),
+                    Resource {
+                        revision: rev,
+                        path: stored.clone(),
+                    },
+                );
+            upgrade_sequence(m, &app);
+            Ok(())
+        })?;
+    }
+    Ok(Reply::ok(""))
+}
+
+/// `refresh | upgrade-charm`
+pub(super) async fn refresh(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            value(&["path"]),
+            value(&["resource"]),
+            boolean(&["force"]),
+            boolean(&["force-units"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("application name required"))?
+        .clone();
+    let path = p
+        .value("path")
+        .ok_or_else(|| anyhow!("only --path refreshes are supported here"))?;
+    let src = cwd.join(path);
+    let meta = read_charm(&src)?;
+    let rev = ctl
+        .model(&model, |m| m.apps.get(&app).map(|a| a.charm_rev))?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+        + 1;
+    let dst = ctl
+        .home
+        .join("charms")
+        .join(&model)
+        .join(&app)
+        .join(rev.to_string());
+    snapshot_charm(&src, &dst)?;
+    ctl.model_mut(&model, |m| {
+        let a = m
+            .apps
+            .get_mut(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+        a.meta = meta;
+        a.charm_rev = rev;
+        a.charm_dir = dst.to_string_lossy().into_owned();
+        upgrade_sequence(m, &app);
+        Ok(())
+    })?;
+    // Units get the new charm files before their upgrade-charm hook.
+    let units: Vec<(String, Option<u32>)> = ctl.model(&model, |m| {
+        m.units
+            .values()
+            .filter(|u| u.app == app)
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    m.machines.get(&u.machine).and_then(|x| x.init_pid),
+                )
+            })
+            .collect()
+    })?;
+    for (u, pid) in units {
+        if let Some(pid) = pid {
+            let target = PathBuf::from(format!("/proc/{pid}/root"))
+                .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
+            let _ = std::fs::remove_dir_all(&target);
+            controller::copy_tree(&dst, &target)?;
+        }
+    }
+    Ok(Reply::ok(""))
+}
+
+/// Copies a charm directory into the controller, honouring `.jujuignore` (gitignore syntax).
+pub(super) fn snapshot_charm(src: &Path, dst: &Path) -> Result<()> {
+    if dst.exists() {
+        std::fs::remove_dir_all(dst)?;
+    }
+    std::fs::create_dir_all(dst)?;
+    let walker = ignore::WalkBuilder::new(src)
+        .hidden(false)
+        .git_ignore(false)
+        .git_global(false)
+        .git_exclude(false)
+        .ignore(false)
+        .parents(false)
+        .add_custom_ignore_filename(".jujuignore")
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+    for entry in walker {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(src)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let to = dst.join(rel);
+        let ft = entry.file_type().context("file type")?;
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else {
+            if let Some(p) = to.parent() {
+                std::fs::create_dir_all(p)?;
+            }
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn store_resource(
+    ctl: &Ctl,
+    model: &str,
+    app: &str,
+    name: &str,
+    rev: u32,
+    src: &Path,
+) -> Result<String> {
+    let dir = ctl
+        .home
+        .join("resources")
+        .join(model)
+        .join(app)
+        .join(name)
+        .join(rev.to_string());
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(src.file_name().unwrap_or_default());
+    std::fs::copy(src, &file)
+        .with_context(|| format!("reading resource file {}", src.display()))?;
+    Ok(file.to_string_lossy().into_owned())
+}
+
+pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
+    let leader = m.apps.get(app).and_then(|a| a.leader.clone());
+    let units: Vec<String> = m
+        .units
+        .values()
+        .filter(|u| u.app == app && u.life == Life::Alive)
+        .map(|u| u.name.clone())
+        .collect();
+    for u in units {
+        m.push(&u, Event::hook("upgrade-charm"));
+        m.push(&u, Event::hook("config-changed"));
+        if leader.as_deref() != Some(u.as_str()) {
+            m.push(&u, Event::hook("leader-settings-changed"));
+        }
+        m.push(&u, Event::hook("start"));
+    }
+}
+
+/// The charm directory `deploy` names: a local directory (`./etcd`, `/path/to/etcd`), or a
+/// charm name (`etcd`, `ch:etcd`, `cs:etcd`) looked up as `<dir>/<name>/` in the
+/// colon-separated directories of `CHARM_HARNESS_CHARMHUB`, the local controller's store.
+pub(super) fn find_charm(charm: &str, cwd: &Path) -> Result<PathBuf> {
+    // As Juju reads it: a path (with a `/` or a leading `.`) is a local charm; a bare name is
+    // the store's, and only a name no store holds falls back to a directory here.
+    let local = cwd.join(charm);
+    let is_path = charm.contains('/') || charm.starts_with('.');
+    if is_path && local.is_dir() {
+        return Ok(local);
+    }
+    let by_name = charm
+        .strip_prefix("ch:")
+        .or_else(|| charm.strip_prefix("cs:"))
+        .unwrap_or(charm);
+    let store = std::env::var("CHARM_HARNESS_CHARMHUB").unwrap_or_default();
+    let looks_like_name = !by_name.is_empty()
+        && by_name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if looks_like_name {
+        for dir in store.split(':').filter(|d| !d.is_empty()) {
+            let candidate = Path::new(dir).join(by_name);
+            if candidate.join("metadata.yaml").is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    if local.is_dir() {
+        return Ok(local);
+    }
+    if !looks_like_name {
+        bail!("charm {charm:?} not found: no such directory, and not a charm name");
+    }
+    if store.is_empty() {
+        bail!("charm {charm:?} not found: deploy a local charm directory, or set CHARM_HARNESS_CHARMHUB to directories holding <name>/ charm directories");
+    }
+    bail!("charm {charm:?} not found in CHARM_HARNESS_CHARMHUB ({store}): each directory there holds <name>/ charm directories")
+}
+
+pub(super) async fn deploy(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            value(&["n", "num-units"]),
+            value(&["config"]),
+            value(&["resource"]),
+            value(&["storage"]),
+            value(&["to"]),
+            value(&["base"]),
+            value(&["channel"]),
+            value(&["constraints"]),
+            value(&["bind"]),
+            value(&["revision"]),
+            value(&["attach-storage"]),
+            value(&["overlay"]),
+            value(&["series"]),
+            boolean(&["trust"]),
+            boolean(&["force"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let charm = p
+        .positional
+        .first()
+        .ok_or_else(|| anyhow!("no charm specified"))?;
+    let src = find_charm(charm, cwd)?;
+    let meta = read_charm(&src)?;
+    let app = p
+        .positional
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| meta.name.clone());
+    if ctl.model(&model, |m| m.apps.contains_key(&app))? {
+        bail!("cannot add application \"{app}\": application already exists");
+    }
+    let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
+    let config = config_args(&meta, &app, p.values("config"), cwd)?;
+    let mut storage_requests = BTreeMap::new();
+    for s in p.values("storage") {
+        let (name, spec) = s
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--storage expects name=count"))?;
+        if !meta.storage.contains_key(name) {
+            bail!("charm has no storage {name:?}");
+        }
+        let count: u32 = spec.split(',').find_map(|x| x.parse().ok()).unwrap_or(1);
+        storage_requests.insert(name.to_string(), count);
+    }
+    let dst = ctl.home.join("charms").join(&model).join(&app).join("1");
+    let src2 = src.clone();
+    let dst2 = dst.clone();
+    tokio::task::spawn_blocking(move || snapshot_charm(&src2, &dst2)).await??;
+    let mut resources = BTreeMap::new();
+    for r in p.values("resource") {
+        let (name, path) = r
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--resource expects name=path"))?;
+        if !meta.resources.contains_key(name) {
+            bail!("charm does not define resource {name:?}");
+        }
+        let stored = store_resource(ctl, &model, &app, name, 1, &cwd.join(path))?;
+        resources.insert(
+            name.to_string(),
+            Resource {
+                revision: 1,
+                path: stored,
+            },
+        );
+    }
+    let peers = meta.peers.clone();
+    ctl.model_mut(&model, |m| {
+        m.apps.insert(
+            app.clone(),
+            App {
+                name: app.clone(),
+                charm_dir: dst.to_string_lossy().into_owned(),
+                charm_rev: 1,
+                meta: meta.clone(),
+                config,
+                next_unit: 0,
+                leader: None,
+                status: None,
+                version: String::new(),
+                leader_settings: Default::default(),
+                resources,
+                storage_requests,
+            },
+        );
+        for (ep, iface) in peers {
+            let id = m.next_relation;
+            m.next_relation += 1;
+            m.relations.insert(
+                id,
+                Relation {
+                    id,
+                    endpoints: vec![Endpoint {
+                        app: app.clone(),
+                        name: ep,
+                        interface: iface,
+                    }],
+                    peer: true,
+                    app_data: Default::default(),
+                    unit_data: Default::default(),
+                    scope: Default::default(),
+                    dying: false,
+                },
+            );
+        }
+        Ok(())
+    })?;
+    add_units(ctl, &model, &app, n)?;
+    Ok(Reply {
+        code: 0,
+        stdout: String::new(),
+        stderr: format!(
+            "Deployed \"{app}\" from local charm \"{}\", revision 1\n",
+            meta.name
+        ),
+    })
+}

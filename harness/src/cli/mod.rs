@@ -1,0 +1,151 @@
+//! The `juju` commands the controller answers (the subset jubilant uses, juju-contract.md §5),
+//! plus the harness's own fault operations (cut-network, crash-machine, reboot-machine, ...).
+//! Arguments arrive from the thin CLI client and are parsed here with Juju's flag rules.
+
+mod actions;
+mod apps;
+mod deploy;
+mod machines;
+mod models;
+mod relations;
+mod ssh;
+mod status;
+
+use crate::controller::{self, app_of, unit_number, unit_workload, Ctl};
+use crate::flags::{self, boolean, value, Flag};
+use crate::format::{render, Format};
+use crate::machine;
+use crate::proto::{AgentRequest, Reply};
+use crate::state::*;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MODEL: Flag = value(&["m", "model"]);
+const FORMAT: Flag = value(&["format"]);
+
+pub async fn handle(
+    ctl: &Arc<Ctl>,
+    args: Vec<String>,
+    cwd: &str,
+    env_model: Option<String>,
+) -> Reply {
+    let Some((cmd, rest)) = args.split_first() else {
+        return Reply::ok(USAGE);
+    };
+    match run(ctl, cmd, rest, Path::new(cwd), env_model).await {
+        Ok(r) => r,
+        Err(e) => Reply::err(1, format!("{e:#}")),
+    }
+}
+
+const USAGE: &str = "charm-harness: a local Juju-compatible controller\n\
+commands: add-model destroy-model models deploy add-unit remove-unit remove-application integrate\n\
+remove-relation config model-config run exec status show-unit show-model debug-log attach-resource\n\
+run-action show-action-output show-task actions show-action scp ssh attach\n\
+resolve version wait-settled cut-network heal-network crash-machine start-machine reboot-machine\n\
+show-machine kill-controller\n";
+
+fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
+    let mut all = defs.to_vec();
+    all.push(MODEL);
+    flags::parse(&all, args).map_err(|e| anyhow!(e))
+}
+
+fn model_name(ctl: &Ctl, p: &flags::Parsed, env_model: &Option<String>) -> Result<String> {
+    let m = p
+        .value("m")
+        .map(String::from)
+        .or(env_model.clone())
+        .or_else(|| ctl.read(|w| w.current_model.clone()));
+    let m = m.ok_or_else(|| anyhow!("no model in focus: pass --model or run add-model first"))?;
+    let m = m.rsplit(':').next().unwrap_or(&m).to_string();
+    if !ctl.read(|w| w.models.contains_key(&m)) {
+        bail!("model \"{m}\" not found");
+    }
+    Ok(m)
+}
+
+fn fmt_out(v: &Value, p: &flags::Parsed, default: Format) -> Result<Reply> {
+    let f = Format::parse(p.value("format"), default).map_err(|e| anyhow!(e))?;
+    Ok(Reply::ok(render(v, f)))
+}
+
+fn resolve_unit(m: &Model, name: &str) -> Result<String> {
+    if let Some(app) = name.strip_suffix("/leader") {
+        return m
+            .apps
+            .get(app)
+            .and_then(|a| a.leader.clone())
+            .ok_or_else(|| anyhow!("could not determine leader for \"{app}\""));
+    }
+    if m.units.contains_key(name) {
+        Ok(name.to_string())
+    } else {
+        bail!("unit \"{name}\" not found")
+    }
+}
+
+fn new_uuid() -> String {
+    use rand::Rng;
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+async fn run(
+    ctl: &Arc<Ctl>,
+    cmd: &str,
+    args: &[String],
+    cwd: &Path,
+    env_model: Option<String>,
+) -> Result<Reply> {
+    match cmd {
+        "version" => models::version(args).await,
+        "add-model" => models::add_model(ctl, args).await,
+        "destroy-model" => models::destroy_model(ctl, args).await,
+        "models" => models::models(ctl, args).await,
+        "show-model" => models::show_model(ctl, args, &env_model).await,
+        "deploy" => deploy::deploy(ctl, args, cwd, &env_model).await,
+        "add-unit" => apps::add_unit(ctl, args, &env_model).await,
+        "remove-unit" => apps::remove_unit(ctl, args, &env_model).await,
+        "remove-application" => apps::remove_application(ctl, args, &env_model).await,
+        "integrate" | "relate" | "add-relation" => {
+            relations::integrate(ctl, args, &env_model).await
+        }
+        "remove-relation" => relations::remove_relation(ctl, args, &env_model).await,
+        "config" => apps::config(ctl, args, cwd, &env_model),
+        "model-config" => models::model_config(ctl, args, &env_model).await,
+        "run" => actions::run(ctl, args, cwd, &env_model).await,
+        "run-action" => actions::run_action(ctl, args, cwd, &env_model).await,
+        "show-action-output" => actions::show_action_output(ctl, args, &env_model).await,
+        "show-task" => actions::show_task(ctl, args, &env_model).await,
+        "actions" | "list-actions" => actions::list(ctl, args, &env_model),
+        "show-action" => actions::show(ctl, args, &env_model),
+        "scp" => ssh::scp(ctl, args, cwd, &env_model).await,
+        "ssh" => ssh::ssh(ctl, args, &env_model).await,
+        "exec" => ssh::exec(ctl, args, &env_model).await,
+        "status" => status::status(ctl, args, &env_model).await,
+        "show-unit" => status::show_unit_cmd(ctl, args, &env_model).await,
+        "show-machine" => machines::show_machine(ctl, args, &env_model).await,
+        "debug-log" => status::debug_log(ctl, args, &env_model).await,
+        "attach-resource" | "attach" => deploy::attach_resource(ctl, args, cwd, &env_model).await,
+        "refresh" | "upgrade-charm" => deploy::refresh(ctl, args, cwd, &env_model).await,
+        "resolve" | "resolved" => apps::resolve(ctl, args, &env_model).await,
+        "wait-settled" => models::wait_settled(ctl, args, &env_model).await,
+        "cut-network" | "heal-network" | "crash-machine" | "start-machine" | "reboot-machine" => {
+            machines::cut_network(ctl, cmd, args, &env_model).await
+        }
+        other => Ok(Reply::err(2, format!("unrecognized command: juju {other}"))),
+    }
+}

@@ -1,0 +1,167 @@
+//! The controller daemon: its socket, and what arrives there: the CLI's commands
+//! (`cli`), the hook tools' calls from machines (`tools`) and shutdown.
+
+use crate::controller::{model_dir, state_path, Ctl};
+use crate::machine::{self, Net};
+use crate::proto::{self, AgentRequest, Reply, Request};
+use crate::state::World;
+use anyhow::Result;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Serves the controller socket until shutdown.
+pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<()> {
+    // Resume: workers for every unit, machines whose agents died come back.
+    let units: Vec<(String, String, u32, bool)> = ctl.read(|w| {
+        w.models
+            .values()
+            .flat_map(|m| {
+                m.units.values().map(|u| {
+                    (
+                        m.name.clone(),
+                        u.name.clone(),
+                        u.machine,
+                        m.machines
+                            .get(&u.machine)
+                            .map(|x| x.status == "started")
+                            .unwrap_or(false),
+                    )
+                })
+            })
+            .collect()
+    });
+    let nets: Vec<Net> = ctl.read(|w| w.models.values().map(|m| m.net()).collect());
+    for n in nets {
+        let _ = machine::create_bridge(Some(n.index));
+    }
+    ctl.mutate(|w| {
+        for m in w.models.values_mut() {
+            for u in m.units.values_mut() {
+                if let Some(ev) = u.running.take() {
+                    u.queue.push_front(ev);
+                }
+            }
+        }
+    });
+    for (model, unit, machine_id, started) in units {
+        let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
+        let alive = started
+            && machine::agent_call(&sock, &AgentRequest::Ping)
+                .await
+                .is_ok();
+        if !alive {
+            ctl.mutate(|w| {
+                if let Some(m) = w
+                    .models
+                    .get_mut(&model)
+                    .and_then(|m| m.machines.get_mut(&machine_id))
+                {
+                    m.status = "pending".into();
+                }
+            });
+            ctl.provision(&model, machine_id);
+        }
+        ctl.ensure_worker(&model, &unit);
+    }
+    tokio::spawn(ctl.clone().update_status_loop());
+    loop {
+        tokio::select! {
+            _ = ctl.shutdown.notified() => return Ok(()),
+            accepted = listener.accept() => {
+                let (stream, _) = accepted?;
+                let ctl = ctl.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_conn(ctl, stream).await {
+                        eprintln!("connection error: {e:#}");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let peer_pid = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .map(|p| p as u32);
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    tokio::io::BufReader::new(r).read_line(&mut line).await?;
+    if line.trim().is_empty() {
+        // A liveness probe: connected and went away.
+        return Ok(());
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let reply = Reply::err(2, format!("bad request: {e}"));
+            w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes())
+                .await?;
+            return Ok(());
+        }
+    };
+    let reply = match req {
+        Request::Tool {
+            tool,
+            args,
+            context,
+            stdin,
+        } => crate::tools::handle(&ctl, &tool, &args, &context, stdin.as_deref(), peer_pid),
+        Request::Cli { args, cwd, model } => crate::cli::handle(&ctl, args, &cwd, model).await,
+        Request::Shutdown => {
+            let models: Vec<String> = ctl.read(|w| w.models.keys().cloned().collect());
+            for m in models {
+                ctl.destroy_model(&m).await;
+            }
+            let _ = std::fs::remove_file(state_path(&ctl.home));
+            ctl.shutdown.notify_one();
+            Reply::ok("")
+        }
+    };
+    w.write_all(format!("{}\n", serde_json::to_string(&reply)?).as_bytes())
+        .await?;
+    Ok(())
+}
+
+/// `charm-harness bootstrap`: runs the daemon in the foreground (the CLI starts it detached).
+pub fn bootstrap(home: PathBuf) -> Result<()> {
+    for d in crate::rootfs::OVERLAID {
+        if home.starts_with(d) {
+            anyhow::bail!("CHARM_HARNESS_HOME {} is under {d}, which machines overlay; choose a directory outside {:?} (default /tmp/charm-harness)", home.display(), crate::rootfs::OVERLAID);
+        }
+    }
+    std::fs::create_dir_all(home.join("run"))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.join("controller.lock"))?;
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // Another controller owns this home.
+        return Ok(());
+    }
+    let sock = proto::controller_socket(&home);
+    let _ = std::fs::remove_file(&sock);
+    let world = World::load(&state_path(&home))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&sock)?;
+        std::fs::write(
+            home.join("run").join("controller.pid"),
+            std::process::id().to_string(),
+        )?;
+        let ctl = Ctl::new(home.clone(), world);
+        serve(ctl, listener).await?;
+        let _ = std::fs::remove_file(&sock);
+        Ok::<(), anyhow::Error>(())
+    })?;
+    drop(lock);
+    Ok(())
+}
