@@ -16,6 +16,7 @@
 //!   `actions`, `ssh` (scp, ssh, exec), `status`, `machines`);
 //! - `server` (the controller daemon's socket: routes CLI and tool requests).
 
+mod bases;
 mod boot;
 mod cgroups;
 mod cli;
@@ -238,6 +239,7 @@ fn main() {
         args,
         cwd,
         model: std::env::var("JUJU_MODEL").ok(),
+        charmhub: std::env::var("CHARM_HARNESS_CHARMHUB").ok(),
     };
     match proto::call::<_, Reply>(&proto::controller_socket(&home), &req) {
         Ok(r) => print_and_exit(r),

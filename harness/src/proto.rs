@@ -17,6 +17,10 @@ pub enum Request {
         args: Vec<String>,
         cwd: String,
         model: Option<String>,
+        /// The client's `CHARM_HARNESS_CHARMHUB` (charm names resolve where the command
+        /// was typed, as Juju's client resolves them).
+        #[serde(default)]
+        charmhub: Option<String>,
     },
     /// A hook tool called inside a hook, action or exec context.
     Tool {

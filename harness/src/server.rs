@@ -110,7 +110,12 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
             context,
             stdin,
         } => crate::tools::handle(&ctl, &tool, &args, &context, stdin.as_deref(), peer_pid),
-        Request::Cli { args, cwd, model } => crate::cli::handle(&ctl, args, &cwd, model).await,
+        Request::Cli {
+            args,
+            cwd,
+            model,
+            charmhub,
+        } => crate::cli::handle(&ctl, args, &cwd, model, charmhub).await,
         Request::Shutdown => {
             let models: Vec<String> = ctl.read(|w| w.models.keys().cloned().collect());
             for m in models {

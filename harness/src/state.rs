@@ -126,6 +126,14 @@ pub struct App {
     /// resource name → (revision, host path)
     pub resources: BTreeMap<String, Resource>,
     pub storage_requests: BTreeMap<String, u32>,
+    /// The base deploy chose (`ubuntu@22.04`); the machines run the host's Debian whatever
+    /// it is (see `bases`).
+    #[serde(default)]
+    pub base: String,
+    /// The name the charm was found by in the store (`refresh` without `--path` looks it
+    /// up again); `None` for a local charm.
+    #[serde(default)]
+    pub store_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -65,6 +65,7 @@ pub(super) async fn refresh(
     args: &[String],
     cwd: &Path,
     env_model: &Option<String>,
+    store: &str,
 ) -> Result<Reply> {
     let p = parse(
         &[
@@ -81,11 +82,42 @@ pub(super) async fn refresh(
         .first()
         .ok_or_else(|| anyhow!("application name required"))?
         .clone();
-    let path = p
-        .value("path")
-        .ok_or_else(|| anyhow!("only --path refreshes are supported here"))?;
-    let src = cwd.join(path);
-    let meta = read_charm(&src)?;
+    // `--path` names a local charm; without it, the store is asked again for the name the
+    // application was deployed from (`juju upgrade-charm etcd`).
+    let (store_name, base) = ctl
+        .model(&model, |m| {
+            m.apps
+                .get(&app)
+                .map(|a| (a.store_name.clone(), a.base.clone()))
+        })?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let found = match (p.value("path"), store_name) {
+        (Some(path), _) => {
+            let path = if path.contains('/') || path.starts_with('.') {
+                path.to_string()
+            } else {
+                format!("./{path}")
+            };
+            find_charm(&path, cwd, store)?
+        }
+        (None, Some(name)) => find_charm(&name, cwd, store)?,
+        (None, None) => bail!(
+            "application \"{app}\" was deployed from a local charm: refresh it with --path <charm directory or .charm file>"
+        ),
+    };
+    let meta = read_charm(&found.dir)?;
+    let declared = crate::bases::declared(&found.dir, found.packed)?;
+    if !base.is_empty() && !p.flag("force") {
+        if let Some(d) = &declared {
+            if !d.contains(&base) {
+                bail!(
+                    "cannot refresh \"{app}\": the new charm does not support its base {base} (it supports: {}); use --force to refresh anyway",
+                    d.join(", ")
+                );
+            }
+        }
+    }
+    let src = found.dir.clone();
     let rev = ctl
         .model(&model, |m| m.apps.get(&app).map(|a| a.charm_rev))?
         .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
@@ -211,44 +243,134 @@ pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
     }
 }
 
-/// The charm directory `deploy` names: a local directory (`./etcd`, `/path/to/etcd`), or a
-/// charm name (`etcd`, `ch:etcd`, `cs:etcd`) looked up as `<dir>/<name>/` in the
-/// colon-separated directories of `CHARM_HARNESS_CHARMHUB`, the local controller's store.
-pub(super) fn find_charm(charm: &str, cwd: &Path) -> Result<PathBuf> {
+/// A charm as `deploy` or `refresh` found it: its files in `dir` (an archive is unpacked
+/// into a temporary directory that lives as long as this), and where it came from.
+pub(super) struct Charm {
+    pub dir: PathBuf,
+    /// A `.charm` archive (Juju 3 requires its manifest.yaml bases).
+    pub packed: bool,
+    /// The store name it was found by (`refresh` without `--path` looks it up again).
+    pub name: Option<String>,
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+/// The charm `deploy` names: a local charm directory or `.charm` archive (`./etcd`,
+/// `/path/to/etcd.charm`), or a charm name (`etcd`, `ch:etcd`, `cs:etcd`) looked up as
+/// `<dir>/<name>.charm` or `<dir>/<name>/` in the colon-separated directories of
+/// `CHARM_HARNESS_CHARMHUB`, the local controller's store (an archive first, as a store
+/// serves archives).
+pub(super) fn find_charm(charm: &str, cwd: &Path, store: &str) -> Result<Charm> {
     // As Juju reads it: a path (with a `/` or a leading `.`) is a local charm; a bare name is
     // the store's, and only a name no store holds falls back to a directory here.
     let local = cwd.join(charm);
     let is_path = charm.contains('/') || charm.starts_with('.');
-    if is_path && local.is_dir() {
-        return Ok(local);
+    if is_path && (local.is_dir() || local.is_file()) {
+        return open_charm(&local, None);
     }
     let by_name = charm
         .strip_prefix("ch:")
         .or_else(|| charm.strip_prefix("cs:"))
         .unwrap_or(charm);
-    let store = std::env::var("CHARM_HARNESS_CHARMHUB").unwrap_or_default();
     let looks_like_name = !by_name.is_empty()
         && by_name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if looks_like_name {
         for dir in store.split(':').filter(|d| !d.is_empty()) {
+            let archive = Path::new(dir).join(format!("{by_name}.charm"));
             let candidate = Path::new(dir).join(by_name);
+            if archive.is_file() {
+                return open_charm(&archive, Some(by_name));
+            }
             if candidate.join("metadata.yaml").is_file() {
-                return Ok(candidate);
+                return open_charm(&candidate, Some(by_name));
             }
         }
     }
     if local.is_dir() {
-        return Ok(local);
+        return open_charm(&local, None);
+    }
+    if is_path {
+        bail!("charm {charm:?} not found: no such charm directory or .charm file");
     }
     if !looks_like_name {
         bail!("charm {charm:?} not found: no such directory, and not a charm name");
     }
     if store.is_empty() {
-        bail!("charm {charm:?} not found: deploy a local charm directory, or set CHARM_HARNESS_CHARMHUB to directories holding <name>/ charm directories");
+        bail!("charm {charm:?} not found: deploy a local charm directory, or set CHARM_HARNESS_CHARMHUB to directories holding <name>.charm files or <name>/ charm directories");
     }
-    bail!("charm {charm:?} not found in CHARM_HARNESS_CHARMHUB ({store}): each directory there holds <name>/ charm directories")
+    bail!("charm {charm:?} not found in CHARM_HARNESS_CHARMHUB ({store}): each directory there holds <name>.charm files or <name>/ charm directories")
+}
+
+fn open_charm(path: &Path, name: Option<&str>) -> Result<Charm> {
+    if path.is_dir() {
+        return Ok(Charm {
+            dir: path.to_path_buf(),
+            packed: false,
+            name: name.map(String::from),
+            _unpacked: None,
+        });
+    }
+    let tmp = tempfile::Builder::new().prefix("charm-").tempdir()?;
+    unpack(path, tmp.path())
+        .with_context(|| format!("{} is not a charm archive", path.display()))?;
+    Ok(Charm {
+        dir: tmp.path().to_path_buf(),
+        packed: true,
+        name: name.map(String::from),
+        _unpacked: Some(tmp),
+    })
+}
+
+/// Unpacks a `.charm` (zip) into `dst`: files with their modes, and symlinks whose targets
+/// stay inside the charm (`hooks/install -> ../dispatch`). An entry naming a path outside
+/// `dst`, or a symlink pointing out of it, refuses the whole archive.
+fn unpack(archive: &Path, dst: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::File::open(archive)?;
+    let mut zip = zip::ZipArchive::new(file)?;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        let rel = entry
+            .enclosed_name()
+            .ok_or_else(|| anyhow!("entry {:?} points outside the charm", entry.name()))?;
+        let out = dst.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&out)?;
+            continue;
+        }
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mode = entry.unix_mode().unwrap_or(0o644);
+        if mode & 0o170000 == 0o120000 {
+            let mut target = String::new();
+            entry.read_to_string(&mut target)?;
+            let resolved = rel.parent().unwrap_or(Path::new("")).join(&target);
+            let mut depth = 0i32;
+            for c in resolved.components() {
+                match c {
+                    std::path::Component::Normal(_) => depth += 1,
+                    std::path::Component::ParentDir => depth -= 1,
+                    std::path::Component::CurDir => {}
+                    _ => depth = -1,
+                }
+                if depth < 0 {
+                    bail!(
+                        "symlink {:?} -> {target:?} points outside the charm",
+                        entry.name()
+                    );
+                }
+            }
+            std::os::unix::fs::symlink(&target, &out)?;
+            continue;
+        }
+        let mut f = std::fs::File::create(&out)?;
+        std::io::copy(&mut entry, &mut f)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode & 0o777))?;
+    }
+    Ok(())
 }
 
 pub(super) async fn deploy(
@@ -256,6 +378,7 @@ pub(super) async fn deploy(
     args: &[String],
     cwd: &Path,
     env_model: &Option<String>,
+    store: &str,
 ) -> Result<Reply> {
     let p = parse(
         &[
@@ -282,8 +405,11 @@ pub(super) async fn deploy(
         .positional
         .first()
         .ok_or_else(|| anyhow!("no charm specified"))?;
-    let src = find_charm(charm, cwd)?;
-    let meta = read_charm(&src)?;
+    let found = find_charm(charm, cwd, store)?;
+    let meta = read_charm(&found.dir)?;
+    let asked = crate::bases::requested(p.value("base"), p.value("series"))?;
+    let declared = crate::bases::declared(&found.dir, found.packed)?;
+    let base = crate::bases::choose(&meta.name, declared.as_deref(), asked, p.flag("force"))?;
     let app = p
         .positional
         .get(1)
@@ -306,9 +432,10 @@ pub(super) async fn deploy(
         storage_requests.insert(name.to_string(), count);
     }
     let dst = ctl.home.join("charms").join(&model).join(&app).join("1");
-    let src2 = src.clone();
     let dst2 = dst.clone();
-    tokio::task::spawn_blocking(move || snapshot_charm(&src2, &dst2)).await??;
+    let store_name =
+        tokio::task::spawn_blocking(move || snapshot_charm(&found.dir, &dst2).map(|_| found.name))
+            .await??;
     let mut resources = BTreeMap::new();
     for r in p.values("resource") {
         let (name, path) = r
@@ -343,6 +470,8 @@ pub(super) async fn deploy(
                 leader_settings: Default::default(),
                 resources,
                 storage_requests,
+                base,
+                store_name,
             },
         );
         for (ep, iface) in peers {

@@ -32,11 +32,12 @@ pub async fn handle(
     args: Vec<String>,
     cwd: &str,
     env_model: Option<String>,
+    charmhub: Option<String>,
 ) -> Reply {
     let Some((cmd, rest)) = args.split_first() else {
         return Reply::ok(USAGE);
     };
-    match run(ctl, cmd, rest, Path::new(cwd), env_model).await {
+    match run(ctl, cmd, rest, Path::new(cwd), env_model, charmhub).await {
         Ok(r) => r,
         Err(e) => Reply::err(1, format!("{e:#}")),
     }
@@ -109,14 +110,18 @@ async fn run(
     args: &[String],
     cwd: &Path,
     env_model: Option<String>,
+    charmhub: Option<String>,
 ) -> Result<Reply> {
+    let store = charmhub
+        .or_else(|| std::env::var("CHARM_HARNESS_CHARMHUB").ok())
+        .unwrap_or_default();
     match cmd {
         "version" => models::version(args).await,
         "add-model" => models::add_model(ctl, args).await,
         "destroy-model" => models::destroy_model(ctl, args).await,
         "models" => models::models(ctl, args).await,
         "show-model" => models::show_model(ctl, args, &env_model).await,
-        "deploy" => deploy::deploy(ctl, args, cwd, &env_model).await,
+        "deploy" => deploy::deploy(ctl, args, cwd, &env_model, &store).await,
         "add-unit" => apps::add_unit(ctl, args, &env_model).await,
         "remove-unit" => apps::remove_unit(ctl, args, &env_model).await,
         "remove-application" => apps::remove_application(ctl, args, &env_model).await,
@@ -140,7 +145,7 @@ async fn run(
         "show-machine" => machines::show_machine(ctl, args, &env_model).await,
         "debug-log" => status::debug_log(ctl, args, &env_model).await,
         "attach-resource" | "attach" => deploy::attach_resource(ctl, args, cwd, &env_model).await,
-        "refresh" | "upgrade-charm" => deploy::refresh(ctl, args, cwd, &env_model).await,
+        "refresh" | "upgrade-charm" => deploy::refresh(ctl, args, cwd, &env_model, &store).await,
         "resolve" | "resolved" => apps::resolve(ctl, args, &env_model).await,
         "wait-settled" => models::wait_settled(ctl, args, &env_model).await,
         "cut-network" | "heal-network" | "crash-machine" | "start-machine" | "reboot-machine" => {

@@ -196,7 +196,13 @@ pub(super) fn status_json(m: &Model) -> Value {
         e.insert("charm-name".into(), json!(a.meta.name));
         e.insert("charm-rev".into(), json!(a.charm_rev));
         e.insert("exposed".into(), json!(false));
-        e.insert("base".into(), json!({"name": "debian", "channel": "12"}));
+        let base = if a.base.is_empty() {
+            // state from before bases were recorded
+            json!({"name": "ubuntu", "channel": "24.04"})
+        } else {
+            crate::bases::to_json(&a.base)
+        };
+        e.insert("base".into(), base);
         e.insert("scale".into(), json!(app_units.len()));
         e.insert(
             "application-status".into(),
