@@ -68,6 +68,7 @@ Try next, with H=$H (it answers as juju too when linked under that name):
   \$H run etcd/0 package-client-credentials -m $MODEL   ca.crt, client.crt, client.key in a tarball
   \$H run etcd/0 snapshot -m $MODEL                     a verified v3 snapshot
   \$H exec --unit etcd/0 -m $MODEL -- systemctl status etcd
+  \$H expose etcd -m $MODEL                             the cloud's firewall lets this host reach 2379
   \$H add-unit etcd -m $MODEL;  \$H remove-unit etcd/2 -m $MODEL
   \$H reboot-machine 1 -m $MODEL                        a clean reboot: the member rejoins with its data
   \$H remove-relation etcd easyrsa -m $MODEL            the CA moves back to the charm's own, serving throughout

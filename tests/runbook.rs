@@ -2,8 +2,9 @@
 //! local controller, Juju 2.9 spellings included: `run-action [--wait]`,
 //! `show-action-output`, `show-task`, `actions`, `show-action`, `scp` (relative paths mean
 //! the ubuntu user's home), `ssh`, `attach`, `<app>/leader`, `deploy etcd` by name (from
-//! `CHARM_HARNESS_CHARMHUB`). Each line's effect is checked, not only its exit code.
-//! (easyrsa, storage pools and `expose` are not here yet: see the open runbook issue.)
+//! `CHARM_HARNESS_CHARMHUB`), `expose` (the model has a cloud's firewall: the host reaches
+//! etcd only once it is exposed). Each line's effect is checked, not only its exit code.
+//! easyrsa's lines are in tests/easyrsa.rs, the packed charm's in tests/packing.rs.
 
 mod support;
 
@@ -45,7 +46,12 @@ fn the_classic_runbook_lines_work_as_typed() {
     let work = tempfile::tempdir().unwrap();
     let here = work.path();
     let tarball = etcd_tarball(here, &etcd35(), "3.5.1");
-    let env = Env::new("runbook", &["update-status-hook-interval=1h"]);
+    // A cloud's firewall, as the runbook assumes: `juju expose etcd` before etcdctl from
+    // outside.
+    let env = Env::new(
+        "runbook",
+        &["update-status-hook-interval=1h", "firewall-mode=instance"],
+    );
     // `juju deploy etcd`: found by name in the controller's charm store.
     env.ok(&[
         "deploy",
@@ -134,6 +140,21 @@ fn the_classic_runbook_lines_work_as_typed() {
         ("ETCDCTL_CACERT", creds.join("ca.crt").display().to_string()),
         ("ETCDCTL_ENDPOINTS", endpoints(&env)),
     ];
+    let unexposed = etcdctl_with(
+        &vars,
+        &[
+            "member",
+            "list",
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+        ],
+    );
+    assert!(
+        !unexposed.status.success(),
+        "the host reached an unexposed etcd"
+    );
+    let (code, out, err) = juju_in(&env, here, &["expose", "etcd"]);
+    assert_eq!(code, 0, "{out}{err}");
     let out = etcdctl_with(&vars, &["member", "list"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
@@ -264,6 +285,7 @@ fn the_classic_runbook_lines_work_as_typed() {
         &["run-action", "--wait", "new-etcd/0", "restore"],
     );
     assert_eq!(code, 0, "{out}{err}");
+    env.ok(&["expose", "new-etcd"]);
     let new_creds = support::etcd::Creds::from_unit(&env, "new-etcd/0");
     let new_ep = format!("https://{}:2379", env.address("new-etcd/0"));
     env.wait("the key in new-etcd", MIN, |_| {

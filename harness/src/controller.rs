@@ -175,6 +175,24 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 impl Model {
+    /// The nftables script for one machine's firewall (see `firewall`): the ports opened
+    /// by the units of exposed applications on it, in `firewall-mode: instance` (the
+    /// default); no firewall in `none`.
+    pub fn firewall(&self, machine: u32) -> String {
+        let mode = self.config.get("firewall-mode").and_then(Value::as_str);
+        if mode == Some("none") {
+            return crate::firewall::ruleset(&self.net().host_address(), None);
+        }
+        let open: Vec<String> = self
+            .units
+            .values()
+            .filter(|u| u.machine == machine)
+            .filter(|u| self.apps.get(&u.app).is_some_and(|a| a.exposed))
+            .flat_map(|u| u.ports.iter().cloned())
+            .collect();
+        crate::firewall::ruleset(&self.net().host_address(), Some(&open))
+    }
+
     pub fn net(&self) -> Net {
         Net {
             index: self.net_index,
@@ -840,6 +858,29 @@ pub fn unit_workload(u: &Unit) -> Status {
 }
 
 impl Ctl {
+    /// Loads every machine's firewall of `model` again (after `open-port`/`close-port`,
+    /// `expose`, `unexpose` or a `firewall-mode` change). Machines without a network
+    /// namespace (down) get theirs when they start.
+    pub fn refresh_firewall(&self, model: &str) -> Result<()> {
+        let scripts: Vec<(String, String)> = self.read(|w| {
+            w.models
+                .get(model)
+                .map(|m| {
+                    m.machines
+                        .keys()
+                        .map(|id| (m.net().netns(*id), m.firewall(*id)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        for (netns, script) in scripts {
+            if Path::new("/run/netns").join(&netns).exists() {
+                crate::firewall::apply(&netns, &script)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(home: PathBuf, world: World) -> Arc<Ctl> {
         let (gen, _) = watch::channel(0);
         Arc::new(Ctl {
@@ -1021,10 +1062,14 @@ impl Ctl {
         let home = self.home.clone();
         let sock = machine::agent_socket(&mdir, machine);
         let _ = std::fs::remove_file(&sock);
+        let firewall = self
+            .read(|w| w.models.get(model).map(|m| m.firewall(machine)))
+            .unwrap_or_default();
         let spawned = tokio::task::spawn_blocking({
             let net = net.clone();
             move || -> Result<machine::Spawned> {
                 machine::create_netns(&net, machine)?;
+                crate::firewall::apply(&net.netns(machine), &firewall)?;
                 machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
             }
         })
@@ -1707,6 +1752,11 @@ impl Ctl {
                 }
             }
         });
+        if !ctx.ports.is_empty() {
+            if let Err(e) = self.refresh_firewall(model) {
+                self.log(model, &format!("controller: ERROR firewall: {e:#}"));
+            }
+        }
         if finalize {
             self.finalize_unit(model, unit).await;
         }
@@ -1918,6 +1968,11 @@ impl Ctl {
             }
             let _ = ok;
         });
+        if !ctx.ports.is_empty() {
+            if let Err(e) = self.refresh_firewall(model) {
+                self.log(model, &format!("controller: ERROR firewall: {e:#}"));
+            }
+        }
     }
 
     /// Fires update-status on every settled unit of models whose interval has passed.

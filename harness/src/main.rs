@@ -21,6 +21,7 @@ mod boot;
 mod cgroups;
 mod cli;
 mod controller;
+mod firewall;
 mod flags;
 mod format;
 mod machine;

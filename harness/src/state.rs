@@ -134,6 +134,9 @@ pub struct App {
     /// up again); `None` for a local charm.
     #[serde(default)]
     pub store_name: Option<String>,
+    /// `juju expose`: its units' opened ports are reachable from outside the model.
+    #[serde(default)]
+    pub exposed: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

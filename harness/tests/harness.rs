@@ -520,6 +520,7 @@ fn isolation_and_faults(kind: &str) {
         &[
             "update-status-hook-interval=1h",
             &format!("harness-machine={kind}"),
+            "firewall-mode=instance",
         ],
     );
     deploy(&env, "probe", 2);
@@ -593,6 +594,33 @@ fn isolation_and_faults(kind: &str) {
             .unwrap()
             .success()
     };
+    // The cloud's firewall: from the host only opened ports of exposed applications
+    // answer; units always reach each other.
+    assert!(!host_reach(), "not opened, not exposed");
+    env.exec_ok("probe/1", "open-port 8000/tcp");
+    assert!(!host_reach(), "opened, not exposed");
+    env.ok(&["expose", "probe"]);
+    assert_eq!(env.status()["applications"]["probe"]["exposed"], true);
+    assert!(host_reach(), "opened and exposed");
+    env.ok(&["unexpose", "probe"]);
+    assert!(!host_reach(), "unexposed");
+    assert!(
+        reach("probe/0"),
+        "units reach each other whatever the exposure"
+    );
+    env.ok(&["expose", "probe"]);
+    let r = env.run(&["expose", "nope"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("application \"nope\" not found"),
+        "{}",
+        r.stderr
+    );
+    let r = env.run(&["model-config", "firewall-mode=global"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("firewall-mode"),
+        "{}",
+        r.stderr
+    );
     assert!(host_reach());
     env.ok(&["cut-network", "probe/1"]);
     assert!(

@@ -146,9 +146,12 @@ impl Env {
         env.ok(&["add-model", "--no-switch", model]);
         let mut args = vec!["model-config"];
         args.extend(config);
-        if !config.is_empty() {
-            env.ok(&args);
+        // Tests reach units from the host (etcdctl, writers): no cloud firewall unless the
+        // test is about it and asks for `firewall-mode=instance`, the controller's default.
+        if !config.iter().any(|c| c.starts_with("firewall-mode=")) {
+            args.push("firewall-mode=none");
         }
+        env.ok(&args);
         env
     }
 

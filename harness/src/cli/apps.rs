@@ -28,6 +28,41 @@ pub(super) async fn add_unit(
     Ok(Reply::ok(""))
 }
 
+/// `expose <app>` / `unexpose <app>`: the opened ports of the application's units become
+/// reachable from outside the model (the host), or stop being so (see `firewall`).
+pub(super) fn expose(
+    ctl: &Arc<Ctl>,
+    on: bool,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            value(&["endpoints"]),
+            value(&["to-cidrs"]),
+            value(&["to-spaces"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let [app] = p.positional.as_slice() else {
+        bail!("expected one application name, got {:?}", p.positional);
+    };
+    for f in ["endpoints", "to-cidrs", "to-spaces"] {
+        if p.value(f).is_some() {
+            bail!("--{f} is not supported by this controller: expose the whole application");
+        }
+    }
+    ctl.model_mut(&model, |m| {
+        m.apps
+            .get_mut(app)
+            .map(|a| a.exposed = on)
+            .ok_or_else(|| anyhow!("application {app:?} not found"))
+    })?;
+    ctl.refresh_firewall(&model)?;
+    Ok(Reply::ok(""))
+}
+
 /// `remove-unit`
 pub(super) async fn remove_unit(
     ctl: &Arc<Ctl>,

@@ -472,6 +472,7 @@ pub(super) async fn deploy(
                 storage_requests,
                 base,
                 store_name,
+                exposed: false,
             },
         );
         for (ep, iface) in peers {

@@ -128,6 +128,7 @@ async fn run(
         "integrate" | "relate" | "add-relation" => {
             relations::integrate(ctl, args, &env_model).await
         }
+        "expose" | "unexpose" => apps::expose(ctl, cmd == "expose", args, &env_model),
         "remove-relation" => relations::remove_relation(ctl, args, &env_model).await,
         "config" => apps::config(ctl, args, cwd, &env_model),
         "model-config" => models::model_config(ctl, args, &env_model).await,

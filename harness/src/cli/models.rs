@@ -145,6 +145,7 @@ pub(super) async fn model_config(
             json!(controller::DEFAULT_MACHINE_KIND.name()),
         ),
         ("apt-mirror", json!(controller::default_apt_mirror())),
+        ("firewall-mode", json!("instance")),
     ]);
     let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();
     if !sets.is_empty() || p.value("reset").is_some() {
@@ -168,6 +169,9 @@ pub(super) async fn model_config(
                 {
                     bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
                 }
+                if k == "firewall-mode" && !matches!(v, "instance" | "none") {
+                    bail!("firewall-mode: {v:?} is not instance (a cloud's firewall: only exposed applications' opened ports are reachable from outside the model) or none");
+                }
                 let val = match v {
                     "true" | "false" => json!(v == "true"),
                     _ => json!(v),
@@ -184,6 +188,7 @@ pub(super) async fn model_config(
             }
             Ok(())
         })?;
+        ctl.refresh_firewall(&model)?;
         return Ok(Reply::ok(""));
     }
     let v = ctl.model(&model, |m| {

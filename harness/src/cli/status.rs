@@ -195,7 +195,7 @@ pub(super) fn status_json(m: &Model) -> Value {
         e.insert("charm-origin".into(), json!("local"));
         e.insert("charm-name".into(), json!(a.meta.name));
         e.insert("charm-rev".into(), json!(a.charm_rev));
-        e.insert("exposed".into(), json!(false));
+        e.insert("exposed".into(), json!(a.exposed));
         let base = if a.base.is_empty() {
             // state from before bases were recorded
             json!({"name": "ubuntu", "channel": "24.04"})
