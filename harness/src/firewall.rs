@@ -39,8 +39,18 @@ pub fn ruleset(host: &str, open: Option<&[String]>) -> String {
     s
 }
 
-/// Loads `script` into the network namespace `netns`.
+/// Loads `script` into the network namespace `netns`. Without nftables on the host, only a
+/// script that removes the table (mode none) succeeds: there is nothing to remove.
 pub fn apply(netns: &str, script: &str) -> Result<()> {
+    let installed = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !installed {
+        if !script.contains("chain") {
+            return Ok(());
+        }
+        bail!("nft (nftables) is not installed on the host: install it (firewall-mode=instance needs it) or set model config firewall-mode=none");
+    }
     let mut child = Command::new("ip")
         .args(["netns", "exec", netns, "nft", "-f", "-"])
         .stdin(Stdio::piped())
