@@ -954,6 +954,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         let write_config =
             || pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644);
         if !running {
+            relocate_data(&data, &svc)?;
             if changed {
                 write_config()?;
             }
@@ -1005,14 +1006,26 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
             }
             let alone = peers.units.len() == 1;
+            // The storage goes when this hook ends: the data leaves it now, not in a turn.
+            let detaching = ctx.hook_name() == "data-storage-detaching";
             if alone
+                || detaching
                 || peers.app_get("restart-grant") == Some(format!("{}:{want}", ctx.unit).as_str())
             {
                 // This unit's turn: new binaries are switched in only now.
                 let mut inst = inst.clone();
                 let previous = install::switch_staged(&mut inst)?;
                 crash_point("upgrade-switched");
-                restart_with(&client, &ep, &name, &peer_url, st, &svc, &write_config)?;
+                restart_with(
+                    &client,
+                    &ep,
+                    &name,
+                    &peer_url,
+                    st,
+                    &svc,
+                    &write_config,
+                    &data,
+                )?;
                 st.running_trust = trust_on_disk.clone();
                 crash_point("upgrade-restarted");
                 st.client_port = Some(cfg.port);
@@ -1433,6 +1446,7 @@ fn restart_with(
     st: &LocalState,
     svc: &Service,
     write_config: &dyn Fn() -> pki::Result<()>,
+    data: &str,
 ) -> Result<()> {
     if st
         .running_peer_url
@@ -1454,9 +1468,22 @@ fn restart_with(
             hand_over_leadership(client, ep, me.id, &members, "restarting");
         }
     }
+    relocate_data(data, svc)?;
     write_config()?;
     juju::log("INFO", "restarting etcd with the new config");
     svc.restart()?;
+    Ok(())
+}
+
+/// When etcd was configured with another data directory (the `data` storage came or is
+/// going), stops it and moves the member's data to `data`, verified (see `relocate`).
+/// Must run before the new config is written: the old one names where the data is.
+fn relocate_data(data: &str, svc: &Service) -> Result<()> {
+    let from = crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))?;
+    if crate::relocate::needed(from.as_deref(), data) {
+        svc.stop()?;
+        crate::relocate::move_member(from.as_deref().unwrap_or_default(), data)?;
+    }
     Ok(())
 }
 

@@ -25,6 +25,7 @@ mod migrate;
 mod pki;
 mod recover;
 mod relations;
+mod relocate;
 mod restore;
 mod roll;
 mod unit;

@@ -138,16 +138,23 @@ pub fn now() -> u64 {
 /// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
 /// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
 /// /var/snap/etcd/current, which snapd copies on every refresh).
+///
+/// While `data-storage-detaching` runs the storage is still mounted, but the data must
+/// leave it: the default directory is the one to use.
 pub fn data_dir() -> Result<String> {
-    Ok(juju::storage_location("data")
-        .context("asking Juju where the data storage is")?
-        .unwrap_or_else(|| {
-            if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
-                crate::etcd::SNAP_DATA_DIR.to_string()
-            } else {
-                crate::etcd::DATA_DIR.to_string()
-            }
-        }))
+    let detaching = std::env::var("JUJU_HOOK_NAME").is_ok_and(|h| h == "data-storage-detaching");
+    let storage = if detaching {
+        None
+    } else {
+        juju::storage_location("data").context("asking Juju where the data storage is")?
+    };
+    Ok(storage.unwrap_or_else(|| {
+        if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
+            crate::etcd::SNAP_DATA_DIR.to_string()
+        } else {
+            crate::etcd::DATA_DIR.to_string()
+        }
+    }))
 }
 
 pub fn has_member_data(dir: &str) -> bool {

@@ -249,11 +249,17 @@ impl Model {
         let a = self.apps.get_mut(app).context("application not found")?;
         let name = format!("{}/{}", app, a.next_unit);
         a.next_unit += 1;
-        let storage_reqs: Vec<(String, u32)> = a
+        let storage_reqs: Vec<(String, u32, Option<Volume>)> = a
             .meta
             .storage
             .iter()
-            .map(|(k, d)| (k.clone(), *a.storage_requests.get(k).unwrap_or(&d.min)))
+            .map(|(k, d)| {
+                (
+                    k.clone(),
+                    *a.storage_requests.get(k).unwrap_or(&d.min),
+                    a.storage_volumes.get(k).cloned(),
+                )
+            })
             .collect();
         let is_leader = a.leader.is_none();
         if is_leader {
@@ -282,11 +288,15 @@ impl Model {
             },
         );
         let mut storage = vec![];
-        for (sname, count) in storage_reqs {
+        for (sname, count, volume) in storage_reqs {
             for _ in 0..count {
                 let n = self.next_storage.entry(sname.clone()).or_insert(0);
-                storage.push(format!("{sname}/{n}"));
+                let sid = format!("{sname}/{n}");
                 *n += 1;
+                if let Some(v) = &volume {
+                    self.volumes.insert(sid.clone(), v.clone());
+                }
+                storage.push(sid);
             }
         }
         self.units.insert(
@@ -651,23 +661,41 @@ impl Model {
             self.apply_secret(op, &ctx.unit);
         }
         for (name, count) in &ctx.storage_add {
-            for _ in 0..*count {
-                let n = self.next_storage.entry(name.clone()).or_insert(0);
-                let id = format!("{name}/{n}");
-                *n += 1;
-                if let Some(u) = self.units.get_mut(&ctx.unit) {
-                    u.storage.push(id.clone());
-                }
-                self.push(
-                    &ctx.unit,
-                    Event {
-                        hook: format!("{name}-storage-attached"),
-                        storage: Some(id),
-                        ..Default::default()
-                    },
-                );
-            }
+            self.add_storage(&ctx.unit, name, *count, None);
         }
+    }
+
+    /// New instances of storage `name` for `unit` (in `volume`'s pool, else rootfs), each
+    /// attached by a `<name>-storage-attached` hook. Returns their ids.
+    pub fn add_storage(
+        &mut self,
+        unit: &str,
+        name: &str,
+        count: u32,
+        volume: Option<Volume>,
+    ) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let n = self.next_storage.entry(name.to_string()).or_insert(0);
+            let id = format!("{name}/{n}");
+            *n += 1;
+            if let Some(v) = &volume {
+                self.volumes.insert(id.clone(), v.clone());
+            }
+            if let Some(u) = self.units.get_mut(unit) {
+                u.storage.push(id.clone());
+            }
+            self.push(
+                unit,
+                Event {
+                    hook: format!("{name}-storage-attached"),
+                    storage: Some(id.clone()),
+                    ..Default::default()
+                },
+            );
+            ids.push(id);
+        }
+        ids
     }
 
     fn apply_secret(&mut self, op: &SecretOp, unit: &str) {
@@ -858,6 +886,63 @@ pub fn unit_workload(u: &Unit) -> Status {
 }
 
 impl Ctl {
+    /// Makes storage `id` of `unit` ready at its location before a hook sees it: a `loop`
+    /// volume is mounted (see `storage`); `rootfs` needs nothing.
+    pub async fn prepare_storage(&self, model: &str, unit: &str, id: &str) -> Result<()> {
+        let (Some(v), Some((location, Some(init)))) = (
+            self.read(|w| w.models.get(model)?.volumes.get(id).cloned()),
+            self.storage_site(model, unit, id),
+        ) else {
+            return Ok(());
+        };
+        if v.pool != "loop" {
+            return Ok(());
+        }
+        let image = crate::storage::image(&model_dir(&self.home, model), id);
+        tokio::task::spawn_blocking(move || {
+            crate::storage::attach_loop(init, &image, v.size_mib, &location)
+        })
+        .await?
+        .with_context(|| format!("attaching storage {id} to {unit}"))
+    }
+
+    /// Where storage `id` of `unit` is mounted, and its machine's PID 1 (when running).
+    fn storage_site(&self, model: &str, unit: &str, id: &str) -> Option<(String, Option<u32>)> {
+        self.read(|w| {
+            let m = w.models.get(model)?;
+            let u = m.units.get(unit)?;
+            let def = m
+                .apps
+                .get(&u.app)?
+                .meta
+                .storage
+                .get(id.split('/').next()?)?;
+            let init = m.machines.get(&u.machine).and_then(|x| x.init_pid);
+            Some((storage_location(def, id), init))
+        })
+    }
+
+    /// After `remove-storage`'s detaching hook: unmounts the volume, forgets the instance
+    /// and removes its image.
+    pub async fn release_storage(&self, model: &str, unit: &str, id: &str) -> Result<()> {
+        if let Some((location, Some(init))) = self.storage_site(model, unit, id) {
+            tokio::task::spawn_blocking(move || crate::storage::detach(init, &location)).await??;
+        }
+        self.mutate(|w| {
+            if let Some(m) = w.models.get_mut(model) {
+                m.volumes.remove(id);
+                if let Some(u) = m.units.get_mut(unit) {
+                    u.storage.retain(|s| s != id);
+                }
+            }
+        });
+        let image = crate::storage::image(&model_dir(&self.home, model), id);
+        match std::fs::remove_file(&image) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Loads every machine's firewall of `model` again (after `open-port`/`close-port`,
     /// `expose`, `unexpose` or a `firewall-mode` change). Machines without a network
     /// namespace (down) get theirs when they start.
@@ -1124,6 +1209,17 @@ impl Ctl {
             if !target.join("metadata.yaml").exists() {
                 let src = PathBuf::from(&charm_dir);
                 tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await??;
+            }
+            // Volumes attached before this boot are mounted again before any hook runs.
+            let attached: Vec<String> = self.read(|w| {
+                w.models
+                    .get(model)
+                    .and_then(|m| m.units.get(&unit))
+                    .map(|u| u.storage.clone())
+                    .unwrap_or_default()
+            });
+            for id in attached {
+                self.prepare_storage(model, &unit, &id).await?;
             }
         }
         self.mutate(|w| {
@@ -1652,7 +1748,13 @@ impl Ctl {
         };
         let charm = charm_dir_in_machine(unit);
         let started = Instant::now();
+        let attaching = match (&ev.storage, ev.hook.ends_with("-storage-attached")) {
+            (Some(id), true) => self.prepare_storage(model, unit, id).await,
+            _ => Ok(()),
+        };
         let (result, ctx) = match &handler {
+            // Storage that cannot be mounted fails its hook, which is retried.
+            _ if attaching.is_err() => (Err(attaching.unwrap_err()), ctx),
             None => (Ok((proto::AgentReply::default(), None)), ctx),
             Some(h) => {
                 self.run_in_context(model, unit, ctx, vec![format!("{charm}/{h}")], env)
@@ -1695,6 +1797,7 @@ impl Ctl {
                 &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-")),
             ),
         }
+        let detached = matches!(&result, Ok((r, _)) if r.code == 0 && r.error.is_none());
         let mut finalize = false;
         let mut reboot = false;
         self.mutate(|w| {
@@ -1755,6 +1858,25 @@ impl Ctl {
         if !ctx.ports.is_empty() {
             if let Err(e) = self.refresh_firewall(model) {
                 self.log(model, &format!("controller: ERROR firewall: {e:#}"));
+            }
+        }
+        if let (Some(id), true) = (
+            &ev.storage,
+            detached && ev.hook.ends_with("-storage-detaching"),
+        ) {
+            let removing = self.read(|w| {
+                w.models
+                    .get(model)
+                    .and_then(|m| m.volumes.get(id))
+                    .is_some_and(|v| v.removing)
+            });
+            if removing {
+                if let Err(e) = self.release_storage(model, unit, id).await {
+                    self.log(
+                        model,
+                        &format!("controller: ERROR removing storage {id}: {e:#}"),
+                    );
+                }
             }
         }
         if finalize {

@@ -29,6 +29,7 @@ mod proto;
 mod rootfs;
 mod server;
 mod state;
+mod storage;
 mod tools;
 
 use proto::{Reply, Request};

@@ -69,6 +69,20 @@ pub struct Model {
     pub next_task: u64,
     #[serde(default)]
     pub next_storage: BTreeMap<String, u32>,
+    /// Storage instances not in the default pool (rootfs), by id (`data/0`).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Volume>,
+}
+
+/// Where a storage instance lives: its pool (`loop`, `rootfs`) and size. A `loop` volume
+/// is a sparse file of that size formatted ext4 and mounted at the storage's location.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Volume {
+    pub pool: String,
+    pub size_mib: u64,
+    /// `remove-storage` asked: it goes once its storage-detaching hook succeeds.
+    #[serde(default)]
+    pub removing: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -109,6 +123,9 @@ pub struct StorageDef {
     pub kind: String,
     pub location: Option<String>,
     pub min: u32,
+    /// The most instances a unit may have (`multiple: range: 0-1`); `None`: no bound.
+    #[serde(default)]
+    pub max: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -126,6 +143,9 @@ pub struct App {
     /// resource name → (revision, host path)
     pub resources: BTreeMap<String, Resource>,
     pub storage_requests: BTreeMap<String, u32>,
+    /// `--storage name=pool,size` at deploy: the volume each new unit's instances get.
+    #[serde(default)]
+    pub storage_volumes: BTreeMap<String, Volume>,
     /// The base deploy chose (`ubuntu@22.04`); the machines run the host's Debian whatever
     /// it is (see `bases`).
     #[serde(default)]
@@ -396,7 +416,17 @@ pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
     }
     if let Some(st) = meta.get("storage").and_then(Value::as_object) {
         for (k, v) in st {
-            let min = match v.get("multiple").and_then(|m| m.get("range")) {
+            let range = v.get("multiple").and_then(|m| m.get("range"));
+            let max = match range {
+                Some(Value::String(r)) => match r.split_once('-') {
+                    Some((_, hi)) => hi.parse().ok(),
+                    None => r.parse().ok(),
+                },
+                Some(Value::Number(n)) => n.as_u64().map(|n| n as u32),
+                None => Some(1),
+                _ => None,
+            };
+            let min = match range {
                 Some(Value::String(r)) => r
                     .split('-')
                     .next()
@@ -420,6 +450,7 @@ pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
                         .to_string(),
                     location: v.get("location").and_then(Value::as_str).map(String::from),
                     min,
+                    max,
                 },
             );
         }

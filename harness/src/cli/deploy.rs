@@ -421,15 +421,13 @@ pub(super) async fn deploy(
     let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
     let mut storage_requests = BTreeMap::new();
+    let mut storage_volumes = BTreeMap::new();
     for s in p.values("storage") {
-        let (name, spec) = s
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--storage expects name=count"))?;
-        if !meta.storage.contains_key(name) {
-            bail!("charm has no storage {name:?}");
+        let (name, count, volume) = super::storage::directive(&meta, s)?;
+        storage_requests.insert(name.clone(), count.unwrap_or(1));
+        if let Some(v) = volume {
+            storage_volumes.insert(name, v);
         }
-        let count: u32 = spec.split(',').find_map(|x| x.parse().ok()).unwrap_or(1);
-        storage_requests.insert(name.to_string(), count);
     }
     let dst = ctl.home.join("charms").join(&model).join(&app).join("1");
     let dst2 = dst.clone();
@@ -470,6 +468,7 @@ pub(super) async fn deploy(
                 leader_settings: Default::default(),
                 resources,
                 storage_requests,
+                storage_volumes,
                 base,
                 store_name,
                 exposed: false,

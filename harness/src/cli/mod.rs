@@ -10,6 +10,7 @@ mod models;
 mod relations;
 mod ssh;
 mod status;
+mod storage;
 
 use crate::controller::{self, app_of, unit_number, unit_workload, Ctl};
 use crate::flags::{self, boolean, value, Flag};
@@ -48,7 +49,7 @@ commands: add-model destroy-model models deploy add-unit remove-unit remove-appl
 remove-relation config model-config run exec status show-unit show-model debug-log attach-resource\n\
 run-action show-action-output show-task actions show-action scp ssh attach\n\
 resolve version wait-settled cut-network heal-network crash-machine start-machine reboot-machine\n\
-show-machine kill-controller\n";
+show-machine kill-controller expose unexpose add-storage remove-storage storage storage-pools\n";
 
 fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
     let mut all = defs.to_vec();
@@ -128,6 +129,10 @@ async fn run(
         "integrate" | "relate" | "add-relation" => {
             relations::integrate(ctl, args, &env_model).await
         }
+        "add-storage" => storage::add(ctl, args, &env_model),
+        "remove-storage" | "detach-storage" => storage::remove(ctl, args, &env_model),
+        "storage" | "list-storage" => storage::list(ctl, args, &env_model),
+        "storage-pools" | "list-storage-pools" => storage::pools(args),
         "expose" | "unexpose" => apps::expose(ctl, cmd == "expose", args, &env_model),
         "remove-relation" => relations::remove_relation(ctl, args, &env_model).await,
         "config" => apps::config(ctl, args, cwd, &env_model),

@@ -60,6 +60,7 @@ pub(super) async fn add_model(ctl: &Arc<Ctl>, args: &[String]) -> Result<Reply> 
                 next_relation: 0,
                 next_task: 0,
                 next_storage: Default::default(),
+                volumes: Default::default(),
             },
         );
         if !p.flag("no-switch") {
