@@ -296,6 +296,51 @@ fn the_classic_runbook_lines_work_as_typed() {
         );
         String::from_utf8_lossy(&out.stdout).trim() == "kept"
     });
+    // `integrate new-etcd kubernetes-control-plane`: a client of the etcd interface stands in
+    // for Kubernetes (the test client charm, deployed under that name); then the new
+    // application grows to three and answers `run ... health`.
+    env.ok(&["deploy", "etcd-client", "kubernetes-control-plane"]);
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &["integrate", "new-etcd", "kubernetes-control-plane"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = juju_in(&env, here, &["add-unit", "new-etcd", "-n", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    env.wait_units(
+        "new-etcd",
+        3,
+        "active",
+        "Healthy with 3 known peers",
+        3 * MIN,
+    );
+    env.wait("kubernetes-control-plane to use all three", 2 * MIN, |s| {
+        s["applications"]["kubernetes-control-plane"]["units"]["kubernetes-control-plane/0"]
+            ["workload-status"]["message"]
+            .as_str()
+            .is_some_and(|m| {
+                m.starts_with("wrote and read a key") && m.ends_with("with 3 endpoints")
+            })
+    });
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &["run", "new-etcd/0", "health", "--format", "json"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let task = v.as_object().and_then(|o| o.values().next()).cloned();
+    let output = task
+        .as_ref()
+        .and_then(|t| t["results"]["output"].as_str())
+        .unwrap_or("");
+    assert!(output.ends_with("cluster is healthy"), "{v}");
+    assert_eq!(
+        output.matches("is healthy: got healthy result").count(),
+        3,
+        "{output}"
+    );
     let (code, _, err) = juju_in(&env, here, &["deploy", "no-such-charm"]);
     assert_ne!(code, 0);
     assert!(err.contains("not found in CHARM_HARNESS_CHARMHUB"), "{err}");
