@@ -917,6 +917,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             st.token = peers.app_get("token").map(String::from);
             st.epoch = peers.app_get("epoch").map(String::from);
         }
+        // The epoch this member runs in, in its unit data: a member that rejoined after a
+        // restore and started again within one hook otherwise publishes exactly what it had
+        // before ("started"), no relation-changed reaches the leader, and its learner waits
+        // for a promotion that only the next update-status would bring.
+        if let Some(e) = st.epoch.clone() {
+            set_key(&mut mine, &mut my_writes, "epoch", &e);
+            peers.units.insert(ctx.unit.clone(), mine.clone());
+        }
         let member = render::Member {
             name: name.clone(),
             address: address.clone(),

@@ -296,10 +296,27 @@ fn the_classic_runbook_lines_work_as_typed() {
         );
         String::from_utf8_lossy(&out.stdout).trim() == "kept"
     });
-    // `integrate new-etcd kubernetes-control-plane`: a client of the etcd interface stands in
-    // for Kubernetes (the test client charm, deployed under that name); then the new
-    // application grows to three and answers `run ... health`.
-    env.ok(&["deploy", "etcd-client", "kubernetes-control-plane"]);
+    // `integrate new-etcd kubernetes-control-plane`: a stand-in with the real charm's name and
+    // its `etcd` endpoint (interface etcd), running the test etcd client's dispatch; then the
+    // new application grows to three and answers `run ... health`.
+    let k8s = here.join("kubernetes-control-plane");
+    std::fs::create_dir_all(&k8s).unwrap();
+    std::fs::write(
+        k8s.join("metadata.yaml"),
+        "name: kubernetes-control-plane\nsummary: stand-in\ndescription: stand-in\n\
+         requires:\n  etcd:\n    interface: etcd\n",
+    )
+    .unwrap();
+    let dispatch = repo_root().join("tests/charms/etcd-client/dispatch");
+    assert!(Command::new("cp")
+        .arg("-p")
+        .arg(&dispatch)
+        .arg(k8s.join("dispatch"))
+        .status()
+        .unwrap()
+        .success());
+    let (code, out, err) = juju_in(&env, here, &["deploy", "./kubernetes-control-plane"]);
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = juju_in(
         &env,
         here,

@@ -60,3 +60,20 @@ def test_deploy_wait_status_run_config_integrate_remove(juju):
 
     juju.remove_unit("probe/1")
     juju.wait(lambda s: list(s.apps["probe"].units) == ["probe/0"] and jubilant.all_active(s))
+
+
+def test_new_commands_output_parses_where_jubilant_reads_it(juju):
+    import json
+    # status: `exposed` and the application's `base` as jubilant's dataclasses read them
+    juju.cli("expose", "probe")
+    app = juju.status().apps["probe"]
+    assert app.exposed is True
+    assert app.base is not None and app.base.name == "ubuntu" and app.base.channel
+    juju.cli("unexpose", "probe")
+    assert juju.status().apps["probe"].exposed is False
+    # storage and pools through jubilant's cli(), as JSON
+    pools = json.loads(juju.cli("storage-pools", "--format", "json"))
+    assert pools["loop"]["provider"] == "loop" and pools["rootfs"]["provider"] == "rootfs"
+    storage = json.loads(juju.cli("storage", "--format", "json"))
+    units = [a["units"] for s in storage["storage"].values() for a in [s["attachments"]]]
+    assert any("probe/0" in u for u in units), storage
