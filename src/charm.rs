@@ -942,6 +942,20 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             pki_dir: pki::PKI_DIR.into(),
             version: crate::upgrade::Version::installed(&inst)?,
         };
+        let v36 = crate::upgrade::Version {
+            major: 3,
+            minor: 6,
+            patch: 0,
+        };
+        if cfg.enable_v2 && member.version >= v36 {
+            board.report(
+                "blocked",
+                format!(
+                    "enable_v2 is not applied: etcd {} has no v2 API; set enable_v2=false",
+                    member.version
+                ),
+            );
+        }
         let rendered = render::etcd_config(&member, &cfg);
         let changed = std::fs::read_to_string(service::CONFIG_FILE)
             .ok()

@@ -34,6 +34,8 @@ pub struct Config {
     pub snapshot_count: u64,
     pub bind_to_all_interfaces: bool,
     pub bind_with_insecure_http: bool,
+    /// serve the v2 API (3.4 and 3.5 only)
+    pub enable_v2: bool,
     pub tls_cipher_suites: Vec<String>,
     pub quota_backend_bytes: u64,
     pub auto_compaction_mode: String,
@@ -227,6 +229,7 @@ impl Config {
             snapshot_count: snapshot_count as u64,
             bind_to_all_interfaces: get_bool(c, "bind_to_all_interfaces"),
             bind_with_insecure_http: get_bool(c, "bind_with_insecure_http"),
+            enable_v2: get_bool(c, "enable_v2"),
             tls_cipher_suites: ciphers,
             quota_backend_bytes: quota as u64,
             auto_compaction_mode: mode,

@@ -158,6 +158,34 @@ fn the_classic_runbook_lines_work_as_typed() {
     let out = etcdctl_with(&vars, &["member", "list"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // The etcd <= 3.2 names: an older etcdctl speaks the v2 API, which the classic charm
+    // served; here `enable_v2=true` turns it on (a rolling restart), and etcdctl 3.4 in v2
+    // mode reads ETCDCTL_CA_FILE, ETCDCTL_CERT_FILE, ETCDCTL_KEY_FILE and ETCDCTL_ENDPOINT.
+    let first = endpoints(&env).split(',').next().unwrap().to_string();
+    let v2 = || {
+        Command::new(etcd34().join("etcdctl"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("ETCDCTL_API", "2")
+            .env("ETCDCTL_CA_FILE", creds.join("ca.crt"))
+            .env("ETCDCTL_CERT_FILE", creds.join("client.crt"))
+            .env("ETCDCTL_KEY_FILE", creds.join("client.key"))
+            .env("ETCDCTL_ENDPOINT", &first)
+            .args(["member", "list"])
+            .output()
+            .unwrap()
+    };
+    assert!(!v2().status.success(), "no v2 API unless asked for");
+    env.ok(&["config", "etcd", "enable_v2=true"]);
+    env.wait("the v2 API on every member", 3 * MIN, |s| {
+        let out = v2();
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).lines().count() == 3
+            && s["applications"]["etcd"]["units"]
+                .as_object()
+                .is_some_and(|u| u.values().all(|x| x["juju-status"]["current"] == "idle"))
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     let out = etcdctl_with(&vars, &["put", "/runbook/key", "kept"]);
     assert!(out.status.success(), "{out:?}");
 

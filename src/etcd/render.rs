@@ -105,7 +105,7 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     };
     let v37 = Version { minor: 7, ..v36 };
     if m.version < v36 {
-        s.push_str("enable-v2: false\n");
+        s.push_str(&format!("enable-v2: {}\n", c.enable_v2));
     }
     s.push_str("logger: zap\n");
     s.push_str("log-level: info\n");
@@ -225,6 +225,26 @@ mod tests {
                 &etcd_config(&m, &config(serde_json::json!({}))),
             );
         }
+    }
+
+    #[test]
+    fn the_v2_api_is_served_only_when_asked_and_only_before_3_6() {
+        let on = config(serde_json::json!({"enable_v2": true}));
+        for (v, want) in [
+            ("3.4.23", Some("enable-v2: true")),
+            ("3.5.30", Some("enable-v2: true")),
+            ("3.6.0", None),
+        ] {
+            let mut m = member(ClusterState::New);
+            m.version = Version::parse(v).unwrap();
+            let s = etcd_config(&m, &on);
+            match want {
+                Some(line) => assert!(s.lines().any(|l| l == line), "{v}: {s}"),
+                None => assert!(!s.contains("enable-v2"), "{v}: {s}"),
+            }
+        }
+        let off = etcd_config(&member(ClusterState::New), &config(serde_json::json!({})));
+        assert!(off.lines().any(|l| l == "enable-v2: false"), "{off}");
     }
 
     #[test]
