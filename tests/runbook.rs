@@ -2,9 +2,12 @@
 //! local controller, Juju 2.9 spellings included: `run-action [--wait]`,
 //! `show-action-output`, `show-task`, `actions`, `show-action`, `scp` (relative paths mean
 //! the ubuntu user's home), `ssh`, `attach`, `<app>/leader`, `deploy etcd` by name (from
-//! `CHARM_HARNESS_CHARMHUB`), `expose` (the model has a cloud's firewall: the host reaches
-//! etcd only once it is exposed). Each line's effect is checked, not only its exit code.
-//! easyrsa's lines are in tests/easyrsa.rs, the packed charm's in tests/packing.rs.
+//! `CHARM_HARNESS_CHARMHUB`), `expose` (the model
+//! has a cloud's firewall: the host reaches etcd only once it is exposed), both generations
+//! of etcdctl's variables, `list-storage-pools`/`add-storage`, the migration to `new-etcd`.
+//! Each line's effect is checked, not only its exit code. The snap lines run on snapd
+//! machines in tests/snaps.rs; the first three (easyrsa) and the CA moves in
+//! tests/easyrsa.rs, the packed charm in tests/packing.rs.
 
 mod support;
 
@@ -52,7 +55,8 @@ fn the_classic_runbook_lines_work_as_typed() {
         "runbook",
         &["update-status-hook-interval=1h", "firewall-mode=instance"],
     );
-    // `juju deploy etcd`: found by name in the controller's charm store.
+    // `juju deploy etcd`: found by name in the controller's charm store. (The first lines,
+    // with easyrsa, are tests/easyrsa.rs's: here the built-in CA issues.)
     env.ok(&[
         "deploy",
         "etcd",
@@ -62,6 +66,7 @@ fn the_classic_runbook_lines_work_as_typed() {
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     env.ok(&["add-unit", "-n", "2", "etcd"]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    env.settle("3m");
 
     // Health, Juju 2.9 style: the result keyed by the unit's tag.
     let (code, out, err) = juju_in(
@@ -188,6 +193,28 @@ fn the_classic_runbook_lines_work_as_typed() {
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     let out = etcdctl_with(&vars, &["put", "/runbook/key", "kept"]);
     assert!(out.status.success(), "{out:?}");
+
+    // Persistent storage: the controller's pools, and a volume from one of them for etcd/0
+    // (the runbook's `ebs-ssd` is a cloud's pool: named and refused here).
+    let (code, out, err) = juju_in(&env, here, &["list-storage-pools"]);
+    assert!(code == 0 && out.contains("loop"), "{out}{err}");
+    let (code, _, err) = juju_in(&env, here, &["add-storage", "etcd/0", "data=ebs-ssd,10G"]);
+    assert!(
+        code != 0 && err.contains("pool \"ebs-ssd\" not found"),
+        "{err}"
+    );
+    let (code, out, err) = juju_in(&env, here, &["add-storage", "etcd/0", "data=loop,10G"]);
+    assert_eq!(code, 0, "{out}{err}");
+    env.wait("etcd/0's data on its volume", 3 * MIN, |_| {
+        env.exec(
+            "etcd/0",
+            "grep -q '^data-dir: .*/var/lib/juju/storage/data/0' /etc/etcd/etcd.conf.yml && findmnt -n /var/lib/juju/storage/data/0 >/dev/null",
+        )
+        .code
+            == 0
+    });
+    env.settle("3m");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
 
     // A queued snapshot: its id, its output, the file fetched and checked.
     let (code, out, err) = juju_in(
