@@ -942,12 +942,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             pki_dir: pki::PKI_DIR.into(),
             version: crate::upgrade::Version::installed(&inst)?,
         };
-        let v36 = crate::upgrade::Version {
-            major: 3,
-            minor: 6,
-            patch: 0,
-        };
-        if cfg.enable_v2 && member.version >= v36 {
+        if cfg.enable_v2 && !member.version.has_v2_api() {
             board.report(
                 "blocked",
                 format!(

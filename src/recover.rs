@@ -133,7 +133,7 @@ pub fn recover(
     // The copy is complete, or it is not `member`: only a whole copy is ever put back.
     std::fs::create_dir_all(&aside)?;
     std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    copy_dir(&member, &aside.join("member.partial"))?;
+    crate::relocate::copy_dir(&member, &aside.join("member.partial"))?;
     std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
     unit::crash_point("recover-copied");
 
@@ -197,25 +197,4 @@ pub fn recover(
             "recovered; add units or wait for the surviving ones to rejoin".into(),
         ),
     ])
-}
-
-/// Copies a member directory (files and directories only, as etcd writes it, each with its
-/// permissions), with fsync.
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let (src, dst) = (e.path(), to.join(e.file_name()));
-        let ty = e.file_type()?;
-        if ty.is_dir() {
-            copy_dir(&src, &dst)?;
-        } else if ty.is_file() {
-            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
-            std::fs::File::open(&dst)?.sync_all()?;
-        } else {
-            bail!("{} is neither a file nor a directory", src.display());
-        }
-    }
-    Ok(())
 }

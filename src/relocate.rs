@@ -8,9 +8,7 @@
 use crate::juju;
 use crate::unit::{has_member_data, now};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The data directory etcd was last configured with (its config file), if any.
@@ -45,7 +43,7 @@ pub fn move_member(from: &str, to: &str) -> Result<PathBuf> {
         "INFO",
         &format!("moving etcd's data from {from} to {to} (etcd is stopped)"),
     );
-    copy_tree(&src, &incoming)?;
+    copy_dir(&src, &incoming)?;
     let (a, b) = (digest_tree(&src)?, digest_tree(&incoming)?);
     if a != b {
         bail!(
@@ -69,28 +67,25 @@ pub fn move_member(from: &str, to: &str) -> Result<PathBuf> {
     Ok(aside)
 }
 
-fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dst)?;
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o700))?;
-    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
-        let entry = entry?;
-        let to = dst.join(entry.file_name());
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            copy_tree(&entry.path(), &to)?;
-        } else if ft.is_file() {
-            std::fs::copy(entry.path(), &to)
-                .with_context(|| format!("copying {}", entry.path().display()))?;
-            std::fs::File::open(&to)?.sync_all()?;
+/// Copies a member directory (files and directories only, as etcd writes it, each with its
+/// permissions), with fsync of every file and directory.
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if ty.is_file() {
+            std::fs::copy(&src, &dst).with_context(|| format!("copying {}", src.display()))?;
+            std::fs::File::open(&dst)?.sync_all()?;
         } else {
-            bail!(
-                "{} is neither a file nor a directory",
-                entry.path().display()
-            );
+            bail!("{} is neither a file nor a directory", src.display());
         }
     }
-    sync_dir(dst)
+    sync_dir(to)
 }
 
 fn sync_dir(d: &Path) -> Result<()> {
@@ -112,20 +107,11 @@ fn digest_tree(root: &Path) -> Result<BTreeMap<PathBuf, (u64, String)>> {
                 stack.push(p);
                 continue;
             }
-            let mut f = std::fs::File::open(&p)?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 1 << 16];
-            let mut size = 0u64;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                h.update(&buf[..n]);
-            }
+            let size = entry.metadata()?.len();
+            let sha = crate::etcd::install::sha256_file(&p)
+                .with_context(|| format!("reading {}", p.display()))?;
             let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
-            out.insert(rel, (size, format!("{:x}", h.finalize())));
+            out.insert(rel, (size, sha));
         }
     }
     Ok(out)

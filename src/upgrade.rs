@@ -42,6 +42,13 @@ impl Version {
     }
 }
 
+impl Version {
+    /// Whether etcd serves the v2 API (`enable-v2`) at all: 3.6 removed it.
+    pub fn has_v2_api(self) -> bool {
+        (self.major, self.minor) < (3, 6)
+    }
+}
+
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.patch)

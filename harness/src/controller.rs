@@ -1752,11 +1752,11 @@ impl Ctl {
             (Some(id), true) => self.prepare_storage(model, unit, id).await,
             _ => Ok(()),
         };
-        let (result, ctx) = match &handler {
+        let (result, ctx) = match (attaching, &handler) {
             // Storage that cannot be mounted fails its hook, which is retried.
-            _ if attaching.is_err() => (Err(attaching.unwrap_err()), ctx),
-            None => (Ok((proto::AgentReply::default(), None)), ctx),
-            Some(h) => {
+            (Err(e), _) => (Err(e), ctx),
+            (Ok(()), None) => (Ok((proto::AgentReply::default(), None)), ctx),
+            (Ok(()), Some(h)) => {
                 self.run_in_context(model, unit, ctx, vec![format!("{charm}/{h}")], env)
                     .await
             }
@@ -1797,7 +1797,7 @@ impl Ctl {
                 &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-")),
             ),
         }
-        let detached = matches!(&result, Ok((r, _)) if r.code == 0 && r.error.is_none());
+        let hook_ok = matches!(&result, Ok((r, _)) if r.code == 0 && r.error.is_none());
         let mut finalize = false;
         let mut reboot = false;
         self.mutate(|w| {
@@ -1862,7 +1862,7 @@ impl Ctl {
         }
         if let (Some(id), true) = (
             &ev.storage,
-            detached && ev.hook.ends_with("-storage-detaching"),
+            hook_ok && ev.hook.ends_with("-storage-detaching"),
         ) {
             let removing = self.read(|w| {
                 w.models

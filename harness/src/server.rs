@@ -32,6 +32,8 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
     });
     let nets: Vec<Net> = ctl.read(|w| w.models.values().map(|m| m.net()).collect());
     for n in nets {
+        // After a controller restart the bridge usually still exists (the claim fails, as it
+        // should); a bridge that is really missing shows when its machines are provisioned.
         let _ = machine::create_bridge(Some(n.index));
     }
     ctl.mutate(|w| {
@@ -121,6 +123,7 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
             for m in models {
                 ctl.destroy_model(&m).await;
             }
+            // Every model is destroyed: an absent file is the same empty state.
             let _ = std::fs::remove_file(state_path(&ctl.home));
             ctl.shutdown.notify_one();
             Reply::ok("")
@@ -150,6 +153,7 @@ pub fn bootstrap(home: PathBuf) -> Result<()> {
         return Ok(());
     }
     let sock = proto::controller_socket(&home);
+    // A stale socket of an earlier controller; if it cannot go, bind below says so.
     let _ = std::fs::remove_file(&sock);
     let world = World::load(&state_path(&home))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -164,6 +168,7 @@ pub fn bootstrap(home: PathBuf) -> Result<()> {
         )?;
         let ctl = Ctl::new(home.clone(), world);
         serve(ctl, listener).await?;
+        // Tidying on exit: the next bootstrap removes a leftover socket anyway.
         let _ = std::fs::remove_file(&sock);
         Ok::<(), anyhow::Error>(())
     })?;

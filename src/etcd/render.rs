@@ -98,13 +98,12 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     s.push_str("pre-vote: true\n");
     // 3.4 turns the HTTP/JSON gateway off when a config file is used (etcd-notes §0.1).
     s.push_str("enable-grpc-gateway: true\n");
-    let v36 = Version {
+    let v37 = Version {
         major: 3,
-        minor: 6,
+        minor: 7,
         patch: 0,
     };
-    let v37 = Version { minor: 7, ..v36 };
-    if m.version < v36 {
+    if m.version.has_v2_api() {
         s.push_str(&format!("enable-v2: {}\n", c.enable_v2));
     }
     s.push_str("logger: zap\n");

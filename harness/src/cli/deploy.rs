@@ -157,7 +157,15 @@ pub(super) async fn refresh(
         if let Some(pid) = pid {
             let target = PathBuf::from(format!("/proc/{pid}/root"))
                 .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
-            let _ = std::fs::remove_dir_all(&target);
+            // The old files must go, or the unit would run a mix of both revisions.
+            match std::fs::remove_dir_all(&target) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| {
+                        format!("removing {u}'s old charm files {}", target.display())
+                    })
+                }
+                _ => {}
+            }
             controller::copy_tree(&dst, &target)?;
         }
     }
