@@ -607,22 +607,42 @@ pub fn hook(ctx: &Context) -> Result<()> {
         let _ = juju::status_set("maintenance", "Unit removed from the cluster", false);
         return Ok(());
     }
+    // A leader whose own restart moved a CA move on (the only unit, or the raft leader in
+    // its turn) plans the next step in the same hook: no other unit's hook would wake it.
+    // Each pass sees the previous one's writes, as hook tools show a unit its own.
     let mut board = StatusBoard::default();
-    let r = reconcile(ctx, &mut st, &mut board);
+    let mut r = Ok(Pass::Done);
+    for _ in 0..4 {
+        board = StatusBoard::default();
+        r = reconcile(ctx, &mut st, &mut board);
+        st.save()?;
+        if !matches!(r, Ok(Pass::Again)) {
+            break;
+        }
+        juju::log(
+            "INFO",
+            "this unit's restart moved the CA move on: planning again",
+        );
+    }
     mark("end");
     log_slow_hook(name);
-    st.save()?;
     let (status, msg) = board.winner();
     juju::status_set(status, &msg, false)?;
-    r
+    r.map(|_| ())
 }
 
-fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Result<()> {
+/// Whether a hook's reconcile is complete or has a next step of its own to take.
+enum Pass {
+    Done,
+    Again,
+}
+
+fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Result<Pass> {
     let cfg = match Config::parse(&juju::config()?) {
         Ok(c) => c,
         Err(msg) => {
             board.report("blocked", msg);
-            return Ok(());
+            return Ok(Pass::Done);
         }
     };
     let leader = juju::is_leader()?;
@@ -632,7 +652,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         Ok(i) => i,
         Err(InstallError::Bad(msg)) => {
             board.report("blocked", msg);
-            return Ok(());
+            return Ok(Pass::Done);
         }
         Err(e) => return Err(e.into()),
     };
@@ -645,7 +665,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     mark("installed");
     if let Err(msg) = apply_snapd_refresh(st, &cfg, &ctx.unit) {
         board.report("blocked", msg);
-        return Ok(());
+        return Ok(Pass::Done);
     }
     let _ = juju::application_version_set(&inst.version);
     if let Some(v) = &inst.rolled_back {
@@ -660,12 +680,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     }
     let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
         board.report("waiting", "Waiting for the peer relation");
-        return Ok(());
+        return Ok(Pass::Done);
     };
     let addresses = juju::network_ingress(PEER)?;
     let Some(address) = addresses.first().cloned() else {
         board.report("waiting", "Waiting for an ingress address");
-        return Ok(());
+        return Ok(Pass::Done);
     };
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
@@ -693,7 +713,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 Ok(i) => i,
                 Err(InstallError::Bad(msg)) => {
                     board.report("blocked", msg);
-                    return Ok(());
+                    return Ok(Pass::Done);
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -701,6 +721,13 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     }
     let mut mine = juju::relation_get(&rel, &ctx.unit, false)?;
     let mut my_writes = Bag::new();
+    let tls_of = |b: &Bag| {
+        (
+            b.get("trust-running").cloned(),
+            b.get("issuer-in-use").cloned(),
+        )
+    };
+    let tls_before = tls_of(&mine);
     // A version that failed here stops the roll everywhere (the leader grants no more turns).
     set_key(
         &mut mine,
@@ -1266,7 +1293,13 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     }
     crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
     let _ = peers.rel;
-    outcome
+    outcome?;
+    let moving = peers.app_get("ca-move").is_some();
+    Ok(if leader && moving && tls_of(&mine) != tls_before {
+        Pass::Again
+    } else {
+        Pass::Done
+    })
 }
 
 /// What an active alarm means and what the operator does about it.
@@ -1313,14 +1346,22 @@ struct RollCtx<'a> {
     ep: &'a str,
 }
 
-/// The unit whose member is the raft leader, if it can be told.
-fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Option<String> {
-    let leader = rc.client.leader_member(rc.ep).ok()??;
-    peers
-        .infos()
-        .into_iter()
-        .find(|u| u.name == leader.name)
-        .map(|u| u.unit)
+/// The unit whose member is the raft leader. Asked for a few seconds (an election or a
+/// slow answer under load passes); an error when it cannot be told, because an upgrade's
+/// order (the raft leader last) depends on it.
+fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Result<String> {
+    crate::unit::retry(Duration::from_secs(10), Duration::from_millis(500), || {
+        let leader = rc
+            .client
+            .leader_member(rc.ep)?
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no raft leader"))?;
+        peers
+            .infos()
+            .into_iter()
+            .find(|u| u.name == leader.name)
+            .map(|u| u.unit)
+            .ok_or_else(|| anyhow::anyhow!("raft leader {} is no unit's member", leader.name))
+    })
 }
 
 /// The leader's rolling-restart lock (`roll::decide`): one grant (`unit:hash`) at a time,
@@ -1399,8 +1440,19 @@ fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
                 upgrade,
             } => {
                 if upgrade && raft_leader.is_none() {
-                    // The order of an upgrade puts the raft leader last: ask who it is.
-                    raft_leader = Some(raft_leader_unit(rc, peers));
+                    // The order of an upgrade puts the raft leader last: ask who it is, and
+                    // grant no turn while that is unknown (a turn by unit number could
+                    // stop the raft leader first).
+                    match raft_leader_unit(rc, peers) {
+                        Ok(u) => raft_leader = Some(Some(u)),
+                        Err(e) => {
+                            let target = progress(peers).map(|p| p.0).unwrap_or_default();
+                            juju::log("WARNING", &format!("upgrade to {target} waits: {e:#}"));
+                            return Some(format!(
+                                "Upgrade to etcd {target} waits: cannot tell the raft leader ({e})"
+                            ));
+                        }
+                    }
                     continue;
                 }
                 if upgrade {

@@ -255,3 +255,33 @@ fn the_ca_moves_to_easyrsa_and_back_while_a_writer_keeps_writing() {
         "writes were refused for {gap:?} during a CA move"
     );
 }
+
+/// The runbook's first lines typed after etcd already runs alone: its move to easyrsa's CA
+/// (both trusted, new certificates, the old CA dropped) and back finishes in the hooks the
+/// relation itself fires. No update-status comes to finish it (the interval is an hour): a
+/// lone leader plans each next step after its own restart.
+#[test]
+fn a_lone_running_unit_moves_to_easyrsa_and_back_without_waiting_for_update_status() {
+    let env = Env::new("easyrsa-lone", &["update-status-hook-interval=1h"]);
+    let here = tempfile::tempdir().unwrap();
+    deploy_healthy(&env, 1, &etcd_tarball(here.path(), &etcd35(), "3.5.1"), &[]);
+    let built_in = cat(&env, "etcd/0", "/etc/etcd/pki/ca.crt");
+    env.ok(&["deploy", "easyrsa"]);
+    env.ok(&["add-relation", "etcd", "easyrsa"]);
+    env.wait_units("easyrsa", 1, "active", "Certificate Authority", 2 * MIN);
+    let easyrsa = cat(&env, "easyrsa/0", "/var/lib/easyrsa/pki/ca.crt");
+    until("etcd/0 on easyrsa's CA alone", 3 * MIN, || {
+        all_on(&env, &easyrsa)
+    });
+    env.ok(&["remove-relation", "etcd", "easyrsa"]);
+    until("etcd/0 back on the built-in CA alone", 3 * MIN, || {
+        all_on(&env, &built_in)
+    });
+    let creds = creds_with(&env, "etcd/0", "/etc/etcd/pki", &built_in);
+    let out = creds.etcdctl(&etcd::endpoints(&env), true, &["put", "lone", "ok"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

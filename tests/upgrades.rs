@@ -298,12 +298,14 @@ fn the_pre_upgrade_check_refuses_while_a_member_is_down() {
     assert_eq!(code, 0, "ready again once the learner is gone: {task}");
 
     // Too little disk for the upgrade's snapshot: the leader's data moved onto a small tmpfs
-    // (in its machine's own mount namespace), then filled.
+    // (in its machine's own mount namespace), then filled. Room for what etcd allocates as
+    // it starts (a 64 MiB WAL segment, bbolt's growth): a tmpfs of the data's size alone
+    // failed to start etcd at times.
     env.exec_ok(
         &leader,
         "set -e; D=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml); \
          systemctl stop etcd.service; mkdir -p /root/etcd-data; cp -a \"$D/.\" /root/etcd-data/; \
-         mount -t tmpfs -o mode=0700,size=$(( $(du -sm \"$D\" | cut -f1) + 16 ))m tmpfs \"$D\"; \
+         mount -t tmpfs -o mode=0700,size=$(( $(du -sm \"$D\" | cut -f1) + 128 ))m tmpfs \"$D\"; \
          cp -a /root/etcd-data/. \"$D/\"; systemctl start etcd.service; \
          dd if=/dev/zero of=\"$D/filler\" bs=1M 2>/dev/null || true",
     );
