@@ -1,20 +1,17 @@
-"""Snapshot and restore of a >= 256 MiB database, each beside its by-hand baseline."""
+"""Snapshot and restore beside what an operator does by hand, in the same run, alternated.
+
+- snapshot action (whole `juju run`, from the host) vs `etcdctl snapshot save` alone, on
+  256 MiB and 1 GiB of random values and 256 MiB of compressible ones; the peak RSS of the
+  action's process (the agent's wait4) vs etcdctl's; `cp` + fsync of the db file for scale.
+- restore action on one unit vs `etcdutl snapshot restore` + starting etcd by hand.
+"""
 import json
-import os
 import pathlib
+import re
 import subprocess
 import time
 
-BASE_SNAPSHOT = r"""
-set -e
-t0=$(date +%s.%N)
-{etcdctl} --endpoints=https://{addr}:2379 --cacert=/etc/etcd/pki/ca.crt --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key snapshot save /root/base.db >/dev/null
-gzip -c /root/base.db > /root/base.db.gz
-t1=$(date +%s.%N)
-echo "$t0 $t1"
-"""
-
-BASE_RESTORE = r"""
+RESTORE_BY_HAND = r"""
 set -e
 rm -rf /root/restored
 t0=$(date +%s.%N)
@@ -28,41 +25,104 @@ rm -rf /root/restored
 echo "$t0 $t1"
 """
 
+# Values written by etcdctl inside the unit: `count` of 1 MiB each, random or compressible
+# (text with a few random bytes per line, roughly 4:1 under gzip -1).
+FILL = r"""
+import os, random, subprocess
+ctl = ["{etcdctl}", "--endpoints=https://{addr}:2379", "--cacert=/etc/etcd/pki/ca.crt",
+       "--cert=/etc/etcd/pki/client.crt", "--key=/etc/etcd/pki/client.key"]
+def value(i):
+    if {random}:
+        return os.urandom(1 << 20)
+    line = lambda n: b'{{"pod":"web-%06d","node":"worker-%02d","phase":"Running","ip":"10.%d.%d.%d"}}\n' % (
+        n, n % 40, random.randrange(256), random.randrange(256), random.randrange(256))
+    out = bytearray()
+    n = i * 20000
+    while len(out) < (1 << 20):
+        out += line(n)
+        n += 1
+    return bytes(out[: 1 << 20])
+for i in range({count}):
+    subprocess.run(ctl + ["put", f"/fill/{{i:05}}"], input=value(i), check=True, capture_output=True)
+print("ok")
+"""
+
+# Runs in the unit: one timed run of argv with its peak RSS (wait4), as JSON.
+ONE = r"""
+import json, os, subprocess, time
+argv = {argv}
+t = time.perf_counter()
+p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, ru = os.wait4(p.pid, 0)
+assert status == 0, f"{{argv}} failed: {{status}}"
+print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": ru.ru_maxrss / 1024}}))
+"""
+
+RAN = re.compile(r'unit-(\S+): INFO ran "snapshot" action \(exit 0, (\d+) ms, peak RSS ([\d.]+) MiB\)')
+
 
 def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
     tb = tarball(FIX / "etcd-3.5.1", "3.5.1")
+    etcdctl = FIX / "etcd-3.5.1/etcdctl"
     h("add-model", "--no-switch", "bench")
     h("model-config", "update-status-hook-interval=1h")
-    h("deploy", str(ROOT), "etcd", "--resource", f"etcd={tb}")
-    s = wait(lambda s: s["applications"].get("etcd", {}).get("units", {}).get("etcd/0", {}).get("workload-status", {}).get("message", "").startswith("Healthy"))
-    addr = s["machines"]["0"]["dns-name"]
-    etcdctl = FIX / "etcd-3.5.1/etcdctl"
-    # Fill the database: 272 values of 1 MiB (random, so gzip cannot cheat).
-    fill = f"""
-import os, subprocess
-for i in range(272):
-    subprocess.run(["{etcdctl}", "--endpoints=https://{addr}:2379", "--cacert=/etc/etcd/pki/ca.crt", "--cert=/etc/etcd/pki/client.crt",
-                    "--key=/etc/etcd/pki/client.key", "put", f"/fill/{{i:04}}"], input=os.urandom(1 << 20), check=True, capture_output=True)
-print("ok")
-"""
-    inside("etcd/0", fill)
-    t = time.perf_counter()
-    out = json.loads(h("run", "--format", "json", "etcd/0", "snapshot", "target=/root/snaps"))
-    snap_s = time.perf_counter() - t
-    res = out["etcd/0"]["results"]["snapshot"]
-    t0, t1 = map(float, h("exec", "--unit", "etcd/0", "--", BASE_SNAPSHOT.format(etcdctl=etcdctl, addr=addr)).split())
-    db_mb = int(h("exec", "--unit", "etcd/0", "--", "stat -c %s /root/base.db")) / 2**20
-    row(f"snapshot action ({db_mb:.0f} MiB db, archive {int(res['size']) / 2**20:.0f} MiB)", snap_s, "s", "etcdctl snapshot save + gzip", t1 - t0, "<= 1x")
+    datasets = [("256 MiB random", 256, True), ("256 MiB compressible", 256, False), ("1 GiB random", 1024, True)]
+    kept = None
+    for i, (name, mib, rnd) in enumerate(datasets):
+        app = f"etcd{i}"
+        h("deploy", str(ROOT), app, "--resource", f"etcd={tb}", "--config", "quota_backend_bytes=4294967296")
+        s = wait(lambda s: s["applications"].get(app, {}).get("units", {}).get(f"{app}/0", {})
+                 .get("workload-status", {}).get("message", "").startswith("Healthy"))
+        unit = f"{app}/0"
+        machine = s["applications"][app]["units"][unit]["machine"]
+        addr = s["machines"][machine]["dns-name"]
+        inside(unit, FILL.format(etcdctl=etcdctl, addr=addr, random=rnd, count=mib))
+        save = [str(etcdctl), f"--endpoints=https://{addr}:2379", "--cacert=/etc/etcd/pki/ca.crt",
+                "--cert=/etc/etcd/pki/client.crt", "--key=/etc/etcd/pki/client.key", "snapshot", "save", "/root/base.db"]
+        copy = ["sh", "-c", "dd if=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml)/member/snap/db "
+                "of=/root/copy.db bs=4M conv=fsync status=none"]
+        action, action_rss, base, base_rss, cp = [], [], [], [], []
+        for _ in range(2):
+            h("exec", "--unit", unit, "--", "rm -rf /root/snaps /root/base.db /root/copy.db; sync")
+            t = time.perf_counter()
+            out = json.loads(h("run", "--format", "json", unit, "snapshot", "target=/root/snaps"))
+            action.append(time.perf_counter() - t)
+            res = out[unit]["results"]["snapshot"]
+            ran = [m for m in RAN.finditer(h("debug-log")) if m.group(1) == unit.replace("/", "-")]
+            action_rss.append(float(ran[-1].group(3)))
+            h("exec", "--unit", unit, "--", "sync")
+            b = json.loads(inside(unit, ONE.format(argv=json.dumps(save))))
+            base.append(b["s"])
+            base_rss.append(b["rss_mb"])
+            c = json.loads(inside(unit, ONE.format(argv=json.dumps(copy))))
+            cp.append(c["s"])
+        db_mb = int(h("exec", "--unit", unit, "--", "stat -c %s /root/base.db")) / 2**20
+        label = f"{name} ({db_mb:.0f} MiB db, archive {int(res['size']) / 2**20:.0f} MiB)"
+        row(f"snapshot action, {label}", min(action), "s", "etcdctl snapshot save", min(base), "<= 1x")
+        row(f"snapshot action peak RSS, {name}", max(action_rss), "MB", "etcdctl snapshot save", max(base_rss), "<= 1x")
+        row(f"snapshot action, {name}", min(action), "s", "dd of the db file with fsync (the disk's bound)", min(cp), "report")
+        if i == 0:
+            kept = (unit, res["path"], machine)
+        else:
+            h("remove-application", app)
 
-    pid = json.loads(h("show-machine", "0", "--format", "json"))["0"]["init-pid"]
+    # Restore on one unit: the first dataset's archive attached as the snapshot resource.
+    unit, path, machine = kept
+    app = unit.split("/")[0]
+    pid = json.loads(h("show-machine", machine, "--format", "json"))[machine]["init-pid"]
     local = pathlib.Path(HOME) / "snap.tar.gz"
-    subprocess.run(["cp", f"/proc/{pid}/root{res['path']}", str(local)], check=True)
-    h("attach-resource", "etcd", f"snapshot={local}")
+    subprocess.run(["cp", f"/proc/{pid}/root{path}", str(local)], check=True)
+    h("attach-resource", app, f"snapshot={local}")
     h("wait-settled", "--timeout", "5m")
-    t = time.perf_counter()
-    out = json.loads(h("run", "--format", "json", "etcd/0", "restore"))
-    restore_s = time.perf_counter() - t
-    for line in out["etcd/0"].get("log", []):
-        print("   ", line)
-    t0, t1 = map(float, h("exec", "--unit", "etcd/0", "--", BASE_RESTORE.format(etcdutl=FIX / "etcd-3.5.1/etcdutl", etcd=FIX / "etcd-3.5.1/etcd")).split())
-    row("restore action on one unit (verify, restore, swap, start, check)", restore_s, "s", "etcdutl snapshot restore + start etcd by hand", t1 - t0, "within 1.5x")
+    restore, by_hand = [], []
+    for _ in range(2):
+        t = time.perf_counter()
+        out = json.loads(h("run", "--format", "json", unit, "restore"))
+        restore.append(time.perf_counter() - t)
+        for line in out[unit].get("log", []):
+            print("   ", line)
+        t0, t1 = map(float, h("exec", "--unit", unit, "--", RESTORE_BY_HAND.format(
+            etcdutl=FIX / "etcd-3.5.1/etcdutl", etcd=FIX / "etcd-3.5.1/etcd")).split())
+        by_hand.append(t1 - t0)
+    row("restore action on one unit (verify, restore, swap, start, check)", min(restore), "s",
+        "etcdutl snapshot restore + start etcd by hand", min(by_hand), "<= 1x")

@@ -234,7 +234,27 @@ fn timestamp() -> String {
     )
 }
 
-type ArchiveTar = tar::Builder<flate2::write::GzEncoder<std::io::BufWriter<std::fs::File>>>;
+type ArchiveTar =
+    tar::Builder<flate2::write::GzEncoder<Hashing<std::io::BufWriter<std::fs::File>>>>;
+
+/// A writer that hashes what passes through it: the archive's sha256 without reading the
+/// file back.
+struct Hashing<W: Write> {
+    inner: W,
+    sha: sha2::Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(b)?;
+        self.sha.update(&b[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// The snapshot archive: `metadata.json`, then the db as a `db` entry streamed as it arrives
 /// (its tar header needs the size, which the first chunk announces). The gzip level is chosen
@@ -267,7 +287,10 @@ impl Archive {
             .take()
             .ok_or_else(|| std::io::Error::other("archive already open"))?;
         let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            std::io::BufWriter::with_capacity(1 << 20, file),
+            Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                sha: Default::default(),
+            },
             level,
         ));
         let mut h = tar::Header::new_gnu();
@@ -337,7 +360,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
     let part = target.join(format!(".{name}.part"));
     let f = pki::create_private(&part)?;
-    let result = (|| -> Result<u64> {
+    let result = (|| -> Result<(u64, String)> {
         let mut archive = Archive {
             file: Some(f),
             meta: serde_json::to_vec_pretty(&meta)?,
@@ -359,12 +382,17 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         b.get_mut().write_all(&vec![0u8; pad as usize])?;
         let gz = b.into_inner()?;
         let w = gz.finish()?;
-        w.into_inner()
+        let sha = {
+            use sha2::Digest;
+            format!("{:x}", w.sha.finalize())
+        };
+        w.inner
+            .into_inner()
             .map_err(|e| anyhow!("flushing the snapshot: {e}"))?
             .sync_all()?;
-        Ok(written)
+        Ok((written, sha))
     })();
-    let db_size = match result {
+    let (db_size, sha) = match result {
         Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(&part);
@@ -372,7 +400,6 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         }
     };
     std::fs::rename(&part, &path)?;
-    let sha = install::sha256_file(&path)?;
     let size = std::fs::metadata(&path)?.len();
     juju::action_log(&format!(
         "snapshot of {db_size} bytes written to {}",

@@ -1169,7 +1169,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         if status.is_ok() {
             set_phase(&mut mine, &mut my_writes, "started");
             peers.units.insert(ctx.unit.clone(), mine.clone());
-            let _ = juju::open_port(cfg.port);
+            if let Err(e) = juju::open_only(cfg.port) {
+                // etcd serves either way; only `juju expose` waits for the next hook.
+                juju::log("WARNING", &format!("cannot open port {}: {e}", cfg.port));
+            }
         }
         // Leader: membership.
         let mut members = vec![];

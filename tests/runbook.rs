@@ -1,13 +1,13 @@
-//! The classic charm's runbook (`../shared/runbook.md`) as an operator types it against the
-//! local controller, Juju 2.9 spellings included: `run-action [--wait]`,
-//! `show-action-output`, `show-task`, `actions`, `show-action`, `scp` (relative paths mean
-//! the ubuntu user's home), `ssh`, `attach`, `<app>/leader`, `deploy etcd` by name (from
-//! `CHARM_HARNESS_CHARMHUB`), `expose` (the model
-//! has a cloud's firewall: the host reaches etcd only once it is exposed), both generations
-//! of etcdctl's variables, `list-storage-pools`/`add-storage`, the migration to `new-etcd`.
-//! Each line's effect is checked, not only its exit code. The snap lines run on snapd
-//! machines in tests/snaps.rs; the first three (easyrsa) and the CA moves in
-//! tests/easyrsa.rs, the packed charm in tests/packing.rs.
+//! The classic charm's runbook (`../shared/runbook.md`), every line in its order, as an
+//! operator types it against the local controller, Juju 2.9 spellings included, and then
+//! what Trident and StorageOS do with the cluster. Each line's effect is checked, not only
+//! its exit code. The runbook's sections are scenarios of their own where they must be: the
+//! "limited egress" section deploys `etcd` from a path on `snapd` machines (model
+//! `runbook-snap`), "deb to snap" starts from the Debian package (model `runbook-deb`);
+//! everything before them runs in one model with a cloud's firewall (`runbook`).
+//! Gaps, named: the snap store cannot be reached (snaps are attached as resources), snapd
+//! is installed by hand where Ubuntu would have it, `ebs-ssd` is a cloud's pool (refused
+//! by name; a loop volume stands in), and Trident's `etcd-copy` is not run here.
 
 mod support;
 
@@ -48,26 +48,53 @@ fn etcdctl_with(vars: &[(&str, String)], args: &[&str]) -> std::process::Output 
 fn the_classic_runbook_lines_work_as_typed() {
     let work = tempfile::tempdir().unwrap();
     let here = work.path();
-    let tarball = etcd_tarball(here, &etcd35(), "3.5.1");
     // A cloud's firewall, as the runbook assumes: `juju expose etcd` before etcdctl from
     // outside.
     let env = Env::new(
         "runbook",
         &["update-status-hook-interval=1h", "firewall-mode=instance"],
     );
-    // `juju deploy etcd`: found by name in the controller's charm store. (The first lines,
-    // with easyrsa, are tests/easyrsa.rs's: here the built-in CA issues.)
-    env.ok(&[
-        "deploy",
-        "etcd",
-        "--resource",
-        &format!("etcd={}", tarball.display()),
-    ]);
-    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
-    env.ok(&["add-unit", "-n", "2", "etcd"]);
-    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    // Usage: easyrsa and etcd found by name in the controller's charm store; etcd without a
+    // resource installs the Debian package from the machines' apt mirror.
+    for line in [
+        &["deploy", "easyrsa"][..],
+        &["deploy", "etcd"],
+        &["add-relation", "etcd", "easyrsa"],
+        &["add-unit", "-n", "2", "etcd"],
+    ] {
+        let (code, out, err) = juju_in(&env, here, line);
+        assert_eq!(code, 0, "{line:?}: {out}{err}");
+    }
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 5 * MIN);
+    // Every unit's server certificate verifies against the CA easyrsa publishes (and its
+    // peer certificate too), and each trusts that CA alone.
+    let easyrsa_ca = env.exec_ok("easyrsa/0", "cat /var/lib/easyrsa/pki/ca.crt");
+    until("every unit on easyrsa's certificates", 3 * MIN, || {
+        env.units("etcd").iter().all(|u| {
+            ["server.crt", "peer.crt"].iter().all(|f| {
+                openssl_verifies(
+                    &easyrsa_ca,
+                    &env.exec_ok(u, &format!("cat /etc/etcd/pki/{f}")),
+                )
+            }) && env.exec_ok(u, "cat /etc/etcd/pki/ca.crt").trim() == easyrsa_ca.trim()
+        })
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     env.settle("3m");
-
+    let (code, out, err) = juju_in(&env, here, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    for u in ["etcd/0", "etcd/1", "etcd/2"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(u))
+            .unwrap_or_else(|| panic!("status lists {u}: {out}"));
+        for want in ["active", "idle", "2379/tcp", "Healthy with 3 known peers"] {
+            assert!(
+                line.contains(want),
+                "{u}'s status line has {want:?}: {line}"
+            );
+        }
+    }
     // Health, Juju 2.9 style: the result keyed by the unit's tag.
     let (code, out, err) = juju_in(
         &env,
@@ -216,6 +243,34 @@ fn the_classic_runbook_lines_work_as_typed() {
     env.settle("3m");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
 
+    // A snapshot into a directory of the operator's choosing, waited for (2.9 output).
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &[
+            "run-action",
+            "--wait",
+            "etcd/0",
+            "snapshot",
+            "target=/mnt/etcd-backups",
+            "keys-version=v3",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // Juju 2.9 prints YAML by default.
+    let v: Value = serde_yaml::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let r = &v["unit-etcd-0"]["results"]["snapshot"];
+    let path = r["path"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(path.starts_with("/mnt/etcd-backups/"), "{v}");
+    let on_unit = env.exec_ok(
+        "etcd/0",
+        &format!("stat -c %a {path} && sha256sum {path} | cut -d' ' -f1"),
+    );
+    assert_eq!(
+        on_unit.split_whitespace().collect::<Vec<_>>(),
+        ["600", r["sha256"].as_str().unwrap()],
+        "the snapshot in /mnt/etcd-backups is private and has the digest reported"
+    );
     // A queued snapshot: its id, its output, the file fetched and checked.
     let (code, out, err) = juju_in(
         &env,
@@ -300,16 +355,18 @@ fn the_classic_runbook_lines_work_as_typed() {
         &["run-action", "--wait", "etcd/leader", "restore"],
     );
     assert_eq!(code, 0, "{out}{err}");
+    assert_completed(&out);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     env.wait("the restored key", MIN, |_| {
         let out = etcdctl_with(&vars, &["get", "/runbook/key", "--print-value-only"]);
         String::from_utf8_lossy(&out.stdout).trim() == "kept"
     });
 
-    // The same snapshot into a new application deployed by name (the migration lines).
-    let (code, out, err) = juju_in(
-        &env,
-        here,
+    // The migration lines: a new application from the store by name (focal, the classic
+    // channel; without an etcd resource: the Debian package), the snapshot attached from
+    // the current directory, restored, then grown and used by Kubernetes.
+    let snapshot_file = format!("./{}", fetched.file_name().unwrap().to_string_lossy());
+    let lines: [&[&str]; 3] = [
         &[
             "deploy",
             "etcd",
@@ -317,40 +374,41 @@ fn the_classic_runbook_lines_work_as_typed() {
             "--series=focal",
             "--config",
             "channel=3.4/stable",
-            "--resource",
-            &format!("etcd={}", tarball.display()),
-            "--resource",
-            &format!(
-                "snapshot={}",
-                fetched.file_name().unwrap().to_string_lossy()
-            ),
         ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    env.wait_units(
-        "new-etcd",
-        1,
-        "active",
-        "Healthy with 1 known peers",
-        2 * MIN,
-    );
-    let (code, out, err) = juju_in(
-        &env,
-        here,
-        &["run-action", "--wait", "new-etcd/0", "restore"],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+        &[
+            "attach-resource",
+            "new-etcd",
+            &format!("snapshot={snapshot_file}"),
+        ],
+        &["run", "new-etcd/0", "restore"],
+    ];
+    for line in lines {
+        if line[0] == "run" {
+            env.wait_units(
+                "new-etcd",
+                1,
+                "active",
+                "Healthy with 1 known peers",
+                3 * MIN,
+            );
+        }
+        let (code, out, err) = juju_in(&env, here, line);
+        assert_eq!(code, 0, "{line:?}: {out}{err}");
+    }
     env.ok(&["expose", "new-etcd"]);
-    let new_creds = support::etcd::Creds::from_unit(&env, "new-etcd/0");
-    let new_ep = format!("https://{}:2379", env.address("new-etcd/0"));
-    env.wait("the key in new-etcd", MIN, |_| {
-        let out = new_creds.etcdctl(
-            &new_ep,
-            true,
-            &["get", "/runbook/key", "--print-value-only"],
-        );
-        String::from_utf8_lossy(&out.stdout).trim() == "kept"
-    });
+    let key_in_new_etcd = |what: &str| {
+        let new_creds = support::etcd::Creds::from_unit(&env, "new-etcd/0");
+        let new_ep = format!("https://{}:2379", env.address("new-etcd/0"));
+        env.wait(what, 2 * MIN, |_| {
+            let out = new_creds.etcdctl(
+                &new_ep,
+                true,
+                &["get", "/runbook/key", "--print-value-only"],
+            );
+            String::from_utf8_lossy(&out.stdout).trim() == "kept"
+        });
+    };
+    key_in_new_etcd("the key in new-etcd");
     // `integrate new-etcd kubernetes-control-plane`: a stand-in with the real charm's name and
     // its `etcd` endpoint (interface etcd), running the test etcd client's dispatch; then the
     // new application grows to three and answers `run ... health`.
@@ -385,7 +443,7 @@ fn the_classic_runbook_lines_work_as_typed() {
         3,
         "active",
         "Healthy with 3 known peers",
-        3 * MIN,
+        4 * MIN,
     );
     env.wait("kubernetes-control-plane to use all three", 2 * MIN, |s| {
         s["applications"]["kubernetes-control-plane"]["units"]["kubernetes-control-plane/0"]
@@ -413,6 +471,40 @@ fn the_classic_runbook_lines_work_as_typed() {
         3,
         "{output}"
     );
+    // The runbook's other form: the snapshot given at deploy time (a new-etcd of its own:
+    // the first one is removed), restored with the 2.9 spelling.
+    env.ok(&["remove-application", "new-etcd"]);
+    env.wait("new-etcd to be gone", 3 * MIN, |s| {
+        s["applications"]["new-etcd"].is_null()
+    });
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &[
+            "deploy",
+            "etcd",
+            "new-etcd",
+            "--resource",
+            &format!("snapshot={snapshot_file}"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    env.wait_units(
+        "new-etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers",
+        3 * MIN,
+    );
+    let (code, out, err) = juju_in(
+        &env,
+        here,
+        &["run-action", "--wait", "new-etcd/0", "restore"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_completed(&out);
+    env.ok(&["expose", "new-etcd"]);
+    key_in_new_etcd("the key in the second new-etcd");
     let (code, _, err) = juju_in(&env, here, &["deploy", "no-such-charm"]);
     assert_ne!(code, 0);
     assert!(err.contains("not found in CHARM_HARNESS_CHARMHUB"), "{err}");
@@ -460,10 +552,263 @@ fn the_classic_runbook_lines_work_as_typed() {
             "has no action \"nope\"",
         ),
         (vec!["ssh", "etcd/0"], "give a command"),
+        (
+            vec!["integrate", "kubernetes-control-plane", "easyrsa"],
+            "no relations found",
+        ),
     ] {
         let (code, out, err) = juju_in(&env, here, &args);
         assert_ne!(code, 0, "{args:?}: {out}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
     assert!(!here.join("file").exists() && !here.join("x").exists());
+
+    consumers(&env, here, &creds);
+    drop(env);
+    limited_egress();
+    deb_to_snap();
+}
+
+/// A `run-action --wait` answer (Juju 2.9's YAML) of one task that completed.
+fn assert_completed(out: &str) {
+    let v: Value = serde_yaml::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let task = v.as_object().and_then(|o| o.values().next()).cloned();
+    assert_eq!(
+        task.as_ref().map(|t| t["status"].clone()),
+        Some(Value::from("completed")),
+        "{out}"
+    );
+}
+
+/// What Trident and StorageOS do with the cluster: the client credentials kept under file
+/// names of their own, `member list -w table`, put/get/del from outside; StorageOS's
+/// settings (an 8 GiB quota, revision compaction keeping 1000, non-default client and peer
+/// ports), checked in what etcd itself reports.
+fn consumers(env: &Env, here: &std::path::Path, creds: &std::path::Path) {
+    let own = here.join("storage-system");
+    std::fs::create_dir_all(&own).unwrap();
+    for (from, to) in [
+        ("ca.crt", "etcd-ca.pem"),
+        ("client.crt", "etcd-client.pem"),
+        ("client.key", "etcd-client-key.pem"),
+    ] {
+        std::fs::copy(creds.join(from), own.join(to)).unwrap();
+    }
+    let etcdctl = |endpoint: &str, args: &[&str]| {
+        let out = Command::new(etcd35().join("etcdctl"))
+            .env_clear()
+            .arg(format!("--endpoints={endpoint}"))
+            .arg(format!("--cert={}", own.join("etcd-client.pem").display()))
+            .arg(format!(
+                "--key={}",
+                own.join("etcd-client-key.pem").display()
+            ))
+            .arg(format!("--cacert={}", own.join("etcd-ca.pem").display()))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let host = env.address("etcd/0");
+    let ep = format!("https://{host}:2379");
+    let table = etcdctl(&ep, &["member", "list", "-w", "table"]);
+    assert_eq!(table.matches("| started |").count(), 3, "{table}");
+    assert_eq!(etcdctl(&ep, &["put", "foo", "bar"]).trim(), "OK");
+    assert_eq!(etcdctl(&ep, &["get", "foo"]), "foo\nbar\n");
+    assert_eq!(etcdctl(&ep, &["del", "foo"]).trim(), "1");
+
+    env.ok(&[
+        "config",
+        "etcd",
+        "quota_backend_bytes=8589934592",
+        "auto_compaction_mode=revision",
+        "auto_compaction_retention=1000",
+        "port=12379",
+        "management_port=12380",
+    ]);
+    // Every member serves on the new ports with the new settings (etcd's own metrics and
+    // member list say so), and the firewall follows: the new client port is reachable from
+    // the host on the exposed application, the old one no longer opened.
+    let metrics = |unit: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cert"])
+            .arg(own.join("etcd-client.pem"))
+            .arg("--key")
+            .arg(own.join("etcd-client-key.pem"))
+            .arg("--cacert")
+            .arg(own.join("etcd-ca.pem"))
+            .arg(format!("https://{}:12379/metrics", env.address(unit)))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    env.wait("StorageOS's settings on every member", 4 * MIN, |_| {
+        env.units("etcd").iter().all(|u| {
+            metrics(u)
+                .lines()
+                .any(|l| l == "etcd_server_quota_backend_bytes 8.589934592e+09")
+        })
+    });
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    let ep = format!("https://{host}:12379");
+    let members = etcdctl(&ep, &["member", "list"]);
+    assert_eq!(members.matches(":12380, https://").count(), 3, "{members}");
+    for u in env.units("etcd") {
+        let conf = env.exec_ok(&u, "cat /etc/etcd/etcd.conf.yml");
+        for want in [
+            "auto-compaction-mode: revision",
+            "auto-compaction-retention: '1000'",
+        ] {
+            assert!(conf.contains(want), "{u}'s config has {want}: {conf}");
+        }
+    }
+    let s = env.status();
+    let ports = &s["applications"]["etcd"]["units"]["etcd/0"]["open-ports"];
+    assert_eq!(ports, &serde_json::json!(["12379/tcp"]), "{s}");
+}
+
+fn snap(version: &str) -> std::path::PathBuf {
+    fixtures().join(format!("snaps/etcd_{version}_amd64.snap"))
+}
+
+/// The snap's etcdctl inside a unit, with the unit's client certificate.
+fn snap_etcdctl(env: &Env, unit: &str, args: &str) -> String {
+    let ep = format!("https://{}:2379", env.address(unit));
+    env.exec_ok(
+        unit,
+        &format!(
+            "/snap/bin/etcdctl --endpoints={ep} --cacert=/etc/etcd/pki/ca.crt \
+             --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key {args}"
+        ),
+    )
+}
+
+fn snap_version(env: &Env, unit: &str) -> String {
+    env.exec_ok(unit, "snap list etcd | awk 'NR==2{print $2}'")
+        .trim()
+        .to_string()
+}
+
+/// Waits for a queued task (`Action queued with id: <id>`) through `show-action-output`.
+fn wait_queued(env: &Env, out: &str, what: &str) -> Value {
+    let id = out
+        .trim()
+        .strip_prefix("Action queued with id: ")
+        .unwrap_or_else(|| panic!("run-action prints the id: {out}"))
+        .trim_matches('"')
+        .to_string();
+    env.wait(what, 4 * MIN, |_| {
+        let out = env.run(&["show-action-output", &id, "--format", "json"]);
+        serde_json::from_str::<Value>(&out.stdout)
+            .is_ok_and(|v| v["status"] != "running" && v["status"] != "pending")
+    });
+    let out = env.run(&["show-action-output", &id, "--format", "json"]);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["status"], "completed", "{what}: {v}");
+    v
+}
+
+/// "Limited egress": the charm deployed from a path with no resource and no store, the snap
+/// attached with `attach`, a newer one attached later and installed unit by unit with
+/// `run-action` (queued, read back with `show-action-output`).
+fn limited_egress() {
+    let env = Env::new(
+        "runbook-snap",
+        &["update-status-hook-interval=1h", "harness-machine=snapd"],
+    );
+    let root = repo_root();
+    env.ok(&["deploy", root.to_str().unwrap()]);
+    env.ok(&["add-unit", "etcd"]);
+    env.ok(&[
+        "attach",
+        "etcd",
+        &format!("etcd={}", snap("3.4.23").display()),
+    ]);
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 6 * MIN);
+    assert!(snap_etcdctl(&env, "etcd/0", "put /runbook-snap kept").contains("OK"));
+    env.ok(&[
+        "attach",
+        "etcd",
+        &format!("etcd={}", snap("3.5.1").display()),
+    ]);
+    env.settle("2m");
+    assert_eq!(
+        snap_version(&env, "etcd/0"),
+        "3.4.23",
+        "attaching alone upgrades nothing"
+    );
+    for unit in ["etcd/0", "etcd/1"] {
+        let out = env.ok(&["run-action", unit, "install"]);
+        wait_queued(&env, &out, &format!("install on {unit}"));
+        assert_eq!(
+            snap_version(&env, unit),
+            "3.5.1",
+            "{unit} installed the new snap"
+        );
+    }
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 2 * MIN);
+    assert_eq!(
+        snap_etcdctl(&env, "etcd/1", "get /runbook-snap --print-value-only").trim(),
+        "kept"
+    );
+}
+
+/// "Deb to snap": etcd from the store on the Debian package, `upgrade-charm etcd` (the store
+/// asked again), the snap attached (the store's stand-in) and snapd installed by hand (the
+/// machines' image has none; Ubuntu's does), `run-action etcd/0 snap-upgrade` (status back
+/// to its health message, the key kept, the snap's etcd running), then
+/// `config channel=3.0/stable` (nothing to fetch with a snap attached: it stays, healthy)
+/// and `config snapd_refresh='fri5'` (the shell drops the quotes).
+fn deb_to_snap() {
+    let env = Env::new("runbook-deb", &["update-status-hook-interval=1h"]);
+    env.ok(&["deploy", "etcd"]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
+    assert_eq!(running_etcd(&env, "etcd/0"), "/usr/bin/etcd");
+    let deb_etcdctl = "etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/pki/ca.crt \
+                       --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key";
+    env.exec_ok("etcd/0", &format!("{deb_etcdctl} put /deb-key kept"));
+    let (code, out) = {
+        let r = env.run(&["upgrade-charm", "etcd"]);
+        (r.code, format!("{}{}", r.stdout, r.stderr))
+    };
+    assert_eq!(code, 0, "{out}");
+    install_snapd_by_hand(&env, "etcd/0");
+    env.ok(&[
+        "attach",
+        "etcd",
+        &format!("etcd={}", snap("3.5.1").display()),
+    ]);
+    env.wait_units(
+        "etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers; snap-upgrade available",
+        2 * MIN,
+    );
+    let out = env.ok(&["run-action", "etcd/0", "snap-upgrade"]);
+    wait_queued(&env, &out, "snap-upgrade on etcd/0");
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    env.exec_ok(
+        "etcd/0",
+        "systemctl show -p ExecStart etcd.service | grep -q /snap/bin/etcd",
+    );
+    assert_eq!(
+        snap_etcdctl(&env, "etcd/0", "get /deb-key --print-value-only").trim(),
+        "kept"
+    );
+    env.ok(&["config", "etcd", "channel=3.0/stable"]);
+    env.settle("2m");
+    assert_eq!(
+        snap_version(&env, "etcd/0"),
+        "3.5.1",
+        "stays on the attached snap"
+    );
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
+    env.ok(&["config", "etcd", "snapd_refresh=fri5"]);
+    env.wait("refresh.timer fri5", 2 * MIN, |_| {
+        env.exec_ok("etcd/0", "snap get system refresh.timer")
+            .trim()
+            == "fri5"
+    });
 }

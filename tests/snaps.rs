@@ -167,13 +167,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     assert_eq!(exe(), "/usr/bin/etcd");
 
     // snapd becomes available (from the mirror; the seed snaps stand in for the store).
-    let seed = fixtures().join("seed");
-    env.exec_ok(
-        "etcd/0",
-        &format!("apt-get install -y -qq --no-install-recommends snapd >/dev/null && systemctl start systemd-udevd snapd.socket snapd.service \
-                  && timeout 120 snap wait system seed.loaded && snap install --dangerous {0}/bare_1.0_all.snap >/dev/null \
-                  && snap install --dangerous {0}/snapd_2.57.6_amd64.snap >/dev/null", seed.display()),
-    );
+    install_snapd_by_hand(&env, "etcd/0");
     env.ok(&[
         "attach-resource",
         "etcd",
@@ -264,85 +258,4 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
          && systemctl show -p ExecStart etcd.service | grep -q /snap/bin/etcd && snap list etcd | grep -q 3.5.1",
     );
     env.ok(&["run", "etcd/0", "health"]);
-}
-
-/// The runbook's snap lines as typed (`../shared/runbook.md`, "Limited egress" and the
-/// config lines of "Deb to snap"): a charm deployed from a path with no resource and no
-/// store, the snap attached with `attach`, a newer one attached later and installed unit by
-/// unit with Juju 2.9's `run-action` (queued, read back with `show-action-output`), then
-/// `config channel=3.0/stable` (nothing to fetch with a snap attached: the units stay on it,
-/// healthy) and `config snapd_refresh='fri5'` (the shell drops the quotes).
-#[test]
-fn the_runbooks_snap_lines_work_as_typed() {
-    let env = Env::new(
-        "snaprunbook",
-        &["update-status-hook-interval=1h", "harness-machine=snapd"],
-    );
-    let root = repo_root();
-    env.ok(&["deploy", root.to_str().unwrap()]);
-    env.ok(&["add-unit", "etcd"]);
-    env.ok(&[
-        "attach",
-        "etcd",
-        &format!("etcd={}", snap("3.4.23").display()),
-    ]);
-    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 6 * MIN);
-    assert!(etcdctl(&env, "etcd/0", "put /runbook-snap kept")
-        .stdout
-        .contains("OK"));
-    let version = |unit: &str| env.exec_ok(unit, "snap list etcd | awk 'NR==2{print $2}'");
-
-    env.ok(&[
-        "attach",
-        "etcd",
-        &format!("etcd={}", snap("3.5.1").display()),
-    ]);
-    env.settle("2m");
-    assert_eq!(
-        version("etcd/0").trim(),
-        "3.4.23",
-        "attaching alone upgrades nothing"
-    );
-    for unit in ["etcd/0", "etcd/1"] {
-        let out = env.ok(&["run-action", unit, "install"]);
-        let id = out
-            .trim()
-            .strip_prefix("Action queued with id: ")
-            .unwrap_or_else(|| panic!("run-action prints the id: {out}"))
-            .trim_matches('"')
-            .to_string();
-        env.wait(&format!("install on {unit}"), 3 * MIN, |_| {
-            let out = env.run(&["show-action-output", &id, "--format", "json"]);
-            serde_json::from_str::<Value>(&out.stdout).is_ok_and(|v| v["status"] == "completed")
-        });
-        assert_eq!(
-            version(unit).trim(),
-            "3.5.1",
-            "{unit} installed the new snap"
-        );
-    }
-    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 2 * MIN);
-    assert_eq!(
-        etcdctl(&env, "etcd/1", "get /runbook-snap --print-value-only")
-            .stdout
-            .trim(),
-        "kept"
-    );
-
-    env.ok(&["config", "etcd", "channel=3.0/stable"]);
-    env.settle("2m");
-    for unit in ["etcd/0", "etcd/1"] {
-        assert_eq!(
-            version(unit).trim(),
-            "3.5.1",
-            "{unit} stays on the attached snap"
-        );
-    }
-    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", MIN);
-    env.ok(&["config", "etcd", "snapd_refresh=fri5"]);
-    env.wait("refresh.timer fri5 on both units", 2 * MIN, |_| {
-        ["etcd/0", "etcd/1"]
-            .iter()
-            .all(|u| env.exec_ok(u, "snap get system refresh.timer").trim() == "fri5")
-    });
 }

@@ -239,6 +239,20 @@ pub fn open_port(port: u16) -> Result<()> {
     run("open-port", &[&format!("{port}/tcp")], None).map(|_| ())
 }
 
+/// Makes `port`/tcp the unit's only opened TCP port: a port the unit opened before (a
+/// changed `port` config) is closed, so an exposed application offers what it serves.
+pub fn open_only(port: u16) -> Result<()> {
+    let want = format!("{port}/tcp");
+    let opened: Vec<String> = json("opened-ports", &[])?;
+    for p in opened.iter().filter(|p| p.ends_with("/tcp") && **p != want) {
+        run("close-port", &[p], None)?;
+    }
+    if !opened.contains(&want) {
+        open_port(port)?;
+    }
+    Ok(())
+}
+
 pub fn goal_state_units() -> Result<Vec<String>> {
     let v: Value = json("goal-state", &[])?;
     Ok(v.get("units")

@@ -1785,10 +1785,11 @@ impl Ctl {
                 self.log(
                     model,
                     &format!(
-                        "unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms)",
+                        "unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms{})",
                         unit.replace('/', "-"),
                         r.code,
-                        started.elapsed().as_millis()
+                        started.elapsed().as_millis(),
+                        peak(r)
                     ),
                 );
             }
@@ -1969,16 +1970,7 @@ impl Ctl {
                 m.elect(&app);
             }
             // An application whose last unit left while it was being removed goes too.
-            let dying_app = m
-                .apps
-                .get(&app)
-                .map(|a| {
-                    a.status
-                        .as_ref()
-                        .map(|s| s.current == "terminated")
-                        .unwrap_or(false)
-                })
-                .unwrap_or(false);
+            let dying_app = m.apps.get(&app).is_some_and(|a| a.dying);
             if dying_app && !m.units.values().any(|u| u.app == app) {
                 m.apps.remove(&app);
                 let rels: Vec<u32> = m
@@ -2046,7 +2038,28 @@ impl Ctl {
             });
             return;
         }
+        let what = if argv.first().map(String::as_str) == Some("/bin/bash") {
+            "exec".to_string()
+        } else {
+            format!(
+                "{:?} action",
+                env.get("JUJU_ACTION_NAME").cloned().unwrap_or_default()
+            )
+        };
+        let started = Instant::now();
         let (result, ctx) = self.run_in_context(model, unit, ctx, argv, env).await;
+        if let Ok((r, _)) = &result {
+            self.log(
+                model,
+                &format!(
+                    "unit-{}: INFO ran {what} (exit {}, {} ms{})",
+                    unit.replace('/', "-"),
+                    r.code,
+                    started.elapsed().as_millis(),
+                    peak(r)
+                ),
+            );
+        }
         self.mutate(|w| {
             let Some(m) = w.models.get_mut(model) else {
                 return;
@@ -2208,4 +2221,11 @@ mod tests {
         *lock(&m) += 1;
         assert_eq!(*lock(&m), 2);
     }
+}
+
+/// ", peak RSS 12.3 MiB" for a log line, when the agent measured it.
+fn peak(r: &proto::AgentReply) -> String {
+    r.max_rss_kb
+        .map(|k| format!(", peak RSS {:.1} MiB", k as f64 / 1024.0))
+        .unwrap_or_default()
 }

@@ -458,24 +458,38 @@ async fn run_process(
         let Some((prog, args)) = argv.split_first() else {
             bail!("empty command")
         };
-        let mut cmd = tokio::process::Command::new(prog);
-        cmd.args(args)
+        let child = std::process::Command::new(prog)
+            .args(args)
             .env_clear()
             .envs(env)
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err);
-        let status = cmd
+            .stderr(err)
             .spawn()
-            .with_context(|| format!("cannot run {prog}"))?
-            .wait()
-            .await?;
-        use std::os::unix::process::ExitStatusExt;
-        let code = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Ok::<i32, anyhow::Error>(code)
+            .with_context(|| format!("cannot run {prog}"))?;
+        // wait4, not wait: the process's own peak memory comes with its exit status.
+        let pid = child.id() as i32;
+        let (status, max_rss_kb) = tokio::task::spawn_blocking(move || loop {
+            let mut status = 0;
+            // SAFETY: rusage is plain data that wait4 fills in.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            if r == pid {
+                return Ok((status, ru.ru_maxrss.max(0) as u64));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        })
+        .await??;
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        Ok::<(i32, u64), anyhow::Error>((code, max_rss_kb))
     }
     .await;
     let read = |p: &Path| {
@@ -486,17 +500,19 @@ async fn run_process(
     let stdout = read(&out_path);
     let stderr = read(&err_path);
     match result {
-        Ok(code) => AgentReply {
+        Ok((code, max_rss_kb)) => AgentReply {
             code,
             stdout,
             stderr,
             error: None,
+            max_rss_kb: Some(max_rss_kb),
         },
         Err(e) => AgentReply {
             code: -1,
             stdout,
             stderr,
             error: Some(format!("{e:#}")),
+            max_rss_kb: None,
         },
     }
 }

@@ -82,6 +82,9 @@ pub struct AgentReply {
     pub stderr: String,
     #[serde(default)]
     pub error: Option<String>,
+    /// the process's peak resident memory (wait4's ru_maxrss), in KiB
+    #[serde(default)]
+    pub max_rss_kb: Option<u64>,
 }
 
 /// Sends one request and reads one reply, blocking.

@@ -157,6 +157,10 @@ pub struct App {
     /// `juju expose`: its units' opened ports are reachable from outside the model.
     #[serde(default)]
     pub exposed: bool,
+    /// `remove-application` ran: the application goes when its last unit has gone (its
+    /// status is the charm's to set until then, so it cannot be the mark).
+    #[serde(default)]
+    pub dying: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -117,6 +117,7 @@ pub struct Alarm {
     pub alarm: String,
 }
 
+#[derive(Clone)]
 pub struct Tls {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
@@ -135,6 +136,8 @@ impl Tls {
 
 pub struct Client {
     http: reqwest::blocking::Client,
+    /// for the gRPC client (the snapshot stream)
+    tls: Tls,
 }
 
 impl Client {
@@ -164,11 +167,14 @@ impl Client {
             .timeout(timeout)
             .build()
             .map_err(|e| EtcdError::Tls(e.to_string()))?;
-        Ok(Client { http })
+        Ok(Client {
+            http,
+            tls: tls.clone(),
+        })
     }
 
-    pub fn http(&self) -> &reqwest::blocking::Client {
-        &self.http
+    pub fn tls(&self) -> &Tls {
+        &self.tls
     }
 
     pub fn post(&self, endpoint: &str, path: &str, body: Value) -> Result<Value> {

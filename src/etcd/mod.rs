@@ -3,6 +3,7 @@
 //! Nothing here calls a hook tool.
 
 pub mod client;
+pub mod grpc;
 pub mod install;
 pub mod render;
 pub mod service;

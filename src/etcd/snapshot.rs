@@ -1,11 +1,9 @@
-//! etcd's snapshot stream: `Maintenance.Snapshot` read into a sink, hashed as it arrives,
-//! its trailing digest checked.
+//! etcd's snapshot stream: `Maintenance.Snapshot` (gRPC) read into a sink, hashed as it
+//! arrives, its trailing digest checked.
 
 use crate::etcd::client::Client;
 use anyhow::{bail, Context as _, Result};
-use serde_json::Value;
-use std::io::{BufRead, Write};
-use std::time::Duration;
+use std::io::Write;
 
 /// Receives a snapshot stream: its total size (database + 32-byte digest) first, then bytes.
 pub trait SnapshotSink {
@@ -26,79 +24,55 @@ impl<W: Write> SnapshotSink for Raw<W> {
 }
 
 /// Streams a consistent snapshot from `ep` into `out` (the raw db followed by its 32-byte
-/// sha256, byte-identical to `etcdctl snapshot save`), verifying the digest. Returns the
-/// number of bytes written.
+/// sha256, byte-identical to `etcdctl snapshot save`) over gRPC, verifying the digest as the
+/// bytes pass: no second read. Returns the number of bytes written.
 pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) -> Result<u64> {
-    use base64::Engine;
     use sha2::Digest;
-    let url = format!("{ep}/v3/maintenance/snapshot");
-    let resp = client
-        .http()
-        .post(&url)
-        .timeout(Duration::from_secs(3600))
-        .json(&serde_json::json!({}))
-        .send()?;
-    if !resp.status().is_success() {
-        bail!(
-            "snapshot from {ep}: HTTP {}: {}",
-            resp.status(),
-            resp.text().unwrap_or_default()
-        );
-    }
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, resp);
     let mut hasher = sha2::Sha256::new();
-    let mut pending: Vec<u8> = vec![];
-    let mut line = String::new();
+    // The last 32 bytes seen may be the digest: held back until more data follows.
+    let mut tail: Vec<u8> = Vec::with_capacity(64);
     let mut total = 0u64;
     let mut first = true;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line)
-            .with_context(|| "snapshot stream: a line that is not JSON")?;
-        let Some(result) = v.get("result") else {
-            bail!(
-                "snapshot stream from {ep} failed: {}",
-                v.get("error")
-                    .map(|e| e.to_string())
-                    .unwrap_or(line.clone())
-            );
-        };
-        let blob = b64.decode(result.get("blob").and_then(Value::as_str).unwrap_or(""))?;
+    crate::etcd::grpc::snapshot(client.tls(), ep, |blob, remaining| {
         if first {
-            let remaining: u64 = result
-                .get("remaining_bytes")
-                .and_then(|r| r.as_str().and_then(|s| s.parse().ok()).or(r.as_u64()))
-                .unwrap_or(0);
+            // etcd counts only the database in `remaining_bytes`; its digest follows.
             out.begin(remaining + blob.len() as u64 + 32)?;
             first = false;
         }
-        // Everything but the last 32 bytes seen so far is database; the last 32 may be the digest.
-        pending.extend_from_slice(&blob);
-        if pending.len() > 32 {
-            let cut = pending.len() - 32;
-            hasher.update(&pending[..cut]);
-            out.data(&pending[..cut])?;
-            total += cut as u64;
-            pending.drain(..cut);
+        if blob.len() >= 32 {
+            // Everything held back and all but the blob's last 32 bytes are database.
+            let cut = blob.len() - 32;
+            hasher.update(&tail);
+            out.data(&tail)?;
+            hasher.update(&blob[..cut]);
+            out.data(&blob[..cut])?;
+            total += (tail.len() + cut) as u64;
+            tail.clear();
+            tail.extend_from_slice(&blob[cut..]);
+        } else {
+            tail.extend_from_slice(blob);
+            if tail.len() > 32 {
+                let cut = tail.len() - 32;
+                hasher.update(&tail[..cut]);
+                out.data(&tail[..cut])?;
+                total += cut as u64;
+                tail.drain(..cut);
+            }
         }
+        Ok(())
+    })?;
+    if first {
+        bail!("snapshot stream from {ep} was empty");
     }
-    if pending.len() != 32 {
+    if tail.len() != 32 {
         bail!("snapshot stream from {ep} ended early (no trailing digest)");
     }
-    let digest = hasher.finalize();
-    if digest.as_slice() != pending.as_slice() {
+    if hasher.finalize().as_slice() != tail.as_slice() {
         bail!(
             "snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest"
         );
     }
-    out.data(&pending)?;
+    out.data(&tail)?;
     Ok(total + 32)
 }
 

@@ -537,3 +537,36 @@ pub fn assert_no_key_material_in_logs(env: &Env) {
         }
     }
 }
+
+/// `openssl verify` on the host: does `ca` (a PEM bundle) vouch for `cert`?
+pub fn openssl_verifies(ca: &str, cert: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert).unwrap();
+    Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(dir.path().join("ca.pem"))
+        .arg(dir.path().join("cert.pem"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// snapd on a machine that has none, as Ubuntu's image would have it: the package from the
+/// apt mirror, seeded offline (the seed snaps stand in for the store).
+pub fn install_snapd_by_hand(env: &Env, unit: &str) {
+    let seed = fixtures().join("seed");
+    env.exec_ok(
+        unit,
+        &format!(
+            "apt-get install -y -qq --no-install-recommends snapd >/dev/null \
+             && systemctl start systemd-udevd snapd.socket snapd.service \
+             && timeout 120 snap wait system seed.loaded \
+             && snap install --dangerous {0}/bare_1.0_all.snap >/dev/null \
+             && snap install --dangerous {0}/snapd_2.57.6_amd64.snap >/dev/null",
+            seed.display()
+        ),
+    );
+}

@@ -156,6 +156,7 @@ pub(super) async fn remove_application(
                 .get_mut(app)
                 .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
             a.status = Some(Status::new("terminated", "application is being removed"));
+            a.dying = true;
             let units: Vec<String> = m
                 .units
                 .values()

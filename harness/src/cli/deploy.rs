@@ -480,6 +480,7 @@ pub(super) async fn deploy(
                 base,
                 store_name,
                 exposed: false,
+                dying: false,
             },
         );
         for (ep, iface) in peers {
