@@ -18,7 +18,7 @@ use crate::action_support::{
 };
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
-use crate::etcd::snapshot::save_raw;
+use crate::etcd::snapshot::{save_raw, TrailingDigest};
 use crate::juju::{self, Bag, Context};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -45,45 +45,43 @@ pub fn kind_of(size: u64) -> Option<Kind> {
     }
 }
 
-/// Verifies the trailing digest of a snapshot file (the offline restore checks it too: see
-/// `restore`).
-#[cfg(test)]
-pub fn verify_digest(path: &Path) -> Result<()> {
-    use sha2::Digest;
-    let size = std::fs::metadata(path)?.len();
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut left = size - 32;
-    let mut buf = vec![0u8; 1 << 20];
-    while left > 0 {
-        let n = f.read(&mut buf[..(left.min(1 << 20)) as usize])?;
-        if n == 0 {
-            bail!("snapshot ends early");
-        }
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
-    let mut digest = [0u8; 32];
-    f.read_exact(&mut digest)?;
-    if h.finalize().as_slice() != digest {
-        bail!("the snapshot's sha256 does not match its trailing digest: the file is corrupt");
-    }
-    Ok(())
+/// The snapshot db found in the resource.
+struct Found {
+    db: PathBuf,
+    what: String,
+    /// its trailing digest, checked as it was unpacked (None: not checked here)
+    digest_ok: Option<bool>,
 }
 
-/// Finds the snapshot db in the resource: a raw file, or inside a tar.gz archive.
-fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
+/// Finds the snapshot db in the resource: a raw file, or inside a tar.gz archive, whose
+/// `db` entries are checked against their trailing digest while they are unpacked.
+fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     let mut magic = [0u8; 2];
     std::fs::File::open(resource)?
         .read_exact(&mut magic)
         .map_err(|_| Refused("the snapshot resource is empty".into()))?;
     if magic != [0x1f, 0x8b] {
-        return Ok((resource.to_path_buf(), "a raw etcd snapshot file".into()));
+        return Ok(Found {
+            db: resource.to_path_buf(),
+            what: "a raw etcd snapshot file".into(),
+            digest_ok: None,
+        });
     }
     let dir = staging.join("unpacked");
     std::fs::create_dir_all(&dir)?;
-    install::unpack_safely(resource, &dir)
-        .map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
+    let mut digests: std::collections::HashMap<PathBuf, TrailingDigest> = Default::default();
+    install::unpack_safely_with(resource, &dir, |path, chunk| {
+        if path.file_name().is_some_and(|n| n == "db") {
+            digests.entry(path.to_path_buf()).or_default().update(chunk);
+        }
+    })
+    .map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
+    let mut digest_ok = |db: &Path| {
+        db.strip_prefix(&dir)
+            .ok()
+            .and_then(|rel| digests.remove(rel))
+            .map(TrailingDigest::matches)
+    };
     // A v2 data dir (the classic charm's keys-version=v2) has member/wal.
     let mut roots = vec![dir.clone()];
     for e in std::fs::read_dir(&dir)?.flatten() {
@@ -102,7 +100,12 @@ fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
             } else {
                 "a classic etcd charm snapshot archive"
             };
-            return Ok((r.join("db"), what.into()));
+            let db = r.join("db");
+            return Ok(Found {
+                digest_ok: digest_ok(&db),
+                db,
+                what: what.into(),
+            });
         }
     }
     for r in &roots {
@@ -112,7 +115,11 @@ fn fetch(resource: &Path, staging: &Path) -> Result<(PathBuf, String)> {
                 && kind_of(std::fs::metadata(&p)?.len()).is_some()
                 && p.file_name().map(|n| n != "metadata.json").unwrap_or(false)
             {
-                return Ok((p, "a classic etcd charm snapshot archive".into()));
+                return Ok(Found {
+                    db: p,
+                    what: "a classic etcd charm snapshot archive".into(),
+                    digest_ok: None,
+                });
             }
         }
     }
@@ -128,6 +135,7 @@ fn offline_restore(
     peer_url: &str,
     token: &str,
     out: &Path,
+    verified: bool,
 ) -> Result<()> {
     let cluster = format!("{name}={peer_url}");
     let mut cmd = match inst.etcdutl() {
@@ -153,7 +161,7 @@ fn offline_restore(
             "--data-dir",
         ])
         .arg(out);
-    if *kind == Kind::Bare {
+    if *kind == Kind::Bare || verified {
         cmd.arg("--skip-hash-check");
     }
     let o = cmd
@@ -224,20 +232,32 @@ pub fn restore(
 
     // 1–2. fetch and verify, touching nothing.
     juju::action_log("verifying the snapshot");
-    let (db, what) = fetch(Path::new(&resource), &staging)?;
+    let Found {
+        db,
+        what,
+        digest_ok,
+    } = fetch(Path::new(&resource), &staging)?;
     juju::action_log(&format!("found {what}; restoring it offline"));
     let size = std::fs::metadata(&db)?.len();
     let kind = kind_of(size).ok_or_else(|| Refused(format!("{what} is not an etcd snapshot (size {size} is not a whole number of pages, with or without a digest): truncated?")))?;
-    // A snapshot with a digest is verified by the offline restore itself (etcd's own hash
-    // check, never skipped for this kind), before anything of the cluster is touched; reading
-    // the whole file twice would only double the cost.
+    // A snapshot with a digest is verified before anything of the cluster is touched: as it
+    // was unpacked, or else by the offline restore itself (etcd's own hash check). Never
+    // both: reading the whole file twice would only double the cost.
+    let verified = kind == Kind::WithDigest && digest_ok.is_some();
+    if kind == Kind::WithDigest && digest_ok == Some(false) {
+        return refuse(format!(
+            "the snapshot is refused: {what}'s sha256 does not match its trailing digest (corrupt)"
+        ));
+    }
     let address = unit::peer_address()?;
     let name = member_name(&ctx.unit);
     let peer_url = format!("https://{address}:{}", cfg.management_port);
     let epoch = next_epoch(ctx)?;
     let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
     let restored = staging.join("data");
-    offline_restore(&inst, &db, &kind, &name, &peer_url, &token, &restored)?;
+    offline_restore(
+        &inst, &db, &kind, &name, &peer_url, &token, &restored, verified,
+    )?;
     // This charm's archives say their revision; others are asked offline (a full read).
     let meta_rev = std::fs::read(db.with_file_name("metadata.json"))
         .ok()
@@ -538,19 +558,24 @@ mod tests {
     }
 
     #[test]
-    fn digest_catches_one_flipped_byte() {
-        let d = tempfile::tempdir().unwrap();
-        let mut body = vec![5u8; 4096];
+    fn the_trailing_digest_is_checked_in_chunks_of_any_size() {
+        let mut body: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&body);
         body.extend_from_slice(&digest);
-        let p = d.path().join("snap.db");
-        std::fs::write(&p, &body).unwrap();
-        verify_digest(&p).unwrap();
-        body[100] ^= 1;
-        std::fs::write(&p, &body).unwrap();
-        assert!(verify_digest(&p)
-            .unwrap_err()
-            .to_string()
-            .contains("corrupt"));
+        let feed = |b: &[u8], chunk: usize| {
+            let mut d = TrailingDigest::default();
+            for c in b.chunks(chunk) {
+                d.update(c);
+            }
+            d.matches()
+        };
+        for chunk in [1, 7, 31, 32, 33, 4096, 1 << 20] {
+            assert!(feed(&body, chunk), "chunks of {chunk}");
+        }
+        let mut flipped = body.clone();
+        flipped[100] ^= 1;
+        assert!(!feed(&flipped, 4096), "one flipped byte");
+        assert!(!feed(&body[..body.len() - 1], 4096), "a digest cut short");
+        assert!(!feed(&body[..20], 4096), "less than a digest");
     }
 }

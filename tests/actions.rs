@@ -356,8 +356,26 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     db[page] ^= 0x01;
     let raw = work.path().join("flipped.db");
     std::fs::write(&raw, &db).unwrap();
+    // The same db in a well-formed archive of this charm's layout (metadata.json, db): the
+    // digest checked while it is unpacked refuses it.
+    let repacked = work.path().join("repacked.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&repacked).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut t = tar::Builder::new(gz);
+        for (name, data) in [("metadata.json", &b"{}"[..]), ("db", &db[..])] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_cksum();
+            t.append_data(&mut h, name, data).unwrap();
+        }
+        t.into_inner().unwrap().finish().unwrap();
+    }
     let leader = env.leader("etcd");
-    for f in [&bad, &truncated, &raw] {
+    for f in [&bad, &truncated, &raw, &repacked] {
         env.ok(&[
             "attach-resource",
             "etcd",

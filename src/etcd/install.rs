@@ -191,6 +191,16 @@ pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
 /// Unpacks a gzip tarball into `dest` refusing absolute paths, `..`, links, devices and
 /// oversized entries. A corrupt or truncated archive fails here (gzip's CRC, tar's framing).
 pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), String> {
+    unpack_safely_with(tarball, dest, |_, _| {})
+}
+
+/// `unpack_safely`, showing `seen` every chunk of every file as it is written (by its path
+/// in the archive): a check of the content costs no second read.
+pub fn unpack_safely_with(
+    tarball: &Path,
+    dest: &Path,
+    mut seen: impl FnMut(&Path, &[u8]),
+) -> std::result::Result<(), String> {
     let f = std::fs::File::open(tarball)
         .map_err(|e| format!("cannot open {}: {e}", tarball.display()))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(
@@ -243,6 +253,7 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
             if n == 0 {
                 return Err(format!("damaged tarball: {} ends early", path.display()));
             }
+            seen(&rel, &buf[..n]);
             out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
             left -= n as u64;
         }

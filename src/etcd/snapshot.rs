@@ -23,14 +23,46 @@ impl<W: Write> SnapshotSink for Raw<W> {
     }
 }
 
+/// etcd's integrity check of a snapshot, fed as the bytes pass: the sha256 of everything
+/// but the last 32 bytes must equal those 32 bytes.
+#[derive(Default)]
+pub struct TrailingDigest {
+    sha: sha2::Sha256,
+    /// the last bytes seen (at most 32 once data follows): maybe the digest
+    tail: Vec<u8>,
+}
+
+impl TrailingDigest {
+    pub fn update(&mut self, b: &[u8]) {
+        use sha2::Digest;
+        if b.len() >= 32 {
+            let cut = b.len() - 32;
+            self.sha.update(&self.tail);
+            self.sha.update(&b[..cut]);
+            self.tail.clear();
+            self.tail.extend_from_slice(&b[cut..]);
+        } else {
+            self.tail.extend_from_slice(b);
+            if self.tail.len() > 32 {
+                let cut = self.tail.len() - 32;
+                self.sha.update(&self.tail[..cut]);
+                self.tail.drain(..cut);
+            }
+        }
+    }
+
+    /// Whether the bytes seen end with the sha256 of what came before.
+    pub fn matches(self) -> bool {
+        use sha2::Digest;
+        self.tail.len() == 32 && self.sha.finalize().as_slice() == self.tail.as_slice()
+    }
+}
+
 /// Streams a consistent snapshot from `ep` into `out` (the raw db followed by its 32-byte
 /// sha256, byte-identical to `etcdctl snapshot save`) over gRPC, verifying the digest as the
 /// bytes pass: no second read. Returns the number of bytes written.
 pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) -> Result<u64> {
-    use sha2::Digest;
-    let mut hasher = sha2::Sha256::new();
-    // The last 32 bytes seen may be the digest: held back until more data follows.
-    let mut tail: Vec<u8> = Vec::with_capacity(64);
+    let mut digest = TrailingDigest::default();
     let mut total = 0u64;
     let mut first = true;
     crate::etcd::grpc::snapshot(client.tls(), ep, |blob, remaining| {
@@ -39,41 +71,22 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
             out.begin(remaining + blob.len() as u64 + 32)?;
             first = false;
         }
-        if blob.len() >= 32 {
-            // Everything held back and all but the blob's last 32 bytes are database.
-            let cut = blob.len() - 32;
-            hasher.update(&tail);
-            out.data(&tail)?;
-            hasher.update(&blob[..cut]);
-            out.data(&blob[..cut])?;
-            total += (tail.len() + cut) as u64;
-            tail.clear();
-            tail.extend_from_slice(&blob[cut..]);
-        } else {
-            tail.extend_from_slice(blob);
-            if tail.len() > 32 {
-                let cut = tail.len() - 32;
-                hasher.update(&tail[..cut]);
-                out.data(&tail[..cut])?;
-                total += cut as u64;
-                tail.drain(..cut);
-            }
-        }
-        Ok(())
+        digest.update(blob);
+        total += blob.len() as u64;
+        out.data(blob)
     })?;
     if first {
         bail!("snapshot stream from {ep} was empty");
     }
-    if tail.len() != 32 {
+    if total < 32 {
         bail!("snapshot stream from {ep} ended early (no trailing digest)");
     }
-    if hasher.finalize().as_slice() != tail.as_slice() {
+    if !digest.matches() {
         bail!(
             "snapshot from {ep} is corrupt: sha256 of the data does not match the trailing digest"
         );
     }
-    out.data(&tail)?;
-    Ok(total + 32)
+    Ok(total)
 }
 
 /// Streams a snapshot from `ep` into `path` as `etcdctl snapshot save` would write it: a
