@@ -42,8 +42,16 @@ def value(i):
         out += line(n)
         n += 1
     return bytes(out[: 1 << 20])
+import time
 for i in range({count}):
-    subprocess.run(ctl + ["put", f"/fill/{{i:05}}"], input=value(i), check=True, capture_output=True)
+    v = value(i)
+    for attempt in range(10):  # a member still settling after its deploy
+        r = subprocess.run(ctl + ["put", f"/fill/{{i:05}}"], input=v, capture_output=True)
+        if r.returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        raise SystemExit(r.stderr.decode())
 print("ok")
 """
 

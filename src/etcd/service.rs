@@ -14,6 +14,10 @@ pub const ETCD_PID: &str = "/run/etcd-charm/etcd.pid";
 pub const LOG_FILE: &str = "/var/log/etcd/etcd.log";
 pub const CONFIG_FILE: &str = "/etc/etcd/etcd.conf.yml";
 pub const UNIT_FILE: &str = "/etc/systemd/system/etcd.service";
+/// The sha256 of the unit file systemd last loaded (in /run: a reboot reloads everything).
+const UNIT_LOADED: &str = "/run/etcd-charm/unit-loaded.sha256";
+/// The link `systemctl enable` makes (WantedBy=multi-user.target).
+const UNIT_ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/etcd.service";
 
 pub fn systemd_present() -> bool {
     Path::new("/run/systemd/system").exists()
@@ -63,6 +67,12 @@ pub struct Service {
 impl Service {
     pub fn running(&self) -> bool {
         if systemd_present() {
+            // The service's cgroup holds its processes while it runs or starts: one file
+            // read, where `systemctl is-active` is a process of its own (most of an
+            // update-status hook's cost). Where the cgroup cannot be read, systemctl.
+            if let Some(procs) = service_cgroup_procs() {
+                return procs;
+            }
             // "activating" covers a notify service still joining and systemd's own restart
             // after a failure: either way systemd is on it.
             return Command::new("systemctl")
@@ -87,14 +97,24 @@ impl Service {
     /// Starts etcd (no-op when it already runs).
     pub fn start(&self) -> std::io::Result<()> {
         if systemd_present() {
-            crate::pki::write_file(
-                Path::new(UNIT_FILE),
-                super::render::systemd_unit(&self.etcd_binary, CONFIG_FILE).as_bytes(),
-                0o644,
-            )
-            .map_err(std::io::Error::other)?;
-            systemctl(&["daemon-reload"])?;
-            systemctl(&["enable", "etcd.service"])?;
+            // systemd reads the unit again only when it changed since the last reload
+            // (recorded after the reload succeeded, so a crash between the two reloads
+            // next time), and `enable` runs only without its link: two systemctl
+            // processes saved on every restart of a roll and on a restore.
+            let unit = super::render::systemd_unit(&self.etcd_binary, CONFIG_FILE);
+            let digest = crate::pki::sha256_hex(unit.as_bytes());
+            let loaded = std::fs::read_to_string(UNIT_LOADED).unwrap_or_default();
+            let on_disk = std::fs::read_to_string(UNIT_FILE).ok();
+            if loaded.trim() != digest || on_disk.as_deref() != Some(unit.as_str()) {
+                crate::pki::write_file(Path::new(UNIT_FILE), unit.as_bytes(), 0o644)
+                    .map_err(std::io::Error::other)?;
+                systemctl(&["daemon-reload"])?;
+                std::fs::create_dir_all(RUN_DIR)?;
+                std::fs::write(UNIT_LOADED, &digest)?;
+            }
+            if !Path::new(UNIT_ENABLED).exists() {
+                systemctl(&["enable", "etcd.service"])?;
+            }
             // Without --no-block a notify service's start waits for etcd to join, which
             // may need a peer whose own hook has not run yet; the charm checks health itself.
             return systemctl(&["start", "--no-block", "etcd.service"]);
@@ -198,6 +218,24 @@ impl Service {
         self.stop()?;
         self.start()
     }
+}
+
+/// Whether etcd.service's cgroup has processes (cgroup v2, or v1's systemd hierarchy);
+/// None when neither hierarchy can be read. A service that is not running has no cgroup
+/// directory (systemd removes it), which reads as "no processes" once its slice exists.
+fn service_cgroup_procs() -> Option<bool> {
+    for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/systemd"] {
+        let slice = Path::new(root).join("system.slice");
+        if !slice.is_dir() {
+            continue;
+        }
+        return match std::fs::read_to_string(slice.join("etcd.service/cgroup.procs")) {
+            Ok(procs) => Some(!procs.trim().is_empty()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        };
+    }
+    None
 }
 
 /// Runs `systemctl ARGS`; a failure is an error that carries systemctl's own words.
