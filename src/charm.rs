@@ -315,20 +315,18 @@ fn leader_ca(peers: &mut Peers) -> Result<Ca> {
 }
 
 /// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
+/// The CA (created on first use) is read from its secret only when something needs signing:
+/// most hooks sign nothing and spare the secret-get.
 fn leader_sign(
     peers: &mut Peers,
-    ca: &Ca,
     own_unit: &str,
     own_addresses: &[String],
     lifetime: time::Duration,
-) {
-    let units: Vec<(String, Bag)> = peers
-        .units
-        .iter()
-        .map(|(u, b)| (u.clone(), b.clone()))
-        .collect();
-    for (unit, bag) in units {
-        let Some(name) = bag.get("member-name").cloned() else {
+) -> Result<()> {
+    // (unit, member name, profile, CSR, its sha256, the names the unit may have)
+    let mut wanted = vec![];
+    for (unit, bag) in &peers.units {
+        let Some(name) = bag.get("member-name") else {
             continue;
         };
         let mut allowed: Vec<String> = ["ingress-address", "private-address"]
@@ -343,22 +341,35 @@ fn leader_sign(
                 continue;
             };
             let sha = pki::sha256_hex(csr.as_bytes());
-            let sha_key = format!("csr-sha-{}.{name}", p.name());
-            if peers.app_get(&sha_key) == Some(sha.as_str()) {
-                continue;
-            }
-            match ca.sign(csr, p, &name, &allowed, lifetime) {
-                Ok(cert) => {
-                    peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
-                    peers.app_set(&sha_key, &sha);
-                }
-                Err(e) => juju::log(
-                    "WARNING",
-                    &format!("not signing the {} certificate of {unit}: {e}", p.name()),
-                ),
+            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+                wanted.push((
+                    unit.clone(),
+                    name.clone(),
+                    p,
+                    csr.clone(),
+                    sha,
+                    allowed.clone(),
+                ));
             }
         }
     }
+    if wanted.is_empty() && peers.app_get("ca").is_some() {
+        return Ok(());
+    }
+    let ca = leader_ca(peers)?;
+    for (unit, name, p, csr, sha, allowed) in wanted {
+        match ca.sign(&csr, p, &name, &allowed, lifetime) {
+            Ok(cert) => {
+                peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
+                peers.app_set(&format!("csr-sha-{}.{name}", p.name()), &sha);
+            }
+            Err(e) => juju::log(
+                "WARNING",
+                &format!("not signing the {} certificate of {unit}: {e}", p.name()),
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// The leader's step of a CA move (authority::plan): towards the `certificates` relation's
@@ -607,8 +618,8 @@ pub fn hook(ctx: &Context) -> Result<()> {
         let _ = juju::status_set("maintenance", "Unit removed from the cluster", false);
         return Ok(());
     }
-    // A leader whose own restart moved a CA move on (the only unit, or the raft leader in
-    // its turn) plans the next step in the same hook: no other unit's hook would wake it.
+    // A lone leader whose own restart moved a CA move on plans the next step in the same
+    // hook: no other unit's hook would wake it.
     // Each pass sees the previous one's writes, as hook tools show a unit its own.
     let mut board = StatusBoard::default();
     let mut r = Ok(Pass::Done);
@@ -667,7 +678,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         board.report("blocked", msg);
         return Ok(Pass::Done);
     }
-    let _ = juju::application_version_set(&inst.version);
+    if st.told_version.as_deref() != Some(inst.version.as_str()) {
+        // Best effort: the version column is cosmetic; the next hook tries again.
+        if juju::application_version_set(&inst.version).is_ok() {
+            st.told_version = Some(inst.version.clone());
+        }
+    }
     if let Some(v) = &inst.rolled_back {
         board.report(
             "blocked",
@@ -773,15 +789,14 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
     };
     if leader {
-        let ca = leader_ca(&mut peers)?;
         leader_sign(
             &mut peers,
-            &ca,
             &ctx.unit,
             &addresses,
             cfg.tls_certificate_lifetime,
-        );
-        plan_ca_move(&mut peers, &ca.cert_pem, provided.as_ref());
+        )?;
+        let internal = peers.app_get("ca").unwrap_or_default().to_string();
+        plan_ca_move(&mut peers, &internal, provided.as_ref());
     }
     mark("leader-pki");
     // Related to a CA that has not answered yet, before anything runs: wait for it rather
@@ -1052,10 +1067,36 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             let alone = peers.units.len() == 1;
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
             let detaching = ctx.hook_name() == "data-storage-detaching";
-            if alone
-                || detaching
-                || peers.app_get("restart-grant") == Some(format!("{}:{want}", ctx.unit).as_str())
-            {
+            let granted =
+                peers.app_get("restart-grant") == Some(format!("{}:{want}", ctx.unit).as_str());
+            // An upgrade turn that came while this member leads raft, with others still
+            // waiting, goes back to the leader: the raft leader upgrades last (leadership can
+            // move after the turn was granted). Handed back once per turn hash: the unit then
+            // waits for the end of the queue, and takes its turn when it comes again.
+            let hand_back = granted
+                && !alone
+                && !detaching
+                && inst.staged.is_some()
+                && mine.get("turn-declined").map(String::as_str) != Some(want.as_str())
+                && crate::roll::queue(&peers.units, None)
+                    .iter()
+                    .any(|u| *u != ctx.unit)
+                && client
+                    .leader_member(&ep)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.name == name);
+            if hand_back {
+                juju::log(
+                    "INFO",
+                    "this member leads raft and others still wait: handing the upgrade turn back (it goes last)",
+                );
+                set_key(&mut mine, &mut my_writes, "turn-declined", &want);
+                peers.units.insert(ctx.unit.clone(), mine.clone());
+                if leader {
+                    roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
+                }
+            } else if alone || detaching || granted {
                 // This unit's turn: new binaries are switched in only now.
                 let mut inst = inst.clone();
                 let previous = install::switch_staged(&mut inst)?;
@@ -1169,9 +1210,12 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         if status.is_ok() {
             set_phase(&mut mine, &mut my_writes, "started");
             peers.units.insert(ctx.unit.clone(), mine.clone());
-            if let Err(e) = juju::open_only(cfg.port) {
-                // etcd serves either way; only `juju expose` waits for the next hook.
-                juju::log("WARNING", &format!("cannot open port {}: {e}", cfg.port));
+            if st.opened_port != Some(cfg.port) {
+                match juju::open_only(cfg.port) {
+                    Ok(()) => st.opened_port = Some(cfg.port),
+                    // etcd serves either way; only `juju expose` waits for the next hook.
+                    Err(e) => juju::log("WARNING", &format!("cannot open port {}: {e}", cfg.port)),
+                }
             }
         }
         // Leader: membership.
@@ -1297,12 +1341,19 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
     let _ = peers.rel;
     outcome?;
+    // Only a lone unit: with peers, their relation-changed hooks wake the leader for the next
+    // step, spaced as before. (With the second pass for every leader, one suite run saw an
+    // 8 s write gap in the 3-unit CA move, where 6 s is the limit; not proven to be the
+    // cause, but nothing needs the second pass there.)
     let moving = peers.app_get("ca-move").is_some();
-    Ok(if leader && moving && tls_of(&mine) != tls_before {
-        Pass::Again
-    } else {
-        Pass::Done
-    })
+    let alone = peers.units.len() == 1;
+    Ok(
+        if leader && alone && moving && tls_of(&mine) != tls_before {
+            Pass::Again
+        } else {
+            Pass::Done
+        },
+    )
 }
 
 /// What an active alarm means and what the operator does about it.

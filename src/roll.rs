@@ -7,7 +7,9 @@
 //!
 //! Unit databag keys: `restart-wanted` (hash of the config and version it wants to run),
 //! `restarted` (the hash it restarted with), `etcd-version` (what runs now),
-//! `wants-version` (what it will run after its turn), `rolled-back` (a version that failed).
+//! `wants-version` (what it will run after its turn), `rolled-back` (a version that failed),
+//! `turn-declined` (the hash of an upgrade turn it handed back because its member had become
+//! the raft leader while others still waited: it goes last instead).
 
 use crate::cluster::unit_number;
 use crate::upgrade::Version;
@@ -64,7 +66,15 @@ pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str
         )
         .map(|(u, _)| u.as_str())
         .collect();
-    waiting.sort_by_key(|u| (Some(*u) == raft_leader_unit, unit_number(u)));
+    // A unit that handed its turn back (it led raft then) also waits for the end.
+    let last = |u: &str| {
+        Some(u) == raft_leader_unit
+            || units.get(u).is_some_and(|b| {
+                get(b, "turn-declined").is_some()
+                    && get(b, "turn-declined") == get(b, "restart-wanted")
+            })
+    };
+    waiting.sort_by_key(|u| (last(u), unit_number(u)));
     waiting
 }
 
@@ -88,6 +98,14 @@ pub fn decide(
             None => true,
             Some(b) => get(b, "restarted") == Some(hash) || get(b, "restart-wanted") != Some(hash),
         };
+        let declined = units
+            .get(unit)
+            .is_some_and(|b| get(b, "turn-declined") == Some(hash));
+        let others_wait = queue(units, raft_leader_unit).iter().any(|u| *u != unit);
+        if !done && declined && others_wait {
+            // Handed back: the others go first, that unit last (see `queue`).
+            return Next::Release { pause: false };
+        }
         if !done {
             return Next::Busy { unit: unit.into() };
         }
@@ -242,6 +260,57 @@ mod tests {
             }
         }
         panic!("the roll did not end");
+    }
+
+    #[test]
+    fn a_turn_handed_back_by_the_raft_leader_goes_to_the_others_first() {
+        let mut units = BTreeMap::new();
+        for u in ["etcd/0", "etcd/1", "etcd/2"] {
+            units.insert(
+                u.to_string(),
+                Bag::from([
+                    ("restart-wanted".into(), "h".into()),
+                    ("etcd-version".into(), "3.4.23".into()),
+                    ("wants-version".into(), "3.5.16".into()),
+                ]),
+            );
+        }
+        units
+            .get_mut("etcd/0")
+            .unwrap()
+            .insert("turn-declined".into(), "h".into());
+        let lock = Lock {
+            grant: Some("etcd/0:h".into()),
+            upgrade_turn: Some("etcd/0".into()),
+            paused: None,
+        };
+        assert_eq!(
+            decide(&units, &lock, "none", None),
+            Next::Release { pause: false }
+        );
+        // Released, the unit that handed its turn back waits for the end, even when
+        // leadership has moved on since (another unit's turn first wakes everyone).
+        let free = Lock::default();
+        for leader in [None, Some("etcd/0"), Some("etcd/2")] {
+            let next = decide(&units, &free, "none", leader);
+            assert!(
+                matches!(&next, Next::Grant { unit, .. } if unit == "etcd/1"),
+                "{leader:?}: {next:?}"
+            );
+        }
+        // The last to go: a hand-back no longer releases it.
+        for u in ["etcd/1", "etcd/2"] {
+            units
+                .get_mut(u)
+                .unwrap()
+                .insert("restarted".into(), "h".into());
+        }
+        assert_eq!(
+            decide(&units, &lock, "none", Some("etcd/0")),
+            Next::Busy {
+                unit: "etcd/0".into()
+            }
+        );
     }
 
     #[test]

@@ -53,6 +53,12 @@ pub struct LocalState {
     /// the etcd version the running process was started from
     #[serde(default)]
     pub running_version: Option<String>,
+    /// what this unit last told Juju (hook tools not called again for the same answer):
+    /// the application version, and the TCP port it opened
+    #[serde(default)]
+    pub told_version: Option<String>,
+    #[serde(default)]
+    pub opened_port: Option<u16>,
 }
 
 /// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an

@@ -133,8 +133,19 @@ pub fn application_version_set(v: &str) -> Result<()> {
     run("application-version-set", &["--", v], None).map(|_| ())
 }
 
+thread_local! {
+    /// endpoint → its relation ids, asked once per process: they cannot change within a hook.
+    static RELATION_IDS: std::cell::RefCell<std::collections::HashMap<String, Vec<String>>> =
+        Default::default();
+}
+
 pub fn relation_ids(endpoint: &str) -> Result<Vec<String>> {
-    json::<Option<Vec<String>>>("relation-ids", &[endpoint]).map(Option::unwrap_or_default)
+    if let Some(ids) = RELATION_IDS.with(|c| c.borrow().get(endpoint).cloned()) {
+        return Ok(ids);
+    }
+    let ids = json::<Option<Vec<String>>>("relation-ids", &[endpoint])?.unwrap_or_default();
+    RELATION_IDS.with(|c| c.borrow_mut().insert(endpoint.to_string(), ids.clone()));
+    Ok(ids)
 }
 
 pub fn relation_list(rel: &str) -> Result<Vec<String>> {
