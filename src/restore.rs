@@ -70,11 +70,19 @@ fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     let dir = staging.join("unpacked");
     std::fs::create_dir_all(&dir)?;
     let mut digests: std::collections::HashMap<PathBuf, TrailingDigest> = Default::default();
-    install::unpack_safely_with(resource, &dir, |path, chunk| {
-        if path.file_name().is_some_and(|n| n == "db") {
-            digests.entry(path.to_path_buf()).or_default().update(chunk);
-        }
-    })
+    let free = nix::sys::statvfs::statvfs(&dir)
+        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .with_context(|| format!("cannot tell the free space in {}", dir.display()))?;
+    install::unpack_safely_with(
+        resource,
+        &dir,
+        install::Room::Free { bytes: free },
+        |path, chunk| {
+            if path.file_name().is_some_and(|n| n == "db") {
+                digests.entry(path.to_path_buf()).or_default().update(chunk);
+            }
+        },
+    )
     .map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
     let mut digest_ok = |db: &Path| {
         db.strip_prefix(&dir)

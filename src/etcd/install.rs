@@ -191,14 +191,24 @@ pub fn safe_path(p: &Path) -> std::result::Result<PathBuf, String> {
 /// Unpacks a gzip tarball into `dest` refusing absolute paths, `..`, links, devices and
 /// oversized entries. A corrupt or truncated archive fails here (gzip's CRC, tar's framing).
 pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), String> {
-    unpack_safely_with(tarball, dest, |_, _| {})
+    unpack_safely_with(tarball, dest, Room::Release, |_, _| {})
 }
 
-/// `unpack_safely`, showing `seen` every chunk of every file as it is written (by its path
-/// in the archive): a check of the content costs no second read.
+/// How much an archive may unpack to.
+pub enum Room {
+    /// an etcd release: 512 MiB per file, 1 GiB in all
+    Release,
+    /// a snapshot, as large as etcd's quota allows: up to `bytes` in all (the free space
+    /// where it unpacks)
+    Free { bytes: u64 },
+}
+
+/// `unpack_safely`, within `room`, showing `seen` every chunk of every file as it is
+/// written (by its path in the archive): a check of the content costs no second read.
 pub fn unpack_safely_with(
     tarball: &Path,
     dest: &Path,
+    room: Room,
     mut seen: impl FnMut(&Path, &[u8]),
 ) -> std::result::Result<(), String> {
     let f = std::fs::File::open(tarball)
@@ -231,11 +241,23 @@ pub fn unpack_safely_with(
         }
         let size = e.header().size().map_err(|e| e.to_string())?;
         total += size;
-        if size > MAX_FILE || total > MAX_TOTAL {
-            return Err(format!(
-                "{} makes the archive larger than allowed",
-                path.display()
-            ));
+        match room {
+            Room::Release if size > MAX_FILE || total > MAX_TOTAL => {
+                return Err(format!(
+                    "{} makes the archive larger than allowed",
+                    path.display()
+                ))
+            }
+            Room::Free { bytes } if total > bytes => {
+                return Err(format!(
+                    "{} needs {} MiB in all to unpack and {} has {} MiB free: make room there",
+                    path.display(),
+                    total >> 20,
+                    dest.display(),
+                    bytes >> 20
+                ))
+            }
+            _ => {}
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
@@ -1101,5 +1123,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         unpack_safely(t.path(), d.path()).unwrap();
         assert_eq!(find_bin_dir(d.path()).unwrap(), d.path().join("etcd-v3"));
+    }
+
+    #[test]
+    fn a_snapshot_may_be_as_large_as_the_free_space_and_no_larger() {
+        let t = tarball(&[("db", &[7u8; 4096], tar::EntryType::Regular)]);
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack_safely_with(t.path(), d.path(), Room::Free { bytes: 4095 }, |_, _| {})
+            .unwrap_err();
+        assert!(err.contains("make room"), "{err}");
+        assert!(
+            !d.path().join("db").exists(),
+            "nothing written when it cannot fit"
+        );
+        unpack_safely_with(t.path(), d.path(), Room::Free { bytes: 4096 }, |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(d.path().join("db")).unwrap().len(), 4096);
     }
 }
