@@ -1339,6 +1339,9 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         juju::relation_set(&rel, &peers.app_writes, true)?;
     }
     crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
+    if leader {
+        crate::relations::publish_prometheus(&ctx.app, &peers_view(&peers))?;
+    }
     let _ = peers.rel;
     outcome?;
     // Only a lone unit: with peers, their relation-changed hooks wake the leader for the next

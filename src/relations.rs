@@ -1,6 +1,7 @@
 //! The client relations with the classic charm's wire contracts (anchor-charms §4):
 //! `db` (interface `etcd`): connection_string, version, client_ca, client_cert, client_key,
-//! identical on every unit; `proxy` (interface `etcd-proxy`): cluster plus the TLS trio.
+//! identical on every unit; `proxy` (interface `etcd-proxy`): cluster plus the TLS trio;
+//! `prometheus` (interface `prometheus-manual`): the leader's scrape job.
 
 use crate::juju::{self, Bag};
 use crate::pki;
@@ -34,6 +35,54 @@ pub fn publish(unit: &str, view: &ClusterView, version: &str) -> anyhow::Result<
         b.insert("cluster".into(), view.cluster.clone());
         trio(&mut b, "client_");
         set_if_changed(unit, &rel, b)?;
+    }
+    Ok(())
+}
+
+/// `prometheus` (interface `prometheus-manual`), as that interface's provider writes it: the
+/// leader registers job `etcd` in the application data, key `job_etcd`, a JSON object with
+/// `job_name`, `job_data` (https static targets of every member, a `tls_config` whose file
+/// names the requirer replaces with where it writes the given credentials), `ca_cert`,
+/// `client_cert` and `client_key` (the client credentials the `db` relation gives, as the
+/// classic charm sends them for mTLS scraping).
+pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
+    let rels = juju::relation_ids("prometheus")?;
+    if rels.is_empty() {
+        return Ok(());
+    }
+    let read = |f: &str| std::fs::read_to_string(pki::path(f)).unwrap_or_default();
+    let (cert, key) = (read("client.crt"), read("client.key"));
+    let ca = view.ca.clone().unwrap_or_default();
+    let targets: Vec<String> = view
+        .members
+        .split(',')
+        .filter_map(|u| u.trim().strip_prefix("https://"))
+        .map(|hp| hp.trim_end_matches('/').to_string())
+        .collect();
+    if targets.is_empty() || cert.is_empty() || ca.is_empty() {
+        return Ok(());
+    }
+    let job = serde_json::json!({
+        "job_name": "etcd",
+        "job_data": {
+            "static_configs": [{"targets": targets}],
+            "scheme": "https",
+            "tls_config": {
+                "ca_file": "__ca_file__",
+                "cert_file": "__cert_file__",
+                "key_file": "__key_file__",
+            },
+        },
+        "ca_cert": ca,
+        "client_cert": cert,
+        "client_key": key,
+    })
+    .to_string();
+    for rel in rels {
+        let have = juju::relation_get(&rel, app, true)?;
+        if have.get("job_etcd") != Some(&job) {
+            juju::relation_set(&rel, &Bag::from([("job_etcd".into(), job.clone())]), true)?;
+        }
     }
     Ok(())
 }
