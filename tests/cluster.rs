@@ -429,10 +429,13 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
     });
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
     let samples = watch.finish();
-    // The watch saw the roll (a sample spans a restart: one member away), never two away.
+    // The watch sampled throughout the roll and never saw two members away. (A restart now
+    // takes well under a second, so under load one can fall between two samples: that every
+    // member restarted is proven by its PID below, not by the watch; the watch's samples
+    // are a check that no two were seen away together, not a proof that none were.)
     assert!(
-        samples.iter().any(|s| s.versions.len() < 3),
-        "the watch saw no member restart: {samples:?}"
+        samples.len() >= 5,
+        "the watch took too few samples to say anything: {samples:?}"
     );
     for s in &samples {
         assert!(
