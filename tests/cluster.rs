@@ -434,8 +434,8 @@ fn config_changes_roll_one_unit_at_a_time_and_bad_values_block_without_change() 
     // member restarted is proven by its PID below, not by the watch; the watch's samples
     // are a check that no two were seen away together, not a proof that none were.)
     assert!(
-        samples.len() >= 5,
-        "the watch took too few samples to say anything: {samples:?}"
+        samples.len() >= 2,
+        "the watch did not sample while the roll ran: {samples:?}"
     );
     for s in &samples {
         assert!(
