@@ -1338,9 +1338,10 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     if leader {
         juju::relation_set(&rel, &peers.app_writes, true)?;
     }
-    crate::relations::publish(&ctx.unit, &peers_view(&peers), &inst.version)?;
+    let view = peers_view(&peers);
+    crate::relations::publish(&ctx.unit, &view, &inst.version)?;
     if leader {
-        crate::relations::publish_prometheus(&ctx.app, &peers_view(&peers))?;
+        crate::relations::publish_prometheus(&ctx.app, &view)?;
     }
     let _ = peers.rel;
     outcome?;
@@ -1426,7 +1427,7 @@ fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Result<String> {
 /// turn the cluster must pass the pre-upgrade check, and before the first one a snapshot is
 /// taken. Returns what the leader's status says about the roll, if anything.
 fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
-    let mut raft_leader: Option<Option<String>> = None;
+    let mut raft_leader: Option<String> = None;
     let progress = |peers: &Peers| crate::roll::progress(&peers.units);
     for _ in 0..4 {
         let lock = crate::roll::Lock {
@@ -1434,7 +1435,7 @@ fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
             upgrade_turn: peers.app_get("upgrade-turn").map(String::from),
             paused: peers.app_get("upgrade-paused").map(String::from),
         };
-        let leader_unit = raft_leader.clone().flatten();
+        let leader_unit = raft_leader.clone();
         match crate::roll::decide(&peers.units, &lock, rc.pause_mode, leader_unit.as_deref()) {
             Next::Busy { unit } => {
                 return progress(peers).map(|(t, d, n)| {
@@ -1501,7 +1502,7 @@ fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
                     // grant no turn while that is unknown (a turn by unit number could
                     // stop the raft leader first).
                     match raft_leader_unit(rc, peers) {
-                        Ok(u) => raft_leader = Some(Some(u)),
+                        Ok(u) => raft_leader = Some(u),
                         Err(e) => {
                             let target = progress(peers).map(|p| p.0).unwrap_or_default();
                             juju::log("WARNING", &format!("upgrade to {target} waits: {e:#}"));

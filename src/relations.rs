@@ -12,12 +12,9 @@ pub fn publish(unit: &str, view: &ClusterView, version: &str) -> anyhow::Result<
     if db.is_empty() && proxy.is_empty() {
         return Ok(());
     }
-    let read = |f: &str| std::fs::read_to_string(pki::path(f)).unwrap_or_default();
-    let (cert, key) = (read("client.crt"), read("client.key"));
-    let ca = view.ca.clone().unwrap_or_default();
-    if view.members.is_empty() || cert.is_empty() || ca.is_empty() {
+    let Some((ca, cert, key)) = client_trio(view) else {
         return Ok(());
-    }
+    };
     let trio = |b: &mut Bag, prefix: &str| {
         b.insert(format!("{prefix}ca"), ca.clone());
         b.insert(format!("{prefix}cert"), cert.clone());
@@ -50,16 +47,16 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
     if rels.is_empty() {
         return Ok(());
     }
-    let read = |f: &str| std::fs::read_to_string(pki::path(f)).unwrap_or_default();
-    let (cert, key) = (read("client.crt"), read("client.key"));
-    let ca = view.ca.clone().unwrap_or_default();
+    let Some((ca, cert, key)) = client_trio(view) else {
+        return Ok(());
+    };
     let targets: Vec<String> = view
         .members
         .split(',')
         .filter_map(|u| u.trim().strip_prefix("https://"))
         .map(|hp| hp.trim_end_matches('/').to_string())
         .collect();
-    if targets.is_empty() || cert.is_empty() || ca.is_empty() {
+    if targets.is_empty() {
         return Ok(());
     }
     let job = serde_json::json!({
@@ -80,11 +77,18 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
     .to_string();
     for rel in rels {
         let have = juju::relation_get(&rel, app, true)?;
-        if have.get("job_etcd") != Some(&job) {
-            juju::relation_set(&rel, &Bag::from([("job_etcd".into(), job.clone())]), true)?;
-        }
+        juju::relation_update_app(&rel, &have, Bag::from([("job_etcd".into(), job.clone())]))?;
     }
     Ok(())
+}
+
+/// What every client relation hands out: (the CA bundle to trust, this unit's client
+/// certificate, its key), once the cluster has members and all three exist.
+fn client_trio(view: &ClusterView) -> Option<(String, String, String)> {
+    let read = |f: &str| std::fs::read_to_string(pki::path(f)).unwrap_or_default();
+    let (cert, key) = (read("client.crt"), read("client.key"));
+    let ca = view.ca.clone().unwrap_or_default();
+    (!view.members.is_empty() && !cert.is_empty() && !ca.is_empty()).then_some((ca, cert, key))
 }
 
 fn set_if_changed(unit: &str, rel: &str, want: Bag) -> anyhow::Result<()> {

@@ -668,10 +668,6 @@ fn consumers(env: &Env, here: &std::path::Path, creds: &std::path::Path) {
     assert_eq!(ports, &serde_json::json!(["12379/tcp"]), "{s}");
 }
 
-fn snap(version: &str) -> std::path::PathBuf {
-    fixtures().join(format!("snaps/etcd_{version}_amd64.snap"))
-}
-
 /// The snap's etcdctl inside a unit, with the unit's client certificate.
 fn snap_etcdctl(env: &Env, unit: &str, args: &str) -> String {
     let ep = format!("https://{}:2379", env.address(unit));
@@ -723,14 +719,14 @@ fn limited_egress() {
     env.ok(&[
         "attach",
         "etcd",
-        &format!("etcd={}", snap("3.4.23").display()),
+        &format!("etcd={}", snap_fixture("3.4.23").display()),
     ]);
     env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 6 * MIN);
     assert!(snap_etcdctl(&env, "etcd/0", "put /runbook-snap kept").contains("OK"));
     env.ok(&[
         "attach",
         "etcd",
-        &format!("etcd={}", snap("3.5.1").display()),
+        &format!("etcd={}", snap_fixture("3.5.1").display()),
     ]);
     env.settle("2m");
     assert_eq!(
@@ -773,19 +769,7 @@ fn deb_to_snap() {
         (r.code, format!("{}{}", r.stdout, r.stderr))
     };
     assert_eq!(code, 0, "{out}");
-    install_snapd_by_hand(&env, "etcd/0");
-    env.ok(&[
-        "attach",
-        "etcd",
-        &format!("etcd={}", snap("3.5.1").display()),
-    ]);
-    env.wait_units(
-        "etcd",
-        1,
-        "active",
-        "Healthy with 1 known peers; snap-upgrade available",
-        2 * MIN,
-    );
+    offer_snap_upgrade(&env, "attach");
     let out = env.ok(&["run-action", "etcd/0", "snap-upgrade"]);
     wait_queued(&env, &out, "snap-upgrade on etcd/0");
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);

@@ -4,15 +4,10 @@
 mod support;
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
 use support::*;
 
 const MIN: Duration = Duration::from_secs(60);
-
-fn snap(version: &str) -> PathBuf {
-    fixtures().join(format!("snaps/etcd_{version}_amd64.snap"))
-}
 
 /// An etcdctl command line inside the unit (the snap's or the package's binary) with the
 /// unit's client certificate, ready for its arguments.
@@ -49,7 +44,7 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
     );
     // Recognised by content: the file's name says nothing of a snap.
     let payload = work.path().join("etcd-payload.bin");
-    std::fs::copy(snap("3.4.23"), &payload).unwrap();
+    std::fs::copy(snap_fixture("3.4.23"), &payload).unwrap();
     deploy_etcd(&env, 1, &payload, &[]);
     // Without a resource and without the store, a unit says what to attach (no hang).
     env.ok(&["deploy", repo_root().to_str().unwrap(), "nostore"]);
@@ -117,7 +112,7 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
     env.ok(&[
         "attach-resource",
         "etcd",
-        &format!("etcd={}", snap("3.5.1").display()),
+        &format!("etcd={}", snap_fixture("3.5.1").display()),
     ]);
     env.settle("2m");
     assert!(
@@ -167,19 +162,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
     assert_eq!(exe(), "/usr/bin/etcd");
 
     // snapd becomes available (from the mirror; the seed snaps stand in for the store).
-    install_snapd_by_hand(&env, "etcd/0");
-    env.ok(&[
-        "attach-resource",
-        "etcd",
-        &format!("etcd={}", snap("3.5.1").display()),
-    ]);
-    env.wait_units(
-        "etcd",
-        1,
-        "active",
-        "Healthy with 1 known peers; snap-upgrade available",
-        2 * MIN,
-    );
+    offer_snap_upgrade(&env, "attach-resource");
     assert_eq!(exe(), "/usr/bin/etcd", "attaching alone migrates nothing");
 
     let snap_upgrade = || {

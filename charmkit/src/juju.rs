@@ -168,11 +168,19 @@ pub fn relation_get(rel: &str, target: &str, app: bool) -> Result<Bag> {
 /// (what the bag holds now; a missing key counts as empty, so an empty value is written only
 /// to delete a key that is there).
 pub fn relation_update(rel: &str, have: &Bag, want: Bag) -> Result<()> {
-    let diff: Bag = want
-        .into_iter()
+    relation_set(rel, &changed(have, want), false)
+}
+
+/// `relation_update` for the application's databag (the leader's).
+pub fn relation_update_app(rel: &str, have: &Bag, want: Bag) -> Result<()> {
+    relation_set(rel, &changed(have, want), true)
+}
+
+/// The keys of `want` whose values differ from `have` (a missing key counts as empty).
+fn changed(have: &Bag, want: Bag) -> Bag {
+    want.into_iter()
         .filter(|(k, v)| have.get(k).map(String::as_str).unwrap_or("") != v)
-        .collect();
-    relation_set(rel, &diff, false)
+        .collect()
 }
 
 /// Writes keys (an empty value deletes). Buffered by Juju until the hook exits 0.

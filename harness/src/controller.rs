@@ -1782,16 +1782,7 @@ impl Ctl {
                         &format!("unit-{}: ERROR {name}: {e}", unit.replace('/', "-")),
                     );
                 }
-                self.log(
-                    model,
-                    &format!(
-                        "unit-{}: INFO ran \"{name}\" hook (exit {}, {} ms{})",
-                        unit.replace('/', "-"),
-                        r.code,
-                        started.elapsed().as_millis(),
-                        peak(r)
-                    ),
-                );
+                self.log_ran(model, unit, &format!("{name:?} hook"), r, started);
             }
             Err(e) => self.log(
                 model,
@@ -1986,6 +1977,32 @@ impl Ctl {
         });
     }
 
+    /// `unit-etcd-0: INFO ran "start" hook (exit 0, 12 ms, peak RSS 9.1 MiB)`: what ran
+    /// (a hook, an action, an exec), its exit, its time and the process's peak memory when
+    /// the agent measured it.
+    fn log_ran(
+        &self,
+        model: &str,
+        unit: &str,
+        what: &str,
+        r: &proto::AgentReply,
+        started: Instant,
+    ) {
+        let peak = r
+            .max_rss_kb
+            .map(|k| format!(", peak RSS {:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_default();
+        self.log(
+            model,
+            &format!(
+                "unit-{}: INFO ran {what} (exit {}, {} ms{peak})",
+                unit.replace('/', "-"),
+                r.code,
+                started.elapsed().as_millis()
+            ),
+        );
+    }
+
     async fn run_task(self: &Arc<Self>, model: &str, unit: &str, task_id: u64) {
         let prep = self.mutate(|w| {
             let m = w.models.get(model)?;
@@ -2049,16 +2066,7 @@ impl Ctl {
         let started = Instant::now();
         let (result, ctx) = self.run_in_context(model, unit, ctx, argv, env).await;
         if let Ok((r, _)) = &result {
-            self.log(
-                model,
-                &format!(
-                    "unit-{}: INFO ran {what} (exit {}, {} ms{})",
-                    unit.replace('/', "-"),
-                    r.code,
-                    started.elapsed().as_millis(),
-                    peak(r)
-                ),
-            );
+            self.log_ran(model, unit, &what, r, started);
         }
         self.mutate(|w| {
             let Some(m) = w.models.get_mut(model) else {
@@ -2221,11 +2229,4 @@ mod tests {
         *lock(&m) += 1;
         assert_eq!(*lock(&m), 2);
     }
-}
-
-/// ", peak RSS 12.3 MiB" for a log line, when the agent measured it.
-fn peak(r: &proto::AgentReply) -> String {
-    r.max_rss_kb
-        .map(|k| format!(", peak RSS {:.1} MiB", k as f64 / 1024.0))
-        .unwrap_or_default()
 }

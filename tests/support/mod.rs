@@ -570,3 +570,27 @@ pub fn install_snapd_by_hand(env: &Env, unit: &str) {
         ),
     );
 }
+
+/// A locally packed etcd snap of the fixtures (tests/setup.sh).
+pub fn snap_fixture(version: &str) -> PathBuf {
+    fixtures().join(format!("snaps/etcd_{version}_amd64.snap"))
+}
+
+/// A lone unit on the Debian package made ready for `snap-upgrade`: snapd installed by hand,
+/// the 3.5.1 snap attached with `verb` (`attach` or `attach-resource`, as the test types it),
+/// and the unit saying the upgrade is available.
+pub fn offer_snap_upgrade(env: &Env, verb: &str) {
+    install_snapd_by_hand(env, "etcd/0");
+    env.ok(&[
+        verb,
+        "etcd",
+        &format!("etcd={}", snap_fixture("3.5.1").display()),
+    ]);
+    env.wait_units(
+        "etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers; snap-upgrade available",
+        Duration::from_secs(120),
+    );
+}
