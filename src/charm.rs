@@ -1007,6 +1007,8 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             pause_mode: &cfg.pause_after_unit_upgrade,
             client: &client,
             ep: &ep,
+            inst: &inst,
+            data: &data,
         };
         let mut roll_msg = None;
         let running = svc.running();
@@ -1402,6 +1404,9 @@ struct RollCtx<'a> {
     pause_mode: &'a str,
     client: &'a Client,
     ep: &'a str,
+    /// this unit's delivery and data directory (the v2 store check before a turn into 3.6)
+    inst: &'a Installed,
+    data: &'a str,
 }
 
 /// The unit whose member is the raft leader. Asked for a few seconds (an election or a
@@ -1515,7 +1520,17 @@ fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
                 }
                 if upgrade {
                     let target = progress(peers).map(|p| p.0).unwrap_or_default();
-                    if let Err(why) = crate::membership::ready_for_upgrade(rc.client, rc.ep) {
+                    let ready =
+                        crate::membership::ready_for_upgrade(rc.client, rc.ep).and_then(|_| {
+                            match crate::upgrade::Version::parse(&target) {
+                                Some(t) => {
+                                    crate::etcd::v2store::gate(t, rc.inst, Path::new(rc.data))
+                                        .map(|_| ())
+                                }
+                                None => Ok(()),
+                            }
+                        });
+                    if let Err(why) = ready {
                         juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
                         return Some(format!("Upgrade to etcd {target} waits: {why}"));
                     }

@@ -178,15 +178,9 @@ fn offline_restore(
     if !o.status.success() {
         // etcd's own check (e.g. "expected sha256 ..., got ...") is the last line.
         let err = String::from_utf8_lossy(&o.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_string();
         return refuse(format!(
-            "the snapshot is refused: it does not restore (corrupt?): {last}"
+            "the snapshot is refused: it does not restore (corrupt?): {}",
+            crate::etcd::last_line(&err)
         ));
     }
     Ok(())

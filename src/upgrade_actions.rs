@@ -64,16 +64,16 @@ pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
             Err(why) => failed.push(why),
         }
     }
-    if target.minor >= 6 && target.major == 3 {
-        lines.push(format!(
-            "{target}: this charm runs etcd with enable-v2 off; data written through the v2 API \
-             before (the classic charm) must be gone: run `etcdutl check v2store` from the \
-             {}.{} tools on a copy of a member's data before the first unit switches",
-            target.major, target.minor
-        ));
+    // Into 3.6 and later: no data left in the v2 store (this member's: the v2 store is
+    // replicated; a member whose own copy still has data fails etcd 3.6's start in its turn
+    // and is rolled back by the health gate).
+    let data = unit::data_dir()?;
+    match crate::etcd::v2store::gate(target, &inst, std::path::Path::new(&data)) {
+        Ok(Some(line)) => lines.push(line),
+        Ok(None) => {}
+        Err(why) => failed.push(why),
     }
     // Disk: a snapshot (the upgrade keeps one) and room for the database to grow into.
-    let data = unit::data_dir()?;
     let free = free_bytes(&data)?;
     let need = largest_db.saturating_mul(2);
     if free < need {

@@ -8,7 +8,19 @@ pub mod install;
 pub mod render;
 pub mod service;
 pub mod snapshot;
+pub mod v2store;
 
 pub const DATA_DIR: &str = "/var/lib/etcd";
 /// The snap delivery's data dir (the classic charm's snap keeps its files under common/).
 pub const SNAP_DATA_DIR: &str = "/var/snap/etcd/common/data";
+
+/// The last non-empty line of a tool's output, trimmed: where etcd's tools say why they
+/// failed.
+pub fn last_line(output: &str) -> &str {
+    output
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+}

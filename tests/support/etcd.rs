@@ -41,6 +41,29 @@ impl Creds {
     pub fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
         etcdctl(self.dir.path(), endpoints, with_cert, args)
     }
+    /// A request to etcd's v2 API at `endpoint` (`PUT`, `GET` or `DELETE` of `/v2/keys/key`,
+    /// a value for `PUT`), with the client certificate: etcd's JSON answer.
+    pub fn v2(&self, endpoint: &str, method: &str, key: &str, value: Option<&str>) -> Value {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-m", "5", "-X", method])
+            .arg("--cacert")
+            .arg(self.path("ca.crt"))
+            .arg("--cert")
+            .arg(self.path("client.crt"))
+            .arg("--key")
+            .arg(self.path("client.key"))
+            .arg(format!(
+                "{endpoint}/v2/keys/{}",
+                key.trim_start_matches('/')
+            ));
+        if let Some(v) = value {
+            c.args(["--data-urlencode", &format!("value={v}")]);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "v2 {method} {key}: {out:?}");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("v2 {method} {key}: {e}: {out:?}"))
+    }
 }
 
 fn etcdctl(creds: &Path, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
