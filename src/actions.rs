@@ -7,13 +7,11 @@ use crate::action_support::{
 use crate::etcd::client::Member;
 use crate::etcd::install::{self, Installed};
 use crate::etcd::service::Service;
-use crate::etcd::snapshot::{stream_snapshot, SnapshotSink};
 use crate::juju::{self, Context};
 use crate::pki;
 use crate::unit;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -29,7 +27,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "restore" => crate::restore::restore(ctx, &params),
         "recover" => crate::recover::recover(ctx, &params),
         "compact" => compact(&params),
-        "defrag" => defrag(),
+        "defrag" => defrag(&params),
         "alarm-list" => alarm_list(),
         "alarm-disarm" => alarm_disarm(),
         "install" => reinstall(),
@@ -221,114 +219,6 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
     ])
 }
 
-fn timestamp() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}-{:02}-{:02}-{:02}.{:02}.{:02}",
-        now.year(),
-        now.month() as u8,
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second()
-    )
-}
-
-type ArchiveTar =
-    tar::Builder<flate2::write::GzEncoder<Hashing<std::io::BufWriter<std::fs::File>>>>;
-
-/// A writer that hashes what passes through it: the archive's sha256 without reading the
-/// file back.
-struct Hashing<W: Write> {
-    inner: W,
-    sha: sha2::Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.write(b)?;
-        self.sha.update(&b[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// The snapshot archive: `metadata.json`, then the db as a `db` entry streamed as it arrives
-/// (its tar header needs the size, which the first chunk announces). The gzip level is chosen
-/// from the first MiBs: data that does not compress is stored, so a restore does not pay to
-/// inflate literal-coded blocks for nothing.
-struct Archive {
-    file: Option<std::fs::File>,
-    meta: Vec<u8>,
-    size: u64,
-    tar: Option<ArchiveTar>,
-    /// the first MiBs, held until the level is chosen (a db starts with compressible meta pages)
-    head: Vec<u8>,
-}
-
-const ARCHIVE_SAMPLE: usize = 4 << 20;
-
-impl Archive {
-    fn open(&mut self) -> std::io::Result<ArchiveTar> {
-        let sample = &self.head;
-        let mut probe = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        probe.write_all(sample)?;
-        let compressed = probe.finish()?.len();
-        let level = if compressed * 10 > sample.len() * 9 {
-            flate2::Compression::none()
-        } else {
-            flate2::Compression::fast()
-        };
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| std::io::Error::other("archive already open"))?;
-        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-            Hashing {
-                inner: std::io::BufWriter::with_capacity(1 << 20, file),
-                sha: Default::default(),
-            },
-            level,
-        ));
-        let mut h = tar::Header::new_gnu();
-        h.set_size(self.meta.len() as u64);
-        h.set_mode(0o600);
-        h.set_cksum();
-        tar.append_data(&mut h, "metadata.json", self.meta.as_slice())?;
-        let mut h = tar::Header::new_gnu();
-        h.set_path("db")?;
-        h.set_size(self.size);
-        h.set_mode(0o600);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        tar.get_mut().write_all(h.as_bytes())?;
-        Ok(tar)
-    }
-}
-
-impl SnapshotSink for Archive {
-    fn begin(&mut self, size: u64) -> std::io::Result<()> {
-        self.size = size;
-        Ok(())
-    }
-    fn data(&mut self, b: &[u8]) -> std::io::Result<()> {
-        if let Some(t) = self.tar.as_mut() {
-            return t.get_mut().write_all(b);
-        }
-        self.head.extend_from_slice(b);
-        if self.head.len() < ARCHIVE_SAMPLE && (self.head.len() as u64) < self.size {
-            return Ok(());
-        }
-        let mut tar = self.open()?;
-        tar.get_mut().write_all(&std::mem::take(&mut self.head))?;
-        self.tar = Some(tar);
-        Ok(())
-    }
-}
-
 fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
     let keys = param_str(params, "keys-version", "v3");
     if keys != "v3" && keys != "v2" {
@@ -340,67 +230,21 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     )?;
     let (client, ep, _) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
-    let name = format!("etcd-snapshot-{}", timestamp());
-    let path = target.join(format!("{name}.tar.gz"));
+    let name = crate::archive::snapshot_name();
     if keys == "v2" {
         return snapshot_v2(ctx, &inst, &target, &name);
     }
     let (leader_ep, _) = leader_endpoint(&client, &ep)?;
     let status = client.status(&leader_ep)?;
     let members = client.member_list(&ep)?.len();
-    let meta = serde_json::json!({
-        "format": "etcd-charm-snapshot/1",
-        "etcd-version": status.version,
-        "revision": status.header.revision,
-        "cluster-id": format!("{:x}", status.header.cluster_id),
-        "member-count": members,
-        "time": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        "keys-version": "v3",
-    });
+    let meta = crate::archive::metadata(&status, members);
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
-    let part = target.join(format!(".{name}.part"));
-    let f = pki::create_private(&part)?;
-    let result = (|| -> Result<(u64, String)> {
-        let mut archive = Archive {
-            file: Some(f),
-            meta: serde_json::to_vec_pretty(&meta)?,
-            size: 0,
-            tar: None,
-            head: Vec::new(),
-        };
-        let written = stream_snapshot(&client, &leader_ep, &mut archive)?;
-        let size = archive.size;
-        if written != size {
-            bail!("snapshot stream size {written} does not match the announced {size}");
-        }
-        let mut b = archive
-            .tar
-            .take()
-            .ok_or_else(|| anyhow!("the snapshot stream was empty"))?;
-        // pad the tar entry to 512 bytes
-        let pad = (512 - (size % 512)) % 512;
-        b.get_mut().write_all(&vec![0u8; pad as usize])?;
-        let gz = b.into_inner()?;
-        let w = gz.finish()?;
-        let sha = {
-            use sha2::Digest;
-            format!("{:x}", w.sha.finalize())
-        };
-        w.inner
-            .into_inner()
-            .map_err(|e| anyhow!("flushing the snapshot: {e}"))?
-            .sync_all()?;
-        Ok((written, sha))
-    })();
-    let (db_size, sha) = match result {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&part, &path)?;
-    let size = std::fs::metadata(&path)?.len();
+    let crate::archive::Written {
+        path,
+        size,
+        db_size,
+        sha256: sha,
+    } = crate::archive::write(&client, &leader_ep, &target, &name, &meta)?;
     juju::action_log(&format!(
         "snapshot of {db_size} bytes written to {}",
         path.display()
@@ -494,19 +338,56 @@ fn compact(params: &std::collections::BTreeMap<String, Value>) -> Result<Results
     }
 }
 
-fn defrag() -> Result<Results> {
+fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
     let (client, ep, _) = local()?;
-    let before = client.status(&ep)?.db_size;
-    client.defrag(&ep)?;
-    let after = client.status(&ep)?.db_size;
-    Ok(vec![
-        (
-            "output".into(),
-            format!("Finished defragmenting etcd member[{ep}]"),
+    if !param_bool(params, "all", false) {
+        let before = client.status(&ep)?.db_size;
+        unit::tls_client_waiting(Duration::from_secs(300))?.defrag(&ep)?;
+        let after = client.status(&ep)?.db_size;
+        return Ok(vec![
+            (
+                "output".into(),
+                format!("Finished defragmenting etcd member[{ep}]"),
+            ),
+            ("db-size.before".into(), before.to_string()),
+            ("db-size.after".into(), after.to_string()),
+        ]);
+    }
+    // Every member, one at a time, the raft leader last, each behind the health gate.
+    let members: Vec<Member> = client
+        .member_list(&ep)?
+        .into_iter()
+        .filter(|m| m.started() && !m.is_learner)
+        .collect();
+    let raft_leader = client.status(&ep)?.leader;
+    let targets = crate::defrag::order(members, raft_leader);
+    let slow = unit::tls_client_waiting(Duration::from_secs(300))?;
+    let (done, stopped) =
+        crate::defrag::one_at_a_time(&slow, &ep, &targets, &mut |l| juju::action_log(l));
+    let lines: Vec<String> = done.iter().map(|d| d.to_string()).collect();
+    if let Some(why) = stopped {
+        return refuse(format!(
+            "{why}; defragmented before stopping: {}",
+            if lines.is_empty() {
+                "none".to_string()
+            } else {
+                lines.join(", ")
+            }
+        ));
+    }
+    let mut results: Results = vec![(
+        "output".into(),
+        format!(
+            "Defragmented {} members one at a time: {}",
+            done.len(),
+            lines.join(", ")
         ),
-        ("db-size.before".into(), before.to_string()),
-        ("db-size.after".into(), after.to_string()),
-    ])
+    )];
+    for d in &done {
+        results.push((format!("{}.before", d.name), d.before.to_string()));
+        results.push((format!("{}.after", d.name), d.after.to_string()));
+    }
+    Ok(results)
 }
 
 fn alarm_text(a: &crate::etcd::client::Alarm) -> String {

@@ -1263,6 +1263,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 }
             }
         }
+        let rolling = roll_msg.is_some();
         if let Some(msg) = roll_msg {
             board.report("maintenance", msg);
         }
@@ -1272,13 +1273,41 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             .iter()
             .filter(|m| m.started() && !m.is_learner)
             .count();
+        let raft_leader = status.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0);
+        let backups = scheduled_snapshots(
+            ctx,
+            leader,
+            &cfg,
+            &mut peers,
+            &members,
+            raft_leader,
+            &ep,
+            &mut mine,
+            &mut my_writes,
+        );
+        if leader && healthy {
+            if let Some(th) = &cfg.defrag_threshold {
+                let rolling = rolling
+                    || peers.app_get("restart-grant").is_some()
+                    || peers.app_get("upgrade-turn").is_some();
+                auto_defrag(th, rolling, &client, &ep, &members, raft_leader);
+            }
+        }
+        let backups_note = match backups {
+            Ok(Some(note)) => format!("; {note}"),
+            Ok(None) => String::new(),
+            Err(msg) => {
+                board.report("blocked", msg);
+                String::new()
+            }
+        };
         match (&status, healthy) {
             (Ok(s), true) if s.is_learner => {
                 board.report("waiting", "Joined as a learner; waiting for promotion")
             }
             (Ok(_), true) => board.report(
                 "active",
-                format!("Healthy with {voters} known peers{migration_hint}"),
+                format!("Healthy with {voters} known peers{migration_hint}{backups_note}"),
             ),
             (Ok(s), false) if s.leader == 0 && was_started => board.report(
                 "blocked",
@@ -1315,9 +1344,20 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 let mixed = crate::roll::mixed_versions(&peers.units)
                     .map(|m| format!("; mixed etcd versions: {m}"))
                     .unwrap_or_default();
+                // The scheduled snapshots, as the unit that takes them last reported.
+                let backups = peers
+                    .app_get("snapshot-taker")
+                    .and_then(|t| {
+                        let published = peers.units.get(t)?.get("snapshot-summary")?;
+                        let summary: crate::backups::Summary =
+                            serde_json::from_str(published).ok()?;
+                        let (_, note) = crate::backups::note(&summary, crate::backups::now());
+                        Some(format!("; {note} ({t})"))
+                    })
+                    .unwrap_or_default();
                 juju::status_set(
                     "active",
-                    &format!("Healthy with {voters} known peers{mixed}"),
+                    &format!("Healthy with {voters} known peers{mixed}{backups}"),
                     true,
                 )?;
             } else if s == "active" {
@@ -1390,6 +1430,140 @@ fn alarm_message(alarms: &[crate::etcd::client::Alarm], members: &[Member], quot
         ": run alarm-list for details and alarm-disarm once the cause is fixed".to_string()
     };
     format!("Alarm {}{hint}", parts.join(", "))
+}
+
+/// The leader's automatic defragmentation (config `defrag_threshold`): the members whose
+/// database files are fragmented past the threshold, one at a time, the raft leader last,
+/// each behind the health and alarm gate (`defrag::one_at_a_time`); never while a roll is
+/// under way. Before and after sizes go to the log.
+fn auto_defrag(
+    th: &crate::defrag::Threshold,
+    rolling: bool,
+    client: &Client,
+    ep: &str,
+    members: &[Member],
+    raft_leader: Option<u64>,
+) {
+    let mut over = vec![];
+    for m in members.iter().filter(|m| m.started() && !m.is_learner) {
+        let Some(url) = m.client_url() else { continue };
+        match client.status(&url) {
+            Ok(s) if th.exceeded_by(&s) => {
+                juju::log(
+                    "INFO",
+                    &format!(
+                        "member {} is fragmented: {} MiB file, {} MiB in use",
+                        m.name,
+                        s.db_size >> 20,
+                        s.db_size_in_use >> 20
+                    ),
+                );
+                over.push(m.clone());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                juju::log(
+                    "WARNING",
+                    &format!("defragmentation: member {}: {e}", m.name),
+                );
+                return;
+            }
+        }
+    }
+    if over.is_empty() {
+        return;
+    }
+    if rolling {
+        juju::log("INFO", "defragmentation waits: a roll is under way");
+        return;
+    }
+    let client = match crate::unit::tls_client_waiting(Duration::from_secs(300)) {
+        Ok(c) => c,
+        Err(e) => {
+            juju::log("WARNING", &format!("defragmentation: {e:#}"));
+            return;
+        }
+    };
+    let targets = crate::defrag::order(over, raft_leader.unwrap_or(0));
+    let (_, stopped) =
+        crate::defrag::one_at_a_time(&client, ep, &targets, &mut |l| juju::log("INFO", l));
+    if let Some(why) = stopped {
+        juju::log("WARNING", &why);
+    }
+}
+
+/// Scheduled snapshots: the leader names the unit that takes them (`backups::choose_taker`,
+/// kept in `snapshot-taker`); that unit keeps the timer, every other one has none. Returns
+/// what the taker's status adds (the last run's age or a warning; what it is made of is
+/// published as `snapshot-summary` for the leader's application status); Err is a blocked message (a
+/// calendar expression systemd refuses, a target that cannot be written, no systemd).
+#[allow(clippy::too_many_arguments)]
+fn scheduled_snapshots(
+    ctx: &Context,
+    leader: bool,
+    cfg: &Config,
+    peers: &mut Peers,
+    members: &[Member],
+    raft_leader: Option<u64>,
+    ep: &str,
+    mine: &mut Bag,
+    my_writes: &mut Bag,
+) -> std::result::Result<Option<String>, String> {
+    use crate::backups;
+    if leader {
+        match &cfg.snapshot_schedule {
+            None => peers.app_set("snapshot-taker", ""),
+            // Without an answer from etcd (no quorum) the taker stays who it was.
+            Some(_) if members.is_empty() => {}
+            Some(_) => {
+                let units: Vec<(String, String)> = peers
+                    .infos()
+                    .into_iter()
+                    .map(|u| (u.unit, u.name))
+                    .collect();
+                let taker = backups::choose_taker(
+                    peers.app_get("snapshot-taker"),
+                    &units,
+                    members,
+                    raft_leader,
+                );
+                if let Some(t) = taker {
+                    if peers.app_get("snapshot-taker") != Some(t.as_str()) {
+                        juju::log("INFO", &format!("scheduled snapshots: {t} takes them"));
+                    }
+                    peers.app_set("snapshot-taker", &t);
+                }
+            }
+        }
+    }
+    let taker = peers.app_get("snapshot-taker") == Some(ctx.unit.as_str());
+    let Some(schedule) = cfg.snapshot_schedule.as_ref().filter(|_| taker) else {
+        backups::remove()?;
+        if mine.contains_key("snapshot-summary") {
+            set_key(mine, my_writes, "snapshot-summary", "");
+            mine.remove("snapshot-summary");
+        }
+        return Ok(None);
+    };
+    let period = backups::period(schedule)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot tell where this charm's binary is: {e}"))?;
+    let plan = backups::Plan {
+        schedule: schedule.describe(),
+        target: cfg.snapshot_target.clone(),
+        retention: cfg.snapshot_retention,
+        period_secs: period,
+        endpoint: ep.to_string(),
+        since: backups::now(),
+    };
+    let plan = backups::ensure(schedule, &plan, &exe)?;
+    let rec = backups::load_record().map_err(|e| format!("{e:#}"))?;
+    let summary = backups::summary(&plan, &rec);
+    let (_, note) = backups::note(&summary, backups::now());
+    let published = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
+    set_key(mine, my_writes, "snapshot-summary", &published);
+    peers.units.insert(ctx.unit.clone(), mine.clone());
+    Ok(Some(note))
 }
 
 fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {

@@ -49,6 +49,14 @@ pub struct Config {
     /// where a version upgrade stops for the operator: "none", "first" (after the first
     /// unit is upgraded) or "all" (after each unit); `resume-upgrade` goes on
     pub pause_after_unit_upgrade: String,
+    /// when scheduled snapshots are taken (None: never)
+    pub snapshot_schedule: Option<crate::backups::Schedule>,
+    /// how many scheduled snapshots are kept
+    pub snapshot_retention: u32,
+    /// where scheduled snapshots are written
+    pub snapshot_target: String,
+    /// when the leader defragments members on its own (None: never)
+    pub defrag_threshold: Option<crate::defrag::Threshold>,
 }
 
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
@@ -57,6 +65,13 @@ fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
     }
+}
+
+/// A string option, or `default` when it is empty.
+fn get_str_or(c: &BTreeMap<String, Value>, k: &str, default: &str) -> String {
+    Some(get_str(c, k))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn get_int(c: &BTreeMap<String, Value>, k: &str, default: i64) -> Result<i64, String> {
@@ -117,14 +132,7 @@ impl Config {
                 "invalid config: snapshot_count {snapshot_count} must be positive"
             ));
         }
-        let channel = {
-            let ch = get_str(c, "channel");
-            if ch.is_empty() {
-                "auto".to_string()
-            } else {
-                ch
-            }
-        };
+        let channel = get_str_or(c, "channel", "auto");
         if !valid_channel(&channel) {
             return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
         }
@@ -144,27 +152,13 @@ impl Config {
         if quota < 0 || quota > 8 * 1024 * 1024 * 1024 {
             return Err(format!("invalid config: quota_backend_bytes {quota} must be between 0 (etcd's 2 GiB default) and 8589934592"));
         }
-        let mode = {
-            let m = get_str(c, "auto_compaction_mode");
-            if m.is_empty() {
-                "periodic".to_string()
-            } else {
-                m
-            }
-        };
+        let mode = get_str_or(c, "auto_compaction_mode", "periodic");
         if mode != "periodic" && mode != "revision" {
             return Err(format!(
                 "invalid config: auto_compaction_mode {mode:?} must be periodic or revision"
             ));
         }
-        let retention = {
-            let r = get_str(c, "auto_compaction_retention");
-            if r.is_empty() {
-                "1h".to_string()
-            } else {
-                r
-            }
-        };
+        let retention = get_str_or(c, "auto_compaction_retention", "1h");
         let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
         let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
         if let Some(s) = &sha {
@@ -185,39 +179,35 @@ impl Config {
                 );
             }
         }
-        let lifetime_raw = {
-            let l = get_str(c, "tls_certificate_lifetime");
-            if l.is_empty() {
-                "825d".to_string()
-            } else {
-                l
-            }
-        };
+        let lifetime_raw = get_str_or(c, "tls_certificate_lifetime", "825d");
         let tls_certificate_lifetime = parse_lifetime(&lifetime_raw)
             .ok_or_else(|| format!("invalid config: tls_certificate_lifetime {lifetime_raw:?} must be a number with s, m, h or d, between 60s and 3650d"))?;
-        let snapd_refresh = {
-            let r = get_str(c, "snapd_refresh");
-            if r.is_empty() {
-                "max".to_string()
-            } else {
-                r
-            }
-        };
+        let snapd_refresh = get_str_or(c, "snapd_refresh", "max");
         if let Err(e) = check_refresh_timer(&snapd_refresh) {
             return Err(format!("invalid config: snapd_refresh {snapd_refresh:?}: {e} (use max, or a snapd timer such as fri5,23:00-01:00 or mon,10:00~12:00)"));
         }
-        let pause_after_unit_upgrade = {
-            let p = get_str(c, "pause_after_unit_upgrade");
-            if p.is_empty() {
-                "none".to_string()
-            } else {
-                p
-            }
-        };
+        let pause_after_unit_upgrade = get_str_or(c, "pause_after_unit_upgrade", "none");
         if !matches!(pause_after_unit_upgrade.as_str(), "none" | "first" | "all") {
             return Err(format!("invalid config: pause_after_unit_upgrade {pause_after_unit_upgrade:?} must be none, first or all"));
         }
+        let snapshot_schedule = crate::backups::Schedule::parse(&get_str(c, "snapshot_schedule"))
+            .map_err(|e| format!("invalid config: {e}"))?;
+        let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
+        if !(1..=10000).contains(&snapshot_retention) {
+            return Err(format!(
+                "invalid config: snapshot_retention {snapshot_retention} must be between 1 and 10000 (how many scheduled snapshots to keep)"
+            ));
+        }
+        let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
+        crate::backups::check_target(&snapshot_target)
+            .map_err(|e| format!("invalid config: {e}"))?;
+        let defrag_threshold = crate::defrag::Threshold::parse(&get_str(c, "defrag_threshold"))
+            .map_err(|e| format!("invalid config: {e}"))?;
         Ok(Config {
+            defrag_threshold,
+            snapshot_schedule,
+            snapshot_retention: snapshot_retention as u32,
+            snapshot_target,
             pause_after_unit_upgrade,
             snapd_refresh,
             tls_certificate_lifetime,

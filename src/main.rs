@@ -14,10 +14,13 @@
 
 mod action_support;
 mod actions;
+mod archive;
 mod authority;
+mod backups;
 mod charm;
 mod cluster;
 mod config;
+mod defrag;
 mod etcd;
 mod juju;
 mod membership;
@@ -50,6 +53,8 @@ enum Cmd {
     Hook { name: String },
     /// Run an action by name.
     Action { name: String },
+    /// Take one scheduled snapshot (run by the unit's systemd timer, outside any hook).
+    ScheduledSnapshot,
     /// The built-in supervisor: runs etcd as a child, restarts it when it fails.
     Supervise {
         #[arg(long)]
@@ -70,6 +75,7 @@ fn main() {
     let mut ctx = juju::Context::from_env();
     let result = match cli.cmd {
         Some(Cmd::Supervise { etcd, config }) => etcd::service::supervise(&etcd, &config),
+        Some(Cmd::ScheduledSnapshot) => backups::run(),
         Some(Cmd::Hook { name }) => {
             ctx.dispatch = format!("hooks/{name}");
             charm::hook(&ctx)

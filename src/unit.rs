@@ -169,9 +169,14 @@ pub fn has_member_data(dir: &str) -> bool {
 }
 
 pub fn tls_client() -> Result<Client> {
+    tls_client_waiting(Duration::from_secs(3))
+}
+
+/// A client whose requests may take up to `timeout` (a defragmentation's answer).
+pub fn tls_client_waiting(timeout: Duration) -> Result<Client> {
     let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
         .context("reading this unit's certificates")?;
-    Ok(Client::new(&tls, Duration::from_secs(3))?)
+    Ok(Client::new(&tls, timeout)?)
 }
 
 pub fn retry<T, E: std::fmt::Display>(

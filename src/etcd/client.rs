@@ -89,6 +89,9 @@ pub struct Status {
     pub version: String,
     #[serde(rename = "dbSize", deserialize_with = "de_u64", default)]
     pub db_size: u64,
+    /// the database file's bytes in use (the rest are free pages a defrag gives back)
+    #[serde(rename = "dbSizeInUse", deserialize_with = "de_u64", default)]
+    pub db_size_in_use: u64,
     #[serde(deserialize_with = "de_u64", default)]
     pub leader: u64,
     #[serde(rename = "raftIndex", deserialize_with = "de_u64", default)]

@@ -1,0 +1,611 @@
+//! Scheduled snapshots (config `snapshot_schedule`, `snapshot_retention`, `snapshot_target`).
+//!
+//! The leader names one unit to take them (a started voter, not the raft leader's unit while
+//! another one is eligible: the snapshot stream costs the member that serves it). That unit
+//! keeps a systemd timer whose job runs this binary's `scheduled-snapshot`: the same archive
+//! as the `snapshot` action (etcd's digest verified as it streams, 0600, renamed into place
+//! once synced) from its own member, a `.sha256` beside it, then the oldest archives beyond
+//! the retention pruned (never the one just written, and only after it was written). The
+//! job runs outside any hook, so it talks to etcd and files only; what it did is kept in a
+//! record that the unit's hooks turn into status ("last scheduled snapshot 3m ago", or a
+//! warning when the last good one is older than two periods).
+
+use crate::etcd::client::Member;
+use crate::unit::{read_json, remove_if_present, write_json};
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// When snapshots are taken: every N seconds, or at a systemd calendar expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    Every(u64),
+    Calendar(String),
+}
+
+/// The shortest interval: a snapshot streams the whole database, more often than this is a
+/// mistake.
+const MIN_INTERVAL: u64 = 10;
+
+impl Schedule {
+    /// `""` (off), an interval (`90s`, `30m`, `6h`, `1d`, at least 10s) or a systemd calendar
+    /// expression (`daily`, `*-*-* 02:00:00`, `Mon..Fri 03:30`): its characters are checked
+    /// here, its meaning by systemd where the timer runs.
+    pub fn parse(s: &str) -> Result<Option<Schedule>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        if let Some(secs) = interval(s) {
+            if secs < MIN_INTERVAL {
+                return Err(format!(
+                    "snapshot_schedule {s:?} is too short: take snapshots at most every {MIN_INTERVAL}s"
+                ));
+            }
+            return Ok(Some(Schedule::Every(secs)));
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " *:-/.,~+".contains(c);
+        if s.len() > 100
+            || !s.chars().all(allowed)
+            || !s
+                .chars()
+                .any(|c| c.is_ascii_digit() || c.is_ascii_alphabetic())
+        {
+            return Err(format!(
+                "snapshot_schedule {s:?} is neither an interval (30m, 6h, 1d) nor a systemd \
+                 calendar expression (daily, *-*-* 02:00:00)"
+            ));
+        }
+        Ok(Some(Schedule::Calendar(s.to_string())))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Schedule::Every(s) => format!("every {}", human(*s)),
+            Schedule::Calendar(c) => format!("at {c}"),
+        }
+    }
+
+    fn timer_lines(&self) -> String {
+        match self {
+            Schedule::Every(s) => format!("OnActiveSec={s}s\nOnUnitActiveSec={s}s\n"),
+            Schedule::Calendar(c) => format!("OnCalendar={c}\nPersistent=true\n"),
+        }
+    }
+}
+
+/// `30s`, `15m`, `6h`, `1d` in seconds.
+fn interval(s: &str) -> Option<u64> {
+    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    })
+}
+
+/// A duration as an operator reads it: `45s`, `12m`, `3h10m`, `2d4h`.
+pub fn human(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => match (s / 3600, s % 3600 / 60) {
+            (h, 0) => format!("{h}h"),
+            (h, m) => format!("{h}h{m}m"),
+        },
+        s => match (s / 86400, s % 86400 / 3600) {
+            (d, 0) => format!("{d}d"),
+            (d, h) => format!("{d}d{h}h"),
+        },
+    }
+}
+
+/// Checks `snapshot_target`: an absolute directory of its own, never etcd's data.
+pub fn check_target(t: &str) -> Result<(), String> {
+    let p = Path::new(t);
+    let bad = |why: &str| Err(format!("snapshot_target {t:?} {why}"));
+    if !p.is_absolute() {
+        return bad("must be an absolute path");
+    }
+    if t.chars().any(|c| c.is_control()) || t.contains("..") {
+        return bad("must be a plain path (no .., no control characters)");
+    }
+    let norm = t.trim_end_matches('/');
+    if norm.is_empty() {
+        return bad("must not be /");
+    }
+    for etcd in [crate::etcd::DATA_DIR, "/var/snap/etcd", "/etc/etcd"] {
+        if norm == etcd || norm.starts_with(&format!("{etcd}/")) {
+            return bad(&format!("must be outside etcd's own files ({etcd})"));
+        }
+    }
+    Ok(())
+}
+
+/// The unit the leader names to take the scheduled snapshots: the current one while it
+/// stays eligible, else the first eligible by name. Eligible: a unit whose member is a
+/// started voter; the raft leader's unit only when no other one is.
+pub fn choose_taker(
+    current: Option<&str>,
+    units: &[(String, String)],
+    members: &[Member],
+    raft_leader: Option<u64>,
+) -> Option<String> {
+    let voter = |name: &str| {
+        members
+            .iter()
+            .find(|m| m.name == name && m.started() && !m.is_learner)
+    };
+    let mut eligible: Vec<(&str, bool)> = units
+        .iter()
+        .filter_map(|(unit, name)| voter(name).map(|m| (unit.as_str(), Some(m.id) == raft_leader)))
+        .collect();
+    eligible.sort();
+    let spare: Vec<&str> = eligible
+        .iter()
+        .filter(|(_, leads)| !leads)
+        .map(|(u, _)| *u)
+        .collect();
+    let pool: Vec<&str> = if spare.is_empty() {
+        eligible.iter().map(|(u, _)| *u).collect()
+    } else {
+        spare
+    };
+    match current {
+        Some(c) if pool.contains(&c) => Some(c.to_string()),
+        _ => pool.first().map(|u| u.to_string()),
+    }
+}
+
+/// What the timer's job needs, written by the hook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub schedule: String,
+    pub target: String,
+    pub retention: u32,
+    /// the schedule's period, for "overdue"
+    pub period_secs: u64,
+    /// this unit's member's client URL
+    pub endpoint: String,
+    /// when this unit began taking them (unix seconds)
+    pub since: i64,
+}
+
+/// What the timer's job did last.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub last_ok: Option<i64>,
+    pub last_path: Option<String>,
+    pub last_sha256: Option<String>,
+    pub last_error: Option<String>,
+    pub last_attempt: Option<i64>,
+    pub taken: u64,
+}
+
+const PLAN: &str = "/var/lib/etcd-charm/snapshot-plan.json";
+const RECORD: &str = "/var/lib/etcd-charm/snapshot-record.json";
+const UNIT: &str = "etcd-charm-snapshot";
+const SYSTEMD_DIR: &str = "/etc/systemd/system";
+
+pub fn load_record() -> Result<Record> {
+    Ok(read_json(RECORD)?.unwrap_or_default())
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Whether systemd runs this machine (its timers run the job).
+pub fn systemd_runs() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// The period of `schedule` in seconds; a calendar expression is checked by systemd
+/// (`systemd-analyze calendar`), which also says when it elapses next.
+pub fn period(schedule: &Schedule) -> Result<u64, String> {
+    let expr = match schedule {
+        Schedule::Every(s) => return Ok(*s),
+        Schedule::Calendar(c) => c,
+    };
+    let out = Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=2", expr])
+        .output()
+        .map_err(|e| format!("cannot run systemd-analyze to check snapshot_schedule: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "snapshot_schedule {expr:?} is not a systemd calendar expression ({}); use an \
+             interval (30m, 6h, 1d) or an expression such as daily or *-*-* 02:00:00",
+            crate::etcd::last_line(&String::from_utf8_lossy(&out.stderr))
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let times: Vec<i64> = text
+        .lines()
+        .filter(|l| l.contains("Next elapse:") || l.contains("Iter. #2:"))
+        .filter_map(|l| elapse_time(l.split_once(':')?.1))
+        .collect();
+    match times.as_slice() {
+        [a, b] if b > a => Ok((b - a) as u64),
+        _ => Err(format!(
+            "snapshot_schedule {expr:?} does not repeat (systemd sees no second time): use a \
+             repeating expression"
+        )),
+    }
+}
+
+/// `Mon 2026-11-23 00:00:00 UTC` → unix seconds (the zone is systemd's, the same for both
+/// times; only their difference is used).
+fn elapse_time(s: &str) -> Option<i64> {
+    let mut it = s.split_whitespace();
+    let (_, date, clock) = (it.next()?, it.next()?, it.next()?);
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::PrimitiveDateTime::parse(&format!("{date} {clock}"), &fmt)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
+}
+
+/// Makes this unit the one that takes the snapshots: the plan, the timer and its job,
+/// reloaded and (re)started only when they changed. Returns the plan in force (it keeps when
+/// this unit began, across hooks). Errors are the blocked message.
+pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, String> {
+    if !systemd_runs() {
+        return Err(
+            "snapshot_schedule needs systemd on the machine (its timer takes the snapshots); \
+             unset it here and use the snapshot action"
+                .into(),
+        );
+    }
+    check_target(&plan.target)?;
+    std::fs::create_dir_all(&plan.target)
+        .map_err(|e| format!("snapshot_target {:?} cannot be created: {e}", plan.target))?;
+    tempfile::tempfile_in(&plan.target)
+        .map_err(|e| format!("snapshot_target {:?} is not writable: {e}", plan.target))?;
+    let old: Option<Plan> = read_json(PLAN).map_err(|e| format!("{e:#}"))?;
+    let plan = Plan {
+        since: old
+            .as_ref()
+            .filter(|o| o.schedule == plan.schedule)
+            .map_or(plan.since, |o| o.since),
+        ..plan.clone()
+    };
+    if old.as_ref() != Some(&plan) {
+        write_json(PLAN, &plan).map_err(|e| format!("{e:#}"))?;
+    }
+    let service = format!(
+        "[Unit]\nDescription=etcd scheduled snapshot (etcd charm)\nAfter=etcd.service\n\n\
+         [Service]\nType=oneshot\nExecStart={} scheduled-snapshot\n",
+        exe.display()
+    );
+    let timer = format!(
+        "[Unit]\nDescription=etcd scheduled snapshots ({})\n\n[Timer]\n{}AccuracySec=1s\n\n\
+         [Install]\nWantedBy=timers.target\n",
+        schedule.describe(),
+        schedule.timer_lines()
+    );
+    let mut changed = false;
+    for (file, body) in [
+        (format!("{SYSTEMD_DIR}/{UNIT}.service"), service),
+        (format!("{SYSTEMD_DIR}/{UNIT}.timer"), timer),
+    ] {
+        if std::fs::read_to_string(&file).ok().as_deref() != Some(body.as_str()) {
+            std::fs::write(&file, body).map_err(|e| format!("writing {file}: {e}"))?;
+            changed = true;
+        }
+    }
+    let active = systemctl(&["is-active", "--quiet", &format!("{UNIT}.timer")]).is_ok();
+    if changed {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", &format!("{UNIT}.timer")])?;
+        // A restarted timer starts its interval again from now.
+        systemctl(&["restart", &format!("{UNIT}.timer")])?;
+    } else if !active {
+        systemctl(&["enable", "--now", &format!("{UNIT}.timer")])?;
+    }
+    Ok(plan)
+}
+
+/// This unit takes no scheduled snapshots (any more): the timer goes, the record stays.
+pub fn remove() -> Result<(), String> {
+    let timer = format!("{SYSTEMD_DIR}/{UNIT}.timer");
+    if !Path::new(&timer).exists() && !Path::new(PLAN).exists() {
+        return Ok(());
+    }
+    if Path::new(&timer).exists() {
+        systemctl(&["disable", "--now", &format!("{UNIT}.timer")])?;
+        for f in [timer, format!("{SYSTEMD_DIR}/{UNIT}.service")] {
+            remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
+        }
+        systemctl(&["daemon-reload"])?;
+    }
+    remove_if_present(Path::new(PLAN)).map_err(|e| format!("{e:#}"))
+}
+
+fn systemctl(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run systemctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            crate::etcd::last_line(&String::from_utf8_lossy(&out.stderr))
+        ))
+    }
+}
+
+/// What the taker publishes of its scheduled snapshots (it changes only when one is taken or
+/// fails): the leader's application status is made from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// when this unit began taking them
+    pub since: i64,
+    pub period_secs: u64,
+    pub last_ok: Option<i64>,
+    /// why the last attempt failed, when it did
+    pub failed: Option<String>,
+}
+
+pub fn summary(plan: &Plan, rec: &Record) -> Summary {
+    let failed = match (&rec.last_error, rec.last_attempt, rec.last_ok) {
+        (Some(e), Some(at), ok) if ok.is_none_or(|ok| at > ok) => Some(e.clone()),
+        _ => None,
+    };
+    Summary {
+        since: plan.since,
+        period_secs: plan.period_secs,
+        last_ok: rec.last_ok,
+        failed,
+    }
+}
+
+/// What status says of the scheduled snapshots, and whether it is a warning: the last good
+/// one's age; overdue when older than two periods (or none in two periods since this unit
+/// began taking them); the last failure when the last attempt failed.
+pub fn note(s: &Summary, now: i64) -> (bool, String) {
+    let every = human(s.period_secs);
+    let since_good = now - s.last_ok.unwrap_or(s.since).max(s.since);
+    let overdue = since_good > 2 * s.period_secs as i64;
+    let failed = s
+        .failed
+        .as_ref()
+        .map(|e| format!(" (last attempt failed: {e})"))
+        .unwrap_or_default();
+    let age = |t: i64| human((now - t).max(0) as u64);
+    let text = match (s.last_ok, overdue) {
+        (Some(ok), false) => format!("last scheduled snapshot {} ago{failed}", age(ok)),
+        (None, false) => format!("first scheduled snapshot due within {every}{failed}"),
+        (Some(ok), true) => format!(
+            "WARNING: the last good scheduled snapshot is {} old (schedule: every {every}){failed}",
+            age(ok)
+        ),
+        (None, true) => format!(
+            "WARNING: no good scheduled snapshot in {} (schedule: every {every}){failed}",
+            human(since_good.max(0) as u64)
+        ),
+    };
+    (overdue, text)
+}
+
+/// The timer's job: one snapshot into the target, its digest beside it, the old ones
+/// beyond the retention pruned, the record kept. Runs outside any hook.
+pub fn run() -> Result<()> {
+    let plan: Plan = read_json(PLAN)?.ok_or_else(|| {
+        anyhow!("no scheduled snapshot is planned on this unit ({PLAN} is missing)")
+    })?;
+    let mut rec = load_record()?;
+    rec.last_attempt = Some(now());
+    let result = take(&plan);
+    match &result {
+        Ok(w) => {
+            rec.last_ok = rec.last_attempt;
+            rec.last_path = Some(w.path.display().to_string());
+            rec.last_sha256 = Some(w.sha256.clone());
+            rec.last_error = None;
+            rec.taken += 1;
+        }
+        Err(e) => rec.last_error = Some(format!("{e:#}")),
+    }
+    write_json(RECORD, &rec)?;
+    let w = result?;
+    println!(
+        "snapshot {} ({} bytes, sha256 {}) written",
+        w.path.display(),
+        w.size,
+        w.sha256
+    );
+    for p in prune(Path::new(&plan.target), plan.retention, &w.path)? {
+        println!("pruned {}", p.display());
+    }
+    Ok(())
+}
+
+fn take(plan: &Plan) -> Result<crate::archive::Written> {
+    let client = crate::unit::tls_client()?;
+    let status = client
+        .status(&plan.endpoint)
+        .with_context(|| format!("this unit's member at {} does not answer", plan.endpoint))?;
+    if !client.health(&plan.endpoint).unwrap_or(false) {
+        bail!("this unit's member at {} is not healthy", plan.endpoint);
+    }
+    let members = client.member_list(&plan.endpoint)?.len();
+    let meta = crate::archive::metadata(&status, members);
+    let dir = Path::new(&plan.target);
+    let name = crate::archive::snapshot_name();
+    let w = crate::archive::write(&client, &plan.endpoint, dir, &name, &meta)?;
+    let sums = dir.join(format!("{name}.tar.gz.sha256"));
+    let tmp = dir.join(format!(".{name}.sha256.part"));
+    {
+        let mut f = crate::pki::create_private(&tmp)?;
+        std::io::Write::write_all(&mut f, format!("{}  {name}.tar.gz\n", w.sha256).as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &sums)?;
+    Ok(w)
+}
+
+/// Removes the oldest `etcd-snapshot-*.tar.gz` (and their `.sha256`) in `dir` beyond the
+/// newest `keep`; `newest` (the archive just written and verified) is never removed. Files
+/// of other names are left alone.
+pub fn prune(dir: &Path, keep: u32, newest: &Path) -> Result<Vec<PathBuf>> {
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("reading {}", dir.display()))?
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("etcd-snapshot-") && n.ends_with(".tar.gz"))
+        })
+        .collect();
+    archives.sort();
+    let mut gone = vec![];
+    let excess = archives.len().saturating_sub(keep.max(1) as usize);
+    for p in archives.into_iter().take(excess) {
+        if p == newest {
+            continue;
+        }
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        remove_if_present(&PathBuf::from(format!("{}.sha256", p.display())))?;
+        gone.push(p);
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_intervals_or_calendar_expressions_and_nothing_else() {
+        assert_eq!(Schedule::parse(""), Ok(None));
+        assert_eq!(Schedule::parse("30m"), Ok(Some(Schedule::Every(1800))));
+        assert_eq!(Schedule::parse("1d"), Ok(Some(Schedule::Every(86400))));
+        assert_eq!(
+            Schedule::parse("*-*-* 02:00:00"),
+            Ok(Some(Schedule::Calendar("*-*-* 02:00:00".into())))
+        );
+        assert!(Schedule::parse("5s").unwrap_err().contains("too short"));
+        for bad in ["daily\nExecStart=/bin/sh", "$(reboot)", "every;day", "***"] {
+            assert!(Schedule::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_is_an_absolute_directory_away_from_etcds_files() {
+        assert!(check_target("/var/backups/etcd").is_ok());
+        for bad in [
+            "backups",
+            "/",
+            "/var/lib/etcd",
+            "/var/lib/etcd/x",
+            "/a/../var/lib/etcd",
+            "/etc/etcd/",
+        ] {
+            assert!(check_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn member(id: u64, name: &str) -> Member {
+        serde_json::from_value(serde_json::json!({
+            "ID": id.to_string(), "name": name,
+            "peerURLs": ["https://10.0.0.1:2380"], "clientURLs": ["https://10.0.0.1:2379"]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_taker_spares_the_raft_leader_and_stays_put_while_it_can() {
+        let units: Vec<(String, String)> = (0..3)
+            .map(|i| (format!("etcd/{i}"), format!("etcd{i}")))
+            .collect();
+        let members: Vec<Member> = (0..3).map(|i| member(i + 1, &format!("etcd{i}"))).collect();
+        assert_eq!(
+            choose_taker(None, &units, &members, Some(1)).as_deref(),
+            Some("etcd/1")
+        );
+        assert_eq!(
+            choose_taker(Some("etcd/2"), &units, &members, Some(1)).as_deref(),
+            Some("etcd/2")
+        );
+        // the current taker became the raft leader: another one takes over
+        assert_eq!(
+            choose_taker(Some("etcd/1"), &units, &members, Some(2)).as_deref(),
+            Some("etcd/0")
+        );
+        // alone, the raft leader takes them
+        assert_eq!(
+            choose_taker(None, &units[..1], &members[..1], Some(1)).as_deref(),
+            Some("etcd/0")
+        );
+        // a unit with no started member is not eligible
+        assert_eq!(
+            choose_taker(Some("etcd/5"), &units, &members[..2], Some(1)).as_deref(),
+            Some("etcd/1")
+        );
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_leaves_other_files() {
+        let d = tempfile::tempdir().unwrap();
+        let names = [
+            "etcd-snapshot-2026-01-01-00.00.00",
+            "etcd-snapshot-2026-01-02-00.00.00",
+            "etcd-snapshot-2026-01-03-00.00.00",
+        ];
+        for n in names {
+            std::fs::write(d.path().join(format!("{n}.tar.gz")), "x").unwrap();
+            std::fs::write(d.path().join(format!("{n}.tar.gz.sha256")), "x").unwrap();
+        }
+        std::fs::write(d.path().join("operator-notes.txt"), "x").unwrap();
+        let newest = d.path().join(format!("{}.tar.gz", names[2]));
+        let gone = prune(d.path(), 1, &newest).unwrap();
+        assert_eq!(gone.len(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                format!("{}.tar.gz", names[2]),
+                format!("{}.tar.gz.sha256", names[2]),
+                "operator-notes.txt".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn status_says_the_age_and_warns_after_two_periods() {
+        let s = |ok: Option<i64>| Summary {
+            since: 0,
+            period_secs: 3600,
+            last_ok: ok,
+            failed: None,
+        };
+        assert_eq!(
+            note(&s(Some(10_000)), 10_000 + 180),
+            (false, "last scheduled snapshot 3m ago".into())
+        );
+        let (warn, text) = note(&s(Some(10_000)), 10_000 + 7300);
+        assert!(warn && text.contains("2h1m old"), "{text}");
+        assert!(!note(&s(None), 600).0);
+        assert!(note(&s(None), 7300).0);
+        let failed = Summary {
+            failed: Some("no space".into()),
+            ..s(Some(10_000))
+        };
+        assert!(note(&failed, 10_060)
+            .1
+            .contains("last attempt failed: no space"));
+    }
+}

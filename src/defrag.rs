@@ -1,0 +1,221 @@
+//! Defragmentation without an outage (config `defrag_threshold`, and the `defrag` action's
+//! `all=true`): one member at a time, the raft leader last (leadership handed to another
+//! member first), each only while every member is started, healthy and free of alarms, and
+//! the next only once the last one answers healthy again. A member being defragmented
+//! serves nothing until it is done; the others keep quorum.
+
+use crate::etcd::client::{Client, Member, Status};
+
+/// When a member is worth defragmenting: at least `percent` of its database file is free
+/// pages, and the file is at least `min_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold {
+    pub percent: u64,
+    pub min_bytes: u64,
+}
+
+/// The size below which defragmenting is not worth an interruption, unless the config says.
+const DEFAULT_MIN: u64 = 100 << 20;
+
+impl Threshold {
+    /// `""` (off), `50%` (and at least 100 MiB), or `50%,16MiB` (KiB, MiB, GiB).
+    pub fn parse(s: &str) -> Result<Option<Threshold>, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            format!(
+                "defrag_threshold {s:?} must be a percentage of free space in the database \
+                 file, optionally with a minimum file size: 50% or 50%,256MiB"
+            )
+        };
+        let (pct, min) = match s.split_once(',') {
+            Some((p, m)) => (p.trim(), Some(m.trim())),
+            None => (s, None),
+        };
+        let percent: u64 = pct
+            .strip_suffix('%')
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| (1..=99).contains(p))
+            .ok_or_else(bad)?;
+        let min_bytes = match min {
+            None => DEFAULT_MIN,
+            Some(m) => {
+                let (num, unit) = m
+                    .find(|c: char| !c.is_ascii_digit())
+                    .map(|i| m.split_at(i))
+                    .ok_or_else(bad)?;
+                let n: u64 = num.parse().map_err(|_| bad())?;
+                let mult = match unit {
+                    "KiB" => 1u64 << 10,
+                    "MiB" => 1 << 20,
+                    "GiB" => 1 << 30,
+                    _ => return Err(bad()),
+                };
+                n.checked_mul(mult).ok_or_else(bad)?
+            }
+        };
+        Ok(Some(Threshold { percent, min_bytes }))
+    }
+
+    pub fn exceeded_by(&self, s: &Status) -> bool {
+        s.db_size >= self.min_bytes
+            && s.db_size_in_use > 0
+            && (s.db_size.saturating_sub(s.db_size_in_use)) * 100 >= self.percent * s.db_size
+    }
+}
+
+/// The order members are defragmented in: by name, the raft leader last.
+pub fn order(mut members: Vec<Member>, raft_leader: u64) -> Vec<Member> {
+    members.sort_by(|a, b| (a.id == raft_leader, &a.name).cmp(&(b.id == raft_leader, &b.name)));
+    members
+}
+
+/// What one member's defragmentation did.
+#[derive(Debug)]
+pub struct Done {
+    pub name: String,
+    pub before: u64,
+    pub after: u64,
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} MiB -> {} MiB",
+            self.name,
+            self.before >> 20,
+            self.after >> 20
+        )
+    }
+}
+
+/// Defragments `targets` in order, one at a time; `client` must allow a long answer (a
+/// large database takes a while). Before each: every member healthy and no alarm (else it
+/// stops, saying why, with what was done so far); the raft leader hands leadership over
+/// first. After each: the member answers healthy again before the next begins.
+pub fn one_at_a_time(
+    client: &Client,
+    ep: &str,
+    targets: &[Member],
+    log: &mut dyn FnMut(&str),
+) -> (Vec<Done>, Option<String>) {
+    let mut done = vec![];
+    for m in targets {
+        if let Err(why) = crate::membership::ready_for_upgrade(client, ep) {
+            return (done, Some(format!("defragmentation waits: {why}")));
+        }
+        let Some(url) = m.client_url() else {
+            return (done, Some(format!("member {} has no client URL", m.name)));
+        };
+        match defrag_member(client, ep, m, &url, log) {
+            Ok(d) => {
+                log(&format!("defragmented {d}"));
+                done.push(d);
+            }
+            Err(e) => return (done, Some(format!("defragmenting {}: {e}", m.name))),
+        }
+    }
+    (done, None)
+}
+
+fn defrag_member(
+    client: &Client,
+    ep: &str,
+    m: &Member,
+    url: &str,
+    log: &mut dyn FnMut(&str),
+) -> Result<Done, String> {
+    let status = client.status(url).map_err(|e| e.to_string())?;
+    if status.leader == m.id {
+        let members = client.member_list(ep).map_err(|e| e.to_string())?;
+        if let Some(other) = members
+            .iter()
+            .find(|o| o.id != m.id && o.started() && !o.is_learner)
+        {
+            log(&format!(
+                "moving raft leadership from {} to {} before defragmenting it",
+                m.name, other.name
+            ));
+            client
+                .move_leader(url, other.id)
+                .map_err(|e| e.to_string())?;
+            crate::unit::retry(
+                std::time::Duration::from_secs(10),
+                std::time::Duration::from_millis(100),
+                || match client.status(url) {
+                    Ok(s) if s.leader != m.id && s.leader != 0 => Ok(()),
+                    other => Err(format!("leadership has not moved yet ({other:?})")),
+                },
+            )?;
+        }
+    }
+    client.defrag(url).map_err(|e| e.to_string())?;
+    crate::unit::retry(
+        std::time::Duration::from_secs(30),
+        std::time::Duration::from_millis(100),
+        || match client.health(url) {
+            Ok(true) => Ok(()),
+            other => Err(format!("not healthy after the defragmentation ({other:?})")),
+        },
+    )?;
+    let after = client.status(url).map_err(|e| e.to_string())?.db_size;
+    Ok(Done {
+        name: m.name.clone(),
+        before: status.db_size,
+        after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_a_percentage_and_a_size() {
+        assert_eq!(Threshold::parse(""), Ok(None));
+        assert_eq!(
+            Threshold::parse("50%"),
+            Ok(Some(Threshold {
+                percent: 50,
+                min_bytes: 100 << 20
+            }))
+        );
+        assert_eq!(
+            Threshold::parse("30%, 16MiB"),
+            Ok(Some(Threshold {
+                percent: 30,
+                min_bytes: 16 << 20
+            }))
+        );
+        for bad in ["50", "0%", "100%", "50%,16MB", "50%,", "half", "50%,-1MiB"] {
+            assert!(Threshold::parse(bad).is_err(), "{bad}");
+        }
+        let t = Threshold::parse("50%,16MiB").unwrap().unwrap();
+        let st = |size: u64, used: u64| Status {
+            db_size: size,
+            db_size_in_use: used,
+            ..Default::default()
+        };
+        assert!(t.exceeded_by(&st(64 << 20, 8 << 20)));
+        assert!(
+            !t.exceeded_by(&st(64 << 20, 40 << 20)),
+            "not fragmented enough"
+        );
+        assert!(!t.exceeded_by(&st(8 << 20, 1 << 20)), "too small to matter");
+    }
+
+    #[test]
+    fn the_raft_leader_goes_last() {
+        let m = |id: u64, name: &str| -> Member {
+            serde_json::from_value(serde_json::json!({"ID": id.to_string(), "name": name})).unwrap()
+        };
+        let names: Vec<String> = order(vec![m(1, "etcd0"), m(2, "etcd1"), m(3, "etcd2")], 1)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["etcd1", "etcd2", "etcd0"]);
+    }
+}
