@@ -28,6 +28,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "recover" => crate::recover::recover(ctx, &params),
         "compact" => compact(&params),
         "defrag" => defrag(&params),
+        "copy-from" => crate::copy::copy_from(&params),
         "alarm-list" => alarm_list(),
         "alarm-disarm" => alarm_disarm(),
         "install" => reinstall(),

@@ -20,6 +20,7 @@ mod backups;
 mod charm;
 mod cluster;
 mod config;
+mod copy;
 mod defrag;
 mod etcd;
 mod juju;

@@ -1,10 +1,13 @@
 //! Day-two operations an etcd operator asks for: snapshots on a schedule, taken by one unit
 //! (not the raft leader's) from a systemd timer, pruned to the retention, their age in status
-//! and a warning when they stop.
+//! and a warning when they stop; defragmentation without an outage, one member at a time.
 
 mod support;
 
 use serde_json::Value;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use support::etcd::*;
 use support::*;
 
@@ -41,14 +44,21 @@ fn archives(env: &Env, unit: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
+/// Three units of etcd 3.5.16 in a model of their own, healthy; the client credentials and
+/// endpoints to reach them.
+fn three_units(model: &str, interval: &str) -> (tempfile::TempDir, Env, Creds, String) {
     let work = tempfile::tempdir().unwrap();
     let t = etcd_tarball(work.path(), &etcd_build("3.5.16"), "3.5.16");
-    let env = Env::new("backups", &["update-status-hook-interval=4s"]);
+    let env = Env::new(model, &[&format!("update-status-hook-interval={interval}")]);
     deploy_healthy(&env, 3, &t, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = endpoints(&env);
+    (work, env, creds, eps)
+}
+
+#[test]
+fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
+    let (_work, env, creds, eps) = three_units("backups", "4s");
     let out = creds.etcdctl(&eps, true, &["put", "/backed-up", "by the timer"]);
     assert!(out.status.success(), "{out:?}");
 
@@ -187,4 +197,211 @@ fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
     env.ok(&["config", "etcd", "snapshot_schedule="]);
     env.wait("the timer to go", MIN, |_| timer_units(&env).is_empty());
     assert_eq!(archives(&env, &taker).len(), 2);
+}
+
+/// Writes `n` values of 1 MiB under `prefix`, deletes them and compacts: each member's
+/// database file keeps the size, its pages now free.
+fn fragment(creds: &Creds, eps: &str, prefix: &str, n: usize) {
+    let value = vec![b'x'; 1 << 20];
+    for i in 0..n {
+        let mut c = std::process::Command::new(etcd35().join("etcdctl"))
+            .arg(format!("--endpoints={eps}"))
+            .arg(format!("--cacert={}", creds.path("ca.crt").display()))
+            .arg(format!("--cert={}", creds.path("client.crt").display()))
+            .arg(format!("--key={}", creds.path("client.key").display()))
+            .args(["put", &format!("{prefix}{i}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&value).unwrap();
+        assert!(c.wait().unwrap().success(), "put {prefix}{i}");
+    }
+    let out = creds.etcdctl(eps, true, &["del", prefix, "--prefix"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = creds.etcdctl(eps, true, &["get", "/", "-w", "json", "--limit=1"]);
+    let rev = serde_json::from_slice::<Value>(&out.stdout).unwrap()["header"]["revision"]
+        .as_u64()
+        .unwrap();
+    let out = creds.etcdctl(eps, true, &["compact", &rev.to_string(), "--physical"]);
+    assert!(out.status.success(), "{out:?}");
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Asks one member for its status over and over (one kept-alive TLS connection, so answers
+/// come milliseconds apart), recording when it answered and its database file's size.
+struct SizePoller {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<Mutex<Vec<(Instant, Option<u64>)>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SizePoller {
+    fn start(creds: &Creds, ep: &str) -> SizePoller {
+        let read = |f: &str| std::fs::read(creds.path(f)).unwrap();
+        let mut pem = read("client.crt");
+        pem.extend_from_slice(b"\n");
+        pem.extend(read("client.key"));
+        let http = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).unwrap())
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let url = format!("{ep}/v3/maintenance/status");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(vec![]));
+        let (s, v) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let size = http
+                    .post(&url)
+                    .body("{}")
+                    .send()
+                    .and_then(|r| r.json::<Value>())
+                    .ok()
+                    .and_then(|v| v["dbSize"].as_str()?.parse().ok());
+                v.lock().unwrap().push((Instant::now(), size));
+            }
+        });
+        SizePoller { stop, seen, thread }
+    }
+
+    fn wait_for_answers(&self, n: usize) {
+        let deadline = Instant::now() + MIN;
+        while self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, z)| z.is_some())
+            .count()
+            < n
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a member does not answer its status"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn finish(self) -> Vec<(Instant, Option<u64>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+        Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
+    }
+}
+
+#[test]
+fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
+    let (_work, env, creds, eps) = three_units("defrag", "3s");
+
+    // Bad thresholds block and change nothing.
+    for bad in ["half", "50%,16MB", "100%"] {
+        env.ok(&["config", "etcd", &format!("defrag_threshold={bad}")]);
+        env.wait(&format!("every unit to refuse {bad}"), MIN, |s| {
+            env.units("etcd")
+                .iter()
+                .all(|u| unit_message(s, u).contains("defrag_threshold"))
+        });
+    }
+    env.ok(&["config", "etcd", "defrag_threshold="]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
+
+    fragment(&creds, &eps, "/big/", 48);
+    let before = sample(&creds, &eps, Patience::Patient);
+    assert_eq!(before.db_sizes.len(), 3);
+    assert!(
+        before.db_sizes.values().all(|s| *s >= 40 * MIB),
+        "fragmented: {:?}",
+        before.db_sizes
+    );
+    let raft_leader = before.leader;
+
+    let writer = Writer::start(
+        creds.dir.path().to_path_buf(),
+        Arc::new(Mutex::new(eps.clone())),
+        "/writer/",
+    );
+    writer.wait_for_writes(20, "the writer to start");
+    let pollers: Vec<SizePoller> = eps
+        .split(',')
+        .map(|ep| SizePoller::start(&creds, ep))
+        .collect();
+    for p in &pollers {
+        p.wait_for_answers(3);
+    }
+    env.ok(&["config", "etcd", "defrag_threshold=50%,16MiB"]);
+    env.wait("every member to be defragmented", 2 * MIN, |_| {
+        let s = sample(&creds, &eps, Patience::Patient);
+        s.db_sizes.len() == 3 && s.db_sizes.values().all(|s| *s < 16 * MIB)
+    });
+    let seen: Vec<Vec<(Instant, Option<u64>)>> =
+        pollers.into_iter().map(SizePoller::finish).collect();
+    let tally = no_acknowledged_write_lost(&creds, &eps, writer, "defragmentation");
+
+    // From each member's own size, polled without pause: the window in which it shrank (its
+    // last answer still large, its first answer small) overlaps no other member's, and the
+    // raft leader's comes last.
+    let mut windows: Vec<(Instant, Instant, &str)> = seen
+        .iter()
+        .zip(eps.split(','))
+        .map(|(answers, ep)| {
+            let first_small = answers
+                .iter()
+                .position(|(_, z)| z.is_some_and(|z| z < 16 * MIB))
+                .unwrap_or_else(|| panic!("{ep} never seen small"));
+            let last_large = answers[..first_small]
+                .iter()
+                .rposition(|(_, z)| z.is_some_and(|z| z >= 16 * MIB))
+                .unwrap_or_else(|| panic!("{ep} never seen large"));
+            (answers[last_large].0, answers[first_small].0, ep)
+        })
+        .collect();
+    windows.sort();
+    for w in windows.windows(2) {
+        assert!(
+            w[0].1 < w[1].0,
+            "{} and {} were defragmented at once: {:?}",
+            w[0].2,
+            w[1].2,
+            windows
+        );
+    }
+    let last = windows.last().unwrap().2;
+    let out = creds.etcdctl(last, true, &["endpoint", "status", "-w", "json"]);
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        st[0]["Status"]["header"]["member_id"].as_u64().unwrap(),
+        raft_leader,
+        "the raft leader goes last: {windows:?}"
+    );
+    eprintln!(
+        "defragmentation under a writer: {} writes acknowledged, longest gap {:?}",
+        tally.acked, tally.longest_gap
+    );
+    assert!(
+        tally.longest_gap < std::time::Duration::from_secs(2),
+        "writes refused for {:?}, longer than an election",
+        tally.longest_gap
+    );
+
+    // The action's all=true: the same way, on demand.
+    env.ok(&["config", "etcd", "defrag_threshold="]);
+    fragment(&creds, &eps, "/again/", 24);
+    let (code, task) = env.run_action(&env.leader("etcd"), &["defrag", "all=true"]);
+    assert_eq!(code, 0, "{task}");
+    assert!(
+        task["results"]["output"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Defragmented 3 members one at a time"),
+        "{task}"
+    );
+    let s = sample(&creds, &eps, Patience::Patient);
+    assert!(s.db_sizes.values().all(|z| *z < 16 * MIB), "{s:?}");
 }

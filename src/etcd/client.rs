@@ -182,20 +182,24 @@ impl Client {
 
     pub fn post(&self, endpoint: &str, path: &str, body: Value) -> Result<Value> {
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
-        let resp = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
-            .map_err(|e| EtcdError::Transport {
-                endpoint: endpoint.into(),
-                source: e,
-            })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().map_err(|e| EtcdError::Transport {
+        Self::answer(endpoint, self.http.post(&url).json(&body).send())
+    }
+
+    /// A GET of `path` answered with JSON (etcd's v2 API).
+    pub fn get_json(&self, endpoint: &str, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", endpoint.trim_end_matches('/'));
+        Self::answer(endpoint, self.http.get(&url).send())
+    }
+
+    /// etcd's JSON answer, or its error (the message etcd gave, with the HTTP status).
+    fn answer(endpoint: &str, sent: reqwest::Result<reqwest::blocking::Response>) -> Result<Value> {
+        let transport = |e| EtcdError::Transport {
             endpoint: endpoint.into(),
             source: e,
-        })?;
+        };
+        let resp = sent.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().map_err(transport)?;
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         if status >= 300 {
             let message = v

@@ -404,6 +404,8 @@ pub fn wait_all_members_run(env: &Env, creds: &Creds, n: usize, version: &str) {
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub versions: std::collections::BTreeMap<u64, String>,
+    /// each answering member's database file size
+    pub db_sizes: std::collections::BTreeMap<u64, u64>,
     pub leader: u64,
 }
 
@@ -418,6 +420,7 @@ pub fn sample(creds: &Creds, eps: &str, patience: Patience) -> Sample {
     };
     let mut s = Sample {
         versions: std::collections::BTreeMap::new(),
+        db_sizes: std::collections::BTreeMap::new(),
         leader: 0,
     };
     let answers: Vec<Value> = std::thread::scope(|scope| {
@@ -444,6 +447,7 @@ pub fn sample(creds: &Creds, eps: &str, patience: Patience) -> Sample {
         if let Some(id) = st["header"]["member_id"].as_u64() {
             s.versions
                 .insert(id, st["version"].as_str().unwrap_or("").to_string());
+            s.db_sizes.insert(id, st["dbSize"].as_u64().unwrap_or(0));
             s.leader = s.leader.max(st["leader"].as_u64().unwrap_or(0));
         }
     }
