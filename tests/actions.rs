@@ -16,11 +16,6 @@ fn deploy3(env: &Env, work: &Path) {
 }
 
 /// A file inside a unit's machine, read from the host.
-fn machine_file(env: &Env, unit: &str, path: &str) -> PathBuf {
-    let pid = env.machine_pid(&env.machine(unit));
-    PathBuf::from(format!("/proc/{pid}/root{path}"))
-}
-
 fn etcdctl(env_vars: &[(String, String)], args: &[&str]) -> std::process::Output {
     let mut c = Command::new(etcd35().join("etcdctl"));
     // etcdctl refuses a flag that shadows its environment variable
@@ -41,7 +36,7 @@ fn credentials(env: &Env, work: &Path) -> Vec<(String, String)> {
     let (code, task) = env.run_action("etcd/0", &["package-client-credentials"]);
     assert_eq!(code, 0, "{task}");
     let path = task["results"]["path"].as_str().unwrap();
-    let host = machine_file(env, "etcd/0", path);
+    let host = env.machine_file("etcd/0", path);
     let meta = std::fs::metadata(&host).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -240,8 +235,7 @@ fn health_credentials_and_bad_params() {
     );
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["snapshot"]["version"], "v2", "{task}");
-    let archive = machine_file(
-        &env,
+    let archive = env.machine_file(
         "etcd/0",
         task["results"]["snapshot"]["path"].as_str().unwrap(),
     );
@@ -321,7 +315,7 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
     assert_eq!(code, 0, "{task}");
     let r = &task["results"]["snapshot"];
     assert_eq!(r["version"], "3.5.1");
-    let archive = machine_file(&env, "etcd/1", r["path"].as_str().unwrap());
+    let archive = env.machine_file("etcd/1", r["path"].as_str().unwrap());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&archive).unwrap().permissions().mode() & 0o777,
@@ -619,8 +613,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     }
     let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/root/snaps"]);
     assert_eq!(code, 0, "{task}");
-    let archive = machine_file(
-        &env,
+    let archive = env.machine_file(
         "etcd/0",
         task["results"]["snapshot"]["path"].as_str().unwrap(),
     );
@@ -731,7 +724,7 @@ fn a_one_gib_database_snapshots_and_restores_with_every_key() {
     let on_unit = env.exec_ok("etcd/0", &format!("sha256sum {path} | cut -d' ' -f1"));
     assert_eq!(on_unit.trim(), r["sha256"].as_str().unwrap());
     let local = work.path().join("big.tar.gz");
-    std::fs::copy(machine_file(&env, "etcd/0", &path), &local).unwrap();
+    std::fs::copy(env.machine_file("etcd/0", &path), &local).unwrap();
     env.exec_ok("etcd/0", &format!("rm {path}"));
     assert!(env
         .exec(

@@ -405,3 +405,185 @@ fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
     let s = sample(&creds, &eps, Patience::Patient);
     assert!(s.db_sizes.values().all(|z| *z < 16 * MIB), "{s:?}");
 }
+
+/// Writes `n` keys `{prefix}{i:05}` = `value-{i}` through `etcdctl txn` (100 puts a
+/// transaction).
+fn put_many(creds: &Creds, eps: &str, prefix: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut script = String::from("\n");
+        for i in chunk {
+            script.push_str(&format!("put {prefix}{i:05} value-{i}\n"));
+        }
+        script.push_str("\n\n");
+        let mut c = std::process::Command::new(etcd35().join("etcdctl"))
+            .arg(format!("--endpoints={eps}"))
+            .arg(format!("--cacert={}", creds.path("ca.crt").display()))
+            .arg(format!("--cert={}", creds.path("client.crt").display()))
+            .arg(format!("--key={}", creds.path("client.key").display()))
+            .arg("txn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "txn at {prefix}{}", chunk[0]);
+    }
+}
+
+/// The credentials archive `package-client-credentials` makes on `unit`, copied to `dir`.
+fn credentials_package(env: &Env, unit: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let (code, task) = env.run_action(unit, &["package-client-credentials"]);
+    assert_eq!(code, 0, "{task}");
+    let to = dir.join(format!("{}-credentials.tar.gz", unit.replace('/', "-")));
+    std::fs::copy(
+        env.machine_file(unit, task["results"]["path"].as_str().unwrap()),
+        &to,
+    )
+    .unwrap();
+    to
+}
+
+#[test]
+fn copy_from_brings_another_clusters_keys_in_and_proves_them() {
+    let work = tempfile::tempdir().unwrap();
+    let t = etcd_tarball(work.path(), &etcd_build("3.5.16"), "3.5.16");
+    let env = Env::new("copy", &["update-status-hook-interval=1h"]);
+    // The source: the classic charm's shape (the v2 API on), with Trident's keys in v3 and a
+    // StorageOS-like tree in v2.
+    deploy_healthy(&env, 1, &t, &["--config", "enable_v2=true"]);
+    env.ok(&[
+        "deploy",
+        repo_root().to_str().unwrap(),
+        "new-etcd",
+        "--resource",
+        &format!("etcd={}", t.display()),
+    ]);
+    env.wait_units(
+        "new-etcd",
+        1,
+        "active",
+        "Healthy with 1 known peers",
+        2 * MIN,
+    );
+    let src = Creds::from_unit(&env, "etcd/0");
+    let src_ep = unit_endpoint(&env, "etcd/0");
+    let dst = Creds::from_unit(&env, "new-etcd/0");
+    let dst_ep = unit_endpoint(&env, "new-etcd/0");
+    put_many(&src, &src_ep, "/trident/v1/", 10_000);
+    for i in 0..5 {
+        src.v2(
+            &src_ep,
+            "PUT",
+            &format!("/storageos/volumes/v{i}"),
+            Some(&format!("vol {i}")),
+        );
+    }
+    let count_under = |prefix: &str| -> usize {
+        let out = dst.etcdctl(
+            &dst_ep,
+            true,
+            &["get", prefix, "--prefix", "--keys-only", "-w", "json"],
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("counting {prefix}: {e}: {out:?}"));
+        v["count"].as_u64().unwrap_or(0) as usize
+    };
+    let endpoints_param = format!("endpoints={src_ep}");
+    let copy = |args: &[&str]| {
+        let mut a = vec!["copy-from", endpoints_param.as_str()];
+        a.extend(args);
+        env.run_action("new-etcd/0", &a)
+    };
+
+    // Bad input, and the wrong credentials (new-etcd's own): refused, nothing written.
+    let (_, task) = copy(&[]);
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("attach the source cluster's client credentials"),
+        "{task}"
+    );
+    let (_, task) = env.run_action(
+        "new-etcd/0",
+        &["copy-from", "endpoints=http://10.0.0.1:2379"],
+    );
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not an https URL"),
+        "{task}"
+    );
+    let own = credentials_package(&env, "new-etcd/0", work.path());
+    env.ok(&[
+        "attach-resource",
+        "new-etcd",
+        &format!("copy-credentials={}", own.display()),
+    ]);
+    let (_, task) = copy(&["prefix=/trident/"]);
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no source endpoint answers"),
+        "{task}"
+    );
+    assert_eq!(
+        count_under("/trident/"),
+        0,
+        "nothing written with the wrong credentials"
+    );
+
+    // The right ones: a dry run counts, the copy proves itself.
+    let theirs = credentials_package(&env, "etcd/0", work.path());
+    env.ok(&[
+        "attach-resource",
+        "new-etcd",
+        &format!("copy-credentials={}", theirs.display()),
+    ]);
+    let (code, task) = copy(&["prefix=/trident/", "dry-run=true"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["source"]["count"], "10000", "{task}");
+    assert_eq!(count_under("/trident/"), 0, "a dry run writes nothing");
+    let dry_digest = task["results"]["source"]["digest"].clone();
+    let (code, task) = copy(&["prefix=/trident/"]);
+    assert_eq!(code, 0, "{task}");
+    let r = &task["results"];
+    assert_eq!(r["source"]["count"], "10000", "{task}");
+    assert_eq!(r["copied"]["count"], "10000", "{task}");
+    assert_eq!(r["copied"]["digest"], r["source"]["digest"], "{task}");
+    assert_eq!(r["source"]["digest"], dry_digest);
+    assert_eq!(count_under("/trident/"), 10_000);
+    let out = dst.etcdctl(
+        &dst_ep,
+        true,
+        &["get", "/trident/v1/04242", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "value-4242");
+    // Again: the prefix is taken now.
+    let (_, task) = copy(&["prefix=/trident/"]);
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already has keys under"),
+        "{task}"
+    );
+
+    // v2 keys come in as v3 keys of the same path.
+    let (code, task) = copy(&["keys-version=v2", "prefix=/storageos"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["copied"]["count"], "5", "{task}");
+    let out = dst.etcdctl(
+        &dst_ep,
+        true,
+        &["get", "/storageos/volumes/v3", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "vol 3");
+}

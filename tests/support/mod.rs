@@ -261,6 +261,12 @@ impl Env {
         self.run(&["exec", "--unit", unit, "--", script])
     }
 
+    /// A file of `unit`'s machine, as the host reaches it (through its init's root).
+    pub fn machine_file(&self, unit: &str, path: &str) -> PathBuf {
+        let pid = self.machine_pid(&self.machine(unit));
+        PathBuf::from(format!("/proc/{pid}/root{path}"))
+    }
+
     pub fn exec_ok(&self, unit: &str, script: &str) -> String {
         let r = self.exec(unit, script);
         assert_eq!(
