@@ -1384,6 +1384,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     crate::relations::publish(&ctx.unit, &view, &inst.version)?;
     if leader {
         crate::relations::publish_prometheus(&ctx.app, &view)?;
+        crate::relations::publish_grafana(&ctx.unit)?;
     }
     let _ = peers.rel;
     outcome?;

@@ -1,7 +1,8 @@
 //! The client relations with the classic charm's wire contracts (anchor-charms §4):
 //! `db` (interface `etcd`): connection_string, version, client_ca, client_cert, client_key,
 //! identical on every unit; `proxy` (interface `etcd-proxy`): cluster plus the TLS trio;
-//! `prometheus` (interface `prometheus-manual`): the leader's scrape job.
+//! `prometheus` (interface `prometheus-manual`): the leader's scrape job; `grafana` (interface
+//! `grafana-dashboard`): the leader's dashboard import request.
 
 use crate::juju::{self, Bag};
 use crate::pki;
@@ -78,6 +79,60 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
     for rel in rels {
         let have = juju::relation_get(&rel, app, true)?;
         juju::relation_update_app(&rel, &have, Bag::from([("job_etcd".into(), job.clone())]))?;
+    }
+    Ok(())
+}
+
+/// The dashboard the `grafana` relation registers (panels on etcd's own metrics).
+const DASHBOARD: &str = include_str!("../templates/grafana-dashboard.json");
+
+/// The request's id: stable, so a re-registration updates the one import request.
+const DASHBOARD_REQUEST: &str = "request_etcd-charm-dashboard";
+
+/// `grafana` (interface `grafana-dashboard`), as the classic charm's reactive requester
+/// writes it: the leader's unit data holds one import request, `request_<id>` = JSON
+/// `{"name", "dashboard"}`; Grafana answers in its unit data with `response_<id>` =
+/// `{"success", "reason"}`, which the leader logs when it fails.
+pub fn publish_grafana(unit: &str) -> anyhow::Result<()> {
+    let rels = juju::relation_ids("grafana")?;
+    if rels.is_empty() {
+        return Ok(());
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD)?;
+    let request = serde_json::json!({"name": "etcd", "dashboard": dashboard}).to_string();
+    let response_key = DASHBOARD_REQUEST.replacen("request_", "response_", 1);
+    for rel in rels {
+        let have = juju::relation_get(&rel, unit, false)?;
+        juju::relation_update(
+            &rel,
+            &have,
+            Bag::from([(DASHBOARD_REQUEST.to_string(), request.clone())]),
+        )?;
+        for remote in juju::relation_list(&rel)? {
+            let theirs = juju::relation_get(&rel, &remote, false)?;
+            let Some(answer) = theirs.get(&response_key) else {
+                continue;
+            };
+            let answer: serde_json::Value = match serde_json::from_str(answer) {
+                Ok(a) => a,
+                Err(e) => {
+                    juju::log(
+                        "WARNING",
+                        &format!("{remote}'s {response_key} is not JSON ({e}): ignored"),
+                    );
+                    continue;
+                }
+            };
+            if answer["success"] != serde_json::Value::Bool(true) {
+                juju::log(
+                    "WARNING",
+                    &format!(
+                        "{remote} did not import the etcd dashboard: {}",
+                        answer["reason"].as_str().unwrap_or("no reason given")
+                    ),
+                );
+            }
+        }
     }
     Ok(())
 }

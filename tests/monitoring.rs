@@ -37,3 +37,96 @@ fn prometheus_gets_a_job_that_scrapes_every_member_over_mtls_and_follows_the_clu
     env.wait_units("etcd", 4, "active", "Healthy with 4 known peers", 3 * MIN);
     env.wait("the new member scraped too", 2 * MIN, scraped(4));
 }
+
+/// `grafana` (interface `grafana-dashboard`): the leader asks Grafana to import a dashboard; a
+/// probe on the Grafana side checks and keeps it and answers the request. Every metric the
+/// dashboard's queries name is one the members serve.
+#[test]
+fn grafana_imports_a_dashboard_whose_queries_name_metrics_the_members_serve() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("grafana", &["update-status-hook-interval=1h"]);
+    deploy_healthy(&env, 3, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
+    let probe = repo_root().join("tests/charms/grafana-probe");
+    env.ok(&["deploy", probe.to_str().unwrap()]);
+    env.ok(&["integrate", "grafana-probe:dashboards", "etcd:grafana"]);
+    env.wait("the dashboard imported", 2 * MIN, |s| {
+        unit_message(s, "grafana-probe/0").starts_with("imported: etcd (")
+    });
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &env.exec_ok("grafana-probe/0", "cat /var/lib/grafana-probe/etcd.json"),
+    )
+    .unwrap();
+    // Metric names in the queries (words that are not PromQL's own), each served.
+    let promql = [
+        "sum",
+        "by",
+        "rate",
+        "increase",
+        "histogram_quantile",
+        "instance",
+        "le",
+        "grpc_type",
+        "grpc_code",
+        "unary",
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut word = String::new();
+            for c in expr.chars().chain(std::iter::once(' ')) {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    word.push(c);
+                } else {
+                    if word.contains('_') && !promql.contains(&word.as_str()) {
+                        names.insert(std::mem::take(&mut word));
+                    }
+                    word.clear();
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    // Every name served (etcd observes the peer round trip on its first probe status round,
+    // half a minute after start: wait for it with the others).
+    let creds = support::etcd::Creds::from_unit(&env, "etcd/0");
+    let missing = |_: &serde_json::Value| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-m", "5", "--cacert"])
+            .arg(creds.path("ca.crt"))
+            .arg("--cert")
+            .arg(creds.path("client.crt"))
+            .arg("--key")
+            .arg(creds.path("client.key"))
+            .arg(format!(
+                "{}/metrics",
+                support::etcd::unit_endpoint(&env, "etcd/0")
+            ))
+            .output()
+            .unwrap();
+        let metrics = String::from_utf8_lossy(&out.stdout);
+        let gone: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                !metrics
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{n} ")) || l.starts_with(&format!("{n}{{")))
+            })
+            .collect();
+        if !gone.is_empty() {
+            eprintln!("not served yet: {gone:?}");
+        }
+        gone.is_empty()
+    };
+    env.wait(
+        "every metric the dashboard queries to be served",
+        2 * MIN,
+        missing,
+    );
+    // Grafana's answer reached the leader's side of the relation.
+    let rel = env.exec_ok(
+        "grafana-probe/0",
+        "cat /var/lib/grafana-probe/requests.json",
+    );
+    assert!(rel.contains("request_etcd-charm-dashboard"), "{rel}");
+}

@@ -5,7 +5,6 @@
 mod support;
 
 use serde_json::Value;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use support::etcd::*;
@@ -199,25 +198,17 @@ fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
     assert_eq!(archives(&env, &taker).len(), 2);
 }
 
-/// Writes `n` values of 1 MiB under `prefix`, deletes them and compacts: each member's
-/// database file keeps the size, its pages now free.
-fn fragment(creds: &Creds, eps: &str, prefix: &str, n: usize) {
+/// Writes `n` values of 1 MiB under `prefix`, deletes all but the first `keep` and
+/// compacts: each member's database file keeps its size, the deleted values' pages now free.
+fn fragment(creds: &Creds, eps: &str, prefix: &str, n: usize, keep: usize) {
     let value = vec![b'x'; 1 << 20];
     for i in 0..n {
-        let mut c = std::process::Command::new(etcd35().join("etcdctl"))
-            .arg(format!("--endpoints={eps}"))
-            .arg(format!("--cacert={}", creds.path("ca.crt").display()))
-            .arg(format!("--cert={}", creds.path("client.crt").display()))
-            .arg(format!("--key={}", creds.path("client.key").display()))
-            .args(["put", &format!("{prefix}{i}")])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(&value).unwrap();
-        assert!(c.wait().unwrap().success(), "put {prefix}{i}");
+        let out = creds.etcdctl_input(eps, &["put", &format!("{prefix}{i:03}")], &value);
+        assert!(out.status.success(), "put {prefix}{i:03}: {out:?}");
     }
-    let out = creds.etcdctl(eps, true, &["del", prefix, "--prefix"]);
+    // [prefix+keep, prefix+"~"): every key from the first one not kept on.
+    let from = format!("{prefix}{keep:03}");
+    let out = creds.etcdctl(eps, true, &["del", &from, &format!("{prefix}~")]);
     assert!(out.status.success(), "{out:?}");
     let out = creds.etcdctl(eps, true, &["get", "/", "-w", "json", "--limit=1"]);
     let rev = serde_json::from_slice::<Value>(&out.stdout).unwrap()["header"]["revision"]
@@ -229,11 +220,21 @@ fn fragment(creds: &Creds, eps: &str, prefix: &str, n: usize) {
 
 const MIB: u64 = 1 << 20;
 
-/// Asks one member for its status over and over (one kept-alive TLS connection, so answers
-/// come milliseconds apart), recording when it answered and its database file's size.
+/// One look at a member's metrics: when it was asked, when it answered, whether a defrag
+/// was in flight there (etcd's `etcd_disk_defrag_inflight`) and its database file's size.
+#[derive(Debug, Clone, Copy)]
+struct Poll {
+    sent: Instant,
+    answered: Instant,
+    inflight: Option<bool>,
+    size: Option<u64>,
+}
+
+/// Reads one member's metrics over and over (one kept-alive TLS connection, so looks come
+/// milliseconds apart).
 struct SizePoller {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    seen: Arc<Mutex<Vec<(Instant, Option<u64>)>>>,
+    seen: Arc<Mutex<Vec<Poll>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -251,20 +252,30 @@ impl SizePoller {
             .timeout(std::time::Duration::from_secs(5))
             .build()
             .unwrap();
-        let url = format!("{ep}/v3/maintenance/status");
+        let url = format!("{ep}/metrics");
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(vec![]));
         let (s, v) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                let size = http
-                    .post(&url)
-                    .body("{}")
+                let sent = Instant::now();
+                let text = http
+                    .get(&url)
                     .send()
-                    .and_then(|r| r.json::<Value>())
-                    .ok()
-                    .and_then(|v| v["dbSize"].as_str()?.parse().ok());
-                v.lock().unwrap().push((Instant::now(), size));
+                    .and_then(|r| r.text())
+                    .unwrap_or_default();
+                let answered = Instant::now();
+                let metric = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                };
+                v.lock().unwrap().push(Poll {
+                    sent,
+                    answered,
+                    inflight: metric("etcd_disk_defrag_inflight").map(|x| x > 0.0),
+                    size: metric("etcd_mvcc_db_total_size_in_bytes").map(|x| x as u64),
+                });
             }
         });
         SizePoller { stop, seen, thread }
@@ -277,7 +288,7 @@ impl SizePoller {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, z)| z.is_some())
+            .filter(|p| p.size.is_some())
             .count()
             < n
         {
@@ -289,7 +300,7 @@ impl SizePoller {
         }
     }
 
-    fn finish(self) -> Vec<(Instant, Option<u64>)> {
+    fn finish(self) -> Vec<Poll> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().unwrap();
         Arc::try_unwrap(self.seen).unwrap().into_inner().unwrap()
@@ -312,11 +323,13 @@ fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
     env.ok(&["config", "etcd", "defrag_threshold="]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
 
-    fragment(&creds, &eps, "/big/", 48);
+    // 64 values of 1 MiB, 20 kept: files of ~64 MiB, two thirds free pages; a defrag copies
+    // the 20 MiB still in use, long enough to see the member busy.
+    fragment(&creds, &eps, "/big/", 64, 20);
     let before = sample(&creds, &eps, Patience::Patient);
     assert_eq!(before.db_sizes.len(), 3);
     assert!(
-        before.db_sizes.values().all(|s| *s >= 40 * MIB),
+        before.db_sizes.values().all(|s| *s >= 56 * MIB),
         "fragmented: {:?}",
         before.db_sizes
     );
@@ -338,47 +351,60 @@ fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
     env.ok(&["config", "etcd", "defrag_threshold=50%,16MiB"]);
     env.wait("every member to be defragmented", 2 * MIN, |_| {
         let s = sample(&creds, &eps, Patience::Patient);
-        s.db_sizes.len() == 3 && s.db_sizes.values().all(|s| *s < 16 * MIB)
+        s.db_sizes.len() == 3 && s.db_sizes.values().all(|s| *s < 40 * MIB)
     });
-    let seen: Vec<Vec<(Instant, Option<u64>)>> =
-        pollers.into_iter().map(SizePoller::finish).collect();
+    let seen: Vec<Vec<Poll>> = pollers.into_iter().map(SizePoller::finish).collect();
     let tally = no_acknowledged_write_lost(&creds, &eps, writer, "defragmentation");
 
-    // From each member's own size, polled without pause: the window in which it shrank (its
-    // last answer still large, its first answer small) overlaps no other member's, and the
-    // raft leader's comes last.
-    let mut windows: Vec<(Instant, Instant, &str)> = seen
+    // From each member's own metrics: each was seen defragmenting, and the spans in which
+    // two members were certainly defragmenting (from the answer of the first look that saw
+    // it to the sending of the last) never overlap.
+    let eps_list: Vec<&str> = eps.split(',').collect();
+    let spans: Vec<(Instant, Instant)> = seen
         .iter()
-        .zip(eps.split(','))
-        .map(|(answers, ep)| {
-            let first_small = answers
-                .iter()
-                .position(|(_, z)| z.is_some_and(|z| z < 16 * MIB))
-                .unwrap_or_else(|| panic!("{ep} never seen small"));
-            let last_large = answers[..first_small]
-                .iter()
-                .rposition(|(_, z)| z.is_some_and(|z| z >= 16 * MIB))
-                .unwrap_or_else(|| panic!("{ep} never seen large"));
-            (answers[last_large].0, answers[first_small].0, ep)
+        .zip(&eps_list)
+        .map(|(polls, ep)| {
+            let on: Vec<&Poll> = polls.iter().filter(|p| p.inflight == Some(true)).collect();
+            assert!(
+                on.len() >= 2,
+                "{ep} was seen defragmenting in {} looks: too few to tell",
+                on.len()
+            );
+            eprintln!("{ep}: seen defragmenting in {} looks", on.len());
+            (on[0].answered, on[on.len() - 1].sent)
         })
         .collect();
-    windows.sort();
-    for w in windows.windows(2) {
-        assert!(
-            w[0].1 < w[1].0,
-            "{} and {} were defragmented at once: {:?}",
-            w[0].2,
-            w[1].2,
-            windows
-        );
+    for i in 0..spans.len() {
+        for j in i + 1..spans.len() {
+            let (a, b) = (spans[i], spans[j]);
+            assert!(
+                a.1 <= b.0 || b.1 <= a.0,
+                "{} and {} were defragmenting at once: {a:?} and {b:?}",
+                eps_list[i],
+                eps_list[j]
+            );
+        }
     }
-    let last = windows.last().unwrap().2;
+    let mut shrank: Vec<(Instant, &str)> = seen
+        .iter()
+        .zip(&eps_list)
+        .map(|(polls, ep)| {
+            let at = polls
+                .iter()
+                .find(|p| p.size.is_some_and(|z| z < 40 * MIB))
+                .unwrap_or_else(|| panic!("{ep} never seen small"))
+                .answered;
+            (at, *ep)
+        })
+        .collect();
+    shrank.sort();
+    let last = shrank.last().unwrap().1;
     let out = creds.etcdctl(last, true, &["endpoint", "status", "-w", "json"]);
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         st[0]["Status"]["header"]["member_id"].as_u64().unwrap(),
         raft_leader,
-        "the raft leader goes last: {windows:?}"
+        "the raft leader goes last: {shrank:?}"
     );
     eprintln!(
         "defragmentation under a writer: {} writes acknowledged, longest gap {:?}",
@@ -392,7 +418,7 @@ fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
 
     // The action's all=true: the same way, on demand.
     env.ok(&["config", "etcd", "defrag_threshold="]);
-    fragment(&creds, &eps, "/again/", 24);
+    fragment(&creds, &eps, "/again/", 24, 0);
     let (code, task) = env.run_action(&env.leader("etcd"), &["defrag", "all=true"]);
     assert_eq!(code, 0, "{task}");
     assert!(
@@ -403,7 +429,7 @@ fn defragmentation_goes_one_member_at_a_time_under_a_writer() {
         "{task}"
     );
     let s = sample(&creds, &eps, Patience::Patient);
-    assert!(s.db_sizes.values().all(|z| *z < 16 * MIB), "{s:?}");
+    assert!(s.db_sizes.values().all(|z| *z < 40 * MIB), "{s:?}");
 }
 
 /// Writes `n` keys `{prefix}{i:05}` = `value-{i}` through `etcdctl txn` (100 puts a
@@ -415,22 +441,8 @@ fn put_many(creds: &Creds, eps: &str, prefix: &str, n: usize) {
             script.push_str(&format!("put {prefix}{i:05} value-{i}\n"));
         }
         script.push_str("\n\n");
-        let mut c = std::process::Command::new(etcd35().join("etcdctl"))
-            .arg(format!("--endpoints={eps}"))
-            .arg(format!("--cacert={}", creds.path("ca.crt").display()))
-            .arg(format!("--cert={}", creds.path("client.crt").display()))
-            .arg(format!("--key={}", creds.path("client.key").display()))
-            .arg("txn")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(c.wait().unwrap().success(), "txn at {prefix}{}", chunk[0]);
+        let out = creds.etcdctl_input(eps, &["txn"], script.as_bytes());
+        assert!(out.status.success(), "txn at {prefix}{}: {out:?}", chunk[0]);
     }
 }
 

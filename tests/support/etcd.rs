@@ -41,6 +41,24 @@ impl Creds {
     pub fn etcdctl(&self, endpoints: &str, with_cert: bool, args: &[&str]) -> Output {
         etcdctl(self.dir.path(), endpoints, with_cert, args)
     }
+    /// etcdctl with the client certificate and `input` on its stdin (a large value for
+    /// `put`, a script for `txn`).
+    pub fn etcdctl_input(&self, endpoints: &str, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut c = Command::new(etcd35().join("etcdctl"))
+            .arg(format!("--endpoints={endpoints}"))
+            .arg(format!("--cacert={}", self.path("ca.crt").display()))
+            .arg(format!("--cert={}", self.path("client.crt").display()))
+            .arg(format!("--key={}", self.path("client.key").display()))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(input).unwrap();
+        c.wait_with_output().unwrap()
+    }
     /// A request to etcd's v2 API at `endpoint` (`PUT`, `GET` or `DELETE` of `/v2/keys/key`,
     /// a value for `PUT`), with the client certificate: etcd's JSON answer.
     pub fn v2(&self, endpoint: &str, method: &str, key: &str, value: Option<&str>) -> Value {
