@@ -91,13 +91,8 @@ fn grafana_imports_a_dashboard_whose_queries_name_metrics_the_members_serve() {
     // half a minute after start: wait for it with the others).
     let creds = support::etcd::Creds::from_unit(&env, "etcd/0");
     let missing = |_: &serde_json::Value| {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "-m", "5", "--cacert"])
-            .arg(creds.path("ca.crt"))
-            .arg("--cert")
-            .arg(creds.path("client.crt"))
-            .arg("--key")
-            .arg(creds.path("client.key"))
+        let out = creds
+            .curl()
             .arg(format!(
                 "{}/metrics",
                 support::etcd::unit_endpoint(&env, "etcd/0")

@@ -59,21 +59,25 @@ impl Creds {
         c.stdin.take().unwrap().write_all(input).unwrap();
         c.wait_with_output().unwrap()
     }
-    /// A request to etcd's v2 API at `endpoint` (`PUT`, `GET` or `DELETE` of `/v2/keys/key`,
-    /// a value for `PUT`), with the client certificate: etcd's JSON answer.
-    pub fn v2(&self, endpoint: &str, method: &str, key: &str, value: Option<&str>) -> Value {
+    /// curl with these credentials (5 s at most, errors shown): add the URL and options.
+    pub fn curl(&self) -> Command {
         let mut c = Command::new("curl");
-        c.args(["-sS", "-m", "5", "-X", method])
-            .arg("--cacert")
+        c.args(["-sS", "-m", "5", "--cacert"])
             .arg(self.path("ca.crt"))
             .arg("--cert")
             .arg(self.path("client.crt"))
             .arg("--key")
-            .arg(self.path("client.key"))
-            .arg(format!(
-                "{endpoint}/v2/keys/{}",
-                key.trim_start_matches('/')
-            ));
+            .arg(self.path("client.key"));
+        c
+    }
+    /// A request to etcd's v2 API at `endpoint` (`PUT`, `GET` or `DELETE` of `/v2/keys/key`,
+    /// a value for `PUT`), with the client certificate: etcd's JSON answer.
+    pub fn v2(&self, endpoint: &str, method: &str, key: &str, value: Option<&str>) -> Value {
+        let mut c = self.curl();
+        c.args(["-X", method]).arg(format!(
+            "{endpoint}/v2/keys/{}",
+            key.trim_start_matches('/')
+        ));
         if let Some(v) = value {
             c.args(["--data-urlencode", &format!("value={v}")]);
         }
