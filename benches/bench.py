@@ -5,6 +5,7 @@
     python3 benches/bench.py machines  # boot time and memory of a systemd machine beside a namespace one
     python3 benches/bench.py charm     # update-status vs etcdctl; deploy -n 3 vs a bare bootstrap
     python3 benches/bench.py actions   # snapshot and restore of a 256 MiB database
+    python3 benches/bench.py restore3  # restore of a 256 MiB database on 3 units vs by hand
 Needs root, a release build (cargo build --release --workspace) and tests/setup.sh.
 """
 import json
@@ -287,7 +288,14 @@ def main():
     what = sys.argv[1:] or ["harness", "charm"]
     try:
         for w in what:
-            {"harness": bench_harness, "machines": bench_machines, "charm": bench_charm, "actions": lambda: __import__("bench_actions").run(h, inside, row, tarball, wait, FIX, ROOT, HOME)}[w]()
+            actions = __import__("bench_actions")
+            {
+                "harness": bench_harness,
+                "machines": bench_machines,
+                "charm": bench_charm,
+                "actions": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME),
+                "restore3": lambda: actions.run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME),
+            }[w]()
             h("destroy-model", "bench", "--no-prompt", check=False)
     finally:
         subprocess.run([H, "kill-controller"], env=ENV, capture_output=True)

@@ -134,3 +134,115 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         by_hand.append(t1 - t0)
     row("restore action on one unit (verify, restore, swap, start, check)", min(restore), "s",
         "etcdutl snapshot restore + start etcd by hand", min(by_hand), "<= 1x")
+
+
+# By hand on three machines, as etcd's recovery guide has it, with the units' own TLS files:
+# restore on the first and start it, then `member add` each other one and start it empty.
+HAND_FIRST = r"""
+set -e
+P=/etc/etcd/pki
+pkill -f 'etcd --name bh-' 2>/dev/null || true
+rm -rf /root/bh
+{etcdutl} snapshot restore /root/base.db --data-dir /root/bh --name bh-0 --initial-cluster bh-0=https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 >/dev/null 2>&1
+nohup {etcd} --name bh-0 --data-dir /root/bh --listen-client-urls https://{a0}:23790 --advertise-client-urls https://{a0}:23790 --listen-peer-urls https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 --initial-cluster bh-0=https://{a0}:23800 --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth >/root/bh.log 2>&1 &
+until curl -s --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key https://{a0}:23790/health | grep -q true; do sleep 0.01; done
+"""
+
+HAND_ADD = r"""
+set -e
+P=/etc/etcd/pki
+{etcdctl} --endpoints https://{a0}:23790 --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key member add bh-{i} --peer-urls https://{ai}:23800 >/dev/null
+"""
+
+HAND_JOIN = r"""
+set -e
+P=/etc/etcd/pki
+pkill -f 'etcd --name bh-' 2>/dev/null || true
+rm -rf /root/bh
+nohup {etcd} --name bh-{i} --data-dir /root/bh --listen-client-urls https://{ai}:23790 --advertise-client-urls https://{ai}:23790 --listen-peer-urls https://{ai}:23800 --initial-advertise-peer-urls https://{ai}:23800 --initial-cluster {cluster} --initial-cluster-state existing --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth >/root/bh.log 2>&1 &
+until curl -s --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key https://{ai}:23790/health | grep -q true; do sleep 0.01; done
+"""
+
+HAND_STOP = "pkill -f 'etcd --name bh-' 2>/dev/null; sleep 0.5; rm -rf /root/bh; true"
+
+# The charm's cluster as its members see it: the cluster ID and the started, healthy members.
+MEMBERS = r"""
+set -e
+P=/etc/etcd/pki
+{etcdctl} --endpoints https://{a0}:2379 --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key --command-timeout=2s endpoint health --cluster >/dev/null 2>&1
+{etcdctl} --endpoints https://{a0}:2379 --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key --command-timeout=2s member list -w json
+"""
+
+
+def run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME):
+    """3-unit restore: the action's start to three healthy members of the restored cluster,
+    beside the by-hand procedure on the same machines (other ports), alternated."""
+    tb = tarball(FIX / "etcd-3.5.1", "3.5.1")
+    etcdctl, etcdutl, etcd = (FIX / f"etcd-3.5.1/{b}" for b in ("etcdctl", "etcdutl", "etcd"))
+    h("add-model", "--no-switch", "bench")
+    h("model-config", "update-status-hook-interval=1h")
+    app = "etcd"
+    h("deploy", str(ROOT), app, "-n", "3", "--resource", f"etcd={tb}", "--config", "quota_backend_bytes=4294967296")
+    units = [f"{app}/{i}" for i in range(3)]
+
+    def healthy3(s):
+        us = s["applications"].get(app, {}).get("units", {})
+        return len(us) == 3 and all(u.get("workload-status", {}).get("message", "") == "Healthy with 3 known peers"
+                                    and u.get("juju-status", {}).get("current") == "idle" for u in us.values())
+    s = wait(healthy3)
+    addr = {u: s["machines"][s["applications"][app]["units"][u]["machine"]]["dns-name"] for u in units}
+    a0 = addr[units[0]]
+    inside(units[0], FILL.format(etcdctl=etcdctl, addr=a0, random=True, count=256))
+    out = json.loads(h("run", "--format", "json", units[0], "snapshot", "target=/root/snaps"))
+    path = out[units[0]]["results"]["snapshot"]["path"]
+    save = [str(etcdctl), f"--endpoints=https://{a0}:2379", "--cacert=/etc/etcd/pki/ca.crt",
+            "--cert=/etc/etcd/pki/client.crt", "--key=/etc/etcd/pki/client.key", "snapshot", "save", "/root/base.db"]
+    inside(units[0], ONE.format(argv=json.dumps(save)))
+    machine = s["applications"][app]["units"][units[0]]["machine"]
+    pid = json.loads(h("show-machine", machine, "--format", "json"))[machine]["init-pid"]
+    local = pathlib.Path(HOME) / "snap3.tar.gz"
+    subprocess.run(["cp", f"/proc/{pid}/root{path}", str(local)], check=True)
+    h("attach-resource", app, f"snapshot={local}")
+    h("wait-settled", "--timeout", "5m")
+
+    def cluster():
+        """(cluster ID, started members) when every member answers healthy, else None."""
+        out = h("exec", "--unit", units[0], "--", MEMBERS.format(etcdctl=etcdctl, a0=a0), check=False)
+        try:
+            v = json.loads(out.splitlines()[0])
+        except (ValueError, IndexError):
+            return None
+        started = [m for m in v.get("members", []) if m.get("name")]
+        return v["header"]["cluster_id"], len(started)
+
+    action, by_hand = [], []
+    for _ in range(2):
+        before = cluster()
+        t = time.perf_counter()
+        h("run", "--format", "json", units[0], "restore")
+        end = time.monotonic() + 600
+        while True:
+            c = cluster()
+            if c and c[0] != before[0] and c[1] == 3 and healthy3(json.loads(h("status", "--format", "json"))):
+                break
+            if time.monotonic() > end:
+                raise SystemExit("the restored cluster did not come back:\n" + h("status"))
+            time.sleep(0.05)
+        action.append(time.perf_counter() - t)
+        print(f"    restore action to three healthy members: {action[-1]:.2f} s", flush=True)
+
+        t = time.perf_counter()
+        h("exec", "--unit", units[0], "--", HAND_FIRST.format(etcdutl=etcdutl, etcd=etcd, a0=a0))
+        cluster_str = f"bh-0=https://{a0}:23800"
+        for i in (1, 2):
+            ai = addr[units[i]]
+            h("exec", "--unit", units[0], "--", HAND_ADD.format(etcdctl=etcdctl, a0=a0, ai=ai, i=i))
+            cluster_str += f",bh-{i}=https://{ai}:23800"
+            h("exec", "--unit", units[i], "--", HAND_JOIN.format(etcd=etcd, ai=ai, i=i, cluster=cluster_str))
+        by_hand.append(time.perf_counter() - t)
+        print(f"    by hand to three healthy members: {by_hand[-1]:.2f} s", flush=True)
+        for u in units:
+            h("exec", "--unit", u, "--", HAND_STOP)
+    row("restore action on 3 units (action start to 3 healthy members of the restored cluster)", min(action), "s",
+        "etcdutl restore on one, member add + start of two (by hand)", min(by_hand), "report")
+

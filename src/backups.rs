@@ -340,6 +340,36 @@ fn systemctl(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// This unit's part once the leader named the taker: with `schedule` (this unit takes them)
+/// the plan and the timer are in place, and what to publish and say comes back; without,
+/// no timer is left here. Errors are the blocked message.
+pub fn reconcile_unit(
+    schedule: Option<&Schedule>,
+    target: &str,
+    retention: u32,
+    endpoint: &str,
+) -> Result<Option<(Summary, String)>, String> {
+    let Some(schedule) = schedule else {
+        remove()?;
+        return Ok(None);
+    };
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot tell where this charm's binary is: {e}"))?;
+    let plan = Plan {
+        schedule: schedule.describe(),
+        target: target.to_string(),
+        retention,
+        period_secs: period(schedule)?,
+        endpoint: endpoint.to_string(),
+        since: now(),
+    };
+    let plan = ensure(schedule, &plan, &exe)?;
+    let rec = load_record().map_err(|e| format!("{e:#}"))?;
+    let summary = summary(&plan, &rec);
+    let (_, note) = note(&summary, now());
+    Ok(Some((summary, note)))
+}
+
 /// What the taker publishes of its scheduled snapshots (it changes only when one is taken or
 /// fails): the leader's application status is made from it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1290,7 +1290,15 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 let rolling = rolling
                     || peers.app_get("restart-grant").is_some()
                     || peers.app_get("upgrade-turn").is_some();
-                auto_defrag(th, rolling, &client, &ep, &members, raft_leader);
+                crate::defrag::automatic(
+                    th,
+                    rolling,
+                    &client,
+                    &ep,
+                    &members,
+                    raft_leader,
+                    &mut |l, m| juju::log(l, m),
+                );
             }
         }
         let backups_note = match backups {
@@ -1433,66 +1441,6 @@ fn alarm_message(alarms: &[crate::etcd::client::Alarm], members: &[Member], quot
     format!("Alarm {}{hint}", parts.join(", "))
 }
 
-/// The leader's automatic defragmentation (config `defrag_threshold`): the members whose
-/// database files are fragmented past the threshold, one at a time, the raft leader last,
-/// each behind the health and alarm gate (`defrag::one_at_a_time`); never while a roll is
-/// under way. Before and after sizes go to the log.
-fn auto_defrag(
-    th: &crate::defrag::Threshold,
-    rolling: bool,
-    client: &Client,
-    ep: &str,
-    members: &[Member],
-    raft_leader: Option<u64>,
-) {
-    let mut over = vec![];
-    for m in members.iter().filter(|m| m.started() && !m.is_learner) {
-        let Some(url) = m.client_url() else { continue };
-        match client.status(&url) {
-            Ok(s) if th.exceeded_by(&s) => {
-                juju::log(
-                    "INFO",
-                    &format!(
-                        "member {} is fragmented: {} MiB file, {} MiB in use",
-                        m.name,
-                        s.db_size >> 20,
-                        s.db_size_in_use >> 20
-                    ),
-                );
-                over.push(m.clone());
-            }
-            Ok(_) => {}
-            Err(e) => {
-                juju::log(
-                    "WARNING",
-                    &format!("defragmentation: member {}: {e}", m.name),
-                );
-                return;
-            }
-        }
-    }
-    if over.is_empty() {
-        return;
-    }
-    if rolling {
-        juju::log("INFO", "defragmentation waits: a roll is under way");
-        return;
-    }
-    let client = match crate::unit::tls_client_waiting(Duration::from_secs(300)) {
-        Ok(c) => c,
-        Err(e) => {
-            juju::log("WARNING", &format!("defragmentation: {e:#}"));
-            return;
-        }
-    };
-    let targets = crate::defrag::order(over, raft_leader.unwrap_or(0));
-    let (_, stopped) =
-        crate::defrag::one_at_a_time(&client, ep, &targets, &mut |l| juju::log("INFO", l));
-    if let Some(why) = stopped {
-        juju::log("WARNING", &why);
-    }
-}
-
 /// Scheduled snapshots: the leader names the unit that takes them (`backups::choose_taker`,
 /// kept in `snapshot-taker`); that unit keeps the timer, every other one has none. Returns
 /// what the taker's status adds (the last run's age or a warning; what it is made of is
@@ -1538,29 +1486,15 @@ fn scheduled_snapshots(
         }
     }
     let taker = peers.app_get("snapshot-taker") == Some(ctx.unit.as_str());
-    let Some(schedule) = cfg.snapshot_schedule.as_ref().filter(|_| taker) else {
-        backups::remove()?;
+    let schedule = cfg.snapshot_schedule.as_ref().filter(|_| taker);
+    let kept = backups::reconcile_unit(schedule, &cfg.snapshot_target, cfg.snapshot_retention, ep)?;
+    let Some((summary, note)) = kept else {
         if mine.contains_key("snapshot-summary") {
             set_key(mine, my_writes, "snapshot-summary", "");
             mine.remove("snapshot-summary");
         }
         return Ok(None);
     };
-    let period = backups::period(schedule)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot tell where this charm's binary is: {e}"))?;
-    let plan = backups::Plan {
-        schedule: schedule.describe(),
-        target: cfg.snapshot_target.clone(),
-        retention: cfg.snapshot_retention,
-        period_secs: period,
-        endpoint: ep.to_string(),
-        since: backups::now(),
-    };
-    let plan = backups::ensure(schedule, &plan, &exe)?;
-    let rec = backups::load_record().map_err(|e| format!("{e:#}"))?;
-    let summary = backups::summary(&plan, &rec);
-    let (_, note) = backups::note(&summary, backups::now());
     let published = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
     set_key(mine, my_writes, "snapshot-summary", &published);
     peers.units.insert(ctx.unit.clone(), mine.clone());

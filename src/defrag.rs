@@ -66,6 +66,66 @@ impl Threshold {
     }
 }
 
+/// The leader's automatic defragmentation (config `defrag_threshold`): the members whose
+/// database files are fragmented past the threshold, one at a time, the raft leader last,
+/// each behind the health and alarm gate (`one_at_a_time`); never while a roll is under way.
+/// What it finds and does goes to `log` (level, line), before and after sizes included.
+pub fn automatic(
+    th: &Threshold,
+    rolling: bool,
+    client: &Client,
+    ep: &str,
+    members: &[Member],
+    raft_leader: Option<u64>,
+    log: &mut dyn FnMut(&str, &str),
+) {
+    let mut over = vec![];
+    for m in members.iter().filter(|m| m.started() && !m.is_learner) {
+        let Some(url) = m.client_url() else { continue };
+        match client.status(&url) {
+            Ok(s) if th.exceeded_by(&s) => {
+                log(
+                    "INFO",
+                    &format!(
+                        "member {} is fragmented: {} MiB file, {} MiB in use",
+                        m.name,
+                        s.db_size >> 20,
+                        s.db_size_in_use >> 20
+                    ),
+                );
+                over.push(m.clone());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                log(
+                    "WARNING",
+                    &format!("defragmentation: member {}: {e}", m.name),
+                );
+                return;
+            }
+        }
+    }
+    if over.is_empty() {
+        return;
+    }
+    if rolling {
+        log("INFO", "defragmentation waits: a roll is under way");
+        return;
+    }
+    let slow = match crate::unit::tls_client_waiting(std::time::Duration::from_secs(300)) {
+        Ok(c) => c,
+        Err(e) => {
+            log("WARNING", &format!("defragmentation: {e:#}"));
+            return;
+        }
+    };
+    let targets = order(over, raft_leader.unwrap_or(0));
+    let (_, stopped) = one_at_a_time(&slow, ep, &targets, &mut |l| log("INFO", l));
+    if let Some(why) = stopped {
+        log("WARNING", &why);
+    }
+}
+
 /// The order members are defragmented in: by name, the raft leader last.
 pub fn order(mut members: Vec<Member>, raft_leader: u64) -> Vec<Member> {
     members.sort_by(|a, b| (a.id == raft_leader, &a.name).cmp(&(b.id == raft_leader, &b.name)));
