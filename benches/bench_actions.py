@@ -141,29 +141,37 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
 HAND_FIRST = r"""
 set -e
 P=/etc/etcd/pki
-pkill -f 'etcd --name bh-' 2>/dev/null || true
-rm -rf /root/bh
-{etcdutl} snapshot restore /root/base.db --data-dir /root/bh --name bh-0 --initial-cluster bh-0=https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 >/dev/null 2>&1
-nohup {etcd} --name bh-0 --data-dir /root/bh --listen-client-urls https://{a0}:23790 --advertise-client-urls https://{a0}:23790 --listen-peer-urls https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 --initial-cluster bh-0=https://{a0}:23800 --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth >/root/bh.log 2>&1 &
+[ -f /root/bh.pid ] && kill $(cat /root/bh.pid) 2>/dev/null || true; rm -rf /root/bh /root/bh.pid
+{etcdutl} snapshot restore /root/base.db --data-dir /root/bh --name bh-0 --initial-cluster bh-0=https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 --initial-cluster-token {token} >/dev/null 2>&1
+setsid nohup {etcd} --name bh-0 --data-dir /root/bh --listen-client-urls https://{a0}:23790 --advertise-client-urls https://{a0}:23790 --listen-peer-urls https://{a0}:23800 --initial-advertise-peer-urls https://{a0}:23800 --initial-cluster bh-0=https://{a0}:23800 --initial-cluster-token {token} --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth </dev/null >/root/bh.log 2>&1 &
+echo $! > /root/bh.pid
 until curl -s --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key https://{a0}:23790/health | grep -q true; do sleep 0.01; done
 """
 
 HAND_ADD = r"""
 set -e
 P=/etc/etcd/pki
-{etcdctl} --endpoints https://{a0}:23790 --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key member add bh-{i} --peer-urls https://{ai}:23800 >/dev/null
+# etcd refuses a new member until every member has been connected for a while: retry, as
+# an operator would.
+until {etcdctl} --endpoints https://{a0}:23790 --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key member add bh-{i} --peer-urls https://{ai}:23800 >/dev/null 2>&1; do sleep 0.1; done
 """
 
 HAND_JOIN = r"""
 set -e
 P=/etc/etcd/pki
-pkill -f 'etcd --name bh-' 2>/dev/null || true
-rm -rf /root/bh
-nohup {etcd} --name bh-{i} --data-dir /root/bh --listen-client-urls https://{ai}:23790 --advertise-client-urls https://{ai}:23790 --listen-peer-urls https://{ai}:23800 --initial-advertise-peer-urls https://{ai}:23800 --initial-cluster {cluster} --initial-cluster-state existing --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth >/root/bh.log 2>&1 &
+[ -f /root/bh.pid ] && kill $(cat /root/bh.pid) 2>/dev/null || true; rm -rf /root/bh /root/bh.pid
+setsid nohup {etcd} --name bh-{i} --data-dir /root/bh --listen-client-urls https://{ai}:23790 --advertise-client-urls https://{ai}:23790 --listen-peer-urls https://{ai}:23800 --initial-advertise-peer-urls https://{ai}:23800 --initial-cluster {cluster} --initial-cluster-state existing --initial-cluster-token {token} --cert-file $P/server.crt --key-file $P/server.key --trusted-ca-file $P/ca.crt --client-cert-auth --peer-cert-file $P/peer.crt --peer-key-file $P/peer.key --peer-trusted-ca-file $P/ca.crt --peer-client-cert-auth </dev/null >/root/bh.log 2>&1 &
+echo $! > /root/bh.pid
 until curl -s --cacert $P/ca.crt --cert $P/client.crt --key $P/client.key https://{ai}:23790/health | grep -q true; do sleep 0.01; done
 """
 
-HAND_STOP = "pkill -f 'etcd --name bh-' 2>/dev/null; sleep 0.5; rm -rf /root/bh; true"
+HAND_STOP = r"""
+if [ -f /root/bh.pid ]; then
+  p=$(cat /root/bh.pid); kill $p 2>/dev/null
+  while kill -0 $p 2>/dev/null; do sleep 0.05; done
+fi
+rm -rf /root/bh /root/bh.pid
+"""
 
 # The charm's cluster as its members see it: the cluster ID and the started, healthy members.
 MEMBERS = r"""
@@ -216,7 +224,8 @@ def run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         return v["header"]["cluster_id"], len(started)
 
     action, by_hand = [], []
-    for _ in range(2):
+    for n in range(2):
+        token = f"by-hand-{n}"
         before = cluster()
         t = time.perf_counter()
         h("run", "--format", "json", units[0], "restore")
@@ -232,13 +241,13 @@ def run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         print(f"    restore action to three healthy members: {action[-1]:.2f} s", flush=True)
 
         t = time.perf_counter()
-        h("exec", "--unit", units[0], "--", HAND_FIRST.format(etcdutl=etcdutl, etcd=etcd, a0=a0))
+        h("exec", "--unit", units[0], "--", HAND_FIRST.format(etcdutl=etcdutl, etcd=etcd, a0=a0, token=token))
         cluster_str = f"bh-0=https://{a0}:23800"
         for i in (1, 2):
             ai = addr[units[i]]
             h("exec", "--unit", units[0], "--", HAND_ADD.format(etcdctl=etcdctl, a0=a0, ai=ai, i=i))
             cluster_str += f",bh-{i}=https://{ai}:23800"
-            h("exec", "--unit", units[i], "--", HAND_JOIN.format(etcd=etcd, ai=ai, i=i, cluster=cluster_str))
+            h("exec", "--unit", units[i], "--", HAND_JOIN.format(etcd=etcd, ai=ai, i=i, cluster=cluster_str, token=token))
         by_hand.append(time.perf_counter() - t)
         print(f"    by hand to three healthy members: {by_hand[-1]:.2f} s", flush=True)
         for u in units:
