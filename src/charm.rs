@@ -595,6 +595,10 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         }
     }
     svc.stop_and_disable()?;
+    // A unit that leaves takes no more scheduled snapshots (the leader names another).
+    if let Err(e) = crate::backups::remove() {
+        juju::log("WARNING", &format!("scheduled snapshots: {e}"));
+    }
     st.left = true;
     st.save()
 }
