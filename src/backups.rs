@@ -14,6 +14,7 @@ use crate::etcd::client::Member;
 use crate::unit::{read_json, remove_if_present, write_json};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -260,8 +261,14 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
         );
     }
     check_target(&plan.target)?;
-    std::fs::create_dir_all(&plan.target)
-        .map_err(|e| format!("snapshot_target {:?} cannot be created: {e}", plan.target))?;
+    if !Path::new(&plan.target).is_dir() {
+        // Created private; a directory the operator made keeps its mode (the files are 0600).
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&plan.target)
+            .map_err(|e| format!("snapshot_target {:?} cannot be created: {e}", plan.target))?;
+    }
     tempfile::tempfile_in(&plan.target)
         .map_err(|e| format!("snapshot_target {:?} is not writable: {e}", plan.target))?;
     let old: Option<Plan> = read_json(PLAN).map_err(|e| format!("{e:#}"))?;

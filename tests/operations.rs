@@ -134,7 +134,7 @@ fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
         &taker,
         &format!(
             "set -e; cd {TARGET}; sha256sum -c --quiet *.tar.gz.sha256; \
-             test \"$(stat -c %a *.tar.gz | sort -u)\" = 600"
+             test \"$(stat -c %a *.tar.gz | sort -u)\" = 600; test \"$(stat -c %a .)\" = 700"
         ),
     );
     let newest = kept.last().unwrap();
