@@ -1742,24 +1742,16 @@ fn relocate_data(data: &str, svc: &Service) -> Result<()> {
     Ok(())
 }
 
-/// Moves raft leadership from member `me` (when it holds it) to another started voter.
+/// Moves raft leadership away from member `me` (when it holds it) before `why`.
 /// Best effort: the restart or the removal that follows is safe without it, only slower.
 fn hand_over_leadership(client: &Client, ep: &str, me: u64, members: &[Member], why: &str) {
-    let Ok(s) = client.status(ep) else { return };
-    if s.leader != me {
-        return;
-    }
-    let Some(other) = members
-        .iter()
-        .find(|m| m.id != me && m.started() && !m.is_learner)
-    else {
-        return;
+    let mut log = |to: &str| {
+        juju::log(
+            "INFO",
+            &format!("moving raft leadership to {to} before {why}"),
+        )
     };
-    juju::log(
-        "INFO",
-        &format!("moving raft leadership to {} before {why}", other.name),
-    );
-    if let Err(e) = client.move_leader(ep, other.id) {
+    if let Err(e) = crate::membership::hand_over_leadership(client, ep, me, members, &mut log) {
         juju::log("WARNING", &format!("cannot move leadership: {e}"));
     }
 }

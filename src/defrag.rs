@@ -189,29 +189,13 @@ fn defrag_member(
     log: &mut dyn FnMut(&str),
 ) -> Result<Done, String> {
     let status = client.status(url).map_err(|e| e.to_string())?;
-    if status.leader == m.id {
-        let members = client.member_list(ep).map_err(|e| e.to_string())?;
-        if let Some(other) = members
-            .iter()
-            .find(|o| o.id != m.id && o.started() && !o.is_learner)
-        {
-            log(&format!(
-                "moving raft leadership from {} to {} before defragmenting it",
-                m.name, other.name
-            ));
-            client
-                .move_leader(url, other.id)
-                .map_err(|e| e.to_string())?;
-            crate::unit::retry(
-                std::time::Duration::from_secs(10),
-                std::time::Duration::from_millis(100),
-                || match client.status(url) {
-                    Ok(s) if s.leader != m.id && s.leader != 0 => Ok(()),
-                    other => Err(format!("leadership has not moved yet ({other:?})")),
-                },
-            )?;
-        }
-    }
+    let members = client.member_list(ep).map_err(|e| e.to_string())?;
+    crate::membership::hand_over_leadership(client, url, m.id, &members, &mut |to| {
+        log(&format!(
+            "moving raft leadership from {} to {to} before defragmenting it",
+            m.name
+        ))
+    })?;
     client.defrag(url).map_err(|e| e.to_string())?;
     crate::unit::retry(
         std::time::Duration::from_secs(30),

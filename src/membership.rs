@@ -95,6 +95,30 @@ impl Members for Live<'_> {
     }
 }
 
+/// Moves raft leadership from member `me`, reached at `ep`, to another started voter when
+/// `me` leads (etcd answers once the transfer is done); `moving` hears whom it goes to first.
+/// Nothing to do when `me` does not lead or no other voter is started.
+pub fn hand_over_leadership(
+    client: &Client,
+    ep: &str,
+    me: u64,
+    members: &[Member],
+    moving: &mut dyn FnMut(&str),
+) -> std::result::Result<(), String> {
+    let leader = client.status(ep).map_err(|e| e.to_string())?.leader;
+    if leader != me {
+        return Ok(());
+    }
+    let Some(other) = members
+        .iter()
+        .find(|m| m.id != me && m.started() && !m.is_learner)
+    else {
+        return Ok(());
+    };
+    moving(&other.name);
+    client.move_leader(ep, other.id).map_err(|e| e.to_string())
+}
+
 /// The cluster state an upgrade step needs (the pre-upgrade check's cluster half): every
 /// member started, a voter and healthy at its own endpoint, and no alarm raised. The
 /// refusal names what is wrong and where.
