@@ -13,7 +13,7 @@ pub fn publish(unit: &str, view: &ClusterView, version: &str) -> anyhow::Result<
     if db.is_empty() && proxy.is_empty() {
         return Ok(());
     }
-    let Some((ca, cert, key)) = client_trio(view) else {
+    let Some((ca, cert, key)) = client_trio(view)? else {
         return Ok(());
     };
     let trio = |b: &mut Bag, prefix: &str| {
@@ -48,7 +48,7 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
     if rels.is_empty() {
         return Ok(());
     }
-    let Some((ca, cert, key)) = client_trio(view) else {
+    let Some((ca, cert, key)) = client_trio(view)? else {
         return Ok(());
     };
     let targets: Vec<String> = view
@@ -138,12 +138,28 @@ pub fn publish_grafana(unit: &str) -> anyhow::Result<()> {
 }
 
 /// What every client relation hands out: (the CA bundle to trust, this unit's client
-/// certificate, its key), once the cluster has members and all three exist.
-fn client_trio(view: &ClusterView) -> Option<(String, String, String)> {
-    let read = |f: &str| std::fs::read_to_string(pki::path(f)).unwrap_or_default();
-    let (cert, key) = (read("client.crt"), read("client.key"));
-    let ca = view.ca.clone().unwrap_or_default();
-    (!view.members.is_empty() && !cert.is_empty() && !ca.is_empty()).then_some((ca, cert, key))
+/// certificate, its key), once the cluster has members and all three exist. A file that is
+/// not there yet is "not yet"; one that cannot be read is an error.
+fn client_trio(view: &ClusterView) -> anyhow::Result<Option<(String, String, String)>> {
+    let read = |f: &str| -> anyhow::Result<Option<String>> {
+        let path = pki::path(f);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.is_empty() => Ok(Some(s)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        }
+    };
+    let Some(ca) = view.ca.clone().filter(|c| !c.is_empty()) else {
+        return Ok(None);
+    };
+    if view.members.is_empty() {
+        return Ok(None);
+    }
+    Ok(match (read("client.crt")?, read("client.key")?) {
+        (Some(cert), Some(key)) => Some((ca, cert, key)),
+        _ => None,
+    })
 }
 
 fn set_if_changed(unit: &str, rel: &str, want: Bag) -> anyhow::Result<()> {
