@@ -132,18 +132,22 @@ fn source_tls() -> Result<Tls> {
     )?)
 }
 
-/// One page of the source's keys at `revision` (0: now), from `start`.
+type Kvs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Up to `limit` keys of [`start`, `end`) at `revision` (0: now): the revision read, the
+/// pairs, whether more follow.
 fn range_page(
     client: &Client,
     ep: &str,
     start: &[u8],
     end: &[u8],
     revision: u64,
-) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    limit: usize,
+) -> Result<(u64, Kvs, bool)> {
     let mut body = json!({
         "key": B64.encode(start),
         "range_end": B64.encode(end),
-        "limit": PAGE.to_string(),
+        "limit": limit.to_string(),
     });
     if revision > 0 {
         body["revision"] = json!(revision.to_string());
@@ -161,12 +165,36 @@ fn range_page(
     Ok((rev, kvs, v["more"].as_bool().unwrap_or(false)))
 }
 
+/// Every key of [`start`, `end`), page by page, all pages at the first one's revision (a
+/// consistent read even while the cluster is written); `each` gets each page. Returns that
+/// revision.
+fn each_page(
+    client: &Client,
+    ep: &str,
+    start: &[u8],
+    end: &[u8],
+    each: &mut dyn FnMut(&Kvs) -> Result<()>,
+) -> Result<u64> {
+    let (revision, mut page, mut more) = range_page(client, ep, start, end, 0, PAGE)?;
+    loop {
+        each(&page)?;
+        let Some((last, _)) = page.last() else { break };
+        if !more {
+            break;
+        }
+        let mut next = last.clone();
+        next.push(0);
+        (_, page, more) = range_page(client, ep, &next, end, revision, PAGE)?;
+    }
+    Ok(revision)
+}
+
 /// Every v2 key under `prefix` (leaves only; directories are implied by v3 paths).
-fn v2_keys(tls: &Tls, ep: &str, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+fn v2_keys(tls: &Tls, ep: &str, prefix: &str) -> Result<Kvs> {
     let client = Client::new(tls, Duration::from_secs(60))?;
     let tree = client.get_json(ep, &format!("/v2/keys{prefix}?recursive=true&sorted=true"))?;
     let mut out = vec![];
-    fn walk(n: &Value, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+    fn walk(n: &Value, out: &mut Kvs) {
         if n["dir"].as_bool().unwrap_or(false) {
             for c in n["nodes"].as_array().into_iter().flatten() {
                 walk(c, out);
@@ -248,7 +276,7 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
         ));
     };
     if !dry_run && !overwrite {
-        let (_, existing, _) = range_page(&dest, &dest_ep, &start, &end, 0)?;
+        let (_, existing, _) = range_page(&dest, &dest_ep, &start, &end, 0, 1)?;
         if let Some((k, _)) = existing.first() {
             return refuse(format!(
                 "this cluster already has keys under {prefix:?} (e.g. {:?}): copy into an \
@@ -261,41 +289,28 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
         "copying {keys} keys under {prefix:?} from {src}{}",
         if dry_run { " (dry run)" } else { "" }
     ));
+    // Each page read from the source: counted, digested and (unless a dry run) written here.
     let mut source_tally = Tally::default();
-    let revision;
-    if keys == "v2" {
-        let kvs = v2_keys(&tls, &src, &prefix)?;
-        revision = 0;
-        for (k, v) in &kvs {
+    let mut take = |page: &Kvs| -> Result<()> {
+        for (k, v) in page {
             source_tally.add(k, v);
         }
         if !dry_run {
-            put_all(&dest, &dest_ep, &kvs)?;
+            put_all(&dest, &dest_ep, page)?;
         }
+        if source_tally.count as usize % (10 * PAGE) < page.len() {
+            juju::action_log(&format!("{} keys so far", source_tally.count));
+        }
+        Ok(())
+    };
+    let revision = if keys == "v2" {
+        let kvs = v2_keys(&tls, &src, &prefix)?;
         juju::action_log(&format!("{} v2 keys read", kvs.len()));
+        take(&kvs)?;
+        0
     } else {
-        // One revision for every page: a consistent copy even while the source is written.
-        let (rev, mut page, mut more) = range_page(&source, &src, &start, &end, 0)?;
-        revision = rev;
-        loop {
-            for (k, v) in &page {
-                source_tally.add(k, v);
-            }
-            if !dry_run {
-                put_all(&dest, &dest_ep, &page)?;
-            }
-            if source_tally.count as usize % (10 * PAGE) < page.len() {
-                juju::action_log(&format!("{} keys so far", source_tally.count));
-            }
-            let Some((last, _)) = page.last() else { break };
-            if !more {
-                break;
-            }
-            let mut next = last.clone();
-            next.push(0);
-            (_, page, more) = range_page(&source, &src, &next, &end, revision)?;
-        }
-    }
+        each_page(&source, &src, &start, &end, &mut take)?
+    };
     let (count, digest) = source_tally.digest();
     let mut results: Results = vec![
         ("source.endpoint".into(), src.clone()),
@@ -314,19 +329,12 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
     }
     // Read back what this cluster now holds under the prefix.
     let mut copied = Tally::default();
-    let (_, mut page, mut more) = range_page(&dest, &dest_ep, &start, &end, 0)?;
-    loop {
-        for (k, v) in &page {
+    each_page(&dest, &dest_ep, &start, &end, &mut |page| {
+        for (k, v) in page {
             copied.add(k, v);
         }
-        let Some((last, _)) = page.last() else { break };
-        if !more {
-            break;
-        }
-        let mut next = last.clone();
-        next.push(0);
-        (_, page, more) = range_page(&dest, &dest_ep, &next, &end, 0)?;
-    }
+        Ok(())
+    })?;
     let (copied_count, copied_digest) = copied.digest();
     results.push(("copied.count".into(), copied_count.to_string()));
     results.push(("copied.digest".into(), copied_digest.clone()));
