@@ -78,15 +78,8 @@ impl Schedule {
 
 /// `30s`, `15m`, `6h`, `1d` in seconds.
 fn interval(s: &str) -> Option<u64> {
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: u64 = num.parse().ok()?;
-    n.checked_mul(match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    })
+    let (num, mult) = crate::config::split_duration(s)?;
+    num.parse::<u64>().ok()?.checked_mul(mult as u64)
 }
 
 /// A duration as an operator reads it: `45s`, `12m`, `3h10m`, `2d4h`.
@@ -272,11 +265,15 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
     tempfile::tempfile_in(&plan.target)
         .map_err(|e| format!("snapshot_target {:?} is not writable: {e}", plan.target))?;
     let old: Option<Plan> = read_json(PLAN).map_err(|e| format!("{e:#}"))?;
+    // The same schedule as the plan in force: its start and its period stand (systemd was
+    // asked for the period when the schedule came; not again at every hook).
+    let same = old.as_ref().filter(|o| o.schedule == plan.schedule);
     let plan = Plan {
-        since: old
-            .as_ref()
-            .filter(|o| o.schedule == plan.schedule)
-            .map_or(plan.since, |o| o.since),
+        since: same.map_or(plan.since, |o| o.since),
+        period_secs: match same {
+            Some(o) => o.period_secs,
+            None => period(schedule)?,
+        },
         ..plan.clone()
     };
     if old.as_ref() != Some(&plan) {
@@ -366,7 +363,7 @@ pub fn reconcile_unit(
         schedule: schedule.describe(),
         target: target.to_string(),
         retention,
-        period_secs: period(schedule)?,
+        period_secs: 0, // ensure() asks systemd when the schedule is new
         endpoint: endpoint.to_string(),
         since: now(),
     };
@@ -476,14 +473,11 @@ fn take(plan: &Plan) -> Result<crate::archive::Written> {
     let dir = Path::new(&plan.target);
     let name = crate::archive::snapshot_name();
     let w = crate::archive::write(&client, &plan.endpoint, dir, &name, &meta)?;
-    let sums = dir.join(format!("{name}.tar.gz.sha256"));
-    let tmp = dir.join(format!(".{name}.sha256.part"));
-    {
-        let mut f = crate::pki::create_private(&tmp)?;
-        std::io::Write::write_all(&mut f, format!("{}  {name}.tar.gz\n", w.sha256).as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &sums)?;
+    crate::pki::write_file(
+        &dir.join(format!("{name}.tar.gz.sha256")),
+        format!("{}  {name}.tar.gz\n", w.sha256).as_bytes(),
+        0o600,
+    )?;
     Ok(w)
 }
 

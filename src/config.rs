@@ -279,17 +279,24 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
-pub fn parse_lifetime(s: &str) -> Option<time::Duration> {
+/// A duration's number and its last letter (s, m, h or d), split: "825d" → ("825", 86400).
+pub fn split_duration(s: &str) -> Option<(&str, i64)> {
     let (num, unit) = s.split_at(s.len().checked_sub(1)?);
-    let n: i64 = num.trim().parse().ok()?;
-    let secs = n.checked_mul(match unit {
+    let mult = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
         _ => return None,
-    })?;
+    };
+    Some((num, mult))
+}
+
+/// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
+pub fn parse_lifetime(s: &str) -> Option<time::Duration> {
+    let (num, mult) = split_duration(s)?;
+    let n: i64 = num.trim().parse().ok()?;
+    let secs = n.checked_mul(mult)?;
     (60..=3650 * 86400)
         .contains(&secs)
         .then(|| time::Duration::seconds(secs))
