@@ -196,6 +196,8 @@ pub fn write(
     let (db_size, sha256) = match result {
         Ok(n) => n,
         Err(e) => {
+            // The stream's error is what the caller needs; a part file that will not go is
+            // a hidden `.part`, never taken for an archive (and the next one has a new name).
             let _ = std::fs::remove_file(&part);
             return Err(e);
         }

@@ -1361,9 +1361,11 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                     .app_get("snapshot-taker")
                     .and_then(|t| {
                         let published = peers.units.get(t)?.get("snapshot-summary")?;
-                        let summary: crate::backups::Summary =
-                            serde_json::from_str(published).ok()?;
-                        let (_, note) = crate::backups::note(&summary, crate::backups::now());
+                        let note = match serde_json::from_str::<crate::backups::Summary>(published)
+                        {
+                            Ok(summary) => crate::backups::note(&summary, crate::backups::now()).1,
+                            Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
+                        };
                         Some(format!("; {note} ({t})"))
                     })
                     .unwrap_or_default();
@@ -1396,7 +1398,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     crate::relations::publish(&ctx.unit, &view, &inst.version)?;
     if leader {
         crate::relations::publish_prometheus(&ctx.app, &view)?;
-        crate::relations::publish_grafana(&ctx.unit)?;
+        crate::relations::publish_grafana(&ctx.unit, ctx.hook_name())?;
     }
     let _ = peers.rel;
     outcome?;
