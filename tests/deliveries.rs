@@ -126,14 +126,7 @@ fn archives_from_resource_and_url_the_debian_package_and_a_tampered_tarball() {
         unit_msg(s, "edeb").1.contains("snap-upgrade available")
     });
     let (_, task) = env.run_action("edeb/0", &["install"]);
-    assert_eq!(task["status"], "failed", "{task}");
-    assert!(
-        task["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("runs etcd from the Debian package: run snap-upgrade"),
-        "{task}"
-    );
+    assert_refused(&task, "runs etcd from the Debian package: run snap-upgrade");
     env.exec_ok(
         "edeb/0",
         "test ! -e /opt/etcd/current && grep -q /usr/bin/etcd /etc/systemd/system/etcd.service \

@@ -1,20 +1,32 @@
-//! The classic charm's monitoring relation: `prometheus` (interface `prometheus-manual`).
-//! A probe on the Prometheus side reads the registered job, writes the credentials it
-//! carries and scrapes every target over mTLS, as Prometheus would with that job.
+//! The classic charm's monitoring relations: `prometheus` (interface `prometheus-manual`): a
+//! probe on the Prometheus side reads the registered job, writes the credentials it carries
+//! and scrapes every target over mTLS, as Prometheus would with that job; `grafana`
+//! (interface `grafana-dashboard`): a probe on the Grafana side imports the dashboard.
 
 mod support;
 
 use support::etcd::MIN;
 use support::*;
 
+/// Three healthy units of etcd 3.5.1 in a model of their own, and the probe charm `probe`
+/// (under tests/charms) related to them through `relation` (its endpoint, then etcd's).
+fn etcd_with_probe(model: &str, probe: &str, relation: [&str; 2]) -> (tempfile::TempDir, Env) {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new(model, &["update-status-hook-interval=1h"]);
+    deploy_healthy(&env, 3, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
+    let probe = repo_root().join("tests/charms").join(probe);
+    env.ok(&["deploy", probe.to_str().unwrap()]);
+    env.ok(&["integrate", relation[0], relation[1]]);
+    (work, env)
+}
+
 #[test]
 fn prometheus_gets_a_job_that_scrapes_every_member_over_mtls_and_follows_the_cluster() {
-    let work = tempfile::tempdir().unwrap();
-    let env = Env::new("monitoring", &["update-status-hook-interval=1h"]);
-    deploy_healthy(&env, 3, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
-    let probe = repo_root().join("tests/charms/prom-probe");
-    env.ok(&["deploy", probe.to_str().unwrap()]);
-    env.ok(&["integrate", "prom-probe:manual-jobs", "etcd:prometheus"]);
+    let (_work, env) = etcd_with_probe(
+        "monitoring",
+        "prom-probe",
+        ["prom-probe:manual-jobs", "etcd:prometheus"],
+    );
     let scraped = |n: usize| {
         move |s: &serde_json::Value| {
             unit_message(s, "prom-probe/0") == format!("etcd: scraped {n} of {n} targets")
@@ -43,12 +55,11 @@ fn prometheus_gets_a_job_that_scrapes_every_member_over_mtls_and_follows_the_clu
 /// dashboard's queries name is one the members serve.
 #[test]
 fn grafana_imports_a_dashboard_whose_queries_name_metrics_the_members_serve() {
-    let work = tempfile::tempdir().unwrap();
-    let env = Env::new("grafana", &["update-status-hook-interval=1h"]);
-    deploy_healthy(&env, 3, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
-    let probe = repo_root().join("tests/charms/grafana-probe");
-    env.ok(&["deploy", probe.to_str().unwrap()]);
-    env.ok(&["integrate", "grafana-probe:dashboards", "etcd:grafana"]);
+    let (_work, env) = etcd_with_probe(
+        "grafana",
+        "grafana-probe",
+        ["grafana-probe:dashboards", "etcd:grafana"],
+    );
     env.wait("the dashboard imported", 2 * MIN, |s| {
         unit_message(s, "grafana-probe/0").starts_with("imported: etcd (")
     });

@@ -458,8 +458,9 @@ fn put_many(creds: &Creds, eps: &str, prefix: &str, n: usize) {
     }
 }
 
-/// The credentials archive `package-client-credentials` makes on `unit`, copied to `dir`.
-fn credentials_package(env: &Env, unit: &str, dir: &std::path::Path) -> std::path::PathBuf {
+/// Attaches the credentials archive `package-client-credentials` makes on `unit` (copied to
+/// `dir` first) as new-etcd's `copy-credentials`.
+fn attach_credentials_of(env: &Env, unit: &str, dir: &std::path::Path) {
     let (code, task) = env.run_action(unit, &["package-client-credentials"]);
     assert_eq!(code, 0, "{task}");
     let to = dir.join(format!("{}-credentials.tar.gz", unit.replace('/', "-")));
@@ -468,7 +469,11 @@ fn credentials_package(env: &Env, unit: &str, dir: &std::path::Path) -> std::pat
         &to,
     )
     .unwrap();
-    to
+    env.ok(&[
+        "attach-resource",
+        "new-etcd",
+        &format!("copy-credentials={}", to.display()),
+    ]);
 }
 
 #[test]
@@ -525,39 +530,15 @@ fn copy_from_brings_another_clusters_keys_in_and_proves_them() {
 
     // Bad input, and the wrong credentials (new-etcd's own): refused, nothing written.
     let (_, task) = copy(&[]);
-    assert!(
-        task["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("attach the source cluster's client credentials"),
-        "{task}"
-    );
+    assert_refused(&task, "attach the source cluster's client credentials");
     let (_, task) = env.run_action(
         "new-etcd/0",
         &["copy-from", "endpoints=http://10.0.0.1:2379"],
     );
-    assert!(
-        task["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("is not an https URL"),
-        "{task}"
-    );
-    let own = credentials_package(&env, "new-etcd/0", work.path());
-    env.ok(&[
-        "attach-resource",
-        "new-etcd",
-        &format!("copy-credentials={}", own.display()),
-    ]);
+    assert_refused(&task, "is not an https URL");
+    attach_credentials_of(&env, "new-etcd/0", work.path());
     let (_, task) = copy(&["prefix=/trident/"]);
-    assert_eq!(task["status"], "failed", "{task}");
-    assert!(
-        task["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("no source endpoint answers"),
-        "{task}"
-    );
+    assert_refused(&task, "no source endpoint answers");
     assert_eq!(
         count_under("/trident/"),
         0,
@@ -565,12 +546,7 @@ fn copy_from_brings_another_clusters_keys_in_and_proves_them() {
     );
 
     // The right ones: a dry run counts, the copy proves itself.
-    let theirs = credentials_package(&env, "etcd/0", work.path());
-    env.ok(&[
-        "attach-resource",
-        "new-etcd",
-        &format!("copy-credentials={}", theirs.display()),
-    ]);
+    attach_credentials_of(&env, "etcd/0", work.path());
     let (code, task) = copy(&["prefix=/trident/", "dry-run=true"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["source"]["count"], "10000", "{task}");
@@ -592,13 +568,7 @@ fn copy_from_brings_another_clusters_keys_in_and_proves_them() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "value-4242");
     // Again: the prefix is taken now.
     let (_, task) = copy(&["prefix=/trident/"]);
-    assert!(
-        task["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("already has keys under"),
-        "{task}"
-    );
+    assert_refused(&task, "already has keys under");
 
     // v2 keys come in as v3 keys of the same path.
     let (code, task) = copy(&["keys-version=v2", "prefix=/storageos"]);

@@ -71,6 +71,15 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// A unit's workload status message in `status --format json`.
+/// An action task that failed, its message saying `says`.
+pub fn assert_refused(task: &Value, says: &str) {
+    assert_eq!(task["status"], "failed", "{task}");
+    assert!(
+        task["message"].as_str().unwrap_or("").contains(says),
+        "the refusal says {says:?}: {task}"
+    );
+}
+
 pub fn unit_message(status: &Value, unit: &str) -> String {
     let app = unit.split('/').next().unwrap_or("");
     status["applications"][app]["units"][unit]["workload-status"]["message"]
