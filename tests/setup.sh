@@ -37,6 +37,16 @@ if ! ls "$FIXTURES"/debs/snapd_*.deb >/dev/null 2>&1; then
   (cd "$FIXTURES/debs" && apt-get download $closure >/dev/null)
 fi
 
+# NRPE (the server and check_nrpe) for the nrpe-external-master test's probe, which installs
+# them on its principal's machine from the mirror as the nrpe charm does.
+if ! ls "$FIXTURES"/debs/nagios-nrpe-server_*.deb >/dev/null 2>&1; then
+  [ -n "$(ls /var/lib/apt/lists/*Packages 2>/dev/null)" ] || apt-get update -qq
+  closure=$(apt-get install -s --no-install-recommends nagios-nrpe-server nagios-nrpe-plugin 2>/dev/null | awk '/^Inst /{print $2}')
+  [ -n "$closure" ] || { apt-get update -qq; closure=$(apt-get install -s --no-install-recommends nagios-nrpe-server nagios-nrpe-plugin | awk '/^Inst /{print $2}'); }
+  # shellcheck disable=SC2086
+  (cd "$FIXTURES/debs" && apt-get download $closure >/dev/null)
+fi
+
 # The machines' apt mirror: a flat archive of the fixture packages, indexed. The local
 # controller points every machine's apt sources at it (CHARM_HARNESS_APT_MIRROR), so deb
 # deliveries never depend on the host's apt cache or sources.

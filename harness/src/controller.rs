@@ -115,8 +115,12 @@ pub fn unit_dir_name(unit: &str) -> String {
     format!("unit-{}", unit.replace('/', "-"))
 }
 
+pub fn agent_dir_in_machine(unit: &str) -> String {
+    format!("/var/lib/juju/agents/{}", unit_dir_name(unit))
+}
+
 pub fn charm_dir_in_machine(unit: &str) -> String {
-    format!("/var/lib/juju/agents/{}/charm", unit_dir_name(unit))
+    format!("{}/charm", agent_dir_in_machine(unit))
 }
 
 pub fn unit_number(unit: &str) -> u32 {
@@ -199,6 +203,15 @@ impl Model {
         }
     }
 
+    /// The units on a machine: its principal and their subordinates.
+    pub fn units_on(&self, machine: u32) -> Vec<String> {
+        self.units
+            .values()
+            .filter(|u| u.machine == machine)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     pub fn config_str(&self, key: &str) -> Option<String> {
         self.config.get(key).map(|v| match v {
             Value::String(s) => s.clone(),
@@ -241,11 +254,60 @@ impl Model {
         r.scope
             .iter()
             .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .filter(|u| !r.container || same_machine(&self.units, unit, u))
             .cloned()
             .collect()
     }
 
+    /// A new unit of a principal application, on a machine of its own.
     pub fn add_unit(&mut self, app: &str) -> Result<String> {
+        let a = self.apps.get(app).context("application not found")?;
+        if a.meta.subordinate {
+            anyhow::bail!(
+                "cannot add unit to application \"{app}\": application is subordinate \
+                 (its units come with the principal units it is related to)"
+            );
+        }
+        let id = self.next_machine;
+        self.next_machine += 1;
+        let net = self.net();
+        let kind = self
+            .config_str("harness-machine")
+            .and_then(|k| crate::machine::Kind::parse(&k))
+            .unwrap_or(DEFAULT_MACHINE_KIND);
+        let name = format!("{}/{}", app, a.next_unit);
+        self.machines.insert(
+            id,
+            Machine {
+                id,
+                address: net.machine_address(id),
+                hostname: format!("juju-{}-{}", &self.uuid[..6], id),
+                spawn_pid: None,
+                init_pid: None,
+                status: "pending".into(),
+                cut: false,
+                unit: Some(name.clone()),
+                kind,
+                provisioned: false,
+            },
+        );
+        self.place_unit(app, id, None)
+    }
+
+    /// A unit of subordinate application `app` beside `principal`, on its machine: what
+    /// Juju does when a principal unit enters a container-scoped relation's scope.
+    fn add_subordinate(&mut self, app: &str, principal: &str) -> Result<String> {
+        let machine = self
+            .units
+            .get(principal)
+            .map(|u| u.machine)
+            .context("principal unit not found")?;
+        self.place_unit(app, machine, Some(principal.to_string()))
+    }
+
+    /// The unit record and its first hooks (storage, install, relations created,
+    /// leadership, config, start), on `machine`.
+    fn place_unit(&mut self, app: &str, machine: u32, principal: Option<String>) -> Result<String> {
         let a = self.apps.get_mut(app).context("application not found")?;
         let name = format!("{}/{}", app, a.next_unit);
         a.next_unit += 1;
@@ -265,28 +327,6 @@ impl Model {
         if is_leader {
             a.leader = Some(name.clone());
         }
-        let id = self.next_machine;
-        self.next_machine += 1;
-        let net = self.net();
-        let kind = self
-            .config_str("harness-machine")
-            .and_then(|k| crate::machine::Kind::parse(&k))
-            .unwrap_or(DEFAULT_MACHINE_KIND);
-        self.machines.insert(
-            id,
-            Machine {
-                id,
-                address: net.machine_address(id),
-                hostname: format!("juju-{}-{}", &self.uuid[..6], id),
-                spawn_pid: None,
-                init_pid: None,
-                status: "pending".into(),
-                cut: false,
-                unit: Some(name.clone()),
-                kind,
-                provisioned: false,
-            },
-        );
         let mut storage = vec![];
         for (sname, count, volume) in storage_reqs {
             for _ in 0..count {
@@ -304,7 +344,7 @@ impl Model {
             Unit {
                 name: name.clone(),
                 app: app.into(),
-                machine: id,
+                machine,
                 life: Life::Alive,
                 workload: Status::new("waiting", "waiting for machine"),
                 agent: Status::new("allocating", ""),
@@ -320,6 +360,7 @@ impl Model {
                 state: Default::default(),
                 tracked: Default::default(),
                 workload_set: false,
+                principal,
             },
         );
         for s in &storage {
@@ -396,9 +437,25 @@ impl Model {
             .scope
             .iter()
             .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .filter(|u| !r.container || same_machine(&self.units, unit, u))
             .cloned()
             .collect();
         r.scope.insert(unit.to_string());
+        // A principal unit entering a container-scoped relation with a subordinate
+        // application gets its own unit of it, on its machine.
+        let wants_subordinate = r.container
+            && self.apps.get(&app).is_some_and(|a| !a.meta.subordinate)
+            && self
+                .apps
+                .get(&remote_app)
+                .is_some_and(|a| a.meta.subordinate && !a.dying)
+            && !self
+                .units
+                .values()
+                .any(|u| u.app == remote_app && u.principal.as_deref() == Some(unit));
+        if wants_subordinate {
+            let _ = self.add_subordinate(&remote_app, unit);
+        }
         for other in others {
             let their_ep = self.relations[&rel]
                 .endpoint_of(&remote_app)
@@ -433,6 +490,16 @@ impl Model {
             return;
         }
         u.life = Life::Dying;
+        // Its subordinates go with it (its own `remove` waits for them, see `worker`).
+        let subordinates: Vec<String> = self
+            .units
+            .values()
+            .filter(|s| s.principal.as_deref() == Some(unit))
+            .map(|s| s.name.clone())
+            .collect();
+        for s in subordinates {
+            self.remove_unit(&s);
+        }
         let app = app_of(unit).to_string();
         let rels: Vec<u32> = self
             .relations
@@ -519,7 +586,25 @@ impl Model {
         r.dying = true;
         let scope: Vec<String> = r.scope.iter().cloned().collect();
         let endpoints = r.endpoints.clone();
+        let container = r.container;
         r.scope.clear();
+        // The subordinate units this relation brought go with it.
+        if container {
+            let apps: Vec<String> = endpoints.iter().map(|e| e.app.clone()).collect();
+            let subordinates: Vec<String> = self
+                .units
+                .values()
+                .filter(|u| u.principal.is_some() && apps.contains(&u.app))
+                .filter(|u| {
+                    let principal = u.principal.as_deref().unwrap_or("");
+                    apps.iter().any(|a| a == app_of(principal))
+                })
+                .map(|u| u.name.clone())
+                .collect();
+            for u in subordinates {
+                self.remove_unit(&u);
+            }
+        }
         for u in scope {
             let app = app_of(&u).to_string();
             let ep = endpoints
@@ -621,10 +706,12 @@ impl Model {
             if !is_app && !r.scope.contains(owner) {
                 continue;
             }
+            let container = r.container;
             let targets: Vec<String> = r
                 .scope
                 .iter()
                 .filter(|u| app_of(u) == remote_app && *u != &ctx.unit)
+                .filter(|u| !container || same_machine(&self.units, &ctx.unit, u))
                 .cloned()
                 .collect();
             let ep = r
@@ -870,6 +957,14 @@ impl Model {
             }
         }
         best.unwrap_or_else(|| Status::new("unknown", ""))
+    }
+}
+
+/// Whether units `a` and `b` share a machine (a container-scoped relation's scope).
+fn same_machine(units: &BTreeMap<String, Unit>, a: &str, b: &str) -> bool {
+    match (units.get(a), units.get(b)) {
+        (Some(x), Some(y)) => x.machine == y.machine,
+        _ => false,
     }
 }
 
@@ -1121,26 +1216,19 @@ impl Ctl {
         let found = self.read(|w| {
             let m = w.models.get(model)?;
             let mach = m.machines.get(&machine)?;
-            let unit = mach.unit.clone().unwrap_or_default();
-            let charm = m
-                .units
-                .get(&unit)
-                .and_then(|u| m.apps.get(&u.app))
-                .map(|a| a.charm_dir.clone())
-                .unwrap_or_default();
+            let units = m.units_on(machine);
             let mirror = m
                 .config_str("apt-mirror")
                 .unwrap_or_else(default_apt_mirror);
             Some((
                 m.net(),
                 mach.hostname.clone(),
-                unit,
-                charm,
+                units,
                 mach.kind,
                 (!mach.provisioned).then_some(mirror),
             ))
         });
-        let Some((net, hostname, unit, charm_dir, kind, provision)) = found else {
+        let Some((net, hostname, units, kind, provision)) = found else {
             anyhow::bail!("machine {machine} of model {model:?} no longer exists");
         };
         let mdir = model_dir(&self.home, model);
@@ -1202,24 +1290,18 @@ impl Ctl {
             }
             self.update_machine(model, machine, |mach| mach.provisioned = true);
         }
-        let root = PathBuf::from(format!("/proc/{}/root", init.unwrap_or(spawned.pid)));
-        // Install the charm into the unit's directory on the machine (kept across reboots).
-        if !unit.is_empty() {
-            let target = root.join(charm_dir_in_machine(&unit).trim_start_matches('/'));
-            if !target.join("metadata.yaml").exists() {
-                let src = PathBuf::from(&charm_dir);
-                tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await??;
-            }
+        for unit in &units {
+            self.install_charm(model, unit).await?;
             // Volumes attached before this boot are mounted again before any hook runs.
             let attached: Vec<String> = self.read(|w| {
                 w.models
                     .get(model)
-                    .and_then(|m| m.units.get(&unit))
+                    .and_then(|m| m.units.get(unit.as_str()))
                     .map(|u| u.storage.clone())
                     .unwrap_or_default()
             });
             for id in attached {
-                self.prepare_storage(model, &unit, &id).await?;
+                self.prepare_storage(model, unit, &id).await?;
             }
         }
         self.mutate(|w| {
@@ -1230,7 +1312,7 @@ impl Ctl {
                         let _ = machine::set_link(&m.net(), machine, false);
                     }
                 }
-                if let Some(u) = m.units.get_mut(&unit) {
+                for u in m.units.values_mut().filter(|u| u.machine == machine) {
                     if u.agent.current == "allocating" || u.agent.current == "lost" {
                         u.agent = Status::new("idle", "");
                     }
@@ -1241,6 +1323,29 @@ impl Ctl {
             }
         });
         Ok(())
+    }
+
+    /// Installs the unit's charm into its agent directory on its machine (kept across
+    /// reboots), unless it is there: at boot for the units on the machine, and before the
+    /// first hook of a subordinate that arrives on a running machine.
+    async fn install_charm(&self, model: &str, unit: &str) -> Result<()> {
+        let found = self.read(|w| {
+            let m = w.models.get(model)?;
+            let u = m.units.get(unit)?;
+            let mach = m.machines.get(&u.machine)?;
+            let charm = m.apps.get(&u.app)?.charm_dir.clone();
+            Some((mach.init_pid.or(mach.spawn_pid)?, charm))
+        });
+        let Some((pid, charm_dir)) = found else {
+            anyhow::bail!("unit {unit}: its machine is not running");
+        };
+        let target = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(charm_dir_in_machine(unit).trim_start_matches('/'));
+        if target.join("metadata.yaml").exists() {
+            return Ok(());
+        }
+        let src = PathBuf::from(charm_dir);
+        tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await?
     }
 
     /// Points a new machine's apt at the model's mirror and reads its index, as cloud-init's
@@ -1351,9 +1456,10 @@ impl Ctl {
             };
             m.status = "down".into();
             let r = (m.spawn_pid.take(), m.init_pid.take());
-            let unit = m.unit.clone();
-            if let Some(u) = unit.and_then(|u| w.models.get_mut(model).unwrap().units.get_mut(&u)) {
-                u.agent = Status::new("lost", "agent is not communicating with the server");
+            for u in w.models.get_mut(model).unwrap().units.values_mut() {
+                if u.machine == machine {
+                    u.agent = Status::new("lost", "agent is not communicating with the server");
+                }
             }
             r
         });
@@ -1467,6 +1573,14 @@ impl Ctl {
                         changed = true;
                         continue;
                     }
+                    // A principal is removed only after its subordinates have gone.
+                    let waits_for_subordinates = ev.hook == "remove"
+                        && m.units
+                            .values()
+                            .any(|s| s.principal.as_deref() == Some(unit));
+                    if waits_for_subordinates {
+                        return (Next::Wait(None), changed);
+                    }
                     return (Next::Hook(ev), changed);
                 }
                 let u = m.units.get_mut(unit).unwrap();
@@ -1559,6 +1673,9 @@ impl Ctl {
         );
         set("JUJU_AGENT_SOCKET_NETWORK", "unix");
         set("JUJU_UNIT_NAME", unit);
+        if let Some(p) = &u.principal {
+            set("JUJU_PRINCIPAL_UNIT", p);
+        }
         set("JUJU_MODEL_UUID", &m.uuid);
         set("JUJU_MODEL_NAME", &m.name);
         set(
@@ -1750,7 +1867,8 @@ impl Ctl {
         let started = Instant::now();
         let attaching = match (&ev.storage, ev.hook.ends_with("-storage-attached")) {
             (Some(id), true) => self.prepare_storage(model, unit, id).await,
-            _ => Ok(()),
+            // A subordinate's charm arrives on its principal's running machine here.
+            _ => self.install_charm(model, unit).await,
         };
         let (result, ctx) = match (attaching, &handler) {
             // Storage that cannot be mounted fails its hook, which is retried.
@@ -1913,7 +2031,7 @@ impl Ctl {
         self.start_machine(model, machine).await?;
         self.mutate(|w| {
             if let Some(m) = w.models.get_mut(model) {
-                if let Some(u) = m.machines.get(&machine).and_then(|x| x.unit.clone()) {
+                for u in m.units_on(machine) {
                     m.push(&u, Event::hook("start"));
                 }
             }
@@ -1922,12 +2040,31 @@ impl Ctl {
     }
 
     pub async fn finalize_unit(&self, model: &str, unit: &str) {
-        let machine = self.read(|w| {
-            w.models
-                .get(model)
-                .and_then(|m| m.units.get(unit))
-                .map(|u| u.machine)
-        });
+        let (machine, last_on_machine, root) = self
+            .read(|w| {
+                let m = w.models.get(model)?;
+                let id = m.units.get(unit)?.machine;
+                let root = m.machines.get(&id).and_then(|x| x.init_pid.or(x.spawn_pid));
+                Some((Some(id), m.units_on(id).len() == 1, root))
+            })
+            .unwrap_or((None, false, None));
+        if !last_on_machine {
+            // A subordinate leaves its principal's machine: its agent directory goes, the
+            // machine stays.
+            if let Some(pid) = root {
+                let dir = PathBuf::from(format!("/proc/{pid}/root"))
+                    .join(agent_dir_in_machine(unit).trim_start_matches('/'));
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        self.log(
+                            model,
+                            &format!("controller: ERROR removing {}: {e}", dir.display()),
+                        );
+                    }
+                }
+            }
+        }
+        let machine = machine.filter(|_| last_on_machine);
         if let Some(id) = machine {
             self.crash_machine(model, id).await;
             let net = self.read(|w| w.models.get(model).map(|m| m.net()));
@@ -2119,6 +2256,26 @@ impl Ctl {
     }
 
     /// Fires update-status on every settled unit of models whose interval has passed.
+    /// Juju's deployer: every unit has a worker, including the subordinate units a
+    /// relation creates inside a model change.
+    pub async fn deployer_loop(self: Arc<Self>) {
+        let mut rx = self.subscribe();
+        loop {
+            let units: Vec<(String, String)> = self.read(|w| {
+                w.models
+                    .iter()
+                    .flat_map(|(name, m)| m.units.keys().map(move |u| (name.clone(), u.clone())))
+                    .collect()
+            });
+            for (model, unit) in units {
+                self.ensure_worker(&model, &unit);
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     pub async fn update_status_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -45,7 +45,13 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
             }
         }
     });
+    let mut seen = std::collections::BTreeSet::new();
     for (model, unit, machine_id, started) in units {
+        // A machine with a subordinate on it is looked at once.
+        if !seen.insert((model.clone(), machine_id)) {
+            ctl.ensure_worker(&model, &unit);
+            continue;
+        }
         let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
         let alive = started
             && machine::agent_call(&sock, &AgentRequest::Ping)
@@ -66,6 +72,7 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
         ctl.ensure_worker(&model, &unit);
     }
     tokio::spawn(ctl.clone().update_status_loop());
+    tokio::spawn(ctl.clone().deployer_loop());
     loop {
         tokio::select! {
             _ = ctl.shutdown.notified() => return Ok(()),

@@ -106,6 +106,13 @@ pub struct CharmMeta {
     /// storage name → (type, location, minimum count)
     #[serde(default)]
     pub storage: BTreeMap<String, StorageDef>,
+    /// `subordinate: true`: its units live beside a principal's, one per principal unit
+    /// in a container-scoped relation, and never get a machine of their own.
+    #[serde(default)]
+    pub subordinate: bool,
+    /// The endpoints declared `scope: container`.
+    #[serde(default)]
+    pub container_endpoints: BTreeSet<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -200,6 +207,9 @@ pub struct Unit {
     /// secret id → revision this unit tracks
     pub tracked: BTreeMap<String, u32>,
     pub workload_set: bool,
+    /// A subordinate unit's principal (the unit whose machine it shares).
+    #[serde(default)]
+    pub principal: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -274,6 +284,10 @@ pub struct Relation {
     /// units that have entered scope
     pub scope: BTreeSet<String>,
     pub dying: bool,
+    /// Container-scoped (either endpoint says `scope: container`): a unit sees only the
+    /// remote units on its own machine.
+    #[serde(default)]
+    pub container: bool,
 }
 
 impl Relation {
@@ -401,13 +415,36 @@ pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
             })
             .unwrap_or_default()
     };
+    let container_endpoints = ["provides", "requires"]
+        .iter()
+        .filter_map(|key| meta.get(*key).and_then(Value::as_object))
+        .flat_map(|m| m.iter())
+        .filter(|(_, v)| v.get("scope").and_then(Value::as_str) == Some("container"))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let subordinate = match meta.get("subordinate") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => anyhow::bail!(
+            "{}: subordinate must be true or false, not {other}",
+            meta_path.display()
+        ),
+    };
     let mut out = CharmMeta {
         name,
         peers: endpoints("peers"),
         provides: endpoints("provides"),
         requires: endpoints("requires"),
+        subordinate,
+        container_endpoints,
         ..Default::default()
     };
+    if out.subordinate && out.container_endpoints.is_empty() {
+        anyhow::bail!(
+            "{}: a subordinate charm needs at least one endpoint with scope: container",
+            meta_path.display()
+        );
+    }
     if let Some(res) = meta.get("resources").and_then(Value::as_object) {
         for (k, v) in res {
             let file = v

@@ -426,7 +426,15 @@ pub(super) async fn deploy(
     if ctl.model(&model, |m| m.apps.contains_key(&app))? {
         bail!("cannot add application \"{app}\": application already exists");
     }
-    let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
+    let n: u32 = if meta.subordinate {
+        // Its units come with the principal units it is related to.
+        if p.value("n").is_some() || p.value("to").is_some() {
+            bail!("cannot use --num-units or --to with subordinate application \"{app}\"");
+        }
+        0
+    } else {
+        p.value("n").unwrap_or("1").parse().context("--num-units")?
+    };
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
     let mut storage_requests = BTreeMap::new();
     let mut storage_volumes = BTreeMap::new();
@@ -500,6 +508,7 @@ pub(super) async fn deploy(
                     unit_data: Default::default(),
                     scope: Default::default(),
                     dying: false,
+                    container: false,
                 },
             );
         }

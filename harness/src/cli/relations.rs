@@ -132,6 +132,22 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
     }) {
         bail!("relation {app_a}:{ea} {app_b}:{eb} already exists");
     }
+    // Container-scoped if either side says so; then one side must be a subordinate, whose
+    // units live beside the other side's.
+    let container =
+        meta_a.container_endpoints.contains(&ea) || meta_b.container_endpoints.contains(&eb);
+    if container && !meta_a.subordinate && !meta_b.subordinate {
+        bail!(
+            "cannot relate {app_a}:{ea} and {app_b}:{eb}: a container-scoped relation needs \
+             a subordinate application on one side"
+        );
+    }
+    if container && meta_a.subordinate && meta_b.subordinate {
+        bail!(
+            "cannot relate {app_a}:{ea} and {app_b}:{eb}: both are subordinate (the local \
+             controller relates a subordinate to principals only)"
+        );
+    }
     let id = m.next_relation;
     m.next_relation += 1;
     m.relations.insert(
@@ -155,6 +171,7 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
             unit_data: Default::default(),
             scope: Default::default(),
             dying: false,
+            container,
         },
     );
     let mut started = vec![];

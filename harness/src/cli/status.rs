@@ -150,41 +150,69 @@ pub(super) fn status_json(m: &Model) -> Value {
             json!({"juju-status": {"current": juju, "message": if juju == "error" { x.status.clone() } else { String::new() }, "since": now_juju()}, "dns-name": x.address, "ip-addresses": [x.address], "instance-id": m.net().netns(*id), "hostname": x.hostname, "machine-status": {"current": if juju == "started" { "running" } else { juju }, "since": now_juju()}, "base": {"name": "debian", "channel": "12"}}),
         );
     }
+    // A unit's entry; a principal's holds its subordinates' (Juju nests them there and
+    // lists no units under a subordinate application).
+    let unit_entry = |u: &Unit| -> Map<String, Value> {
+        let addr = m
+            .machines
+            .get(&u.machine)
+            .map(|x| x.address.clone())
+            .unwrap_or_default();
+        let mut e = Map::new();
+        e.insert("workload-status".into(), status_entry(&unit_workload(u)));
+        let mut js = status_entry(&u.agent);
+        js["version"] = json!(controller::JUJU_VERSION);
+        e.insert("juju-status".into(), js);
+        if m.apps.get(&u.app).and_then(|a| a.leader.as_deref()) == Some(u.name.as_str()) {
+            e.insert("leader".into(), json!(true));
+        }
+        if u.principal.is_none() {
+            e.insert("machine".into(), json!(u.machine.to_string()));
+        }
+        if !u.ports.is_empty() {
+            e.insert(
+                "open-ports".into(),
+                json!(u.ports.iter().cloned().collect::<Vec<_>>()),
+            );
+        }
+        e.insert("public-address".into(), json!(addr));
+        if u.principal.is_none() {
+            e.insert("address".into(), json!(addr));
+        }
+        e
+    };
     let mut apps = Map::new();
     for (name, a) in &m.apps {
         let mut units = Map::new();
         let mut app_units: Vec<&Unit> = m.units.values().filter(|u| &u.app == name).collect();
         app_units.sort_by_key(|u| unit_number(&u.name));
-        for u in &app_units {
-            let addr = m
-                .machines
-                .get(&u.machine)
-                .map(|x| x.address.clone())
-                .unwrap_or_default();
-            let mut e = Map::new();
-            e.insert("workload-status".into(), status_entry(&unit_workload(u)));
-            let mut js = status_entry(&u.agent);
-            js["version"] = json!(controller::JUJU_VERSION);
-            e.insert("juju-status".into(), js);
-            if a.leader.as_deref() == Some(u.name.as_str()) {
-                e.insert("leader".into(), json!(true));
+        for u in app_units.iter().filter(|u| u.principal.is_none()) {
+            let mut e = unit_entry(u);
+            let mut subs: Vec<&Unit> = m
+                .units
+                .values()
+                .filter(|s| s.principal.as_deref() == Some(u.name.as_str()))
+                .collect();
+            subs.sort_by_key(|s| (s.app.clone(), unit_number(&s.name)));
+            if !subs.is_empty() {
+                let nested: Map<String, Value> = subs
+                    .iter()
+                    .map(|s| (s.name.clone(), Value::Object(unit_entry(s))))
+                    .collect();
+                e.insert("subordinates".into(), Value::Object(nested));
             }
-            e.insert("machine".into(), json!(u.machine.to_string()));
-            if !u.ports.is_empty() {
-                e.insert(
-                    "open-ports".into(),
-                    json!(u.ports.iter().cloned().collect::<Vec<_>>()),
-                );
-            }
-            e.insert("public-address".into(), json!(addr));
-            e.insert("address".into(), json!(addr));
             units.insert(u.name.clone(), Value::Object(e));
         }
         let mut rels: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        let mut principals = std::collections::BTreeSet::new();
         for r in m.relations.values().filter(|r| !r.dying) {
             if let Some(ep) = r.endpoint_of(name) {
                 let remote = r.remote_app_of(name).unwrap_or("").to_string();
-                rels.entry(ep.name.clone()).or_default().push(json!({"related-application": remote, "interface": ep.interface, "scope": "global"}));
+                let scope = if r.container { "container" } else { "global" };
+                if r.container && a.meta.subordinate {
+                    principals.insert(remote.clone());
+                }
+                rels.entry(ep.name.clone()).or_default().push(json!({"related-application": remote, "interface": ep.interface, "scope": scope}));
             }
         }
         let mut e = Map::new();
@@ -213,6 +241,9 @@ pub(super) fn status_json(m: &Model) -> Value {
         }
         if !rels.is_empty() {
             e.insert("relations".into(), json!(rels));
+        }
+        if a.meta.subordinate {
+            e.insert("subordinate-to".into(), json!(principals));
         }
         if !units.is_empty() {
             e.insert("units".into(), Value::Object(units));
@@ -304,7 +335,7 @@ pub(super) fn status_table(v: &Value) -> String {
     .map(String::from)
     .to_vec()];
     for a in apps.values() {
-        for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
+        let row = |indent: &str, u: &str, e: &Value| {
             let leader = if e.get("leader").is_some() { "*" } else { "" };
             let ports = e["open-ports"]
                 .as_array()
@@ -315,15 +346,21 @@ pub(super) fn status_table(v: &Value) -> String {
                         .join(",")
                 })
                 .unwrap_or_default();
-            rows.push(vec![
-                format!("{u}{leader}"),
+            vec![
+                format!("{indent}{u}{leader}"),
                 text(&e["workload-status"]["current"]),
                 text(&e["juju-status"]["current"]),
                 text(&e["machine"]),
                 text(&e["public-address"]),
                 ports,
                 text(&e["workload-status"]["message"]),
-            ]);
+            ]
+        };
+        for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
+            rows.push(row("", &u, &e));
+            for (s, se) in e["subordinates"].as_object().cloned().unwrap_or_default() {
+                rows.push(row("  ", &s, &se));
+            }
         }
     }
     s.push('\n');

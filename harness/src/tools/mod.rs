@@ -795,10 +795,12 @@ fn dispatch(
                     remote.to_string(),
                     json!({"status": "joined", "since": since}),
                 );
+                let machine = m.units.get(&ctx.unit).map(|u| u.machine);
                 for u in m
                     .units
                     .values()
                     .filter(|u| u.app == remote && u.name != ctx.unit)
+                    .filter(|u| !r.container || Some(u.machine) == machine)
                 {
                     entry.insert(u.name.clone(), json!({"status": if u.life == Life::Dying { "dying" } else { "active" }, "since": since}));
                 }
