@@ -183,7 +183,6 @@ pub struct Record {
 const PLAN: &str = "/var/lib/etcd-charm/snapshot-plan.json";
 const RECORD: &str = "/var/lib/etcd-charm/snapshot-record.json";
 const UNIT: &str = "etcd-charm-snapshot";
-const SYSTEMD_DIR: &str = "/etc/systemd/system";
 
 pub fn load_record() -> Result<Record> {
     Ok(read_json(RECORD)?.unwrap_or_default())
@@ -191,11 +190,6 @@ pub fn load_record() -> Result<Record> {
 
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// Whether systemd runs this machine (its timers run the job).
-pub fn systemd_runs() -> bool {
-    Path::new("/run/systemd/system").is_dir()
 }
 
 /// The period of `schedule` in seconds; a calendar expression is checked by systemd
@@ -246,7 +240,7 @@ fn elapse_time(s: &str) -> Option<i64> {
 /// reloaded and (re)started only when they changed. Returns the plan in force (it keeps when
 /// this unit began, across hooks). Errors are the blocked message.
 pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, String> {
-    if !systemd_runs() {
+    if !crate::timer::systemd_runs() {
         return Err(
             "snapshot_schedule needs systemd on the machine (its timer takes the snapshots); \
              unset it here and use the snapshot action"
@@ -279,69 +273,19 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
     if old.as_ref() != Some(&plan) {
         write_json(PLAN, &plan).map_err(|e| format!("{e:#}"))?;
     }
-    let service = format!(
-        "[Unit]\nDescription=etcd scheduled snapshot (etcd charm)\nAfter=etcd.service\n\n\
-         [Service]\nType=oneshot\nExecStart={} scheduled-snapshot\n",
-        exe.display()
-    );
-    let timer = format!(
-        "[Unit]\nDescription=etcd scheduled snapshots ({})\n\n[Timer]\n{}AccuracySec=1s\n\n\
-         [Install]\nWantedBy=timers.target\n",
-        schedule.describe(),
-        schedule.timer_lines()
-    );
-    let mut changed = false;
-    for (file, body) in [
-        (format!("{SYSTEMD_DIR}/{UNIT}.service"), service),
-        (format!("{SYSTEMD_DIR}/{UNIT}.timer"), timer),
-    ] {
-        if std::fs::read_to_string(&file).ok().as_deref() != Some(body.as_str()) {
-            std::fs::write(&file, body).map_err(|e| format!("writing {file}: {e}"))?;
-            changed = true;
-        }
-    }
-    let active = systemctl(&["is-active", "--quiet", &format!("{UNIT}.timer")]).is_ok();
-    if changed {
-        systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", &format!("{UNIT}.timer")])?;
-        // A restarted timer starts its interval again from now.
-        systemctl(&["restart", &format!("{UNIT}.timer")])?;
-    } else if !active {
-        systemctl(&["enable", "--now", &format!("{UNIT}.timer")])?;
-    }
+    crate::timer::ensure(&crate::timer::Job {
+        unit: UNIT,
+        description: &format!("etcd scheduled snapshots ({})", schedule.describe()),
+        exec: format!("{} scheduled-snapshot", exe.display()),
+        when: schedule.timer_lines(),
+    })?;
     Ok(plan)
 }
 
 /// This unit takes no scheduled snapshots (any more): the timer goes, the record stays.
 pub fn remove() -> Result<(), String> {
-    let timer = format!("{SYSTEMD_DIR}/{UNIT}.timer");
-    if !Path::new(&timer).exists() && !Path::new(PLAN).exists() {
-        return Ok(());
-    }
-    if Path::new(&timer).exists() {
-        systemctl(&["disable", "--now", &format!("{UNIT}.timer")])?;
-        for f in [timer, format!("{SYSTEMD_DIR}/{UNIT}.service")] {
-            remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
-        }
-        systemctl(&["daemon-reload"])?;
-    }
+    crate::timer::remove(UNIT)?;
     remove_if_present(Path::new(PLAN)).map_err(|e| format!("{e:#}"))
-}
-
-fn systemctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run systemctl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "systemctl {} failed: {}",
-            args.join(" "),
-            crate::etcd::last_line(&String::from_utf8_lossy(&out.stderr))
-        ))
-    }
 }
 
 /// This unit's part once the leader named the taker: with `schedule` (this unit takes them)

@@ -599,6 +599,10 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     if let Err(e) = crate::backups::remove() {
         juju::log("WARNING", &format!("scheduled snapshots: {e}"));
     }
+    // Nor is it watched by Nagios any more.
+    if let Err(e) = crate::nrpe::tear_down() {
+        juju::log("WARNING", &format!("nrpe: {e:#}"));
+    }
     st.left = true;
     st.save()
 }
@@ -639,11 +643,43 @@ pub fn hook(ctx: &Context) -> Result<()> {
             "this unit's restart moved the CA move on: planning again",
         );
     }
+    if crate::nrpe::concerns(name) {
+        nrpe_checks(ctx, &mut st);
+        st.save()?;
+    }
+    if let Some(e) = &st.nrpe_error {
+        board.report("blocked", format!("nrpe-external-master: {e}"));
+    }
     mark("end");
     log_slow_hook(name);
     let (status, msg) = board.winner();
     juju::status_set(status, &msg, false)?;
     r.map(|_| ())
+}
+
+/// The Nagios checks follow the relation (`nrpe`); what went wrong is kept for the status
+/// until a later try succeeds. A bad configuration is the reconcile's to report.
+fn nrpe_checks(ctx: &Context, st: &mut LocalState) {
+    let result = (|| -> Result<()> {
+        let Ok(cfg) = Config::parse(&juju::config()?) else {
+            return Ok(());
+        };
+        let endpoint = endpoint(&crate::unit::peer_address()?, cfg.port);
+        crate::nrpe::reconcile(
+            &ctx.unit,
+            ctx.hook_name(),
+            &cfg.nagios_context,
+            &cfg.nagios_servicegroups,
+            &endpoint,
+        )
+    })();
+    st.nrpe_error = match result {
+        Ok(()) => None,
+        Err(e) => {
+            juju::log("ERROR", &format!("nrpe: {e:#}"));
+            Some(format!("{e:#}"))
+        }
+    };
 }
 
 /// Whether a hook's reconcile is complete or has a next step of its own to take.

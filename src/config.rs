@@ -57,6 +57,10 @@ pub struct Config {
     pub snapshot_target: String,
     /// when the leader defragments members on its own (None: never)
     pub defrag_threshold: Option<crate::defrag::Threshold>,
+    /// what the NRPE checks' Nagios host name starts with (layer:nagios's option)
+    pub nagios_context: String,
+    /// the Nagios service groups of the checks (empty: the context)
+    pub nagios_servicegroups: String,
 }
 
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
@@ -203,7 +207,16 @@ impl Config {
             .map_err(|e| format!("invalid config: {e}"))?;
         let defrag_threshold = crate::defrag::Threshold::parse(&get_str(c, "defrag_threshold"))
             .map_err(|e| format!("invalid config: {e}"))?;
+        let nagios_context = get_str_or(c, "nagios_context", "juju");
+        let nagios_servicegroups = get_str(c, "nagios_servicegroups");
+        crate::nrpe::check_names("nagios_context", &nagios_context, false)
+            .and_then(|_| {
+                crate::nrpe::check_names("nagios_servicegroups", &nagios_servicegroups, true)
+            })
+            .map_err(|e| format!("invalid config: {e}"))?;
         Ok(Config {
+            nagios_context,
+            nagios_servicegroups,
             defrag_threshold,
             snapshot_schedule,
             snapshot_retention: snapshot_retention as u32,

@@ -26,12 +26,14 @@ mod etcd;
 mod juju;
 mod membership;
 mod migrate;
+mod nrpe;
 mod pki;
 mod recover;
 mod relations;
 mod relocate;
 mod restore;
 mod roll;
+mod timer;
 mod unit;
 mod upgrade;
 mod upgrade_actions;
@@ -56,6 +58,14 @@ enum Cmd {
     Action { name: String },
     /// Take one scheduled snapshot (run by the unit's systemd timer, outside any hook).
     ScheduledSnapshot,
+    /// A Nagios check (NRPE runs it as `nagios`): `service` (etcd runs) or `alarms` (none
+    /// raised, from the list the timer keeps). Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    NagiosCheck { which: String },
+    /// Refresh the alarm list the Nagios alarm check reads (run by a systemd timer as root).
+    NagiosAlarmList {
+        #[arg(long)]
+        endpoint: String,
+    },
     /// The built-in supervisor: runs etcd as a child, restarts it when it fails.
     Supervise {
         #[arg(long)]
@@ -77,6 +87,12 @@ fn main() {
     let result = match cli.cmd {
         Some(Cmd::Supervise { etcd, config }) => etcd::service::supervise(&etcd, &config),
         Some(Cmd::ScheduledSnapshot) => backups::run(),
+        Some(Cmd::NagiosCheck { which }) => {
+            let (code, line) = nrpe::nagios_check(&which);
+            println!("{line}");
+            std::process::exit(code);
+        }
+        Some(Cmd::NagiosAlarmList { endpoint }) => nrpe::refresh_alarm_list(&endpoint),
         Some(Cmd::Hook { name }) => {
             ctx.dispatch = format!("hooks/{name}");
             charm::hook(&ctx)

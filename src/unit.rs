@@ -50,6 +50,9 @@ pub struct LocalState {
     pub client_port: Option<u16>,
     #[serde(default)]
     pub running_peer_url: Option<String>,
+    /// why the NRPE checks could not be set up (or removed) the last time it was tried
+    #[serde(default)]
+    pub nrpe_error: Option<String>,
     /// the etcd version the running process was started from
     #[serde(default)]
     pub running_version: Option<String>,

@@ -179,44 +179,10 @@ fn health_credentials_and_bad_params() {
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["count"], "0");
     // Raise a NOSPACE alarm through the gateway; the actions list and disarm it.
-    let status = etcdctl(
-        &vars,
-        &[
-            "--endpoints",
-            &format!("https://{}:2379", env.address("etcd/0")),
-            "endpoint",
-            "status",
-            "-w",
-            "json",
-        ],
-    );
-    let v: Value = serde_json::from_slice(&status.stdout).unwrap();
-    let member = v[0]["Status"]["header"]["member_id"].as_u64().unwrap();
-    let dir = work.path().join("etcd_credentials");
-    let body = format!(r#"{{"action":"ACTIVATE","memberID":"{member}","alarm":"NOSPACE"}}"#);
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "--cacert"])
-        .arg(dir.join("ca.crt"))
-        .arg("--cert")
-        .arg(dir.join("client.crt"))
-        .arg("--key")
-        .arg(dir.join("client.key"))
-        .args([
-            "-X",
-            "POST",
-            &format!(
-                "https://{}:2379/v3/maintenance/alarm",
-                env.address("etcd/0")
-            ),
-            "-d",
-            &body,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    support::etcd::raise_alarm(
+        &work.path().join("etcd_credentials"),
+        &format!("https://{}:2379", env.address("etcd/0")),
+        "NOSPACE",
     );
     let (_, task) = env.run_action("etcd/0", &["alarm-list"]);
     assert_eq!(task["results"]["count"], "1", "{task}");

@@ -1,11 +1,13 @@
 //! The classic charm's monitoring relations: `prometheus` (interface `prometheus-manual`): a
 //! probe on the Prometheus side reads the registered job, writes the credentials it carries
 //! and scrapes every target over mTLS, as Prometheus would with that job; `grafana`
-//! (interface `grafana-dashboard`): a probe on the Grafana side imports the dashboard.
+//! (interface `grafana-dashboard`): a probe on the Grafana side imports the dashboard;
+//! `nrpe-external-master`: a subordinate probe installs NRPE beside each unit, as the nrpe
+//! charm does, and runs the checks through it as Nagios would.
 
 mod support;
 
-use support::etcd::MIN;
+use support::etcd::{Creds, MIN};
 use support::*;
 
 /// Three healthy units of etcd 3.5.1 in a model of their own, and the probe charm `probe`
@@ -135,4 +137,209 @@ fn grafana_imports_a_dashboard_whose_queries_name_metrics_the_members_serve() {
         "cat /var/lib/grafana-probe/requests.json",
     );
     assert!(rel.contains("request_etcd-charm-dashboard"), "{rel}");
+}
+
+/// What NRPE answers for `command` on the probe's machine (`check_nrpe`, as Nagios asks):
+/// the plugin's exit code and output.
+fn nrpe_check(env: &Env, probe: &str, command: &str) -> (i32, String) {
+    let out = env.exec_ok(
+        probe,
+        &format!("/usr/lib/nagios/plugins/check_nrpe -H 127.0.0.1 -c {command}; echo \"rc=$?\""),
+    );
+    let (text, rc) = out.trim_end().rsplit_once("rc=").expect("an exit code");
+    (rc.trim().parse().unwrap(), text.trim().to_string())
+}
+
+/// Waits until NRPE on the probe's machine answers `command` with `code` (NRPE reloads its
+/// commands after the charm writes them, and the alarm list is refreshed by a timer).
+fn wait_check(env: &Env, probe: &str, command: &str, code: i32, says: &str) -> String {
+    let deadline = std::time::Instant::now() + MIN;
+    loop {
+        let (rc, text) = nrpe_check(env, probe, command);
+        if rc == code && text.contains(says) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{command} on {probe}: wanted {code} saying {says:?}, last {rc}: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// `nrpe-external-master` (container-scoped): the nrpe subordinate comes to each unit's
+/// machine, and the two classic checks run through a real NRPE: etcd's service
+/// (CRITICAL while it is stopped) and the cluster's alarms (CRITICAL while NOSPACE is raised,
+/// OK once disarmed), with Nagios service definitions exported under the host name NRPE gives.
+/// The subordinate follows the principal's scale and leaves with the relation, taking
+/// every check with it.
+#[test]
+fn nrpe_runs_the_service_and_alarm_checks_beside_each_unit_and_leaves_nothing_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("nrpe", &["update-status-hook-interval=1h"]);
+    deploy_healthy(&env, 1, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
+    let probe = repo_root().join("tests/charms/nrpe-probe");
+    env.ok(&["deploy", probe.to_str().unwrap()]);
+    // A subordinate has no units of its own to add.
+    let r = env.run(&["add-unit", "nrpe-probe"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("subordinate"), "{}", r.stderr);
+    env.ok(&["integrate", "etcd:nrpe-external-master", "nrpe-probe"]);
+    let s = env.wait("the probe beside etcd/0 runs both checks", 3 * MIN, |s| {
+        unit_message(s, "nrpe-probe/0").starts_with("checks: ")
+    });
+    // Juju's shape: the subordinate is nested under its principal, on its machine.
+    assert_eq!(
+        s["applications"]["nrpe-probe"]["subordinate-to"],
+        serde_json::json!(["etcd"])
+    );
+    assert!(s["applications"]["nrpe-probe"]["units"].is_null(), "{s}");
+    let nested = &s["applications"]["etcd"]["units"]["etcd/0"]["subordinates"]["nrpe-probe/0"];
+    assert_eq!(nested["public-address"], env.address("etcd/0"), "{s}");
+    wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd",
+        0,
+        "OK: etcd.service is active",
+    );
+    wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd-alarms",
+        0,
+        "OK: no etcd alarms",
+    );
+    // The commands NRPE runs, and the Nagios services exported under NRPE's host name.
+    let cfg = env.exec_ok("etcd/0", "cat /etc/nagios/nrpe.d/check_etcd-alarms.cfg");
+    assert!(
+        cfg.contains("command[check_etcd-alarms]=/usr/local/lib/nagios/plugins/etcd-charm-check nagios-check alarms"),
+        "{cfg}"
+    );
+    let host = format!("probe-{}", env.exec_ok("etcd/0", "hostname").trim());
+    let export = format!("/var/lib/nagios/export/service__{host}_check_etcd.cfg");
+    let service = env.exec_ok("etcd/0", &format!("cat {export}"));
+    assert!(
+        service.contains(&format!("host_name                       {host}")),
+        "{service}"
+    );
+    assert!(
+        service.contains("check_command                   check_nrpe!check_etcd\n"),
+        "{service}"
+    );
+    assert!(
+        service.contains("servicegroups                   juju\n"),
+        "{service}"
+    );
+    let monitors = env.exec_ok("nrpe-probe/0", "cat /var/lib/nrpe-probe/monitors.yaml");
+    assert!(
+        monitors.contains("command: check_etcd-alarms"),
+        "{monitors}"
+    );
+    assert_eq!(
+        env.exec_ok(
+            "etcd/0",
+            "systemctl is-active etcd-charm-nagios-alarms.timer"
+        )
+        .trim(),
+        "active"
+    );
+
+    // A raised alarm is CRITICAL once the timer's job has read it; disarmed, OK again.
+    let creds = Creds::from_unit(&env, "etcd/0");
+    creds.raise_alarm(
+        &format!("https://{}:2379", env.address("etcd/0")),
+        "NOSPACE",
+    );
+    env.exec_ok("etcd/0", "systemctl start etcd-charm-nagios-alarms.service");
+    let text = wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd-alarms",
+        2,
+        "CRITICAL: alarm NOSPACE on",
+    );
+    assert!(text.contains("etcd"), "the member is named: {text}");
+    let (_, task) = env.run_action("etcd/0", &["alarm-disarm"]);
+    assert_eq!(task["status"], "completed", "{task}");
+    env.exec_ok("etcd/0", "systemctl start etcd-charm-nagios-alarms.service");
+    wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd-alarms",
+        0,
+        "OK: no etcd alarms",
+    );
+
+    // The service check follows etcd's service.
+    env.exec_ok("etcd/0", "systemctl stop etcd.service");
+    wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd",
+        2,
+        "CRITICAL: etcd.service is inactive",
+    );
+    env.exec_ok("etcd/0", "systemctl start etcd.service");
+    wait_check(
+        &env,
+        "nrpe-probe/0",
+        "check_etcd",
+        0,
+        "OK: etcd.service is active",
+    );
+
+    // Service groups come from the configuration; a name Nagios cannot take blocks.
+    env.ok(&["config", "etcd", "nagios_servicegroups=etcd-prod,storage"]);
+    env.wait("the exported services in the new groups", MIN, |_| {
+        env.exec_ok("etcd/0", &format!("cat {export}"))
+            .contains("servicegroups                   etcd-prod,storage\n")
+    });
+    env.ok(&["config", "etcd", "nagios_context=two words"]);
+    env.wait("a bad nagios_context blocks", MIN, |s| {
+        unit_message(s, "etcd/0").contains("nagios_context \"two words\"")
+    });
+    env.ok(&["config", "etcd", "nagios_context="]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
+
+    // A new unit gets its own subordinate and checks; a removed one takes its subordinate.
+    env.ok(&["add-unit", "etcd"]);
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
+    let s = env.wait("a probe beside etcd/1", 3 * MIN, |s| {
+        unit_message(s, "nrpe-probe/1").starts_with("checks: ")
+    });
+    assert!(
+        !s["applications"]["etcd"]["units"]["etcd/1"]["subordinates"]["nrpe-probe/1"].is_null(),
+        "{s}"
+    );
+    wait_check(
+        &env,
+        "nrpe-probe/1",
+        "check_etcd-alarms",
+        0,
+        "OK: no etcd alarms",
+    );
+    env.ok(&["remove-unit", "--no-prompt", "etcd/1"]);
+    env.wait("etcd/1 and its subordinate gone", 2 * MIN, |s| {
+        unit_entry(s, "nrpe-probe/1").is_null()
+            && unit_entry(s, "etcd/1").is_null()
+            && s["machines"].as_object().is_some_and(|m| m.len() == 1)
+    });
+
+    // The relation goes: the subordinate leaves and every check with it.
+    env.ok(&["remove-relation", "etcd", "nrpe-probe"]);
+    env.wait("the subordinate gone", 2 * MIN, |s| {
+        unit_entry(s, "nrpe-probe/0").is_null()
+    });
+    env.wait("the checks removed from etcd/0", MIN, |_| {
+        env.exec_ok(
+            "etcd/0",
+            "ls /etc/nagios/nrpe.d/check_etcd*.cfg /var/lib/nagios/export/*check_etcd* \
+             /usr/local/lib/nagios/plugins/etcd-charm-check \
+             /etc/systemd/system/etcd-charm-nagios-alarms.timer 2>/dev/null | wc -l",
+        )
+        .trim()
+            == "0"
+    });
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
 }

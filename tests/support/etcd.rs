@@ -12,6 +12,39 @@ use std::time::{Duration, Instant};
 
 pub const MIN: Duration = Duration::from_secs(60);
 
+/// curl with the client credentials in `dir` (ca.crt, client.crt, client.key).
+pub fn curl_in(dir: &Path) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-m", "5", "--cacert"])
+        .arg(dir.join("ca.crt"))
+        .arg("--cert")
+        .arg(dir.join("client.crt"))
+        .arg("--key")
+        .arg(dir.join("client.key"));
+    c
+}
+
+/// Raises `alarm` on the member at `endpoint` through etcd's alarm API (the request etcd's
+/// own quota check makes), with the client credentials in `dir`.
+pub fn raise_alarm(dir: &Path, endpoint: &str, alarm: &str) {
+    let post = |path: &str, body: &str| {
+        let out = curl_in(dir)
+            .args(["-X", "POST", "-d", body, &format!("{endpoint}{path}")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "POST {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let status = post("/v3/maintenance/status", "{}");
+    let member = status["header"]["member_id"].as_str().unwrap().to_string();
+    let raise = serde_json::json!({"action": "ACTIVATE", "memberID": member, "alarm": alarm});
+    post("/v3/maintenance/alarm", &raise.to_string());
+}
+
 /// Client credentials copied out of a unit, for etcdctl on the host.
 pub struct Creds {
     pub dir: tempfile::TempDir,
@@ -61,14 +94,11 @@ impl Creds {
     }
     /// curl with these credentials (5 s at most, errors shown): add the URL and options.
     pub fn curl(&self) -> Command {
-        let mut c = Command::new("curl");
-        c.args(["-sS", "-m", "5", "--cacert"])
-            .arg(self.path("ca.crt"))
-            .arg("--cert")
-            .arg(self.path("client.crt"))
-            .arg("--key")
-            .arg(self.path("client.key"));
-        c
+        curl_in(self.dir.path())
+    }
+    /// Raises `alarm` (NOSPACE, CORRUPT) on the member at `endpoint`, as etcd itself does.
+    pub fn raise_alarm(&self, endpoint: &str, alarm: &str) {
+        raise_alarm(self.dir.path(), endpoint, alarm)
     }
     /// A request to etcd's v2 API at `endpoint` (`PUT`, `GET` or `DELETE` of `/v2/keys/key`,
     /// a value for `PUT`), with the client certificate: etcd's JSON answer.

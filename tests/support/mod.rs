@@ -81,11 +81,29 @@ pub fn assert_refused(task: &Value, says: &str) {
 }
 
 pub fn unit_message(status: &Value, unit: &str) -> String {
-    let app = unit.split('/').next().unwrap_or("");
-    status["applications"][app]["units"][unit]["workload-status"]["message"]
+    unit_entry(status, unit)["workload-status"]["message"]
         .as_str()
         .unwrap_or("")
         .to_string()
+}
+
+/// A unit's entry in a status: under its application, or (a subordinate) under its
+/// principal's `subordinates`, as Juju nests them. Null when it is not there.
+pub fn unit_entry(status: &Value, unit: &str) -> Value {
+    let app = unit.split('/').next().unwrap_or("");
+    let direct = &status["applications"][app]["units"][unit];
+    if !direct.is_null() {
+        return direct.clone();
+    }
+    for a in status["applications"].as_object().into_iter().flatten() {
+        for u in a.1["units"].as_object().into_iter().flatten() {
+            let nested = &u.1["subordinates"][unit];
+            if !nested.is_null() {
+                return nested.clone();
+            }
+        }
+    }
+    Value::Null
 }
 
 /// The units of `app` in a status, in unit-number order.
