@@ -5,6 +5,7 @@
     python3 benches/bench.py machines  # boot time and memory of a systemd machine beside a namespace one
     python3 benches/bench.py charm     # update-status vs etcdctl; deploy -n 3 vs a bare bootstrap
     python3 benches/bench.py actions   # snapshot and restore of a 256 MiB database
+    python3 benches/bench.py restore1  # the one-unit restore alone, five rounds
     python3 benches/bench.py restore3  # restore of a 256 MiB database on 3 units vs by hand
 Needs root, a release build (cargo build --release --workspace) and tests/setup.sh.
 """
@@ -294,6 +295,7 @@ def main():
                 "machines": bench_machines,
                 "charm": bench_charm,
                 "actions": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME),
+                "restore1": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME, restore_only=True),
                 "restore3": lambda: actions.run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME),
             }[w]()
             h("destroy-model", "bench", "--no-prompt", check=False)

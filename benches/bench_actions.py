@@ -69,12 +69,15 @@ print(json.dumps({{"s": time.perf_counter() - t, "rss_mb": ru.ru_maxrss / 1024}}
 RAN = re.compile(r'unit-(\S+): INFO ran "snapshot" action \(exit 0, (\d+) ms, peak RSS ([\d.]+) MiB\)')
 
 
-def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
+def run(h, inside, row, tarball, wait, FIX, ROOT, HOME, restore_only=False):
     tb = tarball(FIX / "etcd-3.5.1", "3.5.1")
     etcdctl = FIX / "etcd-3.5.1/etcdctl"
     h("add-model", "--no-switch", "bench")
     h("model-config", "update-status-hook-interval=1h")
     datasets = [("256 MiB random", 256, True), ("256 MiB compressible", 256, False), ("1 GiB random", 1024, True)]
+    if restore_only:
+        # `restore1`: the restore alone, more rounds (its figure is the noisiest).
+        datasets = datasets[:1]
     kept = None
     for i, (name, mib, rnd) in enumerate(datasets):
         app = f"etcd{i}"
@@ -90,7 +93,7 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         copy = ["sh", "-c", "dd if=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml)/member/snap/db "
                 "of=/root/copy.db bs=4M conv=fsync status=none"]
         action, action_rss, base, base_rss, cp = [], [], [], [], []
-        for _ in range(2):
+        for _ in range(1 if restore_only else 2):
             h("exec", "--unit", unit, "--", "rm -rf /root/snaps /root/base.db /root/copy.db; sync")
             t = time.perf_counter()
             out = json.loads(h("run", "--format", "json", unit, "snapshot", "target=/root/snaps"))
@@ -106,9 +109,10 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
             cp.append(c["s"])
         db_mb = int(h("exec", "--unit", unit, "--", "stat -c %s /root/base.db")) / 2**20
         label = f"{name} ({db_mb:.0f} MiB db, archive {int(res['size']) / 2**20:.0f} MiB)"
-        row(f"snapshot action, {label}", min(action), "s", "etcdctl snapshot save", min(base), "<= 1x")
-        row(f"snapshot action peak RSS, {name}", max(action_rss), "MB", "etcdctl snapshot save", max(base_rss), "<= 1x")
-        row(f"snapshot action, {name}", min(action), "s", "dd of the db file with fsync (the disk's bound)", min(cp), "report")
+        if not restore_only:
+            row(f"snapshot action, {label}", min(action), "s", "etcdctl snapshot save", min(base), "<= 1x")
+            row(f"snapshot action peak RSS, {name}", max(action_rss), "MB", "etcdctl snapshot save", max(base_rss), "<= 1x")
+            row(f"snapshot action, {name}", min(action), "s", "dd of the db file with fsync (the disk's bound)", min(cp), "report")
         if i == 0:
             kept = (unit, res["path"], machine)
         else:
@@ -123,7 +127,7 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
     h("attach-resource", app, f"snapshot={local}")
     h("wait-settled", "--timeout", "5m")
     restore, by_hand = [], []
-    for _ in range(2):
+    for _ in range(5 if restore_only else 2):
         t = time.perf_counter()
         out = json.loads(h("run", "--format", "json", unit, "restore"))
         restore.append(time.perf_counter() - t)
@@ -132,6 +136,7 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         t0, t1 = map(float, h("exec", "--unit", unit, "--", RESTORE_BY_HAND.format(
             etcdutl=FIX / "etcd-3.5.1/etcdutl", etcd=FIX / "etcd-3.5.1/etcd")).split())
         by_hand.append(t1 - t0)
+        print(f"    restore action {restore[-1]:.2f} s, by hand {by_hand[-1]:.2f} s", flush=True)
     row("restore action on one unit (verify, restore, swap, start, check)", min(restore), "s",
         "etcdutl snapshot restore + start etcd by hand", min(by_hand), "<= 1x")
 

@@ -233,6 +233,9 @@ struct Peers {
     app_writes: Bag,
     /// unit → databag, this unit included (with its pending writes)
     units: std::collections::BTreeMap<String, Bag>,
+    /// The client certificate and key the leader created in this hook: its secret can be
+    /// read only once the hook has committed.
+    new_client: Option<(String, String)>,
 }
 
 impl Peers {
@@ -308,8 +311,12 @@ fn leader_ca(peers: &mut Peers) -> Result<Ca> {
     let (cc, ck) = ca.issue_with_key(Profile::Client, "etcd-client")?;
     juju::secret_add(
         CLIENT_LABEL,
-        &Bag::from([("client-cert".into(), cc), ("client-key".into(), ck)]),
+        &Bag::from([
+            ("client-cert".into(), cc.clone()),
+            ("client-key".into(), ck.clone()),
+        ]),
     )?;
+    peers.new_client = Some((cc, ck));
     peers.app_set("ca", &ca.cert_pem);
     Ok(ca)
 }
@@ -438,12 +445,15 @@ fn install_certs(
                 read(&format!("csr-{}.key", p.name()))?,
             ));
         }
-        let client = juju::secret_get_by_label(CLIENT_LABEL)?;
-        if let Some((cert, key)) = client
-            .as_ref()
-            .and_then(|c| Some((c.get("client-cert")?, c.get("client-key")?)))
-        {
-            pairs.push(("client", cert.clone(), key.clone()));
+        // Created in this very hook (the leader's first), the secret cannot be read yet:
+        // the pair the leader holds serves, so no unit reports healthy without one.
+        let client = match &peers.new_client {
+            Some(pair) => Some(pair.clone()),
+            None => juju::secret_get_by_label(CLIENT_LABEL)?
+                .and_then(|c| Some((c.get("client-cert")?.clone(), c.get("client-key")?.clone()))),
+        };
+        if let Some((cert, key)) = client {
+            pairs.push(("client", cert, key));
         }
     } else {
         match provided {
@@ -755,6 +765,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         app: juju::relation_get(&rel, &ctx.app, true)?,
         app_writes: Bag::new(),
         units: Default::default(),
+        new_client: None,
     };
     for u in juju::relation_list(&rel)? {
         let b = juju::relation_get(&rel, &u, false)?;
@@ -979,22 +990,32 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         // How this member starts: its data, the bootstrap set, or the join in flight.
         if st.initial_cluster.is_none() {
+            use crate::plan::Start;
             let bootstrap: Vec<String> = peers
                 .app_get("bootstrap")
                 .map(|b| b.split(',').map(String::from).collect())
                 .unwrap_or_default();
-            let join = peers.join().filter(|j| j.unit == ctx.unit);
-            if let Some(j) = join {
-                st.initial_cluster = Some(j.initial_cluster);
-                st.initial_state = Some("existing".into());
-            } else if bootstrap.contains(&name) {
-                st.initial_cluster = peers.app_get("initial-cluster").map(String::from);
-                st.initial_state = Some("new".into());
-            } else if has_member_data(&data) {
-                st.initial_state = Some("existing".into());
-            } else {
-                board.report("waiting", "Waiting to join the cluster");
-                return Ok(());
+            match crate::plan::start(
+                &ctx.unit,
+                &name,
+                peers.join(),
+                &bootstrap,
+                peers.app_get("initial-cluster"),
+                has_member_data(&data),
+            ) {
+                Start::Join { initial_cluster } => {
+                    st.initial_cluster = Some(initial_cluster);
+                    st.initial_state = Some("existing".into());
+                }
+                Start::Bootstrap { initial_cluster } => {
+                    st.initial_cluster = initial_cluster;
+                    st.initial_state = Some("new".into());
+                }
+                Start::FromData => st.initial_state = Some("existing".into()),
+                Start::Wait => {
+                    board.report("waiting", "Waiting to join the cluster");
+                    return Ok(());
+                }
             }
             st.token = peers.app_get("token").map(String::from);
             st.epoch = peers.app_get("epoch").map(String::from);
@@ -1115,20 +1136,28 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             // waiting, goes back to the leader: the raft leader upgrades last (leadership can
             // move after the turn was granted). Handed back once per turn hash: the unit then
             // waits for the end of the queue, and takes its turn when it comes again.
-            let hand_back = granted
-                && !alone
-                && !detaching
-                && inst.staged.is_some()
-                && mine.get("turn-declined").map(String::as_str) != Some(want.as_str())
-                && crate::roll::queue(&peers.units, None)
+            let view = crate::plan::TurnView {
+                alone,
+                detaching,
+                granted,
+                upgrading: inst.staged.is_some(),
+                declined_before: mine.get("turn-declined").map(String::as_str)
+                    == Some(want.as_str()),
+                others_waiting: crate::roll::queue(&peers.units, None)
                     .iter()
-                    .any(|u| *u != ctx.unit)
-                && client
+                    .any(|u| *u != ctx.unit),
+                rolled_back: crate::roll::rolled_back(&peers.units),
+                paused_after: peers.app_get("upgrade-paused"),
+            };
+            let turn = crate::plan::turn(&view, || {
+                client
                     .leader_member(&ep)
                     .ok()
                     .flatten()
-                    .is_some_and(|m| m.name == name);
-            if hand_back {
+                    .is_some_and(|m| m.name == name)
+            });
+            use crate::plan::Turn;
+            if turn == Turn::HandBack {
                 juju::log(
                     "INFO",
                     "this member leads raft and others still wait: handing the upgrade turn back (it goes last)",
@@ -1138,7 +1167,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 if leader {
                     roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
                 }
-            } else if alone || detaching || granted {
+            } else if turn == Turn::Take {
                 // This unit's turn: new binaries are switched in only now.
                 let mut inst = inst.clone();
                 let previous = install::switch_staged(&mut inst)?;
@@ -1199,7 +1228,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 if leader {
                     roll_msg = manage_restart_lock(&mut peers, &roll_ctx);
                 }
-            } else if let Some((unit, version)) = crate::roll::rolled_back(&peers.units) {
+            } else if let Turn::Stopped { unit, version } = &turn {
                 board.report(
                     "blocked",
                     format!(
@@ -1208,7 +1237,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                         inst.retry_hint()
                     ),
                 );
-            } else if let Some(after) = peers.app_get("upgrade-paused") {
+            } else if let Turn::Paused { after } = &turn {
                 board.report(
                     "maintenance",
                     format!(
@@ -1349,28 +1378,31 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
                 String::new()
             }
         };
-        match (&status, healthy) {
-            (Ok(s), true) if s.is_learner => {
+        use crate::plan::Health;
+        match crate::plan::health(status.as_ref().ok(), healthy, was_started) {
+            Health::Learner => {
                 board.report("waiting", "Joined as a learner; waiting for promotion")
             }
-            (Ok(_), true) => board.report(
+            Health::Healthy => board.report(
                 "active",
                 format!("Healthy with {voters} known peers{migration_hint}{backups_note}"),
             ),
-            (Ok(s), false) if s.leader == 0 && was_started => board.report(
+            Health::NoLeader => board.report(
                 "blocked",
                 "No raft leader: a majority of the cluster's members do not answer; if they \
                  are gone for good, run the recover action on the leader",
             ),
-            (Ok(_), false) => match client.alarms(&ep) {
+            Health::Unhealthy => match client.alarms(&ep) {
                 Ok(alarms) if !alarms.is_empty() => board.report(
                     "blocked",
                     alarm_message(&alarms, &members, cfg.quota_backend_bytes),
                 ),
                 _ => board.report("blocked", format!("UnHealthy with {voters} known peers")),
             },
-            (Err(e), _) => {
-                juju::log("WARNING", &format!("etcd does not answer: {e}"));
+            Health::Silent => {
+                if let Err(e) = &status {
+                    juju::log("WARNING", &format!("etcd does not answer: {e}"));
+                }
                 if was_started {
                     // A member that restarts without a majority of its peers serves no client
                     // until they answer: say what that means if they never come back.

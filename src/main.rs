@@ -28,6 +28,7 @@ mod membership;
 mod migrate;
 mod nrpe;
 mod pki;
+mod plan;
 mod recover;
 mod relations;
 mod relocate;

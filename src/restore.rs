@@ -336,7 +336,7 @@ pub fn restore(
     // 6. check.
     let check = retry(
         Duration::from_secs(60),
-        Duration::from_millis(50),
+        Duration::from_millis(10),
         || -> Result<u64> {
             if !client.health(&ep)? {
                 bail!("not healthy yet");

@@ -1,0 +1,308 @@
+//! Pure decisions of the reconcile (`charm.rs`): each takes what the hook observed and
+//! returns what to do, with no I/O, so each is tested state in, state out. The reconcile
+//! observes (hook tools, etcd, local files), asks here, and applies the answer.
+//!
+//! Must not: call hook tools, etcd or the file system; log (the caller says what it decided).
+
+use crate::cluster::Join;
+
+/// How a member with no recorded start begins.
+#[derive(Debug, PartialEq)]
+pub enum Start {
+    /// Added by the leader (`member add`): joins with the cluster the leader computed.
+    Join { initial_cluster: String },
+    /// In the bootstrap set: starts a new cluster with the others of the set.
+    Bootstrap { initial_cluster: Option<String> },
+    /// Has a member's data already (a reboot before its start was recorded, a migration):
+    /// starts from it.
+    FromData,
+    /// Nothing to start from yet: the leader's join or bootstrap comes in a later hook.
+    Wait,
+}
+
+/// `join` is the join in flight (any unit's); `bootstrap` the names of the bootstrap set.
+pub fn start(
+    unit: &str,
+    name: &str,
+    join: Option<Join>,
+    bootstrap: &[String],
+    bootstrap_cluster: Option<&str>,
+    has_data: bool,
+) -> Start {
+    match join {
+        Some(j) if j.unit == unit => Start::Join {
+            initial_cluster: j.initial_cluster,
+        },
+        _ if bootstrap.iter().any(|b| b == name) => Start::Bootstrap {
+            initial_cluster: bootstrap_cluster.map(String::from),
+        },
+        _ if has_data => Start::FromData,
+        _ => Start::Wait,
+    }
+}
+
+/// What a running member that must restart (a new config, new binaries, a new CA bundle)
+/// sees of the roll.
+pub struct TurnView<'a> {
+    /// the only unit: nobody to wait for
+    pub alone: bool,
+    /// its storage is detaching: the data leaves now, not in a turn
+    pub detaching: bool,
+    /// the leader granted this unit the restart lock for exactly this change
+    pub granted: bool,
+    /// new binaries are staged (an upgrade, not only a config)
+    pub upgrading: bool,
+    /// this unit already handed this turn back once
+    pub declined_before: bool,
+    /// other units still wait in the roll's queue
+    pub others_waiting: bool,
+    /// a unit whose new version failed and was rolled back: (unit, version)
+    pub rolled_back: Option<(String, String)>,
+    /// the roll is paused after this unit (`pause_after_unit_upgrade`)
+    pub paused_after: Option<&'a str>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Turn {
+    /// Restart now (switching staged binaries in).
+    Take,
+    /// Give the granted upgrade turn back: this member leads raft and others still wait, so
+    /// it goes last.
+    HandBack,
+    /// The roll stopped on another unit's failure; this one keeps its version.
+    Stopped { unit: String, version: String },
+    /// The roll waits for the operator's resume-upgrade.
+    Paused { after: String },
+    /// Not this unit's turn yet.
+    Wait,
+}
+
+/// `leads_raft` is asked only when the answer matters (a granted upgrade turn with others
+/// still waiting): it costs a request to etcd.
+pub fn turn(v: &TurnView, leads_raft: impl FnOnce() -> bool) -> Turn {
+    let may_hand_back = v.granted
+        && !v.alone
+        && !v.detaching
+        && v.upgrading
+        && !v.declined_before
+        && v.others_waiting;
+    if may_hand_back && leads_raft() {
+        return Turn::HandBack;
+    }
+    if v.alone || v.detaching || v.granted {
+        return Turn::Take;
+    }
+    if let Some((unit, version)) = &v.rolled_back {
+        return Turn::Stopped {
+            unit: unit.clone(),
+            version: version.clone(),
+        };
+    }
+    if let Some(after) = v.paused_after {
+        return Turn::Paused {
+            after: after.to_string(),
+        };
+    }
+    Turn::Wait
+}
+
+/// What the member's own answers say of it.
+#[derive(Debug, PartialEq)]
+pub enum Health {
+    /// healthy, a learner the leader has yet to promote
+    Learner,
+    Healthy,
+    /// answers, but no raft leader although it had started before: a majority is missing
+    NoLeader,
+    /// answers and is not healthy: an alarm, or peers down (the caller asks which)
+    Unhealthy,
+    /// does not answer
+    Silent,
+}
+
+/// `status` is None when etcd did not answer its status request.
+pub fn health(
+    status: Option<&crate::etcd::client::Status>,
+    healthy: bool,
+    was_started: bool,
+) -> Health {
+    match (status, healthy) {
+        (Some(s), true) if s.is_learner => Health::Learner,
+        (Some(_), true) => Health::Healthy,
+        (Some(s), false) if s.leader == 0 && was_started => Health::NoLeader,
+        (Some(_), false) => Health::Unhealthy,
+        (None, _) => Health::Silent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::client::Status;
+
+    fn join(unit: &str) -> Join {
+        Join {
+            unit: unit.into(),
+            name: "etcd1".into(),
+            peer_url: "https://10.0.0.2:2380".into(),
+            initial_cluster: "etcd0=https://10.0.0.1:2380,etcd1=https://10.0.0.2:2380".into(),
+        }
+    }
+
+    #[test]
+    fn a_member_starts_from_its_join_its_bootstrap_or_its_data() {
+        let set = vec!["etcd0".to_string(), "etcd1".to_string()];
+        // The leader's join for this unit wins over everything.
+        assert_eq!(
+            start(
+                "etcd/1",
+                "etcd1",
+                Some(join("etcd/1")),
+                &set,
+                Some("c"),
+                true
+            ),
+            Start::Join {
+                initial_cluster: join("etcd/1").initial_cluster
+            }
+        );
+        // Another unit's join is not this one's.
+        assert_eq!(
+            start(
+                "etcd/2",
+                "etcd2",
+                Some(join("etcd/1")),
+                &set,
+                Some("c"),
+                false
+            ),
+            Start::Wait
+        );
+        assert_eq!(
+            start("etcd/0", "etcd0", None, &set, Some("c"), false),
+            Start::Bootstrap {
+                initial_cluster: Some("c".into())
+            }
+        );
+        assert_eq!(
+            start("etcd/5", "etcd5", None, &set, Some("c"), true),
+            Start::FromData
+        );
+        assert_eq!(
+            start("etcd/5", "etcd5", None, &[], None, false),
+            Start::Wait
+        );
+    }
+
+    fn view() -> TurnView<'static> {
+        TurnView {
+            alone: false,
+            detaching: false,
+            granted: false,
+            upgrading: false,
+            declined_before: false,
+            others_waiting: true,
+            rolled_back: None,
+            paused_after: None,
+        }
+    }
+
+    #[test]
+    fn the_raft_leader_hands_a_granted_upgrade_turn_back_once() {
+        let v = TurnView {
+            granted: true,
+            upgrading: true,
+            ..view()
+        };
+        assert_eq!(turn(&v, || true), Turn::HandBack);
+        assert_eq!(turn(&v, || false), Turn::Take);
+        // Once handed back for this change, the turn is taken when it comes again.
+        let again = TurnView {
+            declined_before: true,
+            ..v
+        };
+        assert_eq!(turn(&again, || true), Turn::Take);
+        // Nobody else waiting, or a config-only restart: the raft leader takes its turn.
+        let last = TurnView {
+            others_waiting: false,
+            granted: true,
+            upgrading: true,
+            ..view()
+        };
+        assert_eq!(turn(&last, || true), Turn::Take);
+        let config_only = TurnView {
+            granted: true,
+            ..view()
+        };
+        assert_eq!(turn(&config_only, || true), Turn::Take);
+    }
+
+    #[test]
+    fn raft_leadership_is_asked_only_when_it_decides() {
+        let asked = std::cell::Cell::new(false);
+        let ask = || {
+            asked.set(true);
+            true
+        };
+        assert_eq!(turn(&view(), ask), Turn::Wait);
+        assert!(!asked.get(), "no request to etcd for a unit without a turn");
+    }
+
+    #[test]
+    fn a_unit_without_a_turn_waits_stops_or_pauses() {
+        assert_eq!(turn(&view(), || false), Turn::Wait);
+        let stopped = TurnView {
+            rolled_back: Some(("etcd/1".into(), "3.5.16".into())),
+            paused_after: Some("etcd/1"),
+            ..view()
+        };
+        // A failure stops the roll; that says more than a pause.
+        assert_eq!(
+            turn(&stopped, || false),
+            Turn::Stopped {
+                unit: "etcd/1".into(),
+                version: "3.5.16".into()
+            }
+        );
+        let paused = TurnView {
+            paused_after: Some("etcd/1"),
+            ..view()
+        };
+        assert_eq!(
+            turn(&paused, || false),
+            Turn::Paused {
+                after: "etcd/1".into()
+            }
+        );
+        // Alone or detaching, there is no one to wait for.
+        for v in [
+            TurnView {
+                alone: true,
+                ..view()
+            },
+            TurnView {
+                detaching: true,
+                rolled_back: Some(("etcd/1".into(), "3.5.16".into())),
+                ..view()
+            },
+        ] {
+            assert_eq!(turn(&v, || true), Turn::Take);
+        }
+    }
+
+    #[test]
+    fn a_members_health_from_its_own_answers() {
+        let s = |leader: u64, learner: bool| Status {
+            leader,
+            is_learner: learner,
+            ..Default::default()
+        };
+        assert_eq!(health(Some(&s(7, true)), true, true), Health::Learner);
+        assert_eq!(health(Some(&s(7, false)), true, true), Health::Healthy);
+        assert_eq!(health(Some(&s(0, false)), false, true), Health::NoLeader);
+        // A member still bootstrapping has no leader yet: unhealthy, not a lost majority.
+        assert_eq!(health(Some(&s(0, false)), false, false), Health::Unhealthy);
+        assert_eq!(health(Some(&s(7, false)), false, true), Health::Unhealthy);
+        assert_eq!(health(None, false, true), Health::Silent);
+    }
+}
