@@ -69,21 +69,35 @@ fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     }
     let dir = staging.join("unpacked");
     std::fs::create_dir_all(&dir)?;
-    let mut digests: std::collections::HashMap<PathBuf, TrailingDigest> = Default::default();
     let free = nix::sys::statvfs::statvfs(&dir)
         .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
         .with_context(|| format!("cannot tell the free space in {}", dir.display()))?;
-    install::unpack_safely_with(
+    // The db's digest is computed on the other core while this one unpacks: a few chunks
+    // in flight (memory stays bounded), the hash off the unpack's clock.
+    let (chunks, hashed) = std::sync::mpsc::sync_channel::<(PathBuf, Vec<u8>)>(8);
+    let hasher = std::thread::spawn(move || {
+        let mut digests: std::collections::HashMap<PathBuf, TrailingDigest> = Default::default();
+        for (path, chunk) in hashed {
+            digests.entry(path).or_default().update(&chunk);
+        }
+        digests
+    });
+    let unpacked = install::unpack_safely_with(
         resource,
         &dir,
         install::Room::Free { bytes: free },
         |path, chunk| {
             if path.file_name().is_some_and(|n| n == "db") {
-                digests.entry(path.to_path_buf()).or_default().update(chunk);
+                // The hasher only stops when this sender goes: it cannot refuse a chunk.
+                let _ = chunks.send((path.to_path_buf(), chunk.to_vec()));
             }
         },
-    )
-    .map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
+    );
+    drop(chunks);
+    let mut digests = hasher
+        .join()
+        .map_err(|_| anyhow!("the snapshot's digest could not be computed"))?;
+    unpacked.map_err(|e| Refused(format!("the snapshot archive is refused: {e}")))?;
     let mut digest_ok = |db: &Path| {
         db.strip_prefix(&dir)
             .ok()
@@ -228,6 +242,7 @@ pub fn restore(
     let (client, ep, cfg) = local()?;
     let data = unit::data_dir()?;
     let staging = Path::new(&data).join(".restore-staging");
+    sweep_trash(Path::new(&data));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
     let cleanup = scopeguard(staging.clone());
@@ -358,6 +373,7 @@ pub fn restore(
         if aside.join("member").exists() {
             std::fs::rename(aside.join("member"), &member)?;
         }
+        remove_empty_aside(&aside);
         st.initial_cluster = old_state.0;
         st.initial_state = old_state.1;
         st.token = old_state.2;
@@ -375,8 +391,12 @@ pub fn restore(
         )?;
         return refuse(format!("the restored cluster did not become healthy ({check:?}); the previous data is back in place"));
     }
+    juju::action_log(&format!(
+        "the restored member is healthy at revision {}; the old data goes",
+        check.as_ref().map(|r| r.to_string()).unwrap_or_default()
+    ));
     Journal::clear()?;
-    let _ = std::fs::remove_dir_all(&aside);
+    discard_later(Path::new(&data), &[&aside, &staging]);
     drop(cleanup);
 
     // 7. publish the new epoch: the other units rejoin one at a time.
@@ -470,6 +490,7 @@ pub fn recover_interrupted() -> Result<()> {
         }
         std::fs::rename(&original, member).context("putting the original member back")?;
     }
+    remove_empty_aside(Path::new(&j.aside));
     let mut st = LocalState::load()?;
     st.initial_cluster = j.initial_cluster;
     st.initial_state = j.initial_state;
@@ -532,6 +553,65 @@ pub(crate) fn publish_epoch(
     juju::relation_set(&rel, &b, true)?;
     let _ = ctx;
     Ok(())
+}
+
+/// Deletes directories of the data dir off the action's clock (hundreds of MiB take a
+/// while to free): each is renamed at once into a `.trash-*` directory, which no restore
+/// uses, and a process of its own session deletes that after the action has answered. A
+/// trash directory left by a crash is swept by the next restore (`sweep_trash`). Only data
+/// whose replacement is proven comes here.
+fn discard_later(data: &Path, dirs: &[&Path]) {
+    let trash = data.join(format!(".trash-{}-{}", unit::now(), std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&trash) {
+        juju::log(
+            "WARNING",
+            &format!("cannot create {}: {e}", trash.display()),
+        );
+        return;
+    }
+    for (i, d) in dirs.iter().enumerate() {
+        if d.exists() {
+            if let Err(e) = std::fs::rename(d, trash.join(i.to_string())) {
+                juju::log("WARNING", &format!("cannot discard {}: {e}", d.display()));
+            }
+        }
+    }
+    let spawned = Command::new("setsid")
+        .args(["rm", "-rf", "--"])
+        .arg(&trash)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Err(e) = spawned {
+        juju::log(
+            "WARNING",
+            &format!(
+                "cannot start deleting {}: {e}; deleting it now",
+                trash.display()
+            ),
+        );
+        let _ = std::fs::remove_dir_all(&trash);
+    }
+}
+
+/// The aside directory once its member is back in place: removed only if empty (anything
+/// else in it stays for the operator).
+fn remove_empty_aside(aside: &Path) {
+    match std::fs::remove_dir(aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => juju::log("WARNING", &format!("{} is kept: {e}", aside.display())),
+    }
+}
+
+/// Deletes trash directories a crashed or interrupted `discard_later` left behind.
+fn sweep_trash(data: &Path) {
+    for e in std::fs::read_dir(data).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".trash-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Removes the staging dir when dropped.

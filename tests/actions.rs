@@ -639,6 +639,11 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     assert_eq!(keys("/old/"), 10);
     assert_eq!(keys("/after-snapshot"), 0, "the snapshot's state");
+    // Once the restored member is proven, the old data, the unpacked snapshot and the
+    // offline restore's leftovers go (after the action answered): only the member is left.
+    env.wait("the data directory holds the member alone", MIN, |_| {
+        env.exec_ok("etcd/0", "ls -A /var/lib/etcd").trim() == "member"
+    });
 }
 
 /// A 1 GiB database (1024 values of 1 MiB of random bytes) through the snapshot action and

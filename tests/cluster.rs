@@ -300,6 +300,48 @@ fn a_member_that_left_the_cluster_stays_down_across_a_reboot() {
     );
 }
 
+/// A lone unit's install hook creates the CA and its client certificate and reports
+/// Healthy, but the client certificate's secret can be read only after that hook commits:
+/// the unit once reported Healthy without `client.crt`, and an operator's `juju exec`
+/// (which runs between hooks) found no credentials; a benchmark that retried inside its exec
+/// blocked the hooks that would have written them. Asked from inside the unit between
+/// hooks: whenever it says Healthy, its client credentials are there.
+#[test]
+fn a_lone_unit_is_healthy_only_with_its_client_credentials() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("lonecreds", &["update-status-hook-interval=1h"]);
+    deploy_etcd(&env, 1, &tarball, &[]);
+    let deadline = std::time::Instant::now() + 2 * MIN;
+    loop {
+        // Queued as a task: it runs between two hooks, the first time just after install.
+        let seen = env.exec_ok(
+            "etcd/0",
+            "case \"$(status-get --format json --include-data)\" in \
+               *Healthy*) if [ -s /etc/etcd/pki/client.crt ] && [ -s /etc/etcd/pki/client.key ]; \
+                 then echo with; else echo without; fi ;; \
+               *) echo not-yet ;; esac",
+        );
+        match seen.trim() {
+            "not-yet" => {}
+            "with" => break,
+            other => panic!("etcd/0 says Healthy {other} its client credentials"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd/0 never said Healthy"
+        );
+    }
+    let r = env.run(&[
+        "ssh",
+        "etcd/0",
+        "openssl verify -CAfile /etc/etcd/pki/ca.crt /etc/etcd/pki/client.crt && stat -c %a /etc/etcd/pki/client.key",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("client.crt: OK"), "{}", r.stdout);
+    assert_eq!(r.stdout.lines().last(), Some("600"), "{}", r.stdout);
+}
+
 #[test]
 fn a_leader_killed_right_after_member_add_still_admits_the_unit() {
     let work = tempfile::tempdir().unwrap();
