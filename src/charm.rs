@@ -1418,42 +1418,27 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
         }
         if leader {
             let all: Vec<UnitInfo> = peers.infos();
-            let started = all.iter().filter(|u| u.started).count();
-            let (s, msg) = board.winner();
-            if s == "active" && started == all.len() {
-                let mixed = crate::roll::mixed_versions(&peers.units)
-                    .map(|m| format!("; mixed etcd versions: {m}"))
-                    .unwrap_or_default();
-                // The scheduled snapshots, as the unit that takes them last reported.
-                let backups = peers
-                    .app_get("snapshot-taker")
-                    .and_then(|t| {
-                        let published = peers.units.get(t)?.get("snapshot-summary")?;
-                        let note = match serde_json::from_str::<crate::backups::Summary>(published)
-                        {
-                            Ok(summary) => crate::backups::note(&summary, crate::backups::now()).1,
-                            Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
-                        };
-                        Some(format!("; {note} ({t})"))
-                    })
-                    .unwrap_or_default();
-                juju::status_set(
-                    "active",
-                    &format!("Healthy with {voters} known peers{mixed}{backups}"),
-                    true,
-                )?;
-            } else if s == "active" {
-                let why = membership_wait
-                    .map(|w| format!(": {w}"))
-                    .unwrap_or_default();
-                juju::status_set(
-                    "waiting",
-                    &format!("{started} of {} units are cluster members{why}", all.len()),
-                    true,
-                )?;
-            } else {
-                juju::status_set(s, &msg, true)?;
-            }
+            // The scheduled snapshots, as the unit that takes them last reported.
+            let backups = peers.app_get("snapshot-taker").and_then(|t| {
+                let published = peers.units.get(t)?.get("snapshot-summary")?;
+                let note = match serde_json::from_str::<crate::backups::Summary>(published) {
+                    Ok(summary) => crate::backups::note(&summary, crate::backups::now()).1,
+                    Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
+                };
+                Some(format!("{note} ({t})"))
+            });
+            let (unit_level, unit_msg) = board.winner();
+            let (level, msg) = crate::plan::app_status(&crate::plan::AppView {
+                unit_level,
+                unit_msg: &unit_msg,
+                voters,
+                started: all.iter().filter(|u| u.started).count(),
+                units: all.len(),
+                mixed_versions: crate::roll::mixed_versions(&peers.units),
+                backups,
+                membership_wait,
+            });
+            juju::status_set(level, &msg, true)?;
         }
         Ok(())
     })();

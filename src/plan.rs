@@ -135,6 +135,60 @@ pub fn health(
     }
 }
 
+/// What the leader knows when it sets the application's status.
+pub struct AppView<'a> {
+    /// the leader's own unit's verdict (level, message)
+    pub unit_level: &'a str,
+    pub unit_msg: &'a str,
+    pub voters: usize,
+    /// units whose member has started, of all the units
+    pub started: usize,
+    pub units: usize,
+    /// `3.5.16 (etcd/0), 3.5.30 (etcd/1)` during a roll
+    pub mixed_versions: Option<String>,
+    /// the scheduled snapshots' note, with the unit that takes them
+    pub backups: Option<String>,
+    /// why membership waits (a join or promotion in flight)
+    pub membership_wait: Option<String>,
+}
+
+/// The application's status: the leader's own verdict, unless it is healthy; then healthy
+/// only once every unit's member has started (else how many have and why the others wait),
+/// with a roll's mixed versions and the scheduled snapshots' state.
+pub fn app_status<'a>(v: &AppView<'a>) -> (&'a str, String) {
+    if v.unit_level != "active" {
+        return (v.unit_level, v.unit_msg.to_string());
+    }
+    if v.started < v.units {
+        let why = v
+            .membership_wait
+            .as_ref()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        return (
+            "waiting",
+            format!(
+                "{} of {} units are cluster members{why}",
+                v.started, v.units
+            ),
+        );
+    }
+    let mixed = v
+        .mixed_versions
+        .as_ref()
+        .map(|m| format!("; mixed etcd versions: {m}"))
+        .unwrap_or_default();
+    let backups = v
+        .backups
+        .as_ref()
+        .map(|b| format!("; {b}"))
+        .unwrap_or_default();
+    (
+        "active",
+        format!("Healthy with {} known peers{mixed}{backups}", v.voters),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +358,64 @@ mod tests {
         assert_eq!(health(Some(&s(0, false)), false, false), Health::Unhealthy);
         assert_eq!(health(Some(&s(7, false)), false, true), Health::Unhealthy);
         assert_eq!(health(None, false, true), Health::Silent);
+    }
+
+    fn app() -> AppView<'static> {
+        AppView {
+            unit_level: "active",
+            unit_msg: "Healthy with 3 known peers",
+            voters: 3,
+            started: 3,
+            units: 3,
+            mixed_versions: None,
+            backups: None,
+            membership_wait: None,
+        }
+    }
+
+    #[test]
+    fn the_application_is_healthy_only_when_every_member_started() {
+        assert_eq!(
+            app_status(&app()),
+            ("active", "Healthy with 3 known peers".to_string())
+        );
+        let joining = AppView {
+            started: 2,
+            units: 3,
+            membership_wait: Some("etcd/2 joins as a learner".into()),
+            ..app()
+        };
+        assert_eq!(
+            app_status(&joining),
+            (
+                "waiting",
+                "2 of 3 units are cluster members: etcd/2 joins as a learner".to_string()
+            )
+        );
+        // The leader's own trouble is the application's.
+        let blocked = AppView {
+            unit_level: "blocked",
+            unit_msg: "UnHealthy with 3 known peers",
+            started: 2,
+            ..app()
+        };
+        assert_eq!(
+            app_status(&blocked),
+            ("blocked", "UnHealthy with 3 known peers".to_string())
+        );
+    }
+
+    #[test]
+    fn the_healthy_application_says_its_roll_and_its_snapshots() {
+        let v = AppView {
+            mixed_versions: Some("3.5.16 (etcd/0), 3.5.30 (etcd/1, etcd/2)".into()),
+            backups: Some("last scheduled snapshot 3m ago (etcd/1)".into()),
+            ..app()
+        };
+        assert_eq!(
+            app_status(&v).1,
+            "Healthy with 3 known peers; mixed etcd versions: 3.5.16 (etcd/0), 3.5.30 \
+             (etcd/1, etcd/2); last scheduled snapshot 3m ago (etcd/1)"
+        );
     }
 }
