@@ -1,0 +1,286 @@
+//! This unit's certificates: its CSRs, the leader's built-in CA (its key and the shared
+//! client certificate in application-owned secrets) signing every unit's CSRs, the leader's
+//! step of a move between CAs, and the files each unit serves with.
+//!
+//! Must not: start or stop etcd (the reconcile restarts it in its turn), or read anything
+//! but the peer view it is given and this unit's own files and secrets.
+
+use crate::authority;
+use crate::juju::{self, Bag};
+use crate::peers::Peers;
+use crate::pki::{self, Ca, Profile};
+use crate::unit::{member_name, now, LocalState};
+use anyhow::Result;
+use std::path::Path;
+
+const CA_LABEL: &str = "etcd-ca";
+const CLIENT_LABEL: &str = "etcd-client";
+
+/// Makes (or keeps) this unit's CSRs for its current addresses.
+pub(crate) fn ensure_csrs(
+    st: &mut LocalState,
+    unit: &str,
+    names: &[String],
+) -> Result<(String, String)> {
+    let mut out = vec![];
+    for p in [Profile::Server, Profile::Peer] {
+        let csr_file = Path::new("/var/lib/etcd-charm").join(format!("{}.csr", p.name()));
+        // Renewal: one new CSR per certificate that is due (not one per hook while waiting).
+        let cert = std::fs::read_to_string(pki::path(&format!("{}.crt", p.name()))).ok();
+        let cert_sha = cert.as_deref().map(|c| pki::sha256_hex(c.as_bytes()));
+        let renew = cert
+            .as_deref()
+            .is_some_and(|c| pki::needs_renewal(c, now() as i64))
+            && st.renewed_for.get(p.name()) != cert_sha.as_ref();
+        let csr = match std::fs::read_to_string(&csr_file).ok() {
+            Some(c) if st.csr_names == names && !renew => c,
+            _ => {
+                if renew {
+                    juju::log("INFO", &format!("the {} certificate is due for renewal; asking the leader for a new one", p.name()));
+                    st.renewed_for
+                        .insert(p.name().to_string(), cert_sha.clone().unwrap_or_default());
+                }
+                let key = pki::unit_key(p)?;
+                let c = pki::csr_for(&key, &member_name(unit), names)?;
+                pki::write_file(&csr_file, c.as_bytes(), 0o644)?;
+                c
+            }
+        };
+        out.push(csr);
+    }
+    st.csr_names = names.to_vec();
+    Ok((out[0].clone(), out[1].clone()))
+}
+
+/// Certificates on disk that have not expired (kept in use while a renewal is pending).
+pub(crate) fn certs_on_disk() -> bool {
+    ["ca.crt", "server.crt", "peer.crt"]
+        .iter()
+        .all(|f| pki::path(f).exists())
+        && ["server.crt", "peer.crt"].iter().all(|f| {
+            std::fs::read_to_string(pki::path(f))
+                .ok()
+                .and_then(|c| pki::not_after(&c).ok())
+                .is_some_and(|t| t > now() as i64)
+        })
+}
+
+/// A status for a certificate whose renewal is overdue.
+pub(crate) fn overdue_certificate() -> Option<String> {
+    ["server.crt", "peer.crt"].iter().find_map(|f| {
+        let c = std::fs::read_to_string(pki::path(f)).ok()?;
+        pki::renewal_overdue(&c, now() as i64)
+            .then(|| format!("TLS certificate {f} expires soon and its renewal has not completed"))
+    })
+}
+
+/// The leader's CA, created once; its key lives in an application-owned secret.
+pub(crate) fn leader_ca(peers: &mut Peers) -> Result<Ca> {
+    if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
+        if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
+            let ca = Ca {
+                cert_pem: c.clone(),
+                key_pem: k.clone(),
+            };
+            peers.app_set("ca", &ca.cert_pem);
+            return Ok(ca);
+        }
+    }
+    if peers.app_get("ca").is_some() {
+        anyhow::bail!("the CA key secret {CA_LABEL:?} is missing but a CA is published; restore the secret or redeploy");
+    }
+    let ca = Ca::create("etcd-charm CA")?;
+    juju::secret_add(
+        CA_LABEL,
+        &Bag::from([
+            ("ca-cert".into(), ca.cert_pem.clone()),
+            ("ca-key".into(), ca.key_pem.clone()),
+        ]),
+    )?;
+    let (cc, ck) = ca.issue_with_key(Profile::Client, "etcd-client")?;
+    juju::secret_add(
+        CLIENT_LABEL,
+        &Bag::from([
+            ("client-cert".into(), cc.clone()),
+            ("client-key".into(), ck.clone()),
+        ]),
+    )?;
+    peers.new_client = Some((cc, ck));
+    peers.app_set("ca", &ca.cert_pem);
+    Ok(ca)
+}
+
+/// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
+/// The CA (created on first use) is read from its secret only when something needs signing:
+/// most hooks sign nothing and spare the secret-get.
+pub(crate) fn leader_sign(
+    peers: &mut Peers,
+    own_unit: &str,
+    own_addresses: &[String],
+    lifetime: time::Duration,
+) -> Result<()> {
+    // (unit, member name, profile, CSR, its sha256, the names the unit may have)
+    let mut wanted = vec![];
+    for (unit, bag) in &peers.units {
+        let Some(name) = bag.get("member-name") else {
+            continue;
+        };
+        let mut allowed: Vec<String> = ["ingress-address", "private-address"]
+            .iter()
+            .filter_map(|k| bag.get(*k).cloned())
+            .collect();
+        if unit == own_unit {
+            allowed.extend(own_addresses.iter().cloned());
+        }
+        for p in [Profile::Server, Profile::Peer] {
+            let Some(csr) = bag.get(&format!("csr-{}", p.name())) else {
+                continue;
+            };
+            let sha = pki::sha256_hex(csr.as_bytes());
+            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+                wanted.push((
+                    unit.clone(),
+                    name.clone(),
+                    p,
+                    csr.clone(),
+                    sha,
+                    allowed.clone(),
+                ));
+            }
+        }
+    }
+    if wanted.is_empty() && peers.app_get("ca").is_some() {
+        return Ok(());
+    }
+    let ca = leader_ca(peers)?;
+    for (unit, name, p, csr, sha, allowed) in wanted {
+        match ca.sign(&csr, p, &name, &allowed, lifetime) {
+            Ok(cert) => {
+                peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
+                peers.app_set(&format!("csr-sha-{}.{name}", p.name()), &sha);
+            }
+            Err(e) => juju::log(
+                "WARNING",
+                &format!("not signing the {} certificate of {unit}: {e}", p.name()),
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The leader's step of a CA move (authority::plan): towards the `certificates` relation's
+/// CA when it answered, towards the built-in CA otherwise.
+pub(crate) fn plan_ca_move(
+    peers: &mut Peers,
+    internal: &str,
+    provided: Option<&authority::Provided>,
+) {
+    let target = provided
+        .map(|p| p.ca.as_str())
+        .unwrap_or(internal)
+        .to_string();
+    let issuer = peers.app_get("issuer-ca").unwrap_or(internal).to_string();
+    let trust = peers.app_get("trust").unwrap_or(internal).to_string();
+    let started: Vec<authority::UnitTls> = peers
+        .started()
+        .map(|(_, b)| authority::UnitTls {
+            trust_running: b.get("trust-running").cloned(),
+            issuer_in_use: b.get("issuer-in-use").cloned(),
+        })
+        .collect();
+    let plan = authority::plan(&target, &issuer, &trust, &started, !started.is_empty());
+    if plan.step.as_deref() != peers.app_get("ca-move") {
+        juju::log(
+            "INFO",
+            plan.step
+                .as_deref()
+                .unwrap_or("CA move done: one CA trusted"),
+        );
+    }
+    peers.app_set("trust", &plan.trust);
+    peers.app_set("issuer-ca", &plan.issuer_ca);
+    peers.app_set("ca-move", plan.step.as_deref().unwrap_or(""));
+}
+
+/// Writes this unit's certificates: `ca.crt` is the bundle the leader says to trust; the
+/// certificates are those of the CA that issues now: the built-in CA's once its leader signed
+/// this unit's current CSRs, the `certificates` relation's once it answered. Moving to
+/// another CA's certificates waits for this unit's turn (`authority::my_turn`). Returns
+/// whether the unit has usable certificates.
+pub(crate) fn install_certs(
+    peers: &Peers,
+    unit: &str,
+    name: &str,
+    csrs: &(String, String),
+    provided: Option<&authority::Provided>,
+) -> Result<bool> {
+    let Some(internal) = peers.app_get("ca") else {
+        return Ok(false);
+    };
+    let trust = peers.app_get("trust").unwrap_or(internal);
+    let issuer = peers.app_get("issuer-ca").unwrap_or(internal);
+    pki::update_file(&pki::path("ca.crt"), trust, 0o644)?;
+    let read = |f: &str| std::fs::read_to_string(pki::path(f));
+    // (file base name, certificate, key) for each pair to serve with
+    let mut pairs: Vec<(&str, String, String)> = vec![];
+    if issuer == internal {
+        for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
+            let sha = pki::sha256_hex(csr.as_bytes());
+            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+                return Ok(certs_on_disk());
+            }
+            let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
+                return Ok(certs_on_disk());
+            };
+            pairs.push((
+                p.name(),
+                cert.to_string(),
+                read(&format!("csr-{}.key", p.name()))?,
+            ));
+        }
+        // Created in this very hook (the leader's first), the secret cannot be read yet:
+        // the pair the leader holds serves, so no unit reports healthy without one.
+        let client = match &peers.new_client {
+            Some(pair) => Some(pair.clone()),
+            None => juju::secret_get_by_label(CLIENT_LABEL)?
+                .and_then(|c| Some((c.get("client-cert")?.clone(), c.get("client-key")?.clone()))),
+        };
+        if let Some((cert, key)) = client {
+            pairs.push(("client", cert, key));
+        }
+    } else {
+        match provided {
+            Some(authority::Provided {
+                ca,
+                server: Some((cert, key)),
+                client: Some((ccert, ckey)),
+            }) if ca == issuer => {
+                pairs.push(("server", cert.clone(), key.clone()));
+                pairs.push(("peer", cert.clone(), key.clone()));
+                pairs.push(("client", ccert.clone(), ckey.clone()));
+            }
+            _ => return Ok(certs_on_disk()),
+        }
+    }
+    // Another CA's certificates on disk: they go in this unit's turn only.
+    let serving_from_issuer = read("server.crt")
+        .ok()
+        .is_some_and(|c| pki::issued_by(&c, issuer).unwrap_or(false));
+    if !serving_from_issuer {
+        let started: Vec<(String, Option<String>)> = peers
+            .started()
+            .filter(|(u, _)| *u != unit)
+            .map(|(u, b)| (u.clone(), b.get("issuer-in-use").cloned()))
+            .collect();
+        if !authority::my_turn(unit, &authority::sha16(issuer), &started) {
+            return Ok(certs_on_disk());
+        }
+    }
+    // etcd reads each pair on every new connection: a handshake that falls between the two
+    // writes fails once and the client dials again.
+    for (base, cert, key) in pairs {
+        pki::update_file(&pki::path(&format!("{base}.crt")), &cert, 0o644)?;
+        pki::update_file(&pki::path(&format!("{base}.key")), &key, 0o600)?;
+    }
+    Ok(true)
+}

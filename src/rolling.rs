@@ -1,0 +1,195 @@
+//! The leader's rolling restart applied (`roll` decides): before each grant of an upgrade
+//! turn the cluster passes the pre-upgrade check, before the first one a snapshot is kept,
+//! and the raft leader's unit is told from etcd's own answer.
+//!
+//! Must not: restart etcd (each unit restarts itself in its turn, in the reconcile).
+
+use crate::etcd::client::Client;
+use crate::etcd::install::Installed;
+use crate::juju;
+use crate::peers::Peers;
+use crate::roll::Next;
+use crate::unit::now;
+use anyhow::Result;
+use std::path::Path;
+use std::time::Duration;
+
+/// What the leader's roll asks of the running cluster (only when it grants an upgrade turn).
+pub(crate) struct RollCtx<'a> {
+    pub(crate) pause_mode: &'a str,
+    pub(crate) client: &'a Client,
+    pub(crate) ep: &'a str,
+    /// this unit's delivery and data directory (the v2 store check before a turn into 3.6)
+    pub(crate) inst: &'a Installed,
+    pub(crate) data: &'a str,
+}
+
+/// The unit whose member is the raft leader. Asked for a few seconds (an election or a
+/// slow answer under load passes); an error when it cannot be told, because an upgrade's
+/// order (the raft leader last) depends on it.
+fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Result<String> {
+    crate::unit::retry(Duration::from_secs(10), Duration::from_millis(500), || {
+        let leader = rc
+            .client
+            .leader_member(rc.ep)?
+            .ok_or_else(|| anyhow::anyhow!("the cluster has no raft leader"))?;
+        peers
+            .infos()
+            .into_iter()
+            .find(|u| u.name == leader.name)
+            .map(|u| u.unit)
+            .ok_or_else(|| anyhow::anyhow!("raft leader {} is no unit's member", leader.name))
+    })
+}
+
+/// The leader's rolling-restart lock (`roll::decide`): one grant (`unit:hash`) at a time,
+/// released when that unit reports it restarted with it (or is gone). Before an upgrade
+/// turn the cluster must pass the pre-upgrade check, and before the first one a snapshot is
+/// taken. Returns what the leader's status says about the roll, if anything.
+pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
+    let mut raft_leader: Option<String> = None;
+    let progress = |peers: &Peers| crate::roll::progress(&peers.units);
+    for _ in 0..4 {
+        let lock = crate::roll::Lock {
+            grant: peers.app_get("restart-grant").map(String::from),
+            upgrade_turn: peers.app_get("upgrade-turn").map(String::from),
+            paused: peers.app_get("upgrade-paused").map(String::from),
+        };
+        let leader_unit = raft_leader.clone();
+        match crate::roll::decide(&peers.units, &lock, rc.pause_mode, leader_unit.as_deref()) {
+            Next::Busy { unit } => {
+                return progress(peers).map(|(t, d, n)| {
+                    format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} upgrading")
+                })
+            }
+            Next::Release { pause } => {
+                juju::log(
+                    "INFO",
+                    &format!(
+                        "rolling restart: {} done (upgrade turn: {:?}; pause_after_unit_upgrade {}: {pause}; versions {:?})",
+                        lock.grant.as_deref().unwrap_or(""),
+                        lock.upgrade_turn,
+                        rc.pause_mode,
+                        peers
+                            .units
+                            .iter()
+                            .map(|(u, b)| format!(
+                                "{u}={}/{}",
+                                b.get("etcd-version").map(String::as_str).unwrap_or("?"),
+                                b.get("wants-version").map(String::as_str).unwrap_or("?")
+                            ))
+                            .collect::<Vec<_>>()
+                    ),
+                );
+                if pause {
+                    let after = lock.upgrade_turn.clone().unwrap_or_default();
+                    juju::log(
+                        "INFO",
+                        &format!("upgrade: paused after {after} (pause_after_unit_upgrade)"),
+                    );
+                    peers.app_set("upgrade-paused", &after);
+                }
+                peers.app_set("restart-grant", "");
+                peers.app_set("upgrade-turn", "");
+            }
+            Next::Stopped { unit, version } => {
+                juju::log(
+                    "WARNING",
+                    &format!(
+                        "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
+                    ),
+                );
+                return None;
+            }
+            Next::Paused { after } => {
+                return Some(match progress(peers) {
+                    Some((t, d, n)) => format!(
+                        "Upgrade to etcd {t} paused after {after} ({d} of {n} units done): run \
+                         the resume-upgrade action to go on"
+                    ),
+                    None => format!(
+                        "Upgrade paused after {after}: run the resume-upgrade action to go on"
+                    ),
+                })
+            }
+            Next::Grant {
+                unit,
+                hash,
+                upgrade,
+            } => {
+                if upgrade && raft_leader.is_none() {
+                    // The order of an upgrade puts the raft leader last: ask who it is, and
+                    // grant no turn while that is unknown (a turn by unit number could
+                    // stop the raft leader first).
+                    match raft_leader_unit(rc, peers) {
+                        Ok(u) => raft_leader = Some(u),
+                        Err(e) => {
+                            let target = progress(peers).map(|p| p.0).unwrap_or_default();
+                            juju::log("WARNING", &format!("upgrade to {target} waits: {e:#}"));
+                            return Some(format!(
+                                "Upgrade to etcd {target} waits: cannot tell the raft leader ({e})"
+                            ));
+                        }
+                    }
+                    continue;
+                }
+                if upgrade {
+                    let target = progress(peers).map(|p| p.0).unwrap_or_default();
+                    let ready =
+                        crate::membership::ready_for_upgrade(rc.client, rc.ep).and_then(|_| {
+                            match crate::upgrade::Version::parse(&target) {
+                                Some(t) => {
+                                    crate::etcd::v2store::gate(t, rc.inst, Path::new(rc.data))
+                                        .map(|_| ())
+                                }
+                                None => Ok(()),
+                            }
+                        });
+                    if let Err(why) = ready {
+                        juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
+                        return Some(format!("Upgrade to etcd {target} waits: {why}"));
+                    }
+                    if peers.app_get("upgrade-snapshot") != Some(target.as_str()) {
+                        match upgrade_snapshot(rc, &target) {
+                            Ok(path) => {
+                                juju::log(
+                                    "INFO",
+                                    &format!("upgrade to {target}: snapshot kept in {path}"),
+                                );
+                                peers.app_set("upgrade-snapshot", &target);
+                            }
+                            Err(e) => {
+                                juju::log("WARNING", &format!("upgrade snapshot failed: {e:#}"));
+                                return Some(format!(
+                                    "Upgrade to etcd {target} waits: the snapshot before it failed ({e})"
+                                ));
+                            }
+                        }
+                    }
+                    peers.app_set("upgrade-turn", &unit);
+                }
+                juju::log("INFO", &format!("rolling restart: {unit}'s turn"));
+                peers.app_set("restart-grant", &format!("{unit}:{hash}"));
+                return progress(peers).map(|(t, d, n)| {
+                    format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} next")
+                });
+            }
+            Next::Idle => return None,
+        }
+    }
+    None
+}
+
+/// A snapshot of the cluster before an upgrade's first turn, kept (0600) under
+/// /var/lib/etcd-charm/upgrade-snapshots.
+fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(UPGRADE_SNAPSHOTS);
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
+    crate::etcd::snapshot::save_raw(rc.client, rc.ep, &path)?;
+    Ok(path.display().to_string())
+}
+
+pub const UPGRADE_SNAPSHOTS: &str = "/var/lib/etcd-charm/upgrade-snapshots";
