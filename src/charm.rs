@@ -189,7 +189,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     let address = juju::network_ingress(PEER)
         .ok()
         .and_then(|a| a.first().cloned());
-    if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()) {
+    if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()?) {
         let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
 
         let client = tls_client()?;
@@ -514,7 +514,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
     let svc = Service {
         etcd_binary: inst.etcd(),
     };
-    if st.running_trust.is_none() && svc.running() {
+    if st.running_trust.is_none() && svc.running()? {
         // A unit from before the CA move: etcd runs with what is on disk.
         st.running_trust = trust_on_disk.clone();
     }
@@ -707,7 +707,7 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
             data: &data,
         };
         let mut roll_msg = None;
-        let running = svc.running();
+        let running = svc.running()?;
         let write_config =
             || pki::write_file(Path::new(service::CONFIG_FILE), rendered.as_bytes(), 0o644);
         if !running {

@@ -128,6 +128,9 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
     for remote in juju::relation_list(rel)? {
         if let Some(h) = juju::relation_get(rel, &remote, false)?.get("nagios_hostname") {
             if !h.is_empty() {
+                // It names files here: only a plain name is taken.
+                check_names(&format!("the nagios_hostname {remote} gives"), h, false)
+                    .map_err(|e| anyhow!("{e}; ask the nrpe charm for another"))?;
                 hostname = h.clone();
             }
         }

@@ -65,29 +65,35 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn running(&self) -> bool {
+    /// Whether etcd runs (or systemd is starting it). An error when that cannot be told
+    /// (systemctl cannot be run): never taken for "not running", which would start or
+    /// move data under a running member.
+    pub fn running(&self) -> std::io::Result<bool> {
         if systemd_present() {
             // The service's cgroup holds its processes while it runs or starts: one file
             // read, where `systemctl is-active` is a process of its own (most of an
             // update-status hook's cost). Where the cgroup cannot be read, systemctl.
             if let Some(procs) = service_cgroup_procs() {
-                return procs;
+                return Ok(procs);
             }
             // "activating" covers a notify service still joining and systemd's own restart
-            // after a failure: either way systemd is on it.
-            return Command::new("systemctl")
+            // after a failure: either way systemd is on it. (is-active exits non-zero for
+            // every other state; its word on stdout is the answer.)
+            let o = Command::new("systemctl")
                 .args(["is-active", "etcd.service"])
                 .output()
-                .map(|o| {
-                    matches!(
-                        String::from_utf8_lossy(&o.stdout).trim(),
-                        "active" | "activating" | "reloading"
-                    )
-                })
-                .unwrap_or(false);
+                .map_err(|e| {
+                    std::io::Error::other(format!(
+                        "cannot tell whether etcd runs: systemctl is-active: {e}"
+                    ))
+                })?;
+            return Ok(matches!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                "active" | "activating" | "reloading"
+            ));
         }
-        read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false)
-            && read_pid(ETCD_PID).map(alive).unwrap_or(false)
+        Ok(read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false)
+            && read_pid(ETCD_PID).map(alive).unwrap_or(false))
     }
 
     pub fn supervisor_alive(&self) -> bool {
