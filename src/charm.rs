@@ -533,30 +533,36 @@ fn reconcile(ctx: &Context, st: &mut LocalState, board: &mut StatusBoard) -> Res
 
     // After a restore the leader publishes a new epoch: this member's data belongs to the old
     // cluster. Set it aside (never deleted here) and join the new one through the normal path.
-    if let Some(epoch) = peers.app_get("epoch").map(String::from) {
-        match st.epoch.clone() {
-            Some(old) if old != epoch && !leader => {
-                juju::log(
-                    "INFO",
-                    &format!("the cluster was restored (epoch {old} -> {epoch}); rejoining"),
-                );
-                svc.stop()?;
-                let member = Path::new(&data).join("member");
-                if member.exists() {
-                    let aside = Path::new(&data).join(format!(".epoch-{old}"));
-                    let _ = std::fs::remove_dir_all(&aside);
-                    std::fs::create_dir_all(&aside)?;
-                    std::fs::rename(&member, aside.join("member"))?;
+    match crate::plan::epoch(
+        peers.app_get("epoch"),
+        st.epoch.as_deref(),
+        st.initial_cluster.is_some(),
+        leader,
+    ) {
+        crate::plan::Epoch::Rejoin { old, new } => {
+            juju::log(
+                "INFO",
+                &format!("the cluster was restored (epoch {old} -> {new}); rejoining"),
+            );
+            svc.stop()?;
+            let member = Path::new(&data).join("member");
+            if member.exists() {
+                // Never over an earlier aside: each keeps the data it was made for.
+                let mut aside = Path::new(&data).join(format!(".epoch-{old}"));
+                if aside.exists() {
+                    aside = Path::new(&data).join(format!(".epoch-{old}-{}", now()));
                 }
-                st.initial_cluster = None;
-                st.initial_state = None;
-                st.epoch = None;
-                set_phase(&mut mine, &mut my_writes, "ready");
-                peers.units.insert(ctx.unit.clone(), mine.clone());
+                std::fs::create_dir_all(&aside)?;
+                std::fs::rename(&member, aside.join("member"))?;
             }
-            None if st.initial_cluster.is_some() => st.epoch = Some(epoch),
-            _ => {}
+            st.initial_cluster = None;
+            st.initial_state = None;
+            st.epoch = None;
+            set_phase(&mut mine, &mut my_writes, "ready");
+            peers.units.insert(ctx.unit.clone(), mine.clone());
         }
+        crate::plan::Epoch::Adopt(e) => st.epoch = Some(e),
+        crate::plan::Epoch::Keep => {}
     }
 
     let outcome = (|| -> Result<()> {

@@ -135,6 +135,36 @@ pub fn health(
     }
 }
 
+/// What a member does about the cluster epoch the leader publishes (a restore starts a new
+/// one).
+#[derive(Debug, PartialEq)]
+pub enum Epoch {
+    /// Its data belongs to the cluster before a restore: set it aside and join the new one.
+    Rejoin {
+        old: String,
+        new: String,
+    },
+    /// A member that started before epochs were recorded takes the published one.
+    Adopt(String),
+    Keep,
+}
+
+/// `started` is whether the member has a recorded start (its initial cluster).
+pub fn epoch(published: Option<&str>, mine: Option<&str>, started: bool, leader: bool) -> Epoch {
+    let Some(new) = published else {
+        return Epoch::Keep;
+    };
+    match mine {
+        // The leader restored its own member into the new epoch itself.
+        Some(old) if old != new && !leader => Epoch::Rejoin {
+            old: old.to_string(),
+            new: new.to_string(),
+        },
+        None if started => Epoch::Adopt(new.to_string()),
+        _ => Epoch::Keep,
+    }
+}
+
 /// What the leader knows when it sets the application's status.
 pub struct AppView<'a> {
     /// the leader's own unit's verdict (level, message)
@@ -417,5 +447,27 @@ mod tests {
             "Healthy with 3 known peers; mixed etcd versions: 3.5.16 (etcd/0), 3.5.30 \
              (etcd/1, etcd/2); last scheduled snapshot 3m ago (etcd/1)"
         );
+    }
+
+    #[test]
+    fn a_member_of_the_old_epoch_rejoins_the_restored_cluster() {
+        assert_eq!(
+            epoch(Some("3"), Some("2"), true, false),
+            Epoch::Rejoin {
+                old: "2".into(),
+                new: "3".into()
+            }
+        );
+        // The leader made the new epoch: it runs in it already.
+        assert_eq!(epoch(Some("3"), Some("2"), true, true), Epoch::Keep);
+        assert_eq!(epoch(Some("3"), Some("3"), true, false), Epoch::Keep);
+        // A member from before epochs were recorded takes the published one; one that has
+        // not started yet takes it when it starts.
+        assert_eq!(
+            epoch(Some("1"), None, true, false),
+            Epoch::Adopt("1".into())
+        );
+        assert_eq!(epoch(Some("1"), None, false, false), Epoch::Keep);
+        assert_eq!(epoch(None, Some("2"), true, false), Epoch::Keep);
     }
 }
