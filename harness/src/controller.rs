@@ -2373,6 +2373,134 @@ mod tests {
         assert_eq!(parse_duration("x"), None);
     }
 
+    fn app(name: &str, meta: CharmMeta) -> App {
+        App {
+            name: name.into(),
+            charm_dir: String::new(),
+            charm_rev: 1,
+            meta,
+            config: Default::default(),
+            next_unit: 0,
+            leader: None,
+            status: None,
+            version: String::new(),
+            leader_settings: Default::default(),
+            resources: Default::default(),
+            storage_requests: Default::default(),
+            storage_volumes: Default::default(),
+            base: String::new(),
+            store_name: None,
+            exposed: false,
+            dying: false,
+        }
+    }
+
+    /// A model with principal `etcd` (two units, started) and subordinate `nrpe`, related
+    /// through a container-scoped relation (id 0).
+    fn subordinate_model() -> Model {
+        let mut m = Model {
+            name: "m".into(),
+            uuid: "0123456789".into(),
+            net_index: 1,
+            config: Default::default(),
+            apps: Default::default(),
+            units: Default::default(),
+            machines: Default::default(),
+            relations: Default::default(),
+            tasks: Default::default(),
+            secrets: Default::default(),
+            next_machine: 0,
+            next_relation: 1,
+            next_task: 0,
+            next_storage: Default::default(),
+            volumes: Default::default(),
+        };
+        let ep = "nrpe-external-master".to_string();
+        let principal = CharmMeta {
+            name: "etcd".into(),
+            provides: [(ep.clone(), "nrpe-external-master".into())].into(),
+            container_endpoints: [ep.clone()].into(),
+            ..Default::default()
+        };
+        let sub = CharmMeta {
+            name: "nrpe".into(),
+            requires: [(ep.clone(), "nrpe-external-master".into())].into(),
+            container_endpoints: [ep.clone()].into(),
+            subordinate: true,
+            ..Default::default()
+        };
+        m.apps.insert("etcd".into(), app("etcd", principal));
+        m.apps.insert("nrpe".into(), app("nrpe", sub));
+        for _ in 0..2 {
+            let u = m.add_unit("etcd").unwrap();
+            m.units.get_mut(&u).unwrap().started = true;
+        }
+        let endpoint = |app: &str| Endpoint {
+            app: app.into(),
+            name: ep.clone(),
+            interface: "nrpe-external-master".into(),
+        };
+        m.relations.insert(
+            0,
+            Relation {
+                id: 0,
+                endpoints: vec![endpoint("etcd"), endpoint("nrpe")],
+                peer: false,
+                app_data: Default::default(),
+                unit_data: Default::default(),
+                scope: Default::default(),
+                dying: false,
+                container: true,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn each_principal_unit_gets_its_own_subordinate_seeing_only_its_machine() {
+        let mut m = subordinate_model();
+        assert!(
+            m.add_unit("nrpe").is_err(),
+            "a subordinate has no units of its own"
+        );
+        m.enter_relation_scope(0, "etcd/0", "10.0.0.10");
+        m.enter_relation_scope(0, "etcd/1", "10.0.0.11");
+        let sub0 = &m.units["nrpe/0"];
+        assert_eq!(sub0.principal.as_deref(), Some("etcd/0"));
+        assert_eq!(sub0.machine, m.units["etcd/0"].machine);
+        assert_eq!(m.units["nrpe/1"].principal.as_deref(), Some("etcd/1"));
+        assert_eq!(m.machines.len(), 2, "no machine of their own");
+        // Entering scope again adds no second subordinate.
+        m.enter_relation_scope(0, "etcd/0", "10.0.0.10");
+        assert_eq!(m.units.len(), 4);
+        // The subordinate's scope is its machine.
+        m.enter_relation_scope(0, "nrpe/0", "10.0.0.10");
+        m.enter_relation_scope(0, "nrpe/1", "10.0.0.11");
+        assert_eq!(m.remote_units_in_scope(0, "nrpe/0"), ["etcd/0"]);
+        assert_eq!(m.remote_units_in_scope(0, "etcd/1"), ["nrpe/1"]);
+        let heard_of_nrpe0 = |u: &str| {
+            m.units[u]
+                .queue
+                .iter()
+                .any(|e| e.remote_unit.as_deref() == Some("nrpe/0"))
+        };
+        assert!(heard_of_nrpe0("etcd/0"));
+        assert!(!heard_of_nrpe0("etcd/1"), "another machine's subordinate");
+    }
+
+    #[test]
+    fn subordinates_go_with_their_principal_and_with_the_relation() {
+        let mut m = subordinate_model();
+        m.enter_relation_scope(0, "etcd/0", "10.0.0.10");
+        m.enter_relation_scope(0, "etcd/1", "10.0.0.11");
+        m.remove_unit("etcd/0");
+        assert_eq!(m.units["nrpe/0"].life, Life::Dying);
+        assert_eq!(m.units["nrpe/1"].life, Life::Alive);
+        m.remove_relation(0);
+        assert_eq!(m.units["nrpe/1"].life, Life::Dying);
+        assert_eq!(m.units["etcd/1"].life, Life::Alive, "the principal stays");
+    }
+
     #[test]
     fn a_panic_under_a_lock_does_not_stop_later_commands() {
         let m = Arc::new(Mutex::new(1));
