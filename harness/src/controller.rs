@@ -2398,23 +2398,8 @@ mod tests {
     /// A model with principal `etcd` (two units, started) and subordinate `nrpe`, related
     /// through a container-scoped relation (id 0).
     fn subordinate_model() -> Model {
-        let mut m = Model {
-            name: "m".into(),
-            uuid: "0123456789".into(),
-            net_index: 1,
-            config: Default::default(),
-            apps: Default::default(),
-            units: Default::default(),
-            machines: Default::default(),
-            relations: Default::default(),
-            tasks: Default::default(),
-            secrets: Default::default(),
-            next_machine: 0,
-            next_relation: 1,
-            next_task: 0,
-            next_storage: Default::default(),
-            volumes: Default::default(),
-        };
+        let mut m = Model::new("m", "0123456789".into(), 1, Default::default());
+        m.next_relation = 1;
         let ep = "nrpe-external-master".to_string();
         let principal = CharmMeta {
             name: "etcd".into(),

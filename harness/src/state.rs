@@ -74,6 +74,29 @@ pub struct Model {
     pub volumes: BTreeMap<String, Volume>,
 }
 
+impl Model {
+    /// An empty model.
+    pub fn new(name: &str, uuid: String, net_index: u8, config: BTreeMap<String, Value>) -> Model {
+        Model {
+            name: name.to_string(),
+            uuid,
+            net_index,
+            config,
+            apps: Default::default(),
+            units: Default::default(),
+            machines: Default::default(),
+            relations: Default::default(),
+            tasks: Default::default(),
+            secrets: Default::default(),
+            next_machine: 0,
+            next_relation: 0,
+            next_task: 0,
+            next_storage: Default::default(),
+            volumes: Default::default(),
+        }
+    }
+}
+
 /// Where a storage instance lives: its pool (`loop`, `rootfs`) and size. A `loop` volume
 /// is a sparse file of that size formatted ext4 and mounted at the storage's location.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

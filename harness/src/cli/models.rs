@@ -45,23 +45,7 @@ pub(super) async fn add_model(ctl: &Arc<Ctl>, args: &[String]) -> Result<Reply> 
     ctl.mutate(|w| {
         w.models.insert(
             name.clone(),
-            Model {
-                name: name.clone(),
-                uuid: new_uuid(),
-                net_index: net.index,
-                config,
-                apps: Default::default(),
-                units: Default::default(),
-                machines: Default::default(),
-                relations: Default::default(),
-                tasks: Default::default(),
-                secrets: Default::default(),
-                next_machine: 0,
-                next_relation: 0,
-                next_task: 0,
-                next_storage: Default::default(),
-                volumes: Default::default(),
-            },
+            Model::new(&name, new_uuid(), net.index, config),
         );
         if !p.flag("no-switch") {
             w.current_model = Some(name.clone());

@@ -64,6 +64,8 @@ pub(super) async fn remove_relation(
     Ok(Reply::ok(""))
 }
 
+const JUJU_INFO: &str = "juju-info";
+
 pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
     let split = |s: &str| {
         s.split_once(':')
@@ -84,6 +86,20 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
         .ok_or_else(|| anyhow!("application \"{app_b}\" not found"))?
         .meta
         .clone();
+    // Every charm provides `juju-info` without declaring it (Juju's implicit endpoint):
+    // what a subordinate such as nrpe relates to when nothing more specific matches.
+    let with_juju_info = |meta: &CharmMeta| {
+        let mut meta = meta.clone();
+        let declared = meta.provides.contains_key(JUJU_INFO)
+            || meta.requires.contains_key(JUJU_INFO)
+            || meta.peers.contains_key(JUJU_INFO);
+        if !declared {
+            meta.provides.insert(JUJU_INFO.into(), JUJU_INFO.into());
+        }
+        (meta, !declared)
+    };
+    let (meta_a, implicit_a) = with_juju_info(&meta_a);
+    let (meta_b, implicit_b) = with_juju_info(&meta_b);
     // provides on one side, requires on the other, same interface
     let mut candidates = vec![];
     for (pa, ia) in meta_a
@@ -112,6 +128,13 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
                 candidates.push((pa.0.clone(), pb.0.clone(), ia.clone()));
             }
         }
+    }
+    // Juju prefers declared endpoints: the implicit juju-info only when nothing else fits.
+    let uses_implicit = |c: &(String, String, String)| {
+        (implicit_a && c.0 == JUJU_INFO) || (implicit_b && c.1 == JUJU_INFO)
+    };
+    if candidates.iter().any(|c| !uses_implicit(c)) {
+        candidates.retain(|c| !uses_implicit(c));
     }
     let (ea, eb, iface) = match candidates.len() {
         0 => bail!("no relations found between {a:?} and {b:?}"),
@@ -206,4 +229,95 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
         m.enter_relation_scope(id, &u, &addr);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(name: &str, meta: CharmMeta) -> App {
+        let mut a: App = serde_json::from_value(serde_json::json!({
+            "name": name, "charm_dir": "", "charm_rev": 1, "meta": {"name": name},
+            "config": {}, "next_unit": 0, "leader": null, "status": null, "version": "",
+            "leader_settings": {}, "resources": {}, "storage_requests": {}
+        }))
+        .unwrap();
+        a.meta = meta;
+        a
+    }
+
+    fn model() -> Model {
+        let mut m = Model::new("m", "0123456789".into(), 1, Default::default());
+        let principal = CharmMeta {
+            name: "etcd".into(),
+            provides: [(
+                "nrpe-external-master".to_string(),
+                "nrpe-external-master".to_string(),
+            )]
+            .into(),
+            container_endpoints: ["nrpe-external-master".to_string()].into(),
+            ..Default::default()
+        };
+        let nrpe = CharmMeta {
+            name: "nrpe".into(),
+            subordinate: true,
+            requires: [
+                (
+                    "nrpe-external-master".to_string(),
+                    "nrpe-external-master".to_string(),
+                ),
+                ("general-info".to_string(), "juju-info".to_string()),
+            ]
+            .into(),
+            container_endpoints: [
+                "nrpe-external-master".to_string(),
+                "general-info".to_string(),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let plain = CharmMeta {
+            name: "ubuntu".into(),
+            ..Default::default()
+        };
+        m.apps.insert("etcd".into(), app("etcd", principal));
+        m.apps.insert("nrpe".into(), app("nrpe", nrpe));
+        m.apps.insert("ubuntu".into(), app("ubuntu", plain));
+        m
+    }
+
+    fn endpoints(m: &Model) -> Vec<(String, String)> {
+        m.relations
+            .values()
+            .map(|r| (r.endpoints[0].name.clone(), r.endpoints[1].name.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_declared_endpoint_wins_over_the_implicit_juju_info() {
+        let mut m = model();
+        add_relation(&mut m, "nrpe", "etcd").unwrap();
+        assert_eq!(
+            endpoints(&m),
+            [(
+                "nrpe-external-master".to_string(),
+                "nrpe-external-master".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_charm_with_nothing_to_match_relates_through_juju_info() {
+        let mut m = model();
+        add_relation(&mut m, "nrpe", "ubuntu").unwrap();
+        assert_eq!(
+            endpoints(&m),
+            [("general-info".to_string(), "juju-info".to_string())]
+        );
+        // The subordinate's side is container-scoped: so is the relation.
+        assert!(m.relations.values().all(|r| r.container));
+        // Asked for by name, juju-info is taken even where a declared endpoint also fits.
+        add_relation(&mut m, "nrpe:general-info", "etcd:juju-info").unwrap();
+        assert_eq!(m.relations.len(), 2);
+    }
 }
