@@ -14,15 +14,15 @@
 
 use crate::etcd::client::Client;
 use crate::juju::{self, Bag};
+use crate::pki;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use serde_json::json;
 use std::path::Path;
 
 pub const ENDPOINT: &str = "nrpe-external-master";
 const NRPE_DIR: &str = "/etc/nagios/nrpe.d";
 const EXPORT_DIR: &str = "/var/lib/nagios/export";
-const PLUGIN_DIR: &str = "/usr/local/lib/nagios/plugins";
 const PLUGIN: &str = "/usr/local/lib/nagios/plugins/etcd-charm-check";
 const ALARM_LIST: &str = "/var/lib/nagios/etcd-alarm-list.json";
 const ALARM_JOB: &str = "etcd-charm-nagios-alarms";
@@ -145,7 +145,7 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
             .join(",")
     };
     let mut changed = false;
-    let mut monitors = serde_yaml::Mapping::new();
+    let mut monitors = serde_json::Map::new();
     let checks = checks(unit);
     // NRPE's directory comes with the nrpe charm's packages: until then there is nothing
     // to configure (its relation hooks come again once it is installed).
@@ -156,7 +156,11 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
                 "# {} (the etcd charm, unit {unit})\ncommand[check_{}]={}\n",
                 c.description, c.shortname, c.command
             );
-            changed |= write_if_changed(&format!("{NRPE_DIR}/check_{}.cfg", c.shortname), &cfg)?;
+            changed |= pki::update_file(
+                Path::new(&format!("{NRPE_DIR}/check_{}.cfg", c.shortname)),
+                &cfg,
+                0o644,
+            )?;
         }
         if Path::new(EXPORT_DIR).is_dir() {
             let service = format!(
@@ -173,25 +177,24 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
             );
             // A host name that changed leaves no definition behind under the old one.
             remove_exports(c.shortname, Some(&hostname))?;
-            write_if_changed(
-                &format!("{EXPORT_DIR}/service__{hostname}_check_{}.cfg", c.shortname),
+            pki::update_file(
+                Path::new(&format!(
+                    "{EXPORT_DIR}/service__{hostname}_check_{}.cfg",
+                    c.shortname
+                )),
                 &service,
+                0o644,
             )?;
         }
-        let mut entry = serde_yaml::Mapping::new();
-        entry.insert("command".into(), format!("check_{}", c.shortname).into());
-        monitors.insert(c.shortname.into(), entry.into());
+        monitors.insert(
+            c.shortname.into(),
+            json!({"command": format!("check_{}", c.shortname)}),
+        );
     }
     if changed {
         reload_nrpe();
     }
-    let mut remote = serde_yaml::Mapping::new();
-    let mut nrpe = serde_yaml::Mapping::new();
-    nrpe.insert("nrpe".into(), monitors.into());
-    remote.insert("remote".into(), nrpe.into());
-    let mut top = serde_yaml::Mapping::new();
-    top.insert("monitors".into(), remote.into());
-    let yaml = serde_yaml::to_string(&top)?;
+    let yaml = serde_yaml::to_string(&json!({"monitors": {"remote": {"nrpe": monitors}}}))?;
     let mine = juju::relation_get(rel, unit, false)?;
     let mut writes = Bag::new();
     for (k, v) in [("monitors", yaml.as_str()), ("primary", "False")] {
@@ -247,35 +250,6 @@ fn remove_exports(shortname: &str, keep: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-fn write_if_changed(path: &str, text: &str) -> Result<bool> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if t == text => return Ok(false),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {path}")),
-    }
-    write_public(path, text.as_bytes(), 0o644)?;
-    Ok(true)
-}
-
-/// Writes a file others read (NRPE, Nagios): whole or not at all, mode `mode`.
-fn write_public(path: &str, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    let tmp = format!("{path}.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("writing {tmp}"))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {tmp}"))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))
-}
-
 /// NRPE reads its commands when it starts or reloads.
 fn reload_nrpe() {
     if let Err(e) =
@@ -300,9 +274,8 @@ fn install_plugin() -> Result<()> {
     if fresh {
         return Ok(());
     }
-    std::fs::create_dir_all(PLUGIN_DIR).with_context(|| format!("creating {PLUGIN_DIR}"))?;
     let bytes = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    write_public(PLUGIN, &bytes, 0o755)
+    Ok(pki::write_file(Path::new(PLUGIN), &bytes, 0o755)?)
 }
 
 /// What the root job leaves for the alarm check (no secrets: alarms and member names).
@@ -349,8 +322,11 @@ pub fn refresh_alarm_list(endpoint: &str) -> Result<()> {
         alarms,
         error,
     };
-    std::fs::create_dir_all(Path::new(ALARM_LIST).parent().unwrap())?;
-    write_public(ALARM_LIST, &serde_json::to_vec(&list)?, 0o644)
+    Ok(pki::write_file(
+        Path::new(ALARM_LIST),
+        &serde_json::to_vec(&list)?,
+        0o644,
+    )?)
 }
 
 /// A Nagios plugin's answer: its exit code (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN) and one

@@ -591,6 +591,8 @@ fn discard_later(data: &Path, dirs: &[&Path]) {
                 trash.display()
             ),
         );
+        // What stays is trash only (the restored member is proven); the next restore
+        // sweeps it.
         let _ = std::fs::remove_dir_all(&trash);
     }
 }
@@ -609,7 +611,15 @@ fn remove_empty_aside(aside: &Path) {
 fn sweep_trash(data: &Path) {
     for e in std::fs::read_dir(data).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(".trash-") {
-            let _ = std::fs::remove_dir_all(e.path());
+            // Trash that will not go costs disk, not data: said, and left for the next try.
+            // (NotFound: the previous restore's own deletion got there first.)
+            match std::fs::remove_dir_all(e.path()) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => juju::log(
+                    "WARNING",
+                    &format!("cannot delete {}: {err}", e.path().display()),
+                ),
+                _ => {}
+            }
         }
     }
 }

@@ -3,7 +3,6 @@
 //! rewritten, reloaded and restarted only when they change.
 
 use std::path::Path;
-use std::process::Command;
 
 const SYSTEMD_DIR: &str = "/etc/systemd/system";
 
@@ -23,9 +22,9 @@ pub struct Job<'a> {
     pub when: String,
 }
 
-/// The job's timer is installed, enabled and running. Returns whether its files changed (a
-/// changed timer was restarted, which starts an interval again from now).
-pub fn ensure(job: &Job) -> Result<bool, String> {
+/// The job's timer is installed, enabled and running; a timer whose files changed is
+/// restarted, which starts an interval again from now.
+pub fn ensure(job: &Job) -> Result<(), String> {
     let service = format!(
         "[Unit]\nDescription={} (etcd charm)\nAfter=etcd.service\n\n\
          [Service]\nType=oneshot\nExecStart={}\n",
@@ -42,15 +41,8 @@ pub fn ensure(job: &Job) -> Result<bool, String> {
         (format!("{SYSTEMD_DIR}/{unit}.service"), service),
         (format!("{SYSTEMD_DIR}/{unit}.timer"), timer),
     ] {
-        let current = match std::fs::read_to_string(&file) {
-            Ok(text) => Some(text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("reading {file}: {e}")),
-        };
-        if current.as_deref() != Some(body.as_str()) {
-            std::fs::write(&file, body).map_err(|e| format!("writing {file}: {e}"))?;
-            changed = true;
-        }
+        changed |= crate::pki::update_file(Path::new(&file), &body, 0o644)
+            .map_err(|e| format!("writing {file}: {e}"))?;
     }
     let timer = format!("{unit}.timer");
     if changed {
@@ -60,7 +52,7 @@ pub fn ensure(job: &Job) -> Result<bool, String> {
     } else if systemctl(&["is-active", "--quiet", &timer]).is_err() {
         systemctl(&["enable", "--now", &timer])?;
     }
-    Ok(changed)
+    Ok(())
 }
 
 /// The job's timer and service are gone (nothing to do when they are not installed).
@@ -76,18 +68,7 @@ pub fn remove(unit: &str) -> Result<(), String> {
     systemctl(&["daemon-reload"])
 }
 
+/// `systemctl ARGS`, its failure as the message this module's callers report.
 pub fn systemctl(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run systemctl: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "systemctl {} failed: {}",
-            args.join(" "),
-            crate::etcd::last_line(&String::from_utf8_lossy(&out.stderr))
-        ))
-    }
+    crate::etcd::service::systemctl(args).map_err(|e| e.to_string())
 }

@@ -220,16 +220,19 @@ pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
 }
 
 /// Writes `data` as `write_file` does unless the file already holds exactly that.
-pub fn update_file(p: &Path, data: &str, mode: u32) -> Result<()> {
+/// Returns whether it wrote.
+pub fn update_file(p: &Path, data: &str, mode: u32) -> Result<bool> {
     if std::fs::read_to_string(p).ok().as_deref() == Some(data) {
-        return Ok(());
+        return Ok(false);
     }
-    write_file(p, data.as_bytes(), mode)
+    write_file(p, data.as_bytes(), mode)?;
+    Ok(true)
 }
 
-/// Writes a file atomically with the given mode (0600 for keys).
+/// Writes a file atomically with exactly the given mode (0600 for keys; the umask does not
+/// narrow a mode others must read or run with).
 pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let io = |e: std::io::Error| PkiError::Io {
         path: p.display().to_string(),
         source: e,
@@ -245,6 +248,8 @@ pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
         .write(true)
         .mode(mode)
         .open(&tmp)
+        .map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(io)?;
     f.write_all(data).map_err(io)?;
     f.sync_all().map_err(io)?;

@@ -245,8 +245,11 @@ fn service_cgroup_procs() -> Option<bool> {
 }
 
 /// Runs `systemctl ARGS`; a failure is an error that carries systemctl's own words.
-fn systemctl(args: &[&str]) -> std::io::Result<()> {
-    let out = Command::new("systemctl").args(args).output()?;
+pub(crate) fn systemctl(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| std::io::Error::other(format!("cannot run systemctl: {e}")))?;
     if !out.status.success() {
         return Err(std::io::Error::other(format!(
             "systemctl {} failed: {}",
