@@ -454,6 +454,7 @@ impl Model {
                 .values()
                 .any(|u| u.app == remote_app && u.principal.as_deref() == Some(unit));
         if wants_subordinate {
+            // Cannot fail: the application and this unit were both found just above.
             let _ = self.add_subordinate(&remote_app, unit);
         }
         for other in others {
@@ -594,10 +595,11 @@ impl Model {
             let subordinates: Vec<String> = self
                 .units
                 .values()
-                .filter(|u| u.principal.is_some() && apps.contains(&u.app))
+                .filter(|u| apps.contains(&u.app))
                 .filter(|u| {
-                    let principal = u.principal.as_deref().unwrap_or("");
-                    apps.iter().any(|a| a == app_of(principal))
+                    u.principal
+                        .as_deref()
+                        .is_some_and(|p| apps.iter().any(|a| a == app_of(p)))
                 })
                 .map(|u| u.name.clone())
                 .collect();
@@ -1327,17 +1329,20 @@ impl Ctl {
 
     /// Installs the unit's charm into its agent directory on its machine (kept across
     /// reboots), unless it is there: at boot for the units on the machine, and before the
-    /// first hook of a subordinate that arrives on a running machine.
+    /// first hooks of a subordinate that arrives on a running machine (a unit whose install
+    /// hook ran has it).
     async fn install_charm(&self, model: &str, unit: &str) -> Result<()> {
         let found = self.read(|w| {
             let m = w.models.get(model)?;
             let u = m.units.get(unit)?;
             let mach = m.machines.get(&u.machine)?;
             let charm = m.apps.get(&u.app)?.charm_dir.clone();
-            Some((mach.init_pid.or(mach.spawn_pid)?, charm))
+            Some((u.installed, mach.init_pid.or(mach.spawn_pid), charm))
         });
-        let Some((pid, charm_dir)) = found else {
-            anyhow::bail!("unit {unit}: its machine is not running");
+        let (pid, charm_dir) = match found {
+            Some((true, _, _)) => return Ok(()),
+            Some((false, Some(pid), charm)) => (pid, charm),
+            _ => anyhow::bail!("unit {unit}: its machine is not running"),
         };
         let target = PathBuf::from(format!("/proc/{pid}/root"))
             .join(charm_dir_in_machine(unit).trim_start_matches('/'));
@@ -1865,11 +1870,15 @@ impl Ctl {
         };
         let charm = charm_dir_in_machine(unit);
         let started = Instant::now();
-        let attaching = match (&ev.storage, ev.hook.ends_with("-storage-attached")) {
-            (Some(id), true) => self.prepare_storage(model, unit, id).await,
-            // A subordinate's charm arrives on its principal's running machine here.
-            _ => self.install_charm(model, unit).await,
-        };
+        // A subordinate's charm arrives on its principal's running machine here.
+        let attaching = async {
+            self.install_charm(model, unit).await?;
+            match (&ev.storage, ev.hook.ends_with("-storage-attached")) {
+                (Some(id), true) => self.prepare_storage(model, unit, id).await,
+                _ => Ok(()),
+            }
+        }
+        .await;
         let (result, ctx) = match (attaching, &handler) {
             // Storage that cannot be mounted fails its hook, which is retried.
             (Err(e), _) => (Err(e), ctx),
@@ -2255,7 +2264,6 @@ impl Ctl {
         }
     }
 
-    /// Fires update-status on every settled unit of models whose interval has passed.
     /// Juju's deployer: every unit has a worker, including the subordinate units a
     /// relation creates inside a model change.
     pub async fn deployer_loop(self: Arc<Self>) {
@@ -2276,6 +2284,7 @@ impl Ctl {
         }
     }
 
+    /// Fires update-status on every settled unit of models whose interval has passed.
     pub async fn update_status_loop(self: Arc<Self>) {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -2373,28 +2382,6 @@ mod tests {
         assert_eq!(parse_duration("x"), None);
     }
 
-    fn app(name: &str, meta: CharmMeta) -> App {
-        App {
-            name: name.into(),
-            charm_dir: String::new(),
-            charm_rev: 1,
-            meta,
-            config: Default::default(),
-            next_unit: 0,
-            leader: None,
-            status: None,
-            version: String::new(),
-            leader_settings: Default::default(),
-            resources: Default::default(),
-            storage_requests: Default::default(),
-            storage_volumes: Default::default(),
-            base: String::new(),
-            store_name: None,
-            exposed: false,
-            dying: false,
-        }
-    }
-
     /// A model with principal `etcd` (two units, started) and subordinate `nrpe`, related
     /// through a container-scoped relation (id 0).
     fn subordinate_model() -> Model {
@@ -2414,8 +2401,9 @@ mod tests {
             subordinate: true,
             ..Default::default()
         };
-        m.apps.insert("etcd".into(), app("etcd", principal));
-        m.apps.insert("nrpe".into(), app("nrpe", sub));
+        m.apps
+            .insert("etcd".into(), App::for_test("etcd", principal));
+        m.apps.insert("nrpe".into(), App::for_test("nrpe", sub));
         for _ in 0..2 {
             let u = m.add_unit("etcd").unwrap();
             m.units.get_mut(&u).unwrap().started = true;

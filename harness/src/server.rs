@@ -11,22 +11,15 @@ use std::sync::Arc;
 
 /// Serves the controller socket until shutdown.
 pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<()> {
-    // Resume: workers for every unit, machines whose agents died come back.
-    let units: Vec<(String, String, u32, bool)> = ctl.read(|w| {
+    // Resume: machines whose agents died come back (workers for every unit: the deployer
+    // loop below).
+    let machines: Vec<(String, u32, bool)> = ctl.read(|w| {
         w.models
             .values()
             .flat_map(|m| {
-                m.units.values().map(|u| {
-                    (
-                        m.name.clone(),
-                        u.name.clone(),
-                        u.machine,
-                        m.machines
-                            .get(&u.machine)
-                            .map(|x| x.status == "started")
-                            .unwrap_or(false),
-                    )
-                })
+                m.machines
+                    .values()
+                    .map(|x| (m.name.clone(), x.id, x.status == "started"))
             })
             .collect()
     });
@@ -45,13 +38,7 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
             }
         }
     });
-    let mut seen = std::collections::BTreeSet::new();
-    for (model, unit, machine_id, started) in units {
-        // A machine with a subordinate on it is looked at once.
-        if !seen.insert((model.clone(), machine_id)) {
-            ctl.ensure_worker(&model, &unit);
-            continue;
-        }
+    for (model, machine_id, started) in machines {
         let sock = machine::agent_socket(&model_dir(&ctl.home, &model), machine_id);
         let alive = started
             && machine::agent_call(&sock, &AgentRequest::Ping)
@@ -69,7 +56,6 @@ pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<
             });
             ctl.provision(&model, machine_id);
         }
-        ctl.ensure_worker(&model, &unit);
     }
     tokio::spawn(ctl.clone().update_status_loop());
     tokio::spawn(ctl.clone().deployer_loop());

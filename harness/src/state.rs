@@ -97,6 +97,32 @@ impl Model {
     }
 }
 
+impl App {
+    /// An application of `meta` deployed from nowhere, with no units: for model-level tests.
+    #[cfg(test)]
+    pub fn for_test(name: &str, meta: CharmMeta) -> App {
+        App {
+            name: name.into(),
+            charm_dir: String::new(),
+            charm_rev: 1,
+            meta,
+            config: Default::default(),
+            next_unit: 0,
+            leader: None,
+            status: None,
+            version: String::new(),
+            leader_settings: Default::default(),
+            resources: Default::default(),
+            storage_requests: Default::default(),
+            storage_volumes: Default::default(),
+            base: String::new(),
+            store_name: None,
+            exposed: false,
+            dying: false,
+        }
+    }
+}
+
 /// Where a storage instance lives: its pool (`loop`, `rootfs`) and size. A `loop` volume
 /// is a sparse file of that size formatted ext4 and mounted at the storage's location.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

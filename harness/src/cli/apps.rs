@@ -293,8 +293,8 @@ pub(super) fn add_units(ctl: &Arc<Ctl>, model: &str, app: &str, n: u32) -> Resul
         }
         Ok(out)
     })?;
-    for (u, machine) in &added {
-        ctl.ensure_worker(model, u);
+    // Their workers come from the deployer loop (`Ctl::deployer_loop`).
+    for (_, machine) in &added {
         ctl.provision(model, *machine);
     }
     Ok(added.into_iter().map(|(u, _)| u).collect())

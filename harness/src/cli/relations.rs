@@ -235,17 +235,6 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn app(name: &str, meta: CharmMeta) -> App {
-        let mut a: App = serde_json::from_value(serde_json::json!({
-            "name": name, "charm_dir": "", "charm_rev": 1, "meta": {"name": name},
-            "config": {}, "next_unit": 0, "leader": null, "status": null, "version": "",
-            "leader_settings": {}, "resources": {}, "storage_requests": {}
-        }))
-        .unwrap();
-        a.meta = meta;
-        a
-    }
-
     fn model() -> Model {
         let mut m = Model::new("m", "0123456789".into(), 1, Default::default());
         let principal = CharmMeta {
@@ -280,9 +269,11 @@ mod tests {
             name: "ubuntu".into(),
             ..Default::default()
         };
-        m.apps.insert("etcd".into(), app("etcd", principal));
-        m.apps.insert("nrpe".into(), app("nrpe", nrpe));
-        m.apps.insert("ubuntu".into(), app("ubuntu", plain));
+        m.apps
+            .insert("etcd".into(), App::for_test("etcd", principal));
+        m.apps.insert("nrpe".into(), App::for_test("nrpe", nrpe));
+        m.apps
+            .insert("ubuntu".into(), App::for_test("ubuntu", plain));
         m
     }
 
