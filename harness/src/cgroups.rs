@@ -102,7 +102,15 @@ pub fn raw_fds(fds: &[OwnedFd]) -> Vec<i32> {
 /// kernel to let go of processes that were just killed.
 pub fn remove(name: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    for dir in machine_dirs(name)? {
+    let mut found = machine_dirs(name)?;
+    // A controller that ran in another cgroup (one killed, then cleaned up from elsewhere)
+    // made the machine's directories below its own path, not this process's.
+    for h in hierarchies()? {
+        find_folders(&h.mount, name, 8, &mut found);
+    }
+    found.sort();
+    found.dedup();
+    for dir in found {
         if !dir.exists() {
             continue;
         }
@@ -123,6 +131,28 @@ pub fn remove(name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every `charm-harness/<name>` directory below `dir`, down to `depth` levels (the
+/// machines' own trees below those folders are not walked).
+fn find_folders(dir: &Path, name: &str, depth: u32, out: &mut Vec<PathBuf>) {
+    if depth == 0 {
+        return;
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let path = e.path();
+        if e.file_name() == FOLDER {
+            let machine = path.join(name);
+            if machine.is_dir() {
+                out.push(machine);
+            }
+        } else {
+            find_folders(&path, name, depth - 1, out);
+        }
+    }
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {

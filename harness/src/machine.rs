@@ -299,6 +299,57 @@ pub fn kill_machine(unshare_pid: Option<u32>, init_pid: Option<u32>) {
     }
 }
 
+/// Kills every process that lives in a machine's network namespace, found by the
+/// namespace itself rather than by remembered PIDs (which may have been reused since the
+/// controller that knew them went away). Waits until they are gone (10 s at most).
+pub fn kill_namespace_processes(net: &Net, machine: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_path = Path::new("/run/netns").join(net.netns(machine));
+    let ns = match std::fs::metadata(&ns_path) {
+        Ok(m) => (m.dev(), m.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", ns_path.display())),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut killed = std::collections::BTreeSet::new();
+    loop {
+        let inside: Vec<i32> = std::fs::read_dir("/proc")
+            .context("listing /proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .map(|m| (m.dev(), m.ino()) == ns)
+                    .unwrap_or(false)
+            })
+            .collect();
+        if inside.is_empty() {
+            // Dead, and reaped too unless their new parent is slow about it (a zombie holds
+            // nothing of the machine's).
+            while killed
+                .iter()
+                .any(|p| Path::new(&format!("/proc/{p}")).exists())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "processes {inside:?} of machine {machine} ({}) outlived SIGKILL for 10 s",
+                net.netns(machine)
+            );
+        }
+        for pid in inside {
+            killed.insert(pid);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn pid_alive(pid: u32) -> bool {
     pid > 1 && Path::new(&format!("/proc/{pid}")).exists() && {
         // A zombie is not alive.

@@ -132,7 +132,10 @@ fn ensure_controller(home: &Path) -> std::io::Result<()> {
 fn kill_controller(home: &Path) -> ! {
     let sock = proto::controller_socket(home);
     if std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        print_and_exit(Reply::ok(""));
+        print_and_exit(match server::destroy_unreachable(home) {
+            Ok(()) => Reply::ok(""),
+            Err(e) => Reply::err(1, format!("{e:#}")),
+        });
     }
     let pid: Option<i32> = std::fs::read_to_string(home.join("run").join("controller.pid"))
         .ok()

@@ -127,6 +127,54 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
     Ok(())
 }
 
+/// The home's lock, held for as long as the returned file is open: `None` when another
+/// process (a running controller) holds it.
+fn own_home(home: &std::path::Path) -> Result<Option<std::fs::File>> {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(home.join("controller.lock"))?;
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Ok(None);
+    }
+    Ok(Some(lock))
+}
+
+/// `kill-controller` when no controller answers (it was killed, or the host rebooted): as a
+/// real Juju then destroys the machines through the cloud's API, every machine of every
+/// model the state names is destroyed from the host (its processes, found by their network
+/// namespace; its namespace, veth and cgroups; the model's bridge and directories), then the
+/// state goes. Refused while a controller is starting in the same home.
+pub fn destroy_unreachable(home: &std::path::Path) -> Result<()> {
+    if !home.exists() {
+        return Ok(());
+    }
+    let Some(_lock) = own_home(home)? else {
+        anyhow::bail!(
+            "a controller is starting in {}: run kill-controller again once it answers",
+            home.display()
+        );
+    };
+    let world = World::load(&state_path(home))?;
+    for (name, m) in &world.models {
+        let net = m.net();
+        for id in m.machines.keys() {
+            machine::kill_namespace_processes(&net, *id)?;
+            machine::remove_host_parts(&net, *id);
+        }
+        machine::delete_bridge(&net);
+        let _ = std::fs::remove_dir_all(model_dir(home, name));
+        let _ = std::fs::remove_dir_all(home.join("charms").join(name));
+        let _ = std::fs::remove_dir_all(home.join("resources").join(name));
+    }
+    match std::fs::remove_file(state_path(home)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// `charm-harness bootstrap`: runs the daemon in the foreground (the CLI starts it detached).
 pub fn bootstrap(home: PathBuf) -> Result<()> {
     for d in crate::rootfs::OVERLAID {
@@ -135,16 +183,10 @@ pub fn bootstrap(home: PathBuf) -> Result<()> {
         }
     }
     std::fs::create_dir_all(home.join("run"))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(home.join("controller.lock"))?;
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    let Some(lock) = own_home(&home)? else {
         // Another controller owns this home.
         return Ok(());
-    }
+    };
     let sock = proto::controller_socket(&home);
     // A stale socket of an earlier controller; if it cannot go, bind below says so.
     let _ = std::fs::remove_file(&sock);

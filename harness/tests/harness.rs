@@ -705,21 +705,7 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     env.settle("1m");
     env.exec_ok("probe/0", "leader-set kept=yes");
     let before = env.status();
-    let pid: i32 = std::fs::read_to_string(env.home.path().join("run/controller.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| !s.contains("zombie"))
-            .unwrap_or(false)
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_the_controller(&env);
     let after = env.status();
     for app in ["probe", "other"] {
         assert_eq!(
@@ -746,7 +732,9 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     );
     assert!(bag.contains("private-address"), "{bag}");
 
-    // kill-controller removes every namespace, bridge and process it made. Names may be
+    // kill-controller removes every namespace, bridge and process it made, even when the
+    // controller is gone (killed again here), as Juju destroys the machines through the
+    // cloud when its controller cannot be reached. Names may be
     // reused at once by a test running beside this one, so compare identities: the bridge's
     // ifindex and each namespace's inode.
     use std::os::unix::fs::MetadataExt;
@@ -770,7 +758,12 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     };
     let bridge_before = ifindex(&bridge).expect("the model's bridge exists");
     let ns_before: Vec<Option<u64>> = netns.iter().map(|n| inode(n)).collect();
+    kill_the_controller(&env);
     env.ok(&["kill-controller"]);
+    assert!(
+        !env.home.path().join("state.json").exists(),
+        "the state of the destroyed models is left"
+    );
     for p in pids {
         assert!(
             !std::path::Path::new(&format!("/proc/{p}")).exists(),
@@ -785,6 +778,24 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     for (n, before) in netns.iter().zip(ns_before) {
         assert!(before.is_some());
         assert_ne!(inode(n), before, "namespace {n} left behind");
+    }
+}
+
+/// SIGKILLs the controller daemon and waits until it is gone.
+fn kill_the_controller(env: &Env) {
+    let pid: i32 = std::fs::read_to_string(env.home.path().join("run/controller.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map(|s| !s.contains("zombie"))
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the controller outlived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
