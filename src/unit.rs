@@ -133,6 +133,11 @@ pub fn crash_point(step: &str) {
 
 pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
 
+/// A member's https URL on `port` of `address`.
+pub fn endpoint(address: &str, port: u16) -> String {
+    format!("https://{address}:{port}")
+}
+
 pub fn member_name(unit: &str) -> String {
     unit.replace('/', "")
 }

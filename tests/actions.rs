@@ -630,6 +630,10 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
         "etcd/0",
         "test ! -e /var/lib/etcd-charm/restore-journal.json",
     );
+    // The hook that put it back found etcd stopped (the killed action had stopped it) and
+    // started it; the next one sees it healthy. Waited for here, while hooks still come
+    // every 2 s: no hook follows an action by itself.
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     env.ok(&["model-config", "update-status-hook-interval=1h"]);
     assert_eq!(keys("/old/"), 10);
 

@@ -623,6 +623,12 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
     deploy_healthy(&env, 3, &t35, &[]);
     let creds = Creds::from_unit(&env, "etcd/0");
 
+    // Every unit's hook is killed right after its restart on new binaries, before their
+    // health check: the next hook must finish the turn (here: roll the failed ones back;
+    // below: keep the working ones).
+    for u in env.units("etcd") {
+        env.crash_at(&u, "upgrade-restarted");
+    }
     env.ok(&[
         "attach-resource",
         "etcd",
@@ -665,6 +671,16 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
         }
     }
     assert_eq!(tried, 1, "only one unit tried the failing version");
+    let killed: Vec<String> = env
+        .units("etcd")
+        .into_iter()
+        .filter(|u| env.crash_consumed(u))
+        .collect();
+    assert_eq!(
+        killed.len(),
+        1,
+        "only the unit that tried was killed: {killed:?}"
+    );
 
     // A working resource clears the stop.
     let again_dir = work.path().join("again");
@@ -676,4 +692,16 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
         &format!("etcd={}", again.display()),
     ]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    wait_all_members_run(&env, &creds, 3, "3.5.1");
+    for u in env.units("etcd") {
+        assert!(
+            env.crash_consumed(&u),
+            "{u}'s hook was killed after its restart"
+        );
+        let record = env.exec_ok(&u, "cat /var/lib/etcd-charm/install.json");
+        assert!(
+            record.contains("\"previous\":null"),
+            "{u} finished its turn: {record}"
+        );
+    }
 }

@@ -77,6 +77,11 @@ pub struct Installed {
     /// the Debian version of the installed etcd-server package (the `deb` delivery)
     #[serde(default)]
     pub package: Option<String>,
+    /// What ran before binaries were switched in whose health check has not passed yet (the
+    /// directory, or the kept packages): recorded before the switch, cleared by `commit` or
+    /// `roll_back_to`. A hook killed in between leaves it for the next one to finish.
+    #[serde(default)]
+    pub previous: Option<String>,
 }
 
 impl Installed {
@@ -410,40 +415,63 @@ pub fn install_archive(
         staged,
         rolled_back: None,
         package: None,
+        previous: None,
     };
     inst.save()?;
     Ok(inst)
 }
 
 /// Switches to the staged binaries (this unit's turn): `current` moves to the staged
-/// directory, or the staged Debian packages are installed. Returns what ran before (the
-/// directory, or the kept packages of the running version), for a rollback.
-pub fn switch_staged(inst: &mut Installed) -> Result<Option<PathBuf>> {
+/// directory, or the staged Debian packages are installed. What ran before is recorded
+/// first (`previous`), so a crash at any point leaves the way back; switching again after
+/// such a crash keeps that record. Nothing staged: nothing happens.
+pub fn switch_staged(inst: &mut Installed) -> Result<()> {
     let Some(dir) = inst.staged.clone() else {
-        return Ok(None);
+        return Ok(());
     };
-    let before = match inst.delivery {
+    if inst.previous.is_none() {
+        inst.previous = match inst.delivery {
+            Delivery::Deb => Some(
+                Path::new(DEBS_DIR)
+                    .join(inst.package_version()?)
+                    .display()
+                    .to_string(),
+            ),
+            _ => std::fs::read_link(Path::new(OPT_DIR).join("current"))
+                .ok()
+                .map(|p| p.display().to_string()),
+        };
+        inst.save()?;
+    }
+    match inst.delivery {
         Delivery::Deb => {
-            let running = inst.package_version()?;
             install_debs(Path::new(&dir))?;
             inst.package = Some(package_of(Path::new(&dir)));
-            Some(Path::new(DEBS_DIR).join(running))
         }
-        _ => {
-            let before = std::fs::read_link(Path::new(OPT_DIR).join("current")).ok();
-            switch_current(Path::new(&dir))?;
-            before
-        }
-    };
+        _ => switch_current(Path::new(&dir))?,
+    }
     inst.staged = None;
-    inst.save()?;
-    Ok(before)
+    inst.save()
 }
 
-/// Puts back what ran before (`switch_staged`'s answer) after the new binaries failed their
-/// health check, and remembers what failed so it is not tried again until a new resource
-/// (or a new package target).
-pub fn roll_back_to(inst: &mut Installed, before: &Path) -> Result<()> {
+/// Keeps the switched-in binaries: they passed their health check.
+pub fn commit(inst: &mut Installed) -> Result<()> {
+    if inst.previous.take().is_some() {
+        inst.save()?;
+    }
+    Ok(())
+}
+
+/// Puts back what ran before (`previous`) after the new binaries failed their health
+/// check, and remembers what failed so it is not tried again until a new resource (or a
+/// new package target). Nothing recorded: nothing to go back to (an error).
+pub fn roll_back(inst: &mut Installed) -> Result<()> {
+    let Some(before) = inst.previous.clone() else {
+        return Err(InstallError::Bad(
+            "no earlier etcd is recorded on this unit to roll back to".into(),
+        ));
+    };
+    let before = Path::new(&before);
     match inst.delivery {
         Delivery::Deb => {
             install_debs(before)?;
@@ -456,6 +484,8 @@ pub fn roll_back_to(inst: &mut Installed, before: &Path) -> Result<()> {
             inst.version = binary_version(&before.join("etcd"))?;
         }
     }
+    inst.previous = None;
+    inst.staged = None;
     inst.save()
 }
 
@@ -571,6 +601,7 @@ pub fn install_deb() -> Result<Installed> {
         staged: None,
         rolled_back: None,
         package: Some(package),
+        previous: None,
     };
     inst.save()?;
     Ok(inst)
@@ -920,6 +951,7 @@ fn snap_installed(source_stamp: Option<String>) -> Result<Installed> {
         staged: None,
         rolled_back: None,
         package: None,
+        previous: None,
     };
     inst.save()?;
     Ok(inst)
