@@ -624,8 +624,8 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
     let creds = Creds::from_unit(&env, "etcd/0");
 
     // Every unit's hook is killed right after its restart on new binaries, before their
-    // health check: the next hook must finish the turn (here: roll the failed ones back;
-    // below: keep the working ones).
+    // health check: the next hook must finish the turn, here by rolling the failed binaries
+    // back. (A kill in a turn whose binaries work: tests/faults.rs.)
     for u in env.units("etcd") {
         env.crash_at(&u, "upgrade-restarted");
     }
@@ -694,13 +694,10 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
     wait_all_members_run(&env, &creds, 3, "3.5.1");
     for u in env.units("etcd") {
-        assert!(
-            env.crash_consumed(&u),
-            "{u}'s hook was killed after its restart"
-        );
         let record = env.exec_ok(&u, "cat /var/lib/etcd-charm/install.json");
+        let record: serde_json::Value = serde_json::from_str(&record).unwrap();
         assert!(
-            record.contains("\"previous\":null"),
+            record["previous"].is_null(),
             "{u} finished its turn: {record}"
         );
     }
