@@ -9,21 +9,21 @@
 //! (name=peerURL of started members), `epoch`.
 
 use crate::config::Config;
-use crate::etcd::client::{Client, Member, Tls};
+use crate::etcd::client::{Client, Tls};
 use crate::etcd::install::Installed;
 use crate::etcd::service::Service;
 use crate::juju::{self, Context};
+use crate::leave::Left;
 use crate::pki;
-use crate::reconcile::{hand_over_leadership, reconcile, Pass};
+use crate::reconcile::{reconcile, Pass};
 use crate::status::{log_slow_hook, mark, StatusBoard};
-use crate::unit::{
-    check_local_files, crash_point, endpoint, member_name, retry, tls_client, LocalState, PEER,
-};
+use crate::unit::{check_local_files, endpoint, member_name, tls_client, LocalState, PEER};
 use anyhow::Result;
 use std::time::Duration;
 
-/// Leaves the cluster when this unit is removed: hand raft leadership over, remove self,
-/// stop etcd. Safe to run again.
+/// Leaves the cluster when this unit is removed (`leave`): hand raft leadership over, remove
+/// this member, then stop and disable etcd and remove what the unit ran for the cluster
+/// (its snapshot timer, its Nagios checks). Safe to run again.
 pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     if st.left {
         return Ok(());
@@ -38,52 +38,22 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         .and_then(|a| a.first().cloned());
     if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()?) {
         let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
-
         let client = tls_client()?;
+        // Membership changes may wait for an election: a longer timeout.
+        let slow = Client::new(
+            &Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")?,
+            Duration::from_secs(10),
+        )?;
+        let live = crate::leave::Live {
+            client: &client,
+            slow: &slow,
+            ep: &ep,
+        };
         let peer_url = format!("https://{address}:{}", cfg.management_port);
-        if let Ok(members) = client.member_list(&ep) {
-            if members.len() > 1 {
-                let name = member_name(unit);
-                if let Some(me) = members
-                    .iter()
-                    .find(|m| m.name == name || m.peer_urls.contains(&peer_url))
-                {
-                    hand_over_leadership(&client, &ep, me.id, &members, "leaving");
-                    // Membership changes may wait for an election: a longer timeout, and any
-                    // member's endpoint will do.
-                    let id = me.id;
-                    let slow = Client::new(
-                        &Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")?,
-                        Duration::from_secs(10),
-                    )?;
-                    let eps: Vec<String> = std::iter::once(ep.clone())
-                        .chain(
-                            members
-                                .iter()
-                                .filter(|m| m.id != id)
-                                .filter_map(Member::client_url),
-                        )
-                        .collect();
-                    let r = retry(Duration::from_secs(30), Duration::from_millis(300), || {
-                        let mut last = None;
-                        for e in &eps {
-                            match slow.member_remove(e, id) {
-                                Ok(()) => return Ok(()),
-                                Err(err) if err.status() == Some(404) => return Ok(()),
-                                Err(err) => last = Some(err),
-                            }
-                        }
-                        Err(last.map(|e| e.to_string()).unwrap_or_default())
-                    });
-                    if r.is_ok() {
-                        crash_point("member-removed");
-                    }
-                    match r {
-                        Ok(()) => juju::log("INFO", "removed this member from the cluster"),
-                        Err(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
-                    }
-                }
-            }
+        match crate::leave::leave(&live, &member_name(unit), &peer_url) {
+            Left::Removed => juju::log("INFO", "removed this member from the cluster"),
+            Left::NotAMember => {}
+            Left::Refused(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
         }
     }
     svc.stop_and_disable()?;

@@ -26,6 +26,7 @@ mod defrag;
 mod delivery;
 mod etcd;
 mod juju;
+mod leave;
 mod membership;
 mod migrate;
 mod nrpe;
