@@ -15,6 +15,9 @@ use std::path::Path;
 
 const CA_LABEL: &str = "etcd-ca";
 const CLIENT_LABEL: &str = "etcd-client";
+/// App databag key: the sha16 of the client certificate in the `etcd-client` secret, so
+/// units whose files hold it need not read the secret at every hook.
+pub(crate) const CLIENT_SHA: &str = "client-cert-sha";
 
 /// Makes (or keeps) this unit's CSRs for its current addresses.
 pub(crate) fn ensure_csrs(
@@ -74,6 +77,33 @@ pub(crate) fn overdue_certificate() -> Option<String> {
     })
 }
 
+/// The client pair in the `etcd-client` secret.
+fn client_pair() -> Result<Option<(String, String)>> {
+    Ok(juju::secret_get_by_label(CLIENT_LABEL)?
+        .and_then(|c| Some((c.get("client-cert")?.clone(), c.get("client-key")?.clone()))))
+}
+
+/// Whether client.crt (and its key) on disk are the pair the leader published the sha of.
+fn client_is_current(published: Option<&str>) -> bool {
+    published.is_some_and(|sha| {
+        pki::path("client.key").exists()
+            && std::fs::read_to_string(pki::path("client.crt"))
+                .is_ok_and(|c| authority::sha16(&c) == sha)
+    })
+}
+
+/// The leader of an application deployed before `client-cert-sha` existed publishes it
+/// once (one read of the secret), so the units stop reading the secret at every hook.
+pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
+    if peers.app_get(CLIENT_SHA).is_some() || peers.app_get("ca").is_none() {
+        return Ok(());
+    }
+    if let Some((cert, _)) = client_pair()? {
+        peers.app_set(CLIENT_SHA, &authority::sha16(&cert));
+    }
+    Ok(())
+}
+
 /// The leader's CA, created once; its key lives in an application-owned secret.
 pub(crate) fn leader_ca(peers: &mut Peers) -> Result<Ca> {
     if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
@@ -105,6 +135,7 @@ pub(crate) fn leader_ca(peers: &mut Peers) -> Result<Ca> {
             ("client-key".into(), ck.clone()),
         ]),
     )?;
+    peers.app_set(CLIENT_SHA, &authority::sha16(&cc));
     peers.new_client = Some((cc, ck));
     peers.app_set("ca", &ca.cert_pem);
     Ok(ca)
@@ -242,8 +273,9 @@ pub(crate) fn install_certs(
         // the pair the leader holds serves, so no unit reports healthy without one.
         let client = match &peers.new_client {
             Some(pair) => Some(pair.clone()),
-            None => juju::secret_get_by_label(CLIENT_LABEL)?
-                .and_then(|c| Some((c.get("client-cert")?.clone(), c.get("client-key")?.clone()))),
+            // The files hold the published pair already: nothing to read or write.
+            None if client_is_current(peers.app_get(CLIENT_SHA)) => None,
+            None => client_pair()?,
         };
         if let Some((cert, key)) = client {
             pairs.push(("client", cert, key));

@@ -35,7 +35,8 @@ use crate::restart::Restarted;
 use crate::rolling::{manage_restart_lock, RollCtx};
 use crate::status::{mark, StatusBoard};
 use crate::unit::{
-    data_dir, endpoint, has_member_data, member_name, now, retry, tls_client, LocalState, PEER,
+    data_dir, endpoint, has_member_data, member_name, now, retry, tls_client, LocalState,
+    SeenResource, PEER,
 };
 use anyhow::{Context as _, Result};
 use std::path::Path;
@@ -127,8 +128,15 @@ impl<'a> Reconcile<'a> {
             }
         };
         let leader = juju::is_leader()?;
-        let resource = juju::resource_get("etcd")
-            .context("cannot tell whether an etcd resource is attached")?;
+        let resource = match &st.etcd_resource {
+            Some(seen) if ctx.hook_name() == "update-status" => seen.path.clone(),
+            _ => {
+                let r = juju::resource_get("etcd")
+                    .context("cannot tell whether an etcd resource is attached")?;
+                st.etcd_resource = Some(SeenResource { path: r.clone() });
+                r
+            }
+        };
         let mut inst = match ensure_installed(&cfg, resource.as_deref()) {
             Ok(i) => i,
             Err(InstallError::Bad(msg)) => {
@@ -310,6 +318,7 @@ impl<'a> Reconcile<'a> {
             )?;
             let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
             plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
+            crate::certs::publish_client_sha(&mut self.peers)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it

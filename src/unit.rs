@@ -62,6 +62,17 @@ pub struct LocalState {
     pub told_version: Option<String>,
     #[serde(default)]
     pub opened_port: Option<u16>,
+    /// The `etcd` resource as the last hook other than update-status found it. Juju runs
+    /// upgrade-charm after every attach, so update-status takes this answer instead of
+    /// asking again (each hook tool is a process).
+    #[serde(default)]
+    pub etcd_resource: Option<SeenResource>,
+}
+
+/// What `resource-get etcd` answered: the file, or none attached.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SeenResource {
+    pub path: Option<String>,
 }
 
 /// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an

@@ -340,6 +340,24 @@ fn a_lone_unit_is_healthy_only_with_its_client_credentials() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("client.crt: OK"), "{}", r.stdout);
     assert_eq!(r.stdout.lines().last(), Some("600"), "{}", r.stdout);
+
+    // Hooks read the client secret only when the files are not the pair whose sha the
+    // leader published: a client certificate lost or changed on disk is put back.
+    let published = env.exec_ok(
+        "etcd/0",
+        "relation-get -r $(relation-ids cluster) --app client-cert-sha etcd",
+    );
+    assert_eq!(published.trim().len(), 16, "{published}");
+    let original = env.exec_ok("etcd/0", "cat /etc/etcd/pki/client.crt");
+    env.exec_ok("etcd/0", "rm /etc/etcd/pki/client.crt");
+    env.ok(&["model-config", "update-status-hook-interval=2s"]);
+    env.wait("the client certificate back", MIN, |_| {
+        env.exec("etcd/0", "cat /etc/etcd/pki/client.crt").stdout == original
+    });
+    env.exec_ok("etcd/0", "echo changed > /etc/etcd/pki/client.crt");
+    env.wait("the changed client certificate mended", MIN, |_| {
+        env.exec("etcd/0", "cat /etc/etcd/pki/client.crt").stdout == original
+    });
 }
 
 #[test]
