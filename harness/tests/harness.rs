@@ -781,7 +781,9 @@ fn a_controller_restart_loses_nothing_and_kill_controller_leaves_nothing() {
     }
 }
 
-/// SIGKILLs the controller daemon and waits until it is gone.
+/// SIGKILLs the controller daemon and waits until it is gone: its main thread a zombie (or
+/// reaped) and its socket refusing connections. (A main thread is a zombie while the other
+/// threads still exit, holding the listening socket: a connection made then is reset.)
 fn kill_the_controller(env: &Env) {
     let pid: i32 = std::fs::read_to_string(env.home.path().join("run/controller.pid"))
         .unwrap()
@@ -789,10 +791,12 @@ fn kill_the_controller(env: &Env) {
         .parse()
         .unwrap();
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    let sock = env.home.path().join("run/controller.sock");
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map(|s| !s.contains("zombie"))
         .unwrap_or(false)
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok()
     {
         assert!(Instant::now() < deadline, "the controller outlived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));

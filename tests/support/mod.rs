@@ -204,11 +204,20 @@ impl Env {
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
-        assert_eq!(
-            r.code, 0,
-            "charm-harness {args:?} failed:\n{}{}",
-            r.stdout, r.stderr
-        );
+        if r.code != 0 {
+            // What the controller said about itself (its start, a crash) goes with the failure.
+            let log = std::fs::read_to_string(self.home.path().join("controller.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "charm-harness {args:?} failed (exit {}):\n{}{}\n--- controller.log (last 40 lines) ---\n{}",
+                r.code,
+                r.stdout,
+                r.stderr,
+                tail.join("\n")
+            );
+        }
         r.stdout
     }
 
