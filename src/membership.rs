@@ -119,6 +119,20 @@ pub fn hand_over_leadership(
     client.move_leader(ep, other.id).map_err(|e| e.to_string())
 }
 
+/// Moves raft leadership away from member `me` (when it holds it) before `why`.
+/// Best effort: the restart or the removal that follows is safe without it, only slower.
+pub fn hand_over_logged(client: &Client, ep: &str, me: u64, members: &[Member], why: &str) {
+    let mut log = |to: &str| {
+        crate::juju::log(
+            "INFO",
+            &format!("moving raft leadership to {to} before {why}"),
+        )
+    };
+    if let Err(e) = hand_over_leadership(client, ep, me, members, &mut log) {
+        crate::juju::log("WARNING", &format!("cannot move leadership: {e}"));
+    }
+}
+
 /// The cluster state an upgrade step needs (the pre-upgrade check's cluster half): every
 /// member started, a voter and healthy at its own endpoint, and no alarm raised. The
 /// refusal names what is wrong and where.

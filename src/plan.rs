@@ -5,6 +5,7 @@
 //! Must not: call hook tools, etcd or the file system; log (the caller says what it decided).
 
 use crate::cluster::Join;
+use std::time::Duration;
 
 /// How a member with no recorded start begins.
 #[derive(Debug, PartialEq)]
@@ -217,6 +218,64 @@ pub fn app_status<'a>(v: &AppView<'a>) -> (&'a str, String) {
         "active",
         format!("Healthy with {} known peers{mixed}{backups}", v.voters),
     )
+}
+
+/// What this hook does about the member's etcd process.
+#[derive(Debug, PartialEq)]
+pub enum MemberAction {
+    /// etcd is not running: start it with the rendered config, now (no turn: a member that
+    /// is down serves no one).
+    Start,
+    /// Running with another config, CA bundle or binaries than it should: restart in this
+    /// unit's rolling turn.
+    RestartInTurn,
+    /// Running as it should.
+    Keep,
+}
+
+/// What `member_action` decides from.
+pub struct MemberView<'a> {
+    pub running: bool,
+    /// the rendered config differs from the one on disk
+    pub config_changed: bool,
+    /// the CA bundle etcd started with, and the one on disk (sha16s)
+    pub trust_running: Option<&'a str>,
+    pub trust_on_disk: Option<&'a str>,
+    /// new binaries are staged
+    pub staged: bool,
+    /// the version etcd was started from, when known, and the installed one
+    pub running_version: Option<&'a str>,
+    pub installed_version: &'a str,
+}
+
+pub fn member_action(v: &MemberView) -> MemberAction {
+    if !v.running {
+        MemberAction::Start
+    } else if v.config_changed
+        || v.trust_running != v.trust_on_disk
+        || v.staged
+        || v.running_version.is_some_and(|r| r != v.installed_version)
+    {
+        MemberAction::RestartInTurn
+    } else {
+        MemberAction::Keep
+    }
+}
+
+/// How long a hook waits for its member to answer before it reports what it sees: an
+/// update-status is a probe (it runs again soon); a started member gets a moment to come
+/// back; a member of a bootstrap set published in this very hook cannot answer before its
+/// peers start, which happens only after the hook commits, so it does not wait at all.
+pub fn patience(update_status: bool, was_started: bool, bootstraps_now: bool) -> Duration {
+    if update_status {
+        Duration::from_secs(1)
+    } else if was_started {
+        Duration::from_secs(10)
+    } else if bootstraps_now {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(30)
+    }
 }
 
 #[cfg(test)]
@@ -469,5 +528,53 @@ mod tests {
         );
         assert_eq!(epoch(Some("1"), None, false, false), Epoch::Keep);
         assert_eq!(epoch(None, Some("2"), true, false), Epoch::Keep);
+    }
+
+    #[test]
+    fn a_member_starts_when_down_restarts_in_turn_when_stale_and_otherwise_keeps_running() {
+        let v = |running, config_changed, trust: Option<&'static str>, staged, running_version| {
+            member_action(&MemberView {
+                running,
+                config_changed,
+                trust_running: trust,
+                trust_on_disk: Some("ca1"),
+                staged,
+                running_version,
+                installed_version: "3.5.16",
+            })
+        };
+        use MemberAction::*;
+        // Down: started now, whatever else changed.
+        assert_eq!(v(false, true, Some("ca0"), true, Some("3.5.1")), Start);
+        assert_eq!(v(true, false, Some("ca1"), false, Some("3.5.16")), Keep);
+        assert_eq!(
+            v(true, true, Some("ca1"), false, Some("3.5.16")),
+            RestartInTurn
+        );
+        // A new CA bundle: etcd reads its trusted CAs only when it starts.
+        assert_eq!(
+            v(true, false, Some("ca0"), false, Some("3.5.16")),
+            RestartInTurn
+        );
+        assert_eq!(
+            v(true, false, Some("ca1"), true, Some("3.5.16")),
+            RestartInTurn
+        );
+        // Binaries switched in under it (an interrupted turn finished, a package upgrade).
+        assert_eq!(
+            v(true, false, Some("ca1"), false, Some("3.5.1")),
+            RestartInTurn
+        );
+        // A version never recorded (a unit from before it was) is not a reason to restart.
+        assert_eq!(v(true, false, Some("ca1"), false, None), Keep);
+    }
+
+    #[test]
+    fn a_hook_waits_for_its_member_as_long_as_waiting_can_help() {
+        assert_eq!(patience(true, true, false), Duration::from_secs(1));
+        assert_eq!(patience(true, false, true), Duration::from_secs(1));
+        assert_eq!(patience(false, true, false), Duration::from_secs(10));
+        assert_eq!(patience(false, false, true), Duration::ZERO);
+        assert_eq!(patience(false, false, false), Duration::from_secs(30));
     }
 }

@@ -586,8 +586,17 @@ impl<'a> Reconcile<'a> {
             }
         }
         let mut roll_msg = None;
-        let running = self.svc.running()?;
-        if !running {
+        use crate::plan::MemberAction;
+        let action = crate::plan::member_action(&crate::plan::MemberView {
+            running: self.svc.running()?,
+            config_changed: changed,
+            trust_running: self.st.running_trust.as_deref(),
+            trust_on_disk: self.trust_on_disk.as_deref(),
+            staged: self.inst.staged.is_some(),
+            running_version: self.st.running_version.as_deref(),
+            installed_version: &self.inst.version,
+        });
+        if action == MemberAction::Start {
             relocate_data(&self.data, &self.svc)?;
             if changed {
                 write_config(&rendered)?;
@@ -616,15 +625,7 @@ impl<'a> Reconcile<'a> {
             } else {
                 self.inst.version.clone()
             });
-        } else if changed
-            || self.st.running_trust != self.trust_on_disk
-            || self.inst.staged.is_some()
-            || self
-                .st
-                .running_version
-                .as_deref()
-                .is_some_and(|v| v != self.inst.version)
-        {
+        } else if action == MemberAction::RestartInTurn {
             roll_msg = self.restart_in_turn(client, &ep, &rendered)?;
         } else if self.leader {
             roll_msg = self.manage_roll(client, &ep);
@@ -795,26 +796,18 @@ impl<'a> Reconcile<'a> {
         ep: &str,
         was_started: bool,
     ) -> std::result::Result<Status, EtcdError> {
-        // A bootstrap member cannot be healthy before its peers start, and they start only
-        // after this hook commits: do not wait for them here.
         let bootstrap_size = self
             .peers
             .app_get("bootstrap")
             .map(|b| b.split(',').count())
             .unwrap_or(0);
-        let patience = if self.ctx.hook_name() == "update-status" {
-            // A probe: it reports what it sees now and runs again soon.
-            Duration::from_secs(1)
-        } else if was_started {
-            Duration::from_secs(10)
-        } else if self.st.initial_state.as_deref() == Some("new")
-            && bootstrap_size > 1
-            && self.peers.app_writes.contains_key("bootstrap")
-        {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(30)
-        };
+        let patience = crate::plan::patience(
+            self.ctx.hook_name() == "update-status",
+            was_started,
+            self.st.initial_state.as_deref() == Some("new")
+                && bootstrap_size > 1
+                && self.peers.app_writes.contains_key("bootstrap"),
+        );
         // Waiting only: the status is asked again just below and that answer is what counts.
         let _ = retry(patience, Duration::from_millis(100), || client.status(ep));
         mark("started");
@@ -1137,7 +1130,13 @@ impl crate::restart::Member for LiveMember<'_> {
         }
         if let Ok(members) = self.client.member_list(self.ep) {
             if let Some(me) = members.iter().find(|m| m.name == self.name) {
-                hand_over_leadership(self.client, self.ep, me.id, &members, "restarting");
+                crate::membership::hand_over_logged(
+                    self.client,
+                    self.ep,
+                    me.id,
+                    &members,
+                    "restarting",
+                );
             }
         }
         relocate_data(self.data, self.svc)?;
@@ -1184,26 +1183,6 @@ fn relocate_data(data: &str, svc: &Service) -> Result<()> {
         crate::relocate::move_member(from.as_deref().unwrap_or_default(), data)?;
     }
     Ok(())
-}
-
-/// Moves raft leadership away from member `me` (when it holds it) before `why`.
-/// Best effort: the restart or the removal that follows is safe without it, only slower.
-pub(crate) fn hand_over_leadership(
-    client: &Client,
-    ep: &str,
-    me: u64,
-    members: &[Member],
-    why: &str,
-) {
-    let mut log = |to: &str| {
-        juju::log(
-            "INFO",
-            &format!("moving raft leadership to {to} before {why}"),
-        )
-    };
-    if let Err(e) = crate::membership::hand_over_leadership(client, ep, me, members, &mut log) {
-        juju::log("WARNING", &format!("cannot move leadership: {e}"));
-    }
 }
 
 /// What an active alarm means and what the operator does about it.
