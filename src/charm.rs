@@ -72,7 +72,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
 pub fn hook(ctx: &Context) -> Result<()> {
     if let Err(e) = check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
-        juju::status_set("blocked", &format!("{e:#}"), false)?;
+        crate::status::set_untracked("blocked", &format!("{e:#}"))?;
         return Ok(());
     }
     crate::finish_interrupted()?;
@@ -85,7 +85,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         leave(&mut st, &ctx.unit)?;
     }
     if name == "remove" || st.left {
-        let _ = juju::status_set("maintenance", "Unit removed from the cluster", false);
+        let _ = crate::status::set_untracked("maintenance", "Unit removed from the cluster");
         return Ok(());
     }
     // A lone leader whose own restart moved a CA move on plans the next step in the same
@@ -115,7 +115,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     mark("end");
     log_slow_hook(name);
     let (status, msg) = board.winner();
-    juju::status_set(status, &msg, false)?;
+    crate::status::set(status, &msg, false)?;
     r.map(|_| ())
 }
 

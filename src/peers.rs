@@ -111,8 +111,10 @@ pub(crate) fn publish_members(peers: &mut Peers, members: &[Member]) {
     peers.app_set("cluster", &cluster::initial_cluster(&entries));
 }
 
+/// Sets `k` in a databag, written only when it changes; an empty value is the same as no
+/// key (Juju deletes a key set to ""), so clearing an absent key writes nothing.
 pub(crate) fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
-    if bag.get(k).map(String::as_str) != Some(v) {
+    if bag.get(k).map(String::as_str).unwrap_or("") != v {
         writes.insert(k.into(), v.into());
         bag.insert(k.into(), v.into());
     }

@@ -36,7 +36,7 @@ use crate::rolling::{manage_restart_lock, RollCtx};
 use crate::status::{mark, StatusBoard};
 use crate::unit::{
     data_dir, endpoint, has_member_data, member_name, now, retry, tls_client, LocalState,
-    SeenResource, PEER,
+    SeenDataDir, SeenResource, PEER,
 };
 use anyhow::{Context as _, Result};
 use std::path::Path;
@@ -128,6 +128,9 @@ impl<'a> Reconcile<'a> {
             }
         };
         let leader = juju::is_leader()?;
+        if !leader || ctx.hook_name() == "leader-elected" {
+            crate::status::forget_app();
+        }
         let resource = match &st.etcd_resource {
             Some(seen) if ctx.hook_name() == "update-status" => seen.path.clone(),
             _ => {
@@ -215,6 +218,19 @@ impl<'a> Reconcile<'a> {
             }
         }
         let mine = juju::relation_get(&rel, &ctx.unit, false)?;
+        let data = match &st.data_dir {
+            Some(seen) if ctx.hook_name() == "update-status" && seen.delivery == inst.delivery => {
+                seen.dir.clone()
+            }
+            _ => {
+                let dir = data_dir()?;
+                st.data_dir = Some(SeenDataDir {
+                    delivery: inst.delivery,
+                    dir: dir.clone(),
+                });
+                dir
+            }
+        };
         let svc = Service {
             etcd_binary: inst.etcd(),
         };
@@ -237,7 +253,7 @@ impl<'a> Reconcile<'a> {
             mine,
             my_writes: Bag::new(),
             svc,
-            data: data_dir()?,
+            data,
             provided: None,
             certified: false,
             trust_on_disk: None,
@@ -995,7 +1011,7 @@ impl<'a> Reconcile<'a> {
             backups,
             membership_wait,
         });
-        juju::status_set(level, &msg, true)?;
+        crate::status::set(level, &msg, true)?;
         Ok(())
     }
 

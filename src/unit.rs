@@ -67,6 +67,17 @@ pub struct LocalState {
     /// asking again (each hook tool is a process).
     #[serde(default)]
     pub etcd_resource: Option<SeenResource>,
+    #[serde(default)]
+    pub data_dir: Option<SeenDataDir>,
+}
+
+/// Where the data directory was (the `data` storage's location, or the delivery's default)
+/// as the last hook other than update-status found it, for that delivery. Juju runs
+/// data-storage-attached and -detaching around every storage change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeenDataDir {
+    pub delivery: Delivery,
+    pub dir: String,
 }
 
 /// What `resource-get etcd` answered: the file, or none attached.
