@@ -153,7 +153,7 @@ impl Config {
             }
         }
         let quota = get_int(c, "quota_backend_bytes", 0)?;
-        if quota < 0 || quota > 8 * 1024 * 1024 * 1024 {
+        if !(0..=8 * 1024 * 1024 * 1024).contains(&quota) {
             return Err(format!("invalid config: quota_backend_bytes {quota} must be between 0 (etcd's 2 GiB default) and 8589934592"));
         }
         let mode = get_str_or(c, "auto_compaction_mode", "periodic");

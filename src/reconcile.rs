@@ -425,7 +425,7 @@ impl<'a> Reconcile<'a> {
             return Ok(());
         }
         let client = tls_client()?;
-        let Some(roll_msg) = self.run_member(&client)? else {
+        let Ran::Running { roll_msg } = self.run_member(&client)? else {
             return Ok(());
         };
         // Where it answers now (a restart may have moved its client port).
@@ -543,9 +543,7 @@ impl<'a> Reconcile<'a> {
     }
 
     /// Phase 5: etcd's config rendered, etcd started, or restarted in this unit's turn.
-    /// `None`: this pass ends here (an update-status that found etcd down and started it);
-    /// otherwise what the leader's roll reports, if anything.
-    fn run_member(&mut self, client: &Client) -> Result<Option<Option<String>>> {
+    fn run_member(&mut self, client: &Client) -> Result<Ran> {
         let cfg = &self.cfg;
         let member = render::Member {
             name: self.name.clone(),
@@ -628,7 +626,7 @@ impl<'a> Reconcile<'a> {
                 );
                 self.svc.start()?;
                 self.st.running_trust = self.trust_on_disk.clone();
-                return Ok(None);
+                return Ok(Ran::Reported);
             }
             self.svc.start()?;
             self.st.running_trust = self.trust_on_disk.clone();
@@ -646,7 +644,7 @@ impl<'a> Reconcile<'a> {
         } else if self.leader {
             roll_msg = self.manage_roll(client, &ep);
         }
-        Ok(Some(roll_msg))
+        Ok(Ran::Running { roll_msg })
     }
 
     /// The leader's rolling-restart lock (`rolling`): what its status says about the roll.
@@ -1093,6 +1091,15 @@ impl<'a> Reconcile<'a> {
         }
         Ok(())
     }
+}
+
+/// How phase 5 ended.
+enum Ran {
+    /// An update-status found etcd down, said so and started it: the pass ends (the next
+    /// update-status sees the restart).
+    Reported,
+    /// etcd runs (or was started or restarted); what the leader's roll reports, if anything.
+    Running { roll_msg: Option<String> },
 }
 
 /// What phase 7 reports from.
