@@ -111,6 +111,31 @@ pub fn model_dir(home: &Path, model: &str) -> PathBuf {
     home.join("models").join(model)
 }
 
+/// What the host keeps of a destroyed model once its machines' processes are gone: each
+/// machine's namespace, veth and cgroups, the model's bridge (`net`, when known), and the
+/// model's directories under the controller's home. A directory that will not go is said
+/// and left (files only: nothing runs from it any more).
+pub fn remove_model_remains(home: &Path, model: &str, net: Option<&Net>, machines: &[u32]) {
+    if let Some(net) = net {
+        for id in machines {
+            machine::remove_host_parts(net, *id);
+        }
+        machine::delete_bridge(net);
+    }
+    for dir in [
+        model_dir(home, model),
+        home.join("charms").join(model),
+        home.join("resources").join(model),
+    ] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("cannot remove {}: {e}", dir.display())
+            }
+            _ => {}
+        }
+    }
+}
+
 pub fn unit_dir_name(unit: &str) -> String {
     format!("unit-{}", unit.replace('/', "-"))
 }
@@ -1503,15 +1528,7 @@ impl Ctl {
             }
             w.models.remove(model).map(|m| m.net())
         });
-        if let Some(net) = net {
-            for id in machines {
-                machine::remove_host_parts(&net, id);
-            }
-            machine::delete_bridge(&net);
-        }
-        let _ = std::fs::remove_dir_all(model_dir(&self.home, model));
-        let _ = std::fs::remove_dir_all(self.home.join("charms").join(model));
-        let _ = std::fs::remove_dir_all(self.home.join("resources").join(model));
+        remove_model_remains(&self.home, model, net.as_ref(), &machines);
     }
 
     async fn worker(self: &Arc<Self>, model: &str, unit: &str) {

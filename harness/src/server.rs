@@ -160,14 +160,11 @@ pub fn destroy_unreachable(home: &std::path::Path) -> Result<()> {
     let world = World::load(&state_path(home))?;
     for (name, m) in &world.models {
         let net = m.net();
-        for id in m.machines.keys() {
+        let machines: Vec<u32> = m.machines.keys().copied().collect();
+        for id in &machines {
             machine::kill_namespace_processes(&net, *id)?;
-            machine::remove_host_parts(&net, *id);
         }
-        machine::delete_bridge(&net);
-        let _ = std::fs::remove_dir_all(model_dir(home, name));
-        let _ = std::fs::remove_dir_all(home.join("charms").join(name));
-        let _ = std::fs::remove_dir_all(home.join("resources").join(name));
+        crate::controller::remove_model_remains(home, name, Some(&net), &machines);
     }
     match std::fs::remove_file(state_path(home)) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
