@@ -4,12 +4,15 @@
 
 use crate::juju;
 use crate::pki;
+use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What this unit last set with `set` (its own status, and the application's while it
-/// leads). A cache: when it cannot be read, the status is set again.
+/// leads). A cache: when it cannot be read, it goes and the status is set again. It never names a
+/// status other than the one set: a slot is emptied before its status changes and filled
+/// only after.
 const TOLD: &str = "/var/lib/etcd-charm/told-status.json";
 
 #[derive(Default, Serialize, Deserialize, PartialEq)]
@@ -18,17 +21,40 @@ struct Told {
     app: Option<(String, String)>,
 }
 
-fn told() -> Told {
-    std::fs::read(TOLD)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
+impl Told {
+    /// The record; none when there is none, and a record that cannot be read or parsed is
+    /// removed (a stale one must never survive), its removal failing being an error.
+    fn read() -> Result<Told> {
+        match std::fs::read(TOLD) {
+            Ok(b) => {
+                if let Ok(told) = serde_json::from_slice(&b) {
+                    return Ok(told);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Told::default()),
+            Err(_) => {}
+        }
+        match std::fs::remove_file(TOLD) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing the unreadable {TOLD}"))
+            }
+            _ => Ok(Told::default()),
+        }
+    }
 
-fn remember(t: &Told) {
-    let json = serde_json::to_vec(t).unwrap_or_default();
-    // Not remembered: the next hook sets the same status again, which is harmless.
-    let _ = pki::write_file(Path::new(TOLD), &json, 0o644);
+    fn store(&self) -> Result<()> {
+        let json = serde_json::to_vec(self)?;
+        pki::write_file(Path::new(TOLD), &json, 0o644)
+            .with_context(|| format!("recording the status set in {TOLD}"))
+    }
+
+    fn slot(&mut self, app: bool) -> &mut Option<(String, String)> {
+        if app {
+            &mut self.app
+        } else {
+            &mut self.unit
+        }
+    }
 }
 
 /// Sets this unit's status (`app`: the application's) unless it is the one this unit last
@@ -36,33 +62,40 @@ fn remember(t: &Told) {
 /// set the same status again. Nothing else sets a unit's workload status once its charm
 /// runs; a status this charm sets another way goes through `set_untracked`, and a leader
 /// that was not leading forgets the application's (`forget_app`).
-pub fn set(level: &str, msg: &str, app: bool) -> juju::Result<()> {
-    let mut t = told();
+pub fn set(level: &str, msg: &str, app: bool) -> Result<()> {
+    let mut told = Told::read()?;
     let want = Some((level.to_string(), msg.to_string()));
-    let slot = if app { &mut t.app } else { &mut t.unit };
-    if *slot == want {
+    if *told.slot(app) == want {
         return Ok(());
     }
+    if told.slot(app).take().is_some() {
+        told.store()?;
+    }
     juju::status_set(level, msg, app)?;
-    *slot = want;
-    remember(&t);
+    *told.slot(app) = want;
+    // Not recorded: the slot stays empty and the next hook sets the status again.
+    let _ = told.store();
     Ok(())
 }
 
 /// Sets this unit's status without the record (a hook that cannot trust its own files, a
-/// unit that leaves): the record is dropped first, so the next `set` sets again.
-pub fn set_untracked(level: &str, msg: &str) -> juju::Result<()> {
-    let _ = std::fs::remove_file(TOLD);
-    juju::status_set(level, msg, false)
+/// unit that leaves): the unit's slot is emptied first, so the next `set` sets again.
+pub fn set_untracked(level: &str, msg: &str) -> Result<()> {
+    let mut told = Told::read()?;
+    if told.unit.take().is_some() {
+        told.store()?;
+    }
+    Ok(juju::status_set(level, msg, false)?)
 }
 
 /// Forgets the application status this unit set: another unit may have set one since
 /// (leadership moved away and back).
-pub fn forget_app() {
-    let mut t = told();
-    if t.app.take().is_some() {
-        remember(&t);
+pub fn forget_app() -> Result<()> {
+    let mut told = Told::read()?;
+    if told.app.take().is_some() {
+        told.store()?;
     }
+    Ok(())
 }
 
 /// Statuses reported by the parts of a hook; the most severe one wins.
