@@ -40,11 +40,7 @@ pub fn local() -> Result<(Client, String, Config)> {
     if !Path::new(&pki::path("server.crt")).exists() {
         return refuse("this unit has no certificates yet; wait until it is active");
     }
-    Ok((
-        tls_client()?,
-        format!("https://{address}:{}", cfg.port),
-        cfg,
-    ))
+    Ok((tls_client()?, unit::endpoint(&address, cfg.port), cfg))
 }
 
 /// The raft leader's client URL.

@@ -9,15 +9,15 @@
 //! (name=peerURL of started members), `epoch`.
 
 use crate::config::Config;
-use crate::etcd::client::{Client, Tls};
 use crate::etcd::install::Installed;
 use crate::etcd::service::Service;
 use crate::juju::{self, Context};
 use crate::leave::Left;
-use crate::pki;
 use crate::reconcile::{reconcile, Pass};
 use crate::status::{log_slow_hook, mark, StatusBoard};
-use crate::unit::{check_local_files, endpoint, member_name, tls_client, LocalState, PEER};
+use crate::unit::{
+    check_local_files, endpoint, member_name, tls_client, tls_client_waiting, LocalState, PEER,
+};
 use anyhow::Result;
 use std::time::Duration;
 
@@ -40,16 +40,13 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
         let client = tls_client()?;
         // Membership changes may wait for an election: a longer timeout.
-        let slow = Client::new(
-            &Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")?,
-            Duration::from_secs(10),
-        )?;
+        let slow = tls_client_waiting(Duration::from_secs(10))?;
         let live = crate::leave::Live {
             client: &client,
             slow: &slow,
             ep: &ep,
         };
-        let peer_url = format!("https://{address}:{}", cfg.management_port);
+        let peer_url = endpoint(&address, cfg.management_port);
         match crate::leave::leave(&live, &member_name(unit), &peer_url) {
             Left::Removed => juju::log("INFO", "removed this member from the cluster"),
             Left::NotAMember => {}
@@ -85,6 +82,8 @@ pub fn hook(ctx: &Context) -> Result<()> {
         leave(&mut st, &ctx.unit)?;
     }
     if name == "remove" || st.left {
+        // The unit is going: a status that cannot be said changes nothing, and failing the
+        // stop or remove hook would only hold its removal up.
         let _ = crate::status::set_untracked("maintenance", "Unit removed from the cluster");
         return Ok(());
     }

@@ -111,12 +111,17 @@ pub(crate) fn publish_members(peers: &mut Peers, members: &[Member]) {
     peers.app_set("cluster", &cluster::initial_cluster(&entries));
 }
 
-/// Sets `k` in a databag, written only when it changes; an empty value is the same as no
-/// key (Juju deletes a key set to ""), so clearing an absent key writes nothing.
+/// Sets `k` in a databag, written only when it changes; an empty value is no key (Juju
+/// deletes a key set to ""), so clearing an absent key writes nothing and a cleared key
+/// leaves the bag as Juju will hold it.
 pub(crate) fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
     if bag.get(k).map(String::as_str).unwrap_or("") != v {
         writes.insert(k.into(), v.into());
-        bag.insert(k.into(), v.into());
+        if v.is_empty() {
+            bag.remove(k);
+        } else {
+            bag.insert(k.into(), v.into());
+        }
     }
 }
 

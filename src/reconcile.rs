@@ -129,17 +129,20 @@ impl<'a> Reconcile<'a> {
         };
         let leader = juju::is_leader()?;
         if !leader || ctx.hook_name() == "leader-elected" {
-            crate::status::forget_app();
+            crate::status::forget_app()?;
         }
-        let resource = match &st.etcd_resource {
-            Some(seen) if ctx.hook_name() == "update-status" => seen.path.clone(),
-            _ => {
-                let r = juju::resource_get("etcd")
+        let update_status = ctx.hook_name() == "update-status";
+        let resource = remembered(
+            &mut st.etcd_resource,
+            update_status,
+            |_| true,
+            || {
+                let path = juju::resource_get("etcd")
                     .context("cannot tell whether an etcd resource is attached")?;
-                st.etcd_resource = Some(SeenResource { path: r.clone() });
-                r
-            }
-        };
+                Ok(SeenResource { path })
+            },
+        )?
+        .path;
         let mut inst = match ensure_installed(&cfg, resource.as_deref()) {
             Ok(i) => i,
             Err(InstallError::Bad(msg)) => {
@@ -185,8 +188,8 @@ impl<'a> Reconcile<'a> {
             return Ok(None);
         };
         let name = member_name(&ctx.unit);
-        let peer_url = format!("https://{address}:{}", cfg.management_port);
-        let client_url = format!("https://{address}:{}", cfg.port);
+        let peer_url = endpoint(&address, cfg.management_port);
+        let client_url = endpoint(&address, cfg.port);
         let mut names = addresses.clone();
         names.push("127.0.0.1".into());
         let csrs = ensure_csrs(st, &ctx.unit, &names)?;
@@ -218,19 +221,19 @@ impl<'a> Reconcile<'a> {
             }
         }
         let mine = juju::relation_get(&rel, &ctx.unit, false)?;
-        let data = match &st.data_dir {
-            Some(seen) if ctx.hook_name() == "update-status" && seen.delivery == inst.delivery => {
-                seen.dir.clone()
-            }
-            _ => {
-                let dir = data_dir()?;
-                st.data_dir = Some(SeenDataDir {
-                    delivery: inst.delivery,
-                    dir: dir.clone(),
-                });
-                dir
-            }
-        };
+        let delivery = inst.delivery;
+        let data = remembered(
+            &mut st.data_dir,
+            update_status,
+            |seen| seen.delivery == delivery,
+            || {
+                Ok(SeenDataDir {
+                    delivery,
+                    dir: data_dir()?,
+                })
+            },
+        )?
+        .dir;
         let svc = Service {
             etcd_binary: inst.etcd(),
         };
@@ -583,7 +586,9 @@ impl<'a> Reconcile<'a> {
             != Some(rendered.as_str());
         std::fs::create_dir_all(&self.data)?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700));
+        // etcd's data (keys included) is for root alone.
+        std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (0700)", self.data))?;
         mark("rendered");
         let ep = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
         // A turn a killed hook left between its switch and its verdict is finished before
@@ -1062,13 +1067,7 @@ impl<'a> Reconcile<'a> {
             ep,
         )?;
         let Some((summary, note)) = kept else {
-            if self.mine.contains_key("snapshot-summary") {
-                self.set("snapshot-summary", "");
-                self.mine.remove("snapshot-summary");
-                self.peers
-                    .units
-                    .insert(self.ctx.unit.clone(), self.mine.clone());
-            }
+            self.set("snapshot-summary", "");
             return Ok(None);
         };
         let published = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
@@ -1091,6 +1090,23 @@ impl<'a> Reconcile<'a> {
         }
         Ok(())
     }
+}
+
+/// `ask`'s answer, kept in `seen`; in update-status the kept one (when it `fits`) serves
+/// instead of asking: what update-status would ask (the attached resource, the storage)
+/// only changes with a hook of its own, which asks again.
+fn remembered<T: Clone>(
+    seen: &mut Option<T>,
+    update_status: bool,
+    fits: impl Fn(&T) -> bool,
+    ask: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if let Some(kept) = seen.as_ref().filter(|s| update_status && fits(s)) {
+        return Ok(kept.clone());
+    }
+    let answer = ask()?;
+    *seen = Some(answer.clone());
+    Ok(answer)
 }
 
 /// How phase 5 ended.

@@ -167,7 +167,7 @@ pub fn recover(
     // 4. the normal config again; then the copy can go.
     let address = unit::peer_address()?;
     let name = member_name(&ctx.unit);
-    let peer_url = format!("https://{address}:{}", cfg.management_port);
+    let peer_url = unit::endpoint(&address, cfg.management_port);
     let epoch = next_epoch(ctx)?;
     st.initial_cluster = Some(format!("{name}={peer_url}"));
     st.initial_state = Some("existing".into());

@@ -4,7 +4,7 @@
 //! etcd restarts on it. A hook killed anywhere in between leaves the record, and the next
 //! hook finishes the transaction (`resume`) before it decides anything else.
 //!
-//! The steps run through `Member`; the live one (`charm.rs`) is etcd's service and the
+//! The steps run through `Member`; the live one (`reconcile.rs`) is etcd's service and the
 //! install record, the tests below run the same steps over an in-memory member and crash
 //! them at every step.
 //!

@@ -268,7 +268,7 @@ pub fn restore(
     }
     let address = unit::peer_address()?;
     let name = member_name(&ctx.unit);
-    let peer_url = format!("https://{address}:{}", cfg.management_port);
+    let peer_url = unit::endpoint(&address, cfg.management_port);
     let epoch = next_epoch(ctx)?;
     let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
     let restored = staging.join("data");

@@ -62,9 +62,9 @@ pub struct LocalState {
     pub told_version: Option<String>,
     #[serde(default)]
     pub opened_port: Option<u16>,
-    /// The `etcd` resource as the last hook other than update-status found it. Juju runs
-    /// upgrade-charm after every attach, so update-status takes this answer instead of
-    /// asking again (each hook tool is a process).
+    /// The `etcd` resource and the data directory as the last hook that asked found them:
+    /// update-status takes these answers instead of asking again (each hook tool is a
+    /// process; see `reconcile::remembered`).
     #[serde(default)]
     pub etcd_resource: Option<SeenResource>,
     #[serde(default)]
@@ -72,15 +72,16 @@ pub struct LocalState {
 }
 
 /// Where the data directory was (the `data` storage's location, or the delivery's default)
-/// as the last hook other than update-status found it, for that delivery. Juju runs
-/// data-storage-attached and -detaching around every storage change.
+/// for that delivery. Juju runs data-storage-attached and -detaching around every storage
+/// change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeenDataDir {
     pub delivery: Delivery,
     pub dir: String,
 }
 
-/// What `resource-get etcd` answered: the file, or none attached.
+/// What `resource-get etcd` answered: the file, or none attached. Juju runs upgrade-charm
+/// after every attach.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SeenResource {
     pub path: Option<String>,

@@ -79,7 +79,7 @@ pub struct Installed {
     pub package: Option<String>,
     /// What ran before binaries were switched in whose health check has not passed yet (the
     /// directory, or the kept packages): recorded before the switch, cleared by `commit` or
-    /// `roll_back_to`. A hook killed in between leaves it for the next one to finish.
+    /// `roll_back`. A hook killed in between leaves it for the next one to finish.
     #[serde(default)]
     pub previous: Option<String>,
 }
