@@ -93,6 +93,7 @@ fn cluster_with_writer(
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
     let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
+    writer.wait_for_writes(20, "the writer to start");
     (env, creds, eps, writer)
 }
 
@@ -529,6 +530,7 @@ fn attaching_a_new_etcd_resource_upgrades_one_unit_at_a_time() {
     let creds = Creds::from_unit(&env, "etcd/0");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
     let writer = Writer::start(creds.dir.path().to_path_buf(), eps.clone(), "/writer/");
+    writer.wait_for_writes(20, "the writer to start");
     // Watch every unit while the upgrade rolls: the binaries `current` points at and the
     // ones the running etcd was started from. A unit whose link already names the new
     // version while it runs the old one is switching; never two at once (before the fix,

@@ -64,6 +64,7 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
     let id = member_id(&env, &creds, "etcd/0").expect("etcd/0's member ID");
     let eps = std::sync::Arc::new(std::sync::Mutex::new(endpoints(&env)));
     let writer = Writer::start(creds.dir.path().to_path_buf(), eps, "/writer/");
+    writer.wait_for_writes(20, "before the storage moves");
 
     // Bad input: named, and nothing changes.
     for (args, says) in [
@@ -104,6 +105,7 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
             == 0
     );
     assert_eq!(member_id(&env, &creds, "etcd/0"), Some(id), "same member");
+    writer.wait_for_writes(20, "with etcd/0 on its volume");
     let r = env.run(&["add-storage", "etcd/0", "data=loop,1G"]);
     assert!(
         r.code != 0 && r.stderr.contains("at most 1"),
@@ -134,5 +136,6 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
         ],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    writer.wait_for_writes(20, "with etcd/0 back on its own disk");
     no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "storage moves");
 }
