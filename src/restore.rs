@@ -70,7 +70,7 @@ fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     let dir = staging.join("unpacked");
     std::fs::create_dir_all(&dir)?;
     let free = nix::sys::statvfs::statvfs(&dir)
-        .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+        .map(|v| v.blocks_available() * v.fragment_size())
         .with_context(|| format!("cannot tell the free space in {}", dir.display()))?;
     // The db's digest is computed on the other core while this one unpacks: a few chunks
     // in flight (memory stays bounded), the hash off the unpack's clock.

@@ -46,9 +46,9 @@ fn archives_from_resource_and_url_the_debian_package_and_a_tampered_tarball() {
     let host = s["machines"]["0"]["dns-name"]
         .as_str()
         .unwrap()
-        .rsplitn(2, '.')
-        .nth(1)
+        .rsplit_once('.')
         .unwrap()
+        .0
         .to_string()
         + ".1";
     let mut server = Command::new("/usr/bin/python3")

@@ -153,7 +153,7 @@ fn scheduled_snapshots_are_taken_by_one_unit_pruned_and_watched() {
             && s["applications"]["etcd"]["application-status"]["message"]
                 .as_str()
                 .unwrap_or("")
-                .contains(&format!("last scheduled snapshot"))
+                .contains("last scheduled snapshot")
     });
 
     // Snapshots that fail (the target full): a warning once the last good one is two

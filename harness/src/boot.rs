@@ -134,7 +134,8 @@ pub fn boot(dir: &Path, home: &Path, hostname: &str, address: &str, machine: u32
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )?,
     ];
-    nix::unistd::execve(&prog, &[prog.clone()], &env).context("exec /lib/systemd/systemd")?;
+    nix::unistd::execve(&prog, std::slice::from_ref(&prog), &env)
+        .context("exec /lib/systemd/systemd")?;
     unreachable!()
 }
 

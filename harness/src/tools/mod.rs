@@ -524,7 +524,7 @@ fn dispatch(
                 return refuse(format!("no network config found for binding {binding:?}"));
             }
             let addr = unit_address(m, &ctx.unit);
-            let cidr = format!("{}.0/24", addr.rsplitn(2, '.').nth(1).unwrap_or(""));
+            let cidr = format!("{}.0/24", addr.rsplit_once('.').map_or("", |(net, _)| net));
             let flags_set: Vec<&str> = ["bind-address", "ingress-address", "egress-subnets"]
                 .into_iter()
                 .filter(|f| p.flag(f))
