@@ -87,3 +87,38 @@ pub fn param_bool(
 ) -> bool {
     params.get(k).and_then(Value::as_bool).unwrap_or(default)
 }
+
+/// Set when this action took its unit's member down (`member_going_away`).
+static MEMBER_AWAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Says in the unit's status, before an action stops the member, that it does (`what`);
+/// `report_member` says how the member is when the action ends. Killed in between, the
+/// status keeps saying so until the next hook finishes or undoes the step.
+pub fn member_going_away(what: &str) -> Result<()> {
+    MEMBER_AWAY.store(true, std::sync::atomic::Ordering::SeqCst);
+    crate::status::set("maintenance", what, false)
+}
+
+/// After an action that took the member down, its health in the unit's status, as a hook
+/// reports it: no hook follows an action (as in Juju), and a lone unit would otherwise show
+/// the action's "maintenance" (or what the last hook saw) until update-status.
+pub fn report_member() -> Result<()> {
+    use crate::plan::{health, member_status, Health};
+    if !MEMBER_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    let (client, ep, _) = local()?;
+    let status = client.status(&ep);
+    let healthy = status.as_ref().is_ok_and(|s| s.leader != 0) && client.health(&ep)?;
+    let h = health(status.as_ref().ok(), healthy, true);
+    let voters = match h {
+        Health::Silent => 0,
+        _ => client
+            .member_list(&ep)?
+            .iter()
+            .filter(|m| m.started() && !m.is_learner)
+            .count(),
+    };
+    let (level, msg) = member_status(&h, voters, true);
+    crate::status::set(level, &msg, false)
+}

@@ -38,6 +38,14 @@ pub fn run(ctx: &Context) -> Result<()> {
         "upgrade-package" => crate::upgrade_actions::upgrade_package(ctx, &params),
         other => refuse(format!("unknown action {other:?}")),
     };
+    // The action's outcome stands whatever the status says; a status that cannot be set is
+    // logged, and the next hook sets it.
+    if let Err(e) = crate::action_support::report_member() {
+        juju::log(
+            "WARNING",
+            &format!("cannot report the member's health after {name}: {e:#}"),
+        );
+    }
     match r {
         Ok(results) => juju::action_set(&results).map_err(Into::into),
         Err(e) => {

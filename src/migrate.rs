@@ -278,6 +278,9 @@ pub fn snap_upgrade(
 
     let migrated = (|| -> Result<Installed> {
         step("stop")?;
+        crate::action_support::member_going_away(
+            "Moving etcd from the Debian package (snap-upgrade action)",
+        )?;
         old_svc.stop()?;
         step("install")?;
         let inst = if to_snap {

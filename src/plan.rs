@@ -136,6 +136,34 @@ pub fn health(
     }
 }
 
+/// The unit status that says a member's health (`voters`: the started voting members it
+/// sees); a hook adds what it alone knows (alarms, scheduled snapshots, a migration hint).
+pub fn member_status(health: &Health, voters: usize, was_started: bool) -> (&'static str, String) {
+    match health {
+        Health::Learner => (
+            "waiting",
+            "Joined as a learner; waiting for promotion".into(),
+        ),
+        Health::Healthy => ("active", format!("Healthy with {voters} known peers")),
+        Health::NoLeader => (
+            "blocked",
+            "No raft leader: a majority of the cluster's members do not answer; if they are \
+             gone for good, run the recover action on the leader"
+                .into(),
+        ),
+        Health::Unhealthy => ("blocked", format!("UnHealthy with {voters} known peers")),
+        // A member that restarts without a majority of its peers serves no client until they
+        // answer: say what that means if they never come back.
+        Health::Silent if was_started => (
+            "waiting",
+            "Waiting for etcd to start (it waits for a majority of its peers; if they are gone \
+             for good, run the recover action on the leader)"
+                .into(),
+        ),
+        Health::Silent => ("waiting", "Waiting for etcd to start".into()),
+    }
+}
+
 /// What a member does about the cluster epoch the leader publishes (a restore starts a new
 /// one).
 #[derive(Debug, PartialEq)]
@@ -447,6 +475,30 @@ mod tests {
         assert_eq!(health(Some(&s(0, false)), false, false), Health::Unhealthy);
         assert_eq!(health(Some(&s(7, false)), false, true), Health::Unhealthy);
         assert_eq!(health(None, false, true), Health::Silent);
+    }
+
+    #[test]
+    fn a_members_status_says_its_health_and_what_to_do() {
+        let st = |h: Health, started: bool| member_status(&h, 3, started);
+        assert_eq!(
+            st(Health::Healthy, true),
+            ("active", "Healthy with 3 known peers".to_string())
+        );
+        assert_eq!(
+            st(Health::Unhealthy, true),
+            ("blocked", "UnHealthy with 3 known peers".to_string())
+        );
+        assert_eq!(st(Health::Learner, true).0, "waiting");
+        let (level, msg) = st(Health::NoLeader, true);
+        assert!(level == "blocked" && msg.contains("run the recover action"));
+        // Silent: a member that ran before may be waiting for lost peers; a new one is not.
+        assert!(st(Health::Silent, true)
+            .1
+            .contains("run the recover action"));
+        assert_eq!(
+            st(Health::Silent, false),
+            ("waiting", "Waiting for etcd to start".to_string())
+        );
     }
 
     fn app() -> AppView<'static> {

@@ -943,47 +943,26 @@ impl<'a> Reconcile<'a> {
             }
         };
         use crate::plan::Health;
-        match crate::plan::health(status.as_ref().ok(), healthy, r.was_started) {
-            Health::Learner => self
+        let health = crate::plan::health(status.as_ref().ok(), healthy, r.was_started);
+        let (level, msg) = crate::plan::member_status(&health, voters, r.was_started);
+        match health {
+            Health::Healthy => self
                 .board
-                .report("waiting", "Joined as a learner; waiting for promotion"),
-            Health::Healthy => self.board.report(
-                "active",
-                format!(
-                    "Healthy with {voters} known peers{}{backups_note}",
-                    self.migration_hint
-                ),
-            ),
-            Health::NoLeader => self.board.report(
-                "blocked",
-                "No raft leader: a majority of the cluster's members do not answer; if they \
-                 are gone for good, run the recover action on the leader",
-            ),
+                .report(level, format!("{msg}{}{backups_note}", self.migration_hint)),
             Health::Unhealthy => match r.client.alarms(r.ep) {
                 Ok(alarms) if !alarms.is_empty() => self.board.report(
                     "blocked",
                     alarm_message(&alarms, r.members, self.cfg.quota_backend_bytes),
                 ),
-                _ => self
-                    .board
-                    .report("blocked", format!("UnHealthy with {voters} known peers")),
+                _ => self.board.report(level, msg),
             },
             Health::Silent => {
                 if let Err(e) = status {
                     juju::log("WARNING", &format!("etcd does not answer: {e}"));
                 }
-                if r.was_started {
-                    // A member that restarts without a majority of its peers serves no
-                    // client until they answer: say what that means if they never come back.
-                    self.board.report(
-                        "waiting",
-                        "Waiting for etcd to start (it waits for a majority of its peers; if \
-                         they are gone for good, run the recover action on the leader)",
-                    )
-                } else {
-                    self.board.report("waiting", "Waiting for etcd to start")
-                }
+                self.board.report(level, msg)
             }
+            Health::Learner | Health::NoLeader => self.board.report(level, msg),
         }
         if self.leader {
             self.application_status(voters, r.membership_wait)?;

@@ -126,6 +126,9 @@ pub fn recover(
     };
     let mut st = LocalState::load()?;
     let aside = Path::new(&data).join(format!(".pre-recover-{}", unit::now()));
+    crate::action_support::member_going_away(
+        "Rebuilding the cluster from this member's data (recover action)",
+    )?;
     let journal = Journal::new(&aside, &member, &st)?;
     journal.save()?;
     juju::action_log("stopping etcd and copying its data aside");

@@ -323,6 +323,9 @@ pub fn restore(
     // Stopped before the journal: a stop that fails leaves nothing to undo (the data is
     // where it was), and a crash between the two leaves a stopped member the next hook starts.
     juju::action_log("stopping etcd and setting the current data aside");
+    crate::action_support::member_going_away(
+        "Restoring the cluster from the snapshot resource (restore action)",
+    )?;
     svc.stop()
         .context("cannot stop etcd; nothing was moved, the member's data is where it was")?;
     Journal::new(&aside, &member, &st)?.save()?;

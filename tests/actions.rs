@@ -534,6 +534,11 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["results"]["delivery"], "archive");
     assert!(exe().starts_with("/opt/etcd/3.5.1/"), "{}", exe());
+    // The status says so at once (no hook follows an action): no more "snap-upgrade available".
+    assert_eq!(
+        workload(&env, "etcd/0"),
+        ("active".to_string(), "Healthy with 1 known peers".to_string())
+    );
     assert_eq!(member_id(), id, "the member keeps its identity");
     let out = etcdctl(&vars, &["get", "/m/", "--prefix", "--keys-only"]);
     assert_eq!(
@@ -556,6 +561,15 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     env.exec_ok("witness/0", "dpkg -s etcd-server | grep -q 'ok installed'");
     env.exec_ok("etcd/0", "test -s /root/migration/etcd-pre-migration.tar.gz && test -s /root/migration/etcd-pre-migration.db");
     env.ok(&["run", "etcd/0", "health"]);
+}
+
+/// A unit's workload status and message, as `status` shows them now.
+fn workload(env: &Env, unit: &str) -> (String, String) {
+    let w = &unit_entry(&env.status(), unit)["workload-status"];
+    (
+        w["current"].as_str().unwrap_or_default().to_string(),
+        w["message"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 #[test]
@@ -612,6 +626,14 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
         "rm /usr/local/sbin/systemctl && test -e /var/lib/etcd/member/wal && test ! -e /var/lib/etcd-charm/restore-journal.json",
     );
     assert_eq!(keys("/after-snapshot"), 1, "the original data still serves");
+    assert_eq!(
+        workload(&env, "etcd/0"),
+        (
+            "active".to_string(),
+            "Healthy with 1 known peers".to_string()
+        ),
+        "the failed action says the member is healthy again"
+    );
 
     // The action is SIGKILLed with the original data set aside and nothing in its place.
     env.crash_at("etcd/0", "restore-aside");
@@ -620,6 +642,14 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     env.exec_ok(
         "etcd/0",
         "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/restore-journal.json",
+    );
+    // Its status says what the member is in (it said "Healthy" with etcd stopped before).
+    assert_eq!(
+        workload(&env, "etcd/0"),
+        (
+            "maintenance".to_string(),
+            "Restoring the cluster from the snapshot resource (restore action)".to_string()
+        )
     );
     // The next hook puts the original back: the key written after the snapshot is there.
     env.ok(&["model-config", "update-status-hook-interval=2s"]);
@@ -638,9 +668,18 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     assert_eq!(keys("/old/"), 10);
 
     // Run again: the snapshot's state, and the original data was never deleted on the way.
+    // No hook follows an action: the action itself reports the member's health at its end
+    // (whatever status was on show before it, here one set by hand).
+    env.exec_ok("etcd/0", "status-set blocked 'set by the test'");
     let (code, task) = env.run_action("etcd/0", &["restore"]);
     assert_eq!(code, 0, "{task}");
-    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    assert_eq!(
+        workload(&env, "etcd/0"),
+        (
+            "active".to_string(),
+            "Healthy with 1 known peers".to_string()
+        )
+    );
     assert_eq!(keys("/old/"), 10);
     assert_eq!(keys("/after-snapshot"), 0, "the snapshot's state");
     // Once the restored member is proven, the old data, the unpacked snapshot and the

@@ -335,6 +335,9 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
             let (code, task) =
                 env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
             assert_eq!(code, 0, "recover after an interrupted one: {task}");
+            // Said by the action itself, at once: the rebuilt member of one is healthy.
+            let msg = unit_message(&env.status(), &survivor);
+            assert!(msg.starts_with("Healthy with 1 known peers"), "{msg}");
         },
     );
 
