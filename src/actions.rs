@@ -476,6 +476,9 @@ fn reinstall() -> Result<Results> {
             ))
         }
     };
+    crate::action_support::member_going_away(
+        "Re-installing etcd from the etcd resource (install action)",
+    )?;
     let installed = if snap_resource {
         // snapd refreshes a snap only while none of its apps runs: this unit's member is
         // down for the switch (its rolling turn), and up again on any failure.

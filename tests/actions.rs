@@ -537,7 +537,10 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     // The status says so at once (no hook follows an action): no more "snap-upgrade available".
     assert_eq!(
         workload(&env, "etcd/0"),
-        ("active".to_string(), "Healthy with 1 known peers".to_string())
+        (
+            "active".to_string(),
+            "Healthy with 1 known peers".to_string()
+        )
     );
     assert_eq!(member_id(), id, "the member keeps its identity");
     let out = etcdctl(&vars, &["get", "/m/", "--prefix", "--keys-only"]);

@@ -123,6 +123,9 @@ fn an_attached_snap_installs_offline_runs_under_systemd_upgrades_by_the_install_
     assert_eq!(r.code, 0, "install action: {}{}", r.stdout, r.stderr);
     assert!(env.exec_ok("etcd/0", "snap list etcd").contains("3.5.1"));
     assert_eq!(member_id(&env, "etcd/0", "/snap/bin/etcdctl"), id);
+    // The action says the member's health when it ends (no hook follows an action).
+    let msg = unit_message(&env.status(), "etcd/0");
+    assert!(msg.starts_with("Healthy with 1 known peers"), "{msg}");
     assert_eq!(
         etcdctl(&env, "etcd/0", "get /snap-key --print-value-only")
             .stdout
