@@ -109,7 +109,10 @@ pub fn report_member() -> Result<()> {
     }
     let (client, ep, _) = local()?;
     let status = client.status(&ep);
-    let healthy = status.as_ref().is_ok_and(|s| s.leader != 0) && client.health(&ep)?;
+    // As the hook's report: a member that answers its status but not its health check is
+    // unhealthy (the status says so), not a reason to leave the action's status on show.
+    let healthy =
+        status.as_ref().is_ok_and(|s| s.leader != 0) && client.health(&ep).unwrap_or(false);
     let h = health(status.as_ref().ok(), healthy, true);
     let voters = match h {
         Health::Silent => 0,
