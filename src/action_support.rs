@@ -119,7 +119,7 @@ pub fn report_member() -> Result<()> {
         _ => client
             .member_list(&ep)?
             .iter()
-            .filter(|m| m.started() && !m.is_learner)
+            .filter(|m| m.is_voter())
             .count(),
     };
     let (level, msg) = member_status(&h, voters, true);

@@ -366,7 +366,7 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
     let members: Vec<Member> = client
         .member_list(&ep)?
         .into_iter()
-        .filter(|m| m.started() && !m.is_learner)
+        .filter(|m| m.is_voter())
         .collect();
     let raft_leader = client.status(&ep)?.leader;
     let targets = crate::defrag::order(members, raft_leader);

@@ -129,11 +129,7 @@ pub fn choose_taker(
     members: &[Member],
     raft_leader: Option<u64>,
 ) -> Option<String> {
-    let voter = |name: &str| {
-        members
-            .iter()
-            .find(|m| m.name == name && m.started() && !m.is_learner)
-    };
+    let voter = |name: &str| members.iter().find(|m| m.name == name && m.is_voter());
     let mut eligible: Vec<(&str, bool)> = units
         .iter()
         .filter_map(|(unit, name)| voter(name).map(|m| (unit.as_str(), Some(m.id) == raft_leader)))

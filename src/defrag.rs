@@ -80,7 +80,7 @@ pub fn automatic(
     log: &mut dyn FnMut(&str, &str),
 ) {
     let mut over = vec![];
-    for m in members.iter().filter(|m| m.started() && !m.is_learner) {
+    for m in members.iter().filter(|m| m.is_voter()) {
         let Some(url) = m.client_url() else { continue };
         match client.status(&url) {
             Ok(s) if th.exceeded_by(&s) => {

@@ -109,10 +109,7 @@ pub fn hand_over_leadership(
     if leader != me {
         return Ok(());
     }
-    let Some(other) = members
-        .iter()
-        .find(|m| m.id != me && m.started() && !m.is_learner)
-    else {
+    let Some(other) = members.iter().find(|m| m.id != me && m.is_voter()) else {
         return Ok(());
     };
     moving(&other.name);
@@ -357,7 +354,7 @@ mod tests {
             }
             // etcd's strict reconfig check: never a second member that has not started
             assert!(
-                ms.iter().all(|m| m.started() && !m.is_learner),
+                ms.iter().all(|m| m.is_voter()),
                 "a second unstarted member was added: {ms:?}"
             );
             self.next_id.set(self.next_id.get() + 1);
@@ -498,9 +495,7 @@ mod tests {
 
     fn all_voters(etcd: &FakeEtcd, peers: &FakePeers) -> bool {
         let ms = etcd.members.borrow();
-        peers.join.is_none()
-            && ms.len() == peers.units.len()
-            && ms.iter().all(|m| m.started() && !m.is_learner)
+        peers.join.is_none() && ms.len() == peers.units.len() && ms.iter().all(|m| m.is_voter())
     }
 
     #[test]

@@ -911,11 +911,7 @@ impl<'a> Reconcile<'a> {
         let status = r.status;
         let has_leader = status.as_ref().map(|s| s.leader != 0).unwrap_or(false);
         let healthy = has_leader && r.client.health(r.ep).unwrap_or(false);
-        let voters = r
-            .members
-            .iter()
-            .filter(|m| m.started() && !m.is_learner)
-            .count();
+        let voters = r.members.iter().filter(|m| m.is_voter()).count();
         let raft_leader = status.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0);
         let backups = self.scheduled_snapshots(r.members, raft_leader, r.ep);
         if self.leader && healthy {

@@ -48,6 +48,14 @@ impl Told {
             .with_context(|| format!("recording the status set in {TOLD}"))
     }
 
+    /// Empties a slot, recording that only when it held a status.
+    fn forget(&mut self, app: bool) -> Result<()> {
+        if self.slot(app).take().is_some() {
+            self.store()?;
+        }
+        Ok(())
+    }
+
     fn slot(&mut self, app: bool) -> &mut Option<(String, String)> {
         if app {
             &mut self.app
@@ -68,9 +76,7 @@ pub fn set(level: &str, msg: &str, app: bool) -> Result<()> {
     if *told.slot(app) == want {
         return Ok(());
     }
-    if told.slot(app).take().is_some() {
-        told.store()?;
-    }
+    told.forget(app)?;
     juju::status_set(level, msg, app)?;
     *told.slot(app) = want;
     // Not recorded: the slot stays empty and the next hook sets the status again.
@@ -81,21 +87,14 @@ pub fn set(level: &str, msg: &str, app: bool) -> Result<()> {
 /// Sets this unit's status without the record (a hook that cannot trust its own files, a
 /// unit that leaves): the unit's slot is emptied first, so the next `set` sets again.
 pub fn set_untracked(level: &str, msg: &str) -> Result<()> {
-    let mut told = Told::read()?;
-    if told.unit.take().is_some() {
-        told.store()?;
-    }
+    Told::read()?.forget(false)?;
     Ok(juju::status_set(level, msg, false)?)
 }
 
 /// Forgets the application status this unit set: another unit may have set one since
 /// (leadership moved away and back).
 pub fn forget_app() -> Result<()> {
-    let mut told = Told::read()?;
-    if told.app.take().is_some() {
-        told.store()?;
-    }
-    Ok(())
+    Told::read()?.forget(true)
 }
 
 /// Statuses reported by the parts of a hook; the most severe one wins.

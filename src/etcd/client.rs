@@ -73,6 +73,10 @@ impl Member {
     pub fn started(&self) -> bool {
         !self.name.is_empty() && !self.client_urls.is_empty()
     }
+    /// A started member that votes: what "known peers" in a unit's status counts.
+    pub fn is_voter(&self) -> bool {
+        self.started() && !self.is_learner
+    }
     /// The URL other machines reach its clients on (not a loopback one, if it has another).
     pub fn client_url(&self) -> Option<String> {
         self.client_urls
