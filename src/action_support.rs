@@ -61,8 +61,13 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
     if !p.is_absolute() {
         return refuse(format!("{param} {target:?} must be an absolute path"));
     }
+    let existed = p.is_dir();
     if let Err(e) = std::fs::create_dir_all(&p) {
         return refuse(format!("{param} {target:?} cannot be created: {e}"));
+    }
+    if !existed {
+        crate::pki::give_to_operator(&p)
+            .map_err(|e| anyhow!("{param} {target:?}: giving it to the ubuntu user: {e}"))?;
     }
     if let Err(e) = tempfile::tempfile_in(&p) {
         return refuse(format!("{param} {target:?} is not writable: {e}"));

@@ -159,7 +159,7 @@ pub fn credentials_readme(endpoints: &[String]) -> String {
 
 fn tar_gz_private(path: &Path, entries: &[(String, Vec<u8>, u32)]) -> Result<()> {
     let tmp = path.with_extension("part");
-    let f = pki::create_private(&tmp)?;
+    let f = pki::create_operator_file(&tmp)?;
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
         f,
         flate2::Compression::default(),
@@ -294,7 +294,7 @@ fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Re
     let path = target.join(format!("{name}.tar.gz"));
     let tmp = target.join(format!(".{name}.part"));
     {
-        let f = pki::create_private(&tmp)?;
+        let f = pki::create_operator_file(&tmp)?;
         let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
             f,
             flate2::Compression::default(),

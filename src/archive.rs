@@ -160,7 +160,7 @@ pub fn write(
 ) -> Result<Written> {
     let path = dir.join(format!("{name}.tar.gz"));
     let part = dir.join(format!(".{name}.part"));
-    let f = pki::create_private(&part)?;
+    let f = pki::create_operator_file(&part)?;
     let result = (|| -> Result<(u64, String)> {
         let mut archive = Archive {
             file: Some(f),

@@ -75,9 +75,13 @@ pub fn hook(ctx: &Context) -> Result<()> {
     crate::finish_interrupted()?;
     let mut st = LocalState::load()?;
     let name = ctx.hook_name();
+    // Juju runs a dying unit's storage-detaching before anything else of its removal
+    // (internal/worker/uniter/storage/resolver.go): the member leaves then, instead of
+    // moving its data off the volume to a disk it is about to leave.
     let leaving = (name == "cluster-relation-departed"
         && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
-        || name == "stop";
+        || name == "stop"
+        || (name == "data-storage-detaching" && !st.left && juju::unit_dying(&ctx.unit)?);
     if leaving {
         leave(&mut st, &ctx.unit)?;
     }

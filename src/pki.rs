@@ -34,3 +34,32 @@ pub fn unit_key(profile: Profile) -> Result<KeyPair> {
     write_file(&p, k.serialize_pem().as_bytes(), 0o600)?;
     Ok(k)
 }
+
+/// The user `juju scp` and `juju ssh` log in as (Juju's default, cloud images' default user).
+pub const OPERATOR_USER: &str = "ubuntu";
+
+/// Creates (or truncates) a file meant for the operator to fetch with `juju scp`: 0600 from
+/// its creation and owned by the `ubuntu` user when the machine has one (real `juju scp`
+/// reads as that user, never as root), so no other user can read it, even for a moment.
+/// A chown that fails is an error: the operator could not fetch the file.
+pub fn create_operator_file(p: &Path) -> std::io::Result<std::fs::File> {
+    let f = create_private(p)?;
+    if let Some(u) = nix::unistd::User::from_name(OPERATOR_USER).map_err(std::io::Error::from)? {
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            Some(u.uid),
+            Some(u.gid),
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok(f)
+}
+
+/// Gives a directory made for the operator (a snapshot target the charm created) to the
+/// `ubuntu` user, so `juju scp` can reach what is in it. Nothing when there is no such user.
+pub fn give_to_operator(p: &Path) -> std::io::Result<()> {
+    if let Some(u) = nix::unistd::User::from_name(OPERATOR_USER).map_err(std::io::Error::from)? {
+        nix::unistd::chown(p, Some(u.uid), Some(u.gid)).map_err(std::io::Error::from)?;
+    }
+    Ok(())
+}

@@ -90,7 +90,8 @@ struct Reconcile<'a> {
     inst: Installed,
     /// what the healthy status adds for a Debian-package unit with a resource attached
     migration_hint: &'static str,
-    /// this unit's ingress addresses on the peer relation, the first one its own
+    /// the address of this unit its peers know (the first ingress address), as a list for
+    /// the leader's name check of its own CSRs
     addresses: Vec<String>,
     address: String,
     /// the names its certificates carry
@@ -182,16 +183,18 @@ impl<'a> Reconcile<'a> {
             board.report("waiting", "Waiting for the peer relation");
             return Ok(None);
         };
-        let addresses = juju::network_ingress(PEER)?;
-        let Some(address) = addresses.first().cloned() else {
+        // Only the address peers see in relation data: the leader checks a CSR's names
+        // against it, and a machine's other addresses (an IPv6 ULA, a second NIC) are
+        // known to nobody else.
+        let Some(address) = juju::network_ingress(PEER)?.first().cloned() else {
             board.report("waiting", "Waiting for an ingress address");
             return Ok(None);
         };
         let name = member_name(&ctx.unit);
         let peer_url = endpoint(&address, cfg.management_port);
         let client_url = endpoint(&address, cfg.port);
-        let mut names = addresses.clone();
-        names.push("127.0.0.1".into());
+        let addresses = vec![address.clone()];
+        let names = vec![address.clone(), "127.0.0.1".to_string()];
         let csrs = ensure_csrs(st, &ctx.unit, &names)?;
 
         let mut peers = Peers {

@@ -156,9 +156,13 @@ pub fn crash_point(step: &str) {
 
 pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
 
-/// A member's https URL on `port` of `address`.
+/// A member's https URL on `port` of `address` (an IPv6 literal in brackets, RFC 3986).
 pub fn endpoint(address: &str, port: u16) -> String {
-    format!("https://{address}:{port}")
+    if address.contains(':') && !address.starts_with('[') {
+        format!("https://[{address}]:{port}")
+    } else {
+        format!("https://{address}:{port}")
+    }
 }
 
 pub fn member_name(unit: &str) -> String {
@@ -222,5 +226,17 @@ pub fn retry<T, E: std::fmt::Display>(
             Err(e) if Instant::now() >= until => return Err(e),
             Err(_) => std::thread::sleep(every),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn an_ipv6_address_is_bracketed_in_a_url() {
+        assert_eq!(endpoint("10.0.0.5", 2379), "https://10.0.0.5:2379");
+        assert_eq!(endpoint("fd42::5", 2380), "https://[fd42::5]:2380");
+        assert_eq!(endpoint("[fd42::5]", 2380), "https://[fd42::5]:2380");
     }
 }

@@ -116,7 +116,8 @@ fn health_credentials_and_bad_params() {
 
     // Bad params fail the action with a clear message and change nothing.
     let (code, task) = env.run_action("etcd/0", &["snapshot", "keys-version=v4"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["status"], "failed");
     assert!(
         task["message"]
@@ -126,13 +127,15 @@ fn health_credentials_and_bad_params() {
         "{task}"
     );
     let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/proc/forbidden"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("target"),
         "{task}"
     );
     let (code, task) = env.run_action("etcd/0", &["compact", "revision=abc"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"]
             .as_str()
@@ -343,7 +346,8 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         ]);
         env.settle("2m");
         let (code, task) = env.run_action(&leader, &["restore"]);
-        assert_ne!(code, 0, "{} must be refused: {task}", f.display());
+        assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+        assert_eq!(task["status"], "failed", "{task}");
         assert!(
             task["message"].as_str().unwrap().contains("refused")
                 || task["message"]
@@ -363,7 +367,8 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         env.ok(&["attach-resource", "etcd", &format!("snapshot={}", f.display())]);
         env.settle("2m");
         let (code, task) = env.run_action(&leader, &["restore"]);
-        assert_ne!(code, 0);
+        assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+        assert_eq!(task["status"], "failed", "{task}");
         assert!(task["message"].as_str().unwrap().contains("refused"), "{name}: {task}");
     }
     env.ok(&[
@@ -378,7 +383,8 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .find(|u| u != &leader)
         .unwrap();
     let (code, task) = env.run_action(&follower, &["restore"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("leader"),
         "{task}"
@@ -512,7 +518,8 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
         "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify",
     );
     let (code, task) = env.run_action("etcd/0", &["snap-upgrade", "target=/root/migration"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("rolled back"),
         "{task}"
@@ -619,7 +626,8 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
         "printf '#!/bin/sh\\ncase \"$*\" in *stop*etcd*) echo \"Failed to stop etcd.service: Transaction is destructive.\" >&2; exit 1;; esac\\nexec /usr/bin/systemctl \"$@\"\\n' > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
     );
     let (code, task) = env.run_action("etcd/0", &["restore"]);
-    assert_ne!(code, 0, "a restore that cannot stop etcd fails: {task}");
+    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task.to_string().contains("Failed to stop etcd.service"),
         "the failure says why: {task}"

@@ -16,9 +16,31 @@ fn deploy(env: &Env, n: u32, resource: &Path) {
 fn three_units_at_once_form_one_tls_cluster() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
-    let env = Env::new("three", &["update-status-hook-interval=1h"]);
+    // Machines with several addresses, as on Juju (an IPv6 ULA on eth0 beside IPv4, as
+    // LXD's default bridge gives, and a second NIC, as on MAAS): network-get lists them
+    // all, relation data carries only the first.
+    let env = Env::new(
+        "three",
+        &["update-status-hook-interval=1h", "harness-second-interface=true"],
+    );
     deploy(&env, 3, &tarball);
     let s = env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    for u in env.units("etcd") {
+        let got = env.exec_ok(&u, "network-get cluster --format json");
+        let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+        let ingress = v["ingress-addresses"].as_array().unwrap();
+        assert!(ingress.len() >= 3, "{u} has several addresses: {v}");
+        assert_eq!(ingress[0], env.address(&u).as_str(), "{v}");
+        // Each certificate verifies against the CA for the address its peers use.
+        let addr = env.address(&u);
+        for cert in ["server", "peer"] {
+            let r = env.exec(
+                &u,
+                &format!("openssl verify -CAfile /etc/etcd/pki/ca.crt -verify_ip {addr} /etc/etcd/pki/{cert}.crt"),
+            );
+            assert_eq!(r.code, 0, "{u}'s {cert} certificate for {addr}: {}{}", r.stdout, r.stderr);
+        }
+    }
     assert_eq!(
         s["applications"]["etcd"]["application-status"]["current"],
         "active"

@@ -134,6 +134,15 @@ fn the_classic_runbook_lines_work_as_typed() {
         out.contains("/home/ubuntu/etcd_credentials.tar.gz"),
         "{out}"
     );
+    // `juju scp` reads as the ubuntu user (the controller does too): the archive is that
+    // user's, and still unreadable by any other.
+    let owner = env.exec_ok("etcd/0", "stat -c '%U %a' /home/ubuntu/etcd_credentials.tar.gz");
+    assert_eq!(owner.trim(), "ubuntu 600");
+    let other = env.exec(
+        "etcd/0",
+        "useradd -M someone 2>/dev/null; runuser -u someone -- cat /home/ubuntu/etcd_credentials.tar.gz >/dev/null",
+    );
+    assert_ne!(other.code, 0, "another user read the credentials archive");
     let (code, out, err) = juju_in(
         &env,
         here,

@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for cmd in ip:iproute2 nsenter:util-linux unshare:util-linux curl:curl python3:python3 pip3:python3-pip \
     dpkg-scanpackages:dpkg-dev /lib/systemd/systemd:systemd mksquashfs:squashfs-tools openssl:openssl \
-    readelf:binutils /usr/sbin/nft:nftables; do
+    readelf:binutils /usr/sbin/nft:nftables sudo:sudo; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || [ -x "${cmd%%:*}" ] || need_apt+=("${cmd#*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -209,7 +209,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
         env.wait(
             &format!("a healthy member after a kill at {step}"),
             MIN,
-            |_| env.run_action("etcd/0", &["health"]).0 == 0,
+            |_| env.run_action("etcd/0", &["health"]).1["status"] == "completed",
         );
         assert_eq!(
             exe(),

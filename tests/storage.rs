@@ -139,3 +139,46 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
     writer.wait_for_writes(20, "with etcd/0 back on its own disk");
     no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "storage moves");
 }
+
+/// Juju runs a dying unit's `data-storage-detaching` before its departed, broken and stop
+/// hooks (internal/worker/uniter/storage/resolver.go); the controller does too. A unit
+/// removed with its data on a volume leaves the cluster then, without first copying the
+/// database to its root disk: here the root disk's default data directory cannot be
+/// written at all (a full or small root disk), and the removal still finishes.
+#[test]
+fn a_unit_removed_with_its_data_on_a_volume_leaves_without_copying_it_to_the_root_disk() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("storage-removal", &["update-status-hook-interval=1h"]);
+    deploy_healthy(&env, 3, &tarball, &["--storage", "data=loop,1G"]);
+    let creds = Creds::from_unit(&env, "etcd/0");
+    for u in env.units("etcd") {
+        let dir = env.exec_ok(
+            &u,
+            "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml",
+        );
+        assert!(
+            dir.contains("/var/lib/juju/storage/data/"),
+            "{u} runs on its volume: {dir}"
+        );
+    }
+    // No room on the root disk: a copy there fails at once.
+    env.exec_ok(
+        "etcd/2",
+        "rm -rf /var/lib/etcd && touch /var/lib/etcd; test -f /var/lib/etcd",
+    );
+    env.ok(&["remove-unit", "etcd/2"]);
+    env.wait("etcd/2 gone and two healthy members", 3 * MIN, |s| {
+        let units = s["applications"]["etcd"]["units"].as_object();
+        units.is_some_and(|u| {
+            u.len() == 2
+                && u.values().all(|x| {
+                    x["workload-status"]["message"] == "Healthy with 2 known peers"
+                })
+        })
+    });
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(!list.contains("etcd2"), "{list}");
+}

@@ -197,38 +197,20 @@ pub fn relation_set(rel: &str, data: &Bag, app: bool) -> Result<()> {
     run("relation-set", &args, Some(&body)).map(|_| ())
 }
 
+/// This unit's ingress addresses on `binding`, the first being the one Juju writes into
+/// relation data as `ingress-address` (uniter.go EnterScope: `ingressAddresses[0]`), which
+/// is what peers see and check certificates against. A machine may have more (an IPv6 ULA,
+/// a second NIC): they are listed after it, and nothing may count on a peer knowing them.
 pub fn network_ingress(binding: &str) -> Result<Vec<String>> {
     let v: Value = json("network-get", &[binding])?;
-    let mut out: Vec<String> = v
-        .get("ingress-addresses")
+    Ok(v.get("ingress-addresses")
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|x| x.as_str().map(String::from))
                 .collect()
         })
-        .unwrap_or_default();
-    if let Some(binds) = v.get("bind-addresses").and_then(Value::as_array) {
-        for b in binds {
-            for a in b
-                .get("addresses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(ip) = a
-                    .get("value")
-                    .or_else(|| a.get("address"))
-                    .and_then(Value::as_str)
-                {
-                    if !out.iter().any(|x| x == ip) {
-                        out.push(ip.to_string());
-                    }
-                }
-            }
-        }
-    }
-    Ok(out)
+        .unwrap_or_default())
 }
 
 /// The path of a resource, or None when it was never attached (or is an empty placeholder).
@@ -270,6 +252,15 @@ pub fn open_only(port: u16) -> Result<()> {
         open_port(port)?;
     }
     Ok(())
+}
+
+/// Whether Juju is removing `unit` (goal-state reports it `dying`, as Juju's goal-state
+/// does for a unit whose life is Dying).
+pub fn unit_dying(unit: &str) -> Result<bool> {
+    let v: Value = json("goal-state", &[])?;
+    Ok(v.pointer(&format!("/units/{}/status", unit.replace('~', "~0").replace('/', "~1")))
+        .and_then(Value::as_str)
+        == Some("dying"))
 }
 
 pub fn goal_state_units() -> Result<Vec<String>> {

@@ -301,6 +301,7 @@ impl Model {
             .and_then(|k| crate::machine::Kind::parse(&k))
             .unwrap_or(DEFAULT_MACHINE_KIND);
         let name = format!("{}/{}", app, a.next_unit);
+        let second_nic = self.config_bool("harness-second-interface", false);
         self.machines.insert(
             id,
             Machine {
@@ -314,6 +315,7 @@ impl Model {
                 unit: Some(name.clone()),
                 kind,
                 provisioned: false,
+                second_nic,
             },
         );
         self.place_unit(app, id, None)
@@ -516,6 +518,21 @@ impl Model {
             return;
         }
         u.life = Life::Dying;
+        // Its storage detaches first, before any other hook of its removal: Juju's uniter
+        // consults the storage resolver before the dying unit's relation, stop and remove
+        // hooks, and a dying unit's attachments are all set dying at once
+        // (internal/worker/uniter/resolver.go NextOp; internal/worker/uniter/storage/
+        // resolver.go, on `Life == Dying`: SetDying, then StorageDetaching; its tests in
+        // resolver_test.go).
+        for s in u.storage.clone().into_iter().rev() {
+            let ev = Event {
+                hook: format!("{}-storage-detaching", s.split('/').next().unwrap_or("")),
+                storage: Some(s),
+                ..Default::default()
+            };
+            u.queue.retain(|e| e != &ev);
+            u.queue.push_front(ev);
+        }
         // Its subordinates go with it (its own `remove` waits for them, see `worker`).
         let subordinates: Vec<String> = self
             .units
@@ -588,17 +605,6 @@ impl Model {
             );
         }
         self.push(unit, Event::hook("stop"));
-        let storage = self.units[unit].storage.clone();
-        for s in storage {
-            self.push(
-                unit,
-                Event {
-                    hook: format!("{}-storage-detaching", s.split('/').next().unwrap_or("")),
-                    storage: Some(s),
-                    ..Default::default()
-                },
-            );
-        }
         self.push(unit, Event::hook("remove"));
     }
 
@@ -1253,9 +1259,10 @@ impl Ctl {
                 units,
                 mach.kind,
                 (!mach.provisioned).then_some(mirror),
+                mach.second_nic,
             ))
         });
-        let Some((net, hostname, units, kind, provision)) = found else {
+        let Some((net, hostname, units, kind, provision, second_nic)) = found else {
             anyhow::bail!("machine {machine} of model {model:?} no longer exists");
         };
         let mdir = model_dir(&self.home, model);
@@ -1268,7 +1275,7 @@ impl Ctl {
         let spawned = tokio::task::spawn_blocking({
             let net = net.clone();
             move || -> Result<machine::Spawned> {
-                machine::create_netns(&net, machine)?;
+                machine::create_netns(&net, machine, second_nic)?;
                 crate::firewall::apply(&net.netns(machine), &firewall)?;
                 machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
             }
@@ -1305,7 +1312,12 @@ impl Ctl {
                 model,
                 machine,
                 "adding the ubuntu user",
-                "id ubuntu >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ubuntu"
+                // As cloud-init's default user on Ubuntu images: passwordless sudo, which
+                // is how `juju ssh` users act as root.
+                "id ubuntu >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ubuntu; \
+                 mkdir -p /etc/sudoers.d && \
+                 echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users && \
+                 chmod 0440 /etc/sudoers.d/90-cloud-init-users"
                     .into(),
             )
             .await?;
@@ -1705,7 +1717,9 @@ impl Ctl {
             &format!("{}:17070", m.net().host_address()),
         );
         set("JUJU_MACHINE_ID", &u.machine.to_string());
-        set("JUJU_PRINCIPAL_UNIT", "");
+        if u.principal.is_none() {
+            set("JUJU_PRINCIPAL_UNIT", "");
+        }
         set("JUJU_AVAILABILITY_ZONE", "");
         set("JUJU_VERSION", JUJU_VERSION);
         set("CLOUD_API_VERSION", "");
@@ -1716,7 +1730,9 @@ impl Ctl {
         set("LANG", "C.UTF-8");
         set("DEBIAN_FRONTEND", "noninteractive");
         set("APT_LISTCHANGES_FRONTEND", "none");
-        set("HOME", "/root");
+        // Juju's ubuntuEnv (internal/worker/uniter/runner/context/env.go) sets TERM and no
+        // HOME: a charm that needs a home must not count on one.
+        set("TERM", "tmux-256color");
         set(
             "JUJU_HOOK_NAME",
             dispatch.strip_prefix("hooks/").unwrap_or(""),

@@ -73,6 +73,16 @@ impl Net {
     pub fn machine_address(&self, machine: u32) -> String {
         format!("10.213.{}.{}", self.index, 10 + machine)
     }
+    /// The machine's IPv6 unique-local address on eth0, beside its IPv4 one: what LXD's
+    /// default bridge (`ipv6.address=auto`) and dual-stack clouds give every machine.
+    pub fn machine_address6(&self, machine: u32) -> String {
+        format!("fd42:213:{:x}::{:x}", self.index, 10 + machine)
+    }
+    /// The address of a machine's second interface (`eth1`, model config
+    /// `harness-second-interface`): a second NIC in the same space, as on MAAS.
+    pub fn second_address(&self, machine: u32) -> String {
+        format!("10.214.{}.{}", self.index, 10 + machine)
+    }
     pub fn netns(&self, machine: u32) -> String {
         format!("chb{}m{}", self.index, machine)
     }
@@ -144,8 +154,10 @@ pub fn delete_bridge(net: &Net) {
     let _ = ip(&["link", "del", &net.bridge()]);
 }
 
-/// The network namespace and veth of one machine. Safe to call again: existing parts are kept.
-pub fn create_netns(net: &Net, machine: u32) -> Result<()> {
+/// The network namespace and veth of one machine, with an IPv4 and an IPv6 unique-local
+/// address on eth0 and, when `second_nic`, a second interface eth1 with an address of its
+/// own. Safe to call again: existing parts are kept.
+pub fn create_netns(net: &Net, machine: u32, second_nic: bool) -> Result<()> {
     let ns = net.netns(machine);
     let host = net.host_veth(machine);
     if Path::new("/run/netns").join(&ns).exists() && link_exists(&host) {
@@ -167,7 +179,36 @@ pub fn create_netns(net: &Net, machine: u32) -> Result<()> {
         "dev",
         "eth0",
     ])?;
+    // nodad: the address is usable at once (no duplicate detection on a bridge we own).
+    ip(&[
+        "-n",
+        &ns,
+        "-6",
+        "addr",
+        "add",
+        &format!("{}/64", net.machine_address6(machine)),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+    if second_nic {
+        // A veth pair inside the machine (the kernel may lack the dummy driver): an address
+        // in the binding like a second NIC's, which nothing outside the machine routes to
+        // (the charm must not depend on it).
+        ip(&["-n", &ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"])?;
+        ip(&["-n", &ns, "link", "set", "eth1p", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", net.second_address(machine)),
+            "dev",
+            "eth1",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
+    }
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     Ok(())
 }

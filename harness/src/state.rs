@@ -314,6 +314,10 @@ pub struct Machine {
     /// The first boot's provisioning (apt sources) is done.
     #[serde(default)]
     pub provisioned: bool,
+    /// A second interface, eth1 (model config `harness-second-interface`, fixed when the
+    /// machine is created).
+    #[serde(default)]
+    pub second_nic: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -416,9 +416,12 @@ fn actions_report_results_and_failures_like_juju_run() {
     assert!(t["log"][0].as_str().unwrap().ends_with("echoing"));
     assert!(t["id"].is_string());
 
+    // Juju 3.6 (cmd/juju/action/common.go waitForTasks, run_test.go): an action-fail'ed
+    // task whose process exits 0 is "failed" but `juju run` exits 0, printing
+    // "Action id N failed: <message>"; only a return code of 1 or more fails the command.
     let r = env.run(&["run", "--format", "json", "probe/0", "fail"]);
-    assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("task failed"), "{}", r.stderr);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stderr.contains("task failed"), "{}", r.stderr);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["probe/0"]["status"], "failed");
     assert_eq!(v["probe/0"]["message"], "it broke");
@@ -426,6 +429,47 @@ fn actions_report_results_and_failures_like_juju_run() {
         v["probe/0"]["results"]["partial"], "yes",
         "results set before action-fail are kept"
     );
+    let r = env.run(&["run", "probe/0", "fail"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("failed: it broke"), "{}", r.stdout);
+    let r = env.run(&["run", "--format", "json", "probe/0", "fail", "code=3"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("task failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("with return code 3"), "{}", r.stderr);
+
+    // `--wait` bounds the wait; the task runs on and finishes (cmd/juju/action/common.go).
+    let r = env.run(&["run", "--wait", "1s", "probe/0", "sleep", "seconds=4"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("timed out waiting for results from: unit probe/0"),
+        "{}",
+        r.stderr
+    );
+    let id = r
+        .stderr
+        .split("Running operation ")
+        .nth(1)
+        .and_then(|x| x.split_whitespace().next())
+        .expect("the operation id")
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v: Value =
+            serde_json::from_str(&env.ok(&["show-task", &id, "--format", "json"])).unwrap();
+        if v["status"] == "completed" {
+            assert_eq!(v["results"]["slept"], "yes");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the task never finished: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Without --wait, Juju 3.6 waits 60 s (runCommandBase.Init), then gives up.
+    let started = std::time::Instant::now();
+    let r = env.run(&["run", "probe/0", "sleep", "seconds=75"]);
+    let waited = started.elapsed().as_secs();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("timed out waiting for results"), "{}", r.stderr);
+    assert!((59..75).contains(&waited), "waited {waited} s");
 
     let r = env.run(&["run", "probe/0", "echo", "bogus=1"]);
     assert_ne!(r.code, 0);

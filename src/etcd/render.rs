@@ -31,6 +31,8 @@ fn yaml_str(s: &str) -> String {
 pub fn etcd_config(m: &Member, c: &Config) -> String {
     let listen_ip = if c.bind_to_all_interfaces {
         "0.0.0.0".to_string()
+    } else if m.address.contains(':') {
+        format!("[{}]", m.address)
     } else {
         m.address.clone()
     };

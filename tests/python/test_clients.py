@@ -27,6 +27,10 @@ def test_deploy_wait_status_run_config_integrate_remove(juju):
     assert status.apps["opsprobe"].app_status.message == "ops leader says hello"
     assert {u.workload_status.message for u in status.apps["opsprobe"].units.values()} == {"greeting=hello"}
 
+    # jubilant parses `version --format json --all` as Juju's <version>-<os>-<arch>.
+    assert juju.version().major == 3
+
+    # run() without wait= is Juju's 60 s default; TaskError comes from the task's status.
     task = juju.run("probe/0", "echo", {"text": "from jubilant", "times": 2})
     assert task.status == "completed" and task.success
     assert task.results["result"] == {"text": "from jubilant", "times": "2"}

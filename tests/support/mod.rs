@@ -314,8 +314,11 @@ impl Env {
     }
 
     /// `juju run --format json`; returns (exit code, the task).
+    /// `juju run --format json --wait 10m <unit> <args>`: its exit code and the task. As on
+    /// Juju 3.6, a task that `action-fail`ed with its process exiting 0 exits 0: a refusal
+    /// is seen in the task's status (`assert_refused`).
     pub fn run_action(&self, unit: &str, args: &[&str]) -> (i32, Value) {
-        let mut a = vec!["run", "--format", "json", unit];
+        let mut a = vec!["run", "--format", "json", "--wait", "10m", unit];
         a.extend(args);
         let r = self.run(&a);
         let v: Value = serde_json::from_str(&r.stdout)

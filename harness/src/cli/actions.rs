@@ -340,14 +340,26 @@ pub(super) async fn wait_tasks(
     .await
 }
 
+/// How long `juju run` waits for its task when `--wait` does not say.
+pub const DEFAULT_RUN_WAIT: Duration = Duration::from_secs(60);
+
 pub(super) fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Reply {
     let mut out = Map::new();
     for t in tasks {
         out.insert(t.unit.clone(), task_json(t));
     }
+    // As Juju's waitForTasks (cmd/juju/action/common.go): a task counts as failed for the
+    // exit code only when its return code is 1 or more; a task failed by `action-fail`
+    // whose process exited 0 leaves `juju run` exiting 0 (cmd/juju/action/run_test.go).
     let failed: Vec<&Task> = tasks
         .iter()
-        .filter(|t| t.status != "completed" || (!exec && t.return_code.unwrap_or(0) != 0))
+        .filter(|t| {
+            if exec {
+                t.status != "completed"
+            } else {
+                t.return_code.map_or(t.status != "completed", |c| c != 0)
+            }
+        })
         .collect();
     let json_mode = p
         .value("format")
@@ -367,6 +379,9 @@ pub(super) fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Repl
     } else {
         let mut s = String::new();
         for t in tasks {
+            if !exec && t.status == "failed" {
+                s.push_str(&format!("Action id {} failed: {}\n", t.id, t.message));
+            }
             if !t.log.is_empty() {
                 for l in &t.log {
                     s.push_str(&format!("{l}\n"));
@@ -442,13 +457,33 @@ pub(super) async fn run(
             stderr: format!("Scheduled operation {id} with task {id}\n"),
         });
     }
-    let wait = p.value("wait").and_then(controller::parse_duration);
+    // Juju 3.6 waits 60 s unless --wait says otherwise (runCommandBase.Init in
+    // cmd/juju/action/common.go); the task runs on after the client gives up.
+    let wait = match p.value("wait") {
+        Some(w) => Some(
+            controller::parse_duration(w)
+                .filter(|d| !d.is_zero())
+                .unwrap_or(DEFAULT_RUN_WAIT),
+        ),
+        None => Some(DEFAULT_RUN_WAIT),
+    };
+    let unit = ctl
+        .model(&model, |m| m.tasks.get(&id).map(|t| t.unit.clone()))?
+        .unwrap_or_default();
+    let progress = format!(
+        "Running operation {id} with 1 task\n  - task {id} on unit-{}\n\nWaiting for task {id}...\n",
+        unit.replace('/', "-")
+    );
     match wait_tasks(ctl, &model, &[id], wait).await {
-        Some(tasks) => Ok(tasks_reply(&tasks, &p, false)),
+        Some(tasks) => {
+            let mut r = tasks_reply(&tasks, &p, false);
+            r.stderr = format!("{progress}{}", r.stderr);
+            Ok(r)
+        }
         None => Ok(Reply {
             code: 1,
             stdout: String::new(),
-            stderr: format!("ERROR timed out waiting for result from task {id}\n"),
+            stderr: format!("{progress}ERROR timed out waiting for results from: unit {unit}\n"),
         }),
     }
 }

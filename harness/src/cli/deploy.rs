@@ -234,7 +234,6 @@ pub(super) fn store_resource(
 }
 
 pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
-    let leader = m.apps.get(app).and_then(|a| a.leader.clone());
     let units: Vec<String> = m
         .units
         .values()
@@ -242,12 +241,15 @@ pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
         .map(|u| u.name.clone())
         .collect();
     for u in units {
+        // As Juju's runHook.Commit (internal/worker/uniter/operation/runhook.go; its
+        // runhook_test.go): upgrade-charm queues config-changed, which queues start only on
+        // a unit that never started. Leadership hooks come only with a leadership change.
+        let started = m.units.get(&u).is_some_and(|x| x.started);
         m.push(&u, Event::hook("upgrade-charm"));
         m.push(&u, Event::hook("config-changed"));
-        if leader.as_deref() != Some(u.as_str()) {
-            m.push(&u, Event::hook("leader-settings-changed"));
+        if !started {
+            m.push(&u, Event::hook("start"));
         }
-        m.push(&u, Event::hook("start"));
     }
 }
 

@@ -8,7 +8,15 @@ use super::*;
 pub(super) async fn version(args: &[String]) -> Result<Reply> {
     let p = parse(&[FORMAT, boolean(&["all"])], args)?;
     let v = if p.flag("all") {
-        json!({"version": controller::JUJU_VERSION, "git-commit": "", "compiler": "rustc"})
+        // As `juju version --all` (<version>-<os>-<arch>), which jubilant's version() parses.
+        json!({
+            "version": format!("{}-ubuntu-amd64", controller::JUJU_VERSION),
+            "git-commit": "",
+            "git-tree-state": "clean",
+            "compiler": "gc",
+            "go-version": "",
+            "official": false,
+        })
     } else {
         json!(controller::JUJU_VERSION)
     };
@@ -131,6 +139,7 @@ pub(super) async fn model_config(
         ),
         ("apt-mirror", json!(controller::default_apt_mirror())),
         ("firewall-mode", json!("instance")),
+        ("harness-second-interface", json!(false)),
     ]);
     let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();
     if !sets.is_empty() || p.value("reset").is_some() {

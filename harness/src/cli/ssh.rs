@@ -1,7 +1,10 @@
 //! `scp` and `ssh` into a unit's (or machine's) machine. There is no sshd: the controller
 //! enters the machine's mount namespace (`nsenter`) to read or write files there, and runs
-//! commands through the machine agent. As with Juju, a relative path on a machine means the
-//! `ubuntu` user's home, and what is copied onto a machine belongs to that user.
+//! commands through the machine agent. As with Juju, which logs in as `ubuntu` unless told
+//! otherwise (cmd/juju/ssh: `ubuntu@` is the default user), every read, write and command
+//! runs as that user: a root-owned 0600 file cannot be fetched, `sudo` is how to act as
+//! root. A relative path on a machine means the `ubuntu` user's home, and what is copied
+//! onto a machine belongs to that user.
 
 use super::actions::{tasks_reply, wait_tasks};
 use super::*;
@@ -69,12 +72,12 @@ fn running_machine(ctl: &Ctl, model: &str, target: &str) -> Result<(u32, u32)> {
     Ok((id, pid))
 }
 
-/// Runs `argv` in the machine's mount namespace with `input` as stdin; its stdout is
-/// returned, a failure carries its stderr.
+/// Runs `argv` as the `ubuntu` user in the machine's mount namespace with `input` as
+/// stdin; its stdout is returned, a failure carries its stderr.
 async fn in_machine(pid: u32, argv: &[&str], input: Option<std::fs::File>) -> Result<Vec<u8>> {
     let mut cmd = tokio::process::Command::new("nsenter");
     cmd.arg(format!("--target={pid}"))
-        .args(["--mount", "--"])
+        .args(["--mount", "--", "runuser", "-u", "ubuntu", "--"])
         .args(argv)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -212,8 +215,8 @@ async fn push(src: &Path, pid: u32, path: &str, name: &str, recursive: bool) -> 
         Some('d') => format!("{}/{base}", path.trim_end_matches('/')),
         _ => path.to_string(),
     };
-    // The copy, then the ubuntu user owns it (as a copy made over ssh by that user would be).
-    let own = "if id ubuntu >/dev/null 2>&1; then chown -R ubuntu:ubuntu \"$1\"; fi";
+    // Written by the ubuntu user, so it owns the copy (as over ssh).
+    let own = "true";
     if meta.is_dir() {
         if !recursive {
             bail!(
@@ -279,10 +282,10 @@ pub async fn ssh(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) ->
     }
     let (id, _) = running_machine(ctl, &model, &target)?;
     let script = format!(
-        "export USER=ubuntu; cd {HOME} 2>/dev/null || cd /; {}",
+        "export USER=ubuntu LOGNAME=ubuntu; cd {HOME} 2>/dev/null || cd /; {}",
         command.join(" ")
     );
-    shell_on_machine(ctl, &model, id, script, HOME, "/").await
+    shell_on_machine(ctl, &model, id, script, HOME, "/", Some("ubuntu")).await
 }
 /// Runs `script` with bash on a started machine through its agent (PATH, LANG, and HOME
 /// set to `home`), from `cwd`; its output and exit code as the reply.
@@ -293,6 +296,7 @@ pub(super) async fn shell_on_machine(
     script: String,
     home: &str,
     cwd: &str,
+    user: Option<&str>,
 ) -> Result<Reply> {
     let up = ctl.model(model, |m| {
         m.machines.get(&id).map(|x| x.status == "started")
@@ -312,7 +316,12 @@ pub(super) async fn shell_on_machine(
     let (r, _) = machine::agent_call(
         &sock,
         &AgentRequest::Run {
-            argv: vec!["/bin/bash".into(), "-c".into(), script],
+            argv: match user {
+                Some(u) => ["runuser", "-u", u, "--", "/bin/bash", "-c", &script]
+                    .map(String::from)
+                    .to_vec(),
+                None => vec!["/bin/bash".into(), "-c".into(), script],
+            },
             env,
             cwd: cwd.into(),
         },
@@ -350,7 +359,7 @@ pub(super) async fn exec(
     let wait = p.value("wait").and_then(controller::parse_duration);
     if let Some(mid) = p.value("machine") {
         let id: u32 = mid.parse().context("--machine")?;
-        let r = shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root").await?;
+        let r = shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root", None).await?;
         if p.value("format") == Some("json") {
             let v = json!({ format!("machine-{id}"): {"id": "0", "status": "completed", "machine": id.to_string(), "results": {"return-code": r.code, "stdout": r.stdout, "stderr": r.stderr}}});
             return Ok(Reply::ok(render(&v, Format::Json)));

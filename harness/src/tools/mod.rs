@@ -100,6 +100,31 @@ fn unit_address(m: &Model, unit: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Every address of a unit's machine: (interface, address, its subnet), eth0's IPv4 first.
+fn machine_addresses(m: &Model, unit: &str) -> Vec<(String, String, String)> {
+    let Some(id) = m.units.get(unit).map(|u| u.machine) else {
+        return vec![];
+    };
+    let Some(mach) = m.machines.get(&id) else {
+        return vec![];
+    };
+    let net = m.net();
+    let v4 = |a: &str| format!("{}.0/24", a.rsplit_once('.').map_or("", |(n, _)| n));
+    let mut out = vec![
+        ("eth0".to_string(), mach.address.clone(), v4(&mach.address)),
+        (
+            "eth0".to_string(),
+            net.machine_address6(id),
+            format!("fd42:213:{:x}::/64", net.index),
+        ),
+    ];
+    if mach.second_nic {
+        let a = net.second_address(id);
+        out.insert(1, ("eth1".to_string(), a.clone(), v4(&a)));
+    }
+    out
+}
+
 fn is_leader(m: &Model, ctx: &HookCtx) -> bool {
     m.apps.get(&ctx.app).and_then(|a| a.leader.as_deref()) == Some(ctx.unit.as_str())
 }
@@ -523,8 +548,12 @@ fn dispatch(
             if !known {
                 return refuse(format!("no network config found for binding {binding:?}"));
             }
+            // As Juju's network-get (internal/worker/uniter/runner/jujuc/network-get.go):
+            // every address of the binding, by interface; ingress-addresses sorted as
+            // core/network's sortOrder does (IPv4 before IPv6 of the same scope), whose
+            // first is the one relation data carries (uniter.go EnterScope).
+            let addrs = machine_addresses(m, &ctx.unit);
             let addr = unit_address(m, &ctx.unit);
-            let cidr = format!("{}.0/24", addr.rsplit_once('.').map_or("", |(net, _)| net));
             let flags_set: Vec<&str> = ["bind-address", "ingress-address", "egress-subnets"]
                 .into_iter()
                 .filter(|f| p.flag(f))
@@ -546,10 +575,23 @@ fn dispatch(
                     .collect();
                 return out(&Value::Object(mp), &p, Format::Smart);
             }
+            let mut binds: Vec<Value> = vec![];
+            for iface in ["eth0", "eth1"] {
+                let on: Vec<Value> = addrs
+                    .iter()
+                    .filter(|a| a.0 == iface)
+                    .map(|(_, v, cidr)| json!({"hostname": "", "value": v, "cidr": cidr}))
+                    .collect();
+                if !on.is_empty() {
+                    binds.push(json!({"mac-address": "", "interface-name": iface, "addresses": on}));
+                }
+            }
+            let mut ingress: Vec<&(String, String, String)> = addrs.iter().collect();
+            ingress.sort_by_key(|a| a.1.contains(':'));
             let v = json!({
-                "bind-addresses": [{"mac-address": "", "interface-name": "eth0", "addresses": [{"hostname": "", "value": addr, "cidr": cidr}]}],
+                "bind-addresses": binds,
                 "egress-subnets": [format!("{addr}/32")],
-                "ingress-addresses": [addr],
+                "ingress-addresses": ingress.iter().map(|a| a.1.clone()).collect::<Vec<_>>(),
             });
             out(&v, &p, Format::Smart)
         }
