@@ -358,7 +358,8 @@ fn a_lone_unit_is_healthy_only_with_its_client_credentials() {
     let r = env.run(&[
         "ssh",
         "etcd/0",
-        "openssl verify -CAfile /etc/etcd/pki/ca.crt /etc/etcd/pki/client.crt && stat -c %a /etc/etcd/pki/client.key",
+        // `juju ssh` logs in as ubuntu: the charm's files are root's, read with sudo.
+        "sudo openssl verify -CAfile /etc/etcd/pki/ca.crt /etc/etcd/pki/client.crt && sudo stat -c %a /etc/etcd/pki/client.key",
     ]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("client.crt: OK"), "{}", r.stdout);
