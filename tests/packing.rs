@@ -1,5 +1,6 @@
 //! The packed charms as a real Juju 3.6 would receive them: `pack.sh` writes manifest.yaml
-//! with the bases of charmcraft.yaml, statically linked binaries (they must run on Ubuntu
+//! with the bases of charmcraft.yaml's platforms (and one archive per platform, as
+//! charmcraft does), statically linked binaries (they must run on Ubuntu
 //! 20.04's older glibc, which the runbook's `--series=focal` deploys on), and `.charm`
 //! archives the controller deploys by name. The controller refuses what Juju 3.6 refuses: an
 //! archive without manifest bases, a base the charm does not list, a base Juju no longer
@@ -42,16 +43,88 @@ fn dynamic_needs(bin: &Path) -> Vec<String> {
     needs
 }
 
-/// The run-on channels of a charmcraft.yaml, in order.
+/// The bases of a charmcraft.yaml's platforms (`ubuntu@<channel>:amd64`), in order.
 fn run_on(charmcraft: &Path) -> Vec<String> {
     let v: Value = serde_yaml::from_str(&std::fs::read_to_string(charmcraft).unwrap()).unwrap();
-    v["bases"]
+    v["platforms"]
+        .as_object()
+        .expect("charmcraft.yaml has platforms")
+        .keys()
+        .map(|k| k.strip_suffix(":amd64").expect("an amd64 platform").to_string())
+        .collect()
+}
+
+/// The bases a manifest.yaml lists, as `ubuntu@<channel>`, each for amd64.
+fn manifest_bases(manifest: &str) -> Vec<String> {
+    let m: Value = serde_yaml::from_str(manifest).unwrap();
+    m["bases"]
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|b| b["run-on"].as_array().unwrap().clone())
-        .map(|r| format!("ubuntu@{}", r["channel"].as_str().unwrap()))
+        .map(|b| {
+            assert_eq!(b["architectures"], serde_json::json!(["amd64"]), "{b}");
+            format!(
+                "{}@{}",
+                b["name"].as_str().unwrap(),
+                b["channel"].as_str().unwrap()
+            )
+        })
         .collect()
+}
+
+/// The manifest.yaml inside a .charm archive.
+fn archive_manifest(charm: &Path) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; print(zipfile.ZipFile(sys.argv[1]).read('manifest.yaml').decode())",
+        ])
+        .arg(charm)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// charmcraft itself (the PyPI package, tests/setup.sh) reads both charms' project files:
+/// `expand-extensions` validates charmcraft.yaml with metadata, config and actions merged
+/// in, as `charmcraft pack` would before it builds (packing needs LXD, which cannot run
+/// here).
+#[test]
+fn charmcraft_accepts_both_projects_and_lints_their_archives() {
+    let charmcraft = fixtures().join("charmcraft/bin/charmcraft");
+    assert!(charmcraft.exists(), "{} (tests/setup.sh installs it)", charmcraft.display());
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (dir, files) in [
+        (repo.to_path_buf(), &["charmcraft.yaml", "metadata.yaml", "config.yaml", "actions.yaml"][..]),
+        (repo.join("easyrsa"), &["charmcraft.yaml", "metadata.yaml"][..]),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        for f in files {
+            std::fs::copy(dir.join(f), work.path().join(f)).unwrap();
+        }
+        let out = Command::new(&charmcraft)
+            .arg("expand-extensions")
+            .current_dir(work.path())
+            .env("XDG_RUNTIME_DIR", work.path())
+            .env("HOME", work.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "charmcraft refuses {}: {}{}",
+            dir.display(),
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            v["platforms"].as_object().map(|p| p.len()),
+            Some(3),
+            "{text}"
+        );
+    }
 }
 
 /// A zip of `dir` with `edit` applied to a copy first, as a broken package would be.
@@ -100,24 +173,20 @@ fn packed_charms_carry_their_bases_run_statically_linked_and_bad_archives_are_re
         ("etcd", repo.join("charmcraft.yaml")),
         ("easyrsa", repo.join("easyrsa/charmcraft.yaml")),
     ] {
-        let m: Value = serde_yaml::from_str(
+        let bases = manifest_bases(
             &std::fs::read_to_string(store.join(charm).join("manifest.yaml")).unwrap(),
-        )
-        .unwrap();
-        let bases: Vec<String> = m["bases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                assert_eq!(b["architectures"], serde_json::json!(["amd64"]), "{b}");
-                format!(
-                    "{}@{}",
-                    b["name"].as_str().unwrap(),
-                    b["channel"].as_str().unwrap()
-                )
-            })
-            .collect();
+        );
         assert_eq!(bases, run_on(&charmcraft), "{charm}");
+        // As charmcraft packs them: one archive per platform, with that one base.
+        for base in &bases {
+            let one = store.join(format!("{charm}_{base}-amd64.charm"));
+            assert_eq!(
+                manifest_bases(&archive_manifest(&one)),
+                vec![base.clone()],
+                "{}",
+                one.display()
+            );
+        }
         assert!(
             bases.contains(&"ubuntu@20.04".to_string()),
             "{charm}: focal"

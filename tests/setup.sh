@@ -167,6 +167,12 @@ if [ ! -d "$FIXTURES/venv" ]; then
   python3 -m venv "$FIXTURES/venv" 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$FIXTURES/venv"; }
 fi
 "$FIXTURES/venv/bin/python" -c "import jubilant, ops" 2>/dev/null || "$FIXTURES/venv/bin/pip" install -q jubilant ops pytest
+# charmcraft (the PyPI package) in a venv of its own, to validate both charms' project files
+# and lint their archives (tests/packing.rs); packing itself needs LXD and does not run here.
+if [ ! -x "$FIXTURES/charmcraft/bin/charmcraft" ]; then
+  python3 -m venv "$FIXTURES/charmcraft"
+  "$FIXTURES/charmcraft/bin/pip" install -q charmcraft
+fi
 
 # A host etcd package would show through every machine's overlay: keep it off the host.
 if dpkg -s etcd-server >/dev/null 2>&1; then apt-get purge -y -qq etcd-server etcd-client >/dev/null; fi

@@ -103,6 +103,26 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Ends a machine's processes: PID 1 first (`unshare` reaps it and exits, so no zombie is
+/// left behind), then the `unshare` parent if it lingers; waits for both, up to 10 s.
+async fn end_processes(spawn: Option<u32>, init: Option<u32>) {
+    machine::kill_machine(None, init);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while init
+        .map(|p| Path::new(&format!("/proc/{p}")).exists())
+        .unwrap_or(false)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if spawn.map(machine::pid_alive).unwrap_or(false) {
+        machine::kill_machine(spawn, None);
+    }
+    while spawn.map(machine::pid_alive).unwrap_or(false) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub fn state_path(home: &Path) -> PathBuf {
     home.join("state.json")
 }
@@ -1220,7 +1240,8 @@ impl Ctl {
     }
 
     /// Changes one machine's record, if the machine (and its model) still exist.
-    fn update_machine(&self, model: &str, machine: u32, f: impl FnOnce(&mut Machine)) {
+    /// Changes a machine's record; false when the machine (or its model) is gone.
+    fn update_machine(&self, model: &str, machine: u32, f: impl FnOnce(&mut Machine)) -> bool {
         self.mutate(|w| {
             if let Some(m) = w
                 .models
@@ -1228,8 +1249,21 @@ impl Ctl {
                 .and_then(|m| m.machines.get_mut(&machine))
             {
                 f(m);
+                true
+            } else {
+                false
             }
-        });
+        })
+    }
+
+    /// A machine that started after its model (or itself) was destroyed is nobody's: its
+    /// processes are ended and what the host holds for it removed, here, by the starter.
+    async fn end_orphan(net: &machine::Net, machine: u32, spawn: u32) -> anyhow::Error {
+        let init = machine::children_of(spawn).first().copied();
+        end_processes(Some(spawn), init).await;
+        let net = net.clone();
+        let _ = tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
+        anyhow::anyhow!("machine {machine} was destroyed while it started")
     }
 
     /// Creates the machine of a unit and installs the charm in it.
@@ -1281,6 +1315,11 @@ impl Ctl {
             }
         })
         .await??;
+        // Recorded at once, under the world's lock: a destroy-model from now on finds the
+        // process; one that came first left no machine record, and the machine is ended.
+        if !self.update_machine(model, machine, |mach| mach.spawn_pid = Some(spawned.pid)) {
+            return Err(Self::end_orphan(&net, machine, spawned.pid).await);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if machine::agent_call(&sock, &AgentRequest::Ping)
@@ -1301,10 +1340,13 @@ impl Ctl {
         }
         let init = machine::children_of(spawned.pid).first().copied();
         // Known at once: a crash or kill-controller during provisioning must find the machine.
-        self.update_machine(model, machine, |mach| {
+        let kept = self.update_machine(model, machine, |mach| {
             mach.spawn_pid = Some(spawned.pid);
             mach.init_pid = init;
         });
+        if !kept {
+            return Err(Self::end_orphan(&net, machine, spawned.pid).await);
+        }
         // First boot: what cloud-init does on a cloud: the `ubuntu` user with its home (where
         // actions leave files for `juju scp`), apt sources pointing at the mirror.
         if let Some(mirror) = provision {
@@ -1505,42 +1547,31 @@ impl Ctl {
             }
             r
         });
-        // PID 1 first: `unshare` reaps it and exits, so no zombie is left behind; the
-        // `unshare` parent only if it lingers.
-        machine::kill_machine(None, init);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while init
-            .map(|p| Path::new(&format!("/proc/{p}")).exists())
-            .unwrap_or(false)
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if spawn.map(machine::pid_alive).unwrap_or(false) {
-            machine::kill_machine(spawn, None);
-        }
-        while spawn.map(machine::pid_alive).unwrap_or(false) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        end_processes(spawn, init).await;
     }
 
+    /// Destroys a model: its record goes first, in one step under the world's lock, so a
+    /// machine still starting either was recorded before (and is ended here) or finds
+    /// itself gone and ends itself (`end_orphan`); then every machine's processes and what
+    /// the host holds for them.
     pub async fn destroy_model(&self, model: &str) {
-        let machines: Vec<u32> = self.read(|w| {
-            w.models
-                .get(model)
-                .map(|m| m.machines.keys().copied().collect())
-                .unwrap_or_default()
-        });
-        for id in &machines {
-            self.crash_machine(model, *id).await;
-        }
-        let net = self.mutate(|w| {
+        let removed = self.mutate(|w| {
             if w.current_model.as_deref() == Some(model) {
                 w.current_model = None;
             }
-            w.models.remove(model).map(|m| m.net())
+            w.models.remove(model)
         });
-        remove_model_remains(&self.home, model, net.as_ref(), &machines);
+        let Some(m) = removed else {
+            return;
+        };
+        let machines: Vec<u32> = m.machines.keys().copied().collect();
+        for mach in m.machines.values() {
+            let init = mach
+                .init_pid
+                .or_else(|| mach.spawn_pid.and_then(|p| machine::children_of(p).first().copied()));
+            end_processes(mach.spawn_pid, init).await;
+        }
+        remove_model_remains(&self.home, model, Some(&m.net()), &machines);
     }
 
     async fn worker(self: &Arc<Self>, model: &str, unit: &str) {
