@@ -252,8 +252,12 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
             .create(&plan.target)
             .map_err(|e| format!("snapshot_target {:?} cannot be created: {e}", plan.target))?;
         // Its snapshots are fetched with `juju scp`, which reads as the ubuntu user.
-        crate::pki::give_to_operator(Path::new(&plan.target))
-            .map_err(|e| format!("snapshot_target {:?}: giving it to the ubuntu user: {e}", plan.target))?;
+        crate::pki::give_to_operator(Path::new(&plan.target)).map_err(|e| {
+            format!(
+                "snapshot_target {:?}: giving it to the ubuntu user: {e}",
+                plan.target
+            )
+        })?;
     }
     tempfile::tempfile_in(&plan.target)
         .map_err(|e| format!("snapshot_target {:?} is not writable: {e}", plan.target))?;

@@ -90,9 +90,7 @@ struct Reconcile<'a> {
     inst: Installed,
     /// what the healthy status adds for a Debian-package unit with a resource attached
     migration_hint: &'static str,
-    /// the address of this unit its peers know (the first ingress address), as a list for
-    /// the leader's name check of its own CSRs
-    addresses: Vec<String>,
+    /// the address of this unit its peers know (the first ingress address)
     address: String,
     /// the names its certificates carry
     names: Vec<String>,
@@ -193,7 +191,6 @@ impl<'a> Reconcile<'a> {
         let name = member_name(&ctx.unit);
         let peer_url = endpoint(&address, cfg.management_port);
         let client_url = endpoint(&address, cfg.port);
-        let addresses = vec![address.clone()];
         let names = vec![address.clone(), "127.0.0.1".to_string()];
         let csrs = ensure_csrs(st, &ctx.unit, &names)?;
 
@@ -248,7 +245,6 @@ impl<'a> Reconcile<'a> {
             leader,
             inst,
             migration_hint,
-            addresses,
             address,
             names,
             name,
@@ -335,7 +331,7 @@ impl<'a> Reconcile<'a> {
             leader_sign(
                 &mut self.peers,
                 &unit,
-                &self.addresses,
+                std::slice::from_ref(&self.address),
                 self.cfg.tls_certificate_lifetime,
             )?;
             let internal = self.peers.app_get("ca").unwrap_or_default().to_string();

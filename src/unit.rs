@@ -158,11 +158,7 @@ pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
 
 /// A member's https URL on `port` of `address` (an IPv6 literal in brackets, RFC 3986).
 pub fn endpoint(address: &str, port: u16) -> String {
-    if address.contains(':') && !address.starts_with('[') {
-        format!("https://[{address}]:{port}")
-    } else {
-        format!("https://{address}:{port}")
-    }
+    format!("https://{}:{port}", crate::etcd::render::url_host(address))
 }
 
 pub fn member_name(unit: &str) -> String {

@@ -116,7 +116,10 @@ fn health_credentials_and_bad_params() {
 
     // Bad params fail the action with a clear message and change nothing.
     let (code, task) = env.run_action("etcd/0", &["snapshot", "keys-version=v4"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["status"], "failed");
     assert!(
@@ -127,14 +130,20 @@ fn health_credentials_and_bad_params() {
         "{task}"
     );
     let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/proc/forbidden"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("target"),
         "{task}"
     );
     let (code, task) = env.run_action("etcd/0", &["compact", "revision=abc"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"]
@@ -346,7 +355,10 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         ]);
         env.settle("2m");
         let (code, task) = env.run_action(&leader, &["restore"]);
-        assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+        assert_eq!(
+            code, 0,
+            "a refusal is a failed task that exits 0, as on Juju 3.6"
+        );
         assert_eq!(task["status"], "failed", "{task}");
         assert!(
             task["message"].as_str().unwrap().contains("refused")
@@ -383,7 +395,10 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .find(|u| u != &leader)
         .unwrap();
     let (code, task) = env.run_action(&follower, &["restore"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("leader"),
@@ -518,7 +533,10 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
         "mkdir -p /var/lib/etcd-charm/crashpoints && touch /var/lib/etcd-charm/crashpoints/verify",
     );
     let (code, task) = env.run_action("etcd/0", &["snap-upgrade", "target=/root/migration"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task["message"].as_str().unwrap().contains("rolled back"),
@@ -626,7 +644,10 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
         "printf '#!/bin/sh\\ncase \"$*\" in *stop*etcd*) echo \"Failed to stop etcd.service: Transaction is destructive.\" >&2; exit 1;; esac\\nexec /usr/bin/systemctl \"$@\"\\n' > /usr/local/sbin/systemctl && chmod 755 /usr/local/sbin/systemctl",
     );
     let (code, task) = env.run_action("etcd/0", &["restore"]);
-    assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+    assert_eq!(
+        code, 0,
+        "a refusal is a failed task that exits 0, as on Juju 3.6"
+    );
     assert_eq!(task["status"], "failed", "{task}");
     assert!(
         task.to_string().contains("Failed to stop etcd.service"),

@@ -21,7 +21,10 @@ fn three_units_at_once_form_one_tls_cluster() {
     // all, relation data carries only the first.
     let env = Env::new(
         "three",
-        &["update-status-hook-interval=1h", "harness-second-interface=true"],
+        &[
+            "update-status-hook-interval=1h",
+            "harness-second-interface=true",
+        ],
     );
     deploy(&env, 3, &tarball);
     let s = env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
@@ -38,7 +41,11 @@ fn three_units_at_once_form_one_tls_cluster() {
                 &u,
                 &format!("openssl verify -CAfile /etc/etcd/pki/ca.crt -verify_ip {addr} /etc/etcd/pki/{cert}.crt"),
             );
-            assert_eq!(r.code, 0, "{u}'s {cert} certificate for {addr}: {}{}", r.stdout, r.stderr);
+            assert_eq!(
+                r.code, 0,
+                "{u}'s {cert} certificate for {addr}: {}{}",
+                r.stdout, r.stderr
+            );
         }
     }
     assert_eq!(

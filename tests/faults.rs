@@ -318,7 +318,10 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
                     && unit_message(s, &survivor).contains("run the recover action")
             });
             let (code, task) = env.run_action(&survivor, &["recover"]);
-            assert_eq!(code, 0, "a refusal is a failed task that exits 0, as on Juju 3.6");
+            assert_eq!(
+                code, 0,
+                "a refusal is a failed task that exits 0, as on Juju 3.6"
+            );
             assert_eq!(task["status"], "failed", "{task}");
             assert!(
                 task["message"]

@@ -50,7 +50,11 @@ fn run_on(charmcraft: &Path) -> Vec<String> {
         .as_object()
         .expect("charmcraft.yaml has platforms")
         .keys()
-        .map(|k| k.strip_suffix(":amd64").expect("an amd64 platform").to_string())
+        .map(|k| {
+            k.strip_suffix(":amd64")
+                .expect("an amd64 platform")
+                .to_string()
+        })
         .collect()
 }
 
@@ -82,7 +86,11 @@ fn archive_manifest(charm: &Path) -> String {
         .arg(charm)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -93,11 +101,26 @@ fn archive_manifest(charm: &Path) -> String {
 #[test]
 fn charmcraft_accepts_both_projects_and_lints_their_archives() {
     let charmcraft = fixtures().join("charmcraft/bin/charmcraft");
-    assert!(charmcraft.exists(), "{} (tests/setup.sh installs it)", charmcraft.display());
+    assert!(
+        charmcraft.exists(),
+        "{} (tests/setup.sh installs it)",
+        charmcraft.display()
+    );
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (dir, files) in [
-        (repo.to_path_buf(), &["charmcraft.yaml", "metadata.yaml", "config.yaml", "actions.yaml"][..]),
-        (repo.join("easyrsa"), &["charmcraft.yaml", "metadata.yaml"][..]),
+        (
+            repo.to_path_buf(),
+            &[
+                "charmcraft.yaml",
+                "metadata.yaml",
+                "config.yaml",
+                "actions.yaml",
+            ][..],
+        ),
+        (
+            repo.join("easyrsa"),
+            &["charmcraft.yaml", "metadata.yaml"][..],
+        ),
     ] {
         let work = tempfile::tempdir().unwrap();
         for f in files {

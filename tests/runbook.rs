@@ -136,7 +136,10 @@ fn the_classic_runbook_lines_work_as_typed() {
     );
     // `juju scp` reads as the ubuntu user (the controller does too): the archive is that
     // user's, and still unreadable by any other.
-    let owner = env.exec_ok("etcd/0", "stat -c '%U %a' /home/ubuntu/etcd_credentials.tar.gz");
+    let owner = env.exec_ok(
+        "etcd/0",
+        "stat -c '%U %a' /home/ubuntu/etcd_credentials.tar.gz",
+    );
     assert_eq!(owner.trim(), "ubuntu 600");
     let other = env.exec(
         "etcd/0",

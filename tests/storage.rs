@@ -153,10 +153,7 @@ fn a_unit_removed_with_its_data_on_a_volume_leaves_without_copying_it_to_the_roo
     deploy_healthy(&env, 3, &tarball, &["--storage", "data=loop,1G"]);
     let creds = Creds::from_unit(&env, "etcd/0");
     for u in env.units("etcd") {
-        let dir = env.exec_ok(
-            &u,
-            "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml",
-        );
+        let dir = env.exec_ok(&u, "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml");
         assert!(
             dir.contains("/var/lib/juju/storage/data/"),
             "{u} runs on its volume: {dir}"
@@ -172,9 +169,8 @@ fn a_unit_removed_with_its_data_on_a_volume_leaves_without_copying_it_to_the_roo
         let units = s["applications"]["etcd"]["units"].as_object();
         units.is_some_and(|u| {
             u.len() == 2
-                && u.values().all(|x| {
-                    x["workload-status"]["message"] == "Healthy with 2 known peers"
-                })
+                && u.values()
+                    .all(|x| x["workload-status"]["message"] == "Healthy with 2 known peers")
         })
     });
     let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);

@@ -258,8 +258,11 @@ pub fn open_only(port: u16) -> Result<()> {
 /// does for a unit whose life is Dying).
 pub fn unit_dying(unit: &str) -> Result<bool> {
     let v: Value = json("goal-state", &[])?;
-    Ok(v.pointer(&format!("/units/{}/status", unit.replace('~', "~0").replace('/', "~1")))
-        .and_then(Value::as_str)
+    Ok(v.pointer(&format!(
+        "/units/{}/status",
+        unit.replace('~', "~0").replace('/', "~1")
+    ))
+    .and_then(Value::as_str)
         == Some("dying"))
 }
 

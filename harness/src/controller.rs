@@ -104,8 +104,10 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Ends a machine's processes: PID 1 first (`unshare` reaps it and exits, so no zombie is
-/// left behind), then the `unshare` parent if it lingers; waits for both, up to 10 s.
+/// left behind), then the `unshare` parent if it lingers; waits for both, up to 10 s. A PID 1
+/// not recorded yet (the machine was still starting) is found as the parent's child.
 async fn end_processes(spawn: Option<u32>, init: Option<u32>) {
+    let init = init.or_else(|| spawn.and_then(|p| machine::children_of(p).first().copied()));
     machine::kill_machine(None, init);
     let deadline = Instant::now() + Duration::from_secs(10);
     while init
@@ -1239,8 +1241,7 @@ impl Ctl {
         });
     }
 
-    /// Changes one machine's record, if the machine (and its model) still exist.
-    /// Changes a machine's record; false when the machine (or its model) is gone.
+    /// Changes one machine's record; false when the machine (or its model) is gone.
     fn update_machine(&self, model: &str, machine: u32, f: impl FnOnce(&mut Machine)) -> bool {
         self.mutate(|w| {
             if let Some(m) = w
@@ -1259,10 +1260,12 @@ impl Ctl {
     /// A machine that started after its model (or itself) was destroyed is nobody's: its
     /// processes are ended and what the host holds for it removed, here, by the starter.
     async fn end_orphan(net: &machine::Net, machine: u32, spawn: u32) -> anyhow::Error {
-        let init = machine::children_of(spawn).first().copied();
-        end_processes(Some(spawn), init).await;
+        end_processes(Some(spawn), None).await;
         let net = net.clone();
-        let _ = tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
+        // remove_host_parts reports its own failures; the join fails only if it panicked,
+        // and the error below is returned either way.
+        let _ =
+            tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
         anyhow::anyhow!("machine {machine} was destroyed while it started")
     }
 
@@ -1566,10 +1569,7 @@ impl Ctl {
         };
         let machines: Vec<u32> = m.machines.keys().copied().collect();
         for mach in m.machines.values() {
-            let init = mach
-                .init_pid
-                .or_else(|| mach.spawn_pid.and_then(|p| machine::children_of(p).first().copied()));
-            end_processes(mach.spawn_pid, init).await;
+            end_processes(mach.spawn_pid, mach.init_pid).await;
         }
         remove_model_remains(&self.home, model, Some(&m.net()), &machines);
     }

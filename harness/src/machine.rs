@@ -78,6 +78,10 @@ impl Net {
     pub fn machine_address6(&self, machine: u32) -> String {
         format!("fd42:213:{:x}::{:x}", self.index, 10 + machine)
     }
+    /// The /64 the machines' IPv6 addresses are in.
+    pub fn subnet6(&self) -> String {
+        format!("fd42:213:{:x}::/64", self.index)
+    }
     /// The address of a machine's second interface (`eth1`, model config
     /// `harness-second-interface`): a second NIC in the same space, as on MAAS.
     pub fn second_address(&self, machine: u32) -> String {
@@ -196,7 +200,9 @@ pub fn create_netns(net: &Net, machine: u32, second_nic: bool) -> Result<()> {
         // A veth pair inside the machine (the kernel may lack the dummy driver): an address
         // in the binding like a second NIC's, which nothing outside the machine routes to
         // (the charm must not depend on it).
-        ip(&["-n", &ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"])?;
+        ip(&[
+            "-n", &ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+        ])?;
         ip(&["-n", &ns, "link", "set", "eth1p", "up"])?;
         ip(&[
             "-n",

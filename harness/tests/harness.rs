@@ -144,7 +144,10 @@ fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
     // Juju's hook environment (internal/worker/uniter/runner/context/env.go, ubuntuEnv):
     // TERM set, no HOME; no principal for a principal unit.
     assert_eq!(
-        env.exec_ok(u, "echo \"${HOME-unset} $TERM [${JUJU_PRINCIPAL_UNIT-unset}]\""),
+        env.exec_ok(
+            u,
+            "echo \"${HOME-unset} $TERM [${JUJU_PRINCIPAL_UNIT-unset}]\""
+        ),
         "unset tmux-256color []\n"
     );
 
@@ -232,7 +235,11 @@ fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
     // upgrade-charm queues config-changed only; a started unit gets no start, and no
     // leadership hook comes without a leadership change.
     let after: Vec<&str> = ev[up..].iter().map(|e| e[0].as_str()).collect();
-    assert_eq!(after, ["hooks/upgrade-charm", "hooks/config-changed"], "{ev:?}");
+    assert_eq!(
+        after,
+        ["hooks/upgrade-charm", "hooks/config-changed"],
+        "{ev:?}"
+    );
 
     // Secrets: added in one context, read in the next; an app secret by label.
     let id = env.exec_ok(u, "echo -n s3cret > /tmp/v; secret-add --owner application --label db-pass password#file=/tmp/v");
@@ -455,7 +462,8 @@ fn actions_report_results_and_failures_like_juju_run() {
     let r = env.run(&["run", "--wait", "1s", "probe/0", "sleep", "seconds=4"]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("timed out waiting for results from: unit probe/0"),
+        r.stderr
+            .contains("timed out waiting for results from: unit probe/0"),
         "{}",
         r.stderr
     );
@@ -474,7 +482,10 @@ fn actions_report_results_and_failures_like_juju_run() {
             assert_eq!(v["results"]["slept"], "yes");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the task never finished: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never finished: {v}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     // Without --wait, Juju 3.6 waits 60 s (runCommandBase.Init), then gives up.
@@ -482,7 +493,11 @@ fn actions_report_results_and_failures_like_juju_run() {
     let r = env.run(&["run", "probe/0", "sleep", "seconds=75"]);
     let waited = started.elapsed().as_secs();
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("timed out waiting for results"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("timed out waiting for results"),
+        "{}",
+        r.stderr
+    );
     assert!((59..75).contains(&waited), "waited {waited} s");
 
     let r = env.run(&["run", "probe/0", "echo", "bogus=1"]);
@@ -936,7 +951,9 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
         ("right after deploy", |_| {}),
         ("while the machine starts", |env| {
             until("the machine listed", MIN, || {
-                env.status()["machines"].as_object().is_some_and(|m| !m.is_empty())
+                env.status()["machines"]
+                    .as_object()
+                    .is_some_and(|m| !m.is_empty())
             });
         }),
         ("while a hook runs", |env| {
@@ -959,12 +976,24 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
         let home = env.home.path().to_path_buf();
         env.ok(&["deploy", &probe(), "p", "--config", "hook-sleep=1"]);
         act(&env);
-        env.ok(&["destroy-model", &model, "--no-prompt", "--destroy-storage", "--force"]);
-        until(&format!("nothing of the machine left ({moment})"), MIN, || {
-            processes_naming(&home).is_empty() && !home.join("models").join(&model).exists()
-        });
+        env.ok(&[
+            "destroy-model",
+            &model,
+            "--no-prompt",
+            "--destroy-storage",
+            "--force",
+        ]);
+        until(
+            &format!("nothing of the machine left ({moment})"),
+            MIN,
+            || processes_naming(&home).is_empty() && !home.join("models").join(&model).exists(),
+        );
         // And nothing comes back (a start that was under way when the model went).
         env.ok(&["models"]);
-        assert!(processes_naming(&home).is_empty(), "{moment}: {:?}", processes_naming(&home));
+        assert!(
+            processes_naming(&home).is_empty(),
+            "{moment}: {:?}",
+            processes_naming(&home)
+        );
     }
 }

@@ -28,13 +28,20 @@ fn yaml_str(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// An address as the host of a URL: an IPv6 literal in brackets (RFC 3986), once.
+pub fn url_host(address: &str) -> std::borrow::Cow<'_, str> {
+    if address.contains(':') && !address.starts_with('[') {
+        format!("[{address}]").into()
+    } else {
+        address.into()
+    }
+}
+
 pub fn etcd_config(m: &Member, c: &Config) -> String {
     let listen_ip = if c.bind_to_all_interfaces {
         "0.0.0.0".to_string()
-    } else if m.address.contains(':') {
-        format!("[{}]", m.address)
     } else {
-        m.address.clone()
+        url_host(&m.address).into_owned()
     };
     let mut client_listen = vec![format!("https://{listen_ip}:{}", c.port)];
     if !c.bind_to_all_interfaces {

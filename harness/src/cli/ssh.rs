@@ -215,8 +215,7 @@ async fn push(src: &Path, pid: u32, path: &str, name: &str, recursive: bool) -> 
         Some('d') => format!("{}/{base}", path.trim_end_matches('/')),
         _ => path.to_string(),
     };
-    // Written by the ubuntu user, so it owns the copy (as over ssh).
-    let own = "true";
+    // Written by the ubuntu user (`in_machine`), so it owns the copy, as over ssh.
     if meta.is_dir() {
         if !recursive {
             bail!(
@@ -229,8 +228,8 @@ async fn push(src: &Path, pid: u32, path: &str, name: &str, recursive: bool) -> 
         let mut file = tar.into_inner()?;
         use std::io::Seek;
         file.rewind()?;
-        let script = format!("mkdir -p -- \"$1\" && tar -C \"$1\" -xf - && {own}");
-        in_machine(pid, &["sh", "-c", &script, "sh", &target], Some(file))
+        let script = "mkdir -p -- \"$1\" && tar -C \"$1\" -xf -";
+        in_machine(pid, &["sh", "-c", script, "sh", &target], Some(file))
             .await
             .map_err(|e| anyhow!("scp: {name}:{target}: {e}"))?;
         return Ok(());
@@ -242,7 +241,7 @@ async fn push(src: &Path, pid: u32, path: &str, name: &str, recursive: bool) -> 
     };
     let script = format!(
         "d=$(dirname -- \"$1\"); [ -d \"$d\" ] || {{ echo \"$d: No such file or directory\" >&2; exit 1; }}; \
-         t=\"$d/.$(basename -- \"$1\").scp\"; (umask 077; cat > \"$t\") && chmod {mode:o} \"$t\" && mv -f \"$t\" \"$1\" && {own}"
+         t=\"$d/.$(basename -- \"$1\").scp\"; (umask 077; cat > \"$t\") && chmod {mode:o} \"$t\" && mv -f \"$t\" \"$1\""
     );
     in_machine(pid, &["sh", "-c", &script, "sh", &target], Some(file))
         .await
@@ -359,7 +358,8 @@ pub(super) async fn exec(
     let wait = p.value("wait").and_then(controller::parse_duration);
     if let Some(mid) = p.value("machine") {
         let id: u32 = mid.parse().context("--machine")?;
-        let r = shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root", None).await?;
+        let r =
+            shell_on_machine(ctl, &model, id, command.join(" "), "/root", "/root", None).await?;
         if p.value("format") == Some("json") {
             let v = json!({ format!("machine-{id}"): {"id": "0", "status": "completed", "machine": id.to_string(), "results": {"return-code": r.code, "stdout": r.stdout, "stderr": r.stderr}}});
             return Ok(Reply::ok(render(&v, Format::Json)));

@@ -112,11 +112,7 @@ fn machine_addresses(m: &Model, unit: &str) -> Vec<(String, String, String)> {
     let v4 = |a: &str| format!("{}.0/24", a.rsplit_once('.').map_or("", |(n, _)| n));
     let mut out = vec![
         ("eth0".to_string(), mach.address.clone(), v4(&mach.address)),
-        (
-            "eth0".to_string(),
-            net.machine_address6(id),
-            format!("fd42:213:{:x}::/64", net.index),
-        ),
+        ("eth0".to_string(), net.machine_address6(id), net.subnet6()),
     ];
     if mach.second_nic {
         let a = net.second_address(id);
@@ -583,7 +579,8 @@ fn dispatch(
                     .map(|(_, v, cidr)| json!({"hostname": "", "value": v, "cidr": cidr}))
                     .collect();
                 if !on.is_empty() {
-                    binds.push(json!({"mac-address": "", "interface-name": iface, "addresses": on}));
+                    binds
+                        .push(json!({"mac-address": "", "interface-name": iface, "addresses": on}));
                 }
             }
             let mut ingress: Vec<&(String, String, String)> = addrs.iter().collect();
