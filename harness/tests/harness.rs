@@ -158,7 +158,8 @@ fn hook_tools_answer_with_jujus_formats_and_exit_codes() {
         addr.as_str()
     );
     assert_eq!(net["ingress-addresses"][0], addr.as_str());
-    // Every address of the binding, as Juju lists them: the IPv6 ULA after the IPv4 one.
+    // Every address of the binding, as Juju lists them (internal/worker/uniter/runner/jujuc/
+    // network-get.go; core/network's sortOrder puts IPv4 before IPv6 of the same scope).
     let ingress = net["ingress-addresses"].as_array().unwrap();
     assert_eq!(ingress.len(), 2, "{net}");
     assert!(ingress[1].as_str().unwrap().starts_with("fd42:"), "{net}");
