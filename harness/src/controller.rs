@@ -1297,9 +1297,10 @@ impl Ctl {
                 mach.kind,
                 (!mach.provisioned).then_some(mirror),
                 mach.second_nic,
+                m.config_str("harness-hold-at"),
             ))
         });
-        let Some((net, hostname, units, kind, provision, second_nic)) = found else {
+        let Some((net, hostname, units, kind, provision, second_nic, hold_at)) = found else {
             anyhow::bail!("machine {machine} of model {model:?} no longer exists");
         };
         let mdir = model_dir(&self.home, model);
@@ -1312,9 +1313,19 @@ impl Ctl {
         let spawned = tokio::task::spawn_blocking({
             let net = net.clone();
             move || -> Result<machine::Spawned> {
-                machine::create_netns(&net, machine, second_nic)?;
-                crate::firewall::apply(&net.netns(machine), &firewall)?;
-                machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
+                let hold = (hold_at.as_deref() == Some("veth"))
+                    .then(|| mdir.join(format!("hold-veth-{machine}")));
+                let r = machine::create_netns(&net, machine, second_nic, hold.as_deref())
+                    .and_then(|()| crate::firewall::apply(&net.netns(machine), &firewall))
+                    .and_then(|()| {
+                        machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
+                    });
+                // A step that failed half-way (a destroy-model deleting the namespace while
+                // the veth pair was being moved into it) leaves no link or namespace behind.
+                if r.is_err() {
+                    machine::remove_host_parts(&net, machine);
+                }
+                r
             }
         })
         .await??;

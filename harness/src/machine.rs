@@ -161,7 +161,11 @@ pub fn delete_bridge(net: &Net) {
 /// The network namespace and veth of one machine, with an IPv4 and an IPv6 unique-local
 /// address on eth0 and, when `second_nic`, a second interface eth1 with an address of its
 /// own. Safe to call again: existing parts are kept.
-pub fn create_netns(net: &Net, machine: u32, second_nic: bool) -> Result<()> {
+///
+/// `hold`, for tests (model config `harness-hold-at=veth`): once the veth pair exists on the
+/// host, and before it moves into the namespace, the file is created and creation waits
+/// (up to a minute) until it is gone: a moment too short to hit by timing.
+pub fn create_netns(net: &Net, machine: u32, second_nic: bool, hold: Option<&Path>) -> Result<()> {
     let ns = net.netns(machine);
     let host = net.host_veth(machine);
     if Path::new("/run/netns").join(&ns).exists() && link_exists(&host) {
@@ -171,6 +175,9 @@ pub fn create_netns(net: &Net, machine: u32, second_nic: bool) -> Result<()> {
     let peer = format!("chb{}m{}c", net.index, machine);
     ip(&["netns", "add", &ns])?;
     ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer])?;
+    if let Some(hold) = hold {
+        hold_at(hold)?;
+    }
     ip(&["link", "set", &peer, "netns", &ns])?;
     ip(&["link", "set", &host, "master", &net.bridge(), "up"])?;
     ip(&["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
@@ -216,6 +223,20 @@ pub fn create_netns(net: &Net, machine: u32, second_nic: bool) -> Result<()> {
         ip(&["-n", &ns, "link", "set", "eth1", "up"])?;
     }
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Creates `file` and waits until something removes it (a test's hold point), or a minute.
+fn hold_at(file: &Path) -> Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(file, b"")
+        .with_context(|| format!("creating the hold point {}", file.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while file.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     Ok(())
 }
 

@@ -948,8 +948,20 @@ fn processes_naming(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
     type Act = fn(&Env);
-    let moments: [(&str, Act); 5] = [
+    let moments: [(&str, Act); 6] = [
         ("right after deploy", |_| {}),
+        // A kill point: the controller holds between making the machine's veth pair on the
+        // host and moving one end into the machine's namespace (model config
+        // harness-hold-at=veth); the destroy removes the hold file with the model's directory.
+        ("with the veth pair made but not yet moved", |env| {
+            let hold = env
+                .home
+                .path()
+                .join("models")
+                .join(&env.model)
+                .join("hold-veth-0");
+            until("the hold point reached", MIN, || hold.exists());
+        }),
         ("while the machine starts", |env| {
             until("the machine listed", MIN, || {
                 env.status()["machines"]
@@ -973,10 +985,16 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
     ];
     for (i, (moment, act)) in moments.iter().enumerate() {
         let model = format!("d{i}");
-        let env = Env::new(&model, &["update-status-hook-interval=1h"]);
+        let hold = if moment.starts_with("with the veth") {
+            "harness-hold-at=veth"
+        } else {
+            "harness-hold-at="
+        };
+        let env = Env::new(&model, &["update-status-hook-interval=1h", hold]);
         let home = env.home.path().to_path_buf();
         env.ok(&["deploy", &probe(), "p", "--config", "hook-sleep=1"]);
         act(&env);
+        let net = model_net_index(&home, &model);
         env.ok(&[
             "destroy-model",
             &model,
@@ -996,5 +1014,31 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
             "{moment}: {:?}",
             processes_naming(&home)
         );
+        // No link or namespace of the model's machines (a veth pair caught half-way between
+        // the host and the machine's namespace once stayed on the host).
+        // A start under way when the model went removes them itself, once its step fails.
+        let prefix = format!("chb{net}m");
+        let left = || -> Vec<String> {
+            ["/sys/class/net", "/run/netns"]
+                .iter()
+                .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        };
+        until(
+            &format!("no link or namespace left ({moment})"),
+            MIN,
+            || left().is_empty(),
+        );
     }
+}
+
+/// The index of a model's network (its bridge is `chb<index>`), from the controller's state.
+fn model_net_index(home: &std::path::Path, model: &str) -> u64 {
+    let text = std::fs::read_to_string(home.join("state.json")).expect("reading state.json");
+    let state: serde_json::Value = serde_json::from_str(&text).expect("parsing state.json");
+    state["models"][model]["net_index"]
+        .as_u64()
+        .expect("the model's net_index in state.json")
 }

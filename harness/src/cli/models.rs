@@ -140,6 +140,7 @@ pub(super) async fn model_config(
         ("apt-mirror", json!(controller::default_apt_mirror())),
         ("firewall-mode", json!("instance")),
         ("harness-second-interface", json!(false)),
+        ("harness-hold-at", json!("")),
     ]);
     let sets: Vec<&String> = p.positional.iter().filter(|a| a.contains('=')).collect();
     if !sets.is_empty() || p.value("reset").is_some() {
@@ -162,6 +163,9 @@ pub(super) async fn model_config(
                         || v.starts_with("https://"))
                 {
                     bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
+                }
+                if k == "harness-hold-at" && !matches!(v, "" | "veth") {
+                    bail!("harness-hold-at: {v:?} is not a hold point (veth, or empty for none)");
                 }
                 if k == "firewall-mode" && !matches!(v, "instance" | "none") {
                     bail!("firewall-mode: {v:?} is not instance (a cloud's firewall: only exposed applications' opened ports are reachable from outside the model) or none");
