@@ -451,7 +451,7 @@ impl Model {
         Ok(name)
     }
 
-    /// Called once a unit's start hook has run: it joins every relation of its application.
+    /// Called once a unit's install hook has run: it joins every relation of its application.
     pub fn enter_scope(&mut self, unit: &str) {
         let app = app_of(unit).to_string();
         let address = self
@@ -2019,14 +2019,20 @@ impl Ctl {
                     u.error = None;
                     u.agent = Status::new("idle", "");
                     match name.as_str() {
-                        "install" => u.installed = true,
+                        // As Juju's createdRelationsResolver (internal/worker/uniter/relation/
+                        // resolver.go; resolver_test.go): once installed, the unit joins its
+                        // relations (EnterScope), before relation-created, leader-elected,
+                        // config-changed and start; its peers see it while it starts.
+                        "install" => {
+                            u.installed = true;
+                            if u.life == Life::Alive {
+                                m.enter_scope(unit);
+                            }
+                        }
                         "start" if !u.started => {
                             u.started = true;
                             if !u.workload_set {
                                 u.workload = Status::new("unknown", "");
-                            }
-                            if u.life == Life::Alive {
-                                m.enter_scope(unit);
                             }
                         }
                         "remove" => finalize = true,

@@ -331,6 +331,68 @@ fn relation_writes_commit_only_on_success_and_status_is_immediate() {
     );
 }
 
+/// Issue 21: a unit joins its relations right after `install`, as Juju's
+/// createdRelationsResolver does (juju/juju internal/worker/uniter/relation/resolver.go and
+/// resolver_test.go: nothing before `Installed`, then SynchronizeScopes → EnterScope), so
+/// `relation-ids` is empty during storage-attached and install, and the units already there
+/// hear of the new one while it is still starting, its bag holding only the address keys
+/// Juju's EnterScope writes (apiserver/facades/agent/uniter/uniter.go).
+#[test]
+fn a_unit_joins_its_relations_after_install_and_its_peers_see_it_before_it_starts() {
+    let env = Env::new("scope", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 1);
+    // Each hook of the new unit takes 2 s, so its start is well after its install.
+    env.ok(&["config", "probe", "hook-sleep=2"]);
+    env.settle("1m");
+    env.ok(&["add-unit", "probe"]);
+    env.wait_units("probe", 2, "active", "started", MIN);
+    env.settle("1m");
+    let new = "probe/1";
+    for hook in ["data-storage-attached", "install"] {
+        assert_eq!(
+            env.exec_ok(new, &format!("cat /var/lib/probe/{hook}-relation-ids")),
+            "",
+            "relation-ids peers during {hook}"
+        );
+    }
+    // Once installed it has joined: its later hooks list the relation.
+    assert!(env.exec_ok(new, "relation-ids peers").starts_with("peers:"));
+    let stamp = |unit: &str, hook: &str, remote: &str| -> f64 {
+        env.exec_ok(unit, "cat /var/lib/probe/stamps.log")
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() == 3 && f[0] == hook && f[1] == remote)
+            .unwrap_or_else(|| panic!("{unit} never ran {hook} for {remote:?}"))[2]
+            .parse()
+            .unwrap()
+    };
+    let joined = stamp("probe/0", "peers-relation-joined", new);
+    let installed = stamp(new, "install", "");
+    let started = stamp(new, "start", "");
+    assert!(
+        installed < joined && joined < started,
+        "probe/0 heard of {new} at {joined}, between its install ({installed}) and start ({started})"
+    );
+    let bag = env.exec_ok("probe/0", "cat /var/lib/probe/joined-bags.log");
+    let line = bag
+        .lines()
+        .find(|l| l.starts_with(&format!("{new} ")))
+        .expect("the joined bag of the new unit");
+    let keys: Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+    let mut keys: Vec<&str> = keys
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["egress-subnets", "ingress-address", "private-address"],
+        "the new unit's bag when probe/0 first heard of it"
+    );
+}
+
 #[test]
 fn hooks_run_in_jujus_order_and_a_new_leader_is_elected() {
     let env = Env::new("order", &["update-status-hook-interval=1h"]);

@@ -197,13 +197,14 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
             container,
         },
     );
-    let mut started = vec![];
+    // Installed units join at once (Juju's createdRelationsResolver); others when installed.
+    let mut joining = vec![];
     for (app, ep, remote) in [(&app_a, &ea, &app_b), (&app_b, &eb, &app_a)] {
         let units: Vec<(String, bool)> = m
             .units
             .values()
             .filter(|u| &u.app == app && u.life == Life::Alive)
-            .map(|u| (u.name.clone(), u.started))
+            .map(|u| (u.name.clone(), u.installed))
             .collect();
         for (u, s) in units {
             m.push(
@@ -216,11 +217,11 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
                 },
             );
             if s {
-                started.push(u);
+                joining.push(u);
             }
         }
     }
-    for u in started {
+    for u in joining {
         let addr = m
             .machines
             .get(&m.units[&u].machine)

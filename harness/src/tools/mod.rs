@@ -374,11 +374,15 @@ fn dispatch(
                     None => return usage("no endpoint name specified"),
                 },
             };
+            // A unit not yet installed has joined no relation (Juju's hook context lists
+            // the relationers the createdRelationsResolver joined after install).
+            let joined = m.units.get(&ctx.unit).is_some_and(|u| u.installed);
             let mut ids: Vec<String> = m
                 .relations
                 .values()
                 .filter(|r| {
-                    !r.dying
+                    joined
+                        && !r.dying
                         && r.endpoint_of(&ctx.app)
                             .map(|e| e.name == ep)
                             .unwrap_or(false)
