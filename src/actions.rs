@@ -18,6 +18,13 @@ use std::time::Duration;
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
+    if let crate::claim::Claim::Taken(other) = crate::claim::claim(&ctx.unit)? {
+        return juju::action_fail(&format!(
+            "etcd unit {other} is deployed on this machine: this unit runs nothing here \
+             (run the action on {other})"
+        ))
+        .map_err(Into::into);
+    }
     crate::unit::check_local_files()?;
     crate::finish_interrupted()?;
     let r = match name.as_str() {

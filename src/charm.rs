@@ -67,6 +67,18 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
 }
 
 pub fn hook(ctx: &Context) -> Result<()> {
+    // Before anything reads or changes the charm's files: are they this unit's?
+    if let crate::claim::Claim::Taken(other) = crate::claim::claim(&ctx.unit)? {
+        // Not even stop or remove touches them: they are the other unit's etcd.
+        let _ = crate::status::set_untracked(
+            "blocked",
+            &format!(
+                "etcd unit {other} is deployed on this machine too: one etcd unit per machine \
+                 (remove this unit and add one with --to another machine)"
+            ),
+        );
+        return Ok(());
+    }
     if let Err(e) = check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
         crate::status::set_untracked("blocked", &format!("{e:#}"))?;

@@ -19,6 +19,7 @@ mod authority;
 mod backups;
 mod certs;
 mod charm;
+mod claim;
 mod cluster;
 mod config;
 mod copy;

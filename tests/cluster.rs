@@ -752,3 +752,72 @@ fn an_upgrade_that_fails_on_one_unit_rolls_back_there_and_stops_the_roll() {
         );
     }
 }
+
+/// Issue 21: Juju places a unit on a machine that hosted a removed one (`--to`; manual,
+/// MAAS and co-located machines). The new unit takes nothing of the old one's for its own
+/// (its state said "left", its member's data and keys were the old member's): it moves
+/// them aside and joins as a new member. A unit of another etcd application placed on a
+/// machine where etcd runs touches nothing there and says why.
+#[test]
+fn a_unit_on_a_machine_that_hosted_a_removed_one_joins_and_a_second_etcd_there_refuses() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("reuse", &["update-status-hook-interval=1h"]);
+    env.ok(&["add-machine"]);
+    deploy_healthy(&env, 2, &tarball, &["--to", "0"]);
+    assert_eq!(env.machine("etcd/0"), "0");
+    env.ok(&["remove-unit", "--no-prompt", "etcd/0"]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 3 * MIN);
+    // The machine stays (it came from add-machine), with what etcd/0 left on it.
+    assert!(env.exec_ok("etcd/1", "true").is_empty());
+    env.ok(&["add-unit", "etcd", "--to", "0"]);
+    let s = env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
+    assert_eq!(env.machine("etcd/2"), "0", "{s}");
+    let creds = Creds::from_unit(&env, "etcd/1");
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut names: Vec<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["etcd1", "etcd2"], "{v}");
+    // etcd/0's data and files were moved aside, not deleted.
+    let kept = env.exec_ok(
+        "etcd/2",
+        "ls -d /var/lib/etcd.retired-etcd-0-* /var/lib/etcd-charm.retired-etcd-0-*",
+    );
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    members_agree(&env, &creds, "after the reused machine joined");
+
+    // Another etcd application's unit on etcd/1's machine: blocked, and nothing of
+    // etcd/1's is touched, not even by its removal.
+    let m1 = env.machine("etcd/1");
+    let root = repo_root();
+    let res = format!("etcd={}", tarball.display());
+    env.ok(&[
+        "deploy",
+        root.to_str().unwrap(),
+        "other",
+        "--to",
+        &m1,
+        "--resource",
+        &res,
+    ]);
+    env.wait("the second etcd refuses", 3 * MIN, |s| {
+        let u = &s["applications"]["other"]["units"]["other/0"];
+        u["workload-status"]["current"] == "blocked"
+            && u["workload-status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("etcd unit etcd/1 is deployed on this machine too"))
+    });
+    env.ok(&["remove-application", "--no-prompt", "other"]);
+    env.wait("the second etcd gone", 3 * MIN, |s| {
+        s["applications"]["other"].is_null()
+    });
+    env.ok(&["run", "etcd/1", "health", "--wait", "2m"]);
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
+    members_agree(&env, &creds, "after the second etcd went");
+}

@@ -306,8 +306,10 @@ impl Model {
             .collect()
     }
 
-    /// A new unit of a principal application, on a machine of its own.
-    pub fn add_unit(&mut self, app: &str) -> Result<String> {
+    /// A new unit of a principal application: on machine `to` when given (`--to N`, as
+    /// Juju places it on an existing machine, one that hosted other units before included),
+    /// else on a machine made for it. Returns the unit and whether its machine is new.
+    pub fn add_unit(&mut self, app: &str, to: Option<u32>) -> Result<(String, bool)> {
         let a = self.apps.get(app).context("application not found")?;
         if a.meta.subordinate {
             anyhow::bail!(
@@ -315,6 +317,21 @@ impl Model {
                  (its units come with the principal units it is related to)"
             );
         }
+        if let Some(id) = to {
+            if !self.machines.contains_key(&id) {
+                anyhow::bail!("cannot add unit to application \"{app}\": machine {id} not found");
+            }
+            return Ok((self.place_unit(app, id, None)?, false));
+        }
+        let name = format!("{}/{}", app, a.next_unit);
+        let id = self.new_machine(Some(name), false);
+        Ok((self.place_unit(app, id, None)?, true))
+    }
+
+    /// A new machine record (provisioned by `Ctl::provision`): made for `unit`, or by
+    /// `add-machine` (`kept`: it stays when its last unit goes, as Juju keeps machines it
+    /// did not create for a unit).
+    pub fn new_machine(&mut self, unit: Option<String>, kept: bool) -> u32 {
         let id = self.next_machine;
         self.next_machine += 1;
         let net = self.net();
@@ -322,7 +339,6 @@ impl Model {
             .config_str("harness-machine")
             .and_then(|k| crate::machine::Kind::parse(&k))
             .unwrap_or(DEFAULT_MACHINE_KIND);
-        let name = format!("{}/{}", app, a.next_unit);
         let second_nic = self.config_bool("harness-second-interface", false);
         self.machines.insert(
             id,
@@ -334,13 +350,14 @@ impl Model {
                 init_pid: None,
                 status: "pending".into(),
                 cut: false,
-                unit: Some(name.clone()),
+                unit,
                 kind,
                 provisioned: false,
                 second_nic,
+                kept,
             },
         );
-        self.place_unit(app, id, None)
+        id
     }
 
     /// A unit of subordinate application `app` beside `principal`, on its machine: what
@@ -1564,6 +1581,27 @@ impl Ctl {
         end_processes(spawn, init).await;
     }
 
+    /// Removes an empty machine: its record first, so a start still under way ends itself
+    /// (`end_orphan`), then its processes and what the host holds for it.
+    pub async fn remove_machine(&self, model: &str, machine: u32) {
+        let removed = self.mutate(|w| {
+            let m = w.models.get_mut(model)?;
+            let mach = m.machines.remove(&machine)?;
+            Some((m.net(), mach.spawn_pid, mach.init_pid))
+        });
+        let Some((net, spawn, init)) = removed else {
+            return;
+        };
+        end_processes(spawn, init).await;
+        let _ =
+            tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
+        let _ = std::fs::remove_dir_all(
+            model_dir(&self.home, model)
+                .join("machines")
+                .join(machine.to_string()),
+        );
+    }
+
     /// Destroys a model: its record goes first, in one step under the world's lock, so a
     /// machine still starting either was recorded before (and is ended here) or finds
     /// itself gone and ends itself (`end_orphan`); then every machine's processes and what
@@ -2135,12 +2173,15 @@ impl Ctl {
                 let m = w.models.get(model)?;
                 let id = m.units.get(unit)?.machine;
                 let root = m.machines.get(&id).and_then(|x| x.init_pid.or(x.spawn_pid));
-                Some((Some(id), m.units_on(id).len() == 1, root))
+                let kept = m.machines.get(&id).is_some_and(|x| x.kept);
+                Some((Some(id), m.units_on(id).len() == 1 && !kept, root))
             })
             .unwrap_or((None, false, None));
         if !last_on_machine {
-            // A subordinate leaves its principal's machine: its agent directory goes, the
-            // machine stays.
+            // A subordinate leaves its principal's machine, or a unit a machine it was not
+            // made for (Juju removes a machine with its last unit only if it made the
+            // machine for a unit: not one from add-machine): its agent directory goes, the
+            // machine stays, with whatever the charm left on it.
             if let Some(pid) = root {
                 let dir = PathBuf::from(format!("/proc/{pid}/root"))
                     .join(agent_dir_in_machine(unit).trim_start_matches('/'));
@@ -2486,7 +2527,7 @@ mod tests {
             .insert("etcd".into(), App::for_test("etcd", principal));
         m.apps.insert("nrpe".into(), App::for_test("nrpe", sub));
         for _ in 0..2 {
-            let u = m.add_unit("etcd").unwrap();
+            let (u, _) = m.add_unit("etcd", None).unwrap();
             m.units.get_mut(&u).unwrap().started = true;
         }
         let endpoint = |app: &str| Endpoint {
@@ -2514,7 +2555,7 @@ mod tests {
     fn each_principal_unit_gets_its_own_subordinate_seeing_only_its_machine() {
         let mut m = subordinate_model();
         assert!(
-            m.add_unit("nrpe").is_err(),
+            m.add_unit("nrpe", None).is_err(),
             "a subordinate has no units of its own"
         );
         m.enter_relation_scope(0, "etcd/0", "10.0.0.10");

@@ -318,6 +318,9 @@ pub struct Machine {
     /// machine is created).
     #[serde(default)]
     pub second_nic: bool,
+    /// Made by `add-machine`: kept when its last unit goes.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

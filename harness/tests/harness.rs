@@ -1104,3 +1104,71 @@ fn model_net_index(home: &std::path::Path, model: &str) -> u64 {
         .as_u64()
         .expect("the model's net_index in state.json")
 }
+
+/// Issue 21: `--to` places units on existing machines and a machine from `add-machine`
+/// outlives its units, so a later unit lands where an earlier one was (co-location, manual
+/// and MAAS machines), as Juju does: juju/juju `cmd/juju/application/deploy.go` and
+/// `addunit.go` (placement directives, `--to 0,1`), `state/unit.go` (a unit's removal takes
+/// its machine only when that machine was made for it), `cmd/juju/machine/remove.go`
+/// (refused while a unit is assigned).
+#[test]
+fn units_go_where_to_places_them_and_an_added_machine_outlives_its_units() {
+    let env = Env::new("placement", &["update-status-hook-interval=1h"]);
+    let machines = |env: &Env| -> Vec<String> {
+        env.status()["machines"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let stderr = env.run(&["add-machine"]).stderr;
+    assert!(stderr.contains("created machine 0"), "{stderr}");
+    // Placements are checked before anything is made.
+    let r = env.run(&["deploy", &probe(), "probe", "--to", "7"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("machine 7 not found"),
+        "{}",
+        r.stderr
+    );
+    let r = env.run(&["deploy", &probe(), "probe", "--to", "lxd:0"]);
+    assert!(r.code != 0 && r.stderr.contains("lxd:0"), "{}", r.stderr);
+    assert!(env.status()["applications"]["probe"].is_null());
+    // Two units: the first on machine 0, the second on a machine made for it.
+    env.ok(&["deploy", &probe(), "probe", "-n", "2", "--to", "0"]);
+    env.wait_units("probe", 2, "active", "started", MIN);
+    assert_eq!(env.machine("probe/0"), "0");
+    assert_eq!(env.machine("probe/1"), "1");
+    let r = env.run(&["remove-machine", "0"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("machine 0 has unit \"probe/0\" assigned"),
+        "{}",
+        r.stderr
+    );
+    // Removing the units: machine 1 (made for probe/1) goes, machine 0 (added) stays,
+    // with what the charm left on it but not the unit's agent directory.
+    env.ok(&["remove-unit", "--no-prompt", "probe/0", "probe/1"]);
+    env.wait("both units gone", MIN, |s| {
+        s["applications"]["probe"]["units"]
+            .as_object()
+            .is_none_or(|u| u.is_empty())
+    });
+    until("machine 1 gone", MIN, || machines(&env) == ["0"]);
+    let root = format!("/proc/{}/root", env.machine_pid("0"));
+    assert!(std::path::Path::new(&root)
+        .join("var/lib/probe/events.log")
+        .exists());
+    assert!(!std::path::Path::new(&root)
+        .join("var/lib/juju/agents/unit-probe-0")
+        .exists());
+    // A new unit on the machine that hosted probe/0 installs and starts there.
+    env.ok(&["add-unit", "probe", "--to", "0"]);
+    env.wait_units("probe", 1, "active", "started", MIN);
+    assert_eq!(env.machine("probe/2"), "0");
+    env.ok(&["remove-unit", "--no-prompt", "probe/2"]);
+    env.wait("probe/2 gone", MIN, |s| {
+        s["applications"]["probe"]["units"]
+            .as_object()
+            .is_none_or(|u| u.is_empty())
+    });
+    env.ok(&["remove-machine", "0"]);
+    until("machine 0 gone", MIN, || machines(&env).is_empty());
+}

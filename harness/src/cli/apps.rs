@@ -24,8 +24,27 @@ pub(super) async fn add_unit(
         .ok_or_else(|| anyhow!("no application name specified"))?
         .clone();
     let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
-    add_units(ctl, &model, &app, n)?;
+    let to = placement(p.value("to"))?;
+    add_units(ctl, &model, &app, n, &to)?;
     Ok(Reply::ok(""))
+}
+
+/// `--to 0,3`: the machines the first units go to, in order (the rest get new machines, as
+/// Juju's deploy and add-unit place them). Only existing machines are placements here:
+/// containers (`lxd:0`), new machines of a kind (`lxd`) and zones are refused by name.
+pub(super) fn placement(to: Option<&str>) -> Result<Vec<u32>> {
+    let Some(to) = to else { return Ok(vec![]) };
+    to.split(',')
+        .map(|d| {
+            let d = d.trim();
+            d.parse::<u32>().map_err(|_| {
+                anyhow!(
+                    "placement {d:?}: this controller places units on existing machines only \
+                     (--to <machine number>); containers, zones and spaces are not supported"
+                )
+            })
+        })
+        .collect()
 }
 
 /// `expose <app>` / `unexpose <app>`: the opened ports of the application's units become
@@ -280,24 +299,42 @@ pub(super) fn config_args(
     Ok(out)
 }
 
-pub(super) fn add_units(ctl: &Arc<Ctl>, model: &str, app: &str, n: u32) -> Result<Vec<String>> {
-    let added = ctl.mutate(|w| -> Result<Vec<(String, u32)>> {
+pub(super) fn add_units(
+    ctl: &Arc<Ctl>,
+    model: &str,
+    app: &str,
+    n: u32,
+    to: &[u32],
+) -> Result<Vec<String>> {
+    if to.len() > n as usize {
+        bail!("too many placement directives: {} for {n} units", to.len());
+    }
+    let added = ctl.mutate(|w| -> Result<Vec<(String, u32, bool)>> {
         let m = w.models.get_mut(model).unwrap();
         if !m.apps.contains_key(app) {
             bail!("application \"{app}\" not found");
         }
+        // All placements checked before any unit is added: nothing half-done.
+        for id in to {
+            if !m.machines.contains_key(id) {
+                bail!("cannot add unit to application \"{app}\": machine {id} not found");
+            }
+        }
         let mut out = vec![];
-        for _ in 0..n {
-            let u = m.add_unit(app)?;
-            out.push((u.clone(), m.units[&u].machine));
+        for i in 0..n as usize {
+            let (u, new) = m.add_unit(app, to.get(i).copied())?;
+            out.push((u.clone(), m.units[&u].machine, new));
         }
         Ok(out)
     })?;
-    // Their workers come from the deployer loop (`Ctl::deployer_loop`).
-    for (_, machine) in &added {
-        ctl.provision(model, *machine);
+    // Their workers come from the deployer loop (`Ctl::deployer_loop`); a unit placed on a
+    // running machine gets its charm before its first hook, as a subordinate does.
+    for (_, machine, new) in &added {
+        if *new {
+            ctl.provision(model, *machine);
+        }
     }
-    Ok(added.into_iter().map(|(u, _)| u).collect())
+    Ok(added.into_iter().map(|(u, _, _)| u).collect())
 }
 
 pub(super) fn config(

@@ -437,6 +437,17 @@ pub(super) async fn deploy(
     } else {
         p.value("n").unwrap_or("1").parse().context("--num-units")?
     };
+    let to = super::apps::placement(p.value("to"))?;
+    if !to.is_empty() {
+        ctl.model(&model, |m| -> Result<()> {
+            for id in &to {
+                if !m.machines.contains_key(id) {
+                    bail!("cannot deploy \"{app}\": machine {id} not found");
+                }
+            }
+            Ok(())
+        })??;
+    }
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
     let mut storage_requests = BTreeMap::new();
     let mut storage_volumes = BTreeMap::new();
@@ -516,7 +527,7 @@ pub(super) async fn deploy(
         }
         Ok(())
     })?;
-    add_units(ctl, &model, &app, n)?;
+    add_units(ctl, &model, &app, n, &to)?;
     Ok(Reply {
         code: 0,
         stdout: String::new(),

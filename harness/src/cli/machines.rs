@@ -77,3 +77,81 @@ pub(super) async fn cut_network(
     }
     Ok(Reply::ok(""))
 }
+
+/// `add-machine [-n N]`: empty machines, kept when units placed on them (`--to`) go, as
+/// Juju keeps the machines it did not make for a unit.
+pub(super) async fn add_machine(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[value(&["n"]), value(&["constraints"])], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    if let Some(spec) = p.positional.first() {
+        bail!(
+            "add-machine {spec:?}: this controller makes its own machines only \
+             (no containers, no ssh: manual provisioning)"
+        );
+    }
+    let n: u32 = p.value("n").unwrap_or("1").parse().context("-n")?;
+    let ids = ctl.model_mut(&model, |m| -> Result<Vec<u32>> {
+        Ok((0..n).map(|_| m.new_machine(None, true)).collect())
+    })?;
+    let mut stderr = String::new();
+    for id in ids {
+        ctl.provision(&model, id);
+        stderr.push_str(&format!("created machine {id}\n"));
+    }
+    Ok(Reply {
+        code: 0,
+        stdout: String::new(),
+        stderr,
+    })
+}
+
+/// `remove-machine N...`: refused while a unit is on it, as Juju refuses.
+pub(super) async fn remove_machine(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(
+        &[
+            boolean(&["force"]),
+            boolean(&["no-prompt"]),
+            boolean(&["no-wait"]),
+            boolean(&["keep-instance"]),
+        ],
+        args,
+    )?;
+    let model = model_name(ctl, &p, env_model)?;
+    let ids: Vec<u32> = p
+        .positional
+        .iter()
+        .map(|a| a.parse().map_err(|_| anyhow!("invalid machine id {a:?}")))
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        bail!("no machines specified");
+    }
+    ctl.model(&model, |m| -> Result<()> {
+        for id in &ids {
+            if !m.machines.contains_key(id) {
+                bail!("machine {id} not found");
+            }
+            if let Some(u) = m.units_on(*id).first() {
+                bail!("no machines were destroyed: machine {id} has unit \"{u}\" assigned");
+            }
+        }
+        Ok(())
+    })??;
+    let mut stderr = String::new();
+    for id in ids {
+        ctl.remove_machine(&model, id).await;
+        stderr.push_str(&format!("removing machine {id}\n"));
+    }
+    Ok(Reply {
+        code: 0,
+        stdout: String::new(),
+        stderr,
+    })
+}

@@ -149,6 +149,8 @@ async fn run(
         "status" => status::status(ctl, args, &env_model).await,
         "show-unit" => status::show_unit_cmd(ctl, args, &env_model).await,
         "show-machine" => machines::show_machine(ctl, args, &env_model).await,
+        "add-machine" => machines::add_machine(ctl, args, &env_model).await,
+        "remove-machine" => machines::remove_machine(ctl, args, &env_model).await,
         "debug-log" => status::debug_log(ctl, args, &env_model).await,
         "attach-resource" | "attach" => deploy::attach_resource(ctl, args, cwd, &env_model).await,
         "refresh" | "upgrade-charm" => deploy::refresh(ctl, args, cwd, &env_model, &store).await,
