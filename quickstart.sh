@@ -33,7 +33,7 @@ if ! $H show-model "$MODEL" >/dev/null 2>&1; then
   $H deploy ./build/easyrsa -m "$MODEL" 2>&1 | sed 's/^/    /'
   step "deploying etcd -n 3 with etcd 3.5.1 as its resource, related to easyrsa"
   $H deploy . etcd -n 3 --resource "etcd=$tmp/etcd-v3.5.1-linux-amd64.tar.gz" -m "$MODEL" 2>&1 | sed 's/^/    /'
-  $H add-relation etcd easyrsa -m "$MODEL" 2>&1 | sed 's/^/    /'
+  $H integrate etcd easyrsa -m "$MODEL" 2>&1 | sed 's/^/    /'
 fi
 
 step "waiting for every unit to be active (each status change is shown)"

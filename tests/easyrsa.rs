@@ -163,7 +163,7 @@ fn the_ca_moves_to_easyrsa_and_back_while_a_writer_keeps_writing() {
         .map(|u| etcd::etcd_pid(&env, u))
         .collect();
 
-    env.ok(&["add-relation", "etcd", "easyrsa"]);
+    env.ok(&["integrate", "etcd", "easyrsa"]);
     until("every unit on easyrsa's CA", 5 * MIN, || {
         all_on(&env, &easyrsa)
     });
@@ -227,7 +227,7 @@ fn a_lone_running_unit_moves_to_easyrsa_and_back_without_waiting_for_update_stat
     deploy_healthy(&env, 1, &etcd_tarball(here.path(), &etcd35(), "3.5.1"), &[]);
     let built_in = cat(&env, "etcd/0", "/etc/etcd/pki/ca.crt");
     env.ok(&["deploy", "easyrsa"]);
-    env.ok(&["add-relation", "etcd", "easyrsa"]);
+    env.ok(&["integrate", "etcd", "easyrsa"]);
     env.wait_units("easyrsa", 1, "active", "Certificate Authority", 2 * MIN);
     let easyrsa = cat(&env, "easyrsa/0", "/var/lib/easyrsa/pki/ca.crt");
     until("etcd/0 on easyrsa's CA alone", 3 * MIN, || {

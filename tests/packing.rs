@@ -268,8 +268,8 @@ fn packed_charms_carry_their_bases_run_statically_linked_and_bad_archives_are_re
             .split_whitespace()
             .next()
     );
-    // `upgrade-charm` without --path asks the store again for the name it came from.
-    let r = juju(&env, store, &["upgrade-charm", "etcd"]);
+    // `refresh` without --path asks the store again for the name it came from.
+    let r = juju(&env, store, &["refresh", "etcd"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     env.wait("charm revision 2 settled", 2 * support::etcd::MIN, |s| {
         s["applications"]["etcd"]["charm-rev"] == 2

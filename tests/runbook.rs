@@ -16,9 +16,33 @@ use std::process::Command;
 use support::etcd::{endpoints, MIN};
 use support::*;
 
-/// Runs the controller's CLI from `dir` (where relative host paths of `scp` land).
+/// The runbook's Juju 2.9 spellings, which Juju 3.6 rejects.
+const JUJU29: &[&str] = &[
+    "run-action",
+    "show-action-output",
+    "attach",
+    "upgrade-charm",
+    "add-relation",
+];
+
+/// Runs a runbook line from `dir` (where relative host paths of `scp` land) as typed: a
+/// Juju 2.9 spelling on a 2.9 client (`CHARM_HARNESS_CLIENT=2.9`), after checking that a
+/// 3.6 client refuses the same line as Juju 3.6 does; any other line on a 3.6 client.
 fn juju_in(env: &Env, dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = env.cmd().args(args).current_dir(dir).output().unwrap();
+    let mut cmd = env.cmd();
+    if JUJU29.contains(&args[0]) {
+        let r = env.run(args);
+        assert!(
+            r.code == 1
+                && r.stderr
+                    .contains(&format!("\"{}\" is not a juju command", args[0])),
+            "a Juju 3.6 client refuses {args:?}: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        cmd.env("CHARM_HARNESS_CLIENT", "2.9");
+    }
+    let out = cmd.args(args).current_dir(dir).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -116,6 +140,15 @@ fn the_classic_runbook_lines_work_as_typed() {
     let output = r["results"]["output"].as_str().unwrap_or("");
     assert!(output.ends_with("cluster is healthy"), "{output}");
     assert_eq!(output.matches("is healthy: got healthy result").count(), 3);
+    // Its Juju 3.6 form: `run`, the result keyed by the unit's name.
+    let (code, out, err) = juju_in(&env, here, &["run", "etcd/0", "health", "--format", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["etcd/0"]["status"], "completed", "{v}");
+    assert_eq!(v["etcd/0"]["results"]["return-code"], 0, "{v}");
+    assert!(v["etcd/0"]["results"]["output"]
+        .as_str()
+        .is_some_and(|o| o.ends_with("cluster is healthy")));
 
     // Client credentials: packaged into the ubuntu user's home, fetched with a relative
     // scp path, used from the host with etcdctl's variables.
@@ -304,6 +337,9 @@ fn the_classic_runbook_lines_work_as_typed() {
     });
     let (_, out, _) = juju_in(&env, here, &["show-action-output", &id, "--format", "json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
+    // Juju 2.9's compat keys: the exit code as the string `Code`.
+    assert_eq!(v["results"]["Code"], "0", "{v}");
+    assert_eq!(v["UnitId"], "etcd/0", "{v}");
     let snap = &v["results"]["snapshot"];
     let path = snap["path"].as_str().unwrap().to_string();
     assert!(path.starts_with("/home/ubuntu/etcd-snapshots/"), "{v}");
@@ -707,11 +743,11 @@ fn wait_queued(env: &Env, out: &str, what: &str) -> Value {
         .trim_matches('"')
         .to_string();
     env.wait(what, 4 * MIN, |_| {
-        let out = env.run(&["show-action-output", &id, "--format", "json"]);
+        let out = env.run29(&["show-action-output", &id, "--format", "json"]);
         serde_json::from_str::<Value>(&out.stdout)
             .is_ok_and(|v| v["status"] != "running" && v["status"] != "pending")
     });
-    let out = env.run(&["show-action-output", &id, "--format", "json"]);
+    let out = env.run29(&["show-action-output", &id, "--format", "json"]);
     let v: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["status"], "completed", "{what}: {v}");
     v
@@ -728,14 +764,14 @@ fn limited_egress() {
     let root = repo_root();
     env.ok(&["deploy", root.to_str().unwrap()]);
     env.ok(&["add-unit", "etcd"]);
-    env.ok(&[
+    env.ok29(&[
         "attach",
         "etcd",
         &format!("etcd={}", snap_fixture("3.4.23").display()),
     ]);
     env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 6 * MIN);
     assert!(snap_etcdctl(&env, "etcd/0", "put /runbook-snap kept").contains("OK"));
-    env.ok(&[
+    env.ok29(&[
         "attach",
         "etcd",
         &format!("etcd={}", snap_fixture("3.5.1").display()),
@@ -747,7 +783,7 @@ fn limited_egress() {
         "attaching alone upgrades nothing"
     );
     for unit in ["etcd/0", "etcd/1"] {
-        let out = env.ok(&["run-action", unit, "install"]);
+        let out = env.ok29(&["run-action", unit, "install"]);
         wait_queued(&env, &out, &format!("install on {unit}"));
         assert_eq!(
             snap_version(&env, unit),
@@ -777,12 +813,12 @@ fn deb_to_snap() {
                        --cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key";
     env.exec_ok("etcd/0", &format!("{deb_etcdctl} put /deb-key kept"));
     let (code, out) = {
-        let r = env.run(&["upgrade-charm", "etcd"]);
+        let r = env.run29(&["upgrade-charm", "etcd"]);
         (r.code, format!("{}{}", r.stdout, r.stderr))
     };
     assert_eq!(code, 0, "{out}");
     offer_snap_upgrade(&env, "attach");
-    let out = env.ok(&["run-action", "etcd/0", "snap-upgrade"]);
+    let out = env.ok29(&["run-action", "etcd/0", "snap-upgrade"]);
     wait_queued(&env, &out, "snap-upgrade on etcd/0");
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
     env.exec_ok(

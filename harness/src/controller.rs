@@ -1226,8 +1226,9 @@ impl Ctl {
 
     pub fn log(&self, model: &str, line: &str) {
         use std::io::Write;
+        // A model's directory is made by add-model: a line about a destroyed model (a start
+        // that failed after it went) must not bring the directory back.
         let dir = model_dir(&self.home, model);
-        let _ = std::fs::create_dir_all(&dir);
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1276,8 +1277,20 @@ impl Ctl {
 
     /// A machine that started after its model (or itself) was destroyed is nobody's: its
     /// processes are ended and what the host holds for it removed, here, by the starter.
-    async fn end_orphan(net: &machine::Net, machine: u32, spawn: u32) -> anyhow::Error {
+    async fn end_orphan(
+        &self,
+        model: &str,
+        net: &machine::Net,
+        machine: u32,
+        spawn: u32,
+    ) -> anyhow::Error {
         end_processes(Some(spawn), None).await;
+        // Spawning made the machine's directory (and the model's, if it had gone already).
+        let mdir = model_dir(&self.home, model);
+        let _ = std::fs::remove_dir_all(mdir.join("machines").join(machine.to_string()));
+        if !self.read(|w| w.models.contains_key(model)) {
+            let _ = std::fs::remove_dir_all(&mdir);
+        }
         let net = net.clone();
         // remove_host_parts reports its own failures; the join fails only if it panicked,
         // and the error below is returned either way.
@@ -1295,6 +1308,11 @@ impl Ctl {
             if let Err(e) = r {
                 ctl.log(&model, &format!("machine-{machine}: cannot start: {e:#}"));
                 ctl.update_machine(&model, machine, |m| m.status = format!("error: {e:#}"));
+                // A start that failed because its model went may have made the model's
+                // directory again (the machine's log): nothing of the model stays.
+                if !ctl.read(|w| w.models.contains_key(&model)) {
+                    let _ = std::fs::remove_dir_all(model_dir(&ctl.home, &model));
+                }
             }
         });
     }
@@ -1349,7 +1367,7 @@ impl Ctl {
         // Recorded at once, under the world's lock: a destroy-model from now on finds the
         // process; one that came first left no machine record, and the machine is ended.
         if !self.update_machine(model, machine, |mach| mach.spawn_pid = Some(spawned.pid)) {
-            return Err(Self::end_orphan(&net, machine, spawned.pid).await);
+            return Err(self.end_orphan(model, &net, machine, spawned.pid).await);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -1376,7 +1394,7 @@ impl Ctl {
             mach.init_pid = init;
         });
         if !kept {
-            return Err(Self::end_orphan(&net, machine, spawned.pid).await);
+            return Err(self.end_orphan(model, &net, machine, spawned.pid).await);
         }
         // First boot: what cloud-init does on a cloud: the `ubuntu` user with its home (where
         // actions leave files for `juju scp`), apt sources pointing at the mirror.

@@ -245,6 +245,7 @@ fn main() {
         cwd,
         model: std::env::var("JUJU_MODEL").ok(),
         charmhub: std::env::var("CHARM_HARNESS_CHARMHUB").ok(),
+        client: std::env::var("CHARM_HARNESS_CLIENT").ok(),
     };
     match proto::call::<_, Reply>(&proto::controller_socket(&home), &req) {
         Ok(r) => print_and_exit(r),

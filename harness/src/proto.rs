@@ -21,6 +21,11 @@ pub enum Request {
         /// was typed, as Juju's client resolves them).
         #[serde(default)]
         charmhub: Option<String>,
+        /// The client's `CHARM_HARNESS_CLIENT`: `2.9` for a Juju 2.9 client's commands
+        /// (`run-action`, `show-action-output`, `attach`, `upgrade-charm`, `add-relation`,
+        /// `run` as exec); anything else, or unset, is Juju 3.6's client.
+        #[serde(default)]
+        client: Option<String>,
     },
     /// A hook tool called inside a hook, action or exec context.
     Tool {

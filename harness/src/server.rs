@@ -110,7 +110,11 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
             cwd,
             model,
             charmhub,
-        } => crate::cli::handle(&ctl, args, &cwd, model, charmhub).await,
+            client,
+        } => {
+            let juju29 = client.as_deref().is_some_and(|c| c.starts_with("2.9"));
+            crate::cli::handle(&ctl, args, &cwd, model, charmhub, juju29).await
+        }
         Request::Shutdown => {
             let models: Vec<String> = ctl.read(|w| w.models.keys().cloned().collect());
             for m in models {

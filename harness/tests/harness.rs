@@ -1172,3 +1172,65 @@ fn units_go_where_to_places_them_and_an_added_machine_outlives_its_units() {
     env.ok(&["remove-machine", "0"]);
     until("machine 0 gone", MIN, || machines(&env).is_empty());
 }
+
+/// Issue 21: Juju 3.6's client has none of the 2.9 spellings (the 2.9 → 3 renames; juju/juju
+/// cmd/juju/commands/main.go registers `run` for actions and `exec` for commands) and says
+/// so as its command runner does for a name it does not know; a 2.9 client
+/// (`CHARM_HARNESS_CLIENT=2.9`) has them with 2.9's semantics: `run-action` queues,
+/// `show-action-output` prints the compat keys (juju/juju 2.9 cmd/juju/action/common.go),
+/// and `run` is what 3.x calls `exec`.
+#[test]
+fn the_cli_is_juju_3_6_unless_the_client_says_2_9() {
+    let env = Env::new("clients", &["update-status-hook-interval=1h"]);
+    deploy(&env, "probe", 1);
+    for cmd in [
+        "run-action",
+        "show-action-output",
+        "attach",
+        "upgrade-charm",
+        "add-relation",
+    ] {
+        let r = env.run(&[cmd, "probe/0", "echo"]);
+        assert_eq!(r.code, 1, "{cmd}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("ERROR juju: \"{cmd}\" is not a juju command")),
+            "{cmd}: {}",
+            r.stderr
+        );
+    }
+    // 2.9: run-action queues and prints the id; show-action-output has the compat keys.
+    let out = env.ok29(&["run-action", "probe/0", "echo", "text=x"]);
+    let id = out
+        .trim()
+        .strip_prefix("Action queued with id: ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim_matches('"')
+        .to_string();
+    let shown = env.ok29(&[
+        "show-action-output",
+        &id,
+        "--wait",
+        "1m",
+        "--format",
+        "json",
+    ]);
+    let v: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["UnitId"], "probe/0", "{v}");
+    assert_eq!(v["results"]["Code"], "0", "{v}");
+    assert!(v["results"].get("return-code").is_none(), "{v}");
+    // 2.9's `run` runs a command on units; 2.9 has no `integrate` or `exec`.
+    let out = env.ok29(&["run", "--unit", "probe/0", "echo ran-as-exec"]);
+    assert!(out.contains("ran-as-exec"), "{out}");
+    for cmd in ["integrate", "exec", "show-task"] {
+        let r = env.run29(&[cmd, "x"]);
+        assert!(
+            r.code == 1 && r.stderr.contains("is not a juju command"),
+            "{cmd} on 2.9: {}",
+            r.stderr
+        );
+    }
+    // The 3.6 client's run is the action.
+    let r = env.run(&["run", "probe/0", "echo", "text=y", "--format", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -201,6 +201,29 @@ impl Env {
             .into()
     }
 
+    /// Runs a command as a Juju 2.9 client types it (`CHARM_HARNESS_CLIENT=2.9`: its
+    /// `run-action`, `show-action-output`, `attach`, `upgrade-charm`, `add-relation`).
+    pub fn run29(&self, args: &[&str]) -> Run {
+        self.cmd()
+            .env("CHARM_HARNESS_CLIENT", "2.9")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    /// `run29` of a command that must succeed; returns its stdout.
+    pub fn ok29(&self, args: &[&str]) -> String {
+        let r = self.run29(args);
+        assert_eq!(
+            r.code, 0,
+            "charm-harness {args:?} (a 2.9 client): {}{}",
+            r.stdout, r.stderr
+        );
+        r.stdout
+    }
+
     /// Runs a command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);
@@ -626,11 +649,17 @@ pub fn snap_fixture(version: &str) -> PathBuf {
 /// and the unit saying the upgrade is available.
 pub fn offer_snap_upgrade(env: &Env, verb: &str) {
     install_snapd_by_hand(env, "etcd/0");
-    env.ok(&[
+    let args = [
         verb,
         "etcd",
         &format!("etcd={}", snap_fixture("3.5.1").display()),
-    ]);
+    ];
+    // `attach` is the Juju 2.9 spelling: typed on a 2.9 client.
+    if verb == "attach" {
+        env.ok29(&args);
+    } else {
+        env.ok(&args);
+    }
     env.wait_units(
         "etcd",
         1,

@@ -63,12 +63,24 @@ pub async fn run_action(
     Ok(reply)
 }
 
-/// A task as Juju 2.9 shows an action's output: the task plus `UnitId`.
+/// A task as Juju 2.9 shows an action's output (its compat format: juju/juju 2.9
+/// cmd/juju/action/common.go): `UnitId` for the unit, and the results' exit code and
+/// output as `Code` (a string), `Stdout` and `Stderr`.
 fn output_29(t: &Task) -> Value {
     let mut v = task_json(t);
     if let Some(o) = v.as_object_mut() {
         o.insert("UnitId".into(), json!(t.unit));
         o.remove("unit");
+        if let Some(r) = o.get_mut("results").and_then(Value::as_object_mut) {
+            if let Some(code) = r.remove("return-code") {
+                r.insert("Code".into(), json!(code.to_string()));
+            }
+            for (new, old) in [("Stdout", "stdout"), ("Stderr", "stderr")] {
+                if let Some(x) = r.remove(old) {
+                    r.insert(new.into(), x);
+                }
+            }
+        }
     }
     v
 }

@@ -34,15 +34,48 @@ pub async fn handle(
     cwd: &str,
     env_model: Option<String>,
     charmhub: Option<String>,
+    juju29: bool,
 ) -> Reply {
     let Some((cmd, rest)) = args.split_first() else {
         return Reply::ok(USAGE);
     };
+    // The commands Juju 3 renamed or removed (juju/juju cmd/juju/commands/main.go registers
+    // none of them in 3.6): a 3.6 client answers as Juju's command runner does for a name it
+    // does not know; a 2.9 client (`CHARM_HARNESS_CLIENT=2.9`) has them, and its `run` is
+    // what 3.x calls `exec`.
+    let cmd = cmd.as_str();
+    if JUJU29_ONLY.contains(&cmd) && !juju29 {
+        return Reply::err(
+            1,
+            format!("juju: {cmd:?} is not a juju command. See \"juju --help\"."),
+        );
+    }
+    if juju29 && JUJU3_ONLY.contains(&cmd) {
+        return Reply::err(
+            1,
+            format!("juju: {cmd:?} is not a juju command. See \"juju --help\"."),
+        );
+    }
+    let cmd = if juju29 && cmd == "run" { "exec" } else { cmd };
     match run(ctl, cmd, rest, Path::new(cwd), env_model, charmhub).await {
         Ok(r) => r,
         Err(e) => Reply::err(1, format!("{e:#}")),
     }
 }
+
+/// Juju 2.9 spellings that Juju 3.6 rejects (the 2.9 → 3 renames: run-action → run,
+/// show-action-output → show-task, attach → attach-resource, upgrade-charm → refresh,
+/// add-relation → integrate).
+const JUJU29_ONLY: &[&str] = &[
+    "run-action",
+    "show-action-output",
+    "attach",
+    "upgrade-charm",
+    "add-relation",
+];
+
+/// Juju 3 commands a 2.9 client does not have.
+const JUJU3_ONLY: &[&str] = &["integrate", "exec", "show-task", "wait-for"];
 
 const USAGE: &str = "charm-harness: a local Juju-compatible controller\n\
 commands: add-model destroy-model models deploy add-unit remove-unit remove-application integrate\n\

@@ -50,6 +50,9 @@ pub(super) async fn add_model(ctl: &Arc<Ctl>, args: &[String]) -> Result<Reply> 
             .ok_or_else(|| anyhow!("--config expects key=value, got {kv:?}"))?;
         config.insert(k.into(), serde_yaml::from_str(v).unwrap_or(json!(v)));
     }
+    // The model's directory (its debug log, machines) exists from here to destroy-model;
+    // nothing recreates it afterwards.
+    std::fs::create_dir_all(crate::controller::model_dir(&ctl.home, &name))?;
     ctl.mutate(|w| {
         w.models.insert(
             name.clone(),
