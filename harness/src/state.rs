@@ -118,6 +118,7 @@ impl App {
             base: String::new(),
             store_name: None,
             exposed: false,
+            channel: None,
             dying: false,
         }
     }
@@ -210,6 +211,10 @@ pub struct App {
     /// up again); `None` for a local charm.
     #[serde(default)]
     pub store_name: Option<String>,
+    /// The channel a store charm tracks (`--channel` of deploy or refresh; Juju's default
+    /// is `stable`).
+    #[serde(default)]
+    pub channel: Option<String>,
     /// `juju expose`: its units' opened ports are reachable from outside the model.
     #[serde(default)]
     pub exposed: bool,

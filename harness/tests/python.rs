@@ -23,6 +23,7 @@ fn jubilant_and_ops_work_against_the_controller() {
         .env("HARNESS_BIN", support::harness_bin())
         .env("REPO_ROOT", &root)
         .env("CHARM_HARNESS_HOME", home.path())
+        .env("CHARM_HARNESS_CHARMHUB", support::charmhub())
         .output()
         .unwrap();
     let _ = std::process::Command::new(support::harness_bin())

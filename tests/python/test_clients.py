@@ -62,6 +62,18 @@ def test_deploy_wait_status_run_config_integrate_remove(juju):
     juju.wait(related)
     assert juju.status().apps["probe"].relations["db"][0].related_app == "opsprobe"
 
+    # refresh(channel=...) as jubilant passes it: a store charm moves to the channel (and a
+    # new revision); a local charm has no channel to move to.
+    juju.deploy("probe", "sprobe")
+    juju.wait(lambda s: "sprobe" in s.apps and jubilant.all_active(s))
+    assert juju.status().apps["sprobe"].charm_channel == "stable"
+    juju.refresh("sprobe", channel="latest/edge", config={"greeting": "refreshed"})
+    juju.wait(lambda s: s.apps["sprobe"].charm_channel == "latest/edge" and s.apps["sprobe"].charm_rev == 2)
+    assert juju.config("sprobe")["greeting"] == "refreshed"
+    with pytest.raises(jubilant.CLIError, match="local charm"):
+        juju.refresh("probe", channel="latest/edge", path=str(ROOT / "tests/charms/probe"))
+    juju.remove_application("sprobe")
+
     juju.remove_unit("probe/1")
     juju.wait(lambda s: list(s.apps["probe"].units) == ["probe/0"] and jubilant.all_active(s))
 

@@ -49,6 +49,7 @@ pub fn charmhub() -> PathBuf {
                 ("etcd-client", root.join("tests/charms/etcd-client")),
                 ("easyrsa", packed_easyrsa(&dir)),
                 ("tls-probe", root.join("tests/charms/tls-probe")),
+                ("probe", root.join("tests/charms/probe")),
             ] {
                 let link = dir.join(name);
                 if std::fs::read_link(&link).ok().as_deref() != Some(src.as_path()) {

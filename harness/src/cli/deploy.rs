@@ -73,6 +73,14 @@ pub(super) async fn refresh(
             value(&["resource"]),
             boolean(&["force"]),
             boolean(&["force-units"]),
+            // What jubilant's refresh() passes (jubilant/_juju.py), as Juju 3.6 has them.
+            value(&["channel"]),
+            value(&["revision"]),
+            value(&["base"]),
+            value(&["config"]),
+            value(&["storage"]),
+            boolean(&["trust"]),
+            boolean(&["force-base"]),
         ],
         args,
     )?;
@@ -105,9 +113,34 @@ pub(super) async fn refresh(
             "application \"{app}\" was deployed from a local charm: refresh it with --path <charm directory or .charm file>"
         ),
     };
+    // --channel and --revision pick from the store: a local charm has neither.
+    let from_store = p.value("path").is_none()
+        && ctl.model(&model, |m| {
+            m.apps.get(&app).is_some_and(|a| a.store_name.is_some())
+        })?;
+    for flag in ["channel", "revision"] {
+        if p.value(flag).is_some() && !from_store {
+            bail!("--{flag} applies to a charm from the store; \"{app}\" is refreshed from a local charm (--path)");
+        }
+    }
+    if let Some(r) = p.value("revision") {
+        // The controller's store (a directory) holds one revision of each charm.
+        bail!("--revision {r}: this controller's store holds only the charm's current files; refresh without --revision");
+    }
+    if let Some(b) = p.value("base") {
+        let asked = crate::bases::requested(Some(b), None)?;
+        if asked.as_deref() != Some(base.as_str()) && !p.flag("force-base") {
+            bail!("--base {b}: \"{app}\" runs on {base}; refresh does not move it to another base");
+        }
+    }
     let meta = read_charm(&found.dir)?;
+    let config = config_args(&meta, &app, p.values("config"), cwd)?;
+    let mut storage = vec![];
+    for s in p.values("storage") {
+        storage.push(super::storage::directive(&meta, s)?);
+    }
     let declared = crate::bases::declared(&found.dir, found.packed)?;
-    if !base.is_empty() && !p.flag("force") {
+    if !base.is_empty() && !p.flag("force") && !p.flag("force-base") {
         if let Some(d) = &declared {
             if !d.contains(&base) {
                 bail!(
@@ -137,6 +170,18 @@ pub(super) async fn refresh(
         a.meta = meta;
         a.charm_rev = rev;
         a.charm_dir = dst.to_string_lossy().into_owned();
+        if let Some(ch) = p.value("channel") {
+            a.channel = Some(ch.to_string());
+        }
+        // --config: set with the refresh (its config-changed comes with upgrade-charm's).
+        a.config.extend(config);
+        // --storage: constraints for the units added from now on.
+        for (name, count, volume) in storage {
+            a.storage_requests.insert(name.clone(), count.unwrap_or(1));
+            if let Some(v) = volume {
+                a.storage_volumes.insert(name, v);
+            }
+        }
         upgrade_sequence(m, &app);
         Ok(())
     })?;
@@ -499,6 +544,9 @@ pub(super) async fn deploy(
                 storage_requests,
                 storage_volumes,
                 base,
+                channel: store_name
+                    .as_ref()
+                    .map(|_| p.value("channel").unwrap_or("stable").to_string()),
                 store_name,
                 exposed: false,
                 dying: false,

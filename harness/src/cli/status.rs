@@ -216,11 +216,18 @@ pub(super) fn status_json(m: &Model) -> Value {
             }
         }
         let mut e = Map::new();
-        e.insert(
-            "charm".into(),
-            json!(format!("local:{}-{}", a.meta.name, a.charm_rev)),
-        );
-        e.insert("charm-origin".into(), json!("local"));
+        // As Juju's status: a store charm by name, with its channel; a local one as local:.
+        if let Some(ch) = a.store_name.as_ref().and(a.channel.as_ref()) {
+            e.insert("charm".into(), json!(a.meta.name));
+            e.insert("charm-origin".into(), json!("charmhub"));
+            e.insert("charm-channel".into(), json!(ch));
+        } else {
+            e.insert(
+                "charm".into(),
+                json!(format!("local:{}-{}", a.meta.name, a.charm_rev)),
+            );
+            e.insert("charm-origin".into(), json!("local"));
+        }
         e.insert("charm-name".into(), json!(a.meta.name));
         e.insert("charm-rev".into(), json!(a.charm_rev));
         e.insert("exposed".into(), json!(a.exposed));
