@@ -582,6 +582,15 @@ fn actions_report_results_and_failures_like_juju_run() {
         "invalid action-set keys are argument errors"
     );
 
+    // A --wait that is no duration is refused (Go's flag parsing refuses it before
+    // runCommandBase runs).
+    let r = env.run(&["run", "--wait", "soon", "probe/0", "echo"]);
+    assert!(
+        r.code != 0 && r.stderr.contains("invalid value \"soon\" for flag --wait"),
+        "{}",
+        r.stderr
+    );
+
     // juju exec: output and exit code of the command.
     let r = env.run(&[
         "exec",

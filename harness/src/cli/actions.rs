@@ -461,6 +461,14 @@ pub(super) async fn run(
         args,
     )?;
     let model = model_name(ctl, &p, env_model)?;
+    // A --wait that is no duration is refused before anything is queued, as Go's flag
+    // parsing refuses it; `--wait 0` means the default, as in runCommandBase.Init.
+    let asked_wait = match p.value("wait") {
+        Some(w) => Some(controller::parse_duration(w).ok_or_else(|| {
+            anyhow!("invalid value {w:?} for flag --wait: time: invalid duration {w:?}")
+        })?),
+        None => None,
+    };
     let id = queue_action(ctl, &p, cwd, &model)?;
     if p.flag("background") {
         return Ok(Reply {
@@ -471,14 +479,11 @@ pub(super) async fn run(
     }
     // Juju 3.6 waits 60 s unless --wait says otherwise (runCommandBase.Init in
     // cmd/juju/action/common.go); the task runs on after the client gives up.
-    let wait = match p.value("wait") {
-        Some(w) => Some(
-            controller::parse_duration(w)
-                .filter(|d| !d.is_zero())
-                .unwrap_or(DEFAULT_RUN_WAIT),
-        ),
-        None => Some(DEFAULT_RUN_WAIT),
-    };
+    let wait = Some(
+        asked_wait
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_RUN_WAIT),
+    );
     let unit = ctl
         .model(&model, |m| m.tasks.get(&id).map(|t| t.unit.clone()))?
         .unwrap_or_default();
