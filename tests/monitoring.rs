@@ -196,6 +196,12 @@ fn nrpe_runs_the_service_and_alarm_checks_beside_each_unit_and_leaves_nothing_be
     assert!(s["applications"]["nrpe-probe"]["units"].is_null(), "{s}");
     let nested = &s["applications"]["etcd"]["units"]["etcd/0"]["subordinates"]["nrpe-probe/0"];
     assert_eq!(nested["public-address"], env.address("etcd/0"), "{s}");
+    // Its hooks name its principal (Juju's context/env.go keeps JUJU_PRINCIPAL_UNIT).
+    assert_eq!(
+        env.exec_ok("nrpe-probe/0", "echo $JUJU_PRINCIPAL_UNIT")
+            .trim(),
+        "etcd/0"
+    );
     wait_check(
         &env,
         "nrpe-probe/0",
