@@ -9,8 +9,6 @@
 //! (name=peerURL of started members), `epoch`.
 
 use crate::config::Config;
-use crate::etcd::install::Installed;
-use crate::etcd::service::Service;
 use crate::juju::{self, Context};
 use crate::leave::Left;
 use crate::reconcile::{reconcile, Pass};
@@ -28,10 +26,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     if st.left {
         return Ok(());
     }
-    let inst = Installed::load();
-    let svc = Service {
-        etcd_binary: inst.as_ref().map(|i| i.etcd()).unwrap_or_default(),
-    };
+    let svc = crate::standdown::service();
     let cfg = Config::parse(&juju::config()?).ok();
     let address = juju::network_ingress(PEER)
         .ok()
@@ -53,15 +48,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
             Left::Refused(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
         }
     }
-    svc.stop_and_disable()?;
-    // A unit that leaves takes no more scheduled snapshots (the leader names another).
-    if let Err(e) = crate::backups::remove() {
-        juju::log("WARNING", &format!("scheduled snapshots: {e}"));
-    }
-    // Nor is it watched by Nagios any more.
-    if let Err(e) = crate::nrpe::tear_down() {
-        juju::log("WARNING", &format!("nrpe: {e:#}"));
-    }
+    crate::standdown::stand_down(&svc, "")?;
     st.left = true;
     st.save()
 }
@@ -69,7 +56,9 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
 pub fn hook(ctx: &Context) -> Result<()> {
     // Before anything reads or changes the charm's files: are they this unit's?
     if let crate::claim::Claim::Taken(other) = crate::claim::claim(&ctx.unit)? {
-        // Not even stop or remove touches them: they are the other unit's etcd.
+        // Not even stop or remove touches them: they are the other unit's etcd. A status
+        // that cannot be said changes nothing; failing the hook for it would only hold up
+        // this unit's removal.
         let _ = crate::status::set_untracked(
             "blocked",
             &format!(

@@ -10,10 +10,8 @@
 //! unit refuses to touch anything (both would need the same ports, directories and
 //! service) and says so.
 
-use crate::etcd::install::Installed;
-use crate::etcd::service::Service;
 use crate::juju;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 
 pub const CHARM_DIR: &str = "/var/lib/etcd-charm";
@@ -105,19 +103,8 @@ fn retire(root: &Path, owner: &str) -> Result<()> {
         &format!("this machine hosted {owner}, which is gone: its files are moved aside"),
     );
     if real {
-        let svc = Service {
-            etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
-        };
-        if svc.running().unwrap_or(true) {
-            svc.stop_and_disable()
-                .map_err(|e| anyhow!("stopping the etcd of {owner}: {e}"))?;
-        }
-        if let Err(e) = crate::backups::remove() {
-            juju::log("WARNING", &format!("{owner}'s scheduled snapshots: {e}"));
-        }
-        if let Err(e) = crate::nrpe::tear_down() {
-            juju::log("WARNING", &format!("{owner}'s Nagios checks: {e:#}"));
-        }
+        crate::standdown::stand_down(&crate::standdown::service(), &format!("{owner}'s "))
+            .with_context(|| format!("stopping the etcd of {owner}"))?;
     }
     let suffix = format!("retired-{}-{}", owner.replace('/', "-"), crate::unit::now());
     for dir in [

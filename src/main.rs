@@ -42,6 +42,7 @@ mod restart;
 mod restore;
 mod roll;
 mod rolling;
+mod standdown;
 mod status;
 mod timer;
 mod unit;

@@ -149,13 +149,26 @@ pub fn remove_model_remains(home: &Path, model: &str, net: Option<&Net>, machine
         home.join("charms").join(model),
         home.join("resources").join(model),
     ] {
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                eprintln!("cannot remove {}: {e}", dir.display())
-            }
-            _ => {}
-        }
+        remove_tree(&dir);
     }
+}
+
+/// Removes one of the controller's directory trees; one already gone is fine, any other
+/// failure goes to controller.log (what stays is then also seen by the host's leak check).
+fn remove_tree(dir: &Path) {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            eprintln!("cannot remove {}: {e}", dir.display())
+        }
+        _ => {}
+    }
+}
+
+/// What the host and the controller's home hold for a machine whose processes are gone:
+/// its namespace, links and cgroups, and its directory in the model's.
+fn remove_machine_remains(home: &Path, model: &str, net: &Net, machine: u32) {
+    machine::remove_host_parts(net, machine);
+    remove_tree(&machine::machine_dir(&model_dir(home, model), machine));
 }
 
 pub fn unit_dir_name(unit: &str) -> String {
@@ -1275,6 +1288,14 @@ impl Ctl {
         })
     }
 
+    /// Removes the directory of a model that is no longer in the world: a machine's start
+    /// under way when the model was destroyed may have made it again.
+    fn forget_model_dir_if_gone(&self, model: &str) {
+        if !self.read(|w| w.models.contains_key(model)) {
+            remove_tree(&model_dir(&self.home, model));
+        }
+    }
+
     /// A machine that started after its model (or itself) was destroyed is nobody's: its
     /// processes are ended and what the host holds for it removed, here, by the starter.
     async fn end_orphan(
@@ -1285,17 +1306,15 @@ impl Ctl {
         spawn: u32,
     ) -> anyhow::Error {
         end_processes(Some(spawn), None).await;
-        // Spawning made the machine's directory (and the model's, if it had gone already).
-        let mdir = model_dir(&self.home, model);
-        let _ = std::fs::remove_dir_all(mdir.join("machines").join(machine.to_string()));
-        if !self.read(|w| w.models.contains_key(model)) {
-            let _ = std::fs::remove_dir_all(&mdir);
-        }
-        let net = net.clone();
-        // remove_host_parts reports its own failures; the join fails only if it panicked,
-        // and the error below is returned either way.
-        let _ =
-            tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
+        let (home, model_name, net) = (self.home.clone(), model.to_string(), net.clone());
+        // remove_machine_remains reports its own failures; the join fails only if it
+        // panicked, and the error below is returned either way.
+        let _ = tokio::task::spawn_blocking(move || {
+            remove_machine_remains(&home, &model_name, &net, machine)
+        })
+        .await;
+        // Spawning made the machine's directory, and the model's if it had gone already.
+        self.forget_model_dir_if_gone(model);
         anyhow::anyhow!("machine {machine} was destroyed while it started")
     }
 
@@ -1310,9 +1329,7 @@ impl Ctl {
                 ctl.update_machine(&model, machine, |m| m.status = format!("error: {e:#}"));
                 // A start that failed because its model went may have made the model's
                 // directory again (the machine's log): nothing of the model stays.
-                if !ctl.read(|w| w.models.contains_key(&model)) {
-                    let _ = std::fs::remove_dir_all(model_dir(&ctl.home, &model));
-                }
+                ctl.forget_model_dir_if_gone(&model);
             }
         });
     }
@@ -1611,13 +1628,12 @@ impl Ctl {
             return;
         };
         end_processes(spawn, init).await;
-        let _ =
-            tokio::task::spawn_blocking(move || machine::remove_host_parts(&net, machine)).await;
-        let _ = std::fs::remove_dir_all(
-            model_dir(&self.home, model)
-                .join("machines")
-                .join(machine.to_string()),
-        );
+        let (home, model) = (self.home.clone(), model.to_string());
+        // remove_machine_remains reports its own failures; the join fails only if it panicked.
+        let _ = tokio::task::spawn_blocking(move || {
+            remove_machine_remains(&home, &model, &net, machine)
+        })
+        .await;
     }
 
     /// Destroys a model: its record goes first, in one step under the world's lock, so a
@@ -2217,14 +2233,10 @@ impl Ctl {
         if let Some(id) = machine {
             self.crash_machine(model, id).await;
             let net = self.read(|w| w.models.get(model).map(|m| m.net()));
-            if let Some(net) = net {
-                machine::remove_host_parts(&net, id);
+            match net {
+                Some(net) => remove_machine_remains(&self.home, model, &net, id),
+                None => remove_tree(&machine::machine_dir(&model_dir(&self.home, model), id)),
             }
-            let _ = std::fs::remove_dir_all(
-                model_dir(&self.home, model)
-                    .join("machines")
-                    .join(id.to_string()),
-            );
         }
         self.mutate(|w| {
             let Some(m) = w.models.get_mut(model) else {

@@ -278,7 +278,7 @@ pub fn spawn_agent(
     hostname: &str,
     kind: Kind,
 ) -> Result<Spawned> {
-    let dir = model_dir.join("machines").join(machine.to_string());
+    let dir = machine_dir(model_dir, machine);
     // A systemd machine gets cgroups of its own, joined between fork and exec.
     let cgroups = if kind.boots_systemd() {
         crate::cgroups::create(&net.netns(machine))?
@@ -348,11 +348,13 @@ pub fn spawn_agent(
     Ok(Spawned { pid })
 }
 
+/// A machine's directory in its model's (its agent's socket and log).
+pub fn machine_dir(model_dir: &Path, machine: u32) -> PathBuf {
+    model_dir.join("machines").join(machine.to_string())
+}
+
 pub fn agent_socket(model_dir: &Path, machine: u32) -> PathBuf {
-    model_dir
-        .join("machines")
-        .join(machine.to_string())
-        .join("agent.sock")
+    machine_dir(model_dir, machine).join("agent.sock")
 }
 
 /// Kills every process of a machine by killing its PID 1 (and the unshare parent).

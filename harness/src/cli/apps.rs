@@ -47,6 +47,15 @@ pub(super) fn placement(to: Option<&str>) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// Every machine `to` names exists, checked before anything is made (`what` says what
+/// was refused: "cannot deploy \"x\"").
+pub(super) fn check_placement(m: &Model, to: &[u32], what: &str) -> Result<()> {
+    match to.iter().find(|id| !m.machines.contains_key(id)) {
+        Some(id) => bail!("{what}: machine {id} not found"),
+        None => Ok(()),
+    }
+}
+
 /// `expose <app>` / `unexpose <app>`: the opened ports of the application's units become
 /// reachable from outside the model (the host), or stop being so (see `firewall`).
 pub(super) fn expose(
@@ -315,11 +324,7 @@ pub(super) fn add_units(
             bail!("application \"{app}\" not found");
         }
         // All placements checked before any unit is added: nothing half-done.
-        for id in to {
-            if !m.machines.contains_key(id) {
-                bail!("cannot add unit to application \"{app}\": machine {id} not found");
-            }
-        }
+        check_placement(m, to, &format!("cannot add unit to application \"{app}\""))?;
         let mut out = vec![];
         for i in 0..n as usize {
             let (u, new) = m.add_unit(app, to.get(i).copied())?;

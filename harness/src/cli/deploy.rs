@@ -113,11 +113,9 @@ pub(super) async fn refresh(
             "application \"{app}\" was deployed from a local charm: refresh it with --path <charm directory or .charm file>"
         ),
     };
-    // --channel and --revision pick from the store: a local charm has neither.
-    let from_store = p.value("path").is_none()
-        && ctl.model(&model, |m| {
-            m.apps.get(&app).is_some_and(|a| a.store_name.is_some())
-        })?;
+    // --channel and --revision pick from the store: a local charm has neither. Without
+    // --path the charm came from the store (the match above refused a local one).
+    let from_store = p.value("path").is_none();
     for flag in ["channel", "revision"] {
         if p.value(flag).is_some() && !from_store {
             bail!("--{flag} applies to a charm from the store; \"{app}\" is refreshed from a local charm (--path)");
@@ -483,16 +481,9 @@ pub(super) async fn deploy(
         p.value("n").unwrap_or("1").parse().context("--num-units")?
     };
     let to = super::apps::placement(p.value("to"))?;
-    if !to.is_empty() {
-        ctl.model(&model, |m| -> Result<()> {
-            for id in &to {
-                if !m.machines.contains_key(id) {
-                    bail!("cannot deploy \"{app}\": machine {id} not found");
-                }
-            }
-            Ok(())
-        })??;
-    }
+    ctl.model(&model, |m| {
+        super::apps::check_placement(m, &to, &format!("cannot deploy \"{app}\""))
+    })??;
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
     let mut storage_requests = BTreeMap::new();
     let mut storage_volumes = BTreeMap::new();

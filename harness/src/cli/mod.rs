@@ -44,13 +44,8 @@ pub async fn handle(
     // does not know; a 2.9 client (`CHARM_HARNESS_CLIENT=2.9`) has them, and its `run` is
     // what 3.x calls `exec`.
     let cmd = cmd.as_str();
-    if JUJU29_ONLY.contains(&cmd) && !juju29 {
-        return Reply::err(
-            1,
-            format!("juju: {cmd:?} is not a juju command. See \"juju --help\"."),
-        );
-    }
-    if juju29 && JUJU3_ONLY.contains(&cmd) {
+    let missing = if juju29 { JUJU3_ONLY } else { JUJU29_ONLY };
+    if missing.contains(&cmd) {
         return Reply::err(
             1,
             format!("juju: {cmd:?} is not a juju command. See \"juju --help\"."),
