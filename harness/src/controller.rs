@@ -93,7 +93,26 @@ pub struct Ctl {
     workers: Mutex<HashSet<(String, String)>>,
     serial: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     last_update_status: Mutex<HashMap<String, Instant>>,
+    /// Machine starts under way: a controller shutting down waits for them, as a start
+    /// whose machine was destroyed ends the processes it spawned only as it goes on.
+    starts: watch::Sender<usize>,
     pub shutdown: tokio::sync::Notify,
+}
+
+/// Counts one machine start for as long as it lives (`Ctl::starts`).
+struct StartGuard<'a>(&'a watch::Sender<usize>);
+
+impl<'a> StartGuard<'a> {
+    fn new(starts: &'a watch::Sender<usize>) -> Self {
+        starts.send_modify(|n| *n += 1);
+        StartGuard(starts)
+    }
+}
+
+impl Drop for StartGuard<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 /// Locks a mutex even if a thread panicked while holding it: one failed request must not
@@ -1156,6 +1175,7 @@ impl Ctl {
             workers: Mutex::new(HashSet::new()),
             serial: Mutex::new(HashMap::new()),
             last_update_status: Mutex::new(HashMap::new()),
+            starts: watch::channel(0).0,
             shutdown: tokio::sync::Notify::new(),
         })
     }
@@ -1334,7 +1354,15 @@ impl Ctl {
         });
     }
 
+    /// Waits until no machine start is under way (a start whose model was destroyed ends
+    /// what it spawned on its own), up to `limit`.
+    pub async fn starts_done(&self, limit: Duration) {
+        let mut rx = self.starts.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+
     pub async fn start_machine(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
+        let _counted = StartGuard::new(&self.starts);
         let found = self.read(|w| {
             let m = w.models.get(model)?;
             let mach = m.machines.get(&machine)?;
@@ -1372,6 +1400,12 @@ impl Ctl {
                     .and_then(|()| {
                         machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
                     });
+                // The second hold point (harness-hold-at=spawned): the machine's processes
+                // run and nothing in the world records them yet.
+                // A model already gone makes no hold: the start goes on and finds it gone.
+                if r.is_ok() && hold_at.as_deref() == Some("spawned") {
+                    let _ = machine::hold_at(&mdir.join(format!("hold-spawned-{machine}")));
+                }
                 // A step that failed half-way (a destroy-model deleting the namespace while
                 // the veth pair was being moved into it) leaves no link or namespace behind.
                 if r.is_err() {

@@ -8,6 +8,7 @@ use crate::state::World;
 use anyhow::Result;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Serves the controller socket until shutdown.
 pub async fn serve(ctl: Arc<Ctl>, listener: tokio::net::UnixListener) -> Result<()> {
@@ -120,6 +121,10 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
             for m in models {
                 ctl.destroy_model(&m).await;
             }
+            // A machine caught starting (its processes spawned, not yet recorded) is ended
+            // by its start, which finds its model gone: the controller must outlive it.
+            // 90 s: longer than any step of a start (a test's hold point waits up to 60 s).
+            ctl.starts_done(Duration::from_secs(90)).await;
             // Every model is destroyed: an absent file is the same empty state.
             let _ = std::fs::remove_file(state_path(&ctl.home));
             ctl.shutdown.notify_one();

@@ -1019,19 +1019,26 @@ fn processes_naming(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
     type Act = fn(&Env);
-    let moments: [(&str, Act); 6] = [
+    let moments: [(&str, Act); 7] = [
         ("right after deploy", |_| {}),
         // A kill point: the controller holds between making the machine's veth pair on the
         // host and moving one end into the machine's namespace (model config
         // harness-hold-at=veth); the destroy removes the hold file with the model's directory.
         ("with the veth pair made but not yet moved", |env| {
-            let hold = env
-                .home
-                .path()
-                .join("models")
-                .join(&env.model)
-                .join("hold-veth-0");
+            let hold = hold_file(env, "veth");
             until("the hold point reached", MIN, || hold.exists());
+        }),
+        // A second kill point: the machine's processes run (spawned into its namespaces)
+        // and the controller has not yet recorded them (harness-hold-at=spawned). The
+        // original leak of issue 27: the destroy finds no process to end and the start goes
+        // on with a machine nobody will end.
+        ("with the machine spawned but not yet recorded", |env| {
+            let hold = hold_file(env, "spawned");
+            until("the hold point reached", MIN, || hold.exists());
+            assert!(
+                !processes_naming(env.home.path()).is_empty(),
+                "the machine's processes run at the hold point"
+            );
         }),
         ("while the machine starts", |env| {
             until("the machine listed", MIN, || {
@@ -1058,6 +1065,8 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
         let model = format!("d{i}");
         let hold = if moment.starts_with("with the veth") {
             "harness-hold-at=veth"
+        } else if moment.starts_with("with the machine spawned") {
+            "harness-hold-at=spawned"
         } else {
             "harness-hold-at="
         };
@@ -1088,21 +1097,71 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
         // No link or namespace of the model's machines (a veth pair caught half-way between
         // the host and the machine's namespace once stayed on the host).
         // A start under way when the model went removes them itself, once its step fails.
-        let prefix = format!("chb{net}m");
-        let left = || -> Vec<String> {
-            ["/sys/class/net", "/run/netns"]
-                .iter()
-                .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        };
+        let left = || machine_links_and_namespaces(net);
         until(
             &format!("no link or namespace left ({moment})"),
             MIN,
             || left().is_empty(),
         );
     }
+}
+
+/// Issue 27: `kill-controller` against a live controller and against a dead one leaves
+/// nothing of a machine caught at the moment its processes run and the controller has not
+/// recorded them (the hold point harness-hold-at=spawned), nor of a machine running a hook
+/// beside it. The live controller ends its machines before it exits; the dead one's
+/// machines are found by their namespaces.
+#[test]
+fn kill_controller_live_or_dead_leaves_nothing_of_a_starting_machine() {
+    for dead in [false, true] {
+        let env = Env::new(
+            if dead { "kd" } else { "kl" },
+            &["update-status-hook-interval=1h", "harness-hold-at=spawned"],
+        );
+        let home = env.home.path().to_path_buf();
+        env.ok(&["deploy", &probe(), "p", "--config", "hook-sleep=1"]);
+        let hold = hold_file(&env, "spawned");
+        until("the hold point reached", MIN, || hold.exists());
+        assert!(!processes_naming(&home).is_empty());
+        let net = model_net_index(&home, &env.model);
+        if dead {
+            kill_the_controller(&env);
+            // The held start dies with its controller; the hold file stays.
+        }
+        env.ok(&["kill-controller"]);
+        let case = if dead { "dead" } else { "live" };
+        until(&format!("no machine process left ({case})"), MIN, || {
+            processes_naming(&home).is_empty()
+        });
+        let left = || machine_links_and_namespaces(net);
+        until(&format!("no link or namespace left ({case})"), MIN, || {
+            left().is_empty()
+        });
+        assert!(
+            !home.join("models").join(&env.model).exists(),
+            "{case}: the model's directory is left"
+        );
+    }
+}
+
+/// The hold point file of machine 0 (model config `harness-hold-at=<point>`).
+fn hold_file(env: &Env, point: &str) -> std::path::PathBuf {
+    env.home
+        .path()
+        .join("models")
+        .join(&env.model)
+        .join(format!("hold-{point}-0"))
+}
+
+/// The links and network namespaces on the host of the machines of network `net`.
+fn machine_links_and_namespaces(net: u64) -> Vec<String> {
+    let prefix = format!("chb{net}m");
+    ["/sys/class/net", "/run/netns"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 /// The index of a model's network (its bridge is `chb<index>`), from the controller's state.

@@ -167,8 +167,8 @@ pub(super) async fn model_config(
                 {
                     bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
                 }
-                if k == "harness-hold-at" && !matches!(v, "" | "veth") {
-                    bail!("harness-hold-at: {v:?} is not a hold point (veth, or empty for none)");
+                if k == "harness-hold-at" && !matches!(v, "" | "veth" | "spawned") {
+                    bail!("harness-hold-at: {v:?} is not a hold point (veth or spawned, or empty for none)");
                 }
                 if k == "firewall-mode" && !matches!(v, "instance" | "none") {
                     bail!("firewall-mode: {v:?} is not instance (a cloud's firewall: only exposed applications' opened ports are reachable from outside the model) or none");
