@@ -1097,9 +1097,9 @@ fn destroy_model_at_any_moment_of_a_machine_leaves_nothing() {
         // No link or namespace of the model's machines (a veth pair caught half-way between
         // the host and the machine's namespace once stayed on the host).
         // A start under way when the model went removes them itself, once its step fails.
-        let left = || machine_links_and_namespaces(net);
+        let left = || machine_host_parts(net, &home);
         until(
-            &format!("no link or namespace left ({moment})"),
+            &format!("no link, namespace, cgroup, mount or loop device left ({moment})"),
             MIN,
             || left().is_empty(),
         );
@@ -1124,6 +1124,12 @@ fn kill_controller_live_or_dead_leaves_nothing_of_a_starting_machine() {
         until("the hold point reached", MIN, || hold.exists());
         assert!(!processes_naming(&home).is_empty());
         let net = model_net_index(&home, &env.model);
+        // The check below sees what a machine holds: its cgroups and links exist now.
+        let held = machine_host_parts(net, &home);
+        assert!(
+            held.iter().any(|p| p.starts_with("cgroup ")) && held.iter().any(|p| !p.contains(' ')),
+            "{held:?}"
+        );
         if dead {
             kill_the_controller(&env);
             // The held start dies with its controller; the hold file stays.
@@ -1133,10 +1139,12 @@ fn kill_controller_live_or_dead_leaves_nothing_of_a_starting_machine() {
         until(&format!("no machine process left ({case})"), MIN, || {
             processes_naming(&home).is_empty()
         });
-        let left = || machine_links_and_namespaces(net);
-        until(&format!("no link or namespace left ({case})"), MIN, || {
-            left().is_empty()
-        });
+        let left = || machine_host_parts(net, &home);
+        until(
+            &format!("no link, namespace, cgroup, mount or loop device left ({case})"),
+            MIN,
+            || left().is_empty(),
+        );
         assert!(
             !home.join("models").join(&env.model).exists(),
             "{case}: the model's directory is left"
@@ -1153,15 +1161,61 @@ fn hold_file(env: &Env, point: &str) -> std::path::PathBuf {
         .join(format!("hold-{point}-0"))
 }
 
-/// The links and network namespaces on the host of the machines of network `net`.
-fn machine_links_and_namespaces(net: u64) -> Vec<String> {
+/// What the host holds of the machines of network `net` and controller home `home`: links,
+/// network namespaces, cgroups (every hierarchy), mounts and loop devices.
+fn machine_host_parts(net: u64, home: &std::path::Path) -> Vec<String> {
     let prefix = format!("chb{net}m");
-    ["/sys/class/net", "/run/netns"]
+    let mut found: Vec<String> = ["/sys/class/net", "/run/netns"]
         .iter()
         .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&prefix))
-        .collect()
+        .collect();
+    // The controller's cgroups sit under a `charm-harness` directory, which a hierarchy may
+    // nest below the controller's own cgroup (memory/process_api/<id>/charm-harness).
+    fn cgroups(dir: &std::path::Path, prefix: &str, depth: u32, found: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if name == "charm-harness" {
+                for m in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+                    if m.file_name().to_string_lossy().starts_with(prefix) {
+                        found.push(format!("cgroup {}", m.path().display()));
+                    }
+                }
+            } else if depth > 0 {
+                cgroups(&e.path(), prefix, depth - 1, found);
+            }
+        }
+    }
+    cgroups(
+        std::path::Path::new("/sys/fs/cgroup"),
+        &prefix,
+        4,
+        &mut found,
+    );
+    let home = home.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    found.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&home))
+            .map(|l| format!("mount {l}")),
+    );
+    let loops = std::process::Command::new("losetup")
+        .args(["-nl", "-O", "BACK-FILE"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    found.extend(
+        loops
+            .lines()
+            .filter(|l| l.contains(&home))
+            .map(|l| format!("loop {l}")),
+    );
+    found
 }
 
 /// The index of a model's network (its bridge is `chb<index>`), from the controller's state.
