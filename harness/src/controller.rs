@@ -372,6 +372,11 @@ impl Model {
             .and_then(|k| crate::machine::Kind::parse(&k))
             .unwrap_or(DEFAULT_MACHINE_KIND);
         let second_nic = self.config_bool("harness-second-interface", false);
+        let constraints = unit
+            .as_deref()
+            .and_then(|u| self.apps.get(u.split('/').next().unwrap_or("")))
+            .map(|a| a.constraints.clone())
+            .unwrap_or_default();
         self.machines.insert(
             id,
             Machine {
@@ -387,6 +392,7 @@ impl Model {
                 provisioned: false,
                 second_nic,
                 kept,
+                constraints,
             },
         );
         id

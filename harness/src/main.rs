@@ -20,6 +20,7 @@ mod bases;
 mod boot;
 mod cgroups;
 mod cli;
+mod constraints;
 mod controller;
 mod firewall;
 mod flags;

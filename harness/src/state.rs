@@ -120,6 +120,9 @@ impl App {
             exposed: false,
             channel: None,
             dying: false,
+            constraints: String::new(),
+            bindings: Default::default(),
+            trust: false,
         }
     }
 }
@@ -222,6 +225,15 @@ pub struct App {
     /// status is the charm's to set until then, so it cannot be the mark).
     #[serde(default)]
     pub dying: bool,
+    /// `--constraints` of deploy or `set-constraints`, in Juju's canonical form.
+    #[serde(default)]
+    pub constraints: String,
+    /// `--bind`: endpoint → space, the application's default under "".
+    #[serde(default)]
+    pub bindings: BTreeMap<String, String>,
+    /// `--trust` of deploy or refresh, `juju trust`: the application-config `trust`.
+    #[serde(default)]
+    pub trust: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -326,6 +338,10 @@ pub struct Machine {
     /// Made by `add-machine`: kept when its last unit goes.
     #[serde(default)]
     pub kept: bool,
+    /// The constraints it was made with (its application's, or `add-machine`'s), in
+    /// Juju's canonical form.
+    #[serde(default)]
+    pub constraints: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

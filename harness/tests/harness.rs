@@ -1356,3 +1356,115 @@ fn the_cli_is_juju_3_6_unless_the_client_says_2_9() {
     let r = env.run(&["run", "probe/0", "echo", "text=y", "--format", "json"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
 }
+
+/// Issue 21: deploy's flags as Juju 3.6 has them, none parsed and ignored. `--overlay` with
+/// a charm is refused with Juju's message (juju/juju cmd/juju/application/deploy.go
+/// validateCharmFlags; deploy_test.go TestDeployLocalWithBundleOverlay); `--revision`
+/// without `--channel` too (deployer/deployer.go repoCharmDeployer; deployer_test.go
+/// TestGetDeployerCharmHubCharmWithRevisionFail); `--constraints` is parsed as
+/// core/constraints/constraints.go parses it (its tests' messages), kept on the application
+/// and shown on the machines made for it (cmd/juju/status/formatted.go); `--bind` names
+/// only spaces that exist (parseBindExpr); `--trust` sets the application-config `trust`
+/// that `juju config` shows and `juju trust --remove-trust` clears. What this controller
+/// cannot do (detached storage, zones, containers, another architecture) is refused by
+/// name, never ignored.
+#[test]
+fn deploy_flags_are_juju_3_6_s_and_none_is_ignored() {
+    let env = Env::new("flags", &["update-status-hook-interval=1h"]);
+    let probe = probe();
+    let p = probe.as_str();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["deploy", p, "p", "--overlay", "o.yaml"],
+            "flags provided but not supported when deploying a charm: --overlay",
+        ),
+        (
+            &["deploy", p, "p", "--attach-storage", "data/0"],
+            "--attach-storage",
+        ),
+        (
+            &["add-unit", "p", "--attach-storage", "data/0"],
+            "--attach-storage",
+        ),
+        (&["deploy", p, "p", "--revision", "3"], "local charm"),
+        (
+            &["deploy", "easyrsa", "--revision", "3"],
+            "specifying a revision requires a channel for future upgrades. Please use --channel",
+        ),
+        (
+            &["deploy", p, "p", "--constraints", "mem=cheese"],
+            "bad \"mem\" constraint: must be a non-negative float with optional M/G/T/P suffix",
+        ),
+        (
+            &["deploy", p, "p", "--constraints", "cheese=1"],
+            "unknown constraint \"cheese\"",
+        ),
+        (
+            &["deploy", p, "p", "--constraints", "zones=z1"],
+            "no availability zones",
+        ),
+        (
+            &["deploy", p, "p", "--bind", "public"],
+            "space \"public\" not found",
+        ),
+        (
+            &["deploy", p, "p", "--bind", "nope=alpha"],
+            "endpoint \"nope\" not found",
+        ),
+        (
+            &["add-machine", "--constraints", "cores=x"],
+            "bad \"cores\" constraint",
+        ),
+    ];
+    for (args, text) in cases {
+        let r = env.run(args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(text), "{args:?}: {}", r.stderr);
+    }
+    assert!(
+        env.status()["applications"]
+            .as_object()
+            .is_none_or(|a| a.is_empty()),
+        "a refused deploy left an application"
+    );
+    assert!(
+        env.status()["machines"]
+            .as_object()
+            .is_none_or(|m| m.is_empty()),
+        "a refused add-machine left a machine"
+    );
+
+    env.ok(&[
+        "deploy",
+        p,
+        "p",
+        "--constraints",
+        "mem=4G cores=2",
+        "--bind",
+        "alpha",
+        "--trust",
+    ]);
+    assert_eq!(env.ok(&["constraints", "p"]).trim(), "cores=2 mem=4096M");
+    let s = env.status();
+    assert_eq!(s["machines"]["0"]["constraints"], "cores=2 mem=4096M");
+    let trust = |env: &Env| -> serde_json::Value {
+        let c: serde_json::Value =
+            serde_json::from_str(&env.ok(&["config", "p", "--format", "json"])).unwrap();
+        c["application-config"]["trust"]["value"].clone()
+    };
+    assert_eq!(trust(&env), true);
+    env.ok(&["trust", "p", "--remove-trust"]);
+    assert_eq!(trust(&env), false);
+    env.ok(&["set-constraints", "p", "mem=1G"]);
+    assert_eq!(env.ok(&["constraints", "p"]).trim(), "mem=1024M");
+    env.ok(&["add-unit", "p"]);
+    let s = env.status();
+    assert_eq!(s["machines"]["1"]["constraints"], "mem=1024M");
+    // Machine 0 keeps what it was made with.
+    assert_eq!(s["machines"]["0"]["constraints"], "cores=2 mem=4096M");
+    env.ok(&["add-machine", "--constraints", "root-disk=8G"]);
+    assert_eq!(
+        env.status()["machines"]["2"]["constraints"],
+        "root-disk=8192M"
+    );
+}

@@ -18,11 +18,10 @@ pub(super) async fn add_unit(
         args,
     )?;
     let model = model_name(ctl, &p, env_model)?;
-    let app = p
-        .positional
-        .first()
-        .ok_or_else(|| anyhow!("no application name specified"))?
-        .clone();
+    let app = app_arg(&p)?;
+    if p.value("attach-storage").is_some() {
+        bail!("--attach-storage: this controller keeps no detached storage to attach (a removed unit's volumes go with it); add the unit without --attach-storage");
+    }
     let n: u32 = p.value("n").unwrap_or("1").parse().context("--num-units")?;
     let to = placement(p.value("to"))?;
     add_units(ctl, &model, &app, n, &to)?;
@@ -350,11 +349,7 @@ pub(super) fn config(
 ) -> Result<Reply> {
     let p = parse(&[FORMAT, value(&["reset"]), value(&["file"])], args)?;
     let model = model_name(ctl, &p, env_model)?;
-    let app = p
-        .positional
-        .first()
-        .ok_or_else(|| anyhow!("no application name specified"))?
-        .clone();
+    let app = app_arg(&p)?;
     let meta = ctl
         .model(&model, |m| m.apps.get(&app).map(|a| a.meta.clone()))?
         .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
@@ -440,7 +435,7 @@ pub(super) fn config(
             }
             settings.insert(k.clone(), Value::Object(e));
         }
-        Ok(json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": "default", "type": "bool", "value": false}}}))
+        Ok(json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": if a.trust { "user" } else { "default" }, "type": "bool", "value": a.trust}}}))
     })??;
     match p.positional.get(1) {
         Some(k) => fmt_out(
@@ -454,6 +449,67 @@ pub(super) fn config(
         ),
         None => fmt_out(&v, &p, Format::Yaml),
     }
+}
+
+/// The application a command names first.
+fn app_arg(p: &flags::Parsed) -> Result<String> {
+    p.positional
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no application name specified"))
+}
+
+/// `constraints <app>` (Juju's canonical form, empty when none) and `set-constraints <app>
+/// name=value ...` (replaces them; machines made from now on get them), as
+/// juju/juju `cmd/juju/application/constraints.go`.
+pub(super) fn constraints(
+    ctl: &Arc<Ctl>,
+    set: bool,
+    args: &[String],
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[FORMAT], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = app_arg(&p)?;
+    if set {
+        let value = crate::constraints::parse(&p.positional[1..])?;
+        return ctl.model_mut(&model, |m| {
+            let a = m
+                .apps
+                .get_mut(&app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+            a.constraints = value;
+            Ok(Reply::ok(""))
+        });
+    }
+    if p.positional.len() > 1 {
+        bail!("only one application name may be given (set them with set-constraints)");
+    }
+    let value = ctl
+        .model(&model, |m| m.apps.get(&app).map(|a| a.constraints.clone()))?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    Ok(Reply::ok(if value.is_empty() {
+        String::new()
+    } else {
+        format!("{value}\n")
+    }))
+}
+
+/// `trust <app> [--remove-trust]`: the application-config `trust` (juju/juju
+/// `cmd/juju/application/trust.go`).
+pub(super) fn trust(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {
+    let p = parse(&[boolean(&["remove-trust"]), value(&["scope"])], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = app_arg(&p)?;
+    let trusted = !p.flag("remove-trust");
+    ctl.model_mut(&model, |m| {
+        let a = m
+            .apps
+            .get_mut(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+        a.trust = trusted;
+        Ok(Reply::ok(""))
+    })
 }
 
 #[cfg(test)]

@@ -171,6 +171,10 @@ pub(super) async fn refresh(
         if let Some(ch) = p.value("channel") {
             a.channel = Some(ch.to_string());
         }
+        // --trust grants it (Juju's refresh: it never takes trust away).
+        if p.flag("trust") {
+            a.trust = true;
+        }
         // --config: set with the refresh (its config-changed comes with upgrade-charm's).
         a.config.extend(config);
         // --storage: constraints for the units added from now on.
@@ -458,8 +462,38 @@ pub(super) async fn deploy(
         .positional
         .first()
         .ok_or_else(|| anyhow!("no charm specified"))?;
+    // Juju's validateCharmFlags (cmd/juju/application/deploy.go; deploy_test.go
+    // TestDeployLocalWithBundleOverlay): bundle-only flags with a charm.
+    if p.value("overlay").is_some() {
+        bail!("flags provided but not supported when deploying a charm: --overlay");
+    }
+    if p.value("attach-storage").is_some() {
+        bail!("--attach-storage: this controller keeps no detached storage to attach (a removed unit's volumes go with it); deploy without --attach-storage");
+    }
     let found = find_charm(charm, cwd, store)?;
     let meta = read_charm(&found.dir)?;
+    // --revision picks from the store: a local charm has none, and the store (a directory)
+    // holds one revision of each charm. Without --channel Juju refuses it first
+    // (cmd/juju/application/deployer/deployer.go repoCharmDeployer; deployer_test.go
+    // TestGetDeployerCharmHubCharmWithRevisionFail).
+    if let Some(r) = p.value("revision") {
+        if found.name.is_none() {
+            bail!("--revision applies to a charm from the store; {charm:?} is a local charm");
+        }
+        if p.value("channel").is_none() {
+            bail!("specifying a revision requires a channel for future upgrades. Please use --channel");
+        }
+        bail!("--revision {r}: this controller's store holds only the charm's current files; deploy without --revision");
+    }
+    let constraints = crate::constraints::parse(p.values("constraints"))?;
+    let endpoints: Vec<String> = meta
+        .peers
+        .keys()
+        .chain(meta.provides.keys())
+        .chain(meta.requires.keys())
+        .cloned()
+        .collect();
+    let bindings = crate::constraints::bindings(p.value("bind").unwrap_or(""), &endpoints)?;
     let asked = crate::bases::requested(p.value("base"), p.value("series"))?;
     let declared = crate::bases::declared(&found.dir, found.packed)?;
     let base = crate::bases::choose(&meta.name, declared.as_deref(), asked, p.flag("force"))?;
@@ -541,6 +575,9 @@ pub(super) async fn deploy(
                 store_name,
                 exposed: false,
                 dying: false,
+                constraints,
+                bindings,
+                trust: p.flag("trust"),
             },
         );
         for (ep, iface) in peers {

@@ -94,8 +94,17 @@ pub(super) async fn add_machine(
         );
     }
     let n: u32 = p.value("n").unwrap_or("1").parse().context("-n")?;
+    let constraints = crate::constraints::parse(p.values("constraints"))?;
     let ids = ctl.model_mut(&model, |m| -> Result<Vec<u32>> {
-        Ok((0..n).map(|_| m.new_machine(None, true)).collect())
+        Ok((0..n)
+            .map(|_| {
+                let id = m.new_machine(None, true);
+                if let Some(mach) = m.machines.get_mut(&id) {
+                    mach.constraints = constraints.clone();
+                }
+                id
+            })
+            .collect())
     })?;
     let mut stderr = String::new();
     for id in ids {

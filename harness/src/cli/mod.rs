@@ -77,7 +77,7 @@ commands: add-model destroy-model models deploy add-unit remove-unit remove-appl
 remove-relation config model-config run exec status show-unit show-model debug-log attach-resource\n\
 run-action show-action-output show-task actions show-action scp ssh attach\n\
 resolve version wait-settled cut-network heal-network crash-machine start-machine reboot-machine\n\
-show-machine kill-controller expose unexpose add-storage remove-storage storage storage-pools\n";
+show-machine kill-controller constraints set-constraints trust expose unexpose add-storage remove-storage storage storage-pools\n";
 
 fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
     let mut all = defs.to_vec();
@@ -164,6 +164,9 @@ async fn run(
         "expose" | "unexpose" => apps::expose(ctl, cmd == "expose", args, &env_model),
         "remove-relation" => relations::remove_relation(ctl, args, &env_model).await,
         "config" => apps::config(ctl, args, cwd, &env_model),
+        "constraints" | "get-constraints" => apps::constraints(ctl, false, args, &env_model),
+        "set-constraints" => apps::constraints(ctl, true, args, &env_model),
+        "trust" => apps::trust(ctl, args, &env_model),
         "model-config" => models::model_config(ctl, args, &env_model).await,
         "run" => actions::run(ctl, args, cwd, &env_model).await,
         "run-action" => actions::run_action(ctl, args, cwd, &env_model).await,

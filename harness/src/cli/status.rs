@@ -145,10 +145,13 @@ pub(super) fn status_json(m: &Model) -> Value {
             "down" => "down",
             _ => "error",
         };
-        machines.insert(
-            id.to_string(),
-            json!({"juju-status": {"current": juju, "message": if juju == "error" { x.status.clone() } else { String::new() }, "since": now_juju()}, "dns-name": x.address, "ip-addresses": [x.address], "instance-id": m.net().netns(*id), "hostname": x.hostname, "machine-status": {"current": if juju == "started" { "running" } else { juju }, "since": now_juju()}, "base": {"name": "debian", "channel": "12"}}),
-        );
+        let mut entry = json!({"juju-status": {"current": juju, "message": if juju == "error" { x.status.clone() } else { String::new() }, "since": now_juju()}, "dns-name": x.address, "ip-addresses": [x.address], "instance-id": m.net().netns(*id), "hostname": x.hostname, "machine-status": {"current": if juju == "started" { "running" } else { juju }, "since": now_juju()}, "base": {"name": "debian", "channel": "12"}});
+        // Juju's formatted status: `constraints` only when the machine has some
+        // (cmd/juju/status/formatted.go, machineStatus, omitempty).
+        if !x.constraints.is_empty() {
+            entry["constraints"] = json!(x.constraints);
+        }
+        machines.insert(id.to_string(), entry);
     }
     // A unit's entry; a principal's holds its subordinates' (Juju nests them there and
     // lists no units under a subordinate application).
