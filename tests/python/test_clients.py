@@ -1,7 +1,10 @@
 """Real Python clients against the local controller: jubilant drives it through
 Juju(cli_binary=...), and a charm written with ops runs its handlers under it."""
+import json
 import os
 import pathlib
+import re
+import time
 
 import jubilant
 import pytest
@@ -76,6 +79,20 @@ def test_deploy_wait_status_run_config_integrate_remove(juju):
 
     juju.remove_unit("probe/1")
     juju.wait(lambda s: list(s.apps["probe"].units) == ["probe/0"] and jubilant.all_active(s))
+
+    # run() without wait= on an action longer than Juju's 60 s default: TimeoutError once the
+    # 60 s are up (the fidelity notes, from jubilant's run() and Juju's runCommandBase),
+    # while the task runs on and completes.
+    started = time.monotonic()
+    with pytest.raises(TimeoutError) as timeout:
+        juju.run("probe/0", "sleep", {"seconds": 64})
+    waited = time.monotonic() - started
+    assert 59 <= waited < 64, waited
+    task_id = re.search(r"task (\d+) on unit-probe-0", str(timeout.value)).group(1)
+    def task_completed(_):
+        task = json.loads(juju.cli("show-task", task_id, "--format", "json"))
+        return task.get("status") == "completed" and task.get("results", {}).get("slept") == "yes"
+    juju.wait(task_completed, timeout=30)
 
 
 def test_new_commands_output_parses_where_jubilant_reads_it(juju):
