@@ -112,8 +112,12 @@ impl Config {
         if port == mport {
             return Err(format!("invalid config: port and management_port are both {port}; choose two different ports"));
         }
-        if port == 4001 && get_bool(c, "bind_with_insecure_http") {
-            return Err("invalid config: port 4001 is taken by bind_with_insecure_http".into());
+        if get_bool(c, "bind_with_insecure_http") {
+            for (name, p) in [("port", port), ("management_port", mport)] {
+                if p == 4001 {
+                    return Err(format!("invalid config: {name} 4001 is taken by bind_with_insecure_http (its plain-http listener); choose another port"));
+                }
+            }
         }
         let hb = get_int(c, "heartbeat_interval", 100)?;
         let et = get_int(c, "election_timeout", 1000)?;
@@ -163,6 +167,8 @@ impl Config {
             ));
         }
         let retention = get_str_or(c, "auto_compaction_retention", "1h");
+        check_retention(&mode, &retention)
+            .map_err(|e| format!("invalid config: auto_compaction_retention {retention:?}: {e}"))?;
         let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
         let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
         if let Some(s) = &sha {
@@ -243,6 +249,64 @@ impl Config {
     }
 }
 
+/// `auto_compaction_retention` as etcd reads it (etcd's parseCompactionRetention, in
+/// `embed/etcd.go`): a non-negative whole number (hours in periodic mode, revisions in
+/// revision mode), or in periodic mode a Go duration (`30m`, `1h30m`, `1.5h`). In revision
+/// mode etcd takes a duration as nanoseconds (`1h` = 3.6e12 revisions: never compacts), so
+/// a whole number is required there.
+pub fn check_retention(mode: &str, r: &str) -> Result<(), String> {
+    if r.bytes().all(|b| b.is_ascii_digit()) && !r.is_empty() {
+        return if r.parse::<u64>().is_ok() {
+            Ok(())
+        } else {
+            Err("the number is too large".into())
+        };
+    }
+    if mode == "revision" {
+        return Err(
+            "in revision mode it is the number of revisions to keep: a whole number such as 1000"
+                .into(),
+        );
+    }
+    if go_duration(r) {
+        Ok(())
+    } else {
+        Err("etcd cannot read it: use a whole number of hours (1) or a duration such as 30m, 1h30m or 1.5h".into())
+    }
+}
+
+/// A non-negative Go duration (Go's time.ParseDuration): one or more `<number><unit>`,
+/// the number with an optional fraction, units ns, us, µs, ms, s, m, h; or `0`.
+fn go_duration(s: &str) -> bool {
+    if s == "0" {
+        return true;
+    }
+    let s = s.strip_prefix('+').unwrap_or(s);
+    if s.is_empty() || s.len() > 64 {
+        return false;
+    }
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num = &rest[..digits];
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ns", "us", "\u{b5}s", "\u{3bc}s", "ms", "s", "m", "h"]
+            .into_iter()
+            .filter(|u| rest.starts_with(u))
+            .max_by_key(|u| u.len());
+        match unit {
+            Some(u) => rest = &rest[u.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Checks a snapd timer (snapd's "timer strings": comma-separated days, day ranges,
 /// times, time ranges with `-` or a spread with `~`, and `/N` repeats), or "max".
 pub fn check_refresh_timer(t: &str) -> Result<(), String> {
@@ -251,7 +315,10 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
     }
     const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
     let day = |d: &str| -> bool {
-        let (name, week) = d.split_at(d.len().min(3));
+        // `get`: byte 3 may fall inside a multi-byte character (then it is no day).
+        let (Some(name), Some(week)) = (d.get(..d.len().min(3)), d.get(d.len().min(3)..)) else {
+            return false;
+        };
         DAYS.contains(&name) && (week.is_empty() || matches!(week, "1" | "2" | "3" | "4" | "5"))
     };
     let time = |t: &str| -> bool {
@@ -293,16 +360,18 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
 }
 
 /// A duration's number and its last letter (s, m, h or d), split: "825d" → ("825", 86400).
+/// Any text: the last character decides (never a byte index, which may fall inside a
+/// multi-byte character).
 pub fn split_duration(s: &str) -> Option<(&str, i64)> {
-    let (num, unit) = s.split_at(s.len().checked_sub(1)?);
+    let unit = s.chars().last()?;
     let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
         _ => return None,
     };
-    Some((num, mult))
+    Some((&s[..s.len() - 1], mult))
 }
 
 /// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
@@ -387,6 +456,133 @@ mod tests {
         assert!(cfg(json!({"archive_sha256": "abc"}))
             .unwrap_err()
             .contains("64 hex"));
+    }
+
+    #[test]
+    fn retention_as_etcd_reads_it() {
+        for (mode, ok) in [
+            ("periodic", "1h"),
+            ("periodic", "30m"),
+            ("periodic", "1h30m"),
+            ("periodic", "1.5h"),
+            ("periodic", "500ms"),
+            ("periodic", "0"),
+            ("periodic", "12"),
+            ("revision", "1000"),
+            ("revision", "0"),
+        ] {
+            assert!(check_retention(mode, ok).is_ok(), "{mode} {ok}");
+        }
+        for (mode, bad) in [
+            ("periodic", "banana"),
+            ("periodic", "-1"),
+            ("periodic", "1x"),
+            ("periodic", ""),
+            ("periodic", "h"),
+            ("periodic", "1.2.3h"),
+            ("periodic", "30д"),
+            ("revision", "1h"),
+            ("revision", "-5"),
+            ("revision", "99999999999999999999999"),
+        ] {
+            assert!(check_retention(mode, bad).is_err(), "{mode} {bad}");
+        }
+        let e = cfg(json!({"auto_compaction_retention": "banana"})).unwrap_err();
+        assert!(e.contains("auto_compaction_retention \"banana\""), "{e}");
+        assert!(cfg(
+            json!({"auto_compaction_mode": "revision", "auto_compaction_retention": "1h"})
+        )
+        .is_err());
+        let e = cfg(json!({"bind_with_insecure_http": true, "management_port": 4001})).unwrap_err();
+        assert!(e.contains("management_port 4001"), "{e}");
+    }
+
+    /// H3: a value whose last character, or whose third byte, falls inside a multi-byte
+    /// character was split there and panicked every hook.
+    #[test]
+    fn non_ascii_values_are_refused_not_panicked_on() {
+        for (k, v) in [
+            ("tls_certificate_lifetime", "30д"),
+            ("snapshot_schedule", "30д"),
+            ("snapd_refresh", "moд,10:00"),
+            ("snapd_refresh", "дд"),
+            ("auto_compaction_retention", "1ч"),
+        ] {
+            let e = cfg(json!({ k: v })).unwrap_err();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every option the charm declares (config.yaml), with its type.
+        fn options() -> Vec<(String, String)> {
+            let y: serde_yaml::Value =
+                serde_yaml::from_str(include_str!("../config.yaml")).unwrap();
+            y["options"]
+                .as_mapping()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().unwrap().to_string(),
+                        v["type"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        }
+
+        fn value_for(kind: &str) -> BoxedStrategy<Value> {
+            match kind {
+                "int" => prop_oneof![
+                    any::<i64>().prop_map(|n| json!(n)),
+                    (-10i64..70000).prop_map(|n| json!(n)),
+                ]
+                .boxed(),
+                "boolean" => any::<bool>().prop_map(|b| json!(b)).boxed(),
+                _ => prop_oneof![
+                    any::<String>().prop_map(Value::String),
+                    "[0-9]{0,4}[a-zд-я.:,~/*-]{0,4}".prop_map(Value::String),
+                    "\\PC{0,300}".prop_map(Value::String),
+                ]
+                .boxed(),
+            }
+        }
+
+        /// One option with a value of its type (or, now and then, of another type).
+        fn option_value() -> impl Strategy<Value = (String, Value)> {
+            let opts = options();
+            (0..opts.len(), any::<bool>()).prop_flat_map(move |(i, other)| {
+                let (k, kind) = opts[i].clone();
+                let kind = if other { "string".to_string() } else { kind };
+                value_for(&kind).prop_map(move |v| (k.clone(), v))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+            /// Any value of any option, several at once: parse answers Ok or an error that
+            /// names an option, and never panics.
+            #[test]
+            fn config_parse_never_panics(values in proptest::collection::vec(option_value(), 1..6)) {
+                let map: BTreeMap<String, Value> = values.into_iter().collect();
+                if let Err(e) = Config::parse(&map) {
+                    prop_assert!(map.keys().any(|k| e.contains(k.as_str())), "names no option: {}", e);
+                }
+            }
+
+            #[test]
+            fn durations_and_timers_never_panic(s in "\\PC{0,40}") {
+                let _ = split_duration(&s);
+                let _ = parse_lifetime(&s);
+                let _ = check_refresh_timer(&s);
+                let _ = check_retention("periodic", &s);
+                let _ = check_retention("revision", &s);
+                let _ = crate::backups::Schedule::parse(&s);
+            }
+        }
     }
 
     #[test]

@@ -36,6 +36,11 @@ fn step(name: &str) -> Result<()> {
 
 const JOURNAL: &str = "/var/lib/etcd-charm/migration-journal.json";
 
+/// The journal, if any, is readable (a corrupt one blocks the unit: `check_local_files`).
+pub(crate) fn check_journal() -> Result<()> {
+    unit::read_json::<Journal>(JOURNAL).map(|_| ())
+}
+
 /// What a snap-upgrade that dies part-way must be able to undo: written before etcd stops,
 /// cleared once the new delivery's member is verified (`Switch`), or before the package purge
 /// sets the data aside (`Purge`).

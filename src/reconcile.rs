@@ -1190,7 +1190,35 @@ fn write_config(rendered: &str) -> pki::Result<()> {
 /// going), stops it and moves the member's data to `data`, verified (see `relocate`).
 /// Must run before the new config is written: the old one names where the data is.
 fn relocate_data(data: &str, svc: &Service) -> Result<()> {
-    let from = crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))?;
+    let from = match crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE)) {
+        Ok(from) => from,
+        // The charm's own file, unreadable as YAML (edited by hand, cut short): the caller
+        // writes it again. It is kept aside for the operator, and where the member's data
+        // is, is found on disk: the new data directory first, then the others the charm
+        // ever configures.
+        Err(e) => {
+            let aside = format!("{}.corrupt-{}", service::CONFIG_FILE, crate::unit::now());
+            std::fs::rename(service::CONFIG_FILE, &aside)
+                .with_context(|| format!("moving the unreadable {} aside", service::CONFIG_FILE))?;
+            let storage = juju::storage_location("data").ok().flatten();
+            let found = [Some(data.to_string()), storage]
+                .into_iter()
+                .flatten()
+                .chain([
+                    crate::etcd::DATA_DIR.to_string(),
+                    crate::etcd::SNAP_DATA_DIR.to_string(),
+                ])
+                .find(|d| crate::unit::has_member_data(d));
+            juju::log(
+                "WARNING",
+                &format!(
+                    "{e:#}: the file is the charm's and is written again (the unreadable one is kept as {aside}); the member's data is in {}",
+                    found.as_deref().unwrap_or("no directory yet")
+                ),
+            );
+            found
+        }
+    };
     if crate::relocate::needed(from.as_deref(), data) {
         svc.stop()?;
         crate::relocate::move_member(from.as_deref().unwrap_or_default(), data)?;

@@ -419,6 +419,11 @@ pub fn restore(
 
 const JOURNAL: &str = "/var/lib/etcd-charm/restore-journal.json";
 
+/// The journal, if any, is readable (a corrupt one blocks the unit: `check_local_files`).
+pub(crate) fn check_journal() -> Result<()> {
+    unit::read_json::<Journal>(JOURNAL).map(|_| ())
+}
+
 /// What a restore in the middle of its swap must be able to undo.
 /// Used by restore and recover alike.
 #[derive(serde::Serialize, serde::Deserialize)]

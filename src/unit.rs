@@ -104,6 +104,10 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>
 pub fn check_local_files() -> Result<()> {
     read_json::<LocalState>(LOCAL_STATE)?;
     read_json::<Installed>(install::STATE_FILE)?;
+    // The journals of a restore or snap-upgrade cut short: finished before anything else,
+    // so one that cannot be read would fail every hook and action.
+    crate::restore::check_journal()?;
+    crate::migrate::check_journal()?;
     Ok(())
 }
 

@@ -111,9 +111,37 @@ fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
     })
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary and marked: any text that may
+/// come from outside (another application's relation data, an operator's value, a tool's
+/// error) reaches a hook tool's argv bounded, far below the kernel's 128 KiB per argument
+/// (E2BIG would fail the hook, and every later one that reports the same text).
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub(40);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!(
+        "{}… [{} bytes cut]",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
+/// A status message's bound: what `juju status` can show on a line or two.
+pub const STATUS_MAX: usize = 1024;
+/// A log line's or an action message's bound.
+pub const LOG_MAX: usize = 16 * 1024;
+
 pub fn log(level: &str, msg: &str) {
     // Logging is best effort: a hook never fails because its log line could not be sent.
-    let _ = run("juju-log", &["--log-level", level, "--", msg], None);
+    let _ = run(
+        "juju-log",
+        &["--log-level", level, "--", &bounded(msg, LOG_MAX)],
+        None,
+    );
 }
 
 pub fn config() -> Result<BTreeMap<String, Value>> {
@@ -126,7 +154,12 @@ pub fn is_leader() -> Result<bool> {
 
 pub fn status_set(status: &str, message: &str, application: bool) -> Result<()> {
     let app = format!("--application={application}");
-    run("status-set", &[&app, status, "--", message], None).map(|_| ())
+    run(
+        "status-set",
+        &[&app, status, "--", &bounded(message, STATUS_MAX)],
+        None,
+    )
+    .map(|_| ())
 }
 
 pub fn application_version_set(v: &str) -> Result<()> {
@@ -364,16 +397,28 @@ pub fn action_set(results: &[(String, String)]) -> Result<()> {
 }
 
 pub fn action_fail(msg: &str) -> Result<()> {
-    run("action-fail", &["--", msg], None).map(|_| ())
+    run("action-fail", &["--", &bounded(msg, LOG_MAX)], None).map(|_| ())
 }
 
 pub fn action_log(msg: &str) {
     // Progress messages are best effort: the action's result is what counts.
-    let _ = run("action-log", &["--", msg], None);
+    let _ = run("action-log", &["--", &bounded(msg, LOG_MAX)], None);
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bounded_cuts_at_a_character_boundary() {
+        use super::bounded;
+        assert_eq!(bounded("short", 10), "short");
+        let long = "д".repeat(1000);
+        let b = bounded(&long, 101);
+        assert!(b.len() <= 101 + 40, "{}", b.len());
+        assert!(b.ends_with("bytes cut]"), "{b}");
+        let x = "x".repeat(200_000);
+        assert!(bounded(&x, super::STATUS_MAX).len() < 1100);
+    }
+
     use super::*;
 
     /// A stand-in hook tool: a real process that prints and exits as told.
