@@ -108,16 +108,41 @@ pub fn check_target(t: &str) -> Result<(), String> {
     if t.chars().any(|c| c.is_control()) || t.contains("..") {
         return bad("must be a plain path (no .., no control characters)");
     }
-    let norm = t.trim_end_matches('/');
-    if norm.is_empty() {
+    // As the filesystem resolves it: `//`, `.` components and symbolic links in the part
+    // that exists (a link into /var/lib/etcd is /var/lib/etcd).
+    let norm = resolved(p);
+    if norm == Path::new("/") {
         return bad("must not be /");
     }
     for etcd in [crate::etcd::DATA_DIR, "/var/snap/etcd", "/etc/etcd"] {
-        if norm == etcd || norm.starts_with(&format!("{etcd}/")) {
+        let etcd_resolved = resolved(Path::new(etcd));
+        if norm.starts_with(etcd) || norm.starts_with(&etcd_resolved) {
             return bad(&format!("must be outside etcd's own files ({etcd})"));
         }
     }
     Ok(())
+}
+
+/// `p` with its existing part's symbolic links resolved and `.`/`//` dropped; the part
+/// that does not exist yet is kept as written.
+fn resolved(p: &Path) -> std::path::PathBuf {
+    let clean: std::path::PathBuf = p.components().collect();
+    let mut existing = clean.clone();
+    let mut rest = vec![];
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return clean,
+        }
+    }
 }
 
 /// The unit the leader names to take the scheduled snapshots: the current one while it
@@ -487,9 +512,21 @@ mod tests {
             "/var/lib/etcd/x",
             "/a/../var/lib/etcd",
             "/etc/etcd/",
+            // M8: spellings a string comparison let through
+            "/var//lib/etcd/snapshots",
+            "/var/lib/./etcd",
+            "//etc/etcd/x",
         ] {
             assert!(check_target(bad).is_err(), "{bad}");
         }
+        // A symbolic link into etcd's files is etcd's files.
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("lib");
+        std::os::unix::fs::symlink("/var/lib", &link).unwrap();
+        let t = link.join("etcd/snaps");
+        assert!(check_target(t.to_str().unwrap()).is_err(), "{}", t.display());
+        let fine = d.path().join("real");
+        assert!(check_target(fine.to_str().unwrap()).is_ok());
     }
 
     fn member(id: u64, name: &str) -> Member {

@@ -45,7 +45,19 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         match crate::leave::leave(&live, &member_name(unit), &peer_url) {
             Left::Removed => juju::log("INFO", "removed this member from the cluster"),
             Left::NotAMember => {}
-            Left::Refused(e) => juju::log("WARNING", &format!("cannot remove this member: {e}")),
+            // Stopping a member etcd will not let go of would take the cluster below quorum
+            // (strict reconfig refuses the removal while another member is down): the member
+            // keeps running and the hook fails. Juju retries a failed hook with a growing
+            // delay (5 s up to 5 min, internal/worker/uniter), so the removal finishes by
+            // itself once the missing members answer again.
+            Left::Refused(e) => {
+                anyhow::bail!(
+                    "etcd refused to remove this member ({}); it keeps running so the cluster \
+                     keeps its quorum, and Juju retries this hook until the removal succeeds: \
+                     bring back the members that do not answer",
+                    juju::bounded(&e, 512)
+                )
+            }
         }
     }
     crate::standdown::stand_down(&svc, "")?;

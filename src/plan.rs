@@ -61,6 +61,8 @@ pub struct TurnView<'a> {
     pub rolled_back: Option<(String, String)>,
     /// the roll is paused after this unit (`pause_after_unit_upgrade`)
     pub paused_after: Option<&'a str>,
+    /// a unit whose new config failed and was rolled back (the roll stops there)
+    pub config_rejected: Option<&'a str>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -72,6 +74,8 @@ pub enum Turn {
     HandBack,
     /// The roll stopped on another unit's failure; this one keeps its version.
     Stopped { unit: String, version: String },
+    /// The roll stopped on a unit whose new config failed; this one keeps its config.
+    ConfigStopped { unit: String },
     /// The roll waits for the operator's resume-upgrade.
     Paused { after: String },
     /// Not this unit's turn yet.
@@ -98,6 +102,9 @@ pub fn turn(v: &TurnView, leads_raft: impl FnOnce() -> bool) -> Turn {
             unit: unit.clone(),
             version: version.clone(),
         };
+    }
+    if let Some(unit) = v.config_rejected {
+        return Turn::ConfigStopped { unit: unit.into() };
     }
     if let Some(after) = v.paused_after {
         return Turn::Paused {
@@ -138,30 +145,57 @@ pub fn health(
 
 /// The unit status that says a member's health (`voters`: the started voting members it
 /// sees); a hook adds what it alone knows (alarms, scheduled snapshots, a migration hint).
-pub fn member_status(health: &Health, voters: usize, was_started: bool) -> (&'static str, String) {
+/// `gone_for_good`: fewer of the application's units are deployed than a majority of the
+/// members needs, so the members that do not answer cannot all come back; only then is
+/// `recover` named (while their units are deployed, their machines may return).
+pub fn member_status(
+    health: &Health,
+    voters: usize,
+    was_started: bool,
+    gone_for_good: bool,
+) -> (&'static str, String) {
     match health {
         Health::Learner => (
             "waiting",
             "Joined as a learner; waiting for promotion".into(),
         ),
         Health::Healthy => ("active", format!("Healthy with {voters} known peers")),
-        Health::NoLeader => (
+        Health::NoLeader if gone_for_good => (
             "blocked",
             "No raft leader: a majority of the cluster's members do not answer; if they are \
              gone for good, run the recover action on the leader"
                 .into(),
         ),
+        Health::NoLeader => (
+            "blocked",
+            "No raft leader: a majority of the cluster's members do not answer; their units \
+             are still deployed, and the cluster serves again once their machines are back"
+                .into(),
+        ),
         Health::Unhealthy => ("blocked", format!("UnHealthy with {voters} known peers")),
         // A member that restarts without a majority of its peers serves no client until they
         // answer: say what that means if they never come back.
-        Health::Silent if was_started => (
+        Health::Silent if was_started && gone_for_good => (
             "waiting",
             "Waiting for etcd to start (it waits for a majority of its peers; if they are gone \
              for good, run the recover action on the leader)"
                 .into(),
         ),
+        Health::Silent if was_started => (
+            "waiting",
+            "Waiting for etcd to start (it waits for a majority of its peers, whose units are \
+             still deployed)"
+                .into(),
+        ),
         Health::Silent => ("waiting", "Waiting for etcd to start".into()),
     }
+}
+
+/// Whether the members that do not answer cannot all come back: fewer units of the
+/// application are deployed (`units`, this one included) than a majority of the `members`
+/// etcd knows needs.
+pub fn majority_gone_for_good(units: usize, members: usize) -> bool {
+    members > 0 && units < members / 2 + 1
 }
 
 /// What a member does about the cluster epoch the leader publishes (a restore starts a new
@@ -375,6 +409,7 @@ mod tests {
             others_waiting: true,
             rolled_back: None,
             paused_after: None,
+            config_rejected: None,
         }
     }
 
@@ -435,6 +470,17 @@ mod tests {
                 version: "3.5.16".into()
             }
         );
+        let rejected = TurnView {
+            config_rejected: Some("etcd/0"),
+            paused_after: Some("etcd/1"),
+            ..view()
+        };
+        assert_eq!(
+            turn(&rejected, || false),
+            Turn::ConfigStopped {
+                unit: "etcd/0".into()
+            }
+        );
         let paused = TurnView {
             paused_after: Some("etcd/1"),
             ..view()
@@ -479,7 +525,7 @@ mod tests {
 
     #[test]
     fn a_members_status_says_its_health_and_what_to_do() {
-        let st = |h: Health, started: bool| member_status(&h, 3, started);
+        let st = |h: Health, started: bool| member_status(&h, 3, started, true);
         assert_eq!(
             st(Health::Healthy, true),
             ("active", "Healthy with 3 known peers".to_string())
@@ -499,6 +545,17 @@ mod tests {
             st(Health::Silent, false),
             ("waiting", "Waiting for etcd to start".to_string())
         );
+        // While the units of the members that do not answer are deployed, their machines
+        // may come back: recover (which throws their members away) is not named.
+        for h in [Health::NoLeader, Health::Silent] {
+            let (_, msg) = member_status(&h, 3, true, false);
+            assert!(!msg.contains("recover"), "{msg}");
+        }
+        assert!(!majority_gone_for_good(3, 3));
+        assert!(!majority_gone_for_good(2, 3));
+        assert!(majority_gone_for_good(1, 3));
+        assert!(majority_gone_for_good(2, 5));
+        assert!(!majority_gone_for_good(1, 0));
     }
 
     fn app() -> AppView<'static> {

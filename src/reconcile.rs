@@ -579,10 +579,21 @@ impl<'a> Reconcile<'a> {
             );
         }
         let rendered = render::etcd_config(&member, cfg);
-        let changed = std::fs::read_to_string(service::CONFIG_FILE)
-            .ok()
-            .as_deref()
-            != Some(rendered.as_str());
+        // A config that failed its turn here and was rolled back is held, not tried again,
+        // until the charm's config renders another one.
+        let held = config_held(&rendered)?;
+        match &held {
+            Some(r) => {
+                self.set("config-rejected", &r.hash[..16]);
+                self.board.report("blocked", r.message());
+            }
+            None => self.set("config-rejected", ""),
+        }
+        let changed = held.is_none()
+            && std::fs::read_to_string(service::CONFIG_FILE)
+                .ok()
+                .as_deref()
+                != Some(rendered.as_str());
         std::fs::create_dir_all(&self.data)?;
         use std::os::unix::fs::PermissionsExt;
         // etcd's data (keys included) is for root alone.
@@ -592,10 +603,10 @@ impl<'a> Reconcile<'a> {
         let ep = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
         // A turn a killed hook left between its switch and its verdict is finished before
         // anything else is decided from what runs here.
-        if self.inst.previous.is_some() {
+        if self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists() {
             juju::log(
                 "INFO",
-                "finishing the restart a killed hook left between its binary switch and its health check",
+                "finishing the restart a killed hook left between its switch and its health check",
             );
             let r = crate::restart::resume(&mut self.live_member(client, &ep, &rendered))?;
             if let Some(r) = r {
@@ -614,6 +625,13 @@ impl<'a> Reconcile<'a> {
             running_version: self.st.running_version.as_deref(),
             installed_version: &self.inst.version,
         });
+        // A restart no longer wanted (the config went back before this unit's turn, or is
+        // held) leaves the roll's queue: a turn granted for it would wait for ever.
+        if action != MemberAction::RestartInTurn
+            && self.mine.get("restart-wanted").is_some_and(|w| !w.is_empty())
+        {
+            self.set("restart-wanted", "");
+        }
         if action == MemberAction::Start {
             relocate_data(&self.data, &self.svc)?;
             if changed {
@@ -688,6 +706,7 @@ impl<'a> Reconcile<'a> {
         // waiting, goes back to the leader: the raft leader upgrades last (leadership can
         // move after the turn was granted). Handed back once per turn hash: the unit then
         // waits for the end of the queue, and takes its turn when it comes again.
+        let rejected_by = crate::roll::config_rejected(&self.peers.units);
         let view = crate::plan::TurnView {
             alone: self.peers.units.len() == 1,
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
@@ -701,6 +720,7 @@ impl<'a> Reconcile<'a> {
                 .any(|u| *u != unit),
             rolled_back: crate::roll::rolled_back(&self.peers.units),
             paused_after: self.peers.app_get("upgrade-paused"),
+            config_rejected: rejected_by.as_deref(),
         };
         let turn = crate::plan::turn(&view, || {
             client
@@ -736,6 +756,14 @@ impl<'a> Reconcile<'a> {
                     self.inst.retry_hint()
                 ),
             ),
+            Turn::ConfigStopped { unit } => self.board.report(
+                "blocked",
+                format!(
+                    "Config change stopped: etcd on {unit} did not come up healthy with the \
+                     new config and runs its previous one (see its status); this unit keeps \
+                     its config until the config changes again"
+                ),
+            ),
             Turn::Paused { after } => self.board.report(
                 "maintenance",
                 format!(
@@ -769,6 +797,7 @@ impl<'a> Reconcile<'a> {
             data: &self.data,
             rendered,
             after: endpoint(&self.address, self.cfg.port),
+            moved_peer: None,
         }
     }
 
@@ -781,7 +810,10 @@ impl<'a> Reconcile<'a> {
                 "WARNING",
                 &format!("etcd does not answer healthy after its restart: {why}"),
             ),
-            Restarted::RolledBack { failed, why } => {
+            Restarted::RolledBack {
+                failed: Some(failed),
+                why,
+            } => {
                 juju::log(
                     "WARNING",
                     &format!(
@@ -792,18 +824,44 @@ impl<'a> Reconcile<'a> {
                 // Published before the leader's lock can grant the next turn.
                 self.set("rolled-back", failed);
             }
+            Restarted::RolledBack { failed: None, why } => {
+                let said = self.svc.last_error();
+                let why = match said {
+                    Some(e) => format!("{why}; etcd said: {e}"),
+                    None => why.clone(),
+                };
+                juju::log(
+                    "WARNING",
+                    &format!("etcd did not become healthy with the new config ({why}); its previous config runs again"),
+                );
+                // The record roll_back wrote gets the reason; the key stops the roll before
+                // the leader's lock can grant the next turn.
+                if let Ok(Some(mut r)) = crate::unit::read_json::<Rejected>(REJECTED) {
+                    r.why = juju::bounded(&why, 400).into_owned();
+                    if let Err(e) = crate::unit::write_json(REJECTED, &r) {
+                        juju::log("WARNING", &format!("cannot record why the config failed: {e:#}"));
+                    }
+                    self.set("config-rejected", &r.hash[..16]);
+                    self.board.report("blocked", r.message());
+                }
+            }
         }
+        // etcd reads the CA bundle on disk whenever it starts, a rolled-back start too.
         self.st.running_trust = self.trust_on_disk.clone();
-        self.st.client_port = Some(self.cfg.port);
-        self.st.running_peer_url = Some(self.peer_url.clone());
-        self.st.running_version = Some(self.inst.version.clone());
-        self.set("restarted", wanted);
-        self.set("etcd-version", &self.inst.version.clone());
-        self.set("peer-url", &self.peer_url.clone());
-        self.set("client-url", &self.client_url.clone());
         if let Some(t) = self.st.running_trust.clone() {
             self.set("trust-running", &t);
         }
+        self.st.running_version = Some(self.inst.version.clone());
+        self.set("restarted", wanted);
+        self.set("etcd-version", &self.inst.version.clone());
+        if matches!(r, Restarted::RolledBack { failed: None, .. }) {
+            // The config (and with it the ports and URLs) that ran before runs again.
+            return;
+        }
+        self.st.client_port = Some(self.cfg.port);
+        self.st.running_peer_url = Some(self.peer_url.clone());
+        self.set("peer-url", &self.peer_url.clone());
+        self.set("client-url", &self.client_url.clone());
     }
 
     /// Waits for this member to answer (as long as this hook can usefully wait) and returns
@@ -939,7 +997,16 @@ impl<'a> Reconcile<'a> {
         };
         use crate::plan::Health;
         let health = crate::plan::health(status.as_ref().ok(), healthy, r.was_started);
-        let (level, msg) = crate::plan::member_status(&health, voters, r.was_started);
+        // The membership etcd knows; when it does not answer, the cluster it formed with.
+        let known_members = r.members.len().max(
+            self.st
+                .initial_cluster
+                .as_deref()
+                .map(|c| c.split(',').filter(|m| !m.is_empty()).count())
+                .unwrap_or(0),
+        );
+        let gone = crate::plan::majority_gone_for_good(self.peers.units.len(), known_members);
+        let (level, msg) = crate::plan::member_status(&health, voters, r.was_started, gone);
         match health {
             Health::Healthy => self
                 .board
@@ -1118,13 +1185,34 @@ struct LiveMember<'m> {
     rendered: &'m str,
     /// where it answers after
     after: String,
+    /// the member's ID and the other members' client URLs, when this turn registered a new
+    /// peer URL (a roll back registers the old one again through them)
+    moved_peer: Option<(u64, Vec<String>)>,
 }
 
 impl crate::restart::Member for LiveMember<'_> {
+    /// Keeps the config etcd runs with (when the new one differs and the data stays where
+    /// it is: a config from before a data move would point etcd at the tree moved aside),
+    /// then switches staged binaries in.
     fn switch(&mut self) -> Result<()> {
+        if !Path::new(CONFIG_KEPT).exists() {
+            if let Ok(running) = std::fs::read_to_string(service::CONFIG_FILE) {
+                let same_dir = crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(self.data);
+                if running != self.rendered && same_dir {
+                    pki::write_file(Path::new(CONFIG_KEPT), running.as_bytes(), 0o644)?;
+                }
+            }
+        }
         Ok(install::switch_staged(self.inst)?)
     }
     fn pending(&self) -> bool {
+        self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists()
+    }
+    fn binaries_switched(&self) -> bool {
         self.inst.previous.is_some()
     }
     /// A new peer URL is registered first, and raft leadership handed over (a raft leader
@@ -1139,6 +1227,12 @@ impl crate::restart::Member for LiveMember<'_> {
                 );
                 self.client
                     .member_update(self.ep, me.id, &[self.peer_url.to_string()])?;
+                let others = members
+                    .iter()
+                    .filter(|m| m.id != me.id)
+                    .filter_map(Member::client_url)
+                    .collect();
+                self.moved_peer = Some((me.id, others));
             }
         }
         if let Ok(members) = self.client.member_list(self.ep) {
@@ -1170,16 +1264,111 @@ impl crate::restart::Member for LiveMember<'_> {
         )
     }
     fn commit(&mut self) -> Result<()> {
-        Ok(install::commit(self.inst)?)
+        if self.inst.previous.is_some() {
+            install::commit(self.inst)?;
+        }
+        crate::unit::remove_if_present(Path::new(CONFIG_KEPT))
     }
+    /// A config-only turn that failed is recorded first (the config is then held, never
+    /// tried again by a later hook until the charm renders another one), then what ran
+    /// before goes back.
     fn roll_back(&mut self) -> Result<()> {
-        install::roll_back(self.inst)?;
+        let kept = std::fs::read_to_string(CONFIG_KEPT).ok();
+        if let (Some(kept), false) = (&kept, self.inst.previous.is_some()) {
+            let r = Rejected {
+                hash: pki::sha256_hex(self.rendered.as_bytes()),
+                why: String::new(),
+                changed: changed_settings(kept, self.rendered),
+            };
+            crate::unit::write_json(REJECTED, &r)?;
+        }
+        if self.inst.previous.is_some() {
+            install::roll_back(self.inst)?;
+        }
+        if kept.is_some() {
+            std::fs::rename(CONFIG_KEPT, service::CONFIG_FILE)
+                .with_context(|| format!("putting back {CONFIG_KEPT}"))?;
+        }
+        // The peer URL this turn registered goes back too, through the members that answer
+        // (this one is down): the others would look for it at the new one.
+        if let (Some((id, others)), Some(old)) = (&self.moved_peer, self.running_peer_url) {
+            let back = others
+                .iter()
+                .any(|ep| self.client.member_update(ep, *id, &[old.to_string()]).is_ok());
+            if !back {
+                juju::log(
+                    "WARNING",
+                    &format!("cannot register this member's peer URL {old} again; the next hook tries"),
+                );
+            }
+        }
         self.svc.restart()?;
         Ok(())
     }
     fn version(&self) -> String {
         self.inst.version.clone()
     }
+}
+
+/// The config etcd ran with before a restart turn, kept until the turn's verdict.
+const CONFIG_KEPT: &str = "/etc/etcd/etcd.conf.yml.kept";
+/// A config that failed its turn here: held until the charm renders another one.
+pub(crate) const REJECTED: &str = "/var/lib/etcd-charm/config-rejected.json";
+
+/// A rendered config etcd did not come up healthy with.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Rejected {
+    /// sha256 of the rendered config
+    hash: String,
+    /// the health check's failure and etcd's own last error
+    why: String,
+    /// etcd's settings that differ from the config that ran
+    changed: Vec<String>,
+}
+
+impl Rejected {
+    fn message(&self) -> String {
+        format!(
+            "Config not applied: etcd did not come up healthy with it{} and runs its \
+             previous config again (changed: {}); fix the option with juju config",
+            if self.why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.why)
+            },
+            self.changed.join(", ")
+        )
+    }
+}
+
+/// The rejected config record when `rendered` is the config it holds; a record of another
+/// config is stale (the charm's config changed since) and goes.
+fn config_held(rendered: &str) -> Result<Option<Rejected>> {
+    let Some(r) = crate::unit::read_json::<Rejected>(REJECTED)? else {
+        return Ok(None);
+    };
+    if r.hash == pki::sha256_hex(rendered.as_bytes()) {
+        return Ok(Some(r));
+    }
+    crate::unit::remove_if_present(Path::new(REJECTED))?;
+    Ok(None)
+}
+
+/// etcd's top-level settings whose values differ between two rendered configs.
+fn changed_settings(before: &str, after: &str) -> Vec<String> {
+    let parse = |t: &str| -> std::collections::BTreeMap<String, serde_yaml::Value> {
+        serde_yaml::from_str(t).unwrap_or_default()
+    };
+    let (b, a) = (parse(before), parse(after));
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 fn write_config(rendered: &str) -> pki::Result<()> {

@@ -1,7 +1,7 @@
 //! This unit's restart in its rolling turn, as a transaction: staged binaries are switched
-//! in (what ran before recorded first), etcd restarts with its new config, and the switch is
-//! committed only once the member answers healthy; otherwise what ran before goes back and
-//! etcd restarts on it. A hook killed anywhere in between leaves the record, and the next
+//! in and the config that ran is kept (what ran before recorded first), etcd restarts with
+//! its new config, and the switch is committed only once the member answers healthy;
+//! otherwise what ran before (binaries, config or both) goes back and etcd restarts on it. A hook killed anywhere in between leaves the record, and the next
 //! hook finishes the transaction (`resume`) before it decides anything else.
 //!
 //! The steps run through `Member`; the live one (`reconcile.rs`) is etcd's service and the
@@ -15,18 +15,20 @@ use anyhow::Result;
 
 /// This unit's etcd as its restart uses it.
 pub trait Member {
-    /// Switches staged binaries in, recording what ran before first; nothing staged:
-    /// nothing happens.
+    /// Switches staged binaries in and keeps the config that ran, recording what ran
+    /// before first; nothing staged and no config to keep: nothing happens.
     fn switch(&mut self) -> Result<()>;
     /// Whether a switch is recorded whose verdict has not been given (a way back exists).
     fn pending(&self) -> bool;
+    /// Whether the pending switch includes new binaries (not only a new config).
+    fn binaries_switched(&self) -> bool;
     /// Restarts etcd with the new config (and the binaries `current` names).
     fn restart(&mut self) -> Result<()>;
     /// Waits (bounded) for the restarted member to answer healthy; why not, otherwise.
     fn healthy(&mut self) -> std::result::Result<(), String>;
     /// Keeps the switched-in binaries.
     fn commit(&mut self) -> Result<()>;
-    /// Puts back what ran before the switch and restarts etcd on it.
+    /// Puts back what ran before the switch (binaries and config) and restarts etcd on it.
     fn roll_back(&mut self) -> Result<()>;
     /// The version the binaries in place claim.
     fn version(&self) -> String;
@@ -37,11 +39,14 @@ pub trait Member {
 pub enum Restarted {
     /// The member answers healthy; a switch, if any, is committed.
     Healthy,
-    /// A config-only restart (nothing to go back to) after which the member does not answer
-    /// healthy: the status says so, the next hooks see whether it recovers.
+    /// A restart with nothing to go back to (the config that ran could not be kept) after
+    /// which the member does not answer healthy: the status says so, the next hooks see
+    /// whether it recovers.
     Unhealthy { why: String },
-    /// The new binaries failed their health check and the old ones run again.
-    RolledBack { failed: String, why: String },
+    /// What the turn brought failed its health check and what ran before runs again:
+    /// `failed` is the version of new binaries that failed, None when only the config was
+    /// new.
+    RolledBack { failed: Option<String>, why: String },
 }
 
 /// Takes this unit's turn: switch (when binaries are staged), restart, verdict.
@@ -74,7 +79,7 @@ fn verdict(m: &mut impl Member) -> Result<Restarted> {
             Ok(Restarted::Healthy)
         }
         Err(why) if m.pending() => {
-            let failed = m.version();
+            let failed = m.binaries_switched().then(|| m.version());
             m.roll_back()?;
             crash_point("upgrade-rolled-back");
             Ok(Restarted::RolledBack { failed, why })
@@ -95,6 +100,12 @@ mod tests {
         running: String,
         staged: Option<String>,
         previous: Option<String>,
+        /// the config on disk, what etcd runs with, the one the turn brings (rendered), and
+        /// the one kept to go back to
+        config: String,
+        running_config: String,
+        rendered: String,
+        kept_config: Option<String>,
         serve: Vec<String>,
         /// The call (by position among all calls) at which the hook is killed: from there
         /// on nothing the hook does has any effect.
@@ -109,8 +120,18 @@ mod tests {
                 current: current.into(),
                 running: current.into(),
                 staged: staged.map(String::from),
+                config: "old".into(),
+                running_config: "old".into(),
+                rendered: "old".into(),
                 serve: serve.iter().map(|s| s.to_string()).collect(),
                 ..Fake::default()
+            }
+        }
+        /// A member whose turn brings a new config (`rendered`) and no binaries.
+        fn config_turn(new: &str, serve: &[&str]) -> Fake {
+            Fake {
+                rendered: new.into(),
+                ..Fake::new("3.5.1", None, serve)
             }
         }
         /// Counts a call; Err when the hook dies here (state so far is what a crash leaves).
@@ -127,6 +148,9 @@ mod tests {
     impl Member for Fake {
         fn switch(&mut self) -> Result<()> {
             self.step()?;
+            if self.kept_config.is_none() && self.config != self.rendered {
+                self.kept_config = Some(self.config.clone());
+            }
             if let Some(s) = self.staged.take() {
                 self.previous.get_or_insert(self.current.clone());
                 self.current = s;
@@ -134,30 +158,44 @@ mod tests {
             Ok(())
         }
         fn pending(&self) -> bool {
+            self.previous.is_some() || self.kept_config.is_some()
+        }
+        fn binaries_switched(&self) -> bool {
             self.previous.is_some()
         }
         fn restart(&mut self) -> Result<()> {
             self.step()?;
+            self.config = self.rendered.clone();
             self.running = self.current.clone();
+            self.running_config = self.config.clone();
             Ok(())
         }
         fn healthy(&mut self) -> std::result::Result<(), String> {
             self.step().map_err(|e| e.to_string())?;
-            if self.serve.contains(&self.running) {
-                Ok(())
-            } else {
+            if !self.serve.contains(&self.running) {
                 Err(format!("{} does not serve", self.running))
+            } else if self.running_config != "old" && !self.serve.contains(&self.running_config) {
+                Err(format!("config {} does not serve", self.running_config))
+            } else {
+                Ok(())
             }
         }
         fn commit(&mut self) -> Result<()> {
             self.step()?;
             self.previous = None;
+            self.kept_config = None;
             Ok(())
         }
         fn roll_back(&mut self) -> Result<()> {
             self.step()?;
-            self.current = self.previous.take().unwrap();
+            if let Some(p) = self.previous.take() {
+                self.current = p;
+            }
+            if let Some(c) = self.kept_config.take() {
+                self.config = c;
+            }
             self.running = self.current.clone();
+            self.running_config = self.config.clone();
             Ok(())
         }
         fn version(&self) -> String {
@@ -192,7 +230,7 @@ mod tests {
         assert_eq!(
             r,
             Restarted::RolledBack {
-                failed: "3.5.99".into(),
+                failed: Some("3.5.99".into()),
                 why: "3.5.99 does not serve".into()
             }
         );
@@ -201,10 +239,60 @@ mod tests {
     }
 
     #[test]
-    fn a_config_restart_that_fails_is_reported_with_nothing_to_undo() {
+    fn a_restart_that_fails_with_nothing_kept_is_reported_with_nothing_to_undo() {
         let mut m = Fake::new("3.5.1", None, &[]);
         assert!(matches!(take(&mut m).unwrap(), Restarted::Unhealthy { .. }));
         assert_eq!(m.current, "3.5.1");
+    }
+
+    #[test]
+    fn a_new_config_that_fails_goes_back_and_the_old_one_runs() {
+        let mut m = Fake::config_turn("bad", &["3.5.1"]);
+        let r = take(&mut m).unwrap();
+        assert_eq!(
+            r,
+            Restarted::RolledBack {
+                failed: None,
+                why: "config bad does not serve".into()
+            }
+        );
+        assert_eq!((m.config.as_str(), m.running_config.as_str()), ("old", "old"));
+        assert!(!m.pending());
+        let mut m = Fake::config_turn("good", &["3.5.1", "good"]);
+        assert_eq!(take(&mut m).unwrap(), Restarted::Healthy);
+        assert_eq!(m.running_config, "good");
+        assert!(!m.pending());
+    }
+
+    /// A config turn killed at any step: the next hook ends it on the new config when it
+    /// serves, on the old one otherwise, and nothing stays pending.
+    #[test]
+    fn a_hook_killed_at_any_step_of_a_config_turn_is_finished_by_the_next_hook() {
+        for (new, serves) in [("good", true), ("bad", false)] {
+            let serve: &[&str] = if serves { &["3.5.1", new] } else { &["3.5.1"] };
+            let calls = {
+                let mut m = Fake::config_turn(new, serve);
+                take(&mut m).unwrap();
+                m.calls
+            };
+            for kill_at in 1..=calls {
+                let mut m = Fake::config_turn(new, serve);
+                m.kill_at = Some(kill_at);
+                assert!(take(&mut m).is_err(), "killed at call {kill_at}");
+                let mut after = Fake {
+                    kill_at: None,
+                    calls: 0,
+                    killed: false,
+                    ..m.clone()
+                };
+                let r = hook(&mut after).unwrap();
+                let case = format!("{new}, killed at call {kill_at}: {r:?} {after:?}");
+                let ends_on = if serves { new } else { "old" };
+                assert_eq!(after.running_config, ends_on, "{case}");
+                assert_eq!(after.config, ends_on, "{case}");
+                assert!(!after.pending(), "{case}");
+            }
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! `restarted` (the hash it restarted with), `etcd-version` (what runs now),
 //! `wants-version` (what it will run after its turn), `rolled-back` (a version that failed),
 //! `turn-declined` (the hash of an upgrade turn it handed back because its member had become
-//! the raft leader while others still waited: it goes last instead).
+//! the raft leader while others still waited: it goes last instead), `config-rejected` (its
+//! new config failed and was rolled back: the roll stops until the config changes).
 
 use crate::cluster::unit_number;
 use crate::upgrade::Version;
@@ -36,6 +37,9 @@ pub enum Next {
     Release { pause: bool },
     /// A unit's new version failed and was rolled back there: no more turns.
     Stopped { unit: String, version: String },
+    /// A unit's new config failed and the config before runs there again: no more turns
+    /// until the config changes.
+    ConfigStopped { unit: String },
     /// Paused after `after` until `resume-upgrade`.
     Paused { after: String },
     /// Grant `unit` its turn; `upgrade` when it switches versions in it.
@@ -86,6 +90,14 @@ pub fn rolled_back(units: &BTreeMap<String, Bag>) -> Option<(String, String)> {
         .find_map(|(u, b)| get(b, "rolled-back").map(|v| (u.clone(), v.to_string())))
 }
 
+/// The unit whose new config failed and was rolled back there (its `config-rejected`,
+/// cleared once its config changes again), if any: it stops the roll.
+pub fn config_rejected(units: &BTreeMap<String, Bag>) -> Option<String> {
+    units
+        .iter()
+        .find_map(|(u, b)| get(b, "config-rejected").map(|_| u.clone()))
+}
+
 pub fn decide(
     units: &BTreeMap<String, Bag>,
     lock: &Lock,
@@ -132,6 +144,9 @@ pub fn decide(
     }
     if let Some((unit, version)) = rolled_back(units) {
         return Next::Stopped { unit, version };
+    }
+    if let Some(unit) = config_rejected(units) {
+        return Next::ConfigStopped { unit };
     }
     if let Some(after) = &lock.paused {
         return Next::Paused {
@@ -216,6 +231,37 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// H1: a config turn that failed and was rolled back stops the roll: the failing unit's
+    /// grant is released, no other unit gets a turn while its `config-rejected` stands, and
+    /// the roll goes on once it is cleared (the config changed).
+    #[test]
+    fn a_rejected_config_stops_the_roll_until_the_config_changes() {
+        let mut units: BTreeMap<String, Bag> = (0..3)
+            .map(|n| (format!("etcd/{n}"), bag(&[("restart-wanted", "c2"), ("restarted", "c1")])))
+            .collect();
+        let mut lock = Lock::default();
+        let Next::Grant { unit, hash, .. } = decide(&units, &lock, "none", None) else {
+            panic!("no grant")
+        };
+        assert_eq!(unit, "etcd/0");
+        lock.grant = Some(format!("{unit}:{hash}"));
+        // etcd/0 restarted with c2, was unhealthy, rolled back, and says so.
+        let b = units.get_mut("etcd/0").unwrap();
+        b.insert("restarted".into(), "c2".into());
+        b.insert("config-rejected".into(), "abcd".into());
+        assert_eq!(decide(&units, &lock, "none", None), Next::Release { pause: false });
+        lock.grant = None;
+        assert_eq!(
+            decide(&units, &lock, "none", None),
+            Next::ConfigStopped {
+                unit: "etcd/0".into()
+            }
+        );
+        // The operator fixes the config: the record goes and the others' turns come.
+        units.get_mut("etcd/0").unwrap().insert("config-rejected".into(), String::new());
+        assert!(matches!(decide(&units, &lock, "none", None), Next::Grant { unit, .. } if unit == "etcd/1"));
     }
 
     fn finish(units: &mut BTreeMap<String, Bag>, unit: &str) {

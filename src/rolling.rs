@@ -101,6 +101,18 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                 );
                 return None;
             }
+            Next::ConfigStopped { unit } => {
+                juju::log(
+                    "WARNING",
+                    &format!(
+                        "rolling restart stopped: the new config failed on {unit} and was rolled back there"
+                    ),
+                );
+                return Some(format!(
+                    "Config change stopped: etcd on {unit} did not come up healthy with it and \
+                     runs its previous config (see its status); change the config to go on"
+                ));
+            }
             Next::Paused { after } => {
                 return Some(match progress(peers) {
                     Some((t, d, n)) => format!(

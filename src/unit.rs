@@ -108,6 +108,7 @@ pub fn check_local_files() -> Result<()> {
     // so one that cannot be read would fail every hook and action.
     crate::restore::check_journal()?;
     crate::migrate::check_journal()?;
+    read_json::<crate::reconcile::Rejected>(crate::reconcile::REJECTED)?;
     Ok(())
 }
 

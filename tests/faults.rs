@@ -183,6 +183,198 @@ fn a_unit_removed_while_the_raft_leader_is_cut_off_leaves_cleanly() {
     );
 }
 
+/// Issue 22: an operator's mistakes under a writer. A non-ASCII duration (it panicked every
+/// hook of every unit: H3) and an `auto_compaction_retention` etcd cannot read (it rolled
+/// from unit to unit, each member down in turn: H1) block every unit with a status naming
+/// the option, fail no hook and restart no member; resetting the option brings every unit
+/// back. A corrupt `/etc/etcd/etcd.conf.yml` (every hook failed parsing it: M10) is set
+/// aside and written again, in the unit's restart turn.
+#[test]
+fn operator_mistakes_block_with_the_cause_and_take_no_member_down() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-mistakes", work.path());
+    let pids = |env: &Env| -> Vec<String> {
+        env.units("etcd").iter().map(|u| etcd_pid(env, u)).collect()
+    };
+    for (option, value) in [
+        ("tls_certificate_lifetime", "30д"),
+        ("auto_compaction_retention", "banana"),
+    ] {
+        under_writer(
+            &env,
+            &creds,
+            &format!("mistake-{option}"),
+            &format!("juju config etcd {option}={value}"),
+            3,
+            || {
+                let before = pids(&env);
+                env.ok(&["config", "etcd", &format!("{option}={value}")]);
+                env.wait(&format!("every unit blocked naming {option}"), 2 * MIN, |s| {
+                    env.units("etcd").iter().all(|u| {
+                        let e = unit_entry(s, u);
+                        e["workload-status"]["current"] == "blocked"
+                            && unit_message(s, u).contains(option)
+                    })
+                });
+                let s = env.status();
+                for u in env.units("etcd") {
+                    assert_ne!(
+                        unit_entry(&s, &u)["workload-status"]["current"],
+                        "error",
+                        "{u}: a hook failed on {option}={value}"
+                    );
+                }
+                assert_eq!(pids(&env), before, "a member restarted into {option}={value}");
+                env.ok(&["config", "etcd", "--reset", option]);
+            },
+        );
+    }
+    let unit = env.units("etcd")[1].clone();
+    under_writer(
+        &env,
+        &creds,
+        "mistake-corrupt-config-file",
+        "a corrupt /etc/etcd/etcd.conf.yml",
+        3,
+        || {
+            env.exec_ok(&unit, "printf '{{{ not: [yaml' > /etc/etcd/etcd.conf.yml");
+            env.wait("the file written again and the corrupt one kept aside", 2 * MIN, |_| {
+                env.exec_ok(
+                    &unit,
+                    "grep -q '^data-dir:' /etc/etcd/etcd.conf.yml && ls /etc/etcd/ | grep -c 'etcd.conf.yml.corrupt-' || true",
+                )
+                .trim()
+                    == "1"
+            });
+            let s = env.status();
+            assert_ne!(unit_entry(&s, &unit)["workload-status"]["current"], "error");
+        },
+    );
+}
+
+/// Issue 22 (H1): a config etcd cannot run with that no check can catch (a client port
+/// another service holds on every machine). The first unit's restart fails its health
+/// check; its previous config runs again and its status names the changed settings and
+/// etcd's own error; the roll stops there, so no other member restarts; setting the option
+/// back ends it. Before the fix the unit reported the restart as done and the leader handed
+/// out the next turn: every member in turn went down into the same config.
+#[test]
+fn a_config_etcd_cannot_run_with_rolls_back_on_the_first_unit_and_stops_the_roll() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-config-rollback", work.path());
+    for u in env.units("etcd") {
+        env.exec_ok(
+            &u,
+            "nohup python3 -m http.server 23790 --bind 0.0.0.0 >/dev/null 2>&1 &",
+        );
+    }
+    for u in env.units("etcd") {
+        env.wait(&format!("port 23790 held on {u}"), MIN, |_| {
+            env.exec_ok(&u, "ss -ltn 'sport = :23790' | tail -n +2 | wc -l").trim() == "1"
+        });
+    }
+    under_writer(
+        &env,
+        &creds,
+        "config-rolled-back",
+        "juju config etcd port=23790 (a port another service holds)",
+        3,
+        || {
+            let units = env.units("etcd");
+            let before: Vec<String> = units.iter().map(|u| etcd_pid(&env, u)).collect();
+            env.ok(&["config", "etcd", "port=23790"]);
+            env.wait("one unit rolled back and the roll stopped", 4 * MIN, |s| {
+                let msgs: Vec<String> = units.iter().map(|u| unit_message(s, u)).collect();
+                msgs.iter().filter(|m| m.starts_with("Config not applied")).count() == 1
+                    && msgs.iter().filter(|m| m.contains("Config change stopped")).count() == 2
+            });
+            let s = env.status();
+            let (i, failed) = units
+                .iter()
+                .enumerate()
+                .find(|(_, u)| unit_message(&s, u).starts_with("Config not applied"))
+                .unwrap();
+            let msg = unit_message(&s, failed);
+            assert!(msg.contains("listen-client-urls"), "{msg}");
+            assert!(msg.contains("address already in use"), "{msg}");
+            for (j, u) in units.iter().enumerate() {
+                if j != i {
+                    assert_eq!(etcd_pid(&env, u), before[j], "{u} restarted after the failure");
+                }
+            }
+            // The failed unit serves again on its previous port.
+            let out = creds.etcdctl(&unit_endpoint(&env, failed), true, &["endpoint", "health"]);
+            assert!(out.status.success(), "{failed} does not serve on 2379 again");
+            env.ok(&["config", "etcd", "--reset", "port"]);
+        },
+    );
+}
+
+/// Issue 22 (H2): a healthy unit removed while another member's machine is down. etcd
+/// refuses the removal (strict reconfig: it would leave too few started members), so the
+/// leaving member keeps running and its hook fails, naming the refusal; Juju retries the
+/// hook, and once the crashed machine is back the removal completes. The cluster never
+/// loses quorum (a write goes through while the removal waits) and no acknowledged write is
+/// lost. On the code before the fix the member stood down anyway, leaving 1 of 3.
+#[test]
+fn a_unit_removed_while_another_machine_is_down_keeps_its_member_until_it_can_leave() {
+    let work = tempfile::tempdir().unwrap();
+    let (env, creds) = three_units("fault-scale-down", work.path());
+    let juju_leader = env.leader("etcd");
+    let others: Vec<String> = env
+        .units("etcd")
+        .into_iter()
+        .filter(|u| *u != juju_leader)
+        .collect();
+    let (down, victim) = (others[0].clone(), others[1].clone());
+    under_writer(
+        &env,
+        &creds,
+        "remove-while-one-down",
+        "a unit removed while another unit's machine is down",
+        2,
+        || {
+            let m = env.machine(&down);
+            let init = env.machine_pid(&m);
+            env.ok(&["crash-machine", &down]);
+            env.ok(&["remove-unit", "--no-prompt", &victim]);
+            env.wait("the refused removal's hook to fail", 3 * MIN, |s| {
+                unit_entry(s, &victim)["workload-status"]["current"] == "error"
+            });
+            // The member still runs and the cluster keeps its quorum.
+            assert_ne!(etcd_pid(&env, &victim), "0", "the refused member was stopped");
+            let live = [&juju_leader, &victim]
+                .iter()
+                .map(|u| unit_endpoint(&env, u))
+                .collect::<Vec<_>>()
+                .join(",");
+            let put = creds.etcdctl(&live, true, &["put", "/faults/h2/quorum", "kept"]);
+            assert!(
+                put.status.success(),
+                "no quorum while the removal waits: {}",
+                String::from_utf8_lossy(&put.stderr)
+            );
+            let log = env.ok(&["debug-log", "--replay", "--no-tail", "--include", &victim]);
+            assert!(
+                log.contains("etcd refused to remove this member"),
+                "the refusal is not named in the log"
+            );
+            env.ok(&["start-machine", &down]);
+            env.wait_booted(&m, init);
+            env.wait("the removed unit to go", 5 * MIN, |s| {
+                !units_of(s, "etcd").contains(&victim)
+            });
+        },
+    );
+    let out = creds.etcdctl(&endpoints(&env), true, &["member", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(list.lines().count(), 2, "two members left: {list}");
+    assert!(
+        !list.contains(&victim.replace('/', "-")),
+        "the removed unit is no member: {list}"
+    );
+}
+
 #[test]
 fn a_full_database_raises_nospace_and_compact_defrag_disarm_recover_it() {
     let work = tempfile::tempdir().unwrap();

@@ -6,8 +6,10 @@ import pathlib
 import sys
 
 ORDER = ["leader-kill9", "leader-sigstop", "leader-cut", "follower-kill9", "follower-sigstop",
-         "follower-cut", "reboot", "crash", "crash-all", "remove-while-leader-cut",
-         "majority-lost", "hook-kill-leave", "hook-kill-upgrade"]
+         "follower-cut", "reboot", "crash", "crash-all", "remove-while-leader-cut", "remove-while-one-down",
+         "majority-lost", "hook-kill-leave", "hook-kill-upgrade",
+         "mistake-tls_certificate_lifetime", "mistake-auto_compaction_retention",
+         "mistake-corrupt-config-file"]
 
 def main():
     root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/release/reliability")

@@ -96,6 +96,28 @@ impl Service {
             && read_pid(ETCD_PID).map(alive).unwrap_or(false))
     }
 
+    /// etcd's own last error, from its journal (systemd) or the supervisor's log: the
+    /// last line that says error, fatal or panic, as etcd's structured log gives it ("msg:
+    /// error"), bounded. None when nothing says so or the log cannot be read.
+    pub fn last_error(&self) -> Option<String> {
+        let text = if systemd_present() {
+            let o = Command::new("journalctl")
+                .args(["-u", "etcd.service", "-n", "60", "-o", "cat", "--no-pager"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        } else {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(LOG_FILE).ok()?;
+            let len = f.metadata().ok()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024))).ok()?;
+            let mut buf = vec![];
+            f.read_to_end(&mut buf).ok()?;
+            String::from_utf8_lossy(&buf).into_owned()
+        };
+        last_error_in(&text)
+    }
+
     pub fn supervisor_alive(&self) -> bool {
         read_pid(SUPERVISOR_PID).map(alive).unwrap_or(false)
     }
@@ -346,5 +368,45 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The last line of etcd's log that reports an error (see `Service::last_error`).
+pub fn last_error_in(log: &str) -> Option<String> {
+    let line = log.lines().rev().find(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error") || l.contains("fatal") || l.contains("panic")
+    })?;
+    let said = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) if v.is_object() => {
+            let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            match (field("msg"), field("error")) {
+                (m, e) if !e.is_empty() => format!("{m}: {e}"),
+                (m, _) => m,
+            }
+        }
+        _ => line.trim().to_string(),
+    };
+    Some(crate::juju::bounded(&said, 300).into_owned())
+}
+
+#[cfg(test)]
+mod last_error_tests {
+    #[test]
+    fn etcds_structured_and_plain_errors() {
+        let log = concat!(
+            "{\"level\":\"info\",\"msg\":\"starting\"}\n",
+            "{\"level\":\"fatal\",\"msg\":\"listener failed\",\"error\":\"listen tcp 10.0.0.1:2380: bind: address already in use\"}\n",
+            "{\"level\":\"info\",\"msg\":\"bye\"}\n"
+        );
+        assert_eq!(
+            super::last_error_in(log).unwrap(),
+            "listener failed: listen tcp 10.0.0.1:2380: bind: address already in use"
+        );
+        assert_eq!(
+            super::last_error_in("etcd: error parsing CompactionRetention\n").unwrap(),
+            "etcd: error parsing CompactionRetention"
+        );
+        assert_eq!(super::last_error_in("all well\n"), None);
     }
 }
