@@ -135,7 +135,10 @@ fn resolved(p: &Path) -> std::path::PathBuf {
             out.extend(rest.iter().rev());
             return out;
         }
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();
@@ -524,7 +527,11 @@ mod tests {
         let link = d.path().join("lib");
         std::os::unix::fs::symlink("/var/lib", &link).unwrap();
         let t = link.join("etcd/snaps");
-        assert!(check_target(t.to_str().unwrap()).is_err(), "{}", t.display());
+        assert!(
+            check_target(t.to_str().unwrap()).is_err(),
+            "{}",
+            t.display()
+        );
         let fine = d.path().join("real");
         assert!(check_target(fine.to_str().unwrap()).is_ok());
     }

@@ -228,19 +228,29 @@ pub fn snap_upgrade(
     if let Some(dir) = &target_dir {
         step("backup")?;
         let archive = dir.join("etcd-pre-migration.tar.gz");
+        // It holds every private key: 0600 from the moment it exists (tar writes into a
+        // file made private first, never one it creates with the umask's mode).
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&archive)
+                .with_context(|| format!("creating {}", archive.display()))?;
+            // An archive left by an earlier run keeps its old mode on open: set it.
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            f
+        };
         let out = std::process::Command::new("tar")
-            .args(["-czf"])
-            .arg(&archive)
-            .args(["--exclude", "*.sock", "/etc/etcd", &data])
+            .args(["-czf", "-", "--exclude", "*.sock", "/etc/etcd", &data])
+            .stdout(file)
             .output()
             .context("running tar for the backup")?;
         if !out.status.success() {
             bail!("backup failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        std::fs::set_permissions(
-            &archive,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )?;
         step("snapshot")?;
         let snap = dir.join("etcd-pre-migration.db");
         save_raw(&client, &ep, &snap)?;

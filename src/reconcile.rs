@@ -628,7 +628,10 @@ impl<'a> Reconcile<'a> {
         // A restart no longer wanted (the config went back before this unit's turn, or is
         // held) leaves the roll's queue: a turn granted for it would wait for ever.
         if action != MemberAction::RestartInTurn
-            && self.mine.get("restart-wanted").is_some_and(|w| !w.is_empty())
+            && self
+                .mine
+                .get("restart-wanted")
+                .is_some_and(|w| !w.is_empty())
         {
             self.set("restart-wanted", "");
         }
@@ -839,7 +842,10 @@ impl<'a> Reconcile<'a> {
                 if let Ok(Some(mut r)) = crate::unit::read_json::<Rejected>(REJECTED) {
                     r.why = juju::bounded(&why, 400).into_owned();
                     if let Err(e) = crate::unit::write_json(REJECTED, &r) {
-                        juju::log("WARNING", &format!("cannot record why the config failed: {e:#}"));
+                        juju::log(
+                            "WARNING",
+                            &format!("cannot record why the config failed: {e:#}"),
+                        );
                     }
                     self.set("config-rejected", &r.hash[..16]);
                     self.board.report("blocked", r.message());
@@ -1197,11 +1203,12 @@ impl crate::restart::Member for LiveMember<'_> {
     fn switch(&mut self) -> Result<()> {
         if !Path::new(CONFIG_KEPT).exists() {
             if let Ok(running) = std::fs::read_to_string(service::CONFIG_FILE) {
-                let same_dir = crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    == Some(self.data);
+                let same_dir =
+                    crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(self.data);
                 if running != self.rendered && same_dir {
                     pki::write_file(Path::new(CONFIG_KEPT), running.as_bytes(), 0o644)?;
                 }
@@ -1292,13 +1299,17 @@ impl crate::restart::Member for LiveMember<'_> {
         // The peer URL this turn registered goes back too, through the members that answer
         // (this one is down): the others would look for it at the new one.
         if let (Some((id, others)), Some(old)) = (&self.moved_peer, self.running_peer_url) {
-            let back = others
-                .iter()
-                .any(|ep| self.client.member_update(ep, *id, &[old.to_string()]).is_ok());
+            let back = others.iter().any(|ep| {
+                self.client
+                    .member_update(ep, *id, &[old.to_string()])
+                    .is_ok()
+            });
             if !back {
                 juju::log(
                     "WARNING",
-                    &format!("cannot register this member's peer URL {old} again; the next hook tries"),
+                    &format!(
+                        "cannot register this member's peer URL {old} again; the next hook tries"
+                    ),
                 );
             }
         }

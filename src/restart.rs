@@ -256,7 +256,10 @@ mod tests {
                 why: "config bad does not serve".into()
             }
         );
-        assert_eq!((m.config.as_str(), m.running_config.as_str()), ("old", "old"));
+        assert_eq!(
+            (m.config.as_str(), m.running_config.as_str()),
+            ("old", "old")
+        );
         assert!(!m.pending());
         let mut m = Fake::config_turn("good", &["3.5.1", "good"]);
         assert_eq!(take(&mut m).unwrap(), Restarted::Healthy);

@@ -239,7 +239,12 @@ mod tests {
     #[test]
     fn a_rejected_config_stops_the_roll_until_the_config_changes() {
         let mut units: BTreeMap<String, Bag> = (0..3)
-            .map(|n| (format!("etcd/{n}"), bag(&[("restart-wanted", "c2"), ("restarted", "c1")])))
+            .map(|n| {
+                (
+                    format!("etcd/{n}"),
+                    bag(&[("restart-wanted", "c2"), ("restarted", "c1")]),
+                )
+            })
             .collect();
         let mut lock = Lock::default();
         let Next::Grant { unit, hash, .. } = decide(&units, &lock, "none", None) else {
@@ -251,7 +256,10 @@ mod tests {
         let b = units.get_mut("etcd/0").unwrap();
         b.insert("restarted".into(), "c2".into());
         b.insert("config-rejected".into(), "abcd".into());
-        assert_eq!(decide(&units, &lock, "none", None), Next::Release { pause: false });
+        assert_eq!(
+            decide(&units, &lock, "none", None),
+            Next::Release { pause: false }
+        );
         lock.grant = None;
         assert_eq!(
             decide(&units, &lock, "none", None),
@@ -260,8 +268,13 @@ mod tests {
             }
         );
         // The operator fixes the config: the record goes and the others' turns come.
-        units.get_mut("etcd/0").unwrap().insert("config-rejected".into(), String::new());
-        assert!(matches!(decide(&units, &lock, "none", None), Next::Grant { unit, .. } if unit == "etcd/1"));
+        units
+            .get_mut("etcd/0")
+            .unwrap()
+            .insert("config-rejected".into(), String::new());
+        assert!(
+            matches!(decide(&units, &lock, "none", None), Next::Grant { unit, .. } if unit == "etcd/1")
+        );
     }
 
     fn finish(units: &mut BTreeMap<String, Bag>, unit: &str) {

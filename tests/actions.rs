@@ -588,6 +588,15 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_archive_keeping_its_data_and_
     );
     env.exec_ok("witness/0", "dpkg -s etcd-server | grep -q 'ok installed'");
     env.exec_ok("etcd/0", "test -s /root/migration/etcd-pre-migration.tar.gz && test -s /root/migration/etcd-pre-migration.db");
+    // M9: the backup holds every private key: 0600 (it was 0644 while tar wrote it).
+    assert_eq!(
+        env.exec_ok(
+            "etcd/0",
+            "stat -c %a /root/migration/etcd-pre-migration.tar.gz"
+        )
+        .trim(),
+        "600"
+    );
     env.ok(&["run", "etcd/0", "health"]);
 }
 

@@ -193,9 +193,8 @@ fn a_unit_removed_while_the_raft_leader_is_cut_off_leaves_cleanly() {
 fn operator_mistakes_block_with_the_cause_and_take_no_member_down() {
     let work = tempfile::tempdir().unwrap();
     let (env, creds) = three_units("fault-mistakes", work.path());
-    let pids = |env: &Env| -> Vec<String> {
-        env.units("etcd").iter().map(|u| etcd_pid(env, u)).collect()
-    };
+    let pids =
+        |env: &Env| -> Vec<String> { env.units("etcd").iter().map(|u| etcd_pid(env, u)).collect() };
     for (option, value) in [
         ("tls_certificate_lifetime", "30д"),
         ("auto_compaction_retention", "banana"),
@@ -209,13 +208,17 @@ fn operator_mistakes_block_with_the_cause_and_take_no_member_down() {
             || {
                 let before = pids(&env);
                 env.ok(&["config", "etcd", &format!("{option}={value}")]);
-                env.wait(&format!("every unit blocked naming {option}"), 2 * MIN, |s| {
-                    env.units("etcd").iter().all(|u| {
-                        let e = unit_entry(s, u);
-                        e["workload-status"]["current"] == "blocked"
-                            && unit_message(s, u).contains(option)
-                    })
-                });
+                env.wait(
+                    &format!("every unit blocked naming {option}"),
+                    2 * MIN,
+                    |s| {
+                        env.units("etcd").iter().all(|u| {
+                            let e = unit_entry(s, u);
+                            e["workload-status"]["current"] == "blocked"
+                                && unit_message(s, u).contains(option)
+                        })
+                    },
+                );
                 let s = env.status();
                 for u in env.units("etcd") {
                     assert_ne!(
@@ -224,7 +227,11 @@ fn operator_mistakes_block_with_the_cause_and_take_no_member_down() {
                         "{u}: a hook failed on {option}={value}"
                     );
                 }
-                assert_eq!(pids(&env), before, "a member restarted into {option}={value}");
+                assert_eq!(
+                    pids(&env),
+                    before,
+                    "a member restarted into {option}={value}"
+                );
                 env.ok(&["config", "etcd", "--reset", option]);
             },
         );
@@ -270,7 +277,9 @@ fn a_config_etcd_cannot_run_with_rolls_back_on_the_first_unit_and_stops_the_roll
     }
     for u in env.units("etcd") {
         env.wait(&format!("port 23790 held on {u}"), MIN, |_| {
-            env.exec_ok(&u, "ss -ltn 'sport = :23790' | tail -n +2 | wc -l").trim() == "1"
+            env.exec_ok(&u, "ss -ltn 'sport = :23790' | tail -n +2 | wc -l")
+                .trim()
+                == "1"
         });
     }
     under_writer(
@@ -285,8 +294,15 @@ fn a_config_etcd_cannot_run_with_rolls_back_on_the_first_unit_and_stops_the_roll
             env.ok(&["config", "etcd", "port=23790"]);
             env.wait("one unit rolled back and the roll stopped", 4 * MIN, |s| {
                 let msgs: Vec<String> = units.iter().map(|u| unit_message(s, u)).collect();
-                msgs.iter().filter(|m| m.starts_with("Config not applied")).count() == 1
-                    && msgs.iter().filter(|m| m.contains("Config change stopped")).count() == 2
+                msgs.iter()
+                    .filter(|m| m.starts_with("Config not applied"))
+                    .count()
+                    == 1
+                    && msgs
+                        .iter()
+                        .filter(|m| m.contains("Config change stopped"))
+                        .count()
+                        == 2
             });
             let s = env.status();
             let (i, failed) = units
@@ -299,12 +315,19 @@ fn a_config_etcd_cannot_run_with_rolls_back_on_the_first_unit_and_stops_the_roll
             assert!(msg.contains("address already in use"), "{msg}");
             for (j, u) in units.iter().enumerate() {
                 if j != i {
-                    assert_eq!(etcd_pid(&env, u), before[j], "{u} restarted after the failure");
+                    assert_eq!(
+                        etcd_pid(&env, u),
+                        before[j],
+                        "{u} restarted after the failure"
+                    );
                 }
             }
             // The failed unit serves again on its previous port.
             let out = creds.etcdctl(&unit_endpoint(&env, failed), true, &["endpoint", "health"]);
-            assert!(out.status.success(), "{failed} does not serve on 2379 again");
+            assert!(
+                out.status.success(),
+                "{failed} does not serve on 2379 again"
+            );
             env.ok(&["config", "etcd", "--reset", "port"]);
         },
     );
@@ -342,7 +365,11 @@ fn a_unit_removed_while_another_machine_is_down_keeps_its_member_until_it_can_le
                 unit_entry(s, &victim)["workload-status"]["current"] == "error"
             });
             // The member still runs and the cluster keeps its quorum.
-            assert_ne!(etcd_pid(&env, &victim), "0", "the refused member was stopped");
+            assert_ne!(
+                etcd_pid(&env, &victim),
+                "0",
+                "the refused member was stopped"
+            );
             let live = [&juju_leader, &victim]
                 .iter()
                 .map(|u| unit_endpoint(&env, u))

@@ -164,7 +164,8 @@ pub fn binary_version(etcd: &Path) -> Result<String> {
         .output()
         .map_err(|e| InstallError::Bad(format!("{} does not run: {e}", etcd.display())))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let v = text
+        .lines()
         .find_map(|l| {
             l.strip_prefix("etcd Version:")
                 .map(|v| v.trim().to_string())
@@ -174,7 +175,26 @@ pub fn binary_version(etcd: &Path) -> Result<String> {
                 "{} is not an etcd binary (no version in `etcd --version`)",
                 etcd.display()
             ))
-        })
+        })?;
+    check_version_text(&v).map_err(|e| InstallError::Bad(format!("{}: {e}", etcd.display())))?;
+    Ok(v)
+}
+
+/// The version an etcd binary prints names a directory under /opt/etcd and is compared as a
+/// version: it must be one (`3.5.16`, `3.6.0-rc.1`), never a path (`../x`, `/etc`).
+pub fn check_version_text(v: &str) -> std::result::Result<(), String> {
+    let plain = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
+        && !v.starts_with(['.', '-']);
+    if !plain || crate::upgrade::Version::parse(v).is_none() {
+        return Err(format!(
+            "its `etcd --version` says {:?}, which is not an etcd version",
+            crate::juju::bounded(v, 80)
+        ));
+    }
+    Ok(())
 }
 
 /// Checks one tar entry path: relative, no `..`, nothing but normal components.
@@ -1046,6 +1066,25 @@ pub fn set_snap_refresh_timer(timer: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    /// L: the printed version is used as a directory name: a path in it is refused.
+    #[test]
+    fn a_version_that_is_a_path_is_refused() {
+        for ok in ["3.5.16", "3.6.0-rc.1", "3.4.23+deb12"] {
+            assert!(super::check_version_text(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "../../etc",
+            "/etc",
+            "3.5.1/../../x",
+            "",
+            ".3.5",
+            "3.5.1 x",
+            "banana",
+        ] {
+            assert!(super::check_version_text(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     fn tarball(entries: &[(&str, &[u8], tar::EntryType)]) -> tempfile::NamedTempFile {

@@ -110,7 +110,8 @@ impl Service {
             use std::io::{Read, Seek, SeekFrom};
             let mut f = std::fs::File::open(LOG_FILE).ok()?;
             let len = f.metadata().ok()?.len();
-            f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024))).ok()?;
+            f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)))
+                .ok()?;
             let mut buf = vec![];
             f.read_to_end(&mut buf).ok()?;
             String::from_utf8_lossy(&buf).into_owned()
