@@ -73,15 +73,17 @@ pub fn check_names(option: &str, value: &str, list: bool) -> Result<(), String> 
     } else {
         name_ok(value)
     };
+    // The value may come from another application: it is quoted bounded, never whole.
+    let shown = crate::juju::bounded(value, 80);
     if ok {
         Ok(())
     } else if list {
         Err(format!(
-            "{option} {value:?} must be a comma-separated list of names (letters, digits, '.', '_', '-')"
+            "{option} {shown:?} must be a comma-separated list of names (letters, digits, '.', '_', '-')"
         ))
     } else {
         Err(format!(
-            "{option} {value:?} must be a name of letters, digits, '.', '_' and '-' (at most 64)"
+            "{option} {shown:?} must be a name of letters, digits, '.', '_' and '-' (at most 64)"
         ))
     }
 }

@@ -308,6 +308,27 @@ fn nrpe_runs_the_service_and_alarm_checks_beside_each_unit_and_leaves_nothing_be
     env.ok(&["config", "etcd", "nagios_context="]);
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
 
+    // H4: 200 KB of nagios_hostname from the other application (over 128 KiB, one argument
+    // of status-set failed with E2BIG, and every later hook of the unit with it): the unit
+    // blocks with the value quoted bounded and no hook fails; a plain name clears it.
+    env.exec_ok(
+        "nrpe-probe/0",
+        "python3 -c \"print('nagios_hostname: ' + 'x' * 200000)\" > /tmp/big.yaml && relation-set -r $(relation-ids nrpe-external-master) --file /tmp/big.yaml",
+    );
+    env.ok(&["config", "etcd", "nagios_servicegroups=big"]);
+    let s = env.wait("the oversized host name refused", MIN, |s| {
+        unit_message(s, "etcd/0").contains("nagios_hostname")
+    });
+    let msg = unit_message(&s, "etcd/0");
+    assert!(msg.len() < 1100, "the status quotes {} bytes", msg.len());
+    assert_eq!(unit_entry(&s, "etcd/0")["workload-status"]["current"], "blocked");
+    env.exec_ok(
+        "nrpe-probe/0",
+        "relation-set -r $(relation-ids nrpe-external-master) nagios_hostname=probe-$(hostname)",
+    );
+    env.ok(&["config", "etcd", "--reset", "nagios_servicegroups"]);
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
+
     // A new unit gets its own subordinate and checks; a removed one takes its subordinate.
     env.ok(&["add-unit", "etcd"]);
     env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 3 * MIN);
