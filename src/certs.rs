@@ -70,11 +70,14 @@ pub(crate) fn certs_on_disk() -> bool {
 
 /// A status for a certificate whose renewal is overdue.
 pub(crate) fn overdue_certificate() -> Option<String> {
-    ["server.crt", "peer.crt"].iter().find_map(|f| {
-        let c = std::fs::read_to_string(pki::path(f)).ok()?;
-        pki::renewal_overdue(&c, now() as i64)
-            .then(|| format!("TLS certificate {f} expires soon and its renewal has not completed"))
-    })
+    ["server.crt", "peer.crt", "client.crt"]
+        .iter()
+        .find_map(|f| {
+            let c = std::fs::read_to_string(pki::path(f)).ok()?;
+            pki::renewal_overdue(&c, now() as i64).then(|| {
+                format!("TLS certificate {f} expires soon and its renewal has not completed")
+            })
+        })
 }
 
 /// The client pair in the `etcd-client` secret.
@@ -92,6 +95,53 @@ fn client_is_current(published: Option<&str>) -> bool {
     })
 }
 
+/// The leader renews the shared client certificate (every `db`, `proxy` and `prometheus`
+/// client's, and the packaged credentials') on the policy of the members' own: when less
+/// than a third of its lifetime (at most 30 days) is left, a new pair from the built-in CA
+/// for `lifetime`. The old one stays valid until it expires, so clients that have not
+/// fetched the new pair yet keep working; the units serve the new one from the next hook.
+pub(crate) fn renew_client(peers: &mut Peers, lifetime: time::Duration) -> Result<()> {
+    if peers.new_client.is_some() || peers.app_get("ca").is_none() {
+        return Ok(());
+    }
+    // The files hold the published pair on most hooks: no secret read to find it due.
+    let current = if client_is_current(peers.app_get(CLIENT_SHA)) {
+        std::fs::read_to_string(pki::path("client.crt")).ok()
+    } else {
+        client_pair()?.map(|(c, _)| c)
+    };
+    let Some(cert) = current else {
+        return Ok(());
+    };
+    if !pki::needs_renewal(&cert, now() as i64) {
+        return Ok(());
+    }
+    // Only the built-in CA's pair is the charm's to renew (a provider's comes from it).
+    let internal = peers.app_get("ca").unwrap_or_default().to_string();
+    if !pki::issued_by(&cert, &internal).unwrap_or(false) {
+        return Ok(());
+    }
+    let ca = leader_ca(peers, lifetime)?;
+    let (cc, ck) = ca.issue(Profile::Client, "etcd-client", &[], &[], lifetime)?;
+    let id = juju::secret_id_by_label(CLIENT_LABEL)?.ok_or_else(|| {
+        anyhow::anyhow!("the client certificate's secret {CLIENT_LABEL:?} is missing")
+    })?;
+    juju::secret_set(
+        &id,
+        &Bag::from([
+            ("client-cert".into(), cc.clone()),
+            ("client-key".into(), ck.clone()),
+        ]),
+    )?;
+    juju::log(
+        "INFO",
+        "renewed the shared client certificate (less than a third of its lifetime was left)",
+    );
+    peers.app_set(CLIENT_SHA, &authority::sha16(&cc));
+    peers.new_client = Some((cc, ck));
+    Ok(())
+}
+
 /// The leader of an application deployed before `client-cert-sha` existed publishes it
 /// once (one read of the secret), so the units stop reading the secret at every hook.
 pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
@@ -105,7 +155,8 @@ pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
 }
 
 /// The leader's CA, created once; its key lives in an application-owned secret.
-pub(crate) fn leader_ca(peers: &mut Peers) -> Result<Ca> {
+/// `lifetime`: the shared client certificate's, made with the CA.
+pub(crate) fn leader_ca(peers: &mut Peers, lifetime: time::Duration) -> Result<Ca> {
     if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
         if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
             let ca = Ca {
@@ -127,7 +178,7 @@ pub(crate) fn leader_ca(peers: &mut Peers) -> Result<Ca> {
             ("ca-key".into(), ca.key_pem.clone()),
         ]),
     )?;
-    let (cc, ck) = ca.issue_with_key(Profile::Client, "etcd-client")?;
+    let (cc, ck) = ca.issue(Profile::Client, "etcd-client", &[], &[], lifetime)?;
     juju::secret_add(
         CLIENT_LABEL,
         &Bag::from([
@@ -183,7 +234,7 @@ pub(crate) fn leader_sign(
     if wanted.is_empty() && peers.app_get("ca").is_some() {
         return Ok(());
     }
-    let ca = leader_ca(peers)?;
+    let ca = leader_ca(peers, lifetime)?;
     for (unit, name, p, csr, sha, allowed) in wanted {
         match ca.sign(&csr, p, &name, &allowed, lifetime) {
             Ok(cert) => {

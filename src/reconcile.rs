@@ -337,6 +337,7 @@ impl<'a> Reconcile<'a> {
             let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
             plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
             crate::certs::publish_client_sha(&mut self.peers)?;
+            crate::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it
@@ -725,6 +726,18 @@ impl<'a> Reconcile<'a> {
             paused_after: self.peers.app_get("upgrade-paused"),
             config_rejected: rejected_by.as_deref(),
         };
+        // A detaching storage takes no turn (its hook must finish for the volume to go), so
+        // two removed at once could stop two members together: the move waits (the hook
+        // fails and Juju retries it) while another member does not answer healthy.
+        if view.detaching && !view.alone {
+            if let Some(down) = other_member_down(client, ep, &self.name) {
+                anyhow::bail!(
+                    "member {down} does not answer healthy: moving this member's data off its \
+                     volume now would stop a second member and could cost the cluster its \
+                     quorum; Juju retries this hook, and the move goes on once {down} is back"
+                );
+            }
+        }
         let turn = crate::plan::turn(&view, || {
             client
                 .leader_member(ep)
@@ -1319,6 +1332,22 @@ impl crate::restart::Member for LiveMember<'_> {
     fn version(&self) -> String {
         self.inst.version.clone()
     }
+}
+
+/// The first other voting member that does not answer healthy at its client URL (or, when
+/// the member list cannot be had, this member's own name: nothing is known to be safe).
+fn other_member_down(client: &Client, ep: &str, me: &str) -> Option<String> {
+    let Ok(members) = client.member_list(ep) else {
+        return Some(me.to_string());
+    };
+    members
+        .iter()
+        .filter(|m| m.name != me && m.is_voter())
+        .find(|m| {
+            !m.client_url()
+                .is_some_and(|url| client.health(&url).unwrap_or(false))
+        })
+        .map(|m| m.name.clone())
 }
 
 /// The config etcd ran with before a restart turn, kept until the turn's verdict.

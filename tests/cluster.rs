@@ -630,6 +630,15 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
             .map(|u| env.exec_ok(u, "cat /etc/etcd/pki/server.crt /etc/etcd/pki/peer.crt"))
             .collect()
     };
+    // H6: the shared client certificate (every client's, the packaged credentials') is
+    // renewed on the same policy, by the leader, and every unit serves the new one.
+    let client = |env: &Env| -> Vec<String> {
+        env.units("etcd")
+            .iter()
+            .map(|u| env.exec_ok(u, "cat /etc/etcd/pki/client.crt"))
+            .collect()
+    };
+    let first_client = client(&env)[0].clone();
     let first = certs(&env);
     env.ok(&["model-config", "update-status-hook-interval=3s"]);
     env.wait("every unit to get new certificates", 2 * MIN, |_| {
@@ -638,6 +647,14 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
             .zip(&first)
             .all(|(now, before)| now != before)
     });
+    env.wait(
+        "the shared client certificate renewed on every unit",
+        2 * MIN,
+        |_| {
+            let now = client(&env);
+            now.iter().all(|c| *c != first_client && *c == now[0])
+        },
+    );
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
     let creds = Creds::from_unit(&env, "etcd/0");
     let out = creds.etcdctl(&endpoints(&env), true, &["put", "/after-renewal", "ok"]);
@@ -650,6 +667,10 @@ fn certificates_are_renewed_before_they_expire_without_disturbing_the_cluster() 
     assert!(
         log.contains("due for renewal"),
         "renewal was requested by the units"
+    );
+    assert!(
+        log.contains("renewed the shared client certificate"),
+        "the leader renewed the client certificate"
     );
 }
 

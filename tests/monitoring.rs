@@ -321,7 +321,10 @@ fn nrpe_runs_the_service_and_alarm_checks_beside_each_unit_and_leaves_nothing_be
     });
     let msg = unit_message(&s, "etcd/0");
     assert!(msg.len() < 1100, "the status quotes {} bytes", msg.len());
-    assert_eq!(unit_entry(&s, "etcd/0")["workload-status"]["current"], "blocked");
+    assert_eq!(
+        unit_entry(&s, "etcd/0")["workload-status"]["current"],
+        "blocked"
+    );
     env.exec_ok(
         "nrpe-probe/0",
         "relation-set -r $(relation-ids nrpe-external-master) nagios_hostname=probe-$(hostname)",

@@ -362,6 +362,41 @@ pub fn secret_add(label: &str, content: &Bag) -> Result<String> {
     run("secret-add", &a, None).map(|s| s.trim().to_string())
 }
 
+/// The URI of a secret this unit's application owns, by its label (`secret-info-get`).
+pub fn secret_id_by_label(label: &str) -> Result<Option<String>> {
+    match json::<BTreeMap<String, Value>>("secret-info-get", &["--label", label]) {
+        Ok(m) => Ok(m.keys().next().map(|k| {
+            if k.starts_with("secret:") {
+                k.clone()
+            } else {
+                format!("secret:{k}")
+            }
+        })),
+        Err(e) if e.stderr_contains("not found") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives an owned secret new content (a new revision); values go through files, as for
+/// `secret_add`.
+pub fn secret_set(id: &str, content: &Bag) -> Result<()> {
+    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn {
+        tool: "secret-set".into(),
+        source: e,
+    })?;
+    let mut args: Vec<String> = vec![id.to_string()];
+    for (k, v) in content {
+        let p = dir.path().join(k);
+        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn {
+            tool: "secret-set".into(),
+            source: e,
+        })?;
+        args.push(format!("{k}#file={}", p.display()));
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("secret-set", &a, None).map(|_| ())
+}
+
 pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
     match json::<Option<Bag>>("secret-get", &["--label", label]) {
         Ok(b) => Ok(b),
