@@ -337,29 +337,33 @@ fn storage_location_with(list: &str, get: &str, name: &str) -> Result<Option<Str
 
 // Secrets --------------------------------------------------------------------------------
 
+/// Runs a secret tool with `lead` arguments then one `key#file=` per content value: the
+/// values go through private files in a temporary directory, never argv or a process list.
+fn secret_tool(tool: &str, lead: Vec<String>, content: &Bag) -> Result<String> {
+    let spawn = |e| JujuError::Spawn {
+        tool: tool.into(),
+        source: e,
+    };
+    let dir = tempfile::tempdir().map_err(spawn)?;
+    let mut args = lead;
+    for (k, v) in content {
+        let p = dir.path().join(k);
+        write_private(&p, v.as_bytes()).map_err(spawn)?;
+        args.push(format!("{k}#file={}", p.display()));
+    }
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(tool, &a, None)
+}
+
 /// Adds an application-owned secret; returns its id.
 pub fn secret_add(label: &str, content: &Bag) -> Result<String> {
-    let mut args: Vec<String> = vec![
+    let lead = vec![
         "--owner".into(),
         "application".into(),
         "--label".into(),
         label.into(),
     ];
-    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn {
-        tool: "secret-add".into(),
-        source: e,
-    })?;
-    for (k, v) in content {
-        // Values go through files so they never show in a process list.
-        let p = dir.path().join(k);
-        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn {
-            tool: "secret-add".into(),
-            source: e,
-        })?;
-        args.push(format!("{k}#file={}", p.display()));
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("secret-add", &a, None).map(|s| s.trim().to_string())
+    secret_tool("secret-add", lead, content).map(|s| s.trim().to_string())
 }
 
 /// The URI of a secret this unit's application owns, by its label (`secret-info-get`).
@@ -377,24 +381,9 @@ pub fn secret_id_by_label(label: &str) -> Result<Option<String>> {
     }
 }
 
-/// Gives an owned secret new content (a new revision); values go through files, as for
-/// `secret_add`.
+/// Gives an owned secret new content (a new revision).
 pub fn secret_set(id: &str, content: &Bag) -> Result<()> {
-    let dir = tempfile::tempdir().map_err(|e| JujuError::Spawn {
-        tool: "secret-set".into(),
-        source: e,
-    })?;
-    let mut args: Vec<String> = vec![id.to_string()];
-    for (k, v) in content {
-        let p = dir.path().join(k);
-        write_private(&p, v.as_bytes()).map_err(|e| JujuError::Spawn {
-            tool: "secret-set".into(),
-            source: e,
-        })?;
-        args.push(format!("{k}#file={}", p.display()));
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("secret-set", &a, None).map(|_| ())
+    secret_tool("secret-set", vec![id.to_string()], content).map(|_| ())
 }
 
 pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
