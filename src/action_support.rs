@@ -61,6 +61,14 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
     if !p.is_absolute() {
         return refuse(format!("{param} {target:?} must be an absolute path"));
     }
+    // Never etcd's own files (an archive written into the data directory), as the
+    // snapshot_target option, resolved as the filesystem resolves it.
+    if let Err(e) = crate::backups::check_target(target) {
+        return refuse(format!(
+            "{param}: {}",
+            e.trim_start_matches("snapshot_target ")
+        ));
+    }
     let existed = p.is_dir();
     if let Err(e) = std::fs::create_dir_all(&p) {
         return refuse(format!("{param} {target:?} cannot be created: {e}"));

@@ -189,10 +189,24 @@ fn each_page(
     Ok(revision)
 }
 
+/// The v2 API's path for the tree under `prefix`, each segment percent-encoded: a `#` or
+/// `?` in the prefix is part of a key, never a fragment or a query that changes the request
+/// (it once read another tree).
+fn v2_url_path(prefix: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b'/');
+    let path = percent_encoding::utf8_percent_encode(prefix, SEGMENT);
+    format!("/v2/keys{path}?recursive=true&sorted=true")
+}
+
 /// Every v2 key under `prefix` (leaves only; directories are implied by v3 paths).
 fn v2_keys(tls: &Tls, ep: &str, prefix: &str) -> Result<Kvs> {
     let client = Client::new(tls, Duration::from_secs(60))?;
-    let tree = client.get_json(ep, &format!("/v2/keys{prefix}?recursive=true&sorted=true"))?;
+    let tree = client.get_json(ep, &v2_url_path(prefix))?;
     let mut out = vec![];
     fn walk(n: &Value, out: &mut Kvs) {
         if n["dir"].as_bool().unwrap_or(false) {
@@ -354,6 +368,18 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_v2_prefix_is_one_path_whatever_it_holds() {
+        assert_eq!(
+            super::v2_url_path("/storageos/a#b?c d"),
+            "/v2/keys/storageos/a%23b%3Fc%20d?recursive=true&sorted=true"
+        );
+        assert_eq!(
+            super::v2_url_path("/"),
+            "/v2/keys/?recursive=true&sorted=true"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -103,6 +103,27 @@ pub fn recover(
             ));
         }
     }
+    // A survivor whose etcd does not answer (restarted without quorum, partitioned) may
+    // hold newer data than any that answers: the operator names each such unit to accept
+    // losing it (M4).
+    let accepted: Vec<String> = crate::action_support::param_str(params, "accept-unreachable", "")
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let unnamed: Vec<&String> = silent.iter().filter(|u| !accepted.contains(u)).collect();
+    if !unnamed.is_empty() {
+        let list = unnamed
+            .iter()
+            .map(|u| u.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        return refuse(format!(
+            "{list} still deployed but its etcd does not answer: it may hold newer data than \
+             this unit. Bring it back (recover is then not needed), remove its unit if it is \
+             gone for good, or run again with accept-unreachable={list} to rebuild without it"
+        ));
+    }
     if !param_bool(params, "confirm-majority-lost", false) {
         return refuse(format!(
             "recover rebuilds the cluster from {}'s data alone (etcd's force-new-cluster): \

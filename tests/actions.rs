@@ -129,6 +129,11 @@ fn health_credentials_and_bad_params() {
             .contains("keys-version \"v4\""),
         "{task}"
     );
+    // Issue 22: an archive is never written into etcd's own files, however spelled.
+    for target in ["/var/lib/etcd/snaps", "/var//lib/./etcd"] {
+        let (_, task) = env.run_action("etcd/0", &["snapshot", &format!("target={target}")]);
+        assert_refused(&task, "must be outside etcd's own files");
+    }
     let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/proc/forbidden"]);
     assert_eq!(
         code, 0,

@@ -529,6 +529,24 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
             for u in &lost {
                 env.ok(&["crash-machine", u]);
             }
+            // Issue 22: while their units are deployed the lost members may come back: the
+            // status does not name recover, and recover refuses naming the units that do
+            // not answer (they may hold newer data) unless the operator names them.
+            env.wait(
+                "the survivor to wait for the deployed units",
+                2 * MIN,
+                |s| unit_message(s, &survivor).contains("still deployed"),
+            );
+            assert!(!unit_message(&env.status(), &survivor).contains("recover"));
+            let (code, task) =
+                env.run_action(&survivor, &["recover", "confirm-majority-lost=true"]);
+            assert_eq!(code, 0, "{task}");
+            assert_eq!(task["status"], "failed", "{task}");
+            let why = task["message"].as_str().unwrap_or_default();
+            assert!(
+                lost.iter().all(|u| why.contains(u.as_str())) && why.contains("accept-unreachable"),
+                "{task}"
+            );
             let mut args = vec!["remove-unit", "--force", "--no-prompt"];
             args.extend(lost.iter().map(String::as_str));
             env.ok(&args);
