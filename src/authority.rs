@@ -92,17 +92,35 @@ pub fn exchange(
     let Some((remote, bag)) = answers.into_iter().next() else {
         return Ok(Ok(None));
     };
-    Ok(read_answer(&remote, &prefix, &bag))
+    Ok(read_answer(
+        &remote,
+        &prefix,
+        &bag,
+        names,
+        crate::unit::now() as i64,
+    ))
 }
 
-/// Checks a CA's answer: the CA is one certificate, each certificate was signed by it and
-/// comes with its own key. Pure.
-pub fn read_answer(remote: &str, prefix: &str, bag: &Bag) -> Result<Option<Provided>, String> {
+/// Checks a CA's answer: the CA is one CA certificate, each certificate was signed by it,
+/// comes with its own key, is valid at `now`, has the usages it serves for and (the
+/// server's) names every one of this unit's `names`. Pure.
+pub fn read_answer(
+    remote: &str,
+    prefix: &str,
+    bag: &Bag,
+    names: &[String],
+    now: i64,
+) -> Result<Option<Provided>, String> {
     let ca = bag.get("ca").cloned().unwrap_or_default();
     let cas = split(&ca);
     if cas.len() != 1 || pki::common_name(&ca).is_err() {
         return Err(format!(
             "the certificates relation's `ca` from {remote} is not one PEM certificate; check the CA charm"
+        ));
+    }
+    if !pki::is_ca(&ca) {
+        return Err(format!(
+            "the certificates relation's `ca` from {remote} is not a CA certificate (no CA:TRUE); check the CA charm"
         ));
     }
     let ca = bundle(&cas);
@@ -132,12 +150,24 @@ pub fn read_answer(remote: &str, prefix: &str, bag: &Bag) -> Result<Option<Provi
             }
             Ok(Some((cert.clone(), key.clone())))
         };
+    let usable = |cert_key: &str, p: Option<(String, String)>, names: &[String], server: bool| {
+        if let Some((cert, _)) = &p {
+            pki::check_leaf(cert, names, server, now).map_err(|why| {
+                format!("the certificates relation's `{cert_key}` from {remote} {why}; check the CA charm")
+            })?;
+        }
+        Ok::<_, String>(p)
+    };
+    let server_key = format!("{prefix}.server.cert");
+    let server = pair(&server_key, &format!("{prefix}.server.key"))?;
     Ok(Some(Provided {
-        server: pair(
-            &format!("{prefix}.server.cert"),
-            &format!("{prefix}.server.key"),
+        server: usable(&server_key, server, names, true)?,
+        client: usable(
+            "client.cert",
+            pair("client.cert", "client.key")?,
+            &[],
+            false,
         )?,
-        client: pair("client.cert", "client.key")?,
         ca,
     }))
 }
@@ -355,6 +385,7 @@ mod tests {
     fn an_answer_signed_by_another_ca_or_refused_is_named() {
         let (a, b) = (pki::Ca::create("a").unwrap(), pki::Ca::create("b").unwrap());
         let names = vec!["10.0.0.5".to_string()];
+        let now = crate::unit::now() as i64;
         let (cert, key) = b
             .issue(
                 pki::Profile::Server,
@@ -369,20 +400,46 @@ mod tests {
             ("etcd_0.server.cert".into(), cert.clone()),
             ("etcd_0.server.key".into(), key.clone()),
         ]);
-        let e = read_answer("easyrsa/0", "etcd_0", &bag).unwrap_err();
+        let e = read_answer("easyrsa/0", "etcd_0", &bag, &names, now).unwrap_err();
         assert!(
             e.contains("etcd_0.server.cert") && e.contains("not signed"),
             "{e}"
         );
         bag.insert("ca".into(), b.cert_pem.clone());
-        let got = read_answer("easyrsa/0", "etcd_0", &bag).unwrap().unwrap();
-        assert_eq!(got.server, Some((cert, key)));
+        let got = read_answer("easyrsa/0", "etcd_0", &bag, &names, now)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.server, Some((cert.clone(), key)));
         bag.insert("etcd_0.refused".into(), "10.9.9.9 is not an address".into());
-        assert!(read_answer("easyrsa/0", "etcd_0", &bag)
+        assert!(read_answer("easyrsa/0", "etcd_0", &bag, &names, now)
             .unwrap_err()
             .contains("refused"));
+        bag.remove("etcd_0.refused");
+        // M2: a certificate that does not name the unit, has expired or lacks serverAuth.
+        let other = vec!["10.0.0.6".to_string()];
+        let e = read_answer("easyrsa/0", "etcd_0", &bag, &other, now).unwrap_err();
+        assert!(e.contains("does not name 10.0.0.6"), "{e}");
+        let e = read_answer("easyrsa/0", "etcd_0", &bag, &names, now + 2 * 86400).unwrap_err();
+        assert!(e.contains("has expired"), "{e}");
+        let (client_only, ckey) = b
+            .issue(
+                pki::Profile::Client,
+                "10.0.0.5",
+                &names,
+                &names,
+                time::Duration::days(1),
+            )
+            .unwrap();
+        bag.insert("etcd_0.server.cert".into(), client_only);
+        bag.insert("etcd_0.server.key".into(), ckey);
+        let e = read_answer("easyrsa/0", "etcd_0", &bag, &names, now).unwrap_err();
+        assert!(e.contains("serverAuth"), "{e}");
+        // A leaf where the CA should be.
+        bag.insert("ca".into(), cert.clone());
+        let e = read_answer("easyrsa/0", "etcd_0", &bag, &names, now).unwrap_err();
+        assert!(e.contains("not a CA certificate"), "{e}");
         bag.insert("ca".into(), "garbage".into());
-        assert!(read_answer("easyrsa/0", "etcd_0", &bag)
+        assert!(read_answer("easyrsa/0", "etcd_0", &bag, &names, now)
             .unwrap_err()
             .contains("`ca`"));
     }

@@ -322,6 +322,98 @@ pub fn key_matches(cert_pem: &str, key_pem: &str) -> Result<bool> {
     })
 }
 
+/// What a certificate from a provider must be to serve here (M2): valid now, usable for
+/// `server` (serverAuth and clientAuth: the server certificate is also the peer one and the
+/// charm's own client identity) or as a client (clientAuth), naming every one of `names`
+/// (IP addresses or DNS names). The reason when it is not.
+pub fn check_leaf(
+    cert_pem: &str,
+    names: &[String],
+    server: bool,
+    now: i64,
+) -> std::result::Result<(), String> {
+    use x509_parser::extensions::GeneralName;
+    let checked = with_cert(cert_pem, |c| -> std::result::Result<(), String> {
+        let (from, to) = (
+            c.validity().not_before.timestamp(),
+            c.validity().not_after.timestamp(),
+        );
+        if now < from {
+            return Err("is not valid yet".into());
+        }
+        if now >= to {
+            return Err("has expired".into());
+        }
+        let eku = c
+            .extended_key_usage()
+            .ok()
+            .flatten()
+            .map(|e| e.value.clone());
+        let (srv, cli) = eku
+            .map(|e| (e.server_auth || e.any, e.client_auth || e.any))
+            .unwrap_or((false, false));
+        if !cli || (server && !srv) {
+            return Err(format!(
+                "lacks the {} extended key usage",
+                if server {
+                    "serverAuth and clientAuth"
+                } else {
+                    "clientAuth"
+                }
+            ));
+        }
+        let sans: Vec<String> = c
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|s| {
+                s.value
+                    .general_names
+                    .iter()
+                    .filter_map(|g| match g {
+                        GeneralName::DNSName(d) => Some(d.to_string()),
+                        GeneralName::IPAddress(b) => match b.len() {
+                            4 => Some(
+                                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).ok()?).to_string(),
+                            ),
+                            16 => Some(
+                                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).ok()?)
+                                    .to_string(),
+                            ),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<&String> = names.iter().filter(|n| !sans.contains(n)).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "does not name {}",
+                missing
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(())
+    });
+    checked.map_err(|e| format!("cannot be read ({e})"))?
+}
+
+/// Whether a certificate is a CA's (basicConstraints CA:TRUE).
+pub fn is_ca(cert_pem: &str) -> bool {
+    with_cert(cert_pem, |c| {
+        c.basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.value.ca)
+    })
+    .unwrap_or(false)
+}
+
 /// The subject's common name.
 pub fn common_name(cert_pem: &str) -> Result<String> {
     with_cert(cert_pem, |cert| {
