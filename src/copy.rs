@@ -57,6 +57,12 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// `parse_endpoints` for the property tests.
+#[cfg(test)]
+pub(crate) fn parse_endpoints_for_tests(raw: &str) -> std::result::Result<Vec<String>, String> {
+    parse_endpoints(raw)
+}
+
 /// Checks the `endpoints` param: https URLs of the source's members, nothing else.
 fn parse_endpoints(raw: &str) -> std::result::Result<Vec<String>, String> {
     let eps: Vec<String> = raw

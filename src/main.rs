@@ -26,6 +26,8 @@ mod copy;
 mod defrag;
 mod delivery;
 mod etcd;
+#[cfg(test)]
+mod fuzz;
 mod juju;
 mod leave;
 mod membership;
