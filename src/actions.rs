@@ -252,6 +252,15 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     }
     let (leader_ep, _) = leader_endpoint(&client, &ep)?;
     let status = client.status(&leader_ep)?;
+    let data = unit::data_dir()?;
+    if let Err(e) = unit::ensure_room(
+        &target,
+        status.db_size,
+        Some(Path::new(&data)),
+        "the snapshot",
+    ) {
+        return refuse(format!("{e:#}"));
+    }
     let members = client.member_list(&ep)?.len();
     let meta = crate::archive::metadata(&status, members);
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
@@ -358,6 +367,17 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
     let (client, ep, _) = local()?;
     if !param_bool(params, "all", false) {
         let before = client.status(&ep)?.db_size;
+        // bbolt writes a compacted copy of the in-use pages beside the database.
+        let in_use = client.status(&ep)?.db_size_in_use;
+        let data = unit::data_dir()?;
+        if let Err(e) = unit::ensure_room(
+            Path::new(&data),
+            in_use,
+            None,
+            "defragmenting (a copy of the in-use database)",
+        ) {
+            return refuse(format!("{e:#}"));
+        }
         unit::tls_client_waiting(Duration::from_secs(300))?.defrag(&ep)?;
         let after = client.status(&ep)?.db_size;
         return Ok(vec![

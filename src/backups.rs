@@ -191,6 +191,9 @@ pub struct Plan {
     pub endpoint: String,
     /// when this unit began taking them (unix seconds)
     pub since: i64,
+    /// etcd's data directory here (a snapshot on the same filesystem keeps room for it)
+    #[serde(default)]
+    pub data_dir: Option<String>,
 }
 
 /// What the timer's job did last.
@@ -327,6 +330,7 @@ pub fn reconcile_unit(
     target: &str,
     retention: u32,
     endpoint: &str,
+    data_dir: &str,
 ) -> Result<Option<(Summary, String)>, String> {
     let Some(schedule) = schedule else {
         remove()?;
@@ -341,6 +345,7 @@ pub fn reconcile_unit(
         period_secs: 0, // ensure() asks systemd when the schedule is new
         endpoint: endpoint.to_string(),
         since: now(),
+        data_dir: Some(data_dir.to_string()),
     };
     let plan = ensure(schedule, &plan, &exe)?;
     let rec = load_record().map_err(|e| format!("{e:#}"))?;
@@ -446,6 +451,13 @@ fn take(plan: &Plan) -> Result<crate::archive::Written> {
     let members = client.member_list(&plan.endpoint)?.len();
     let meta = crate::archive::metadata(&status, members);
     let dir = Path::new(&plan.target);
+    // Outside a hook: the data directory is the one the plan was made for.
+    crate::unit::ensure_room(
+        dir,
+        status.db_size,
+        plan.data_dir.as_deref().map(Path::new),
+        "a scheduled snapshot",
+    )?;
     let name = crate::archive::snapshot_name();
     let w = crate::archive::write(&client, &plan.endpoint, dir, &name, &meta)?;
     crate::pki::write_file(

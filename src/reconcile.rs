@@ -1125,6 +1125,7 @@ impl<'a> Reconcile<'a> {
             &self.cfg.snapshot_target,
             self.cfg.snapshot_retention,
             ep,
+            &self.data,
         )?;
         let Some((summary, note)) = kept else {
             self.set("snapshot-summary", "");

@@ -157,6 +157,12 @@ pub fn recover(
     // The copy is complete, or it is not `member`: only a whole copy is ever put back.
     std::fs::create_dir_all(&aside)?;
     std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    unit::ensure_room(
+        &aside,
+        crate::relocate::tree_size(&member)?,
+        None,
+        "the copy of this member's data",
+    )?;
     crate::relocate::copy_dir(&member, &aside.join("member.partial"))?;
     std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
     unit::crash_point("recover-copied");

@@ -69,6 +69,21 @@ pub fn move_member(from: &str, to: &str) -> Result<PathBuf> {
 
 /// Copies a member directory (files and directories only, as etcd writes it, each with its
 /// permissions), with fsync of every file and directory.
+/// The bytes of the regular files under `dir` (what a copy of it needs).
+pub fn tree_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let t = e.file_type()?;
+        if t.is_dir() {
+            total += tree_size(&e.path())?;
+        } else if t.is_file() {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;

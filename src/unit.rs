@@ -199,6 +199,54 @@ pub fn data_dir() -> Result<String> {
     }))
 }
 
+/// Room kept free beyond what a write needs (etcd's WAL and the system go on writing).
+pub const ROOM_MARGIN: u64 = 64 * 1024 * 1024;
+
+/// Refuses a write of about `need` bytes into `dir` (`what` says which) when its filesystem
+/// has less free than that plus `ROOM_MARGIN`, and, when `dir` shares a filesystem with
+/// etcd's data (`data`), less than that plus the database again (etcd must still be able to
+/// grow and compact there): the error gives the numbers (M5).
+pub fn ensure_room(dir: &Path, need: u64, data: Option<&Path>, what: &str) -> Result<()> {
+    let free = free_bytes(dir)?;
+    let same_fs = data.is_some_and(|d| same_filesystem(dir, d));
+    let reserve = ROOM_MARGIN + if same_fs { need } else { 0 };
+    if free < need.saturating_add(reserve) {
+        bail!(
+            "not enough free space in {} for {what}: about {} needed and {} kept free{}, {} free; \
+             free some space or choose another place",
+            dir.display(),
+            mib(need),
+            mib(reserve),
+            if same_fs {
+                " (it shares a filesystem with etcd's data)"
+            } else {
+                ""
+            },
+            mib(free)
+        );
+    }
+    Ok(())
+}
+
+fn mib(b: u64) -> String {
+    format!("{} MiB", b.div_ceil(1024 * 1024))
+}
+
+/// The bytes free in `dir`'s filesystem (its available blocks).
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| anyhow!("cannot tell how much space {} has: {e}", dir.display()))?;
+    Ok(s.blocks_available() * s.fragment_size())
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev(),
+        _ => false,
+    }
+}
+
 pub fn has_member_data(dir: &str) -> bool {
     Path::new(dir).join("member").join("wal").exists()
         || Path::new(dir).join("member").join("snap").exists()

@@ -134,6 +134,24 @@ fn health_credentials_and_bad_params() {
         let (_, task) = env.run_action("etcd/0", &["snapshot", &format!("target={target}")]);
         assert_refused(&task, "must be outside etcd's own files");
     }
+    // M5: a target without room for the snapshot (and the margin kept free) is refused
+    // with the numbers, before anything is written.
+    env.exec_ok(
+        "etcd/0",
+        "mkdir -p /mnt/tiny && mount -t tmpfs -o size=1m tmpfs /mnt/tiny",
+    );
+    let (_, task) = env.run_action("etcd/0", &["snapshot", "target=/mnt/tiny"]);
+    assert_refused(&task, "not enough free space in /mnt/tiny for the snapshot");
+    assert!(
+        task["message"].as_str().unwrap_or("").contains("MiB free"),
+        "{task}"
+    );
+    assert_eq!(
+        env.exec_ok("etcd/0", "ls -A /mnt/tiny").trim(),
+        "",
+        "nothing written"
+    );
+    env.exec_ok("etcd/0", "umount /mnt/tiny");
     let (code, task) = env.run_action("etcd/0", &["snapshot", "target=/proc/forbidden"]);
     assert_eq!(
         code, 0,
