@@ -85,7 +85,10 @@ fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     let unpacked = install::unpack_safely_with(
         resource,
         &dir,
-        install::Room::Free { bytes: free },
+        // Not all of it: the live member on this filesystem keeps a margin (M5).
+        install::Room::Free {
+            bytes: free.saturating_sub(crate::unit::ROOM_MARGIN),
+        },
         |path, chunk| {
             if path.file_name().is_some_and(|n| n == "db") {
                 // The hasher only stops when this sender goes: it cannot refuse a chunk.
