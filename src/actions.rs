@@ -503,6 +503,16 @@ fn reinstall() -> Result<Results> {
             ))
         }
     };
+    // It takes this member down for a restart: never while another member is down (two
+    // at once, say this action run on two units together, could cost the quorum: M6).
+    let me = unit::member_name(&std::env::var("JUJU_UNIT_NAME").unwrap_or_default());
+    if let Some(down) = crate::reconcile::other_member_down(&client, &ep, &me) {
+        return refuse(format!(
+            "member {down} does not answer healthy: re-installing this member now would take \
+             a second member down; run the install action again once {down} is back (one \
+             unit at a time)"
+        ));
+    }
     crate::action_support::member_going_away(
         "Re-installing etcd from the etcd resource (install action)",
     )?;

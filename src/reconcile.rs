@@ -1337,7 +1337,7 @@ impl crate::restart::Member for LiveMember<'_> {
 
 /// The first other voting member that does not answer healthy at its client URL (or, when
 /// the member list cannot be had, this member's own name: nothing is known to be safe).
-fn other_member_down(client: &Client, ep: &str, me: &str) -> Option<String> {
+pub(crate) fn other_member_down(client: &Client, ep: &str, me: &str) -> Option<String> {
     let Ok(members) = client.member_list(ep) else {
         return Some(me.to_string());
     };

@@ -579,3 +579,43 @@ fn the_debian_package_steps_up_from_the_apt_mirror_through_the_same_gates() {
     keys_before_kept(&env, &creds);
     members_agree(&env, &creds, "after the package upgrade");
 }
+
+/// Issue 22 (M6): the install action takes its member down, so it refuses while another
+/// member is down (two units at once could cost the quorum), and it checks the version step
+/// as a rolling upgrade does: a downgrade from the running 3.5.1 to 3.4.23 is refused
+/// before anything of it is put in place. Before, both went ahead.
+#[test]
+fn the_install_action_refuses_a_downgrade_and_a_second_member_down() {
+    let work = tempfile::tempdir().unwrap();
+    let t35 = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let t34 = etcd_tarball(work.path(), &etcd34(), "3.4.23");
+    let env = Env::new("install-gates", &["update-status-hook-interval=1h"]);
+    deploy_healthy(&env, 3, &t35, &[]);
+    let units = env.units("etcd");
+    // Another member down: refused, this one untouched.
+    let pid = etcd_pid(&env, &units[0]);
+    env.exec_ok(&units[1], "systemctl stop etcd");
+    let (_, task) = env.run_action(&units[0], &["install"]);
+    assert_refused(&task, "does not answer healthy");
+    assert_eq!(etcd_pid(&env, &units[0]), pid, "the member was restarted");
+    env.exec_ok(&units[1], "systemctl start etcd");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    // A downgrade: refused naming the step; 3.5.1 still runs.
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", t34.display()),
+    ]);
+    env.settle("2m");
+    let (_, task) = env.run_action(&units[0], &["install"]);
+    assert_refused(&task, "3.4.23");
+    assert!(
+        env.exec_ok(&units[0], "/opt/etcd/current/etcd --version")
+            .contains("etcd Version: 3.5.1"),
+        "the downgrade was installed"
+    );
+    assert!(
+        env.exec(&units[0], "test -e /opt/etcd/3.4.23").code != 0,
+        "the refused version was put in place"
+    );
+}

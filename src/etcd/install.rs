@@ -403,9 +403,9 @@ pub fn install_archive(
         )));
     }
     let version = binary_version(&bin.join("etcd"))?;
-    if defer_switch {
-        refuse_bad_step(&Path::new(OPT_DIR).join("current/etcd"), &version, label)?;
-    }
+    // Every path, the install action's too (M6): a downgrade or a skipped minor is refused
+    // before anything of it is put in place.
+    refuse_bad_step(&Path::new(OPT_DIR).join("current/etcd"), &version, label)?;
     let final_dir = Path::new(OPT_DIR).join(&version);
     // Move the verified binaries into place; an older copy of the same version is set aside
     // and removed only once the new one is in place.
