@@ -181,9 +181,30 @@ impl Writer {
         Writer::start_any(vec![creds], endpoints, prefix)
     }
 
+    /// A writer that fails over as a client with a short timeout does: each write goes
+    /// first to the next endpoint in turn and gives up after 1 s, so a member that is busy
+    /// (defragmenting: etcd blocks its requests meanwhile) costs one short attempt, and the
+    /// longest gap measures the cluster, not one member.
+    pub fn start_failing_over(
+        creds: PathBuf,
+        endpoints: Arc<Mutex<String>>,
+        prefix: &str,
+    ) -> Writer {
+        Writer::spawn(vec![creds], endpoints, prefix, true)
+    }
+
     /// A writer holding several sets of credentials (a client given new ones during a CA
     /// move): each write is tried with each set in turn until one is acknowledged.
     pub fn start_any(creds: Vec<PathBuf>, endpoints: Arc<Mutex<String>>, prefix: &str) -> Writer {
+        Writer::spawn(creds, endpoints, prefix, false)
+    }
+
+    fn spawn(
+        creds: Vec<PathBuf>,
+        endpoints: Arc<Mutex<String>>,
+        prefix: &str,
+        fail_over: bool,
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(vec![]));
         let (s, a, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
@@ -191,10 +212,21 @@ impl Writer {
             let mut i = 0;
             while !s.load(Ordering::SeqCst) {
                 let key = format!("{prefix}{i:06}");
-                let eps = endpoints.lock().unwrap().clone();
+                let mut eps = endpoints.lock().unwrap().clone();
+                let mut args = vec!["put", key.as_str(), "v"];
+                if fail_over {
+                    let list: Vec<&str> = eps.split(',').collect();
+                    let n = list.len().max(1);
+                    eps = (0..list.len())
+                        .map(|k| list[(i + k) % n])
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    // The later flag wins over etcdctl()'s 4 s.
+                    args.insert(0, "--command-timeout=1s");
+                }
                 if creds
                     .iter()
-                    .any(|c| etcdctl(c, &eps, true, &["put", &key, "v"]).status.success())
+                    .any(|c| etcdctl(c, &eps, true, &args).status.success())
                 {
                     a.lock().unwrap().push((key, Instant::now()));
                 }
