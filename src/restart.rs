@@ -267,34 +267,49 @@ mod tests {
         assert!(!m.pending());
     }
 
+    /// Runs `make()`'s turn once to count its calls, then kills it at each call in turn and
+    /// runs the next hook on what the kill left; `check` judges each end (`case` names it).
+    fn killed_at_every_step(make: impl Fn() -> Fake, check: impl Fn(&Fake, &Restarted, &str)) {
+        let calls = {
+            let mut m = make();
+            take(&mut m).unwrap();
+            m.calls
+        };
+        for kill_at in 1..=calls {
+            let mut m = make();
+            m.kill_at = Some(kill_at);
+            assert!(take(&mut m).is_err(), "killed at call {kill_at}");
+            // What the crash left is all the next hook has.
+            let mut after = Fake {
+                kill_at: None,
+                calls: 0,
+                killed: false,
+                ..m.clone()
+            };
+            let r = hook(&mut after).unwrap();
+            check(
+                &after,
+                &r,
+                &format!("killed at call {kill_at}: {r:?} {after:?}"),
+            );
+        }
+    }
+
     /// A config turn killed at any step: the next hook ends it on the new config when it
     /// serves, on the old one otherwise, and nothing stays pending.
     #[test]
     fn a_hook_killed_at_any_step_of_a_config_turn_is_finished_by_the_next_hook() {
         for (new, serves) in [("good", true), ("bad", false)] {
             let serve: &[&str] = if serves { &["3.5.1", new] } else { &["3.5.1"] };
-            let calls = {
-                let mut m = Fake::config_turn(new, serve);
-                take(&mut m).unwrap();
-                m.calls
-            };
-            for kill_at in 1..=calls {
-                let mut m = Fake::config_turn(new, serve);
-                m.kill_at = Some(kill_at);
-                assert!(take(&mut m).is_err(), "killed at call {kill_at}");
-                let mut after = Fake {
-                    kill_at: None,
-                    calls: 0,
-                    killed: false,
-                    ..m.clone()
-                };
-                let r = hook(&mut after).unwrap();
-                let case = format!("{new}, killed at call {kill_at}: {r:?} {after:?}");
-                let ends_on = if serves { new } else { "old" };
-                assert_eq!(after.running_config, ends_on, "{case}");
-                assert_eq!(after.config, ends_on, "{case}");
-                assert!(!after.pending(), "{case}");
-            }
+            let ends_on = if serves { new } else { "old" };
+            killed_at_every_step(
+                || Fake::config_turn(new, serve),
+                |after, _, case| {
+                    assert_eq!(after.running_config, ends_on, "{new}, {case}");
+                    assert_eq!(after.config, ends_on, "{new}, {case}");
+                    assert!(!after.pending(), "{new}, {case}");
+                },
+            );
         }
     }
 
@@ -302,33 +317,19 @@ mod tests {
     fn a_hook_killed_at_any_step_of_a_turn_is_finished_by_the_next_hook() {
         for (new, serves, ends_on) in [("3.5.16", true, "3.5.16"), ("3.5.99", false, "3.5.1")] {
             let serve: &[&str] = if serves { &["3.5.1", new] } else { &["3.5.1"] };
-            let calls = {
-                let mut m = Fake::new("3.5.1", Some(new), serve);
-                take(&mut m).unwrap();
-                m.calls
-            };
-            for kill_at in 1..=calls {
-                let mut m = Fake::new("3.5.1", Some(new), serve);
-                m.kill_at = Some(kill_at);
-                assert!(take(&mut m).is_err(), "killed at call {kill_at}");
-                // What the crash left is all the next hook has.
-                let mut after = Fake {
-                    kill_at: None,
-                    calls: 0,
-                    killed: false,
-                    ..m.clone()
-                };
-                let r = hook(&mut after).unwrap();
-                let case = format!("{new}, killed at call {kill_at}: {r:?} {after:?}");
-                assert_eq!(after.current, ends_on, "{case}");
-                assert_eq!(after.running, ends_on, "{case}");
-                assert!(!after.pending() && after.staged.is_none(), "{case}");
-                if serves {
-                    assert_eq!(r, Restarted::Healthy, "{case}");
-                } else {
-                    assert!(matches!(r, Restarted::RolledBack { .. }), "{case}");
-                }
-            }
+            killed_at_every_step(
+                || Fake::new("3.5.1", Some(new), serve),
+                |after, r, case| {
+                    assert_eq!(after.current, ends_on, "{new}, {case}");
+                    assert_eq!(after.running, ends_on, "{new}, {case}");
+                    assert!(!after.pending() && after.staged.is_none(), "{new}, {case}");
+                    if serves {
+                        assert_eq!(*r, Restarted::Healthy, "{new}, {case}");
+                    } else {
+                        assert!(matches!(r, Restarted::RolledBack { .. }), "{new}, {case}");
+                    }
+                },
+            );
         }
     }
 }
