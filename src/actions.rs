@@ -366,9 +366,10 @@ fn compact(params: &std::collections::BTreeMap<String, Value>) -> Result<Results
 fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results> {
     let (client, ep, _) = local()?;
     if !param_bool(params, "all", false) {
-        let before = client.status(&ep)?.db_size;
+        let status = client.status(&ep)?;
+        let before = status.db_size;
         // bbolt writes a compacted copy of the in-use pages beside the database.
-        let in_use = client.status(&ep)?.db_size_in_use;
+        let in_use = status.db_size_in_use;
         let data = unit::data_dir()?;
         if let Err(e) = unit::ensure_room(
             Path::new(&data),

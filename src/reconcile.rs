@@ -1217,12 +1217,11 @@ impl crate::restart::Member for LiveMember<'_> {
     fn switch(&mut self) -> Result<()> {
         if !Path::new(CONFIG_KEPT).exists() {
             if let Ok(running) = std::fs::read_to_string(service::CONFIG_FILE) {
-                let same_dir =
-                    crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE))
-                        .ok()
-                        .flatten()
-                        .as_deref()
-                        == Some(self.data);
+                let same_dir = crate::relocate::data_dir_in(&running)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(self.data);
                 if running != self.rendered && same_dir {
                     pki::write_file(Path::new(CONFIG_KEPT), running.as_bytes(), 0o644)?;
                 }

@@ -18,8 +18,12 @@ pub fn configured_data_dir(config_file: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", config_file.display())),
     };
-    let v: serde_yaml::Value = serde_yaml::from_str(&text)
-        .with_context(|| format!("parsing {}", config_file.display()))?;
+    data_dir_in(&text).with_context(|| format!("parsing {}", config_file.display()))
+}
+
+/// The `data-dir` a rendered etcd config names, if any.
+pub fn data_dir_in(config: &str) -> Result<Option<String>> {
+    let v: serde_yaml::Value = serde_yaml::from_str(config)?;
     Ok(v.get("data-dir").and_then(|d| d.as_str()).map(String::from))
 }
 

@@ -115,11 +115,11 @@ fn check(name: &str, value: &str) -> Result<String, String> {
             if !value.is_empty() && !ARCHES.contains(&value) {
                 return Err(format!("{value:?} not recognized"));
             }
-            if !value.is_empty() && value != std::env::consts::ARCH.replace("x86_64", "amd64")
-            {
+            // Juju's name for the host's architecture.
+            let host = std::env::consts::ARCH.replace("x86_64", "amd64");
+            if !value.is_empty() && value != host {
                 return Err(format!(
-                    "this controller's machines are {}: no {value} machine can be made",
-                    std::env::consts::ARCH.replace("x86_64", "amd64")
+                    "this controller's machines are {host}: no {value} machine can be made"
                 ));
             }
             Ok(value.into())

@@ -1361,10 +1361,19 @@ impl Ctl {
     }
 
     /// Waits until no machine start is under way (a start whose model was destroyed ends
-    /// what it spawned on its own), up to `limit`.
+    /// what it spawned on its own), up to `limit`; says in controller.log when some are
+    /// still under way then (their machines may be left: kill-controller again ends them).
     pub async fn starts_done(&self, limit: Duration) {
         let mut rx = self.starts.subscribe();
-        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+        let zero = async { rx.wait_for(|n| *n == 0).await.map(|_| ()) };
+        match tokio::time::timeout(limit, zero).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => eprintln!("machine starts: their counter is gone"),
+            Err(_) => eprintln!(
+                "{} machine start(s) still under way after {limit:?}: exiting without them",
+                *self.starts.borrow()
+            ),
+        }
     }
 
     pub async fn start_machine(self: &Arc<Self>, model: &str, machine: u32) -> Result<()> {
