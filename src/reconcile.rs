@@ -656,8 +656,12 @@ impl<'a> Reconcile<'a> {
             }
             self.svc.start()?;
             self.st.running_trust = self.trust_on_disk.clone();
-            self.st.client_port = Some(self.cfg.port);
-            self.st.running_peer_url = Some(self.peer_url.clone());
+            // A held config is not what starts: the file on disk (the config that ran
+            // before) keeps its ports and URLs.
+            if held.is_none() {
+                self.st.client_port = Some(self.cfg.port);
+                self.st.running_peer_url = Some(self.peer_url.clone());
+            }
             // With binaries staged for a rolling upgrade, what started is what `current`
             // still points at; the new ones wait for this unit's turn.
             self.st.running_version = Some(if self.inst.staged.is_some() {
