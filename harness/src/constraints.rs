@@ -74,7 +74,7 @@ pub fn parse(args: &[impl AsRef<str>]) -> Result<String> {
         .join(" "))
 }
 
-/// `--bind` as Juju reads it (juju/juju `cmd/juju/application`, parseBindExpr and its
+/// `--bind` as Juju reads it (juju/juju `cmd/juju/application/binding.go`, parseBindExpr and its
 /// tests): a bare space name binds every endpoint by default, `endpoint=space` one endpoint.
 /// Returns endpoint → space, the default under "". Every space must exist (here: only
 /// `alpha`) and every endpoint be one of the charm's.

@@ -1364,7 +1364,7 @@ fn the_cli_is_juju_3_6_unless_the_client_says_2_9() {
 /// TestGetDeployerCharmHubCharmWithRevisionFail); `--constraints` is parsed as
 /// core/constraints/constraints.go parses it (its tests' messages), kept on the application
 /// and shown on the machines made for it (cmd/juju/status/formatted.go); `--bind` names
-/// only spaces that exist (parseBindExpr); `--trust` sets the application-config `trust`
+/// only spaces that exist (binding.go parseBindExpr); `--trust` sets the application-config `trust`
 /// that `juju config` shows and `juju trust --remove-trust` clears. What this controller
 /// cannot do (detached storage, zones, containers, another architecture) is refused by
 /// name, never ignored.
