@@ -10,7 +10,15 @@
 //!
 //! The leader decides each step from what every unit reports in its peer databag
 //! (`trust-running`: the bundle its etcd started with; `issuer-in-use`: the CA of the
-//! certificates it serves with); the app databag carries the decision (`trust`, `issuer-ca`).
+//! certificates it serves with; `issuer-verified`: that CA once its member answered healthy
+//! serving with them); the app databag carries the decision (`trust`, `issuer-ca`). A unit
+//! takes the new certificates only when every unit before it serves with them and answered
+//! healthy so, and the old CA goes only once every unit did: one healthy unit at a time.
+//!
+//! The peer port (2380) has a side of its own (`Side::PEER`): it trusts the charm's peer CA
+//! alone, which signs nothing but members' peer certificates, so no client certificate (the
+//! shared `db` one, or anything a related CA issued) is accepted there. Deployments from
+//! before it move to it by the same three steps.
 
 use crate::juju::{self, Bag};
 use crate::pki;
@@ -172,11 +180,73 @@ pub fn read_answer(
     }))
 }
 
+/// The databag keys of one side of the TLS set-up: the client port's (server and client
+/// certificates, from the built-in CA or the `certificates` relation) or the peer port's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Side {
+    /// app keys: the bundle to trust, the CA that issues, where the move stands
+    pub trust: &'static str,
+    pub issuer: &'static str,
+    pub step: &'static str,
+    /// unit keys (`UnitTls`)
+    pub trust_running: &'static str,
+    pub issuer_in_use: &'static str,
+    pub verified: &'static str,
+    /// the certificate file whose issuer says where the unit stands, and the bundle file
+    pub cert_file: &'static str,
+    pub bundle_file: &'static str,
+}
+
+impl Side {
+    pub const CLIENT: Side = Side {
+        trust: "trust",
+        issuer: "issuer-ca",
+        step: "ca-move",
+        trust_running: "trust-running",
+        issuer_in_use: "issuer-in-use",
+        verified: "issuer-verified",
+        cert_file: "server.crt",
+        bundle_file: "ca.crt",
+    };
+    pub const PEER: Side = Side {
+        trust: "peer-trust",
+        issuer: "peer-issuer-ca",
+        step: "peer-ca-move",
+        trust_running: "peer-trust-running",
+        issuer_in_use: "peer-issuer-in-use",
+        verified: "peer-issuer-verified",
+        cert_file: "peer.crt",
+        bundle_file: "peer-ca.crt",
+    };
+
+    /// What a unit's databag says of this side. Before the peer side existed, the peer port
+    /// ran with the client side's bundle: that is what a unit that has not said otherwise runs.
+    pub fn unit(&self, b: &Bag) -> UnitTls {
+        let get = |k: &str| b.get(k).filter(|v| !v.is_empty()).cloned();
+        UnitTls {
+            trust_running: get(self.trust_running)
+                .or_else(|| get(Side::CLIENT.trust_running).filter(|_| *self == Side::PEER)),
+            issuer_in_use: get(self.issuer_in_use),
+            verified: get(self.verified),
+        }
+    }
+}
+
 /// What a started unit reports.
 #[derive(Debug, Clone, Default)]
 pub struct UnitTls {
     pub trust_running: Option<String>,
     pub issuer_in_use: Option<String>,
+    /// the CA whose certificates its member served with when it last answered healthy
+    pub verified: Option<String>,
+}
+
+impl UnitTls {
+    /// Serves with `issuer_sha`'s certificates and answered healthy so.
+    fn moved_to(&self, issuer_sha: &str) -> bool {
+        self.issuer_in_use.as_deref() == Some(issuer_sha)
+            && self.verified.as_deref() == Some(issuer_sha)
+    }
 }
 
 /// The leader's decision.
@@ -248,9 +318,7 @@ pub fn plan(
         };
     }
     let target_sha = sha16(target);
-    let all_moved = units
-        .iter()
-        .all(|u| u.issuer_in_use.as_deref() == Some(target_sha.as_str()));
+    let all_moved = units.iter().all(|u| u.moved_to(&target_sha));
     if trusted.len() > 1 {
         if all_moved {
             return Plan {
@@ -275,8 +343,8 @@ pub fn plan(
 }
 
 /// A unit takes certificates from a new CA when every started unit before it (in unit
-/// order) already has: one unit at a time.
-pub fn my_turn(unit: &str, issuer_sha: &str, started: &[(String, Option<String>)]) -> bool {
+/// order) serves with them and answered healthy so: one healthy unit at a time.
+pub fn my_turn(unit: &str, issuer_sha: &str, started: &[(String, UnitTls)]) -> bool {
     let n = |u: &str| {
         u.rsplit('/')
             .next()
@@ -286,7 +354,7 @@ pub fn my_turn(unit: &str, issuer_sha: &str, started: &[(String, Option<String>)
     started
         .iter()
         .filter(|(u, _)| n(u) < n(unit))
-        .all(|(_, s)| s.as_deref() == Some(issuer_sha))
+        .all(|(_, s)| s.moved_to(issuer_sha))
 }
 
 /// The digest of the CA (among `cas`) that signed `cert`, if any.
@@ -308,6 +376,7 @@ mod tests {
         UnitTls {
             trust_running: Some(sha16(trust)),
             issuer_in_use: Some(sha16(issuer)),
+            verified: Some(sha16(issuer)),
         }
     }
 
@@ -371,14 +440,54 @@ mod tests {
     #[test]
     fn units_take_new_certificates_in_unit_order() {
         let s = Some("x".to_string());
+        let moved = UnitTls {
+            trust_running: None,
+            issuer_in_use: s.clone(),
+            verified: s.clone(),
+        };
         let started = vec![
-            ("etcd/0".to_string(), s.clone()),
-            ("etcd/10".to_string(), None),
-            ("etcd/2".to_string(), None),
+            ("etcd/0".to_string(), moved.clone()),
+            ("etcd/10".to_string(), UnitTls::default()),
+            ("etcd/2".to_string(), UnitTls::default()),
         ];
         assert!(my_turn("etcd/2", "x", &started));
         assert!(!my_turn("etcd/10", "x", &started));
         assert!(my_turn("etcd/0", "x", &started));
+    }
+
+    /// M2: a unit whose member has not answered healthy with the new certificates holds
+    /// the next one back, and keeps the old CA trusted.
+    #[test]
+    fn a_ca_move_waits_for_the_unit_before_to_answer_healthy() {
+        let moved_unhealthy = UnitTls {
+            trust_running: None,
+            issuer_in_use: Some("x".into()),
+            verified: Some("old".into()),
+        };
+        let started = vec![("etcd/0".to_string(), moved_unhealthy.clone())];
+        assert!(!my_turn("etcd/1", "x", &started));
+        let (a, b) = (ca("a"), ca("b"));
+        let both = bundle(&[a.clone(), b.clone()].into_iter().collect());
+        let mut u = unit(&both, &b);
+        u.verified = Some(sha16(&a));
+        let p = plan(&b, &b, &both, &[unit(&both, &b), u], true);
+        assert_eq!(
+            p.trust, both,
+            "the old CA stays trusted until every unit answered healthy"
+        );
+    }
+
+    #[test]
+    fn a_unit_from_before_the_peer_side_runs_the_client_bundle_on_the_peer_port() {
+        let b = Bag::from([("trust-running".to_string(), "t".to_string())]);
+        assert_eq!(Side::PEER.unit(&b).trust_running.as_deref(), Some("t"));
+        assert_eq!(Side::PEER.unit(&b).issuer_in_use, None);
+        let b = Bag::from([
+            ("trust-running".to_string(), "t".to_string()),
+            ("peer-trust-running".to_string(), "p".to_string()),
+        ]);
+        assert_eq!(Side::PEER.unit(&b).trust_running.as_deref(), Some("p"));
+        assert_eq!(Side::CLIENT.unit(&b).trust_running.as_deref(), Some("t"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! This unit's certificates: its CSRs, the leader's built-in CA (its key and the shared
-//! client certificate in application-owned secrets) signing every unit's CSRs, the leader's
-//! step of a move between CAs, and the files each unit serves with.
+//! client certificate in application-owned secrets) signing every unit's server CSR, the
+//! leader's peer CA (its key in a secret of its own) signing every unit's peer CSR and
+//! nothing else, the leader's step of a move between CAs on each side, and the files each
+//! unit serves with.
 //!
 //! Must not: start or stop etcd (the reconcile restarts it in its turn), or read anything
 //! but the peer view it is given and this unit's own files and secrets.
@@ -14,6 +16,7 @@ use anyhow::Result;
 use std::path::Path;
 
 const CA_LABEL: &str = "etcd-ca";
+const PEER_CA_LABEL: &str = "etcd-peer-ca";
 const CLIENT_LABEL: &str = "etcd-client";
 /// App databag key: the sha16 of the client certificate in the `etcd-client` secret, so
 /// units whose files hold it need not read the secret at every hook.
@@ -57,7 +60,7 @@ pub(crate) fn ensure_csrs(
 
 /// Certificates on disk that have not expired (kept in use while a renewal is pending).
 pub(crate) fn certs_on_disk() -> bool {
-    ["ca.crt", "server.crt", "peer.crt"]
+    ["ca.crt", "peer-ca.crt", "server.crt", "peer.crt"]
         .iter()
         .all(|f| pki::path(f).exists())
         && ["server.crt", "peer.crt"].iter().all(|f| {
@@ -192,6 +195,48 @@ pub(crate) fn leader_ca(peers: &mut Peers, lifetime: time::Duration) -> Result<C
     Ok(ca)
 }
 
+/// The leader's peer CA, created once (also in a deployment from before it): it signs the
+/// members' peer certificates and nothing else, so the peer port trusts no other
+/// certificate. Its key lives in an application-owned secret of its own.
+pub(crate) fn leader_peer_ca(peers: &mut Peers) -> Result<Ca> {
+    if let Some(b) = juju::secret_get_by_label(PEER_CA_LABEL)? {
+        if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
+            peers.app_set("peer-ca", c);
+            return Ok(Ca {
+                cert_pem: c.clone(),
+                key_pem: k.clone(),
+            });
+        }
+    }
+    if peers.app_get("peer-ca").is_some() {
+        anyhow::bail!("the peer CA key secret {PEER_CA_LABEL:?} is missing but a peer CA is published; restore the secret or redeploy");
+    }
+    let ca = Ca::create("etcd-charm peer CA")?;
+    juju::secret_add(
+        PEER_CA_LABEL,
+        &Bag::from([
+            ("ca-cert".into(), ca.cert_pem.clone()),
+            ("ca-key".into(), ca.key_pem.clone()),
+        ]),
+    )?;
+    peers.app_set("peer-ca", &ca.cert_pem);
+    Ok(ca)
+}
+
+/// The app keys of a unit's signed certificate and of the CSR digest it was signed for:
+/// server certificates from the built-in CA, peer certificates from the peer CA (keys of
+/// their own, so a peer certificate the built-in CA signed before the peer CA existed is
+/// never taken for one).
+fn signed_keys(p: Profile, name: &str) -> (String, String) {
+    match p {
+        Profile::Peer => (format!("peer-cert.{name}"), format!("peer-csr-sha.{name}")),
+        _ => (
+            format!("cert-{}.{name}", p.name()),
+            format!("csr-sha-{}.{name}", p.name()),
+        ),
+    }
+}
+
 /// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
 /// The CA (created on first use) is read from its secret only when something needs signing:
 /// most hooks sign nothing and spare the secret-get.
@@ -219,7 +264,7 @@ pub(crate) fn leader_sign(
                 continue;
             };
             let sha = pki::sha256_hex(csr.as_bytes());
-            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
+            if peers.app_get(&signed_keys(p, name).1) != Some(sha.as_str()) {
                 wanted.push((
                     unit.clone(),
                     name.clone(),
@@ -231,15 +276,18 @@ pub(crate) fn leader_sign(
             }
         }
     }
-    if wanted.is_empty() && peers.app_get("ca").is_some() {
+    if wanted.is_empty() && peers.app_get("ca").is_some() && peers.app_get("peer-ca").is_some() {
         return Ok(());
     }
     let ca = leader_ca(peers, lifetime)?;
+    let peer_ca = leader_peer_ca(peers)?;
     for (unit, name, p, csr, sha, allowed) in wanted {
-        match ca.sign(&csr, p, &name, &allowed, lifetime) {
+        let signer = if p == Profile::Peer { &peer_ca } else { &ca };
+        match signer.sign(&csr, p, &name, &allowed, lifetime) {
             Ok(cert) => {
-                peers.app_set(&format!("cert-{}.{name}", p.name()), &cert);
-                peers.app_set(&format!("csr-sha-{}.{name}", p.name()), &sha);
+                let (cert_key, sha_key) = signed_keys(p, &name);
+                peers.app_set(&cert_key, &cert);
+                peers.app_set(&sha_key, &sha);
             }
             Err(e) => juju::log(
                 "WARNING",
@@ -250,8 +298,9 @@ pub(crate) fn leader_sign(
     Ok(())
 }
 
-/// The leader's step of a CA move (authority::plan): towards the `certificates` relation's
-/// CA when it answered, towards the built-in CA otherwise.
+/// The leader's step of a CA move (authority::plan) on each side: the client port's towards
+/// the `certificates` relation's CA when it answered, towards the built-in CA otherwise; the
+/// peer port's towards the peer CA (a move only for a deployment from before it).
 pub(crate) fn plan_ca_move(
     peers: &mut Peers,
     internal: &str,
@@ -261,34 +310,62 @@ pub(crate) fn plan_ca_move(
         .map(|p| p.ca.as_str())
         .unwrap_or(internal)
         .to_string();
-    let issuer = peers.app_get("issuer-ca").unwrap_or(internal).to_string();
-    let trust = peers.app_get("trust").unwrap_or(internal).to_string();
-    let started: Vec<authority::UnitTls> = peers
-        .started()
-        .map(|(_, b)| authority::UnitTls {
-            trust_running: b.get("trust-running").cloned(),
-            issuer_in_use: b.get("issuer-in-use").cloned(),
-        })
-        .collect();
-    let plan = authority::plan(&target, &issuer, &trust, &started, !started.is_empty());
-    if plan.step.as_deref() != peers.app_get("ca-move") {
-        juju::log(
-            "INFO",
-            plan.step
-                .as_deref()
-                .unwrap_or("CA move done: one CA trusted"),
-        );
+    plan_side(peers, authority::Side::CLIENT, &target, internal);
+    if let Some(peer_ca) = peers.app_get("peer-ca").map(String::from) {
+        plan_side(peers, authority::Side::PEER, &peer_ca, internal);
     }
-    peers.app_set("trust", &plan.trust);
-    peers.app_set("issuer-ca", &plan.issuer_ca);
-    peers.app_set("ca-move", plan.step.as_deref().unwrap_or(""));
 }
 
-/// Writes this unit's certificates: `ca.crt` is the bundle the leader says to trust; the
-/// certificates are those of the CA that issues now: the built-in CA's once its leader signed
-/// this unit's current CSRs, the `certificates` relation's once it answered. Moving to
-/// another CA's certificates waits for this unit's turn (`authority::my_turn`). Returns
-/// whether the unit has usable certificates.
+/// What a side's app keys say, with the defaults of a deployment from before them: the peer
+/// port trusted what the client port trusts, and its certificates came from the same CA.
+pub(crate) fn side_keys<'p>(
+    peers: &'p Peers,
+    side: authority::Side,
+    internal: &'p str,
+) -> (&'p str, &'p str) {
+    let client = (
+        peers.app_get("trust").unwrap_or(internal),
+        peers.app_get("issuer-ca").unwrap_or(internal),
+    );
+    if side == authority::Side::CLIENT {
+        return client;
+    }
+    (
+        peers.app_get(side.trust).unwrap_or(client.0),
+        peers.app_get(side.issuer).unwrap_or(client.1),
+    )
+}
+
+fn plan_side(peers: &mut Peers, side: authority::Side, target: &str, internal: &str) {
+    let (trust, issuer) = side_keys(peers, side, internal);
+    let (trust, issuer) = (trust.to_string(), issuer.to_string());
+    let started: Vec<authority::UnitTls> = peers.started().map(|(_, b)| side.unit(b)).collect();
+    let plan = authority::plan(target, &issuer, &trust, &started, !started.is_empty());
+    if plan.step.as_deref() != peers.app_get(side.step) {
+        let what = if side == authority::Side::PEER {
+            "peer port "
+        } else {
+            ""
+        };
+        juju::log(
+            "INFO",
+            &match plan.step.as_deref() {
+                Some(step) => format!("{what}{step}"),
+                None => format!("{what}CA move done: one CA trusted"),
+            },
+        );
+    }
+    peers.app_set(side.trust, &plan.trust);
+    peers.app_set(side.issuer, &plan.issuer_ca);
+    peers.app_set(side.step, plan.step.as_deref().unwrap_or(""));
+}
+
+/// Writes this unit's certificates: `ca.crt` is the bundle the leader says the client port
+/// trusts, `peer-ca.crt` the one the peer port trusts; the server and client certificates
+/// are those of the CA that issues now (the built-in CA's once its leader signed this unit's
+/// current CSR, the `certificates` relation's once it answered), the peer certificate the
+/// peer CA's. Moving to another CA's certificates waits for this unit's turn on that side
+/// (`authority::my_turn`). Returns whether the unit has usable certificates.
 pub(crate) fn install_certs(
     peers: &Peers,
     unit: &str,
@@ -299,27 +376,23 @@ pub(crate) fn install_certs(
     let Some(internal) = peers.app_get("ca") else {
         return Ok(false);
     };
-    let trust = peers.app_get("trust").unwrap_or(internal);
-    let issuer = peers.app_get("issuer-ca").unwrap_or(internal);
+    let (trust, issuer) = side_keys(peers, authority::Side::CLIENT, internal);
+    let (peer_trust, peer_issuer) = side_keys(peers, authority::Side::PEER, internal);
     pki::update_file(&pki::path("ca.crt"), trust, 0o644)?;
+    pki::update_file(&pki::path("peer-ca.crt"), peer_trust, 0o644)?;
     let read = |f: &str| std::fs::read_to_string(pki::path(f));
     // (file base name, certificate, key) for each pair to serve with
     let mut pairs: Vec<(&str, String, String)> = vec![];
     if issuer == internal {
-        for (p, csr) in [(Profile::Server, &csrs.0), (Profile::Peer, &csrs.1)] {
-            let sha = pki::sha256_hex(csr.as_bytes());
-            if peers.app_get(&format!("csr-sha-{}.{name}", p.name())) != Some(sha.as_str()) {
-                return Ok(certs_on_disk());
-            }
-            let Some(cert) = peers.app_get(&format!("cert-{}.{name}", p.name())) else {
-                return Ok(certs_on_disk());
-            };
-            pairs.push((
-                p.name(),
-                cert.to_string(),
-                read(&format!("csr-{}.key", p.name()))?,
-            ));
-        }
+        let sha = pki::sha256_hex(csrs.0.as_bytes());
+        let (cert_key, sha_key) = signed_keys(Profile::Server, name);
+        let (Some(cert), true) = (
+            peers.app_get(&cert_key),
+            peers.app_get(&sha_key) == Some(sha.as_str()),
+        ) else {
+            return Ok(certs_on_disk());
+        };
+        pairs.push(("server", cert.to_string(), read("csr-server.key")?));
         // Created in this very hook (the leader's first), the secret cannot be read yet:
         // the pair the leader holds serves, so no unit reports healthy without one.
         let client = match &peers.new_client {
@@ -339,24 +412,47 @@ pub(crate) fn install_certs(
                 client: Some((ccert, ckey)),
             }) if ca == issuer => {
                 pairs.push(("server", cert.clone(), key.clone()));
-                pairs.push(("peer", cert.clone(), key.clone()));
                 pairs.push(("client", ccert.clone(), ckey.clone()));
             }
             _ => return Ok(certs_on_disk()),
         }
     }
-    // Another CA's certificates on disk: they go in this unit's turn only.
-    let serving_from_issuer = read("server.crt")
-        .ok()
-        .is_some_and(|c| pki::issued_by(&c, issuer).unwrap_or(false));
-    if !serving_from_issuer {
-        let started: Vec<(String, Option<String>)> = peers
+    // The peer certificate: the peer CA's once the peer side issues from it. Before that (a
+    // deployment from before the peer CA, moving to it) the one on disk serves.
+    let mut peer_pair = None;
+    if Some(peer_issuer) == peers.app_get("peer-ca") {
+        let sha = pki::sha256_hex(csrs.1.as_bytes());
+        let (cert_key, sha_key) = signed_keys(Profile::Peer, name);
+        match (
+            peers.app_get(&cert_key),
+            peers.app_get(&sha_key) == Some(sha.as_str()),
+        ) {
+            (Some(cert), true) => peer_pair = Some((cert.to_string(), read("csr-peer.key")?)),
+            _ => return Ok(certs_on_disk()),
+        }
+    } else if !pki::path("peer.crt").exists() {
+        return Ok(false);
+    }
+    let started = |side: authority::Side| -> Vec<(String, authority::UnitTls)> {
+        peers
             .started()
             .filter(|(u, _)| *u != unit)
-            .map(|(u, b)| (u.clone(), b.get("issuer-in-use").cloned()))
-            .collect();
-        if !authority::my_turn(unit, &authority::sha16(issuer), &started) {
-            return Ok(certs_on_disk());
+            .map(|(u, b)| (u.clone(), side.unit(b)))
+            .collect()
+    };
+    // Another CA's certificates on disk: they go in this unit's turn only.
+    let in_turn = |side: authority::Side, issuer: &str| {
+        read(side.cert_file)
+            .ok()
+            .is_some_and(|c| pki::issued_by(&c, issuer).unwrap_or(false))
+            || authority::my_turn(unit, &authority::sha16(issuer), &started(side))
+    };
+    if !in_turn(authority::Side::CLIENT, issuer) {
+        pairs.clear();
+    }
+    if let Some((cert, key)) = peer_pair {
+        if in_turn(authority::Side::PEER, peer_issuer) {
+            pairs.push(("peer", cert, key));
         }
     }
     // etcd reads each pair on every new connection: a handshake that falls between the two
@@ -365,5 +461,5 @@ pub(crate) fn install_certs(
         pki::update_file(&pki::path(&format!("{base}.crt")), &cert, 0o644)?;
         pki::update_file(&pki::path(&format!("{base}.key")), &key, 0o600)?;
     }
-    Ok(true)
+    Ok(certs_on_disk())
 }

@@ -303,6 +303,9 @@ pub struct MemberView<'a> {
     /// the CA bundle etcd started with, and the one on disk (sha16s)
     pub trust_running: Option<&'a str>,
     pub trust_on_disk: Option<&'a str>,
+    /// the same for the peer port's bundle
+    pub peer_trust_running: Option<&'a str>,
+    pub peer_trust_on_disk: Option<&'a str>,
     /// new binaries are staged
     pub staged: bool,
     /// the version etcd was started from, when known, and the installed one
@@ -315,6 +318,7 @@ pub fn member_action(v: &MemberView) -> MemberAction {
         MemberAction::Start
     } else if v.config_changed
         || v.trust_running != v.trust_on_disk
+        || v.peer_trust_running != v.peer_trust_on_disk
         || v.staged
         || v.running_version.is_some_and(|r| r != v.installed_version)
     {
@@ -647,6 +651,8 @@ mod tests {
                 config_changed,
                 trust_running: trust,
                 trust_on_disk: Some("ca1"),
+                peer_trust_running: Some("p"),
+                peer_trust_on_disk: Some("p"),
                 staged,
                 running_version,
                 installed_version: "3.5.16",

@@ -68,7 +68,7 @@ pub(crate) fn reconcile(
     // step, spaced as before. (With the second pass for every leader, one suite run saw an
     // 8 s write gap in the 3-unit CA move, where 6 s is the limit; not proven to be the
     // cause, but nothing needs the second pass there.)
-    let moving = r.peers.app_get("ca-move").is_some();
+    let moving = r.peers.app_get("ca-move").is_some() || r.peers.app_get("peer-ca-move").is_some();
     let alone = r.peers.units.len() == 1;
     Ok(
         if r.leader && alone && moving && r.tls_keys() != tls_before {
@@ -108,8 +108,10 @@ struct Reconcile<'a> {
     provided: Option<authority::Provided>,
     /// this unit's certificates are in place
     certified: bool,
-    /// the sha of the CA bundle on disk (what etcd trusts once it restarts)
+    /// the sha of the CA bundles on disk (what etcd trusts once it restarts), for the
+    /// client port (`ca.crt`) and the peer port (`peer-ca.crt`)
     trust_on_disk: Option<String>,
+    peer_trust_on_disk: Option<String>,
 }
 
 impl<'a> Reconcile<'a> {
@@ -259,6 +261,7 @@ impl<'a> Reconcile<'a> {
             provided: None,
             certified: false,
             trust_on_disk: None,
+            peer_trust_on_disk: None,
         };
         r.publish_self();
         Ok(Some(r))
@@ -309,12 +312,31 @@ impl<'a> Reconcile<'a> {
         self.mine.get("phase").map(String::as_str)
     }
 
-    /// What a CA move waits for from this unit: the CA it serves with, the bundle it runs.
-    fn tls_keys(&self) -> (Option<String>, Option<String>) {
-        (
-            self.mine.get("trust-running").cloned(),
-            self.mine.get("issuer-in-use").cloned(),
-        )
+    /// etcd started (or restarted) now: it runs with the CA bundles on disk.
+    fn started_with_trust_on_disk(&mut self) {
+        self.st.running_trust = self.trust_on_disk.clone();
+        self.st.running_peer_trust = self.peer_trust_on_disk.clone();
+        self.publish_running_trust();
+    }
+
+    /// Tells the leader's CA moves which bundles this unit's etcd runs with.
+    fn publish_running_trust(&mut self) {
+        if let Some(t) = self.st.running_trust.clone() {
+            self.set(authority::Side::CLIENT.trust_running, &t);
+        }
+        if let Some(t) = self.st.running_peer_trust.clone() {
+            self.set(authority::Side::PEER.trust_running, &t);
+        }
+    }
+
+    /// What a CA move waits for from this unit, on each side: the CA it serves with (and
+    /// answered healthy with), the bundle it runs.
+    fn tls_keys(&self) -> Vec<Option<String>> {
+        [authority::Side::CLIENT, authority::Side::PEER]
+            .iter()
+            .flat_map(|s| [s.trust_running, s.issuer_in_use, s.verified])
+            .map(|k| self.mine.get(k).cloned())
+            .collect()
     }
 
     /// Phase 2.
@@ -356,27 +378,44 @@ impl<'a> Reconcile<'a> {
                 self.provided.as_ref(),
             )?
         };
-        // What the leader's CA move waits for: the CA of the certificates this unit serves
-        // with and the bundle its etcd started with.
+        // What the leader's CA moves wait for: the CA of the certificates this unit serves
+        // with on each port and the bundles its etcd started with.
         let mut known = authority::split(self.peers.app_get("trust").unwrap_or_default());
-        known.extend(self.peers.app_get("ca").map(String::from));
+        for k in ["ca", "peer-ca", "peer-trust"] {
+            known.extend(authority::split(self.peers.app_get(k).unwrap_or_default()));
+        }
         known.extend(self.provided.as_ref().map(|p| p.ca.clone()));
-        let in_use = std::fs::read_to_string(pki::path("server.crt"))
-            .ok()
-            .and_then(|c| authority::issuer_of(&c, &known));
-        self.set("issuer-in-use", in_use.as_deref().unwrap_or(""));
-        self.trust_on_disk = std::fs::read_to_string(pki::path("ca.crt"))
-            .ok()
-            .map(|t| authority::sha16(&t));
+        for side in [authority::Side::CLIENT, authority::Side::PEER] {
+            let in_use = std::fs::read_to_string(pki::path(side.cert_file))
+                .ok()
+                .and_then(|c| authority::issuer_of(&c, &known));
+            self.set(side.issuer_in_use, in_use.as_deref().unwrap_or(""));
+        }
+        let digest = |f: &str| {
+            std::fs::read_to_string(pki::path(f))
+                .ok()
+                .map(|t| authority::sha16(&t))
+        };
+        self.trust_on_disk = digest("ca.crt");
+        self.peer_trust_on_disk = digest("peer-ca.crt");
         if self.st.running_trust.is_none() && self.svc.running()? {
             // A unit from before the CA move: etcd runs with what is on disk.
             self.st.running_trust = self.trust_on_disk.clone();
         }
-        if let Some(t) = self.st.running_trust.clone() {
-            self.set("trust-running", &t);
+        if self.st.running_peer_trust.is_none() && self.svc.running()? {
+            // A unit from before the peer CA: its peer port trusts the client port's bundle.
+            self.st.running_peer_trust = self.st.running_trust.clone();
         }
-        if let Some(step) = self.peers.app_get("ca-move") {
-            self.board.report("maintenance", step.to_string());
+        self.publish_running_trust();
+        for side in [authority::Side::CLIENT, authority::Side::PEER] {
+            if let Some(step) = self.peers.app_get(side.step) {
+                let what = if side == authority::Side::PEER {
+                    "peer port "
+                } else {
+                    ""
+                };
+                self.board.report("maintenance", format!("{what}{step}"));
+            }
         }
         if let Some(msg) = overdue_certificate() {
             self.board.report("blocked", msg);
@@ -622,6 +661,8 @@ impl<'a> Reconcile<'a> {
             config_changed: changed,
             trust_running: self.st.running_trust.as_deref(),
             trust_on_disk: self.trust_on_disk.as_deref(),
+            peer_trust_running: self.st.running_peer_trust.as_deref(),
+            peer_trust_on_disk: self.peer_trust_on_disk.as_deref(),
             staged: self.inst.staged.is_some(),
             running_version: self.st.running_version.as_deref(),
             installed_version: &self.inst.version,
@@ -651,11 +692,11 @@ impl<'a> Reconcile<'a> {
                     ),
                 );
                 self.svc.start()?;
-                self.st.running_trust = self.trust_on_disk.clone();
+                self.started_with_trust_on_disk();
                 return Ok(Ran::Reported);
             }
             self.svc.start()?;
-            self.st.running_trust = self.trust_on_disk.clone();
+            self.started_with_trust_on_disk();
             // A held config is not what starts: the file on disk (the config that ran
             // before) keeps its ports and URLs.
             if held.is_none() {
@@ -700,8 +741,13 @@ impl<'a> Reconcile<'a> {
     ) -> Result<Option<String>> {
         let staged = self.inst.staged.as_deref().unwrap_or("");
         let trust = self.trust_on_disk.as_deref().unwrap_or("");
+        let peer_trust = self.peer_trust_on_disk.as_deref().unwrap_or("");
         let want = pki::sha256_hex(
-            format!("{rendered}\n{}{staged}\n{trust}", self.inst.version).as_bytes(),
+            format!(
+                "{rendered}\n{}{staged}\n{trust}{peer_trust}",
+                self.inst.version
+            )
+            .as_bytes(),
         )[..16]
             .to_string();
         self.set("restart-wanted", &want);
@@ -869,11 +915,8 @@ impl<'a> Reconcile<'a> {
                 }
             }
         }
-        // etcd reads the CA bundle on disk whenever it starts, a rolled-back start too.
-        self.st.running_trust = self.trust_on_disk.clone();
-        if let Some(t) = self.st.running_trust.clone() {
-            self.set("trust-running", &t);
-        }
+        // etcd reads the CA bundles on disk whenever it starts, a rolled-back start too.
+        self.started_with_trust_on_disk();
         self.st.running_version = Some(self.inst.version.clone());
         self.set("restarted", wanted);
         self.set("etcd-version", &self.inst.version.clone());
@@ -991,6 +1034,18 @@ impl<'a> Reconcile<'a> {
         let status = r.status;
         let has_leader = status.as_ref().map(|s| s.leader != 0).unwrap_or(false);
         let healthy = has_leader && r.client.health(r.ep).unwrap_or(false);
+        if healthy {
+            // This hook's connections are new ones, so etcd answered with the certificates on
+            // disk: the CA moves may go on to the next unit.
+            for side in [authority::Side::CLIENT, authority::Side::PEER] {
+                let in_use = self
+                    .mine
+                    .get(side.issuer_in_use)
+                    .cloned()
+                    .unwrap_or_default();
+                self.set(side.verified, &in_use);
+            }
+        }
         let voters = r.members.iter().filter(|m| m.is_voter()).count();
         let raft_leader = status.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0);
         let backups = self.scheduled_snapshots(r.members, raft_leader, r.ep);

@@ -41,6 +41,10 @@ pub struct LocalState {
     /// rolls the members, as a new config does.
     #[serde(default)]
     pub running_trust: Option<String>,
+    /// The same for the peer port's bundle (`peer-ca.crt`); absent in a unit from before
+    /// the peer CA, whose peer port trusts what `running_trust` names.
+    #[serde(default)]
+    pub running_peer_trust: Option<String>,
     /// profile → sha256 of the certificate a renewal CSR was made for
     #[serde(default)]
     pub renewed_for: std::collections::BTreeMap<String, String>,

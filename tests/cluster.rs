@@ -34,12 +34,12 @@ fn three_units_at_once_form_one_tls_cluster() {
         let ingress = v["ingress-addresses"].as_array().unwrap();
         assert!(ingress.len() >= 3, "{u} has several addresses: {v}");
         assert_eq!(ingress[0], env.address(&u).as_str(), "{v}");
-        // Each certificate verifies against the CA for the address its peers use.
+        // Each certificate verifies against its port's CA for the address its peers use.
         let addr = env.address(&u);
-        for cert in ["server", "peer"] {
+        for (cert, ca) in [("server", "ca"), ("peer", "peer-ca")] {
             let r = env.exec(
                 &u,
-                &format!("openssl verify -CAfile /etc/etcd/pki/ca.crt -verify_ip {addr} /etc/etcd/pki/{cert}.crt"),
+                &format!("openssl verify -CAfile /etc/etcd/pki/{ca}.crt -verify_ip {addr} /etc/etcd/pki/{cert}.crt"),
             );
             assert_eq!(
                 r.code, 0,
@@ -99,6 +99,37 @@ fn three_units_at_once_form_one_tls_cluster() {
         !body.contains("members"),
         "plain HTTP must not serve the API: {body}"
     );
+
+    // H5: the peer port (raft, /members) takes members' peer certificates only: neither the
+    // shared client certificate every `db` client holds nor a server certificate (both from
+    // the client port's CA) gets a TLS session there. Asked from etcd/0, whose address its
+    // own certificates name, of etcd/1's peer port.
+    let peer_ep = format!("https://{}:2380/members", env.address("etcd/1"));
+    let ask = |pair: &str| {
+        env.exec(
+            "etcd/0",
+            &format!(
+                "curl --http1.1 -sS -m 10 -o /dev/null -w '%{{http_code}}' --cacert /etc/etcd/pki/peer-ca.crt \
+                 --cert /etc/etcd/pki/{pair}.crt --key /etc/etcd/pki/{pair}.key {peer_ep}"
+            ),
+        )
+    };
+    let r = ask("peer");
+    assert_eq!(
+        (r.code, r.stdout.trim()),
+        (0, "200"),
+        "a member's peer certificate is accepted on the peer port: {}",
+        r.stderr
+    );
+    for pair in ["client", "server"] {
+        let r = ask(pair);
+        assert!(
+            r.code != 0 && r.stdout.trim() != "200",
+            "the {pair} certificate must be refused on the peer port: {} {}",
+            r.stdout,
+            r.stderr
+        );
+    }
 
     // Private keys are 0600 on every unit.
     for u in env.units("etcd") {

@@ -45,14 +45,21 @@ fn creds_with(env: &Env, unit: &str, dir: &str, ca: &str) -> Creds {
     creds
 }
 
-/// Every etcd unit serves with a certificate from `ca` and trusts `ca` alone, every member
-/// restarted since (its etcd PID changed) and no unit reports a CA move.
+/// Every etcd unit serves with a certificate from `ca` and trusts `ca` alone on the client
+/// port, every member restarted since (its etcd PID changed) and no unit reports a CA move.
+/// The peer port stays on the charm's peer CA whatever the client port's CA (H5).
 fn all_on(env: &Env, ca: &str) -> bool {
     let units = env.units("etcd");
     units.iter().all(|u| {
         let server = cat(env, u, "/etc/etcd/pki/server.crt");
         let trusted = cat(env, u, "/etc/etcd/pki/ca.crt");
-        openssl_verifies(ca, &server) && count_certs(&trusted) == 1 && trusted.trim() == ca.trim()
+        let peer_ca = cat(env, u, "/etc/etcd/pki/peer-ca.crt");
+        openssl_verifies(ca, &server)
+            && count_certs(&trusted) == 1
+            && trusted.trim() == ca.trim()
+            && count_certs(&peer_ca) == 1
+            && peer_ca.trim() != ca.trim()
+            && openssl_verifies(&peer_ca, &cat(env, u, "/etc/etcd/pki/peer.crt"))
     }) && units.iter().all(|u| {
         let s = env.status();
         let msg = s["applications"]["etcd"]["units"][u.as_str()]["workload-status"]["message"]

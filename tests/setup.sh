@@ -176,4 +176,25 @@ fi
 
 # A host etcd package would show through every machine's overlay: keep it off the host.
 if dpkg -s etcd-server >/dev/null 2>&1; then apt-get purge -y -qq etcd-server etcd-client >/dev/null; fi
+# The charm as it was before the peer port got a CA of its own (commit 6c7d532), built from
+# this repository's history, for the test that refreshes such a deployment to this one
+# (tests/upgrades.rs). Kept as a charm directory with its binary; its build dir goes.
+OLD_CHARM=6c7d532
+if [ ! -x "$FIXTURES/charm-$OLD_CHARM/target/release/etcd-charm" ]; then
+  repo=$(cd "$(dirname "$0")/.." && pwd)
+  git -C "$repo" cat-file -e "$OLD_CHARM^{commit}" 2>/dev/null || {
+    echo "commit $OLD_CHARM is not in this clone's history: clone the repository with its history" >&2
+    exit 1
+  }
+  rm -rf "$FIXTURES/charm-$OLD_CHARM.part"
+  mkdir -p "$FIXTURES/charm-$OLD_CHARM.part"
+  git -C "$repo" archive "$OLD_CHARM" | tar -x -C "$FIXTURES/charm-$OLD_CHARM.part"
+  (cd "$FIXTURES/charm-$OLD_CHARM.part" && CARGO_TARGET_DIR="$FIXTURES/charm-build" \
+    cargo build --release --quiet --bin etcd-charm)
+  mkdir -p "$FIXTURES/charm-$OLD_CHARM.part/target/release"
+  cp "$FIXTURES/charm-build/release/etcd-charm" "$FIXTURES/charm-$OLD_CHARM.part/target/release/"
+  rm -rf "$FIXTURES/charm-build" "$FIXTURES/charm-$OLD_CHARM"
+  mv "$FIXTURES/charm-$OLD_CHARM.part" "$FIXTURES/charm-$OLD_CHARM"
+fi
+
 echo "fixtures ready in $FIXTURES"

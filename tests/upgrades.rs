@@ -619,3 +619,100 @@ fn the_install_action_refuses_a_downgrade_and_a_second_member_down() {
         "the refused version was put in place"
     );
 }
+
+/// H5 for a deployment made before the peer port had a CA of its own (the charm of commit
+/// 6c7d532, built by tests/setup.sh): `refresh --path` to this charm moves the peer port to
+/// the peer CA by the steps of a CA move (both trusted, new peer certificates one healthy
+/// unit at a time, the old CA dropped), under a writer: no acknowledged write lost, never two
+/// members away at once, the client port's CA untouched, and at the end the shared client
+/// certificate is refused on the peer port.
+#[test]
+fn a_deployment_from_before_the_peer_ca_moves_its_peer_port_to_it_one_member_at_a_time() {
+    let work = tempfile::tempdir().unwrap();
+    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    let env = Env::new("peer-ca", &[]);
+    let old = fixtures().join("charm-6c7d532");
+    let res = format!("etcd={}", tarball.display());
+    env.ok(&[
+        "deploy",
+        old.to_str().unwrap(),
+        "etcd",
+        "-n",
+        "3",
+        "--resource",
+        &res,
+    ]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let r = env.exec("etcd/0", "test -e /etc/etcd/pki/peer-ca.crt");
+    assert_ne!(r.code, 0, "the old charm has no peer CA");
+    let client_ca = env.exec_ok("etcd/0", "cat /etc/etcd/pki/ca.crt");
+    let (creds, writer) = keys_and_writer(&env);
+    let pids: Vec<String> = env
+        .units("etcd")
+        .iter()
+        .map(|u| etcd_pid(&env, u))
+        .collect();
+    let watch = Watch::start(&creds, endpoints(&env), Patience::Quick);
+    let root = repo_root();
+    env.ok(&["refresh", "etcd", "--path", root.to_str().unwrap()]);
+    until(
+        "every unit's peer port on the peer CA alone",
+        5 * MIN,
+        || {
+            let s = env.status();
+            env.units("etcd").iter().all(|u| {
+                let peer_ca = env.exec_ok(u, "cat /etc/etcd/pki/peer-ca.crt 2>/dev/null || true");
+                let peer = env.exec_ok(u, "cat /etc/etcd/pki/peer.crt");
+                peer_ca.matches("BEGIN CERTIFICATE").count() == 1
+                    && peer_ca.trim() != client_ca.trim()
+                    && openssl_verifies(&peer_ca, &peer)
+                    && unit_message(&s, u) == "Healthy with 3 known peers"
+            })
+        },
+    );
+    let samples = watch.finish();
+    assert!(samples.len() > 3, "too few samples: {}", samples.len());
+    for s in &samples {
+        assert!(
+            s.versions.len() + 1 >= 3,
+            "two members away at once while the peer port moved: {s:?}"
+        );
+    }
+    // etcd reads its trusted CAs only when it starts: every member restarted.
+    for (u, before) in env.units("etcd").iter().zip(&pids) {
+        assert_ne!(
+            &etcd_pid(&env, u),
+            before,
+            "{u} never restarted onto the peer CA"
+        );
+    }
+    for u in env.units("etcd") {
+        assert_eq!(
+            env.exec_ok(&u, "cat /etc/etcd/pki/ca.crt").trim(),
+            client_ca.trim(),
+            "{u}: the client port's CA is not touched"
+        );
+    }
+    let peer_ep = format!("https://{}:2380/members", env.address("etcd/1"));
+    let r = env.exec(
+        "etcd/0",
+        &format!(
+            "curl --http1.1 -sS -m 10 -o /dev/null -w '%{{http_code}}' --cacert /etc/etcd/pki/peer-ca.crt \
+             --cert /etc/etcd/pki/client.crt --key /etc/etcd/pki/client.key {peer_ep}"
+        ),
+    );
+    assert!(
+        r.code != 0 && r.stdout.trim() != "200",
+        "the client certificate is refused on the peer port after the move: {} {}",
+        r.stdout,
+        r.stderr
+    );
+    let tally = no_acknowledged_write_lost(&creds, &endpoints(&env), writer, "peer CA move");
+    println!(
+        "peer CA move: {} writes acknowledged, longest time without an acknowledged write {:.1} s",
+        tally.acked,
+        tally.longest_gap.as_secs_f64()
+    );
+    members_agree(&env, &creds, "after the peer CA move");
+    keys_before_kept(&env, &creds);
+}

@@ -51,12 +51,14 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
         // Opt-in only: an unauthenticated listener, bound to loopback.
         client_listen.push("http://127.0.0.1:4001".to_string());
     }
-    let tls = |cert: &str, key: &str| {
+    // Each port trusts a bundle of its own: the peer port the charm's peer CA, which signs
+    // members' peer certificates only, so no client certificate is accepted there.
+    let tls = |cert: &str, key: &str, ca: &str| {
         format!(
             "  cert-file: {}\n  key-file: {}\n  trusted-ca-file: {}\n  client-cert-auth: true\n  auto-tls: false\n",
             yaml_str(&format!("{}/{cert}", m.pki_dir)),
             yaml_str(&format!("{}/{key}", m.pki_dir)),
-            yaml_str(&format!("{}/ca.crt", m.pki_dir)),
+            yaml_str(&format!("{}/{ca}", m.pki_dir)),
         )
     };
     let mut s = String::new();
@@ -129,9 +131,9 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
         ));
     }
     s.push_str("client-transport-security:\n");
-    s.push_str(&tls("server.crt", "server.key"));
+    s.push_str(&tls("server.crt", "server.key", "ca.crt"));
     s.push_str("peer-transport-security:\n");
-    s.push_str(&tls("peer.crt", "peer.key"));
+    s.push_str(&tls("peer.crt", "peer.key", "peer-ca.crt"));
     s
 }
 
