@@ -4,8 +4,10 @@
 //!
 //! Peer relation `cluster` keys. Unit databag: `db-ingress-address` (classic), `member-name`,
 //! `peer-url`, `client-url`, `csr-server`, `csr-peer`, `phase` (installed|ready|started).
-//! App databag (leader): `ca`, `cert-<profile>.<member>`, `csr-sha-<profile>.<member>`,
-//! `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
+//! App databag (leader): `ca` (the built-in CA), `cert-server.<member>`,
+//! `csr-sha-server.<member>`, `peer-ca` (the peer port's CA), `peer-cert.<member>`,
+//! `peer-csr-sha.<member>`, each side's CA move (`trust`, `issuer-ca`, `ca-move`;
+//! `peer-trust`, `peer-issuer-ca`, `peer-ca-move`: authority.rs), `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
 //! (name=peerURL of started members), `epoch`.
 
 use crate::config::Config;
