@@ -98,12 +98,27 @@ fn client_is_current(published: Option<&str>) -> bool {
     })
 }
 
+/// Why the leader makes a new shared client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientRenewal {
+    /// on the members' policy: less than a third of its lifetime left
+    Due,
+    /// a client relation went: the application that held the pair is given no new one
+    RelationGone,
+}
+
 /// The leader renews the shared client certificate (every `db`, `proxy` and `prometheus`
-/// client's, and the packaged credentials') on the policy of the members' own: when less
-/// than a third of its lifetime (at most 30 days) is left, a new pair from the built-in CA
-/// for `lifetime`. The old one stays valid until it expires, so clients that have not
-/// fetched the new pair yet keep working; the units serve the new one from the next hook.
-pub(crate) fn renew_client(peers: &mut Peers, lifetime: time::Duration) -> Result<()> {
+/// client's, and the packaged credentials') on the policy of the members' own (`Due`: when
+/// less than a third of its lifetime, at most 30 days, is left), or at once when a client
+/// relation went (`RelationGone`): a new pair from the built-in CA for `lifetime`. The old
+/// one stays valid until it expires (etcd takes a revocation list only as a command-line
+/// flag, which its config file turns off), so clients that have not fetched the new pair yet
+/// keep working; the units serve and hand out the new one from the next hook.
+pub(crate) fn renew_client(
+    peers: &mut Peers,
+    lifetime: time::Duration,
+    why: ClientRenewal,
+) -> Result<()> {
     if peers.new_client.is_some() || peers.app_get("ca").is_none() {
         return Ok(());
     }
@@ -116,7 +131,7 @@ pub(crate) fn renew_client(peers: &mut Peers, lifetime: time::Duration) -> Resul
     let Some(cert) = current else {
         return Ok(());
     };
-    if !pki::needs_renewal(&cert, now() as i64) {
+    if why == ClientRenewal::Due && !pki::needs_renewal(&cert, now() as i64) {
         return Ok(());
     }
     // Only the built-in CA's pair is the charm's to renew (a provider's comes from it).
@@ -138,7 +153,10 @@ pub(crate) fn renew_client(peers: &mut Peers, lifetime: time::Duration) -> Resul
     )?;
     juju::log(
         "INFO",
-        "renewed the shared client certificate (less than a third of its lifetime was left)",
+        match why {
+            ClientRenewal::Due => "renewed the shared client certificate (less than a third of its lifetime was left)",
+            ClientRenewal::RelationGone => "rotated the shared client certificate: a client relation went; the remaining clients get the new pair over their relations",
+        },
     );
     peers.app_set(CLIENT_SHA, &authority::sha16(&cc));
     peers.new_client = Some((cc, ck));

@@ -359,7 +359,17 @@ impl<'a> Reconcile<'a> {
             let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
             plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
             crate::certs::publish_client_sha(&mut self.peers)?;
-            crate::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime)?;
+            // A client relation that goes takes the shared pair with it: the others get a
+            // new one (the departed application's copy is not renewed).
+            let why = if matches!(
+                self.ctx.hook_name(),
+                "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
+            ) {
+                crate::certs::ClientRenewal::RelationGone
+            } else {
+                crate::certs::ClientRenewal::Due
+            };
+            crate::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime, why)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it

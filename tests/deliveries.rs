@@ -255,4 +255,51 @@ fn a_client_on_db_uses_the_credentials_and_sees_the_connection_string_change() {
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("written for {}", expect(&env))
     );
+
+    // H5: a client relation that goes takes the shared client certificate with it: every
+    // unit serves a new pair, and the clients that stay get it over their relation and keep
+    // working with it.
+    let served = |env: &Env| -> Vec<String> {
+        env.units("etcd")
+            .iter()
+            .map(|u| env.exec_ok(u, "cat /etc/etcd/pki/client.crt"))
+            .collect()
+    };
+    let before = served(&env)[0].clone();
+    assert_eq!(
+        env.exec_ok("client/0", "cat /var/lib/etcd-client/client.crt")
+            .trim(),
+        before.trim()
+    );
+    env.ok(&["remove-relation", "etcd:proxy", "client:proxy"]);
+    env.wait(
+        "every unit to serve a new client certificate",
+        2 * MIN,
+        |_| {
+            let now = served(&env);
+            now.iter().all(|c| *c == now[0] && *c != before)
+        },
+    );
+    let rotated = served(&env)[0].clone();
+    env.wait(
+        "the client on db to hold and use the new pair",
+        2 * MIN,
+        |s| {
+            env.exec_ok("client/0", "cat /var/lib/etcd-client/client.crt")
+                .trim()
+                == rotated.trim()
+                && unit_msg(s, "client").1.starts_with("wrote and read a key")
+        },
+    );
+    let r = env.exec(
+        "client/0",
+        "curl -s -m 5 --cacert /var/lib/etcd-client/ca.crt --cert /var/lib/etcd-client/client.crt \
+         --key /var/lib/etcd-client/client.key -X POST $(cut -d, -f1 /var/lib/etcd-client/connection_string)/v3/kv/range -d '{\"key\":\"Y2xpZW50LWtleQ==\"}'",
+    );
+    assert!(
+        r.code == 0 && r.stdout.contains("\"kvs\""),
+        "the rotated pair works: {} {}",
+        r.stdout,
+        r.stderr
+    );
 }
