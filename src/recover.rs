@@ -16,7 +16,7 @@
 
 use crate::action_support::{leader_only, local, param_bool, refuse, Results};
 use crate::etcd::install::Installed;
-use crate::etcd::service::{Service, CONFIG_FILE};
+use crate::etcd::service::Service;
 use crate::juju::{self, Context};
 use crate::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::unit::{self, member_name, retry, LocalState};
@@ -168,25 +168,30 @@ pub fn recover(
     unit::crash_point("recover-copied");
 
     // 3. force a new cluster of one from this member's data.
-    crate::pki::write_file(
-        Path::new(CONFIG_FILE),
-        format!("{}\nforce-new-cluster: true\n", journal.config.trim_end()).as_bytes(),
-        0o644,
-    )?;
-    juju::action_log("starting etcd with force-new-cluster");
+    // Clients on loopback only until it is proven: a crash in this window puts the original
+    // data back (`recover_interrupted`), which would discard any write it had acknowledged.
+    let local_ep = crate::restore::write_unproven(&format!(
+        "{}\nforce-new-cluster: true\n",
+        journal.config.trim_end()
+    ))?;
+    juju::action_log(
+        "starting etcd with force-new-cluster (clients on loopback until it is proven)",
+    );
     svc.start()?;
     unit::crash_point("recover-forced");
-    let alone = || -> Result<()> {
-        if !client.health(&ep)? {
+    let alone = |ep: &str| -> Result<()> {
+        if !client.health(ep)? {
             bail!("not healthy yet");
         }
-        let members = client.member_list(&ep)?;
+        let members = client.member_list(ep)?;
         if members.len() != 1 {
             bail!("{} members", members.len());
         }
         Ok(())
     };
-    if let Err(e) = retry(Duration::from_secs(60), Duration::from_millis(100), alone) {
+    if let Err(e) = retry(Duration::from_secs(60), Duration::from_millis(100), || {
+        alone(&local_ep)
+    }) {
         // The journal puts the original data back, as after a crash here.
         crate::restore::recover_interrupted()?;
         return refuse(format!(
@@ -203,11 +208,13 @@ pub fn recover(
     st.initial_state = Some("existing".into());
     st.epoch = Some(epoch.to_string());
     st.save()?;
+    // Proven alone with this member's data: from here nothing is undone, so it may take
+    // clients' writes.
+    Journal::clear()?;
     rerender(&st, &cfg, &name, &address, &data)?;
     svc.restart()?;
-    retry(Duration::from_secs(60), Duration::from_millis(100), alone)
-        .map_err(|e| anyhow!("the recovered member is not healthy after its restart: {e}"))?;
-    Journal::clear()?;
+    retry(Duration::from_secs(60), Duration::from_millis(100), || alone(&ep))
+        .map_err(|e| anyhow!("the recovered member is not healthy after its restart with the full config: {e}; the next hook starts it again"))?;
     std::fs::remove_dir_all(&aside).context("removing the copy of the original data")?;
 
     // 5. the other units rejoin the new cluster.

@@ -349,8 +349,11 @@ pub fn restore(
     st.token = Some(token.clone());
     st.epoch = Some(epoch.to_string());
     st.save()?;
-    rerender(&st, &cfg, &name, &address, &data)?;
-    juju::action_log("starting the restored member");
+    // Until it is proven, the restored member serves clients on loopback only: a crash in
+    // this window puts the old data back (`recover_interrupted`), which would discard any
+    // write it had acknowledged; the charm's own check is the only client it has.
+    let local_ep = write_unproven(&render_for(&st, &cfg, &name, &address, &data)?)?;
+    juju::action_log("starting the restored member (clients on loopback until it is proven)");
     svc.start()?;
     unit::crash_point("restore-started");
 
@@ -359,10 +362,10 @@ pub fn restore(
         Duration::from_secs(60),
         Duration::from_millis(10),
         || -> Result<u64> {
-            if !client.health(&ep)? {
+            if !client.health(&local_ep)? {
                 bail!("not healthy yet");
             }
-            Ok(client.revision(&ep)?)
+            Ok(client.revision(&local_ep)?)
         },
     );
     let ok = match (&check, want_rev) {
@@ -398,11 +401,25 @@ pub fn restore(
         return refuse(format!("the restored cluster did not become healthy ({check:?}); the previous data is back in place"));
     }
     juju::action_log(&format!(
-        "the restored member is healthy at revision {}; the old data goes",
+        "the restored member is healthy at revision {}; it serves clients again and the old data goes",
         check.as_ref().map(|r| r.to_string()).unwrap_or_default()
     ));
+    // Proven: from here nothing is undone, so it may take clients' writes.
     Journal::clear()?;
-    discard_later(Path::new(&data), &[&aside, &staging]);
+    rerender(&st, &cfg, &name, &address, &data)?;
+    svc.restart()?;
+    retry(Duration::from_secs(60), Duration::from_millis(50), || {
+        client.health(&ep)?.then_some(()).ok_or_else(|| anyhow!("not healthy yet"))
+    })
+    .map_err(|e| {
+        anyhow!("the restored member is proven, but does not answer at {ep} after its restart with the full config: {e}; the next hook starts it again")
+    })?;
+    // Half-restored members an earlier attempt set aside served clients on loopback only
+    // (nothing but this charm wrote to them): copies of a snapshot, nothing of their own.
+    let failed = failed_attempts(Path::new(&data));
+    let mut going: Vec<&Path> = vec![&aside, &staging];
+    going.extend(failed.iter().map(PathBuf::as_path));
+    discard_later(Path::new(&data), &going);
     drop(cleanup);
 
     // 7. publish the new epoch: the other units rejoin one at a time.
@@ -525,6 +542,35 @@ pub(crate) fn rerender(
     address: &str,
     data: &str,
 ) -> Result<()> {
+    write_config(&render_for(st, cfg, name, address, data)?)
+}
+
+/// Writes etcd's config as `rendered` would have it, but with clients served on loopback
+/// only (`render::clients_on_loopback`), and returns the endpoint to check the member at:
+/// a member whose data a crash would still undo acknowledges no client's write.
+pub(crate) fn write_unproven(rendered: &str) -> Result<String> {
+    let (text, ep) = crate::etcd::render::clients_on_loopback(rendered)
+        .ok_or_else(|| anyhow!("etcd's config names no https client URL"))?;
+    write_config(&text)?;
+    Ok(ep)
+}
+
+fn write_config(text: &str) -> Result<()> {
+    crate::pki::write_file(
+        Path::new(crate::etcd::service::CONFIG_FILE),
+        text.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+fn render_for(
+    st: &LocalState,
+    cfg: &crate::config::Config,
+    name: &str,
+    address: &str,
+    data: &str,
+) -> Result<String> {
     let m = crate::etcd::render::Member {
         name: name.into(),
         address: address.into(),
@@ -537,12 +583,7 @@ pub(crate) fn rerender(
             &Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?,
         )?,
     };
-    crate::pki::write_file(
-        Path::new(crate::etcd::service::CONFIG_FILE),
-        crate::etcd::render::etcd_config(&m, cfg).as_bytes(),
-        0o644,
-    )?;
-    Ok(())
+    Ok(crate::etcd::render::etcd_config(&m, cfg))
 }
 
 pub(crate) fn publish_epoch(
@@ -606,6 +647,22 @@ fn discard_later(data: &Path, dirs: &[&Path]) {
         // sweeps it.
         let _ = std::fs::remove_dir_all(&trash);
     }
+}
+
+/// The `.failed-restore-*` directories of the data dir: members of earlier attempts set
+/// aside before they were proven.
+fn failed_attempts(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".failed-restore-")
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 /// The aside directory once its member is back in place: removed only if empty (anything

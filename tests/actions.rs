@@ -731,6 +731,35 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     env.ok(&["model-config", "update-status-hook-interval=1h"]);
     assert_eq!(keys("/old/"), 10);
 
+    // M3: killed once the restored member runs, before it is proven. The next hook undoes
+    // the swap, so the member serves clients on loopback only until then: no client's write
+    // is acknowledged there and then undone.
+    env.crash_at("etcd/0", "restore-started");
+    let (code, _) = env.run_action("etcd/0", &["restore"]);
+    assert_ne!(code, 0, "the killed restore fails");
+    until("the unproven member to answer on loopback", MIN, || {
+        env.exec(
+            "etcd/0",
+            "curl -s -m 5 --cacert /etc/etcd/pki/ca.crt --cert /etc/etcd/pki/client.crt \
+             --key /etc/etcd/pki/client.key https://127.0.0.1:2379/health | grep -q true",
+        )
+        .code
+            == 0
+    });
+    env.exec_ok("etcd/0", "test -e /var/lib/etcd-charm/restore-journal.json");
+    let out = etcdctl(&vars, &["put", "/while-unproven", "v"]);
+    assert!(
+        !out.status.success(),
+        "a client's write to the unproven restored member was acknowledged"
+    );
+    env.ok(&["model-config", "update-status-hook-interval=2s"]);
+    env.wait("the original data back again", 2 * MIN, |_| {
+        keys("/after-snapshot") == 1
+    });
+    env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", 2 * MIN);
+    env.ok(&["model-config", "update-status-hook-interval=1h"]);
+    assert_eq!(keys("/old/"), 10);
+
     // Run again: the snapshot's state, and the original data was never deleted on the way.
     // No hook follows an action: the action itself reports the member's health at its end
     // (whatever status was on show before it, here one set by hand).

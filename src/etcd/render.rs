@@ -137,6 +137,42 @@ pub fn etcd_config(m: &Member, c: &Config) -> String {
     s
 }
 
+/// The same config with clients served on loopback only, and the endpoint to reach them
+/// there: a member whose data is not proven yet (a restore's or a recover's, which a crash
+/// would undo) must acknowledge no client's write, or the undo would discard it. None when
+/// the config names no https client URL with a port. Pure.
+pub fn clients_on_loopback(rendered: &str) -> Option<(String, String)> {
+    let mut endpoint = None;
+    let text: Vec<String> = rendered
+        .lines()
+        .map(|l| {
+            let Some(urls) = l.strip_prefix("listen-client-urls:") else {
+                return l.to_string();
+            };
+            let first = urls
+                .trim()
+                .trim_matches('\'')
+                .split(',')
+                .next()
+                .unwrap_or("");
+            let port = first
+                .strip_prefix("https://")
+                .and_then(|hp| hp.rsplit_once(':'))
+                .map(|(_, p)| p)
+                .filter(|p| p.parse::<u16>().is_ok());
+            match port {
+                Some(p) => {
+                    let url = format!("https://127.0.0.1:{p}");
+                    endpoint = Some(url.clone());
+                    format!("listen-client-urls: {}", yaml_str(&url))
+                }
+                None => l.to_string(),
+            }
+        })
+        .collect();
+    endpoint.map(|ep| (text.join("\n") + "\n", ep))
+}
+
 /// The systemd unit used where systemd is PID 1 (`Restart=on-failure`: a removed member
 /// exits 0 and must stay down).
 pub fn systemd_unit(etcd_binary: &str, config_path: &str) -> String {
@@ -263,5 +299,39 @@ mod tests {
             "etcd.service",
             &systemd_unit("/opt/etcd/current/etcd", "/etc/etcd/etcd.conf.yml"),
         );
+    }
+
+    #[test]
+    fn an_unproven_member_serves_clients_on_loopback_only() {
+        for c in [
+            config(serde_json::json!({})),
+            config(
+                serde_json::json!({"bind_to_all_interfaces": true, "bind_with_insecure_http": true, "port": 12379}),
+            ),
+        ] {
+            let full = etcd_config(&member(ClusterState::New), &c);
+            let (local, ep) = clients_on_loopback(&full).unwrap();
+            assert_eq!(ep, format!("https://127.0.0.1:{}", c.port));
+            let listen: Vec<&str> = local
+                .lines()
+                .filter(|l| l.starts_with("listen-client-urls"))
+                .collect();
+            assert_eq!(
+                listen,
+                [format!(
+                    "listen-client-urls: 'https://127.0.0.1:{}'",
+                    c.port
+                )]
+            );
+            // Everything else (the peer port's listener too) is as rendered.
+            let others = |t: &str| -> Vec<String> {
+                t.lines()
+                    .filter(|l| !l.starts_with("listen-client-urls"))
+                    .map(String::from)
+                    .collect()
+            };
+            assert_eq!(others(&full), others(&local));
+        }
+        assert!(clients_on_loopback("name: x\n").is_none());
     }
 }
