@@ -472,6 +472,29 @@ fn take(plan: &Plan) -> Result<crate::archive::Written> {
 /// newest `keep`; `newest` (the archive just written and verified) is never removed. Files
 /// of other names are left alone.
 pub fn prune(dir: &Path, keep: u32, newest: &Path) -> Result<Vec<PathBuf>> {
+    prune_by(dir, "etcd-snapshot-", ".tar.gz", keep, newest, false)
+}
+
+/// `prune` for files named `<prefix>…<suffix>` whose names do not sort by age (the upgrade
+/// snapshots name the version first): the oldest by modification time go.
+pub fn prune_named(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+    keep: u32,
+    newest: &Path,
+) -> Result<Vec<PathBuf>> {
+    prune_by(dir, prefix, suffix, keep, newest, true)
+}
+
+fn prune_by(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+    keep: u32,
+    newest: &Path,
+    by_age: bool,
+) -> Result<Vec<PathBuf>> {
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .map(|e| e.map(|e| e.path()))
@@ -481,10 +504,22 @@ pub fn prune(dir: &Path, keep: u32, newest: &Path) -> Result<Vec<PathBuf>> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("etcd-snapshot-") && n.ends_with(".tar.gz"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
         })
         .collect();
-    archives.sort();
+    if by_age {
+        let mut aged = vec![];
+        for p in archives {
+            let t = std::fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .with_context(|| format!("reading the age of {}", p.display()))?;
+            aged.push((t, p));
+        }
+        aged.sort();
+        archives = aged.into_iter().map(|(_, p)| p).collect();
+    } else {
+        archives.sort();
+    }
     let mut gone = vec![];
     let excess = archives.len().saturating_sub(keep.max(1) as usize);
     for p in archives.into_iter().take(excess) {
@@ -501,6 +536,31 @@ pub fn prune(dir: &Path, keep: u32, newest: &Path) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_snapshots_are_pruned_by_age_not_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str, age: u64| {
+            let p = d.path().join(n);
+            std::fs::write(&p, "x").unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            p
+        };
+        // 3.10 sorts before 3.5 by name, but is the newest.
+        let oldest = mk("etcd-pre-upgrade-3.5.16-100.db", 300);
+        let middle = mk("etcd-pre-upgrade-3.5.30-200.db", 200);
+        let newest = mk("etcd-pre-upgrade-3.10.0-300.db", 100);
+        let other = mk("notes.txt", 400);
+        let gone = prune_named(d.path(), "etcd-pre-upgrade-", ".db", 2, &newest).unwrap();
+        assert_eq!(gone, vec![oldest.clone()]);
+        assert!(!oldest.exists() && middle.exists() && newest.exists() && other.exists());
+    }
 
     #[test]
     fn schedules_are_intervals_or_calendar_expressions_and_nothing_else() {

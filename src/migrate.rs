@@ -227,6 +227,18 @@ pub fn snap_upgrade(
     // backup of config, certificates and data, and a snapshot
     if let Some(dir) = &target_dir {
         step("backup")?;
+        // Room for the archive of the data dir (at most its size: tar compresses) and the
+        // snapshot beside it, checked before anything is written.
+        let need = crate::relocate::tree_size(Path::new(&data))?
+            .saturating_add(client.status(&ep)?.db_size);
+        if let Err(e) = unit::ensure_room(
+            dir,
+            need,
+            Some(Path::new(&data)),
+            "the backup before the migration",
+        ) {
+            return refuse(format!("{e:#}; or run with backup=false"));
+        }
         let archive = dir.join("etcd-pre-migration.tar.gz");
         // It holds every private key: 0600 from the moment it exists (tar writes into a
         // file made private first, never one it creates with the umask's mode).

@@ -458,6 +458,23 @@ impl<'a> Reconcile<'a> {
                     }
                     std::fs::create_dir_all(&aside)?;
                     std::fs::rename(&member, aside.join("member"))?;
+                    // The data of the cluster before the last restore is kept (the operator's
+                    // way back); that of earlier ones goes, so restores do not fill the disk.
+                    for old in older_epoch_asides(Path::new(&self.data), &aside) {
+                        match std::fs::remove_dir_all(&old) {
+                            Ok(()) => juju::log(
+                                "INFO",
+                                &format!(
+                                    "removed {}: the data of a cluster two or more restores ago",
+                                    old.display()
+                                ),
+                            ),
+                            Err(e) => juju::log(
+                                "WARNING",
+                                &format!("cannot remove {}: {e}", old.display()),
+                            ),
+                        }
+                    }
                 }
                 self.st.initial_cluster = None;
                 self.st.initial_state = None;
@@ -1464,6 +1481,17 @@ fn config_held(rendered: &str) -> Result<Option<Rejected>> {
 }
 
 /// etcd's top-level settings whose values differ between two rendered configs.
+/// The `.epoch-*` asides of `data` other than `newest`.
+fn older_epoch_asides(data: &Path, newest: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".epoch-") && e.path() != newest)
+        .map(|e| e.path())
+        .collect()
+}
+
 fn changed_settings(before: &str, after: &str) -> Vec<String> {
     let parse = |t: &str| -> std::collections::BTreeMap<String, serde_yaml::Value> {
         serde_yaml::from_str(t).unwrap_or_default()

@@ -275,6 +275,16 @@ pub fn restore(
     let epoch = next_epoch(ctx)?;
     let token = format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>());
     let restored = staging.join("data");
+    // The offline restore writes a second full copy beside the unpacked snapshot, on the
+    // filesystem etcd's running member writes to.
+    if let Err(e) = unit::ensure_room(
+        &staging,
+        size,
+        None,
+        "the offline restore's copy of the snapshot",
+    ) {
+        return refuse(format!("{e:#}"));
+    }
     offline_restore(
         &inst, &db, &kind, &name, &peer_url, &token, &restored, verified,
     )?;

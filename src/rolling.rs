@@ -193,15 +193,39 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
 }
 
 /// A snapshot of the cluster before an upgrade's first turn, kept (0600) under
-/// /var/lib/etcd-charm/upgrade-snapshots.
+/// /var/lib/etcd-charm/upgrade-snapshots, when the filesystem has room for it (it shares
+/// etcd's: the database again is kept free); the newest `UPGRADE_SNAPSHOTS_KEPT` are kept,
+/// older ones go once the new one is written.
 fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let dir = Path::new(UPGRADE_SNAPSHOTS);
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let size = rc.client.status(rc.ep)?.db_size;
+    crate::unit::ensure_room(
+        dir,
+        size,
+        Some(Path::new(rc.data)),
+        "the snapshot before the upgrade",
+    )?;
     let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
     crate::etcd::snapshot::save_raw(rc.client, rc.ep, &path)?;
+    for old in crate::backups::prune_named(
+        dir,
+        "etcd-pre-upgrade-",
+        ".db",
+        UPGRADE_SNAPSHOTS_KEPT,
+        &path,
+    )? {
+        juju::log(
+            "INFO",
+            &format!("pruned the older upgrade snapshot {}", old.display()),
+        );
+    }
     Ok(path.display().to_string())
 }
+
+/// Upgrade snapshots kept: the one before this upgrade and the one before the last.
+pub const UPGRADE_SNAPSHOTS_KEPT: u32 = 2;
 
 pub const UPGRADE_SNAPSHOTS: &str = "/var/lib/etcd-charm/upgrade-snapshots";

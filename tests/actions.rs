@@ -500,6 +500,12 @@ fn snapshot_then_restore_brings_every_key_back_on_all_three_units() {
         .unwrap()
         .success());
     restore_from(&env, &vars, &leader, &classic, "classic");
+    // M5: three restores, and each follower keeps the data of the cluster before the last
+    // one only (`.epoch-<n>`), not one copy per restore.
+    for u in env.units("etcd").iter().filter(|u| **u != leader) {
+        let asides = env.exec_ok(u, "ls -d /var/lib/etcd/.epoch-* 2>/dev/null || true");
+        assert_eq!(asides.lines().count(), 1, "{u}: {asides}");
+    }
     assert_no_key_material_in_logs(&env);
 }
 

@@ -148,6 +148,25 @@ fn archives_from_resource_and_url_the_debian_package_and_a_tampered_tarball() {
             .contains("does not match archive_sha256")
     });
     env.exec_ok("eurl/0", "readlink /opt/etcd/current | grep -q 3.5.1 && test -z \"$(ls /var/cache/etcd-charm/*.partial 2>/dev/null)\"");
+    // M5: a download the cache's filesystem has no room for (with 64 MiB kept free) is
+    // refused before a byte is written, with the numbers; nothing changes.
+    env.exec_ok(
+        "eurl/0",
+        "mount -t tmpfs -o size=16m tmpfs /var/cache/etcd-charm",
+    );
+    env.ok(&[
+        "config",
+        "eurl",
+        &format!("archive_sha256={}", "1".repeat(64)),
+    ]);
+    env.wait("the download without room to block", MIN, |s| {
+        let m = unit_msg(s, "eurl").1;
+        m.contains("MiB free") && m.contains("check archive_url")
+    });
+    env.exec_ok(
+        "eurl/0",
+        "test -z \"$(ls -A /var/cache/etcd-charm)\" && readlink /opt/etcd/current | grep -q 3.5.1 && umount /var/cache/etcd-charm",
+    );
     let _ = server.kill();
     let _ = server.wait();
 }
