@@ -514,6 +514,18 @@ fn reinstall() -> Result<Results> {
              unit at a time)"
         ));
     }
+    // And never in the same instant as another unit's operation that passed that check
+    // too: the member-down lock, held until this action ends.
+    let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
+    let _lock = match crate::member_lock::take(&client, &ep, &unit_name, "install-action")? {
+        Ok(held) => held,
+        Err(holder) => {
+            return refuse(format!(
+                "{holder} has its member down now (the member-down lock): run the install \
+                 action again once it is done (one unit at a time)"
+            ))
+        }
+    };
     crate::action_support::member_going_away(
         "Re-installing etcd from the etcd resource (install action)",
     )?;

@@ -30,6 +30,7 @@ mod etcd;
 mod fuzz;
 mod juju;
 mod leave;
+mod member_lock;
 mod membership;
 mod migrate;
 mod nrpe;

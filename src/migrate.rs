@@ -221,6 +221,18 @@ pub fn snap_upgrade(
         return refuse("etcd on this unit is not healthy; fix that before migrating");
     }
     let before = identity(&client, &ep)?;
+    // The member goes down below: never while another unit's operation has its own down
+    // (the member-down lock, held until this action ends).
+    let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
+    let _lock = match crate::member_lock::take(&client, &ep, &unit_name, "snap-upgrade-action")? {
+        Ok(held) => held,
+        Err(holder) => {
+            return refuse(format!(
+                "{holder} has its member down now (the member-down lock): run snap-upgrade \
+                 again once it is done"
+            ))
+        }
+    };
     let data = unit::data_dir()?;
     let mut results: Results = vec![];
 

@@ -835,6 +835,37 @@ impl<'a> Reconcile<'a> {
                 }
             }
             Turn::Take => {
+                // One member down at a time across the roll, actions and storage detaches:
+                // the member-down lock, held until this restart is over.
+                let _lock = if view.alone {
+                    None
+                } else {
+                    match crate::member_lock::take(client, ep, &unit, "restart")
+                        .unwrap_or_else(|e| {
+                            // This member cannot be asked (the restart may be what mends it):
+                            // the health gates of the roll still hold.
+                            juju::log("WARNING", &format!("cannot take the member-down lock here ({e:#}); restarting in this unit's turn without it"));
+                            Err(String::new())
+                        }) {
+                        Err(holder) if holder.is_empty() => None,
+                        Ok(mut held) => {
+                            held.also(&endpoint(&self.address, self.cfg.port));
+                            Some(held)
+                        }
+                        Err(holder) if view.detaching => anyhow::bail!(
+                            "{holder} has its member down now (the member-down lock): moving \
+                             this member's data off its volume now would stop a second member; \
+                             Juju retries this hook"
+                        ),
+                        Err(holder) => {
+                            self.board.report(
+                                "maintenance",
+                                format!("Waiting for {holder} to finish before restarting (the member-down lock)"),
+                            );
+                            return Ok(roll_msg);
+                        }
+                    }
+                };
                 let r = crate::restart::take(&mut self.live_member(client, ep, rendered))?;
                 self.restarted(&r, &want);
                 if self.leader {

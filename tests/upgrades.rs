@@ -600,6 +600,72 @@ fn the_install_action_refuses_a_downgrade_and_a_second_member_down() {
     assert_eq!(etcd_pid(&env, &units[0]), pid, "the member was restarted");
     env.exec_ok(&units[1], "systemctl start etcd");
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+
+    // M6/M11: another unit's operation holds the member-down lock (taken here by hand as
+    // etcd/1's install action would, with its lease): the install action is refused and a
+    // config change's turn waits, every member untouched; once it is released the roll goes.
+    let creds = Creds::from_unit(&env, &units[0]);
+    let eps = endpoints(&env);
+    let lease = creds.etcdctl(&eps, true, &["lease", "grant", "600"]);
+    let lease_id = String::from_utf8_lossy(&lease.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("a lease ID")
+        .to_string();
+    let out = creds.etcdctl(
+        &eps,
+        true,
+        &[
+            "put",
+            "etcd-charm/member-down",
+            &format!("{} install-action 0123", units[1]),
+            "--lease",
+            &lease_id,
+        ],
+    );
+    assert!(out.status.success());
+    let pids: Vec<String> = units.iter().map(|u| etcd_pid(&env, u)).collect();
+    let (_, task) = env.run_action(&units[0], &["install"]);
+    assert_refused(
+        &task,
+        &format!("{} install-action has its member down", units[1]),
+    );
+    env.ok(&["model-config", "update-status-hook-interval=3s"]);
+    env.ok(&[
+        "config",
+        "etcd",
+        "heartbeat_interval=150",
+        "election_timeout=1500",
+    ]);
+    env.wait("a turn to wait for the lock", 2 * MIN, |s| {
+        units
+            .iter()
+            .any(|u| unit_message(s, u).contains("the member-down lock"))
+    });
+    let now: Vec<String> = units.iter().map(|u| etcd_pid(&env, u)).collect();
+    assert_eq!(now, pids, "a member restarted while another held the lock");
+    let out = creds.etcdctl(&eps, true, &["lease", "revoke", &lease_id]);
+    assert!(out.status.success());
+    env.wait(
+        "every member restarted with the new config",
+        3 * MIN,
+        |_| {
+            units.iter().zip(&pids).all(|(u, p)| {
+                etcd_pid(&env, u) != *p
+                    && env
+                        .exec_ok(u, "cat /etc/etcd/etcd.conf.yml")
+                        .contains("heartbeat-interval: 150")
+            })
+        },
+    );
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 2 * MIN);
+    env.ok(&["model-config", "update-status-hook-interval=1h"]);
+    let out = creds.etcdctl(&eps, true, &["get", "etcd-charm/member-down"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "every turn released the lock"
+    );
+
     // A downgrade: refused naming the step; 3.5.1 still runs.
     env.ok(&[
         "attach-resource",

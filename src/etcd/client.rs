@@ -141,6 +141,7 @@ impl Tls {
     }
 }
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::blocking::Client,
     /// for the gRPC client (the snapshot stream)
