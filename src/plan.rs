@@ -295,6 +295,20 @@ pub enum MemberAction {
     Keep,
 }
 
+/// Why a config's `quota_backend_bytes` (0: etcd's 2 GiB default) cannot be applied to a
+/// member whose database file is `db_size` bytes: etcd would raise its NOSPACE alarm as soon
+/// as it starts and refuse every write. Pure.
+pub fn quota_short(quota: u64, db_size: u64) -> Option<String> {
+    let effective = if quota == 0 { 2 << 30 } else { quota };
+    (effective < db_size).then(|| {
+        format!(
+            "quota_backend_bytes {quota} is below this member's database size ({db_size} bytes): \
+             etcd would raise its NOSPACE alarm at once and refuse writes; set a larger quota \
+             (or compact and defragment first). The current config keeps running"
+        )
+    })
+}
+
 /// What `member_action` decides from.
 pub struct MemberView<'a> {
     pub running: bool,
@@ -347,6 +361,16 @@ pub fn patience(update_status: bool, was_started: bool, bootstraps_now: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quota_below_the_database_is_not_applied() {
+        assert!(quota_short(1024, 20480)
+            .unwrap()
+            .contains("quota_backend_bytes 1024"));
+        assert_eq!(quota_short(1 << 30, 20480), None);
+        assert_eq!(quota_short(0, 1 << 30), None, "0 is etcd's 2 GiB");
+        assert!(quota_short(0, 3 << 30).is_some());
+    }
     use crate::etcd::client::Status;
 
     fn join(unit: &str) -> Join {

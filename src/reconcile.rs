@@ -656,11 +656,24 @@ impl<'a> Reconcile<'a> {
             }
             None => self.set("config-rejected", ""),
         }
-        let changed = held.is_none()
+        let mut changed = held.is_none()
             && std::fs::read_to_string(service::CONFIG_FILE)
                 .ok()
                 .as_deref()
                 != Some(rendered.as_str());
+        // A quota below the database this member holds is not applied: checked against what
+        // the running member says (a member that does not answer is not asked).
+        if changed {
+            let here = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
+            if let Some(why) = client
+                .status(&here)
+                .ok()
+                .and_then(|s| crate::plan::quota_short(self.cfg.quota_backend_bytes, s.db_size))
+            {
+                self.board.report("blocked", why);
+                changed = false;
+            }
+        }
         std::fs::create_dir_all(&self.data)?;
         use std::os::unix::fs::PermissionsExt;
         // etcd's data (keys included) is for root alone.

@@ -25,11 +25,7 @@ pub struct Job<'a> {
 /// The job's timer is installed, enabled and running; a timer whose files changed is
 /// restarted, which starts an interval again from now.
 pub fn ensure(job: &Job) -> Result<(), String> {
-    let service = format!(
-        "[Unit]\nDescription={} (etcd charm)\nAfter=etcd.service\n\n\
-         [Service]\nType=oneshot\nExecStart={}\n",
-        job.description, job.exec
-    );
+    let service = service_unit(job);
     let timer = format!(
         "[Unit]\nDescription={}\n\n[Timer]\n{}AccuracySec=1s\n\n\
          [Install]\nWantedBy=timers.target\n",
@@ -56,6 +52,20 @@ pub fn ensure(job: &Job) -> Result<(), String> {
 }
 
 /// The job's timer and service are gone (nothing to do when they are not installed).
+/// The job's service: a oneshot with a deadline, so a run that hangs (a snapshot stream
+/// that stalls) is ended and the next one can start (a oneshot still starting blocks its
+/// timer's next runs). Pure.
+pub fn service_unit(job: &Job) -> String {
+    format!(
+        "[Unit]\nDescription={} (etcd charm)\nAfter=etcd.service\n\n\
+         [Service]\nType=oneshot\nExecStart={}\nTimeoutStartSec={JOB_DEADLINE}\n",
+        job.description, job.exec
+    )
+}
+
+/// How long one run of a job may take.
+pub const JOB_DEADLINE: &str = "1h";
+
 pub fn remove(unit: &str) -> Result<(), String> {
     let timer = format!("{SYSTEMD_DIR}/{unit}.timer");
     if !Path::new(&timer).exists() {
@@ -71,4 +81,24 @@ pub fn remove(unit: &str) -> Result<(), String> {
 /// `systemctl ARGS`, its failure as the message this module's callers report.
 pub fn systemctl(args: &[&str]) -> Result<(), String> {
     crate::etcd::service::systemctl(args).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_that_hangs_is_ended_by_its_deadline() {
+        let job = Job {
+            unit: "etcd-charm-snapshot",
+            description: "d",
+            exec: "/bin/true".into(),
+            when: String::new(),
+        };
+        let u = service_unit(&job);
+        assert!(
+            u.contains("Type=oneshot\n") && u.contains("TimeoutStartSec=1h\n"),
+            "{u}"
+        );
+    }
 }

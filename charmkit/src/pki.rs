@@ -83,7 +83,8 @@ impl Ca {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         p.distinguished_name = dn;
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // It signs leaves only: no intermediate it could sign would be trusted (pathlen 0).
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         p.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
@@ -404,6 +405,18 @@ pub fn check_leaf(
 }
 
 /// Whether a certificate is a CA's (basicConstraints CA:TRUE).
+/// The CA certificate's path length constraint (None: none, or not a CA).
+pub fn path_len(cert_pem: &str) -> Option<u32> {
+    with_cert(cert_pem, |c| {
+        c.basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|b| b.value.path_len_constraint)
+    })
+    .ok()
+    .flatten()
+}
+
 pub fn is_ca(cert_pem: &str) -> bool {
     with_cert(cert_pem, |c| {
         c.basic_constraints()
@@ -463,6 +476,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_made_here_signs_leaves_only() {
+        let ca = Ca::create("t").unwrap();
+        assert!(is_ca(&ca.cert_pem));
+        assert_eq!(path_len(&ca.cert_pem), Some(0));
+    }
 
     #[test]
     fn signs_only_the_units_own_names() {
