@@ -289,6 +289,31 @@ extern "C" fn on_term(_: libc::c_int) {
     TERM.store(true, Ordering::SeqCst);
 }
 
+/// The built-in supervisor's etcd log is kept below this size: past it, the log is copied
+/// to `<log>.1` (the one before goes) and emptied in place, as logrotate's copytruncate does
+/// (etcd keeps its descriptor and appends at the new end; lines written during the copy can
+/// be lost, never the member's data).
+pub const LOG_MAX: u64 = 64 << 20;
+
+/// Rotates `log` when it is larger than `max`: true when it did.
+pub fn rotate_if_big(log: &std::path::Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(log) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let old = log.with_extension("log.1");
+    std::fs::copy(log, &old)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log)?
+        .set_len(0)?;
+    Ok(true)
+}
+
 fn log_line(msg: &str) {
     use std::io::Write;
     if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -315,7 +340,13 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
         sigaction(Signal::SIGINT, &act)?;
     }
     let mut backoff = Duration::from_secs(1);
+    let rotate = || {
+        if let Err(e) = rotate_if_big(std::path::Path::new(LOG_FILE), LOG_MAX) {
+            log_line(&format!("cannot rotate {LOG_FILE}: {e}"));
+        }
+    };
     loop {
+        rotate();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -328,6 +359,7 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
             .spawn()?;
         std::fs::write(ETCD_PID, child.id().to_string())?;
         let started = Instant::now();
+        let mut checked = started;
         let status = loop {
             if TERM.load(Ordering::SeqCst) {
                 let _ = nix::sys::signal::kill(
@@ -347,6 +379,10 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
             }
             if let Some(st) = child.try_wait()? {
                 break st;
+            }
+            if checked.elapsed() > Duration::from_secs(10) {
+                rotate();
+                checked = Instant::now();
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -389,6 +425,35 @@ pub fn last_error_in(log: &str) -> Option<String> {
         _ => line.trim().to_string(),
     };
     Some(crate::juju::bounded(&said, 300).into_owned())
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_log_is_rotated_past_its_size_with_one_copy_kept() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("etcd.log");
+        let mut w = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        w.write_all(&[b'x'; 100]).unwrap();
+        assert!(!rotate_if_big(&log, 100).unwrap());
+        w.write_all(b"last\n").unwrap();
+        assert!(rotate_if_big(&log, 100).unwrap());
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        assert!(std::fs::read_to_string(d.path().join("etcd.log.1"))
+            .unwrap()
+            .ends_with("last\n"));
+        // The writer keeps its descriptor and appends at the new end.
+        w.write_all(b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "after\n");
+        assert!(!rotate_if_big(&d.path().join("absent.log"), 1).unwrap());
+    }
 }
 
 #[cfg(test)]
