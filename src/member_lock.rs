@@ -119,3 +119,33 @@ pub fn take(
         shown
     }))
 }
+
+/// Frees the lock when `unit` holds it from an operation that was killed and has now been
+/// finished by other means (a restart turn resumed by the next hook): the other units'
+/// turns need not wait for its lease to run out. Best effort: false when `ep` did not
+/// answer (another endpoint may).
+pub fn release_own(client: &Client, ep: &str, unit: &str) -> bool {
+    let Ok(r) = client.post(ep, "/v3/kv/range", json!({"key": B64.encode(KEY)})) else {
+        return false;
+    };
+    let Some(value) = r
+        .pointer("/kvs/0/value")
+        .and_then(Value::as_str)
+        .and_then(|v| B64.decode(v).ok())
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+    else {
+        return true;
+    };
+    if value.split(' ').next() != Some(unit) {
+        return true;
+    }
+    let mine = json!({"key": B64.encode(KEY), "target": "VALUE", "result": "EQUAL", "value": B64.encode(&value)});
+    let del = json!({"request_delete_range": {"key": B64.encode(KEY)}});
+    client
+        .post(
+            ep,
+            "/v3/kv/txn",
+            json!({"compare": [mine], "success": [del]}),
+        )
+        .is_ok()
+}

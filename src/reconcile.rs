@@ -689,6 +689,13 @@ impl<'a> Reconcile<'a> {
                 "finishing the restart a killed hook left between its switch and its health check",
             );
             let r = crate::restart::resume(&mut self.live_member(client, &ep, &rendered))?;
+            // The killed turn held the member-down lock: the turn is over, so it goes.
+            // (Asked where the member answers now: the turn may have moved its client port.)
+            for here in [ep.clone(), endpoint(&self.address, self.cfg.port)] {
+                if crate::member_lock::release_own(client, &here, &self.ctx.unit.clone()) {
+                    break;
+                }
+            }
             if let Some(r) = r {
                 let wanted = self.mine.get("restart-wanted").cloned().unwrap_or_default();
                 self.restarted(&r, &wanted);

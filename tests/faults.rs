@@ -673,4 +673,13 @@ fn hooks_killed_while_a_unit_leaves_and_while_an_upgrade_rolls_finish_the_operat
     for u in env.units("etcd") {
         assert!(running_etcd(&env, &u).contains("3.5.1"), "{u} runs 3.5.1");
     }
+    // The killed turns held the member-down lock; the hooks that finished them freed it
+    // (the roll did not wait for its 600 s lease, and nothing holds it now).
+    let out = creds.etcdctl(&endpoints(&env), true, &["get", "etcd-charm/member-down"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "the member-down lock is still held: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
