@@ -29,12 +29,31 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         return Ok(());
     }
     let svc = crate::standdown::service();
-    let cfg = Config::parse(&juju::config()?).ok();
-    let address = juju::network_ingress(PEER)
-        .ok()
-        .and_then(|a| a.first().cloned());
-    if let (Some(cfg), Some(address), true) = (cfg, address, svc.running()?) {
-        let ep = endpoint(&address, st.client_port.unwrap_or(cfg.port));
+    if svc.running()? {
+        // The member is found where it runs now (the port and peer URL it started with), not
+        // from the charm's config: a config value the operator got wrong (blocked, never
+        // applied) or a network-get that fails must not skip the removal and stop a member
+        // that stays in the cluster.
+        let cfg = Config::parse(&juju::config()?).ok();
+        let address = || {
+            juju::network_ingress(PEER)
+                .ok()
+                .and_then(|a| a.first().cloned())
+        };
+        let port = st.client_port.or(cfg.as_ref().map(|c| c.port));
+        let peer_url = st
+            .running_peer_url
+            .clone()
+            .or_else(|| Some(endpoint(&address()?, cfg.as_ref()?.management_port)));
+        let (Some(port), Some(peer_url)) = (port, peer_url) else {
+            anyhow::bail!(
+                "cannot tell this member's client port or peer URL (the config does not parse \
+                 and the unit's state does not say): it is not stopped before it leaves the \
+                 cluster; fix the config, and Juju retries this hook"
+            );
+        };
+        // Every member serves clients on loopback too (or on every interface).
+        let ep = endpoint("127.0.0.1", port);
         let client = tls_client()?;
         // Membership changes may wait for an election: a longer timeout.
         let slow = tls_client_waiting(Duration::from_secs(10))?;
@@ -43,7 +62,6 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
             slow: &slow,
             ep: &ep,
         };
-        let peer_url = endpoint(&address, cfg.management_port);
         match crate::leave::leave(&live, &member_name(unit), &peer_url) {
             Left::Removed => juju::log("INFO", "removed this member from the cluster"),
             Left::NotAMember => {}

@@ -260,6 +260,22 @@ fn operator_mistakes_block_with_the_cause_and_take_no_member_down() {
             assert_ne!(unit_entry(&s, &unit)["workload-status"]["current"], "error");
         },
     );
+
+    // A unit removed while a config value the operator got wrong is set (blocked, never
+    // applied): it still leaves the membership before its member stops. Before, the leave
+    // skipped the removal when the config did not parse, and the stopped member stayed in
+    // the cluster (2 of 3 running, one more failure from losing quorum).
+    env.ok(&["config", "etcd", "tls_certificate_lifetime=30д"]);
+    let gone = env.units("etcd")[2].clone();
+    env.ok(&["remove-unit", "--no-prompt", &gone]);
+    env.wait("the unit gone", 3 * MIN, |_| env.units("etcd").len() == 2);
+    let eps = endpoints(&env);
+    until("the membership down to the two units left", MIN, || {
+        let out = creds.etcdctl(&eps, true, &["member", "list"]);
+        out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 2
+    });
+    env.ok(&["config", "etcd", "--reset", "tls_certificate_lifetime"]);
+    env.wait_units("etcd", 2, "active", "Healthy with 2 known peers", 2 * MIN);
 }
 
 /// Issue 22 (H1): a config etcd cannot run with that no check can catch (a client port
