@@ -219,6 +219,15 @@ impl Side {
         bundle_file: "peer-ca.crt",
     };
 
+    /// How a CA move's step on this side is named in logs and statuses ("" or "peer port ").
+    pub fn label(&self) -> &'static str {
+        if *self == Side::PEER {
+            "peer port "
+        } else {
+            ""
+        }
+    }
+
     /// What a unit's databag says of this side. Before the peer side existed, the peer port
     /// ran with the client side's bundle: that is what a unit that has not said otherwise runs.
     pub fn unit(&self, b: &Bag) -> UnitTls {

@@ -178,38 +178,19 @@ pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
 /// The leader's CA, created once; its key lives in an application-owned secret.
 /// `lifetime`: the shared client certificate's, made with the CA.
 pub(crate) fn leader_ca(peers: &mut Peers, lifetime: time::Duration) -> Result<Ca> {
-    if let Some(b) = juju::secret_get_by_label(CA_LABEL)? {
-        if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
-            let ca = Ca {
-                cert_pem: c.clone(),
-                key_pem: k.clone(),
-            };
-            peers.app_set("ca", &ca.cert_pem);
-            return Ok(ca);
-        }
+    let (ca, created) = kept_ca(peers, CA_LABEL, "ca", "etcd-charm CA", "CA")?;
+    if created {
+        let (cc, ck) = ca.issue(Profile::Client, "etcd-client", &[], &[], lifetime)?;
+        juju::secret_add(
+            CLIENT_LABEL,
+            &Bag::from([
+                ("client-cert".into(), cc.clone()),
+                ("client-key".into(), ck.clone()),
+            ]),
+        )?;
+        peers.app_set(CLIENT_SHA, &authority::sha16(&cc));
+        peers.new_client = Some((cc, ck));
     }
-    if peers.app_get("ca").is_some() {
-        anyhow::bail!("the CA key secret {CA_LABEL:?} is missing but a CA is published; restore the secret or redeploy");
-    }
-    let ca = Ca::create("etcd-charm CA")?;
-    juju::secret_add(
-        CA_LABEL,
-        &Bag::from([
-            ("ca-cert".into(), ca.cert_pem.clone()),
-            ("ca-key".into(), ca.key_pem.clone()),
-        ]),
-    )?;
-    let (cc, ck) = ca.issue(Profile::Client, "etcd-client", &[], &[], lifetime)?;
-    juju::secret_add(
-        CLIENT_LABEL,
-        &Bag::from([
-            ("client-cert".into(), cc.clone()),
-            ("client-key".into(), ck.clone()),
-        ]),
-    )?;
-    peers.app_set(CLIENT_SHA, &authority::sha16(&cc));
-    peers.new_client = Some((cc, ck));
-    peers.app_set("ca", &ca.cert_pem);
     Ok(ca)
 }
 
@@ -217,28 +198,49 @@ pub(crate) fn leader_ca(peers: &mut Peers, lifetime: time::Duration) -> Result<C
 /// members' peer certificates and nothing else, so the peer port trusts no other
 /// certificate. Its key lives in an application-owned secret of its own.
 pub(crate) fn leader_peer_ca(peers: &mut Peers) -> Result<Ca> {
-    if let Some(b) = juju::secret_get_by_label(PEER_CA_LABEL)? {
+    kept_ca(
+        peers,
+        PEER_CA_LABEL,
+        "peer-ca",
+        "etcd-charm peer CA",
+        "peer CA",
+    )
+    .map(|(ca, _)| ca)
+}
+
+/// A CA the leader keeps: its key in the application secret `label`, its certificate
+/// published under the app key `app_key`; made (named `cn`) when neither exists yet, and
+/// then said so (`true`). A published CA whose secret is gone is an error, never a new CA.
+fn kept_ca(
+    peers: &mut Peers,
+    label: &str,
+    app_key: &str,
+    cn: &str,
+    what: &str,
+) -> Result<(Ca, bool)> {
+    if let Some(b) = juju::secret_get_by_label(label)? {
         if let (Some(c), Some(k)) = (b.get("ca-cert"), b.get("ca-key")) {
-            peers.app_set("peer-ca", c);
-            return Ok(Ca {
+            peers.app_set(app_key, c);
+            let ca = Ca {
                 cert_pem: c.clone(),
                 key_pem: k.clone(),
-            });
+            };
+            return Ok((ca, false));
         }
     }
-    if peers.app_get("peer-ca").is_some() {
-        anyhow::bail!("the peer CA key secret {PEER_CA_LABEL:?} is missing but a peer CA is published; restore the secret or redeploy");
+    if peers.app_get(app_key).is_some() {
+        anyhow::bail!("the {what} key secret {label:?} is missing but a {what} is published; restore the secret or redeploy");
     }
-    let ca = Ca::create("etcd-charm peer CA")?;
+    let ca = Ca::create(cn)?;
     juju::secret_add(
-        PEER_CA_LABEL,
+        label,
         &Bag::from([
             ("ca-cert".into(), ca.cert_pem.clone()),
             ("ca-key".into(), ca.key_pem.clone()),
         ]),
     )?;
-    peers.app_set("peer-ca", &ca.cert_pem);
-    Ok(ca)
+    peers.app_set(app_key, &ca.cert_pem);
+    Ok((ca, true))
 }
 
 /// The app keys of a unit's signed certificate and of the CSR digest it was signed for:
@@ -253,6 +255,16 @@ fn signed_keys(p: Profile, name: &str) -> (String, String) {
             format!("csr-sha-{}.{name}", p.name()),
         ),
     }
+}
+
+/// The certificate the leader signed for member `name`'s current `csr` of profile `p`, once
+/// it has (a certificate signed for an earlier CSR is not it).
+fn signed_cert<'p>(peers: &'p Peers, p: Profile, name: &str, csr: &str) -> Option<&'p str> {
+    let (cert_key, sha_key) = signed_keys(p, name);
+    let sha = pki::sha256_hex(csr.as_bytes());
+    (peers.app_get(&sha_key) == Some(sha.as_str()))
+        .then(|| peers.app_get(&cert_key))
+        .flatten()
 }
 
 /// Signs every unit's CSRs whose names check out against what Juju says its addresses are.
@@ -360,11 +372,7 @@ fn plan_side(peers: &mut Peers, side: authority::Side, target: &str, internal: &
     let started: Vec<authority::UnitTls> = peers.started().map(|(_, b)| side.unit(b)).collect();
     let plan = authority::plan(target, &issuer, &trust, &started, !started.is_empty());
     if plan.step.as_deref() != peers.app_get(side.step) {
-        let what = if side == authority::Side::PEER {
-            "peer port "
-        } else {
-            ""
-        };
+        let what = side.label();
         juju::log(
             "INFO",
             &match plan.step.as_deref() {
@@ -396,18 +404,21 @@ pub(crate) fn install_certs(
     };
     let (trust, issuer) = side_keys(peers, authority::Side::CLIENT, internal);
     let (peer_trust, peer_issuer) = side_keys(peers, authority::Side::PEER, internal);
-    pki::update_file(&pki::path("ca.crt"), trust, 0o644)?;
-    pki::update_file(&pki::path("peer-ca.crt"), peer_trust, 0o644)?;
+    pki::update_file(
+        &pki::path(authority::Side::CLIENT.bundle_file),
+        trust,
+        0o644,
+    )?;
+    pki::update_file(
+        &pki::path(authority::Side::PEER.bundle_file),
+        peer_trust,
+        0o644,
+    )?;
     let read = |f: &str| std::fs::read_to_string(pki::path(f));
     // (file base name, certificate, key) for each pair to serve with
     let mut pairs: Vec<(&str, String, String)> = vec![];
     if issuer == internal {
-        let sha = pki::sha256_hex(csrs.0.as_bytes());
-        let (cert_key, sha_key) = signed_keys(Profile::Server, name);
-        let (Some(cert), true) = (
-            peers.app_get(&cert_key),
-            peers.app_get(&sha_key) == Some(sha.as_str()),
-        ) else {
+        let Some(cert) = signed_cert(peers, Profile::Server, name, &csrs.0) else {
             return Ok(certs_on_disk());
         };
         pairs.push(("server", cert.to_string(), read("csr-server.key")?));
@@ -439,15 +450,10 @@ pub(crate) fn install_certs(
     // deployment from before the peer CA, moving to it) the one on disk serves.
     let mut peer_pair = None;
     if Some(peer_issuer) == peers.app_get("peer-ca") {
-        let sha = pki::sha256_hex(csrs.1.as_bytes());
-        let (cert_key, sha_key) = signed_keys(Profile::Peer, name);
-        match (
-            peers.app_get(&cert_key),
-            peers.app_get(&sha_key) == Some(sha.as_str()),
-        ) {
-            (Some(cert), true) => peer_pair = Some((cert.to_string(), read("csr-peer.key")?)),
-            _ => return Ok(certs_on_disk()),
-        }
+        let Some(cert) = signed_cert(peers, Profile::Peer, name, &csrs.1) else {
+            return Ok(certs_on_disk());
+        };
+        peer_pair = Some((cert.to_string(), read("csr-peer.key")?));
     } else if !pki::path("peer.crt").exists() {
         return Ok(false);
     }

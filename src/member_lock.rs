@@ -104,6 +104,7 @@ pub fn take(
             return Ok(Ok(held()));
         }
     }
+    // The lease no key was bound to: if the revoke fails it expires by itself, holding nothing.
     let _ = client.post(ep, "/v3/lease/revoke", json!({"ID": id}));
     // Bounded: the value is ours, but read back from etcd.
     let shown: String = holder

@@ -361,6 +361,7 @@ pub fn patience(update_status: bool, was_started: bool, bootstraps_now: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etcd::client::Status;
 
     #[test]
     fn a_quota_below_the_database_is_not_applied() {
@@ -371,7 +372,6 @@ mod tests {
         assert_eq!(quota_short(0, 1 << 30), None, "0 is etcd's 2 GiB");
         assert!(quota_short(0, 3 << 30).is_some());
     }
-    use crate::etcd::client::Status;
 
     fn join(unit: &str) -> Join {
         Join {

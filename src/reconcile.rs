@@ -406,8 +406,8 @@ impl<'a> Reconcile<'a> {
                 .ok()
                 .map(|t| authority::sha16(&t))
         };
-        self.trust_on_disk = digest("ca.crt");
-        self.peer_trust_on_disk = digest("peer-ca.crt");
+        self.trust_on_disk = digest(authority::Side::CLIENT.bundle_file);
+        self.peer_trust_on_disk = digest(authority::Side::PEER.bundle_file);
         if self.st.running_trust.is_none() && self.svc.running()? {
             // A unit from before the CA move: etcd runs with what is on disk.
             self.st.running_trust = self.trust_on_disk.clone();
@@ -419,12 +419,8 @@ impl<'a> Reconcile<'a> {
         self.publish_running_trust();
         for side in [authority::Side::CLIENT, authority::Side::PEER] {
             if let Some(step) = self.peers.app_get(side.step) {
-                let what = if side == authority::Side::PEER {
-                    "peer port "
-                } else {
-                    ""
-                };
-                self.board.report("maintenance", format!("{what}{step}"));
+                self.board
+                    .report("maintenance", format!("{}{step}", side.label()));
             }
         }
         if let Some(msg) = overdue_certificate() {
@@ -460,7 +456,8 @@ impl<'a> Reconcile<'a> {
                     std::fs::rename(&member, aside.join("member"))?;
                     // The data of the cluster before the last restore is kept (the operator's
                     // way back); that of earlier ones goes, so restores do not fill the disk.
-                    for old in older_epoch_asides(Path::new(&self.data), &aside) {
+                    let asides = crate::unit::entries_named(Path::new(&self.data), ".epoch-");
+                    for old in asides.into_iter().filter(|a| *a != aside) {
                         match std::fs::remove_dir_all(&old) {
                             Ok(()) => juju::log(
                                 "INFO",
@@ -661,12 +658,12 @@ impl<'a> Reconcile<'a> {
                 .ok()
                 .as_deref()
                 != Some(rendered.as_str());
+        let ep = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
         // A quota below the database this member holds is not applied: checked against what
         // the running member says (a member that does not answer is not asked).
         if changed {
-            let here = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
             if let Some(why) = client
-                .status(&here)
+                .status(&ep)
                 .ok()
                 .and_then(|s| crate::plan::quota_short(self.cfg.quota_backend_bytes, s.db_size))
             {
@@ -680,7 +677,6 @@ impl<'a> Reconcile<'a> {
         std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("making {} private (0700)", self.data))?;
         mark("rendered");
-        let ep = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
         // A turn a killed hook left between its switch and its verdict is finished before
         // anything else is decided from what runs here.
         if self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists() {
@@ -692,7 +688,7 @@ impl<'a> Reconcile<'a> {
             // The killed turn held the member-down lock: the turn is over, so it goes.
             // (Asked where the member answers now: the turn may have moved its client port.)
             for here in [ep.clone(), endpoint(&self.address, self.cfg.port)] {
-                if crate::member_lock::release_own(client, &here, &self.ctx.unit.clone()) {
+                if crate::member_lock::release_own(client, &here, &self.ctx.unit) {
                     break;
                 }
             }
@@ -860,24 +856,23 @@ impl<'a> Reconcile<'a> {
                 let _lock = if view.alone {
                     None
                 } else {
-                    match crate::member_lock::take(client, ep, &unit, "restart")
-                        .unwrap_or_else(|e| {
+                    match crate::member_lock::take(client, ep, &unit, "restart") {
+                        Err(e) => {
                             // This member cannot be asked (the restart may be what mends it):
                             // the health gates of the roll still hold.
                             juju::log("WARNING", &format!("cannot take the member-down lock here ({e:#}); restarting in this unit's turn without it"));
-                            Err(String::new())
-                        }) {
-                        Err(holder) if holder.is_empty() => None,
-                        Ok(mut held) => {
+                            None
+                        }
+                        Ok(Ok(mut held)) => {
                             held.also(&endpoint(&self.address, self.cfg.port));
                             Some(held)
                         }
-                        Err(holder) if view.detaching => anyhow::bail!(
+                        Ok(Err(holder)) if view.detaching => anyhow::bail!(
                             "{holder} has its member down now (the member-down lock): moving \
                              this member's data off its volume now would stop a second member; \
                              Juju retries this hook"
                         ),
-                        Err(holder) => {
+                        Ok(Err(holder)) => {
                             self.board.report(
                                 "maintenance",
                                 format!("Waiting for {holder} to finish before restarting (the member-down lock)"),
@@ -1532,17 +1527,6 @@ fn config_held(rendered: &str) -> Result<Option<Rejected>> {
 }
 
 /// etcd's top-level settings whose values differ between two rendered configs.
-/// The `.epoch-*` asides of `data` other than `newest`.
-fn older_epoch_asides(data: &Path, newest: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(data)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".epoch-") && e.path() != newest)
-        .map(|e| e.path())
-        .collect()
-}
-
 fn changed_settings(before: &str, after: &str) -> Vec<String> {
     let parse = |t: &str| -> std::collections::BTreeMap<String, serde_yaml::Value> {
         serde_yaml::from_str(t).unwrap_or_default()

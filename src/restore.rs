@@ -426,7 +426,7 @@ pub fn restore(
     })?;
     // Half-restored members an earlier attempt set aside served clients on loopback only
     // (nothing but this charm wrote to them): copies of a snapshot, nothing of their own.
-    let failed = failed_attempts(Path::new(&data));
+    let failed = unit::entries_named(Path::new(&data), ".failed-restore-");
     let mut going: Vec<&Path> = vec![&aside, &staging];
     going.extend(failed.iter().map(PathBuf::as_path));
     discard_later(Path::new(&data), &going);
@@ -659,22 +659,6 @@ fn discard_later(data: &Path, dirs: &[&Path]) {
     }
 }
 
-/// The `.failed-restore-*` directories of the data dir: members of earlier attempts set
-/// aside before they were proven.
-fn failed_attempts(data: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(data)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(".failed-restore-")
-        })
-        .map(|e| e.path())
-        .collect()
-}
-
 /// The aside directory once its member is back in place: removed only if empty (anything
 /// else in it stays for the operator).
 fn remove_empty_aside(aside: &Path) {
@@ -687,17 +671,15 @@ fn remove_empty_aside(aside: &Path) {
 
 /// Deletes trash directories a crashed or interrupted `discard_later` left behind.
 fn sweep_trash(data: &Path) {
-    for e in std::fs::read_dir(data).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(".trash-") {
-            // Trash that will not go costs disk, not data: said, and left for the next try.
-            // (NotFound: the previous restore's own deletion got there first.)
-            match std::fs::remove_dir_all(e.path()) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => juju::log(
-                    "WARNING",
-                    &format!("cannot delete {}: {err}", e.path().display()),
-                ),
-                _ => {}
-            }
+    for trash in unit::entries_named(data, ".trash-") {
+        // Trash that will not go costs disk, not data: said, and left for the next try.
+        // (NotFound: the previous restore's own deletion got there first.)
+        match std::fs::remove_dir_all(&trash) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => juju::log(
+                "WARNING",
+                &format!("cannot delete {}: {err}", trash.display()),
+            ),
+            _ => {}
         }
     }
 }

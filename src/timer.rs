@@ -51,7 +51,6 @@ pub fn ensure(job: &Job) -> Result<(), String> {
     Ok(())
 }
 
-/// The job's timer and service are gone (nothing to do when they are not installed).
 /// The job's service: a oneshot with a deadline, so a run that hangs (a snapshot stream
 /// that stalls) is ended and the next one can start (a oneshot still starting blocks its
 /// timer's next runs). Pure.
@@ -66,6 +65,7 @@ pub fn service_unit(job: &Job) -> String {
 /// How long one run of a job may take.
 pub const JOB_DEADLINE: &str = "1h";
 
+/// The job's timer and service are gone (nothing to do when they are not installed).
 pub fn remove(unit: &str) -> Result<(), String> {
     let timer = format!("{SYSTEMD_DIR}/{unit}.timer");
     if !Path::new(&timer).exists() {

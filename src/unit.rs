@@ -163,6 +163,18 @@ pub fn crash_point(step: &str) {
     }
 }
 
+/// The entries of `dir` whose names start with `prefix` (none when it cannot be read: the
+/// callers clear leftovers, and one they cannot see they leave).
+pub fn entries_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
 pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
 
 /// A member's https URL on `port` of `address` (an IPv6 literal in brackets, RFC 3986).

@@ -744,13 +744,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     let (code, _) = env.run_action("etcd/0", &["restore"]);
     assert_ne!(code, 0, "the killed restore fails");
     until("the unproven member to answer on loopback", MIN, || {
-        env.exec(
-            "etcd/0",
-            "curl -s -m 5 --cacert /etc/etcd/pki/ca.crt --cert /etc/etcd/pki/client.crt \
-             --key /etc/etcd/pki/client.key https://127.0.0.1:2379/health | grep -q true",
-        )
-        .code
-            == 0
+        support::etcd::healthy_on_loopback(&env, "etcd/0")
     });
     env.exec_ok("etcd/0", "test -e /var/lib/etcd-charm/restore-journal.json");
     let out = etcdctl(&vars, &["put", "/while-unproven", "v"]);

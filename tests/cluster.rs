@@ -104,16 +104,7 @@ fn three_units_at_once_form_one_tls_cluster() {
     // shared client certificate every `db` client holds nor a server certificate (both from
     // the client port's CA) gets a TLS session there. Asked from etcd/0, whose address its
     // own certificates name, of etcd/1's peer port.
-    let peer_ep = format!("https://{}:2380/members", env.address("etcd/1"));
-    let ask = |pair: &str| {
-        env.exec(
-            "etcd/0",
-            &format!(
-                "curl --http1.1 -sS -m 10 -o /dev/null -w '%{{http_code}}' --cacert /etc/etcd/pki/peer-ca.crt \
-                 --cert /etc/etcd/pki/{pair}.crt --key /etc/etcd/pki/{pair}.key {peer_ep}"
-            ),
-        )
-    };
+    let ask = |pair: &str| ask_peer_port(&env, "etcd/0", "etcd/1", pair);
     let r = ask("peer");
     assert_eq!(
         (r.code, r.stdout.trim()),

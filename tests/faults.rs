@@ -595,13 +595,7 @@ fn a_majority_lost_for_good_is_rebuilt_by_recover_from_the_survivor() {
             // M3: until it is proven, the forced member serves clients on loopback only: the
             // undo that follows a crash there discards no acknowledged write.
             until("the forced member to answer on loopback", MIN, || {
-                env.exec(
-                    &survivor,
-                    "curl -s -m 5 --cacert /etc/etcd/pki/ca.crt --cert /etc/etcd/pki/client.crt \
-                     --key /etc/etcd/pki/client.key https://127.0.0.1:2379/health | grep -q true",
-                )
-                .code
-                    == 0
+                healthy_on_loopback(&env, &survivor)
             });
             let out = creds.etcdctl(
                 &unit_endpoint(&env, &survivor),

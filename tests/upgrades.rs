@@ -759,14 +759,7 @@ fn a_deployment_from_before_the_peer_ca_moves_its_peer_port_to_it_one_member_at_
             "{u}: the client port's CA is not touched"
         );
     }
-    let peer_ep = format!("https://{}:2380/members", env.address("etcd/1"));
-    let r = env.exec(
-        "etcd/0",
-        &format!(
-            "curl --http1.1 -sS -m 10 -o /dev/null -w '%{{http_code}}' --cacert /etc/etcd/pki/peer-ca.crt \
-             --cert /etc/etcd/pki/client.crt --key /etc/etcd/pki/client.key {peer_ep}"
-        ),
-    );
+    let r = ask_peer_port(&env, "etcd/0", "etcd/1", "client");
     assert!(
         r.code != 0 && r.stdout.trim() != "200",
         "the client certificate is refused on the peer port after the move: {} {}",

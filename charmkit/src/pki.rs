@@ -404,7 +404,6 @@ pub fn check_leaf(
     checked.map_err(|e| format!("cannot be read ({e})"))?
 }
 
-/// Whether a certificate is a CA's (basicConstraints CA:TRUE).
 /// The CA certificate's path length constraint (None: none, or not a CA).
 pub fn path_len(cert_pem: &str) -> Option<u32> {
     with_cert(cert_pem, |c| {
@@ -417,6 +416,7 @@ pub fn path_len(cert_pem: &str) -> Option<u32> {
     .flatten()
 }
 
+/// Whether a certificate is a CA's (basicConstraints CA:TRUE).
 pub fn is_ca(cert_pem: &str) -> bool {
     with_cert(cert_pem, |c| {
         c.basic_constraints()

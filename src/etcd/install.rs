@@ -571,6 +571,8 @@ pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
         got_bytes += n as u64;
         if got_bytes > room {
             drop(f);
+            // Best effort: a partial left behind is truncated by the next download and
+            // removed after the next verified one.
             let _ = std::fs::remove_file(&partial);
             return Err(too_big(url, got_bytes, free));
         }
@@ -590,6 +592,8 @@ pub fn download(url: &str, sha256: &str) -> Result<PathBuf> {
         let p = e.path();
         let n = e.file_name().to_string_lossy().into_owned();
         if p != done && (n.ends_with(".tar.gz") || n.ends_with(".partial")) {
+            // Copies of what /opt/etcd holds: one that will not go costs disk only, and the
+            // next verified download tries again.
             let _ = std::fs::remove_file(&p);
         }
     }

@@ -2,7 +2,7 @@
 //! records every acknowledged write, and the checks a fault run ends with (nothing acknowledged
 //! is lost, every member holds the same keys).
 
-use super::{etcd35, target_dir, Env};
+use super::{etcd35, target_dir, Env, Run};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -575,4 +575,30 @@ impl Watch {
         self.thread.join().unwrap();
         Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
     }
+}
+
+/// `from` asks `to`'s peer port (`/members`, HTTP/1.1) with the key pair `pair` of its
+/// /etc/etcd/pki (`peer`, `client`, `server`), trusting the peer CA: curl's exit code, and
+/// the HTTP status on stdout (`000` when no TLS session came about).
+pub fn ask_peer_port(env: &Env, from: &str, to: &str, pair: &str) -> Run {
+    let peer_ep = format!("https://{}:2380/members", env.address(to));
+    env.exec(
+        from,
+        &format!(
+            "curl --http1.1 -sS -m 10 -o /dev/null -w '%{{http_code}}' --cacert /etc/etcd/pki/peer-ca.crt \
+             --cert /etc/etcd/pki/{pair}.crt --key /etc/etcd/pki/{pair}.key {peer_ep}"
+        ),
+    )
+}
+
+/// Whether `unit`'s member answers healthy on 127.0.0.1:2379, asked inside its machine
+/// with the unit's own client credentials.
+pub fn healthy_on_loopback(env: &Env, unit: &str) -> bool {
+    env.exec(
+        unit,
+        "curl -s -m 5 --cacert /etc/etcd/pki/ca.crt --cert /etc/etcd/pki/client.crt \
+         --key /etc/etcd/pki/client.key https://127.0.0.1:2379/health | grep -q true",
+    )
+    .code
+        == 0
 }
