@@ -3,11 +3,11 @@
 //! raft leader's, and a writable target directory.
 
 use crate::config::Config;
-use crate::etcd::client::{Client, Member};
 use crate::juju::{self, Context};
 use crate::pki;
 use crate::unit::{self, tls_client};
 use anyhow::{anyhow, Result};
+use etcdkit::client::{Client, Member};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -4,13 +4,13 @@
 use crate::action_support::{
     leader_endpoint, local, param_bool, param_str, refuse, writable_dir, Refused, Results,
 };
-use crate::etcd::client::Member;
-use crate::etcd::install::{self, Installed};
-use crate::etcd::service::Service;
 use crate::juju::{self, Context};
 use crate::pki;
 use crate::unit;
 use anyhow::{anyhow, Context as _, Result};
+use etcdkit::client::Member;
+use etcdkit::install::{self, Installed};
+use etcdkit::service::Service;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,7 +246,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     )?;
     let (client, ep, _) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
-    let name = crate::archive::snapshot_name();
+    let name = etcdkit::archive::snapshot_name();
     if keys == "v2" {
         return snapshot_v2(ctx, &inst, &target, &name);
     }
@@ -262,14 +262,14 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         return refuse(format!("{e:#}"));
     }
     let members = client.member_list(&ep)?.len();
-    let meta = crate::archive::metadata(&status, members);
+    let meta = etcdkit::archive::metadata(&status, members);
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
-    let crate::archive::Written {
+    let etcdkit::archive::Written {
         path,
         size,
         db_size,
         sha256: sha,
-    } = crate::archive::write(&client, &leader_ep, &target, &name, &meta)?;
+    } = etcdkit::archive::write(&client, &leader_ep, &target, &name, &meta)?;
     juju::action_log(&format!(
         "snapshot of {db_size} bytes written to {}",
         path.display()
@@ -427,7 +427,7 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
     Ok(results)
 }
 
-fn alarm_text(a: &crate::etcd::client::Alarm) -> String {
+fn alarm_text(a: &etcdkit::client::Alarm) -> String {
     format!("memberID:{} alarm:{}", a.member_id, a.alarm)
 }
 

@@ -10,9 +10,9 @@
 //! record that the unit's hooks turn into status ("last scheduled snapshot 3m ago", or a
 //! warning when the last good one is older than two periods).
 
-use crate::etcd::client::Member;
 use crate::unit::{read_json, remove_if_present, write_json};
 use anyhow::{anyhow, bail, Context as _, Result};
+use etcdkit::client::Member;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -114,7 +114,7 @@ pub fn check_target(t: &str) -> Result<(), String> {
     if norm == Path::new("/") {
         return bad("must not be /");
     }
-    for etcd in [crate::etcd::DATA_DIR, "/var/snap/etcd", "/etc/etcd"] {
+    for etcd in [etcdkit::DATA_DIR, "/var/snap/etcd", "/etc/etcd"] {
         let etcd_resolved = resolved(Path::new(etcd));
         if norm.starts_with(etcd) || norm.starts_with(&etcd_resolved) {
             return bad(&format!("must be outside etcd's own files ({etcd})"));
@@ -234,7 +234,7 @@ pub fn period(schedule: &Schedule) -> Result<u64, String> {
         return Err(format!(
             "snapshot_schedule {expr:?} is not a systemd calendar expression ({}); use an \
              interval (30m, 6h, 1d) or an expression such as daily or *-*-* 02:00:00",
-            crate::etcd::last_line(&String::from_utf8_lossy(&out.stderr))
+            etcdkit::last_line(&String::from_utf8_lossy(&out.stderr))
         ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
@@ -267,7 +267,7 @@ fn elapse_time(s: &str) -> Option<i64> {
 /// reloaded and (re)started only when they changed. Returns the plan in force (it keeps when
 /// this unit began, across hooks). Errors are the blocked message.
 pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, String> {
-    if !crate::timer::systemd_runs() {
+    if !hostkit::systemd::systemd_present() {
         return Err(
             "snapshot_schedule needs systemd on the machine (its timer takes the snapshots); \
              unset it here and use the snapshot action"
@@ -307,7 +307,7 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
     if old.as_ref() != Some(&plan) {
         write_json(PLAN, &plan).map_err(|e| format!("{e:#}"))?;
     }
-    crate::timer::ensure(&crate::timer::Job {
+    hostkit::systemd::ensure(&hostkit::systemd::Job {
         unit: UNIT,
         description: &format!("etcd scheduled snapshots ({})", schedule.describe()),
         exec: format!("{} scheduled-snapshot", exe.display()),
@@ -318,7 +318,7 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
 
 /// This unit takes no scheduled snapshots (any more): the timer goes, the record stays.
 pub fn remove() -> Result<(), String> {
-    crate::timer::remove(UNIT)?;
+    hostkit::systemd::remove(UNIT)?;
     remove_if_present(Path::new(PLAN)).map_err(|e| format!("{e:#}"))
 }
 
@@ -440,7 +440,7 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-fn take(plan: &Plan) -> Result<crate::archive::Written> {
+fn take(plan: &Plan) -> Result<etcdkit::archive::Written> {
     let client = crate::unit::tls_client()?;
     let status = client
         .status(&plan.endpoint)
@@ -449,7 +449,7 @@ fn take(plan: &Plan) -> Result<crate::archive::Written> {
         bail!("this unit's member at {} is not healthy", plan.endpoint);
     }
     let members = client.member_list(&plan.endpoint)?.len();
-    let meta = crate::archive::metadata(&status, members);
+    let meta = etcdkit::archive::metadata(&status, members);
     let dir = Path::new(&plan.target);
     // Outside a hook: the data directory is the one the plan was made for.
     crate::unit::ensure_room(
@@ -458,8 +458,8 @@ fn take(plan: &Plan) -> Result<crate::archive::Written> {
         plan.data_dir.as_deref().map(Path::new),
         "a scheduled snapshot",
     )?;
-    let name = crate::archive::snapshot_name();
-    let w = crate::archive::write(&client, &plan.endpoint, dir, &name, &meta)?;
+    let name = etcdkit::archive::snapshot_name();
+    let w = etcdkit::archive::write(&client, &plan.endpoint, dir, &name, &meta)?;
     crate::pki::write_file(
         &dir.join(format!("{name}.tar.gz.sha256")),
         format!("{}  {name}.tar.gz\n", w.sha256).as_bytes(),

@@ -108,8 +108,8 @@ fn retire(root: &Path, owner: &str) -> Result<()> {
     }
     let suffix = format!("retired-{}-{}", owner.replace('/', "-"), crate::unit::now());
     for dir in [
-        crate::etcd::DATA_DIR,
-        crate::etcd::SNAP_DATA_DIR,
+        etcdkit::DATA_DIR,
+        etcdkit::SNAP_DATA_DIR,
         "/etc/etcd",
         CHARM_DIR,
     ] {

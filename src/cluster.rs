@@ -8,7 +8,7 @@
 //! member, so quorum never depends on a member that has not started (etcd-notes §4), and no
 //! two members start `existing` at once (the 3.4 join deadlock, §0.5).
 
-use crate::etcd::client::Member;
+use etcdkit::client::Member;
 use std::time::Duration;
 
 /// What the leader knows of one unit from its peer databag.

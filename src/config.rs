@@ -63,6 +63,26 @@ pub struct Config {
     pub nagios_servicegroups: String,
 }
 
+impl Config {
+    /// What etcd's own config takes from the charm's.
+    pub fn etcd_settings(&self) -> etcdkit::render::Settings {
+        etcdkit::render::Settings {
+            port: self.port,
+            management_port: self.management_port,
+            heartbeat_interval: self.heartbeat_interval,
+            election_timeout: self.election_timeout,
+            snapshot_count: self.snapshot_count,
+            quota_backend_bytes: self.quota_backend_bytes,
+            auto_compaction_mode: self.auto_compaction_mode.clone(),
+            auto_compaction_retention: self.auto_compaction_retention.clone(),
+            bind_to_all_interfaces: self.bind_to_all_interfaces,
+            bind_with_insecure_http: self.bind_with_insecure_http,
+            enable_v2: self.enable_v2,
+            tls_cipher_suites: self.tls_cipher_suites.clone(),
+        }
+    }
+}
+
 fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
     match c.get(k) {
         Some(Value::String(s)) => s.trim().to_string(),
@@ -411,6 +431,20 @@ mod tests {
 
     fn cfg(v: Value) -> Result<Config, String> {
         Config::parse(&serde_json::from_value(v).unwrap())
+    }
+
+    /// The golden files of etcd's config (etcdkit's render tests) use `Settings::default()`:
+    /// they show what the charm's defaults render only while the two agree.
+    #[test]
+    fn the_charms_defaults_are_etcds_default_settings() {
+        let c = cfg(json!({})).unwrap();
+        assert_eq!(c.etcd_settings(), etcdkit::render::Settings::default());
+        let c = cfg(
+            json!({"port": 12379, "tls_cipher_suites": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"}),
+        )
+        .unwrap();
+        let s = c.etcd_settings();
+        assert_eq!((s.port, s.tls_cipher_suites.len()), (12379, 1));
     }
 
     #[test]

@@ -8,11 +8,11 @@
 //! back and its count and digest compared with the source's.
 
 use crate::action_support::{local, param_bool, param_str, refuse, Results};
-use crate::etcd::client::{Client, Tls};
 use crate::juju;
 use anyhow::{anyhow, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use etcdkit::client::{Client, Tls};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -104,7 +104,7 @@ fn source_tls() -> Result<Tls> {
     let dir = tempfile::Builder::new()
         .prefix(".copy-credentials-")
         .tempdir_in("/var/lib/etcd-charm")?;
-    if let Err(e) = crate::etcd::install::unpack_safely(std::path::Path::new(&path), dir.path()) {
+    if let Err(e) = etcdkit::install::unpack_safely(std::path::Path::new(&path), dir.path()) {
         return refuse(format!(
             "copy-credentials is not a credentials archive: {e}"
         ));

@@ -4,7 +4,7 @@
 //! the next only once the last one answers healthy again. A member being defragmented
 //! serves nothing until it is done; the others keep quorum.
 
-use crate::etcd::client::{Client, Member, Status};
+use etcdkit::client::{Client, Member, Status};
 
 /// When a member is worth defragmenting: at least `percent` of its database file is free
 /// pages, and the file is at least `min_bytes`.

@@ -2,9 +2,9 @@
 //! and what is installed (ARCHITECTURE §3.1), and snapd's refresh timer where snapd runs.
 
 use crate::config::Config;
-use crate::etcd::install::{self, Delivery, InstallError, Installed};
 use crate::juju;
 use crate::unit::LocalState;
+use etcdkit::install::{self, Delivery, InstallError, Installed};
 use std::path::Path;
 
 /// Chooses and runs the delivery (ARCHITECTURE §3.1), given the attached `etcd` resource's
@@ -57,7 +57,7 @@ pub(crate) fn ensure_installed(
     if install::snapd_present() {
         return install::install_snap(&cfg.channel);
     }
-    install::install_deb()
+    install::install_deb(&mut |m| crate::juju::log("WARNING", m))
 }
 
 /// Sets snapd's refresh.timer from `snapd_refresh` where snapd runs. "max" means monthly

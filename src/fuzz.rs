@@ -73,13 +73,13 @@ proptest! {
     /// targets, schedules.
     #[test]
     fn action_params_never_panic(s in "\\PC{0,80}") {
-        let _ = crate::upgrade::Version::parse(&s);
-        let _ = crate::etcd::install::valid_package_version(&s);
-        let _ = crate::etcd::install::check_version_text(&s);
+        let _ = etcdkit::version::Version::parse(&s);
+        let _ = etcdkit::install::valid_package_version(&s);
+        let _ = etcdkit::install::check_version_text(&s);
         let _ = crate::defrag::Threshold::parse(&s);
         let _ = crate::backups::check_target(&s);
         let _ = crate::copy::parse_endpoints_for_tests(&s);
-        let _ = crate::etcd::install::safe_path(std::path::Path::new(&s));
+        let _ = etcdkit::install::safe_path(std::path::Path::new(&s));
         let _ = crate::config::valid_channel(&s);
     }
 
@@ -91,7 +91,7 @@ proptest! {
         std::fs::write(&p, &bytes).unwrap();
         let p = p.to_str().unwrap();
         let _ = crate::unit::read_json::<crate::unit::LocalState>(p);
-        let _ = crate::unit::read_json::<crate::etcd::install::Installed>(p);
+        let _ = crate::unit::read_json::<etcdkit::install::Installed>(p);
         let _ = crate::unit::read_json::<crate::reconcile::Rejected>(p);
         let _ = crate::relocate::configured_data_dir(std::path::Path::new(p));
     }
@@ -118,6 +118,6 @@ proptest! {
         std::fs::write(&f, bytes).unwrap();
         let dest = d.path().join("out");
         std::fs::create_dir_all(&dest).unwrap();
-        let _ = crate::etcd::install::unpack_safely(&f, &dest);
+        let _ = etcdkit::install::unpack_safely(&f, &dest);
     }
 }

@@ -9,8 +9,8 @@
 //! the tests below drive the same steps over an in-memory cluster and kill them at every
 //! call.
 
-use crate::etcd::client::{Client, Member};
 use crate::unit::{crash_point, retry};
+use etcdkit::client::{Client, Member};
 use std::time::Duration;
 
 /// The cluster as a leaving member reaches it.

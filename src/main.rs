@@ -14,7 +14,6 @@
 
 mod action_support;
 mod actions;
-mod archive;
 mod authority;
 mod backups;
 mod certs;
@@ -25,7 +24,6 @@ mod config;
 mod copy;
 mod defrag;
 mod delivery;
-mod etcd;
 #[cfg(test)]
 mod fuzz;
 mod juju;
@@ -47,9 +45,7 @@ mod roll;
 mod rolling;
 mod standdown;
 mod status;
-mod timer;
 mod unit;
-mod upgrade;
 mod upgrade_actions;
 
 use clap::{Parser, Subcommand};
@@ -99,7 +95,7 @@ fn main() {
     let cli = Cli::parse();
     let mut ctx = juju::Context::from_env();
     let result = match cli.cmd {
-        Some(Cmd::Supervise { etcd, config }) => etcd::service::supervise(&etcd, &config),
+        Some(Cmd::Supervise { etcd, config }) => etcdkit::service::supervise(&etcd, &config),
         Some(Cmd::ScheduledSnapshot) => backups::run(),
         Some(Cmd::NagiosCheck { which }) => {
             let (code, line) = nrpe::nagios_check(&which);

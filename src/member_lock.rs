@@ -9,9 +9,9 @@
 //! first (`reconcile::other_member_down`): the lock closes the instant between two such
 //! checks that each saw every other member healthy.
 
-use crate::etcd::client::Client;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use etcdkit::client::Client;
 use serde_json::{json, Value};
 
 pub const KEY: &str = "etcd-charm/member-down";

@@ -10,9 +10,9 @@
 //! a promotion that etcd refuses (the learner has not caught up) is retried by a later hook.
 
 use crate::cluster::{self, Join, Step, UnitInfo};
-use crate::etcd::client::{Client, Member};
 use crate::unit::retry;
 use anyhow::Result;
+use etcdkit::client::{Client, Member};
 use std::time::Duration;
 
 /// etcd's membership API, as the Juju leader uses it.

@@ -11,13 +11,13 @@
 //! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
 
 use crate::action_support::{local, param_bool, param_str, refuse, writable_dir, Refused, Results};
-use crate::etcd::client::Client;
-use crate::etcd::install::{self, Delivery, Installed};
-use crate::etcd::service::Service;
-use crate::etcd::snapshot::save_raw;
 use crate::juju::{self, Context};
 use crate::unit;
 use anyhow::{anyhow, bail, Context as _, Result};
+use etcdkit::client::Client;
+use etcdkit::install::{self, Delivery, Installed};
+use etcdkit::service::Service;
+use etcdkit::snapshot::save_raw;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,7 +87,7 @@ fn undo_switch(
             std::fs::rename(new_data, data).context("moving the data back")?;
         }
     }
-    crate::pki::write_file(Path::new(crate::etcd::service::CONFIG_FILE), config, 0o644)?;
+    crate::pki::write_file(Path::new(etcdkit::service::CONFIG_FILE), config, 0o644)?;
     before.save()?;
     match old_link {
         Some(l) => install::switch_current(l)?,
@@ -288,9 +288,9 @@ pub fn snap_upgrade(
     let old_link = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
     // The snap keeps its data under /var/snap/etcd/common: the data moves there (and back on
     // a rollback), and the config names the new place.
-    let config_file = Path::new(crate::etcd::service::CONFIG_FILE);
+    let config_file = Path::new(etcdkit::service::CONFIG_FILE);
     let old_config = std::fs::read(config_file).context("reading the etcd config")?;
-    let new_data = PathBuf::from(crate::etcd::SNAP_DATA_DIR);
+    let new_data = PathBuf::from(etcdkit::SNAP_DATA_DIR);
     let moves_data = to_snap && juju::storage_location("data")?.is_none();
     Journal::Switch {
         data: data.clone(),

@@ -12,10 +12,10 @@
 //! collects them there, and an entry of the `monitors` YAML on the relation, which the nrpe
 //! charm passes to Nagios. All of it goes when the relation does.
 
-use crate::etcd::client::Client;
 use crate::juju::{self, Bag};
 use crate::pki;
 use anyhow::{anyhow, Context, Result};
+use etcdkit::client::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::Path;
@@ -107,7 +107,7 @@ pub fn reconcile(
 }
 
 fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) -> Result<()> {
-    if !crate::timer::systemd_runs() {
+    if !hostkit::systemd::systemd_present() {
         anyhow::bail!(
             "the alarm check needs systemd on the machine (a timer refreshes the alarm list)"
         );
@@ -118,7 +118,7 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
         refresh_alarm_list(endpoint)?;
     }
     let exe = std::env::current_exe().context("cannot tell where this charm's binary is")?;
-    crate::timer::ensure(&crate::timer::Job {
+    hostkit::systemd::ensure(&hostkit::systemd::Job {
         unit: ALARM_JOB,
         description: "etcd alarm list for the NRPE check",
         exec: format!("{} nagios-alarm-list --endpoint {endpoint}", exe.display()),
@@ -223,7 +223,7 @@ pub fn tear_down() -> Result<()> {
         crate::unit::remove_if_present(Path::new(&cfg))?;
         remove_exports(c.shortname, None)?;
     }
-    crate::timer::remove(ALARM_JOB).map_err(|e| anyhow!(e))?;
+    hostkit::systemd::remove(ALARM_JOB).map_err(|e| anyhow!(e))?;
     crate::unit::remove_if_present(Path::new(ALARM_LIST))?;
     crate::unit::remove_if_present(Path::new(PLUGIN))?;
     if changed {
@@ -255,7 +255,7 @@ fn remove_exports(shortname: &str, keep: Option<&str>) -> Result<()> {
 /// NRPE reads its commands when it starts or reloads.
 fn reload_nrpe() {
     if let Err(e) =
-        crate::timer::systemctl(&["try-reload-or-restart", "nagios-nrpe-server.service"])
+        hostkit::systemd::systemctl(&["try-reload-or-restart", "nagios-nrpe-server.service"])
     {
         juju::log("WARNING", &format!("nrpe: cannot reload NRPE: {e}"));
     }
@@ -395,8 +395,8 @@ pub fn judge_alarms(list: &AlarmList, now: i64) -> (i32, String) {
 }
 
 fn service_check() -> (i32, String) {
-    use crate::etcd::service;
-    if service::systemd_present() {
+    use etcdkit::service;
+    if hostkit::systemd::systemd_present() {
         let out = std::process::Command::new("systemctl")
             .args(["is-active", "etcd.service"])
             .output();
@@ -414,7 +414,7 @@ fn service_check() -> (i32, String) {
     }
     match std::fs::read_to_string(service::ETCD_PID) {
         Ok(p) => match p.trim().parse::<u32>() {
-            Ok(pid) if service::alive(pid) => (0, format!("OK: etcd runs (pid {pid})")),
+            Ok(pid) if hostkit::process::alive(pid) => (0, format!("OK: etcd runs (pid {pid})")),
             Ok(pid) => (2, format!("CRITICAL: etcd (pid {pid}) is not running")),
             Err(_) => (3, format!("UNKNOWN: {} holds no pid", service::ETCD_PID)),
         },

@@ -4,9 +4,9 @@
 //! Must not: run hook tools (the reconcile reads the relation and writes what changed).
 
 use crate::cluster::{self, Join, UnitInfo};
-use crate::etcd::client::Member;
 use crate::juju::Bag;
 use anyhow::Result;
+use etcdkit::client::Member;
 
 /// What a hook sees of the peer relation, with the leader's writes of this hook merged in.
 pub(crate) struct Peers {

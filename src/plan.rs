@@ -130,7 +130,7 @@ pub enum Health {
 
 /// `status` is None when etcd did not answer its status request.
 pub fn health(
-    status: Option<&crate::etcd::client::Status>,
+    status: Option<&etcdkit::client::Status>,
     healthy: bool,
     was_started: bool,
 ) -> Health {
@@ -361,7 +361,7 @@ pub fn patience(update_status: bool, was_started: bool, bootstraps_now: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::client::Status;
+    use etcdkit::client::Status;
 
     #[test]
     fn a_quota_below_the_database_is_not_applied() {

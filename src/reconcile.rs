@@ -24,10 +24,6 @@ use crate::certs::{ensure_csrs, install_certs, leader_sign, overdue_certificate,
 use crate::cluster::{self, UnitInfo};
 use crate::config::Config;
 use crate::delivery::{apply_snapd_refresh, ensure_installed};
-use crate::etcd::client::{Alarm, Client, EtcdError, Member, Status};
-use crate::etcd::install::{self, Delivery, InstallError, Installed};
-use crate::etcd::render::{self, ClusterState};
-use crate::etcd::service::{self, Service};
 use crate::juju::{self, Bag, Context};
 use crate::peers::{peers_view, publish_members, set_key, Peers};
 use crate::pki;
@@ -39,6 +35,10 @@ use crate::unit::{
     SeenDataDir, SeenResource, PEER,
 };
 use anyhow::{Context as _, Result};
+use etcdkit::client::{Alarm, Client, EtcdError, Member, Status};
+use etcdkit::install::{self, Delivery, InstallError, Installed};
+use etcdkit::render::{self, ClusterState};
+use etcdkit::service::{self, Service};
 use std::path::Path;
 use std::time::Duration;
 
@@ -631,7 +631,7 @@ impl<'a> Reconcile<'a> {
                 .clone()
                 .unwrap_or_else(|| "etcd-cluster".into()),
             pki_dir: pki::PKI_DIR.into(),
-            version: crate::upgrade::Version::installed(&self.inst)?,
+            version: self.inst.version()?,
         };
         if cfg.enable_v2 && !member.version.has_v2_api() {
             self.board.report(
@@ -642,7 +642,7 @@ impl<'a> Reconcile<'a> {
                 ),
             );
         }
-        let rendered = render::etcd_config(&member, cfg);
+        let rendered = render::etcd_config(&member, &cfg.etcd_settings());
         // A config that failed its turn here and was rolled back is held, not tried again,
         // until the charm's config renders another one.
         let held = config_held(&rendered)?;
@@ -1566,8 +1566,8 @@ fn relocate_data(data: &str, svc: &Service) -> Result<()> {
                 .into_iter()
                 .flatten()
                 .chain([
-                    crate::etcd::DATA_DIR.to_string(),
-                    crate::etcd::SNAP_DATA_DIR.to_string(),
+                    etcdkit::DATA_DIR.to_string(),
+                    etcdkit::SNAP_DATA_DIR.to_string(),
                 ])
                 .find(|d| crate::unit::has_member_data(d));
             juju::log(

@@ -15,12 +15,12 @@
 //!    through the normal one-at-a-time learner path.
 
 use crate::action_support::{leader_only, local, param_bool, refuse, Results};
-use crate::etcd::install::Installed;
-use crate::etcd::service::Service;
 use crate::juju::{self, Context};
 use crate::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
+use etcdkit::install::Installed;
+use etcdkit::service::Service;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;

@@ -127,7 +127,7 @@ fn digest_tree(root: &Path) -> Result<BTreeMap<PathBuf, (u64, String)>> {
                 continue;
             }
             let size = entry.metadata()?.len();
-            let sha = crate::etcd::install::sha256_file(&p)
+            let sha = etcdkit::install::sha256_file(&p)
                 .with_context(|| format!("reading {}", p.display()))?;
             let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
             out.insert(rel, (size, sha));

@@ -16,12 +16,12 @@ use crate::action_support::{
     leader_endpoint, leader_only, local, param_bool, param_str, refuse, writable_dir, Refused,
     Results,
 };
-use crate::etcd::install::{self, Installed};
-use crate::etcd::service::Service;
-use crate::etcd::snapshot::{save_raw, TrailingDigest};
 use crate::juju::{self, Bag, Context};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
+use etcdkit::install::{self, Installed};
+use etcdkit::service::Service;
+use etcdkit::snapshot::{save_raw, TrailingDigest};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
         &dir,
         // Not all of it: the live member on this filesystem keeps a margin (M5).
         install::Room::Free {
-            bytes: free.saturating_sub(crate::unit::ROOM_MARGIN),
+            bytes: free.saturating_sub(hostkit::fs::ROOM_MARGIN),
         },
         |path, chunk| {
             if path.file_name().is_some_and(|n| n == "db") {
@@ -197,7 +197,7 @@ fn offline_restore(
         let err = String::from_utf8_lossy(&o.stderr);
         return refuse(format!(
             "the snapshot is refused: it does not restore (corrupt?): {}",
-            crate::etcd::last_line(&err)
+            etcdkit::last_line(&err)
         ));
     }
     Ok(())
@@ -474,7 +474,7 @@ impl Journal {
         Ok(Journal {
             aside: aside.display().to_string(),
             member: member.display().to_string(),
-            config: std::fs::read_to_string(crate::etcd::service::CONFIG_FILE)
+            config: std::fs::read_to_string(etcdkit::service::CONFIG_FILE)
                 .context("reading the etcd config")?,
             initial_cluster: st.initial_cluster.clone(),
             initial_state: st.initial_state.clone(),
@@ -536,7 +536,7 @@ pub fn recover_interrupted() -> Result<()> {
     st.epoch = j.epoch;
     st.save()?;
     crate::pki::write_file(
-        Path::new(crate::etcd::service::CONFIG_FILE),
+        Path::new(etcdkit::service::CONFIG_FILE),
         j.config.as_bytes(),
         0o644,
     )?;
@@ -559,7 +559,7 @@ pub(crate) fn rerender(
 /// only (`render::clients_on_loopback`), and returns the endpoint to check the member at:
 /// a member whose data a crash would still undo acknowledges no client's write.
 pub(crate) fn write_unproven(rendered: &str) -> Result<String> {
-    let (text, ep) = crate::etcd::render::clients_on_loopback(rendered)
+    let (text, ep) = etcdkit::render::clients_on_loopback(rendered)
         .ok_or_else(|| anyhow!("etcd's config names no https client URL"))?;
     write_config(&text)?;
     Ok(ep)
@@ -567,7 +567,7 @@ pub(crate) fn write_unproven(rendered: &str) -> Result<String> {
 
 fn write_config(text: &str) -> Result<()> {
     crate::pki::write_file(
-        Path::new(crate::etcd::service::CONFIG_FILE),
+        Path::new(etcdkit::service::CONFIG_FILE),
         text.as_bytes(),
         0o644,
     )?;
@@ -581,19 +581,19 @@ fn render_for(
     address: &str,
     data: &str,
 ) -> Result<String> {
-    let m = crate::etcd::render::Member {
+    let m = etcdkit::render::Member {
         name: name.into(),
         address: address.into(),
         data_dir: data.into(),
         initial_cluster: st.initial_cluster.clone().unwrap_or_default(),
-        state: crate::etcd::render::ClusterState::New,
+        state: etcdkit::render::ClusterState::New,
         token: st.token.clone().unwrap_or_default(),
         pki_dir: crate::pki::PKI_DIR.into(),
-        version: crate::upgrade::Version::installed(
-            &Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?,
-        )?,
+        version: Installed::load()
+            .ok_or_else(|| anyhow!("etcd is not installed"))?
+            .version()?,
     };
-    Ok(crate::etcd::render::etcd_config(&m, cfg))
+    Ok(etcdkit::render::etcd_config(&m, &cfg.etcd_settings()))
 }
 
 pub(crate) fn publish_epoch(

@@ -13,7 +13,7 @@
 //! new config failed and was rolled back: the roll stops until the config changes).
 
 use crate::cluster::unit_number;
-use crate::upgrade::Version;
+use etcdkit::version::Version;
 use std::collections::BTreeMap;
 
 pub type Bag = BTreeMap<String, String>;

@@ -4,13 +4,13 @@
 //!
 //! Must not: restart etcd (each unit restarts itself in its turn, in the reconcile).
 
-use crate::etcd::client::Client;
-use crate::etcd::install::Installed;
 use crate::juju;
 use crate::peers::Peers;
 use crate::roll::Next;
 use crate::unit::now;
 use anyhow::Result;
+use etcdkit::client::Client;
+use etcdkit::install::Installed;
 use std::path::Path;
 use std::time::Duration;
 
@@ -149,11 +149,9 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                     let target = progress(peers).map(|p| p.0).unwrap_or_default();
                     let ready =
                         crate::membership::ready_for_upgrade(rc.client, rc.ep).and_then(|_| {
-                            match crate::upgrade::Version::parse(&target) {
-                                Some(t) => {
-                                    crate::etcd::v2store::gate(t, rc.inst, Path::new(rc.data))
-                                        .map(|_| ())
-                                }
+                            match etcdkit::version::Version::parse(&target) {
+                                Some(t) => etcdkit::v2store::gate(t, rc.inst, Path::new(rc.data))
+                                    .map(|_| ()),
                                 None => Ok(()),
                             }
                         });
@@ -209,7 +207,7 @@ fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
         "the snapshot before the upgrade",
     )?;
     let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
-    crate::etcd::snapshot::save_raw(rc.client, rc.ep, &path)?;
+    etcdkit::snapshot::save_raw(rc.client, rc.ep, &path)?;
     for old in crate::backups::prune_named(
         dir,
         "etcd-pre-upgrade-",

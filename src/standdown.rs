@@ -2,10 +2,10 @@
 //! on the machine: etcd, stopped and disabled so a reboot does not bring it back, the
 //! unit's scheduled snapshots (the leader names another unit) and its Nagios checks.
 
-use crate::etcd::install::Installed;
-use crate::etcd::service::Service;
 use crate::juju;
 use anyhow::Result;
+use etcdkit::install::Installed;
+use etcdkit::service::Service;
 
 /// The etcd service as installed on this machine.
 pub fn service() -> Service {

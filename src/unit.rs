@@ -2,14 +2,20 @@
 //! crash points. Everything above (the hook's reconcile, actions, restore, migrate, recover)
 //! builds on these; this module depends only on `juju`, `pki` and `etcd`.
 
-use crate::etcd::client::{Client, Tls};
-use crate::etcd::install::{self, Delivery, Installed};
 use crate::juju;
 use crate::pki;
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
+use etcdkit::client::{Client, Tls};
+use etcdkit::install::{self, Delivery, Installed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-use std::time::{Duration, Instant};
+
+// The machine-level helpers the charm's modules take from here.
+pub use hostkit::clock::now;
+pub use hostkit::crash::crash_point;
+pub use hostkit::fs::{ensure_room, entries_named, read_json, remove_if_present, write_json};
+pub use hostkit::poll::retry;
+use std::time::Duration;
 
 pub const PEER: &str = "cluster";
 pub const LOCAL_STATE: &str = "/var/lib/etcd-charm/state.json";
@@ -91,19 +97,6 @@ pub struct SeenResource {
     pub path: Option<String>,
 }
 
-/// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an
-/// error that names the file and says what to do (never a silent default).
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot read {path}: {e}"),
-    };
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-        anyhow!("{path} is corrupt ({e}); restore it from a backup or repair the JSON: the charm changes nothing until then")
-    })
-}
-
 /// The charm's local files, checked before a hook or an action relies on them.
 pub fn check_local_files() -> Result<()> {
     read_json::<LocalState>(LOCAL_STATE)?;
@@ -114,23 +107,6 @@ pub fn check_local_files() -> Result<()> {
     crate::migrate::check_journal()?;
     read_json::<crate::reconcile::Rejected>(crate::reconcile::REJECTED)?;
     Ok(())
-}
-
-/// Writes one of the charm's own JSON files, 0600 (they can name secrets' places and hold
-/// configs), replacing it atomically.
-pub fn write_json<T: Serialize>(path: &str, value: &T) -> Result<()> {
-    pki::write_file(Path::new(path), &serde_json::to_vec_pretty(value)?, 0o600)?;
-    Ok(())
-}
-
-/// Removes a file; one that is not there is not an error, any other failure is.
-pub fn remove_if_present(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(anyhow!("cannot remove {}: {e}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }
 
 /// This unit's address on the peer binding (what its member advertises).
@@ -150,47 +126,13 @@ impl LocalState {
     }
 }
 
-/// Crash points for tests: when /var/lib/etcd-charm/crash-at names this step, the charm
-/// removes the file and SIGKILLs itself right here, as a power cut or an OOM kill would
-/// (no unwinding, no cleanup, the hook's relation writes discarded).
-pub fn crash_point(step: &str) {
-    let p = Path::new(CRASH_AT);
-    // Only a crash point that is consumed fires: one left in place would kill every run.
-    if std::fs::read_to_string(p).is_ok_and(|s| s.trim() == step) && std::fs::remove_file(p).is_ok()
-    {
-        // SIGKILL cannot be caught or fail for the process itself; nothing runs after it.
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-    }
-}
-
-/// The entries of `dir` whose names start with `prefix` (none when it cannot be read: the
-/// callers clear leftovers, and one they cannot see they leave).
-pub fn entries_named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect()
-}
-
-pub const CRASH_AT: &str = "/var/lib/etcd-charm/crash-at";
-
 /// A member's https URL on `port` of `address` (an IPv6 literal in brackets, RFC 3986).
 pub fn endpoint(address: &str, port: u16) -> String {
-    format!("https://{}:{port}", crate::etcd::render::url_host(address))
+    format!("https://{}:{port}", etcdkit::render::url_host(address))
 }
 
 pub fn member_name(unit: &str) -> String {
     unit.replace('/', "")
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
@@ -208,59 +150,11 @@ pub fn data_dir() -> Result<String> {
     };
     Ok(storage.unwrap_or_else(|| {
         if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
-            crate::etcd::SNAP_DATA_DIR.to_string()
+            etcdkit::SNAP_DATA_DIR.to_string()
         } else {
-            crate::etcd::DATA_DIR.to_string()
+            etcdkit::DATA_DIR.to_string()
         }
     }))
-}
-
-/// Room kept free beyond what a write needs (etcd's WAL and the system go on writing).
-pub const ROOM_MARGIN: u64 = 64 * 1024 * 1024;
-
-/// Refuses a write of about `need` bytes into `dir` (`what` says which) when its filesystem
-/// has less free than that plus `ROOM_MARGIN`, and, when `dir` shares a filesystem with
-/// etcd's data (`data`), less than that plus the database again (etcd must still be able to
-/// grow and compact there): the error gives the numbers (M5).
-pub fn ensure_room(dir: &Path, need: u64, data: Option<&Path>, what: &str) -> Result<()> {
-    let free = free_bytes(dir)?;
-    let same_fs = data.is_some_and(|d| same_filesystem(dir, d));
-    let reserve = ROOM_MARGIN + if same_fs { need } else { 0 };
-    if free < need.saturating_add(reserve) {
-        bail!(
-            "not enough free space in {} for {what}: about {} needed and {} kept free{}, {} free; \
-             free some space or choose another place",
-            dir.display(),
-            mib(need),
-            mib(reserve),
-            if same_fs {
-                " (it shares a filesystem with etcd's data)"
-            } else {
-                ""
-            },
-            mib(free)
-        );
-    }
-    Ok(())
-}
-
-fn mib(b: u64) -> String {
-    format!("{} MiB", b.div_ceil(1024 * 1024))
-}
-
-/// The bytes free in `dir`'s filesystem (its available blocks).
-pub fn free_bytes(dir: &Path) -> Result<u64> {
-    let s = nix::sys::statvfs::statvfs(dir)
-        .map_err(|e| anyhow!("cannot tell how much space {} has: {e}", dir.display()))?;
-    Ok(s.blocks_available() * s.fragment_size())
-}
-
-fn same_filesystem(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev(),
-        _ => false,
-    }
 }
 
 pub fn has_member_data(dir: &str) -> bool {
@@ -277,21 +171,6 @@ pub fn tls_client_waiting(timeout: Duration) -> Result<Client> {
     let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
         .context("reading this unit's certificates")?;
     Ok(Client::new(&tls, timeout)?)
-}
-
-pub fn retry<T, E: std::fmt::Display>(
-    deadline: Duration,
-    every: Duration,
-    mut f: impl FnMut() -> std::result::Result<T, E>,
-) -> std::result::Result<T, E> {
-    let until = Instant::now() + deadline;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if Instant::now() >= until => return Err(e),
-            Err(_) => std::thread::sleep(every),
-        }
-    }
 }
 
 #[cfg(test)]

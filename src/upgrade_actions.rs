@@ -3,11 +3,11 @@
 //! `pause_after_unit_upgrade` held the roll).
 
 use crate::action_support::{leader_only, local, param_str, refuse, Results};
-use crate::etcd::install::{self, Delivery, Installed};
 use crate::juju::{self, Bag, Context};
-use crate::upgrade::{check_step, Version};
 use crate::{membership, unit};
 use anyhow::{anyhow, Result};
+use etcdkit::install::{self, Delivery, Installed};
+use etcdkit::version::{check_step, Version};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -68,7 +68,7 @@ pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
     // replicated; a member whose own copy still has data fails etcd 3.6's start in its turn
     // and is rolled back by the health gate).
     let data = unit::data_dir()?;
-    match crate::etcd::v2store::gate(target, &inst, std::path::Path::new(&data)) {
+    match etcdkit::v2store::gate(target, &inst, std::path::Path::new(&data)) {
         Ok(Some(line)) => lines.push(line),
         Ok(None) => {}
         Err(why) => failed.push(why),

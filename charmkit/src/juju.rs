@@ -115,20 +115,7 @@ fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
 /// come from outside (another application's relation data, an operator's value, a tool's
 /// error) reaches a hook tool's argv bounded, far below the kernel's 128 KiB per argument
 /// (E2BIG would fail the hook, and every later one that reports the same text).
-pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut end = max.saturating_sub(40);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    std::borrow::Cow::Owned(format!(
-        "{}… [{} bytes cut]",
-        &text[..end],
-        text.len() - end
-    ))
-}
+pub use hostkit::text::bounded;
 
 /// A status message's bound: what `juju status` can show on a line or two.
 pub const STATUS_MAX: usize = 1024;
@@ -432,15 +419,9 @@ pub fn action_log(msg: &str) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn bounded_cuts_at_a_character_boundary() {
-        use super::bounded;
-        assert_eq!(bounded("short", 10), "short");
-        let long = "д".repeat(1000);
-        let b = bounded(&long, 101);
-        assert!(b.len() <= 101 + 40, "{}", b.len());
-        assert!(b.ends_with("bytes cut]"), "{b}");
+    fn bounded_texts_fit_a_status() {
         let x = "x".repeat(200_000);
-        assert!(bounded(&x, super::STATUS_MAX).len() < 1100);
+        assert!(super::bounded(&x, super::STATUS_MAX).len() < 1100);
     }
 
     use super::*;

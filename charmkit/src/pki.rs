@@ -6,7 +6,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 use time::{Duration, OffsetDateTime};
@@ -208,54 +207,23 @@ pub fn csr_for(key: &KeyPair, common_name: &str, names: &[String]) -> Result<Str
     Ok(p.serialize_request(key)?.pem()?)
 }
 
-/// Creates (or truncates) a file only its owner can read: 0600 from its creation, never
-/// readable by others even for a moment.
-pub fn create_private(p: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(p)
-}
+pub use hostkit::fs::{create_private, sha256_hex};
 
 /// Writes `data` as `write_file` does unless the file already holds exactly that.
 /// Returns whether it wrote.
 pub fn update_file(p: &Path, data: &str, mode: u32) -> Result<bool> {
-    if std::fs::read_to_string(p).ok().as_deref() == Some(data) {
-        return Ok(false);
-    }
-    write_file(p, data.as_bytes(), mode)?;
-    Ok(true)
-}
-
-/// Writes a file atomically with exactly the given mode (0600 for keys; the umask does not
-/// narrow a mode others must read or run with).
-pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |e: std::io::Error| PkiError::Io {
+    hostkit::fs::update_file(p, data, mode).map_err(|e| PkiError::Io {
         path: p.display().to_string(),
         source: e,
-    };
-    if let Some(dir) = p.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = p.with_extension("tmp");
-    // A leftover of an interrupted write; if it cannot go, create_new below says so.
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, p).map_err(io)?;
-    Ok(())
+    })
+}
+
+/// Writes a file atomically with exactly the given mode (`hostkit::fs::write_file`).
+pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
+    hostkit::fs::write_file(p, data, mode).map_err(|e| PkiError::Io {
+        path: p.display().to_string(),
+        source: e,
+    })
 }
 
 /// Seconds since the epoch at which a PEM certificate expires.
@@ -465,12 +433,6 @@ pub fn renewal_overdue(cert_pem: &str, now: i64) -> bool {
         Some((from, to)) => to - now < (to - from) / 10,
         None => false,
     }
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(data);
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -418,19 +418,9 @@ pub fn kill_namespace_processes(net: &Net, machine: u32) -> Result<()> {
     }
 }
 
+/// Whether `pid` runs (not PID 0 or 1, not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
-    pid > 1 && Path::new(&format!("/proc/{pid}")).exists() && {
-        // A zombie is not alive.
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                !s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(false)
-    }
+    pid > 1 && hostkit::process::alive(pid)
 }
 
 // ---------------------------------------------------------------------------------------

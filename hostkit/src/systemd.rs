@@ -1,14 +1,30 @@
-//! A oneshot job of this charm's binary on a systemd timer, outside any hook: the scheduled
-//! snapshots (`backups`) and the alarm list the NRPE check reads (`nrpe`). Unit files are
-//! rewritten, reloaded and restarted only when they change.
+//! systemd on this machine: whether it runs, `systemctl`, and oneshot jobs of the charm's
+//! binary on timers, outside any hook (the scheduled snapshots and the alarm list the NRPE
+//! check reads). Unit files are rewritten, reloaded and restarted only when they change.
 
 use std::path::Path;
 
 const SYSTEMD_DIR: &str = "/etc/systemd/system";
 
-/// Whether systemd runs this machine (its timers run the jobs).
-pub fn systemd_runs() -> bool {
+/// Whether systemd runs this machine (PID 1 here; its timers run the jobs).
+pub fn systemd_present() -> bool {
     Path::new("/run/systemd/system").is_dir()
+}
+
+/// Runs `systemctl ARGS`; a failure is an error that carries systemctl's own words.
+pub fn systemctl(args: &[&str]) -> std::io::Result<()> {
+    let out = std::process::Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(|e| std::io::Error::other(format!("cannot run systemctl: {e}")))?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "systemctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// One timer and the service it starts.
@@ -37,16 +53,16 @@ pub fn ensure(job: &Job) -> Result<(), String> {
         (format!("{SYSTEMD_DIR}/{unit}.service"), service),
         (format!("{SYSTEMD_DIR}/{unit}.timer"), timer),
     ] {
-        changed |= crate::pki::update_file(Path::new(&file), &body, 0o644)
+        changed |= crate::fs::update_file(Path::new(&file), &body, 0o644)
             .map_err(|e| format!("writing {file}: {e}"))?;
     }
     let timer = format!("{unit}.timer");
     if changed {
-        systemctl(&["daemon-reload"])?;
-        systemctl(&["enable", &timer])?;
-        systemctl(&["restart", &timer])?;
-    } else if systemctl(&["is-active", "--quiet", &timer]).is_err() {
-        systemctl(&["enable", "--now", &timer])?;
+        ctl(&["daemon-reload"])?;
+        ctl(&["enable", &timer])?;
+        ctl(&["restart", &timer])?;
+    } else if ctl(&["is-active", "--quiet", &timer]).is_err() {
+        ctl(&["enable", "--now", &timer])?;
     }
     Ok(())
 }
@@ -71,16 +87,16 @@ pub fn remove(unit: &str) -> Result<(), String> {
     if !Path::new(&timer).exists() {
         return Ok(());
     }
-    systemctl(&["disable", "--now", &format!("{unit}.timer")])?;
+    ctl(&["disable", "--now", &format!("{unit}.timer")])?;
     for f in [timer, format!("{SYSTEMD_DIR}/{unit}.service")] {
-        crate::unit::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
+        crate::fs::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
     }
-    systemctl(&["daemon-reload"])
+    ctl(&["daemon-reload"])
 }
 
-/// `systemctl ARGS`, its failure as the message this module's callers report.
-pub fn systemctl(args: &[&str]) -> Result<(), String> {
-    crate::etcd::service::systemctl(args).map_err(|e| e.to_string())
+/// `systemctl ARGS`, its failure as the message the timer functions' callers report.
+fn ctl(args: &[&str]) -> Result<(), String> {
+    systemctl(args).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! prost's derive from etcd's `rpc.proto` (field numbers as there), so the build needs no
 //! protoc and no generated code for the hundred messages the charm never sends.
 
-use crate::etcd::client::Tls;
+use crate::client::Tls;
 use anyhow::{anyhow, Context as _, Result};
 use std::time::Duration;
 

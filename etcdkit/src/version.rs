@@ -31,18 +31,6 @@ impl Version {
 }
 
 impl Version {
-    /// The version an install record names (what its binaries run and its config follows).
-    pub fn installed(inst: &crate::etcd::install::Installed) -> anyhow::Result<Version> {
-        Version::parse(&inst.version).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the install record names no etcd version ({:?})",
-                inst.version
-            )
-        })
-    }
-}
-
-impl Version {
     /// Whether etcd serves the v2 API (`enable-v2`) at all: 3.6 removed it.
     pub fn has_v2_api(self) -> bool {
         (self.major, self.minor) < (3, 6)

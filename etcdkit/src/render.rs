@@ -1,9 +1,49 @@
 //! Renders etcd's YAML config file and the systemd unit. Pure functions: data in, bytes out.
 
-use crate::config::Config;
-use crate::upgrade::Version;
+use crate::version::Version;
 
-/// Everything the etcd config depends on besides the charm config.
+/// What the operator chooses about a member's config (the charm builds it from its own
+/// config): ports, timings, limits, compaction, ciphers and listeners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub port: u16,
+    pub management_port: u16,
+    pub heartbeat_interval: u32,
+    pub election_timeout: u32,
+    pub snapshot_count: u64,
+    pub quota_backend_bytes: u64,
+    pub auto_compaction_mode: String,
+    pub auto_compaction_retention: String,
+    /// listen on 0.0.0.0 rather than the member's address and loopback
+    pub bind_to_all_interfaces: bool,
+    /// an unauthenticated listener on http://127.0.0.1:4001 besides the TLS ones
+    pub bind_with_insecure_http: bool,
+    /// serve the v2 API (3.4 and 3.5 only)
+    pub enable_v2: bool,
+    pub tls_cipher_suites: Vec<String>,
+}
+
+impl Default for Settings {
+    /// etcd's and the charm's defaults.
+    fn default() -> Settings {
+        Settings {
+            port: 2379,
+            management_port: 2380,
+            heartbeat_interval: 100,
+            election_timeout: 1000,
+            snapshot_count: 10000,
+            quota_backend_bytes: 0,
+            auto_compaction_mode: "periodic".into(),
+            auto_compaction_retention: "1h".into(),
+            bind_to_all_interfaces: false,
+            bind_with_insecure_http: false,
+            enable_v2: false,
+            tls_cipher_suites: vec![],
+        }
+    }
+}
+
+/// Everything the etcd config depends on besides the operator's `Settings`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Member {
     pub name: String,
@@ -37,7 +77,7 @@ pub fn url_host(address: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-pub fn etcd_config(m: &Member, c: &Config) -> String {
+pub fn etcd_config(m: &Member, c: &Settings) -> String {
     let listen_ip = if c.bind_to_all_interfaces {
         "0.0.0.0".to_string()
     } else {
@@ -188,7 +228,7 @@ mod tests {
 
     fn golden(name: &str, actual: &str) {
         let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
+            .join("../tests/golden")
             .join(name);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -221,8 +261,25 @@ mod tests {
         }
     }
 
-    fn config(v: serde_json::Value) -> Config {
-        Config::parse(&serde_json::from_value(v).unwrap()).unwrap()
+    /// The defaults with the changes `v` names (`{"port": 12379}`).
+    fn config(v: serde_json::Value) -> Settings {
+        let mut c = Settings::default();
+        for (k, v) in v.as_object().unwrap() {
+            match k.as_str() {
+                "port" => c.port = v.as_u64().unwrap() as u16,
+                "management_port" => c.management_port = v.as_u64().unwrap() as u16,
+                "heartbeat_interval" => c.heartbeat_interval = v.as_u64().unwrap() as u32,
+                "election_timeout" => c.election_timeout = v.as_u64().unwrap() as u32,
+                "bind_to_all_interfaces" => c.bind_to_all_interfaces = v.as_bool().unwrap(),
+                "bind_with_insecure_http" => c.bind_with_insecure_http = v.as_bool().unwrap(),
+                "enable_v2" => c.enable_v2 = v.as_bool().unwrap(),
+                "tls_cipher_suites" => {
+                    c.tls_cipher_suites = v.as_str().unwrap().split(',').map(String::from).collect()
+                }
+                other => panic!("no setting {other}"),
+            }
+        }
+        c
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! etcd's snapshot stream: `Maintenance.Snapshot` (gRPC) read into a sink, hashed as it
 //! arrives, its trailing digest checked.
 
-use crate::etcd::client::Client;
+use crate::client::Client;
 use anyhow::{bail, Context as _, Result};
 use std::io::Write;
 
@@ -65,7 +65,7 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
     let mut digest = TrailingDigest::default();
     let mut total = 0u64;
     let mut first = true;
-    crate::etcd::grpc::snapshot(client.tls(), ep, |blob, remaining| {
+    crate::grpc::snapshot(client.tls(), ep, |blob, remaining| {
         if first {
             // etcd counts only the database in `remaining_bytes`; its digest follows.
             out.begin(remaining + blob.len() as u64 + 32)?;
@@ -97,7 +97,7 @@ pub fn save_raw(client: &Client, ep: &str, path: &std::path::Path) -> Result<u64
     tmp.push(".partial");
     let tmp = std::path::PathBuf::from(tmp);
     let written = (|| -> Result<u64> {
-        let f = crate::pki::create_private(&tmp)
+        let f = hostkit::fs::create_private(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
         let mut w = Raw(std::io::BufWriter::new(f));
         let n = stream_snapshot(client, ep, &mut w)?;

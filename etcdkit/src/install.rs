@@ -3,7 +3,7 @@
 //! into a staging dir, switched in by moving the `current` link), the Debian package, or the
 //! snap. A delivery only provides binaries; the charm owns config, certificates and data.
 
-use crate::upgrade::{check_step, Version};
+use crate::version::{check_step, Version};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -98,6 +98,16 @@ impl Installed {
             .map_err(io(STATE_FILE))?;
         std::fs::rename(&tmp, p).map_err(io(STATE_FILE))
     }
+    /// The version this record names (what its binaries run and its config follows).
+    pub fn version(&self) -> anyhow::Result<Version> {
+        Version::parse(&self.version).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the install record names no etcd version ({:?})",
+                self.version
+            )
+        })
+    }
+
     pub fn etcd(&self) -> String {
         format!("{}/etcd", self.bin_dir)
     }
@@ -188,10 +198,10 @@ pub fn check_version_text(v: &str) -> std::result::Result<(), String> {
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'-'))
         && !v.starts_with(['.', '-']);
-    if !plain || crate::upgrade::Version::parse(v).is_none() {
+    if !plain || crate::version::Version::parse(v).is_none() {
         return Err(format!(
             "its `etcd --version` says {:?}, which is not an etcd version",
-            crate::juju::bounded(v, 80)
+            hostkit::text::bounded(v, 80)
         ));
     }
     Ok(())
@@ -636,8 +646,8 @@ fn run(cmd: &str, args: &[&str]) -> Result<String> {
 /// The distro package. The package's own default instance is stopped: the charm owns the
 /// data dir and the service. The packages are held (an `apt upgrade` on the machine never
 /// swaps the binaries under a running member) and their .deb files kept: an upgrade's
-/// rollback installs them again.
-pub fn install_deb() -> Result<Installed> {
+/// rollback installs them again; a failure to keep them is no failure, `warn` is told.
+pub fn install_deb(warn: &mut dyn FnMut(&str)) -> Result<Installed> {
     if !Path::new("/usr/bin/etcd").exists() || !Path::new("/usr/bin/etcdctl").exists() {
         run(
             "apt-get",
@@ -659,10 +669,7 @@ pub fn install_deb() -> Result<Installed> {
     let package = installed_package_version()?;
     hold_packages()?;
     if let Err(e) = keep_debs(&package) {
-        crate::juju::log(
-            "WARNING",
-            &format!("cannot keep the etcd-server {package} packages for a later rollback (an upgrade fetches them again): {e}"),
-        );
+        warn(&format!("cannot keep the etcd-server {package} packages for a later rollback (an upgrade fetches them again): {e}"));
     }
     let inst = Installed {
         delivery: Delivery::Deb,
@@ -847,7 +854,7 @@ fn install_debs(dir: &Path) -> Result<()> {
         Err(e) => return Err(io(POLICY_RC_D)(e)),
     };
     if ours {
-        crate::pki::write_file(
+        hostkit::fs::write_file(
             policy,
             format!("#!/bin/sh\n# {POLICY_MARK}\nexit 101\n").as_bytes(),
             0o755,
@@ -920,13 +927,13 @@ pub fn stage_deb(cur: &Installed, target: &str) -> Result<Installed> {
 
 /// Stops the Debian package's default instance (systemd unit, or a stray process of it).
 pub fn stop_package_instance() {
-    if crate::etcd::service::systemd_present() {
+    if hostkit::systemd::systemd_present() {
         let _ = Command::new("systemctl")
             .args(["disable", "--now", "etcd.service"])
             .output();
     }
-    for pid in crate::etcd::service::pids_of_exe("/usr/bin/etcd") {
-        if !crate::etcd::service::is_ours(pid) {
+    for pid in hostkit::process::pids_of_exe("/usr/bin/etcd") {
+        if !crate::service::is_ours(pid) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::SIGTERM,

@@ -3,9 +3,8 @@
 //! hashed as the snapshot arrives, renamed into place only once etcd's trailing digest has
 //! been verified and the file synced.
 
-use crate::etcd::client::{Client, Status};
-use crate::etcd::snapshot::{stream_snapshot, SnapshotSink};
-use crate::pki;
+use crate::client::{Client, Status};
+use crate::snapshot::{stream_snapshot, SnapshotSink};
 use anyhow::{anyhow, bail, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -160,7 +159,7 @@ pub fn write(
 ) -> Result<Written> {
     let path = dir.join(format!("{name}.tar.gz"));
     let part = dir.join(format!(".{name}.part"));
-    let f = pki::create_operator_file(&part)?;
+    let f = hostkit::operator::create_operator_file(&part)?;
     let result = (|| -> Result<(u64, String)> {
         let mut archive = Archive {
             file: Some(f),

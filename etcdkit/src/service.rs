@@ -3,6 +3,8 @@
 //! `Restart=on-failure`), left down after a clean exit (a removed member exits 0), SIGTERM
 //! forwarded, a pidfile, and a log file.
 
+use hostkit::process::{alive, read_pid};
+use hostkit::systemd::{systemctl, systemd_present};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,42 +20,6 @@ pub const UNIT_FILE: &str = "/etc/systemd/system/etcd.service";
 const UNIT_LOADED: &str = "/run/etcd-charm/unit-loaded.sha256";
 /// The link `systemctl enable` makes (WantedBy=multi-user.target).
 const UNIT_ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/etcd.service";
-
-pub fn systemd_present() -> bool {
-    Path::new("/run/systemd/system").exists()
-}
-
-fn read_pid(p: &str) -> Option<u32> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
-/// PIDs whose executable is `exe`.
-pub fn pids_of_exe(exe: &str) -> Vec<u32> {
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-            if std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|p| p == Path::new(exe))
-                .unwrap_or(false)
-            {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
 
 /// Is this etcd process the child of our supervisor?
 pub fn is_ours(pid: u32) -> bool {
@@ -131,11 +97,11 @@ impl Service {
             // next time), and `enable` runs only without its link: two systemctl
             // processes saved on every restart of a roll and on a restore.
             let unit = super::render::systemd_unit(&self.etcd_binary, CONFIG_FILE);
-            let digest = crate::pki::sha256_hex(unit.as_bytes());
+            let digest = hostkit::fs::sha256_hex(unit.as_bytes());
             let loaded = std::fs::read_to_string(UNIT_LOADED).unwrap_or_default();
             let on_disk = std::fs::read_to_string(UNIT_FILE).ok();
             if loaded.trim() != digest || on_disk.as_deref() != Some(unit.as_str()) {
-                crate::pki::write_file(Path::new(UNIT_FILE), unit.as_bytes(), 0o644)
+                hostkit::fs::write_file(Path::new(UNIT_FILE), unit.as_bytes(), 0o644)
                     .map_err(std::io::Error::other)?;
                 systemctl(&["daemon-reload"])?;
                 std::fs::create_dir_all(RUN_DIR)?;
@@ -265,22 +231,6 @@ fn service_cgroup_procs() -> Option<bool> {
         };
     }
     None
-}
-
-/// Runs `systemctl ARGS`; a failure is an error that carries systemctl's own words.
-pub(crate) fn systemctl(args: &[&str]) -> std::io::Result<()> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .map_err(|e| std::io::Error::other(format!("cannot run systemctl: {e}")))?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "systemctl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
 }
 
 static TERM: AtomicBool = AtomicBool::new(false);
@@ -424,7 +374,7 @@ pub fn last_error_in(log: &str) -> Option<String> {
         }
         _ => line.trim().to_string(),
     };
-    Some(crate::juju::bounded(&said, 300).into_owned())
+    Some(hostkit::text::bounded(&said, 300).into_owned())
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 //! tools too) on a copy of the member's WAL and v2 snapshots: the tool wants a data
 //! directory etcd is not using, and the member keeps serving while it looks.
 
-use crate::etcd::install::Installed;
-use crate::upgrade::Version;
+use crate::install::Installed;
+use crate::version::Version;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

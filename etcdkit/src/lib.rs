@@ -2,6 +2,7 @@
 //! (`service`: systemd or the built-in supervisor) and the gateway API client (`client`).
 //! Nothing here calls a hook tool.
 
+pub mod archive;
 pub mod client;
 pub mod grpc;
 pub mod install;
@@ -9,6 +10,7 @@ pub mod render;
 pub mod service;
 pub mod snapshot;
 pub mod v2store;
+pub mod version;
 
 pub const DATA_DIR: &str = "/var/lib/etcd";
 /// The snap delivery's data dir (the classic charm's snap keeps its files under common/).
@@ -16,11 +18,4 @@ pub const SNAP_DATA_DIR: &str = "/var/snap/etcd/common/data";
 
 /// The last non-empty line of a tool's output, trimmed: where etcd's tools say why they
 /// failed.
-pub fn last_line(output: &str) -> &str {
-    output
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-}
+pub use hostkit::text::last_line;

@@ -1,0 +1,15 @@
+//! The machine under the etcd charm, as any machine-level code needs it: atomic private
+//! files and the charm's JSON records (`fs`), systemd units and timers (`systemd`), waiting
+//! for a condition (`poll`), test crash points (`crash`), the clock (`clock`), processes
+//! (`process`), files for the operator (`operator`) and bounded text for messages (`text`). Nothing here knows Juju or etcd.
+//!
+//! Layout: every module is a leaf; none imports another but `fs` (used by `systemd`).
+
+pub mod clock;
+pub mod crash;
+pub mod fs;
+pub mod operator;
+pub mod poll;
+pub mod process;
+pub mod systemd;
+pub mod text;
