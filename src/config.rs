@@ -50,13 +50,13 @@ pub struct Config {
     /// unit is upgraded) or "all" (after each unit); `resume-upgrade` goes on
     pub pause_after_unit_upgrade: String,
     /// when scheduled snapshots are taken (None: never)
-    pub snapshot_schedule: Option<crate::backups::Schedule>,
+    pub snapshot_schedule: Option<crate::jobs::snapshots::Schedule>,
     /// how many scheduled snapshots are kept
     pub snapshot_retention: u32,
     /// where scheduled snapshots are written
     pub snapshot_target: String,
     /// when the leader defragments members on its own (None: never)
-    pub defrag_threshold: Option<crate::defrag::Threshold>,
+    pub defrag_threshold: Option<crate::ops::defrag::Threshold>,
     /// what the NRPE checks' Nagios host name starts with (layer:nagios's option)
     pub nagios_context: String,
     /// the Nagios service groups of the checks (empty: the context)
@@ -220,8 +220,9 @@ impl Config {
         if !matches!(pause_after_unit_upgrade.as_str(), "none" | "first" | "all") {
             return Err(format!("invalid config: pause_after_unit_upgrade {pause_after_unit_upgrade:?} must be none, first or all"));
         }
-        let snapshot_schedule = crate::backups::Schedule::parse(&get_str(c, "snapshot_schedule"))
-            .map_err(|e| format!("invalid config: {e}"))?;
+        let snapshot_schedule =
+            crate::jobs::snapshots::Schedule::parse(&get_str(c, "snapshot_schedule"))
+                .map_err(|e| format!("invalid config: {e}"))?;
         let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
         if !(1..=10000).contains(&snapshot_retention) {
             return Err(format!(
@@ -229,15 +230,20 @@ impl Config {
             ));
         }
         let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
-        crate::backups::check_target(&snapshot_target)
+        crate::jobs::snapshots::check_target(&snapshot_target)
             .map_err(|e| format!("invalid config: {e}"))?;
-        let defrag_threshold = crate::defrag::Threshold::parse(&get_str(c, "defrag_threshold"))
-            .map_err(|e| format!("invalid config: {e}"))?;
+        let defrag_threshold =
+            crate::ops::defrag::Threshold::parse(&get_str(c, "defrag_threshold"))
+                .map_err(|e| format!("invalid config: {e}"))?;
         let nagios_context = get_str_or(c, "nagios_context", "juju");
         let nagios_servicegroups = get_str(c, "nagios_servicegroups");
-        crate::nrpe::check_names("nagios_context", &nagios_context, false)
+        crate::monitoring::nrpe::check_names("nagios_context", &nagios_context, false)
             .and_then(|_| {
-                crate::nrpe::check_names("nagios_servicegroups", &nagios_servicegroups, true)
+                crate::monitoring::nrpe::check_names(
+                    "nagios_servicegroups",
+                    &nagios_servicegroups,
+                    true,
+                )
             })
             .map_err(|e| format!("invalid config: {e}"))?;
         Ok(Config {
@@ -614,7 +620,7 @@ mod tests {
                 let _ = check_refresh_timer(&s);
                 let _ = check_retention("periodic", &s);
                 let _ = check_retention("revision", &s);
-                let _ = crate::backups::Schedule::parse(&s);
+                let _ = crate::jobs::snapshots::Schedule::parse(&s);
             }
         }
     }

@@ -40,14 +40,14 @@ proptest! {
             ("client.cert".to_string(), ccert),
             ("client.key".to_string(), ckey),
         ]);
-        let _ = crate::authority::read_answer("p/0", "etcd_0", &bag, &["10.0.0.1".into()], 0);
-        let _ = crate::authority::split(bag.get("ca").unwrap());
+        let _ = crate::pki::authority::read_answer("p/0", "etcd_0", &bag, &["10.0.0.1".into()], 0);
+        let _ = crate::pki::authority::split(bag.get("ca").unwrap());
     }
 
     /// nrpe-external-master's `nagios_hostname` (and the Nagios options).
     #[test]
     fn nagios_names_never_panic(v in "\\PC{0,200}", list in any::<bool>()) {
-        if let Err(e) = crate::nrpe::check_names("nagios_hostname", &v, list) {
+        if let Err(e) = crate::monitoring::nrpe::check_names("nagios_hostname", &v, list) {
             prop_assert!(e.len() < 400, "an unbounded refusal: {} bytes", e.len());
         }
     }
@@ -64,9 +64,9 @@ proptest! {
             0..5),
         grant in proptest::option::of("\\PC{0,20}"),
     ) {
-        let lock = crate::roll::Lock { grant, ..Default::default() };
-        let _ = crate::roll::decide(&bags, &lock, "first", None);
-        let _ = crate::roll::progress(&bags);
+        let lock = crate::ops::roll::plan::Lock { grant, ..Default::default() };
+        let _ = crate::ops::roll::plan::decide(&bags, &lock, "first", None);
+        let _ = crate::ops::roll::plan::progress(&bags);
     }
 
     /// Action parameters: versions, package versions, revisions, endpoints, thresholds,
@@ -76,9 +76,9 @@ proptest! {
         let _ = etcdkit::version::Version::parse(&s);
         let _ = etcdkit::install::valid_package_version(&s);
         let _ = etcdkit::install::check_version_text(&s);
-        let _ = crate::defrag::Threshold::parse(&s);
-        let _ = crate::backups::check_target(&s);
-        let _ = crate::copy::parse_endpoints_for_tests(&s);
+        let _ = crate::ops::defrag::Threshold::parse(&s);
+        let _ = crate::jobs::snapshots::check_target(&s);
+        let _ = crate::actions::copy_from::parse_endpoints_for_tests(&s);
         let _ = etcdkit::install::safe_path(std::path::Path::new(&s));
         let _ = crate::config::valid_channel(&s);
     }
@@ -92,8 +92,8 @@ proptest! {
         let p = p.to_str().unwrap();
         let _ = crate::unit::read_json::<crate::unit::LocalState>(p);
         let _ = crate::unit::read_json::<etcdkit::install::Installed>(p);
-        let _ = crate::unit::read_json::<crate::reconcile::Rejected>(p);
-        let _ = crate::relocate::configured_data_dir(std::path::Path::new(p));
+        let _ = crate::unit::read_json::<crate::hook::reconcile::Rejected>(p);
+        let _ = crate::ops::relocate::configured_data_dir(std::path::Path::new(p));
     }
 }
 

@@ -12,41 +12,18 @@
 //!   `etcd` (install, render, service, API client, snapshot stream) → `juju` (the only code
 //!   that runs hook tools).
 
-mod action_support;
 mod actions;
-mod authority;
-mod backups;
-mod certs;
-mod charm;
-mod claim;
-mod cluster;
 mod config;
-mod copy;
-mod defrag;
-mod delivery;
 #[cfg(test)]
 mod fuzz;
+mod hook;
+mod jobs;
 mod juju;
-mod leave;
-mod member_lock;
-mod membership;
-mod migrate;
-mod nrpe;
-mod peers;
+mod monitoring;
+mod ops;
 mod pki;
-mod plan;
-mod reconcile;
-mod recover;
 mod relations;
-mod relocate;
-mod restart;
-mod restore;
-mod roll;
-mod rolling;
-mod standdown;
-mod status;
 mod unit;
-mod upgrade_actions;
 
 use clap::{Parser, Subcommand};
 
@@ -87,8 +64,8 @@ enum Cmd {
 
 /// Operations whose process died part-way are undone (or finished) before anything else runs.
 pub(crate) fn finish_interrupted() -> anyhow::Result<()> {
-    crate::restore::recover_interrupted()?;
-    crate::migrate::recover_interrupted()
+    crate::actions::restore::recover_interrupted()?;
+    crate::actions::snap_upgrade::recover_interrupted()
 }
 
 fn main() {
@@ -96,16 +73,16 @@ fn main() {
     let mut ctx = juju::Context::from_env();
     let result = match cli.cmd {
         Some(Cmd::Supervise { etcd, config }) => etcdkit::service::supervise(&etcd, &config),
-        Some(Cmd::ScheduledSnapshot) => backups::run(),
+        Some(Cmd::ScheduledSnapshot) => jobs::snapshots::run(),
         Some(Cmd::NagiosCheck { which }) => {
-            let (code, line) = nrpe::nagios_check(&which);
+            let (code, line) = monitoring::nrpe::nagios_check(&which);
             println!("{line}");
             std::process::exit(code);
         }
-        Some(Cmd::NagiosAlarmList { endpoint }) => nrpe::refresh_alarm_list(&endpoint),
+        Some(Cmd::NagiosAlarmList { endpoint }) => monitoring::nrpe::refresh_alarm_list(&endpoint),
         Some(Cmd::Hook { name }) => {
             ctx.dispatch = format!("hooks/{name}");
-            charm::hook(&ctx)
+            hook::hook(&ctx)
         }
         Some(Cmd::Action { name }) => {
             ctx.action = Some(name.clone());
@@ -113,7 +90,7 @@ fn main() {
             actions::run(&ctx)
         }
         None if ctx.dispatch.starts_with("actions/") => actions::run(&ctx),
-        None if ctx.dispatch.starts_with("hooks/") => charm::hook(&ctx),
+        None if ctx.dispatch.starts_with("hooks/") => hook::hook(&ctx),
         None => {
             eprintln!("etcd-charm: no JUJU_DISPATCH_PATH; run it through Juju, or see --help");
             std::process::exit(2);

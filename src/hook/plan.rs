@@ -4,7 +4,7 @@
 //!
 //! Must not: call hook tools, etcd or the file system; log (the caller says what it decided).
 
-use crate::cluster::Join;
+use crate::ops::membership::plan::Join;
 use std::time::Duration;
 
 /// How a member with no recorded start begins.

@@ -21,10 +21,10 @@ pub fn service() -> Service {
 /// failures are logged, `whose` naming them: the member is down either way).
 pub fn stand_down(svc: &Service, whose: &str) -> Result<()> {
     svc.stop_and_disable()?;
-    if let Err(e) = crate::backups::remove() {
+    if let Err(e) = crate::jobs::snapshots::remove() {
         juju::log("WARNING", &format!("{whose}scheduled snapshots: {e}"));
     }
-    if let Err(e) = crate::nrpe::tear_down() {
+    if let Err(e) = crate::monitoring::nrpe::tear_down() {
         juju::log("WARNING", &format!("{whose}Nagios checks: {e:#}"));
     }
     Ok(())

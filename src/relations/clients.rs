@@ -84,7 +84,7 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
 }
 
 /// The dashboard the `grafana` relation registers (panels on etcd's own metrics).
-const DASHBOARD: &str = include_str!("../templates/grafana-dashboard.json");
+const DASHBOARD: &str = include_str!("../../templates/grafana-dashboard.json");
 
 /// The request's id: stable, so a re-registration updates the one import request.
 const DASHBOARD_REQUEST: &str = "request_etcd-charm-dashboard";

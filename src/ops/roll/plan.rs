@@ -12,7 +12,7 @@
 //! the raft leader while others still waited: it goes last instead), `config-rejected` (its
 //! new config failed and was rolled back: the roll stops until the config changes).
 
-use crate::cluster::unit_number;
+use crate::ops::membership::plan::unit_number;
 use etcdkit::version::Version;
 use std::collections::BTreeMap;
 

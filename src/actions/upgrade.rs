@@ -2,9 +2,9 @@
 //! upgrade turn, plus disk space and the version step) and `resume-upgrade` (goes on after
 //! `pause_after_unit_upgrade` held the roll).
 
-use crate::action_support::{leader_only, local, param_str, refuse, Results};
+use crate::actions::support::{leader_only, local, param_str, refuse, Results};
 use crate::juju::{self, Bag, Context};
-use crate::{membership, unit};
+use crate::{ops::membership::apply as membership, unit};
 use anyhow::{anyhow, Result};
 use etcdkit::install::{self, Delivery, Installed};
 use etcdkit::version::{check_step, Version};

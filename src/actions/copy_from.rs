@@ -7,7 +7,7 @@
 //! or 3.5 source with the v2 API) become v3 keys of the same path. At the end the copy is read
 //! back and its count and digest compared with the source's.
 
-use crate::action_support::{local, param_bool, param_str, refuse, Results};
+use crate::actions::support::{local, param_bool, param_str, refuse, Results};
 use crate::juju;
 use anyhow::{anyhow, Context as _, Result};
 use base64::engine::general_purpose::STANDARD as B64;

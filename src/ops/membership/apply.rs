@@ -9,7 +9,7 @@
 //! exists, which counts as success), a removal of a member that is already gone succeeds, and
 //! a promotion that etcd refuses (the learner has not caught up) is retried by a later hook.
 
-use crate::cluster::{self, Join, Step, UnitInfo};
+use crate::ops::membership::plan::{self as cluster, Join, Step, UnitInfo};
 use crate::unit::retry;
 use anyhow::Result;
 use etcdkit::client::{Client, Member};

@@ -63,7 +63,7 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
     }
     // Never etcd's own files (an archive written into the data directory), as the
     // snapshot_target option, resolved as the filesystem resolves it.
-    if let Err(e) = crate::backups::check_target(target) {
+    if let Err(e) = crate::jobs::snapshots::check_target(target) {
         return refuse(format!(
             "{param}: {}",
             e.trim_start_matches("snapshot_target ")
@@ -109,14 +109,14 @@ static MEMBER_AWAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// status keeps saying so until the next hook finishes or undoes the step.
 pub fn member_going_away(what: &str) -> Result<()> {
     MEMBER_AWAY.store(true, std::sync::atomic::Ordering::SeqCst);
-    crate::status::set("maintenance", what, false)
+    crate::unit::status::set("maintenance", what, false)
 }
 
 /// After an action that took the member down, its health in the unit's status, as a hook
 /// reports it: no hook follows an action (as in Juju), and a lone unit would otherwise show
 /// the action's "maintenance" (or what the last hook saw) until update-status.
 pub fn report_member() -> Result<()> {
-    use crate::plan::{health, member_status, Health};
+    use crate::hook::plan::{health, member_status, Health};
     if !MEMBER_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
@@ -137,5 +137,5 @@ pub fn report_member() -> Result<()> {
     };
     // An action has no view of the peers: recover is named only by the hooks, which do.
     let (level, msg) = member_status(&h, voters, true, false);
-    crate::status::set(level, &msg, false)
+    crate::unit::status::set(level, &msg, false)
 }

@@ -10,11 +10,15 @@
 //! `peer-trust`, `peer-issuer-ca`, `peer-ca-move`: authority.rs), `token`, `bootstrap`, `initial-cluster`, `join`, `members` (client URLs), `cluster`
 //! (name=peerURL of started members), `epoch`.
 
+pub mod delivery;
+pub mod plan;
+pub mod reconcile;
+
 use crate::config::Config;
+use crate::hook::reconcile::{reconcile, Pass};
 use crate::juju::{self, Context};
-use crate::leave::Left;
-use crate::reconcile::{reconcile, Pass};
-use crate::status::{log_slow_hook, mark, StatusBoard};
+use crate::ops::membership::leave::Left;
+use crate::unit::status::{log_slow_hook, mark, StatusBoard};
 use crate::unit::{
     check_local_files, endpoint, member_name, tls_client, tls_client_waiting, LocalState, PEER,
 };
@@ -28,7 +32,7 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     if st.left {
         return Ok(());
     }
-    let svc = crate::standdown::service();
+    let svc = crate::ops::standdown::service();
     if svc.running()? {
         // The member is found where it runs now (the port and peer URL it started with), not
         // from the charm's config: a config value the operator got wrong (blocked, never
@@ -57,12 +61,12 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
         let client = tls_client()?;
         // Membership changes may wait for an election: a longer timeout.
         let slow = tls_client_waiting(Duration::from_secs(10))?;
-        let live = crate::leave::Live {
+        let live = crate::ops::membership::leave::Live {
             client: &client,
             slow: &slow,
             ep: &ep,
         };
-        match crate::leave::leave(&live, &member_name(unit), &peer_url) {
+        match crate::ops::membership::leave::leave(&live, &member_name(unit), &peer_url) {
             Left::Removed => juju::log("INFO", "removed this member from the cluster"),
             Left::NotAMember => {}
             // Stopping a member etcd will not let go of would take the cluster below quorum
@@ -80,18 +84,18 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
             }
         }
     }
-    crate::standdown::stand_down(&svc, "")?;
+    crate::ops::standdown::stand_down(&svc, "")?;
     st.left = true;
     st.save()
 }
 
 pub fn hook(ctx: &Context) -> Result<()> {
     // Before anything reads or changes the charm's files: are they this unit's?
-    if let crate::claim::Claim::Taken(other) = crate::claim::claim(&ctx.unit)? {
+    if let crate::ops::claim::Claim::Taken(other) = crate::ops::claim::claim(&ctx.unit)? {
         // Not even stop or remove touches them: they are the other unit's etcd. A status
         // that cannot be said changes nothing; failing the hook for it would only hold up
         // this unit's removal.
-        let _ = crate::status::set_untracked(
+        let _ = crate::unit::status::set_untracked(
             "blocked",
             &format!(
                 "etcd unit {other} is deployed on this machine too: one etcd unit per machine \
@@ -102,7 +106,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     }
     if let Err(e) = check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
-        crate::status::set_untracked("blocked", &format!("{e:#}"))?;
+        crate::unit::status::set_untracked("blocked", &format!("{e:#}"))?;
         return Ok(());
     }
     crate::finish_interrupted()?;
@@ -121,7 +125,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if name == "remove" || st.left {
         // The unit is going: a status that cannot be said changes nothing, and failing the
         // stop or remove hook would only hold its removal up.
-        let _ = crate::status::set_untracked("maintenance", "Unit removed from the cluster");
+        let _ = crate::unit::status::set_untracked("maintenance", "Unit removed from the cluster");
         return Ok(());
     }
     // A lone leader whose own restart moved a CA move on plans the next step in the same
@@ -141,7 +145,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
             "this unit's restart moved the CA move on: planning again",
         );
     }
-    if crate::nrpe::concerns(name) {
+    if crate::monitoring::nrpe::concerns(name) {
         nrpe_checks(ctx, &mut st);
         st.save()?;
     }
@@ -151,7 +155,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     mark("end");
     log_slow_hook(name);
     let (status, msg) = board.winner();
-    crate::status::set(status, &msg, false)?;
+    crate::unit::status::set(status, &msg, false)?;
     r.map(|_| ())
 }
 
@@ -163,7 +167,7 @@ fn nrpe_checks(ctx: &Context, st: &mut LocalState) {
             return Ok(());
         };
         let endpoint = endpoint(&crate::unit::peer_address()?, cfg.port);
-        crate::nrpe::reconcile(
+        crate::monitoring::nrpe::reconcile(
             &ctx.unit,
             ctx.hook_name(),
             &cfg.nagios_context,

@@ -319,7 +319,7 @@ pub fn refresh_alarm_list(endpoint: &str) -> Result<()> {
         Err(e) => (vec![], Some(format!("{e:#}"))),
     };
     let list = AlarmList {
-        at: crate::backups::now(),
+        at: crate::jobs::snapshots::now(),
         endpoint: endpoint.to_string(),
         alarms,
         error,
@@ -350,7 +350,7 @@ pub fn nagios_check(which: &str) -> (i32, String) {
                 Err(e) => return (3, format!("UNKNOWN: cannot read {ALARM_LIST}: {e}")),
             };
             match serde_json::from_str::<AlarmList>(&text) {
-                Ok(list) => judge_alarms(&list, crate::backups::now()),
+                Ok(list) => judge_alarms(&list, crate::jobs::snapshots::now()),
                 Err(e) => (
                     3,
                     format!("UNKNOWN: {ALARM_LIST} is not an alarm list: {e}"),

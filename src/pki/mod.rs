@@ -1,6 +1,9 @@
 //! The etcd charm's certificate files: the shared PKI code (charmkit::pki) plus where this
 //! charm keeps its keys and certificates.
 
+pub mod authority;
+pub mod certs;
+
 pub use charmkit::pki::*;
 use rcgen::KeyPair;
 use std::path::{Path, PathBuf};

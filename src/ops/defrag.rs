@@ -164,7 +164,7 @@ pub fn one_at_a_time(
 ) -> (Vec<Done>, Option<String>) {
     let mut done = vec![];
     for m in targets {
-        if let Err(why) = crate::membership::ready_for_upgrade(client, ep) {
+        if let Err(why) = crate::ops::membership::apply::ready_for_upgrade(client, ep) {
             return (done, Some(format!("defragmentation waits: {why}")));
         }
         let Some(url) = m.client_url() else {
@@ -190,7 +190,7 @@ fn defrag_member(
 ) -> Result<Done, String> {
     let status = client.status(url).map_err(|e| e.to_string())?;
     let members = client.member_list(ep).map_err(|e| e.to_string())?;
-    crate::membership::hand_over_leadership(client, url, m.id, &members, &mut |to| {
+    crate::ops::membership::apply::hand_over_leadership(client, url, m.id, &members, &mut |to| {
         log(&format!(
             "moving raft leadership from {} to {to} before defragmenting it",
             m.name

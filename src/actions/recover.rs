@@ -14,9 +14,9 @@
 //! 5. `publish`: a new epoch: every other unit sets its old member data aside and joins again
 //!    through the normal one-at-a-time learner path.
 
-use crate::action_support::{leader_only, local, param_bool, refuse, Results};
+use crate::actions::restore::{next_epoch, publish_epoch, rerender, Journal};
+use crate::actions::support::{leader_only, local, param_bool, refuse, Results};
 use crate::juju::{self, Context};
-use crate::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use etcdkit::install::Installed;
@@ -106,11 +106,12 @@ pub fn recover(
     // A survivor whose etcd does not answer (restarted without quorum, partitioned) may
     // hold newer data than any that answers: the operator names each such unit to accept
     // losing it (M4).
-    let accepted: Vec<String> = crate::action_support::param_str(params, "accept-unreachable", "")
-        .split(',')
-        .map(|u| u.trim().to_string())
-        .filter(|u| !u.is_empty())
-        .collect();
+    let accepted: Vec<String> =
+        crate::actions::support::param_str(params, "accept-unreachable", "")
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
     let unnamed: Vec<&String> = silent.iter().filter(|u| !accepted.contains(u)).collect();
     if !unnamed.is_empty() {
         let list = unnamed
@@ -147,7 +148,7 @@ pub fn recover(
     };
     let mut st = LocalState::load()?;
     let aside = Path::new(&data).join(format!(".pre-recover-{}", unit::now()));
-    crate::action_support::member_going_away(
+    crate::actions::support::member_going_away(
         "Rebuilding the cluster from this member's data (recover action)",
     )?;
     let journal = Journal::new(&aside, &member, &st)?;
@@ -159,18 +160,18 @@ pub fn recover(
     std::fs::set_permissions(&aside, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     unit::ensure_room(
         &aside,
-        crate::relocate::tree_size(&member)?,
+        crate::ops::relocate::tree_size(&member)?,
         None,
         "the copy of this member's data",
     )?;
-    crate::relocate::copy_dir(&member, &aside.join("member.partial"))?;
+    crate::ops::relocate::copy_dir(&member, &aside.join("member.partial"))?;
     std::fs::rename(aside.join("member.partial"), aside.join("member"))?;
     unit::crash_point("recover-copied");
 
     // 3. force a new cluster of one from this member's data.
     // Clients on loopback only until it is proven: a crash in this window puts the original
     // data back (`recover_interrupted`), which would discard any write it had acknowledged.
-    let local_ep = crate::restore::write_unproven(&format!(
+    let local_ep = crate::actions::restore::write_unproven(&format!(
         "{}\nforce-new-cluster: true\n",
         journal.config.trim_end()
     ))?;
@@ -193,7 +194,7 @@ pub fn recover(
         alone(&local_ep)
     }) {
         // The journal puts the original data back, as after a crash here.
-        crate::restore::recover_interrupted()?;
+        crate::actions::restore::recover_interrupted()?;
         return refuse(format!(
             "etcd did not come up alone with force-new-cluster ({e}); the original data is back in place"
         ));

@@ -12,7 +12,7 @@
 //! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
 //!    and joins again through the normal one-at-a-time learner path.
 
-use crate::action_support::{
+use crate::actions::support::{
     leader_endpoint, leader_only, local, param_bool, param_str, refuse, writable_dir, Refused,
     Results,
 };
@@ -336,7 +336,7 @@ pub fn restore(
     // Stopped before the journal: a stop that fails leaves nothing to undo (the data is
     // where it was), and a crash between the two leaves a stopped member the next hook starts.
     juju::action_log("stopping etcd and setting the current data aside");
-    crate::action_support::member_going_away(
+    crate::actions::support::member_going_away(
         "Restoring the cluster from the snapshot resource (restore action)",
     )?;
     svc.stop()

@@ -2,6 +2,8 @@
 //! crash points. Everything above (the hook's reconcile, actions, restore, migrate, recover)
 //! builds on these; this module depends only on `juju`, `pki` and `etcd`.
 
+pub mod status;
+
 use crate::juju;
 use crate::pki;
 use anyhow::{anyhow, Context as _, Result};
@@ -103,9 +105,9 @@ pub fn check_local_files() -> Result<()> {
     read_json::<Installed>(install::STATE_FILE)?;
     // The journals of a restore or snap-upgrade cut short: finished before anything else,
     // so one that cannot be read would fail every hook and action.
-    crate::restore::check_journal()?;
-    crate::migrate::check_journal()?;
-    read_json::<crate::reconcile::Rejected>(crate::reconcile::REJECTED)?;
+    crate::actions::restore::check_journal()?;
+    crate::actions::snap_upgrade::check_journal()?;
+    read_json::<crate::hook::reconcile::Rejected>(crate::hook::reconcile::REJECTED)?;
     Ok(())
 }
 

@@ -79,7 +79,13 @@ impl Cluster for Live<'_> {
         self.client.member_list(self.ep).ok()
     }
     fn hand_over(&self, me: u64, members: &[Member]) {
-        crate::membership::hand_over_logged(self.client, self.ep, me, members, "leaving");
+        crate::ops::membership::apply::hand_over_logged(
+            self.client,
+            self.ep,
+            me,
+            members,
+            "leaving",
+        );
     }
     fn remove(&self, me: u64, members: &[Member]) -> Result<(), String> {
         let eps: Vec<String> = std::iter::once(self.ep.to_string())

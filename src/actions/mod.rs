@@ -1,7 +1,14 @@
 //! The actions, with the classic charm's names, params and result keys (anchor-charms §4.4).
 //! Bad params fail the action with a message that says what is wrong, before anything changes.
 
-use crate::action_support::{
+pub mod copy_from;
+pub mod recover;
+pub mod restore;
+pub mod snap_upgrade;
+pub mod support;
+pub mod upgrade;
+
+use crate::actions::support::{
     leader_endpoint, local, param_bool, param_str, refuse, writable_dir, Refused, Results,
 };
 use crate::juju::{self, Context};
@@ -18,7 +25,7 @@ use std::time::Duration;
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
-    if let crate::claim::Claim::Taken(other) = crate::claim::claim(&ctx.unit)? {
+    if let crate::ops::claim::Claim::Taken(other) = crate::ops::claim::claim(&ctx.unit)? {
         return juju::action_fail(&format!(
             "etcd unit {other} is deployed on this machine: this unit runs nothing here \
              (run the action on {other})"
@@ -31,23 +38,23 @@ pub fn run(ctx: &Context) -> Result<()> {
         "health" => health(),
         "package-client-credentials" => package_client_credentials(ctx),
         "snapshot" => snapshot(ctx, &params),
-        "restore" => crate::restore::restore(ctx, &params),
-        "recover" => crate::recover::recover(ctx, &params),
+        "restore" => crate::actions::restore::restore(ctx, &params),
+        "recover" => crate::actions::recover::recover(ctx, &params),
         "compact" => compact(&params),
         "defrag" => defrag(&params),
-        "copy-from" => crate::copy::copy_from(&params),
+        "copy-from" => crate::actions::copy_from::copy_from(&params),
         "alarm-list" => alarm_list(),
         "alarm-disarm" => alarm_disarm(),
         "install" => reinstall(),
-        "snap-upgrade" => crate::migrate::snap_upgrade(ctx, &params),
-        "pre-upgrade-check" => crate::upgrade_actions::pre_upgrade_check(&params),
-        "resume-upgrade" => crate::upgrade_actions::resume_upgrade(ctx),
-        "upgrade-package" => crate::upgrade_actions::upgrade_package(ctx, &params),
+        "snap-upgrade" => crate::actions::snap_upgrade::snap_upgrade(ctx, &params),
+        "pre-upgrade-check" => crate::actions::upgrade::pre_upgrade_check(&params),
+        "resume-upgrade" => crate::actions::upgrade::resume_upgrade(ctx),
+        "upgrade-package" => crate::actions::upgrade::upgrade_package(ctx, &params),
         other => refuse(format!("unknown action {other:?}")),
     };
     // The action's outcome stands whatever the status says; a status that cannot be set is
     // logged, and the next hook sets it.
-    if let Err(e) = crate::action_support::report_member() {
+    if let Err(e) = crate::actions::support::report_member() {
         juju::log(
             "WARNING",
             &format!("cannot report the member's health after {name}: {e:#}"),
@@ -397,10 +404,10 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
         .filter(|m| m.is_voter())
         .collect();
     let raft_leader = client.status(&ep)?.leader;
-    let targets = crate::defrag::order(members, raft_leader);
+    let targets = crate::ops::defrag::order(members, raft_leader);
     let slow = unit::tls_client_waiting(Duration::from_secs(300))?;
     let (done, stopped) =
-        crate::defrag::one_at_a_time(&slow, &ep, &targets, &mut |l| juju::action_log(l));
+        crate::ops::defrag::one_at_a_time(&slow, &ep, &targets, &mut |l| juju::action_log(l));
     let lines: Vec<String> = done.iter().map(|d| d.to_string()).collect();
     if let Some(why) = stopped {
         return refuse(format!(
@@ -507,7 +514,7 @@ fn reinstall() -> Result<Results> {
     // It takes this member down for a restart: never while another member is down (two
     // at once, say this action run on two units together, could cost the quorum: M6).
     let me = unit::member_name(&std::env::var("JUJU_UNIT_NAME").unwrap_or_default());
-    if let Some(down) = crate::reconcile::other_member_down(&client, &ep, &me) {
+    if let Some(down) = crate::hook::reconcile::other_member_down(&client, &ep, &me) {
         return refuse(format!(
             "member {down} does not answer healthy: re-installing this member now would take \
              a second member down; run the install action again once {down} is back (one \
@@ -517,7 +524,7 @@ fn reinstall() -> Result<Results> {
     // And never in the same instant as another unit's operation that passed that check
     // too: the member-down lock, held until this action ends.
     let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
-    let _lock = match crate::member_lock::take(&client, &ep, &unit_name, "install-action")? {
+    let _lock = match crate::ops::member_lock::take(&client, &ep, &unit_name, "install-action")? {
         Ok(held) => held,
         Err(holder) => {
             return refuse(format!(
@@ -526,7 +533,7 @@ fn reinstall() -> Result<Results> {
             ))
         }
     };
-    crate::action_support::member_going_away(
+    crate::actions::support::member_going_away(
         "Re-installing etcd from the etcd resource (install action)",
     )?;
     let installed = if snap_resource {

@@ -19,17 +19,19 @@
 //! `restart`, and says what it decided in the log. Hooks never fail for ordering reasons:
 //! what is not ready yet becomes a waiting status.
 
-use crate::authority;
-use crate::certs::{ensure_csrs, install_certs, leader_sign, overdue_certificate, plan_ca_move};
-use crate::cluster::{self, UnitInfo};
 use crate::config::Config;
-use crate::delivery::{apply_snapd_refresh, ensure_installed};
+use crate::hook::delivery::{apply_snapd_refresh, ensure_installed};
 use crate::juju::{self, Bag, Context};
-use crate::peers::{peers_view, publish_members, set_key, Peers};
+use crate::ops::membership::plan::{self as cluster, UnitInfo};
+use crate::ops::roll::lock::{manage_restart_lock, RollCtx};
+use crate::ops::roll::turn::Restarted;
 use crate::pki;
-use crate::restart::Restarted;
-use crate::rolling::{manage_restart_lock, RollCtx};
-use crate::status::{mark, StatusBoard};
+use crate::pki::authority;
+use crate::pki::certs::{
+    ensure_csrs, install_certs, leader_sign, overdue_certificate, plan_ca_move,
+};
+use crate::relations::peers::{peers_view, publish_members, set_key, Peers};
+use crate::unit::status::{mark, StatusBoard};
 use crate::unit::{
     data_dir, endpoint, has_member_data, member_name, now, retry, tls_client, LocalState,
     SeenDataDir, SeenResource, PEER,
@@ -130,7 +132,7 @@ impl<'a> Reconcile<'a> {
         };
         let leader = juju::is_leader()?;
         if !leader || ctx.hook_name() == "leader-elected" {
-            crate::status::forget_app()?;
+            crate::unit::status::forget_app()?;
         }
         let update_status = ctx.hook_name() == "update-status";
         let resource = remembered(
@@ -358,18 +360,22 @@ impl<'a> Reconcile<'a> {
             )?;
             let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
             plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
-            crate::certs::publish_client_sha(&mut self.peers)?;
+            crate::pki::certs::publish_client_sha(&mut self.peers)?;
             // A client relation that goes takes the shared pair with it: the others get a
             // new one (the departed application's copy is not renewed).
             let why = if matches!(
                 self.ctx.hook_name(),
                 "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
             ) {
-                crate::certs::ClientRenewal::RelationGone
+                crate::pki::certs::ClientRenewal::RelationGone
             } else {
-                crate::certs::ClientRenewal::Due
+                crate::pki::certs::ClientRenewal::Due
             };
-            crate::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime, why)?;
+            crate::pki::certs::renew_client(
+                &mut self.peers,
+                self.cfg.tls_certificate_lifetime,
+                why,
+            )?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it
@@ -433,13 +439,13 @@ impl<'a> Reconcile<'a> {
     /// to the old cluster. It is set aside (never deleted here) and the member joins the new
     /// cluster through the normal path.
     fn follow_epoch(&mut self) -> Result<()> {
-        match crate::plan::epoch(
+        match crate::hook::plan::epoch(
             self.peers.app_get("epoch"),
             self.st.epoch.as_deref(),
             self.st.initial_cluster.is_some(),
             self.leader,
         ) {
-            crate::plan::Epoch::Rejoin { old, new } => {
+            crate::hook::plan::Epoch::Rejoin { old, new } => {
                 juju::log(
                     "INFO",
                     &format!("the cluster was restored (epoch {old} -> {new}); rejoining"),
@@ -478,8 +484,8 @@ impl<'a> Reconcile<'a> {
                 self.st.epoch = None;
                 self.set("phase", "ready");
             }
-            crate::plan::Epoch::Adopt(e) => self.st.epoch = Some(e),
-            crate::plan::Epoch::Keep => {}
+            crate::hook::plan::Epoch::Adopt(e) => self.st.epoch = Some(e),
+            crate::hook::plan::Epoch::Keep => {}
         }
         Ok(())
     }
@@ -524,13 +530,13 @@ impl<'a> Reconcile<'a> {
             return Ok(false);
         }
         if self.st.initial_cluster.is_none() {
-            use crate::plan::Start;
+            use crate::hook::plan::Start;
             let bootstrap: Vec<String> = self
                 .peers
                 .app_get("bootstrap")
                 .map(|b| b.split(',').map(String::from).collect())
                 .unwrap_or_default();
-            match crate::plan::start(
+            match crate::hook::plan::start(
                 &self.ctx.unit,
                 &self.name,
                 self.peers.join(),
@@ -662,11 +668,9 @@ impl<'a> Reconcile<'a> {
         // A quota below the database this member holds is not applied: checked against what
         // the running member says (a member that does not answer is not asked).
         if changed {
-            if let Some(why) = client
-                .status(&ep)
-                .ok()
-                .and_then(|s| crate::plan::quota_short(self.cfg.quota_backend_bytes, s.db_size))
-            {
+            if let Some(why) = client.status(&ep).ok().and_then(|s| {
+                crate::hook::plan::quota_short(self.cfg.quota_backend_bytes, s.db_size)
+            }) {
                 self.board.report("blocked", why);
                 changed = false;
             }
@@ -684,11 +688,11 @@ impl<'a> Reconcile<'a> {
                 "INFO",
                 "finishing the restart a killed hook left between its switch and its health check",
             );
-            let r = crate::restart::resume(&mut self.live_member(client, &ep, &rendered))?;
+            let r = crate::ops::roll::turn::resume(&mut self.live_member(client, &ep, &rendered))?;
             // The killed turn held the member-down lock: the turn is over, so it goes.
             // (Asked where the member answers now: the turn may have moved its client port.)
             for here in [ep.clone(), endpoint(&self.address, self.cfg.port)] {
-                if crate::member_lock::release_own(client, &here, &self.ctx.unit) {
+                if crate::ops::member_lock::release_own(client, &here, &self.ctx.unit) {
                     break;
                 }
             }
@@ -698,8 +702,8 @@ impl<'a> Reconcile<'a> {
             }
         }
         let mut roll_msg = None;
-        use crate::plan::MemberAction;
-        let action = crate::plan::member_action(&crate::plan::MemberView {
+        use crate::hook::plan::MemberAction;
+        let action = crate::hook::plan::member_action(&crate::hook::plan::MemberView {
             running: self.svc.running()?,
             config_changed: changed,
             trust_running: self.st.running_trust.as_deref(),
@@ -803,8 +807,8 @@ impl<'a> Reconcile<'a> {
         // waiting, goes back to the leader: the raft leader upgrades last (leadership can
         // move after the turn was granted). Handed back once per turn hash: the unit then
         // waits for the end of the queue, and takes its turn when it comes again.
-        let rejected_by = crate::roll::config_rejected(&self.peers.units);
-        let view = crate::plan::TurnView {
+        let rejected_by = crate::ops::roll::plan::config_rejected(&self.peers.units);
+        let view = crate::hook::plan::TurnView {
             alone: self.peers.units.len() == 1,
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
             detaching: self.ctx.hook_name() == "data-storage-detaching",
@@ -812,10 +816,10 @@ impl<'a> Reconcile<'a> {
             upgrading: self.inst.staged.is_some(),
             declined_before: self.mine.get("turn-declined").map(String::as_str)
                 == Some(want.as_str()),
-            others_waiting: crate::roll::queue(&self.peers.units, None)
+            others_waiting: crate::ops::roll::plan::queue(&self.peers.units, None)
                 .iter()
                 .any(|u| *u != unit),
-            rolled_back: crate::roll::rolled_back(&self.peers.units),
+            rolled_back: crate::ops::roll::plan::rolled_back(&self.peers.units),
             paused_after: self.peers.app_get("upgrade-paused"),
             config_rejected: rejected_by.as_deref(),
         };
@@ -831,14 +835,14 @@ impl<'a> Reconcile<'a> {
                 );
             }
         }
-        let turn = crate::plan::turn(&view, || {
+        let turn = crate::hook::plan::turn(&view, || {
             client
                 .leader_member(ep)
                 .ok()
                 .flatten()
                 .is_some_and(|m| m.name == self.name)
         });
-        use crate::plan::Turn;
+        use crate::hook::plan::Turn;
         match turn {
             Turn::HandBack => {
                 juju::log(
@@ -856,7 +860,7 @@ impl<'a> Reconcile<'a> {
                 let _lock = if view.alone {
                     None
                 } else {
-                    match crate::member_lock::take(client, ep, &unit, "restart") {
+                    match crate::ops::member_lock::take(client, ep, &unit, "restart") {
                         Err(e) => {
                             // This member cannot be asked (the restart may be what mends it):
                             // the health gates of the roll still hold.
@@ -881,7 +885,7 @@ impl<'a> Reconcile<'a> {
                         }
                     }
                 };
-                let r = crate::restart::take(&mut self.live_member(client, ep, rendered))?;
+                let r = crate::ops::roll::turn::take(&mut self.live_member(client, ep, rendered))?;
                 self.restarted(&r, &want);
                 if self.leader {
                     roll_msg = self.manage_roll(client, ep);
@@ -1016,7 +1020,7 @@ impl<'a> Reconcile<'a> {
             .app_get("bootstrap")
             .map(|b| b.split(',').count())
             .unwrap_or(0);
-        let patience = crate::plan::patience(
+        let patience = crate::hook::plan::patience(
             self.ctx.hook_name() == "update-status",
             was_started,
             self.st.initial_state.as_deref() == Some("new")
@@ -1060,13 +1064,16 @@ impl<'a> Reconcile<'a> {
                 hook,
                 "update-status" | "cluster-relation-departed" | "leader-elected"
             );
-            let live = crate::membership::Live {
+            let live = crate::ops::membership::apply::Live {
                 client,
                 endpoint: ep,
             };
-            match crate::membership::converge(&live, &mut self.peers, heal, &mut |level, msg| {
-                juju::log(level, msg)
-            }) {
+            match crate::ops::membership::apply::converge(
+                &live,
+                &mut self.peers,
+                heal,
+                &mut |level, msg| juju::log(level, msg),
+            ) {
                 Ok(outcome) => {
                     publish_members(&mut self.peers, &outcome.members);
                     members = outcome.members;
@@ -1127,7 +1134,7 @@ impl<'a> Reconcile<'a> {
                 let rolling = rolling
                     || self.peers.app_get("restart-grant").is_some()
                     || self.peers.app_get("upgrade-turn").is_some();
-                crate::defrag::automatic(
+                crate::ops::defrag::automatic(
                     th,
                     rolling,
                     r.client,
@@ -1146,8 +1153,8 @@ impl<'a> Reconcile<'a> {
                 String::new()
             }
         };
-        use crate::plan::Health;
-        let health = crate::plan::health(status.as_ref().ok(), healthy, r.was_started);
+        use crate::hook::plan::Health;
+        let health = crate::hook::plan::health(status.as_ref().ok(), healthy, r.was_started);
         // The membership etcd knows; when it does not answer, the cluster it formed with.
         let known_members = r.members.len().max(
             self.st
@@ -1156,8 +1163,8 @@ impl<'a> Reconcile<'a> {
                 .map(|c| c.split(',').filter(|m| !m.is_empty()).count())
                 .unwrap_or(0),
         );
-        let gone = crate::plan::majority_gone_for_good(self.peers.units.len(), known_members);
-        let (level, msg) = crate::plan::member_status(&health, voters, r.was_started, gone);
+        let gone = crate::hook::plan::majority_gone_for_good(self.peers.units.len(), known_members);
+        let (level, msg) = crate::hook::plan::member_status(&health, voters, r.was_started, gone);
         match health {
             Health::Healthy => self
                 .board
@@ -1189,24 +1196,26 @@ impl<'a> Reconcile<'a> {
         // The scheduled snapshots, as the unit that takes them last reported.
         let backups = self.peers.app_get("snapshot-taker").and_then(|t| {
             let published = self.peers.units.get(t)?.get("snapshot-summary")?;
-            let note = match serde_json::from_str::<crate::backups::Summary>(published) {
-                Ok(summary) => crate::backups::note(&summary, crate::backups::now()).1,
+            let note = match serde_json::from_str::<crate::jobs::snapshots::Summary>(published) {
+                Ok(summary) => {
+                    crate::jobs::snapshots::note(&summary, crate::jobs::snapshots::now()).1
+                }
                 Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
             };
             Some(format!("{note} ({t})"))
         });
         let (unit_level, unit_msg) = self.board.winner();
-        let (level, msg) = crate::plan::app_status(&crate::plan::AppView {
+        let (level, msg) = crate::hook::plan::app_status(&crate::hook::plan::AppView {
             unit_level,
             unit_msg: &unit_msg,
             voters,
             started: all.iter().filter(|u| u.started).count(),
             units: all.len(),
-            mixed_versions: crate::roll::mixed_versions(&self.peers.units),
+            mixed_versions: crate::ops::roll::plan::mixed_versions(&self.peers.units),
             backups,
             membership_wait,
         });
-        crate::status::set(level, &msg, true)?;
+        crate::unit::status::set(level, &msg, true)?;
         Ok(())
     }
 
@@ -1222,7 +1231,7 @@ impl<'a> Reconcile<'a> {
         raft_leader: Option<u64>,
         ep: &str,
     ) -> std::result::Result<Option<String>, String> {
-        use crate::backups;
+        use crate::jobs::snapshots as backups;
         if self.leader {
             match &self.cfg.snapshot_schedule {
                 None => self.peers.app_set("snapshot-taker", ""),
@@ -1276,10 +1285,10 @@ impl<'a> Reconcile<'a> {
             juju::relation_set(&self.peers.rel, &self.peers.app_writes, true)?;
         }
         let view = peers_view(&self.peers);
-        crate::relations::publish(&self.ctx.unit, &view, &self.inst.version)?;
+        crate::relations::clients::publish(&self.ctx.unit, &view, &self.inst.version)?;
         if self.leader {
-            crate::relations::publish_prometheus(&self.ctx.app, &view)?;
-            crate::relations::publish_grafana(&self.ctx.unit, self.ctx.hook_name())?;
+            crate::relations::clients::publish_prometheus(&self.ctx.app, &view)?;
+            crate::relations::clients::publish_grafana(&self.ctx.unit, self.ctx.hook_name())?;
         }
         Ok(())
     }
@@ -1342,14 +1351,14 @@ struct LiveMember<'m> {
     moved_peer: Option<(u64, Vec<String>)>,
 }
 
-impl crate::restart::Member for LiveMember<'_> {
+impl crate::ops::roll::turn::Member for LiveMember<'_> {
     /// Keeps the config etcd runs with (when the new one differs and the data stays where
     /// it is: a config from before a data move would point etcd at the tree moved aside),
     /// then switches staged binaries in.
     fn switch(&mut self) -> Result<()> {
         if !Path::new(CONFIG_KEPT).exists() {
             if let Ok(running) = std::fs::read_to_string(service::CONFIG_FILE) {
-                let same_dir = crate::relocate::data_dir_in(&running)
+                let same_dir = crate::ops::relocate::data_dir_in(&running)
                     .ok()
                     .flatten()
                     .as_deref()
@@ -1389,7 +1398,7 @@ impl crate::restart::Member for LiveMember<'_> {
         }
         if let Ok(members) = self.client.member_list(self.ep) {
             if let Some(me) = members.iter().find(|m| m.name == self.name) {
-                crate::membership::hand_over_logged(
+                crate::ops::membership::apply::hand_over_logged(
                     self.client,
                     self.ep,
                     me.id,
@@ -1551,7 +1560,7 @@ fn write_config(rendered: &str) -> pki::Result<()> {
 /// going), stops it and moves the member's data to `data`, verified (see `relocate`).
 /// Must run before the new config is written: the old one names where the data is.
 fn relocate_data(data: &str, svc: &Service) -> Result<()> {
-    let from = match crate::relocate::configured_data_dir(Path::new(service::CONFIG_FILE)) {
+    let from = match crate::ops::relocate::configured_data_dir(Path::new(service::CONFIG_FILE)) {
         Ok(from) => from,
         // The charm's own file, unreadable as YAML (edited by hand, cut short): the caller
         // writes it again. It is kept aside for the operator, and where the member's data
@@ -1580,9 +1589,9 @@ fn relocate_data(data: &str, svc: &Service) -> Result<()> {
             found
         }
     };
-    if crate::relocate::needed(from.as_deref(), data) {
+    if crate::ops::relocate::needed(from.as_deref(), data) {
         svc.stop()?;
-        crate::relocate::move_member(from.as_deref().unwrap_or_default(), data)?;
+        crate::ops::relocate::move_member(from.as_deref().unwrap_or_default(), data)?;
     }
     Ok(())
 }

@@ -5,8 +5,8 @@
 //! Must not: restart etcd (each unit restarts itself in its turn, in the reconcile).
 
 use crate::juju;
-use crate::peers::Peers;
-use crate::roll::Next;
+use crate::ops::roll::plan::Next;
+use crate::relations::peers::Peers;
 use crate::unit::now;
 use anyhow::Result;
 use etcdkit::client::Client;
@@ -48,15 +48,20 @@ fn raft_leader_unit(rc: &RollCtx, peers: &Peers) -> Result<String> {
 /// taken. Returns what the leader's status says about the roll, if anything.
 pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<String> {
     let mut raft_leader: Option<String> = None;
-    let progress = |peers: &Peers| crate::roll::progress(&peers.units);
+    let progress = |peers: &Peers| crate::ops::roll::plan::progress(&peers.units);
     for _ in 0..4 {
-        let lock = crate::roll::Lock {
+        let lock = crate::ops::roll::plan::Lock {
             grant: peers.app_get("restart-grant").map(String::from),
             upgrade_turn: peers.app_get("upgrade-turn").map(String::from),
             paused: peers.app_get("upgrade-paused").map(String::from),
         };
         let leader_unit = raft_leader.clone();
-        match crate::roll::decide(&peers.units, &lock, rc.pause_mode, leader_unit.as_deref()) {
+        match crate::ops::roll::plan::decide(
+            &peers.units,
+            &lock,
+            rc.pause_mode,
+            leader_unit.as_deref(),
+        ) {
             Next::Busy { unit } => {
                 return progress(peers).map(|(t, d, n)| {
                     format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} upgrading")
@@ -147,13 +152,12 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                 }
                 if upgrade {
                     let target = progress(peers).map(|p| p.0).unwrap_or_default();
-                    let ready =
-                        crate::membership::ready_for_upgrade(rc.client, rc.ep).and_then(|_| {
-                            match etcdkit::version::Version::parse(&target) {
-                                Some(t) => etcdkit::v2store::gate(t, rc.inst, Path::new(rc.data))
-                                    .map(|_| ()),
-                                None => Ok(()),
+                    let ready = crate::ops::membership::apply::ready_for_upgrade(rc.client, rc.ep)
+                        .and_then(|_| match etcdkit::version::Version::parse(&target) {
+                            Some(t) => {
+                                etcdkit::v2store::gate(t, rc.inst, Path::new(rc.data)).map(|_| ())
                             }
+                            None => Ok(()),
                         });
                     if let Err(why) = ready {
                         juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
@@ -208,7 +212,7 @@ fn upgrade_snapshot(rc: &RollCtx, target: &str) -> Result<String> {
     )?;
     let path = dir.join(format!("etcd-pre-upgrade-{target}-{}.db", now()));
     etcdkit::snapshot::save_raw(rc.client, rc.ep, &path)?;
-    for old in crate::backups::prune_named(
+    for old in crate::jobs::snapshots::prune_named(
         dir,
         "etcd-pre-upgrade-",
         ".db",

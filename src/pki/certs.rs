@@ -7,10 +7,10 @@
 //! Must not: start or stop etcd (the reconcile restarts it in its turn), or read anything
 //! but the peer view it is given and this unit's own files and secrets.
 
-use crate::authority;
 use crate::juju::{self, Bag};
-use crate::peers::Peers;
+use crate::pki::authority;
 use crate::pki::{self, Ca, Profile};
+use crate::relations::peers::Peers;
 use crate::unit::{member_name, now, LocalState};
 use anyhow::Result;
 use std::path::Path;

@@ -3,8 +3,8 @@
 //!
 //! Must not: run hook tools (the reconcile reads the relation and writes what changed).
 
-use crate::cluster::{self, Join, UnitInfo};
 use crate::juju::Bag;
+use crate::ops::membership::plan::{self as cluster, Join, UnitInfo};
 use anyhow::Result;
 use etcdkit::client::Member;
 
@@ -67,7 +67,7 @@ impl Peers {
     }
 }
 
-impl crate::membership::PeerApp for Peers {
+impl crate::ops::membership::apply::PeerApp for Peers {
     fn infos(&self) -> Vec<UnitInfo> {
         Peers::infos(self)
     }
@@ -125,8 +125,8 @@ pub(crate) fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
     }
 }
 
-pub(crate) fn peers_view(p: &Peers) -> crate::relations::ClusterView {
-    crate::relations::ClusterView {
+pub(crate) fn peers_view(p: &Peers) -> crate::relations::clients::ClusterView {
+    crate::relations::clients::ClusterView {
         members: p.app_get("members").unwrap_or("").to_string(),
         cluster: p.app_get("cluster").unwrap_or("").to_string(),
         ca: p.app_get("trust").or(p.app_get("ca")).map(String::from),

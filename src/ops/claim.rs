@@ -103,8 +103,11 @@ fn retire(root: &Path, owner: &str) -> Result<()> {
         &format!("this machine hosted {owner}, which is gone: its files are moved aside"),
     );
     if real {
-        crate::standdown::stand_down(&crate::standdown::service(), &format!("{owner}'s "))
-            .with_context(|| format!("stopping the etcd of {owner}"))?;
+        crate::ops::standdown::stand_down(
+            &crate::ops::standdown::service(),
+            &format!("{owner}'s "),
+        )
+        .with_context(|| format!("stopping the etcd of {owner}"))?;
     }
     let suffix = format!("retired-{}-{}", owner.replace('/', "-"), crate::unit::now());
     for dir in [

@@ -10,7 +10,9 @@
 //!
 //! Crash points for tests: a file /var/lib/etcd-charm/crashpoints/<step> makes that step fail.
 
-use crate::action_support::{local, param_bool, param_str, refuse, writable_dir, Refused, Results};
+use crate::actions::support::{
+    local, param_bool, param_str, refuse, writable_dir, Refused, Results,
+};
 use crate::juju::{self, Context};
 use crate::unit;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -224,15 +226,16 @@ pub fn snap_upgrade(
     // The member goes down below: never while another unit's operation has its own down
     // (the member-down lock, held until this action ends).
     let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
-    let _lock = match crate::member_lock::take(&client, &ep, &unit_name, "snap-upgrade-action")? {
-        Ok(held) => held,
-        Err(holder) => {
-            return refuse(format!(
-                "{holder} has its member down now (the member-down lock): run snap-upgrade \
+    let _lock =
+        match crate::ops::member_lock::take(&client, &ep, &unit_name, "snap-upgrade-action")? {
+            Ok(held) => held,
+            Err(holder) => {
+                return refuse(format!(
+                    "{holder} has its member down now (the member-down lock): run snap-upgrade \
                  again once it is done"
-            ))
-        }
-    };
+                ))
+            }
+        };
     let data = unit::data_dir()?;
     let mut results: Results = vec![];
 
@@ -241,7 +244,7 @@ pub fn snap_upgrade(
         step("backup")?;
         // Room for the archive of the data dir (at most its size: tar compresses) and the
         // snapshot beside it, checked before anything is written.
-        let need = crate::relocate::tree_size(Path::new(&data))?
+        let need = crate::ops::relocate::tree_size(Path::new(&data))?
             .saturating_add(client.status(&ep)?.db_size);
         if let Err(e) = unit::ensure_room(
             dir,
@@ -317,7 +320,7 @@ pub fn snap_upgrade(
 
     let migrated = (|| -> Result<Installed> {
         step("stop")?;
-        crate::action_support::member_going_away(
+        crate::actions::support::member_going_away(
             "Moving etcd from the Debian package (snap-upgrade action)",
         )?;
         old_svc.stop()?;

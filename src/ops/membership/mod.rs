@@ -1,0 +1,3 @@
+pub mod apply;
+pub mod leave;
+pub mod plan;

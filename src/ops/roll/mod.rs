@@ -1,0 +1,3 @@
+pub mod lock;
+pub mod plan;
+pub mod turn;
