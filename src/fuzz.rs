@@ -47,7 +47,7 @@ proptest! {
     /// nrpe-external-master's `nagios_hostname` (and the Nagios options).
     #[test]
     fn nagios_names_never_panic(v in "\\PC{0,200}", list in any::<bool>()) {
-        if let Err(e) = crate::monitoring::nrpe::check_names("nagios_hostname", &v, list) {
+        if let Err(e) = crate::config::nagios::check_names("nagios_hostname", &v, list) {
             prop_assert!(e.len() < 400, "an unbounded refusal: {} bytes", e.len());
         }
     }
@@ -76,8 +76,8 @@ proptest! {
         let _ = etcdkit::version::Version::parse(&s);
         let _ = etcdkit::install::valid_package_version(&s);
         let _ = etcdkit::install::check_version_text(&s);
-        let _ = crate::ops::defrag::Threshold::parse(&s);
-        let _ = crate::jobs::snapshots::check_target(&s);
+        let _ = crate::config::threshold::Threshold::parse(&s);
+        let _ = crate::config::schedule::check_target(&s);
         let _ = crate::actions::copy_from::parse_endpoints_for_tests(&s);
         let _ = etcdkit::install::safe_path(std::path::Path::new(&s));
         let _ = crate::config::valid_channel(&s);
@@ -92,7 +92,7 @@ proptest! {
         let p = p.to_str().unwrap();
         let _ = crate::unit::read_json::<crate::unit::LocalState>(p);
         let _ = crate::unit::read_json::<etcdkit::install::Installed>(p);
-        let _ = crate::unit::read_json::<crate::hook::reconcile::Rejected>(p);
+        let _ = crate::unit::read_json::<crate::unit::rejected::Rejected>(p);
         let _ = crate::ops::relocate::configured_data_dir(std::path::Path::new(p));
     }
 }

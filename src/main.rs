@@ -62,12 +62,6 @@ enum Cmd {
     },
 }
 
-/// Operations whose process died part-way are undone (or finished) before anything else runs.
-pub(crate) fn finish_interrupted() -> anyhow::Result<()> {
-    crate::actions::restore::recover_interrupted()?;
-    crate::actions::snap_upgrade::recover_interrupted()
-}
-
 fn main() {
     let cli = Cli::parse();
     let mut ctx = juju::Context::from_env();

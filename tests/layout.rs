@@ -454,20 +454,35 @@ fn no_crate_has_an_import_cycle_between_its_modules() {
 fn the_charms_top_level_modules_form_layers() {
     let mods = modules(&root().join("src"), "main.rs");
     let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    // Which module edges make each edge between folders (for the failure's message).
+    let mut why: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for (from, to) in edges(&mods) {
-        let (Some(f), false) = (from.first(), from.is_empty()) else {
-            continue;
-        };
+        let Some(f) = from.first() else { continue };
         let e = top.entry(f.clone()).or_default();
         for t in to {
-            if let Some(x) = t.first() {
-                if x != f {
-                    e.insert(x.clone());
-                }
+            let Some(x) = t.first() else { continue };
+            if x != f {
+                e.insert(x.clone());
+                why.entry((f.clone(), x.clone())).or_default().push(format!(
+                    "{} → {}",
+                    show(&from),
+                    show(&t)
+                ));
             }
         }
     }
-    let found: Vec<String> = cycles(&top).into_iter().map(|c| c.join(" ⇄ ")).collect();
+    let found: Vec<String> = cycles(&top)
+        .into_iter()
+        .map(|c| {
+            let mut lines = vec![c.join(" ⇄ ")];
+            for ((f, t), w) in &why {
+                if c.contains(f) && c.contains(t) {
+                    lines.push(format!("  {f} → {t}: {}", w.join(", ")));
+                }
+            }
+            lines.join("\n")
+        })
+        .collect();
     assert!(
         found.is_empty(),
         "layers that import each other:\n{}",

@@ -32,8 +32,8 @@ pub fn run(ctx: &Context) -> Result<()> {
         ))
         .map_err(Into::into);
     }
-    crate::unit::check_local_files()?;
-    crate::finish_interrupted()?;
+    crate::ops::check_local_files()?;
+    crate::ops::finish_interrupted()?;
     let r = match name.as_str() {
         "health" => health(),
         "package-client-credentials" => package_client_credentials(ctx),
@@ -386,7 +386,7 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
         ) {
             return refuse(format!("{e:#}"));
         }
-        unit::tls_client_waiting(Duration::from_secs(300))?.defrag(&ep)?;
+        crate::pki::tls_client_waiting(Duration::from_secs(300))?.defrag(&ep)?;
         let after = client.status(&ep)?.db_size;
         return Ok(vec![
             (
@@ -405,7 +405,7 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
         .collect();
     let raft_leader = client.status(&ep)?.leader;
     let targets = crate::ops::defrag::order(members, raft_leader);
-    let slow = unit::tls_client_waiting(Duration::from_secs(300))?;
+    let slow = crate::pki::tls_client_waiting(Duration::from_secs(300))?;
     let (done, stopped) =
         crate::ops::defrag::one_at_a_time(&slow, &ep, &targets, &mut |l| juju::action_log(l));
     let lines: Vec<String> = done.iter().map(|d| d.to_string()).collect();

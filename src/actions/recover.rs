@@ -14,9 +14,9 @@
 //! 5. `publish`: a new epoch: every other unit sets its old member data aside and joins again
 //!    through the normal one-at-a-time learner path.
 
-use crate::actions::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::actions::support::{leader_only, local, param_bool, refuse, Results};
 use crate::juju::{self, Context};
+use crate::ops::restore::{next_epoch, publish_epoch, rerender, Journal};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use etcdkit::install::Installed;
@@ -171,7 +171,7 @@ pub fn recover(
     // 3. force a new cluster of one from this member's data.
     // Clients on loopback only until it is proven: a crash in this window puts the original
     // data back (`recover_interrupted`), which would discard any write it had acknowledged.
-    let local_ep = crate::actions::restore::write_unproven(&format!(
+    let local_ep = crate::ops::restore::write_unproven(&format!(
         "{}\nforce-new-cluster: true\n",
         journal.config.trim_end()
     ))?;
@@ -194,7 +194,7 @@ pub fn recover(
         alone(&local_ep)
     }) {
         // The journal puts the original data back, as after a crash here.
-        crate::actions::restore::recover_interrupted()?;
+        crate::ops::restore::recover_interrupted()?;
         return refuse(format!(
             "etcd did not come up alone with force-new-cluster ({e}); the original data is back in place"
         ));

@@ -5,7 +5,8 @@
 use crate::config::Config;
 use crate::juju::{self, Context};
 use crate::pki;
-use crate::unit::{self, tls_client};
+use crate::pki::tls_client;
+use crate::unit::{self};
 use anyhow::{anyhow, Result};
 use etcdkit::client::{Client, Member};
 use serde_json::Value;
@@ -63,7 +64,7 @@ pub fn writable_dir(target: &str, param: &str) -> Result<PathBuf> {
     }
     // Never etcd's own files (an archive written into the data directory), as the
     // snapshot_target option, resolved as the filesystem resolves it.
-    if let Err(e) = crate::jobs::snapshots::check_target(target) {
+    if let Err(e) = crate::config::schedule::check_target(target) {
         return refuse(format!(
             "{param}: {}",
             e.trim_start_matches("snapshot_target ")

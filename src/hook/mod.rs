@@ -18,10 +18,9 @@ use crate::config::Config;
 use crate::hook::reconcile::{reconcile, Pass};
 use crate::juju::{self, Context};
 use crate::ops::membership::leave::Left;
+use crate::pki::{tls_client, tls_client_waiting};
 use crate::unit::status::{log_slow_hook, mark, StatusBoard};
-use crate::unit::{
-    check_local_files, endpoint, member_name, tls_client, tls_client_waiting, LocalState, PEER,
-};
+use crate::unit::{endpoint, member_name, LocalState, PEER};
 use anyhow::Result;
 use std::time::Duration;
 
@@ -104,12 +103,12 @@ pub fn hook(ctx: &Context) -> Result<()> {
         );
         return Ok(());
     }
-    if let Err(e) = check_local_files() {
+    if let Err(e) = crate::ops::check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
         crate::unit::status::set_untracked("blocked", &format!("{e:#}"))?;
         return Ok(());
     }
-    crate::finish_interrupted()?;
+    crate::ops::finish_interrupted()?;
     let mut st = LocalState::load()?;
     let name = ctx.hook_name();
     // Juju runs a dying unit's storage-detaching before anything else of its removal

@@ -22,6 +22,7 @@
 use crate::config::Config;
 use crate::hook::delivery::{apply_snapd_refresh, ensure_installed};
 use crate::juju::{self, Bag, Context};
+use crate::ops::membership::apply::publish_members;
 use crate::ops::membership::plan::{self as cluster, UnitInfo};
 use crate::ops::roll::lock::{manage_restart_lock, RollCtx};
 use crate::ops::roll::turn::Restarted;
@@ -30,11 +31,14 @@ use crate::pki::authority;
 use crate::pki::certs::{
     ensure_csrs, install_certs, leader_sign, overdue_certificate, plan_ca_move,
 };
-use crate::relations::peers::{peers_view, publish_members, set_key, Peers};
+use crate::pki::tls_client;
+use crate::relations::clients::peers_view;
+use crate::unit::peers::{set_key, Peers};
+use crate::unit::rejected::{Rejected, REJECTED};
 use crate::unit::status::{mark, StatusBoard};
 use crate::unit::{
-    data_dir, endpoint, has_member_data, member_name, now, retry, tls_client, LocalState,
-    SeenDataDir, SeenResource, PEER,
+    data_dir, endpoint, has_member_data, member_name, now, retry, LocalState, SeenDataDir,
+    SeenResource, PEER,
 };
 use anyhow::{Context as _, Result};
 use etcdkit::client::{Alarm, Client, EtcdError, Member, Status};
@@ -1197,9 +1201,7 @@ impl<'a> Reconcile<'a> {
         let backups = self.peers.app_get("snapshot-taker").and_then(|t| {
             let published = self.peers.units.get(t)?.get("snapshot-summary")?;
             let note = match serde_json::from_str::<crate::jobs::snapshots::Summary>(published) {
-                Ok(summary) => {
-                    crate::jobs::snapshots::note(&summary, crate::jobs::snapshots::now()).1
-                }
+                Ok(summary) => crate::jobs::snapshots::note(&summary, crate::unit::now() as i64).1,
                 Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
             };
             Some(format!("{note} ({t})"))
@@ -1493,34 +1495,6 @@ pub(crate) fn other_member_down(client: &Client, ep: &str, me: &str) -> Option<S
 
 /// The config etcd ran with before a restart turn, kept until the turn's verdict.
 const CONFIG_KEPT: &str = "/etc/etcd/etcd.conf.yml.kept";
-/// A config that failed its turn here: held until the charm renders another one.
-pub(crate) const REJECTED: &str = "/var/lib/etcd-charm/config-rejected.json";
-
-/// A rendered config etcd did not come up healthy with.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct Rejected {
-    /// sha256 of the rendered config
-    hash: String,
-    /// the health check's failure and etcd's own last error
-    why: String,
-    /// etcd's settings that differ from the config that ran
-    changed: Vec<String>,
-}
-
-impl Rejected {
-    fn message(&self) -> String {
-        format!(
-            "Config not applied: etcd did not come up healthy with it{} and runs its \
-             previous config again (changed: {}); fix the option with juju config",
-            if self.why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", self.why)
-            },
-            self.changed.join(", ")
-        )
-    }
-}
 
 /// The rejected config record when `rendered` is the config it holds; a record of another
 /// config is stale (the charm's config changed since) and goes.
@@ -1567,7 +1541,11 @@ fn relocate_data(data: &str, svc: &Service) -> Result<()> {
         // is, is found on disk: the new data directory first, then the others the charm
         // ever configures.
         Err(e) => {
-            let aside = format!("{}.corrupt-{}", service::CONFIG_FILE, crate::unit::now());
+            let aside = format!(
+                "{}.corrupt-{}",
+                service::CONFIG_FILE,
+                crate::unit::now() as i64
+            );
             std::fs::rename(service::CONFIG_FILE, &aside)
                 .with_context(|| format!("moving the unreadable {} aside", service::CONFIG_FILE))?;
             let storage = juju::storage_location("data").ok().flatten();

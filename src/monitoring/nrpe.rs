@@ -12,6 +12,7 @@
 //! collects them there, and an entry of the `monitors` YAML on the relation, which the nrpe
 //! charm passes to Nagios. All of it goes when the relation does.
 
+use crate::config::nagios::check_names;
 use crate::juju::{self, Bag};
 use crate::pki;
 use anyhow::{anyhow, Context, Result};
@@ -57,35 +58,6 @@ fn checks(unit: &str) -> Vec<Check> {
 pub fn concerns(hook: &str) -> bool {
     hook.starts_with("nrpe-external-master-relation-")
         || matches!(hook, "config-changed" | "upgrade-charm" | "start")
-}
-
-/// `nagios_context` is a name; `nagios_servicegroups` a comma-separated list of names (or
-/// empty, when `list`): what Nagios takes in a host name and a `servicegroups` line.
-pub fn check_names(option: &str, value: &str, list: bool) -> Result<(), String> {
-    let name_ok = |n: &str| {
-        !n.is_empty()
-            && n.len() <= 64
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    };
-    let ok = if list {
-        value.is_empty() || value.split(',').map(str::trim).all(name_ok)
-    } else {
-        name_ok(value)
-    };
-    // The value may come from another application: it is quoted bounded, never whole.
-    let shown = crate::juju::bounded(value, 80);
-    if ok {
-        Ok(())
-    } else if list {
-        Err(format!(
-            "{option} {shown:?} must be a comma-separated list of names (letters, digits, '.', '_', '-')"
-        ))
-    } else {
-        Err(format!(
-            "{option} {shown:?} must be a name of letters, digits, '.', '_' and '-' (at most 64)"
-        ))
-    }
 }
 
 /// Brings this unit's checks in line with the relation: in place while it exists (and this
@@ -314,12 +286,12 @@ pub fn refresh_alarm_list(endpoint: &str) -> Result<()> {
             })
             .collect())
     };
-    let (alarms, error) = match crate::unit::tls_client().and_then(|c| read(&c)) {
+    let (alarms, error) = match crate::pki::tls_client().and_then(|c| read(&c)) {
         Ok(a) => (a, None),
         Err(e) => (vec![], Some(format!("{e:#}"))),
     };
     let list = AlarmList {
-        at: crate::jobs::snapshots::now(),
+        at: crate::unit::now() as i64,
         endpoint: endpoint.to_string(),
         alarms,
         error,
@@ -350,7 +322,7 @@ pub fn nagios_check(which: &str) -> (i32, String) {
                 Err(e) => return (3, format!("UNKNOWN: cannot read {ALARM_LIST}: {e}")),
             };
             match serde_json::from_str::<AlarmList>(&text) {
-                Ok(list) => judge_alarms(&list, crate::jobs::snapshots::now()),
+                Ok(list) => judge_alarms(&list, crate::unit::now() as i64),
                 Err(e) => (
                     3,
                     format!("UNKNOWN: {ALARM_LIST} is not an alarm list: {e}"),

@@ -10,7 +10,7 @@
 use crate::juju::{self, Bag};
 use crate::pki::authority;
 use crate::pki::{self, Ca, Profile};
-use crate::relations::peers::Peers;
+use crate::unit::peers::Peers;
 use crate::unit::{member_name, now, LocalState};
 use anyhow::Result;
 use std::path::Path;

@@ -4,7 +4,9 @@
 pub mod authority;
 pub mod certs;
 
+use anyhow::Context as _;
 pub use charmkit::pki::*;
+use etcdkit::client::{Client, Tls};
 use rcgen::KeyPair;
 use std::path::{Path, PathBuf};
 
@@ -39,3 +41,15 @@ pub fn unit_key(profile: Profile) -> Result<KeyPair> {
 }
 
 pub use hostkit::operator::{create_operator_file, give_to_operator};
+
+/// An etcd client with this unit's certificates, whose requests may take 3 s.
+pub fn tls_client() -> anyhow::Result<Client> {
+    tls_client_waiting(std::time::Duration::from_secs(3))
+}
+
+/// A client whose requests may take up to `timeout` (a defragmentation's answer).
+pub fn tls_client_waiting(timeout: std::time::Duration) -> anyhow::Result<Client> {
+    let tls = Tls::from_dir(PKI_DIR, "server.crt", "server.key")
+        .context("reading this unit's certificates")?;
+    Ok(Client::new(&tls, timeout)?)
+}

@@ -178,3 +178,11 @@ pub struct ClusterView {
     pub cluster: String,
     pub ca: Option<String>,
 }
+
+pub(crate) fn peers_view(p: &crate::unit::peers::Peers) -> ClusterView {
+    ClusterView {
+        members: p.app_get("members").unwrap_or("").to_string(),
+        cluster: p.app_get("cluster").unwrap_or("").to_string(),
+        ca: p.app_get("trust").or(p.app_get("ca")).map(String::from),
+    }
+}

@@ -1,2 +1,1 @@
 pub mod clients;
-pub mod peers;

@@ -2,13 +2,13 @@
 //! crash points. Everything above (the hook's reconcile, actions, restore, migrate, recover)
 //! builds on these; this module depends only on `juju`, `pki` and `etcd`.
 
+pub mod peers;
+pub mod rejected;
 pub mod status;
 
 use crate::juju;
-use crate::pki;
 use anyhow::{anyhow, Context as _, Result};
-use etcdkit::client::{Client, Tls};
-use etcdkit::install::{self, Delivery, Installed};
+use etcdkit::install::{Delivery, Installed};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -17,7 +17,6 @@ pub use hostkit::clock::now;
 pub use hostkit::crash::crash_point;
 pub use hostkit::fs::{ensure_room, entries_named, read_json, remove_if_present, write_json};
 pub use hostkit::poll::retry;
-use std::time::Duration;
 
 pub const PEER: &str = "cluster";
 pub const LOCAL_STATE: &str = "/var/lib/etcd-charm/state.json";
@@ -99,18 +98,6 @@ pub struct SeenResource {
     pub path: Option<String>,
 }
 
-/// The charm's local files, checked before a hook or an action relies on them.
-pub fn check_local_files() -> Result<()> {
-    read_json::<LocalState>(LOCAL_STATE)?;
-    read_json::<Installed>(install::STATE_FILE)?;
-    // The journals of a restore or snap-upgrade cut short: finished before anything else,
-    // so one that cannot be read would fail every hook and action.
-    crate::actions::restore::check_journal()?;
-    crate::actions::snap_upgrade::check_journal()?;
-    read_json::<crate::hook::reconcile::Rejected>(crate::hook::reconcile::REJECTED)?;
-    Ok(())
-}
-
 /// This unit's address on the peer binding (what its member advertises).
 pub fn peer_address() -> Result<String> {
     juju::network_ingress(PEER)?
@@ -162,17 +149,6 @@ pub fn data_dir() -> Result<String> {
 pub fn has_member_data(dir: &str) -> bool {
     Path::new(dir).join("member").join("wal").exists()
         || Path::new(dir).join("member").join("snap").exists()
-}
-
-pub fn tls_client() -> Result<Client> {
-    tls_client_waiting(Duration::from_secs(3))
-}
-
-/// A client whose requests may take up to `timeout` (a defragmentation's answer).
-pub fn tls_client_waiting(timeout: Duration) -> Result<Client> {
-    let tls = Tls::from_dir(pki::PKI_DIR, "server.crt", "server.key")
-        .context("reading this unit's certificates")?;
-    Ok(Client::new(&tls, timeout)?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 //! each part took.
 
 use crate::juju;
-use crate::pki;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -44,7 +43,7 @@ impl Told {
 
     fn store(&self) -> Result<()> {
         let json = serde_json::to_vec(self)?;
-        pki::write_file(Path::new(TOLD), &json, 0o644)
+        hostkit::fs::write_file(Path::new(TOLD), &json, 0o644)
             .with_context(|| format!("recording the status set in {TOLD}"))
     }
 

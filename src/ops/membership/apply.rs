@@ -301,6 +301,50 @@ fn remove_strays(
     etcd.list_when(&|m: &[Member]| cluster::strays(m, &infos, join.as_ref()).is_empty())
 }
 
+impl PeerApp for crate::unit::peers::Peers {
+    fn infos(&self) -> Vec<UnitInfo> {
+        crate::unit::peers::Peers::infos(self)
+    }
+    fn join(&self) -> Option<Join> {
+        crate::unit::peers::Peers::join(self)
+    }
+    fn set_join(&mut self, join: Option<&Join>) -> Result<()> {
+        let v = match join {
+            Some(j) => serde_json::to_string(j)?,
+            None => String::new(),
+        };
+        self.app_set("join", &v);
+        Ok(())
+    }
+}
+
+pub(crate) fn publish_members(peers: &mut crate::unit::peers::Peers, members: &[Member]) {
+    let mut urls: Vec<String> = members
+        .iter()
+        .filter(|m| m.started())
+        .flat_map(|m| {
+            m.client_urls
+                .iter()
+                .filter(|u| !u.contains("127.0.0.1"))
+                .take(1)
+                .cloned()
+        })
+        .collect();
+    urls.sort();
+    let entries: Vec<(String, String)> = members
+        .iter()
+        .filter(|m| m.started())
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.peer_urls.first().cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    peers.app_set("members", &urls.join(","));
+    peers.app_set("cluster", &cluster::initial_cluster(&entries));
+}
+
 #[cfg(test)]
 mod tests {
     //! The membership loop over an in-memory cluster: units that start when their join is

@@ -8,21 +8,9 @@
 //! member, so quorum never depends on a member that has not started (etcd-notes §4), and no
 //! two members start `existing` at once (the 3.4 join deadlock, §0.5).
 
+pub use crate::unit::peers::{Join, UnitInfo};
 use etcdkit::client::Member;
 use std::time::Duration;
-
-/// What the leader knows of one unit from its peer databag.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UnitInfo {
-    pub unit: String,
-    pub name: String,
-    pub peer_url: String,
-    pub client_url: String,
-    /// installed, certified and waiting to be told how to start
-    pub ready: bool,
-    /// running as a member
-    pub started: bool,
-}
 
 /// How long the leader waits for planned units before bootstrapping with those ready.
 pub const BOOTSTRAP_PATIENCE: Duration = Duration::from_secs(60);
@@ -61,15 +49,6 @@ pub fn initial_cluster(entries: &[(String, String)]) -> String {
     let mut v: Vec<String> = entries.iter().map(|(n, u)| format!("{n}={u}")).collect();
     v.sort();
     v.join(",")
-}
-
-/// The one join in flight, published by the leader in the peer app databag.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Join {
-    pub unit: String,
-    pub name: String,
-    pub peer_url: String,
-    pub initial_cluster: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,8 +6,8 @@
 
 use crate::juju;
 use crate::ops::roll::plan::Next;
-use crate::relations::peers::Peers;
 use crate::unit::now;
+use crate::unit::peers::Peers;
 use anyhow::Result;
 use etcdkit::client::Client;
 use etcdkit::install::Installed;

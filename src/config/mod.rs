@@ -1,6 +1,12 @@
 //! The charm's configuration: typed, validated where it enters. Pure: no I/O.
 //! A bad value becomes one specific message that blocks the unit and changes nothing.
 
+pub mod duration;
+pub mod nagios;
+pub mod schedule;
+pub mod threshold;
+
+use duration::parse_lifetime;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -50,13 +56,13 @@ pub struct Config {
     /// unit is upgraded) or "all" (after each unit); `resume-upgrade` goes on
     pub pause_after_unit_upgrade: String,
     /// when scheduled snapshots are taken (None: never)
-    pub snapshot_schedule: Option<crate::jobs::snapshots::Schedule>,
+    pub snapshot_schedule: Option<schedule::Schedule>,
     /// how many scheduled snapshots are kept
     pub snapshot_retention: u32,
     /// where scheduled snapshots are written
     pub snapshot_target: String,
     /// when the leader defragments members on its own (None: never)
-    pub defrag_threshold: Option<crate::ops::defrag::Threshold>,
+    pub defrag_threshold: Option<threshold::Threshold>,
     /// what the NRPE checks' Nagios host name starts with (layer:nagios's option)
     pub nagios_context: String,
     /// the Nagios service groups of the checks (empty: the context)
@@ -220,9 +226,8 @@ impl Config {
         if !matches!(pause_after_unit_upgrade.as_str(), "none" | "first" | "all") {
             return Err(format!("invalid config: pause_after_unit_upgrade {pause_after_unit_upgrade:?} must be none, first or all"));
         }
-        let snapshot_schedule =
-            crate::jobs::snapshots::Schedule::parse(&get_str(c, "snapshot_schedule"))
-                .map_err(|e| format!("invalid config: {e}"))?;
+        let snapshot_schedule = schedule::Schedule::parse(&get_str(c, "snapshot_schedule"))
+            .map_err(|e| format!("invalid config: {e}"))?;
         let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
         if !(1..=10000).contains(&snapshot_retention) {
             return Err(format!(
@@ -230,21 +235,13 @@ impl Config {
             ));
         }
         let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
-        crate::jobs::snapshots::check_target(&snapshot_target)
+        schedule::check_target(&snapshot_target).map_err(|e| format!("invalid config: {e}"))?;
+        let defrag_threshold = threshold::Threshold::parse(&get_str(c, "defrag_threshold"))
             .map_err(|e| format!("invalid config: {e}"))?;
-        let defrag_threshold =
-            crate::ops::defrag::Threshold::parse(&get_str(c, "defrag_threshold"))
-                .map_err(|e| format!("invalid config: {e}"))?;
         let nagios_context = get_str_or(c, "nagios_context", "juju");
         let nagios_servicegroups = get_str(c, "nagios_servicegroups");
-        crate::monitoring::nrpe::check_names("nagios_context", &nagios_context, false)
-            .and_then(|_| {
-                crate::monitoring::nrpe::check_names(
-                    "nagios_servicegroups",
-                    &nagios_servicegroups,
-                    true,
-                )
-            })
+        nagios::check_names("nagios_context", &nagios_context, false)
+            .and_then(|_| nagios::check_names("nagios_servicegroups", &nagios_servicegroups, true))
             .map_err(|e| format!("invalid config: {e}"))?;
         Ok(Config {
             nagios_context,
@@ -385,30 +382,7 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A duration's number and its last letter (s, m, h or d), split: "825d" → ("825", 86400).
-/// Any text: the last character decides (never a byte index, which may fall inside a
-/// multi-byte character).
-pub fn split_duration(s: &str) -> Option<(&str, i64)> {
-    let unit = s.chars().last()?;
-    let mult = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86400,
-        _ => return None,
-    };
-    Some((&s[..s.len() - 1], mult))
-}
 
-/// "825d", "12h", "90m", "60s" → a duration between 60 s and 3650 days.
-pub fn parse_lifetime(s: &str) -> Option<time::Duration> {
-    let (num, mult) = split_duration(s)?;
-    let n: i64 = num.trim().parse().ok()?;
-    let secs = n.checked_mul(mult)?;
-    (60..=3650 * 86400)
-        .contains(&secs)
-        .then(|| time::Duration::seconds(secs))
-}
 
 /// `auto`, `<track>/<risk>[/<branch>]`, `<risk>` or `<track>`.
 pub fn valid_channel(ch: &str) -> bool {
@@ -560,7 +534,7 @@ mod tests {
         /// Every option the charm declares (config.yaml), with its type.
         fn options() -> Vec<(String, String)> {
             let y: serde_yaml::Value =
-                serde_yaml::from_str(include_str!("../config.yaml")).unwrap();
+                serde_yaml::from_str(include_str!("../../config.yaml")).unwrap();
             y["options"]
                 .as_mapping()
                 .unwrap()
@@ -615,12 +589,12 @@ mod tests {
 
             #[test]
             fn durations_and_timers_never_panic(s in "\\PC{0,40}") {
-                let _ = split_duration(&s);
+                let _ = super::duration::split_duration(&s);
                 let _ = parse_lifetime(&s);
                 let _ = check_refresh_timer(&s);
                 let _ = check_retention("periodic", &s);
                 let _ = check_retention("revision", &s);
-                let _ = crate::jobs::snapshots::Schedule::parse(&s);
+                let _ = schedule::Schedule::parse(&s);
             }
         }
     }

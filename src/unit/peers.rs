@@ -1,12 +1,9 @@
 //! What a hook sees of the peer relation `cluster`, with the leader's writes of this hook
-//! merged in, and what is derived from it for the client relations.
+//! merged in; the peer data the units publish (`UnitInfo`) and the leader's join (`Join`).
 //!
 //! Must not: run hook tools (the reconcile reads the relation and writes what changed).
 
 use crate::juju::Bag;
-use crate::ops::membership::plan::{self as cluster, Join, UnitInfo};
-use anyhow::Result;
-use etcdkit::client::Member;
 
 /// What a hook sees of the peer relation, with the leader's writes of this hook merged in.
 pub(crate) struct Peers {
@@ -67,50 +64,6 @@ impl Peers {
     }
 }
 
-impl crate::ops::membership::apply::PeerApp for Peers {
-    fn infos(&self) -> Vec<UnitInfo> {
-        Peers::infos(self)
-    }
-    fn join(&self) -> Option<Join> {
-        Peers::join(self)
-    }
-    fn set_join(&mut self, join: Option<&Join>) -> Result<()> {
-        let v = match join {
-            Some(j) => serde_json::to_string(j)?,
-            None => String::new(),
-        };
-        self.app_set("join", &v);
-        Ok(())
-    }
-}
-
-pub(crate) fn publish_members(peers: &mut Peers, members: &[Member]) {
-    let mut urls: Vec<String> = members
-        .iter()
-        .filter(|m| m.started())
-        .flat_map(|m| {
-            m.client_urls
-                .iter()
-                .filter(|u| !u.contains("127.0.0.1"))
-                .take(1)
-                .cloned()
-        })
-        .collect();
-    urls.sort();
-    let entries: Vec<(String, String)> = members
-        .iter()
-        .filter(|m| m.started())
-        .map(|m| {
-            (
-                m.name.clone(),
-                m.peer_urls.first().cloned().unwrap_or_default(),
-            )
-        })
-        .collect();
-    peers.app_set("members", &urls.join(","));
-    peers.app_set("cluster", &cluster::initial_cluster(&entries));
-}
-
 /// Sets `k` in a databag, written only when it changes; an empty value is no key (Juju
 /// deletes a key set to ""), so clearing an absent key writes nothing and a cleared key
 /// leaves the bag as Juju will hold it.
@@ -125,10 +78,24 @@ pub(crate) fn set_key(bag: &mut Bag, writes: &mut Bag, k: &str, v: &str) {
     }
 }
 
-pub(crate) fn peers_view(p: &Peers) -> crate::relations::clients::ClusterView {
-    crate::relations::clients::ClusterView {
-        members: p.app_get("members").unwrap_or("").to_string(),
-        cluster: p.app_get("cluster").unwrap_or("").to_string(),
-        ca: p.app_get("trust").or(p.app_get("ca")).map(String::from),
-    }
+/// What the leader knows of one unit from its peer databag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnitInfo {
+    pub unit: String,
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+    /// installed, certified and waiting to be told how to start
+    pub ready: bool,
+    /// running as a member
+    pub started: bool,
+}
+
+/// The one join in flight, published by the leader in the peer app databag.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Join {
+    pub unit: String,
+    pub name: String,
+    pub peer_url: String,
+    pub initial_cluster: String,
 }
