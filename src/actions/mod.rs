@@ -514,7 +514,7 @@ fn reinstall() -> Result<Results> {
     // It takes this member down for a restart: never while another member is down (two
     // at once, say this action run on two units together, could cost the quorum: M6).
     let me = unit::member_name(&std::env::var("JUJU_UNIT_NAME").unwrap_or_default());
-    if let Some(down) = crate::hook::reconcile::other_member_down(&client, &ep, &me) {
+    if let Some(down) = crate::ops::health::other_member_down(&client, &ep, &me) {
         return refuse(format!(
             "member {down} does not answer healthy: re-installing this member now would take \
              a second member down; run the install action again once {down} is back (one \

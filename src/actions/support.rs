@@ -117,7 +117,7 @@ pub fn member_going_away(what: &str) -> Result<()> {
 /// reports it: no hook follows an action (as in Juju), and a lone unit would otherwise show
 /// the action's "maintenance" (or what the last hook saw) until update-status.
 pub fn report_member() -> Result<()> {
-    use crate::hook::plan::{health, member_status, Health};
+    use crate::ops::health::{health, member_status, Health};
     if !MEMBER_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }

@@ -382,8 +382,6 @@ pub fn check_refresh_timer(t: &str) -> Result<(), String> {
     Ok(())
 }
 
-
-
 /// `auto`, `<track>/<risk>[/<branch>]`, `<risk>` or `<track>`.
 pub fn valid_channel(ch: &str) -> bool {
     if ch == "auto" {

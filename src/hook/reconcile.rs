@@ -831,7 +831,7 @@ impl<'a> Reconcile<'a> {
         // two removed at once could stop two members together: the move waits (the hook
         // fails and Juju retries it) while another member does not answer healthy.
         if view.detaching && !view.alone {
-            if let Some(down) = other_member_down(client, ep, &self.name) {
+            if let Some(down) = crate::ops::health::other_member_down(client, ep, &self.name) {
                 anyhow::bail!(
                     "member {down} does not answer healthy: moving this member's data off its \
                      volume now would stop a second member and could cost the cluster its \
@@ -1475,22 +1475,6 @@ impl crate::ops::roll::turn::Member for LiveMember<'_> {
     fn version(&self) -> String {
         self.inst.version.clone()
     }
-}
-
-/// The first other voting member that does not answer healthy at its client URL (or, when
-/// the member list cannot be had, this member's own name: nothing is known to be safe).
-pub(crate) fn other_member_down(client: &Client, ep: &str, me: &str) -> Option<String> {
-    let Ok(members) = client.member_list(ep) else {
-        return Some(me.to_string());
-    };
-    members
-        .iter()
-        .filter(|m| m.name != me && m.is_voter())
-        .find(|m| {
-            !m.client_url()
-                .is_some_and(|url| client.health(&url).unwrap_or(false))
-        })
-        .map(|m| m.name.clone())
 }
 
 /// The config etcd ran with before a restart turn, kept until the turn's verdict.

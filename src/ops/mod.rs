@@ -4,6 +4,7 @@
 
 pub mod claim;
 pub mod defrag;
+pub mod health;
 pub mod member_lock;
 pub mod membership;
 pub mod relocate;

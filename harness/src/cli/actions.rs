@@ -2,7 +2,7 @@
 //! commands that read them back (`show-task`, `actions`, `show-action`). `run` itself, the
 //! Juju 3 spelling, is in the parent module; both queue the same tasks.
 
-use super::*;
+use super::common::*;
 
 /// `run-action <unit> <action> [key=value ...] [--wait[=<timeout>]]`. Without `--wait` it
 /// prints the id to read the result with (`show-action-output`); with it, the result keyed

@@ -1,7 +1,7 @@
 //! Applications and units: `add-unit`, `remove-unit`, `remove-application`, `config`,
 //! `resolve`.
 
-use super::*;
+use super::common::*;
 
 /// `add-unit`
 pub(super) async fn add_unit(

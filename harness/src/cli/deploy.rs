@@ -2,7 +2,7 @@
 //! `CHARM_HARNESS_CHARMHUB`), `refresh`/`upgrade-charm`, `attach-resource`/`attach`.
 
 use super::apps::{add_units, config_args};
-use super::*;
+use super::common::*;
 
 /// `attach-resource | attach`
 pub(super) async fn attach_resource(

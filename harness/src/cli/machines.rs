@@ -1,7 +1,7 @@
 //! Machines: `show-machine`, and the harness's faults (`cut-network`, `heal-network`,
 //! `crash-machine`, `start-machine`, `reboot-machine`).
 
-use super::*;
+use super::common::*;
 
 /// `show-machine`
 pub(super) async fn show_machine(

@@ -4,6 +4,7 @@
 
 mod actions;
 mod apps;
+mod common;
 mod deploy;
 mod machines;
 mod models;
@@ -12,21 +13,11 @@ mod ssh;
 mod status;
 mod storage;
 
-use crate::controller::{self, app_of, unit_number, unit_workload, Ctl};
-use crate::flags::{self, boolean, value, Flag};
-use crate::format::{render, Format};
-use crate::machine;
-use crate::proto::{AgentRequest, Reply};
-use crate::state::*;
-use anyhow::{anyhow, bail, Context, Result};
-use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use crate::controller::Ctl;
+use crate::proto::Reply;
+use anyhow::Result;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-const MODEL: Flag = value(&["m", "model"]);
-const FORMAT: Flag = value(&["format"]);
 
 pub async fn handle(
     ctl: &Arc<Ctl>,
@@ -78,60 +69,6 @@ remove-relation config model-config run exec status show-unit show-model debug-l
 run-action show-action-output show-task actions show-action scp ssh attach\n\
 resolve version wait-settled cut-network heal-network crash-machine start-machine reboot-machine\n\
 show-machine kill-controller constraints set-constraints trust expose unexpose add-storage remove-storage storage storage-pools\n";
-
-fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
-    let mut all = defs.to_vec();
-    all.push(MODEL);
-    flags::parse(&all, args).map_err(|e| anyhow!(e))
-}
-
-fn model_name(ctl: &Ctl, p: &flags::Parsed, env_model: &Option<String>) -> Result<String> {
-    let m = p
-        .value("m")
-        .map(String::from)
-        .or(env_model.clone())
-        .or_else(|| ctl.read(|w| w.current_model.clone()));
-    let m = m.ok_or_else(|| anyhow!("no model in focus: pass --model or run add-model first"))?;
-    let m = m.rsplit(':').next().unwrap_or(&m).to_string();
-    if !ctl.read(|w| w.models.contains_key(&m)) {
-        bail!("model \"{m}\" not found");
-    }
-    Ok(m)
-}
-
-fn fmt_out(v: &Value, p: &flags::Parsed, default: Format) -> Result<Reply> {
-    let f = Format::parse(p.value("format"), default).map_err(|e| anyhow!(e))?;
-    Ok(Reply::ok(render(v, f)))
-}
-
-fn resolve_unit(m: &Model, name: &str) -> Result<String> {
-    if let Some(app) = name.strip_suffix("/leader") {
-        return m
-            .apps
-            .get(app)
-            .and_then(|a| a.leader.clone())
-            .ok_or_else(|| anyhow!("could not determine leader for \"{app}\""));
-    }
-    if m.units.contains_key(name) {
-        Ok(name.to_string())
-    } else {
-        bail!("unit \"{name}\" not found")
-    }
-}
-
-fn new_uuid() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::thread_rng().gen();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
 
 async fn run(
     ctl: &Arc<Ctl>,

@@ -1,8 +1,8 @@
 //! Models and the controller: `version`, `add-model`, `destroy-model`, `models`,
 //! `show-model`, `model-config`, `wait-settled`.
 
+use super::common::*;
 use super::status::{status_json, status_table};
-use super::*;
 
 /// `version`
 pub(super) async fn version(args: &[String]) -> Result<Reply> {

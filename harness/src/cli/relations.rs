@@ -1,6 +1,6 @@
 //! Relations: `integrate` (`relate`, `add-relation`) and `remove-relation`.
 
-use super::*;
+use super::common::*;
 
 /// `integrate | relate | add-relation`
 pub(super) async fn integrate(

@@ -7,7 +7,7 @@
 //! onto a machine belongs to that user.
 
 use super::actions::{tasks_reply, wait_tasks};
-use super::*;
+use super::common::*;
 use std::process::Stdio;
 
 const HOME: &str = "/home/ubuntu";

@@ -1,7 +1,7 @@
 //! What the model looks like: `status` (table, yaml, json as Juju 3.6 prints them),
 //! `show-unit`, `debug-log`.
 
-use super::*;
+use super::common::*;
 
 /// `status`
 pub(super) async fn status(

@@ -2,7 +2,7 @@
 //! `storage-pools` (`list-storage-pools`), and the `--storage` directive of `deploy`. The
 //! pools and how a volume is made are in `crate::storage`.
 
-use super::*;
+use super::common::*;
 use crate::storage::{parse_directive, DEFAULT_SIZE_MIB, POOLS};
 
 /// `name=pool,size,count` (or just `name`) checked against the charm's storage: the name,

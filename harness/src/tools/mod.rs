@@ -5,11 +5,14 @@
 
 mod secrets;
 
+mod machine_fs;
+
 use crate::controller::{app_of, storage_location, Ctl, HookCtx};
 use crate::flags::{self, boolean, value, Flag};
 use crate::format::{render, Format};
 use crate::proto::Reply;
 use crate::state::*;
+use machine_fs::read_in_machine;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -932,18 +935,6 @@ fn dispatch(
         }
         other => refuse(format!("unknown hook tool {other:?}")),
     }
-}
-
-/// Reads a file named by a hook tool argument, inside the machine's filesystem.
-pub fn read_in_machine(ctx: &HookCtx, path: &str) -> Result<String, String> {
-    let p = if path.starts_with('/') {
-        ctx.machine_root.join(path.trim_start_matches('/'))
-    } else {
-        ctx.machine_root
-            .join(crate::controller::charm_dir_in_machine(&ctx.unit).trim_start_matches('/'))
-            .join(path)
-    };
-    std::fs::read_to_string(&p).map_err(|e| format!("cannot read {path}: {e}"))
 }
 
 fn valid_action_key(s: &str) -> bool {

@@ -77,7 +77,7 @@ fn content_args(
         let text = if f == "-" {
             stdin.unwrap_or("").to_string()
         } else {
-            super::read_in_machine(ctx, f).map_err(SErr::Run)?
+            super::machine_fs::read_in_machine(ctx, f).map_err(SErr::Run)?
         };
         let v: BTreeMap<String, String> = serde_yaml::from_str(&text)
             .map_err(|e| SErr::Usage(format!("invalid secret file: {e}")))?;
@@ -100,7 +100,7 @@ fn content_args(
                     ))
                 })?
             }
-            Some("file") => super::read_in_machine(ctx, &v).map_err(SErr::Run)?,
+            Some("file") => super::machine_fs::read_in_machine(ctx, &v).map_err(SErr::Run)?,
             Some(other) => return usage(format!("invalid encoding {other:?} for {key}")),
         };
         if !valid_key(&key) {
