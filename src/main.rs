@@ -23,6 +23,8 @@ mod monitoring;
 mod ops;
 mod pki;
 mod relations;
+#[cfg(test)]
+mod testing;
 mod unit;
 
 use clap::{Parser, Subcommand};

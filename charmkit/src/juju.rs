@@ -65,8 +65,43 @@ impl Context {
     }
 }
 
+/// Where hook tools run: Juju's own tool processes (`Processes`, the default), or another
+/// backend a test installs (`set_backend`) that answers the same argv as Juju's tools do.
+/// Every typed function below goes through `run`, so one backend sees every call.
+pub trait Backend: Send + Sync {
+    /// Runs `tool` with `args` (and `stdin` for `--file -`): its standard output, or the
+    /// error Juju's tool would give.
+    fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String>;
+}
+
+/// Juju's hook tools, as processes on PATH.
+pub struct Processes;
+
+static BACKEND: std::sync::OnceLock<Box<dyn Backend>> = std::sync::OnceLock::new();
+
+/// Installs the backend every hook tool call of this process goes to; once, before the
+/// first call (an error when one is already in place).
+pub fn set_backend(b: Box<dyn Backend>) -> std::result::Result<(), &'static str> {
+    BACKEND
+        .set(b)
+        .map_err(|_| "a hook tool backend is already installed")
+}
+
 /// Runs a hook tool. `stdin` feeds `--file -`.
 pub fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    match BACKEND.get() {
+        Some(b) => b.run(tool, args, stdin),
+        None => Processes.run(tool, args, stdin),
+    }
+}
+
+impl Backend for Processes {
+    fn run(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        run_process(tool, args, stdin)
+    }
+}
+
+fn run_process(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = Command::new(tool);
     cmd.args(args)
         .stdout(Stdio::piped())

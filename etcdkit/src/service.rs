@@ -21,6 +21,16 @@ const UNIT_LOADED: &str = "/run/etcd-charm/unit-loaded.sha256";
 /// The link `systemctl enable` makes (WantedBy=multi-user.target).
 const UNIT_ENABLED: &str = "/etc/systemd/system/multi-user.target.wants/etcd.service";
 
+/// The program whose `supervise` command runs etcd where systemd does not: this process's
+/// own binary (the charm's), unless `set_supervisor` named another (whole-hook tests, whose
+/// process is a test binary, name the charm's).
+static SUPERVISOR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Names the program that runs `supervise` (once, before a service starts).
+pub fn set_supervisor(program: std::path::PathBuf) {
+    let _ = SUPERVISOR.set(program);
+}
+
 /// Is this etcd process the child of our supervisor?
 pub fn is_ours(pid: u32) -> bool {
     read_pid(ETCD_PID) == Some(pid)
@@ -130,7 +140,10 @@ impl Service {
         }
         std::fs::create_dir_all(RUN_DIR)?;
         std::fs::create_dir_all(Path::new(LOG_FILE).parent().unwrap())?;
-        let exe = std::env::current_exe()?;
+        let exe = match SUPERVISOR.get() {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
         let mut cmd = Command::new(exe);
         cmd.args([
             "supervise",

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod tarball;
+pub use tarball::etcd_tarball;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -449,25 +451,6 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = self.cmd().arg("kill-controller").output();
     }
-}
-
-/// Builds an upstream-style release tarball (`etcd-vX-linux-amd64/{etcd,etcdctl,...}`).
-pub fn etcd_tarball(dir: &Path, bin_dir: &Path, version: &str) -> PathBuf {
-    let top = format!("etcd-v{version}-linux-amd64");
-    let out = dir.join(format!("{top}.tar.gz"));
-    let f = std::fs::File::create(&out).unwrap();
-    let gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for e in std::fs::read_dir(bin_dir).unwrap() {
-        let e = e.unwrap();
-        b.append_path_with_name(
-            e.path(),
-            format!("{top}/{}", e.file_name().to_string_lossy()),
-        )
-        .unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap();
-    out
 }
 
 /// easyrsa as a packed charm (its metadata, dispatch and the built binary in `bin/`): its
