@@ -269,10 +269,20 @@ fn modules(src_root: &Path, root_file: &str) -> Vec<Module> {
         })
     };
     let keep: Vec<bool> = out.iter().map(declared).collect();
-    out.into_iter()
+    let mut kept: Vec<Module> = out
+        .into_iter()
         .zip(keep)
         .filter_map(|(m, k)| k.then_some(m))
-        .collect()
+        .collect();
+    // A module under a test-only one is a test too.
+    loop {
+        let paths: BTreeSet<Vec<String>> = kept.iter().map(|m| m.path.clone()).collect();
+        let before = kept.len();
+        kept.retain(|m| m.path.is_empty() || paths.contains(&m.path[..m.path.len() - 1]));
+        if kept.len() == before {
+            return kept;
+        }
+    }
 }
 
 /// The module paths a path expression starting at `s` (after `crate::`/`super::`/…) names,

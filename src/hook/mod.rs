@@ -1,5 +1,5 @@
 //! The hook handler: every hook but stop/remove runs the same `reconcile` (its phases are
-//! in `reconcile.rs`), then the Nagios checks, then sets the status once (`status`). A unit
+//! in `reconcile/`, one file per phase), then the Nagios checks, then sets the status once (`status`). A unit
 //! that goes leaves the cluster first (`leave`).
 //!
 //! Peer relation `cluster` keys. Unit databag: `db-ingress-address` (classic), `member-name`,

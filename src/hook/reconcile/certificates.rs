@@ -1,0 +1,104 @@
+//! Phase 2, `certificates`: the CA (built in, or easyrsa's), the leader's signing and CA moves, this unit's certificates.
+
+use super::state::*;
+use crate::pki;
+use crate::pki::authority;
+use crate::pki::certs::{install_certs, leader_sign, overdue_certificate, plan_ca_move};
+use crate::unit::status::mark;
+use anyhow::Result;
+
+impl<'a> Reconcile<'a> {
+    /// Phase 2.
+    pub(super) fn certificates(&mut self) -> Result<()> {
+        let unit = self.ctx.unit.clone();
+        self.provided = match authority::exchange(&unit, &self.address, &self.names)? {
+            Ok(p) => p,
+            Err(msg) => {
+                self.board.report("blocked", msg);
+                None
+            }
+        };
+        if self.leader {
+            leader_sign(
+                &mut self.peers,
+                &unit,
+                std::slice::from_ref(&self.address),
+                self.cfg.tls_certificate_lifetime,
+            )?;
+            let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
+            plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
+            crate::pki::certs::publish_client_sha(&mut self.peers)?;
+            // A client relation that goes takes the shared pair with it: the others get a
+            // new one (the departed application's copy is not renewed).
+            let why = if matches!(
+                self.ctx.hook_name(),
+                "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
+            ) {
+                crate::pki::certs::ClientRenewal::RelationGone
+            } else {
+                crate::pki::certs::ClientRenewal::Due
+            };
+            crate::pki::certs::renew_client(
+                &mut self.peers,
+                self.cfg.tls_certificate_lifetime,
+                why,
+            )?;
+        }
+        mark("leader-pki");
+        // Related to a CA that has not answered yet, before anything runs: wait for it
+        // rather than start on the built-in CA and move at once.
+        let nothing_started = self.peers.started().next().is_none();
+        self.certified = if self.provided.is_none() && nothing_started && authority::related()? {
+            self.board
+                .report("waiting", "Waiting for the CA on the certificates relation");
+            false
+        } else {
+            install_certs(
+                &self.peers,
+                &unit,
+                &self.name,
+                &self.csrs,
+                self.provided.as_ref(),
+            )?
+        };
+        // What the leader's CA moves wait for: the CA of the certificates this unit serves
+        // with on each port and the bundles its etcd started with.
+        let mut known = authority::split(self.peers.app_get("trust").unwrap_or_default());
+        for k in ["ca", "peer-ca", "peer-trust"] {
+            known.extend(authority::split(self.peers.app_get(k).unwrap_or_default()));
+        }
+        known.extend(self.provided.as_ref().map(|p| p.ca.clone()));
+        for side in [authority::Side::CLIENT, authority::Side::PEER] {
+            let in_use = std::fs::read_to_string(pki::path(side.cert_file))
+                .ok()
+                .and_then(|c| authority::issuer_of(&c, &known));
+            self.set(side.issuer_in_use, in_use.as_deref().unwrap_or(""));
+        }
+        let digest = |f: &str| {
+            std::fs::read_to_string(pki::path(f))
+                .ok()
+                .map(|t| authority::sha16(&t))
+        };
+        self.trust_on_disk = digest(authority::Side::CLIENT.bundle_file);
+        self.peer_trust_on_disk = digest(authority::Side::PEER.bundle_file);
+        if self.st.running_trust.is_none() && self.svc.running()? {
+            // A unit from before the CA move: etcd runs with what is on disk.
+            self.st.running_trust = self.trust_on_disk.clone();
+        }
+        if self.st.running_peer_trust.is_none() && self.svc.running()? {
+            // A unit from before the peer CA: its peer port trusts the client port's bundle.
+            self.st.running_peer_trust = self.st.running_trust.clone();
+        }
+        self.publish_running_trust();
+        for side in [authority::Side::CLIENT, authority::Side::PEER] {
+            if let Some(step) = self.peers.app_get(side.step) {
+                self.board
+                    .report("maintenance", format!("{}{step}", side.label()));
+            }
+        }
+        if let Some(msg) = overdue_certificate() {
+            self.board.report("blocked", msg);
+        }
+        Ok(())
+    }
+}
