@@ -19,30 +19,7 @@ impl<'a> Reconcile<'a> {
             }
         };
         if self.leader {
-            leader_sign(
-                &mut self.peers,
-                &unit,
-                std::slice::from_ref(&self.address),
-                self.cfg.tls_certificate_lifetime,
-            )?;
-            let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
-            plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
-            crate::pki::certs::publish_client_sha(&mut self.peers)?;
-            // A client relation that goes takes the shared pair with it: the others get a
-            // new one (the departed application's copy is not renewed).
-            let why = if matches!(
-                self.ctx.hook_name(),
-                "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
-            ) {
-                crate::pki::certs::ClientRenewal::RelationGone
-            } else {
-                crate::pki::certs::ClientRenewal::Due
-            };
-            crate::pki::certs::renew_client(
-                &mut self.peers,
-                self.cfg.tls_certificate_lifetime,
-                why,
-            )?;
+            self.leader_pki(&unit)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it
@@ -61,8 +38,50 @@ impl<'a> Reconcile<'a> {
                 self.provided.as_ref(),
             )?
         };
-        // What the leader's CA moves wait for: the CA of the certificates this unit serves
-        // with on each port and the bundles its etcd started with.
+        self.report_tls()?;
+        self.publish_running_trust();
+        for side in [authority::Side::CLIENT, authority::Side::PEER] {
+            if let Some(step) = self.peers.app_get(side.step) {
+                self.board
+                    .report("maintenance", format!("{}{step}", side.label()));
+            }
+        }
+        if let Some(msg) = overdue_certificate() {
+            self.board.report("blocked", msg);
+        }
+        Ok(())
+    }
+
+    /// The leader's side: this unit's CSR signed by the built-in CA, the CA move planned
+    /// from what the units report, the shared client pair published and renewed when due
+    /// (or when a client relation that had it went).
+    fn leader_pki(&mut self, unit: &str) -> Result<()> {
+        leader_sign(
+            &mut self.peers,
+            unit,
+            std::slice::from_ref(&self.address),
+            self.cfg.tls_certificate_lifetime,
+        )?;
+        let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
+        plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
+        crate::pki::certs::publish_client_sha(&mut self.peers)?;
+        // A client relation that goes takes the shared pair with it: the others get a
+        // new one (the departed application's copy is not renewed).
+        let why = if matches!(
+            self.ctx.hook_name(),
+            "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
+        ) {
+            crate::pki::certs::ClientRenewal::RelationGone
+        } else {
+            crate::pki::certs::ClientRenewal::Due
+        };
+        crate::pki::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime, why)?;
+        Ok(())
+    }
+
+    /// What the leader's CA moves wait for: the CA of the certificates this unit serves
+    /// with on each port and the bundles its etcd started with.
+    fn report_tls(&mut self) -> Result<()> {
         let mut known = authority::split(self.peers.app_get("trust").unwrap_or_default());
         for k in ["ca", "peer-ca", "peer-trust"] {
             known.extend(authority::split(self.peers.app_get(k).unwrap_or_default()));
@@ -88,16 +107,6 @@ impl<'a> Reconcile<'a> {
         if self.st.running_peer_trust.is_none() && self.svc.running()? {
             // A unit from before the peer CA: its peer port trusts the client port's bundle.
             self.st.running_peer_trust = self.st.running_trust.clone();
-        }
-        self.publish_running_trust();
-        for side in [authority::Side::CLIENT, authority::Side::PEER] {
-            if let Some(step) = self.peers.app_get(side.step) {
-                self.board
-                    .report("maintenance", format!("{}{step}", side.label()));
-            }
-        }
-        if let Some(msg) = overdue_certificate() {
-            self.board.report("blocked", msg);
         }
         Ok(())
     }

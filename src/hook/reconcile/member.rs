@@ -5,6 +5,7 @@ use super::state::*;
 use super::turn::{config_held, write_config, CONFIG_KEPT};
 use crate::juju::{self};
 use crate::pki;
+use crate::unit::rejected::Rejected;
 use crate::unit::status::mark;
 use crate::unit::{endpoint, retry};
 use anyhow::{Context as _, Result};
@@ -18,8 +19,51 @@ use std::time::Duration;
 impl<'a> Reconcile<'a> {
     /// Phase 5: etcd's config rendered, etcd started, or restarted in this unit's turn.
     pub(super) fn run_member(&mut self, client: &Client) -> Result<Ran> {
-        let cfg = &self.cfg;
-        let member = render::Member {
+        let member = self.member_config()?;
+        let (rendered, held, changed, ep) = self.rendered_config(client, &member)?;
+        std::fs::create_dir_all(&self.data)?;
+        use std::os::unix::fs::PermissionsExt;
+        // etcd's data (keys included) is for root alone.
+        std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private (0700)", self.data))?;
+        mark("rendered");
+        self.finish_killed_turn(client, &ep, &rendered)?;
+        let mut roll_msg = None;
+        use crate::hook::plan::MemberAction;
+        let action = crate::hook::plan::member_action(&crate::hook::plan::MemberView {
+            running: self.svc.running()?,
+            config_changed: changed,
+            trust_running: self.st.running_trust.as_deref(),
+            trust_on_disk: self.trust_on_disk.as_deref(),
+            peer_trust_running: self.st.running_peer_trust.as_deref(),
+            peer_trust_on_disk: self.peer_trust_on_disk.as_deref(),
+            staged: self.inst.staged.is_some(),
+            running_version: self.st.running_version.as_deref(),
+            installed_version: &self.inst.version,
+        });
+        // A restart no longer wanted (the config went back before this unit's turn, or is
+        // held) leaves the roll's queue: a turn granted for it would wait for ever.
+        if action != MemberAction::RestartInTurn
+            && self
+                .mine
+                .get("restart-wanted")
+                .is_some_and(|w| !w.is_empty())
+        {
+            self.set("restart-wanted", "");
+        }
+        if action == MemberAction::Start {
+            return self.start_member(&rendered, changed, held.is_none());
+        } else if action == MemberAction::RestartInTurn {
+            roll_msg = self.restart_in_turn(client, &ep, &rendered)?;
+        } else if self.leader {
+            roll_msg = self.manage_roll(client, &ep);
+        }
+        Ok(Ran::Running { roll_msg })
+    }
+
+    /// What this member's etcd config says of it besides the operator's settings.
+    fn member_config(&self) -> Result<render::Member> {
+        Ok(render::Member {
             name: self.name.clone(),
             address: self.address.clone(),
             data_dir: self.data.clone(),
@@ -40,7 +84,18 @@ impl<'a> Reconcile<'a> {
                 .unwrap_or_else(|| "etcd-cluster".into()),
             pki_dir: pki::PKI_DIR.into(),
             version: self.inst.version()?,
-        };
+        })
+    }
+
+    /// The config rendered for `member`, the rejected record that holds it back (if any),
+    /// whether it differs from the one on disk and may be applied, and the endpoint where
+    /// the member answers now.
+    fn rendered_config(
+        &mut self,
+        client: &Client,
+        member: &render::Member,
+    ) -> Result<(String, Option<Rejected>, bool, String)> {
+        let cfg = &self.cfg;
         if cfg.enable_v2 && !member.version.has_v2_api() {
             self.board.report(
                 "blocked",
@@ -77,23 +132,21 @@ impl<'a> Reconcile<'a> {
                 changed = false;
             }
         }
-        std::fs::create_dir_all(&self.data)?;
-        use std::os::unix::fs::PermissionsExt;
-        // etcd's data (keys included) is for root alone.
-        std::fs::set_permissions(&self.data, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private (0700)", self.data))?;
-        mark("rendered");
-        // A turn a killed hook left between its switch and its verdict is finished before
-        // anything else is decided from what runs here.
+        Ok((rendered, held, changed, ep))
+    }
+
+    /// A turn a killed hook left between its switch and its verdict is finished before
+    /// anything else is decided from what runs here.
+    fn finish_killed_turn(&mut self, client: &Client, ep: &str, rendered: &str) -> Result<()> {
         if self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists() {
             juju::log(
                 "INFO",
                 "finishing the restart a killed hook left between its switch and its health check",
             );
-            let r = crate::ops::roll::turn::resume(&mut self.live_member(client, &ep, &rendered))?;
+            let r = crate::ops::roll::turn::resume(&mut self.live_member(client, ep, rendered))?;
             // The killed turn held the member-down lock: the turn is over, so it goes.
             // (Asked where the member answers now: the turn may have moved its client port.)
-            for here in [ep.clone(), endpoint(&self.address, self.cfg.port)] {
+            for here in [ep.to_string(), endpoint(&self.address, self.cfg.port)] {
                 if crate::ops::member_lock::release_own(client, &here, &self.ctx.unit) {
                     break;
                 }
@@ -103,68 +156,46 @@ impl<'a> Reconcile<'a> {
                 self.restarted(&r, &wanted);
             }
         }
-        let mut roll_msg = None;
-        use crate::hook::plan::MemberAction;
-        let action = crate::hook::plan::member_action(&crate::hook::plan::MemberView {
-            running: self.svc.running()?,
-            config_changed: changed,
-            trust_running: self.st.running_trust.as_deref(),
-            trust_on_disk: self.trust_on_disk.as_deref(),
-            peer_trust_running: self.st.running_peer_trust.as_deref(),
-            peer_trust_on_disk: self.peer_trust_on_disk.as_deref(),
-            staged: self.inst.staged.is_some(),
-            running_version: self.st.running_version.as_deref(),
-            installed_version: &self.inst.version,
-        });
-        // A restart no longer wanted (the config went back before this unit's turn, or is
-        // held) leaves the roll's queue: a turn granted for it would wait for ever.
-        if action != MemberAction::RestartInTurn
-            && self
-                .mine
-                .get("restart-wanted")
-                .is_some_and(|w| !w.is_empty())
-        {
-            self.set("restart-wanted", "");
+        Ok(())
+    }
+
+    /// Starts etcd (not running, nothing else to do first): with the new config when it
+    /// changed, and the running port, peer URL and version recorded (`applied`: the config
+    /// started is the rendered one, not a held one).
+    fn start_member(&mut self, rendered: &str, changed: bool, applied: bool) -> Result<Ran> {
+        relocate_data(&self.data, &self.svc)?;
+        if changed {
+            write_config(rendered)?;
         }
-        if action == MemberAction::Start {
-            relocate_data(&self.data, &self.svc)?;
-            if changed {
-                write_config(&rendered)?;
-            }
-            if self.ctx.hook_name() == "update-status" {
-                // Report the fault now; the restart is seen by the next update-status.
-                self.board.report(
-                    "blocked",
-                    format!(
-                        "UnHealthy with {} known peers: etcd was not running; restarting it",
-                        self.peers.units.len()
-                    ),
-                );
-                self.svc.start()?;
-                self.started_with_trust_on_disk();
-                return Ok(Ran::Reported);
-            }
+        if self.ctx.hook_name() == "update-status" {
+            // Report the fault now; the restart is seen by the next update-status.
+            self.board.report(
+                "blocked",
+                format!(
+                    "UnHealthy with {} known peers: etcd was not running; restarting it",
+                    self.peers.units.len()
+                ),
+            );
             self.svc.start()?;
             self.started_with_trust_on_disk();
-            // A held config is not what starts: the file on disk (the config that ran
-            // before) keeps its ports and URLs.
-            if held.is_none() {
-                self.st.client_port = Some(self.cfg.port);
-                self.st.running_peer_url = Some(self.peer_url.clone());
-            }
-            // With binaries staged for a rolling upgrade, what started is what `current`
-            // still points at; the new ones wait for this unit's turn.
-            self.st.running_version = Some(if self.inst.staged.is_some() {
-                install::binary_version(Path::new(&self.inst.etcd()))?
-            } else {
-                self.inst.version.clone()
-            });
-        } else if action == MemberAction::RestartInTurn {
-            roll_msg = self.restart_in_turn(client, &ep, &rendered)?;
-        } else if self.leader {
-            roll_msg = self.manage_roll(client, &ep);
+            return Ok(Ran::Reported);
         }
-        Ok(Ran::Running { roll_msg })
+        self.svc.start()?;
+        self.started_with_trust_on_disk();
+        // A held config is not what starts: the file on disk (the config that ran
+        // before) keeps its ports and URLs.
+        if applied {
+            self.st.client_port = Some(self.cfg.port);
+            self.st.running_peer_url = Some(self.peer_url.clone());
+        }
+        // With binaries staged for a rolling upgrade, what started is what `current`
+        // still points at; the new ones wait for this unit's turn.
+        self.st.running_version = Some(if self.inst.staged.is_some() {
+            install::binary_version(Path::new(&self.inst.etcd()))?
+        } else {
+            self.inst.version.clone()
+        });
+        Ok(Ran::Running { roll_msg: None })
     }
 
     /// Waits for this member to answer (as long as this hook can usefully wait) and returns

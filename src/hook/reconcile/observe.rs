@@ -9,7 +9,7 @@ use crate::unit::peers::Peers;
 use crate::unit::status::{mark, StatusBoard};
 use crate::unit::{data_dir, endpoint, member_name, LocalState, SeenDataDir, SeenResource, PEER};
 use anyhow::{Context as _, Result};
-use etcdkit::install::{self, Delivery, InstallError};
+use etcdkit::install::{self, Delivery, InstallError, Installed};
 use etcdkit::service::Service;
 
 impl<'a> Reconcile<'a> {
@@ -31,52 +31,9 @@ impl<'a> Reconcile<'a> {
             crate::unit::status::forget_app()?;
         }
         let update_status = ctx.hook_name() == "update-status";
-        let resource = remembered(
-            &mut st.etcd_resource,
-            update_status,
-            |_| true,
-            || {
-                let path = juju::resource_get("etcd")
-                    .context("cannot tell whether an etcd resource is attached")?;
-                Ok(SeenResource { path })
-            },
-        )?
-        .path;
-        let mut inst = match ensure_installed(&cfg, resource.as_deref()) {
-            Ok(i) => i,
-            Err(InstallError::Bad(msg)) => {
-                board.report("blocked", msg);
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        // Attaching a resource never migrates a Debian-package unit by itself: say how to.
-        let migration_hint = if inst.delivery == Delivery::Deb && resource.is_some() {
-            "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
-        } else {
-            ""
-        };
-        mark("installed");
-        if let Err(msg) = apply_snapd_refresh(st, &cfg, &ctx.unit) {
-            board.report("blocked", msg);
+        let Some((inst, migration_hint)) = installed(ctx, st, board, &cfg, update_status)? else {
             return Ok(None);
-        }
-        if st.told_version.as_deref() != Some(inst.version.as_str()) {
-            // Best effort: the version column is cosmetic; the next hook tries again.
-            if juju::application_version_set(&inst.version).is_ok() {
-                st.told_version = Some(inst.version.clone());
-            }
-        }
-        if let Some(v) = &inst.rolled_back {
-            board.report(
-                "blocked",
-                format!(
-                    "etcd {v} did not become healthy on this unit and was rolled back to {}; {}",
-                    inst.version,
-                    inst.retry_hint()
-                ),
-            );
-        }
+        };
         let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
             board.report("waiting", "Waiting for the peer relation");
             return Ok(None);
@@ -94,46 +51,13 @@ impl<'a> Reconcile<'a> {
         let names = vec![address.clone(), "127.0.0.1".to_string()];
         let csrs = ensure_csrs(st, &ctx.unit, &names)?;
 
-        let mut peers = Peers {
-            rel: rel.clone(),
-            app: juju::relation_get(&rel, &ctx.app, true)?,
-            app_writes: Bag::new(),
-            units: Default::default(),
-            new_client: None,
-        };
-        for u in juju::relation_list(&rel)? {
-            let b = juju::relation_get(&rel, &u, false)?;
-            peers.units.insert(u, b);
-        }
+        let peers = read_peers(&rel, ctx)?;
         mark("peers-read");
-        // A newer Debian package the leader published (the upgrade-package action): staged
-        // here, switched in this unit's rolling turn like an attached etcd resource.
-        if inst.delivery == Delivery::Deb {
-            if let Some(target) = peers.app_get("package-target").filter(|t| !t.is_empty()) {
-                inst = match install::stage_deb(&inst, target) {
-                    Ok(i) => i,
-                    Err(InstallError::Bad(msg)) => {
-                        board.report("blocked", msg);
-                        return Ok(None);
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-            }
-        }
+        let Some(inst) = staged(inst, &peers, board)? else {
+            return Ok(None);
+        };
         let mine = juju::relation_get(&rel, &ctx.unit, false)?;
-        let delivery = inst.delivery;
-        let data = remembered(
-            &mut st.data_dir,
-            update_status,
-            |seen| seen.delivery == delivery,
-            || {
-                Ok(SeenDataDir {
-                    delivery,
-                    dir: data_dir()?,
-                })
-            },
-        )?
-        .dir;
+        let data = data_dir_of(st, update_status, inst.delivery)?;
         let svc = Service {
             etcd_binary: inst.etcd(),
         };
@@ -164,4 +88,116 @@ impl<'a> Reconcile<'a> {
         r.publish_self();
         Ok(Some(r))
     }
+}
+
+/// etcd installed (or already there) from the delivery the config and the `etcd` resource
+/// choose, its version told to Juju; `None` when the unit is blocked (the board says why).
+/// Also the status hint for a Debian-package unit with a resource attached.
+fn installed(
+    ctx: &Context,
+    st: &mut LocalState,
+    board: &mut StatusBoard,
+    cfg: &Config,
+    update_status: bool,
+) -> Result<Option<(Installed, &'static str)>> {
+    let resource = remembered(
+        &mut st.etcd_resource,
+        update_status,
+        |_| true,
+        || {
+            let path = juju::resource_get("etcd")
+                .context("cannot tell whether an etcd resource is attached")?;
+            Ok(SeenResource { path })
+        },
+    )?
+    .path;
+    let inst = match ensure_installed(cfg, resource.as_deref()) {
+        Ok(i) => i,
+        Err(InstallError::Bad(msg)) => {
+            board.report("blocked", msg);
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Attaching a resource never migrates a Debian-package unit by itself: say how to.
+    let migration_hint = if inst.delivery == Delivery::Deb && resource.is_some() {
+        "; snap-upgrade available: run the snap-upgrade action to move to the attached etcd resource"
+    } else {
+        ""
+    };
+    mark("installed");
+    if let Err(msg) = apply_snapd_refresh(st, cfg, &ctx.unit) {
+        board.report("blocked", msg);
+        return Ok(None);
+    }
+    if st.told_version.as_deref() != Some(inst.version.as_str()) {
+        // Best effort: the version column is cosmetic; the next hook tries again.
+        if juju::application_version_set(&inst.version).is_ok() {
+            st.told_version = Some(inst.version.clone());
+        }
+    }
+    if let Some(v) = &inst.rolled_back {
+        board.report(
+            "blocked",
+            format!(
+                "etcd {v} did not become healthy on this unit and was rolled back to {}; {}",
+                inst.version,
+                inst.retry_hint()
+            ),
+        );
+    }
+    Ok(Some((inst, migration_hint)))
+}
+
+/// The peer relation as this hook sees it: the application's bag and every other unit's.
+fn read_peers(rel: &str, ctx: &Context) -> Result<Peers> {
+    let mut peers = Peers {
+        rel: rel.to_string(),
+        app: juju::relation_get(rel, &ctx.app, true)?,
+        app_writes: Bag::new(),
+        units: Default::default(),
+        new_client: None,
+    };
+    for u in juju::relation_list(rel)? {
+        let b = juju::relation_get(rel, &u, false)?;
+        peers.units.insert(u, b);
+    }
+    Ok(peers)
+}
+
+/// A newer Debian package the leader published (the upgrade-package action): staged here,
+/// switched in this unit's rolling turn like an attached etcd resource. `None` when the
+/// unit is blocked (the board says why).
+fn staged(inst: Installed, peers: &Peers, board: &mut StatusBoard) -> Result<Option<Installed>> {
+    if inst.delivery != Delivery::Deb {
+        return Ok(Some(inst));
+    }
+    let Some(target) = peers.app_get("package-target").filter(|t| !t.is_empty()) else {
+        return Ok(Some(inst));
+    };
+    match install::stage_deb(&inst, target) {
+        Ok(i) => Ok(Some(i)),
+        Err(InstallError::Bad(msg)) => {
+            board.report("blocked", msg);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where etcd's data lives, asked of Juju again only when the delivery changed or the hook
+/// is not update-status.
+fn data_dir_of(st: &mut LocalState, update_status: bool, delivery: Delivery) -> Result<String> {
+    Ok(remembered(
+        &mut st.data_dir,
+        update_status,
+        |seen| seen.delivery == delivery,
+        || {
+            Ok(SeenDataDir {
+                delivery,
+                dir: data_dir()?,
+            })
+        },
+    )?
+    .dir)
 }

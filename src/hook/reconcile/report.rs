@@ -43,8 +43,8 @@ impl<'a> Reconcile<'a> {
     /// the application's.
     pub(super) fn report(&mut self, r: Report) -> Result<()> {
         let rolling = r.roll_msg.is_some();
-        if let Some(msg) = r.roll_msg {
-            self.board.report("maintenance", msg);
+        if let Some(msg) = &r.roll_msg {
+            self.board.report("maintenance", msg.clone());
         }
         mark("membership");
         let status = r.status;
@@ -66,20 +66,7 @@ impl<'a> Reconcile<'a> {
         let raft_leader = status.as_ref().ok().map(|s| s.leader).filter(|l| *l != 0);
         let backups = self.scheduled_snapshots(r.members, raft_leader, r.ep);
         if self.leader && healthy {
-            if let Some(th) = &self.cfg.defrag_threshold {
-                let rolling = rolling
-                    || self.peers.app_get("restart-grant").is_some()
-                    || self.peers.app_get("upgrade-turn").is_some();
-                crate::ops::defrag::automatic(
-                    th,
-                    rolling,
-                    r.client,
-                    r.ep,
-                    r.members,
-                    raft_leader,
-                    &mut |l, m| juju::log(l, m),
-                );
-            }
+            self.defrag_if_due(rolling, &r, raft_leader);
         }
         let backups_note = match backups {
             Ok(Some(note)) => format!("; {note}"),
@@ -124,6 +111,25 @@ impl<'a> Reconcile<'a> {
             self.application_status(voters, r.membership_wait)?;
         }
         Ok(())
+    }
+
+    /// The leader's automatic defragmentation (config `defrag_threshold`), never while a
+    /// roll or an upgrade turn runs.
+    fn defrag_if_due(&self, rolling: bool, r: &Report, raft_leader: Option<u64>) {
+        if let Some(th) = &self.cfg.defrag_threshold {
+            let rolling = rolling
+                || self.peers.app_get("restart-grant").is_some()
+                || self.peers.app_get("upgrade-turn").is_some();
+            crate::ops::defrag::automatic(
+                th,
+                rolling,
+                r.client,
+                r.ep,
+                r.members,
+                raft_leader,
+                &mut |l, m| juju::log(l, m),
+            );
+        }
     }
 
     /// The leader's application status (`plan::app_status`) from every unit's view.

@@ -218,17 +218,7 @@ impl<'a> Reconcile<'a> {
         ep: &str,
         rendered: &str,
     ) -> Result<Option<String>> {
-        let staged = self.inst.staged.as_deref().unwrap_or("");
-        let trust = self.trust_on_disk.as_deref().unwrap_or("");
-        let peer_trust = self.peer_trust_on_disk.as_deref().unwrap_or("");
-        let want = pki::sha256_hex(
-            format!(
-                "{rendered}\n{}{staged}\n{trust}{peer_trust}",
-                self.inst.version
-            )
-            .as_bytes(),
-        )[..16]
-            .to_string();
+        let want = self.restart_hash(rendered);
         self.set("restart-wanted", &want);
         let mut roll_msg = None;
         if self.leader {
@@ -287,47 +277,94 @@ impl<'a> Reconcile<'a> {
                 }
             }
             Turn::Take => {
-                // One member down at a time across the roll, actions and storage detaches:
-                // the member-down lock, held until this restart is over.
-                let _lock = if view.alone {
+                self.take_turn(
+                    client,
+                    ep,
+                    rendered,
+                    &want,
+                    (view.alone, view.detaching),
+                    &mut roll_msg,
+                )?;
+            }
+            waiting => self.report_waiting(waiting),
+        }
+        Ok(roll_msg)
+    }
+
+    /// What this unit's restart is for: the rendered config, the version and binaries
+    /// staged, the CA bundles on disk (a digest: the same turn is asked for once).
+    fn restart_hash(&self, rendered: &str) -> String {
+        let staged = self.inst.staged.as_deref().unwrap_or("");
+        let trust = self.trust_on_disk.as_deref().unwrap_or("");
+        let peer_trust = self.peer_trust_on_disk.as_deref().unwrap_or("");
+        pki::sha256_hex(
+            format!(
+                "{rendered}\n{}{staged}\n{trust}{peer_trust}",
+                self.inst.version
+            )
+            .as_bytes(),
+        )[..16]
+            .to_string()
+    }
+
+    /// This unit's turn, taken: the member-down lock (unless `alone`), the restart as a
+    /// transaction, its verdict published; the leader grants the next turn.
+    fn take_turn(
+        &mut self,
+        client: &Client,
+        ep: &str,
+        rendered: &str,
+        want: &str,
+        (alone, detaching): (bool, bool),
+        roll_msg: &mut Option<String>,
+    ) -> Result<()> {
+        // One member down at a time across the roll, actions and storage detaches:
+        // the member-down lock, held until this restart is over.
+        let _lock = if alone {
+            None
+        } else {
+            match crate::ops::member_lock::take(client, ep, &self.ctx.unit.clone(), "restart") {
+                Err(e) => {
+                    // This member cannot be asked (the restart may be what mends it):
+                    // the health gates of the roll still hold.
+                    juju::log("WARNING", &format!("cannot take the member-down lock here ({e:#}); restarting in this unit's turn without it"));
                     None
-                } else {
-                    match crate::ops::member_lock::take(client, ep, &unit, "restart") {
-                        Err(e) => {
-                            // This member cannot be asked (the restart may be what mends it):
-                            // the health gates of the roll still hold.
-                            juju::log("WARNING", &format!("cannot take the member-down lock here ({e:#}); restarting in this unit's turn without it"));
-                            None
-                        }
-                        Ok(Ok(mut held)) => {
-                            held.also(&endpoint(&self.address, self.cfg.port));
-                            Some(held)
-                        }
-                        Ok(Err(holder)) if view.detaching => anyhow::bail!(
-                            "{holder} has its member down now (the member-down lock): moving \
-                             this member's data off its volume now would stop a second member; \
-                             Juju retries this hook"
-                        ),
-                        Ok(Err(holder)) => {
-                            self.board.report(
-                                "maintenance",
-                                format!("Waiting for {holder} to finish before restarting (the member-down lock)"),
-                            );
-                            return Ok(roll_msg);
-                        }
-                    }
-                };
-                let r = crate::ops::roll::turn::take(&mut self.live_member(client, ep, rendered))?;
-                self.restarted(&r, &want);
-                if self.leader {
-                    roll_msg = self.manage_roll(client, ep);
+                }
+                Ok(Ok(mut held)) => {
+                    held.also(&endpoint(&self.address, self.cfg.port));
+                    Some(held)
+                }
+                Ok(Err(holder)) if detaching => anyhow::bail!(
+                    "{holder} has its member down now (the member-down lock): moving \
+                     this member's data off its volume now would stop a second member; \
+                     Juju retries this hook"
+                ),
+                Ok(Err(holder)) => {
+                    self.board.report(
+                        "maintenance",
+                        format!("Waiting for {holder} to finish before restarting (the member-down lock)"),
+                    );
+                    return Ok(());
                 }
             }
+        };
+        let r = crate::ops::roll::turn::take(&mut self.live_member(client, ep, rendered))?;
+        self.restarted(&r, want);
+        if self.leader {
+            *roll_msg = self.manage_roll(client, ep);
+        }
+        Ok(())
+    }
+
+    /// Says why this unit's restart waits (or stopped).
+    fn report_waiting(&mut self, turn: crate::hook::plan::Turn) {
+        use crate::hook::plan::Turn;
+        match turn {
             Turn::Stopped { unit, version } => self.board.report(
                 "blocked",
                 format!(
                     "Upgrade stopped: etcd {version} failed on {unit} and was rolled back \
-                     there; this unit keeps its version: {}",
+             there; this unit keeps its version: {}",
                     self.inst.retry_hint()
                 ),
             ),
@@ -335,23 +372,23 @@ impl<'a> Reconcile<'a> {
                 "blocked",
                 format!(
                     "Config change stopped: etcd on {unit} did not come up healthy with the \
-                     new config and runs its previous one (see its status); this unit keeps \
-                     its config until the config changes again"
+             new config and runs its previous one (see its status); this unit keeps \
+             its config until the config changes again"
                 ),
             ),
             Turn::Paused { after } => self.board.report(
                 "maintenance",
                 format!(
                     "Upgrade paused after {after}: run the resume-upgrade action on the \
-                     leader to go on"
+             leader to go on"
                 ),
             ),
             Turn::Wait => self.board.report(
                 "maintenance",
                 "Waiting for this unit's turn to restart with the new config",
             ),
+            Turn::HandBack | Turn::Take => {}
         }
-        Ok(roll_msg)
     }
 
     /// This unit's etcd for `restart`: `ep` is where it answers before the restart.
