@@ -41,10 +41,57 @@ const LAYERS: &[&[&str]] = &[
 /// Functions still over the limit while the layout work goes on (issue 23): name, file and
 /// the most lines they may have. The list may only shrink: a function not listed, or grown
 /// past its entry, fails the test.
-const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[];
+const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
+    ("install_archive", "etcdkit/src/install.rs", 91),
+    ("unpack_safely_with", "etcdkit/src/install.rs", 84),
+    ("etcd_config", "etcdkit/src/render.rs", 99),
+    ("supervise", "etcdkit/src/service.rs", 81),
+    ("boot", "harness/src/boot.rs", 100),
+    ("queue_action", "harness/src/cli/actions.rs", 82),
+    ("tasks_reply", "harness/src/cli/actions.rs", 85),
+    ("config", "harness/src/cli/apps.rs", 109),
+    ("deploy", "harness/src/cli/deploy.rs", 183),
+    ("refresh", "harness/src/cli/deploy.rs", 158),
+    ("model_config", "harness/src/cli/models.rs", 86),
+    ("add_relation", "harness/src/cli/relations.rs", 165),
+    ("status_json", "harness/src/cli/status.rs", 131),
+    ("status_table", "harness/src/cli/status.rs", 93),
+    ("apply_secret", "harness/src/controller.rs", 105),
+    ("environment", "harness/src/controller.rs", 109),
+    ("place_unit", "harness/src/controller.rs", 94),
+    ("remove_unit", "harness/src/controller.rs", 97),
+    ("run_hook", "harness/src/controller.rs", 184),
+    ("run_task", "harness/src/controller.rs", 114),
+    ("start_machine", "harness/src/controller.rs", 144),
+    ("worker", "harness/src/controller.rs", 114),
+    ("main", "harness/src/main.rs", 95),
+    ("read_charm", "harness/src/state.rs", 147),
+    ("dispatch", "harness/src/tools/mod.rs", 777),
+    ("dispatch", "harness/src/tools/secrets.rs", 249),
+    ("copy_from", "src/actions/copy_from.rs", 119),
+    ("reinstall", "src/actions/mod.rs", 132),
+    ("recover", "src/actions/recover.rs", 194),
+    ("fetch", "src/actions/restore.rs", 95),
+    ("restore", "src/actions/restore.rs", 222),
+    ("snap_upgrade", "src/actions/snap_upgrade.rs", 256),
+    ("pre_upgrade_check", "src/actions/upgrade.rs", 88),
+    ("parse", "src/config/mod.rs", 145),
+    ("set_up", "src/monitoring/nrpe.rs", 107),
+    ("manage_restart_lock", "src/ops/roll/lock.rs", 147),
+    ("plan", "src/pki/authority.rs", 81),
+    ("install_certs", "src/pki/certs.rs", 95),
+];
 
 /// Files still over the limit, as above.
-const OVER_LIMIT_FILES: &[(&str, usize)] = &[];
+const OVER_LIMIT_FILES: &[(&str, usize)] = &[
+    ("etcdkit/src/install.rs", 1125),
+    ("harness/src/cli/deploy.rs", 615),
+    ("harness/src/controller.rs", 2572),
+    ("harness/src/machine.rs", 657),
+    ("harness/src/state.rs", 608),
+    ("harness/src/tools/mod.rs", 987),
+    ("src/actions/mod.rs", 603),
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -589,10 +636,15 @@ fn rel(p: &Path) -> String {
 #[test]
 fn no_source_file_is_over_600_lines_and_no_function_over_80() {
     let mut found = vec![];
+    // The listed exceptions still over the limit (the others must leave the list).
+    let mut still: BTreeSet<String> = BTreeSet::new();
     for (_, mods) in crates() {
         for m in &mods {
             let file = rel(&m.file);
             let n = code_lines(&std::fs::read_to_string(&m.file).unwrap());
+            if n > MAX_FILE_LINES {
+                still.insert(file.clone());
+            }
             let allowed = OVER_LIMIT_FILES
                 .iter()
                 .find(|(f, _)| *f == file)
@@ -601,6 +653,7 @@ fn no_source_file_is_over_600_lines_and_no_function_over_80() {
                 found.push(format!("{file}: {n} lines (at most {allowed})"));
             }
             for (name, n) in long_fns(m) {
+                still.insert(format!("{file}:{name}"));
                 let allowed = OVER_LIMIT_FNS
                     .iter()
                     .find(|(f, p, _)| *f == name && *p == file)
@@ -611,6 +664,20 @@ fn no_source_file_is_over_600_lines_and_no_function_over_80() {
                     ));
                 }
             }
+        }
+    }
+    for (f, _) in OVER_LIMIT_FILES {
+        if !still.contains(*f) {
+            found.push(format!(
+                "{f} is within the limit now: take it off OVER_LIMIT_FILES"
+            ));
+        }
+    }
+    for (name, f, _) in OVER_LIMIT_FNS {
+        if !still.contains(&format!("{f}:{name}")) {
+            found.push(format!(
+                "{f}: fn {name} is within the limit now: take it off OVER_LIMIT_FNS"
+            ));
         }
     }
     assert!(found.is_empty(), "too long:\n{}", found.join("\n"));
