@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::juju::{self, Context};
 use crate::pki;
 use crate::pki::tls_client;
+use crate::unit::status::Level;
 use crate::unit::{self};
 use anyhow::{anyhow, Result};
 use etcdkit::client::{Client, Member};
@@ -110,12 +111,12 @@ static MEMBER_AWAY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// status keeps saying so until the next hook finishes or undoes the step.
 pub fn member_going_away(what: &str) -> Result<()> {
     MEMBER_AWAY.store(true, std::sync::atomic::Ordering::SeqCst);
-    crate::unit::status::set("maintenance", what, false)
+    crate::unit::status::set(Level::Maintenance, what, false)
 }
 
 /// After an action that took the member down, its health in the unit's status, as a hook
 /// reports it: no hook follows an action (as in Juju), and a lone unit would otherwise show
-/// the action's "maintenance" (or what the last hook saw) until update-status.
+/// the action's Level::Maintenance (or what the last hook saw) until update-status.
 pub fn report_member() -> Result<()> {
     use crate::ops::health::{health, member_status, Health};
     if !MEMBER_AWAY.load(std::sync::atomic::Ordering::SeqCst) {

@@ -19,6 +19,7 @@ use crate::hook::reconcile::{reconcile, Pass};
 use crate::juju::{self, Context};
 use crate::ops::membership::leave::Left;
 use crate::pki::{tls_client, tls_client_waiting};
+use crate::unit::status::Level;
 use crate::unit::status::{log_slow_hook, mark, StatusBoard};
 use crate::unit::{endpoint, member_name, LocalState, PEER};
 use anyhow::Result;
@@ -95,7 +96,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         // that cannot be said changes nothing; failing the hook for it would only hold up
         // this unit's removal.
         let _ = crate::unit::status::set_untracked(
-            "blocked",
+            Level::Blocked,
             &format!(
                 "etcd unit {other} is deployed on this machine too: one etcd unit per machine \
                  (remove this unit and add one with --to another machine)"
@@ -105,7 +106,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     }
     if let Err(e) = crate::ops::check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
-        crate::unit::status::set_untracked("blocked", &format!("{e:#}"))?;
+        crate::unit::status::set_untracked(Level::Blocked, &format!("{e:#}"))?;
         return Ok(());
     }
     crate::ops::finish_interrupted()?;
@@ -124,7 +125,8 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if name == "remove" || st.left {
         // The unit is going: a status that cannot be said changes nothing, and failing the
         // stop or remove hook would only hold its removal up.
-        let _ = crate::unit::status::set_untracked("maintenance", "Unit removed from the cluster");
+        let _ =
+            crate::unit::status::set_untracked(Level::Maintenance, "Unit removed from the cluster");
         return Ok(());
     }
     // A lone leader whose own restart moved a CA move on plans the next step in the same
@@ -149,7 +151,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         st.save()?;
     }
     if let Some(e) = &st.nrpe_error {
-        board.report("blocked", format!("nrpe-external-master: {e}"));
+        board.report(Level::Blocked, format!("nrpe-external-master: {e}"));
     }
     mark("end");
     log_slow_hook(name);

@@ -6,6 +6,7 @@
 
 pub use crate::ops::health::{health, majority_gone_for_good, member_status, Health};
 use crate::ops::membership::plan::Join;
+use crate::unit::status::Level;
 use std::time::Duration;
 
 /// How a member with no recorded start begins.
@@ -148,7 +149,7 @@ pub fn epoch(published: Option<&str>, mine: Option<&str>, started: bool, leader:
 /// What the leader knows when it sets the application's status.
 pub struct AppView<'a> {
     /// the leader's own unit's verdict (level, message)
-    pub unit_level: &'a str,
+    pub unit_level: Level,
     pub unit_msg: &'a str,
     pub voters: usize,
     /// units whose member has started, of all the units
@@ -165,8 +166,8 @@ pub struct AppView<'a> {
 /// The application's status: the leader's own verdict, unless it is healthy; then healthy
 /// only once every unit's member has started (else how many have and why the others wait),
 /// with a roll's mixed versions and the scheduled snapshots' state.
-pub fn app_status<'a>(v: &AppView<'a>) -> (&'a str, String) {
-    if v.unit_level != "active" {
+pub fn app_status(v: &AppView) -> (Level, String) {
+    if v.unit_level != Level::Active {
         return (v.unit_level, v.unit_msg.to_string());
     }
     if v.started < v.units {
@@ -176,7 +177,7 @@ pub fn app_status<'a>(v: &AppView<'a>) -> (&'a str, String) {
             .map(|w| format!(": {w}"))
             .unwrap_or_default();
         return (
-            "waiting",
+            Level::Waiting,
             format!(
                 "{} of {} units are cluster members{why}",
                 v.started, v.units
@@ -194,7 +195,7 @@ pub fn app_status<'a>(v: &AppView<'a>) -> (&'a str, String) {
         .map(|b| format!("; {b}"))
         .unwrap_or_default();
     (
-        "active",
+        Level::Active,
         format!("Healthy with {} known peers{mixed}{backups}", v.voters),
     )
 }
@@ -473,22 +474,22 @@ mod tests {
         let st = |h: Health, started: bool| member_status(&h, 3, started, true);
         assert_eq!(
             st(Health::Healthy, true),
-            ("active", "Healthy with 3 known peers".to_string())
+            (Level::Active, "Healthy with 3 known peers".to_string())
         );
         assert_eq!(
             st(Health::Unhealthy, true),
-            ("blocked", "UnHealthy with 3 known peers".to_string())
+            (Level::Blocked, "UnHealthy with 3 known peers".to_string())
         );
-        assert_eq!(st(Health::Learner, true).0, "waiting");
+        assert_eq!(st(Health::Learner, true).0, Level::Waiting);
         let (level, msg) = st(Health::NoLeader, true);
-        assert!(level == "blocked" && msg.contains("run the recover action"));
+        assert!(level == Level::Blocked && msg.contains("run the recover action"));
         // Silent: a member that ran before may be waiting for lost peers; a new one is not.
         assert!(st(Health::Silent, true)
             .1
             .contains("run the recover action"));
         assert_eq!(
             st(Health::Silent, false),
-            ("waiting", "Waiting for etcd to start".to_string())
+            (Level::Waiting, "Waiting for etcd to start".to_string())
         );
         // While the units of the members that do not answer are deployed, their machines
         // may come back: recover (which throws their members away) is not named.
@@ -505,7 +506,7 @@ mod tests {
 
     fn app() -> AppView<'static> {
         AppView {
-            unit_level: "active",
+            unit_level: Level::Active,
             unit_msg: "Healthy with 3 known peers",
             voters: 3,
             started: 3,
@@ -520,7 +521,7 @@ mod tests {
     fn the_application_is_healthy_only_when_every_member_started() {
         assert_eq!(
             app_status(&app()),
-            ("active", "Healthy with 3 known peers".to_string())
+            (Level::Active, "Healthy with 3 known peers".to_string())
         );
         let joining = AppView {
             started: 2,
@@ -531,20 +532,20 @@ mod tests {
         assert_eq!(
             app_status(&joining),
             (
-                "waiting",
+                Level::Waiting,
                 "2 of 3 units are cluster members: etcd/2 joins as a learner".to_string()
             )
         );
         // The leader's own trouble is the application's.
         let blocked = AppView {
-            unit_level: "blocked",
+            unit_level: Level::Blocked,
             unit_msg: "UnHealthy with 3 known peers",
             started: 2,
             ..app()
         };
         assert_eq!(
             app_status(&blocked),
-            ("blocked", "UnHealthy with 3 known peers".to_string())
+            (Level::Blocked, "UnHealthy with 3 known peers".to_string())
         );
     }
 

@@ -1,6 +1,7 @@
 //! A member's health as its own answers say it, the unit status that says it, and the gate
 //! before a member goes down on purpose (every other voter answers healthy).
 
+use crate::unit::status::Level;
 use etcdkit::client::Client;
 
 /// What the member's own answers say of it.
@@ -42,41 +43,44 @@ pub fn member_status(
     voters: usize,
     was_started: bool,
     gone_for_good: bool,
-) -> (&'static str, String) {
+) -> (Level, String) {
     match health {
         Health::Learner => (
-            "waiting",
+            Level::Waiting,
             "Joined as a learner; waiting for promotion".into(),
         ),
-        Health::Healthy => ("active", format!("Healthy with {voters} known peers")),
+        Health::Healthy => (Level::Active, format!("Healthy with {voters} known peers")),
         Health::NoLeader if gone_for_good => (
-            "blocked",
+            Level::Blocked,
             "No raft leader: a majority of the cluster's members do not answer; if they are \
              gone for good, run the recover action on the leader"
                 .into(),
         ),
         Health::NoLeader => (
-            "blocked",
+            Level::Blocked,
             "No raft leader: a majority of the cluster's members do not answer; their units \
              are still deployed, and the cluster serves again once their machines are back"
                 .into(),
         ),
-        Health::Unhealthy => ("blocked", format!("UnHealthy with {voters} known peers")),
+        Health::Unhealthy => (
+            Level::Blocked,
+            format!("UnHealthy with {voters} known peers"),
+        ),
         // A member that restarts without a majority of its peers serves no client until they
         // answer: say what that means if they never come back.
         Health::Silent if was_started && gone_for_good => (
-            "waiting",
+            Level::Waiting,
             "Waiting for etcd to start (it waits for a majority of its peers; if they are gone \
              for good, run the recover action on the leader)"
                 .into(),
         ),
         Health::Silent if was_started => (
-            "waiting",
+            Level::Waiting,
             "Waiting for etcd to start (it waits for a majority of its peers, whose units are \
              still deployed)"
                 .into(),
         ),
-        Health::Silent => ("waiting", "Waiting for etcd to start".into()),
+        Health::Silent => (Level::Waiting, "Waiting for etcd to start".into()),
     }
 }
 

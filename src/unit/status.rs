@@ -69,14 +69,14 @@ impl Told {
 /// set the same status again. Nothing else sets a unit's workload status once its charm
 /// runs; a status this charm sets another way goes through `set_untracked`, and a leader
 /// that was not leading forgets the application's (`forget_app`).
-pub fn set(level: &str, msg: &str, app: bool) -> Result<()> {
+pub fn set(level: Level, msg: &str, app: bool) -> Result<()> {
     let mut told = Told::read()?;
-    let want = Some((level.to_string(), msg.to_string()));
+    let want = Some((level.as_str().to_string(), msg.to_string()));
     if *told.slot(app) == want {
         return Ok(());
     }
     told.forget(app)?;
-    juju::status_set(level, msg, app)?;
+    juju::status_set(level.as_str(), msg, app)?;
     *told.slot(app) = want;
     // Not recorded: the slot stays empty and the next hook sets the status again.
     let _ = told.store();
@@ -85,9 +85,9 @@ pub fn set(level: &str, msg: &str, app: bool) -> Result<()> {
 
 /// Sets this unit's status without the record (a hook that cannot trust its own files, a
 /// unit that leaves): the unit's slot is emptied first, so the next `set` sets again.
-pub fn set_untracked(level: &str, msg: &str) -> Result<()> {
+pub fn set_untracked(level: Level, msg: &str) -> Result<()> {
     Told::read()?.forget(false)?;
-    Ok(juju::status_set(level, msg, false)?)
+    Ok(juju::status_set(level.as_str(), msg, false)?)
 }
 
 /// Forgets the application status this unit set: another unit may have set one since
@@ -96,28 +96,47 @@ pub fn forget_app() -> Result<()> {
     Told::read()?.forget(true)
 }
 
-/// Statuses reported by the parts of a hook; the most severe one wins.
+/// A workload status's level, least severe first (the order a board ranks them by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Active,
+    Waiting,
+    Maintenance,
+    Blocked,
+}
+
+impl Level {
+    /// The name `status-set` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Active => "active",
+            Level::Waiting => "waiting",
+            Level::Maintenance => "maintenance",
+            Level::Blocked => "blocked",
+        }
+    }
+}
+
+/// Statuses reported by the parts of a hook; the most severe one wins (the last reported of
+/// equals: a later phase knows more).
 #[derive(Default)]
 pub struct StatusBoard {
-    entries: Vec<(u8, &'static str, String)>,
+    entries: Vec<(Level, String)>,
 }
 
 impl StatusBoard {
-    pub fn report(&mut self, status: &'static str, msg: impl Into<String>) {
-        let rank = match status {
-            "blocked" => 4,
-            "maintenance" => 3,
-            "waiting" => 2,
-            _ => 1,
-        };
-        self.entries.push((rank, status, msg.into()));
+    pub fn report(&mut self, level: Level, msg: impl Into<String>) {
+        self.entries.push((level, msg.into()));
     }
-    pub fn winner(&self) -> (&'static str, String) {
-        self.entries
-            .iter()
-            .max_by_key(|e| e.0)
-            .map(|e| (e.1, e.2.clone()))
-            .unwrap_or(("waiting", "Waiting for the cluster".into()))
+    pub fn winner(&self) -> (Level, String) {
+        let mut best: Option<&(Level, String)> = None;
+        for e in &self.entries {
+            if best.is_none_or(|b| e.0 >= b.0) {
+                best = Some(e);
+            }
+        }
+        best.cloned()
+            .unwrap_or((Level::Waiting, "Waiting for the cluster".into()))
     }
 }
 
@@ -152,4 +171,23 @@ pub(crate) fn log_slow_hook(hook: &str) {
             );
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_most_severe_status_wins_and_the_last_of_equals() {
+        let mut b = StatusBoard::default();
+        assert_eq!(b.winner().0, Level::Waiting);
+        b.report(Level::Active, "a");
+        b.report(Level::Maintenance, "m1");
+        b.report(Level::Waiting, "w");
+        b.report(Level::Maintenance, "m2");
+        assert_eq!(b.winner(), (Level::Maintenance, "m2".to_string()));
+        b.report(Level::Blocked, "b");
+        b.report(Level::Active, "a2");
+        assert_eq!(b.winner(), (Level::Blocked, "b".to_string()));
+    }
 }

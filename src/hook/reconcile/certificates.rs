@@ -5,6 +5,7 @@ use crate::pki;
 use crate::pki::authority;
 use crate::pki::certs::{install_certs, leader_sign, overdue_certificate, plan_ca_move};
 use crate::unit::status::mark;
+use crate::unit::status::Level;
 use anyhow::Result;
 
 impl<'a> Reconcile<'a> {
@@ -14,7 +15,7 @@ impl<'a> Reconcile<'a> {
         self.provided = match authority::exchange(&unit, &self.address, &self.names)? {
             Ok(p) => p,
             Err(msg) => {
-                self.board.report("blocked", msg);
+                self.board.report(Level::Blocked, msg);
                 None
             }
         };
@@ -26,8 +27,10 @@ impl<'a> Reconcile<'a> {
         // rather than start on the built-in CA and move at once.
         let nothing_started = self.peers.started().next().is_none();
         self.certified = if self.provided.is_none() && nothing_started && authority::related()? {
-            self.board
-                .report("waiting", "Waiting for the CA on the certificates relation");
+            self.board.report(
+                Level::Waiting,
+                "Waiting for the CA on the certificates relation",
+            );
             false
         } else {
             install_certs(
@@ -43,11 +46,11 @@ impl<'a> Reconcile<'a> {
         for side in [authority::Side::CLIENT, authority::Side::PEER] {
             if let Some(step) = self.peers.app_get(side.step) {
                 self.board
-                    .report("maintenance", format!("{}{step}", side.label()));
+                    .report(Level::Maintenance, format!("{}{step}", side.label()));
             }
         }
         if let Some(msg) = overdue_certificate() {
-            self.board.report("blocked", msg);
+            self.board.report(Level::Blocked, msg);
         }
         Ok(())
     }

@@ -4,6 +4,7 @@ use super::state::*;
 use crate::juju::{self};
 use crate::ops::membership::plan::{self as cluster};
 use crate::pki::tls_client;
+use crate::unit::status::Level;
 use crate::unit::{endpoint, has_member_data, now};
 use anyhow::Result;
 use std::time::Duration;
@@ -39,7 +40,7 @@ impl<'a> Reconcile<'a> {
         if !self.certified {
             self.set("phase", "installed");
             self.board
-                .report("waiting", "Waiting for certificates from the leader");
+                .report(Level::Waiting, "Waiting for certificates from the leader");
             return Ok(false);
         }
         if !was_started {
@@ -73,7 +74,8 @@ impl<'a> Reconcile<'a> {
                 }
                 Start::FromData => self.st.initial_state = Some("existing".into()),
                 Start::Wait => {
-                    self.board.report("waiting", "Waiting to join the cluster");
+                    self.board
+                        .report(Level::Waiting, "Waiting to join the cluster");
                     return Ok(false);
                 }
             }
@@ -105,7 +107,7 @@ impl<'a> Reconcile<'a> {
         ) else {
             let ready = infos.iter().filter(|u| u.ready).count();
             self.board.report(
-                "waiting",
+                Level::Waiting,
                 format!(
                     "Waiting for peers to be ready to bootstrap ({ready} of {} ready)",
                     planned.len().max(1)

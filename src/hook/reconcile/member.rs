@@ -7,6 +7,7 @@ use crate::juju::{self};
 use crate::pki;
 use crate::unit::rejected::Rejected;
 use crate::unit::status::mark;
+use crate::unit::status::Level;
 use crate::unit::{endpoint, retry};
 use anyhow::{Context as _, Result};
 use etcdkit::client::{Client, EtcdError, Status};
@@ -98,7 +99,7 @@ impl<'a> Reconcile<'a> {
         let cfg = &self.cfg;
         if cfg.enable_v2 && !member.version.has_v2_api() {
             self.board.report(
-                "blocked",
+                Level::Blocked,
                 format!(
                     "enable_v2 is not applied: etcd {} has no v2 API; set enable_v2=false",
                     member.version
@@ -112,7 +113,7 @@ impl<'a> Reconcile<'a> {
         match &held {
             Some(r) => {
                 self.set("config-rejected", &r.hash[..16]);
-                self.board.report("blocked", r.message());
+                self.board.report(Level::Blocked, r.message());
             }
             None => self.set("config-rejected", ""),
         }
@@ -128,7 +129,7 @@ impl<'a> Reconcile<'a> {
             if let Some(why) = client.status(&ep).ok().and_then(|s| {
                 crate::hook::plan::quota_short(self.cfg.quota_backend_bytes, s.db_size)
             }) {
-                self.board.report("blocked", why);
+                self.board.report(Level::Blocked, why);
                 changed = false;
             }
         }
@@ -170,7 +171,7 @@ impl<'a> Reconcile<'a> {
         if self.ctx.hook_name() == "update-status" {
             // Report the fault now; the restart is seen by the next update-status.
             self.board.report(
-                "blocked",
+                Level::Blocked,
                 format!(
                     "UnHealthy with {} known peers: etcd was not running; restarting it",
                     self.peers.units.len()

@@ -6,6 +6,7 @@ use crate::hook::delivery::{apply_snapd_refresh, ensure_installed};
 use crate::juju::{self, Bag, Context};
 use crate::pki::certs::ensure_csrs;
 use crate::unit::peers::Peers;
+use crate::unit::status::Level;
 use crate::unit::status::{mark, StatusBoard};
 use crate::unit::{data_dir, endpoint, member_name, LocalState, SeenDataDir, SeenResource, PEER};
 use anyhow::{Context as _, Result};
@@ -22,7 +23,7 @@ impl<'a> Reconcile<'a> {
         let cfg = match Config::parse(&juju::config()?) {
             Ok(c) => c,
             Err(msg) => {
-                board.report("blocked", msg);
+                board.report(Level::Blocked, msg);
                 return Ok(None);
             }
         };
@@ -35,14 +36,14 @@ impl<'a> Reconcile<'a> {
             return Ok(None);
         };
         let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
-            board.report("waiting", "Waiting for the peer relation");
+            board.report(Level::Waiting, "Waiting for the peer relation");
             return Ok(None);
         };
         // Only the address peers see in relation data: the leader checks a CSR's names
         // against it, and a machine's other addresses (an IPv6 ULA, a second NIC) are
         // known to nobody else.
         let Some(address) = juju::network_ingress(PEER)?.first().cloned() else {
-            board.report("waiting", "Waiting for an ingress address");
+            board.report(Level::Waiting, "Waiting for an ingress address");
             return Ok(None);
         };
         let name = member_name(&ctx.unit);
@@ -114,7 +115,7 @@ fn installed(
     let inst = match ensure_installed(cfg, resource.as_deref()) {
         Ok(i) => i,
         Err(InstallError::Bad(msg)) => {
-            board.report("blocked", msg);
+            board.report(Level::Blocked, msg);
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
@@ -127,7 +128,7 @@ fn installed(
     };
     mark("installed");
     if let Err(msg) = apply_snapd_refresh(st, cfg, &ctx.unit) {
-        board.report("blocked", msg);
+        board.report(Level::Blocked, msg);
         return Ok(None);
     }
     if st.told_version.as_deref() != Some(inst.version.as_str()) {
@@ -138,7 +139,7 @@ fn installed(
     }
     if let Some(v) = &inst.rolled_back {
         board.report(
-            "blocked",
+            Level::Blocked,
             format!(
                 "etcd {v} did not become healthy on this unit and was rolled back to {}; {}",
                 inst.version,
@@ -178,7 +179,7 @@ fn staged(inst: Installed, peers: &Peers, board: &mut StatusBoard) -> Result<Opt
     match install::stage_deb(&inst, target) {
         Ok(i) => Ok(Some(i)),
         Err(InstallError::Bad(msg)) => {
-            board.report("blocked", msg);
+            board.report(Level::Blocked, msg);
             Ok(None)
         }
         Err(e) => Err(e.into()),

@@ -5,6 +5,7 @@ use crate::juju::{self};
 use crate::ops::membership::plan::UnitInfo;
 use crate::pki::authority;
 use crate::unit::status::mark;
+use crate::unit::status::Level;
 use anyhow::Result;
 use etcdkit::client::{Alarm, Member};
 
@@ -44,7 +45,7 @@ impl<'a> Reconcile<'a> {
     pub(super) fn report(&mut self, r: Report) -> Result<()> {
         let rolling = r.roll_msg.is_some();
         if let Some(msg) = &r.roll_msg {
-            self.board.report("maintenance", msg.clone());
+            self.board.report(Level::Maintenance, msg.clone());
         }
         mark("membership");
         let status = r.status;
@@ -72,7 +73,7 @@ impl<'a> Reconcile<'a> {
             Ok(Some(note)) => format!("; {note}"),
             Ok(None) => String::new(),
             Err(msg) => {
-                self.board.report("blocked", msg);
+                self.board.report(Level::Blocked, msg);
                 String::new()
             }
         };
@@ -94,7 +95,7 @@ impl<'a> Reconcile<'a> {
                 .report(level, format!("{msg}{}{backups_note}", self.migration_hint)),
             Health::Unhealthy => match r.client.alarms(r.ep) {
                 Ok(alarms) if !alarms.is_empty() => self.board.report(
-                    "blocked",
+                    Level::Blocked,
                     alarm_message(&alarms, r.members, self.cfg.quota_backend_bytes),
                 ),
                 _ => self.board.report(level, msg),

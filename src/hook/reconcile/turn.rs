@@ -7,6 +7,7 @@ use crate::ops::roll::lock::{manage_restart_lock, RollCtx};
 use crate::ops::roll::turn::Restarted;
 use crate::pki;
 use crate::unit::rejected::{Rejected, REJECTED};
+use crate::unit::status::Level;
 use crate::unit::{endpoint, retry};
 use anyhow::{Context as _, Result};
 use etcdkit::client::{Client, Member};
@@ -341,7 +342,7 @@ impl<'a> Reconcile<'a> {
                 ),
                 Ok(Err(holder)) => {
                     self.board.report(
-                        "maintenance",
+                        Level::Maintenance,
                         format!("Waiting for {holder} to finish before restarting (the member-down lock)"),
                     );
                     return Ok(());
@@ -361,7 +362,7 @@ impl<'a> Reconcile<'a> {
         use crate::hook::plan::Turn;
         match turn {
             Turn::Stopped { unit, version } => self.board.report(
-                "blocked",
+                Level::Blocked,
                 format!(
                     "Upgrade stopped: etcd {version} failed on {unit} and was rolled back \
              there; this unit keeps its version: {}",
@@ -369,7 +370,7 @@ impl<'a> Reconcile<'a> {
                 ),
             ),
             Turn::ConfigStopped { unit } => self.board.report(
-                "blocked",
+                Level::Blocked,
                 format!(
                     "Config change stopped: etcd on {unit} did not come up healthy with the \
              new config and runs its previous one (see its status); this unit keeps \
@@ -377,14 +378,14 @@ impl<'a> Reconcile<'a> {
                 ),
             ),
             Turn::Paused { after } => self.board.report(
-                "maintenance",
+                Level::Maintenance,
                 format!(
                     "Upgrade paused after {after}: run the resume-upgrade action on the \
              leader to go on"
                 ),
             ),
             Turn::Wait => self.board.report(
-                "maintenance",
+                Level::Maintenance,
                 "Waiting for this unit's turn to restart with the new config",
             ),
             Turn::HandBack | Turn::Take => {}
@@ -457,7 +458,7 @@ impl<'a> Reconcile<'a> {
                         );
                     }
                     self.set("config-rejected", &r.hash[..16]);
-                    self.board.report("blocked", r.message());
+                    self.board.report(Level::Blocked, r.message());
                 }
             }
         }
