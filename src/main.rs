@@ -77,7 +77,7 @@ fn main() {
         }
         Some(Cmd::NagiosAlarmList { endpoint }) => monitoring::nrpe::refresh_alarm_list(&endpoint),
         Some(Cmd::Hook { name }) => {
-            ctx.dispatch = format!("hooks/{name}");
+            ctx = ctx.for_hook(&name);
             hook::hook(&ctx)
         }
         Some(Cmd::Action { name }) => {

@@ -34,6 +34,101 @@ impl JujuError {
 
 pub type Result<T> = std::result::Result<T, JujuError>;
 
+/// What happened to a relation (`<endpoint>-relation-<event>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelationEvent {
+    Created,
+    Joined,
+    Changed,
+    Departed,
+    Broken,
+}
+
+/// What happened to a storage instance (`<name>-storage-<event>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageEvent {
+    Attached,
+    Detaching,
+}
+
+/// A hook, parsed once from its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Install,
+    LeaderElected,
+    ConfigChanged,
+    Start,
+    Stop,
+    Remove,
+    UpdateStatus,
+    UpgradeCharm,
+    Relation {
+        endpoint: String,
+        event: RelationEvent,
+    },
+    Storage {
+        name: String,
+        event: StorageEvent,
+    },
+    /// any other hook (secret-changed, leader-settings-changed, …), by name
+    Other(String),
+}
+
+impl Hook {
+    pub fn parse(name: &str) -> Hook {
+        match name {
+            "install" => return Hook::Install,
+            "leader-elected" => return Hook::LeaderElected,
+            "config-changed" => return Hook::ConfigChanged,
+            "start" => return Hook::Start,
+            "stop" => return Hook::Stop,
+            "remove" => return Hook::Remove,
+            "update-status" => return Hook::UpdateStatus,
+            "upgrade-charm" => return Hook::UpgradeCharm,
+            _ => {}
+        }
+        let relation = [
+            ("-relation-created", RelationEvent::Created),
+            ("-relation-joined", RelationEvent::Joined),
+            ("-relation-changed", RelationEvent::Changed),
+            ("-relation-departed", RelationEvent::Departed),
+            ("-relation-broken", RelationEvent::Broken),
+        ];
+        for (suffix, event) in relation {
+            if let Some(endpoint) = name.strip_suffix(suffix).filter(|e| !e.is_empty()) {
+                let endpoint = endpoint.to_string();
+                return Hook::Relation { endpoint, event };
+            }
+        }
+        let storage = [
+            ("-storage-attached", StorageEvent::Attached),
+            ("-storage-detaching", StorageEvent::Detaching),
+        ];
+        for (suffix, event) in storage {
+            if let Some(n) = name.strip_suffix(suffix).filter(|e| !e.is_empty()) {
+                let name = n.to_string();
+                return Hook::Storage { name, event };
+            }
+        }
+        Hook::Other(name.to_string())
+    }
+
+    /// A hook of the relation `endpoint` (any event).
+    pub fn of_relation(&self, which: &str) -> bool {
+        matches!(self, Hook::Relation { endpoint, .. } if endpoint == which)
+    }
+
+    /// The hook of `event` on the relation `endpoint`.
+    pub fn is_relation(&self, which: &str, what: RelationEvent) -> bool {
+        matches!(self, Hook::Relation { endpoint, event } if endpoint == which && *event == what)
+    }
+
+    /// The hook of `event` on the storage `name`.
+    pub fn is_storage(&self, which: &str, what: StorageEvent) -> bool {
+        matches!(self, Hook::Storage { name, event } if name == which && *event == what)
+    }
+}
+
 /// What Juju told this process about why it runs.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
@@ -43,6 +138,8 @@ pub struct Context {
     pub dispatch: String,
     pub departing_unit: Option<String>,
     pub action: Option<String>,
+    /// the hook, parsed from `dispatch` (None for an action)
+    pub hook: Option<Hook>,
 }
 
 impl Context {
@@ -56,8 +153,22 @@ impl Context {
             departing_unit: get("JUJU_DEPARTING_UNIT"),
             action: get("JUJU_ACTION_NAME")
                 .or_else(|| dispatch.strip_prefix("actions/").map(String::from)),
+            hook: dispatch.strip_prefix("hooks/").map(Hook::parse),
             dispatch,
         }
+    }
+
+    /// The context of the hook `name` run by hand (`etcd-charm hook NAME`).
+    pub fn for_hook(mut self, name: &str) -> Context {
+        self.dispatch = format!("hooks/{name}");
+        self.hook = Some(Hook::parse(name));
+        self.action = None;
+        self
+    }
+
+    /// Whether this process runs the hook `h`.
+    pub fn is(&self, h: Hook) -> bool {
+        self.hook.as_ref() == Some(&h)
     }
 
     pub fn hook_name(&self) -> &str {
@@ -453,6 +564,26 @@ pub fn action_log(msg: &str) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hook_names_are_parsed_once_into_hooks() {
+        use super::{Hook, RelationEvent, StorageEvent};
+        assert_eq!(Hook::parse("update-status"), Hook::UpdateStatus);
+        let h = Hook::parse("cluster-relation-departed");
+        assert!(h.is_relation("cluster", RelationEvent::Departed) && h.of_relation("cluster"));
+        assert!(!h.is_relation("db", RelationEvent::Departed));
+        assert!(Hook::parse("data-storage-detaching").is_storage("data", StorageEvent::Detaching));
+        assert!(Hook::parse("nrpe-external-master-relation-changed")
+            .of_relation("nrpe-external-master"));
+        assert_eq!(
+            Hook::parse("secret-changed"),
+            Hook::Other("secret-changed".into())
+        );
+        assert_eq!(
+            Hook::parse("-relation-joined"),
+            Hook::Other("-relation-joined".into())
+        );
+    }
+
     #[test]
     fn bounded_texts_fit_a_status() {
         let x = "x".repeat(200_000);

@@ -45,7 +45,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "copy-from" => crate::actions::copy_from::copy_from(&params),
         "alarm-list" => alarm_list(),
         "alarm-disarm" => alarm_disarm(),
-        "install" => reinstall(),
+        "install" => reinstall(ctx),
         "snap-upgrade" => crate::actions::snap_upgrade::snap_upgrade(ctx, &params),
         "pre-upgrade-check" => crate::actions::upgrade::pre_upgrade_check(&params),
         "resume-upgrade" => crate::actions::upgrade::resume_upgrade(ctx),
@@ -259,7 +259,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     }
     let (leader_ep, _) = leader_endpoint(&client, &ep)?;
     let status = client.status(&leader_ep)?;
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     if let Err(e) = unit::ensure_room(
         &target,
         status.db_size,
@@ -298,7 +298,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
 }
 
 fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Result<Results> {
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     let work = tempfile::tempdir_in(target)?;
     let backup = work.path().join("backup");
     let out = std::process::Command::new(inst.etcdctl())
@@ -377,7 +377,7 @@ fn defrag(params: &std::collections::BTreeMap<String, Value>) -> Result<Results>
         let before = status.db_size;
         // bbolt writes a compacted copy of the in-use pages beside the database.
         let in_use = status.db_size_in_use;
-        let data = unit::data_dir()?;
+        let data = unit::data_dir(false)?;
         if let Err(e) = unit::ensure_room(
             Path::new(&data),
             in_use,
@@ -468,7 +468,7 @@ fn alarm_disarm() -> Result<Results> {
 
 /// Re-installs this unit from the attached `etcd` resource; rolls back to the previous
 /// binaries unless etcd comes back healthy.
-fn reinstall() -> Result<Results> {
+fn reinstall(ctx: &Context) -> Result<Results> {
     let Some(resource) = juju::resource_get("etcd")? else {
         return refuse(
             "no etcd resource is attached; attach an upstream etcd release tarball first",
@@ -513,7 +513,7 @@ fn reinstall() -> Result<Results> {
     };
     // It takes this member down for a restart: never while another member is down (two
     // at once, say this action run on two units together, could cost the quorum: M6).
-    let me = unit::member_name(&std::env::var("JUJU_UNIT_NAME").unwrap_or_default());
+    let me = unit::member_name(&ctx.unit);
     if let Some(down) = crate::ops::health::other_member_down(&client, &ep, &me) {
         return refuse(format!(
             "member {down} does not answer healthy: re-installing this member now would take \
@@ -523,7 +523,7 @@ fn reinstall() -> Result<Results> {
     }
     // And never in the same instant as another unit's operation that passed that check
     // too: the member-down lock, held until this action ends.
-    let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
+    let unit_name = ctx.unit.clone();
     let _lock = match crate::ops::member_lock::take(&client, &ep, &unit_name, "install-action")? {
         Ok(held) => held,
         Err(holder) => {

@@ -135,7 +135,7 @@ pub fn recover(
     }
 
     // 2. copy, with a journal that undoes everything until the check passes.
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     let member = Path::new(&data).join("member");
     if !member.join("wal").is_dir() {
         return refuse(format!(

@@ -244,7 +244,7 @@ pub fn restore(
     };
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let (client, ep, cfg) = local()?;
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     let staging = Path::new(&data).join(".restore-staging");
     sweep_trash(Path::new(&data));
     let _ = std::fs::remove_dir_all(&staging);

@@ -102,7 +102,7 @@ pub fn snap_upgrade(
     let before = identity(&client, &ep)?;
     // The member goes down below: never while another unit's operation has its own down
     // (the member-down lock, held until this action ends).
-    let unit_name = std::env::var("JUJU_UNIT_NAME").unwrap_or_default();
+    let unit_name = ctx.unit.clone();
     let _lock =
         match crate::ops::member_lock::take(&client, &ep, &unit_name, "snap-upgrade-action")? {
             Ok(held) => held,
@@ -113,7 +113,7 @@ pub fn snap_upgrade(
                 ))
             }
         };
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     let mut results: Results = vec![];
 
     // backup of config, certificates and data, and a snapshot

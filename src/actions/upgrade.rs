@@ -67,7 +67,7 @@ pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
     // Into 3.6 and later: no data left in the v2 store (this member's: the v2 store is
     // replicated; a member whose own copy still has data fails etcd 3.6's start in its turn
     // and is rolled back by the health gate).
-    let data = unit::data_dir()?;
+    let data = unit::data_dir(false)?;
     match etcdkit::v2store::gate(target, &inst, std::path::Path::new(&data)) {
         Ok(Some(line)) => lines.push(line),
         Ok(None) => {}

@@ -16,7 +16,7 @@ pub mod reconcile;
 
 use crate::config::Config;
 use crate::hook::reconcile::{reconcile, Pass};
-use crate::juju::{self, Context};
+use crate::juju::{self, Context, Hook, RelationEvent, StorageEvent};
 use crate::ops::membership::leave::Left;
 use crate::pki::{tls_client, tls_client_waiting};
 use crate::unit::status::Level;
@@ -111,18 +111,20 @@ pub fn hook(ctx: &Context) -> Result<()> {
     }
     crate::ops::finish_interrupted()?;
     let mut st = LocalState::load()?;
-    let name = ctx.hook_name();
+    let hook = ctx.hook.clone().unwrap_or(Hook::Other(String::new()));
     // Juju runs a dying unit's storage-detaching before anything else of its removal
     // (internal/worker/uniter/storage/resolver.go): the member leaves then, instead of
     // moving its data off the volume to a disk it is about to leave.
-    let leaving = (name == "cluster-relation-departed"
+    let leaving = (hook.is_relation(PEER, RelationEvent::Departed)
         && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
-        || name == "stop"
-        || (name == "data-storage-detaching" && !st.left && juju::unit_dying(&ctx.unit)?);
+        || hook == Hook::Stop
+        || (hook.is_storage("data", StorageEvent::Detaching)
+            && !st.left
+            && juju::unit_dying(&ctx.unit)?);
     if leaving {
         leave(&mut st, &ctx.unit)?;
     }
-    if name == "remove" || st.left {
+    if hook == Hook::Remove || st.left {
         // The unit is going: a status that cannot be said changes nothing, and failing the
         // stop or remove hook would only hold its removal up.
         let _ =
@@ -146,7 +148,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
             "this unit's restart moved the CA move on: planning again",
         );
     }
-    if crate::monitoring::nrpe::concerns(name) {
+    if crate::monitoring::nrpe::concerns(ctx.hook.as_ref()) {
         nrpe_checks(ctx, &mut st);
         st.save()?;
     }
@@ -154,7 +156,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
         board.report(Level::Blocked, format!("nrpe-external-master: {e}"));
     }
     mark("end");
-    log_slow_hook(name);
+    log_slow_hook(ctx.hook_name());
     let (status, msg) = board.winner();
     crate::unit::status::set(status, &msg, false)?;
     r.map(|_| ())
@@ -170,7 +172,7 @@ fn nrpe_checks(ctx: &Context, st: &mut LocalState) {
         let endpoint = endpoint(&crate::unit::peer_address()?, cfg.port);
         crate::monitoring::nrpe::reconcile(
             &ctx.unit,
-            ctx.hook_name(),
+            ctx.hook.as_ref(),
             &cfg.nagios_context,
             &cfg.nagios_servicegroups,
             &endpoint,

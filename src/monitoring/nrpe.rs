@@ -13,7 +13,7 @@
 //! charm passes to Nagios. All of it goes when the relation does.
 
 use crate::config::nagios::check_names;
-use crate::juju::{self, Bag};
+use crate::juju::{self, Bag, Hook, RelationEvent};
 use crate::pki;
 use anyhow::{anyhow, Context, Result};
 use etcdkit::client::Client;
@@ -55,23 +55,25 @@ fn checks(unit: &str) -> Vec<Check> {
 
 /// The hooks after which the checks may need to change: the relation's own, a new
 /// configuration (context, service groups, the client port), a new charm binary, a reboot.
-pub fn concerns(hook: &str) -> bool {
-    hook.starts_with("nrpe-external-master-relation-")
-        || matches!(hook, "config-changed" | "upgrade-charm" | "start")
+pub fn concerns(hook: Option<&Hook>) -> bool {
+    hook.is_some_and(|h| {
+        h.of_relation("nrpe-external-master")
+            || matches!(h, Hook::ConfigChanged | Hook::UpgradeCharm | Hook::Start)
+    })
 }
 
 /// Brings this unit's checks in line with the relation: in place while it exists (and this
 /// unit is not leaving it), gone otherwise. Errors name what failed.
 pub fn reconcile(
     unit: &str,
-    hook: &str,
+    hook: Option<&Hook>,
     context: &str,
     servicegroups: &str,
     endpoint: &str,
 ) -> Result<()> {
     let rel = juju::relation_ids(ENDPOINT)?.into_iter().next();
     match rel {
-        Some(rel) if hook != "nrpe-external-master-relation-broken" => {
+        Some(rel) if !hook.is_some_and(|h| h.is_relation(ENDPOINT, RelationEvent::Broken)) => {
             set_up(&rel, unit, context, servicegroups, endpoint)
         }
         _ => tear_down(),

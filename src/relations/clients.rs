@@ -93,7 +93,7 @@ const DASHBOARD_REQUEST: &str = "request_etcd-charm-dashboard";
 /// writes it: the leader's unit data holds one import request, `request_<id>` = JSON
 /// `{"name", "dashboard"}`; Grafana answers in its unit data with `response_<id>` =
 /// `{"success", "reason"}`, which the leader logs when it fails.
-pub fn publish_grafana(unit: &str, hook: &str) -> anyhow::Result<()> {
+pub fn publish_grafana(unit: &str, grafana_hook: bool) -> anyhow::Result<()> {
     let rels = juju::relation_ids("grafana")?;
     if rels.is_empty() {
         return Ok(());
@@ -110,7 +110,7 @@ pub fn publish_grafana(unit: &str, hook: &str) -> anyhow::Result<()> {
         )?;
         // Grafana's answers change only in this relation's own hooks: read them there, not
         // in every hook of the leader.
-        if !hook.starts_with("grafana-relation-") {
+        if !grafana_hook {
             continue;
         }
         for remote in juju::relation_list(&rel)? {

@@ -130,8 +130,7 @@ pub fn member_name(unit: &str) -> String {
 ///
 /// While `data-storage-detaching` runs the storage is still mounted, but the data must
 /// leave it: the default directory is the one to use.
-pub fn data_dir() -> Result<String> {
-    let detaching = std::env::var("JUJU_HOOK_NAME").is_ok_and(|h| h == "data-storage-detaching");
+pub fn data_dir(detaching: bool) -> Result<String> {
     let storage = if detaching {
         None
     } else {

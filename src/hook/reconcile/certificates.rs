@@ -70,10 +70,13 @@ impl<'a> Reconcile<'a> {
         crate::pki::certs::publish_client_sha(&mut self.peers)?;
         // A client relation that goes takes the shared pair with it: the others get a
         // new one (the departed application's copy is not renewed).
-        let why = if matches!(
-            self.ctx.hook_name(),
-            "db-relation-broken" | "proxy-relation-broken" | "prometheus-relation-broken"
-        ) {
+        let gone = |e: &str| {
+            self.ctx
+                .hook
+                .as_ref()
+                .is_some_and(|h| h.is_relation(e, crate::juju::RelationEvent::Broken))
+        };
+        let why = if gone("db") || gone("proxy") || gone("prometheus") {
             crate::pki::certs::ClientRenewal::RelationGone
         } else {
             crate::pki::certs::ClientRenewal::Due

@@ -17,7 +17,12 @@ impl<'a> Reconcile<'a> {
         crate::relations::clients::publish(&self.ctx.unit, &view, &self.inst.version)?;
         if self.leader {
             crate::relations::clients::publish_prometheus(&self.ctx.app, &view)?;
-            crate::relations::clients::publish_grafana(&self.ctx.unit, self.ctx.hook_name())?;
+            let grafana_hook = self
+                .ctx
+                .hook
+                .as_ref()
+                .is_some_and(|h| h.of_relation("grafana"));
+            crate::relations::clients::publish_grafana(&self.ctx.unit, grafana_hook)?;
         }
         Ok(())
     }

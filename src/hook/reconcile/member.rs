@@ -3,6 +3,7 @@
 use super::epoch::relocate_data;
 use super::state::*;
 use super::turn::{config_held, write_config, CONFIG_KEPT};
+use crate::juju::Hook;
 use crate::juju::{self};
 use crate::pki;
 use crate::unit::rejected::Rejected;
@@ -168,7 +169,7 @@ impl<'a> Reconcile<'a> {
         if changed {
             write_config(rendered)?;
         }
-        if self.ctx.hook_name() == "update-status" {
+        if self.ctx.is(Hook::UpdateStatus) {
             // Report the fault now; the restart is seen by the next update-status.
             self.board.report(
                 Level::Blocked,
@@ -213,7 +214,7 @@ impl<'a> Reconcile<'a> {
             .map(|b| b.split(',').count())
             .unwrap_or(0);
         let patience = crate::hook::plan::patience(
-            self.ctx.hook_name() == "update-status",
+            self.ctx.is(Hook::UpdateStatus),
             was_started,
             self.st.initial_state.as_deref() == Some("new")
                 && bootstrap_size > 1

@@ -1,10 +1,12 @@
 //! Phase 6, `membership`: the leader's joins, promotions and removals.
 
 use super::state::*;
+use crate::juju::Hook;
 use crate::juju::{self};
 use crate::ops::membership::apply::publish_members;
 use crate::ops::membership::plan::{self as cluster};
 use crate::unit::retry;
+use crate::unit::PEER;
 use etcdkit::client::{Client, EtcdError, Member, Status};
 use std::time::Duration;
 
@@ -20,14 +22,13 @@ impl<'a> Reconcile<'a> {
         let mut members = vec![];
         let mut membership_wait = None;
         let has_leader = status.as_ref().map(|s| s.leader != 0).unwrap_or(false);
-        let hook = self.ctx.hook_name();
         if !has_leader {
             // No quorum yet (a bootstrap in progress, or peers down): nothing to ask etcd.
         } else if self.leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
-            let heal = matches!(
-                hook,
-                "update-status" | "cluster-relation-departed" | "leader-elected"
-            );
+            let heal = self.ctx.hook.as_ref().is_some_and(|h| {
+                matches!(h, Hook::UpdateStatus | Hook::LeaderElected)
+                    || h.is_relation(PEER, crate::juju::RelationEvent::Departed)
+            });
             let live = crate::ops::membership::apply::Live {
                 client,
                 endpoint: ep,
@@ -47,7 +48,12 @@ impl<'a> Reconcile<'a> {
             }
         } else if let Ok(m) = client.member_list(ep) {
             members = m;
-            if hook == "cluster-relation-departed" {
+            if self
+                .ctx
+                .hook
+                .as_ref()
+                .is_some_and(|h| h.is_relation(PEER, crate::juju::RelationEvent::Departed))
+            {
                 // The departing member leaves about now: report the membership after it.
                 let infos = self.peers.infos();
                 let join = self.peers.join();

@@ -3,6 +3,7 @@
 use super::state::*;
 use crate::config::Config;
 use crate::hook::delivery::{apply_snapd_refresh, ensure_installed};
+use crate::juju::Hook;
 use crate::juju::{self, Bag, Context};
 use crate::pki::certs::ensure_csrs;
 use crate::unit::peers::Peers;
@@ -28,10 +29,10 @@ impl<'a> Reconcile<'a> {
             }
         };
         let leader = juju::is_leader()?;
-        if !leader || ctx.hook_name() == "leader-elected" {
+        if !leader || ctx.is(Hook::LeaderElected) {
             crate::unit::status::forget_app()?;
         }
-        let update_status = ctx.hook_name() == "update-status";
+        let update_status = ctx.is(Hook::UpdateStatus);
         let Some((inst, migration_hint)) = installed(ctx, st, board, &cfg, update_status)? else {
             return Ok(None);
         };
@@ -58,7 +59,11 @@ impl<'a> Reconcile<'a> {
             return Ok(None);
         };
         let mine = juju::relation_get(&rel, &ctx.unit, false)?;
-        let data = data_dir_of(st, update_status, inst.delivery)?;
+        let detaching = ctx
+            .hook
+            .as_ref()
+            .is_some_and(|h| h.is_storage("data", juju::StorageEvent::Detaching));
+        let data = data_dir_of(st, update_status, detaching, inst.delivery)?;
         let svc = Service {
             etcd_binary: inst.etcd(),
         };
@@ -188,7 +193,12 @@ fn staged(inst: Installed, peers: &Peers, board: &mut StatusBoard) -> Result<Opt
 
 /// Where etcd's data lives, asked of Juju again only when the delivery changed or the hook
 /// is not update-status.
-fn data_dir_of(st: &mut LocalState, update_status: bool, delivery: Delivery) -> Result<String> {
+fn data_dir_of(
+    st: &mut LocalState,
+    update_status: bool,
+    detaching: bool,
+    delivery: Delivery,
+) -> Result<String> {
     Ok(remembered(
         &mut st.data_dir,
         update_status,
@@ -196,7 +206,7 @@ fn data_dir_of(st: &mut LocalState, update_status: bool, delivery: Delivery) -> 
         || {
             Ok(SeenDataDir {
                 delivery,
-                dir: data_dir()?,
+                dir: data_dir(detaching)?,
             })
         },
     )?

@@ -234,7 +234,11 @@ impl<'a> Reconcile<'a> {
         let view = crate::hook::plan::TurnView {
             alone: self.peers.units.len() == 1,
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
-            detaching: self.ctx.hook_name() == "data-storage-detaching",
+            detaching: self
+                .ctx
+                .hook
+                .as_ref()
+                .is_some_and(|h| h.is_storage("data", crate::juju::StorageEvent::Detaching)),
             granted: self.peers.app_get("restart-grant") == Some(format!("{unit}:{want}").as_str()),
             upgrading: self.inst.staged.is_some(),
             declined_before: self.mine.get("turn-declined").map(String::as_str)
