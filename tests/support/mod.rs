@@ -4,6 +4,7 @@
 
 pub mod etcd;
 pub mod tarball;
+#[allow(unused_imports)] // not every test crate builds tarballs
 pub use tarball::etcd_tarball;
 
 use serde_json::Value;
