@@ -1,0 +1,363 @@
+//! The model's state machine, pure: placing and adding units and machines, relation scopes, what a unit sees. No processes, no sockets.
+
+use super::names::*;
+use crate::machine::Net;
+use crate::state::*;
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Whether units `a` and `b` share a machine (a container-scoped relation's scope).
+pub(crate) fn same_machine(units: &BTreeMap<String, Unit>, a: &str, b: &str) -> bool {
+    match (units.get(a), units.get(b)) {
+        (Some(x), Some(y)) => x.machine == y.machine,
+        _ => false,
+    }
+}
+
+/// A unit's workload status as Juju shows it: error while a hook is failing.
+pub fn unit_workload(u: &Unit) -> Status {
+    match &u.error {
+        Some(e) => Status {
+            current: "error".into(),
+            message: format!("hook failed: \"{}\"", e.hook),
+            since: u.workload.since.clone(),
+        },
+        None => u.workload.clone(),
+    }
+}
+
+impl Model {
+    /// The nftables script for one machine's firewall (see `firewall`): the ports opened
+    /// by the units of exposed applications on it, in `firewall-mode: instance` (the
+    /// default); no firewall in `none`.
+    pub fn firewall(&self, machine: u32) -> String {
+        let mode = self.config.get("firewall-mode").and_then(Value::as_str);
+        if mode == Some("none") {
+            return crate::firewall::ruleset(&self.net().host_address(), None);
+        }
+        let open: Vec<String> = self
+            .units
+            .values()
+            .filter(|u| u.machine == machine)
+            .filter(|u| self.apps.get(&u.app).is_some_and(|a| a.exposed))
+            .flat_map(|u| u.ports.iter().cloned())
+            .collect();
+        crate::firewall::ruleset(&self.net().host_address(), Some(&open))
+    }
+
+    pub fn net(&self) -> Net {
+        Net {
+            index: self.net_index,
+        }
+    }
+
+    /// The units on a machine: its principal and their subordinates.
+    pub fn units_on(&self, machine: u32) -> Vec<String> {
+        self.units
+            .values()
+            .filter(|u| u.machine == machine)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
+    pub fn config_str(&self, key: &str) -> Option<String> {
+        self.config.get(key).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    pub fn config_bool(&self, key: &str, default: bool) -> bool {
+        match self.config.get(key) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => crate::flags::parse_go_bool(s).unwrap_or(default),
+            _ => default,
+        }
+    }
+
+    /// Queues an event on a unit, coalescing with an identical event still waiting.
+    pub fn push(&mut self, unit: &str, ev: Event) {
+        if let Some(u) = self.units.get_mut(unit) {
+            if !u.queue.contains(&ev) {
+                u.queue.push_back(ev);
+            }
+        }
+    }
+
+    pub fn relations_of_app(&self, app: &str) -> Vec<u32> {
+        self.relations
+            .values()
+            .filter(|r| !r.dying && r.endpoint_of(app).is_some())
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Units on the other side of `rel` from `unit` that are in scope.
+    pub fn remote_units_in_scope(&self, rel: u32, unit: &str) -> Vec<String> {
+        let Some(r) = self.relations.get(&rel) else {
+            return vec![];
+        };
+        let app = app_of(unit);
+        let remote_app = r.remote_app_of(app).unwrap_or("");
+        r.scope
+            .iter()
+            .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .filter(|u| !r.container || same_machine(&self.units, unit, u))
+            .cloned()
+            .collect()
+    }
+
+    /// A new unit of a principal application: on machine `to` when given (`--to N`, as
+    /// Juju places it on an existing machine, one that hosted other units before included),
+    /// else on a machine made for it. Returns the unit and whether its machine is new.
+    pub fn add_unit(&mut self, app: &str, to: Option<u32>) -> Result<(String, bool)> {
+        let a = self.apps.get(app).context("application not found")?;
+        if a.meta.subordinate {
+            anyhow::bail!(
+                "cannot add unit to application \"{app}\": application is subordinate \
+                 (its units come with the principal units it is related to)"
+            );
+        }
+        if let Some(id) = to {
+            if !self.machines.contains_key(&id) {
+                anyhow::bail!("cannot add unit to application \"{app}\": machine {id} not found");
+            }
+            return Ok((self.place_unit(app, id, None)?, false));
+        }
+        let name = format!("{}/{}", app, a.next_unit);
+        let id = self.new_machine(Some(name), false);
+        Ok((self.place_unit(app, id, None)?, true))
+    }
+
+    /// A new machine record (provisioned by `Ctl::provision`): made for `unit`, or by
+    /// `add-machine` (`kept`: it stays when its last unit goes, as Juju keeps machines it
+    /// did not create for a unit).
+    pub fn new_machine(&mut self, unit: Option<String>, kept: bool) -> u32 {
+        let id = self.next_machine;
+        self.next_machine += 1;
+        let net = self.net();
+        let kind = self
+            .config_str("harness-machine")
+            .and_then(|k| crate::machine::Kind::parse(&k))
+            .unwrap_or(DEFAULT_MACHINE_KIND);
+        let second_nic = self.config_bool("harness-second-interface", false);
+        let constraints = unit
+            .as_deref()
+            .and_then(|u| self.apps.get(u.split('/').next().unwrap_or("")))
+            .map(|a| a.constraints.clone())
+            .unwrap_or_default();
+        self.machines.insert(
+            id,
+            Machine {
+                id,
+                address: net.machine_address(id),
+                hostname: format!("juju-{}-{}", &self.uuid[..6], id),
+                spawn_pid: None,
+                init_pid: None,
+                status: "pending".into(),
+                cut: false,
+                unit,
+                kind,
+                provisioned: false,
+                second_nic,
+                kept,
+                constraints,
+            },
+        );
+        id
+    }
+
+    /// A unit of subordinate application `app` beside `principal`, on its machine: what
+    /// Juju does when a principal unit enters a container-scoped relation's scope.
+    pub(crate) fn add_subordinate(&mut self, app: &str, principal: &str) -> Result<String> {
+        let machine = self
+            .units
+            .get(principal)
+            .map(|u| u.machine)
+            .context("principal unit not found")?;
+        self.place_unit(app, machine, Some(principal.to_string()))
+    }
+
+    /// The unit record and its first hooks (storage, install, relations created,
+    /// leadership, config, start), on `machine`.
+    pub(crate) fn place_unit(
+        &mut self,
+        app: &str,
+        machine: u32,
+        principal: Option<String>,
+    ) -> Result<String> {
+        let a = self.apps.get_mut(app).context("application not found")?;
+        let name = format!("{}/{}", app, a.next_unit);
+        a.next_unit += 1;
+        let storage_reqs: Vec<(String, u32, Option<Volume>)> = a
+            .meta
+            .storage
+            .iter()
+            .map(|(k, d)| {
+                (
+                    k.clone(),
+                    *a.storage_requests.get(k).unwrap_or(&d.min),
+                    a.storage_volumes.get(k).cloned(),
+                )
+            })
+            .collect();
+        let is_leader = a.leader.is_none();
+        if is_leader {
+            a.leader = Some(name.clone());
+        }
+        let mut storage = vec![];
+        for (sname, count, volume) in storage_reqs {
+            for _ in 0..count {
+                let n = self.next_storage.entry(sname.clone()).or_insert(0);
+                let sid = format!("{sname}/{n}");
+                *n += 1;
+                if let Some(v) = &volume {
+                    self.volumes.insert(sid.clone(), v.clone());
+                }
+                storage.push(sid);
+            }
+        }
+        self.units.insert(
+            name.clone(),
+            Unit {
+                name: name.clone(),
+                app: app.into(),
+                machine,
+                life: Life::Alive,
+                workload: Status::new("waiting", "waiting for machine"),
+                agent: Status::new("allocating", ""),
+                ports: Default::default(),
+                queue: Default::default(),
+                running: None,
+                actions: Default::default(),
+                error: None,
+                installed: false,
+                started: false,
+                views: Default::default(),
+                storage: storage.clone(),
+                state: Default::default(),
+                tracked: Default::default(),
+                workload_set: false,
+                principal,
+            },
+        );
+        for s in &storage {
+            self.push(
+                &name,
+                Event {
+                    hook: format!("{}-storage-attached", s.split('/').next().unwrap_or("")),
+                    storage: Some(s.clone()),
+                    ..Default::default()
+                },
+            );
+        }
+        self.push(&name, Event::hook("install"));
+        for rel in self.relations_of_app(app) {
+            let ep = self.relations[&rel]
+                .endpoint_of(app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            self.push(
+                &name,
+                Event {
+                    hook: format!("{ep}-relation-created"),
+                    relation: Some(rel),
+                    remote_app: self.relations[&rel].remote_app_of(app).map(String::from),
+                    ..Default::default()
+                },
+            );
+        }
+        self.push(
+            &name,
+            Event::hook(if is_leader {
+                "leader-elected"
+            } else {
+                "leader-settings-changed"
+            }),
+        );
+        self.push(&name, Event::hook("config-changed"));
+        self.push(&name, Event::hook("start"));
+        Ok(name)
+    }
+
+    /// Called once a unit's install hook has run: it joins every relation of its application.
+    pub fn enter_scope(&mut self, unit: &str) {
+        let app = app_of(unit).to_string();
+        let address = self
+            .units
+            .get(unit)
+            .and_then(|u| self.machines.get(&u.machine))
+            .map(|m| m.address.clone())
+            .unwrap_or_default();
+        for rel in self.relations_of_app(&app) {
+            self.enter_relation_scope(rel, unit, &address);
+        }
+    }
+
+    pub fn enter_relation_scope(&mut self, rel: u32, unit: &str, address: &str) {
+        let Some(r) = self.relations.get_mut(&rel) else {
+            return;
+        };
+        if r.scope.contains(unit) {
+            return;
+        }
+        let bag = r.unit_data.entry(unit.to_string()).or_default();
+        bag.insert("private-address".into(), address.into());
+        bag.insert("ingress-address".into(), address.into());
+        bag.insert("egress-subnets".into(), format!("{address}/32"));
+        let app = app_of(unit).to_string();
+        let remote_app = r.remote_app_of(&app).unwrap_or("").to_string();
+        let my_ep = r
+            .endpoint_of(&app)
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        let others: Vec<String> = r
+            .scope
+            .iter()
+            .filter(|u| app_of(u) == remote_app && u.as_str() != unit)
+            .filter(|u| !r.container || same_machine(&self.units, unit, u))
+            .cloned()
+            .collect();
+        r.scope.insert(unit.to_string());
+        // A principal unit entering a container-scoped relation with a subordinate
+        // application gets its own unit of it, on its machine.
+        let wants_subordinate = r.container
+            && self.apps.get(&app).is_some_and(|a| !a.meta.subordinate)
+            && self
+                .apps
+                .get(&remote_app)
+                .is_some_and(|a| a.meta.subordinate && !a.dying)
+            && !self
+                .units
+                .values()
+                .any(|u| u.app == remote_app && u.principal.as_deref() == Some(unit));
+        if wants_subordinate {
+            // Cannot fail: the application and this unit were both found just above.
+            let _ = self.add_subordinate(&remote_app, unit);
+        }
+        for other in others {
+            let their_ep = self.relations[&rel]
+                .endpoint_of(&remote_app)
+                .map(|e| e.name.clone())
+                .unwrap_or_default();
+            for (target, ep, remote) in [
+                (other.as_str(), &their_ep, unit),
+                (unit, &my_ep, other.as_str()),
+            ] {
+                for kind in ["joined", "changed"] {
+                    self.push(
+                        target,
+                        Event {
+                            hook: format!("{ep}-relation-{kind}"),
+                            relation: Some(rel),
+                            remote_unit: Some(remote.to_string()),
+                            remote_app: Some(app_of(remote).to_string()),
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
