@@ -65,7 +65,7 @@ proptest! {
         grant in proptest::option::of("\\PC{0,20}"),
     ) {
         let lock = crate::ops::roll::plan::Lock { grant, ..Default::default() };
-        let _ = crate::ops::roll::plan::decide(&bags, &lock, "first", None);
+        let _ = crate::ops::roll::plan::decide(&bags, &lock, crate::config::PauseAfter::First, None);
         let _ = crate::ops::roll::plan::progress(&bags);
     }
 

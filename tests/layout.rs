@@ -74,7 +74,6 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
     ("restore", "src/actions/restore.rs", 222),
     ("snap_upgrade", "src/actions/snap_upgrade.rs", 256),
     ("pre_upgrade_check", "src/actions/upgrade.rs", 88),
-    ("parse", "src/config/mod.rs", 145),
     ("set_up", "src/monitoring/nrpe.rs", 107),
     ("manage_restart_lock", "src/ops/roll/lock.rs", 147),
     ("plan", "src/pki/authority.rs", 81),

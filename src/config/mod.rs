@@ -54,7 +54,7 @@ pub struct Config {
     pub snapd_refresh: String,
     /// where a version upgrade stops for the operator: "none", "first" (after the first
     /// unit is upgraded) or "all" (after each unit); `resume-upgrade` goes on
-    pub pause_after_unit_upgrade: String,
+    pub pause_after_unit_upgrade: PauseAfter,
     /// when scheduled snapshots are taken (None: never)
     pub snapshot_schedule: Option<schedule::Schedule>,
     /// how many scheduled snapshots are kept
@@ -85,6 +85,34 @@ impl Config {
             bind_with_insecure_http: self.bind_with_insecure_http,
             enable_v2: self.enable_v2,
             tls_cipher_suites: self.tls_cipher_suites.clone(),
+        }
+    }
+}
+
+/// Where a version upgrade stops for the operator (`pause_after_unit_upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseAfter {
+    None,
+    /// after the first unit is upgraded
+    First,
+    /// after each unit
+    All,
+}
+
+impl PauseAfter {
+    pub fn parse(s: &str) -> Option<PauseAfter> {
+        match s {
+            "none" => Some(PauseAfter::None),
+            "first" => Some(PauseAfter::First),
+            "all" => Some(PauseAfter::All),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseAfter::None => "none",
+            PauseAfter::First => "first",
+            PauseAfter::All => "all",
         }
     }
 }
@@ -126,95 +154,19 @@ fn get_bool(c: &BTreeMap<String, Value>, k: &str) -> bool {
 impl Config {
     /// Validates the raw `config-get` map. The error is the blocked status message.
     pub fn parse(c: &BTreeMap<String, Value>) -> Result<Config, String> {
-        let port = get_int(c, "port", 2379)?;
-        let mport = get_int(c, "management_port", 2380)?;
-        for (name, p) in [("port", port), ("management_port", mport)] {
-            if !(1..=65535).contains(&p) {
-                return Err(format!(
-                    "invalid config: {name} {p} is out of range 1-65535"
-                ));
-            }
-        }
-        if port == mport {
-            return Err(format!("invalid config: port and management_port are both {port}; choose two different ports"));
-        }
-        if get_bool(c, "bind_with_insecure_http") {
-            for (name, p) in [("port", port), ("management_port", mport)] {
-                if p == 4001 {
-                    return Err(format!("invalid config: {name} 4001 is taken by bind_with_insecure_http (its plain-http listener); choose another port"));
-                }
-            }
-        }
-        let hb = get_int(c, "heartbeat_interval", 100)?;
-        let et = get_int(c, "election_timeout", 1000)?;
-        if !(10..=5000).contains(&hb) {
-            return Err(format!(
-                "invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"
-            ));
-        }
-        if et < 5 * hb {
-            return Err(format!("invalid config: election_timeout {et} must be at least 5 x heartbeat_interval ({})", 5 * hb));
-        }
-        if et > 50000 {
-            return Err(format!(
-                "invalid config: election_timeout {et} must be at most 50000 ms"
-            ));
-        }
-        let snapshot_count = get_int(c, "snapshot_count", 10000)?;
-        if snapshot_count < 1 {
-            return Err(format!(
-                "invalid config: snapshot_count {snapshot_count} must be positive"
-            ));
-        }
+        let (port, mport) = ports(c)?;
+        let (hb, et, snapshot_count) = timings(c)?;
         let channel = get_str_or(c, "channel", "auto");
         if !valid_channel(&channel) {
             return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
         }
-        let ciphers: Vec<String> = get_str(c, "tls_cipher_suites")
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for cs in &ciphers {
-            if !KNOWN_CIPHERS.contains(&cs.as_str()) {
-                return Err(format!(
-                    "invalid config: unknown cipher suite {cs:?} in tls_cipher_suites"
-                ));
-            }
-        }
+        let ciphers = ciphers(c)?;
         let quota = get_int(c, "quota_backend_bytes", 0)?;
         if !(0..=8 * 1024 * 1024 * 1024).contains(&quota) {
             return Err(format!("invalid config: quota_backend_bytes {quota} must be between 0 (etcd's 2 GiB default) and 8589934592"));
         }
-        let mode = get_str_or(c, "auto_compaction_mode", "periodic");
-        if mode != "periodic" && mode != "revision" {
-            return Err(format!(
-                "invalid config: auto_compaction_mode {mode:?} must be periodic or revision"
-            ));
-        }
-        let retention = get_str_or(c, "auto_compaction_retention", "1h");
-        check_retention(&mode, &retention)
-            .map_err(|e| format!("invalid config: auto_compaction_retention {retention:?}: {e}"))?;
-        let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
-        let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
-        if let Some(s) = &sha {
-            if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err("invalid config: archive_sha256 must be 64 hex digits".into());
-            }
-        }
-        if let Some(u) = &url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return Err(format!(
-                    "invalid config: archive_url {u:?} must be an http(s) URL"
-                ));
-            }
-            if sha.is_none() {
-                return Err(
-                    "invalid config: archive_url needs archive_sha256 (the tarball's sha256)"
-                        .into(),
-                );
-            }
-        }
+        let (mode, retention) = compaction(c)?;
+        let (url, sha) = archive(c)?;
         let lifetime_raw = get_str_or(c, "tls_certificate_lifetime", "825d");
         let tls_certificate_lifetime = parse_lifetime(&lifetime_raw)
             .ok_or_else(|| format!("invalid config: tls_certificate_lifetime {lifetime_raw:?} must be a number with s, m, h or d, between 60s and 3650d"))?;
@@ -222,27 +174,16 @@ impl Config {
         if let Err(e) = check_refresh_timer(&snapd_refresh) {
             return Err(format!("invalid config: snapd_refresh {snapd_refresh:?}: {e} (use max, or a snapd timer such as fri5,23:00-01:00 or mon,10:00~12:00)"));
         }
-        let pause_after_unit_upgrade = get_str_or(c, "pause_after_unit_upgrade", "none");
-        if !matches!(pause_after_unit_upgrade.as_str(), "none" | "first" | "all") {
-            return Err(format!("invalid config: pause_after_unit_upgrade {pause_after_unit_upgrade:?} must be none, first or all"));
-        }
-        let snapshot_schedule = schedule::Schedule::parse(&get_str(c, "snapshot_schedule"))
-            .map_err(|e| format!("invalid config: {e}"))?;
-        let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
-        if !(1..=10000).contains(&snapshot_retention) {
-            return Err(format!(
-                "invalid config: snapshot_retention {snapshot_retention} must be between 1 and 10000 (how many scheduled snapshots to keep)"
-            ));
-        }
-        let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
-        schedule::check_target(&snapshot_target).map_err(|e| format!("invalid config: {e}"))?;
+        let pause_raw = get_str_or(c, "pause_after_unit_upgrade", "none");
+        let pause_after_unit_upgrade = PauseAfter::parse(&pause_raw).ok_or_else(|| {
+            format!(
+                "invalid config: pause_after_unit_upgrade {pause_raw:?} must be none, first or all"
+            )
+        })?;
+        let (snapshot_schedule, snapshot_retention, snapshot_target) = snapshots(c)?;
         let defrag_threshold = threshold::Threshold::parse(&get_str(c, "defrag_threshold"))
             .map_err(|e| format!("invalid config: {e}"))?;
-        let nagios_context = get_str_or(c, "nagios_context", "juju");
-        let nagios_servicegroups = get_str(c, "nagios_servicegroups");
-        nagios::check_names("nagios_context", &nagios_context, false)
-            .and_then(|_| nagios::check_names("nagios_servicegroups", &nagios_servicegroups, true))
-            .map_err(|e| format!("invalid config: {e}"))?;
+        let (nagios_context, nagios_servicegroups) = nagios_names(c)?;
         Ok(Config {
             nagios_context,
             nagios_servicegroups,
@@ -270,6 +211,143 @@ impl Config {
             archive_sha256: sha,
         })
     }
+}
+
+type Options = BTreeMap<String, Value>;
+
+/// `port` and `management_port`: in range, different, clear of the plain-http listener.
+fn ports(c: &Options) -> Result<(i64, i64), String> {
+    let port = get_int(c, "port", 2379)?;
+    let mport = get_int(c, "management_port", 2380)?;
+    for (name, p) in [("port", port), ("management_port", mport)] {
+        if !(1..=65535).contains(&p) {
+            return Err(format!(
+                "invalid config: {name} {p} is out of range 1-65535"
+            ));
+        }
+    }
+    if port == mport {
+        return Err(format!(
+            "invalid config: port and management_port are both {port}; choose two different ports"
+        ));
+    }
+    if get_bool(c, "bind_with_insecure_http") {
+        for (name, p) in [("port", port), ("management_port", mport)] {
+            if p == 4001 {
+                return Err(format!("invalid config: {name} 4001 is taken by bind_with_insecure_http (its plain-http listener); choose another port"));
+            }
+        }
+    }
+    Ok((port, mport))
+}
+
+/// `heartbeat_interval`, `election_timeout` (etcd's tuning rules) and `snapshot_count`.
+fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
+    let hb = get_int(c, "heartbeat_interval", 100)?;
+    let et = get_int(c, "election_timeout", 1000)?;
+    if !(10..=5000).contains(&hb) {
+        return Err(format!(
+            "invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"
+        ));
+    }
+    if et < 5 * hb {
+        return Err(format!(
+            "invalid config: election_timeout {et} must be at least 5 x heartbeat_interval ({})",
+            5 * hb
+        ));
+    }
+    if et > 50000 {
+        return Err(format!(
+            "invalid config: election_timeout {et} must be at most 50000 ms"
+        ));
+    }
+    let snapshot_count = get_int(c, "snapshot_count", 10000)?;
+    if snapshot_count < 1 {
+        return Err(format!(
+            "invalid config: snapshot_count {snapshot_count} must be positive"
+        ));
+    }
+    Ok((hb, et, snapshot_count))
+}
+
+/// `tls_cipher_suites`: Go's names, comma-separated.
+fn ciphers(c: &Options) -> Result<Vec<String>, String> {
+    let ciphers: Vec<String> = get_str(c, "tls_cipher_suites")
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for cs in &ciphers {
+        if !KNOWN_CIPHERS.contains(&cs.as_str()) {
+            return Err(format!(
+                "invalid config: unknown cipher suite {cs:?} in tls_cipher_suites"
+            ));
+        }
+    }
+    Ok(ciphers)
+}
+
+/// `auto_compaction_mode` and its `auto_compaction_retention`.
+fn compaction(c: &Options) -> Result<(String, String), String> {
+    let mode = get_str_or(c, "auto_compaction_mode", "periodic");
+    if mode != "periodic" && mode != "revision" {
+        return Err(format!(
+            "invalid config: auto_compaction_mode {mode:?} must be periodic or revision"
+        ));
+    }
+    let retention = get_str_or(c, "auto_compaction_retention", "1h");
+    check_retention(&mode, &retention)
+        .map_err(|e| format!("invalid config: auto_compaction_retention {retention:?}: {e}"))?;
+    Ok((mode, retention))
+}
+
+/// `archive_url` and its `archive_sha256`.
+fn archive(c: &Options) -> Result<(Option<String>, Option<String>), String> {
+    let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
+    let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
+    if let Some(s) = &sha {
+        if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("invalid config: archive_sha256 must be 64 hex digits".into());
+        }
+    }
+    if let Some(u) = &url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            return Err(format!(
+                "invalid config: archive_url {u:?} must be an http(s) URL"
+            ));
+        }
+        if sha.is_none() {
+            return Err(
+                "invalid config: archive_url needs archive_sha256 (the tarball's sha256)".into(),
+            );
+        }
+    }
+    Ok((url, sha))
+}
+
+/// `snapshot_schedule`, `snapshot_retention` and `snapshot_target`.
+fn snapshots(c: &Options) -> Result<(Option<schedule::Schedule>, i64, String), String> {
+    let snapshot_schedule = schedule::Schedule::parse(&get_str(c, "snapshot_schedule"))
+        .map_err(|e| format!("invalid config: {e}"))?;
+    let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
+    if !(1..=10000).contains(&snapshot_retention) {
+        return Err(format!(
+            "invalid config: snapshot_retention {snapshot_retention} must be between 1 and 10000 (how many scheduled snapshots to keep)"
+        ));
+    }
+    let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
+    schedule::check_target(&snapshot_target).map_err(|e| format!("invalid config: {e}"))?;
+    Ok((snapshot_schedule, snapshot_retention, snapshot_target))
+}
+
+/// `nagios_context` and `nagios_servicegroups`.
+fn nagios_names(c: &Options) -> Result<(String, String), String> {
+    let nagios_context = get_str_or(c, "nagios_context", "juju");
+    let nagios_servicegroups = get_str(c, "nagios_servicegroups");
+    nagios::check_names("nagios_context", &nagios_context, false)
+        .and_then(|_| nagios::check_names("nagios_servicegroups", &nagios_servicegroups, true))
+        .map_err(|e| format!("invalid config: {e}"))?;
+    Ok((nagios_context, nagios_servicegroups))
 }
 
 /// `auto_compaction_retention` as etcd reads it (etcd's parseCompactionRetention, in

@@ -201,7 +201,7 @@ impl<'a> Reconcile<'a> {
     /// The leader's rolling-restart lock (`rolling`): what its status says about the roll.
     pub(super) fn manage_roll(&mut self, client: &Client, ep: &str) -> Option<String> {
         let rc = RollCtx {
-            pause_mode: &self.cfg.pause_after_unit_upgrade,
+            pause_mode: self.cfg.pause_after_unit_upgrade,
             client,
             ep,
             inst: &self.inst,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// What the leader's roll asks of the running cluster (only when it grants an upgrade turn).
 pub(crate) struct RollCtx<'a> {
-    pub(crate) pause_mode: &'a str,
+    pub(crate) pause_mode: crate::config::PauseAfter,
     pub(crate) client: &'a Client,
     pub(crate) ep: &'a str,
     /// this unit's delivery and data directory (the v2 store check before a turn into 3.6)
@@ -74,7 +74,7 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                         "rolling restart: {} done (upgrade turn: {:?}; pause_after_unit_upgrade {}: {pause}; versions {:?})",
                         lock.grant.as_deref().unwrap_or(""),
                         lock.upgrade_turn,
-                        rc.pause_mode,
+                        rc.pause_mode.as_str(),
                         peers
                             .units
                             .iter()

@@ -12,6 +12,7 @@
 //! the raft leader while others still waited: it goes last instead), `config-rejected` (its
 //! new config failed and was rolled back: the roll stops until the config changes).
 
+use crate::config::PauseAfter;
 use crate::ops::membership::plan::unit_number;
 use etcdkit::version::Version;
 use std::collections::BTreeMap;
@@ -101,7 +102,7 @@ pub fn config_rejected(units: &BTreeMap<String, Bag>) -> Option<String> {
 pub fn decide(
     units: &BTreeMap<String, Bag>,
     lock: &Lock,
-    pause_mode: &str,
+    pause_mode: PauseAfter,
     raft_leader_unit: Option<&str>,
 ) -> Next {
     if let Some(g) = &lock.grant {
@@ -129,8 +130,8 @@ pub fn decide(
         let pause = upgraded
             && more
             && match pause_mode {
-                "all" => true,
-                "first" => {
+                PauseAfter::All => true,
+                PauseAfter::First => {
                     let v = units.get(unit).and_then(|b| get(b, "etcd-version"));
                     units
                         .values()
@@ -138,7 +139,7 @@ pub fn decide(
                         .count()
                         == 1
                 }
-                _ => false,
+                PauseAfter::None => false,
             };
         return Next::Release { pause };
     }
@@ -247,7 +248,7 @@ mod tests {
             })
             .collect();
         let mut lock = Lock::default();
-        let Next::Grant { unit, hash, .. } = decide(&units, &lock, "none", None) else {
+        let Next::Grant { unit, hash, .. } = decide(&units, &lock, PauseAfter::None, None) else {
             panic!("no grant")
         };
         assert_eq!(unit, "etcd/0");
@@ -257,12 +258,12 @@ mod tests {
         b.insert("restarted".into(), "c2".into());
         b.insert("config-rejected".into(), "abcd".into());
         assert_eq!(
-            decide(&units, &lock, "none", None),
+            decide(&units, &lock, PauseAfter::None, None),
             Next::Release { pause: false }
         );
         lock.grant = None;
         assert_eq!(
-            decide(&units, &lock, "none", None),
+            decide(&units, &lock, PauseAfter::None, None),
             Next::ConfigStopped {
                 unit: "etcd/0".into()
             }
@@ -273,7 +274,7 @@ mod tests {
             .unwrap()
             .insert("config-rejected".into(), String::new());
         assert!(
-            matches!(decide(&units, &lock, "none", None), Next::Grant { unit, .. } if unit == "etcd/1")
+            matches!(decide(&units, &lock, PauseAfter::None, None), Next::Grant { unit, .. } if unit == "etcd/1")
         );
     }
 
@@ -286,7 +287,7 @@ mod tests {
     /// Runs the roll to its end, granting and finishing turns; returns the order.
     fn run(
         units: &mut BTreeMap<String, Bag>,
-        mode: &str,
+        mode: PauseAfter,
         leader: Option<&str>,
     ) -> (Vec<String>, Vec<String>) {
         let mut lock = Lock::default();
@@ -344,14 +345,14 @@ mod tests {
             paused: None,
         };
         assert_eq!(
-            decide(&units, &lock, "none", None),
+            decide(&units, &lock, PauseAfter::None, None),
             Next::Release { pause: false }
         );
         // Released, the unit that handed its turn back waits for the end, even when
         // leadership has moved on since (another unit's turn first wakes everyone).
         let free = Lock::default();
         for leader in [None, Some("etcd/0"), Some("etcd/2")] {
-            let next = decide(&units, &free, "none", leader);
+            let next = decide(&units, &free, PauseAfter::None, leader);
             assert!(
                 matches!(&next, Next::Grant { unit, .. } if unit == "etcd/1"),
                 "{leader:?}: {next:?}"
@@ -365,7 +366,7 @@ mod tests {
                 .insert("restarted".into(), "h".into());
         }
         assert_eq!(
-            decide(&units, &lock, "none", Some("etcd/0")),
+            decide(&units, &lock, PauseAfter::None, Some("etcd/0")),
             Next::Busy {
                 unit: "etcd/0".into()
             }
@@ -375,7 +376,7 @@ mod tests {
     #[test]
     fn one_unit_at_a_time_the_raft_leader_last() {
         let mut units = upgrading();
-        let (order, pauses) = run(&mut units, "none", Some("etcd/0"));
+        let (order, pauses) = run(&mut units, PauseAfter::None, Some("etcd/0"));
         assert_eq!(order, ["etcd/1", "etcd/2", "etcd/0"]);
         assert!(pauses.is_empty());
         assert_eq!(progress(&units), None);
@@ -391,18 +392,18 @@ mod tests {
             b.insert("restart-wanted".into(), "h1".into());
         }
         assert_eq!(
-            decide(&units, &Lock::default(), "none", Some("etcd/1")),
+            decide(&units, &Lock::default(), PauseAfter::None, Some("etcd/1")),
             Next::Idle
         );
-        let (order, _) = run(&mut upgrading(), "none", Some("etcd/1"));
+        let (order, _) = run(&mut upgrading(), PauseAfter::None, Some("etcd/1"));
         assert_eq!(order, ["etcd/0", "etcd/2", "etcd/1"]);
     }
 
     #[test]
     fn pauses_after_the_first_or_every_unit_but_never_after_the_last() {
-        let (_, pauses) = run(&mut upgrading(), "first", None);
+        let (_, pauses) = run(&mut upgrading(), PauseAfter::First, None);
         assert_eq!(pauses, ["etcd/0"]);
-        let (_, pauses) = run(&mut upgrading(), "all", None);
+        let (_, pauses) = run(&mut upgrading(), PauseAfter::All, None);
         assert_eq!(pauses, ["etcd/0", "etcd/1"]);
     }
 
@@ -415,7 +416,7 @@ mod tests {
             paused: None,
         };
         assert_eq!(
-            decide(&units, &lock, "none", None),
+            decide(&units, &lock, PauseAfter::None, None),
             Next::Busy {
                 unit: "etcd/0".into()
             }
@@ -424,11 +425,11 @@ mod tests {
         b.insert("restarted".into(), "h2".into());
         b.insert("rolled-back".into(), "3.5.16".into());
         assert_eq!(
-            decide(&units, &lock, "all", None),
+            decide(&units, &lock, PauseAfter::All, None),
             Next::Release { pause: false }
         );
         assert_eq!(
-            decide(&units, &Lock::default(), "none", None),
+            decide(&units, &Lock::default(), PauseAfter::None, None),
             Next::Stopped {
                 unit: "etcd/0".into(),
                 version: "3.5.16".into()
