@@ -50,8 +50,8 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
     ("run_hook", "harness/src/controller/runner.rs", 184),
     ("run_task", "harness/src/controller/runner.rs", 114),
     ("worker", "harness/src/controller/worker.rs", 114),
-    ("install_archive", "etcdkit/src/install.rs", 91),
-    ("unpack_safely_with", "etcdkit/src/install.rs", 84),
+    ("install_archive", "etcdkit/src/install/archive.rs", 91),
+    ("unpack_safely_with", "etcdkit/src/install/unpack.rs", 84),
     ("etcd_config", "etcdkit/src/render.rs", 99),
     ("supervise", "etcdkit/src/service.rs", 81),
     ("boot", "harness/src/boot.rs", 100),
@@ -82,7 +82,6 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
 
 /// Files still over the limit, as above.
 const OVER_LIMIT_FILES: &[(&str, usize)] = &[
-    ("etcdkit/src/install.rs", 1125),
     ("harness/src/cli/deploy.rs", 615),
     ("harness/src/machine.rs", 657),
     ("harness/src/state.rs", 608),
