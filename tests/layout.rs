@@ -53,7 +53,6 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
     ("install_archive", "etcdkit/src/install/archive.rs", 91),
     ("unpack_safely_with", "etcdkit/src/install/unpack.rs", 84),
     ("etcd_config", "etcdkit/src/render.rs", 99),
-    ("supervise", "etcdkit/src/service.rs", 81),
     ("boot", "harness/src/boot.rs", 100),
     ("queue_action", "harness/src/cli/actions.rs", 82),
     ("tasks_reply", "harness/src/cli/actions.rs", 85),

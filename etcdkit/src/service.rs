@@ -246,12 +246,6 @@ fn service_cgroup_procs() -> Option<bool> {
     None
 }
 
-static TERM: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_term(_: libc::c_int) {
-    TERM.store(true, Ordering::SeqCst);
-}
-
 /// The built-in supervisor's etcd log is kept below this size: past it, the log is copied
 /// to `<log>.1` (the one before goes) and emptied in place, as logrotate's copytruncate does
 /// (etcd keeps its descriptor and appends at the new end; lines written during the copy can
@@ -290,26 +284,16 @@ fn log_line(msg: &str) {
 
 /// `etcd-charm supervise --etcd BIN --config FILE`: the built-in supervisor's main loop.
 pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     std::fs::create_dir_all(RUN_DIR)?;
     std::fs::write(SUPERVISOR_PID, std::process::id().to_string())?;
-    let act = SigAction::new(
-        SigHandler::Handler(on_term),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    unsafe {
-        sigaction(Signal::SIGTERM, &act)?;
-        sigaction(Signal::SIGINT, &act)?;
+    // SIGTERM or SIGINT (systemd's stop, `Service::stop`) only sets a flag the loops watch.
+    let term = std::sync::Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&term))?;
     }
     let mut backoff = Duration::from_secs(1);
-    let rotate = || {
-        if let Err(e) = rotate_if_big(std::path::Path::new(LOG_FILE), LOG_MAX) {
-            log_line(&format!("cannot rotate {LOG_FILE}: {e}"));
-        }
-    };
     loop {
-        rotate();
+        rotate_log();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -322,38 +306,15 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
             .spawn()?;
         std::fs::write(ETCD_PID, child.id().to_string())?;
         let started = Instant::now();
-        let mut checked = started;
-        let status = loop {
-            if TERM.load(Ordering::SeqCst) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(25);
-                while child.try_wait()?.is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                log_line("stopped on request");
-                let _ = std::fs::remove_file(ETCD_PID);
-                let _ = std::fs::remove_file(SUPERVISOR_PID);
-                return Ok(());
-            }
-            if let Some(st) = child.try_wait()? {
-                break st;
-            }
-            if checked.elapsed() > Duration::from_secs(10) {
-                rotate();
-                checked = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let Some(status) = watch_child(&mut child, &term)? else {
+            log_line("stopped on request");
+            supervisor_gone();
+            return Ok(());
         };
         if status.success() {
             // A removed member exits 0 and must stay down (etcd-notes §0.6).
             log_line("etcd exited cleanly; leaving it down");
-            let _ = std::fs::remove_file(ETCD_PID);
-            let _ = std::fs::remove_file(SUPERVISOR_PID);
+            supervisor_gone();
             return Ok(());
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -364,10 +325,57 @@ pub fn supervise(etcd: &str, config: &str) -> anyhow::Result<()> {
             backoff.as_secs()
         ));
         let until = Instant::now() + backoff;
-        while Instant::now() < until && !TERM.load(Ordering::SeqCst) {
+        while Instant::now() < until && !term.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(50));
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The supervisor's log rotated when it grew past `LOG_MAX` (a failure is logged).
+fn rotate_log() {
+    if let Err(e) = rotate_if_big(std::path::Path::new(LOG_FILE), LOG_MAX) {
+        log_line(&format!("cannot rotate {LOG_FILE}: {e}"));
+    }
+}
+
+/// The pidfiles go with the supervisor (best effort: a stale one names a dead process,
+/// which `alive` tells).
+fn supervisor_gone() {
+    let _ = std::fs::remove_file(ETCD_PID);
+    let _ = std::fs::remove_file(SUPERVISOR_PID);
+}
+
+/// Waits for etcd to exit (its status), rotating the log as it runs; on a stop request,
+/// stops it (SIGTERM, then SIGKILL after 25 s) and returns None.
+fn watch_child(
+    child: &mut std::process::Child,
+    term: &AtomicBool,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    let mut checked = Instant::now();
+    loop {
+        if term.load(Ordering::SeqCst) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(25);
+            while child.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Already gone, or killed now: either way it is down.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        if let Some(st) = child.try_wait()? {
+            return Ok(Some(st));
+        }
+        if checked.elapsed() > Duration::from_secs(10) {
+            rotate_log();
+            checked = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
