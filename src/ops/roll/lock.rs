@@ -67,67 +67,9 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                     format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} upgrading")
                 })
             }
-            Next::Release { pause } => {
-                juju::log(
-                    "INFO",
-                    &format!(
-                        "rolling restart: {} done (upgrade turn: {:?}; pause_after_unit_upgrade {}: {pause}; versions {:?})",
-                        lock.grant.as_deref().unwrap_or(""),
-                        lock.upgrade_turn,
-                        rc.pause_mode.as_str(),
-                        peers
-                            .units
-                            .iter()
-                            .map(|(u, b)| format!(
-                                "{u}={}/{}",
-                                b.get("etcd-version").map(String::as_str).unwrap_or("?"),
-                                b.get("wants-version").map(String::as_str).unwrap_or("?")
-                            ))
-                            .collect::<Vec<_>>()
-                    ),
-                );
-                if pause {
-                    let after = lock.upgrade_turn.clone().unwrap_or_default();
-                    juju::log(
-                        "INFO",
-                        &format!("upgrade: paused after {after} (pause_after_unit_upgrade)"),
-                    );
-                    peers.app_set("upgrade-paused", &after);
-                }
-                peers.app_set("restart-grant", "");
-                peers.app_set("upgrade-turn", "");
-            }
-            Next::Stopped { unit, version } => {
-                juju::log(
-                    "WARNING",
-                    &format!(
-                        "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
-                    ),
-                );
-                return None;
-            }
-            Next::ConfigStopped { unit } => {
-                juju::log(
-                    "WARNING",
-                    &format!(
-                        "rolling restart stopped: the new config failed on {unit} and was rolled back there"
-                    ),
-                );
-                return Some(format!(
-                    "Config change stopped: etcd on {unit} did not come up healthy with it and \
-                     runs its previous config (see its status); change the config to go on"
-                ));
-            }
-            Next::Paused { after } => {
-                return Some(match progress(peers) {
-                    Some((t, d, n)) => format!(
-                        "Upgrade to etcd {t} paused after {after} ({d} of {n} units done): run \
-                         the resume-upgrade action to go on"
-                    ),
-                    None => format!(
-                        "Upgrade paused after {after}: run the resume-upgrade action to go on"
-                    ),
-                })
+            Next::Release { pause } => release(peers, rc, &lock, pause),
+            stop @ (Next::Stopped { .. } | Next::ConfigStopped { .. } | Next::Paused { .. }) => {
+                return stopped(stop, peers)
             }
             Next::Grant {
                 unit,
@@ -151,36 +93,9 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                     continue;
                 }
                 if upgrade {
-                    let target = progress(peers).map(|p| p.0).unwrap_or_default();
-                    let ready = crate::ops::membership::apply::ready_for_upgrade(rc.client, rc.ep)
-                        .and_then(|_| match etcdkit::version::Version::parse(&target) {
-                            Some(t) => {
-                                etcdkit::v2store::gate(t, rc.inst, Path::new(rc.data)).map(|_| ())
-                            }
-                            None => Ok(()),
-                        });
-                    if let Err(why) = ready {
-                        juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
-                        return Some(format!("Upgrade to etcd {target} waits: {why}"));
+                    if let Err(msg) = gate_upgrade(peers, rc, &unit) {
+                        return Some(msg);
                     }
-                    if peers.app_get("upgrade-snapshot") != Some(target.as_str()) {
-                        match upgrade_snapshot(rc, &target) {
-                            Ok(path) => {
-                                juju::log(
-                                    "INFO",
-                                    &format!("upgrade to {target}: snapshot kept in {path}"),
-                                );
-                                peers.app_set("upgrade-snapshot", &target);
-                            }
-                            Err(e) => {
-                                juju::log("WARNING", &format!("upgrade snapshot failed: {e:#}"));
-                                return Some(format!(
-                                    "Upgrade to etcd {target} waits: the snapshot before it failed ({e})"
-                                ));
-                            }
-                        }
-                    }
-                    peers.app_set("upgrade-turn", &unit);
                 }
                 juju::log("INFO", &format!("rolling restart: {unit}'s turn"));
                 peers.app_set("restart-grant", &format!("{unit}:{hash}"));
@@ -192,6 +107,116 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
         }
     }
     None
+}
+
+/// The leader's turn released: the unit restarted with its grant (or is gone); after an
+/// upgraded unit, the roll pauses when `pause_after_unit_upgrade` says so.
+fn release(peers: &mut Peers, rc: &RollCtx, lock: &crate::ops::roll::plan::Lock, pause: bool) {
+    juju::log(
+            "INFO",
+            &format!(
+                "rolling restart: {} done (upgrade turn: {:?}; pause_after_unit_upgrade {}: {pause}; versions {:?})",
+                lock.grant.as_deref().unwrap_or(""),
+                lock.upgrade_turn,
+                rc.pause_mode.as_str(),
+                peers
+                    .units
+                    .iter()
+                    .map(|(u, b)| format!(
+                        "{u}={}/{}",
+                        b.get("etcd-version").map(String::as_str).unwrap_or("?"),
+                        b.get("wants-version").map(String::as_str).unwrap_or("?")
+                    ))
+                    .collect::<Vec<_>>()
+            ),
+        );
+    if pause {
+        let after = lock.upgrade_turn.clone().unwrap_or_default();
+        juju::log(
+            "INFO",
+            &format!("upgrade: paused after {after} (pause_after_unit_upgrade)"),
+        );
+        peers.app_set("upgrade-paused", &after);
+    }
+    peers.app_set("restart-grant", "");
+    peers.app_set("upgrade-turn", "");
+}
+
+/// The checks before an upgrade turn: the cluster ready (every member started, a voter,
+/// healthy, no alarm; no v2 data before 3.6) and a snapshot kept before the first turn.
+/// The error is the leader's status.
+fn gate_upgrade(peers: &mut Peers, rc: &RollCtx, unit: &str) -> Result<(), String> {
+    let progress = crate::ops::roll::plan::progress(&peers.units);
+    let target = progress.map(|p| p.0).unwrap_or_default();
+    let ready = crate::ops::membership::apply::ready_for_upgrade(rc.client, rc.ep).and_then(|_| {
+        match etcdkit::version::Version::parse(&target) {
+            Some(t) => etcdkit::v2store::gate(t, rc.inst, Path::new(rc.data)).map(|_| ()),
+            None => Ok(()),
+        }
+    });
+    if let Err(why) = ready {
+        juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
+        return Err(format!("Upgrade to etcd {target} waits: {why}"));
+    }
+    if peers.app_get("upgrade-snapshot") != Some(target.as_str()) {
+        match upgrade_snapshot(rc, &target) {
+            Ok(path) => {
+                juju::log(
+                    "INFO",
+                    &format!("upgrade to {target}: snapshot kept in {path}"),
+                );
+                peers.app_set("upgrade-snapshot", &target);
+            }
+            Err(e) => {
+                juju::log("WARNING", &format!("upgrade snapshot failed: {e:#}"));
+                return Err(format!(
+                    "Upgrade to etcd {target} waits: the snapshot before it failed ({e})"
+                ));
+            }
+        }
+    }
+    peers.app_set("upgrade-turn", unit);
+    Ok(())
+}
+
+/// What the leader's status says of a roll that stopped or paused.
+fn stopped(next: Next, peers: &Peers) -> Option<String> {
+    let progress = |peers: &Peers| crate::ops::roll::plan::progress(&peers.units);
+    match next {
+        Next::Stopped { unit, version } => {
+            juju::log(
+                "WARNING",
+                &format!(
+                    "rolling restart stopped: etcd {version} failed on {unit} and was rolled back"
+                ),
+            );
+            return None;
+        }
+        Next::ConfigStopped { unit } => {
+            juju::log(
+                "WARNING",
+                &format!(
+                    "rolling restart stopped: the new config failed on {unit} and was rolled back there"
+                ),
+            );
+            return Some(format!(
+                "Config change stopped: etcd on {unit} did not come up healthy with it and \
+                 runs its previous config (see its status); change the config to go on"
+            ));
+        }
+        Next::Paused { after } => {
+            return Some(match progress(peers) {
+                Some((t, d, n)) => format!(
+                    "Upgrade to etcd {t} paused after {after} ({d} of {n} units done): run \
+                     the resume-upgrade action to go on"
+                ),
+                None => {
+                    format!("Upgrade paused after {after}: run the resume-upgrade action to go on")
+                }
+            })
+        }
+        _ => None,
+    }
 }
 
 /// A snapshot of the cluster before an upgrade's first turn, kept (0600) under
