@@ -99,18 +99,7 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
         when: format!("OnActiveSec=0\nOnUnitActiveSec={ALARM_EVERY_SECS}s\n"),
     })
     .map_err(|e| anyhow!(e))?;
-    // The host name the nrpe charm gives, else the classic `<context>-<unit>`.
-    let mut hostname = format!("{context}-{}", unit.replace('/', "-"));
-    for remote in juju::relation_list(rel)? {
-        if let Some(h) = juju::relation_get(rel, &remote, false)?.get("nagios_hostname") {
-            if !h.is_empty() {
-                // It names files here: only a plain name is taken.
-                check_names(&format!("the nagios_hostname {remote} gives"), h, false)
-                    .map_err(|e| anyhow!("{e}; ask the nrpe charm for another"))?;
-                hostname = h.clone();
-            }
-        }
-    }
+    let hostname = nagios_hostname(rel, unit, context)?;
     let groups = if groups.is_empty() {
         context.to_string()
     } else {
@@ -138,30 +127,7 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
                 0o644,
             )?;
         }
-        if Path::new(EXPORT_DIR).is_dir() {
-            let service = format!(
-                "#---------------------------------------------------\n\
-                 # Written by the etcd charm (unit {unit})\n\
-                 #---------------------------------------------------\n\
-                 define service {{\n    use                             active-service\n    \
-                 host_name                       {hostname}\n    \
-                 service_description             {hostname}[{name}] {desc}\n    \
-                 check_command                   check_nrpe!check_{name}\n    \
-                 servicegroups                   {groups}\n}}\n",
-                name = c.shortname,
-                desc = c.description,
-            );
-            // A host name that changed leaves no definition behind under the old one.
-            remove_exports(c.shortname, Some(&hostname))?;
-            pki::update_file(
-                Path::new(&format!(
-                    "{EXPORT_DIR}/service__{hostname}_check_{}.cfg",
-                    c.shortname
-                )),
-                &service,
-                0o644,
-            )?;
-        }
+        export_service(c, unit, &hostname, &groups)?;
         monitors.insert(
             c.shortname.into(),
             json!({"command": format!("check_{}", c.shortname)}),
@@ -170,6 +136,63 @@ fn set_up(rel: &str, unit: &str, context: &str, groups: &str, endpoint: &str) ->
     if changed {
         reload_nrpe();
     }
+    publish_monitors(rel, unit, &hostname, monitors)
+}
+
+/// The host name the nrpe charm gives, else the classic `<context>-<unit>`.
+fn nagios_hostname(rel: &str, unit: &str, context: &str) -> Result<String> {
+    let mut hostname = format!("{context}-{}", unit.replace('/', "-"));
+    for remote in juju::relation_list(rel)? {
+        if let Some(h) = juju::relation_get(rel, &remote, false)?.get("nagios_hostname") {
+            if !h.is_empty() {
+                // It names files here: only a plain name is taken.
+                check_names(&format!("the nagios_hostname {remote} gives"), h, false)
+                    .map_err(|e| anyhow!("{e}; ask the nrpe charm for another"))?;
+                hostname = h.clone();
+            }
+        }
+    }
+    Ok(hostname)
+}
+
+/// The service definition the Nagios host collects for check `c`, when its export
+/// directory is there.
+fn export_service(c: &Check, unit: &str, hostname: &str, groups: &str) -> Result<()> {
+    if !Path::new(EXPORT_DIR).is_dir() {
+        return Ok(());
+    }
+    let service = format!(
+        "#---------------------------------------------------\n\
+         # Written by the etcd charm (unit {unit})\n\
+         #---------------------------------------------------\n\
+         define service {{\n    use                             active-service\n    \
+         host_name                       {hostname}\n    \
+         service_description             {hostname}[{name}] {desc}\n    \
+         check_command                   check_nrpe!check_{name}\n    \
+         servicegroups                   {groups}\n}}\n",
+        name = c.shortname,
+        desc = c.description,
+    );
+    // A host name that changed leaves no definition behind under the old one.
+    remove_exports(c.shortname, Some(hostname))?;
+    pki::update_file(
+        Path::new(&format!(
+            "{EXPORT_DIR}/service__{hostname}_check_{}.cfg",
+            c.shortname
+        )),
+        &service,
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// The checks told to the nrpe charm (`monitors`), written only when they change.
+fn publish_monitors(
+    rel: &str,
+    unit: &str,
+    hostname: &str,
+    monitors: serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
     let yaml = serde_yaml::to_string(&json!({"monitors": {"remote": {"nrpe": monitors}}}))?;
     let mine = juju::relation_get(rel, unit, false)?;
     let mut writes = Bag::new();
