@@ -299,6 +299,14 @@ def main():
                 "restore3": lambda: actions.run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME),
             }[w]()
             h("destroy-model", "bench", "--no-prompt", check=False)
+    except BaseException:
+        # What the model was doing when the run failed (the home goes below).
+        log = subprocess.run([H, "debug-log", "--replay"], env=ENV,
+                             capture_output=True, text=True).stdout.splitlines()
+        print("\nthe model's debug log, last lines:", *log[-120:], sep="\n", file=sys.stderr)
+        r = subprocess.run([H, "status", "--format", "yaml"], env=ENV, capture_output=True, text=True)
+        print(f"\n$ juju status --format yaml\n{r.stdout}{r.stderr}", file=sys.stderr)
+        raise
     finally:
         subprocess.run([H, "kill-controller"], env=ENV, capture_output=True)
         shutil.rmtree(HOME, ignore_errors=True)
