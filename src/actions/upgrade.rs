@@ -73,8 +73,28 @@ pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
         Ok(None) => {}
         Err(why) => failed.push(why),
     }
-    // Disk: a snapshot (the upgrade keeps one) and room for the database to grow into.
-    let free = free_bytes(&data)?;
+    disk_room(&data, largest_db, &mut lines, &mut failed)?;
+    if !failed.is_empty() {
+        return refuse(format!(
+            "not ready to upgrade to etcd {target}: {}",
+            failed.join("; ")
+        ));
+    }
+    Ok(vec![
+        ("ready".into(), "true".into()),
+        ("target".into(), target.to_string()),
+        ("output".into(), lines.join("\n")),
+    ])
+}
+
+/// Disk: a snapshot (the upgrade keeps one) and room for the database to grow into.
+fn disk_room(
+    data: &str,
+    largest_db: u64,
+    lines: &mut Vec<String>,
+    failed: &mut Vec<String>,
+) -> Result<()> {
+    let free = hostkit::fs::free_bytes(std::path::Path::new(data))?;
     let need = largest_db.saturating_mul(2);
     if free < need {
         failed.push(format!(
@@ -89,23 +109,7 @@ pub fn pre_upgrade_check(params: &BTreeMap<String, Value>) -> Result<Results> {
             need >> 20
         ));
     }
-    if !failed.is_empty() {
-        return refuse(format!(
-            "not ready to upgrade to etcd {target}: {}",
-            failed.join("; ")
-        ));
-    }
-    Ok(vec![
-        ("ready".into(), "true".into()),
-        ("target".into(), target.to_string()),
-        ("output".into(), lines.join("\n")),
-    ])
-}
-
-fn free_bytes(path: &str) -> Result<u64> {
-    let s = nix::sys::statvfs::statvfs(path)
-        .map_err(|e| anyhow!("cannot tell how much space {path} has: {e}"))?;
-    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+    Ok(())
 }
 
 /// Lets a paused upgrade go on (leader only): the next unit's turn is granted by the next

@@ -285,21 +285,7 @@ pub fn plan(
         };
     }
     let mut trusted = split(trust);
-    let in_use: BTreeSet<String> = trusted
-        .iter()
-        .chain([issuer_ca.to_string(), target.to_string()].iter())
-        .filter(|ca| {
-            let s = sha16(ca);
-            units
-                .iter()
-                .any(|u| u.issuer_in_use.as_deref() == Some(s.as_str()))
-        })
-        .cloned()
-        .collect();
-    let needed: BTreeSet<String> = in_use
-        .into_iter()
-        .chain([issuer_ca.to_string(), target.to_string()])
-        .collect();
+    let needed = needed_cas(&trusted, issuer_ca, target, units);
     if !needed.is_subset(&trusted) {
         trusted.extend(needed);
         return Plan {
@@ -349,6 +335,31 @@ pub fn plan(
         issuer_ca: target.to_string(),
         step,
     }
+}
+
+/// The CAs every member must trust now: the issuing and the target CA, and every trusted
+/// one a unit still serves with.
+fn needed_cas(
+    trusted: &BTreeSet<String>,
+    issuer_ca: &str,
+    target: &str,
+    units: &[UnitTls],
+) -> BTreeSet<String> {
+    let in_use = trusted
+        .iter()
+        .chain([issuer_ca.to_string(), target.to_string()].iter())
+        .filter(|ca| {
+            let s = sha16(ca);
+            units
+                .iter()
+                .any(|u| u.issuer_in_use.as_deref() == Some(s.as_str()))
+        })
+        .cloned()
+        .collect::<Vec<_>>();
+    in_use
+        .into_iter()
+        .chain([issuer_ca.to_string(), target.to_string()])
+        .collect()
 }
 
 /// A unit takes certificates from a new CA when every started unit before it (in unit

@@ -416,36 +416,9 @@ pub(crate) fn install_certs(
     )?;
     let read = |f: &str| std::fs::read_to_string(pki::path(f));
     // (file base name, certificate, key) for each pair to serve with
-    let mut pairs: Vec<(&str, String, String)> = vec![];
-    if issuer == internal {
-        let Some(cert) = signed_cert(peers, Profile::Server, name, &csrs.0) else {
-            return Ok(certs_on_disk());
-        };
-        pairs.push(("server", cert.to_string(), read("csr-server.key")?));
-        // Created in this very hook (the leader's first), the secret cannot be read yet:
-        // the pair the leader holds serves, so no unit reports healthy without one.
-        let client = match &peers.new_client {
-            Some(pair) => Some(pair.clone()),
-            // The files hold the published pair already: nothing to read or write.
-            None if client_is_current(peers.app_get(CLIENT_SHA)) => None,
-            None => client_pair()?,
-        };
-        if let Some((cert, key)) = client {
-            pairs.push(("client", cert, key));
-        }
-    } else {
-        match provided {
-            Some(authority::Provided {
-                ca,
-                server: Some((cert, key)),
-                client: Some((ccert, ckey)),
-            }) if ca == issuer => {
-                pairs.push(("server", cert.clone(), key.clone()));
-                pairs.push(("client", ccert.clone(), ckey.clone()));
-            }
-            _ => return Ok(certs_on_disk()),
-        }
-    }
+    let Some(mut pairs) = client_side_pairs(peers, name, csrs, provided, issuer, internal)? else {
+        return Ok(certs_on_disk());
+    };
     // The peer certificate: the peer CA's once the peer side issues from it. Before that (a
     // deployment from before the peer CA, moving to it) the one on disk serves.
     let mut peer_pair = None;
@@ -486,4 +459,50 @@ pub(crate) fn install_certs(
         pki::update_file(&pki::path(&format!("{base}.key")), &key, 0o600)?;
     }
     Ok(certs_on_disk())
+}
+
+/// The pairs the client port serves with (server, and the shared client pair) from the CA
+/// that issues now: the built-in one's signed certificates, or what the `certificates`
+/// relation provided. None when they are not there yet (the files on disk serve).
+#[allow(clippy::type_complexity)]
+fn client_side_pairs(
+    peers: &Peers,
+    name: &str,
+    csrs: &(String, String),
+    provided: Option<&authority::Provided>,
+    issuer: &str,
+    internal: &str,
+) -> Result<Option<Vec<(&'static str, String, String)>>> {
+    let read = |f: &str| std::fs::read_to_string(pki::path(f));
+    let mut pairs: Vec<(&str, String, String)> = vec![];
+    if issuer == internal {
+        let Some(cert) = signed_cert(peers, Profile::Server, name, &csrs.0) else {
+            return Ok(None);
+        };
+        pairs.push(("server", cert.to_string(), read("csr-server.key")?));
+        // Created in this very hook (the leader's first), the secret cannot be read yet:
+        // the pair the leader holds serves, so no unit reports healthy without one.
+        let client = match &peers.new_client {
+            Some(pair) => Some(pair.clone()),
+            // The files hold the published pair already: nothing to read or write.
+            None if client_is_current(peers.app_get(CLIENT_SHA)) => None,
+            None => client_pair()?,
+        };
+        if let Some((cert, key)) = client {
+            pairs.push(("client", cert, key));
+        }
+    } else {
+        match provided {
+            Some(authority::Provided {
+                ca,
+                server: Some((cert, key)),
+                client: Some((ccert, ckey)),
+            }) if ca == issuer => {
+                pairs.push(("server", cert.clone(), key.clone()));
+                pairs.push(("client", ccert.clone(), ckey.clone()));
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(pairs))
 }
