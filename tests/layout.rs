@@ -50,8 +50,6 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
     ("run_hook", "harness/src/controller/runner.rs", 184),
     ("run_task", "harness/src/controller/runner.rs", 114),
     ("worker", "harness/src/controller/worker.rs", 114),
-    ("install_archive", "etcdkit/src/install/archive.rs", 91),
-    ("unpack_safely_with", "etcdkit/src/install/unpack.rs", 84),
     ("etcd_config", "etcdkit/src/render.rs", 99),
     ("boot", "harness/src/boot.rs", 100),
     ("queue_action", "harness/src/cli/actions.rs", 82),

@@ -22,18 +22,8 @@ pub fn install_archive(
 ) -> Result<Installed> {
     // The same file as last time (and the same expected sha256): already verified and installed.
     let stamp = stamp(tarball);
-    if let Some(cur) = Installed::load() {
-        let expected_ok = expected_sha256
-            .map(|w| cur.source_sha256.as_deref() == Some(w))
-            .unwrap_or(true);
-        if cur.delivery == Delivery::Archive
-            && stamp.is_some()
-            && cur.source_stamp == stamp
-            && expected_ok
-            && Path::new(&cur.etcd()).exists()
-        {
-            return Ok(cur);
-        }
+    if let Some(cur) = installed_from(&stamp, expected_sha256) {
+        return Ok(cur);
     }
     let sha = sha256_file(tarball).map_err(io(format!("reading {label}")))?;
     if let Some(want) = expected_sha256 {
@@ -51,22 +41,7 @@ pub fn install_archive(
             return Ok(cur);
         }
     }
-    std::fs::create_dir_all(OPT_DIR).map_err(io(OPT_DIR))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".staging-")
-        .tempdir_in(OPT_DIR)
-        .map_err(io("staging dir"))?;
-    unpack_safely(tarball, staging.path()).map_err(|e| {
-        InstallError::Bad(format!(
-            "{label} refused: {e}; attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz"
-        ))
-    })?;
-    let bin = find_bin_dir(staging.path()).ok_or_else(|| InstallError::Bad(format!("{label} is not an etcd release tarball (no etcd binary inside); attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
-    if !bin.join("etcdctl").is_file() {
-        return Err(InstallError::Bad(format!(
-            "{label} has no etcdctl; attach a complete upstream etcd release tarball"
-        )));
-    }
+    let (_staging, bin) = unpack_release(tarball, label)?;
     let version = binary_version(&bin.join("etcd"))?;
     // Every path, the install action's too (M6): a downgrade or a skipped minor is refused
     // before anything of it is put in place.
@@ -104,6 +79,42 @@ pub fn install_archive(
     };
     inst.save()?;
     Ok(inst)
+}
+
+/// The install record, when it says this very file (and expected sha256) is what runs.
+fn installed_from(stamp: &Option<String>, expected_sha256: Option<&str>) -> Option<Installed> {
+    let cur = Installed::load()?;
+    let expected_ok = expected_sha256
+        .map(|w| cur.source_sha256.as_deref() == Some(w))
+        .unwrap_or(true);
+    (cur.delivery == Delivery::Archive
+        && stamp.is_some()
+        && cur.source_stamp == *stamp
+        && expected_ok
+        && Path::new(&cur.etcd()).exists())
+    .then_some(cur)
+}
+
+/// The release unpacked defensively into a staging directory under /opt/etcd (removed when
+/// the returned guard drops), and the directory holding its binaries, checked complete.
+fn unpack_release(tarball: &Path, label: &str) -> Result<(tempfile::TempDir, std::path::PathBuf)> {
+    std::fs::create_dir_all(OPT_DIR).map_err(io(OPT_DIR))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".staging-")
+        .tempdir_in(OPT_DIR)
+        .map_err(io("staging dir"))?;
+    unpack_safely(tarball, staging.path()).map_err(|e| {
+        InstallError::Bad(format!(
+            "{label} refused: {e}; attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz"
+        ))
+    })?;
+    let bin = find_bin_dir(staging.path()).ok_or_else(|| InstallError::Bad(format!("{label} is not an etcd release tarball (no etcd binary inside); attach an upstream etcd-vX.Y.Z-linux-amd64.tar.gz")))?;
+    if !bin.join("etcdctl").is_file() {
+        return Err(InstallError::Bad(format!(
+            "{label} has no etcdctl; attach a complete upstream etcd release tarball"
+        )));
+    }
+    Ok((staging, bin))
 }
 
 /// Points /opt/etcd/current at `dir` atomically (a new link renamed over the old one).

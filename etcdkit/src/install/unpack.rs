@@ -27,6 +27,7 @@ pub fn unpack_safely(tarball: &Path, dest: &Path) -> std::result::Result<(), Str
 }
 
 /// How much an archive may unpack to.
+#[derive(Clone, Copy)]
 pub enum Room {
     /// an etcd release: 512 MiB per file, 1 GiB in all
     Release,
@@ -73,24 +74,7 @@ pub fn unpack_safely_with(
         }
         let size = e.header().size().map_err(|e| e.to_string())?;
         total += size;
-        match room {
-            Room::Release if size > MAX_FILE || total > MAX_TOTAL => {
-                return Err(format!(
-                    "{} makes the archive larger than allowed",
-                    path.display()
-                ))
-            }
-            Room::Free { bytes } if total > bytes => {
-                return Err(format!(
-                    "{} needs {} MiB in all to unpack and {} has {} MiB free: make room there",
-                    path.display(),
-                    total >> 20,
-                    dest.display(),
-                    bytes >> 20
-                ))
-            }
-            _ => {}
-        }
+        check_room(room, size, total, &path, dest)?;
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
@@ -119,6 +103,35 @@ pub fn unpack_safely_with(
     // that tar's framing cannot see.
     let mut rest = ar.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| format!("damaged tarball: {e}"))?;
+    Ok(())
+}
+
+/// Refuses an entry that makes the archive larger than `room` allows.
+fn check_room(
+    room: Room,
+    size: u64,
+    total: u64,
+    path: &Path,
+    dest: &Path,
+) -> std::result::Result<(), String> {
+    match room {
+        Room::Release if size > MAX_FILE || total > MAX_TOTAL => {
+            return Err(format!(
+                "{} makes the archive larger than allowed",
+                path.display()
+            ))
+        }
+        Room::Free { bytes } if total > bytes => {
+            return Err(format!(
+                "{} needs {} MiB in all to unpack and {} has {} MiB free: make room there",
+                path.display(),
+                total >> 20,
+                dest.display(),
+                bytes >> 20
+            ))
+        }
+        _ => {}
+    }
     Ok(())
 }
 
