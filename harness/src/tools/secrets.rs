@@ -183,235 +183,310 @@ pub fn dispatch(
         value(&["app"]),
     ]);
     let p = flags::parse(&defs, args).map_err(SErr::Usage)?;
-    let fmt = |v: &Value, default: Format| -> Result<Reply, SErr> {
-        let f = Format::parse(p.value("format"), default).map_err(SErr::Usage)?;
-        Ok(Reply::ok(render(v, f)))
-    };
     match tool {
-        "secret-add" => {
-            let owner = owner_of(ctx, p.value("owner"))?;
-            if owner == ctx.app && !is_leader(m, ctx) {
-                return refuse(
-                    "permission denied: only the leader can add application-owned secrets",
-                );
-            }
-            let content = content_args(ctx, &p.positional, p.value("file"), stdin)?;
-            if content.is_empty() {
-                return usage("missing secret value or filename");
-            }
-            if let Some(l) = p.value("label") {
-                if m.secrets
-                    .values()
-                    .any(|s| s.owner == owner && s.label.as_deref() == Some(l))
-                {
-                    return refuse(format!("secret with label {l:?} already exists"));
-                }
-            }
-            let id = new_id();
-            let secret = Secret {
-                id: id.clone(),
-                owner,
-                label: p.value("label").map(String::from),
-                description: p.value("description").map(String::from),
-                expire: p.value("expire").map(String::from),
-                rotate: p.value("rotate").map(String::from),
-                revisions: BTreeMap::from([(1, content)]),
-                grants: Default::default(),
-                consumer_labels: Default::default(),
-            };
-            ctx.secrets.push(SecretOp::Add(secret));
-            Ok(Reply::ok(format!("{id}\n")))
+        "secret-add" => secret_add(m, ctx, tool, &p, args, stdin),
+        "secret-get" => secret_get(m, ctx, tool, &p, args, stdin),
+        "secret-set" => secret_set(m, ctx, tool, &p, args, stdin),
+        "secret-remove" => secret_remove(m, ctx, tool, &p, args, stdin),
+        "secret-grant" | "secret-revoke" => secret_grant(m, ctx, tool, &p, args, stdin),
+        "secret-ids" => secret_ids(m, ctx, tool, &p, args, stdin),
+        "secret-info-get" => secret_info_get(m, ctx, tool, &p, args, stdin),
+        other => refuse(format!("unknown hook tool {other:?}")),
+    }
+}
+
+/// `v` in the format the call asked for (`--format`), else `default`.
+fn fmt(p: &flags::Parsed, v: &Value, default: Format) -> Result<Reply, SErr> {
+    let f = Format::parse(p.value("format"), default).map_err(SErr::Usage)?;
+    Ok(Reply::ok(render(v, f)))
+}
+
+/// `secret-add`.
+fn secret_add(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let owner = owner_of(ctx, p.value("owner"))?;
+    if owner == ctx.app && !is_leader(m, ctx) {
+        return refuse("permission denied: only the leader can add application-owned secrets");
+    }
+    let content = content_args(ctx, &p.positional, p.value("file"), stdin)?;
+    if content.is_empty() {
+        return usage("missing secret value or filename");
+    }
+    if let Some(l) = p.value("label") {
+        if m.secrets
+            .values()
+            .any(|s| s.owner == owner && s.label.as_deref() == Some(l))
+        {
+            return refuse(format!("secret with label {l:?} already exists"));
         }
-        "secret-get" => {
-            if p.flag("peek") && p.flag("refresh") {
-                return usage("specify one of --peek or --refresh but not both");
-            }
-            let id = p.positional.first().map(String::as_str);
-            if id.is_none() && p.value("label").is_none() {
-                return usage("require either a secret URI or label");
-            }
-            let s = find(
-                m,
-                ctx,
-                id,
-                if id.is_some() { None } else { p.value("label") },
-            )?
-            .clone();
-            let owner_side = is_owner_side(ctx, &s);
-            if !owner_side && !granted(m, ctx, &s) {
-                return refuse(format!("secret {:?} not found", s.id));
-            }
-            let rev = if owner_side || p.flag("peek") {
-                s.latest()
-            } else {
-                let u = m.units.get_mut(&ctx.unit).unwrap();
-                let tracked = u.tracked.entry(s.id.clone()).or_insert(s.latest());
-                if p.flag("refresh") {
-                    *tracked = s.latest();
-                }
-                *tracked
-            };
-            if let (Some(_), Some(l), false) = (id, p.value("label"), owner_side) {
-                m.secrets
-                    .get_mut(&s.id)
-                    .unwrap()
-                    .consumer_labels
-                    .insert(ctx.unit.clone(), l.to_string());
-            }
-            let content = s.revisions.get(&rev).cloned().unwrap_or_default();
-            match p.positional.get(1) {
-                Some(k) => {
-                    let (key, b64) = match k.strip_suffix("#base64") {
-                        Some(x) => (x, true),
-                        None => (k.as_str(), false),
-                    };
-                    let v = content.get(key).map(|v| {
-                        if b64 {
-                            base64::engine::general_purpose::STANDARD.encode(v)
-                        } else {
-                            v.clone()
-                        }
-                    });
-                    fmt(&v.map(Value::String).unwrap_or(Value::Null), Format::Yaml)
-                }
-                None => fmt(&json!(content), Format::Yaml),
-            }
+    }
+    let id = new_id();
+    let secret = Secret {
+        id: id.clone(),
+        owner,
+        label: p.value("label").map(String::from),
+        description: p.value("description").map(String::from),
+        expire: p.value("expire").map(String::from),
+        rotate: p.value("rotate").map(String::from),
+        revisions: BTreeMap::from([(1, content)]),
+        grants: Default::default(),
+        consumer_labels: Default::default(),
+    };
+    ctx.secrets.push(SecretOp::Add(secret));
+    Ok(Reply::ok(format!("{id}\n")))
+}
+
+/// `secret-get`.
+fn secret_get(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    _stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    if p.flag("peek") && p.flag("refresh") {
+        return usage("specify one of --peek or --refresh but not both");
+    }
+    let id = p.positional.first().map(String::as_str);
+    if id.is_none() && p.value("label").is_none() {
+        return usage("require either a secret URI or label");
+    }
+    let s = find(
+        m,
+        ctx,
+        id,
+        if id.is_some() { None } else { p.value("label") },
+    )?
+    .clone();
+    let owner_side = is_owner_side(ctx, &s);
+    if !owner_side && !granted(m, ctx, &s) {
+        return refuse(format!("secret {:?} not found", s.id));
+    }
+    let rev = if owner_side || p.flag("peek") {
+        s.latest()
+    } else {
+        let u = m.units.get_mut(&ctx.unit).unwrap();
+        let tracked = u.tracked.entry(s.id.clone()).or_insert(s.latest());
+        if p.flag("refresh") {
+            *tracked = s.latest();
         }
-        "secret-set" => {
-            let Some(id) = p.positional.first() else {
-                return usage("missing secret URI");
+        *tracked
+    };
+    if let (Some(_), Some(l), false) = (id, p.value("label"), owner_side) {
+        m.secrets
+            .get_mut(&s.id)
+            .unwrap()
+            .consumer_labels
+            .insert(ctx.unit.clone(), l.to_string());
+    }
+    let content = s.revisions.get(&rev).cloned().unwrap_or_default();
+    match p.positional.get(1) {
+        Some(k) => {
+            let (key, b64) = match k.strip_suffix("#base64") {
+                Some(x) => (x, true),
+                None => (k.as_str(), false),
             };
-            let s = find(m, ctx, Some(id), None)?.clone();
-            if !can_manage(m, ctx, &s) {
-                return refuse(format!(
-                    "permission denied: cannot update secret {:?}",
-                    s.id
-                ));
-            }
-            let content = content_args(ctx, &p.positional[1..], p.value("file"), stdin)?;
-            ctx.secrets.push(SecretOp::Set {
-                id: s.id.clone(),
-                content: if content.is_empty() {
-                    None
+            let v = content.get(key).map(|v| {
+                if b64 {
+                    base64::engine::general_purpose::STANDARD.encode(v)
                 } else {
-                    Some(content)
-                },
-                label: p.value("label").map(String::from),
-                description: p.value("description").map(String::from),
-                expire: p.value("expire").map(String::from),
-                rotate: p.value("rotate").map(String::from),
-            });
-            Ok(Reply::ok(""))
-        }
-        "secret-remove" => {
-            let Some(id) = p.positional.first() else {
-                return usage("missing secret URI");
-            };
-            let s = find(m, ctx, Some(id), None)?.clone();
-            if !can_manage(m, ctx, &s) {
-                return refuse(format!(
-                    "permission denied: cannot remove secret {:?}",
-                    s.id
-                ));
-            }
-            let revision = match p.value("revision") {
-                Some(r) => Some(
-                    r.parse::<u32>()
-                        .map_err(|_| SErr::Usage(format!("invalid revision {r:?}")))?,
-                ),
-                None => None,
-            };
-            ctx.secrets.push(SecretOp::Remove { id: s.id, revision });
-            Ok(Reply::ok(""))
-        }
-        "secret-grant" | "secret-revoke" => {
-            let Some(id) = p.positional.first() else {
-                return usage("missing secret URI");
-            };
-            let Some(rel) = p.value("r") else {
-                return usage("missing relation");
-            };
-            let rel: u32 = rel
-                .rsplit(':')
-                .next()
-                .unwrap_or(rel)
-                .parse()
-                .map_err(|_| SErr::Usage(format!("invalid relation id {rel:?}")))?;
-            if !m.relations.contains_key(&rel) {
-                return usage(format!(
-                    "invalid value {rel:?} for option -r: relation not found"
-                ));
-            }
-            let s = find(m, ctx, Some(id), None)?.clone();
-            if !can_manage(m, ctx, &s) {
-                return refuse(format!(
-                    "permission denied: cannot change access to secret {:?}",
-                    s.id
-                ));
-            }
-            let unit = p.value("unit").map(String::from);
-            ctx.secrets.push(if tool == "secret-grant" {
-                SecretOp::Grant {
-                    id: s.id,
-                    relation: rel,
-                    unit,
-                }
-            } else {
-                SecretOp::Revoke {
-                    id: s.id,
-                    relation: rel,
-                    unit,
+                    v.clone()
                 }
             });
-            Ok(Reply::ok(""))
-        }
-        "secret-ids" => {
-            let ids: Vec<String> = m
-                .secrets
-                .values()
-                .filter(|s| s.owner == ctx.unit || s.owner == ctx.app)
-                .map(|s| s.id.clone())
-                .collect();
-            fmt(&json!(ids), Format::Smart)
-        }
-        "secret-info-get" => {
-            let id = p.positional.first().map(String::as_str);
-            if id.is_none() && p.value("label").is_none() {
-                return usage("require either a secret URI or label");
-            }
-            let s = find(m, ctx, id, p.value("label"))?;
-            if !is_owner_side(ctx, s) {
-                return refuse(format!("secret {:?} not found", s.id));
-            }
-            let mut info = Map::new();
-            info.insert("revision".into(), json!(s.latest()));
-            info.insert(
-                "owner".into(),
-                json!(if s.owner.contains('/') {
-                    "unit"
-                } else {
-                    "application"
-                }),
-            );
-            if let Some(l) = &s.label {
-                info.insert("label".into(), json!(l));
-            }
-            if let Some(d) = &s.description {
-                info.insert("description".into(), json!(d));
-            }
-            if let Some(e) = &s.expire {
-                info.insert("expiry".into(), json!(e));
-            }
-            if let Some(r) = &s.rotate {
-                info.insert("rotation".into(), json!(r));
-            }
             fmt(
-                &json!({ s.id.trim_start_matches("secret:"): info }),
+                p,
+                &v.map(Value::String).unwrap_or(Value::Null),
                 Format::Yaml,
             )
         }
-        other => refuse(format!("unknown hook tool {other:?}")),
+        None => fmt(p, &json!(content), Format::Yaml),
     }
+}
+
+/// `secret-set`.
+fn secret_set(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let Some(id) = p.positional.first() else {
+        return usage("missing secret URI");
+    };
+    let s = find(m, ctx, Some(id), None)?.clone();
+    if !can_manage(m, ctx, &s) {
+        return refuse(format!(
+            "permission denied: cannot update secret {:?}",
+            s.id
+        ));
+    }
+    let content = content_args(ctx, &p.positional[1..], p.value("file"), stdin)?;
+    ctx.secrets.push(SecretOp::Set {
+        id: s.id.clone(),
+        content: if content.is_empty() {
+            None
+        } else {
+            Some(content)
+        },
+        label: p.value("label").map(String::from),
+        description: p.value("description").map(String::from),
+        expire: p.value("expire").map(String::from),
+        rotate: p.value("rotate").map(String::from),
+    });
+    Ok(Reply::ok(""))
+}
+
+/// `secret-remove`.
+fn secret_remove(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    _stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let Some(id) = p.positional.first() else {
+        return usage("missing secret URI");
+    };
+    let s = find(m, ctx, Some(id), None)?.clone();
+    if !can_manage(m, ctx, &s) {
+        return refuse(format!(
+            "permission denied: cannot remove secret {:?}",
+            s.id
+        ));
+    }
+    let revision = match p.value("revision") {
+        Some(r) => Some(
+            r.parse::<u32>()
+                .map_err(|_| SErr::Usage(format!("invalid revision {r:?}")))?,
+        ),
+        None => None,
+    };
+    ctx.secrets.push(SecretOp::Remove { id: s.id, revision });
+    Ok(Reply::ok(""))
+}
+
+/// `secret-grant | secret-revoke`.
+fn secret_grant(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    _stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let Some(id) = p.positional.first() else {
+        return usage("missing secret URI");
+    };
+    let Some(rel) = p.value("r") else {
+        return usage("missing relation");
+    };
+    let rel: u32 = rel
+        .rsplit(':')
+        .next()
+        .unwrap_or(rel)
+        .parse()
+        .map_err(|_| SErr::Usage(format!("invalid relation id {rel:?}")))?;
+    if !m.relations.contains_key(&rel) {
+        return usage(format!(
+            "invalid value {rel:?} for option -r: relation not found"
+        ));
+    }
+    let s = find(m, ctx, Some(id), None)?.clone();
+    if !can_manage(m, ctx, &s) {
+        return refuse(format!(
+            "permission denied: cannot change access to secret {:?}",
+            s.id
+        ));
+    }
+    let unit = p.value("unit").map(String::from);
+    ctx.secrets.push(if tool == "secret-grant" {
+        SecretOp::Grant {
+            id: s.id,
+            relation: rel,
+            unit,
+        }
+    } else {
+        SecretOp::Revoke {
+            id: s.id,
+            relation: rel,
+            unit,
+        }
+    });
+    Ok(Reply::ok(""))
+}
+
+/// `secret-ids`.
+fn secret_ids(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    _stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let ids: Vec<String> = m
+        .secrets
+        .values()
+        .filter(|s| s.owner == ctx.unit || s.owner == ctx.app)
+        .map(|s| s.id.clone())
+        .collect();
+    fmt(p, &json!(ids), Format::Smart)
+}
+
+/// `secret-info-get`.
+fn secret_info_get(
+    m: &mut Model,
+    ctx: &mut HookCtx,
+    _tool: &str,
+    p: &flags::Parsed,
+    _args: &[String],
+    _stdin: Option<&str>,
+) -> Result<Reply, SErr> {
+    let id = p.positional.first().map(String::as_str);
+    if id.is_none() && p.value("label").is_none() {
+        return usage("require either a secret URI or label");
+    }
+    let s = find(m, ctx, id, p.value("label"))?;
+    if !is_owner_side(ctx, s) {
+        return refuse(format!("secret {:?} not found", s.id));
+    }
+    let mut info = Map::new();
+    info.insert("revision".into(), json!(s.latest()));
+    info.insert(
+        "owner".into(),
+        json!(if s.owner.contains('/') {
+            "unit"
+        } else {
+            "application"
+        }),
+    );
+    if let Some(l) = &s.label {
+        info.insert("label".into(), json!(l));
+    }
+    if let Some(d) = &s.description {
+        info.insert("description".into(), json!(d));
+    }
+    if let Some(e) = &s.expire {
+        info.insert("expiry".into(), json!(e));
+    }
+    if let Some(r) = &s.rotate {
+        info.insert("rotation".into(), json!(r));
+    }
+    fmt(
+        p,
+        &json!({ s.id.trim_start_matches("secret:"): info }),
+        Format::Yaml,
+    )
 }
 
 #[cfg(test)]
