@@ -184,15 +184,82 @@ pub fn dispatch(
     ]);
     let p = flags::parse(&defs, args).map_err(SErr::Usage)?;
     match tool {
-        "secret-add" => secret_add(m, ctx, tool, &p, args, stdin),
-        "secret-get" => secret_get(m, ctx, tool, &p, args, stdin),
-        "secret-set" => secret_set(m, ctx, tool, &p, args, stdin),
-        "secret-remove" => secret_remove(m, ctx, tool, &p, args, stdin),
-        "secret-grant" | "secret-revoke" => secret_grant(m, ctx, tool, &p, args, stdin),
-        "secret-ids" => secret_ids(m, ctx, tool, &p, args, stdin),
-        "secret-info-get" => secret_info_get(m, ctx, tool, &p, args, stdin),
+        "secret-add" => secret_add(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-get" => secret_get(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-set" => secret_set(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-remove" => secret_remove(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-grant" | "secret-revoke" => secret_grant(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-ids" => secret_ids(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
+        "secret-info-get" => secret_info_get(Call {
+            m,
+            ctx,
+            tool,
+            p: &p,
+            stdin,
+        }),
         other => refuse(format!("unknown hook tool {other:?}")),
     }
+}
+
+/// One secret tool call.
+struct Call<'a> {
+    m: &'a mut Model,
+    ctx: &'a mut HookCtx,
+    tool: &'a str,
+    p: &'a flags::Parsed,
+    stdin: Option<&'a str>,
+}
+
+/// The secret the first argument names, which this unit may manage (`verb` says what for,
+/// in the refusal).
+fn managed(m: &Model, ctx: &HookCtx, p: &flags::Parsed, verb: &str) -> Result<Secret, SErr> {
+    let Some(id) = p.positional.first() else {
+        return usage("missing secret URI");
+    };
+    let s = find(m, ctx, Some(id), None)?.clone();
+    if !can_manage(m, ctx, &s) {
+        return refuse(format!(
+            "permission denied: cannot {verb} secret {:?}",
+            s.id
+        ));
+    }
+    Ok(s)
 }
 
 /// `v` in the format the call asked for (`--format`), else `default`.
@@ -202,14 +269,10 @@ fn fmt(p: &flags::Parsed, v: &Value, default: Format) -> Result<Reply, SErr> {
 }
 
 /// `secret-add`.
-fn secret_add(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    stdin: Option<&str>,
-) -> Result<Reply, SErr> {
+fn secret_add(c: Call) -> Result<Reply, SErr> {
+    let Call {
+        m, ctx, p, stdin, ..
+    } = c;
     let owner = owner_of(ctx, p.value("owner"))?;
     if owner == ctx.app && !is_leader(m, ctx) {
         return refuse("permission denied: only the leader can add application-owned secrets");
@@ -243,14 +306,8 @@ fn secret_add(
 }
 
 /// `secret-get`.
-fn secret_get(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    _stdin: Option<&str>,
-) -> Result<Reply, SErr> {
+fn secret_get(c: Call) -> Result<Reply, SErr> {
+    let Call { m, ctx, p, .. } = c;
     if p.flag("peek") && p.flag("refresh") {
         return usage("specify one of --peek or --refresh but not both");
     }
@@ -311,24 +368,11 @@ fn secret_get(
 }
 
 /// `secret-set`.
-fn secret_set(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    stdin: Option<&str>,
-) -> Result<Reply, SErr> {
-    let Some(id) = p.positional.first() else {
-        return usage("missing secret URI");
-    };
-    let s = find(m, ctx, Some(id), None)?.clone();
-    if !can_manage(m, ctx, &s) {
-        return refuse(format!(
-            "permission denied: cannot update secret {:?}",
-            s.id
-        ));
-    }
+fn secret_set(c: Call) -> Result<Reply, SErr> {
+    let Call {
+        m, ctx, p, stdin, ..
+    } = c;
+    let s = managed(m, ctx, p, "update")?;
     let content = content_args(ctx, &p.positional[1..], p.value("file"), stdin)?;
     ctx.secrets.push(SecretOp::Set {
         id: s.id.clone(),
@@ -346,24 +390,9 @@ fn secret_set(
 }
 
 /// `secret-remove`.
-fn secret_remove(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    _stdin: Option<&str>,
-) -> Result<Reply, SErr> {
-    let Some(id) = p.positional.first() else {
-        return usage("missing secret URI");
-    };
-    let s = find(m, ctx, Some(id), None)?.clone();
-    if !can_manage(m, ctx, &s) {
-        return refuse(format!(
-            "permission denied: cannot remove secret {:?}",
-            s.id
-        ));
-    }
+fn secret_remove(c: Call) -> Result<Reply, SErr> {
+    let Call { m, ctx, p, .. } = c;
+    let s = managed(m, ctx, p, "remove")?;
     let revision = match p.value("revision") {
         Some(r) => Some(
             r.parse::<u32>()
@@ -376,14 +405,10 @@ fn secret_remove(
 }
 
 /// `secret-grant | secret-revoke`.
-fn secret_grant(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    _stdin: Option<&str>,
-) -> Result<Reply, SErr> {
+fn secret_grant(c: Call) -> Result<Reply, SErr> {
+    let Call {
+        m, ctx, tool, p, ..
+    } = c;
     let Some(id) = p.positional.first() else {
         return usage("missing secret URI");
     };
@@ -426,14 +451,8 @@ fn secret_grant(
 }
 
 /// `secret-ids`.
-fn secret_ids(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    _stdin: Option<&str>,
-) -> Result<Reply, SErr> {
+fn secret_ids(c: Call) -> Result<Reply, SErr> {
+    let Call { m, ctx, p, .. } = c;
     let ids: Vec<String> = m
         .secrets
         .values()
@@ -444,14 +463,8 @@ fn secret_ids(
 }
 
 /// `secret-info-get`.
-fn secret_info_get(
-    m: &mut Model,
-    ctx: &mut HookCtx,
-    _tool: &str,
-    p: &flags::Parsed,
-    _args: &[String],
-    _stdin: Option<&str>,
-) -> Result<Reply, SErr> {
+fn secret_info_get(c: Call) -> Result<Reply, SErr> {
+    let Call { m, ctx, p, .. } = c;
     let id = p.positional.first().map(String::as_str);
     if id.is_none() && p.value("label").is_none() {
         return usage("require either a secret URI or label");
