@@ -116,7 +116,7 @@ pub fn member_going_away(what: &str) -> Result<()> {
 
 /// After an action that took the member down, its health in the unit's status, as a hook
 /// reports it: no hook follows an action (as in Juju), and a lone unit would otherwise show
-/// the action's Level::Maintenance (or what the last hook saw) until update-status.
+/// the action's maintenance status (or what the last hook saw) until update-status.
 pub fn report_member() -> Result<()> {
     use crate::ops::health::{health, member_status, Health};
     if !MEMBER_AWAY.load(std::sync::atomic::Ordering::SeqCst) {
