@@ -2,7 +2,9 @@
 //! unit's machine: a relative path from the unit's charm directory, an absolute one from the
 //! machine's root, and every symbolic link on the way resolved against the machine's root
 //! too (`openat2` with `RESOLVE_IN_ROOT`), never against the controller's, as Juju's
-//! hook tools read on the machine itself.
+//! hook tools read on the machine itself (juju/juju `core/secrets/secret.go`:
+//! `CreateSecretData` and `ReadSecretData` read `#file=` values and `--file` with
+//! `os.ReadFile`, in the unit agent's process on the unit's machine).
 
 use crate::controller::HookCtx;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -40,7 +42,8 @@ fn read_in_root(root: &std::path::Path, rel: &str) -> std::io::Result<String> {
 mod tests {
     use super::read_in_root;
 
-    /// An absolute link inside the machine points into the machine, not at the host.
+    /// An absolute link inside the machine points into the machine, not at the host, as
+    /// Juju's `os.ReadFile` on the machine sees it (juju/juju core/secrets/secret.go).
     #[test]
     fn links_resolve_inside_the_machine() {
         let host = tempfile::tempdir().unwrap();

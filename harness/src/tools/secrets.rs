@@ -111,7 +111,31 @@ fn content_args(
         }
         bag.insert(key, val);
     }
+    check_size(&bag)?;
     Ok(bag)
+}
+
+/// Juju's bounds on a secret's content, counted base64-encoded as Juju stores it: 1,000,000
+/// bytes per value and in all (juju/juju `core/secrets/secret.go`, `encodeBase64`:
+/// maxValueSizeBytes, maxContentSizeBytes), with Juju's messages.
+fn check_size(bag: &Bag) -> Result<(), SErr> {
+    const MAX: usize = 1000 * 1000;
+    let mut total = 0;
+    for (key, value) in bag {
+        let size = value.len().div_ceil(3) * 4;
+        if size > MAX {
+            return refuse(format!(
+                "base64 encoded secret content for key {key:?} too large: {size} bytes"
+            ));
+        }
+        total += size;
+    }
+    if total > MAX {
+        return refuse(format!(
+            "base64 encoded secret content too large: {total} bytes"
+        ));
+    }
+    Ok(())
 }
 
 fn valid_key(k: &str) -> bool {
@@ -516,5 +540,29 @@ mod tests {
         assert_eq!(normalize("secret://abc/xyz"), "secret:xyz");
         assert_eq!(normalize("xyz"), "secret:xyz");
         assert!(new_id().starts_with("secret:"));
+    }
+
+    /// As Juju's `encodeBase64` (juju/juju core/secrets/secret.go): a value or a content
+    /// over 1,000,000 bytes once base64-encoded is refused.
+    #[test]
+    fn secret_content_is_bounded_as_juju_bounds_it() {
+        let bag = |vals: &[usize]| -> Bag {
+            vals.iter()
+                .enumerate()
+                .map(|(i, n)| (format!("key-{i}"), "x".repeat(*n)))
+                .collect()
+        };
+        assert!(check_size(&bag(&[750_000])).is_ok());
+        let Err(SErr::Run(e)) = check_size(&bag(&[750_001])) else {
+            panic!("a value over the bound passed")
+        };
+        assert!(
+            e.contains("key-0") && e.contains("too large: 1000004 bytes"),
+            "{e}"
+        );
+        let Err(SErr::Run(e)) = check_size(&bag(&[400_000, 400_000])) else {
+            panic!("a content over the bound passed")
+        };
+        assert!(e.contains("secret content too large"), "{e}");
     }
 }
