@@ -166,6 +166,11 @@ impl Context {
         self
     }
 
+    /// Whether this process runs a hook `f` accepts (never for an action).
+    pub fn hook_is(&self, f: impl FnOnce(&Hook) -> bool) -> bool {
+        self.hook.as_ref().is_some_and(f)
+    }
+
     /// Whether this process runs the hook `h`.
     pub fn is(&self, h: Hook) -> bool {
         self.hook.as_ref() == Some(&h)

@@ -28,6 +28,7 @@ static SUPERVISOR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock
 
 /// Names the program that runs `supervise` (once, before a service starts).
 pub fn set_supervisor(program: std::path::PathBuf) {
+    // Named once per process: a second name is ignored, the first stays in force.
     let _ = SUPERVISOR.set(program);
 }
 
@@ -355,6 +356,7 @@ fn watch_child(
     let mut checked = Instant::now();
     loop {
         if term.load(Ordering::SeqCst) {
+            // It may have exited already; the wait below tells.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,

@@ -16,7 +16,7 @@ pub mod reconcile;
 
 use crate::config::Config;
 use crate::hook::reconcile::{reconcile, Pass};
-use crate::juju::{self, Context, Hook, RelationEvent, StorageEvent};
+use crate::juju::{self, Context, Hook, RelationEvent};
 use crate::ops::membership::leave::Left;
 use crate::pki::{tls_client, tls_client_waiting};
 use crate::unit::status::Level;
@@ -118,9 +118,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     let leaving = (hook.is_relation(PEER, RelationEvent::Departed)
         && ctx.departing_unit.as_deref() == Some(ctx.unit.as_str()))
         || hook == Hook::Stop
-        || (hook.is_storage("data", StorageEvent::Detaching)
-            && !st.left
-            && juju::unit_dying(&ctx.unit)?);
+        || (crate::unit::data_detaching(ctx) && !st.left && juju::unit_dying(&ctx.unit)?);
     if leaving {
         leave(&mut st, &ctx.unit)?;
     }

@@ -269,7 +269,6 @@ impl FakeJuju {
 
     fn answer(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> Result<Value> {
         let mut w = self.world.lock().unwrap();
-        let app = w.app();
         match (tool, args) {
             ("juju-log", ["--log-level", level, "--", msg]) => {
                 w.logs.push((level.to_string(), msg.to_string()));
@@ -367,10 +366,7 @@ impl FakeJuju {
                 Ok(Value::Null)
             }
             (t, _) if t.starts_with("secret-") => self.secret(&mut w, tool, args),
-            _ => {
-                let _ = app;
-                Err(usage(tool, args))
-            }
+            _ => Err(usage(tool, args)),
         }
     }
 }

@@ -82,6 +82,7 @@ impl Machine {
     pub fn run(&self, world: &mut World, dispatch: &str) -> Ran {
         let wf = self.scratch.path().join("world.json");
         let rf = self.scratch.path().join("ran.json");
+        // The last hook's result, if any: a missing one is what this run expects.
         let _ = std::fs::remove_file(&rf);
         std::fs::write(&wf, serde_json::to_vec(world).unwrap()).unwrap();
         let (net, mnt) = (self.ns("net"), self.ns("mnt"));
@@ -170,14 +171,17 @@ impl Drop for Machine {
                 break;
             }
             for pid in pids {
+                // A process that exited since it was listed is gone already.
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::SIGKILL,
                 );
             }
+            // Reaps the agent once it died; its status does not matter.
             let _ = self.agent.try_wait();
             std::thread::sleep(Duration::from_millis(20));
         }
+        // Reaped above or now; an error only says it was reaped already.
         let _ = self.agent.wait();
     }
 }

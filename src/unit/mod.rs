@@ -124,6 +124,12 @@ pub fn member_name(unit: &str) -> String {
     unit.replace('/', "")
 }
 
+/// Whether this hook is the `data` storage's detaching (the storage goes when it ends, so
+/// the data must leave it now).
+pub fn data_detaching(ctx: &juju::Context) -> bool {
+    ctx.hook_is(|h| h.is_storage("data", juju::StorageEvent::Detaching))
+}
+
 /// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
 /// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
 /// /var/snap/etcd/current, which snapd copies on every refresh).

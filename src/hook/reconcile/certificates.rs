@@ -72,9 +72,7 @@ impl<'a> Reconcile<'a> {
         // new one (the departed application's copy is not renewed).
         let gone = |e: &str| {
             self.ctx
-                .hook
-                .as_ref()
-                .is_some_and(|h| h.is_relation(e, crate::juju::RelationEvent::Broken))
+                .hook_is(|h| h.is_relation(e, crate::juju::RelationEvent::Broken))
         };
         let why = if gone("db") || gone("proxy") || gone("prometheus") {
             crate::pki::certs::ClientRenewal::RelationGone

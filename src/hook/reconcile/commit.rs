@@ -17,11 +17,7 @@ impl<'a> Reconcile<'a> {
         crate::relations::clients::publish(&self.ctx.unit, &view, &self.inst.version)?;
         if self.leader {
             crate::relations::clients::publish_prometheus(&self.ctx.app, &view)?;
-            let grafana_hook = self
-                .ctx
-                .hook
-                .as_ref()
-                .is_some_and(|h| h.of_relation("grafana"));
+            let grafana_hook = self.ctx.hook_is(|h| h.of_relation("grafana"));
             crate::relations::clients::publish_grafana(&self.ctx.unit, grafana_hook)?;
         }
         Ok(())

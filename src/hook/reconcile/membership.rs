@@ -25,7 +25,7 @@ impl<'a> Reconcile<'a> {
         if !has_leader {
             // No quorum yet (a bootstrap in progress, or peers down): nothing to ask etcd.
         } else if self.leader && status.as_ref().map(|s| !s.is_learner).unwrap_or(false) {
-            let heal = self.ctx.hook.as_ref().is_some_and(|h| {
+            let heal = self.ctx.hook_is(|h| {
                 matches!(h, Hook::UpdateStatus | Hook::LeaderElected)
                     || h.is_relation(PEER, crate::juju::RelationEvent::Departed)
             });
@@ -50,9 +50,7 @@ impl<'a> Reconcile<'a> {
             members = m;
             if self
                 .ctx
-                .hook
-                .as_ref()
-                .is_some_and(|h| h.is_relation(PEER, crate::juju::RelationEvent::Departed))
+                .hook_is(|h| h.is_relation(PEER, crate::juju::RelationEvent::Departed))
             {
                 // The departing member leaves about now: report the membership after it.
                 let infos = self.peers.infos();

@@ -59,10 +59,7 @@ impl<'a> Reconcile<'a> {
             return Ok(None);
         };
         let mine = juju::relation_get(&rel, &ctx.unit, false)?;
-        let detaching = ctx
-            .hook
-            .as_ref()
-            .is_some_and(|h| h.is_storage("data", juju::StorageEvent::Detaching));
+        let detaching = crate::unit::data_detaching(ctx);
         let data = data_dir_of(st, update_status, detaching, inst.delivery)?;
         let svc = Service {
             etcd_binary: inst.etcd(),

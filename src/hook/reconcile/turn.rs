@@ -234,7 +234,7 @@ impl<'a> Reconcile<'a> {
         let view = crate::hook::plan::TurnView {
             alone: self.peers.units.len() == 1,
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
-            detaching: self.data_detaching(),
+            detaching: crate::unit::data_detaching(self.ctx),
             granted: self.peers.app_get("restart-grant") == Some(format!("{unit}:{want}").as_str()),
             upgrading: self.inst.staged.is_some(),
             declined_before: self.mine.get("turn-declined").map(String::as_str)
@@ -290,15 +290,6 @@ impl<'a> Reconcile<'a> {
             waiting => self.report_waiting(waiting),
         }
         Ok(roll_msg)
-    }
-
-    /// Whether this hook is the `data` storage's detaching (the storage goes when it ends).
-    fn data_detaching(&self) -> bool {
-        let detaching = crate::juju::StorageEvent::Detaching;
-        self.ctx
-            .hook
-            .as_ref()
-            .is_some_and(|h| h.is_storage("data", detaching))
     }
 
     /// What this unit's restart is for: the rendered config, the version and binaries
