@@ -25,6 +25,9 @@ pub enum PkiError {
         path: String,
         source: std::io::Error,
     },
+    /// A file write that failed; its error names the file already (`hostkit::fs`).
+    #[error(transparent)]
+    Write(std::io::Error),
     #[error("certificate request refused: {0}")]
     Refused(String),
     #[error("cannot parse certificate: {0}")]
@@ -212,18 +215,12 @@ pub use hostkit::fs::{create_private, sha256_hex};
 /// Writes `data` as `write_file` does unless the file already holds exactly that.
 /// Returns whether it wrote.
 pub fn update_file(p: &Path, data: &str, mode: u32) -> Result<bool> {
-    hostkit::fs::update_file(p, data, mode).map_err(|e| PkiError::Io {
-        path: p.display().to_string(),
-        source: e,
-    })
+    hostkit::fs::update_file(p, data, mode).map_err(PkiError::Write)
 }
 
 /// Writes a file atomically with exactly the given mode (`hostkit::fs::write_file`).
 pub fn write_file(p: &Path, data: &[u8], mode: u32) -> Result<()> {
-    hostkit::fs::write_file(p, data, mode).map_err(|e| PkiError::Io {
-        path: p.display().to_string(),
-        source: e,
-    })
+    hostkit::fs::write_file(p, data, mode).map_err(PkiError::Write)
 }
 
 /// Seconds since the epoch at which a PEM certificate expires.

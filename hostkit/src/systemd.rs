@@ -54,7 +54,7 @@ pub fn ensure(job: &Job) -> Result<(), String> {
         (format!("{SYSTEMD_DIR}/{unit}.timer"), timer),
     ] {
         changed |= crate::fs::update_file(Path::new(&file), &body, 0o644)
-            .map_err(|e| format!("writing {file}: {e}"))?;
+            .map_err(|e| format!("writing {e}"))?;
     }
     let timer = format!("{unit}.timer");
     if changed {

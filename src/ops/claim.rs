@@ -88,7 +88,7 @@ fn write_owner(file: &Path, unit: &str) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     crate::pki::write_file(file, format!("{unit}\n").as_bytes(), 0o600)
-        .with_context(|| format!("writing {}", file.display()))?;
+        .context("writing the unit's claim")?;
     Ok(())
 }
 

@@ -195,7 +195,7 @@ pub(crate) fn install_debs(dir: &Path) -> Result<()> {
             format!("#!/bin/sh\n# {POLICY_MARK}\nexit 101\n").as_bytes(),
             0o755,
         )
-        .map_err(|e| InstallError::Failed(format!("writing {POLICY_RC_D}: {e}")))?;
+        .map_err(|e| InstallError::Failed(format!("writing {e}")))?;
     }
     let installed = run("dpkg", &args);
     if ours {
