@@ -90,7 +90,7 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME, restore_only=False):
         inside(unit, FILL.format(etcdctl=etcdctl, addr=addr, random=rnd, count=mib))
         save = [str(etcdctl), f"--endpoints=https://{addr}:2379", "--cacert=/etc/etcd/pki/ca.crt",
                 "--cert=/etc/etcd/pki/client.crt", "--key=/etc/etcd/pki/client.key", "snapshot", "save", "/root/base.db"]
-        copy = ["sh", "-c", "dd if=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml)/member/snap/db "
+        copy = ["sh", "-c", "dd if=$(sed -n \"s/^data-dir: '\\?\\([^']*\\)'\\?$/\\1/p\" /etc/etcd/etcd.conf.yml)/member/snap/db "
                 "of=/root/copy.db bs=4M conv=fsync status=none"]
         action, action_rss, base, base_rss, cp = [], [], [], [], []
         for _ in range(1 if restore_only else 2):

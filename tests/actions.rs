@@ -693,7 +693,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     );
     env.exec_ok(
         "etcd/0",
-        "rm /usr/local/sbin/systemctl && test -e /var/lib/etcd/member/wal && test ! -e /var/lib/etcd-charm/restore-journal.json",
+        "rm /usr/local/sbin/systemctl && test -e /var/lib/etcd/member/wal && test ! -e /var/lib/etcd-charm/txn.json",
     );
     assert_eq!(keys("/after-snapshot"), 1, "the original data still serves");
     assert_eq!(
@@ -711,7 +711,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     assert_ne!(code, 0, "the killed restore fails");
     env.exec_ok(
         "etcd/0",
-        "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/restore-journal.json",
+        "test ! -e /var/lib/etcd/member && test -e /var/lib/etcd-charm/txn.json",
     );
     // Its status says what the member is in (it said "Healthy" with etcd stopped before).
     assert_eq!(
@@ -726,10 +726,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     env.wait("the original data back", 2 * MIN, |_| {
         keys("/after-snapshot") == 1
     });
-    env.exec_ok(
-        "etcd/0",
-        "test ! -e /var/lib/etcd-charm/restore-journal.json",
-    );
+    env.exec_ok("etcd/0", "test ! -e /var/lib/etcd-charm/txn.json");
     // The hook that put it back found etcd stopped (the killed action had stopped it) and
     // started it; the next one sees it healthy. Waited for here, while hooks still come
     // every 2 s: no hook follows an action by itself.
@@ -746,7 +743,7 @@ fn a_restore_killed_mid_swap_is_undone_by_the_next_hook_and_can_run_again() {
     until("the unproven member to answer on loopback", MIN, || {
         support::etcd::healthy_on_loopback(&env, "etcd/0")
     });
-    env.exec_ok("etcd/0", "test -e /var/lib/etcd-charm/restore-journal.json");
+    env.exec_ok("etcd/0", "test -e /var/lib/etcd-charm/txn.json");
     let out = etcdctl(&vars, &["put", "/while-unproven", "v"]);
     assert!(
         !out.status.success(),

@@ -220,7 +220,7 @@ fn snap_upgrade_moves_a_debian_package_unit_to_the_attached_snap_keeping_its_mem
         );
         env.exec_ok(
             "etcd/0",
-            "test -d /var/lib/etcd/member && test ! -e /var/lib/etcd-charm/migration-journal.json",
+            "test -d /var/lib/etcd/member && test ! -e /var/lib/etcd-charm/txn.json",
         );
         assert_eq!(
             key_count(&env, "etcd/0", "etcdctl"),

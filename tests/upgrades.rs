@@ -321,7 +321,7 @@ fn the_pre_upgrade_check_refuses_each_bad_state_it_names() {
     // failed to start etcd at times.
     env.exec_ok(
         &leader,
-        "set -e; D=$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml); \
+        "set -e; D=$(sed -n \"s/^data-dir: '\\?\\([^']*\\)'\\?$/\\1/p\" /etc/etcd/etcd.conf.yml); \
          systemctl stop etcd.service; mkdir -p /root/etcd-data; cp -a \"$D/.\" /root/etcd-data/; \
          mount -t tmpfs -o mode=0700,size=$(( $(du -sm \"$D\" | cut -f1) + 128 ))m tmpfs \"$D\"; \
          cp -a /root/etcd-data/. \"$D/\"; systemctl start etcd.service; \
@@ -336,7 +336,7 @@ fn the_pre_upgrade_check_refuses_each_bad_state_it_names() {
     refused(&["MiB free", "free some space first"]);
     env.exec_ok(
         &leader,
-        "rm \"$(sed -n \"s/^data-dir: '\\(.*\\)'$/\\1/p\" /etc/etcd/etcd.conf.yml)/filler\"",
+        "rm \"$(sed -n \"s/^data-dir: '\\?\\([^']*\\)'\\?$/\\1/p\" /etc/etcd/etcd.conf.yml)/filler\"",
     );
     let (code, task) = env.run_action(&leader, &["pre-upgrade-check", "version=3.6.0"]);
     assert_eq!(code, 0, "ready again with the space back: {task}");
@@ -684,6 +684,58 @@ fn the_install_action_refuses_a_downgrade_and_a_second_member_down() {
         env.exec(&units[0], "test -e /opt/etcd/3.4.23").code != 0,
         "the refused version was put in place"
     );
+
+    // Issue 23: the action SIGKILLed once the new binaries are switched in, before they are
+    // proven: the unit's transaction is left, and the next hook undoes it (3.5.1 again,
+    // healthy). Before, nothing finished a killed install action. The roll the new
+    // resource starts is paused after its first unit, so a unit it has not reached keeps
+    // 3.5.1 unless the undo failed.
+    env.ok(&["config", "etcd", "pause_after_unit_upgrade=first"]);
+    let t3516 = etcd_tarball(work.path(), &etcd_build("3.5.16"), "3.5.16");
+    env.ok(&[
+        "attach-resource",
+        "etcd",
+        &format!("etcd={}", t3516.display()),
+    ]);
+    let current = |u: &str| {
+        env.exec_ok(u, "readlink /opt/etcd/current")
+            .trim()
+            .to_string()
+    };
+    env.wait("the upgrade paused after one unit", 3 * MIN, |_| {
+        unit_messages(&env)
+            .iter()
+            .any(|m| m.contains("paused after"))
+    });
+    let unit = units
+        .iter()
+        .find(|u| current(u).ends_with("3.5.1"))
+        .expect("a unit the paused roll has not reached")
+        .clone();
+    env.crash_at(&unit, "install-action-switched");
+    let (code, _) = env.run_action(&unit, &["install"]);
+    assert_ne!(code, 0, "the killed install action fails");
+    env.exec_ok(&unit, "test -e /var/lib/etcd-charm/txn.json");
+    assert!(
+        current(&unit).ends_with("3.5.16"),
+        "the kill came after the switch"
+    );
+    env.ok(&["model-config", "update-status-hook-interval=2s"]);
+    env.wait("the next hook to undo the switch", 2 * MIN, |_| {
+        env.exec(&unit, "test ! -e /var/lib/etcd-charm/txn.json")
+            .code
+            == 0
+    });
+    assert!(current(&unit).ends_with("3.5.1"), "the undo put 3.5.1 back");
+    wait_all_healthy(&env, &creds, "after the undo of the killed install action");
+    env.ok(&["model-config", "update-status-hook-interval=1h"]);
+    assert!(env
+        .exec_ok(&unit, "/opt/etcd/current/etcd --version")
+        .contains("etcd Version: 3.5.1"));
+    // Run again, it goes through.
+    let (code, task) = env.run_action(&unit, &["install"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["version"], "3.5.16", "{task}");
 }
 
 /// H5 for a deployment made before the peer port had a CA of its own (the charm of commit

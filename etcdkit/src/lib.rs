@@ -6,6 +6,7 @@ pub mod archive;
 pub mod client;
 pub mod grpc;
 pub mod install;
+pub mod offline;
 pub mod render;
 pub mod service;
 pub mod snapshot;

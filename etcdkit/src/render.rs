@@ -64,10 +64,6 @@ pub enum ClusterState {
     Existing,
 }
 
-fn yaml_str(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// An address as the host of a URL: an IPv6 literal in brackets (RFC 3986), once.
 pub fn url_host(address: &str) -> std::borrow::Cow<'_, str> {
     if address.contains(':') && !address.starts_with('[') {
@@ -77,104 +73,145 @@ pub fn url_host(address: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The first line of every config the charm writes.
+const HEADER: &str = "# Rendered by the etcd charm; changes are overwritten.\n";
+
+/// etcd's config file, as etcd reads it (`--config-file`, etcd's `embed.Config` YAML
+/// names). Serialized in this order.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct File {
+    name: String,
+    data_dir: String,
+    initial_cluster: String,
+    initial_cluster_state: &'static str,
+    initial_cluster_token: String,
+    initial_advertise_peer_urls: String,
+    listen_peer_urls: String,
+    listen_client_urls: String,
+    advertise_client_urls: String,
+    heartbeat_interval: u32,
+    election_timeout: u32,
+    snapshot_count: u64,
+    quota_backend_bytes: u64,
+    auto_compaction_mode: String,
+    auto_compaction_retention: String,
+    strict_reconfig_check: bool,
+    pre_vote: bool,
+    /// 3.4 turns the HTTP/JSON gateway off when a config file is used (etcd-notes §0.1).
+    enable_grpc_gateway: bool,
+    /// 3.6 drops the v2 store
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enable_v2: Option<bool>,
+    logger: &'static str,
+    log_level: &'static str,
+    log_outputs: Vec<&'static str>,
+    /// 3.7 drops it (it only counted v2 snapshots)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_snapshots: Option<u32>,
+    max_wals: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    cipher_suites: Vec<String>,
+    client_transport_security: Tls,
+    peer_transport_security: Tls,
+}
+
+/// One port's TLS: certificate, key, and the bundle its peers' certificates must chain to.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Tls {
+    cert_file: String,
+    key_file: String,
+    trusted_ca_file: String,
+    client_cert_auth: bool,
+    auto_tls: bool,
+}
+
+impl Tls {
+    fn new(pki_dir: &str, cert: &str, key: &str, ca: &str) -> Tls {
+        Tls {
+            cert_file: format!("{pki_dir}/{cert}"),
+            key_file: format!("{pki_dir}/{key}"),
+            trusted_ca_file: format!("{pki_dir}/{ca}"),
+            client_cert_auth: true,
+            auto_tls: false,
+        }
+    }
+}
+
+/// The addresses a member listens on for clients: its own (or all) and loopback, and the
+/// opt-in plain-http listener.
+fn client_listen(listen_ip: &str, c: &Settings) -> String {
+    let mut urls = vec![format!("https://{listen_ip}:{}", c.port)];
+    if !c.bind_to_all_interfaces {
+        urls.push(format!("https://127.0.0.1:{}", c.port));
+    }
+    if c.bind_with_insecure_http {
+        // Opt-in only: an unauthenticated listener, bound to loopback.
+        urls.push("http://127.0.0.1:4001".to_string());
+    }
+    urls.join(",")
+}
+
+/// etcd's config for this member. Each port trusts a bundle of its own: the peer port the
+/// charm's peer CA, which signs members' peer certificates only, so no client certificate
+/// is accepted there.
 pub fn etcd_config(m: &Member, c: &Settings) -> String {
     let listen_ip = if c.bind_to_all_interfaces {
         "0.0.0.0".to_string()
     } else {
         url_host(&m.address).into_owned()
     };
-    let mut client_listen = vec![format!("https://{listen_ip}:{}", c.port)];
-    if !c.bind_to_all_interfaces {
-        client_listen.push(format!("https://127.0.0.1:{}", c.port));
-    }
-    if c.bind_with_insecure_http {
-        // Opt-in only: an unauthenticated listener, bound to loopback.
-        client_listen.push("http://127.0.0.1:4001".to_string());
-    }
-    // Each port trusts a bundle of its own: the peer port the charm's peer CA, which signs
-    // members' peer certificates only, so no client certificate is accepted there.
-    let tls = |cert: &str, key: &str, ca: &str| {
-        format!(
-            "  cert-file: {}\n  key-file: {}\n  trusted-ca-file: {}\n  client-cert-auth: true\n  auto-tls: false\n",
-            yaml_str(&format!("{}/{cert}", m.pki_dir)),
-            yaml_str(&format!("{}/{key}", m.pki_dir)),
-            yaml_str(&format!("{}/{ca}", m.pki_dir)),
-        )
-    };
-    let mut s = String::new();
-    s.push_str("# Rendered by the etcd charm; changes are overwritten.\n");
-    s.push_str(&format!("name: {}\n", yaml_str(&m.name)));
-    s.push_str(&format!("data-dir: {}\n", yaml_str(&m.data_dir)));
-    s.push_str(&format!(
-        "initial-cluster: {}\n",
-        yaml_str(&m.initial_cluster)
-    ));
-    s.push_str(&format!(
-        "initial-cluster-state: {}\n",
-        match m.state {
-            ClusterState::New => "new",
-            ClusterState::Existing => "existing",
-        }
-    ));
-    s.push_str(&format!("initial-cluster-token: {}\n", yaml_str(&m.token)));
-    s.push_str(&format!(
-        "initial-advertise-peer-urls: {}\n",
-        yaml_str(&format!("https://{}:{}", m.address, c.management_port))
-    ));
-    s.push_str(&format!(
-        "listen-peer-urls: {}\n",
-        yaml_str(&format!("https://{listen_ip}:{}", c.management_port))
-    ));
-    s.push_str(&format!(
-        "listen-client-urls: {}\n",
-        yaml_str(&client_listen.join(","))
-    ));
-    s.push_str(&format!(
-        "advertise-client-urls: {}\n",
-        yaml_str(&format!("https://{}:{}", m.address, c.port))
-    ));
-    s.push_str(&format!("heartbeat-interval: {}\n", c.heartbeat_interval));
-    s.push_str(&format!("election-timeout: {}\n", c.election_timeout));
-    s.push_str(&format!("snapshot-count: {}\n", c.snapshot_count));
-    s.push_str(&format!("quota-backend-bytes: {}\n", c.quota_backend_bytes));
-    s.push_str(&format!(
-        "auto-compaction-mode: {}\n",
-        c.auto_compaction_mode
-    ));
-    s.push_str(&format!(
-        "auto-compaction-retention: {}\n",
-        yaml_str(&c.auto_compaction_retention)
-    ));
-    s.push_str("strict-reconfig-check: true\n");
-    s.push_str("pre-vote: true\n");
-    // 3.4 turns the HTTP/JSON gateway off when a config file is used (etcd-notes §0.1).
-    s.push_str("enable-grpc-gateway: true\n");
     let v37 = Version {
         major: 3,
         minor: 7,
         patch: 0,
     };
-    if m.version.has_v2_api() {
-        s.push_str(&format!("enable-v2: {}\n", c.enable_v2));
+    let file = File {
+        name: m.name.clone(),
+        data_dir: m.data_dir.clone(),
+        initial_cluster: m.initial_cluster.clone(),
+        initial_cluster_state: match m.state {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        },
+        initial_cluster_token: m.token.clone(),
+        initial_advertise_peer_urls: format!("https://{}:{}", m.address, c.management_port),
+        listen_peer_urls: format!("https://{listen_ip}:{}", c.management_port),
+        listen_client_urls: client_listen(&listen_ip, c),
+        advertise_client_urls: format!("https://{}:{}", m.address, c.port),
+        heartbeat_interval: c.heartbeat_interval,
+        election_timeout: c.election_timeout,
+        snapshot_count: c.snapshot_count,
+        quota_backend_bytes: c.quota_backend_bytes,
+        auto_compaction_mode: c.auto_compaction_mode.clone(),
+        auto_compaction_retention: c.auto_compaction_retention.clone(),
+        strict_reconfig_check: true,
+        pre_vote: true,
+        enable_grpc_gateway: true,
+        enable_v2: m.version.has_v2_api().then_some(c.enable_v2),
+        logger: "zap",
+        log_level: "info",
+        log_outputs: vec!["stderr"],
+        max_snapshots: (m.version < v37).then_some(5),
+        max_wals: 5,
+        cipher_suites: c.tls_cipher_suites.clone(),
+        client_transport_security: Tls::new(&m.pki_dir, "server.crt", "server.key", "ca.crt"),
+        peer_transport_security: Tls::new(&m.pki_dir, "peer.crt", "peer.key", "peer-ca.crt"),
+    };
+    // A struct of strings, numbers and bools always serializes.
+    HEADER.to_string() + &serde_yaml::to_string(&file).unwrap_or_default()
+}
+
+/// Whether two etcd configs say the same thing: equal as YAML values (the text may differ
+/// in comments, quoting or order, as between charm revisions: no restart for that). Text
+/// that does not parse is compared as text.
+pub fn same_config(a: &str, b: &str) -> bool {
+    let parse = |t: &str| serde_yaml::from_str::<serde_yaml::Value>(t).ok();
+    match (parse(a), parse(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
     }
-    s.push_str("logger: zap\n");
-    s.push_str("log-level: info\n");
-    s.push_str("log-outputs: [stderr]\n");
-    if m.version < v37 {
-        s.push_str("max-snapshots: 5\n");
-    }
-    s.push_str("max-wals: 5\n");
-    if !c.tls_cipher_suites.is_empty() {
-        s.push_str(&format!(
-            "cipher-suites: [{}]\n",
-            c.tls_cipher_suites.join(", ")
-        ));
-    }
-    s.push_str("client-transport-security:\n");
-    s.push_str(&tls("server.crt", "server.key", "ca.crt"));
-    s.push_str("peer-transport-security:\n");
-    s.push_str(&tls("peer.crt", "peer.key", "peer-ca.crt"));
-    s
 }
 
 /// The same config with clients served on loopback only, and the endpoint to reach them
@@ -182,35 +219,20 @@ pub fn etcd_config(m: &Member, c: &Settings) -> String {
 /// would undo) must acknowledge no client's write, or the undo would discard it. None when
 /// the config names no https client URL with a port. Pure.
 pub fn clients_on_loopback(rendered: &str) -> Option<(String, String)> {
-    let mut endpoint = None;
-    let text: Vec<String> = rendered
-        .lines()
-        .map(|l| {
-            let Some(urls) = l.strip_prefix("listen-client-urls:") else {
-                return l.to_string();
-            };
-            let first = urls
-                .trim()
-                .trim_matches('\'')
-                .split(',')
-                .next()
-                .unwrap_or("");
-            let port = first
-                .strip_prefix("https://")
-                .and_then(|hp| hp.rsplit_once(':'))
-                .map(|(_, p)| p)
-                .filter(|p| p.parse::<u16>().is_ok());
-            match port {
-                Some(p) => {
-                    let url = format!("https://127.0.0.1:{p}");
-                    endpoint = Some(url.clone());
-                    format!("listen-client-urls: {}", yaml_str(&url))
-                }
-                None => l.to_string(),
-            }
-        })
-        .collect();
-    endpoint.map(|ep| (text.join("\n") + "\n", ep))
+    let mut conf: serde_yaml::Mapping = serde_yaml::from_str(rendered).ok()?;
+    let key = serde_yaml::Value::from("listen-client-urls");
+    let urls = conf.get(&key)?.as_str()?;
+    let port = urls
+        .split(',')
+        .next()?
+        .strip_prefix("https://")
+        .and_then(|hp| hp.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| p.parse::<u16>().is_ok())?;
+    let url = format!("https://127.0.0.1:{port}");
+    conf.insert(key, serde_yaml::Value::from(url.clone()));
+    let text = HEADER.to_string() + &serde_yaml::to_string(&conf).ok()?;
+    Some((text, url))
 }
 
 /// The systemd unit used where systemd is PID 1 (`Restart=on-failure`: a removed member
@@ -375,10 +397,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 listen,
-                [format!(
-                    "listen-client-urls: 'https://127.0.0.1:{}'",
-                    c.port
-                )]
+                [format!("listen-client-urls: https://127.0.0.1:{}", c.port)]
             );
             // Everything else (the peer port's listener too) is as rendered.
             let others = |t: &str| -> Vec<String> {
@@ -390,5 +409,41 @@ mod tests {
             assert_eq!(others(&full), others(&local));
         }
         assert!(clients_on_loopback("name: x\n").is_none());
+    }
+
+    /// A config the charm of an earlier revision wrote (each string quoted, the list in
+    /// flow style) says the same as this one's: a refresh restarts no member for it.
+    #[test]
+    fn the_same_settings_in_another_text_are_the_same_config() {
+        let now = etcd_config(&member(ClusterState::New), &Settings::default());
+        let before = now
+            .replace("name: etcd0", "name: 'etcd0'")
+            .replace("log-outputs:\n- stderr", "log-outputs: [stderr]");
+        assert_ne!(now, before);
+        assert!(same_config(&now, &before));
+        assert!(!same_config(
+            &now,
+            &now.replace("max-wals: 5", "max-wals: 6")
+        ));
+        assert!(
+            !same_config("name: [", "name: ["[..5].trim()),
+            "unparsable: compared as text"
+        );
+    }
+
+    /// A value that YAML would read as another type or structure stays the string it is.
+    #[test]
+    fn strings_that_look_like_yaml_stay_strings() {
+        let mut m = member(ClusterState::New);
+        m.token = "123".into();
+        m.name = "a: b\nc: [d]".into();
+        let c = Settings {
+            auto_compaction_retention: "1".into(),
+            ..Settings::default()
+        };
+        let v: serde_yaml::Value = serde_yaml::from_str(&etcd_config(&m, &c)).unwrap();
+        assert_eq!(v["initial-cluster-token"], serde_yaml::Value::from("123"));
+        assert_eq!(v["name"], serde_yaml::Value::from("a: b\nc: [d]"));
+        assert_eq!(v["auto-compaction-retention"], serde_yaml::Value::from("1"));
     }
 }

@@ -2,6 +2,7 @@
 //! Bad params fail the action with a message that says what is wrong, before anything changes.
 
 pub mod copy_from;
+pub mod install;
 pub mod recover;
 pub mod restore;
 pub mod snap_upgrade;
@@ -16,8 +17,7 @@ use crate::pki;
 use crate::unit;
 use anyhow::{anyhow, Context as _, Result};
 use etcdkit::client::Member;
-use etcdkit::install::{self, Installed};
-use etcdkit::service::Service;
+use etcdkit::install::Installed;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub fn run(ctx: &Context) -> Result<()> {
         "copy-from" => crate::actions::copy_from::copy_from(&params),
         "alarm-list" => alarm_list(),
         "alarm-disarm" => alarm_disarm(),
-        "install" => reinstall(ctx),
+        "install" => install::reinstall(ctx),
         "snap-upgrade" => crate::actions::snap_upgrade::snap_upgrade(ctx, &params),
         "pre-upgrade-check" => crate::actions::upgrade::pre_upgrade_check(&params),
         "resume-upgrade" => crate::actions::upgrade::resume_upgrade(ctx),
@@ -231,7 +231,7 @@ fn package_client_credentials(ctx: &Context) -> Result<Results> {
     ];
     let path = operator_dir().join("etcd_credentials.tar.gz");
     tar_gz_private(&path, &entries)?;
-    let sha = install::sha256_file(&path)?;
+    let sha = etcdkit::install::sha256_file(&path)?;
     Ok(vec![
         ("path".into(), path.display().to_string()),
         ("sha256".into(), sha),
@@ -332,7 +332,10 @@ fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Re
             "snapshot.size".into(),
             std::fs::metadata(&path)?.len().to_string(),
         ),
-        ("snapshot.sha256".into(), install::sha256_file(&path)?),
+        (
+            "snapshot.sha256".into(),
+            etcdkit::install::sha256_file(&path)?,
+        ),
         ("snapshot.version".into(), "v2".into()),
         (
             "copy.cmd".into(),
@@ -468,139 +471,6 @@ fn alarm_disarm() -> Result<Results> {
 
 /// Re-installs this unit from the attached `etcd` resource; rolls back to the previous
 /// binaries unless etcd comes back healthy.
-fn reinstall(ctx: &Context) -> Result<Results> {
-    let Some(resource) = juju::resource_get("etcd")? else {
-        return refuse(
-            "no etcd resource is attached; attach an upstream etcd release tarball first",
-        );
-    };
-    let (client, ep, cfg) = local()?;
-    let before = Installed::load();
-    let was_snap = before
-        .as_ref()
-        .is_some_and(|b| b.delivery == install::Delivery::Snap);
-    let snap_resource = install::is_snap_file(Path::new(&resource));
-    if snap_resource != was_snap {
-        return refuse(if snap_resource {
-            "the etcd resource is a snap but this unit does not run the snap delivery; run snap-upgrade to move it to the snap"
-        } else {
-            "this unit runs the etcd snap: attach an etcd snap (etcd.snap) as the etcd resource"
-        });
-    }
-    if before
-        .as_ref()
-        .is_some_and(|b| b.delivery == install::Delivery::Deb)
-    {
-        return refuse(
-            "this unit runs etcd from the Debian package: run snap-upgrade to move it to the \
-             attached etcd resource (keeping its data), or upgrade-package on the leader for a \
-             newer package",
-        );
-    }
-    // What a failed re-install goes back to: the snap's previous revision (snapd keeps it),
-    // or the binaries `current` points at now. Nothing to go back to, nothing is touched.
-    let old_target = std::fs::read_link(Path::new(install::OPT_DIR).join("current")).ok();
-    let (old_target, before) = match (was_snap, old_target, before) {
-        (true, _, before) => (None, before),
-        (false, Some(t), Some(b)) => (Some(t), Some(b)),
-        _ => {
-            return refuse(format!(
-                "this unit has no etcd binaries in {}/current to return to if the new ones \
-                 fail; it is not safe to re-install it in place",
-                install::OPT_DIR
-            ))
-        }
-    };
-    // It takes this member down for a restart: never while another member is down (two
-    // at once, say this action run on two units together, could cost the quorum: M6).
-    let me = unit::member_name(&ctx.unit);
-    if let Some(down) = crate::ops::health::other_member_down(&client, &ep, &me) {
-        return refuse(format!(
-            "member {down} does not answer healthy: re-installing this member now would take \
-             a second member down; run the install action again once {down} is back (one \
-             unit at a time)"
-        ));
-    }
-    // And never in the same instant as another unit's operation that passed that check
-    // too: the member-down lock, held until this action ends.
-    let unit_name = ctx.unit.clone();
-    let _lock = match crate::ops::member_lock::take(&client, &ep, &unit_name, "install-action")? {
-        Ok(held) => held,
-        Err(holder) => {
-            return refuse(format!(
-                "{holder} has its member down now (the member-down lock): run the install \
-                 action again once it is done (one unit at a time)"
-            ))
-        }
-    };
-    crate::actions::support::member_going_away(
-        "Re-installing etcd from the etcd resource (install action)",
-    )?;
-    let installed = if snap_resource {
-        // snapd refreshes a snap only while none of its apps runs: this unit's member is
-        // down for the switch (its rolling turn), and up again on any failure.
-        let old_svc = Service {
-            etcd_binary: before.as_ref().map(|b| b.etcd()).unwrap_or_default(),
-        };
-        juju::action_log("stopping etcd to switch the snap's revision");
-        old_svc.stop()?;
-        let r = install::install_snap_file(Path::new(&resource));
-        if r.is_err() {
-            old_svc.start()?;
-        }
-        r
-    } else {
-        install::install_archive(
-            Path::new(&resource),
-            cfg.archive_sha256.as_deref(),
-            "etcd resource",
-            false,
-        )
-    };
-    let inst = match installed {
-        Ok(i) => i,
-        Err(install::InstallError::Bad(m)) => return refuse(m),
-        Err(e) => return Err(e.into()),
-    };
-    let svc = Service {
-        etcd_binary: inst.etcd(),
-    };
-    juju::action_log(&format!("restarting etcd {}", inst.version));
-    svc.restart()?;
-    let healthy = unit::retry(
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        || match client.health(&ep) {
-            Ok(true) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    );
-    if let Err(e) = healthy {
-        juju::action_log("etcd did not come back healthy; rolling back");
-        if was_snap {
-            // snapd keeps the previous revision (and reverts only while no app runs).
-            svc.stop()?;
-            install::revert_snap()?;
-        } else if let (Some(old), Some(b)) = (old_target, before) {
-            install::switch_current(&old)?;
-            b.save()?;
-        }
-        svc.restart()?;
-        return refuse(format!(
-            "etcd {} did not become healthy ({e}); rolled back to the previous binaries",
-            inst.version
-        ));
-    }
-    let _ = juju::application_version_set(&inst.version);
-    Ok(vec![
-        ("version".into(), inst.version),
-        (
-            "output".into(),
-            "etcd re-installed from the etcd resource".into(),
-        ),
-    ])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

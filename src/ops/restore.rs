@@ -1,59 +1,15 @@
-//! The swap at the heart of restore and recover, and its undo: a journal written before the
-//! member's data is set aside, cleared once the restored member is proven healthy, and
-//! undone by the next hook or action when the process died in between
-//! (`recover_interrupted`). Also the epoch a rebuilt cluster publishes and the config of a
-//! member not proven yet (clients on loopback only).
+//! What restore and recover share around their swap (whose undo is the unit's transaction,
+//! `ops::txn`): the epoch a rebuilt cluster publishes, the config of a member not proven
+//! yet (clients on loopback only) and of one proven, and the old data's disposal once the
+//! new is proven.
 
 use crate::juju::{self, Bag, Context};
+use crate::ops::txn::Txn;
 use crate::unit::{self, LocalState};
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, Result};
 use etcdkit::install::Installed;
-use etcdkit::service::Service;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-pub(crate) const JOURNAL: &str = "/var/lib/etcd-charm/restore-journal.json";
-
-/// The journal, if any, is readable (a corrupt one blocks the unit: `check_local_files`).
-pub(crate) fn check_journal() -> Result<()> {
-    unit::read_json::<Journal>(JOURNAL).map(|_| ())
-}
-
-/// What a restore in the middle of its swap must be able to undo.
-/// Used by restore and recover alike.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct Journal {
-    pub aside: String,
-    pub member: String,
-    pub config: String,
-    pub initial_cluster: Option<String>,
-    pub initial_state: Option<String>,
-    pub token: Option<String>,
-    pub epoch: Option<String>,
-}
-
-impl Journal {
-    /// What to put back: the member at `member` (set aside at `aside`), the etcd config now
-    /// in place, and the unit's state as it is.
-    pub fn new(aside: &Path, member: &Path, st: &LocalState) -> Result<Journal> {
-        Ok(Journal {
-            aside: aside.display().to_string(),
-            member: member.display().to_string(),
-            config: std::fs::read_to_string(etcdkit::service::CONFIG_FILE)
-                .context("reading the etcd config")?,
-            initial_cluster: st.initial_cluster.clone(),
-            initial_state: st.initial_state.clone(),
-            token: st.token.clone(),
-            epoch: st.epoch.clone(),
-        })
-    }
-    pub fn save(&self) -> Result<()> {
-        unit::write_json(JOURNAL, self)
-    }
-    pub fn clear() -> Result<()> {
-        unit::remove_if_present(Path::new(JOURNAL))
-    }
-}
 
 /// The epoch a rebuilt cluster (restore, recover) publishes: one past the application's.
 pub(crate) fn next_epoch(ctx: &Context) -> Result<u64> {
@@ -63,51 +19,6 @@ pub(crate) fn next_epoch(ctx: &Context) -> Result<u64> {
         .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
         .unwrap_or(1)
         + 1)
-}
-
-/// Undoes a restore (or recover) whose process died during its swap (before the new member
-/// was proven healthy): etcd stopped, the half-restored member set aside as
-/// `.failed-restore-<time>`, the original data, state and config put back. Every hook runs
-/// this first; the restore can then be run again.
-pub fn recover_interrupted() -> Result<()> {
-    let Some(j) = unit::read_json::<Journal>(JOURNAL)? else {
-        return Ok(());
-    };
-    juju::log(
-        "WARNING",
-        &format!(
-            "a restore or recover was interrupted; putting the data from {} back",
-            j.aside
-        ),
-    );
-    let svc = Service {
-        etcd_binary: Installed::load().map(|i| i.etcd()).unwrap_or_default(),
-    };
-    svc.stop()?;
-    let member = Path::new(&j.member);
-    let original = Path::new(&j.aside).join("member");
-    if original.exists() {
-        if member.exists() {
-            let failed = member.with_file_name(format!(".failed-restore-{}", unit::now()));
-            std::fs::rename(member, &failed).context("setting the half-restored member aside")?;
-        }
-        std::fs::rename(&original, member).context("putting the original member back")?;
-    }
-    remove_empty_aside(Path::new(&j.aside));
-    let mut st = LocalState::load()?;
-    st.initial_cluster = j.initial_cluster;
-    st.initial_state = j.initial_state;
-    st.token = j.token;
-    st.epoch = j.epoch;
-    st.save()?;
-    crate::pki::write_file(
-        Path::new(etcdkit::service::CONFIG_FILE),
-        j.config.as_bytes(),
-        0o644,
-    )?;
-    Journal::clear()?;
-    svc.start()?;
-    Ok(())
 }
 
 pub(crate) fn rerender(
@@ -123,10 +34,11 @@ pub(crate) fn rerender(
 /// Writes etcd's config as `rendered` would have it, but with clients served on loopback
 /// only (`render::clients_on_loopback`), and returns the endpoint to check the member at:
 /// a member whose data a crash would still undo acknowledges no client's write.
-pub(crate) fn write_unproven(rendered: &str) -> Result<String> {
+/// The config it replaces is recorded in `txn` first: an undo puts it back.
+pub(crate) fn write_unproven(txn: &mut Txn, rendered: &str) -> Result<String> {
     let (text, ep) = etcdkit::render::clients_on_loopback(rendered)
         .ok_or_else(|| anyhow!("etcd's config names no https client URL"))?;
-    write_config(&text)?;
+    txn.replace_file(Path::new(etcdkit::service::CONFIG_FILE), &text)?;
     Ok(ep)
 }
 
@@ -221,16 +133,6 @@ pub(crate) fn discard_later(data: &Path, dirs: &[&Path]) {
         // What stays is trash only (the restored member is proven); the next restore
         // sweeps it.
         let _ = std::fs::remove_dir_all(&trash);
-    }
-}
-
-/// The aside directory once its member is back in place: removed only if empty (anything
-/// else in it stays for the operator).
-pub(crate) fn remove_empty_aside(aside: &Path) {
-    match std::fs::remove_dir(aside) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => juju::log("WARNING", &format!("{} is kept: {e}", aside.display())),
     }
 }
 

@@ -125,6 +125,23 @@ pub fn revert_snap() -> Result<Installed> {
     snap_installed(stamp)
 }
 
+/// The etcd snap's current revision (snapd's `/snap/etcd/current` link), if it is installed.
+pub fn snap_revision() -> Option<String> {
+    std::fs::read_link("/snap/etcd/current")
+        .ok()
+        .map(|r| r.display().to_string())
+}
+
+/// The etcd snap at `revision` again (one snapd keeps: the one before a refresh).
+pub fn revert_snap_to(revision: &str) -> Result<()> {
+    run_bounded(
+        "snap",
+        &["revert", "etcd", "--revision", revision],
+        SNAP_INSTALL,
+    )
+    .map(|_| ())
+}
+
 pub fn set_snap_refresh_timer(timer: &str) -> Result<()> {
     run_bounded(
         "snap",

@@ -2,7 +2,7 @@
 
 use super::epoch::relocate_data;
 use super::state::*;
-use super::turn::{config_held, write_config, CONFIG_KEPT};
+use super::turn::{config_held, turn_pending, write_config};
 use crate::juju::Hook;
 use crate::juju::{self};
 use crate::pki;
@@ -118,11 +118,11 @@ impl<'a> Reconcile<'a> {
             }
             None => self.set("config-rejected", ""),
         }
+        // Compared as YAML values: a config another charm revision wrote in other words
+        // restarts nothing.
         let mut changed = held.is_none()
-            && std::fs::read_to_string(service::CONFIG_FILE)
-                .ok()
-                .as_deref()
-                != Some(rendered.as_str());
+            && !std::fs::read_to_string(service::CONFIG_FILE)
+                .is_ok_and(|running| render::same_config(&running, &rendered));
         let ep = endpoint(&self.address, self.st.client_port.unwrap_or(self.cfg.port));
         // A quota below the database this member holds is not applied: checked against what
         // the running member says (a member that does not answer is not asked).
@@ -140,7 +140,7 @@ impl<'a> Reconcile<'a> {
     /// A turn a killed hook left between its switch and its verdict is finished before
     /// anything else is decided from what runs here.
     fn finish_killed_turn(&mut self, client: &Client, ep: &str, rendered: &str) -> Result<()> {
-        if self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists() {
+        if turn_pending(&self.inst) {
             juju::log(
                 "INFO",
                 "finishing the restart a killed hook left between its switch and its health check",

@@ -5,11 +5,12 @@ use super::state::*;
 use crate::juju::{self};
 use crate::ops::roll::lock::{manage_restart_lock, RollCtx};
 use crate::ops::roll::turn::Restarted;
+use crate::ops::txn::{Op, Step, Txn};
 use crate::pki;
 use crate::unit::rejected::{Rejected, REJECTED};
 use crate::unit::status::Level;
 use crate::unit::{endpoint, retry};
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use etcdkit::client::{Client, Member};
 use etcdkit::install::{self, Installed};
 use etcdkit::service::{self, Service};
@@ -39,24 +40,34 @@ pub(super) struct LiveMember<'m> {
 impl crate::ops::roll::turn::Member for LiveMember<'_> {
     /// Keeps the config etcd runs with (when the new one differs and the data stays where
     /// it is: a config from before a data move would point etcd at the tree moved aside),
-    /// then switches staged binaries in.
+    /// then switches staged binaries in; each recorded first in the unit's transaction.
     fn switch(&mut self) -> Result<()> {
-        if !Path::new(CONFIG_KEPT).exists() {
+        let mut txn = match turn_txn()? {
+            Some(t) => t,
+            None => Txn::begin(Op::Turn)?,
+        };
+        if !txn.has(|s| matches!(s, Step::File { .. })) {
             if let Ok(running) = std::fs::read_to_string(service::CONFIG_FILE) {
                 let same_dir = crate::ops::relocate::data_dir_in(&running)
                     .ok()
                     .flatten()
                     .as_deref()
                     == Some(self.data);
-                if running != self.rendered && same_dir {
-                    pki::write_file(Path::new(CONFIG_KEPT), running.as_bytes(), 0o644)?;
+                if !etcdkit::render::same_config(&running, self.rendered) && same_dir {
+                    txn.record(Step::File {
+                        path: service::CONFIG_FILE.into(),
+                        before: running,
+                    })?;
                 }
             }
+        }
+        if self.inst.staged.is_some() && !txn.has(|s| matches!(s, Step::Switched)) {
+            txn.record(Step::Switched)?;
         }
         Ok(install::switch_staged(self.inst)?)
     }
     fn pending(&self) -> bool {
-        self.inst.previous.is_some() || Path::new(CONFIG_KEPT).exists()
+        turn_pending(self.inst)
     }
     fn binaries_switched(&self) -> bool {
         self.inst.previous.is_some()
@@ -113,13 +124,20 @@ impl crate::ops::roll::turn::Member for LiveMember<'_> {
         if self.inst.previous.is_some() {
             install::commit(self.inst)?;
         }
-        crate::unit::remove_if_present(Path::new(CONFIG_KEPT))
+        match turn_txn()? {
+            Some(t) => t.commit(),
+            None => Ok(()),
+        }
     }
     /// A config-only turn that failed is recorded first (the config is then held, never
     /// tried again by a later hook until the charm renders another one), then what ran
     /// before goes back.
     fn roll_back(&mut self) -> Result<()> {
-        let kept = std::fs::read_to_string(CONFIG_KEPT).ok();
+        let txn = turn_txn()?;
+        let kept = txn
+            .as_ref()
+            .and_then(|t| t.kept_file(Path::new(service::CONFIG_FILE)))
+            .map(String::from);
         if let (Some(kept), false) = (&kept, self.inst.previous.is_some()) {
             let r = Rejected {
                 hash: pki::sha256_hex(self.rendered.as_bytes()),
@@ -128,12 +146,15 @@ impl crate::ops::roll::turn::Member for LiveMember<'_> {
             };
             crate::unit::write_json(REJECTED, &r)?;
         }
-        if self.inst.previous.is_some() {
-            install::roll_back(self.inst)?;
-        }
-        if kept.is_some() {
-            std::fs::rename(CONFIG_KEPT, service::CONFIG_FILE)
-                .with_context(|| format!("putting back {CONFIG_KEPT}"))?;
+        match txn {
+            Some(t) => {
+                t.roll_back()?;
+                // The undo rolled the install record back on disk.
+                *self.inst = Installed::load()
+                    .ok_or_else(|| anyhow!("the install record is gone after a roll back"))?;
+            }
+            None if self.inst.previous.is_some() => install::roll_back(self.inst)?,
+            None => {}
         }
         // The peer URL this turn registered goes back too, through the members that answer
         // (this one is down): the others would look for it at the new one.
@@ -160,8 +181,20 @@ impl crate::ops::roll::turn::Member for LiveMember<'_> {
     }
 }
 
-/// The config etcd ran with before a restart turn, kept until the turn's verdict.
-pub(super) const CONFIG_KEPT: &str = "/etc/etcd/etcd.conf.yml.kept";
+/// The transaction of a rolling turn under way, if any; another operation's is an error
+/// (every hook undoes that one first).
+fn turn_txn() -> Result<Option<Txn>> {
+    match Txn::load()? {
+        Some(t) if t.op != Op::Turn => bail!("{} is unfinished on this unit", t.op.name()),
+        t => Ok(t),
+    }
+}
+
+/// Whether a turn is between its switch and its verdict (a way back exists). A record
+/// that cannot be read counts as pending: finishing the turn then fails with its error.
+pub(super) fn turn_pending(inst: &Installed) -> bool {
+    inst.previous.is_some() || turn_txn().map_or(true, |t| t.is_some())
+}
 
 /// The rejected config record when `rendered` is the config it holds; a record of another
 /// config is stale (the charm's config changed since) and goes.
