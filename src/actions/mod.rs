@@ -3,6 +3,7 @@
 
 pub mod copy_from;
 pub mod install;
+pub mod name;
 pub mod recover;
 pub mod restore;
 pub mod snap_upgrade;
@@ -34,24 +35,10 @@ pub fn run(ctx: &Context) -> Result<()> {
     }
     crate::ops::check_local_files()?;
     crate::ops::finish_interrupted()?;
-    let r = match name.as_str() {
-        "health" => health(),
-        "package-client-credentials" => package_client_credentials(ctx),
-        "snapshot" => snapshot(ctx, &params),
-        "restore" => crate::actions::restore::restore(ctx, &params),
-        "recover" => crate::actions::recover::recover(ctx, &params),
-        "compact" => compact(&params),
-        "defrag" => defrag(&params),
-        "copy-from" => crate::actions::copy_from::copy_from(&params),
-        "alarm-list" => alarm_list(),
-        "alarm-disarm" => alarm_disarm(),
-        "install" => install::reinstall(ctx),
-        "snap-upgrade" => crate::actions::snap_upgrade::snap_upgrade(ctx, &params),
-        "pre-upgrade-check" => crate::actions::upgrade::pre_upgrade_check(&params),
-        "resume-upgrade" => crate::actions::upgrade::resume_upgrade(ctx),
-        "upgrade-package" => crate::actions::upgrade::upgrade_package(ctx, &params),
-        other => refuse(format!("unknown action {other:?}")),
+    let Some(action) = name::Action::parse(&name) else {
+        return juju::action_fail(&format!("unknown action {name:?}")).map_err(Into::into);
     };
+    let r = dispatch(ctx, action, &params);
     // The action's outcome stands whatever the status says; a status that cannot be set is
     // logged, and the next hook sets it.
     if let Err(e) = crate::actions::support::report_member() {
@@ -70,6 +57,31 @@ pub fn run(ctx: &Context) -> Result<()> {
             juju::action_fail(&msg)?;
             Ok(())
         }
+    }
+}
+
+fn dispatch(
+    ctx: &Context,
+    action: name::Action,
+    params: &std::collections::BTreeMap<String, Value>,
+) -> Result<Results> {
+    use name::Action as A;
+    match action {
+        A::Health => health(),
+        A::PackageClientCredentials => package_client_credentials(ctx),
+        A::Snapshot => snapshot(ctx, params),
+        A::Restore => restore::restore(ctx, params),
+        A::Recover => recover::recover(ctx, params),
+        A::Compact => compact(params),
+        A::Defrag => defrag(params),
+        A::CopyFrom => copy_from::copy_from(params),
+        A::AlarmList => alarm_list(),
+        A::AlarmDisarm => alarm_disarm(),
+        A::Install => install::reinstall(ctx),
+        A::SnapUpgrade => snap_upgrade::snap_upgrade(ctx, params),
+        A::PreUpgradeCheck => upgrade::pre_upgrade_check(params),
+        A::ResumeUpgrade => upgrade::resume_upgrade(ctx),
+        A::UpgradePackage => upgrade::upgrade_package(ctx, params),
     }
 }
 

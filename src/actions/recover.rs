@@ -19,6 +19,7 @@ use crate::actions::support::{leader_only, local, param_bool, refuse, Results};
 use crate::juju::{self, Context};
 use crate::ops::restore::{next_epoch, publish_epoch, rerender, write_unproven};
 use crate::ops::txn::{Op, Step, Txn};
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::{self, member_name, retry, LocalState};
 use anyhow::{anyhow, bail, Context as _, Result};
 use etcdkit::client::Client;
@@ -37,7 +38,7 @@ fn peer_client_urls() -> Result<Vec<(String, String)>> {
     for rel in juju::relation_ids(unit::PEER)? {
         for unit in juju::relation_list(&rel)? {
             let bag = juju::relation_get(&rel, &unit, false)?;
-            if let Some(url) = bag.get("client-url").filter(|u| !u.is_empty()) {
+            if let Some(url) = bag.peer(Key::ClientUrl).filter(|u| !u.is_empty()) {
                 out.push((unit, url.clone()));
             }
         }

@@ -4,6 +4,7 @@
 
 use crate::actions::support::{leader_only, local, param_str, refuse, Results};
 use crate::juju::{self, Bag, Context};
+use crate::unit::peers::{Key, PeerBag};
 use crate::{ops::membership::apply as membership, unit};
 use anyhow::{anyhow, Result};
 use etcdkit::install::{self, Delivery, Installed};
@@ -120,13 +121,13 @@ pub fn resume_upgrade(ctx: &Context) -> Result<Results> {
         return refuse("there is no peer relation yet: nothing to resume");
     };
     let app = juju::relation_get(&rel, &ctx.app, true)?;
-    let Some(after) = app.get("upgrade-paused").filter(|v| !v.is_empty()) else {
+    let Some(after) = app.peer(Key::UpgradePaused).filter(|v| !v.is_empty()) else {
         return refuse("no upgrade is paused");
     };
     let after = after.clone();
     juju::relation_set(
         &rel,
-        &Bag::from([("upgrade-paused".into(), String::new())]),
+        &Bag::from([(Key::UpgradePaused.into(), String::new())]),
         true,
     )?;
     Ok(vec![(
@@ -173,7 +174,7 @@ pub fn upgrade_package(ctx: &Context, params: &BTreeMap<String, Value>) -> Resul
     let checked = pre_upgrade_check(&check)?;
     juju::relation_set(
         &rel,
-        &Bag::from([("package-target".into(), target.clone())]),
+        &Bag::from([(Key::PackageTarget.into(), target.clone())]),
         true,
     )?;
     let mut out = vec![

@@ -5,6 +5,7 @@
 
 use crate::juju::{self, Bag, Context};
 use crate::ops::txn::Txn;
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::{self, LocalState};
 use anyhow::{anyhow, Result};
 use etcdkit::install::Installed;
@@ -16,7 +17,7 @@ pub(crate) fn next_epoch(ctx: &Context) -> Result<u64> {
     Ok(juju::relation_ids(unit::PEER)?
         .first()
         .and_then(|r| juju::relation_get(r, &ctx.app, true).ok())
-        .and_then(|b| b.get("epoch").and_then(|e| e.parse().ok()))
+        .and_then(|b| b.peer(Key::Epoch).and_then(|e| e.parse().ok()))
         .unwrap_or(1)
         + 1)
 }
@@ -84,11 +85,11 @@ pub(crate) fn publish_epoch(
         return Ok(());
     };
     let mut b = Bag::new();
-    b.insert("epoch".into(), epoch.to_string());
-    b.insert("token".into(), token.into());
-    b.insert("bootstrap".into(), name.into());
-    b.insert("initial-cluster".into(), format!("{name}={peer_url}"));
-    b.insert("join".into(), String::new());
+    b.insert(Key::Epoch.into(), epoch.to_string());
+    b.insert(Key::Token.into(), token.into());
+    b.insert(Key::Bootstrap.into(), name.into());
+    b.insert(Key::InitialCluster.into(), format!("{name}={peer_url}"));
+    b.insert(Key::Join.into(), String::new());
     juju::relation_set(&rel, &b, true)?;
     let _ = ctx;
     Ok(())

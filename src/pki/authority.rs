@@ -22,6 +22,7 @@
 
 use crate::juju::{self, Bag};
 use crate::pki;
+use crate::unit::peers::{Key, PeerBag};
 use std::collections::BTreeSet;
 
 pub const ENDPOINT: &str = "certificates";
@@ -93,7 +94,7 @@ pub fn exchange(
     let mut answers = vec![];
     for remote in juju::relation_list(&rel)? {
         let bag = juju::relation_get(&rel, &remote, false)?;
-        if bag.get("ca").is_some_and(|c| !c.is_empty()) {
+        if bag.peer(Key::Ca).is_some_and(|c| !c.is_empty()) {
             answers.push((remote, bag));
         }
     }
@@ -119,7 +120,7 @@ pub fn read_answer(
     names: &[String],
     now: i64,
 ) -> Result<Option<Provided>, String> {
-    let ca = bag.get("ca").cloned().unwrap_or_default();
+    let ca = bag.peer(Key::Ca).cloned().unwrap_or_default();
     let cas = split(&ca);
     if cas.len() != 1 || pki::common_name(&ca).is_err() {
         return Err(format!(
@@ -185,13 +186,13 @@ pub fn read_answer(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Side {
     /// app keys: the bundle to trust, the CA that issues, where the move stands
-    pub trust: &'static str,
-    pub issuer: &'static str,
-    pub step: &'static str,
+    pub trust: Key,
+    pub issuer: Key,
+    pub step: Key,
     /// unit keys (`UnitTls`)
-    pub trust_running: &'static str,
-    pub issuer_in_use: &'static str,
-    pub verified: &'static str,
+    pub trust_running: Key,
+    pub issuer_in_use: Key,
+    pub verified: Key,
     /// the certificate file whose issuer says where the unit stands, and the bundle file
     pub cert_file: &'static str,
     pub bundle_file: &'static str,
@@ -199,22 +200,22 @@ pub struct Side {
 
 impl Side {
     pub const CLIENT: Side = Side {
-        trust: "trust",
-        issuer: "issuer-ca",
-        step: "ca-move",
-        trust_running: "trust-running",
-        issuer_in_use: "issuer-in-use",
-        verified: "issuer-verified",
+        trust: Key::Trust,
+        issuer: Key::IssuerCa,
+        step: Key::CaMove,
+        trust_running: Key::TrustRunning,
+        issuer_in_use: Key::IssuerInUse,
+        verified: Key::IssuerVerified,
         cert_file: "server.crt",
         bundle_file: "ca.crt",
     };
     pub const PEER: Side = Side {
-        trust: "peer-trust",
-        issuer: "peer-issuer-ca",
-        step: "peer-ca-move",
-        trust_running: "peer-trust-running",
-        issuer_in_use: "peer-issuer-in-use",
-        verified: "peer-issuer-verified",
+        trust: Key::PeerTrust,
+        issuer: Key::PeerIssuerCa,
+        step: Key::PeerCaMove,
+        trust_running: Key::PeerTrustRunning,
+        issuer_in_use: Key::PeerIssuerInUse,
+        verified: Key::PeerIssuerVerified,
         cert_file: "peer.crt",
         bundle_file: "peer-ca.crt",
     };
@@ -231,7 +232,7 @@ impl Side {
     /// What a unit's databag says of this side. Before the peer side existed, the peer port
     /// ran with the client side's bundle: that is what a unit that has not said otherwise runs.
     pub fn unit(&self, b: &Bag) -> UnitTls {
-        let get = |k: &str| b.get(k).filter(|v| !v.is_empty()).cloned();
+        let get = |k: Key| b.peer(k).filter(|v| !v.is_empty()).cloned();
         UnitTls {
             trust_running: get(self.trust_running)
                 .or_else(|| get(Side::CLIENT.trust_running).filter(|_| *self == Side::PEER)),

@@ -11,6 +11,7 @@ use crate::juju::{self, Bag};
 use crate::pki::authority;
 use crate::pki::{self, Ca, Profile};
 use crate::unit::peers::Peers;
+use crate::unit::peers::{Key, MemberKey, PeerBag};
 use crate::unit::{member_name, now, LocalState};
 use anyhow::Result;
 use std::path::Path;
@@ -20,7 +21,7 @@ const PEER_CA_LABEL: &str = "etcd-peer-ca";
 const CLIENT_LABEL: &str = "etcd-client";
 /// App databag key: the sha16 of the client certificate in the `etcd-client` secret, so
 /// units whose files hold it need not read the secret at every hook.
-pub(crate) const CLIENT_SHA: &str = "client-cert-sha";
+pub(crate) const CLIENT_SHA: Key = Key::ClientCertSha;
 
 /// Makes (or keeps) this unit's CSRs for its current addresses.
 pub(crate) fn ensure_csrs(
@@ -119,7 +120,7 @@ pub(crate) fn renew_client(
     lifetime: time::Duration,
     why: ClientRenewal,
 ) -> Result<()> {
-    if peers.new_client.is_some() || peers.app_get("ca").is_none() {
+    if peers.new_client.is_some() || peers.app_get(Key::Ca).is_none() {
         return Ok(());
     }
     // The files hold the published pair on most hooks: no secret read to find it due.
@@ -135,7 +136,7 @@ pub(crate) fn renew_client(
         return Ok(());
     }
     // Only the built-in CA's pair is the charm's to renew (a provider's comes from it).
-    let internal = peers.app_get("ca").unwrap_or_default().to_string();
+    let internal = peers.app_get(Key::Ca).unwrap_or_default().to_string();
     if !pki::issued_by(&cert, &internal).unwrap_or(false) {
         return Ok(());
     }
@@ -166,7 +167,7 @@ pub(crate) fn renew_client(
 /// The leader of an application deployed before `client-cert-sha` existed publishes it
 /// once (one read of the secret), so the units stop reading the secret at every hook.
 pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
-    if peers.app_get(CLIENT_SHA).is_some() || peers.app_get("ca").is_none() {
+    if peers.app_get(CLIENT_SHA).is_some() || peers.app_get(Key::Ca).is_none() {
         return Ok(());
     }
     if let Some((cert, _)) = client_pair()? {
@@ -178,7 +179,7 @@ pub(crate) fn publish_client_sha(peers: &mut Peers) -> Result<()> {
 /// The leader's CA, created once; its key lives in an application-owned secret.
 /// `lifetime`: the shared client certificate's, made with the CA.
 pub(crate) fn leader_ca(peers: &mut Peers, lifetime: time::Duration) -> Result<Ca> {
-    let (ca, created) = kept_ca(peers, CA_LABEL, "ca", "etcd-charm CA", "CA")?;
+    let (ca, created) = kept_ca(peers, CA_LABEL, Key::Ca, "etcd-charm CA", "CA")?;
     if created {
         let (cc, ck) = ca.issue(Profile::Client, "etcd-client", &[], &[], lifetime)?;
         juju::secret_add(
@@ -201,7 +202,7 @@ pub(crate) fn leader_peer_ca(peers: &mut Peers) -> Result<Ca> {
     kept_ca(
         peers,
         PEER_CA_LABEL,
-        "peer-ca",
+        Key::PeerCa,
         "etcd-charm peer CA",
         "peer CA",
     )
@@ -214,7 +215,7 @@ pub(crate) fn leader_peer_ca(peers: &mut Peers) -> Result<Ca> {
 fn kept_ca(
     peers: &mut Peers,
     label: &str,
-    app_key: &str,
+    app_key: Key,
     cn: &str,
     what: &str,
 ) -> Result<(Ca, bool)> {
@@ -247,14 +248,15 @@ fn kept_ca(
 /// server certificates from the built-in CA, peer certificates from the peer CA (keys of
 /// their own, so a peer certificate the built-in CA signed before the peer CA existed is
 /// never taken for one).
-fn signed_keys(p: Profile, name: &str) -> (String, String) {
-    match p {
+fn signed_keys(p: Profile, name: &str) -> (MemberKey, MemberKey) {
+    let (cert, sha) = match p {
         Profile::Peer => (format!("peer-cert.{name}"), format!("peer-csr-sha.{name}")),
         _ => (
             format!("cert-{}.{name}", p.name()),
             format!("csr-sha-{}.{name}", p.name()),
         ),
-    }
+    };
+    (MemberKey(cert), MemberKey(sha))
 }
 
 /// The certificate the leader signed for member `name`'s current `csr` of profile `p`, once
@@ -279,7 +281,7 @@ pub(crate) fn leader_sign(
     // (unit, member name, profile, CSR, its sha256, the names the unit may have)
     let mut wanted = vec![];
     for (unit, bag) in &peers.units {
-        let Some(name) = bag.get("member-name") else {
+        let Some(name) = bag.peer(Key::MemberName) else {
             continue;
         };
         let mut allowed: Vec<String> = ["ingress-address", "private-address"]
@@ -306,7 +308,8 @@ pub(crate) fn leader_sign(
             }
         }
     }
-    if wanted.is_empty() && peers.app_get("ca").is_some() && peers.app_get("peer-ca").is_some() {
+    if wanted.is_empty() && peers.app_get(Key::Ca).is_some() && peers.app_get(Key::PeerCa).is_some()
+    {
         return Ok(());
     }
     let ca = leader_ca(peers, lifetime)?;
@@ -341,7 +344,7 @@ pub(crate) fn plan_ca_move(
         .unwrap_or(internal)
         .to_string();
     plan_side(peers, authority::Side::CLIENT, &target, internal);
-    if let Some(peer_ca) = peers.app_get("peer-ca").map(String::from) {
+    if let Some(peer_ca) = peers.app_get(Key::PeerCa).map(String::from) {
         plan_side(peers, authority::Side::PEER, &peer_ca, internal);
     }
 }
@@ -354,8 +357,8 @@ pub(crate) fn side_keys<'p>(
     internal: &'p str,
 ) -> (&'p str, &'p str) {
     let client = (
-        peers.app_get("trust").unwrap_or(internal),
-        peers.app_get("issuer-ca").unwrap_or(internal),
+        peers.app_get(Key::Trust).unwrap_or(internal),
+        peers.app_get(Key::IssuerCa).unwrap_or(internal),
     );
     if side == authority::Side::CLIENT {
         return client;
@@ -399,7 +402,7 @@ pub(crate) fn install_certs(
     csrs: &(String, String),
     provided: Option<&authority::Provided>,
 ) -> Result<bool> {
-    let Some(internal) = peers.app_get("ca") else {
+    let Some(internal) = peers.app_get(Key::Ca) else {
         return Ok(false);
     };
     let (trust, issuer) = side_keys(peers, authority::Side::CLIENT, internal);
@@ -422,7 +425,7 @@ pub(crate) fn install_certs(
     // The peer certificate: the peer CA's once the peer side issues from it. Before that (a
     // deployment from before the peer CA, moving to it) the one on disk serves.
     let mut peer_pair = None;
-    if Some(peer_issuer) == peers.app_get("peer-ca") {
+    if Some(peer_issuer) == peers.app_get(Key::PeerCa) {
         let Some(cert) = signed_cert(peers, Profile::Peer, name, &csrs.1) else {
             return Ok(certs_on_disk());
         };

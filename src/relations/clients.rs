@@ -6,6 +6,7 @@
 
 use crate::juju::{self, Bag};
 use crate::pki;
+use crate::unit::peers::Key;
 
 pub fn publish(unit: &str, view: &ClusterView, version: &str) -> anyhow::Result<()> {
     let db = juju::relation_ids("db")?;
@@ -181,8 +182,11 @@ pub struct ClusterView {
 
 pub(crate) fn peers_view(p: &crate::unit::peers::Peers) -> ClusterView {
     ClusterView {
-        members: p.app_get("members").unwrap_or("").to_string(),
-        cluster: p.app_get("cluster").unwrap_or("").to_string(),
-        ca: p.app_get("trust").or(p.app_get("ca")).map(String::from),
+        members: p.app_get(Key::Members).unwrap_or("").to_string(),
+        cluster: p.app_get(Key::Cluster).unwrap_or("").to_string(),
+        ca: p
+            .app_get(Key::Trust)
+            .or(p.app_get(Key::Ca))
+            .map(String::from),
     }
 }

@@ -4,6 +4,7 @@ use super::state::*;
 use crate::pki;
 use crate::pki::authority;
 use crate::pki::certs::{install_certs, leader_sign, overdue_certificate, plan_ca_move};
+use crate::unit::peers::Key;
 use crate::unit::status::mark;
 use crate::unit::status::Level;
 use anyhow::Result;
@@ -65,7 +66,7 @@ impl<'a> Reconcile<'a> {
             std::slice::from_ref(&self.address),
             self.cfg.tls_certificate_lifetime,
         )?;
-        let internal = self.peers.app_get("ca").unwrap_or_default().to_string();
+        let internal = self.peers.app_get(Key::Ca).unwrap_or_default().to_string();
         plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
         crate::pki::certs::publish_client_sha(&mut self.peers)?;
         // A client relation that goes takes the shared pair with it: the others get a
@@ -86,8 +87,8 @@ impl<'a> Reconcile<'a> {
     /// What the leader's CA moves wait for: the CA of the certificates this unit serves
     /// with on each port and the bundles its etcd started with.
     fn report_tls(&mut self) -> Result<()> {
-        let mut known = authority::split(self.peers.app_get("trust").unwrap_or_default());
-        for k in ["ca", "peer-ca", "peer-trust"] {
+        let mut known = authority::split(self.peers.app_get(Key::Trust).unwrap_or_default());
+        for k in [Key::Ca, Key::PeerCa, Key::PeerTrust] {
             known.extend(authority::split(self.peers.app_get(k).unwrap_or_default()));
         }
         known.extend(self.provided.as_ref().map(|p| p.ca.clone()));

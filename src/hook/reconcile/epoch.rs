@@ -3,6 +3,7 @@
 use super::state::*;
 use crate::juju::{self};
 use crate::unit::now;
+use crate::unit::peers::Key;
 use anyhow::{Context as _, Result};
 use etcdkit::service::{self, Service};
 use std::path::Path;
@@ -57,7 +58,7 @@ impl<'a> Reconcile<'a> {
     /// cluster through the normal path.
     pub(super) fn follow_epoch(&mut self) -> Result<()> {
         match crate::hook::plan::epoch(
-            self.peers.app_get("epoch"),
+            self.peers.app_get(Key::Epoch),
             self.st.epoch.as_deref(),
             self.st.initial_cluster.is_some(),
             self.leader,
@@ -99,7 +100,7 @@ impl<'a> Reconcile<'a> {
                 self.st.initial_cluster = None;
                 self.st.initial_state = None;
                 self.st.epoch = None;
-                self.set("phase", "ready");
+                self.set(Key::Phase, "ready");
             }
             crate::hook::plan::Epoch::Adopt(e) => self.st.epoch = Some(e),
             crate::hook::plan::Epoch::Keep => {}

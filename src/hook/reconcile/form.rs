@@ -4,6 +4,7 @@ use super::state::*;
 use crate::juju::{self};
 use crate::ops::membership::plan::{self as cluster};
 use crate::pki::tls_client;
+use crate::unit::peers::Key;
 use crate::unit::status::Level;
 use crate::unit::{endpoint, has_member_data, now};
 use anyhow::Result;
@@ -38,22 +39,22 @@ impl<'a> Reconcile<'a> {
     /// Phase 4: the leader's bootstrap set and how this member starts. False: waiting.
     pub(super) fn form(&mut self, was_started: bool) -> Result<bool> {
         if !self.certified {
-            self.set("phase", "installed");
+            self.set(Key::Phase, "installed");
             self.board
                 .report(Level::Waiting, "Waiting for certificates from the leader");
             return Ok(false);
         }
         if !was_started {
-            self.set("phase", "ready");
+            self.set(Key::Phase, "ready");
         }
-        if self.leader && self.peers.app_get("bootstrap").is_none() && !self.bootstrap()? {
+        if self.leader && self.peers.app_get(Key::Bootstrap).is_none() && !self.bootstrap()? {
             return Ok(false);
         }
         if self.st.initial_cluster.is_none() {
             use crate::hook::plan::Start;
             let bootstrap: Vec<String> = self
                 .peers
-                .app_get("bootstrap")
+                .app_get(Key::Bootstrap)
                 .map(|b| b.split(',').map(String::from).collect())
                 .unwrap_or_default();
             match crate::hook::plan::start(
@@ -61,7 +62,7 @@ impl<'a> Reconcile<'a> {
                 &self.name,
                 self.peers.join(),
                 &bootstrap,
-                self.peers.app_get("initial-cluster"),
+                self.peers.app_get(Key::InitialCluster),
                 has_member_data(&self.data),
             ) {
                 Start::Join { initial_cluster } => {
@@ -79,15 +80,15 @@ impl<'a> Reconcile<'a> {
                     return Ok(false);
                 }
             }
-            self.st.token = self.peers.app_get("token").map(String::from);
-            self.st.epoch = self.peers.app_get("epoch").map(String::from);
+            self.st.token = self.peers.app_get(Key::Token).map(String::from);
+            self.st.epoch = self.peers.app_get(Key::Epoch).map(String::from);
         }
         // The epoch this member runs in, in its unit data: a member that rejoined after a
         // restore and started again within one hook otherwise publishes exactly what it had
         // before ("started"), no relation-changed reaches the leader, and its learner waits
         // for a promotion that only the next update-status would bring.
         if let Some(e) = self.st.epoch.clone() {
-            self.set("epoch", &e);
+            self.set(Key::Epoch, &e);
         }
         Ok(true)
     }
@@ -127,11 +128,11 @@ impl<'a> Reconcile<'a> {
             &format!("bootstrapping the cluster with {}", units.join(", ")),
         );
         let names: Vec<&str> = set.iter().map(|u| u.name.as_str()).collect();
-        self.peers.app_set("token", &token);
-        self.peers.app_set("epoch", "1");
+        self.peers.app_set(Key::Token, &token);
+        self.peers.app_set(Key::Epoch, "1");
         self.peers
-            .app_set("initial-cluster", &cluster::initial_cluster(&entries));
-        self.peers.app_set("bootstrap", &names.join(","));
+            .app_set(Key::InitialCluster, &cluster::initial_cluster(&entries));
+        self.peers.app_set(Key::Bootstrap, &names.join(","));
         Ok(true)
     }
 }

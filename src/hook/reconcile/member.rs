@@ -6,6 +6,7 @@ use super::turn::{config_held, turn_pending, write_config};
 use crate::juju::Hook;
 use crate::juju::{self};
 use crate::pki;
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::rejected::Rejected;
 use crate::unit::status::mark;
 use crate::unit::status::Level;
@@ -48,10 +49,10 @@ impl<'a> Reconcile<'a> {
         if action != MemberAction::RestartInTurn
             && self
                 .mine
-                .get("restart-wanted")
+                .peer(Key::RestartWanted)
                 .is_some_and(|w| !w.is_empty())
         {
-            self.set("restart-wanted", "");
+            self.set(Key::RestartWanted, "");
         }
         if action == MemberAction::Start {
             return self.start_member(&rendered, changed, held.is_none());
@@ -113,10 +114,10 @@ impl<'a> Reconcile<'a> {
         let held = config_held(&rendered)?;
         match &held {
             Some(r) => {
-                self.set("config-rejected", &r.hash[..16]);
+                self.set(Key::ConfigRejected, &r.hash[..16]);
                 self.board.report(Level::Blocked, r.message());
             }
-            None => self.set("config-rejected", ""),
+            None => self.set(Key::ConfigRejected, ""),
         }
         // Compared as YAML values: a config another charm revision wrote in other words
         // restarts nothing.
@@ -154,7 +155,11 @@ impl<'a> Reconcile<'a> {
                 }
             }
             if let Some(r) = r {
-                let wanted = self.mine.get("restart-wanted").cloned().unwrap_or_default();
+                let wanted = self
+                    .mine
+                    .peer(Key::RestartWanted)
+                    .cloned()
+                    .unwrap_or_default();
                 self.restarted(&r, &wanted);
             }
         }
@@ -210,7 +215,7 @@ impl<'a> Reconcile<'a> {
     ) -> std::result::Result<Status, EtcdError> {
         let bootstrap_size = self
             .peers
-            .app_get("bootstrap")
+            .app_get(Key::Bootstrap)
             .map(|b| b.split(',').count())
             .unwrap_or(0);
         let patience = crate::hook::plan::patience(
@@ -218,14 +223,14 @@ impl<'a> Reconcile<'a> {
             was_started,
             self.st.initial_state.as_deref() == Some("new")
                 && bootstrap_size > 1
-                && self.peers.app_writes.contains_key("bootstrap"),
+                && self.peers.app_writes.contains_key(Key::Bootstrap.as_str()),
         );
         // Waiting only: the status is asked again just below and that answer is what counts.
         let _ = retry(patience, Duration::from_millis(100), || client.status(ep));
         mark("started");
         let status = client.status(ep);
         if status.is_ok() {
-            self.set("phase", "started");
+            self.set(Key::Phase, "started");
             let port = self.cfg.port;
             if self.st.opened_port != Some(port) {
                 match juju::open_only(port) {

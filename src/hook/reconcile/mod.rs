@@ -31,6 +31,7 @@ mod state;
 mod turn;
 
 use crate::juju::Context;
+use crate::unit::peers::Key;
 use crate::unit::status::StatusBoard;
 use crate::unit::LocalState;
 use anyhow::Result;
@@ -62,7 +63,8 @@ pub(crate) fn reconcile(
     // step, spaced as before. (With the second pass for every leader, one suite run saw an
     // 8 s write gap in the 3-unit CA move, where 6 s is the limit; not proven to be the
     // cause, but nothing needs the second pass there.)
-    let moving = r.peers.app_get("ca-move").is_some() || r.peers.app_get("peer-ca-move").is_some();
+    let moving =
+        r.peers.app_get(Key::CaMove).is_some() || r.peers.app_get(Key::PeerCaMove).is_some();
     let alone = r.peers.units.len() == 1;
     Ok(
         if r.leader && alone && moving && r.tls_keys() != tls_before {

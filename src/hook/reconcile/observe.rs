@@ -6,6 +6,7 @@ use crate::hook::delivery::{apply_snapd_refresh, ensure_installed};
 use crate::juju::Hook;
 use crate::juju::{self, Bag, Context};
 use crate::pki::certs::ensure_csrs;
+use crate::unit::peers::Key;
 use crate::unit::peers::Peers;
 use crate::unit::status::Level;
 use crate::unit::status::{mark, StatusBoard};
@@ -175,7 +176,7 @@ fn staged(inst: Installed, peers: &Peers, board: &mut StatusBoard) -> Result<Opt
     if inst.delivery != Delivery::Deb {
         return Ok(Some(inst));
     }
-    let Some(target) = peers.app_get("package-target").filter(|t| !t.is_empty()) else {
+    let Some(target) = peers.app_get(Key::PackageTarget).filter(|t| !t.is_empty()) else {
         return Ok(Some(inst));
     };
     match install::stage_deb(&inst, target) {

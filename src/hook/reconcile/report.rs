@@ -4,6 +4,7 @@ use super::state::*;
 use crate::juju::{self};
 use crate::ops::membership::plan::UnitInfo;
 use crate::pki::authority;
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::status::mark;
 use crate::unit::status::Level;
 use anyhow::Result;
@@ -57,7 +58,7 @@ impl<'a> Reconcile<'a> {
             for side in [authority::Side::CLIENT, authority::Side::PEER] {
                 let in_use = self
                     .mine
-                    .get(side.issuer_in_use)
+                    .peer(side.issuer_in_use)
                     .cloned()
                     .unwrap_or_default();
                 self.set(side.verified, &in_use);
@@ -119,8 +120,8 @@ impl<'a> Reconcile<'a> {
     fn defrag_if_due(&self, rolling: bool, r: &Report, raft_leader: Option<u64>) {
         if let Some(th) = &self.cfg.defrag_threshold {
             let rolling = rolling
-                || self.peers.app_get("restart-grant").is_some()
-                || self.peers.app_get("upgrade-turn").is_some();
+                || self.peers.app_get(Key::RestartGrant).is_some()
+                || self.peers.app_get(Key::UpgradeTurn).is_some();
             crate::ops::defrag::automatic(
                 th,
                 rolling,
@@ -141,8 +142,8 @@ impl<'a> Reconcile<'a> {
     ) -> Result<()> {
         let all: Vec<UnitInfo> = self.peers.infos();
         // The scheduled snapshots, as the unit that takes them last reported.
-        let backups = self.peers.app_get("snapshot-taker").and_then(|t| {
-            let published = self.peers.units.get(t)?.get("snapshot-summary")?;
+        let backups = self.peers.app_get(Key::SnapshotTaker).and_then(|t| {
+            let published = self.peers.units.get(t)?.peer(Key::SnapshotSummary)?;
             let note = match serde_json::from_str::<crate::jobs::snapshots::Summary>(published) {
                 Ok(summary) => crate::jobs::snapshots::note(&summary, crate::unit::now() as i64).1,
                 Err(e) => format!("scheduled snapshots: unreadable summary ({e})"),
@@ -179,7 +180,7 @@ impl<'a> Reconcile<'a> {
         use crate::jobs::snapshots as backups;
         if self.leader {
             match &self.cfg.snapshot_schedule {
-                None => self.peers.app_set("snapshot-taker", ""),
+                None => self.peers.app_set(Key::SnapshotTaker, ""),
                 // Without an answer from etcd (no quorum) the taker stays who it was.
                 Some(_) if members.is_empty() => {}
                 Some(_) => {
@@ -190,21 +191,21 @@ impl<'a> Reconcile<'a> {
                         .map(|u| (u.unit, u.name))
                         .collect();
                     let taker = backups::choose_taker(
-                        self.peers.app_get("snapshot-taker"),
+                        self.peers.app_get(Key::SnapshotTaker),
                         &units,
                         members,
                         raft_leader,
                     );
                     if let Some(t) = taker {
-                        if self.peers.app_get("snapshot-taker") != Some(t.as_str()) {
+                        if self.peers.app_get(Key::SnapshotTaker) != Some(t.as_str()) {
                             juju::log("INFO", &format!("scheduled snapshots: {t} takes them"));
                         }
-                        self.peers.app_set("snapshot-taker", &t);
+                        self.peers.app_set(Key::SnapshotTaker, &t);
                     }
                 }
             }
         }
-        let taker = self.peers.app_get("snapshot-taker") == Some(self.ctx.unit.as_str());
+        let taker = self.peers.app_get(Key::SnapshotTaker) == Some(self.ctx.unit.as_str());
         let schedule = self.cfg.snapshot_schedule.as_ref().filter(|_| taker);
         let kept = backups::reconcile_unit(
             schedule,
@@ -214,11 +215,11 @@ impl<'a> Reconcile<'a> {
             &self.data,
         )?;
         let Some((summary, note)) = kept else {
-            self.set("snapshot-summary", "");
+            self.set(Key::SnapshotSummary, "");
             return Ok(None);
         };
         let published = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
-        self.set("snapshot-summary", &published);
+        self.set(Key::SnapshotSummary, &published);
         Ok(Some(note))
     }
 }

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::juju::{Bag, Context};
 use crate::pki::authority;
 use crate::unit::peers::{set_key, Peers};
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::status::StatusBoard;
 use crate::unit::{endpoint, LocalState};
 use anyhow::Result;
@@ -89,27 +90,27 @@ impl<'a> Reconcile<'a> {
         // A version that failed here stops the roll everywhere (the leader grants no more
         // turns).
         let rolled_back = self.inst.rolled_back.clone().unwrap_or_default();
-        self.set("rolled-back", &rolled_back);
+        self.set(Key::RolledBack, &rolled_back);
         // The roll's view of this unit: the version it runs and the one it will run.
-        self.set("wants-version", &self.inst.version.clone());
+        self.set(Key::WantsVersion, &self.inst.version.clone());
         if let Some(v) = self.st.running_version.clone() {
-            self.set("etcd-version", &v);
+            self.set(Key::EtcdVersion, &v);
         }
         // Peers see the URLs etcd runs with now; new ones once this unit has restarted.
         let port = self.st.client_port.unwrap_or(self.cfg.port);
         let published = [
-            ("db-ingress-address", self.address.clone()),
-            ("member-name", self.name.clone()),
+            (Key::DbIngressAddress, self.address.clone()),
+            (Key::MemberName, self.name.clone()),
             (
-                "peer-url",
+                Key::PeerUrl,
                 self.st
                     .running_peer_url
                     .clone()
                     .unwrap_or(self.peer_url.clone()),
             ),
-            ("client-url", endpoint(&self.address, port)),
-            ("csr-server", self.csrs.0.clone()),
-            ("csr-peer", self.csrs.1.clone()),
+            (Key::ClientUrl, endpoint(&self.address, port)),
+            (Key::CsrServer, self.csrs.0.clone()),
+            (Key::CsrPeer, self.csrs.1.clone()),
         ];
         for (k, v) in published {
             self.set(k, &v);
@@ -118,15 +119,15 @@ impl<'a> Reconcile<'a> {
 
     /// Sets a key of this unit's databag (written when the hook commits); the peers' view
     /// (`peers.units`) sees it at once, as hook tools show a unit its own writes.
-    pub(super) fn set(&mut self, key: &str, value: &str) {
-        set_key(&mut self.mine, &mut self.my_writes, key, value);
+    pub(super) fn set(&mut self, key: Key, value: &str) {
+        set_key(&mut self.mine, &mut self.my_writes, key.as_str(), value);
         self.peers
             .units
             .insert(self.ctx.unit.clone(), self.mine.clone());
     }
 
     pub(super) fn phase(&self) -> Option<&str> {
-        self.mine.get("phase").map(String::as_str)
+        self.mine.peer(Key::Phase).map(String::as_str)
     }
 
     /// etcd started (or restarted) now: it runs with the CA bundles on disk.
@@ -152,7 +153,7 @@ impl<'a> Reconcile<'a> {
         [authority::Side::CLIENT, authority::Side::PEER]
             .iter()
             .flat_map(|s| [s.trust_running, s.issuer_in_use, s.verified])
-            .map(|k| self.mine.get(k).cloned())
+            .map(|k| self.mine.peer(k).cloned())
             .collect()
     }
 }

@@ -7,6 +7,7 @@ use crate::ops::roll::lock::{manage_restart_lock, RollCtx};
 use crate::ops::roll::turn::Restarted;
 use crate::ops::txn::{Op, Step, Txn};
 use crate::pki;
+use crate::unit::peers::{Key, PeerBag};
 use crate::unit::rejected::{Rejected, REJECTED};
 use crate::unit::status::Level;
 use crate::unit::{endpoint, retry};
@@ -253,7 +254,7 @@ impl<'a> Reconcile<'a> {
         rendered: &str,
     ) -> Result<Option<String>> {
         let want = self.restart_hash(rendered);
-        self.set("restart-wanted", &want);
+        self.set(Key::RestartWanted, &want);
         let mut roll_msg = None;
         if self.leader {
             roll_msg = self.manage_roll(client, ep);
@@ -268,15 +269,16 @@ impl<'a> Reconcile<'a> {
             alone: self.peers.units.len() == 1,
             // The storage goes when this hook ends: the data leaves it now, not in a turn.
             detaching: crate::unit::data_detaching(self.ctx),
-            granted: self.peers.app_get("restart-grant") == Some(format!("{unit}:{want}").as_str()),
+            granted: self.peers.app_get(Key::RestartGrant)
+                == Some(format!("{unit}:{want}").as_str()),
             upgrading: self.inst.staged.is_some(),
-            declined_before: self.mine.get("turn-declined").map(String::as_str)
+            declined_before: self.mine.peer(Key::TurnDeclined).map(String::as_str)
                 == Some(want.as_str()),
             others_waiting: crate::ops::roll::plan::queue(&self.peers.units, None)
                 .iter()
                 .any(|u| *u != unit),
             rolled_back: crate::ops::roll::plan::rolled_back(&self.peers.units),
-            paused_after: self.peers.app_get("upgrade-paused"),
+            paused_after: self.peers.app_get(Key::UpgradePaused),
             config_rejected: rejected_by.as_deref(),
         };
         // A detaching storage takes no turn (its hook must finish for the volume to go), so
@@ -305,7 +307,7 @@ impl<'a> Reconcile<'a> {
                     "INFO",
                     "this member leads raft and others still wait: handing the upgrade turn back (it goes last)",
                 );
-                self.set("turn-declined", &want);
+                self.set(Key::TurnDeclined, &want);
                 if self.leader {
                     roll_msg = self.manage_roll(client, ep);
                 }
@@ -468,7 +470,7 @@ impl<'a> Reconcile<'a> {
                     ),
                 );
                 // Published before the leader's lock can grant the next turn.
-                self.set("rolled-back", failed);
+                self.set(Key::RolledBack, failed);
             }
             Restarted::RolledBack { failed: None, why } => {
                 let said = self.svc.last_error();
@@ -490,7 +492,7 @@ impl<'a> Reconcile<'a> {
                             &format!("cannot record why the config failed: {e:#}"),
                         );
                     }
-                    self.set("config-rejected", &r.hash[..16]);
+                    self.set(Key::ConfigRejected, &r.hash[..16]);
                     self.board.report(Level::Blocked, r.message());
                 }
             }
@@ -498,15 +500,15 @@ impl<'a> Reconcile<'a> {
         // etcd reads the CA bundles on disk whenever it starts, a rolled-back start too.
         self.started_with_trust_on_disk();
         self.st.running_version = Some(self.inst.version.clone());
-        self.set("restarted", wanted);
-        self.set("etcd-version", &self.inst.version.clone());
+        self.set(Key::Restarted, wanted);
+        self.set(Key::EtcdVersion, &self.inst.version.clone());
         if matches!(r, Restarted::RolledBack { failed: None, .. }) {
             // The config (and with it the ports and URLs) that ran before runs again.
             return;
         }
         self.st.client_port = Some(self.cfg.port);
         self.st.running_peer_url = Some(self.peer_url.clone());
-        self.set("peer-url", &self.peer_url.clone());
-        self.set("client-url", &self.client_url.clone());
+        self.set(Key::PeerUrl, &self.peer_url.clone());
+        self.set(Key::ClientUrl, &self.client_url.clone());
     }
 }

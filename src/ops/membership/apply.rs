@@ -10,6 +10,7 @@
 //! a promotion that etcd refuses (the learner has not caught up) is retried by a later hook.
 
 use crate::ops::membership::plan::{self as cluster, Join, Step, UnitInfo};
+use crate::unit::peers::Key;
 use crate::unit::retry;
 use anyhow::Result;
 use etcdkit::client::{Client, Member};
@@ -313,7 +314,7 @@ impl PeerApp for crate::unit::peers::Peers {
             Some(j) => serde_json::to_string(j)?,
             None => String::new(),
         };
-        self.app_set("join", &v);
+        self.app_set(Key::Join, &v);
         Ok(())
     }
 }
@@ -341,8 +342,8 @@ pub(crate) fn publish_members(peers: &mut crate::unit::peers::Peers, members: &[
             )
         })
         .collect();
-    peers.app_set("members", &urls.join(","));
-    peers.app_set("cluster", &cluster::initial_cluster(&entries));
+    peers.app_set(Key::Members, &urls.join(","));
+    peers.app_set(Key::Cluster, &cluster::initial_cluster(&entries));
 }
 
 #[cfg(test)]

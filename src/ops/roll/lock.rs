@@ -8,6 +8,7 @@ use crate::juju;
 use crate::ops::roll::plan::Next;
 use crate::unit::now;
 use crate::unit::peers::Peers;
+use crate::unit::peers::{Key, PeerBag};
 use anyhow::Result;
 use etcdkit::client::Client;
 use etcdkit::install::Installed;
@@ -51,9 +52,9 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
     let progress = |peers: &Peers| crate::ops::roll::plan::progress(&peers.units);
     for _ in 0..4 {
         let lock = crate::ops::roll::plan::Lock {
-            grant: peers.app_get("restart-grant").map(String::from),
-            upgrade_turn: peers.app_get("upgrade-turn").map(String::from),
-            paused: peers.app_get("upgrade-paused").map(String::from),
+            grant: peers.app_get(Key::RestartGrant).map(String::from),
+            upgrade_turn: peers.app_get(Key::UpgradeTurn).map(String::from),
+            paused: peers.app_get(Key::UpgradePaused).map(String::from),
         };
         let leader_unit = raft_leader.clone();
         match crate::ops::roll::plan::decide(
@@ -98,7 +99,7 @@ pub(crate) fn manage_restart_lock(peers: &mut Peers, rc: &RollCtx) -> Option<Str
                     }
                 }
                 juju::log("INFO", &format!("rolling restart: {unit}'s turn"));
-                peers.app_set("restart-grant", &format!("{unit}:{hash}"));
+                peers.app_set(Key::RestartGrant, &format!("{unit}:{hash}"));
                 return progress(peers).map(|(t, d, n)| {
                     format!("Upgrading to etcd {t}: {d} of {n} units done, {unit} next")
                 });
@@ -124,8 +125,8 @@ fn release(peers: &mut Peers, rc: &RollCtx, lock: &crate::ops::roll::plan::Lock,
                     .iter()
                     .map(|(u, b)| format!(
                         "{u}={}/{}",
-                        b.get("etcd-version").map(String::as_str).unwrap_or("?"),
-                        b.get("wants-version").map(String::as_str).unwrap_or("?")
+                        b.peer(Key::EtcdVersion).map(String::as_str).unwrap_or("?"),
+                        b.peer(Key::WantsVersion).map(String::as_str).unwrap_or("?")
                     ))
                     .collect::<Vec<_>>()
             ),
@@ -136,10 +137,10 @@ fn release(peers: &mut Peers, rc: &RollCtx, lock: &crate::ops::roll::plan::Lock,
             "INFO",
             &format!("upgrade: paused after {after} (pause_after_unit_upgrade)"),
         );
-        peers.app_set("upgrade-paused", &after);
+        peers.app_set(Key::UpgradePaused, &after);
     }
-    peers.app_set("restart-grant", "");
-    peers.app_set("upgrade-turn", "");
+    peers.app_set(Key::RestartGrant, "");
+    peers.app_set(Key::UpgradeTurn, "");
 }
 
 /// The checks before an upgrade turn: the cluster ready (every member started, a voter,
@@ -158,14 +159,14 @@ fn gate_upgrade(peers: &mut Peers, rc: &RollCtx, unit: &str) -> Result<(), Strin
         juju::log("WARNING", &format!("upgrade to {target} waits: {why}"));
         return Err(format!("Upgrade to etcd {target} waits: {why}"));
     }
-    if peers.app_get("upgrade-snapshot") != Some(target.as_str()) {
+    if peers.app_get(Key::UpgradeSnapshot) != Some(target.as_str()) {
         match upgrade_snapshot(rc, &target) {
             Ok(path) => {
                 juju::log(
                     "INFO",
                     &format!("upgrade to {target}: snapshot kept in {path}"),
                 );
-                peers.app_set("upgrade-snapshot", &target);
+                peers.app_set(Key::UpgradeSnapshot, &target);
             }
             Err(e) => {
                 juju::log("WARNING", &format!("upgrade snapshot failed: {e:#}"));
@@ -175,7 +176,7 @@ fn gate_upgrade(peers: &mut Peers, rc: &RollCtx, unit: &str) -> Result<(), Strin
             }
         }
     }
-    peers.app_set("upgrade-turn", unit);
+    peers.app_set(Key::UpgradeTurn, unit);
     Ok(())
 }
 

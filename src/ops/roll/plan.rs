@@ -14,6 +14,7 @@
 
 use crate::config::PauseAfter;
 use crate::ops::membership::plan::unit_number;
+use crate::unit::peers::{Key, PeerBag};
 use etcdkit::version::Version;
 use std::collections::BTreeMap;
 
@@ -53,12 +54,12 @@ pub enum Next {
     Idle,
 }
 
-fn get<'a>(b: &'a Bag, k: &str) -> Option<&'a str> {
-    b.get(k).map(String::as_str).filter(|v| !v.is_empty())
+fn get<'a>(b: &'a Bag, k: Key) -> Option<&'a str> {
+    b.peer(k).map(String::as_str).filter(|v| !v.is_empty())
 }
 
 fn wants_upgrade(b: &Bag) -> bool {
-    matches!((get(b, "wants-version"), get(b, "etcd-version")), (Some(w), Some(r)) if w != r)
+    matches!((get(b, Key::WantsVersion), get(b, Key::EtcdVersion)), (Some(w), Some(r)) if w != r)
 }
 
 /// The units waiting for a turn, in the order they get it: lowest unit number first, the
@@ -67,7 +68,7 @@ pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str
     let mut waiting: Vec<&str> = units
         .iter()
         .filter(
-            |(_, b)| matches!(get(b, "restart-wanted"), Some(w) if get(b, "restarted") != Some(w)),
+            |(_, b)| matches!(get(b, Key::RestartWanted), Some(w) if get(b, Key::Restarted) != Some(w)),
         )
         .map(|(u, _)| u.as_str())
         .collect();
@@ -75,8 +76,8 @@ pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str
     let last = |u: &str| {
         Some(u) == raft_leader_unit
             || units.get(u).is_some_and(|b| {
-                get(b, "turn-declined").is_some()
-                    && get(b, "turn-declined") == get(b, "restart-wanted")
+                get(b, Key::TurnDeclined).is_some()
+                    && get(b, Key::TurnDeclined) == get(b, Key::RestartWanted)
             })
     };
     waiting.sort_by_key(|u| (last(u), unit_number(u)));
@@ -88,7 +89,7 @@ pub fn queue<'a>(units: &'a BTreeMap<String, Bag>, raft_leader_unit: Option<&str
 pub fn rolled_back(units: &BTreeMap<String, Bag>) -> Option<(String, String)> {
     units
         .iter()
-        .find_map(|(u, b)| get(b, "rolled-back").map(|v| (u.clone(), v.to_string())))
+        .find_map(|(u, b)| get(b, Key::RolledBack).map(|v| (u.clone(), v.to_string())))
 }
 
 /// The unit whose new config failed and was rolled back there (its `config-rejected`,
@@ -96,7 +97,7 @@ pub fn rolled_back(units: &BTreeMap<String, Bag>) -> Option<(String, String)> {
 pub fn config_rejected(units: &BTreeMap<String, Bag>) -> Option<String> {
     units
         .iter()
-        .find_map(|(u, b)| get(b, "config-rejected").map(|_| u.clone()))
+        .find_map(|(u, b)| get(b, Key::ConfigRejected).map(|_| u.clone()))
 }
 
 pub fn decide(
@@ -109,11 +110,13 @@ pub fn decide(
         let (unit, hash) = g.split_once(':').unwrap_or((g.as_str(), ""));
         let done = match units.get(unit) {
             None => true,
-            Some(b) => get(b, "restarted") == Some(hash) || get(b, "restart-wanted") != Some(hash),
+            Some(b) => {
+                get(b, Key::Restarted) == Some(hash) || get(b, Key::RestartWanted) != Some(hash)
+            }
         };
         let declined = units
             .get(unit)
-            .is_some_and(|b| get(b, "turn-declined") == Some(hash));
+            .is_some_and(|b| get(b, Key::TurnDeclined) == Some(hash));
         let others_wait = queue(units, raft_leader_unit).iter().any(|u| *u != unit);
         if !done && declined && others_wait {
             // Handed back: the others go first, that unit last (see `queue`).
@@ -125,17 +128,17 @@ pub fn decide(
         let upgraded = lock.upgrade_turn.as_deref() == Some(unit)
             && units
                 .get(unit)
-                .is_some_and(|b| !wants_upgrade(b) && get(b, "rolled-back").is_none());
+                .is_some_and(|b| !wants_upgrade(b) && get(b, Key::RolledBack).is_none());
         let more = queue(units, raft_leader_unit).iter().any(|u| *u != unit);
         let pause = upgraded
             && more
             && match pause_mode {
                 PauseAfter::All => true,
                 PauseAfter::First => {
-                    let v = units.get(unit).and_then(|b| get(b, "etcd-version"));
+                    let v = units.get(unit).and_then(|b| get(b, Key::EtcdVersion));
                     units
                         .values()
-                        .filter(|b| get(b, "etcd-version") == v)
+                        .filter(|b| get(b, Key::EtcdVersion) == v)
                         .count()
                         == 1
                 }
@@ -159,13 +162,13 @@ pub fn decide(
             let b = &units[*u];
             // An upgrade starts once every unit has unpacked the new version: until then the
             // queue holds only the units that have, and the raft leader could be first.
-            let target = get(b, "wants-version");
-            if wants_upgrade(b) && units.values().any(|o| get(o, "wants-version") != target) {
+            let target = get(b, Key::WantsVersion);
+            if wants_upgrade(b) && units.values().any(|o| get(o, Key::WantsVersion) != target) {
                 return Next::Idle;
             }
             Next::Grant {
                 unit: u.to_string(),
-                hash: get(b, "restart-wanted").unwrap_or_default().to_string(),
+                hash: get(b, Key::RestartWanted).unwrap_or_default().to_string(),
                 upgrade: wants_upgrade(b),
             }
         }
@@ -178,11 +181,11 @@ pub fn decide(
 pub fn progress(units: &BTreeMap<String, Bag>) -> Option<(String, usize, usize)> {
     let target = units
         .values()
-        .filter_map(|b| get(b, "wants-version"))
+        .filter_map(|b| get(b, Key::WantsVersion))
         .max_by_key(|v| Version::parse(v))?;
     let done = units
         .values()
-        .filter(|b| get(b, "etcd-version") == Some(target))
+        .filter(|b| get(b, Key::EtcdVersion) == Some(target))
         .count();
     (done < units.len()).then(|| (target.to_string(), done, units.len()))
 }
@@ -191,7 +194,7 @@ pub fn progress(units: &BTreeMap<String, Bag>) -> Option<(String, usize, usize)>
 pub fn mixed_versions(units: &BTreeMap<String, Bag>) -> Option<String> {
     let mut by: BTreeMap<Option<Version>, (String, Vec<&str>)> = BTreeMap::new();
     for (u, b) in units {
-        if let Some(v) = get(b, "etcd-version") {
+        if let Some(v) = get(b, Key::EtcdVersion) {
             by.entry(Version::parse(v))
                 .or_insert_with(|| (v.to_string(), vec![]))
                 .1
