@@ -42,21 +42,9 @@ const LAYERS: &[&[&str]] = &[
 /// the most lines they may have. The list may only shrink: a function not listed, or grown
 /// past its entry, fails the test.
 const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
-    ("environment", "harness/src/controller/hook_env.rs", 109),
-    ("apply_secret", "harness/src/controller/lifecycle.rs", 105),
-    ("remove_unit", "harness/src/controller/lifecycle.rs", 97),
-    ("start_machine", "harness/src/controller/machines.rs", 144),
-    ("place_unit", "harness/src/controller/model.rs", 99),
-    ("run_hook", "harness/src/controller/runner.rs", 184),
-    ("run_task", "harness/src/controller/runner.rs", 114),
-    ("worker", "harness/src/controller/worker.rs", 114),
-    ("etcd_config", "etcdkit/src/render.rs", 99),
-    ("boot", "harness/src/boot.rs", 100),
     ("queue_action", "harness/src/cli/actions.rs", 82),
     ("tasks_reply", "harness/src/cli/actions.rs", 85),
     ("config", "harness/src/cli/apps.rs", 109),
-    ("deploy", "harness/src/cli/deploy.rs", 183),
-    ("refresh", "harness/src/cli/deploy.rs", 158),
     ("model_config", "harness/src/cli/models.rs", 86),
     ("add_relation", "harness/src/cli/relations.rs", 165),
     ("status_json", "harness/src/cli/status.rs", 131),
@@ -68,7 +56,6 @@ const OVER_LIMIT_FNS: &[(&str, &str, usize)] = &[
 
 /// Files still over the limit, as above.
 const OVER_LIMIT_FILES: &[(&str, usize)] = &[
-    ("harness/src/cli/deploy.rs", 615),
     ("harness/src/machine.rs", 657),
     ("harness/src/state.rs", 608),
 ];

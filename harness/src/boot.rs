@@ -40,68 +40,8 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// already private). Returns only on failure.
 pub fn boot(dir: &Path, home: &Path, hostname: &str, address: &str, machine: u32) -> Result<()> {
     let root = dir.join("rootfs");
-    std::fs::create_dir_all(&root)?;
-    mount(
-        "tmpfs",
-        path(&root),
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=755"),
-    )?;
-    for d in [
-        "etc", "usr", "var", "opt", "home", "root", "srv", "proc", "sys", "dev", "run", "tmp",
-        "mnt", "media", "boot", "snap",
-    ] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    // bin -> usr/bin and the like, as the host has them.
-    for e in std::fs::read_dir("/")?.flatten() {
-        if let Ok(target) = std::fs::read_link(e.path()) {
-            if target.is_relative() {
-                let at = root.join(e.file_name());
-                symlink(&target, &at).with_context(|| format!("linking {}", at.display()))?;
-            }
-        }
-    }
-    let layers = dir.join("layers");
-    mount_overlays(&layers, &root)?;
-    // /snap is the machine's own (snapd keeps its mounts' targets there across reboots).
-    let snap = layers.join("snap");
-    std::fs::create_dir_all(&snap)?;
-    mount(
-        path(&snap),
-        path(&root.join("snap")),
-        None,
-        MsFlags::MS_BIND,
-        None,
-    )?;
-
-    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount("proc", path(&root.join("proc")), Some("proc"), nodev, None)?;
-    mount(
-        "sysfs",
-        path(&root.join("sys")),
-        Some("sysfs"),
-        nodev | MsFlags::MS_RDONLY,
-        None,
-    )?;
-    mount_cgroups(&root.join("sys/fs/cgroup"))?;
-    make_dev(&root.join("dev"))?;
-    mount(
-        "tmpfs",
-        path(&root.join("run")),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=755"),
-    )?;
-    mount(
-        "tmpfs",
-        path(&root.join("tmp")),
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
-
+    make_root(dir, &root)?;
+    mount_kernel_filesystems(&root)?;
     // The controller's socket, and this machine's directory (the agent's socket).
     for (src, inside) in [
         (home.join("run"), MACHINE_SOCKET_DIR),
@@ -120,9 +60,84 @@ pub fn boot(dir: &Path, home: &Path, hostname: &str, address: &str, machine: u32
         std::fs::write(&machine_id, format!("{id:032x}\n"))?;
     }
     configure_systemd(&root, &agent)?;
+    exec_systemd(&root)
+}
 
-    // Into the new root: pivot with the old root stacked under it, then detach the old one.
-    nix::unistd::chdir(&root)?;
+/// The machine's root: a tmpfs with the top-level directories, the host's relative links
+/// (bin -> usr/bin and the like), the overlays of the host's system dirs, and /snap of its own
+/// (snapd keeps its mounts' targets there across reboots).
+fn make_root(dir: &Path, root: &Path) -> Result<()> {
+    std::fs::create_dir_all(root)?;
+    mount(
+        "tmpfs",
+        path(root),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=755"),
+    )?;
+    for d in [
+        "etc", "usr", "var", "opt", "home", "root", "srv", "proc", "sys", "dev", "run", "tmp",
+        "mnt", "media", "boot", "snap",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    for e in std::fs::read_dir("/")?.flatten() {
+        if let Ok(target) = std::fs::read_link(e.path()) {
+            if target.is_relative() {
+                let at = root.join(e.file_name());
+                symlink(&target, &at).with_context(|| format!("linking {}", at.display()))?;
+            }
+        }
+    }
+    let layers = dir.join("layers");
+    mount_overlays(&layers, root)?;
+    let snap = layers.join("snap");
+    std::fs::create_dir_all(&snap)?;
+    mount(
+        path(&snap),
+        path(&root.join("snap")),
+        None,
+        MsFlags::MS_BIND,
+        None,
+    )?;
+    Ok(())
+}
+
+/// /proc, /sys (read-only) with the machine's cgroup tree, /dev, and fresh /run and /tmp.
+fn mount_kernel_filesystems(root: &Path) -> Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount("proc", path(&root.join("proc")), Some("proc"), nodev, None)?;
+    mount(
+        "sysfs",
+        path(&root.join("sys")),
+        Some("sysfs"),
+        nodev | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    mount_cgroups(&root.join("sys/fs/cgroup"))?;
+    make_dev(&root.join("dev"))?;
+    let private = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        "tmpfs",
+        path(&root.join("run")),
+        Some("tmpfs"),
+        private,
+        Some("mode=755"),
+    )?;
+    mount(
+        "tmpfs",
+        path(&root.join("tmp")),
+        Some("tmpfs"),
+        private,
+        Some("mode=1777"),
+    )?;
+    Ok(())
+}
+
+/// Into the new root (pivoted with the old root stacked under it, which is then detached)
+/// and systemd as this process: it does not return.
+fn exec_systemd(root: &Path) -> Result<()> {
+    nix::unistd::chdir(root)?;
     nix::unistd::pivot_root(".", ".").context("pivot_root into the machine's root")?;
     nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
         .context("detaching the host's root")?;

@@ -139,12 +139,15 @@ fn switch(
             before: before.clone(),
             link: old_link,
         })?;
+        // The resource's binaries may wait here, staged for this unit's rolling turn (the
+        // same file is not unpacked again): they are what the action puts in place.
         install::install_archive(
             resource,
             cfg.archive_sha256.as_deref(),
             "etcd resource",
             false,
         )
+        .and_then(|mut inst| install::switch_staged_now(&mut inst).map(|()| inst))
     };
     unit::crash_point("install-action-switched");
     match installed {

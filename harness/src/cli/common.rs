@@ -23,6 +23,14 @@ pub(super) fn parse(defs: &[Flag], args: &[String]) -> Result<flags::Parsed> {
     flags::parse(&all, args).map_err(|e| anyhow!(e))
 }
 
+/// The application a command names first.
+pub(super) fn app_arg(p: &flags::Parsed) -> Result<String> {
+    p.positional
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("application name required"))
+}
+
 pub(super) fn model_name(
     ctl: &Ctl,
     p: &flags::Parsed,

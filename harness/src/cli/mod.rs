@@ -4,10 +4,12 @@
 
 mod actions;
 mod apps;
+mod charms;
 mod common;
 mod deploy;
 mod machines;
 mod models;
+mod refresh;
 mod relations;
 mod ssh;
 mod status;
@@ -120,8 +122,8 @@ async fn run(
         "add-machine" => machines::add_machine(ctl, args, &env_model).await,
         "remove-machine" => machines::remove_machine(ctl, args, &env_model).await,
         "debug-log" => status::debug_log(ctl, args, &env_model).await,
-        "attach-resource" | "attach" => deploy::attach_resource(ctl, args, cwd, &env_model).await,
-        "refresh" | "upgrade-charm" => deploy::refresh(ctl, args, cwd, &env_model, &store).await,
+        "attach-resource" | "attach" => refresh::attach_resource(ctl, args, cwd, &env_model).await,
+        "refresh" | "upgrade-charm" => refresh::refresh(ctl, args, cwd, &env_model, &store).await,
         "resolve" | "resolved" => apps::resolve(ctl, args, &env_model).await,
         "wait-settled" => models::wait_settled(ctl, args, &env_model).await,
         "cut-network" | "heal-network" | "crash-machine" | "start-machine" | "reboot-machine" => {

@@ -171,31 +171,14 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
              controller relates a subordinate to principals only)"
         );
     }
-    let id = m.next_relation;
-    m.next_relation += 1;
-    m.relations.insert(
-        id,
-        Relation {
-            id,
-            endpoints: vec![
-                Endpoint {
-                    app: app_a.clone(),
-                    name: ea.clone(),
-                    interface: iface.clone(),
-                },
-                Endpoint {
-                    app: app_b.clone(),
-                    name: eb.clone(),
-                    interface: iface,
-                },
-            ],
-            peer: false,
-            app_data: Default::default(),
-            unit_data: Default::default(),
-            scope: Default::default(),
-            dying: false,
-            container,
-        },
+    let endpoint = |app: &String, name: &String| Endpoint {
+        app: app.clone(),
+        name: name.clone(),
+        interface: iface.clone(),
+    };
+    let id = m.insert_relation(
+        vec![endpoint(&app_a, &ea), endpoint(&app_b, &eb)],
+        container,
     );
     // Installed units join at once (Juju's createdRelationsResolver); others when installed.
     let mut joining = vec![];

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A running hook, action or exec: what the hook tools act on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HookCtx {
     pub id: String,
     pub model: String,

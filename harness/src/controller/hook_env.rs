@@ -71,51 +71,7 @@ impl Ctl {
             dispatch.strip_prefix("hooks/").unwrap_or(""),
         );
         if let Some(ev) = ev {
-            if let Some(rel) = ev.relation {
-                let r = m.relations.get(&rel);
-                let ep = r
-                    .and_then(|r| r.endpoint_of(app_of(unit)))
-                    .map(|e| e.name.clone())
-                    .unwrap_or_default();
-                set("JUJU_RELATION", &ep);
-                set("JUJU_RELATION_ID", &format!("{ep}:{rel}"));
-                set("JUJU_REMOTE_APP", ev.remote_app.as_deref().unwrap_or(""));
-                set("JUJU_REMOTE_UNIT", ev.remote_unit.as_deref().unwrap_or(""));
-                if let Some(d) = &ev.departing {
-                    set("JUJU_DEPARTING_UNIT", d);
-                }
-            }
-            if let Some(s) = &ev.storage {
-                let name = s.split('/').next().unwrap_or("");
-                let def = m
-                    .apps
-                    .get(app_of(unit))
-                    .and_then(|a| a.meta.storage.get(name))
-                    .cloned()
-                    .unwrap_or_default();
-                set("JUJU_STORAGE_ID", s);
-                set("JUJU_STORAGE_LOCATION", &storage_location(&def, s));
-                set(
-                    "JUJU_STORAGE_KIND",
-                    if def.kind == "block" {
-                        "block"
-                    } else {
-                        "filesystem"
-                    },
-                );
-            }
-            if let Some(sid) = &ev.secret {
-                set("JUJU_SECRET_ID", sid);
-                let label = m
-                    .secrets
-                    .get(sid)
-                    .and_then(|s| s.consumer_labels.get(unit).cloned().or(s.label.clone()))
-                    .unwrap_or_default();
-                set("JUJU_SECRET_LABEL", &label);
-                if let Some(r) = ev.secret_revision.filter(|r| *r > 0) {
-                    set("JUJU_SECRET_REVISION", &r.to_string());
-                }
-            }
+            event_environment(m, unit, ev, &mut env);
         }
         env
     }
@@ -175,5 +131,56 @@ impl Ctl {
             return Some(p);
         }
         None
+    }
+}
+
+/// What Juju's uniter adds for the event a hook runs for: its relation, storage or secret
+/// (internal/worker/uniter/runner/context/context.go, `HookVars`).
+fn event_environment(m: &Model, unit: &str, ev: &Event, env: &mut BTreeMap<String, String>) {
+    let mut set = |k: &str, v: &str| {
+        env.insert(k.to_string(), v.to_string());
+    };
+    if let Some(rel) = ev.relation {
+        let r = m.relations.get(&rel);
+        let ep = r
+            .and_then(|r| r.endpoint_of(app_of(unit)))
+            .map(|e| e.name.clone())
+            .unwrap_or_default();
+        set("JUJU_RELATION", &ep);
+        set("JUJU_RELATION_ID", &format!("{ep}:{rel}"));
+        set("JUJU_REMOTE_APP", ev.remote_app.as_deref().unwrap_or(""));
+        set("JUJU_REMOTE_UNIT", ev.remote_unit.as_deref().unwrap_or(""));
+        if let Some(d) = &ev.departing {
+            set("JUJU_DEPARTING_UNIT", d);
+        }
+    }
+    if let Some(s) = &ev.storage {
+        let name = s.split('/').next().unwrap_or("");
+        let def = m
+            .apps
+            .get(app_of(unit))
+            .and_then(|a| a.meta.storage.get(name))
+            .cloned()
+            .unwrap_or_default();
+        set("JUJU_STORAGE_ID", s);
+        set("JUJU_STORAGE_LOCATION", &storage_location(&def, s));
+        let kind = if def.kind == "block" {
+            "block"
+        } else {
+            "filesystem"
+        };
+        set("JUJU_STORAGE_KIND", kind);
+    }
+    if let Some(sid) = &ev.secret {
+        set("JUJU_SECRET_ID", sid);
+        let label = m
+            .secrets
+            .get(sid)
+            .and_then(|s| s.consumer_labels.get(unit).cloned().or(s.label.clone()))
+            .unwrap_or_default();
+        set("JUJU_SECRET_LABEL", &label);
+        if let Some(r) = ev.secret_revision.filter(|r| *r > 0) {
+            set("JUJU_SECRET_REVISION", &r.to_string());
+        }
     }
 }

@@ -40,50 +40,8 @@ impl Model {
         for s in subordinates {
             self.remove_unit(&s);
         }
+        self.leave_scopes(unit);
         let app = app_of(unit).to_string();
-        let rels: Vec<u32> = self
-            .relations
-            .values()
-            .filter(|r| r.scope.contains(unit))
-            .map(|r| r.id)
-            .collect();
-        for rel in rels.iter().copied() {
-            let remotes = self.remote_units_in_scope(rel, unit);
-            let r = self.relations.get_mut(&rel).unwrap();
-            r.scope.remove(unit);
-            let my_ep = r
-                .endpoint_of(&app)
-                .map(|e| e.name.clone())
-                .unwrap_or_default();
-            for v in remotes {
-                let their_ep = self.relations[&rel]
-                    .endpoint_of(app_of(&v))
-                    .map(|e| e.name.clone())
-                    .unwrap_or_default();
-                self.push(
-                    &v,
-                    Event {
-                        hook: format!("{their_ep}-relation-departed"),
-                        relation: Some(rel),
-                        remote_unit: Some(unit.into()),
-                        remote_app: Some(app.clone()),
-                        departing: Some(unit.into()),
-                        ..Default::default()
-                    },
-                );
-                self.push(
-                    unit,
-                    Event {
-                        hook: format!("{my_ep}-relation-departed"),
-                        relation: Some(rel),
-                        remote_unit: Some(v.clone()),
-                        remote_app: Some(app_of(&v).into()),
-                        departing: Some(unit.into()),
-                        ..Default::default()
-                    },
-                );
-            }
-        }
         for rel in self.relations_of_app(&app) {
             let r = &self.relations[&rel];
             let my_ep = r
@@ -103,6 +61,42 @@ impl Model {
         }
         self.push(unit, Event::hook("stop"));
         self.push(unit, Event::hook("remove"));
+    }
+
+    /// A dying `unit` leaves the scope of every relation it is in: it and each remote unit
+    /// in scope hear the other depart.
+    fn leave_scopes(&mut self, unit: &str) {
+        let app = app_of(unit).to_string();
+        let rels: Vec<u32> = self
+            .relations
+            .values()
+            .filter(|r| r.scope.contains(unit))
+            .map(|r| r.id)
+            .collect();
+        for rel in rels {
+            let remotes = self.remote_units_in_scope(rel, unit);
+            let Some(r) = self.relations.get_mut(&rel) else {
+                continue;
+            };
+            r.scope.remove(unit);
+            let ep_of = |r: &Relation, a: &str| {
+                r.endpoint_of(a).map(|e| e.name.clone()).unwrap_or_default()
+            };
+            let my_ep = ep_of(r, &app);
+            for v in remotes {
+                let their_ep = ep_of(&self.relations[&rel], app_of(&v));
+                let departed = |hook: String, remote: &str| Event {
+                    hook,
+                    relation: Some(rel),
+                    remote_unit: Some(remote.into()),
+                    remote_app: Some(app_of(remote).into()),
+                    departing: Some(unit.into()),
+                    ..Default::default()
+                };
+                self.push(&v, departed(format!("{their_ep}-relation-departed"), unit));
+                self.push(unit, departed(format!("{my_ep}-relation-departed"), &v));
+            }
+        }
     }
 
     pub fn remove_relation(&mut self, rel: u32) {
@@ -344,34 +338,7 @@ impl Model {
                     s.rotate = rotate.clone();
                 }
                 if let Some(c) = content {
-                    let rev = s.latest() + 1;
-                    s.revisions.insert(rev, c.clone());
-                    // Consumers tracking an older revision hear about the new one.
-                    let consumers: Vec<(String, u32)> = self
-                        .units
-                        .values()
-                        .filter_map(|u| u.tracked.get(id).map(|r| (u.name.clone(), *r)))
-                        .collect();
-                    let label = s.label.clone();
-                    for (c, r) in consumers {
-                        if r < rev && c != unit {
-                            let cl = self.secrets[id]
-                                .consumer_labels
-                                .get(&c)
-                                .cloned()
-                                .or(label.clone());
-                            let _ = cl;
-                            self.push(
-                                &c,
-                                Event {
-                                    hook: "secret-changed".into(),
-                                    secret: Some(id.clone()),
-                                    secret_revision: Some(rev),
-                                    ..Default::default()
-                                },
-                            );
-                        }
-                    }
+                    self.new_secret_revision(id, c.clone(), unit);
                 }
             }
             SecretOp::Remove { id, revision } => match revision {
@@ -385,39 +352,71 @@ impl Model {
                 }
             },
             SecretOp::Grant { id, relation, unit } => {
-                let targets: Vec<String> = match unit {
-                    Some(u) => vec![u.clone()],
-                    None => {
-                        let Some(r) = self.relations.get(relation) else {
-                            return;
-                        };
-                        let owner_app = self
-                            .secrets
-                            .get(id)
-                            .map(|s| s.owner.split('/').next().unwrap_or("").to_string())
-                            .unwrap_or_default();
-                        let remote = r.remote_app_of(&owner_app).unwrap_or("").to_string();
-                        vec![remote]
-                    }
-                };
-                if let Some(s) = self.secrets.get_mut(id) {
-                    let latest = s.latest();
-                    s.grants.entry(*relation).or_default().extend(targets);
-                    let _ = latest;
-                }
+                self.grant_secret(id, *relation, unit.as_deref())
             }
             SecretOp::Revoke { id, relation, unit } => {
-                if let Some(s) = self.secrets.get_mut(id) {
-                    if let Some(g) = s.grants.get_mut(relation) {
-                        match unit {
-                            Some(u) => {
-                                g.remove(u);
-                            }
-                            None => g.clear(),
+                let grants = self
+                    .secrets
+                    .get_mut(id)
+                    .and_then(|s| s.grants.get_mut(relation));
+                if let Some(g) = grants {
+                    match unit {
+                        Some(u) => {
+                            g.remove(u);
                         }
+                        None => g.clear(),
                     }
                 }
             }
+        }
+    }
+
+    /// A new revision of secret `id` with `content`, set by `unit`: every other consumer
+    /// tracking an older revision hears about it (secret-changed).
+    fn new_secret_revision(&mut self, id: &str, content: Bag, unit: &str) {
+        let Some(s) = self.secrets.get_mut(id) else {
+            return;
+        };
+        let rev = s.latest() + 1;
+        s.revisions.insert(rev, content);
+        let behind: Vec<String> = self
+            .units
+            .values()
+            .filter(|u| u.name != unit && u.tracked.get(id).is_some_and(|r| *r < rev))
+            .map(|u| u.name.clone())
+            .collect();
+        for c in behind {
+            self.push(
+                &c,
+                Event {
+                    hook: "secret-changed".into(),
+                    secret: Some(id.to_string()),
+                    secret_revision: Some(rev),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Secret `id` granted over `relation` to `unit`, or to the relation's remote
+    /// application.
+    fn grant_secret(&mut self, id: &str, relation: u32, unit: Option<&str>) {
+        let target = match unit {
+            Some(u) => u.to_string(),
+            None => {
+                let Some(r) = self.relations.get(&relation) else {
+                    return;
+                };
+                let owner_app = self
+                    .secrets
+                    .get(id)
+                    .map(|s| s.owner.split('/').next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                r.remote_app_of(&owner_app).unwrap_or("").to_string()
+            }
+        };
+        if let Some(s) = self.secrets.get_mut(id) {
+            s.grants.entry(relation).or_default().insert(target);
         }
     }
 

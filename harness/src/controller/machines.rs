@@ -159,60 +159,30 @@ impl Ctl {
             anyhow::bail!("machine {machine} of model {model:?} no longer exists");
         };
         let mdir = model_dir(&self.home, model);
-        let home = self.home.clone();
         let sock = machine::agent_socket(&mdir, machine);
         let _ = std::fs::remove_file(&sock);
         let firewall = self
             .read(|w| w.models.get(model).map(|m| m.firewall(machine)))
             .unwrap_or_default();
-        let spawned = tokio::task::spawn_blocking({
-            let net = net.clone();
-            move || -> Result<machine::Spawned> {
-                let hold = (hold_at.as_deref() == Some("veth"))
-                    .then(|| mdir.join(format!("hold-veth-{machine}")));
-                let r = machine::create_netns(&net, machine, second_nic, hold.as_deref())
-                    .and_then(|()| crate::firewall::apply(&net.netns(machine), &firewall))
-                    .and_then(|()| {
-                        machine::spawn_agent(&home, &mdir, &net, machine, &hostname, kind)
-                    });
-                // The second hold point (harness-hold-at=spawned): the machine's processes
-                // run and nothing in the world records them yet.
-                // A model already gone makes no hold: the start goes on and finds it gone.
-                if r.is_ok() && hold_at.as_deref() == Some("spawned") {
-                    let _ = machine::hold_at(&mdir.join(format!("hold-spawned-{machine}")));
-                }
-                // A step that failed half-way (a destroy-model deleting the namespace while
-                // the veth pair was being moved into it) leaves no link or namespace behind.
-                if r.is_err() {
-                    machine::remove_host_parts(&net, machine);
-                }
-                r
-            }
-        })
-        .await??;
+        let spawn = Spawn {
+            home: self.home.clone(),
+            mdir,
+            net: net.clone(),
+            machine,
+            second_nic,
+            hostname,
+            kind,
+            firewall,
+            hold_at,
+        };
+        let spawned = tokio::task::spawn_blocking(move || spawn.run()).await??;
         // Recorded at once, under the world's lock: a destroy-model from now on finds the
         // process; one that came first left no machine record, and the machine is ended.
         if !self.update_machine(model, machine, |mach| mach.spawn_pid = Some(spawned.pid)) {
             return Err(self.end_orphan(model, &net, machine, spawned.pid).await);
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if machine::agent_call(&sock, &AgentRequest::Ping)
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline || !machine::pid_alive(spawned.pid) {
-                anyhow::bail!(
-                    "the machine agent did not come up; see {}",
-                    machine::agent_socket(&model_dir(&self.home, model), machine)
-                        .with_file_name("agent.log")
-                        .display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.wait_for_agent(model, machine, &sock, spawned.pid)
+            .await?;
         let init = machine::children_of(spawned.pid).first().copied();
         // Known at once: a crash or kill-controller during provisioning must find the machine.
         let kept = self.update_machine(model, machine, |mach| {
@@ -222,33 +192,25 @@ impl Ctl {
         if !kept {
             return Err(self.end_orphan(model, &net, machine, spawned.pid).await);
         }
-        // First boot: what cloud-init does on a cloud: the `ubuntu` user with its home (where
-        // actions leave files for `juju scp`), apt sources pointing at the mirror.
         if let Some(mirror) = provision {
-            self.run_on_machine(
-                model,
-                machine,
-                "adding the ubuntu user",
-                // As cloud-init's default user on Ubuntu images: passwordless sudo, which
-                // is how `juju ssh` users act as root.
-                "id ubuntu >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ubuntu; \
-                 mkdir -p /etc/sudoers.d && \
-                 echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users && \
-                 chmod 0440 /etc/sudoers.d/90-cloud-init-users"
-                    .into(),
-            )
-            .await?;
-            if !mirror.is_empty() {
-                self.configure_apt(model, machine, &mirror).await?;
-            }
-            if kind == machine::Kind::Snapd {
-                self.install_snapd(model, machine).await?;
-            }
-            self.update_machine(model, machine, |mach| mach.provisioned = true);
+            self.first_boot(model, machine, &mirror, kind).await?;
         }
-        for unit in &units {
+        self.prepare_units(model, &units).await?;
+        self.mutate(|w| {
+            if let Some(m) = w.models.get_mut(model) {
+                if m.machine_started(machine) {
+                    let _ = machine::set_link(&m.net(), machine, false);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The units of a booting machine: their charm in place, and the volumes attached
+    /// before this boot mounted again before any hook runs.
+    async fn prepare_units(&self, model: &str, units: &[String]) -> Result<()> {
+        for unit in units {
             self.install_charm(model, unit).await?;
-            // Volumes attached before this boot are mounted again before any hook runs.
             let attached: Vec<String> = self.read(|w| {
                 w.models
                     .get(model)
@@ -260,24 +222,58 @@ impl Ctl {
                 self.prepare_storage(model, unit, &id).await?;
             }
         }
-        self.mutate(|w| {
-            if let Some(m) = w.models.get_mut(model) {
-                if let Some(mach) = m.machines.get_mut(&machine) {
-                    mach.status = "started".into();
-                    if mach.cut {
-                        let _ = machine::set_link(&m.net(), machine, false);
-                    }
-                }
-                for u in m.units.values_mut().filter(|u| u.machine == machine) {
-                    if u.agent.current == "allocating" || u.agent.current == "lost" {
-                        u.agent = Status::new("idle", "");
-                    }
-                    if !u.workload_set && !u.installed {
-                        u.workload = Status::new("maintenance", "installing charm software");
-                    }
-                }
+        Ok(())
+    }
+
+    /// Waits (30 s at most) for a spawned machine's agent to answer on its socket.
+    async fn wait_for_agent(&self, model: &str, machine: u32, sock: &Path, pid: u32) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if machine::agent_call(sock, &AgentRequest::Ping).await.is_ok() {
+                return Ok(());
             }
-        });
+            if Instant::now() > deadline || !machine::pid_alive(pid) {
+                anyhow::bail!(
+                    "the machine agent did not come up; see {}",
+                    machine::agent_socket(&model_dir(&self.home, model), machine)
+                        .with_file_name("agent.log")
+                        .display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// First boot: what cloud-init does on a cloud: the `ubuntu` user with its home (where
+    /// actions leave files for `juju scp`), apt sources pointing at the mirror, snapd on a
+    /// machine of that kind.
+    async fn first_boot(
+        &self,
+        model: &str,
+        machine: u32,
+        mirror: &str,
+        kind: machine::Kind,
+    ) -> Result<()> {
+        self.run_on_machine(
+            model,
+            machine,
+            "adding the ubuntu user",
+            // As cloud-init's default user on Ubuntu images: passwordless sudo, which is how
+            // `juju ssh` users act as root.
+            "id ubuntu >/dev/null 2>&1 || useradd --create-home --shell /bin/bash ubuntu; \
+             mkdir -p /etc/sudoers.d && \
+             echo 'ubuntu ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users && \
+             chmod 0440 /etc/sudoers.d/90-cloud-init-users"
+                .into(),
+        )
+        .await?;
+        if !mirror.is_empty() {
+            self.configure_apt(model, machine, mirror).await?;
+        }
+        if kind == machine::Kind::Snapd {
+            self.install_snapd(model, machine).await?;
+        }
+        self.update_machine(model, machine, |mach| mach.provisioned = true);
         Ok(())
     }
 
@@ -499,5 +495,52 @@ impl Ctl {
             }
         });
         Ok(())
+    }
+}
+
+/// What a machine's processes are started from: its namespace and link, firewall and agent.
+struct Spawn {
+    home: PathBuf,
+    mdir: PathBuf,
+    net: machine::Net,
+    machine: u32,
+    second_nic: bool,
+    hostname: String,
+    kind: machine::Kind,
+    /// the nft ruleset of its namespace
+    firewall: String,
+    hold_at: Option<String>,
+}
+
+impl Spawn {
+    /// Blocking: the namespace with its link and firewall, then the machine's agent.
+    fn run(self) -> Result<machine::Spawned> {
+        let (net, machine) = (&self.net, self.machine);
+        let hold = (self.hold_at.as_deref() == Some("veth"))
+            .then(|| self.mdir.join(format!("hold-veth-{machine}")));
+        let r = machine::create_netns(net, machine, self.second_nic, hold.as_deref())
+            .and_then(|()| crate::firewall::apply(&net.netns(machine), &self.firewall))
+            .and_then(|()| {
+                machine::spawn_agent(
+                    &self.home,
+                    &self.mdir,
+                    net,
+                    machine,
+                    &self.hostname,
+                    self.kind,
+                )
+            });
+        // The second hold point (harness-hold-at=spawned): the machine's processes run and
+        // nothing in the world records them yet. A model already gone makes no hold: the
+        // start goes on and finds it gone.
+        if r.is_ok() && self.hold_at.as_deref() == Some("spawned") {
+            let _ = machine::hold_at(&self.mdir.join(format!("hold-spawned-{machine}")));
+        }
+        // A step that failed half-way (a destroy-model deleting the namespace while the veth
+        // pair was being moved into it) leaves no link or namespace behind.
+        if r.is_err() {
+            machine::remove_host_parts(net, machine);
+        }
+        r
     }
 }

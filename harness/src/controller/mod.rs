@@ -1,5 +1,5 @@
-//! The controller daemon: owns the model state (its pure transitions in `model` and
-//! `lifecycle`), runs one worker per unit that fires hooks in Juju's order (one at a time
+//! The controller daemon: owns the model state (its pure transitions in `model`,
+//! `lifecycle` and `transitions`), runs one worker per unit that fires hooks in Juju's order (one at a time
 //! per machine, `worker`), commits or discards each hook's buffered changes (`runner`),
 //! provisions machines (`machines`) and runs the deployer and update-status loops (`loops`).
 //! The socket is served by `server.rs`, the hook tools are `tools/`, the `juju` commands
@@ -14,6 +14,7 @@ mod model;
 mod names;
 mod runner;
 mod runtime;
+mod transitions;
 mod worker;
 
 pub use context::*;

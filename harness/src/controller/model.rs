@@ -111,6 +111,41 @@ impl Model {
     /// A new unit of a principal application: on machine `to` when given (`--to N`, as
     /// Juju places it on an existing machine, one that hosted other units before included),
     /// else on a machine made for it. Returns the unit and whether its machine is new.
+    /// A new application, with a relation of its own for each of its charm's peer
+    /// endpoints (Juju creates peer relations with the application).
+    pub fn add_application(&mut self, app: App) {
+        let name = app.name.clone();
+        let peers = app.meta.peers.clone();
+        self.apps.insert(name.clone(), app);
+        for (ep, iface) in peers {
+            let endpoint = Endpoint {
+                app: name.clone(),
+                name: ep,
+                interface: iface,
+            };
+            self.insert_relation(vec![endpoint], false);
+        }
+    }
+
+    /// A new relation between `endpoints` (one: a peer relation), with no one in its scope
+    /// yet; its id.
+    pub fn insert_relation(&mut self, endpoints: Vec<Endpoint>, container: bool) -> u32 {
+        let id = self.next_relation;
+        self.next_relation += 1;
+        let relation = Relation {
+            id,
+            peer: endpoints.len() == 1,
+            endpoints,
+            app_data: Default::default(),
+            unit_data: Default::default(),
+            scope: Default::default(),
+            dying: false,
+            container,
+        };
+        self.relations.insert(id, relation);
+        id
+    }
+
     pub fn add_unit(&mut self, app: &str, to: Option<u32>) -> Result<(String, bool)> {
         let a = self.apps.get(app).context("application not found")?;
         if a.meta.subordinate {
@@ -206,18 +241,7 @@ impl Model {
         if is_leader {
             a.leader = Some(name.clone());
         }
-        let mut storage = vec![];
-        for (sname, count, volume) in storage_reqs {
-            for _ in 0..count {
-                let n = self.next_storage.entry(sname.clone()).or_insert(0);
-                let sid = format!("{sname}/{n}");
-                *n += 1;
-                if let Some(v) = &volume {
-                    self.volumes.insert(sid.clone(), v.clone());
-                }
-                storage.push(sid);
-            }
-        }
+        let storage = self.allocate_storage(storage_reqs);
         self.units.insert(
             name.clone(),
             Unit {
@@ -242,9 +266,36 @@ impl Model {
                 principal,
             },
         );
-        for s in &storage {
+        self.queue_first_hooks(&name, &storage, is_leader);
+        Ok(name)
+    }
+
+    /// Storage instances for a new unit: `count` of each store, named `<store>/<n>` with a
+    /// model-wide counter, each on the volume its application was deployed with, if any.
+    fn allocate_storage(&mut self, reqs: Vec<(String, u32, Option<Volume>)>) -> Vec<String> {
+        let mut storage = vec![];
+        for (sname, count, volume) in reqs {
+            for _ in 0..count {
+                let n = self.next_storage.entry(sname.clone()).or_insert(0);
+                let sid = format!("{sname}/{n}");
+                *n += 1;
+                if let Some(v) = &volume {
+                    self.volumes.insert(sid.clone(), v.clone());
+                }
+                storage.push(sid);
+            }
+        }
+        storage
+    }
+
+    /// A new unit's first hooks, in Juju's order: storage-attached, install,
+    /// relation-created for each relation of its application, leader-elected (or
+    /// leader-settings-changed), config-changed, start.
+    fn queue_first_hooks(&mut self, name: &str, storage: &[String], is_leader: bool) {
+        let app = app_of(name).to_string();
+        for s in storage {
             self.push(
-                &name,
+                name,
                 Event {
                     hook: format!("{}-storage-attached", s.split('/').next().unwrap_or("")),
                     storage: Some(s.clone()),
@@ -252,33 +303,30 @@ impl Model {
                 },
             );
         }
-        self.push(&name, Event::hook("install"));
-        for rel in self.relations_of_app(app) {
+        self.push(name, Event::hook("install"));
+        for rel in self.relations_of_app(&app) {
             let ep = self.relations[&rel]
-                .endpoint_of(app)
+                .endpoint_of(&app)
                 .map(|e| e.name.clone())
                 .unwrap_or_default();
             self.push(
-                &name,
+                name,
                 Event {
                     hook: format!("{ep}-relation-created"),
                     relation: Some(rel),
-                    remote_app: self.relations[&rel].remote_app_of(app).map(String::from),
+                    remote_app: self.relations[&rel].remote_app_of(&app).map(String::from),
                     ..Default::default()
                 },
             );
         }
-        self.push(
-            &name,
-            Event::hook(if is_leader {
-                "leader-elected"
-            } else {
-                "leader-settings-changed"
-            }),
-        );
-        self.push(&name, Event::hook("config-changed"));
-        self.push(&name, Event::hook("start"));
-        Ok(name)
+        let leadership = if is_leader {
+            "leader-elected"
+        } else {
+            "leader-settings-changed"
+        };
+        self.push(name, Event::hook(leadership));
+        self.push(name, Event::hook("config-changed"));
+        self.push(name, Event::hook("start"));
     }
 
     /// Called once a unit's install hook has run: it joins every relation of its application.

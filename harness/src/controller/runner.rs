@@ -4,6 +4,7 @@ use super::context::*;
 use super::machines::*;
 use super::names::*;
 use super::runtime::*;
+use super::transitions::{After, Ran};
 use crate::machine::{self};
 use crate::proto::{self, AgentRequest};
 use crate::state::*;
@@ -43,32 +44,7 @@ impl Ctl {
     }
 
     pub(crate) async fn run_hook(self: &Arc<Self>, model: &str, unit: &str, ev: Event) {
-        let prep = self.mutate(|w| {
-            let m = w.models.get(model)?;
-            let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
-            let ctx = self.new_context(w, model, unit, &ev, None, false)?;
-            let m = w.models.get_mut(model)?;
-            let u = m.units.get_mut(unit)?;
-            // The event leaves the queue while it runs, so a change committed meanwhile queues
-            // a fresh event instead of coalescing with one that already read the old data.
-            if u.queue.front() == Some(&ev) {
-                u.queue.pop_front();
-            }
-            u.running = Some(ev.clone());
-            u.agent = Status::new("executing", &format!("running {} hook", ev.hook));
-            if let (Some(rel), Some(remote)) = (ev.relation, &ev.remote_unit) {
-                if ev.hook.ends_with("-relation-joined") {
-                    u.views.entry(rel).or_default().insert(remote.clone());
-                } else if ev.hook.ends_with("-relation-departed") {
-                    u.views.entry(rel).or_default().remove(remote);
-                }
-            }
-            let handler = Self::handler(&charm_dir, "hooks", &ev.hook);
-            let dispatch = format!("hooks/{}", ev.hook);
-            let env = self.environment(m, unit, &ctx.id, Some(&ev), &dispatch);
-            Some((ctx, handler, env))
-        });
-        let Some((ctx, handler, env)) = prep else {
+        let Some((ctx, handler, env)) = self.begin_hook(model, unit, &ev) else {
             return;
         };
         let charm = charm_dir_in_machine(unit);
@@ -91,98 +67,82 @@ impl Ctl {
                     .await
             }
         };
-        let name = ev.hook.clone();
-        match &result {
+        self.log_hook(model, unit, &ev.hook, &result, started);
+        let after = self.mutate(|w| {
+            let m = w.models.get_mut(model)?;
+            let ran = match &result {
+                Ok((r, _)) if r.code == 0 && r.error.is_none() => Ran::Succeeded,
+                Err(_) if !m.machine_up(unit) => Ran::NotRun,
+                _ => Ran::Failed,
+            };
+            Some((m.hook_ended(unit, &ev, &ctx, ran, now_ms()), ran))
+        });
+        let Some((after, ran)) = after else {
+            return;
+        };
+        self.after_hook(model, unit, &ev, &ctx, ran == Ran::Succeeded, after)
+            .await;
+    }
+
+    /// The unit starts running `ev` (`Model::hook_started`): its context, handler and
+    /// environment. None when the unit or its application is gone.
+    fn begin_hook(
+        &self,
+        model: &str,
+        unit: &str,
+        ev: &Event,
+    ) -> Option<(HookCtx, Option<String>, BTreeMap<String, String>)> {
+        self.mutate(|w| {
+            let m = w.models.get(model)?;
+            let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
+            let ctx = self.new_context(w, model, unit, ev, None, false)?;
+            let m = w.models.get_mut(model)?;
+            m.hook_started(unit, ev)?;
+            let handler = Self::handler(&charm_dir, "hooks", &ev.hook);
+            let dispatch = format!("hooks/{}", ev.hook);
+            let env = self.environment(m, unit, &ctx.id, Some(ev), &dispatch);
+            Some((ctx, handler, env))
+        })
+    }
+
+    /// The hook's output in the model's debug-log, as the unit agent logs it.
+    fn log_hook(
+        &self,
+        model: &str,
+        unit: &str,
+        name: &str,
+        result: &Result<(proto::AgentReply, Option<u32>)>,
+        started: Instant,
+    ) {
+        let tag = format!("unit-{}", unit.replace('/', "-"));
+        match result {
             Ok((r, _)) => {
                 for line in r.stdout.lines() {
-                    self.log(
-                        model,
-                        &format!("unit-{}: DEBUG {name}: {line}", unit.replace('/', "-")),
-                    );
+                    self.log(model, &format!("{tag}: DEBUG {name}: {line}"));
                 }
                 for line in r.stderr.lines() {
-                    self.log(
-                        model,
-                        &format!("unit-{}: WARNING {name}: {line}", unit.replace('/', "-")),
-                    );
+                    self.log(model, &format!("{tag}: WARNING {name}: {line}"));
                 }
                 if let Some(e) = &r.error {
-                    self.log(
-                        model,
-                        &format!("unit-{}: ERROR {name}: {e}", unit.replace('/', "-")),
-                    );
+                    self.log(model, &format!("{tag}: ERROR {name}: {e}"));
                 }
                 self.log_ran(model, unit, &format!("{name:?} hook"), r, started);
             }
-            Err(e) => self.log(
-                model,
-                &format!("unit-{}: ERROR {name}: {e:#}", unit.replace('/', "-")),
-            ),
+            Err(e) => self.log(model, &format!("{tag}: ERROR {name}: {e:#}")),
         }
-        let hook_ok = matches!(&result, Ok((r, _)) if r.code == 0 && r.error.is_none());
-        let mut finalize = false;
-        let mut reboot = false;
-        self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model) else {
-                return;
-            };
-            let machine_up = m
-                .units
-                .get(unit)
-                .and_then(|u| m.machines.get(&u.machine))
-                .map(|x| x.status == "started")
-                .unwrap_or(false);
-            match result {
-                Err(_) if !machine_up => {
-                    // The machine went down under the hook: it runs again when the machine is back.
-                    if let Some(u) = m.units.get_mut(unit) {
-                        u.running = None;
-                        u.queue.push_front(ev.clone());
-                    }
-                }
-                Ok((r, _)) if r.code == 0 && r.error.is_none() => {
-                    m.commit(&ctx);
-                    let u = m.units.get_mut(unit).unwrap();
-                    u.running = None;
-                    u.error = None;
-                    u.agent = Status::new("idle", "");
-                    match name.as_str() {
-                        // As Juju's createdRelationsResolver (internal/worker/uniter/relation/
-                        // resolver.go; resolver_test.go): once installed, the unit joins its
-                        // relations (EnterScope), before relation-created, leader-elected,
-                        // config-changed and start; its peers see it while it starts.
-                        "install" => {
-                            u.installed = true;
-                            if u.life == Life::Alive {
-                                m.enter_scope(unit);
-                            }
-                        }
-                        "start" if !u.started => {
-                            u.started = true;
-                            if !u.workload_set {
-                                u.workload = Status::new("unknown", "");
-                            }
-                        }
-                        "remove" => finalize = true,
-                        _ => {}
-                    }
-                    reboot = ctx.reboot;
-                }
-                _ => {
-                    let u = m.units.get_mut(unit).unwrap();
-                    u.running = None;
-                    u.queue.push_front(ev.clone());
-                    let attempts = u.error.as_ref().map(|e| e.attempts + 1).unwrap_or(1);
-                    let delay = (5_000u64 << (attempts - 1).min(6)).min(300_000);
-                    u.error = Some(HookError {
-                        hook: name.clone(),
-                        retry_at: Some(now_ms() + delay),
-                        attempts,
-                    });
-                    u.agent = Status::new("idle", "");
-                }
-            }
-        });
+    }
+
+    /// What follows a hook outside the model: the firewall for ports it opened or closed,
+    /// a detached volume released, a removed unit finalized, a reboot it asked for.
+    async fn after_hook(
+        self: &Arc<Self>,
+        model: &str,
+        unit: &str,
+        ev: &Event,
+        ctx: &HookCtx,
+        hook_ok: bool,
+        after: After,
+    ) {
         if !ctx.ports.is_empty() {
             if let Err(e) = self.refresh_firewall(model) {
                 self.log(model, &format!("controller: ERROR firewall: {e:#}"));
@@ -207,10 +167,10 @@ impl Ctl {
                 }
             }
         }
-        if finalize {
+        if after.finalize {
             self.finalize_unit(model, unit).await;
         }
-        if reboot {
+        if after.reboot {
             let machine = self.read(|w| {
                 w.models
                     .get(model)
@@ -328,7 +288,49 @@ impl Ctl {
     }
 
     pub(crate) async fn run_task(self: &Arc<Self>, model: &str, unit: &str, task_id: u64) {
-        let prep = self.mutate(|w| {
+        let Some((ctx, argv, env)) = self.begin_task(model, unit, task_id) else {
+            return;
+        };
+        if argv.is_empty() {
+            self.mutate(|w| {
+                if let Some(m) = w.models.get_mut(model) {
+                    m.task_not_implemented(unit, task_id);
+                }
+            });
+            return;
+        }
+        let what = match env.get("JUJU_ACTION_NAME") {
+            Some(name) => format!("{name:?} action"),
+            None => "exec".to_string(),
+        };
+        let started = Instant::now();
+        let (result, ctx) = self.run_in_context(model, unit, ctx, argv, env).await;
+        if let Ok((r, _)) = &result {
+            self.log_ran(model, unit, &what, r, started);
+        }
+        let result = result.map(|(r, _)| r).map_err(|e| format!("{e:#}"));
+        self.mutate(|w| {
+            if let Some(m) = w.models.get_mut(model) {
+                m.task_ended(unit, task_id, &ctx, result);
+            }
+        });
+        if !ctx.ports.is_empty() {
+            if let Err(e) = self.refresh_firewall(model) {
+                self.log(model, &format!("controller: ERROR firewall: {e:#}"));
+            }
+        }
+    }
+
+    /// The task starts (`Model::task_started`): its context, argv (empty: the charm has no
+    /// such action) and environment: an exec's command line through bash, or the action's
+    /// handler with the JUJU_ACTION_* variables.
+    fn begin_task(
+        &self,
+        model: &str,
+        unit: &str,
+        task_id: u64,
+    ) -> Option<(HookCtx, Vec<String>, BTreeMap<String, String>)> {
+        self.mutate(|w| {
             let m = w.models.get(model)?;
             let t = m.tasks.get(&task_id)?.clone();
             let charm_dir = m.apps.get(app_of(unit))?.charm_dir.clone();
@@ -338,10 +340,8 @@ impl Ctl {
             let (argv, env) = match &t.command {
                 Some(cmd) => {
                     let env = self.environment(m, unit, &ctx.id, None, "juju-exec");
-                    (
-                        vec!["/bin/bash".to_string(), "-c".to_string(), cmd.join(" ")],
-                        env,
-                    )
+                    let argv = vec!["/bin/bash".to_string(), "-c".to_string(), cmd.join(" ")];
+                    (argv, env)
                 }
                 None => {
                     let dispatch = format!("actions/{}", t.action);
@@ -356,89 +356,8 @@ impl Ctl {
                     }
                 }
             };
-            let task = m.tasks.get_mut(&task_id)?;
-            task.status = "running".into();
-            task.started = now_juju();
-            let u = m.units.get_mut(unit)?;
-            u.agent = Status::new("executing", &format!("running action {}", t.action));
+            m.task_started(unit, task_id)?;
             Some((ctx, argv, env))
-        });
-        let Some((ctx, argv, env)) = prep else { return };
-        if argv.is_empty() {
-            self.mutate(|w| {
-                if let Some(m) = w.models.get_mut(model) {
-                    if let Some(t) = m.tasks.get_mut(&task_id) {
-                        t.status = "failed".into();
-                        t.message = format!("action not implemented on unit \"{unit}\"");
-                        t.completed = now_juju();
-                    }
-                    if let Some(u) = m.units.get_mut(unit) {
-                        u.agent = Status::new("idle", "");
-                    }
-                }
-            });
-            return;
-        }
-        let what = if argv.first().map(String::as_str) == Some("/bin/bash") {
-            "exec".to_string()
-        } else {
-            format!(
-                "{:?} action",
-                env.get("JUJU_ACTION_NAME").cloned().unwrap_or_default()
-            )
-        };
-        let started = Instant::now();
-        let (result, ctx) = self.run_in_context(model, unit, ctx, argv, env).await;
-        if let Ok((r, _)) = &result {
-            self.log_ran(model, unit, &what, r, started);
-        }
-        self.mutate(|w| {
-            let Some(m) = w.models.get_mut(model) else {
-                return;
-            };
-            let ok = matches!(&result, Ok((r, _)) if r.error.is_none());
-            if let Ok((r, _)) = &result {
-                if r.code == 0 && r.error.is_none() {
-                    m.commit(&ctx);
-                }
-            }
-            if let Some(u) = m.units.get_mut(unit) {
-                u.agent = Status::new("idle", "");
-            }
-            let Some(t) = m.tasks.get_mut(&task_id) else {
-                return;
-            };
-            t.completed = now_juju();
-            match result {
-                Ok((r, _)) => {
-                    t.return_code = Some(r.code);
-                    t.stdout = r.stdout;
-                    t.stderr = r.stderr;
-                    if let Some(e) = r.error {
-                        t.status = "failed".into();
-                        t.message = e;
-                    } else if t.status == "failing" {
-                        t.status = "failed".into();
-                    } else if r.code != 0 {
-                        t.status = "failed".into();
-                        if t.message.is_empty() {
-                            t.message = format!("exit status {}", r.code);
-                        }
-                    } else {
-                        t.status = "completed".into();
-                    }
-                }
-                Err(e) => {
-                    t.status = "failed".into();
-                    t.message = format!("{e:#}");
-                }
-            }
-            let _ = ok;
-        });
-        if !ctx.ports.is_empty() {
-            if let Err(e) = self.refresh_firewall(model) {
-                self.log(model, &format!("controller: ERROR firewall: {e:#}"));
-            }
-        }
+        })
     }
 }

@@ -2,9 +2,8 @@
 
 use super::names::*;
 use super::runtime::*;
-use crate::state::*;
+use super::transitions::Next;
 use std::sync::Arc;
-use std::time::Duration;
 
 impl Ctl {
     pub(crate) async fn worker(self: &Arc<Self>, model: &str, unit: &str) {
@@ -13,79 +12,11 @@ impl Ctl {
         // update-status hooks on a short interval) still runs `juju exec` and actions.
         let mut task_turn = false;
         loop {
-            enum Next {
-                Gone,
-                Wait(Option<Duration>),
-                Hook(Event),
-                Task(u64),
-            }
             // Decide the next event; persist and wake others only if this changed the state
             // (otherwise every idle worker would wake every other one, forever).
-            let next = self.mutate_if(|w| {
-                let Some(m) = w.models.get_mut(model) else {
-                    return (Next::Gone, false);
-                };
-                let mut changed = m.reap_relations();
-                let Some(u) = m.units.get(unit) else {
-                    return (Next::Gone, changed);
-                };
-                let ready = m
-                    .machines
-                    .get(&u.machine)
-                    .map(|x| x.status == "started")
-                    .unwrap_or(false);
-                if !ready {
-                    return (Next::Wait(None), changed);
-                }
-                let retry = m.config_bool("automatically-retry-hooks", true);
-                let u = m.units.get_mut(unit).unwrap();
-                if let Some(e) = &u.error {
-                    if let Some(t) = u.actions.pop_front() {
-                        return (Next::Task(t), true);
-                    }
-                    let next = match e.retry_at {
-                        Some(at) if retry => {
-                            let now = now_ms();
-                            if now >= at {
-                                u.queue
-                                    .front()
-                                    .cloned()
-                                    .map(Next::Hook)
-                                    .unwrap_or(Next::Wait(None))
-                            } else {
-                                Next::Wait(Some(Duration::from_millis(at - now)))
-                            }
-                        }
-                        _ => Next::Wait(None),
-                    };
-                    return (next, changed);
-                }
-                if task_turn {
-                    if let Some(t) = m.units.get_mut(unit).unwrap().actions.pop_front() {
-                        return (Next::Task(t), true);
-                    }
-                }
-                while let Some(ev) = m.units[unit].queue.front().cloned() {
-                    if m.event_is_stale(&ev) {
-                        m.units.get_mut(unit).unwrap().queue.pop_front();
-                        changed = true;
-                        continue;
-                    }
-                    // A principal is removed only after its subordinates have gone.
-                    let waits_for_subordinates = ev.hook == "remove"
-                        && m.units
-                            .values()
-                            .any(|s| s.principal.as_deref() == Some(unit));
-                    if waits_for_subordinates {
-                        return (Next::Wait(None), changed);
-                    }
-                    return (Next::Hook(ev), changed);
-                }
-                let u = m.units.get_mut(unit).unwrap();
-                if let Some(t) = u.actions.pop_front() {
-                    return (Next::Task(t), true);
-                }
-                (Next::Wait(None), changed)
+            let next = self.mutate_if(|w| match w.models.get_mut(model) {
+                Some(m) => m.next_for(unit, task_turn, now_ms()),
+                None => (Next::Gone, false),
             });
             match next {
                 Next::Gone => return,

@@ -1,0 +1,254 @@
+//! `refresh`/`upgrade-charm` (a new revision of an application's charm) and
+//! `attach-resource`/`attach`: each queues the units' upgrade-charm.
+
+use super::apps::config_args;
+use super::charms::{find_charm, snapshot_charm, store_resource, Charm};
+use super::common::*;
+use crate::flags::Parsed;
+
+/// `attach-resource | attach`
+pub(super) async fn attach_resource(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+) -> Result<Reply> {
+    let p = parse(&[], args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = app_arg(&p)?;
+    for kv in &p.positional[1..] {
+        let (name, path) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("expected name=path, got {kv:?}"))?;
+        let known = ctl.model(&model, |m| {
+            m.apps
+                .get(&app)
+                .map(|a| a.meta.resources.contains_key(name))
+        })?;
+        match known {
+            None => bail!("application \"{app}\" not found"),
+            Some(false) => bail!("charm does not define resource {name:?}"),
+            Some(true) => {}
+        }
+        let rev = ctl.model(&model, |m| {
+            m.apps
+                .get(&app)
+                .and_then(|a| a.resources.get(name))
+                .map(|r| r.revision)
+                .unwrap_or(0)
+        })? + 1;
+        let stored = store_resource(ctl, &model, &app, name, rev, &cwd.join(path))?;
+        ctl.model_mut(&model, |m| {
+            m.apps
+                .get_mut(&app)
+                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+                .resources
+                .insert(
+                    name.to_string(),
+                    Resource {
+                        revision: rev,
+                        path: stored.clone(),
+                    },
+                );
+            upgrade_sequence(m, &app);
+            Ok(())
+        })?;
+    }
+    Ok(Reply::ok(""))
+}
+
+/// `refresh | upgrade-charm`
+pub(super) async fn refresh(
+    ctl: &Arc<Ctl>,
+    args: &[String],
+    cwd: &Path,
+    env_model: &Option<String>,
+    store: &str,
+) -> Result<Reply> {
+    let p = parse(REFRESH_FLAGS, args)?;
+    let model = model_name(ctl, &p, env_model)?;
+    let app = app_arg(&p)?;
+    let (found, base) = refresh_source(ctl, &model, &app, &p, cwd, store)?;
+    let meta = read_charm(&found.dir)?;
+    let config = config_args(&meta, &app, p.values("config"), cwd)?;
+    let mut storage = vec![];
+    for s in p.values("storage") {
+        storage.push(super::storage::directive(&meta, s)?);
+    }
+    let declared = crate::bases::declared(&found.dir, found.packed)?;
+    if !base.is_empty() && !p.flag("force") && !p.flag("force-base") {
+        if let Some(d) = &declared {
+            if !d.contains(&base) {
+                bail!(
+                    "cannot refresh \"{app}\": the new charm does not support its base {base} (it supports: {}); use --force to refresh anyway",
+                    d.join(", ")
+                );
+            }
+        }
+    }
+    let src = found.dir.clone();
+    let rev = ctl
+        .model(&model, |m| m.apps.get(&app).map(|a| a.charm_rev))?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
+        + 1;
+    let dst = ctl
+        .home
+        .join("charms")
+        .join(&model)
+        .join(&app)
+        .join(rev.to_string());
+    snapshot_charm(&src, &dst)?;
+    ctl.model_mut(&model, |m| {
+        let a = m
+            .apps
+            .get_mut(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+        a.meta = meta;
+        a.charm_rev = rev;
+        a.charm_dir = dst.to_string_lossy().into_owned();
+        if let Some(ch) = p.value("channel") {
+            a.channel = Some(ch.to_string());
+        }
+        // --trust grants it (Juju's refresh: it never takes trust away).
+        if p.flag("trust") {
+            a.trust = true;
+        }
+        // --config: set with the refresh (its config-changed comes with upgrade-charm's).
+        a.config.extend(config);
+        // --storage: constraints for the units added from now on.
+        for (name, count, volume) in storage {
+            a.storage_requests.insert(name.clone(), count.unwrap_or(1));
+            if let Some(v) = volume {
+                a.storage_volumes.insert(name, v);
+            }
+        }
+        upgrade_sequence(m, &app);
+        Ok(())
+    })?;
+    push_charm_files(ctl, &model, &app, &dst)?;
+    Ok(Reply::ok(""))
+}
+
+/// The flags of `juju refresh`, with those jubilant's refresh() passes (jubilant/_juju.py),
+/// as Juju 3.6 has them.
+const REFRESH_FLAGS: &[Flag] = &[
+    value(&["path"]),
+    value(&["resource"]),
+    boolean(&["force"]),
+    boolean(&["force-units"]),
+    // What jubilant's refresh() passes (jubilant/_juju.py), as Juju 3.6 has them.
+    value(&["channel"]),
+    value(&["revision"]),
+    value(&["base"]),
+    value(&["config"]),
+    value(&["storage"]),
+    boolean(&["trust"]),
+    boolean(&["force-base"]),
+];
+
+/// The charm a refresh brings: `--path` names a local charm; without it, the store is asked
+/// again for the name the application was deployed from (`juju upgrade-charm etcd`).
+/// `--channel` and `--revision` pick from the store, `--base` must be the application's.
+/// Returns the charm and the application's base.
+fn refresh_source(
+    ctl: &Ctl,
+    model: &str,
+    app: &str,
+    p: &Parsed,
+    cwd: &Path,
+    store: &str,
+) -> Result<(Charm, String)> {
+    let (store_name, base) = ctl
+        .model(model, |m| {
+            m.apps
+                .get(app)
+                .map(|a| (a.store_name.clone(), a.base.clone()))
+        })?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let found = match (p.value("path"), store_name) {
+        (Some(path), _) => {
+            let path = if path.contains('/') || path.starts_with('.') {
+                path.to_string()
+            } else {
+                format!("./{path}")
+            };
+            find_charm(&path, cwd, store)?
+        }
+        (None, Some(name)) => find_charm(&name, cwd, store)?,
+        (None, None) => bail!(
+            "application \"{app}\" was deployed from a local charm: refresh it with --path <charm directory or .charm file>"
+        ),
+    };
+    // Without --path the charm came from the store (the match above refused a local one).
+    let from_store = p.value("path").is_none();
+    for flag in ["channel", "revision"] {
+        if p.value(flag).is_some() && !from_store {
+            bail!("--{flag} applies to a charm from the store; \"{app}\" is refreshed from a local charm (--path)");
+        }
+    }
+    if let Some(r) = p.value("revision") {
+        // The controller's store (a directory) holds one revision of each charm.
+        bail!("--revision {r}: this controller's store holds only the charm's current files; refresh without --revision");
+    }
+    if let Some(b) = p.value("base") {
+        let asked = crate::bases::requested(Some(b), None)?;
+        if asked.as_deref() != Some(base.as_str()) && !p.flag("force-base") {
+            bail!("--base {b}: \"{app}\" runs on {base}; refresh does not move it to another base");
+        }
+    }
+    Ok((found, base))
+}
+
+/// The application's units get the new charm files (at `dst`) before their upgrade-charm
+/// hook; the old files go first, or a unit would run a mix of both revisions.
+fn push_charm_files(ctl: &Ctl, model: &str, app: &str, dst: &Path) -> Result<()> {
+    let units: Vec<(String, Option<u32>)> = ctl.model(model, |m| {
+        m.units
+            .values()
+            .filter(|u| u.app == app)
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    m.machines.get(&u.machine).and_then(|x| x.init_pid),
+                )
+            })
+            .collect()
+    })?;
+    for (u, pid) in units {
+        let Some(pid) = pid else {
+            continue;
+        };
+        let target = PathBuf::from(format!("/proc/{pid}/root"))
+            .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
+        match std::fs::remove_dir_all(&target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| {
+                    format!("removing {u}'s old charm files {}", target.display())
+                })
+            }
+            _ => {}
+        }
+        controller::copy_tree(dst, &target)?;
+    }
+    Ok(())
+}
+
+pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
+    let units: Vec<String> = m
+        .units
+        .values()
+        .filter(|u| u.app == app && u.life == Life::Alive)
+        .map(|u| u.name.clone())
+        .collect();
+    for u in units {
+        // As Juju's runHook.Commit (internal/worker/uniter/operation/runhook.go; its
+        // runhook_test.go): upgrade-charm queues config-changed, which queues start only on
+        // a unit that never started. Leadership hooks come only with a leadership change.
+        let started = m.units.get(&u).is_some_and(|x| x.started);
+        m.push(&u, Event::hook("upgrade-charm"));
+        m.push(&u, Event::hook("config-changed"));
+        if !started {
+            m.push(&u, Event::hook("start"));
+        }
+    }
+}
