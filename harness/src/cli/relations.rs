@@ -66,26 +66,17 @@ pub(super) async fn remove_relation(
 
 const JUJU_INFO: &str = "juju-info";
 
-pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
-    let split = |s: &str| {
-        s.split_once(':')
-            .map(|(x, y)| (x.to_string(), Some(y.to_string())))
-            .unwrap_or((s.to_string(), None))
-    };
-    let (app_a, ep_a) = split(a);
-    let (app_b, ep_b) = split(b);
-    let meta_a = m
-        .apps
-        .get(&app_a)
-        .ok_or_else(|| anyhow!("application \"{app_a}\" not found"))?
-        .meta
-        .clone();
-    let meta_b = m
-        .apps
-        .get(&app_b)
-        .ok_or_else(|| anyhow!("application \"{app_b}\" not found"))?
-        .meta
-        .clone();
+/// One side of a relation asked for: what the operator typed, the application, the
+/// endpoint if named, and the application's charm.
+type Side<'a> = (&'a str, &'a str, Option<&'a str>, &'a CharmMeta);
+
+/// The endpoints a relation between two applications joins, as Juju picks them: provides
+/// on one side, requires on the other, the same interface; the endpoints named, if any.
+/// Returns the two endpoint names and the interface.
+fn resolve_endpoints(
+    (a, app_a, ep_a, meta_a): Side,
+    (b, app_b, ep_b, meta_b): Side,
+) -> Result<(String, String, String)> {
     // Every charm provides `juju-info` without declaring it (Juju's implicit endpoint):
     // what a subordinate such as nrpe relates to when nothing more specific matches.
     let with_juju_info = |meta: &CharmMeta| {
@@ -122,8 +113,8 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
         {
             if ia == ib
                 && pa.1 != pb.1
-                && ep_a.as_ref().map(|e| e == &pa.0).unwrap_or(true)
-                && ep_b.as_ref().map(|e| e == &pb.0).unwrap_or(true)
+                && ep_a.is_none_or(|e| e == pa.0)
+                && ep_b.is_none_or(|e| e == pb.0)
             {
                 candidates.push((pa.0.clone(), pb.0.clone(), ia.clone()));
             }
@@ -136,9 +127,9 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
     if candidates.iter().any(|c| !uses_implicit(c)) {
         candidates.retain(|c| !uses_implicit(c));
     }
-    let (ea, eb, iface) = match candidates.len() {
+    match candidates.len() {
         0 => bail!("no relations found between {a:?} and {b:?}"),
-        1 => candidates.remove(0),
+        1 => Ok(candidates.remove(0)),
         _ => bail!(
             "ambiguous relation: {a:?} {b:?} could refer to {}",
             candidates
@@ -147,7 +138,33 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
+    }
+}
+
+pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
+    let split = |s: &str| {
+        s.split_once(':')
+            .map(|(x, y)| (x.to_string(), Some(y.to_string())))
+            .unwrap_or((s.to_string(), None))
     };
+    let (app_a, ep_a) = split(a);
+    let (app_b, ep_b) = split(b);
+    let meta_a = m
+        .apps
+        .get(&app_a)
+        .ok_or_else(|| anyhow!("application \"{app_a}\" not found"))?
+        .meta
+        .clone();
+    let meta_b = m
+        .apps
+        .get(&app_b)
+        .ok_or_else(|| anyhow!("application \"{app_b}\" not found"))?
+        .meta
+        .clone();
+    let (ea, eb, iface) = resolve_endpoints(
+        (a, &app_a, ep_a.as_deref(), &meta_a),
+        (b, &app_b, ep_b.as_deref(), &meta_b),
+    )?;
     if m.relations.values().any(|r| {
         !r.dying
             && r.endpoint_of(&app_a).map(|e| e.name == ea).unwrap_or(false)
@@ -180,38 +197,7 @@ pub(super) fn add_relation(m: &mut Model, a: &str, b: &str) -> Result<()> {
         vec![endpoint(&app_a, &ea), endpoint(&app_b, &eb)],
         container,
     );
-    // Installed units join at once (Juju's createdRelationsResolver); others when installed.
-    let mut joining = vec![];
-    for (app, ep, remote) in [(&app_a, &ea, &app_b), (&app_b, &eb, &app_a)] {
-        let units: Vec<(String, bool)> = m
-            .units
-            .values()
-            .filter(|u| &u.app == app && u.life == Life::Alive)
-            .map(|u| (u.name.clone(), u.installed))
-            .collect();
-        for (u, s) in units {
-            m.push(
-                &u,
-                Event {
-                    hook: format!("{ep}-relation-created"),
-                    relation: Some(id),
-                    remote_app: Some(remote.clone()),
-                    ..Default::default()
-                },
-            );
-            if s {
-                joining.push(u);
-            }
-        }
-    }
-    for u in joining {
-        let addr = m
-            .machines
-            .get(&m.units[&u].machine)
-            .map(|x| x.address.clone())
-            .unwrap_or_default();
-        m.enter_relation_scope(id, &u, &addr);
-    }
+    m.relation_created(id);
     Ok(())
 }
 

@@ -137,6 +137,20 @@ pub(super) fn show_unit(m: &Model, unit: &str) -> Value {
 }
 
 pub(super) fn status_json(m: &Model) -> Value {
+    let apps: Map<String, Value> = m
+        .apps
+        .iter()
+        .map(|(name, a)| (name.clone(), Value::Object(app_json(m, name, a))))
+        .collect();
+    json!({
+        "model": {"name": m.name, "type": "iaas", "controller": "harness", "cloud": "localhost", "region": "localhost", "version": controller::JUJU_VERSION, "model-status": {"current": "available", "since": now_juju()}},
+        "machines": machines_json(m),
+        "applications": apps,
+        "controller": {"timestamp": now_juju()},
+    })
+}
+
+fn machines_json(m: &Model) -> Map<String, Value> {
     let mut machines = Map::new();
     for (id, x) in &m.machines {
         let juju = match x.status.as_str() {
@@ -153,119 +167,137 @@ pub(super) fn status_json(m: &Model) -> Value {
         }
         machines.insert(id.to_string(), entry);
     }
-    // A unit's entry; a principal's holds its subordinates' (Juju nests them there and
-    // lists no units under a subordinate application).
-    let unit_entry = |u: &Unit| -> Map<String, Value> {
-        let addr = m
-            .machines
-            .get(&u.machine)
-            .map(|x| x.address.clone())
-            .unwrap_or_default();
-        let mut e = Map::new();
-        e.insert("workload-status".into(), status_entry(&unit_workload(u)));
-        let mut js = status_entry(&u.agent);
-        js["version"] = json!(controller::JUJU_VERSION);
-        e.insert("juju-status".into(), js);
-        if m.apps.get(&u.app).and_then(|a| a.leader.as_deref()) == Some(u.name.as_str()) {
-            e.insert("leader".into(), json!(true));
-        }
-        if u.principal.is_none() {
-            e.insert("machine".into(), json!(u.machine.to_string()));
-        }
-        if !u.ports.is_empty() {
-            e.insert(
-                "open-ports".into(),
-                json!(u.ports.iter().cloned().collect::<Vec<_>>()),
-            );
-        }
-        e.insert("public-address".into(), json!(addr));
-        if u.principal.is_none() {
-            e.insert("address".into(), json!(addr));
-        }
-        e
-    };
-    let mut apps = Map::new();
-    for (name, a) in &m.apps {
-        let mut units = Map::new();
-        let mut app_units: Vec<&Unit> = m.units.values().filter(|u| &u.app == name).collect();
-        app_units.sort_by_key(|u| unit_number(&u.name));
-        for u in app_units.iter().filter(|u| u.principal.is_none()) {
-            let mut e = unit_entry(u);
-            let mut subs: Vec<&Unit> = m
-                .units
-                .values()
-                .filter(|s| s.principal.as_deref() == Some(u.name.as_str()))
-                .collect();
-            subs.sort_by_key(|s| (s.app.clone(), unit_number(&s.name)));
-            if !subs.is_empty() {
-                let nested: Map<String, Value> = subs
-                    .iter()
-                    .map(|s| (s.name.clone(), Value::Object(unit_entry(s))))
-                    .collect();
-                e.insert("subordinates".into(), Value::Object(nested));
-            }
-            units.insert(u.name.clone(), Value::Object(e));
-        }
-        let mut rels: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        let mut principals = std::collections::BTreeSet::new();
-        for r in m.relations.values().filter(|r| !r.dying) {
-            if let Some(ep) = r.endpoint_of(name) {
-                let remote = r.remote_app_of(name).unwrap_or("").to_string();
-                let scope = if r.container { "container" } else { "global" };
-                if r.container && a.meta.subordinate {
-                    principals.insert(remote.clone());
-                }
-                rels.entry(ep.name.clone()).or_default().push(json!({"related-application": remote, "interface": ep.interface, "scope": scope}));
-            }
-        }
-        let mut e = Map::new();
-        // As Juju's status: a store charm by name, with its channel; a local one as local:.
-        if let Some(ch) = a.store_name.as_ref().and(a.channel.as_ref()) {
-            e.insert("charm".into(), json!(a.meta.name));
-            e.insert("charm-origin".into(), json!("charmhub"));
-            e.insert("charm-channel".into(), json!(ch));
-        } else {
-            e.insert(
-                "charm".into(),
-                json!(format!("local:{}-{}", a.meta.name, a.charm_rev)),
-            );
-            e.insert("charm-origin".into(), json!("local"));
-        }
-        e.insert("charm-name".into(), json!(a.meta.name));
-        e.insert("charm-rev".into(), json!(a.charm_rev));
-        e.insert("exposed".into(), json!(a.exposed));
-        let base = if a.base.is_empty() {
-            // state from before bases were recorded
-            json!({"name": "ubuntu", "channel": "24.04"})
-        } else {
-            crate::bases::to_json(&a.base)
-        };
-        e.insert("base".into(), base);
-        e.insert("scale".into(), json!(app_units.len()));
-        e.insert(
-            "application-status".into(),
-            status_entry(&m.app_status(name)),
-        );
-        if !a.version.is_empty() {
-            e.insert("version".into(), json!(a.version));
-        }
-        if !rels.is_empty() {
-            e.insert("relations".into(), json!(rels));
-        }
-        if a.meta.subordinate {
-            e.insert("subordinate-to".into(), json!(principals));
-        }
-        if !units.is_empty() {
-            e.insert("units".into(), Value::Object(units));
-        }
-        apps.insert(name.clone(), Value::Object(e));
+    machines
+}
+
+/// A unit's entry.
+fn unit_json(m: &Model, u: &Unit) -> Map<String, Value> {
+    let addr = m
+        .machines
+        .get(&u.machine)
+        .map(|x| x.address.clone())
+        .unwrap_or_default();
+    let mut e = Map::new();
+    e.insert("workload-status".into(), status_entry(&unit_workload(u)));
+    let mut js = status_entry(&u.agent);
+    js["version"] = json!(controller::JUJU_VERSION);
+    e.insert("juju-status".into(), js);
+    if m.apps.get(&u.app).and_then(|a| a.leader.as_deref()) == Some(u.name.as_str()) {
+        e.insert("leader".into(), json!(true));
     }
-    json!({
-        "model": {"name": m.name, "type": "iaas", "controller": "harness", "cloud": "localhost", "region": "localhost", "version": controller::JUJU_VERSION, "model-status": {"current": "available", "since": now_juju()}},
-        "machines": machines,
-        "applications": apps,
-        "controller": {"timestamp": now_juju()},
-    })
+    if u.principal.is_none() {
+        e.insert("machine".into(), json!(u.machine.to_string()));
+    }
+    if !u.ports.is_empty() {
+        e.insert(
+            "open-ports".into(),
+            json!(u.ports.iter().cloned().collect::<Vec<_>>()),
+        );
+    }
+    e.insert("public-address".into(), json!(addr));
+    if u.principal.is_none() {
+        e.insert("address".into(), json!(addr));
+    }
+    e
+}
+
+/// An application's units: a principal's entry holds its subordinates' (Juju nests them
+/// there and lists no units under a subordinate application).
+fn units_json(m: &Model, app_units: &[&Unit]) -> Map<String, Value> {
+    let mut units = Map::new();
+    for u in app_units.iter().filter(|u| u.principal.is_none()) {
+        let mut e = unit_json(m, u);
+        let mut subs: Vec<&Unit> = m
+            .units
+            .values()
+            .filter(|s| s.principal.as_deref() == Some(u.name.as_str()))
+            .collect();
+        subs.sort_by_key(|s| (s.app.clone(), unit_number(&s.name)));
+        if !subs.is_empty() {
+            let nested: Map<String, Value> = subs
+                .iter()
+                .map(|s| (s.name.clone(), Value::Object(unit_json(m, s))))
+                .collect();
+            e.insert("subordinates".into(), Value::Object(nested));
+        }
+        units.insert(u.name.clone(), Value::Object(e));
+    }
+    units
+}
+
+/// An application's relations by endpoint, and (for a subordinate) the principals it is
+/// related to in container scope.
+fn relations_json(
+    m: &Model,
+    name: &str,
+    a: &App,
+) -> (
+    BTreeMap<String, Vec<Value>>,
+    std::collections::BTreeSet<String>,
+) {
+    let mut rels: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    let mut principals = std::collections::BTreeSet::new();
+    for r in m.relations.values().filter(|r| !r.dying) {
+        if let Some(ep) = r.endpoint_of(name) {
+            let remote = r.remote_app_of(name).unwrap_or("").to_string();
+            let scope = if r.container { "container" } else { "global" };
+            if r.container && a.meta.subordinate {
+                principals.insert(remote.clone());
+            }
+            rels.entry(ep.name.clone()).or_default().push(
+                json!({"related-application": remote, "interface": ep.interface, "scope": scope}),
+            );
+        }
+    }
+    (rels, principals)
+}
+
+fn app_json(m: &Model, name: &str, a: &App) -> Map<String, Value> {
+    let mut app_units: Vec<&Unit> = m.units.values().filter(|u| u.app == name).collect();
+    app_units.sort_by_key(|u| unit_number(&u.name));
+    let units = units_json(m, &app_units);
+    let (rels, principals) = relations_json(m, name, a);
+    let mut e = Map::new();
+    // As Juju's status: a store charm by name, with its channel; a local one as local:.
+    if let Some(ch) = a.store_name.as_ref().and(a.channel.as_ref()) {
+        e.insert("charm".into(), json!(a.meta.name));
+        e.insert("charm-origin".into(), json!("charmhub"));
+        e.insert("charm-channel".into(), json!(ch));
+    } else {
+        e.insert(
+            "charm".into(),
+            json!(format!("local:{}-{}", a.meta.name, a.charm_rev)),
+        );
+        e.insert("charm-origin".into(), json!("local"));
+    }
+    e.insert("charm-name".into(), json!(a.meta.name));
+    e.insert("charm-rev".into(), json!(a.charm_rev));
+    e.insert("exposed".into(), json!(a.exposed));
+    let base = if a.base.is_empty() {
+        // state from before bases were recorded
+        json!({"name": "ubuntu", "channel": "24.04"})
+    } else {
+        crate::bases::to_json(&a.base)
+    };
+    e.insert("base".into(), base);
+    e.insert("scale".into(), json!(app_units.len()));
+    e.insert(
+        "application-status".into(),
+        status_entry(&m.app_status(name)),
+    );
+    if !a.version.is_empty() {
+        e.insert("version".into(), json!(a.version));
+    }
+    if !rels.is_empty() {
+        e.insert("relations".into(), json!(rels));
+    }
+    if a.meta.subordinate {
+        e.insert("subordinate-to".into(), json!(principals));
+    }
+    if !units.is_empty() {
+        e.insert("units".into(), Value::Object(units));
+    }
+    e
 }
 
 /// Rows as Juju prints them: each column as wide as its widest cell, two spaces between
@@ -297,8 +329,57 @@ pub(super) fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+fn text(x: &Value) -> String {
+    x.as_str().unwrap_or("").to_string()
+}
+
+/// The units table of `juju status`: a principal's subordinates indented under it, the
+/// leader starred.
+fn unit_rows(apps: &Map<String, Value>) -> Vec<Vec<String>> {
+    let mut rows = vec![[
+        "Unit",
+        "Workload",
+        "Agent",
+        "Machine",
+        "Public address",
+        "Ports",
+        "Message",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let row = |indent: &str, u: &str, e: &Value| {
+        let leader = if e.get("leader").is_some() { "*" } else { "" };
+        let ports = e["open-ports"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        vec![
+            format!("{indent}{u}{leader}"),
+            text(&e["workload-status"]["current"]),
+            text(&e["juju-status"]["current"]),
+            text(&e["machine"]),
+            text(&e["public-address"]),
+            ports,
+            text(&e["workload-status"]["message"]),
+        ]
+    };
+    for a in apps.values() {
+        for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
+            rows.push(row("", &u, &e));
+            for (s, se) in e["subordinates"].as_object().cloned().unwrap_or_default() {
+                rows.push(row("  ", &s, &se));
+            }
+        }
+    }
+    rows
+}
+
 pub(super) fn status_table(v: &Value) -> String {
-    let text = |x: &Value| x.as_str().unwrap_or("").to_string();
     let model = &v["model"];
     let mut s = table(&[
         vec![
@@ -333,46 +414,7 @@ pub(super) fn status_table(v: &Value) -> String {
         ]);
     }
     s.push_str(&table(&rows));
-    let mut rows = vec![[
-        "Unit",
-        "Workload",
-        "Agent",
-        "Machine",
-        "Public address",
-        "Ports",
-        "Message",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for a in apps.values() {
-        let row = |indent: &str, u: &str, e: &Value| {
-            let leader = if e.get("leader").is_some() { "*" } else { "" };
-            let ports = e["open-ports"]
-                .as_array()
-                .map(|p| {
-                    p.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            vec![
-                format!("{indent}{u}{leader}"),
-                text(&e["workload-status"]["current"]),
-                text(&e["juju-status"]["current"]),
-                text(&e["machine"]),
-                text(&e["public-address"]),
-                ports,
-                text(&e["workload-status"]["message"]),
-            ]
-        };
-        for (u, e) in a["units"].as_object().cloned().unwrap_or_default() {
-            rows.push(row("", &u, &e));
-            for (s, se) in e["subordinates"].as_object().cloned().unwrap_or_default() {
-                rows.push(row("  ", &s, &se));
-            }
-        }
-    }
+    let rows = unit_rows(&apps);
     s.push('\n');
     s.push_str(&table(&rows));
     let mut rows = vec![["Machine", "State", "Address", "Inst id"]

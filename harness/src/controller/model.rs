@@ -146,6 +146,56 @@ impl Model {
         id
     }
 
+    /// A new relation's units hear of it (relation-created); the installed ones join it at
+    /// once, the others when installed (Juju's createdRelationsResolver).
+    pub fn relation_created(&mut self, id: u32) {
+        let Some(r) = self.relations.get(&id) else {
+            return;
+        };
+        let sides: Vec<(String, String, Option<String>)> = r
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.app.clone(),
+                    e.name.clone(),
+                    r.remote_app_of(&e.app).map(String::from),
+                )
+            })
+            .collect();
+        let mut joining = vec![];
+        for (app, ep, remote) in sides {
+            let units: Vec<(String, bool)> = self
+                .units
+                .values()
+                .filter(|u| u.app == app && u.life == Life::Alive)
+                .map(|u| (u.name.clone(), u.installed))
+                .collect();
+            for (u, installed) in units {
+                self.push(
+                    &u,
+                    Event {
+                        hook: format!("{ep}-relation-created"),
+                        relation: Some(id),
+                        remote_app: remote.clone(),
+                        ..Default::default()
+                    },
+                );
+                if installed {
+                    joining.push(u);
+                }
+            }
+        }
+        for u in joining {
+            let addr = self
+                .machines
+                .get(&self.units[&u].machine)
+                .map(|x| x.address.clone())
+                .unwrap_or_default();
+            self.enter_relation_scope(id, &u, &addr);
+        }
+    }
+
     pub fn add_unit(&mut self, app: &str, to: Option<u32>) -> Result<(String, bool)> {
         let a = self.apps.get(app).context("application not found")?;
         if a.meta.subordinate {
