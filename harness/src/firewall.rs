@@ -41,6 +41,11 @@ pub fn ruleset(host: &str, open: Option<&[String]>) -> String {
 
 /// Loads `script` into the network namespace `netns`. Without nftables on the host, only a
 /// script that removes the table (mode none) succeeds: there is nothing to remove.
+/// The nftables script for one machine of `m`.
+pub fn for_machine(m: &crate::state::Model, machine: u32) -> String {
+    ruleset(&m.net().host_address(), m.open_ports(machine).as_deref())
+}
+
 pub fn apply(netns: &str, script: &str) -> Result<()> {
     let installed = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
         .iter()

@@ -26,6 +26,8 @@ mod firewall;
 mod flags;
 mod format;
 mod machine;
+mod metadata;
+mod net;
 mod proto;
 mod rootfs;
 mod server;
@@ -158,6 +160,39 @@ fn kill_controller(home: &Path) -> ! {
     print_and_exit(r)
 }
 
+/// `charm-harness machine-agent`: a machine's agent (booting its namespaces), or with
+/// `--serve` the agent's server inside the machine.
+fn machine_agent(args: &[String]) -> anyhow::Result<()> {
+    let p = flags::parse(
+        &[
+            flags::value(&["dir"]),
+            flags::value(&["home"]),
+            flags::value(&["hostname"]),
+            flags::value(&["address"]),
+            flags::value(&["machine"]),
+            flags::value(&["kind"]),
+            flags::value(&["serve"]),
+        ],
+        args,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(sock) = p.value("serve") {
+        return machine::serve_main(Path::new(sock));
+    }
+    let kind = p
+        .value("kind")
+        .and_then(machine::Kind::parse)
+        .unwrap_or_default();
+    machine::agent_main(
+        PathBuf::from(p.value("dir").unwrap_or_default()),
+        PathBuf::from(p.value("home").unwrap_or_default()),
+        p.value("hostname").unwrap_or("machine").to_string(),
+        p.value("address").unwrap_or_default().to_string(),
+        p.value("machine").and_then(|m| m.parse().ok()).unwrap_or(0),
+        kind,
+    )
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
     let argv0 = PathBuf::from(args.remove(0));
@@ -183,39 +218,7 @@ fn main() {
             return;
         }
         Some("machine-agent") => {
-            let p = flags::parse(
-                &[
-                    flags::value(&["dir"]),
-                    flags::value(&["home"]),
-                    flags::value(&["hostname"]),
-                    flags::value(&["address"]),
-                    flags::value(&["machine"]),
-                    flags::value(&["kind"]),
-                    flags::value(&["serve"]),
-                ],
-                &args[1..],
-            )
-            .unwrap_or_default();
-            if let Some(sock) = p.value("serve") {
-                if let Err(e) = machine::serve_main(Path::new(sock)) {
-                    eprintln!("machine agent: {e:#}");
-                    std::process::exit(1);
-                }
-                return;
-            }
-            let kind = p
-                .value("kind")
-                .and_then(machine::Kind::parse)
-                .unwrap_or_default();
-            let r = machine::agent_main(
-                PathBuf::from(p.value("dir").unwrap_or_default()),
-                PathBuf::from(p.value("home").unwrap_or_default()),
-                p.value("hostname").unwrap_or("machine").to_string(),
-                p.value("address").unwrap_or_default().to_string(),
-                p.value("machine").and_then(|m| m.parse().ok()).unwrap_or(0),
-                kind,
-            );
-            if let Err(e) = r {
+            if let Err(e) = machine_agent(&args[1..]) {
                 eprintln!("machine agent: {e:#}");
                 std::process::exit(1);
             }

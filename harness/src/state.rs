@@ -327,7 +327,7 @@ pub struct Machine {
     pub unit: Option<String>,
     /// What the machine boots, fixed when it is created.
     #[serde(default)]
-    pub kind: crate::machine::Kind,
+    pub kind: Kind,
     /// The first boot's provisioning (apt sources) is done.
     #[serde(default)]
     pub provisioned: bool,
@@ -458,151 +458,41 @@ impl World {
     }
 }
 
-/// Reads metadata.yaml, config.yaml and actions.yaml of a charm directory.
-pub fn read_charm(dir: &Path) -> Result<CharmMeta> {
-    let meta_path = dir.join("metadata.yaml");
-    let text = std::fs::read_to_string(&meta_path).with_context(|| {
-        format!(
-            "{} not found: is this a charm directory?",
-            meta_path.display()
-        )
-    })?;
-    let meta: Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", meta_path.display()))?;
-    let name = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .context("metadata.yaml has no name")?
-        .to_string();
-    let endpoints = |key: &str| -> BTreeMap<String, String> {
-        meta.get(key)
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.get("interface")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let container_endpoints = ["provides", "requires"]
-        .iter()
-        .filter_map(|key| meta.get(*key).and_then(Value::as_object))
-        .flat_map(|m| m.iter())
-        .filter(|(_, v)| v.get("scope").and_then(Value::as_str) == Some("container"))
-        .map(|(k, _)| k.clone())
-        .collect();
-    let subordinate = match meta.get("subordinate") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => anyhow::bail!(
-            "{}: subordinate must be true or false, not {other}",
-            meta_path.display()
-        ),
-    };
-    let mut out = CharmMeta {
-        name,
-        peers: endpoints("peers"),
-        provides: endpoints("provides"),
-        requires: endpoints("requires"),
-        subordinate,
-        container_endpoints,
-        ..Default::default()
-    };
-    if out.subordinate && out.container_endpoints.is_empty() {
-        anyhow::bail!(
-            "{}: a subordinate charm needs at least one endpoint with scope: container",
-            meta_path.display()
-        );
-    }
-    if let Some(res) = meta.get("resources").and_then(Value::as_object) {
-        for (k, v) in res {
-            let file = v
-                .get("filename")
-                .and_then(Value::as_str)
-                .unwrap_or(k)
-                .to_string();
-            out.resources.insert(k.clone(), file);
+/// What a machine boots (model config `harness-machine`).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The machine agent is PID 1: fastest, no init system.
+    #[default]
+    Namespace,
+    /// systemd is PID 1 and the machine agent one of its services, as on a cloud image.
+    Systemd,
+    /// A systemd machine that installs snapd (and the seed snaps) at its first boot.
+    Snapd,
+}
+
+impl Kind {
+    pub const NAMES: &'static str = "namespace, systemd or snapd";
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "namespace" => Some(Kind::Namespace),
+            "systemd" => Some(Kind::Systemd),
+            "snapd" => Some(Kind::Snapd),
+            _ => None,
         }
     }
-    if let Some(st) = meta.get("storage").and_then(Value::as_object) {
-        for (k, v) in st {
-            let range = v.get("multiple").and_then(|m| m.get("range"));
-            let max = match range {
-                Some(Value::String(r)) => match r.split_once('-') {
-                    Some((_, hi)) => hi.parse().ok(),
-                    None => r.parse().ok(),
-                },
-                Some(Value::Number(n)) => n.as_u64().map(|n| n as u32),
-                None => Some(1),
-                _ => None,
-            };
-            let min = match range {
-                Some(Value::String(r)) => r
-                    .split('-')
-                    .next()
-                    .and_then(|x| x.parse().ok())
-                    .unwrap_or(1),
-                Some(Value::Number(n)) => n.as_u64().unwrap_or(1) as u32,
-                _ => 1,
-            };
-            let min = if v.get("optional").and_then(Value::as_bool) == Some(true) {
-                0
-            } else {
-                min
-            };
-            out.storage.insert(
-                k.clone(),
-                StorageDef {
-                    kind: v
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("filesystem")
-                        .to_string(),
-                    location: v.get("location").and_then(Value::as_str).map(String::from),
-                    min,
-                    max,
-                },
-            );
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Systemd => "systemd",
+            Kind::Snapd => "snapd",
         }
     }
-    if let Ok(text) = std::fs::read_to_string(dir.join("config.yaml")) {
-        let cfg: Value = serde_yaml::from_str(&text).context("parsing config.yaml")?;
-        if let Some(opts) = cfg.get("options").and_then(Value::as_object) {
-            for (k, v) in opts {
-                out.options.insert(
-                    k.clone(),
-                    OptionDef {
-                        kind: v
-                            .get("type")
-                            .and_then(Value::as_str)
-                            .unwrap_or("string")
-                            .to_string(),
-                        default: v.get("default").cloned().filter(|d| !d.is_null()),
-                        description: v
-                            .get("description")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                    },
-                );
-            }
-        }
+
+    /// systemd is PID 1.
+    pub fn boots_systemd(self) -> bool {
+        self != Kind::Namespace
     }
-    if let Ok(text) = std::fs::read_to_string(dir.join("actions.yaml")) {
-        let acts: Value = serde_yaml::from_str(&text).context("parsing actions.yaml")?;
-        if let Some(m) = acts.as_object() {
-            for (k, v) in m {
-                out.actions.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    Ok(out)
 }

@@ -252,7 +252,17 @@ fn put_all(client: &Client, ep: &str, kvs: &[(Vec<u8>, Vec<u8>)]) -> Result<()> 
     flush(&mut ops)
 }
 
-pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
+/// What the operator asked for, validated.
+struct Asked {
+    endpoints: Vec<String>,
+    /// "v3" or "v2"
+    keys: String,
+    prefix: String,
+    dry_run: bool,
+    overwrite: bool,
+}
+
+fn asked(params: &BTreeMap<String, Value>) -> Result<Asked> {
     let endpoints = match parse_endpoints(param_str(params, "endpoints", "")) {
         Ok(e) => e,
         Err(msg) => return refuse(msg),
@@ -267,47 +277,58 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
             "prefix {prefix:?}: v2 keys are paths: start it with /"
         ));
     }
-    let dry_run = param_bool(params, "dry-run", false);
-    let overwrite = param_bool(params, "overwrite", false);
+    Ok(Asked {
+        endpoints,
+        keys: keys.to_string(),
+        prefix,
+        dry_run: param_bool(params, "dry-run", false),
+        overwrite: param_bool(params, "overwrite", false),
+    })
+}
+
+/// The first source member that answers; wrong credentials fail here, before any write.
+fn first_answering(source: &Client, endpoints: &[String]) -> Result<String> {
+    let mut first_error = None;
+    for ep in endpoints {
+        match source.status(ep) {
+            Ok(_) => return Ok(ep.clone()),
+            Err(e) => {
+                first_error.get_or_insert(format!("{ep}: {e}"));
+            }
+        }
+    }
+    refuse(format!(
+        "no source endpoint answers with copy-credentials ({}): check the endpoints and that \
+         the credentials are the source cluster's",
+        first_error.unwrap_or_default()
+    ))
+}
+
+pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
+    let a = asked(params)?;
     let tls = source_tls()?;
     let source = Client::new(&tls, Duration::from_secs(30))?;
     let (dest, dest_ep, _) = local()?;
-
-    // The first source member that answers; wrong credentials fail here, before any write.
-    let start = prefix.as_bytes().to_vec();
+    let start = a.prefix.as_bytes().to_vec();
     let start = if start.is_empty() { vec![0] } else { start };
-    let end = range_end(prefix.as_bytes());
-    let mut first_error = None;
-    let mut source_ep = None;
-    for ep in &endpoints {
-        match source.status(ep) {
-            Ok(_) => {
-                source_ep = Some(ep.clone());
-                break;
-            }
-            Err(e) => first_error = Some(format!("{ep}: {e}")),
-        }
-    }
-    let Some(src) = source_ep else {
-        return refuse(format!(
-            "no source endpoint answers with copy-credentials ({}): check the endpoints and that \
-             the credentials are the source cluster's",
-            first_error.unwrap_or_default()
-        ));
-    };
-    if !dry_run && !overwrite {
+    let end = range_end(a.prefix.as_bytes());
+    let src = first_answering(&source, &a.endpoints)?;
+    if !a.dry_run && !a.overwrite {
         let (_, existing, _) = range_page(&dest, &dest_ep, &start, &end, 0, 1)?;
         if let Some((k, _)) = existing.first() {
             return refuse(format!(
-                "this cluster already has keys under {prefix:?} (e.g. {:?}): copy into an \
+                "this cluster already has keys under {:?} (e.g. {:?}): copy into an \
                  empty prefix, or pass overwrite=true to replace them",
+                a.prefix,
                 String::from_utf8_lossy(k)
             ));
         }
     }
     juju::action_log(&format!(
-        "copying {keys} keys under {prefix:?} from {src}{}",
-        if dry_run { " (dry run)" } else { "" }
+        "copying {} keys under {:?} from {src}{}",
+        a.keys,
+        a.prefix,
+        if a.dry_run { " (dry run)" } else { "" }
     ));
     // Each page read from the source: counted, digested and (unless a dry run) written here.
     let mut source_tally = Tally::default();
@@ -315,7 +336,7 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
         for (k, v) in page {
             source_tally.add(k, v);
         }
-        if !dry_run {
+        if !a.dry_run {
             put_all(&dest, &dest_ep, page)?;
         }
         if source_tally.count as usize % (10 * PAGE) < page.len() {
@@ -323,8 +344,8 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
         }
         Ok(())
     };
-    let revision = if keys == "v2" {
-        let kvs = v2_keys(&tls, &src, &prefix)?;
+    let revision = if a.keys == "v2" {
+        let kvs = v2_keys(&tls, &src, &a.prefix)?;
         juju::action_log(&format!("{} v2 keys read", kvs.len()));
         take(&kvs)?;
         0
@@ -340,24 +361,43 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
     if revision > 0 {
         results.push(("source.revision".into(), revision.to_string()));
     }
-    if dry_run {
+    if a.dry_run {
         results.push((
             "output".into(),
-            format!("dry run: {count} keys under {prefix:?} would be copied; nothing written"),
+            format!(
+                "dry run: {count} keys under {:?} would be copied; nothing written",
+                a.prefix
+            ),
         ));
         return Ok(results);
     }
-    // Read back what this cluster now holds under the prefix.
+    results.extend(verify_copy(
+        &dest,
+        &dest_ep,
+        (&start, &end),
+        &a.prefix,
+        (count, &digest),
+    )?);
+    Ok(results)
+}
+
+/// Reads back what this cluster now holds under the prefix: the same count and digest as
+/// the source's, or the action fails saying so.
+fn verify_copy(
+    dest: &Client,
+    dest_ep: &str,
+    (start, end): (&[u8], &[u8]),
+    prefix: &str,
+    (count, digest): (u64, &str),
+) -> Result<Results> {
     let mut copied = Tally::default();
-    each_page(&dest, &dest_ep, &start, &end, &mut |page| {
+    each_page(dest, dest_ep, start, end, &mut |page| {
         for (k, v) in page {
             copied.add(k, v);
         }
         Ok(())
     })?;
     let (copied_count, copied_digest) = copied.digest();
-    results.push(("copied.count".into(), copied_count.to_string()));
-    results.push(("copied.digest".into(), copied_digest.clone()));
     if copied_count != count || copied_digest != digest {
         return refuse(format!(
             "the copy does not match the source: {copied_count} keys (digest {copied_digest}) \
@@ -365,11 +405,14 @@ pub fn copy_from(params: &BTreeMap<String, Value>) -> Result<Results> {
              meanwhile?"
         ));
     }
-    results.push((
-        "output".into(),
-        format!("copied {count} keys under {prefix:?}; count and digest match the source"),
-    ));
-    Ok(results)
+    Ok(vec![
+        ("copied.count".into(), copied_count.to_string()),
+        ("copied.digest".into(), copied_digest),
+        (
+            "output".into(),
+            format!("copied {count} keys under {prefix:?}; count and digest match the source"),
+        ),
+    ])
 }
 
 #[cfg(test)]

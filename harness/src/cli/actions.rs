@@ -3,6 +3,7 @@
 //! Juju 3 spelling, is in the parent module; both queue the same tasks.
 
 use super::common::*;
+use super::tasks::*;
 
 /// `run-action <unit> <action> [key=value ...] [--wait[=<timeout>]]`. Without `--wait` it
 /// prints the id to read the result with (`show-action-output`); with it, the result keyed
@@ -305,142 +306,6 @@ pub(super) fn json_type(v: &Value) -> &'static str {
     }
 }
 
-pub(super) fn task_json(t: &Task) -> Value {
-    let mut results = Map::new();
-    for (k, v) in &t.results {
-        results.insert(k.clone(), v.clone());
-    }
-    results.insert("return-code".into(), json!(t.return_code.unwrap_or(0)));
-    if !t.stdout.is_empty() {
-        results.insert("stdout".into(), json!(t.stdout));
-    }
-    if !t.stderr.is_empty() {
-        results.insert("stderr".into(), json!(t.stderr));
-    }
-    let mut o = Map::new();
-    o.insert("id".into(), json!(t.id.to_string()));
-    o.insert("status".into(), json!(t.status));
-    o.insert("unit".into(), json!(t.unit));
-    o.insert("results".into(), Value::Object(results));
-    if !t.message.is_empty() {
-        o.insert("message".into(), json!(t.message));
-    }
-    if !t.log.is_empty() {
-        o.insert("log".into(), json!(t.log));
-    }
-    o.insert(
-        "timing".into(),
-        json!({"enqueued": t.enqueued, "started": t.started, "completed": t.completed}),
-    );
-    Value::Object(o)
-}
-
-pub(super) async fn wait_tasks(
-    ctl: &Arc<Ctl>,
-    model: &str,
-    ids: &[u64],
-    wait: Option<Duration>,
-) -> Option<Vec<Task>> {
-    ctl.wait_for(wait.map(|d| Instant::now() + d), |w| {
-        let m = w.models.get(model)?;
-        let tasks: Vec<Task> = ids.iter().filter_map(|i| m.tasks.get(i).cloned()).collect();
-        tasks
-            .iter()
-            .all(|t| t.status == "completed" || t.status == "failed")
-            .then_some(tasks)
-    })
-    .await
-}
-
-/// How long `juju run` waits for its task when `--wait` does not say.
-pub const DEFAULT_RUN_WAIT: Duration = Duration::from_secs(60);
-
-pub(super) fn tasks_reply(tasks: &[Task], p: &flags::Parsed, exec: bool) -> Reply {
-    let mut out = Map::new();
-    for t in tasks {
-        out.insert(t.unit.clone(), task_json(t));
-    }
-    // As Juju's waitForTasks (cmd/juju/action/common.go): a task counts as failed for the
-    // exit code only when its return code is 1 or more; a task failed by `action-fail`
-    // whose process exited 0 leaves `juju run` exiting 0 (cmd/juju/action/run_test.go).
-    let failed: Vec<&Task> = tasks
-        .iter()
-        .filter(|t| {
-            if exec {
-                t.status != "completed"
-            } else {
-                t.return_code.map_or(t.status != "completed", |c| c != 0)
-            }
-        })
-        .collect();
-    let json_mode = p
-        .value("format")
-        .map(|f| f == "json" || f == "yaml")
-        .unwrap_or(false);
-    let stdout = if json_mode {
-        render(
-            &Value::Object(out),
-            if p.value("format") == Some("json") {
-                Format::Json
-            } else {
-                Format::Yaml
-            },
-        )
-    } else if exec && tasks.len() == 1 {
-        tasks[0].stdout.clone()
-    } else {
-        let mut s = String::new();
-        for t in tasks {
-            if !exec && t.status == "failed" {
-                s.push_str(&format!("Action id {} failed: {}\n", t.id, t.message));
-            }
-            if !t.log.is_empty() {
-                for l in &t.log {
-                    s.push_str(&format!("{l}\n"));
-                }
-            }
-            if !t.results.is_empty() {
-                s.push_str(&render(&json!(t.results), Format::Yaml));
-            }
-            s.push_str(&t.stdout);
-        }
-        s
-    };
-    if exec && !json_mode && tasks.len() == 1 {
-        let t = &tasks[0];
-        let code = t.return_code.unwrap_or(1);
-        let mut stderr = t.stderr.clone();
-        if t.return_code.is_none() {
-            stderr.push_str(&format!("ERROR {}\n", t.message));
-        }
-        return Reply {
-            code,
-            stdout,
-            stderr,
-        };
-    }
-    if failed.is_empty() {
-        return Reply::ok(stdout);
-    }
-    let mut stderr = String::from("ERROR the following task failed:\n");
-    for t in failed {
-        stderr.push_str(&format!(
-            " id \"{}\" with return code {}\n",
-            t.id,
-            t.return_code.unwrap_or(1)
-        ));
-        if !t.message.is_empty() {
-            stderr.push_str(&format!("   message: {}\n", t.message));
-        }
-    }
-    stderr.push_str("\nuse 'juju show-task' to inspect the failure (task failed)\n");
-    Reply {
-        code: 1,
-        stdout,
-        stderr,
-    }
-}
-
 pub(super) async fn run(
     ctl: &Arc<Ctl>,
     args: &[String],
@@ -507,15 +372,9 @@ pub(super) async fn run(
 
 /// Queues the action `p` names (`<unit> <action> [key=value ...]`, `--params`, `--string-args`)
 /// after checking its parameters against the charm's schema; returns the task's id.
-pub(super) fn queue_action(
-    ctl: &Arc<Ctl>,
-    p: &flags::Parsed,
-    cwd: &Path,
-    model: &str,
-) -> Result<u64> {
-    if p.positional.len() < 2 {
-        bail!("no unit and action specified");
-    }
+/// `juju run`'s params: a `--params` YAML file, then `key.key=value` arguments (YAML
+/// values unless `--string-args`), nested by their dotted keys.
+fn action_params(p: &flags::Parsed, cwd: &Path) -> Result<Map<String, Value>> {
     let mut params = Map::new();
     if let Some(f) = p.value("params") {
         let text = std::fs::read_to_string(cwd.join(f))
@@ -546,6 +405,19 @@ pub(super) fn queue_action(
         }
         cur.insert(segs[segs.len() - 1].to_string(), val);
     }
+    Ok(params)
+}
+
+pub(super) fn queue_action(
+    ctl: &Arc<Ctl>,
+    p: &flags::Parsed,
+    cwd: &Path,
+    model: &str,
+) -> Result<u64> {
+    if p.positional.len() < 2 {
+        bail!("no unit and action specified");
+    }
+    let params = action_params(p, cwd)?;
     let action = p.positional[1].clone();
     ctl.model_mut(model, |m| -> Result<u64> {
         let unit = resolve_unit(m, &p.positional[0])?;

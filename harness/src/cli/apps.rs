@@ -376,67 +376,10 @@ pub(super) fn config(
                 bail!("unknown option {r:?}");
             }
         }
-        ctl.model_mut(&model, |m| {
-            let a = m
-                .apps
-                .get_mut(&app)
-                .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
-            let before = a.config.clone();
-            for (k, v) in new {
-                let default = meta.options.get(&k).and_then(|d| d.default.clone());
-                if Some(&v) == default.as_ref() {
-                    a.config.remove(&k);
-                } else {
-                    a.config.insert(k, v);
-                }
-            }
-            for r in resets {
-                a.config.remove(&r);
-            }
-            if a.config != before {
-                let units: Vec<String> = m
-                    .units
-                    .values()
-                    .filter(|u| u.app == app && u.life == Life::Alive)
-                    .map(|u| u.name.clone())
-                    .collect();
-                for u in units {
-                    m.push(&u, Event::hook("config-changed"));
-                }
-            }
-            Ok(())
-        })?;
+        ctl.model_mut(&model, |m| m.set_config(&app, new, &resets))?;
         return Ok(Reply::ok(""));
     }
-    let v = ctl.model(&model, |m| -> Result<Value> {
-        let a = m
-            .apps
-            .get(&app)
-            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
-        let mut settings = Map::new();
-        for (k, def) in &a.meta.options {
-            let mut e = Map::new();
-            e.insert("type".into(), json!(def.kind));
-            e.insert("description".into(), json!(def.description));
-            if let Some(d) = &def.default {
-                e.insert("default".into(), d.clone());
-            }
-            match a.config.get(k) {
-                Some(v) => {
-                    e.insert("value".into(), v.clone());
-                    e.insert("source".into(), json!("user"));
-                }
-                None => {
-                    if let Some(d) = &def.default {
-                        e.insert("value".into(), d.clone());
-                    }
-                    e.insert("source".into(), json!(if def.default.is_some() { "default" } else { "unset" }));
-                }
-            }
-            settings.insert(k.clone(), Value::Object(e));
-        }
-        Ok(json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": if a.trust { "user" } else { "default" }, "type": "bool", "value": a.trust}}}))
-    })??;
+    let v = ctl.model(&model, |m| config_json(m, &app))??;
     match p.positional.get(1) {
         Some(k) => fmt_out(
             &v["settings"]
@@ -451,12 +394,45 @@ pub(super) fn config(
     }
 }
 
-/// The application a command names first.
-fn app_arg(p: &flags::Parsed) -> Result<String> {
-    p.positional
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow!("no application name specified"))
+/// `juju config <app>`'s YAML: each option's type, description, default, value and where
+/// the value comes from, and the application's own `trust`.
+fn config_json(m: &Model, app: &str) -> Result<Value> {
+    let a = m
+        .apps
+        .get(app)
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let mut settings = Map::new();
+    for (k, def) in &a.meta.options {
+        let mut e = Map::new();
+        e.insert("type".into(), json!(def.kind));
+        e.insert("description".into(), json!(def.description));
+        if let Some(d) = &def.default {
+            e.insert("default".into(), d.clone());
+        }
+        match a.config.get(k) {
+            Some(v) => {
+                e.insert("value".into(), v.clone());
+                e.insert("source".into(), json!("user"));
+            }
+            None => {
+                if let Some(d) = &def.default {
+                    e.insert("value".into(), d.clone());
+                }
+                e.insert(
+                    "source".into(),
+                    json!(if def.default.is_some() {
+                        "default"
+                    } else {
+                        "unset"
+                    }),
+                );
+            }
+        }
+        settings.insert(k.clone(), Value::Object(e));
+    }
+    Ok(
+        json!({"application": app, "charm": a.meta.name, "settings": settings, "application-config": {"trust": {"default": false, "description": "Does this application have access to trusted credentials", "source": if a.trust { "user" } else { "default" }, "type": "bool", "value": a.trust}}}),
+    )
 }
 
 /// `constraints <app>` (Juju's canonical form, empty when none) and `set-constraints <app>

@@ -28,7 +28,7 @@ pub(super) fn app_arg(p: &flags::Parsed) -> Result<String> {
     p.positional
         .first()
         .cloned()
-        .ok_or_else(|| anyhow!("application name required"))
+        .ok_or_else(|| anyhow!("no application name specified"))
 }
 
 pub(super) fn model_name(

@@ -5,6 +5,7 @@ use super::apps::{add_units, config_args};
 use super::charms::{find_charm, snapshot_charm, store_resource, Charm};
 use super::common::*;
 use crate::flags::Parsed;
+use crate::metadata::read_charm;
 
 pub(super) async fn deploy(
     ctl: &Arc<Ctl>,

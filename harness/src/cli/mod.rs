@@ -14,6 +14,7 @@ mod relations;
 mod ssh;
 mod status;
 mod storage;
+mod tasks;
 
 use crate::controller::Ctl;
 use crate::proto::Reply;

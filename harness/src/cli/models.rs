@@ -149,30 +149,8 @@ pub(super) async fn model_config(
     if !sets.is_empty() || p.value("reset").is_some() {
         ctl.model_mut(&model, |m| -> Result<()> {
             for kv in sets {
-                let (k, v) = kv.split_once('=').unwrap();
-                if k == "update-status-hook-interval" && controller::parse_duration(v).is_none() {
-                    bail!("update-status-hook-interval: invalid duration {v:?} (use e.g. 5m, 30s)");
-                }
-                if k == "harness-machine" && crate::machine::Kind::parse(v).is_none() {
-                    bail!(
-                        "harness-machine: unknown machine kind {v:?} (use {})",
-                        crate::machine::Kind::NAMES
-                    );
-                }
-                if k == "apt-mirror"
-                    && !(v.is_empty()
-                        || v.starts_with("file:/")
-                        || v.starts_with("http://")
-                        || v.starts_with("https://"))
-                {
-                    bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
-                }
-                if k == "harness-hold-at" && !matches!(v, "" | "veth" | "spawned") {
-                    bail!("harness-hold-at: {v:?} is not a hold point (veth or spawned, or empty for none)");
-                }
-                if k == "firewall-mode" && !matches!(v, "instance" | "none") {
-                    bail!("firewall-mode: {v:?} is not instance (a cloud's firewall: only exposed applications' opened ports are reachable from outside the model) or none");
-                }
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                check_model_setting(k, v)?;
                 let val = match v {
                     "true" | "false" => json!(v == "true"),
                     _ => json!(v),
@@ -210,6 +188,34 @@ pub(super) async fn model_config(
         ),
         None => fmt_out(&v, &p, Format::Yaml),
     }
+}
+
+/// A model setting this controller checks as Juju (or, for its own `harness-*` ones, as
+/// it uses them).
+fn check_model_setting(k: &str, v: &str) -> Result<()> {
+    if k == "update-status-hook-interval" && controller::parse_duration(v).is_none() {
+        bail!("update-status-hook-interval: invalid duration {v:?} (use e.g. 5m, 30s)");
+    }
+    if k == "harness-machine" && crate::machine::Kind::parse(v).is_none() {
+        bail!(
+            "harness-machine: unknown machine kind {v:?} (use {})",
+            crate::machine::Kind::NAMES
+        );
+    }
+    let mirror_ok = v.is_empty()
+        || v.starts_with("file:/")
+        || v.starts_with("http://")
+        || v.starts_with("https://");
+    if k == "apt-mirror" && !mirror_ok {
+        bail!("apt-mirror: {v:?} is not a file:/ directory or an http(s) URL");
+    }
+    if k == "harness-hold-at" && !matches!(v, "" | "veth" | "spawned") {
+        bail!("harness-hold-at: {v:?} is not a hold point (veth or spawned, or empty for none)");
+    }
+    if k == "firewall-mode" && !matches!(v, "instance" | "none") {
+        bail!("firewall-mode: {v:?} is not instance (a cloud's firewall: only exposed applications' opened ports are reachable from outside the model) or none");
+    }
+    Ok(())
 }
 
 /// `wait-settled`

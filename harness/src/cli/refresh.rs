@@ -5,6 +5,7 @@ use super::apps::config_args;
 use super::charms::{find_charm, snapshot_charm, store_resource, Charm};
 use super::common::*;
 use crate::flags::Parsed;
+use crate::metadata::read_charm;
 
 /// `attach-resource | attach`
 pub(super) async fn attach_resource(
@@ -234,13 +235,7 @@ fn push_charm_files(ctl: &Ctl, model: &str, app: &str, dst: &Path) -> Result<()>
 }
 
 pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {
-    let units: Vec<String> = m
-        .units
-        .values()
-        .filter(|u| u.app == app && u.life == Life::Alive)
-        .map(|u| u.name.clone())
-        .collect();
-    for u in units {
+    for u in m.alive_units(app) {
         // As Juju's runHook.Commit (internal/worker/uniter/operation/runhook.go; its
         // runhook_test.go): upgrade-charm queues config-changed, which queues start only on
         // a unit that never started. Leadership hooks come only with a leadership change.

@@ -6,8 +6,8 @@
 //! root. A relative path on a machine means the `ubuntu` user's home, and what is copied
 //! onto a machine belongs to that user.
 
-use super::actions::{tasks_reply, wait_tasks};
 use super::common::*;
+use super::tasks::{tasks_reply, wait_tasks};
 use std::process::Stdio;
 
 const HOME: &str = "/home/ubuntu";

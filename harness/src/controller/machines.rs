@@ -162,7 +162,11 @@ impl Ctl {
         let sock = machine::agent_socket(&mdir, machine);
         let _ = std::fs::remove_file(&sock);
         let firewall = self
-            .read(|w| w.models.get(model).map(|m| m.firewall(machine)))
+            .read(|w| {
+                w.models
+                    .get(model)
+                    .map(|m| crate::firewall::for_machine(m, machine))
+            })
             .unwrap_or_default();
         let spawn = Spawn {
             home: self.home.clone(),

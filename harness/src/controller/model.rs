@@ -1,7 +1,7 @@
 //! The model's state machine, pure: placing and adding units and machines, relation scopes, what a unit sees. No processes, no sockets.
 
 use super::names::*;
-use crate::machine::Net;
+use crate::net::Net;
 use crate::state::*;
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -28,28 +28,37 @@ pub fn unit_workload(u: &Unit) -> Status {
 }
 
 impl Model {
-    /// The nftables script for one machine's firewall (see `firewall`): the ports opened
+    /// The ports one machine's firewall lets in (see `firewall::for_machine`): those opened
     /// by the units of exposed applications on it, in `firewall-mode: instance` (the
-    /// default); no firewall in `none`.
-    pub fn firewall(&self, machine: u32) -> String {
+    /// default); None (no firewall) in `none`.
+    pub fn open_ports(&self, machine: u32) -> Option<Vec<String>> {
         let mode = self.config.get("firewall-mode").and_then(Value::as_str);
         if mode == Some("none") {
-            return crate::firewall::ruleset(&self.net().host_address(), None);
+            return None;
         }
-        let open: Vec<String> = self
-            .units
-            .values()
-            .filter(|u| u.machine == machine)
-            .filter(|u| self.apps.get(&u.app).is_some_and(|a| a.exposed))
-            .flat_map(|u| u.ports.iter().cloned())
-            .collect();
-        crate::firewall::ruleset(&self.net().host_address(), Some(&open))
+        Some(
+            self.units
+                .values()
+                .filter(|u| u.machine == machine)
+                .filter(|u| self.apps.get(&u.app).is_some_and(|a| a.exposed))
+                .flat_map(|u| u.ports.iter().cloned())
+                .collect(),
+        )
     }
 
     pub fn net(&self) -> Net {
         Net {
             index: self.net_index,
         }
+    }
+
+    /// The application's units that are alive (not dying).
+    pub fn alive_units(&self, app: &str) -> Vec<String> {
+        self.units
+            .values()
+            .filter(|u| u.app == app && u.life == Life::Alive)
+            .map(|u| u.name.clone())
+            .collect()
     }
 
     /// The units on a machine: its principal and their subordinates.
@@ -196,6 +205,39 @@ impl Model {
         }
     }
 
+    /// `juju config app k=v … --reset k,…`: a value equal to its default is stored as unset
+    /// (as Juju does), a reset goes back to the default; the units hear config-changed when
+    /// anything changed.
+    pub fn set_config(
+        &mut self,
+        app: &str,
+        new: BTreeMap<String, Value>,
+        resets: &[String],
+    ) -> Result<()> {
+        let a = self
+            .apps
+            .get_mut(app)
+            .with_context(|| format!("application \"{app}\" not found"))?;
+        let before = a.config.clone();
+        for (k, v) in new {
+            let default = a.meta.options.get(&k).and_then(|d| d.default.clone());
+            if Some(&v) == default.as_ref() {
+                a.config.remove(&k);
+            } else {
+                a.config.insert(k, v);
+            }
+        }
+        for r in resets {
+            a.config.remove(r);
+        }
+        if a.config != before {
+            for u in self.alive_units(app) {
+                self.push(&u, Event::hook("config-changed"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn add_unit(&mut self, app: &str, to: Option<u32>) -> Result<(String, bool)> {
         let a = self.apps.get(app).context("application not found")?;
         if a.meta.subordinate {
@@ -224,7 +266,7 @@ impl Model {
         let net = self.net();
         let kind = self
             .config_str("harness-machine")
-            .and_then(|k| crate::machine::Kind::parse(&k))
+            .and_then(|k| Kind::parse(&k))
             .unwrap_or(DEFAULT_MACHINE_KIND);
         let second_nic = self.config_bool("harness-second-interface", false);
         let constraints = unit

@@ -9,7 +9,7 @@ pub const JUJU_VERSION: &str = "3.6.8";
 
 /// Machines boot systemd unless the model says otherwise: a cloud image does, and the
 /// charm's code paths for systemd are the ones operators run.
-pub const DEFAULT_MACHINE_KIND: crate::machine::Kind = crate::machine::Kind::Systemd;
+pub const DEFAULT_MACHINE_KIND: crate::state::Kind = crate::state::Kind::Systemd;
 
 /// Snaps a `snapd` machine gets installed at its first boot, as a cloud image's seed would
 /// hold them: the `.snap` files of the directory named by the controller's environment

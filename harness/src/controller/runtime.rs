@@ -113,7 +113,7 @@ impl Ctl {
                 .map(|m| {
                     m.machines
                         .keys()
-                        .map(|id| (m.net().netns(*id), m.firewall(*id)))
+                        .map(|id| (m.net().netns(*id), crate::firewall::for_machine(m, *id)))
                         .collect()
                 })
                 .unwrap_or_default()
