@@ -138,17 +138,20 @@ async fn handle_conn(ctl: Arc<Ctl>, stream: tokio::net::UnixStream) -> Result<()
 
 /// The home's lock, held for as long as the returned file is open: `None` when another
 /// process (a running controller) holds it.
-fn own_home(home: &std::path::Path) -> Result<Option<std::fs::File>> {
-    let lock = std::fs::OpenOptions::new()
+fn own_home(home: &std::path::Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>> {
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(home.join("controller.lock"))?;
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Ok(None);
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(anyhow::anyhow!(
+            "locking {}: {e}",
+            home.join("controller.lock").display()
+        )),
     }
-    Ok(Some(lock))
 }
 
 /// `kill-controller` when no controller answers (it was killed, or the host rebooted): as a

@@ -117,8 +117,47 @@ impl PauseAfter {
     }
 }
 
-fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
-    match c.get(k) {
+/// The charm's options as `config-get` gives them (config.yaml, one field each), before
+/// any is checked: `Config::parse` validates them into typed values. An option this charm
+/// does not have is ignored; a value of the wrong type is refused by the check of its option.
+#[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct RawConfig {
+    pub port: Option<Value>,
+    pub management_port: Option<Value>,
+    pub channel: Option<Value>,
+    pub heartbeat_interval: Option<Value>,
+    pub election_timeout: Option<Value>,
+    pub snapshot_count: Option<Value>,
+    pub pause_after_unit_upgrade: Option<Value>,
+    pub snapshot_schedule: Option<Value>,
+    pub snapshot_retention: Option<Value>,
+    pub snapshot_target: Option<Value>,
+    pub defrag_threshold: Option<Value>,
+    pub snapd_refresh: Option<Value>,
+    pub bind_to_all_interfaces: Option<Value>,
+    pub bind_with_insecure_http: Option<Value>,
+    pub enable_v2: Option<Value>,
+    pub tls_cipher_suites: Option<Value>,
+    pub quota_backend_bytes: Option<Value>,
+    pub auto_compaction_mode: Option<Value>,
+    pub auto_compaction_retention: Option<Value>,
+    pub archive_url: Option<Value>,
+    pub archive_sha256: Option<Value>,
+    pub tls_certificate_lifetime: Option<Value>,
+    pub nagios_context: Option<Value>,
+    pub nagios_servicegroups: Option<Value>,
+}
+
+impl RawConfig {
+    pub fn from_map(map: &BTreeMap<String, Value>) -> Result<RawConfig, String> {
+        let v = Value::Object(map.clone().into_iter().collect());
+        serde_json::from_value(v).map_err(|e| format!("invalid config: {e}"))
+    }
+}
+
+fn get_str(v: &Option<Value>) -> String {
+    match v {
         Some(Value::String(s)) => s.trim().to_string(),
         Some(Value::Null) | None => String::new(),
         Some(other) => other.to_string(),
@@ -126,14 +165,14 @@ fn get_str(c: &BTreeMap<String, Value>, k: &str) -> String {
 }
 
 /// A string option, or `default` when it is empty.
-fn get_str_or(c: &BTreeMap<String, Value>, k: &str, default: &str) -> String {
-    Some(get_str(c, k))
+fn get_str_or(v: &Option<Value>, default: &str) -> String {
+    Some(get_str(v))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| default.to_string())
 }
 
-fn get_int(c: &BTreeMap<String, Value>, k: &str, default: i64) -> Result<i64, String> {
-    match c.get(k) {
+fn get_int(v: &Option<Value>, k: &str, default: i64) -> Result<i64, String> {
+    match v {
         None | Some(Value::Null) => Ok(default),
         Some(Value::Number(n)) => n
             .as_i64()
@@ -147,41 +186,43 @@ fn get_int(c: &BTreeMap<String, Value>, k: &str, default: i64) -> Result<i64, St
     }
 }
 
-fn get_bool(c: &BTreeMap<String, Value>, k: &str) -> bool {
-    matches!(c.get(k), Some(Value::Bool(true)))
+fn get_bool(v: &Option<Value>) -> bool {
+    matches!(v, Some(Value::Bool(true)))
 }
 
 impl Config {
     /// Validates the raw `config-get` map. The error is the blocked status message.
-    pub fn parse(c: &BTreeMap<String, Value>) -> Result<Config, String> {
+    pub fn parse(map: &BTreeMap<String, Value>) -> Result<Config, String> {
+        let raw = RawConfig::from_map(map)?;
+        let c = &raw;
         let (port, mport) = ports(c)?;
         let (hb, et, snapshot_count) = timings(c)?;
-        let channel = get_str_or(c, "channel", "auto");
+        let channel = get_str_or(&c.channel, "auto");
         if !valid_channel(&channel) {
             return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
         }
         let ciphers = ciphers(c)?;
-        let quota = get_int(c, "quota_backend_bytes", 0)?;
+        let quota = get_int(&c.quota_backend_bytes, "quota_backend_bytes", 0)?;
         if !(0..=8 * 1024 * 1024 * 1024).contains(&quota) {
             return Err(format!("invalid config: quota_backend_bytes {quota} must be between 0 (etcd's 2 GiB default) and 8589934592"));
         }
         let (mode, retention) = compaction(c)?;
         let (url, sha) = archive(c)?;
-        let lifetime_raw = get_str_or(c, "tls_certificate_lifetime", "825d");
+        let lifetime_raw = get_str_or(&c.tls_certificate_lifetime, "825d");
         let tls_certificate_lifetime = parse_lifetime(&lifetime_raw)
             .ok_or_else(|| format!("invalid config: tls_certificate_lifetime {lifetime_raw:?} must be a number with s, m, h or d, between 60s and 3650d"))?;
-        let snapd_refresh = get_str_or(c, "snapd_refresh", "max");
+        let snapd_refresh = get_str_or(&c.snapd_refresh, "max");
         if let Err(e) = check_refresh_timer(&snapd_refresh) {
             return Err(format!("invalid config: snapd_refresh {snapd_refresh:?}: {e} (use max, or a snapd timer such as fri5,23:00-01:00 or mon,10:00~12:00)"));
         }
-        let pause_raw = get_str_or(c, "pause_after_unit_upgrade", "none");
+        let pause_raw = get_str_or(&c.pause_after_unit_upgrade, "none");
         let pause_after_unit_upgrade = PauseAfter::parse(&pause_raw).ok_or_else(|| {
             format!(
                 "invalid config: pause_after_unit_upgrade {pause_raw:?} must be none, first or all"
             )
         })?;
         let (snapshot_schedule, snapshot_retention, snapshot_target) = snapshots(c)?;
-        let defrag_threshold = threshold::Threshold::parse(&get_str(c, "defrag_threshold"))
+        let defrag_threshold = threshold::Threshold::parse(&get_str(&c.defrag_threshold))
             .map_err(|e| format!("invalid config: {e}"))?;
         let (nagios_context, nagios_servicegroups) = nagios_names(c)?;
         Ok(Config {
@@ -200,9 +241,9 @@ impl Config {
             heartbeat_interval: hb as u32,
             election_timeout: et as u32,
             snapshot_count: snapshot_count as u64,
-            bind_to_all_interfaces: get_bool(c, "bind_to_all_interfaces"),
-            bind_with_insecure_http: get_bool(c, "bind_with_insecure_http"),
-            enable_v2: get_bool(c, "enable_v2"),
+            bind_to_all_interfaces: get_bool(&c.bind_to_all_interfaces),
+            bind_with_insecure_http: get_bool(&c.bind_with_insecure_http),
+            enable_v2: get_bool(&c.enable_v2),
             tls_cipher_suites: ciphers,
             quota_backend_bytes: quota as u64,
             auto_compaction_mode: mode,
@@ -213,12 +254,12 @@ impl Config {
     }
 }
 
-type Options = BTreeMap<String, Value>;
+type Options = RawConfig;
 
 /// `port` and `management_port`: in range, different, clear of the plain-http listener.
 fn ports(c: &Options) -> Result<(i64, i64), String> {
-    let port = get_int(c, "port", 2379)?;
-    let mport = get_int(c, "management_port", 2380)?;
+    let port = get_int(&c.port, "port", 2379)?;
+    let mport = get_int(&c.management_port, "management_port", 2380)?;
     for (name, p) in [("port", port), ("management_port", mport)] {
         if !(1..=65535).contains(&p) {
             return Err(format!(
@@ -231,7 +272,7 @@ fn ports(c: &Options) -> Result<(i64, i64), String> {
             "invalid config: port and management_port are both {port}; choose two different ports"
         ));
     }
-    if get_bool(c, "bind_with_insecure_http") {
+    if get_bool(&c.bind_with_insecure_http) {
         for (name, p) in [("port", port), ("management_port", mport)] {
             if p == 4001 {
                 return Err(format!("invalid config: {name} 4001 is taken by bind_with_insecure_http (its plain-http listener); choose another port"));
@@ -243,8 +284,8 @@ fn ports(c: &Options) -> Result<(i64, i64), String> {
 
 /// `heartbeat_interval`, `election_timeout` (etcd's tuning rules) and `snapshot_count`.
 fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
-    let hb = get_int(c, "heartbeat_interval", 100)?;
-    let et = get_int(c, "election_timeout", 1000)?;
+    let hb = get_int(&c.heartbeat_interval, "heartbeat_interval", 100)?;
+    let et = get_int(&c.election_timeout, "election_timeout", 1000)?;
     if !(10..=5000).contains(&hb) {
         return Err(format!(
             "invalid config: heartbeat_interval {hb} must be between 10 and 5000 ms"
@@ -261,7 +302,7 @@ fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
             "invalid config: election_timeout {et} must be at most 50000 ms"
         ));
     }
-    let snapshot_count = get_int(c, "snapshot_count", 10000)?;
+    let snapshot_count = get_int(&c.snapshot_count, "snapshot_count", 10000)?;
     if snapshot_count < 1 {
         return Err(format!(
             "invalid config: snapshot_count {snapshot_count} must be positive"
@@ -272,7 +313,7 @@ fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
 
 /// `tls_cipher_suites`: Go's names, comma-separated.
 fn ciphers(c: &Options) -> Result<Vec<String>, String> {
-    let ciphers: Vec<String> = get_str(c, "tls_cipher_suites")
+    let ciphers: Vec<String> = get_str(&c.tls_cipher_suites)
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
@@ -289,13 +330,13 @@ fn ciphers(c: &Options) -> Result<Vec<String>, String> {
 
 /// `auto_compaction_mode` and its `auto_compaction_retention`.
 fn compaction(c: &Options) -> Result<(String, String), String> {
-    let mode = get_str_or(c, "auto_compaction_mode", "periodic");
+    let mode = get_str_or(&c.auto_compaction_mode, "periodic");
     if mode != "periodic" && mode != "revision" {
         return Err(format!(
             "invalid config: auto_compaction_mode {mode:?} must be periodic or revision"
         ));
     }
-    let retention = get_str_or(c, "auto_compaction_retention", "1h");
+    let retention = get_str_or(&c.auto_compaction_retention, "1h");
     check_retention(&mode, &retention)
         .map_err(|e| format!("invalid config: auto_compaction_retention {retention:?}: {e}"))?;
     Ok((mode, retention))
@@ -303,8 +344,8 @@ fn compaction(c: &Options) -> Result<(String, String), String> {
 
 /// `archive_url` and its `archive_sha256`.
 fn archive(c: &Options) -> Result<(Option<String>, Option<String>), String> {
-    let url = Some(get_str(c, "archive_url")).filter(|s| !s.is_empty());
-    let sha = Some(get_str(c, "archive_sha256").to_lowercase()).filter(|s| !s.is_empty());
+    let url = Some(get_str(&c.archive_url)).filter(|s| !s.is_empty());
+    let sha = Some(get_str(&c.archive_sha256).to_lowercase()).filter(|s| !s.is_empty());
     if let Some(s) = &sha {
         if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err("invalid config: archive_sha256 must be 64 hex digits".into());
@@ -327,23 +368,23 @@ fn archive(c: &Options) -> Result<(Option<String>, Option<String>), String> {
 
 /// `snapshot_schedule`, `snapshot_retention` and `snapshot_target`.
 fn snapshots(c: &Options) -> Result<(Option<schedule::Schedule>, i64, String), String> {
-    let snapshot_schedule = schedule::Schedule::parse(&get_str(c, "snapshot_schedule"))
+    let snapshot_schedule = schedule::Schedule::parse(&get_str(&c.snapshot_schedule))
         .map_err(|e| format!("invalid config: {e}"))?;
-    let snapshot_retention = get_int(c, "snapshot_retention", 7)?;
+    let snapshot_retention = get_int(&c.snapshot_retention, "snapshot_retention", 7)?;
     if !(1..=10000).contains(&snapshot_retention) {
         return Err(format!(
             "invalid config: snapshot_retention {snapshot_retention} must be between 1 and 10000 (how many scheduled snapshots to keep)"
         ));
     }
-    let snapshot_target = get_str_or(c, "snapshot_target", "/var/backups/etcd");
+    let snapshot_target = get_str_or(&c.snapshot_target, "/var/backups/etcd");
     schedule::check_target(&snapshot_target).map_err(|e| format!("invalid config: {e}"))?;
     Ok((snapshot_schedule, snapshot_retention, snapshot_target))
 }
 
 /// `nagios_context` and `nagios_servicegroups`.
 fn nagios_names(c: &Options) -> Result<(String, String), String> {
-    let nagios_context = get_str_or(c, "nagios_context", "juju");
-    let nagios_servicegroups = get_str(c, "nagios_servicegroups");
+    let nagios_context = get_str_or(&c.nagios_context, "juju");
+    let nagios_servicegroups = get_str(&c.nagios_servicegroups);
     nagios::check_names("nagios_context", &nagios_context, false)
         .and_then(|_| nagios::check_names("nagios_servicegroups", &nagios_servicegroups, true))
         .map_err(|e| format!("invalid config: {e}"))?;
@@ -482,6 +523,27 @@ pub fn valid_channel(ch: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    /// RawConfig has a field for each option of config.yaml, and no other.
+    #[test]
+    fn the_raw_config_has_every_option_of_config_yaml() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.yaml")).unwrap();
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let mut options: Vec<String> = yaml["options"]
+            .as_mapping()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        let mut fields: Vec<String> = match serde_json::to_value(RawConfig::default()).unwrap() {
+            Value::Object(m) => m.keys().cloned().collect(),
+            _ => unreachable!(),
+        };
+        options.sort();
+        fields.sort();
+        assert_eq!(fields, options);
+    }
     use super::*;
     use serde_json::json;
 

@@ -9,7 +9,7 @@ use crate::unit::peers::{Key, PeerBag};
 use crate::unit::{self, LocalState};
 use anyhow::{anyhow, Result};
 use etcdkit::install::Installed;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 /// The epoch a rebuilt cluster (restore, recover) publishes: one past the application's.
@@ -150,17 +150,4 @@ pub(crate) fn sweep_trash(data: &Path) {
             _ => {}
         }
     }
-}
-
-/// Removes the staging dir when dropped.
-pub(crate) struct Guard(PathBuf);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub(crate) fn scopeguard(p: PathBuf) -> Guard {
-    Guard(p)
 }

@@ -89,24 +89,21 @@ pub(crate) fn run_bounded(cmd: &str, args: &[&str], limit: std::time::Duration) 
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if std::time::Instant::now() > deadline => {
-                // Past its deadline: the error below is the result; a kill that fails
-                // means it has just exited, and wait only reaps it.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(InstallError::Failed(format!(
-                    "{cmd} {} did not finish within {} s",
-                    args.join(" "),
-                    limit.as_secs()
-                )));
-            }
-            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            Err(e) => return Err(InstallError::Failed(format!("waiting for {cmd}: {e}"))),
+    use wait_timeout::ChildExt;
+    let status = match child.wait_timeout(limit) {
+        Ok(Some(st)) => st,
+        Ok(None) => {
+            // Past its deadline: the error below is the result; a kill that fails means it
+            // has just exited, and wait only reaps it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(InstallError::Failed(format!(
+                "{cmd} {} did not finish within {} s",
+                args.join(" "),
+                limit.as_secs()
+            )));
         }
+        Err(e) => return Err(InstallError::Failed(format!("waiting for {cmd}: {e}"))),
     };
     let stdout = out.join().unwrap_or_default();
     let stderr = err.join().unwrap_or_default();

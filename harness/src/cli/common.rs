@@ -69,16 +69,7 @@ pub(super) fn resolve_unit(m: &Model, name: &str) -> Result<String> {
     }
 }
 
+/// A model's UUID (a random, version 4 UUID, as Juju's).
 pub(super) fn new_uuid() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::thread_rng().gen();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    uuid::Uuid::new_v4().to_string()
 }

@@ -44,7 +44,8 @@ struct Restore {
     cfg: Config,
     inst: Installed,
     data: PathBuf,
-    staging: PathBuf,
+    /// where the snapshot is unpacked and restored offline (gone when this is dropped)
+    staging: tempfile::TempDir,
     address: String,
     name: String,
     peer_url: String,
@@ -80,9 +81,6 @@ pub fn restore(
     };
     let r = Restore::new(ctx)?;
     sweep_trash(&r.data);
-    let _ = std::fs::remove_dir_all(&r.staging);
-    std::fs::create_dir_all(&r.staging)?;
-    let cleanup = scopeguard(r.staging.clone());
 
     let verified = r.verify(Path::new(&resource))?;
     let mut results = r.backup(target_dir.as_deref())?;
@@ -96,10 +94,9 @@ pub fn restore(
     // Half-restored members an earlier attempt set aside served clients on loopback only
     // (nothing but this charm wrote to them): copies of a snapshot, nothing of their own.
     let failed = unit::entries_named(&r.data, ".failed-restore-");
-    let mut going: Vec<&Path> = vec![&aside, &r.staging];
+    let mut going: Vec<&Path> = vec![&aside, r.staging.path()];
     going.extend(failed.iter().map(PathBuf::as_path));
     discard_later(&r.data, &going);
-    drop(cleanup);
 
     // 7. publish the new epoch: the other units rejoin one at a time.
     publish_epoch(ctx, r.epoch, &r.token, &r.name, &r.peer_url)?;
@@ -123,8 +120,16 @@ impl Restore {
         let address = unit::peer_address()?;
         let peer_url = unit::endpoint(&address, cfg.management_port);
         let epoch = next_epoch(ctx)?;
+        // A staging dir an earlier restore left (killed) holds copies of a snapshot only.
+        for old in unit::entries_named(&data, ".restore-staging") {
+            let _ = std::fs::remove_dir_all(old);
+        }
+        let staging = tempfile::Builder::new()
+            .prefix(".restore-staging-")
+            .tempdir_in(&data)
+            .with_context(|| format!("creating a staging dir in {}", data.display()))?;
         Ok(Restore {
-            staging: data.join(".restore-staging"),
+            staging,
             name: member_name(&ctx.unit),
             token: format!("etcd-restore-{epoch}-{:08x}", rand::random::<u32>()),
             client,
@@ -145,7 +150,7 @@ impl Restore {
             db,
             what,
             digest_ok,
-        } = fetch::fetch(resource, &self.staging)?;
+        } = fetch::fetch(resource, self.staging.path())?;
         juju::action_log(&format!("found {what}; restoring it offline"));
         let size = std::fs::metadata(&db)?.len();
         let kind = kind_of(size).ok_or_else(|| Refused(format!("{what} is not an etcd snapshot (size {size} is not a whole number of pages, with or without a digest): truncated?")))?;
@@ -158,11 +163,11 @@ impl Restore {
                 "the snapshot is refused: {what}'s sha256 does not match its trailing digest (corrupt)"
             ));
         }
-        let restored = self.staging.join("data");
+        let restored = self.staging.path().join("data");
         // The offline restore writes a second full copy beside the unpacked snapshot, on the
         // filesystem etcd's running member writes to.
         if let Err(e) = unit::ensure_room(
-            &self.staging,
+            self.staging.path(),
             size,
             None,
             "the offline restore's copy of the snapshot",
