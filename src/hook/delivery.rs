@@ -1,5 +1,5 @@
 //! Which etcd this unit runs: the delivery chosen from the attached resource, the config
-//! and what is installed (ARCHITECTURE §3.1), and snapd's refresh timer where snapd runs.
+//! and what is installed (docs/ARCHITECTURE.md §3.3), and snapd's refresh timer where snapd runs.
 
 use crate::config::Config;
 use crate::juju;
@@ -7,7 +7,7 @@ use crate::unit::LocalState;
 use etcdkit::install::{self, Delivery, InstallError, Installed};
 use std::path::Path;
 
-/// Chooses and runs the delivery (ARCHITECTURE §3.1), given the attached `etcd` resource's
+/// Chooses and runs the delivery (docs/ARCHITECTURE.md §3.3), given the attached `etcd` resource's
 /// path if there is one. Returns what is installed.
 pub(crate) fn ensure_installed(
     cfg: &Config,
