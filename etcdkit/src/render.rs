@@ -239,7 +239,8 @@ pub fn clients_on_loopback(rendered: &str) -> Option<(String, String)> {
 /// exits 0 and must stay down).
 pub fn systemd_unit(etcd_binary: &str, config_path: &str) -> String {
     format!(
-        "# Rendered by the etcd charm.\n[Unit]\nDescription=etcd key-value store (etcd charm)\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=notify\nExecStart={etcd_binary} --config-file {config_path}\nRestart=on-failure\nRestartSec=2s\nStartLimitIntervalSec=0\nTimeoutStartSec=infinity\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n"
+        "# Rendered by the etcd charm.\n[Unit]\nDescription=etcd key-value store (etcd charm)\nAfter=network-online.target\nWants=network-online.target\n\n[Service]\nType=notify\nExecStart={etcd_binary} --config-file {config_path}\nRestart=on-failure\nRestartSec=2s\nStartLimitIntervalSec=0\nTimeoutStartSec=infinity\nTimeoutStopSec={}s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
+        crate::service::STOP_GRACE.as_secs()
     )
 }
 
