@@ -547,6 +547,7 @@ const HARNESS_MODEL: &[&str] = &[
     "controller::model",
     "controller::lifecycle",
     "controller::transitions",
+    "controller::charm_change",
 ];
 
 /// What runs processes, namespaces, mounts, sockets or the firewall.

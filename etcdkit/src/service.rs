@@ -17,13 +17,7 @@ pub const LOG_FILE: &str = "/var/log/etcd/etcd.log";
 pub const CONFIG_FILE: &str = "/etc/etcd/etcd.conf.yml";
 pub const UNIT_FILE: &str = "/etc/systemd/system/etcd.service";
 
-/// How long etcd has to stop on SIGTERM before it is killed, under systemd
-/// (`TimeoutStopSec`) and the built-in supervisor alike. etcd stops in well under a second,
-/// except when a stream holds its gRPC server's graceful stop (etcd-io/etcd#8224: an
-/// active watch through the gateway): then it would wait for systemd's default 90 s, past
-/// `juju run`'s wait. A SIGKILL costs a member nothing it acknowledged: its WAL is synced
-/// before it answers.
-pub const STOP_GRACE: Duration = Duration::from_secs(15);
+pub use super::render::STOP_GRACE;
 /// The sha256 of the unit file systemd last loaded (in /run: a reboot reloads everything).
 const UNIT_LOADED: &str = "/run/etcd-charm/unit-loaded.sha256";
 /// The link `systemctl enable` makes (WantedBy=multi-user.target).

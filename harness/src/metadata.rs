@@ -126,6 +126,8 @@ fn storage(meta: &Value) -> BTreeMap<String, StorageDef> {
                 location: v.get("location").and_then(Value::as_str).map(String::from),
                 min: if optional { 0 } else { min },
                 max,
+                shared: v.get("shared").and_then(Value::as_bool) == Some(true),
+                read_only: v.get("read-only").and_then(Value::as_bool) == Some(true),
             },
         );
     }

@@ -186,6 +186,12 @@ pub struct StorageDef {
     /// The most instances a unit may have (`multiple: range: 0-1`); `None`: no bound.
     #[serde(default)]
     pub max: Option<u32>,
+    /// `shared: true` (one instance for the application)
+    #[serde(default)]
+    pub shared: bool,
+    /// `read-only: true`
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug)]

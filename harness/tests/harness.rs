@@ -1468,3 +1468,85 @@ fn deploy_flags_are_juju_3_6_s_and_none_is_ignored() {
         "root-disk=8192M"
     );
 }
+
+/// A copy of the probe charm in `dir`, its metadata's `data` storage of `storage_type`, with
+/// `extra` files (name, content) beside its own.
+fn probe_copy(dir: &std::path::Path, storage_type: &str, extra: &[(&str, &str)]) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(probe()).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let meta = std::fs::read_to_string(dir.join("metadata.yaml")).unwrap();
+    let meta = meta.replace(
+        "  data:\n    type: filesystem",
+        &format!("  data:\n    type: {storage_type}"),
+    );
+    std::fs::write(dir.join("metadata.yaml"), meta).unwrap();
+    for (name, text) in extra {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir.to_string_lossy().into_owned()
+}
+
+/// Juju's refresh (state/application.go SetCharm; cmd/juju/application/refresh.go): a charm
+/// whose storage changed type is refused with Juju's message and nothing changes; --switch
+/// and --path together are refused; a switch replaces the old charm's files but keeps what
+/// the unit made at run time (manifest_deployer.go), as the classic charm's
+/// `.unit-state.db` needs.
+#[test]
+fn refresh_refuses_what_juju_refuses_and_keeps_a_units_run_time_files() {
+    let work = tempfile::tempdir().unwrap();
+    let env = Env::new("switch", &["update-status-hook-interval=1h"]);
+    let v1 = probe_copy(
+        &work.path().join("v1"),
+        "filesystem",
+        &[("only-old.txt", "old")],
+    );
+    env.ok(&["deploy", &v1, "p"]);
+    env.wait_units("p", 1, "active", "started", MIN);
+    env.settle("1m");
+    env.exec_ok("p/0", "echo kept > \"$CHARM_DIR/.unit-state.db\"");
+
+    let block = probe_copy(&work.path().join("block"), "block", &[]);
+    let r = env.run(&["refresh", "p", "--switch", &block]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains(
+            "cannot upgrade application \"p\" to charm \"local:probe-2\": existing storage \"data\" type changed from \"filesystem\" to \"block\""
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = env.run(&["refresh", "p", "--switch", &block, "--path", &block]);
+    assert!(
+        r.stderr
+            .contains("--switch and --path are mutually exclusive"),
+        "{}",
+        r.stderr
+    );
+    let status = env.status();
+    assert_eq!(
+        status["applications"]["p"]["charm-rev"], 1,
+        "the refused refresh changed the charm"
+    );
+
+    let v2 = probe_copy(
+        &work.path().join("v2"),
+        "filesystem",
+        &[("only-new.txt", "new")],
+    );
+    env.ok(&["refresh", "p", "--switch", &v2]);
+    env.settle("1m");
+    let listing = env.exec_ok("p/0", "cd \"$CHARM_DIR\" && ls -A");
+    assert!(listing.contains("only-new.txt"), "{listing}");
+    assert!(
+        !listing.contains("only-old.txt"),
+        "the old charm's file stayed: {listing}"
+    );
+    assert_eq!(
+        env.exec_ok("p/0", "cat \"$CHARM_DIR/.unit-state.db\"")
+            .trim(),
+        "kept",
+        "a run-time file went with the old charm"
+    );
+}

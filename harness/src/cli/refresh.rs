@@ -72,26 +72,26 @@ pub(super) async fn refresh(
     let (found, base) = refresh_source(ctl, &model, &app, &p, cwd, store)?;
     let meta = read_charm(&found.dir)?;
     let config = config_args(&meta, &app, p.values("config"), cwd)?;
+    let (old_rev, old_dir) = ctl
+        .model(&model, |m| {
+            m.apps.get(&app).map(|a| (a.charm_rev, a.charm_dir.clone()))
+        })?
+        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
+    let rev = old_rev + 1;
+    // Juju's checks before anything changes (state/application.go SetCharm).
+    let url = match &found.name {
+        Some(name) => format!("ch:amd64/{name}-{rev}"),
+        None => format!("local:{}-{rev}", meta.name),
+    };
+    ctl.model(&model, |m| {
+        controller::check_charm_change(m, &app, &meta, &url)
+    })??;
     let mut storage = vec![];
     for s in p.values("storage") {
         storage.push(super::storage::directive(&meta, s)?);
     }
-    let declared = crate::bases::declared(&found.dir, found.packed)?;
-    if !base.is_empty() && !p.flag("force") && !p.flag("force-base") {
-        if let Some(d) = &declared {
-            if !d.contains(&base) {
-                bail!(
-                    "cannot refresh \"{app}\": the new charm does not support its base {base} (it supports: {}); use --force to refresh anyway",
-                    d.join(", ")
-                );
-            }
-        }
-    }
+    check_base(&found, &base, &app, &p)?;
     let src = found.dir.clone();
-    let rev = ctl
-        .model(&model, |m| m.apps.get(&app).map(|a| a.charm_rev))?
-        .ok_or_else(|| anyhow!("application \"{app}\" not found"))?
-        + 1;
     let dst = ctl
         .home
         .join("charms")
@@ -104,7 +104,12 @@ pub(super) async fn refresh(
             .apps
             .get_mut(&app)
             .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
-        a.meta = meta;
+        // The old settings the new charm takes (FilterSettings), then --config's.
+        a.config = controller::filter_settings(&a.config, &meta);
+        if p.value("switch").is_some() {
+            a.store_name = found.name.clone();
+        }
+        a.meta = meta.clone();
         a.charm_rev = rev;
         a.charm_dir = dst.to_string_lossy().into_owned();
         if let Some(ch) = p.value("channel") {
@@ -123,17 +128,36 @@ pub(super) async fn refresh(
                 a.storage_volumes.insert(name, v);
             }
         }
+        m.switch_peer_relations(&app, &meta);
         upgrade_sequence(m, &app);
         Ok(())
     })?;
-    push_charm_files(ctl, &model, &app, &dst)?;
+    push_charm_files(ctl, &model, &app, Path::new(&old_dir), &dst)?;
     Ok(Reply::ok(""))
+}
+
+/// The new charm must run on the application's base, unless --force or --force-base.
+fn check_base(found: &Charm, base: &str, app: &str, p: &Parsed) -> Result<()> {
+    let declared = crate::bases::declared(&found.dir, found.packed)?;
+    if base.is_empty() || p.flag("force") || p.flag("force-base") {
+        return Ok(());
+    }
+    if let Some(d) = &declared {
+        if !d.iter().any(|b| b == base) {
+            bail!(
+                "cannot refresh \"{app}\": the new charm does not support its base {base} (it supports: {}); use --force to refresh anyway",
+                d.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The flags of `juju refresh`, with those jubilant's refresh() passes (jubilant/_juju.py),
 /// as Juju 3.6 has them.
 const REFRESH_FLAGS: &[Flag] = &[
     value(&["path"]),
+    value(&["switch"]),
     value(&["resource"]),
     boolean(&["force"]),
     boolean(&["force-units"]),
@@ -166,7 +190,23 @@ fn refresh_source(
                 .map(|a| (a.store_name.clone(), a.base.clone()))
         })?
         .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
-    let found = match (p.value("path"), store_name) {
+    // Juju's refreshCommand.Init (cmd/juju/application/refresh.go; refresh_test.go
+    // TestSwitchAndPathFails).
+    if p.value("switch").is_some() && p.value("path").is_some() {
+        bail!("--switch and --path are mutually exclusive");
+    }
+    if p.value("revision").is_some() {
+        for flag in ["switch", "path"] {
+            if p.value(flag).is_some() {
+                bail!("--{flag} and --revision are mutually exclusive");
+            }
+        }
+    }
+    let found = match (p.value("path").or(p.value("switch")), store_name) {
+        // --switch to a store charm by name (`ch:etcd`, `etcd`).
+        (Some(name), _) if p.value("switch").is_some() && !name.contains('/') && !name.starts_with('.') => {
+            find_charm(name, cwd, store)?
+        }
         (Some(path), _) => {
             let path = if path.contains('/') || path.starts_with('.') {
                 path.to_string()
@@ -181,7 +221,7 @@ fn refresh_source(
         ),
     };
     // Without --path the charm came from the store (the match above refused a local one).
-    let from_store = p.value("path").is_none();
+    let from_store = p.value("path").is_none() && found.name.is_some();
     for flag in ["channel", "revision"] {
         if p.value(flag).is_some() && !from_store {
             bail!("--{flag} applies to a charm from the store; \"{app}\" is refreshed from a local charm (--path)");
@@ -200,9 +240,12 @@ fn refresh_source(
     Ok((found, base))
 }
 
-/// The application's units get the new charm files (at `dst`) before their upgrade-charm
-/// hook; the old files go first, or a unit would run a mix of both revisions.
-fn push_charm_files(ctl: &Ctl, model: &str, app: &str, dst: &Path) -> Result<()> {
+/// The application's units get the new charm files (at `new`) before their upgrade-charm
+/// hook, as Juju's manifest deployer puts them (internal/worker/uniter/charm/
+/// manifest_deployer.go, `removeDiff`): the old charm's files (at `old`) that the new one
+/// does not have go, the new ones are written over; what the unit made at run time (a
+/// `.unit-state.db`, a venv) stays.
+fn push_charm_files(ctl: &Ctl, model: &str, app: &str, old: &Path, new: &Path) -> Result<()> {
     let units: Vec<(String, Option<u32>)> = ctl.model(model, |m| {
         m.units
             .values()
@@ -215,23 +258,61 @@ fn push_charm_files(ctl: &Ctl, model: &str, app: &str, dst: &Path) -> Result<()>
             })
             .collect()
     })?;
+    let gone = only_in(old, new)?;
     for (u, pid) in units {
         let Some(pid) = pid else {
             continue;
         };
         let target = PathBuf::from(format!("/proc/{pid}/root"))
             .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
-        match std::fs::remove_dir_all(&target) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| {
-                    format!("removing {u}'s old charm files {}", target.display())
-                })
+        for rel in &gone {
+            let path = target.join(rel);
+            let removed = match std::fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => std::fs::remove_dir_all(&path),
+                Ok(_) => std::fs::remove_file(&path),
+                Err(e) => Err(e),
+            };
+            match removed {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| {
+                        format!("removing {u}'s old charm file {}", path.display())
+                    })
+                }
+                _ => {}
             }
-            _ => {}
         }
-        controller::copy_tree(dst, &target)?;
+        controller::copy_tree(new, &target)?;
     }
     Ok(())
+}
+
+/// The paths (relative) under `old` that `new` does not have; a directory that goes is
+/// listed once, not its contents.
+fn only_in(old: &Path, new: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let dir = old.join(&rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let r = rel.join(entry.file_name());
+            match std::fs::symlink_metadata(new.join(&r)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(r),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", new.join(&r).display()))
+                }
+                Ok(md) if md.is_dir() && entry.file_type()?.is_dir() => todo.push(r),
+                Ok(_) => {}
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {

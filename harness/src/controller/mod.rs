@@ -5,6 +5,7 @@
 //! The socket is served by `server.rs`, the hook tools are `tools/`, the `juju` commands
 //! `cli/`.
 
+mod charm_change;
 mod context;
 mod hook_env;
 mod lifecycle;
@@ -17,6 +18,7 @@ mod runtime;
 mod transitions;
 mod worker;
 
+pub use charm_change::*;
 pub use context::*;
 pub use machines::*;
 pub use model::*;
