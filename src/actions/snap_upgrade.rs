@@ -223,14 +223,8 @@ fn backup(client: &Client, ep: &str, dir: &Path, data: &str) -> Result<Results> 
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         f
     };
-    let out = std::process::Command::new("tar")
-        .args(["-czf", "-", "--exclude", "*.sock", "/etc/etcd", data])
-        .stdout(file)
-        .output()
-        .context("running tar for the backup")?;
-    if !out.status.success() {
-        bail!("backup failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    write_backup(file, &[Path::new("/etc/etcd"), Path::new(data)])
+        .with_context(|| format!("writing the backup {}", archive.display()))?;
     step("snapshot")?;
     let snap = dir.join("etcd-pre-migration.db");
     save_raw(client, ep, &snap)?;
@@ -238,6 +232,29 @@ fn backup(client: &Client, ep: &str, dir: &Path, data: &str) -> Result<Results> 
         ("backup.path".into(), archive.display().to_string()),
         ("backup.snapshot".into(), snap.display().to_string()),
     ])
+}
+
+/// A gzipped tar of `roots` (each under its absolute path without the leading `/`, as
+/// `tar -czf - /etc/etcd <data>` names them): directories, regular files and symlinks (not
+/// followed); sockets and other special files are left out.
+fn write_backup(file: std::fs::File, roots: &[&Path]) -> std::io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    let mut todo: Vec<PathBuf> = roots.iter().map(|p| p.to_path_buf()).collect();
+    while let Some(path) = todo.pop() {
+        let md = std::fs::symlink_metadata(&path)?;
+        let name = path.strip_prefix("/").unwrap_or(&path);
+        if md.is_dir() {
+            tar.append_dir(name, &path)?;
+            for e in std::fs::read_dir(&path)? {
+                todo.push(e?.path());
+            }
+        } else if md.is_file() || md.file_type().is_symlink() {
+            tar.append_path_with_name(&path, name)?;
+        }
+    }
+    tar.into_inner()?.finish()?.sync_all()
 }
 
 /// etcd stopped, the new delivery installed (for a snap, the data moved to the snap's own
@@ -374,4 +391,41 @@ fn purge_keeping(data: &str, svc: &Service) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backup holds files, directories and symlinks (not followed) under their full
+    /// paths, and leaves sockets out (etcd's or anyone's), as `tar --exclude *.sock` did.
+    #[test]
+    fn the_backup_keeps_files_dirs_and_links_and_leaves_sockets_out() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("etc-etcd");
+        std::fs::create_dir_all(root.join("pki")).unwrap();
+        std::fs::write(root.join("pki/server.key"), "key").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.join("link")).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(root.join("etcd.sock")).unwrap();
+        let out = d.path().join("b.tar.gz");
+        write_backup(std::fs::File::create(&out).unwrap(), &[&root]).unwrap();
+        let mut names = vec![];
+        let gz = flate2::read::GzDecoder::new(std::fs::File::open(&out).unwrap());
+        for e in tar::Archive::new(gz).entries().unwrap() {
+            let e = e.unwrap();
+            names.push((
+                e.path().unwrap().display().to_string(),
+                e.header().entry_type(),
+            ));
+        }
+        let base = root.strip_prefix("/").unwrap().display().to_string();
+        let has = |n: &str, t: tar::EntryType| names.contains(&(format!("{base}{n}"), t));
+        assert!(has("", tar::EntryType::Directory), "{names:?}");
+        assert!(has("/pki/server.key", tar::EntryType::Regular), "{names:?}");
+        assert!(has("/link", tar::EntryType::Symlink), "{names:?}");
+        assert!(
+            !names.iter().any(|(n, _)| n.ends_with("etcd.sock")),
+            "{names:?}"
+        );
+    }
 }
