@@ -401,6 +401,26 @@ mod tests {
         assert_eq!(found, Some(("[Unit]", "StartLimitIntervalSec=0")), "{unit}");
     }
 
+    /// systemd itself reads the unit and finds nothing it would ignore (an unknown key, a
+    /// key in the wrong section: what hid the start limit).
+    #[test]
+    fn systemd_reads_the_unit_without_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let unit = d.path().join("etcd.service");
+        std::fs::write(&unit, systemd_unit("/bin/true", "/etc/etcd/etcd.conf.yml")).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit)
+            .output()
+            .expect("systemd-analyze (systemd) is needed to check the unit");
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        let complaints: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("etcd.service"))
+            .collect();
+        assert!(complaints.is_empty(), "{said}");
+    }
+
     #[test]
     fn systemd() {
         golden(

@@ -42,11 +42,7 @@ pub struct Job<'a> {
 /// restarted, which starts an interval again from now.
 pub fn ensure(job: &Job) -> Result<(), String> {
     let service = service_unit(job);
-    let timer = format!(
-        "[Unit]\nDescription={}\n\n[Timer]\n{}AccuracySec=1s\n\n\
-         [Install]\nWantedBy=timers.target\n",
-        job.description, job.when
-    );
+    let timer = timer_unit(job);
     let unit = job.unit;
     let mut changed = false;
     for (file, body) in [
@@ -78,6 +74,15 @@ pub fn service_unit(job: &Job) -> String {
     )
 }
 
+/// The job's timer: when it runs (`job.when`), to the second. Pure.
+pub fn timer_unit(job: &Job) -> String {
+    format!(
+        "[Unit]\nDescription={}\n\n[Timer]\n{}AccuracySec=1s\n\n\
+         [Install]\nWantedBy=timers.target\n",
+        job.description, job.when
+    )
+}
+
 /// How long one run of a job may take.
 pub const JOB_DEADLINE: &str = "1h";
 
@@ -101,6 +106,35 @@ fn ctl(args: &[&str]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    /// systemd itself reads the job's service and timer and finds nothing it would ignore
+    /// (an unknown key, a key in the wrong section).
+    #[test]
+    fn systemd_reads_the_jobs_units_without_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let job = super::Job {
+            unit: "etcd-charm-test-job",
+            description: "a test job",
+            exec: "/bin/true".into(),
+            when: "OnUnitActiveSec=60s\nOnBootSec=60s\n".into(),
+        };
+        let service = d.path().join("etcd-charm-test-job.service");
+        let timer = d.path().join("etcd-charm-test-job.timer");
+        std::fs::write(&service, super::service_unit(&job)).unwrap();
+        std::fs::write(&timer, super::timer_unit(&job)).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&service)
+            .arg(&timer)
+            .output()
+            .expect("systemd-analyze (systemd) is needed to check the units");
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        let complaints: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("etcd-charm-test-job"))
+            .collect();
+        assert!(complaints.is_empty(), "{said}");
+    }
+
     use super::*;
 
     #[test]
