@@ -408,17 +408,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let unit = d.path().join("etcd.service");
         std::fs::write(&unit, systemd_unit("/bin/true", "/etc/etcd/etcd.conf.yml")).unwrap();
-        let out = std::process::Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&unit)
-            .output()
-            .expect("systemd-analyze (systemd) is needed to check the unit");
-        let said = String::from_utf8_lossy(&out.stderr).to_string();
-        let complaints: Vec<&str> = said
-            .lines()
-            .filter(|l| l.contains("etcd.service"))
-            .collect();
-        assert!(complaints.is_empty(), "{said}");
+        let complaints = hostkit::systemd::verify(&[&unit]).unwrap();
+        assert!(complaints.is_empty(), "{complaints:?}");
     }
 
     #[test]

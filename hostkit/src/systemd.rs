@@ -83,6 +83,27 @@ pub fn timer_unit(job: &Job) -> String {
     )
 }
 
+/// What systemd says it would ignore or refuse in the unit files at `paths`
+/// (`systemd-analyze verify`): its lines naming one of them; empty when it reads them
+/// cleanly. Err when systemd-analyze cannot be run.
+pub fn verify(paths: &[&Path]) -> Result<Vec<String>, String> {
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(paths)
+        .output()
+        .map_err(|e| format!("cannot run systemd-analyze: {e}"))?;
+    let said = String::from_utf8_lossy(&out.stderr);
+    let names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    Ok(said
+        .lines()
+        .filter(|l| names.iter().any(|n| l.contains(n.as_str())))
+        .map(String::from)
+        .collect())
+}
+
 /// How long one run of a job may take.
 pub const JOB_DEADLINE: &str = "1h";
 
@@ -121,18 +142,8 @@ mod tests {
         let timer = d.path().join("etcd-charm-test-job.timer");
         std::fs::write(&service, super::service_unit(&job)).unwrap();
         std::fs::write(&timer, super::timer_unit(&job)).unwrap();
-        let out = std::process::Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
-            .arg(&service)
-            .arg(&timer)
-            .output()
-            .expect("systemd-analyze (systemd) is needed to check the units");
-        let said = String::from_utf8_lossy(&out.stderr).to_string();
-        let complaints: Vec<&str> = said
-            .lines()
-            .filter(|l| l.contains("etcd-charm-test-job"))
-            .collect();
-        assert!(complaints.is_empty(), "{said}");
+        let complaints = super::verify(&[&service, &timer]).unwrap();
+        assert!(complaints.is_empty(), "{complaints:?}");
     }
 
     use super::*;
