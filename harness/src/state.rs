@@ -138,6 +138,26 @@ pub struct Volume {
     pub removing: bool,
 }
 
+/// Where a `block` volume is in its machine: a stable link to its loop device, as a cloud's
+/// by-id device path (its loop device may change from one boot to the next).
+pub fn block_link(id: &str) -> String {
+    format!("/dev/disk/by-id/juju-{}", id.replace('/', "-"))
+}
+
+/// Juju's size for a volume when none is given.
+pub const DEFAULT_SIZE_MIB: u64 = 1024;
+
+impl Volume {
+    /// A `loop` volume of `size_mib` (Juju's default pool for block storage on a machine).
+    pub fn loop_of(size_mib: u64) -> Volume {
+        Volume {
+            pool: "loop".into(),
+            size_mib,
+            removing: false,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct CharmMeta {
     pub name: String,

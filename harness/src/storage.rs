@@ -1,20 +1,24 @@
 //! Storage pools, as Juju's machine agent provides them: `rootfs` (a directory on the
 //! machine's disk) and `loop` (a sparse file of the asked size, attached as a loop block
-//! device, formatted ext4 once and mounted at the storage's location inside the machine
-//! before its `<name>-storage-attached` hook runs). The image file lives in the model's
+//! device). A `filesystem` store on `loop` is formatted ext4 once and mounted at the
+//! storage's location inside the machine before its `<name>-storage-attached` hook runs;
+//! a `block` store is handed to the charm as Juju hands it one, a raw device (never
+//! formatted or mounted here): a node in the machine's /dev and a stable link to it under
+//! /dev/disk/by-id (what `storage-get location` answers), kept attached by a holder
+//! process inside the machine that ends with the machine or the storage's removal. The image file lives in the model's
 //! directory on the host; the mount lives in the machine's mount namespace, and the loop
 //! device is set to clear itself when that mount goes (the machine stops, crashes or the
 //! storage is removed), so nothing outlives the machine but the image, which goes with the
 //! model.
 
+use crate::state::block_link;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The pools this controller offers: (name, provider).
 pub const POOLS: &[(&str, &str)] = &[("loop", "loop"), ("rootfs", "rootfs")];
-/// Juju's size for a filesystem when none is given.
-pub const DEFAULT_SIZE_MIB: u64 = 1024;
+pub use crate::state::DEFAULT_SIZE_MIB;
 
 /// A storage directive `pool,size,count` (each optional, any order): `loop,1G`, `10G`,
 /// `rootfs`, `2`. An unknown pool is refused here, naming the pools that exist.
@@ -137,6 +141,95 @@ pub fn attach_loop(init_pid: u32, image: &Path, size_mib: u64, location: &str) -
     let detached = run("losetup -d", Command::new("losetup").args(["-d", &dev]));
     result?;
     detached.map(|_| ())
+}
+
+/// The process name of the holder that keeps a block volume's loop device attached.
+fn holder_name(id: &str) -> String {
+    format!("juju-storage-{}", id.replace('/', "-"))
+}
+
+/// Whether `link` in the machine resolves to a block device (a raw volume in place).
+fn block_in_place(init_pid: u32, link: &str) -> bool {
+    let script = format!("[ -b \"$(readlink -f {link})\" ]");
+    in_machine(init_pid, &["sh", "-c", &script])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Attaches the loop volume `image` (made `size_mib` large on first use, never formatted)
+/// as a raw block device of the machine at `link`. Does nothing when it is in place.
+pub fn attach_block(init_pid: u32, image: &Path, size_mib: u64, id: &str) -> Result<()> {
+    let link = block_link(id);
+    if block_in_place(init_pid, &link) {
+        return Ok(());
+    }
+    if let Some(dir) = image.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if !image.exists() {
+        let f = std::fs::File::create(image)
+            .with_context(|| format!("creating {}", image.display()))?;
+        f.set_len(size_mib * 1024 * 1024)?;
+    }
+    let dev = run(
+        "losetup",
+        Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image),
+    )?;
+    let result = (|| -> Result<()> {
+        let minor = dev
+            .strip_prefix("/dev/loop")
+            .ok_or_else(|| anyhow!("losetup answered {dev:?}, not a /dev/loopN"))?;
+        // The holder keeps the device open from inside the machine's PID namespace, so it
+        // ends (and the device clears itself) when the machine does.
+        let script = format!(
+            "[ -b {dev} ] || mknod {dev} b 7 {minor}; mkdir -p /dev/disk/by-id; \
+             ln -sfn {dev} {link}; \
+             setsid bash -c 'exec -a {holder} sleep infinity' < {dev} >/dev/null 2>&1 &",
+            holder = holder_name(id)
+        );
+        let mut c = Command::new("nsenter");
+        c.args([
+            "-t",
+            &init_pid.to_string(),
+            "-m",
+            "-p",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        run("attaching the block device in the machine", &mut c)?;
+        Ok(())
+    })();
+    // Held open by the holder: the device now clears itself when the holder ends.
+    let detached = run("losetup -d", Command::new("losetup").args(["-d", &dev]));
+    result?;
+    detached.map(|_| ())
+}
+
+/// Releases a block volume: its holder ended (the loop device clears itself once nothing
+/// in the machine holds it: a mount the charm left holds it until the machine ends), its
+/// link gone.
+pub fn detach_block(init_pid: u32, id: &str) -> Result<()> {
+    let script = format!(
+        "pkill -x -f '{holder} infinity' || true; rm -f {link}",
+        holder = holder_name(id),
+        link = block_link(id)
+    );
+    let mut c = Command::new("nsenter");
+    c.args([
+        "-t",
+        &init_pid.to_string(),
+        "-m",
+        "-p",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    run("releasing the block device in the machine", &mut c).map(|_| ())
 }
 
 /// Unmounts the volume at `location` in the machine (its loop device then clears itself).

@@ -20,12 +20,14 @@ pub(super) fn directive(
         );
     }
     let (pool, size, count) = parse_directive(rest)?;
+    let block = meta.storage.get(name).is_some_and(|d| d.kind == "block");
     let volume = match pool.as_deref() {
-        Some("loop") => Some(Volume {
-            pool: "loop".into(),
-            size_mib: size.unwrap_or(DEFAULT_SIZE_MIB),
-            removing: false,
-        }),
+        Some("loop") => Some(Volume::loop_of(size.unwrap_or(DEFAULT_SIZE_MIB))),
+        // A block store is a device: loop is the pool that makes one here.
+        Some("rootfs") if block => bail!(
+            "storage {name:?} is a block device: the rootfs pool gives directories only; use loop"
+        ),
+        None if block => Some(Volume::loop_of(size.unwrap_or(DEFAULT_SIZE_MIB))),
         _ => None,
     };
     Ok((name.to_string(), count, volume))

@@ -317,18 +317,21 @@ impl Model {
         let a = self.apps.get_mut(app).context("application not found")?;
         let name = format!("{}/{}", app, a.next_unit);
         a.next_unit += 1;
-        let storage_reqs: Vec<(String, u32, Option<Volume>)> = a
-            .meta
-            .storage
-            .iter()
-            .map(|(k, d)| {
-                (
-                    k.clone(),
-                    *a.storage_requests.get(k).unwrap_or(&d.min),
-                    a.storage_volumes.get(k).cloned(),
-                )
-            })
-            .collect();
+        let storage_reqs: Vec<(String, u32, Option<Volume>)> =
+            a.meta
+                .storage
+                .iter()
+                .map(|(k, d)| {
+                    (
+                        k.clone(),
+                        *a.storage_requests.get(k).unwrap_or(&d.min),
+                        // A block store is a device: without a directive, a loop volume.
+                        a.storage_volumes.get(k).cloned().or_else(|| {
+                            (d.kind == "block").then(|| Volume::loop_of(DEFAULT_SIZE_MIB))
+                        }),
+                    )
+                })
+                .collect();
         let is_leader = a.leader.is_none();
         if is_leader {
             a.leader = Some(name.clone());

@@ -111,6 +111,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 pub fn storage_location(def: &StorageDef, id: &str) -> String {
+    if def.kind == "block" {
+        return block_link(id);
+    }
     match &def.location {
         Some(l) => l.clone(),
         None => format!("/var/lib/juju/storage/{id}"),

@@ -54,11 +54,25 @@ impl Ctl {
             return Ok(());
         }
         let image = crate::storage::image(&model_dir(&self.home, model), id);
-        tokio::task::spawn_blocking(move || {
-            crate::storage::attach_loop(init, &image, v.size_mib, &location)
+        let block = self.storage_is_block(model, unit, id);
+        let sid = id.to_string();
+        tokio::task::spawn_blocking(move || match block {
+            true => crate::storage::attach_block(init, &image, v.size_mib, &sid),
+            false => crate::storage::attach_loop(init, &image, v.size_mib, &location),
         })
         .await?
         .with_context(|| format!("attaching storage {id} to {unit}"))
+    }
+
+    /// Whether storage `id` of `unit` is of a `block` store (a raw device for the charm).
+    fn storage_is_block(&self, model: &str, unit: &str, id: &str) -> bool {
+        self.read(|w| {
+            let m = w.models.get(model)?;
+            let app = &m.units.get(unit)?.app;
+            let def = m.apps.get(app)?.meta.storage.get(id.split('/').next()?)?;
+            Some(def.kind == "block")
+        })
+        .unwrap_or(false)
     }
 
     /// Where storage `id` of `unit` is mounted, and its machine's PID 1 (when running).
@@ -86,7 +100,13 @@ impl Ctl {
     /// and removes its image.
     pub async fn release_storage(&self, model: &str, unit: &str, id: &str) -> Result<()> {
         if let Some((location, Some(init))) = self.storage_site(model, unit, id) {
-            tokio::task::spawn_blocking(move || crate::storage::detach(init, &location)).await??;
+            let block = self.storage_is_block(model, unit, id);
+            let sid = id.to_string();
+            tokio::task::spawn_blocking(move || match block {
+                true => crate::storage::detach_block(init, &sid),
+                false => crate::storage::detach(init, &location),
+            })
+            .await??;
         }
         self.mutate(|w| {
             if let Some(m) = w.models.get_mut(model) {
