@@ -148,6 +148,23 @@ fn holder_name(id: &str) -> String {
     format!("juju-storage-{}", id.replace('/', "-"))
 }
 
+/// A shell script run in the machine's mount and PID namespaces (what it starts in the
+/// background ends with the machine).
+fn machine_shell(init_pid: u32, script: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.args([
+        "-t",
+        &init_pid.to_string(),
+        "-m",
+        "-p",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    c
+}
+
 /// Whether `link` in the machine resolves to a block device (a raw volume in place).
 fn block_in_place(init_pid: u32, link: &str) -> bool {
     let script = format!("[ -b \"$(readlink -f {link})\" ]");
@@ -189,18 +206,10 @@ pub fn attach_block(init_pid: u32, image: &Path, size_mib: u64, id: &str) -> Res
              setsid bash -c 'exec -a {holder} sleep infinity' < {dev} >/dev/null 2>&1 &",
             holder = holder_name(id)
         );
-        let mut c = Command::new("nsenter");
-        c.args([
-            "-t",
-            &init_pid.to_string(),
-            "-m",
-            "-p",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]);
-        run("attaching the block device in the machine", &mut c)?;
+        run(
+            "attaching the block device in the machine",
+            &mut machine_shell(init_pid, &script),
+        )?;
         Ok(())
     })();
     // Held open by the holder: the device now clears itself when the holder ends.
@@ -218,18 +227,11 @@ pub fn detach_block(init_pid: u32, id: &str) -> Result<()> {
         holder = holder_name(id),
         link = block_link(id)
     );
-    let mut c = Command::new("nsenter");
-    c.args([
-        "-t",
-        &init_pid.to_string(),
-        "-m",
-        "-p",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]);
-    run("releasing the block device in the machine", &mut c).map(|_| ())
+    run(
+        "releasing the block device in the machine",
+        &mut machine_shell(init_pid, &script),
+    )
+    .map(|_| ())
 }
 
 /// Unmounts the volume at `location` in the machine (its loop device then clears itself).
