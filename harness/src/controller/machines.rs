@@ -74,8 +74,16 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             let _ = std::fs::remove_file(&to);
             std::os::unix::fs::symlink(target, &to)?;
         } else {
-            std::fs::copy(entry.path(), &to)
+            // Written beside it and renamed over: a file in use (a charm binary a hook or
+            // a job runs) is replaced, never written into (ETXTBSY), and a reader sees the
+            // old file or the new one whole.
+            let mut name = std::ffi::OsString::from(".");
+            name.push(entry.file_name());
+            name.push(".new");
+            let tmp = dst.join(name);
+            std::fs::copy(entry.path(), &tmp)
                 .with_context(|| format!("copying {}", entry.path().display()))?;
+            std::fs::rename(&tmp, &to).with_context(|| format!("replacing {}", to.display()))?;
         }
     }
     Ok(())
