@@ -136,12 +136,11 @@ pub struct Volume {
     /// `remove-storage` asked: it goes once its storage-detaching hook succeeds.
     #[serde(default)]
     pub removing: bool,
-}
-
-/// Where a `block` volume is in its machine: a stable link to its loop device, as a cloud's
-/// by-id device path (its loop device may change from one boot to the next).
-pub fn block_link(id: &str) -> String {
-    format!("/dev/disk/by-id/juju-{}", id.replace('/', "-"))
+    /// A `block` store's loop device while attached (`loop3`): what `storage-get
+    /// location` names, as Juju's loop provider does (its `DeviceName`, no stable link:
+    /// it may change from one boot to the next).
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// Juju's size for a volume when none is given.
@@ -154,6 +153,7 @@ impl Volume {
             pool: "loop".into(),
             size_mib,
             removing: false,
+            device: None,
         }
     }
 }

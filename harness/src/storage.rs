@@ -2,16 +2,15 @@
 //! machine's disk) and `loop` (a sparse file of the asked size, attached as a loop block
 //! device). A `filesystem` store on `loop` is formatted ext4 once and mounted at the
 //! storage's location inside the machine before its `<name>-storage-attached` hook runs;
-//! a `block` store is handed to the charm as Juju hands it one, a raw device (never
-//! formatted or mounted here): a node in the machine's /dev and a stable link to it under
-//! /dev/disk/by-id (what `storage-get location` answers), kept attached by a holder
-//! process inside the machine that ends with the machine or the storage's removal. The image file lives in the model's
+//! a `block` store is handed to the charm as Juju's loop provider hands it one, a raw
+//! device never formatted or mounted here: a node in the machine's /dev (`/dev/loop3`, what
+//! `storage-get location` answers), kept attached by a holder process inside the machine
+//! that ends with the machine or the storage's removal. The image file lives in the model's
 //! directory on the host; the mount lives in the machine's mount namespace, and the loop
 //! device is set to clear itself when that mount goes (the machine stops, crashes or the
 //! storage is removed), so nothing outlives the machine but the image, which goes with the
 //! model.
 
-use crate::state::block_link;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,12 +89,15 @@ pub fn mounted(init_pid: u32, location: &str) -> Result<bool> {
     Ok(info.lines().any(|l| l.split(' ').nth(4) == Some(location)))
 }
 
-/// Mounts the loop volume `image` (made `size_mib` large and formatted on first use) at
-/// `location` in the machine. Does nothing when it is mounted already.
-pub fn attach_loop(init_pid: u32, image: &Path, size_mib: u64, location: &str) -> Result<()> {
-    if mounted(init_pid, location)? {
-        return Ok(());
-    }
+/// Attaches `image` (made `size_mib` large when new) to a loop device and runs `use_it` with
+/// the device, its minor number and whether the image is new; then marks the device to clear
+/// itself (`losetup -d`): it stays while whatever `use_it` left holding it (a mount, a
+/// process) does, and goes at once when nothing does.
+fn with_loop_device(
+    image: &Path,
+    size_mib: u64,
+    use_it: impl FnOnce(&str, &str, bool) -> Result<()>,
+) -> Result<String> {
     if let Some(dir) = image.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -108,39 +110,52 @@ pub fn attach_loop(init_pid: u32, image: &Path, size_mib: u64, location: &str) -
     let dev = run(
         "losetup",
         Command::new("losetup")
-            .arg("--find")
-            .arg("--show")
+            .args(["--find", "--show"])
             .arg(image),
     )?;
-    let result = (|| -> Result<()> {
+    let result = dev
+        .strip_prefix("/dev/loop")
+        .ok_or_else(|| anyhow!("losetup answered {dev:?}, not a /dev/loopN"))
+        .and_then(|minor| use_it(&dev, minor, fresh));
+    let detached = run("losetup -d", Command::new("losetup").args(["-d", &dev]));
+    result?;
+    detached.map(|_| dev)
+}
+
+/// The shell line that makes the loop device's node in a machine's /dev when it lacks one.
+fn mknod_line(dev: &str, minor: &str) -> String {
+    format!("[ -b {dev} ] || mknod {dev} b 7 {minor}")
+}
+
+/// Mounts the loop volume `image` (made `size_mib` large and formatted on first use) at
+/// `location` in the machine. Does nothing when it is mounted already.
+pub fn attach_loop(init_pid: u32, image: &Path, size_mib: u64, location: &str) -> Result<()> {
+    if mounted(init_pid, location)? {
+        return Ok(());
+    }
+    // Mounted, the device clears itself when the mount goes.
+    with_loop_device(image, size_mib, |dev, minor, fresh| {
         if fresh {
             run(
                 "mkfs.ext4",
-                Command::new("mkfs.ext4").args(["-q", "-F", "-E", "nodiscard", &dev]),
+                Command::new("mkfs.ext4").args(["-q", "-F", "-E", "nodiscard", dev]),
             )?;
         }
-        let minor = dev
-            .strip_prefix("/dev/loop")
-            .ok_or_else(|| anyhow!("losetup answered {dev:?}, not a /dev/loopN"))?;
         run(
             "mkdir in the machine",
             &mut in_machine(init_pid, &["mkdir", "-p", location]),
         )?;
-        let script = format!("[ -b {dev} ] || mknod {dev} b 7 {minor}");
         run(
             "mknod in the machine",
-            &mut in_machine(init_pid, &["sh", "-c", &script]),
+            &mut in_machine(init_pid, &["sh", "-c", &mknod_line(dev, minor)]),
         )?;
         run(
             "mount in the machine",
-            &mut in_machine(init_pid, &["mount", &dev, location]),
+            &mut in_machine(init_pid, &["mount", dev, location]),
         )?;
         Ok(())
-    })();
-    // Mounted: the device now clears itself when the mount goes. Not mounted: it goes now.
-    let detached = run("losetup -d", Command::new("losetup").args(["-d", &dev]));
-    result?;
-    detached.map(|_| ())
+    })
+    .map(|_| ())
 }
 
 /// The process name of the holder that keeps a block volume's loop device attached.
@@ -165,67 +180,50 @@ fn machine_shell(init_pid: u32, script: &str) -> Command {
     c
 }
 
-/// Whether `link` in the machine resolves to a block device (a raw volume in place).
-fn block_in_place(init_pid: u32, link: &str) -> bool {
-    let script = format!("[ -b \"$(readlink -f {link})\" ]");
-    in_machine(init_pid, &["sh", "-c", &script])
+/// The loop device (`loop3`) `image` is attached to whose node the machine has: a block
+/// volume already in place. None when there is none.
+fn block_in_place(init_pid: u32, image: &Path) -> Option<String> {
+    let out = run("losetup -j", Command::new("losetup").arg("-j").arg(image)).ok()?;
+    // Lines such as "/dev/loop3: [0021]:7504142 (/path/to/image)".
+    let dev = out.lines().next()?.split(':').next()?.to_string();
+    let in_machine_too = in_machine(init_pid, &["test", "-b", &dev])
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    in_machine_too.then(|| dev.trim_start_matches("/dev/").to_string())
 }
 
 /// Attaches the loop volume `image` (made `size_mib` large on first use, never formatted)
-/// as a raw block device of the machine at `link`. Does nothing when it is in place.
-pub fn attach_block(init_pid: u32, image: &Path, size_mib: u64, id: &str) -> Result<()> {
-    let link = block_link(id);
-    if block_in_place(init_pid, &link) {
-        return Ok(());
+/// as a raw block device of the machine, as Juju's loop provider does for a block store
+/// (internal/storage/provider/loop.go `attachVolume`: a loop device, its name the
+/// attachment's `DeviceName`; a filesystem is made only for a filesystem store,
+/// managedfs.go). Returns the device's name (`loop3`); one in place is kept.
+pub fn attach_block(init_pid: u32, image: &Path, size_mib: u64, id: &str) -> Result<String> {
+    if let Some(dev) = block_in_place(init_pid, image) {
+        return Ok(dev);
     }
-    if let Some(dir) = image.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if !image.exists() {
-        let f = std::fs::File::create(image)
-            .with_context(|| format!("creating {}", image.display()))?;
-        f.set_len(size_mib * 1024 * 1024)?;
-    }
-    let dev = run(
-        "losetup",
-        Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(image),
-    )?;
-    let result = (|| -> Result<()> {
-        let minor = dev
-            .strip_prefix("/dev/loop")
-            .ok_or_else(|| anyhow!("losetup answered {dev:?}, not a /dev/loopN"))?;
-        // The holder keeps the device open from inside the machine's PID namespace, so it
-        // ends (and the device clears itself) when the machine does.
+    // The holder keeps the device open from inside the machine's PID namespace, so it ends
+    // (and the device clears itself) when the machine does.
+    let dev = with_loop_device(image, size_mib, |dev, minor, _| {
         let script = format!(
-            "[ -b {dev} ] || mknod {dev} b 7 {minor}; mkdir -p /dev/disk/by-id; \
-             ln -sfn {dev} {link}; \
-             setsid bash -c 'exec -a {holder} sleep infinity' < {dev} >/dev/null 2>&1 &",
+            "{}; setsid bash -c 'exec -a {holder} sleep infinity' < {dev} >/dev/null 2>&1 &",
+            mknod_line(dev, minor),
             holder = holder_name(id)
         );
         run(
             "attaching the block device in the machine",
             &mut machine_shell(init_pid, &script),
-        )?;
-        Ok(())
-    })();
-    // Held open by the holder: the device now clears itself when the holder ends.
-    let detached = run("losetup -d", Command::new("losetup").args(["-d", &dev]));
-    result?;
-    detached.map(|_| ())
+        )
+        .map(|_| ())
+    })?;
+    Ok(dev.trim_start_matches("/dev/").to_string())
 }
 
 /// Releases a block volume: its holder ended (the loop device clears itself once nothing
-/// in the machine holds it: a mount the charm left holds it until the machine ends), its
-/// link gone.
+/// in the machine holds it: a mount the charm left holds it until the machine ends).
 pub fn detach_block(init_pid: u32, id: &str) -> Result<()> {
     let script = format!(
-        "pkill -x -f '{holder} infinity' || true; rm -f {link}",
-        holder = holder_name(id),
-        link = block_link(id)
+        "pkill -x -f '{holder} infinity' || true",
+        holder = holder_name(id)
     );
     run(
         "releasing the block device in the machine",

@@ -1551,11 +1551,12 @@ fn refresh_refuses_what_juju_refuses_and_keeps_a_units_run_time_files() {
     );
 }
 
-/// A `block` store is handed to the charm as Juju hands it one: a raw device, never
+/// A `block` store is handed to the charm as Juju's loop provider hands it one
+/// (internal/storage/provider/loop.go `attachVolume`: a loop device, named by its
+/// `DeviceName`; a filesystem only for a filesystem store, managedfs.go): a raw device, never
 /// formatted or mounted by the controller (it formatted and mounted every loop volume
-/// before). `storage-get location` names a stable by-id link to it; the charm can format
-/// and mount it itself; `remove-storage` and the machine's end release it, and nothing of
-/// it outlives the test (tests/run.sh's leak check covers loop devices).
+/// before). `storage-get location` names the device (`/dev/loopN`); the charm can format and
+/// mount it itself; rootfs is refused for it (rootfs.go `Supports`: filesystems only).
 #[test]
 fn a_block_store_is_a_raw_device_the_charm_formats_itself() {
     let work = tempfile::tempdir().unwrap();
@@ -1565,21 +1566,22 @@ fn a_block_store_is_a_raw_device_the_charm_formats_itself() {
     env.ok(&["deploy", &block, "p"]);
     env.wait_units("p", 1, "active", "started", MIN);
     env.settle("1m");
-    let link = "/dev/disk/by-id/juju-data-0";
     let location = env.exec_ok("p/0", "storage-get -s data/0 location");
-    assert_eq!(location.trim(), link);
-    env.exec_ok("p/0", &format!("test -b \"$(readlink -f {link})\""));
-    let fs = env.exec("p/0", &format!("blkid -o value -s TYPE {link} || true"));
-    assert_eq!(fs.stdout.trim(), "", "the controller formatted it");
-    let mounted = env.exec(
-        "p/0",
-        &format!("findmnt -n -S \"$(readlink -f {link})\" || true"),
+    let dev = location.trim();
+    assert!(
+        dev.strip_prefix("/dev/loop")
+            .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())),
+        "{dev:?}"
     );
+    env.exec_ok("p/0", &format!("test -b {dev}"));
+    let fs = env.exec("p/0", &format!("blkid -o value -s TYPE {dev} || true"));
+    assert_eq!(fs.stdout.trim(), "", "the controller formatted it");
+    let mounted = env.exec("p/0", &format!("findmnt -n -S {dev} || true"));
     assert_eq!(mounted.stdout.trim(), "", "the controller mounted it");
     // The charm's own filesystem and mount work on it.
     env.exec_ok(
         "p/0",
-        &format!("mkfs.ext4 -q {link} && mkdir -p /media/p && mount {link} /media/p && echo x > /media/p/f && umount /media/p"),
+        &format!("mkfs.ext4 -q {dev} && mkdir -p /media/p && mount {dev} /media/p && echo x > /media/p/f && umount /media/p"),
     );
     let r = env.run(&["add-storage", "p/0", "data=rootfs"]);
     assert!(r.stderr.contains("use loop"), "{}", r.stderr);

@@ -108,6 +108,7 @@ pub(super) fn remove(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>
                     pool: "rootfs".into(),
                     size_mib: 0,
                     removing: false,
+                    device: None,
                 })
                 .removing = true;
             m.push(
@@ -144,7 +145,7 @@ pub(super) fn list(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) 
                 } else {
                     "alive"
                 };
-                let location = controller::storage_location(def, id);
+                let location = controller::storage_location(def, id, vol);
                 let attachment = json!({"units": {u.name.clone(): {
                     "machine": u.machine.to_string(), "location": location, "life": life}}});
                 storage.insert(

@@ -163,7 +163,10 @@ fn event_environment(m: &Model, unit: &str, ev: &Event, env: &mut BTreeMap<Strin
             .cloned()
             .unwrap_or_default();
         set("JUJU_STORAGE_ID", s);
-        set("JUJU_STORAGE_LOCATION", &storage_location(&def, s));
+        set(
+            "JUJU_STORAGE_LOCATION",
+            &storage_location(&def, s, m.volumes.get(s)),
+        );
         let kind = if def.kind == "block" {
             "block"
         } else {

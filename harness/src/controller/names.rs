@@ -110,9 +110,13 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
-pub fn storage_location(def: &StorageDef, id: &str) -> String {
+/// Where storage `id` is in its unit's machine: a `block` store's device while attached
+/// (`/dev/loop3`, empty before), a filesystem's directory.
+pub fn storage_location(def: &StorageDef, id: &str, vol: Option<&Volume>) -> String {
     if def.kind == "block" {
-        return block_link(id);
+        return vol
+            .and_then(|v| v.device.as_deref())
+            .map_or(String::new(), |d| format!("/dev/{d}"));
     }
     match &def.location {
         Some(l) => l.clone(),

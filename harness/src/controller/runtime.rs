@@ -54,14 +54,26 @@ impl Ctl {
             return Ok(());
         }
         let image = crate::storage::image(&model_dir(&self.home, model), id);
-        let block = self.storage_is_block(model, unit, id);
+        if !self.storage_is_block(model, unit, id) {
+            return tokio::task::spawn_blocking(move || {
+                crate::storage::attach_loop(init, &image, v.size_mib, &location)
+            })
+            .await?
+            .with_context(|| format!("attaching storage {id} to {unit}"));
+        }
         let sid = id.to_string();
-        tokio::task::spawn_blocking(move || match block {
-            true => crate::storage::attach_block(init, &image, v.size_mib, &sid),
-            false => crate::storage::attach_loop(init, &image, v.size_mib, &location),
+        let device = tokio::task::spawn_blocking(move || {
+            crate::storage::attach_block(init, &image, v.size_mib, &sid)
         })
         .await?
-        .with_context(|| format!("attaching storage {id} to {unit}"))
+        .with_context(|| format!("attaching storage {id} to {unit}"))?;
+        // The device the charm is told of, until the next attach (a boot may pick another).
+        self.mutate(|w| {
+            if let Some(vol) = w.models.get_mut(model).and_then(|m| m.volumes.get_mut(id)) {
+                vol.device = Some(device);
+            }
+        });
+        Ok(())
     }
 
     /// Whether storage `id` of `unit` is of a `block` store (a raw device for the charm).
@@ -92,7 +104,7 @@ impl Ctl {
                 .storage
                 .get(id.split('/').next()?)?;
             let init = m.machines.get(&u.machine).and_then(|x| x.init_pid);
-            Some((storage_location(def, id), init))
+            Some((storage_location(def, id, m.volumes.get(id)), init))
         })
     }
 

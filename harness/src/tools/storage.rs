@@ -54,8 +54,12 @@ pub(super) fn storage_get(c: Call) -> R {
         .get(name)
         .cloned()
         .unwrap_or_default();
-    let loc = storage_location(&def, &id);
-    let _ = std::fs::create_dir_all(ctx.machine_root.join(loc.trim_start_matches('/')));
+    let loc = storage_location(&def, &id, m.volumes.get(&id));
+    if def.kind != "block" {
+        // The location exists before a hook looks at it; one that cannot be made, the
+        // charm's own use of it reports.
+        let _ = std::fs::create_dir_all(ctx.machine_root.join(loc.trim_start_matches('/')));
+    }
     let v =
         json!({"kind": if def.kind == "block" { "block" } else { "filesystem" }, "location": loc});
     match p.positional.first().map(String::as_str) {
