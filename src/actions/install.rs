@@ -69,6 +69,8 @@ pub(super) fn reinstall(ctx: &Context) -> Result<Results> {
         ));
     }
     txn.commit()?;
+    // The version in `juju status` only: the action's result names it, and the next hook
+    // sets it again.
     let _ = juju::application_version_set(&inst.version);
     Ok(vec![
         ("version".into(), inst.version),
@@ -139,15 +141,14 @@ fn switch(
             before: before.clone(),
             link: old_link,
         })?;
-        // The resource's binaries may wait here, staged for this unit's rolling turn (the
-        // same file is not unpacked again): they are what the action puts in place.
+        // Not deferred: binaries of this resource staged for the unit's rolling turn are
+        // put in place too.
         install::install_archive(
             resource,
             cfg.archive_sha256.as_deref(),
             "etcd resource",
             false,
         )
-        .and_then(|mut inst| install::switch_staged_now(&mut inst).map(|()| inst))
     };
     unit::crash_point("install-action-switched");
     match installed {

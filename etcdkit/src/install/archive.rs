@@ -20,6 +20,23 @@ pub fn install_archive(
     label: &str,
     defer_switch: bool,
 ) -> Result<Installed> {
+    let mut inst = install_or_reuse(tarball, expected_sha256, label, defer_switch)?;
+    // The same tarball's binaries may wait staged for the unit's rolling turn: asked for
+    // no deferral, they are put in place now.
+    if !defer_switch {
+        switch_staged_now(&mut inst)?;
+    }
+    Ok(inst)
+}
+
+/// `install_archive` before its switch: the record of this very tarball when it is
+/// installed already (staged or switched in), else its binaries put in place.
+fn install_or_reuse(
+    tarball: &Path,
+    expected_sha256: Option<&str>,
+    label: &str,
+    defer_switch: bool,
+) -> Result<Installed> {
     // The same file as last time (and the same expected sha256): already verified and installed.
     let stamp = stamp(tarball);
     if let Some(cur) = installed_from(&stamp, expected_sha256) {
@@ -115,6 +132,19 @@ fn unpack_release(tarball: &Path, label: &str) -> Result<(tempfile::TempDir, std
         )));
     }
     Ok((staging, bin))
+}
+
+/// Switches staged binaries (of the archive delivery) in at once, outside a rolling turn:
+/// `install_archive` not deferred (the install action) on a unit whose roll staged the same
+/// tarball. No `previous` is recorded: the caller keeps the way back. Nothing staged:
+/// nothing happens.
+fn switch_staged_now(inst: &mut Installed) -> Result<()> {
+    let Some(dir) = inst.staged.clone() else {
+        return Ok(());
+    };
+    switch_current(Path::new(&dir))?;
+    inst.staged = None;
+    inst.save()
 }
 
 /// Points /opt/etcd/current at `dir` atomically (a new link renamed over the old one).

@@ -40,24 +40,6 @@ pub fn switch_staged(inst: &mut Installed) -> Result<()> {
     inst.save()
 }
 
-/// Switches staged binaries (of the archive delivery) in at once, outside a rolling turn:
-/// the install action re-installing the resource whose binaries wait here for the unit's
-/// turn. No `previous` is recorded: the caller keeps the way back. Nothing staged: nothing
-/// happens.
-pub fn switch_staged_now(inst: &mut Installed) -> Result<()> {
-    let Some(dir) = inst.staged.clone() else {
-        return Ok(());
-    };
-    if inst.delivery == Delivery::Deb {
-        return Err(InstallError::Bad(
-            "the Debian package's staged packages switch in the unit's rolling turn only".into(),
-        ));
-    }
-    switch_current(Path::new(&dir))?;
-    inst.staged = None;
-    inst.save()
-}
-
 /// Keeps the switched-in binaries: they passed their health check.
 pub fn commit(inst: &mut Installed) -> Result<()> {
     if inst.previous.take().is_some() {
