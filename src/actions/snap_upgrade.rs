@@ -141,6 +141,8 @@ pub fn snap_upgrade(
         }
     };
     let after = identity(&client, &ep)?;
+    // The version in `juju status` only: the action's result names it, and the next hook
+    // sets it again.
     let _ = juju::application_version_set(&inst.version);
     results.extend([
         ("output".to_string(), format!("migrated from the Debian package (etcd {}) to the {} delivery (etcd {}); {purge_note}", plan.before.version, inst.delivery.name(), inst.version)),

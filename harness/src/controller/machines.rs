@@ -208,13 +208,20 @@ impl Ctl {
             self.first_boot(model, machine, &mirror, kind).await?;
         }
         self.prepare_units(model, &units).await?;
-        self.mutate(|w| {
-            if let Some(m) = w.models.get_mut(model) {
-                if m.machine_started(machine) {
-                    let _ = machine::set_link(&m.net(), machine, false);
-                }
-            }
+        let cut = self.mutate(|w| {
+            let m = w.models.get_mut(model)?;
+            m.machine_started(machine).then(|| m.net())
         });
+        // A link cut before the reboot is cut again; a cut that fails leaves the machine
+        // reachable, which the controller's log says (the machine itself is up).
+        if let Some(net) = cut {
+            if let Err(e) = machine::set_link(&net, machine, false) {
+                self.log(
+                    model,
+                    &format!("controller: ERROR cutting machine {machine}'s link again: {e:#}"),
+                );
+            }
+        }
         Ok(())
     }
 

@@ -211,7 +211,9 @@ impl Model {
             return (Next::Wait(None), changed);
         }
         let retry = self.config_bool("automatically-retry-hooks", true);
-        let u = self.units.get_mut(unit).expect("checked above");
+        let Some(u) = self.units.get_mut(unit) else {
+            return (Next::Gone, changed);
+        };
         if let Some(e) = &u.error {
             if let Some(t) = u.actions.pop_front() {
                 return (Next::Task(t), true);
@@ -234,11 +236,9 @@ impl Model {
         }
         while let Some(ev) = self.units[unit].queue.front().cloned() {
             if self.event_is_stale(&ev) {
-                self.units
-                    .get_mut(unit)
-                    .expect("checked above")
-                    .queue
-                    .pop_front();
+                if let Some(u) = self.units.get_mut(unit) {
+                    u.queue.pop_front();
+                }
                 changed = true;
                 continue;
             }
@@ -252,13 +252,7 @@ impl Model {
             }
             return (Next::Hook(ev), changed);
         }
-        match self
-            .units
-            .get_mut(unit)
-            .expect("checked above")
-            .actions
-            .pop_front()
-        {
+        match self.units.get_mut(unit).and_then(|u| u.actions.pop_front()) {
             Some(t) => (Next::Task(t), true),
             None => (Next::Wait(None), changed),
         }

@@ -45,6 +45,7 @@ pub fn agent_main(
     install_tools(Path::new("/"), machine)?;
     // The agent socket is bound before /tmp is hidden, so it stays reachable from the host.
     let sock = dir.join("agent.sock");
+    // A stale socket from the last boot; if it cannot go, bind below says so.
     let _ = std::fs::remove_file(&sock);
     let listener = std::os::unix::net::UnixListener::bind(&sock)?;
     mount(
@@ -107,6 +108,7 @@ async fn serve(listener: std::os::unix::net::UnixListener) -> Result<()> {
         let (stream, _) = listener.accept().await?;
         let counter = counter.clone();
         tokio::spawn(async move {
+            // One request's failure ends its connection: the controller's call sees it.
             let _ = handle(stream, counter).await;
         });
     }
@@ -186,6 +188,7 @@ async fn run_process(
     .await;
     let read = |p: &Path| {
         let b = std::fs::read(p).unwrap_or_default();
+        // A capture file left in the machine's /tmp costs nothing and goes with it.
         let _ = std::fs::remove_file(p);
         String::from_utf8_lossy(&b).into_owned()
     };

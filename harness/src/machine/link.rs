@@ -66,6 +66,7 @@ fn setup_bridge(net: &Net) -> Result<()> {
     ip(&["link", "set", &net.bridge(), "up"])
 }
 
+/// Best effort: a bridge already gone is the aim; one that stays, the leak check names.
 pub fn delete_bridge(net: &Net) {
     let _ = ip(&["link", "del", &net.bridge()]);
 }
@@ -150,6 +151,8 @@ pub fn hold_at(file: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Best effort, as `delete_bridge`: each part may be gone already (the namespace takes its
+/// veth with it).
 pub fn delete_netns(net: &Net, machine: u32) {
     let _ = ip(&["link", "del", &net.host_veth(machine)]);
     let _ = ip(&["netns", "del", &net.netns(machine)]);

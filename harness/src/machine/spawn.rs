@@ -104,6 +104,7 @@ pub fn agent_socket(model_dir: &Path, machine: u32) -> PathBuf {
 pub fn kill_machine(unshare_pid: Option<u32>, init_pid: Option<u32>) {
     for pid in [init_pid, unshare_pid].into_iter().flatten() {
         if pid > 1 {
+            // ESRCH: already gone, which is the aim.
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::SIGKILL,
@@ -156,6 +157,7 @@ pub fn kill_namespace_processes(net: &Net, machine: u32) -> Result<()> {
         }
         for pid in inside {
             killed.insert(pid);
+            // A process gone meanwhile is fine; one that stays fails the deadline above.
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
