@@ -1562,7 +1562,9 @@ fn a_block_store_is_a_raw_device_the_charm_formats_itself() {
     let work = tempfile::tempdir().unwrap();
     let env = Env::new("block", &["update-status-hook-interval=1h"]);
     let block = probe_copy(&work.path().join("block"), "block", &[]);
-    // No directive: a block store gets a loop volume, as Juju's default block pool.
+    // No directive: a block store gets a loop volume, Juju's default block pool on a
+    // provider without volumes of its own (its integration suite's run_model_storage_block:
+    // loop outside aws and lxd).
     env.ok(&["deploy", &block, "p"]);
     env.wait_units("p", 1, "active", "started", MIN);
     env.settle("1m");

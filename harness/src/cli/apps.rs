@@ -264,7 +264,9 @@ pub(super) fn typed(kind: &str, key: &str, raw: &str) -> Result<Value> {
 pub(super) fn typed_value(kind: &str, key: &str, v: &Value) -> Result<Value> {
     match v {
         Value::String(s) => typed(kind, key, s),
-        Value::Number(_) if kind == "int" || kind == "float" => Ok(v.clone()),
+        Value::Number(_) if kind == "int" => Ok(v.clone()),
+        // Stored as a float whatever the YAML spelt (`2`), as a float option's value is.
+        Value::Number(n) if kind == "float" => Ok(json!(n.as_f64())),
         Value::Bool(_) if kind == "boolean" => Ok(v.clone()),
         other if kind == "string" => Ok(json!(match other {
             Value::Number(n) => n.to_string(),

@@ -132,7 +132,7 @@ fn relation_key(r: &Relation) -> String {
 
 /// `FilterSettings`: the old settings the new charm's config still takes, each coerced by
 /// its option type's checker (juju/schema `numeric.go`, `strings.go`): an int from an integer
-/// or a string `strconv.ParseInt(s, 0, 64)` reads, a float from a number, a boolean from a
+/// or a string `strconv.ParseInt(s, 0, 64)` reads, a float from a float, a boolean from a
 /// bool or a string `strconv.ParseBool` reads, a string from a string. The others are
 /// dropped silently.
 pub fn filter_settings(
@@ -145,7 +145,8 @@ pub fn filter_settings(
             let fit = match (kind, v) {
                 ("int", Value::Number(n)) if n.is_i64() => Some(v.clone()),
                 ("int", Value::String(s)) => go_parse_int(s).map(Value::from),
-                ("float", Value::Number(_)) => Some(v.clone()),
+                // floatC takes float kinds only: an integer stays behind.
+                ("float", Value::Number(n)) if n.is_f64() => Some(v.clone()),
                 ("boolean", Value::Bool(_)) => Some(v.clone()),
                 ("boolean", Value::String(s)) => go_parse_bool(s).map(Value::from),
                 ("string" | "secret", Value::String(_)) => Some(v.clone()),
@@ -358,6 +359,7 @@ mod tests {
             ("snapshot_count", "int"),
             ("enable_v2", "boolean"),
             ("channel", "string"),
+            ("ratio", "float"),
         ] {
             new.options.insert(
                 k.into(),
@@ -385,6 +387,13 @@ mod tests {
             "'auto' is no int: dropped"
         );
         assert!(!kept.contains_key("gone"));
+        let ratio = |v: Value| {
+            let old = [("ratio".to_string(), v)].into();
+            filter_settings(&old, &new).get("ratio").cloned()
+        };
+        assert_eq!(ratio(serde_json::json!(0.5)), Some(serde_json::json!(0.5)));
+        assert_eq!(ratio(serde_json::json!(2)), None, "floatC takes no integer");
+        assert_eq!(ratio(serde_json::json!("0.5")), None, "nor a string");
         for (text, want) in [
             ("5000", Some(5000)),
             ("0x10", Some(16)),
