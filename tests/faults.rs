@@ -402,7 +402,7 @@ fn a_unit_removed_while_another_machine_is_down_keeps_its_member_until_it_can_le
             );
             let log = env.ok(&["debug-log", "--replay", "--no-tail", "--include", &victim]);
             assert!(
-                log.contains("etcd refused to remove this member"),
+                log.contains("this member cannot leave the cluster yet"),
                 "the refusal is not named in the log"
             );
             env.ok(&["start-machine", &down]);

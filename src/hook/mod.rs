@@ -70,13 +70,14 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
             Left::Removed => juju::log("INFO", "removed this member from the cluster"),
             Left::NotAMember => {}
             // Stopping a member etcd will not let go of would take the cluster below quorum
-            // (strict reconfig refuses the removal while another member is down): the member
+            // (the remaining members that answer are no quorum of them, or etcd's strict
+            // reconfig refuses): the member
             // keeps running and the hook fails. Juju retries a failed hook with a growing
             // delay (5 s up to 5 min, internal/worker/uniter), so the removal finishes by
             // itself once the missing members answer again.
             Left::Refused(e) => {
                 anyhow::bail!(
-                    "etcd refused to remove this member ({}); it keeps running so the cluster \
+                    "this member cannot leave the cluster yet ({}); it keeps running so the cluster \
                      keeps its quorum, and Juju retries this hook until the removal succeeds: \
                      bring back the members that do not answer",
                     juju::bounded(&e, 512)

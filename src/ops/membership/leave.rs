@@ -18,6 +18,9 @@ pub trait Cluster {
     /// The members as this member's etcd answers; `None` when it does not answer (etcd is
     /// not running, or was removed and stopped itself).
     fn members(&self) -> Option<Vec<Member>>;
+    /// Whether `member` answers on its client URL now (a member added but never started,
+    /// with no client URL, does not).
+    fn answers(&self, member: &Member) -> bool;
     /// Moves raft leadership away from `me` if it holds it (best effort).
     fn hand_over(&self, me: u64, members: &[Member]);
     /// Removes `me` through any member that answers; one already gone is success.
@@ -32,8 +35,9 @@ pub enum Left {
     /// Nothing to remove: etcd does not answer, this member is not (or no longer) in the
     /// list, or it is the last one.
     NotAMember,
-    /// etcd refused the removal for as long as the leaving hook could wait; the leader's
-    /// healing removes the stray member later.
+    /// The removal would leave the remaining members without a quorum that answers, or
+    /// etcd refused it for as long as the leaving hook could wait: the member keeps running
+    /// and the hook fails, for Juju to retry.
     Refused(String),
 }
 
@@ -56,6 +60,9 @@ pub fn leave(cluster: &impl Cluster, name: &str, peer_url: &str) -> Left {
     let Some(me) = removable(&members, name, peer_url) else {
         return Left::NotAMember;
     };
+    if let Err(e) = quorum_after(cluster, me, &members) {
+        return Left::Refused(e);
+    }
     cluster.hand_over(me, &members);
     match cluster.remove(me, &members) {
         Ok(()) => {
@@ -64,6 +71,40 @@ pub fn leave(cluster: &impl Cluster, name: &str, peer_url: &str) -> Left {
         }
         Err(e) => Left::Refused(e),
     }
+}
+
+/// Refuses to remove `me` unless the voting members that remain, those that answer now,
+/// are a quorum of them. etcd's own strict reconfig check counts a peer as connected until
+/// its transport notices it is gone (5 s read and write timeouts, `rafthttp`): a removal in
+/// the seconds after another machine crashed is accepted there, and leaves the cluster
+/// without a quorum. Each member is asked itself, so a machine that just went is seen.
+fn quorum_after(cluster: &impl Cluster, me: u64, members: &[Member]) -> Result<(), String> {
+    let remaining: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.id != me && !m.is_learner)
+        .collect();
+    let need = remaining.len() / 2 + 1;
+    let silent: Vec<String> = remaining
+        .iter()
+        .filter(|m| !cluster.answers(m))
+        .map(|m| {
+            if m.name.is_empty() {
+                format!("{:x} (never started)", m.id)
+            } else {
+                m.name.clone()
+            }
+        })
+        .collect();
+    let answering = remaining.len() - silent.len();
+    if answering >= need {
+        return Ok(());
+    }
+    Err(format!(
+        "only {answering} of the {} members that would remain answer, and they need {need} \
+         for a quorum; not answering: {}",
+        remaining.len(),
+        silent.join(", ")
+    ))
 }
 
 /// The live cluster: etcd's gateway at this member's endpoint `ep`.
@@ -77,6 +118,11 @@ pub struct Live<'a> {
 impl Cluster for Live<'_> {
     fn members(&self) -> Option<Vec<Member>> {
         self.client.member_list(self.ep).ok()
+    }
+    fn answers(&self, member: &Member) -> bool {
+        member
+            .client_url()
+            .is_some_and(|url| self.client.status(&url).is_ok())
     }
     fn hand_over(&self, me: u64, members: &[Member]) {
         crate::ops::membership::apply::hand_over_logged(
@@ -124,6 +170,8 @@ mod tests {
         calls: RefCell<Vec<String>>,
         /// removals etcd refuses before it accepts one
         refusals: RefCell<u32>,
+        /// members whose machine is down (they do not answer)
+        down: RefCell<Vec<u64>>,
     }
 
     fn member(id: u64, name: &str) -> Member {
@@ -150,6 +198,7 @@ mod tests {
                 answers: RefCell::new(true),
                 calls: RefCell::new(vec![]),
                 refusals: RefCell::new(0),
+                down: RefCell::new(vec![]),
             }
         }
     }
@@ -158,6 +207,9 @@ mod tests {
         fn members(&self) -> Option<Vec<Member>> {
             self.calls.borrow_mut().push("list".into());
             self.answers.borrow().then(|| self.members.borrow().clone())
+        }
+        fn answers(&self, member: &Member) -> bool {
+            !self.down.borrow().contains(&member.id)
         }
         fn hand_over(&self, me: u64, members: &[Member]) {
             self.calls.borrow_mut().push(format!("hand-over {me}"));
@@ -247,5 +299,34 @@ mod tests {
         assert_eq!(c.members.borrow().len(), 3);
         assert_eq!(leave(&c, "etcd2", "https://10.0.0.3:2380"), Left::Removed);
         assert_eq!(c.members.borrow().len(), 2);
+    }
+
+    #[test]
+    fn a_removal_that_would_leave_no_quorum_of_answering_members_is_refused_before_etcd_is_asked() {
+        // Three members, one machine just crashed: etcd may still count it connected.
+        let c = Fake::new(&["etcd0", "etcd1", "etcd2"], 1);
+        c.down.borrow_mut().push(2);
+        let Left::Refused(why) = leave(&c, "etcd2", "https://10.0.0.3:2380") else {
+            panic!("the removal was not refused")
+        };
+        assert!(
+            why.contains("only 1 of the 2") && why.contains("etcd1"),
+            "{why}"
+        );
+        assert_eq!(*c.calls.borrow(), ["list"], "etcd was asked to remove it");
+        assert_eq!(c.members.borrow().len(), 3);
+        // Five members, one down: four remain, three answer, a quorum of four.
+        let c = Fake::new(&["etcd0", "etcd1", "etcd2", "etcd3", "etcd4"], 1);
+        c.down.borrow_mut().push(2);
+        assert_eq!(leave(&c, "etcd4", "https://10.0.0.5:2380"), Left::Removed);
+        // Back up: the next run removes it.
+        let c = Fake::new(&["etcd0", "etcd1", "etcd2"], 1);
+        c.down.borrow_mut().push(1);
+        assert!(matches!(
+            leave(&c, "etcd2", "https://10.0.0.3:2380"),
+            Left::Refused(_)
+        ));
+        c.down.borrow_mut().clear();
+        assert_eq!(leave(&c, "etcd2", "https://10.0.0.3:2380"), Left::Removed);
     }
 }
