@@ -281,7 +281,7 @@ fn the_classic_runbook_lines_work_as_typed() {
     env.wait("etcd/0's data on its volume", 3 * MIN, |_| {
         env.exec(
             "etcd/0",
-            "grep -q '^data-dir: .*/var/lib/juju/storage/data/0' /etc/etcd/etcd.conf.yml && findmnt -n /var/lib/juju/storage/data/0 >/dev/null",
+            "grep -q '^data-dir: /media/etcd/data' /etc/etcd/etcd.conf.yml && findmnt -n /media/etcd >/dev/null",
         )
         .code
             == 0

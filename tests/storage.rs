@@ -1,8 +1,12 @@
 //! Storage as the classic charm's runbook uses it (`list-storage-pools`, `add-storage`):
-//! a `loop` volume added to a running unit is mounted in its machine, the member's data moves
-//! onto it (verified, etcd stopped only for the copy) and the member keeps its ID and keys;
-//! `remove-storage` moves the data back off before the volume goes. A writer runs
-//! throughout and loses no acknowledged write. Bad storage input is refused by name.
+//! the `data` store is a block device, as the classic charm declares it. A `loop` volume
+//! added to a running unit reaches the charm as a raw device (/dev/loopN); the charm makes
+//! its filesystem, mounts it at /media/etcd, names it in /etc/fstab by UUID, and the
+//! member's data moves onto it (verified, etcd stopped only for the copy); the member keeps
+//! its ID and keys, also across a reboot that may give the volume another device name;
+//! `remove-storage` moves the data back off and unmounts the volume before it goes. A
+//! writer runs throughout and loses no acknowledged write. Bad storage input is refused by
+//! name.
 
 mod support;
 
@@ -10,27 +14,51 @@ use serde_json::Value;
 use support::etcd::*;
 use support::*;
 
-const LOCATION: &str = "/var/lib/juju/storage/data/0";
+const LOCATION: &str = "/media/etcd/data";
 
-/// The filesystem type mounted at the storage location in etcd/0's machine ("" if none).
-fn mounted_fs(env: &Env) -> String {
-    env.exec(
-        "etcd/0",
-        &format!("findmnt -n -o FSTYPE {LOCATION} || true"),
-    )
-    .stdout
-    .trim()
-    .to_string()
+/// The filesystem type and source mounted at /media/etcd in `unit`'s machine ("" if none).
+fn mounted(env: &Env, unit: &str) -> String {
+    env.exec(unit, "findmnt -n -o FSTYPE,SOURCE /media/etcd || true")
+        .stdout
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
-fn configured_data_dir(env: &Env) -> String {
-    env.exec_ok(
-        "etcd/0",
-        "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml",
-    )
-    .trim()
-    .trim_matches(|c| c == '"' || c == '\'')
-    .to_string()
+/// The /etc/fstab lines for /media/etcd in `unit`'s machine.
+fn fstab_lines(env: &Env, unit: &str) -> Vec<String> {
+    env.exec_ok(unit, "cat /etc/fstab")
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("/media/etcd"))
+        .map(String::from)
+        .collect()
+}
+
+/// The volume is `unit`'s raw device, formatted ext4 by the charm, mounted at /media/etcd
+/// and named in fstab by its filesystem's UUID.
+fn assert_on_its_volume(env: &Env, unit: &str, storage: &str) {
+    let dev = env.exec_ok(unit, &format!("storage-get -s {storage} location"));
+    let dev = dev.trim();
+    assert!(dev.starts_with("/dev/loop"), "{unit}: {dev}");
+    assert_eq!(mounted(env, unit), format!("ext4 {dev}"), "{unit}");
+    let uuid = env.exec_ok(unit, &format!("blkid -p -o value -s UUID {dev}"));
+    assert_eq!(
+        fstab_lines(env, unit),
+        [format!(
+            "UUID={} /media/etcd ext4 defaults,nofail 0 2",
+            uuid.trim()
+        )],
+        "{unit}"
+    );
+    assert_eq!(configured_data_dir(env, unit), LOCATION, "{unit}");
+    env.exec_ok(unit, &format!("test -d {LOCATION}/member/wal"));
+}
+
+fn configured_data_dir(env: &Env, unit: &str) -> String {
+    env.exec_ok(unit, "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml")
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'')
+        .to_string()
 }
 
 fn settled_healthy(env: &Env, s: &Value) -> bool {
@@ -91,19 +119,17 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
     }
     assert_eq!(env.ok(&["storage"]).trim(), "No storage to display.");
 
-    // On: the volume is mounted, the data moves onto it, the member stays itself.
+    // On: the volume is mounted, the data moves onto it, the member stays itself. The
+    // first attached hook is killed between the fstab line and the mount; its retry mounts.
+    env.crash_at("etcd/0", "volume-in-fstab");
     let r = env.run(&["add-storage", "etcd/0", "data=loop,1G"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("added storage data/0"), "{}", r.stderr);
     env.wait("etcd/0 running on its volume", 3 * MIN, |s| {
-        settled_healthy(&env, s) && configured_data_dir(&env) == LOCATION
+        settled_healthy(&env, s) && configured_data_dir(&env, "etcd/0") == LOCATION
     });
-    assert_eq!(mounted_fs(&env), "ext4");
-    assert!(
-        env.exec("etcd/0", &format!("test -d {LOCATION}/member/wal"))
-            .code
-            == 0
-    );
+    assert!(env.crash_consumed("etcd/0"), "the crash point never fired");
+    assert_on_its_volume(&env, "etcd/0", "data/0");
     assert_eq!(member_id(&env, &creds, "etcd/0"), Some(id), "same member");
     writer.wait_for_writes(20, "with etcd/0 on its volume");
     let r = env.run(&["add-storage", "etcd/0", "data=loop,1G"]);
@@ -113,17 +139,25 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
         r.stderr
     );
     let listed: Value = serde_json::from_str(&env.ok(&["storage", "--format", "json"])).unwrap();
-    assert_eq!(listed["filesystems"]["data-0"]["pool"], "loop", "{listed}");
+    assert_eq!(listed["volumes"]["data-0"]["pool"], "loop", "{listed}");
+    assert_eq!(listed["storage"]["data/0"]["kind"], "block", "{listed}");
     assert!(listed["storage"]["data/0"]["attachments"]["units"]["etcd/0"].is_object());
 
-    // Off: the data leaves the volume before it goes.
+    // Off: the data leaves the volume before it goes; the detaching hook is killed between
+    // the unmount and the fstab edit, and its retry finishes the release.
+    env.crash_at("etcd/0", "volume-unmounted");
     env.ok(&["remove-storage", "data/0"]);
     env.wait("etcd/0 back on its own disk", 3 * MIN, |s| {
         settled_healthy(&env, s)
-            && configured_data_dir(&env) == "/var/lib/etcd"
+            && configured_data_dir(&env, "etcd/0") == "/var/lib/etcd"
             && env.ok(&["storage"]).trim() == "No storage to display."
     });
-    assert_eq!(mounted_fs(&env), "", "the volume is unmounted");
+    assert!(env.crash_consumed("etcd/0"), "the crash point never fired");
+    assert_eq!(mounted(&env, "etcd/0"), "", "the volume is unmounted");
+    assert!(
+        fstab_lines(&env, "etcd/0").is_empty(),
+        "its fstab line stays"
+    );
     assert_eq!(member_id(&env, &creds, "etcd/0"), Some(id), "same member");
     let out = creds.etcdctl(
         &format!("https://{}:2379", env.address("etcd/0")),
@@ -144,21 +178,30 @@ fn a_loop_volume_added_to_a_running_unit_takes_its_data_and_gives_it_back_on_rem
 /// hooks (internal/worker/uniter/storage/resolver.go); the controller does too. A unit
 /// removed with its data on a volume leaves the cluster then, without first copying the
 /// database to its root disk: here the root disk's default data directory cannot be
-/// written at all (a full or small root disk), and the removal still finishes.
+/// written at all (a full or small root disk), and the removal still finishes. Before,
+/// a machine on its volume reboots and its member comes back on it.
 #[test]
-fn a_unit_removed_with_its_data_on_a_volume_leaves_without_copying_it_to_the_root_disk() {
+fn a_rebooted_unit_keeps_its_volume_and_a_unit_removed_on_one_leaves_without_copying_it_off() {
     let work = tempfile::tempdir().unwrap();
     let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
     let env = Env::new("storage-removal", &["update-status-hook-interval=1h"]);
     deploy_healthy(&env, 3, &tarball, &["--storage", "data=loop,1G"]);
     let creds = Creds::from_unit(&env, "etcd/0");
-    for u in env.units("etcd") {
-        let dir = env.exec_ok(&u, "sed -n 's/^data-dir: *//p' /etc/etcd/etcd.conf.yml");
-        assert!(
-            dir.contains("/var/lib/juju/storage/data/"),
-            "{u} runs on its volume: {dir}"
-        );
+    for (i, u) in env.units("etcd").iter().enumerate() {
+        assert_on_its_volume(&env, u, &format!("data/{i}"));
     }
+    // A reboot: the volume may come back as another loop device. fstab names it by UUID,
+    // etcd's unit waits for the mount (never starts on the empty directory under it),
+    // and the member comes back on its volume, itself.
+    let id = member_id(&env, &creds, "etcd/1").expect("etcd/1's member ID");
+    env.reboot_and_wait("etcd/1");
+    env.wait("etcd/1 back on its volume", 3 * MIN, |s| {
+        s["applications"]["etcd"]["units"]["etcd/1"]["workload-status"]["message"]
+            == "Healthy with 3 known peers"
+            && env.run(&["wait-settled", "--timeout", "1s"]).code == 0
+    });
+    assert_on_its_volume(&env, "etcd/1", "data/1");
+    assert_eq!(member_id(&env, &creds, "etcd/1"), Some(id), "same member");
     // No room on the root disk: a copy there fails at once.
     env.exec_ok(
         "etcd/2",

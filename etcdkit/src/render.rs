@@ -247,9 +247,14 @@ pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 /// exits 0 and must stay down). No start rate limit: `StartLimitIntervalSec=0`, a `[Unit]`
 /// setting (systemd.unit(5); in `[Service]` systemd ignores it), so a restore's two starts
 /// and a roll's restart close together never leave etcd "start-limit-hit" and down.
+/// `RequiresMountsFor` the data volume's mount point: when /etc/fstab names a volume there
+/// that is missing at boot, etcd waits for it (and fails, to be started by the charm once
+/// it mounted the volume) instead of starting on the empty directory under it; without
+/// such a line it asks nothing more than the root filesystem.
 pub fn systemd_unit(etcd_binary: &str, config_path: &str) -> String {
     format!(
-        "# Rendered by the etcd charm.\n[Unit]\nDescription=etcd key-value store (etcd charm)\nAfter=network-online.target\nWants=network-online.target\nStartLimitIntervalSec=0\n\n[Service]\nType=notify\nExecStart={etcd_binary} --config-file {config_path}\nRestart=on-failure\nRestartSec=2s\nTimeoutStartSec=infinity\nTimeoutStopSec={}s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
+        "# Rendered by the etcd charm.\n[Unit]\nDescription=etcd key-value store (etcd charm)\nAfter=network-online.target\nWants=network-online.target\nRequiresMountsFor={}\nStartLimitIntervalSec=0\n\n[Service]\nType=notify\nExecStart={etcd_binary} --config-file {config_path}\nRestart=on-failure\nRestartSec=2s\nTimeoutStartSec=infinity\nTimeoutStopSec={}s\nLimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
+        crate::VOLUME_MOUNT,
         STOP_GRACE.as_secs()
     )
 }

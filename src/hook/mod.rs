@@ -123,7 +123,12 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if leaving {
         leave(&mut st, &ctx.unit)?;
     }
+    let detaching = crate::unit::data_detaching(ctx);
     if hook == Hook::Remove || st.left {
+        if detaching {
+            // The member left and etcd is stopped: the volume goes with its data.
+            release_volume()?;
+        }
         // The unit is going: a status that cannot be said changes nothing, and failing the
         // stop or remove hook would only hold its removal up.
         let _ =
@@ -147,6 +152,10 @@ pub fn hook(ctx: &Context) -> Result<()> {
             "this unit's restart moved the CA move on: planning again",
         );
     }
+    if detaching && r.is_ok() {
+        // The data moved off the volume and etcd runs from its new place.
+        release_volume()?;
+    }
     if crate::monitoring::nrpe::concerns(ctx.hook.as_ref()) {
         nrpe_checks(ctx, &mut st);
         st.save()?;
@@ -159,6 +168,18 @@ pub fn hook(ctx: &Context) -> Result<()> {
     let (status, msg) = board.winner();
     crate::unit::status::set(status, &msg, false)?;
     r.map(|_| ())
+}
+
+/// Unmounts the `data` volume once etcd no longer runs from it (its config names another
+/// data directory, or etcd is stopped).
+fn release_volume() -> Result<()> {
+    let configured = crate::ops::relocate::configured_data_dir(std::path::Path::new(
+        etcdkit::service::CONFIG_FILE,
+    ))?;
+    let on_volume =
+        configured.is_some_and(|d| std::path::Path::new(&d).starts_with(etcdkit::VOLUME_MOUNT));
+    let runs = on_volume && crate::ops::standdown::service().running()?;
+    crate::unit::volume::release(runs)
 }
 
 /// The Nagios checks follow the relation (`nrpe`); what went wrong is kept for the status

@@ -5,6 +5,7 @@
 pub mod peers;
 pub mod rejected;
 pub mod status;
+pub mod volume;
 
 use crate::juju;
 use anyhow::{anyhow, Context as _, Result};
@@ -130,25 +131,29 @@ pub fn data_detaching(ctx: &juju::Context) -> bool {
     ctx.hook_is(|h| h.is_storage("data", juju::StorageEvent::Detaching))
 }
 
-/// Where etcd keeps its data: the `data` storage when attached, else /var/lib/etcd, or for
+/// Where etcd keeps its data: on the `data` storage's volume when attached (mounted first,
+/// see `volume`), else /var/lib/etcd, or for
 /// the snap delivery a directory under /var/snap/etcd/common (not under the revision's own
 /// /var/snap/etcd/current, which snapd copies on every refresh).
 ///
-/// While `data-storage-detaching` runs the storage is still mounted, but the data must
-/// leave it: the default directory is the one to use.
+/// While `data-storage-detaching` runs the volume is still mounted, but the data must
+/// leave it: the default directory is the one to use (and the volume is released after).
 pub fn data_dir(detaching: bool) -> Result<String> {
     let storage = if detaching {
         None
     } else {
         juju::storage_location("data").context("asking Juju where the data storage is")?
     };
-    Ok(storage.unwrap_or_else(|| {
+    if let Some(dev) = storage {
+        return volume::data_dir_on(&dev);
+    }
+    Ok(
         if Installed::load().is_some_and(|i| i.delivery == Delivery::Snap) {
             etcdkit::SNAP_DATA_DIR.to_string()
         } else {
             etcdkit::DATA_DIR.to_string()
-        }
-    }))
+        },
+    )
 }
 
 pub fn has_member_data(dir: &str) -> bool {

@@ -125,45 +125,62 @@ pub(super) fn remove(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>
     Ok(Reply::ok(""))
 }
 
+/// Every storage instance of a model as Juju's combined listing has it: `storage`, then
+/// a block store's volume under `volumes` and a filesystem store's under `filesystems`
+/// (cmd/juju/storage/list.go).
+fn listing(m: &Model) -> Value {
+    let mut storage = Map::new();
+    let mut filesystems = Map::new();
+    let mut volumes = Map::new();
+    for u in m.units.values() {
+        for id in &u.storage {
+            let name = id.split('/').next().unwrap_or("");
+            let Some(def) = m.apps[&u.app].meta.storage.get(name) else {
+                continue;
+            };
+            let vol = m.volumes.get(id);
+            let pool = vol.map_or("rootfs", |v| v.pool.as_str());
+            let life = if vol.is_some_and(|v| v.removing) {
+                "dying"
+            } else {
+                "alive"
+            };
+            let location = controller::storage_location(def, id, vol);
+            let attachment = json!({"units": {u.name.clone(): {
+                "machine": u.machine.to_string(), "location": location, "life": life}}});
+            storage.insert(
+                id.clone(),
+                json!({"kind": def.kind, "life": life, "persistent": false,
+                    "status": {"current": "attached", "since": ""},
+                    "attachments": attachment}),
+            );
+            // A block store is a volume, a filesystem store a filesystem (Juju's
+            // combined listing: cmd/juju/storage/list.go, storage, filesystems, volumes).
+            let entry = json!({"provider-id": id.replace('/', "-"), "storage": id,
+                "pool": pool, "size": vol.map_or(0, |v| v.size_mib), "life": life,
+                "status": {"current": "attached"}});
+            if def.kind == "block" {
+                volumes.insert(id.replace('/', "-"), entry);
+            } else {
+                filesystems.insert(id.replace('/', "-"), entry);
+            }
+        }
+    }
+    let mut out = json!({"storage": storage});
+    if !filesystems.is_empty() {
+        out["filesystems"] = Value::Object(filesystems);
+    }
+    if !volumes.is_empty() {
+        out["volumes"] = Value::Object(volumes);
+    }
+    out
+}
+
 /// `storage [--format tabular|yaml|json]`: every instance, its unit, pool, size, location.
 pub(super) fn list(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) -> Result<Reply> {
     let p = parse(&[FORMAT], args)?;
     let model = model_name(ctl, &p, env_model)?;
-    let v = ctl.model(&model, |m| {
-        let mut storage = Map::new();
-        let mut filesystems = Map::new();
-        for u in m.units.values() {
-            for id in &u.storage {
-                let name = id.split('/').next().unwrap_or("");
-                let Some(def) = m.apps[&u.app].meta.storage.get(name) else {
-                    continue;
-                };
-                let vol = m.volumes.get(id);
-                let pool = vol.map_or("rootfs", |v| v.pool.as_str());
-                let life = if vol.is_some_and(|v| v.removing) {
-                    "dying"
-                } else {
-                    "alive"
-                };
-                let location = controller::storage_location(def, id, vol);
-                let attachment = json!({"units": {u.name.clone(): {
-                    "machine": u.machine.to_string(), "location": location, "life": life}}});
-                storage.insert(
-                    id.clone(),
-                    json!({"kind": def.kind, "life": life, "persistent": false,
-                        "status": {"current": "attached", "since": ""},
-                        "attachments": attachment}),
-                );
-                filesystems.insert(
-                    id.replace('/', "-"),
-                    json!({"provider-id": id.replace('/', "-"), "storage": id, "pool": pool,
-                        "size": vol.map_or(0, |v| v.size_mib), "life": life,
-                        "status": {"current": "attached"}}),
-                );
-            }
-        }
-        json!({"storage": storage, "filesystems": filesystems})
-    })?;
+    let v = ctl.model(&model, listing)?;
     if p.value("format").is_some_and(|f| f != "tabular") {
         return fmt_out(&v, &p, Format::Yaml);
     }
@@ -177,7 +194,12 @@ pub(super) fn list(ctl: &Arc<Ctl>, args: &[String], env_model: &Option<String>) 
         "Message".into(),
     ]];
     for (id, s) in v["storage"].as_object().into_iter().flatten() {
-        let fs = &v["filesystems"][id.replace('/', "-")];
+        let key = id.replace('/', "-");
+        let fs = if v["volumes"][&key].is_object() {
+            &v["volumes"][&key]
+        } else {
+            &v["filesystems"][&key]
+        };
         let unit = s["attachments"]["units"]
             .as_object()
             .and_then(|u| u.keys().next().cloned())

@@ -26,11 +26,10 @@ pub(super) fn relocate_data(data: &str, svc: &Service) -> Result<()> {
             );
             std::fs::rename(service::CONFIG_FILE, &aside)
                 .with_context(|| format!("moving the unreadable {} aside", service::CONFIG_FILE))?;
-            let storage = juju::storage_location("data").ok().flatten();
-            let found = [Some(data.to_string()), storage]
+            let found = [data.to_string()]
                 .into_iter()
-                .flatten()
                 .chain([
+                    etcdkit::VOLUME_DATA_DIR.to_string(),
                     etcdkit::DATA_DIR.to_string(),
                     etcdkit::SNAP_DATA_DIR.to_string(),
                 ])
