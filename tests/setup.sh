@@ -138,12 +138,18 @@ architectures: [amd64]
   pack_snap "$tmp/snapd" "$FIXTURES/seed/snapd_2.57.6_amd64.snap"
   rm -rf "$tmp"
 fi
-for v in 3.5.1 3.4.23; do
-  out="$FIXTURES/snaps/etcd_${v}_amd64.snap"
-  [ -s "$out" ] && continue
-  tmp=$(mktemp -d)
+# An etcd snap of the fixtures' binaries: etcd_snap VERSION OUT ETCD_APP_LINES [WRAPPER].
+# The etcd app's lines go under `etcd:`; a wrapper script, when given, becomes bin/run-etcd.
+etcd_snap() {
+  local v=$1 out=$2 app=$3 wrapper=${4:-}
+  [ -s "$out" ] && return 0
+  local tmp; tmp=$(mktemp -d)
   mkdir -p "$tmp/etcd/meta" "$tmp/etcd/bin"
   cp "$FIXTURES/etcd-$v"/* "$tmp/etcd/bin/"
+  if [ -n "$wrapper" ]; then
+    printf '%s\n' "$wrapper" > "$tmp/etcd/bin/run-etcd"
+    chmod 755 "$tmp/etcd/bin/run-etcd"
+  fi
   cat > "$tmp/etcd/meta/snap.yaml" <<YAML
 name: etcd
 version: "$v"
@@ -155,13 +161,31 @@ confinement: classic
 architectures: [amd64]
 apps:
   etcd:
-    command: bin/etcd
+$app
   etcdctl:
     command: bin/etcdctl
 YAML
   pack_snap "$tmp/etcd" "$out"
   rm -rf "$tmp"
+}
+for v in 3.5.1 3.4.23; do
+  etcd_snap "$v" "$FIXTURES/snaps/etcd_${v}_amd64.snap" "    command: bin/etcd"
 done
+
+# The classic charm's etcd snap, laid out from the facts of its snapcraft.yaml and wrapper
+# (../shared/classic-footprint.md 2.3), none of its files: the daemon app `etcd` runs a
+# wrapper that refuses a 2.x config, exits 0 while etcd.conf.yml is missing and otherwise
+# runs etcd on $SNAP_COMMON/etcd.conf.yml; data under the revision's $SNAP_DATA. Classic
+# confinement for the reason above (the store's is strict, base core18).
+etcd_snap 3.4.23 "$FIXTURES/snaps/etcd_3.4.23-classic_amd64.snap" \
+  "$(printf '    command: bin/run-etcd\n    daemon: simple')" '#!/bin/sh
+# The classic snap'"'"'s daemon contract: no 2.x config, no start without etcd.conf.yml.
+if [ -e "$SNAP_COMMON/etcd.conf" ]; then
+  echo "an etcd 2.x config is in $SNAP_COMMON: not started" >&2
+  exit 1
+fi
+[ -e "$SNAP_COMMON/etcd.conf.yml" ] || exit 0
+exec "$SNAP/bin/etcd" --config-file "$SNAP_COMMON/etcd.conf.yml"'
 
 if [ ! -d "$FIXTURES/venv" ]; then
   python3 -m venv "$FIXTURES/venv" 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$FIXTURES/venv"; }

@@ -8,16 +8,36 @@ mod support;
 use support::etcd::*;
 use support::*;
 
-/// Deploys the classic charm's metadata fixture as `etcd` and waits for its unit.
-fn classic(env: &Env) {
+/// A model whose machines run snapd, as the classic charm's machines do.
+fn snapd_model(name: &str) -> Env {
+    Env::new(
+        name,
+        &["harness-machine=snapd", "update-status-hook-interval=10s"],
+    )
+}
+
+/// The classic footprint (tests/charms/classic-etcd, from ../shared/classic-footprint.md):
+/// `n` units of it as `etcd`, related to easyrsa, formed into a cluster.
+fn classic(env: &Env, n: usize) {
     let classic = repo_root().join("tests/charms/classic-etcd");
-    env.ok(&["deploy", classic.to_str().unwrap(), "etcd"]);
+    let snap = fixtures().join("snaps/etcd_3.4.23-classic_amd64.snap");
+    env.ok(&["deploy", "easyrsa"]);
+    env.ok(&[
+        "deploy",
+        classic.to_str().unwrap(),
+        "etcd",
+        "-n",
+        &n.to_string(),
+        "--resource",
+        &format!("etcd={}", snap.display()),
+    ]);
+    env.ok(&["integrate", "etcd:certificates", "easyrsa:client"]);
     env.wait_units(
         "etcd",
-        1,
+        n,
         "active",
-        "classic fixture",
-        std::time::Duration::from_secs(120),
+        &format!("Healthy with {n} known peers"),
+        5 * MIN,
     );
 }
 
@@ -42,16 +62,42 @@ fn charm_with_filesystem_storage(dir: &std::path::Path) -> std::path::PathBuf {
     out
 }
 
-/// A charm whose `data` storage is a filesystem cannot replace the classic charm, whose
-/// `data` is a block device: Juju refuses the switch before any hook runs
-/// (state/application.go, checkStorageUpgrade), and so does the controller, with Juju's
-/// message; the application keeps its charm. This charm's `data` is a block device, so
-/// the switch to it is accepted and its upgrade-charm hook runs.
+/// The classic footprint forms a cluster as the classic charm does: the snap's service
+/// on $SNAP_COMMON/etcd.conf.yml, members etcd0.. with the token in leader settings, the
+/// kicker enabled, the reactive state database in the charm directory. A charm whose
+/// `data` storage is a filesystem cannot replace it, whose `data` is a block device: Juju
+/// refuses the switch before any hook runs (state/application.go, checkStorageUpgrade),
+/// and so does the controller, with Juju's message; the application keeps its charm.
 #[test]
-fn the_switch_from_the_classic_charm_is_refused_for_a_filesystem_store_and_accepted_for_ours() {
+fn a_classic_cluster_forms_refuses_a_filesystem_store_and_is_left_untouched_by_this_charm() {
     let work = tempfile::tempdir().unwrap();
-    let env = Env::new("classic-switch", &["update-status-hook-interval=1h"]);
-    classic(&env);
+    let env = snapd_model("classic-switch");
+    classic(&env, 3);
+    let units = env.units("etcd");
+    for u in &units {
+        env.exec_ok(
+            u,
+            "systemctl is-active --quiet snap.etcd.etcd && systemctl is-enabled --quiet cdk-service-kicker \
+             && test -s /var/snap/etcd/common/etcd.conf.yml && test -d /var/snap/etcd/current/member/wal \
+             && test -s /var/lib/juju/agents/unit-$(echo $JUJU_UNIT_NAME | tr / -)/charm/.unit-state.db",
+        );
+    }
+    let members = env.exec_ok(
+        &units[0],
+        "ETCDCTL_API=3 /snap/bin/etcd.etcdctl --endpoints https://127.0.0.1:2379 \
+         --cert /var/snap/etcd/common/server.crt --key /var/snap/etcd/common/server.key \
+         --cacert /var/snap/etcd/common/ca.crt member list",
+    );
+    let mut names: Vec<&str> = members
+        .lines()
+        .filter_map(|l| l.split(", ").nth(2))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["etcd0", "etcd1", "etcd2"], "{members}");
+    let leader = env.leader("etcd");
+    let token = env.exec_ok(&leader, "leader-get token");
+    assert_eq!(token.trim().len(), 6, "{token}");
+
     let before = charm_with_filesystem_storage(work.path());
     let r = env.run(&["refresh", "etcd", "--switch", before.to_str().unwrap()]);
     assert_ne!(r.code, 0, "the switch was accepted: {}", r.stdout);
@@ -62,29 +108,55 @@ fn the_switch_from_the_classic_charm_is_refused_for_a_filesystem_store_and_accep
         "{}",
         r.stderr
     );
-    let s = env.status();
-    assert_eq!(s["applications"]["etcd"]["charm-rev"], 1);
-    assert_eq!(
-        s["applications"]["etcd"]["units"]["etcd/0"]["workload-status"]["message"],
-        "classic fixture"
-    );
+    assert_eq!(env.status()["applications"]["etcd"]["charm-rev"], 1);
 
-    // This charm: accepted; its own hooks run on the unit (here with nothing of the
-    // classic footprint to adopt, it installs etcd from the resource and forms a cluster).
-    let tarball = etcd_tarball(work.path(), &etcd35(), "3.5.1");
+    // This charm: accepted (its `data` is a block device). Until the takeover is built it
+    // finds the classic member on each machine and touches nothing: etcd keeps running
+    // (the same process), this charm makes no directory, the reactive state database
+    // (a file made at run time) is kept, and the units say why.
+    let pids: Vec<String> = units
+        .iter()
+        .map(|u| env.exec_ok(u, "systemctl show -p MainPID --value snap.etcd.etcd"))
+        .collect();
     let ours = repo_root();
-    let r = env.run(&[
-        "refresh",
-        "etcd",
-        "--switch",
-        ours.to_str().unwrap(),
-        "--resource",
-        &format!("etcd={}", tarball.display()),
-    ]);
+    let r = env.run(&["refresh", "etcd", "--switch", ours.to_str().unwrap()]);
     assert_eq!(r.code, 0, "the switch was refused: {}", r.stderr);
-    env.wait("this charm's hooks running on etcd/0", 3 * MIN, |s| {
-        s["applications"]["etcd"]["units"]["etcd/0"]["workload-status"]["message"]
-            == "Healthy with 1 known peers"
+    env.wait("every unit to find the classic member", 3 * MIN, |s| {
+        units.iter().all(|u| {
+            let w = &s["applications"]["etcd"]["units"][u.as_str()]["workload-status"];
+            w["current"] == "blocked"
+                && w["message"].as_str().is_some_and(|m| {
+                    m.starts_with("this machine runs the classic etcd charm's etcd")
+                })
+        })
     });
     assert_ne!(env.status()["applications"]["etcd"]["charm-rev"], 1);
+    for (u, pid) in units.iter().zip(&pids) {
+        assert_eq!(
+            &env.exec_ok(u, "systemctl show -p MainPID --value snap.etcd.etcd"),
+            pid,
+            "{u}'s etcd was restarted"
+        );
+        env.exec_ok(
+            u,
+            "test ! -e /var/lib/etcd-charm && test ! -e /etc/etcd \
+             && test -s /var/lib/juju/agents/unit-$(echo $JUJU_UNIT_NAME | tr / -)/charm/.unit-state.db",
+        );
+    }
+    // An action fails (by action-fail, so `juju run` exits 0 as Juju's does) saying why.
+    let r = env.run(&["run", &units[0], "health"]);
+    assert!(
+        r.stdout
+            .contains("failed: this machine runs the classic etcd charm's etcd"),
+        "an action ran on the classic member: {}{}",
+        r.stdout,
+        r.stderr
+    );
+    let health = env.exec_ok(
+        &units[0],
+        "ETCDCTL_API=3 /snap/bin/etcd.etcdctl --endpoints https://127.0.0.1:2379 \
+         --cert /var/snap/etcd/common/server.crt --key /var/snap/etcd/common/server.key \
+         --cacert /var/snap/etcd/common/ca.crt endpoint health --cluster 2>&1",
+    );
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
 }

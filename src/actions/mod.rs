@@ -26,6 +26,9 @@ use std::time::Duration;
 pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
+    if crate::ops::classic::untaken()? {
+        return juju::action_fail(crate::ops::classic::NOT_TAKEN_OVER).map_err(Into::into);
+    }
     if let crate::ops::claim::Claim::Taken(other) = crate::ops::claim::claim(&ctx.unit)? {
         return juju::action_fail(&format!(
             "etcd unit {other} is deployed on this machine: this unit runs nothing here \

@@ -90,7 +90,20 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
     st.save()
 }
 
-pub fn hook(ctx: &Context) -> Result<()> {
+/// Whether this hook may touch the charm's files on this machine: not when they hold the
+/// classic charm's etcd, another etcd unit's, or a record that cannot be trusted (each
+/// said in the unit's status).
+fn machine_is_ours(ctx: &Context) -> Result<bool> {
+    // The classic charm's etcd, not taken over: nothing here is touched, not even this
+    // charm's own directory (the claim below writes one).
+    if crate::ops::classic::untaken()? {
+        juju::status_set(
+            Level::Blocked.as_str(),
+            crate::ops::classic::NOT_TAKEN_OVER,
+            false,
+        )?;
+        return Ok(false);
+    }
     // Before anything reads or changes the charm's files: are they this unit's?
     if let crate::ops::claim::Claim::Taken(other) = crate::ops::claim::claim(&ctx.unit)? {
         // Not even stop or remove touches them: they are the other unit's etcd. A status
@@ -103,11 +116,18 @@ pub fn hook(ctx: &Context) -> Result<()> {
                  (remove this unit and add one with --to another machine)"
             ),
         );
-        return Ok(());
+        return Ok(false);
     }
     if let Err(e) = crate::ops::check_local_files() {
         // Nothing is decided from a file that cannot be trusted: the operator sees which.
         crate::unit::status::set_untracked(Level::Blocked, &format!("{e:#}"))?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+pub fn hook(ctx: &Context) -> Result<()> {
+    if !machine_is_ours(ctx)? {
         return Ok(());
     }
     crate::ops::finish_interrupted()?;

@@ -3,6 +3,7 @@
 //! the one transaction that lets the next run finish or undo one cut short.
 
 pub mod claim;
+pub mod classic;
 pub mod defrag;
 pub mod health;
 pub mod member_lock;
