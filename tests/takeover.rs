@@ -62,17 +62,52 @@ fn charm_with_filesystem_storage(dir: &std::path::Path) -> std::path::PathBuf {
     out
 }
 
-/// The classic footprint forms a cluster as the classic charm does: the snap's service
-/// on $SNAP_COMMON/etcd.conf.yml, members etcd0.. with the token in leader settings, the
-/// kicker enabled, the reactive state database in the charm directory. A charm whose
-/// `data` storage is a filesystem cannot replace it, whose `data` is a block device: Juju
-/// refuses the switch before any hook runs (state/application.go, checkStorageUpgrade),
-/// and so does the controller, with Juju's message; the application keeps its charm.
+/// The classic member's client credentials (easyrsa's global client pair, what every `db`
+/// client of the classic charm holds), copied out of `unit`'s machine.
+fn classic_creds(env: &Env, unit: &str) -> Creds {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        let body = env.exec_ok(unit, &format!("cat /var/snap/etcd/common/{f}"));
+        std::fs::write(dir.path().join(f), body).unwrap();
+    }
+    Creds { dir }
+}
+
+/// Each member's (ID, name), sorted.
+fn members(creds: &Creds, eps: &str) -> Vec<(String, String)> {
+    let out = creds.etcdctl(eps, true, &["member", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            Some((f.first()?.to_string(), f.get(2)?.to_string()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Issue 26's acceptance: a 3-unit classic cluster switched to this charm under a writer.
+/// First the fixture's footprint is checked (the snap's service on its own config, members
+/// etcd0.., the token in leader settings, the kicker, the reactive state database) and a
+/// charm whose `data` storage is a filesystem is refused the switch, as Juju refuses it
+/// (state/application.go, checkStorageUpgrade: the classic `data` is a block device).
+/// No acknowledged write is lost and never more than one member is away (sampled
+/// throughout); the members keep their names and IDs; the `db` client's credentials keep
+/// working; every unit ends "Healthy with 3 known peers"; after a reboot no second etcd
+/// runs (the snap's service and the kicker stay disabled); then a unit is added and
+/// another removed as usual.
 #[test]
-fn a_classic_cluster_forms_refuses_a_filesystem_store_and_is_left_untouched_by_this_charm() {
+fn a_classic_cluster_is_taken_over_in_place_one_member_at_a_time_under_a_writer() {
     let work = tempfile::tempdir().unwrap();
-    let env = snapd_model("classic-switch");
+    let env = snapd_model("classic-takeover");
     classic(&env, 3);
+    // The classic footprint, as the classic charm leaves it.
     let units = env.units("etcd");
     for u in &units {
         env.exec_ok(
@@ -82,24 +117,18 @@ fn a_classic_cluster_forms_refuses_a_filesystem_store_and_is_left_untouched_by_t
              && test -s /var/lib/juju/agents/unit-$(echo $JUJU_UNIT_NAME | tr / -)/charm/.unit-state.db",
         );
     }
-    let members = env.exec_ok(
-        &units[0],
-        "ETCDCTL_API=3 /snap/bin/etcd.etcdctl --endpoints https://127.0.0.1:2379 \
-         --cert /var/snap/etcd/common/server.crt --key /var/snap/etcd/common/server.key \
-         --cacert /var/snap/etcd/common/ca.crt member list",
-    );
-    let mut names: Vec<&str> = members
-        .lines()
-        .filter_map(|l| l.split(", ").nth(2))
-        .collect();
+    let creds = classic_creds(&env, "etcd/0");
+    let eps = endpoints(&env);
+    let before = members(&creds, &eps);
+    let mut names: Vec<&str> = before.iter().map(|(_, n)| n.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["etcd0", "etcd1", "etcd2"], "{members}");
+    assert_eq!(names, ["etcd0", "etcd1", "etcd2"], "{before:?}");
     let leader = env.leader("etcd");
     let token = env.exec_ok(&leader, "leader-get token");
     assert_eq!(token.trim().len(), 6, "{token}");
 
-    let before = charm_with_filesystem_storage(work.path());
-    let r = env.run(&["refresh", "etcd", "--switch", before.to_str().unwrap()]);
+    let filesystem = charm_with_filesystem_storage(work.path());
+    let r = env.run(&["refresh", "etcd", "--switch", filesystem.to_str().unwrap()]);
     assert_ne!(r.code, 0, "the switch was accepted: {}", r.stdout);
     assert!(
         r.stderr.contains(
@@ -110,53 +139,84 @@ fn a_classic_cluster_forms_refuses_a_filesystem_store_and_is_left_untouched_by_t
     );
     assert_eq!(env.status()["applications"]["etcd"]["charm-rev"], 1);
 
-    // This charm: accepted (its `data` is a block device). Until the takeover is built it
-    // finds the classic member on each machine and touches nothing: etcd keeps running
-    // (the same process), this charm makes no directory, the reactive state database
-    // (a file made at run time) is kept, and the units say why.
-    let pids: Vec<String> = units
-        .iter()
-        .map(|u| env.exec_ok(u, "systemctl show -p MainPID --value snap.etcd.etcd"))
-        .collect();
-    let ours = repo_root();
-    let r = env.run(&["refresh", "etcd", "--switch", ours.to_str().unwrap()]);
-    assert_eq!(r.code, 0, "the switch was refused: {}", r.stderr);
-    env.wait("every unit to find the classic member", 3 * MIN, |s| {
-        units.iter().all(|u| {
-            let w = &s["applications"]["etcd"]["units"][u.as_str()]["workload-status"];
-            w["current"] == "blocked"
-                && w["message"].as_str().is_some_and(|m| {
-                    m.starts_with("this machine runs the classic etcd charm's etcd")
-                })
-        })
+    let client = repo_root().join("tests/charms/etcd-client");
+    env.ok(&["deploy", client.to_str().unwrap(), "client"]);
+    env.ok(&["integrate", "etcd:db", "client:db"]);
+    // The credentials the client saved from the classic units' db data. (It asks etcd's
+    // JSON gateway, which etcd 3.4 does not serve with a config file that does not turn
+    // it on, as the classic charm's does not: its clients speak gRPC, as etcdctl here.)
+    env.wait("the client to receive its credentials", 3 * MIN, |_| {
+        env.exec("client/0", "test -s /var/lib/etcd-client/connection_string")
+            .code
+            == 0
     });
-    assert_ne!(env.status()["applications"]["etcd"]["charm-rev"], 1);
-    for (u, pid) in units.iter().zip(&pids) {
-        assert_eq!(
-            &env.exec_ok(u, "systemctl show -p MainPID --value snap.etcd.etcd"),
-            pid,
-            "{u}'s etcd was restarted"
-        );
+    let db_creds = {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "client.crt", "client.key"] {
+            let body = env.exec_ok("client/0", &format!("cat /var/lib/etcd-client/{f}"));
+            std::fs::write(dir.path().join(f), body).unwrap();
+        }
+        Creds { dir }
+    };
+    let works = |creds: &Creds, eps: &str| {
+        eps.split(',').all(|ep| {
+            creds
+                .etcdctl(ep, true, &["get", "/", "--prefix", "--limit=1"])
+                .status
+                .success()
+        })
+    };
+    assert!(
+        works(&db_creds, &endpoints(&env)),
+        "the db client's credentials do not work"
+    );
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(eps.clone()));
+    let writer = Writer::start(creds.dir.path().to_path_buf(), shared, "/takeover/");
+    writer.wait_for_writes(20, "before the switch");
+    let watch = Watch::start(&creds, eps.clone(), Patience::Quick);
+
+    let ours = repo_root();
+    env.ok(&["refresh", "etcd", "--switch", ours.to_str().unwrap()]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 6 * MIN);
+    let samples = watch.finish();
+    let fewest = samples.iter().map(|s| s.versions.len()).min().unwrap_or(0);
+    assert!(
+        fewest >= 2,
+        "{fewest} of 3 members answered at one point of the takeover ({} samples)",
+        samples.len()
+    );
+    assert_eq!(members(&creds, &eps), before, "member names or IDs changed");
+    for u in env.units("etcd") {
         env.exec_ok(
-            u,
-            "test ! -e /var/lib/etcd-charm && test ! -e /etc/etcd \
-             && test -s /var/lib/juju/agents/unit-$(echo $JUJU_UNIT_NAME | tr / -)/charm/.unit-state.db",
+            &u,
+            "systemctl is-active --quiet etcd.service \
+             && ! systemctl is-active --quiet snap.etcd.etcd \
+             && ! systemctl is-enabled --quiet cdk-service-kicker \
+             && grep -q '^data-dir: /var/snap/etcd/common/data' /etc/etcd/etcd.conf.yml",
         );
     }
-    // An action fails (by action-fail, so `juju run` exits 0 as Juju's does) saying why.
-    let r = env.run(&["run", &units[0], "health"]);
+    // The db client's saved credentials (the classic ones) still work, on every member.
     assert!(
-        r.stdout
-            .contains("failed: this machine runs the classic etcd charm's etcd"),
-        "an action ran on the classic member: {}{}",
-        r.stdout,
-        r.stderr
+        works(&db_creds, &eps),
+        "the db client's credentials stopped working"
     );
-    let health = env.exec_ok(
-        &units[0],
-        "ETCDCTL_API=3 /snap/bin/etcd.etcdctl --endpoints https://127.0.0.1:2379 \
-         --cert /var/snap/etcd/common/server.crt --key /var/snap/etcd/common/server.key \
-         --cacert /var/snap/etcd/common/ca.crt endpoint health --cluster 2>&1",
+    no_acknowledged_write_lost(&creds, &eps, writer, "takeover");
+
+    // A reboot: only this charm's etcd comes back.
+    env.reboot_and_wait("etcd/1");
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    env.exec_ok(
+        "etcd/1",
+        "systemctl is-active --quiet etcd.service && ! systemctl is-active --quiet snap.etcd.etcd \
+         && test \"$(pgrep -x etcd | wc -l)\" = 1",
     );
-    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    // Then scaling as usual: a unit added (its snap from the same resource), one removed.
+    env.ok(&["add-unit", "etcd"]);
+    env.wait_units("etcd", 4, "active", "Healthy with 4 known peers", 4 * MIN);
+    env.ok(&["remove-unit", "--no-prompt", "etcd/2"]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 3 * MIN);
+    let after = members(&creds, &endpoints(&env));
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(!after.iter().any(|(_, n)| n == "etcd2"), "{after:?}");
 }

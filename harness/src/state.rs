@@ -291,6 +291,10 @@ pub struct Unit {
     /// The hook that failed, while the unit is in error.
     pub error: Option<HookError>,
     pub installed: bool,
+    /// The charm directory (the controller's copy) this unit's files came from; another
+    /// than its application's after a refresh, until its worker deployed the new one.
+    #[serde(default)]
+    pub charm_from: Option<String>,
     pub started: bool,
     /// relation id → remote units whose -joined hook has run here (what relation-list shows).
     pub views: BTreeMap<u32, BTreeSet<String>>,

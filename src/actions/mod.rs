@@ -27,7 +27,7 @@ pub fn run(ctx: &Context) -> Result<()> {
     let name = ctx.action.clone().unwrap_or_default();
     let params = juju::action_params()?;
     if crate::ops::classic::untaken()? {
-        return juju::action_fail(crate::ops::classic::NOT_TAKEN_OVER).map_err(Into::into);
+        return juju::action_fail(crate::hook::takeover::NOT_YET).map_err(Into::into);
     }
     if let crate::ops::claim::Claim::Taken(other) = crate::ops::claim::claim(&ctx.unit)? {
         return juju::action_fail(&format!(

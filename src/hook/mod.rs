@@ -13,6 +13,7 @@
 pub mod delivery;
 pub mod plan;
 pub mod reconcile;
+pub mod takeover;
 
 use crate::config::Config;
 use crate::hook::reconcile::{reconcile, Pass};
@@ -94,14 +95,9 @@ pub fn leave(st: &mut LocalState, unit: &str) -> Result<()> {
 /// classic charm's etcd, another etcd unit's, or a record that cannot be trusted (each
 /// said in the unit's status).
 fn machine_is_ours(ctx: &Context) -> Result<bool> {
-    // The classic charm's etcd, not taken over: nothing here is touched, not even this
-    // charm's own directory (the claim below writes one).
-    if crate::ops::classic::untaken()? {
-        juju::status_set(
-            Level::Blocked.as_str(),
-            crate::ops::classic::NOT_TAKEN_OVER,
-            false,
-        )?;
+    // The classic charm's etcd, not taken over: nothing here is touched until its turn,
+    // not even this charm's own directory (the claim below writes one).
+    if !takeover::step(ctx)? {
         return Ok(false);
     }
     // Before anything reads or changes the charm's files: are they this unit's?

@@ -107,7 +107,7 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     sync_dir(to)
 }
 
-fn sync_dir(d: &Path) -> Result<()> {
+pub(crate) fn sync_dir(d: &Path) -> Result<()> {
     std::fs::File::open(d)?.sync_all()?;
     Ok(())
 }

@@ -339,6 +339,15 @@ pub(crate) fn plan_ca_move(
     internal: &str,
     provided: Option<&authority::Provided>,
 ) {
+    // While a classic member runs (a takeover in progress) no CA moves: it trusts its
+    // own CA alone and restarts for nothing this charm says.
+    if peers
+        .units
+        .values()
+        .any(|b| b.peer(Key::Phase).map(String::as_str) == Some(crate::unit::peers::CLASSIC_PHASE))
+    {
+        return;
+    }
     let target = provided
         .map(|p| p.ca.as_str())
         .unwrap_or(internal)

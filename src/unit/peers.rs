@@ -5,6 +5,10 @@
 
 use crate::juju::Bag;
 
+/// The `phase` a unit publishes while its machine runs the classic charm's member, not
+/// taken over yet (hook::takeover).
+pub(crate) const CLASSIC_PHASE: &str = "classic";
+
 /// A key of the peer relation's data (a unit's bag or the application's), named once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Key {

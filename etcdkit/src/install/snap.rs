@@ -30,13 +30,23 @@ pub fn is_snap_file(p: &Path) -> bool {
 
 /// The snap's commands as the classic charm uses them: /snap/bin/etcd and
 /// /snap/bin/etcdctl (an alias of etcd.etcdctl, which a sideloaded snap does not get).
+///
+/// A snap whose `etcd` app is a daemon (the classic charm's snap: a wrapper that runs etcd
+/// on the snap's own config file, whatever it is given) has its service stopped and
+/// disabled, and this charm runs the snap's binary itself.
 pub(crate) fn snap_installed(source_stamp: Option<String>) -> Result<Installed> {
     run_bounded("snap", &["alias", "etcd.etcdctl", "etcdctl"], SNAP_QUICK)?;
-    let version = binary_version(Path::new("/snap/bin/etcd"))?;
+    let bin_dir = if etcd_app_is_daemon()? {
+        run_bounded("snap", &["stop", "--disable", "etcd.etcd"], SNAP_QUICK)?;
+        CLASSIC_SNAP_BIN
+    } else {
+        "/snap/bin"
+    };
+    let version = binary_version(&Path::new(bin_dir).join("etcd"))?;
     let inst = Installed {
         delivery: Delivery::Snap,
         version,
-        bin_dir: "/snap/bin".into(),
+        bin_dir: bin_dir.into(),
         source_sha256: None,
         source_stamp,
         staged: None,
@@ -46,6 +56,44 @@ pub(crate) fn snap_installed(source_stamp: Option<String>) -> Result<Installed> 
     };
     inst.save()?;
     Ok(inst)
+}
+
+/// Where the classic charm's snap keeps the binaries: its daemon app runs a wrapper on the
+/// snap's own config file, so this charm runs the binary itself.
+pub const CLASSIC_SNAP_BIN: &str = "/snap/etcd/current/bin";
+
+/// The `etcd` snap a classic charm installed, taken as this charm's snap delivery: the
+/// binaries of the snap's current revision, the `etcd` resource it came from (`resource`,
+/// recorded so the same file is never installed again, which would copy the data of the
+/// revision into a new one). Nothing is installed or refreshed here.
+pub fn adopt_snap(resource: Option<&Path>) -> Result<Installed> {
+    let version = binary_version(&Path::new(CLASSIC_SNAP_BIN).join("etcd"))?;
+    let inst = Installed {
+        delivery: Delivery::Snap,
+        version,
+        bin_dir: CLASSIC_SNAP_BIN.into(),
+        source_sha256: None,
+        source_stamp: resource.and_then(stamp),
+        staged: None,
+        rolled_back: None,
+        package: None,
+        previous: None,
+    };
+    inst.save()?;
+    Ok(inst)
+}
+
+/// Whether the installed etcd snap's `etcd` app is a daemon (its meta/snap.yaml says so).
+fn etcd_app_is_daemon() -> Result<bool> {
+    let p = "/snap/etcd/current/meta/snap.yaml";
+    let text = std::fs::read_to_string(p).map_err(io(format!("reading {p}")))?;
+    let meta: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| InstallError::Failed(format!("{p} is not YAML: {e}")))?;
+    Ok(meta
+        .get("apps")
+        .and_then(|a| a.get("etcd"))
+        .and_then(|e| e.get("daemon"))
+        .is_some())
 }
 
 /// The snap from the store (where snapd runs and the store can be reached).

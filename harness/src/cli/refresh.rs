@@ -109,6 +109,11 @@ pub(super) async fn refresh(
         if p.value("switch").is_some() {
             a.store_name = found.name.clone();
         }
+        keep_old_files(m, &app, &old_dir);
+        let a = m
+            .apps
+            .get_mut(&app)
+            .ok_or_else(|| anyhow!("application \"{app}\" not found"))?;
         a.meta = meta.clone();
         a.charm_rev = rev;
         a.charm_dir = dst.to_string_lossy().into_owned();
@@ -132,7 +137,6 @@ pub(super) async fn refresh(
         upgrade_sequence(m, &app);
         Ok(())
     })?;
-    push_charm_files(ctl, &model, &app, Path::new(&old_dir), &dst)?;
     Ok(Reply::ok(""))
 }
 
@@ -240,79 +244,12 @@ fn refresh_source(
     Ok((found, base))
 }
 
-/// The application's units get the new charm files (at `new`) before their upgrade-charm
-/// hook, as Juju's manifest deployer puts them (internal/worker/uniter/charm/
-/// manifest_deployer.go, `removeDiff`): the old charm's files (at `old`) that the new one
-/// does not have go, the new ones are written over; what the unit made at run time (a
-/// `.unit-state.db`, a venv) stays.
-fn push_charm_files(ctl: &Ctl, model: &str, app: &str, old: &Path, new: &Path) -> Result<()> {
-    let units: Vec<(String, Option<u32>)> = ctl.model(model, |m| {
-        m.units
-            .values()
-            .filter(|u| u.app == app)
-            .map(|u| {
-                (
-                    u.name.clone(),
-                    m.machines.get(&u.machine).and_then(|x| x.init_pid),
-                )
-            })
-            .collect()
-    })?;
-    let gone = only_in(old, new)?;
-    for (u, pid) in units {
-        let Some(pid) = pid else {
-            continue;
-        };
-        let target = PathBuf::from(format!("/proc/{pid}/root"))
-            .join(controller::charm_dir_in_machine(&u).trim_start_matches('/'));
-        for rel in &gone {
-            let path = target.join(rel);
-            let removed = match std::fs::symlink_metadata(&path) {
-                Ok(md) if md.is_dir() => std::fs::remove_dir_all(&path),
-                Ok(_) => std::fs::remove_file(&path),
-                Err(e) => Err(e),
-            };
-            match removed {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| {
-                        format!("removing {u}'s old charm file {}", path.display())
-                    })
-                }
-                _ => {}
-            }
-        }
-        controller::copy_tree(new, &target)?;
+/// Each unit gets the new charm's files from its own worker, between two of its hooks
+/// (controller/deploy.rs): the old charm's (at `old_dir`) are what it has until then.
+fn keep_old_files(m: &mut Model, app: &str, old_dir: &str) {
+    for u in m.units.values_mut().filter(|u| u.app == app) {
+        u.charm_from.get_or_insert_with(|| old_dir.to_string());
     }
-    Ok(())
-}
-
-/// The paths (relative) under `old` that `new` does not have; a directory that goes is
-/// listed once, not its contents.
-fn only_in(old: &Path, new: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = vec![];
-    let mut todo = vec![PathBuf::new()];
-    while let Some(rel) = todo.pop() {
-        let dir = old.join(&rel);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let r = rel.join(entry.file_name());
-            match std::fs::symlink_metadata(new.join(&r)) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(r),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("reading {}", new.join(&r).display()))
-                }
-                Ok(md) if md.is_dir() && entry.file_type()?.is_dir() => todo.push(r),
-                Ok(_) => {}
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 pub(super) fn upgrade_sequence(m: &mut Model, app: &str) {

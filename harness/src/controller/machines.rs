@@ -318,8 +318,14 @@ impl Ctl {
         if target.join("metadata.yaml").exists() {
             return Ok(());
         }
-        let src = PathBuf::from(charm_dir);
-        tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await?
+        let src = PathBuf::from(&charm_dir);
+        tokio::task::spawn_blocking(move || copy_tree(&src, &target)).await??;
+        self.mutate(|w| {
+            if let Some(u) = w.models.get_mut(model).and_then(|m| m.units.get_mut(unit)) {
+                u.charm_from = Some(charm_dir);
+            }
+        });
+        Ok(())
     }
 
     /// Points a new machine's apt at the model's mirror and reads its index, as cloud-init's

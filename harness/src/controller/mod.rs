@@ -7,6 +7,7 @@
 
 mod charm_change;
 mod context;
+mod deploy;
 mod hook_env;
 mod lifecycle;
 mod loops;

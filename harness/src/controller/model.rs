@@ -352,6 +352,7 @@ impl Model {
                 actions: Default::default(),
                 error: None,
                 installed: false,
+                charm_from: None,
                 started: false,
                 views: Default::default(),
                 storage: storage.clone(),

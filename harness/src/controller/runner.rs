@@ -51,6 +51,7 @@ impl Ctl {
         let started = Instant::now();
         // A subordinate's charm arrives on its principal's running machine here.
         let attaching = async {
+            self.deploy_charm_change(model, unit).await?;
             self.install_charm(model, unit).await?;
             match (&ev.storage, ev.hook.ends_with("-storage-attached")) {
                 (Some(id), true) => self.prepare_storage(model, unit, id).await,

@@ -31,7 +31,10 @@ pub(super) fn resource_get(c: Call) -> R {
     let have = std::fs::read_to_string(&marker)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
-    if have != Some(res.revision) {
+    // The copy is by revision and under the charm's file name: a refresh to a charm that
+    // names the resource's file otherwise (--switch) gets it under the new name, as
+    // Juju's unit downloads it to the path the current charm's metadata names.
+    if have != Some(res.revision) || !host_dir.join(file).exists() {
         let copy = || -> std::io::Result<()> {
             std::fs::create_dir_all(&host_dir)?;
             let tmp = host_dir.join(format!(".{file}.part"));
