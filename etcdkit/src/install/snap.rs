@@ -42,6 +42,11 @@ pub(crate) fn snap_installed(source_stamp: Option<String>) -> Result<Installed> 
     } else {
         "/snap/bin"
     };
+    record_snap(bin_dir, source_stamp)
+}
+
+/// The install record of the snap delivery whose binaries are in `bin_dir`.
+fn record_snap(bin_dir: &str, source_stamp: Option<String>) -> Result<Installed> {
     let version = binary_version(&Path::new(bin_dir).join("etcd"))?;
     let inst = Installed {
         delivery: Delivery::Snap,
@@ -67,20 +72,7 @@ pub const CLASSIC_SNAP_BIN: &str = "/snap/etcd/current/bin";
 /// recorded so the same file is never installed again, which would copy the data of the
 /// revision into a new one). Nothing is installed or refreshed here.
 pub fn adopt_snap(resource: Option<&Path>) -> Result<Installed> {
-    let version = binary_version(&Path::new(CLASSIC_SNAP_BIN).join("etcd"))?;
-    let inst = Installed {
-        delivery: Delivery::Snap,
-        version,
-        bin_dir: CLASSIC_SNAP_BIN.into(),
-        source_sha256: None,
-        source_stamp: resource.and_then(stamp),
-        staged: None,
-        rolled_back: None,
-        package: None,
-        previous: None,
-    };
-    inst.save()?;
-    Ok(inst)
+    record_snap(CLASSIC_SNAP_BIN, resource.and_then(stamp))
 }
 
 /// Whether the installed etcd snap's `etcd` app is a daemon (its meta/snap.yaml says so).
