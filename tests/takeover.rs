@@ -101,7 +101,9 @@ fn members(creds: &Creds, eps: &str) -> Vec<(String, String)> {
 /// throughout); the members keep their names and IDs; the `db` client's credentials keep
 /// working; every unit ends "Healthy with 3 known peers"; after a reboot no second etcd
 /// runs (the snap's service and the kicker stay disabled); then a unit is added and
-/// another removed as usual.
+/// another removed as usual. Each step of a unit's takeover is killed once on the way
+/// (SIGKILL at a named step: start, certificates, services stopped, data moved, recorded),
+/// and the hook's retry finishes it.
 #[test]
 fn a_classic_cluster_is_taken_over_in_place_one_member_at_a_time_under_a_writer() {
     let work = tempfile::tempdir().unwrap();
@@ -175,9 +177,23 @@ fn a_classic_cluster_is_taken_over_in_place_one_member_at_a_time_under_a_writer(
     writer.wait_for_writes(20, "before the switch");
     let watch = Watch::start(&creds, eps.clone(), Patience::Quick);
 
+    // Every step of a unit's takeover killed once (SIGKILL): each hook's retry finishes it.
+    let leader = env.leader("etcd");
+    let others: Vec<String> = units.iter().filter(|u| **u != leader).cloned().collect();
+    let kills: [(&str, &[&str]); 3] = [
+        (&leader, &["takeover-start", "takeover-stopped"]),
+        (&others[0], &["takeover-certs", "takeover-recorded"]),
+        (&others[1], &["takeover-data-moved"]),
+    ];
+    for (u, steps) in kills {
+        env.crash_at_each(u, steps);
+    }
     let ours = repo_root();
     env.ok(&["refresh", "etcd", "--switch", ours.to_str().unwrap()]);
     env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", 6 * MIN);
+    for u in &units {
+        assert!(env.crash_consumed(u), "{u}'s crash points did not all fire");
+    }
     let samples = watch.finish();
     let fewest = samples.iter().map(|s| s.versions.len()).min().unwrap_or(0);
     assert!(

@@ -85,6 +85,7 @@ pub fn step(ctx: &Context) -> Result<bool> {
     }
     let leader = juju::is_leader()?;
     if !untaken && !leader {
+        crate::unit::remove_if_present(std::path::Path::new(classic::MARKER))?;
         return Ok(true);
     }
     let member = if untaken {
@@ -111,7 +112,16 @@ pub fn step(ctx: &Context) -> Result<bool> {
         None => None,
     };
     if leader {
-        lead(&peers, &ctx.unit, member.as_ref(), provided.as_ref())?;
+        // This unit's own takeover, cut short: its turn again, without the health gate
+        // (its member may be the one that is down).
+        let resuming = member.is_some() && marked;
+        lead(
+            &peers,
+            &ctx.unit,
+            member.as_ref(),
+            provided.as_ref(),
+            resuming,
+        )?;
     }
     match member {
         Some(m) => in_turn(ctx, &peers, &m, provided),
@@ -223,6 +233,7 @@ fn lead(
     unit: &str,
     member: Option<&Member>,
     provided: Option<&authority::Provided>,
+    resuming: bool,
 ) -> Result<()> {
     let classic = peers.classic();
     let turn = peers.app.get(TURN).filter(|t| !t.is_empty());
@@ -235,7 +246,7 @@ fn lead(
         return Ok(());
     }
     hostkit::fs::write_file(std::path::Path::new(classic::MARKER), b"", 0o644)?;
-    if let Some(t) = turn {
+    if let Some(t) = turn.filter(|_| !resuming) {
         let live = peers.units.iter().any(|(u, _)| u == t);
         if live && peers.phase(t) != Some("started") {
             return Ok(());
@@ -246,7 +257,11 @@ fn lead(
         .and_then(|p| p.as_u64())
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(2379);
-    if let Err(why) = classic::cluster_healthy(&classic::credentials(member.is_some()), port) {
+    let health = match resuming {
+        true => Ok(0),
+        false => classic::cluster_healthy(&classic::credentials(member.is_some()), port),
+    };
+    if let Err(why) = health {
         juju::log(
             "INFO",
             &format!("the next takeover waits for a healthy cluster: {why}"),

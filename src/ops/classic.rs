@@ -28,8 +28,9 @@ const SNAP_SERVICE: &str = "snap.etcd.etcd.service";
 const KICKER: &str = "cdk-service-kicker.service";
 
 pub(crate) use crate::unit::peers::CLASSIC_PHASE as PHASE;
-/// Kept by a unit that took its classic member over while the takeover of the others
-/// may still run (the leader removes its own once no classic unit is left).
+/// Written by a unit as its takeover begins: on a classic unit, a takeover to finish; on a
+/// unit taken over, one whose leader may still have turns to grant (removed by a unit that
+/// does not lead, and by the leader once no classic unit is left).
 pub const MARKER: &str = "/var/lib/etcd-charm/takeover";
 
 /// What a unit that finds the classic footprint and cannot take it over says.
@@ -121,6 +122,9 @@ pub fn adopt(
         "INFO",
         &format!("taking over the classic member {}", member.name),
     );
+    // First: a takeover cut short is this unit's to finish, whatever the cluster's health
+    // says by then (its own member may be the one that is down).
+    hostkit::fs::write_file(Path::new(MARKER), b"", 0o644)?;
     crash_point("takeover-start");
     // One CA on both ports, the one the classic members trust: the peer port moves to this
     // charm's peer CA by its usual three steps once every member is taken over.
@@ -152,7 +156,6 @@ pub fn adopt(
         epoch: Some("1".into()),
         ..Default::default()
     };
-    hostkit::fs::write_file(Path::new(MARKER), b"", 0o644)?;
     st.save()?;
     juju::log(
         "INFO",

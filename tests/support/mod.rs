@@ -382,7 +382,21 @@ impl Env {
 
     /// Makes the charm SIGKILL itself the next time it reaches `step` on `unit`.
     pub fn crash_at(&self, unit: &str, step: &str) {
-        self.exec_ok(unit, &format!("echo {step} > /var/lib/etcd-charm/crash-at"));
+        self.exec_ok(
+            unit,
+            &format!("mkdir -p /var/lib/etcd-charm && echo {step} > /var/lib/etcd-charm/crash-at"),
+        );
+    }
+
+    /// Makes the charm SIGKILL itself at each of `steps` on `unit`, in this order.
+    pub fn crash_at_each(&self, unit: &str, steps: &[&str]) {
+        self.exec_ok(
+            unit,
+            &format!(
+                "mkdir -p /var/lib/etcd-charm && printf '%s\\n' {} > /var/lib/etcd-charm/crash-at",
+                steps.join(" ")
+            ),
+        );
     }
 
     /// The crash point set on `unit` has fired (the charm removes it as it dies).
