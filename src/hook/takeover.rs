@@ -89,7 +89,7 @@ pub fn step(ctx: &Context) -> Result<bool> {
         return Ok(true);
     }
     let member = if untaken {
-        match classic::read(&ctx.unit) {
+        match classic::read(&ctx.unit).and_then(|m| classic::check_version().map(|_| m)) {
             Ok(m) => Some(m),
             Err(e) => {
                 blocked(&format!("{e:#}; {}", classic::SWITCH_BACK))?;
@@ -111,20 +111,21 @@ pub fn step(ctx: &Context) -> Result<bool> {
         Some(_) => exchange(&ctx.unit)?,
         None => None,
     };
-    if leader {
-        // This unit's own takeover, cut short: its turn again, without the health gate
-        // (its member may be the one that is down).
-        let resuming = member.is_some() && marked;
-        lead(
+    // This unit's own takeover, cut short: its turn again, without the health gate (its
+    // member may be the one that is down).
+    let resuming = member.is_some() && marked;
+    let held = match leader {
+        true => lead(
             &peers,
             &ctx.unit,
             member.as_ref(),
             provided.as_ref(),
             resuming,
-        )?;
-    }
+        )?,
+        false => None,
+    };
     match member {
-        Some(m) => in_turn(ctx, &peers, &m, provided),
+        Some(m) => in_turn(ctx, &peers, &m, provided, held),
         None => Ok(true),
     }
 }
@@ -136,20 +137,26 @@ fn in_turn(
     peers: &Peers,
     member: &Member,
     provided: Option<authority::Provided>,
+    held: Option<String>,
 ) -> Result<bool> {
     let turn = juju::relation_get(&peers.rel, app_name(&ctx.unit), true)?
         .get(TURN)
         .cloned();
     if turn.as_deref() != Some(ctx.unit.as_str()) {
         let classic = peers.classic().len();
+        // The leader says what holds the next turn up.
+        let why = held.map(|h| format!("; {h}")).unwrap_or_default();
         juju::status_set(
             Level::Waiting.as_str(),
-            &format!(
-                "Waiting for its turn to be taken over: the classic member {} serves \
-                 meanwhile ({} of {} units are this charm's)",
-                member.name,
-                peers.units.len() - classic,
-                peers.units.len()
+            &juju::bounded(
+                &format!(
+                    "Waiting for its turn to be taken over: the classic member {} serves \
+                     meanwhile ({} of {} units are this charm's){why}",
+                    member.name,
+                    peers.units.len() - classic,
+                    peers.units.len()
+                ),
+                1024,
             ),
             false,
         )?;
@@ -170,6 +177,7 @@ fn in_turn(
         Some(dev) => crate::unit::volume::data_dir_on(&dev)?,
         None => etcdkit::SNAP_DATA_DIR.to_string(),
     };
+    drop_classic_requests(&ctx.unit)?;
     let resource = juju::resource_get("etcd")?;
     classic::adopt(
         member,
@@ -178,6 +186,26 @@ fn in_turn(
         resource.as_deref().map(std::path::Path::new),
     )?;
     Ok(true)
+}
+
+/// The classic leader's scrape job and dashboard requests (`request_<uuid>` in its unit
+/// data on `prometheus` and `grafana`) removed: this charm publishes its own, and the old
+/// ones would leave Prometheus and Grafana a second job and dashboard. Run while the unit
+/// is still classic, so a takeover cut short does it again.
+fn drop_classic_requests(unit: &str) -> Result<()> {
+    for endpoint in ["prometheus", "grafana"] {
+        for rel in juju::relation_ids(endpoint)? {
+            let gone: Bag = juju::relation_get(&rel, unit, false)?
+                .into_keys()
+                .filter(|k| {
+                    k.starts_with("request_") && k != crate::relations::clients::DASHBOARD_REQUEST
+                })
+                .map(|k| (k, String::new()))
+                .collect();
+            juju::relation_set(&rel, &gone, false)?;
+        }
+    }
+    Ok(())
 }
 
 fn app_name(unit: &str) -> &str {
@@ -234,7 +262,7 @@ fn lead(
     member: Option<&Member>,
     provided: Option<&authority::Provided>,
     resuming: bool,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let classic = peers.classic();
     let turn = peers.app.get(TURN).filter(|t| !t.is_empty());
     if classic.is_empty() {
@@ -243,13 +271,13 @@ fn lead(
             juju::log("INFO", "every classic member is taken over");
         }
         crate::unit::remove_if_present(std::path::Path::new(classic::MARKER))?;
-        return Ok(());
+        return Ok(None);
     }
     hostkit::fs::write_file(std::path::Path::new(classic::MARKER), b"", 0o644)?;
     if let Some(t) = turn.filter(|_| !resuming) {
         let live = peers.units.iter().any(|(u, _)| u == t);
         if live && peers.phase(t) != Some("started") {
-            return Ok(());
+            return Ok(Some(format!("the takeover of {t} runs")));
         }
     }
     let port = juju::config()?
@@ -262,22 +290,23 @@ fn lead(
         false => classic::cluster_healthy(&classic::credentials(member.is_some()), port),
     };
     if let Err(why) = health {
-        juju::log(
-            "INFO",
-            &format!("the next takeover waits for a healthy cluster: {why}"),
-        );
-        return Ok(());
+        let why = format!("the next takeover waits for a healthy cluster: {why}");
+        juju::log("INFO", &why);
+        return Ok(Some(why));
     }
     let next = if member.is_some() { unit } else { classic[0] };
     let mut app = Bag::from([(TURN.to_string(), next.to_string())]);
     if peers.app.get(Key::Bootstrap.as_str()).is_none() {
         let Some(seed) = seed(member, provided)? else {
-            return Ok(());
+            return Ok(Some(
+                "waiting for the CA on the certificates relation".into(),
+            ));
         };
         app.extend(seed);
     }
     juju::log("INFO", &format!("taking over the classic member of {next}"));
-    Ok(juju::relation_set(&peers.rel, &app, true)?)
+    juju::relation_set(&peers.rel, &app, true)?;
+    Ok(None)
 }
 
 /// What this charm's leader writes at the bootstrap, from the classic cluster: its token

@@ -95,6 +95,31 @@ pub fn parse(text: &str, want_name: &str) -> Result<Member> {
     Ok(m)
 }
 
+/// The oldest etcd this charm takes over: what it renders its config for and tests (the
+/// classic charm's default channel since 2020 is 3.4/stable).
+pub const OLDEST: etcdkit::version::Version = etcdkit::version::Version {
+    major: 3,
+    minor: 4,
+    patch: 0,
+};
+
+/// The classic snap's etcd version, refused when older than `OLDEST` with what to do.
+pub fn check_version() -> Result<etcdkit::version::Version> {
+    let bin = Path::new(etcdkit::install::CLASSIC_SNAP_BIN).join("etcd");
+    let text = etcdkit::install::binary_version(&bin)
+        .with_context(|| format!("asking {} its version", bin.display()))?;
+    let v = etcdkit::version::Version::parse(&text)
+        .ok_or_else(|| anyhow::anyhow!("{} names no etcd version ({text:?})", bin.display()))?;
+    if v < OLDEST {
+        bail!(
+            "the classic member runs etcd {v}: this charm takes over {OLDEST} or later; \
+             upgrade it first with the classic charm (its channel config, e.g. \
+             juju config etcd channel=3.4/stable, after switching back)"
+        );
+    }
+    Ok(v)
+}
+
 /// The TLS files etcdctl asks with: the classic member's own (its server certificate serves
 /// as its client certificate, as the classic charm's etcdctl uses it) before the takeover,
 /// this charm's after.

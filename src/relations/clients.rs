@@ -88,7 +88,7 @@ pub fn publish_prometheus(app: &str, view: &ClusterView) -> anyhow::Result<()> {
 const DASHBOARD: &str = include_str!("../../templates/grafana-dashboard.json");
 
 /// The request's id: stable, so a re-registration updates the one import request.
-const DASHBOARD_REQUEST: &str = "request_etcd-charm-dashboard";
+pub const DASHBOARD_REQUEST: &str = "request_etcd-charm-dashboard";
 
 /// `grafana` (interface `grafana-dashboard`), as the classic charm's reactive requester
 /// writes it: the leader's unit data holds one import request, `request_<id>` = JSON
