@@ -220,5 +220,11 @@ if [ ! -x "$FIXTURES/charm-$OLD_CHARM/target/release/etcd-charm" ]; then
   rm -rf "$FIXTURES/charm-build" "$FIXTURES/charm-$OLD_CHARM"
   mv "$FIXTURES/charm-$OLD_CHARM.part" "$FIXTURES/charm-$OLD_CHARM"
 fi
+# That build declared its `data` storage a filesystem; this charm declares a block device (as
+# the classic charm does), and Juju refuses a refresh that changes a storage's type. It was
+# never published: its fixture declares the block device, so the refresh test exercises the
+# peer port's move rather than that refusal (tests/takeover.rs proves the refusal itself).
+sed -i '/^  data:$/,/^  [a-z]/ s/^    type: filesystem$/    type: block/' "$FIXTURES/charm-$OLD_CHARM/metadata.yaml"
+grep -q '^    type: block$' "$FIXTURES/charm-$OLD_CHARM/metadata.yaml"
 
 echo "fixtures ready in $FIXTURES"
