@@ -299,6 +299,8 @@ mod tests {
     }
     impl Drop for Loop {
         fn drop(&mut self) {
+            // A test's cleanup: a device it could not detach is named by tests/run.sh's
+            // check for what the tests left behind.
             let _ = Command::new("losetup").args(["-d", &self.0]).status();
         }
     }
@@ -338,6 +340,8 @@ mod tests {
         struct G<'a>(&'a Path);
         impl Drop for G<'_> {
             fn drop(&mut self) {
+                // Only for a test that ended early: its own unmounts are asserted, and
+                // here a mount already gone is the normal case.
                 let _ = umount(self.0);
             }
         }

@@ -15,59 +15,46 @@
 //! the charm's own peer CA once no classic unit is left (`certs::plan_ca_move` waits).
 
 use crate::juju::{self, Bag, Context};
-use crate::ops::classic::{self, Member};
+use crate::ops::classic::{self, Member, PHASE};
 use crate::pki::authority;
-use crate::unit::peers::Key;
+use crate::unit::peers::{set_key, Key, PeerBag, Peers};
 use crate::unit::status::Level;
 use crate::unit::{LocalState, PEER};
 use anyhow::Result;
-
-/// The application's key naming the unit whose member is being taken over.
-pub const TURN: &str = "takeover-turn";
-use classic::PHASE;
 
 /// What an action says on a machine whose classic member is not this charm's yet.
 pub const NOT_YET: &str = "this machine runs the classic etcd charm's etcd, not taken over \
     yet: actions run once its turn came (juju status says where the takeover is)";
 
-/// The peer relation and every unit's databag there (this unit's included).
-struct Peers {
-    rel: String,
-    units: Vec<(String, Bag)>,
-    app: Bag,
+/// The peer relation as the reconcile reads it, this unit's databag included.
+fn read_peers(ctx: &Context) -> Result<Option<Peers>> {
+    let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut peers = crate::hook::reconcile::read_peers(&rel, ctx)?;
+    let mine = juju::relation_get(&rel, &ctx.unit, false)?;
+    peers.units.insert(ctx.unit.clone(), mine);
+    Ok(Some(peers))
 }
 
-impl Peers {
-    fn read(unit: &str) -> Result<Option<Peers>> {
-        let Some(rel) = juju::relation_ids(PEER)?.into_iter().next() else {
-            return Ok(None);
-        };
-        let mut units = vec![(unit.to_string(), juju::relation_get(&rel, unit, false)?)];
-        for u in juju::relation_list(&rel)? {
-            let bag = juju::relation_get(&rel, &u, false)?;
-            units.push((u, bag));
-        }
-        let app_name = unit.split('/').next().unwrap_or_default();
-        let app = juju::relation_get(&rel, app_name, true)?;
-        Ok(Some(Peers { rel, units, app }))
-    }
-    fn phase(&self, unit: &str) -> Option<&str> {
-        self.units
-            .iter()
-            .find(|(u, _)| u == unit)
-            .and_then(|(_, b)| b.get(Key::Phase.as_str()))
-            .map(String::as_str)
-    }
-    fn classic(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self
-            .units
-            .iter()
-            .filter(|(_, b)| b.get(Key::Phase.as_str()).map(String::as_str) == Some(PHASE))
-            .map(|(u, _)| u.as_str())
-            .collect();
-        v.sort_by_key(|u| crate::ops::membership::plan::unit_number(u));
-        v
-    }
+fn phase<'p>(peers: &'p Peers, unit: &str) -> Option<&'p str> {
+    peers
+        .units
+        .get(unit)
+        .and_then(|b| b.peer(Key::Phase))
+        .map(String::as_str)
+}
+
+/// The units whose machine still runs a classic member, lowest number first.
+fn classic_units(peers: &Peers) -> Vec<&str> {
+    let mut v: Vec<&str> = peers
+        .units
+        .keys()
+        .filter(|u| phase(peers, u) == Some(PHASE))
+        .map(String::as_str)
+        .collect();
+    v.sort_by_key(|u| crate::ops::membership::plan::unit_number(u));
+    v
 }
 
 /// Runs before everything else of a hook. True: the machine is this charm's (taken over
@@ -99,14 +86,12 @@ pub fn step(ctx: &Context) -> Result<bool> {
     } else {
         None
     };
-    let Some(peers) = Peers::read(&ctx.unit)? else {
+    let Some(mut peers) = read_peers(ctx)? else {
         return Ok(!untaken);
     };
     if let Some(m) = &member {
-        publish(&peers, &ctx.unit, m)?;
+        publish(&mut peers, &ctx.unit, m)?;
     }
-    // The classic units as the leader sees them, this one included while it is one.
-    let peers = Peers::read(&ctx.unit)?.unwrap_or(peers);
     let provided = match &member {
         Some(_) => exchange(&ctx.unit)?,
         None => None,
@@ -116,7 +101,7 @@ pub fn step(ctx: &Context) -> Result<bool> {
     let resuming = member.is_some() && marked;
     let held = match leader {
         true => lead(
-            &peers,
+            &mut peers,
             &ctx.unit,
             member.as_ref(),
             provided.as_ref(),
@@ -139,11 +124,8 @@ fn in_turn(
     provided: Option<authority::Provided>,
     held: Option<String>,
 ) -> Result<bool> {
-    let turn = juju::relation_get(&peers.rel, app_name(&ctx.unit), true)?
-        .get(TURN)
-        .cloned();
-    if turn.as_deref() != Some(ctx.unit.as_str()) {
-        let classic = peers.classic().len();
+    if peers.app_get(Key::TakeoverTurn) != Some(ctx.unit.as_str()) {
+        let classic = classic_units(peers).len();
         // The leader says what holds the next turn up.
         let why = held.map(|h| format!("; {h}")).unwrap_or_default();
         juju::status_set(
@@ -208,10 +190,6 @@ fn drop_classic_requests(unit: &str) -> Result<()> {
     Ok(())
 }
 
-fn app_name(unit: &str) -> &str {
-    unit.split('/').next().unwrap_or_default()
-}
-
 fn blocked(msg: &str) -> Result<()> {
     Ok(juju::status_set(
         Level::Blocked.as_str(),
@@ -220,21 +198,20 @@ fn blocked(msg: &str) -> Result<()> {
     )?)
 }
 
-/// The classic member in this unit's peer data: `phase` classic, its name and URLs.
-fn publish(peers: &Peers, unit: &str, m: &Member) -> Result<()> {
-    let have = peers
-        .units
-        .iter()
-        .find(|(u, _)| u == unit)
-        .map(|(_, b)| b.clone())
-        .unwrap_or_default();
-    let want = Bag::from([
-        (Key::Phase.into(), PHASE.to_string()),
-        (Key::MemberName.into(), m.name.clone()),
-        (Key::PeerUrl.into(), m.peer_url.clone()),
-        (Key::ClientUrl.into(), m.client_url.clone()),
-    ]);
-    Ok(juju::relation_update(&peers.rel, &have, want)?)
+/// The classic member in this unit's peer data: `phase` classic, its name and URLs (the
+/// view the leader reads in this hook sees them too).
+fn publish(peers: &mut Peers, unit: &str, m: &Member) -> Result<()> {
+    let mut writes = Bag::new();
+    let bag = peers.units.entry(unit.to_string()).or_default();
+    for (k, v) in [
+        (Key::Phase, PHASE),
+        (Key::MemberName, &m.name),
+        (Key::PeerUrl, &m.peer_url),
+        (Key::ClientUrl, &m.client_url),
+    ] {
+        set_key(bag, &mut writes, k.as_str(), v);
+    }
+    Ok(juju::relation_set(&peers.rel, &writes, false)?)
 }
 
 /// What the CA on the `certificates` relation issued for this unit (the request made with
@@ -257,34 +234,36 @@ fn exchange(unit: &str) -> Result<Option<authority::Provided>> {
 /// The leader's turns: the next one granted once the unit of the last runs as this charm's
 /// member and every member answers healthy; cleared when no classic unit is left.
 fn lead(
-    peers: &Peers,
+    peers: &mut Peers,
     unit: &str,
     member: Option<&Member>,
     provided: Option<&authority::Provided>,
     resuming: bool,
 ) -> Result<Option<String>> {
-    let classic = peers.classic();
-    let turn = peers.app.get(TURN).filter(|t| !t.is_empty());
+    let classic: Vec<String> = classic_units(peers).into_iter().map(String::from).collect();
     if classic.is_empty() {
-        if turn.is_some() {
-            juju::relation_set(&peers.rel, &Bag::from([(TURN.into(), String::new())]), true)?;
+        if peers.app_get(Key::TakeoverTurn).is_some() {
+            peers.app_set(Key::TakeoverTurn, "");
             juju::log("INFO", "every classic member is taken over");
         }
         crate::unit::remove_if_present(std::path::Path::new(classic::MARKER))?;
+        juju::relation_set(&peers.rel, &peers.app_writes, true)?;
         return Ok(None);
     }
     hostkit::fs::write_file(std::path::Path::new(classic::MARKER), b"", 0o644)?;
-    if let Some(t) = turn.filter(|_| !resuming) {
-        let live = peers.units.iter().any(|(u, _)| u == t);
-        if live && peers.phase(t) != Some("started") {
+    if let Some(t) = peers.app_get(Key::TakeoverTurn).filter(|_| !resuming) {
+        if peers.units.contains_key(t) && phase(peers, t) != Some("started") {
             return Ok(Some(format!("the takeover of {t} runs")));
         }
     }
-    let port = juju::config()?
-        .get("port")
-        .and_then(|p| p.as_u64())
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(2379);
+    let port = match crate::config::Config::parse(&juju::config()?) {
+        Ok(cfg) => cfg.port,
+        Err(e) => {
+            return Ok(Some(format!(
+                "no takeover while the config is refused: {e}"
+            )))
+        }
+    };
     let health = match resuming {
         true => Ok(0),
         false => classic::cluster_healthy(&classic::credentials(member.is_some()), port),
@@ -294,25 +273,30 @@ fn lead(
         juju::log("INFO", &why);
         return Ok(Some(why));
     }
-    let next = if member.is_some() { unit } else { classic[0] };
-    let mut app = Bag::from([(TURN.to_string(), next.to_string())]);
-    if peers.app.get(Key::Bootstrap.as_str()).is_none() {
+    let next = if member.is_some() { unit } else { &classic[0] };
+    if peers.app_get(Key::Bootstrap).is_none() {
         let Some(seed) = seed(member, provided)? else {
             return Ok(Some(
                 "waiting for the CA on the certificates relation".into(),
             ));
         };
-        app.extend(seed);
+        for (k, v) in seed {
+            peers.app_set(k, &v);
+        }
     }
+    peers.app_set(Key::TakeoverTurn, next);
     juju::log("INFO", &format!("taking over the classic member of {next}"));
-    juju::relation_set(&peers.rel, &app, true)?;
+    juju::relation_set(&peers.rel, &peers.app_writes, true)?;
     Ok(None)
 }
 
 /// What this charm's leader writes at the bootstrap, from the classic cluster: its token
 /// and initial cluster (the leader's classic config, or its state once taken over), and
 /// the CA both ports trust and issue from. None until the CA answered.
-fn seed(member: Option<&Member>, provided: Option<&authority::Provided>) -> Result<Option<Bag>> {
+fn seed(
+    member: Option<&Member>,
+    provided: Option<&authority::Provided>,
+) -> Result<Option<Vec<(Key, String)>>> {
     let (token, initial) = match member {
         Some(m) => (m.token.clone(), m.initial_cluster.clone()),
         None => {
@@ -325,23 +309,29 @@ fn seed(member: Option<&Member>, provided: Option<&authority::Provided>) -> Resu
     };
     let ca = match provided {
         Some(p) => authority::bundle(&authority::split(&p.ca)),
-        None => match std::fs::read_to_string(crate::pki::path("ca.crt")) {
-            Ok(c) => c,
-            Err(_) => return Ok(None),
-        },
+        // Taken over already: the CA its ports trust, on disk. A failure to read it is an
+        // error, never "no CA yet".
+        None => {
+            let p = crate::pki::path("ca.crt");
+            match std::fs::read_to_string(&p) {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => anyhow::bail!("reading {}: {e}", p.display()),
+            }
+        }
     };
     let names: Vec<&str> = initial
         .split(',')
         .filter_map(|e| e.split('=').next())
         .collect();
-    Ok(Some(Bag::from([
-        (Key::Token.into(), token.clone()),
-        (Key::InitialCluster.into(), initial.clone()),
-        (Key::Bootstrap.into(), names.join(",")),
-        (Key::Epoch.into(), "1".to_string()),
-        (Key::Trust.into(), ca.clone()),
-        (Key::IssuerCa.into(), ca.clone()),
-        (Key::PeerTrust.into(), ca.clone()),
-        (Key::PeerIssuerCa.into(), ca),
-    ])))
+    Ok(Some(vec![
+        (Key::Token, token),
+        (Key::Bootstrap, names.join(",")),
+        (Key::InitialCluster, initial),
+        (Key::Epoch, "1".to_string()),
+        (Key::Trust, ca.clone()),
+        (Key::IssuerCa, ca.clone()),
+        (Key::PeerTrust, ca.clone()),
+        (Key::PeerIssuerCa, ca),
+    ]))
 }

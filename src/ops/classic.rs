@@ -195,29 +195,16 @@ pub fn adopt(
 /// The snap's daemon stopped and disabled (`snap stop --disable` holds across refreshes
 /// and reboots), and the kicker that would start it again after a boot disabled.
 fn stop_classic_services() -> Result<()> {
-    let run = |cmd: &str, args: &[&str]| -> Result<()> {
-        let out = std::process::Command::new(cmd)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {cmd}"))?;
-        if !out.status.success() {
-            bail!(
-                "{cmd} {} failed: {}",
-                args.join(" "),
-                juju::bounded(String::from_utf8_lossy(&out.stderr).trim(), 300)
-            );
-        }
-        Ok(())
-    };
-    run("snap", &["stop", "--disable", "etcd.etcd"])?;
+    etcdkit::install::disable_snap_daemon()?;
     if Path::new("/etc/systemd/system").join(KICKER).exists() {
-        run("systemctl", &["disable", "--now", KICKER])?;
+        hostkit::systemd::systemctl(&["disable", "--now", KICKER])?;
     }
     // snap stop returns once systemd stopped the unit; checked all the same.
     let active = std::process::Command::new("systemctl")
         .args(["is-active", "--quiet", SNAP_SERVICE])
         .status()
-        .is_ok_and(|s| s.success());
+        .context("asking systemctl whether the snap's etcd still runs")?
+        .success();
     if active {
         bail!("{SNAP_SERVICE} still runs after snap stop");
     }

@@ -55,6 +55,7 @@ pub(crate) enum Key {
     CsrPeer,
     ClientCertSha,
     PeerCa,
+    TakeoverTurn,
 }
 
 impl Key {
@@ -103,6 +104,7 @@ impl Key {
             Key::PeerCa => "peer-ca",
             Key::ClientCertSha => "client-cert-sha",
             Key::Ca => "ca",
+            Key::TakeoverTurn => "takeover-turn",
         }
     }
 }

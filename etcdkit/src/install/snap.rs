@@ -37,7 +37,7 @@ pub fn is_snap_file(p: &Path) -> bool {
 pub(crate) fn snap_installed(source_stamp: Option<String>) -> Result<Installed> {
     run_bounded("snap", &["alias", "etcd.etcdctl", "etcdctl"], SNAP_QUICK)?;
     let bin_dir = if etcd_app_is_daemon()? {
-        run_bounded("snap", &["stop", "--disable", "etcd.etcd"], SNAP_QUICK)?;
+        disable_snap_daemon()?;
         CLASSIC_SNAP_BIN
     } else {
         "/snap/bin"
@@ -73,6 +73,12 @@ pub const CLASSIC_SNAP_BIN: &str = "/snap/etcd/current/bin";
 /// revision into a new one). Nothing is installed or refreshed here.
 pub fn adopt_snap(resource: Option<&Path>) -> Result<Installed> {
     record_snap(CLASSIC_SNAP_BIN, resource.and_then(stamp))
+}
+
+/// The snap's own `etcd` daemon stopped and disabled (`snap stop --disable` holds across
+/// refreshes and reboots): this charm's `etcd.service` runs the snap's binary instead.
+pub fn disable_snap_daemon() -> Result<()> {
+    run_bounded("snap", &["stop", "--disable", "etcd.etcd"], SNAP_QUICK).map(|_| ())
 }
 
 /// Whether the installed etcd snap's `etcd` app is a daemon (its meta/snap.yaml says so).

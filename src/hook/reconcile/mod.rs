@@ -26,6 +26,7 @@ mod form;
 mod member;
 mod membership;
 mod observe;
+pub(crate) use observe::read_peers;
 mod report;
 mod state;
 mod turn;

@@ -154,7 +154,8 @@ fn installed(
 }
 
 /// The peer relation as this hook sees it: the application's bag and every other unit's.
-fn read_peers(rel: &str, ctx: &Context) -> Result<Peers> {
+/// The peer relation's application data and every other unit's databag.
+pub(crate) fn read_peers(rel: &str, ctx: &Context) -> Result<Peers> {
     let mut peers = Peers {
         rel: rel.to_string(),
         app: juju::relation_get(rel, &ctx.app, true)?,
