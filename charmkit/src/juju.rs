@@ -524,6 +524,12 @@ pub fn secret_set(id: &str, content: &Bag) -> Result<()> {
     secret_tool("secret-set", vec![id.to_string()], content).map(|_| ())
 }
 
+/// The content of a secret another application shared with this one (`secret-get <uri>`):
+/// its latest revision, tracked from now on.
+pub fn secret_get(id: &str) -> Result<Bag> {
+    json::<Option<Bag>>("secret-get", &[id, "--refresh"]).map(Option::unwrap_or_default)
+}
+
 pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
     match json::<Option<Bag>>("secret-get", &["--label", label]) {
         Ok(b) => Ok(b),

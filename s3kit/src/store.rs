@@ -68,7 +68,7 @@ impl Store {
             .connect_timeout(Duration::from_secs(10))
             .no_proxy();
         for pem in &t.ca_pems {
-            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+            let cert = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| {
                 Error::Other(format!(
                     "a certificate of the S3 endpoint's CA chain does not parse: {e}"
                 ))

@@ -1,7 +1,8 @@
 //! Where the objects go, and the limits of S3 names and parts.
 
-/// Where the objects go and who signs for them.
-#[derive(Clone)]
+/// Where the objects go and who signs for them (serializable: a caller may keep it in a
+/// private file for a job that runs later).
+#[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Target {
     /// `http://…` or `https://…`, with a port when not the scheme's
     pub endpoint: String,
@@ -16,7 +17,7 @@ pub struct Target {
     /// `x-amz-storage-class` for uploads
     pub storage_class: Option<String>,
     /// PEM certificates to trust for the endpoint (its CA chain), besides the usual roots
-    pub ca_pems: Vec<Vec<u8>>,
+    pub ca_pems: Vec<String>,
 }
 
 impl std::fmt::Debug for Target {

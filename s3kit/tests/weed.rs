@@ -44,7 +44,7 @@ impl Weed {
         let config = dir.path().join("s3.json");
         std::fs::write(
             &config,
-            r#"{"identities":[{"name":"etcd","credentials":[{"accessKey":"etcd-access","secretKey":"etcd-secret-key"}],"actions":["Admin","Read","List","Tagging","Write"]}]}"#,
+            r#"{"identities":[{"name":"etcd","credentials":[{"accessKey":"etcd-access","secretKey":"etcd-secret-key"}],"actions":["Read","List","Tagging","Write"]}]}"#,
         )
         .unwrap();
         let tls = tls.then(|| {
@@ -250,6 +250,11 @@ fn refused_credentials_and_a_missing_bucket_are_told_apart() {
         };
         let e = Store::new(&missing).unwrap().check().unwrap_err();
         assert!(matches!(e, Error::NoBucket { .. }), "{e}");
+        // An upload does not make the bucket (credentials without the Admin action): SeaweedFS
+        // refuses it as access denied, so callers ask check() what is wrong.
+        let s = Store::new(&missing).unwrap();
+        assert!(s.upload("x", &mut &b"abc"[..]).is_err());
+        assert!(matches!(s.check().unwrap_err(), Error::NoBucket { .. }));
         let gone = Target {
             endpoint: "http://127.0.0.1:9".into(),
             ..weed.target()
@@ -267,7 +272,7 @@ fn refused_credentials_and_a_missing_bucket_are_told_apart() {
 fn an_endpoint_with_its_own_ca_is_trusted_only_with_that_ca() {
     isolated(|| {
         let weed = Weed::start(true);
-        let ca = std::fs::read(weed.dir.path().join("ca.pem")).unwrap();
+        let ca = std::fs::read_to_string(weed.dir.path().join("ca.pem")).unwrap();
         let https = Target {
             endpoint: "https://127.0.0.1:8334".into(),
             ..weed.target()

@@ -1,6 +1,7 @@
 //! The actions, with the classic charm's names, params and result keys (anchor-charms §4.4).
 //! Bad params fail the action with a message that says what is wrong, before anything changes.
 
+pub mod backups;
 pub mod copy_from;
 pub mod install;
 pub mod name;
@@ -85,6 +86,7 @@ fn dispatch(
         A::PreUpgradeCheck => upgrade::pre_upgrade_check(params),
         A::ResumeUpgrade => upgrade::resume_upgrade(ctx),
         A::UpgradePackage => upgrade::upgrade_package(ctx, params),
+        A::ListBackups => backups::list_backups(),
     }
 }
 
@@ -269,9 +271,15 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     let (client, ep, _) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let name = etcdkit::archive::snapshot_name();
+    let upload = param_bool(params, "upload", false);
     if keys == "v2" {
+        if upload {
+            return refuse("upload=true takes v3 snapshots only (keys-version=v3)");
+        }
         return snapshot_v2(ctx, &inst, &target, &name);
     }
+    // The bucket is checked before the snapshot is taken: a missing relation is said now.
+    let bucket = upload.then(backups::bucket).transpose()?;
     let (leader_ep, _) = leader_endpoint(&client, &ep)?;
     let status = client.status(&leader_ep)?;
     let data = unit::data_dir(false)?;
@@ -296,7 +304,21 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         "snapshot of {db_size} bytes written to {}",
         path.display()
     ));
-    Ok(vec![
+    let uploaded = match &bucket {
+        Some((store, name)) => backups::upload(ctx, store, name, &path, &meta)?,
+        None => vec![],
+    };
+    Ok([uploaded, snapshot_results(ctx, &path, size, sha, &status)].concat())
+}
+
+fn snapshot_results(
+    ctx: &Context,
+    path: &Path,
+    size: u64,
+    sha: String,
+    status: &etcdkit::client::Status,
+) -> Results {
+    vec![
         ("snapshot.path".into(), path.display().to_string()),
         ("snapshot.size".into(), size.to_string()),
         ("snapshot.sha256".into(), sha),
@@ -309,7 +331,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
             "copy.cmd".into(),
             format!("juju scp {}:{} .", ctx.unit, path.display()),
         ),
-    ])
+    ]
 }
 
 fn snapshot_v2(ctx: &Context, inst: &Installed, target: &Path, name: &str) -> Result<Results> {

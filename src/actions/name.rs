@@ -20,12 +20,13 @@ pub enum Action {
     PreUpgradeCheck,
     ResumeUpgrade,
     UpgradePackage,
+    ListBackups,
 }
 
 impl Action {
     /// Every action, as actions.yaml lists them.
     #[cfg(test)]
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Health,
         Action::PackageClientCredentials,
         Action::Snapshot,
@@ -41,6 +42,7 @@ impl Action {
         Action::PreUpgradeCheck,
         Action::ResumeUpgrade,
         Action::UpgradePackage,
+        Action::ListBackups,
     ];
 
     /// The action Juju names; None for a name this charm does not know.

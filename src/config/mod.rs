@@ -61,6 +61,8 @@ pub struct Config {
     pub snapshot_retention: u32,
     /// where scheduled snapshots are written
     pub snapshot_target: String,
+    /// how many of this cluster's backups the `s3-credentials` bucket keeps
+    pub s3_retention: u32,
     /// when the leader defragments members on its own (None: never)
     pub defrag_threshold: Option<threshold::Threshold>,
     /// what the NRPE checks' Nagios host name starts with (layer:nagios's option)
@@ -133,6 +135,7 @@ pub struct RawConfig {
     pub snapshot_schedule: Option<Value>,
     pub snapshot_retention: Option<Value>,
     pub snapshot_target: Option<Value>,
+    pub s3_retention: Option<Value>,
     pub defrag_threshold: Option<Value>,
     pub snapd_refresh: Option<Value>,
     pub bind_to_all_interfaces: Option<Value>,
@@ -222,6 +225,12 @@ impl Config {
             )
         })?;
         let (snapshot_schedule, snapshot_retention, snapshot_target) = snapshots(c)?;
+        let s3_retention = get_int(&c.s3_retention, "s3_retention", 30)?;
+        if !(1..=10000).contains(&s3_retention) {
+            return Err(format!(
+                "invalid config: s3_retention {s3_retention} must be between 1 and 10000 (how many backups the s3-credentials bucket keeps)"
+            ));
+        }
         let defrag_threshold = threshold::Threshold::parse(&get_str(&c.defrag_threshold))
             .map_err(|e| format!("invalid config: {e}"))?;
         let (nagios_context, nagios_servicegroups) = nagios_names(c)?;
@@ -232,6 +241,7 @@ impl Config {
             snapshot_schedule,
             snapshot_retention: snapshot_retention as u32,
             snapshot_target,
+            s3_retention: s3_retention as u32,
             pause_after_unit_upgrade,
             snapd_refresh,
             tls_certificate_lifetime,

@@ -1,1 +1,2 @@
+pub mod offsite;
 pub mod snapshots;

@@ -198,6 +198,7 @@ pub fn reconcile_unit(
     retention: u32,
     endpoint: &str,
     data_dir: &str,
+    offsite: impl FnOnce() -> Result<Option<super::offsite::Offsite>, String>,
 ) -> Result<Option<(Summary, String)>, String> {
     let Some(schedule) = schedule else {
         remove()?;
@@ -216,7 +217,10 @@ pub fn reconcile_unit(
     };
     let plan = ensure(schedule, &plan, &exe)?;
     let rec = load_record().map_err(|e| format!("{e:#}"))?;
-    let summary = summary(&plan, &rec);
+    let summary = Summary {
+        offsite: offsite()?,
+        ..summary(&plan, &rec)
+    };
     let (_, note) = note(&summary, crate::unit::now() as i64);
     Ok(Some((summary, note)))
 }
@@ -231,18 +235,31 @@ pub struct Summary {
     pub last_ok: Option<i64>,
     /// why the last attempt failed, when it did
     pub failed: Option<String>,
+    /// the copies sent off the machine, when `s3-credentials` is related
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<super::offsite::Offsite>,
+}
+
+/// The last attempt's error, when that attempt came after the last success.
+pub fn last_failure(
+    error: &Option<String>,
+    attempt: Option<i64>,
+    ok: Option<i64>,
+) -> Option<String> {
+    match (error, attempt, ok) {
+        (Some(e), Some(at), ok) if ok.is_none_or(|ok| at > ok) => Some(e.clone()),
+        _ => None,
+    }
 }
 
 pub fn summary(plan: &Plan, rec: &Record) -> Summary {
-    let failed = match (&rec.last_error, rec.last_attempt, rec.last_ok) {
-        (Some(e), Some(at), ok) if ok.is_none_or(|ok| at > ok) => Some(e.clone()),
-        _ => None,
-    };
+    let failed = last_failure(&rec.last_error, rec.last_attempt, rec.last_ok);
     Summary {
         since: plan.since,
         period_secs: plan.period_secs,
         last_ok: rec.last_ok,
         failed,
+        offsite: None,
     }
 }
 
@@ -271,7 +288,13 @@ pub fn note(s: &Summary, now: i64) -> (bool, String) {
             human(since_good.max(0) as u64)
         ),
     };
-    (overdue, text)
+    match &s.offsite {
+        None => (overdue, text),
+        Some(o) => {
+            let (warn, more) = o.note(s.since, s.period_secs, now);
+            (overdue || warn, format!("{text}; {more}"))
+        }
+    }
 }
 
 /// The timer's job: one snapshot into the target, its digest beside it, the old ones
@@ -284,7 +307,7 @@ pub fn run() -> Result<()> {
     rec.last_attempt = Some(crate::unit::now() as i64);
     let result = take(&plan);
     match &result {
-        Ok(w) => {
+        Ok((w, _)) => {
             rec.last_ok = rec.last_attempt;
             rec.last_path = Some(w.path.display().to_string());
             rec.last_sha256 = Some(w.sha256.clone());
@@ -294,7 +317,7 @@ pub fn run() -> Result<()> {
         Err(e) => rec.last_error = Some(format!("{e:#}")),
     }
     write_json(RECORD, &rec)?;
-    let w = result?;
+    let (w, meta) = result?;
     println!(
         "snapshot {} ({} bytes, sha256 {}) written",
         w.path.display(),
@@ -304,10 +327,11 @@ pub fn run() -> Result<()> {
     for p in prune(Path::new(&plan.target), plan.retention, &w.path)? {
         println!("pruned {}", p.display());
     }
-    Ok(())
+    // Then off the machine, from the archive just written (no second copy on disk).
+    super::offsite::after_snapshot(&w.path, &meta)
 }
 
-fn take(plan: &Plan) -> Result<etcdkit::archive::Written> {
+fn take(plan: &Plan) -> Result<(etcdkit::archive::Written, serde_json::Value)> {
     let client = crate::pki::tls_client()?;
     let status = client
         .status(&plan.endpoint)
@@ -332,7 +356,7 @@ fn take(plan: &Plan) -> Result<etcdkit::archive::Written> {
         format!("{}  {name}.tar.gz\n", w.sha256).as_bytes(),
         0o600,
     )?;
-    Ok(w)
+    Ok((w, meta))
 }
 
 /// Removes the oldest `etcd-snapshot-*.tar.gz` (and their `.sha256`) in `dir` beyond the
@@ -552,6 +576,7 @@ mod tests {
             period_secs: 3600,
             last_ok: ok,
             failed: None,
+            offsite: None,
         };
         assert_eq!(
             note(&s(Some(10_000)), 10_000 + 180),
@@ -568,5 +593,40 @@ mod tests {
         assert!(note(&failed, 10_060)
             .1
             .contains("last attempt failed: no space"));
+        // The bucket's side: its own age, its failure named, a warning when it falls behind
+        // even while the local snapshots are on time.
+        let offsite = |ok: Option<i64>, failed: Option<&str>| Summary {
+            offsite: Some(super::super::offsite::Offsite {
+                provider: "s3-integrator".into(),
+                last_ok: ok,
+                failed: failed.map(str::to_string),
+                refused: None,
+            }),
+            ..s(Some(10_000))
+        };
+        let (warn, text) = note(&offsite(Some(9_900), None), 10_060);
+        assert!(
+            !warn && text.contains("last off-machine backup 2m ago (s3-credentials s3-integrator)"),
+            "{text}"
+        );
+        let (warn, text) = note(
+            &offsite(Some(100), Some("the bucket \"b\" does not exist")),
+            10_060,
+        );
+        assert!(
+            warn && text.contains("WARNING: the last off-machine backup is")
+                && text.contains("does not exist"),
+            "{text}"
+        );
+        let refused = Summary {
+            offsite: Some(super::super::offsite::Offsite {
+                provider: String::new(),
+                last_ok: None,
+                failed: None,
+                refused: Some("s3-credentials (x) is refused: bucket".into()),
+            }),
+            ..s(Some(10_000))
+        };
+        assert!(note(&refused, 10_060).0);
     }
 }

@@ -450,7 +450,17 @@ fn secret_grant(c: Call) -> Result<Reply, SErr> {
             "invalid value {rel:?} for option -r: relation not found"
         ));
     }
-    let s = find(m, ctx, Some(id), None)?.clone();
+    // A secret added earlier in this hook is granted as Juju grants it: its metadata
+    // includes the hook's pending creates (internal/worker/uniter/runner/context/context.go,
+    // GrantSecret over SecretMetadata).
+    let pending = ctx.secrets.iter().find_map(|op| match op {
+        SecretOp::Add(s) if s.id == normalize(id) => Some(s.clone()),
+        _ => None,
+    });
+    let s = match pending {
+        Some(s) => s,
+        None => find(m, ctx, Some(id), None)?.clone(),
+    };
     if !can_manage(m, ctx, &s) {
         return refuse(format!(
             "permission denied: cannot change access to secret {:?}",

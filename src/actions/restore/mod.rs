@@ -74,15 +74,27 @@ pub fn restore(
     } else {
         Some(writable_dir(&target, "target")?)
     };
-    let Some(resource) = juju::resource_get("snapshot")? else {
-        return refuse(
-            "no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first",
-        );
+    let backup_id = param_str(params, "backup-id", "").trim().to_string();
+    let resource = if backup_id.is_empty() {
+        match juju::resource_get("snapshot")? {
+            Some(r) => Some(r),
+            None => return refuse(
+                "no snapshot resource is attached: juju attach-resource etcd snapshot=<archive> first, or name a backup in the bucket with backup-id",
+            ),
+        }
+    } else {
+        None
     };
     let r = Restore::new(ctx)?;
     sweep_trash(&r.data);
 
-    let verified = r.verify(Path::new(&resource))?;
+    // A backup in the bucket is downloaded into the staging dir, checked against its
+    // record; from there on it is restored as a resource would be.
+    let source = match resource {
+        Some(res) => PathBuf::from(res),
+        None => crate::actions::backups::download(&backup_id, r.staging.path())?,
+    };
+    let verified = r.verify(&source)?;
     let mut results = r.backup(target_dir.as_deref())?;
     r.dismantle()?;
     let (txn, aside, local_ep) = r.swap(&verified)?;

@@ -207,13 +207,25 @@ impl<'a> Reconcile<'a> {
         }
         let taker = self.peers.app_get(Key::SnapshotTaker) == Some(self.ctx.unit.as_str());
         let schedule = self.cfg.snapshot_schedule.as_ref().filter(|_| taker);
+        if self.leader
+            && self
+                .ctx
+                .hook_is(|h| h.of_relation(crate::relations::s3::ENDPOINT))
+        {
+            crate::relations::s3::request(&self.ctx.app).map_err(|e| format!("{e:#}"))?;
+        }
+        let (retention, unit) = (self.cfg.s3_retention, self.ctx.unit.clone());
         let kept = backups::reconcile_unit(
             schedule,
             &self.cfg.snapshot_target,
             self.cfg.snapshot_retention,
             ep,
             &self.data,
+            || crate::jobs::offsite::reconcile(retention, &unit),
         )?;
+        if schedule.is_none() {
+            crate::jobs::offsite::drop_plan().map_err(|e| format!("{e:#}"))?;
+        }
         let Some((summary, note)) = kept else {
             self.set(Key::SnapshotSummary, "");
             return Ok(None);
