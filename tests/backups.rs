@@ -159,7 +159,39 @@ fn scheduled_snapshots_reach_the_bucket_verified_pruned_and_rebuild_a_cluster() 
         assert!(out.status.success(), "{out:?}");
     }
 
-    // Every 12 s, the bucket keeping two: each upload read back and recorded.
+    // An age identity kept off the cluster: the charm gets its public key only.
+    let key = work.path().join("age.key");
+    let kg = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(kg.status.success(), "{kg:?}");
+    let public = String::from_utf8_lossy(&kg.stderr)
+        .trim()
+        .strip_prefix("Public key: ")
+        .unwrap()
+        .to_string();
+    let identity = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .unwrap()
+        .to_string();
+    // A private key given where the public one belongs is refused, and not repeated.
+    env.ok(&[
+        "config",
+        "etcd",
+        &format!("backup_age_recipients={identity}"),
+    ]);
+    env.wait("the identity refused as a recipient", MIN, |s| {
+        unit_message(s, "etcd/0").contains("that is an identity, a private key")
+    });
+    assert!(!env.ok(&["status", "--format", "json"]).contains(&identity));
+    env.ok(&["config", "etcd", &format!("backup_age_recipients={public}")]);
+    env.wait_units("etcd", 3, "active", "Healthy with 3 known peers", MIN);
+
+    // Every 12 s, the bucket keeping two: each upload encrypted, read back and recorded.
     env.ok(&[
         "config",
         "etcd",
@@ -175,11 +207,28 @@ fn scheduled_snapshots_reach_the_bucket_verified_pruned_and_rebuild_a_cluster() 
     let s3 = S3cmd::new(&env, None);
     let recs = records(&s3, work.path());
     assert_eq!(recs.len(), 2, "pruned to s3_retention: {recs:?}");
-    // The newest archive, read with s3cmd: its sha256 is the record's, its db holds the keys.
+    // The newest, read with s3cmd: ciphertext whose sha256 is the record's; Debian's age
+    // opens it with the identity into the archive, whose db holds the keys.
     let newest = recs.last().unwrap();
+    assert_eq!(newest["encrypted"], true, "{newest}");
+    let sealed = work.path().join("newest.tar.gz.age");
+    s3.get(newest["object"].as_str().unwrap(), &sealed);
+    assert_eq!(sha256(&sealed), newest["sha256"].as_str().unwrap());
+    assert!(std::fs::read(&sealed)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1"));
     let got = work.path().join("newest.tar.gz");
-    s3.get(newest["object"].as_str().unwrap(), &got);
-    assert_eq!(sha256(&got), newest["sha256"].as_str().unwrap());
+    let dec = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&key)
+        .arg("-o")
+        .arg(&got)
+        .arg(&sealed)
+        .output()
+        .unwrap();
+    assert!(dec.status.success(), "{dec:?}");
+    assert_eq!(sha256(&got), newest["archive_sha256"].as_str().unwrap());
     let unpacked = work.path().join("unpacked");
     std::fs::create_dir_all(&unpacked).unwrap();
     let tar = Command::new("tar")
@@ -262,6 +311,20 @@ fn scheduled_snapshots_reach_the_bucket_verified_pruned_and_rebuild_a_cluster() 
             .as_str()
             .is_some_and(|c| c != "0")
     });
+    // Encrypted: refused until the identity comes in a Juju secret granted to the application.
+    let (_, task) = env.run_action("rebuilt/0", &["restore", &format!("backup-id={last}")]);
+    assert_refused(
+        &task,
+        "is encrypted: give the charm its age identity in a Juju secret",
+    );
+    let uri = env
+        .ok(&["add-secret", "etcd-age", &format!("identity={identity}")])
+        .trim()
+        .to_string();
+    env.ok(&["config", "rebuilt", &format!("backup_age_identity={uri}")]);
+    let (_, task) = env.run_action("rebuilt/0", &["restore", &format!("backup-id={last}")]);
+    assert_refused(&task, "was it granted to this application");
+    env.ok(&["grant-secret", "etcd-age", "rebuilt"]);
     let (code, task) = env.run_action("rebuilt/0", &["restore", &format!("backup-id={last}")]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["status"], "completed", "{task}");
@@ -277,6 +340,8 @@ fn scheduled_snapshots_reach_the_bucket_verified_pruned_and_rebuild_a_cluster() 
         40,
         "every key back"
     );
+    let log = env.ok(&["debug-log", "--limit", "1000000", "--level", "DEBUG"]);
+    assert!(!log.contains(&identity), "the age identity is in the log");
     // An id the bucket does not have is refused before anything is touched.
     let (_, task) = env.run_action(
         "rebuilt/0",

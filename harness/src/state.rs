@@ -448,6 +448,9 @@ pub struct Secret {
     /// consumer unit → its label for this secret
     #[serde(default)]
     pub consumer_labels: BTreeMap<String, String>,
+    /// applications a user secret (owned by the model) is granted to (`juju grant-secret`)
+    #[serde(default)]
+    pub app_grants: BTreeSet<String>,
 }
 
 impl Secret {

@@ -29,12 +29,13 @@ pub fn upload(
     bucket: &str,
     archive: &Path,
     meta: &serde_json::Value,
+    recipients: &[String],
 ) -> Result<Results> {
     juju::action_log(&format!(
         "uploading {} to the bucket {bucket}",
         archive.display()
     ));
-    let b = offsite::upload(store, archive, meta, &ctx.unit)?;
+    let b = offsite::upload(store, archive, meta, &ctx.unit, recipients)?;
     juju::action_log(&format!(
         "{} read back from the bucket and recorded",
         b.object
@@ -45,6 +46,7 @@ pub fn upload(
         ("upload.object".into(), store.key(&b.object)),
         ("upload.size".into(), b.size.to_string()),
         ("upload.sha256".into(), b.sha256),
+        ("upload.encrypted".into(), b.encrypted.to_string()),
     ])
 }
 
@@ -202,16 +204,65 @@ pub fn download(id: &str, dir: &Path) -> Result<PathBuf> {
         return refuse(format!("{e:#}"));
     }
     let path = dir.join("backup.tar.gz");
+    let fetched = if rec.encrypted {
+        dir.join("backup.tar.gz.age")
+    } else {
+        path.clone()
+    };
+    // An encrypted backup needs its identity before anything is downloaded.
+    let identity = if rec.encrypted {
+        Some(age_identity(id)?)
+    } else {
+        None
+    };
     juju::action_log(&format!(
         "downloading the backup {id} ({} bytes) from the bucket {bucket}",
         rec.size
     ));
-    let mut f = hostkit::fs::create_private(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = hostkit::fs::create_private(&fetched)
+        .with_context(|| format!("creating {}", fetched.display()))?;
     if let Err(e) = offsite::fetch(&store, id, &mut f) {
         // Not a copy of the backup: it goes before anything else is done.
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&fetched);
         return refuse(format!("{e:#}"));
     }
+    drop(f);
+    if let Some(identity) = identity {
+        juju::action_log("decrypting the backup with backup_age_identity");
+        let opened = crate::jobs::sealed::open(&fetched, &path, &identity);
+        // The ciphertext was a step to the archive; the archive or the error is what counts.
+        let _ = std::fs::remove_file(&fetched);
+        if let Err(e) = opened {
+            return refuse(format!("the backup {id}: {e:#}"));
+        }
+    }
+    if let Some(want) = &rec.archive_sha256 {
+        let got = etcdkit::install::sha256_file(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if &got != want {
+            return refuse(format!("the backup {id} decrypts to an archive of sha256 {got}, its record says {want}: refused"));
+        }
+    }
     Ok(path)
+}
+
+/// The age identity in the secret `backup_age_identity` names (key `identity`).
+fn age_identity(id: &str) -> Result<String> {
+    let cfg =
+        crate::config::Config::parse(&juju::config()?).map_err(crate::actions::support::Refused)?;
+    let Some(uri) = cfg.backup_age_identity else {
+        return refuse(format!(
+            "the backup {id} is encrypted: give the charm its age identity in a Juju secret \
+             (juju add-secret etcd-age identity=AGE-SECRET-KEY-1...; juju grant-secret etcd-age <this application>; \
+             juju config <this application> backup_age_identity=<the secret's URI>)"
+        ));
+    };
+    let content = juju::secret_get(&uri).map_err(|e| {
+        crate::actions::support::Refused(format!(
+            "backup_age_identity {uri} cannot be read ({e:#}): was it granted to this application (juju grant-secret)?"
+        ))
+    })?;
+    content.get("identity").cloned().ok_or_else(|| {
+        crate::actions::support::Refused(format!("the secret {uri} has no key `identity`")).into()
+    })
 }

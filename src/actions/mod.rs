@@ -305,7 +305,10 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         path.display()
     ));
     let uploaded = match &bucket {
-        Some((store, name)) => backups::upload(ctx, store, name, &path, &meta)?,
+        Some((store, name)) => {
+            let cfg = crate::config::Config::parse(&juju::config()?).map_err(Refused)?;
+            backups::upload(ctx, store, name, &path, &meta, &cfg.backup_age_recipients)?
+        }
         None => vec![],
     };
     Ok([uploaded, snapshot_results(ctx, &path, size, sha, &status)].concat())

@@ -63,6 +63,10 @@ pub struct Config {
     pub snapshot_target: String,
     /// how many of this cluster's backups the `s3-credentials` bucket keeps
     pub s3_retention: u32,
+    /// the age recipients backups sent off the machine are encrypted to (empty: none)
+    pub backup_age_recipients: Vec<String>,
+    /// the URI of the Juju secret holding the age identity for restores from the bucket
+    pub backup_age_identity: Option<String>,
     /// when the leader defragments members on its own (None: never)
     pub defrag_threshold: Option<threshold::Threshold>,
     /// what the NRPE checks' Nagios host name starts with (layer:nagios's option)
@@ -136,6 +140,8 @@ pub struct RawConfig {
     pub snapshot_retention: Option<Value>,
     pub snapshot_target: Option<Value>,
     pub s3_retention: Option<Value>,
+    pub backup_age_recipients: Option<Value>,
+    pub backup_age_identity: Option<Value>,
     pub defrag_threshold: Option<Value>,
     pub snapd_refresh: Option<Value>,
     pub bind_to_all_interfaces: Option<Value>,
@@ -242,6 +248,10 @@ impl Config {
             snapshot_retention: snapshot_retention as u32,
             snapshot_target,
             s3_retention: s3_retention as u32,
+            backup_age_recipients: age_recipients(&get_str(&c.backup_age_recipients))?,
+            backup_age_identity: Some(get_str(&c.backup_age_identity))
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.trim().to_string()),
             pause_after_unit_upgrade,
             snapd_refresh,
             tls_certificate_lifetime,
@@ -389,6 +399,60 @@ fn snapshots(c: &Options) -> Result<(Option<schedule::Schedule>, i64, String), S
     let snapshot_target = get_str_or(&c.snapshot_target, "/var/backups/etcd");
     schedule::check_target(&snapshot_target).map_err(|e| format!("invalid config: {e}"))?;
     Ok((snapshot_schedule, snapshot_retention, snapshot_target))
+}
+
+/// An age recipient: X25519 (`age1…`, what Debian's age and most tools read; age 0.13 calls
+/// it legacy for want of post-quantum safety) or post-quantum hybrid (`age1pq1…`).
+#[allow(deprecated)]
+pub fn recipient(s: &str) -> Option<Box<dyn age::Recipient + Send>> {
+    if let Ok(r) = s.parse::<age::x25519::Recipient>() {
+        return Some(Box::new(r));
+    }
+    s.parse::<age::pq::Recipient>()
+        .ok()
+        .map(|r| Box::new(r) as Box<dyn age::Recipient + Send>)
+}
+
+/// An age identity (X25519 or post-quantum).
+#[allow(deprecated)]
+pub fn identity(s: &str) -> Option<Box<dyn age::Identity>> {
+    if let Ok(i) = s.parse::<age::x25519::Identity>() {
+        return Some(Box::new(i));
+    }
+    s.parse::<age::pq::Identity>()
+        .ok()
+        .map(|i| Box::new(i) as Box<dyn age::Identity>)
+}
+
+/// `backup_age_recipients`: age recipients, each checked by the age crate.
+fn age_recipients(text: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.len() > 20 {
+        return Err("invalid config: backup_age_recipients names more than 20 recipients".into());
+    }
+    for r in &list {
+        if recipient(r).is_none() {
+            let shown: String = r.chars().filter(|c| !c.is_control()).take(80).collect();
+            let hint = if r.starts_with("AGE-SECRET-KEY-") {
+                " (that is an identity, a private key: give its public key, age-keygen -y, and keep the identity off the cluster)"
+            } else {
+                ""
+            };
+            let shown = if hint.is_empty() {
+                shown
+            } else {
+                "AGE-SECRET-KEY-…".into()
+            };
+            return Err(format!(
+                "invalid config: backup_age_recipients: {shown:?} is not an age recipient (age1…){hint}"
+            ));
+        }
+    }
+    Ok(list)
 }
 
 /// `nagios_context` and `nagios_servicegroups`.

@@ -1,2 +1,3 @@
 pub mod offsite;
+pub mod sealed;
 pub mod snapshots;

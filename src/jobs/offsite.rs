@@ -36,6 +36,9 @@ pub struct Plan {
     pub provider: String,
     /// this unit (the job runs outside any hook, where Juju does not say it)
     pub unit: String,
+    /// the age recipients the uploads are encrypted to (empty: not encrypted)
+    #[serde(default)]
+    pub recipients: Vec<String>,
 }
 
 impl Plan {
@@ -55,6 +58,9 @@ pub struct Backup {
     /// of the object as stored
     pub sha256: String,
     pub encrypted: bool,
+    /// of the archive before encryption (the same as `sha256` when not encrypted)
+    #[serde(default)]
+    pub archive_sha256: Option<String>,
     pub revision: Option<u64>,
     pub cluster_id: Option<String>,
     pub etcd_version: Option<String>,
@@ -135,13 +141,17 @@ impl Offsite {
 
 /// The hooks' part on the unit that takes the scheduled snapshots (the others keep no plan):
 /// the bucket's settings kept from the relation, and how the uploads go.
-pub fn reconcile(retention: u32, unit: &str) -> Result<Option<Offsite>, String> {
+pub fn reconcile(
+    retention: u32,
+    unit: &str,
+    recipients: &[String],
+) -> Result<Option<Offsite>, String> {
     let shared = crate::relations::s3::read().map_err(|e| format!("{e:#}"))?;
     let (shared, refused) = match shared {
         Ok(s) => (s, None),
         Err(why) => (None, Some(why)),
     };
-    keep_plan(shared.as_ref(), retention, unit).map_err(|e| format!("{e:#}"))?;
+    keep_plan(shared.as_ref(), retention, unit, recipients).map_err(|e| format!("{e:#}"))?;
     let provider = match (&shared, &refused) {
         (Some(s), _) => s.provider.clone(),
         (None, Some(_)) => String::new(),
@@ -151,9 +161,21 @@ pub fn reconcile(retention: u32, unit: &str) -> Result<Option<Offsite>, String> 
     Ok(Some(Offsite {
         provider,
         last_ok: rec.last_ok,
-        failed: super::snapshots::last_failure(&rec.last_error, rec.last_attempt, rec.last_ok),
+        failed: last_failure(&rec.last_error, rec.last_attempt, rec.last_ok),
         refused,
     }))
+}
+
+/// The last attempt's error, when that attempt came after the last success.
+pub fn last_failure(
+    error: &Option<String>,
+    attempt: Option<i64>,
+    ok: Option<i64>,
+) -> Option<String> {
+    match (error, attempt, ok) {
+        (Some(e), Some(at), ok) if ok.is_none_or(|ok| at > ok) => Some(e.clone()),
+        _ => None,
+    }
 }
 
 pub fn load_plan() -> Result<Option<Plan>> {
@@ -166,7 +188,12 @@ pub fn load_record() -> Result<Record> {
 
 /// The hooks' part on the unit that takes the scheduled snapshots: the plan follows the
 /// relation (written when it changed, removed when there is no bucket to send to).
-pub fn keep_plan(shared: Option<&Shared>, retention: u32, unit: &str) -> Result<Option<Plan>> {
+pub fn keep_plan(
+    shared: Option<&Shared>,
+    retention: u32,
+    unit: &str,
+    recipients: &[String],
+) -> Result<Option<Plan>> {
     let Some(s) = shared else {
         remove_if_present(Path::new(PLAN))?;
         return Ok(None);
@@ -176,6 +203,7 @@ pub fn keep_plan(shared: Option<&Shared>, retention: u32, unit: &str) -> Result<
         retention,
         provider: s.provider.clone(),
         unit: unit.to_string(),
+        recipients: recipients.to_vec(),
     };
     if load_plan()?.as_ref() != Some(&plan) {
         write_json(PLAN, &plan)?;
@@ -198,25 +226,62 @@ pub fn id_of(archive: &Path) -> Result<String> {
         .ok_or_else(|| anyhow!("{} is not a snapshot archive's name", archive.display()))
 }
 
-/// Uploads the archive and its record: refused when a backup of that id is already there
-/// (nothing is overwritten); the record is written only once the object read back whole.
+/// A reader that counts the sha256 of what passes.
+struct Hashed<R: std::io::Read> {
+    inner: R,
+    sha: sha2::Sha256,
+}
+
+impl<R: std::io::Read> std::io::Read for Hashed<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(b)?;
+        self.sha.update(&b[..n]);
+        Ok(n)
+    }
+}
+
+/// Uploads the archive (encrypted to `recipients` as it is read, when there are any) and
+/// its record: refused when a backup of that id is already there (nothing is overwritten);
+/// the record is written only once the object read back whole.
 pub fn upload(
     store: &Store,
     archive: &Path,
     meta: &serde_json::Value,
     unit: &str,
+    recipients: &[String],
 ) -> Result<Backup> {
     let id = id_of(archive)?;
-    let object = format!("{id}.tar.gz");
+    let encrypted = !recipients.is_empty();
+    let object = if encrypted {
+        format!("{id}.tar.gz.age")
+    } else {
+        format!("{id}.tar.gz")
+    };
     // The bucket listed first: a missing bucket is told from refused credentials (servers
     // may answer an upload into a missing bucket with access denied).
     store.check()?;
     if store.size_of(&format!("{id}.json"))?.is_some() {
         bail!("a backup {id} is already in the bucket: not overwritten");
     }
-    let mut f =
+    let f =
         std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let sent = store.upload(&object, &mut f)?;
+    let mut plain = Hashed {
+        inner: f,
+        sha: Default::default(),
+    };
+    let sent = if encrypted {
+        store.upload(
+            &object,
+            &mut super::sealed::Sealing::new(&mut plain, recipients)?,
+        )?
+    } else {
+        store.upload(&object, &mut plain)?
+    };
+    let archive_sha256 = {
+        use sha2::Digest;
+        hostkit::fs::hex(&plain.sha.finalize())
+    };
     let back = store.download(&object, &mut std::io::sink())?;
     if back != sent {
         bail!(
@@ -231,7 +296,8 @@ pub fn upload(
         object,
         size: sent.size,
         sha256: sent.sha256,
-        encrypted: false,
+        encrypted,
+        archive_sha256: Some(archive_sha256),
         revision: meta.get("revision").and_then(|v| v.as_u64()),
         cluster_id: s("cluster-id"),
         etcd_version: s("etcd-version"),
@@ -335,7 +401,7 @@ pub fn after_snapshot(archive: &Path, meta: &serde_json::Value) -> Result<()> {
     rec.last_attempt = Some(crate::unit::now() as i64);
     let attempt = || -> Result<Backup> {
         let store = plan.store()?;
-        upload(&store, archive, meta, &plan.unit)
+        upload(&store, archive, meta, &plan.unit, &plan.recipients)
     };
     let result = attempt().or_else(|e| {
         if transient(&e) {

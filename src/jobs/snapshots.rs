@@ -240,20 +240,8 @@ pub struct Summary {
     pub offsite: Option<super::offsite::Offsite>,
 }
 
-/// The last attempt's error, when that attempt came after the last success.
-pub fn last_failure(
-    error: &Option<String>,
-    attempt: Option<i64>,
-    ok: Option<i64>,
-) -> Option<String> {
-    match (error, attempt, ok) {
-        (Some(e), Some(at), ok) if ok.is_none_or(|ok| at > ok) => Some(e.clone()),
-        _ => None,
-    }
-}
-
 pub fn summary(plan: &Plan, rec: &Record) -> Summary {
-    let failed = last_failure(&rec.last_error, rec.last_attempt, rec.last_ok);
+    let failed = super::offsite::last_failure(&rec.last_error, rec.last_attempt, rec.last_ok);
     Summary {
         since: plan.since,
         period_secs: plan.period_secs,

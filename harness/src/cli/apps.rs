@@ -257,7 +257,25 @@ pub(super) fn typed(kind: &str, key: &str, raw: &str) -> Result<Value> {
             .map_err(|_| anyhow!("option {key:?} expected float, got {raw:?}"))?),
         "boolean" => json!(flags::parse_go_bool(raw)
             .ok_or_else(|| anyhow!("option {key:?} expected boolean, got {raw:?}"))?),
+        // A secret's URI (Juju 3.6 charm/config.go: a `secret` option's value parses as
+        // one); empty unsets it.
+        "secret" if !raw.is_empty() && !valid_secret_uri(raw) => {
+            bail!("option {key:?} expected secret URI, got {raw:?}")
+        }
         _ => json!(raw),
+    })
+}
+
+fn valid_secret_uri(raw: &str) -> bool {
+    let id = raw
+        .strip_prefix("secret://")
+        .and_then(|r| r.split_once('/').map(|(_, id)| id))
+        .or_else(|| raw.strip_prefix("secret:"));
+    id.is_some_and(|id| {
+        id.len() == 20
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'v').contains(&b))
     })
 }
 
@@ -499,5 +517,8 @@ mod tests {
         assert_eq!(typed("int", "port", "2379").unwrap(), json!(2379));
         assert_eq!(typed("boolean", "b", "True").unwrap(), json!(true));
         assert!(typed("int", "port", "x").is_err());
+        assert!(typed("secret", "k", "secret:d4adbeefd4adbeefd4ad").is_ok());
+        assert!(typed("secret", "k", "").is_ok());
+        assert!(typed("secret", "k", "AGE-SECRET-KEY-1XYZ").is_err());
     }
 }

@@ -11,6 +11,7 @@ mod machines;
 mod models;
 mod refresh;
 mod relations;
+mod secrets;
 mod ssh;
 mod status;
 mod storage;
@@ -107,6 +108,10 @@ async fn run(
         "constraints" | "get-constraints" => apps::constraints(ctl, false, args, &env_model),
         "set-constraints" => apps::constraints(ctl, true, args, &env_model),
         "trust" => apps::trust(ctl, args, &env_model),
+        "add-secret" => secrets::add(ctl, args, &env_model),
+        "grant-secret" | "revoke-secret" => {
+            secrets::grant(ctl, cmd == "grant-secret", args, &env_model)
+        }
         "model-config" => models::model_config(ctl, args, &env_model).await,
         "run" => actions::run(ctl, args, cwd, &env_model).await,
         "run-action" => actions::run_action(ctl, args, cwd, &env_model).await,

@@ -13,7 +13,7 @@ mod network;
 mod ports;
 mod relation;
 mod resource;
-mod secrets;
+pub(crate) mod secrets;
 mod state;
 mod status;
 mod storage;

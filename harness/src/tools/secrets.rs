@@ -22,7 +22,7 @@ fn refuse<T>(m: impl Into<String>) -> Result<T, SErr> {
     Err(SErr::Run(m.into()))
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuv";
     let mut rng = rand::thread_rng();
@@ -33,7 +33,7 @@ fn new_id() -> String {
 }
 
 /// `secret:xyz`, `secret://uuid/xyz` and bare `xyz` all name the same secret.
-fn normalize(id: &str) -> String {
+pub(crate) fn normalize(id: &str) -> String {
     let tail = id.rsplit('/').next().unwrap_or(id);
     let tail = tail.strip_prefix("secret:").unwrap_or(tail);
     format!("secret:{tail}")
@@ -61,9 +61,10 @@ fn is_owner_side(ctx: &HookCtx, s: &Secret) -> bool {
 }
 
 fn granted(m: &Model, ctx: &HookCtx, s: &Secret) -> bool {
-    s.grants.iter().any(|(rel, who)| {
-        m.relations.contains_key(rel) && (who.contains(&ctx.unit) || who.contains(&ctx.app))
-    })
+    s.app_grants.contains(&ctx.app)
+        || s.grants.iter().any(|(rel, who)| {
+            m.relations.contains_key(rel) && (who.contains(&ctx.unit) || who.contains(&ctx.app))
+        })
 }
 
 fn content_args(
@@ -118,7 +119,7 @@ fn content_args(
 /// Juju's bounds on a secret's content, counted base64-encoded as Juju stores it: 1,000,000
 /// bytes per value and in all (juju/juju `core/secrets/secret.go`, `encodeBase64`:
 /// maxValueSizeBytes, maxContentSizeBytes), with Juju's messages.
-fn check_size(bag: &Bag) -> Result<(), SErr> {
+pub(crate) fn check_size(bag: &Bag) -> Result<(), SErr> {
     const MAX: usize = 1000 * 1000;
     let mut total = 0;
     for (key, value) in bag {
@@ -138,7 +139,7 @@ fn check_size(bag: &Bag) -> Result<(), SErr> {
     Ok(())
 }
 
-fn valid_key(k: &str) -> bool {
+pub(crate) fn valid_key(k: &str) -> bool {
     let b = k.as_bytes();
     if b.len() < 3 || !b[0].is_ascii_lowercase() || b[b.len() - 1] == b'-' {
         return false;
@@ -324,6 +325,7 @@ fn secret_add(c: Call) -> Result<Reply, SErr> {
         revisions: BTreeMap::from([(1, content)]),
         grants: Default::default(),
         consumer_labels: Default::default(),
+        app_grants: Default::default(),
     };
     ctx.secrets.push(SecretOp::Add(secret));
     Ok(Reply::ok(format!("{id}\n")))

@@ -215,13 +215,14 @@ impl<'a> Reconcile<'a> {
             crate::relations::s3::request(&self.ctx.app).map_err(|e| format!("{e:#}"))?;
         }
         let (retention, unit) = (self.cfg.s3_retention, self.ctx.unit.clone());
+        let recipients = self.cfg.backup_age_recipients.clone();
         let kept = backups::reconcile_unit(
             schedule,
             &self.cfg.snapshot_target,
             self.cfg.snapshot_retention,
             ep,
             &self.data,
-            || crate::jobs::offsite::reconcile(retention, &unit),
+            || crate::jobs::offsite::reconcile(retention, &unit, &recipients),
         )?;
         if schedule.is_none() {
             crate::jobs::offsite::drop_plan().map_err(|e| format!("{e:#}"))?;
