@@ -7,6 +7,7 @@
     python3 benches/bench.py actions   # snapshot and restore of a 256 MiB database
     python3 benches/bench.py restore1  # the one-unit restore alone, five rounds
     python3 benches/bench.py restore3  # restore of a 256 MiB database on 3 units vs by hand
+    python3 benches/bench.py backup    # snapshot upload=true to S3 vs etcdctl + s3cmd, 256 MiB and 1 GiB
 Needs root, a release build (cargo build --release --workspace) and tests/setup.sh.
 """
 import json
@@ -290,6 +291,7 @@ def main():
     try:
         for w in what:
             actions = __import__("bench_actions")
+            backup = __import__("bench_backup")
             {
                 "harness": bench_harness,
                 "machines": bench_machines,
@@ -297,6 +299,7 @@ def main():
                 "actions": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME),
                 "restore1": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME, restore_only=True),
                 "restore3": lambda: actions.run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME),
+                "backup": lambda: backup.run(h, inside, row, tarball, wait, FIX, ROOT, HOME),
             }[w]()
             h("destroy-model", "bench", "--no-prompt", check=False)
     except BaseException:

@@ -430,6 +430,11 @@ fn a_v1_provider_over_https_with_its_own_ca() {
         );
         last = env.run_action("etcd/0", &["list-backups"]).1;
     }
+    let creds = Creds::from_unit(&env, "etcd/0");
+    for i in 0..5 {
+        let out = creds.etcdctl(&endpoints(&env), true, &["put", &format!("/v1/{i}"), "x"]);
+        assert!(out.status.success(), "{out:?}");
+    }
     let (code, task) = env.run_action("etcd/0", &["snapshot", "upload=true"]);
     assert_eq!(code, 0, "{task}");
     assert_eq!(task["status"], "completed", "{task}");
@@ -453,6 +458,46 @@ fn a_v1_provider_over_https_with_its_own_ca() {
         sha256(&got),
         "the object is the archive written"
     );
+    // verify-backup starts it in a scratch member and finds what its record says; a record
+    // that says otherwise (one key more) is caught.
+    let id = up["id"].as_str().unwrap();
+    let (code, task) = env.run_action("etcd/0", &["verify-backup", &format!("backup-id={id}")]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["status"], "completed", "{task}");
+    let rec_path = work.path().join("rec.json");
+    s3.get(&format!("{id}.json"), &rec_path);
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    let keys = rec["keys"].as_u64().unwrap();
+    assert_eq!(keys, 5, "{rec}");
+    assert_eq!(
+        task["results"]["verify"]["keys"],
+        keys.to_string(),
+        "{task}"
+    );
+    rec["keys"] = (keys + 1).into();
+    std::fs::write(&rec_path, rec.to_string()).unwrap();
+    s3.run(&[
+        "put",
+        rec_path.to_str().unwrap(),
+        &format!("s3://{BUCKET}/{PATH}/{id}.json"),
+    ]);
+    let (_, task) = env.run_action("etcd/0", &["verify-backup", &format!("backup-id={id}")]);
+    assert_refused(&task, &format!("its record says {}", keys + 1));
+    assert!(
+        env.exec(
+            "etcd/0",
+            "ls -d /var/lib/etcd/.verify-* /media/etcd/data/.verify-* 2>/dev/null"
+        )
+        .stdout
+        .trim()
+        .is_empty(),
+        "the scratch member's files are gone"
+    );
+    assert!(env
+        .exec("etcd/0", "pgrep -f 'config-file [^ ]*[.]verify-' || true")
+        .stdout
+        .trim()
+        .is_empty());
     // The secret key stays out of the logs and the action's output, and the unit keeps no
     // copy of it (only the unit that takes scheduled snapshots keeps a private plan).
     let log = env.ok(&["debug-log", "--limit", "1000000", "--level", "DEBUG"]);

@@ -123,9 +123,11 @@ fn timestamp() -> String {
     )
 }
 
-/// The archive's `metadata.json`: what the snapshot was taken from.
-pub fn metadata(status: &Status, members: usize) -> serde_json::Value {
+/// The archive's `metadata.json`: what the snapshot was taken from; `keys`: how many keys
+/// the keyspace held at `revision` (the snapshot holds that revision or a later one).
+pub fn metadata(status: &Status, members: usize, keys: Option<u64>) -> serde_json::Value {
     serde_json::json!({
+        "keys": keys,
         "format": "etcd-charm-snapshot/1",
         "etcd-version": status.version,
         "revision": status.header.revision,

@@ -181,7 +181,7 @@ fn archive_metadata(p: &Path) -> Option<serde_json::Value> {
 /// Downloads the backup `id` into `dir` (a private file), checked against its record as it
 /// arrives; returns the archive's path. Refused when there is no such backup, when it does
 /// not fit, or when what arrives is not what was recorded (the download is removed).
-pub fn download(id: &str, dir: &Path) -> Result<PathBuf> {
+pub fn download(id: &str, dir: &Path) -> Result<(PathBuf, Backup)> {
     if id.is_empty()
         || id.len() > 128
         || !id
@@ -243,7 +243,7 @@ pub fn download(id: &str, dir: &Path) -> Result<PathBuf> {
             return refuse(format!("the backup {id} decrypts to an archive of sha256 {got}, its record says {want}: refused"));
         }
     }
-    Ok(path)
+    Ok((path, rec))
 }
 
 /// The age identity in the secret `backup_age_identity` names (key `identity`).

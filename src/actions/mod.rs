@@ -10,6 +10,7 @@ pub mod restore;
 pub mod snap_upgrade;
 pub mod support;
 pub mod upgrade;
+pub mod verify;
 
 use crate::actions::support::{
     leader_endpoint, local, param_bool, param_str, refuse, writable_dir, Refused, Results,
@@ -87,6 +88,7 @@ fn dispatch(
         A::ResumeUpgrade => upgrade::resume_upgrade(ctx),
         A::UpgradePackage => upgrade::upgrade_package(ctx, params),
         A::ListBackups => backups::list_backups(),
+        A::VerifyBackup => verify::verify_backup(params),
     }
 }
 
@@ -292,7 +294,8 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         return refuse(format!("{e:#}"));
     }
     let members = client.member_list(&ep)?.len();
-    let meta = etcdkit::archive::metadata(&status, members);
+    let keys = client.count_at(&leader_ep, status.header.revision).ok();
+    let meta = etcdkit::archive::metadata(&status, members, keys);
     juju::action_log(&format!("streaming a snapshot from the leader {leader_ep}"));
     let etcdkit::archive::Written {
         path,

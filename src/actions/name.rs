@@ -21,12 +21,13 @@ pub enum Action {
     ResumeUpgrade,
     UpgradePackage,
     ListBackups,
+    VerifyBackup,
 }
 
 impl Action {
     /// Every action, as actions.yaml lists them.
     #[cfg(test)]
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::Health,
         Action::PackageClientCredentials,
         Action::Snapshot,
@@ -43,6 +44,7 @@ impl Action {
         Action::ResumeUpgrade,
         Action::UpgradePackage,
         Action::ListBackups,
+        Action::VerifyBackup,
     ];
 
     /// The action Juju names; None for a name this charm does not know.

@@ -62,6 +62,9 @@ pub struct Backup {
     #[serde(default)]
     pub archive_sha256: Option<String>,
     pub revision: Option<u64>,
+    /// how many keys the keyspace held at `revision`
+    #[serde(default)]
+    pub keys: Option<u64>,
     pub cluster_id: Option<String>,
     pub etcd_version: Option<String>,
     pub member_count: Option<u64>,
@@ -299,6 +302,7 @@ pub fn upload(
         encrypted,
         archive_sha256: Some(archive_sha256),
         revision: meta.get("revision").and_then(|v| v.as_u64()),
+        keys: meta.get("keys").and_then(|v| v.as_u64()),
         cluster_id: s("cluster-id"),
         etcd_version: s("etcd-version"),
         member_count: meta.get("member-count").and_then(|v| v.as_u64()),

@@ -328,7 +328,8 @@ fn take(plan: &Plan) -> Result<(etcdkit::archive::Written, serde_json::Value)> {
         bail!("this unit's member at {} is not healthy", plan.endpoint);
     }
     let members = client.member_list(&plan.endpoint)?.len();
-    let meta = etcdkit::archive::metadata(&status, members);
+    let keys = client.count_at(&plan.endpoint, status.header.revision).ok();
+    let meta = etcdkit::archive::metadata(&status, members, keys);
     let dir = Path::new(&plan.target);
     // Outside a hook: the data directory is the one the plan was made for.
     crate::unit::ensure_room(

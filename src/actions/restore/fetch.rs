@@ -27,7 +27,7 @@ pub fn kind_of(size: u64) -> Option<Kind> {
 }
 
 /// The snapshot db found in the resource.
-pub(super) struct Found {
+pub(crate) struct Found {
     pub db: PathBuf,
     pub what: String,
     /// its trailing digest, checked as it was unpacked (None: not checked here)
@@ -36,7 +36,7 @@ pub(super) struct Found {
 
 /// Finds the snapshot db in the resource: a raw file, or inside a tar.gz archive, whose
 /// `db` entries are checked against their trailing digest while they are unpacked.
-pub(super) fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
+pub(crate) fn fetch(resource: &Path, staging: &Path) -> Result<Found> {
     let mut magic = [0u8; 2];
     std::fs::File::open(resource)?
         .read_exact(&mut magic)

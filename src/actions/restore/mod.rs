@@ -14,7 +14,7 @@
 //! 7. `publish`: a new epoch and token; every other unit wipes its member data (kept aside)
 //!    and joins again through the normal one-at-a-time learner path.
 
-mod fetch;
+pub(crate) mod fetch;
 
 pub use fetch::{kind_of, Kind};
 
@@ -92,7 +92,7 @@ pub fn restore(
     // record; from there on it is restored as a resource would be.
     let source = match resource {
         Some(res) => PathBuf::from(res),
-        None => crate::actions::backups::download(&backup_id, r.staging.path())?,
+        None => crate::actions::backups::download(&backup_id, r.staging.path())?.0,
     };
     let verified = r.verify(&source)?;
     let mut results = r.backup(target_dir.as_deref())?;
