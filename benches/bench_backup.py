@@ -41,6 +41,10 @@ def run(h, inside, row, tarball, wait, FIX, ROOT, HOME):
         unit = f"{app}/0"
         addr = s["machines"][s["applications"][app]["units"][unit]["machine"]]["dns-name"]
         inside(unit, FILL.format(etcdctl=etcdctl, addr=addr, random=True, count=mib))
+        end = time.monotonic() + 120  # until the provider's bucket reached the unit
+        while json.loads(h("run", "--format", "json", unit, "list-backups"))[unit]["status"] != "completed":
+            assert time.monotonic() < end, "the s3-credentials relation did not settle"
+            time.sleep(0.5)
         h("exec", "--unit", unit, "--", f"printf '%s' '{S3CFG.format(addr=probe_addr)}' > /root/.s3cfg")
         save = ["sh", "-c", f"{etcdctl} --endpoints=https://{addr}:2379 --cacert=/etc/etcd/pki/ca.crt "
                 "--cert=/etc/etcd/pki/client.crt --key=/etc/etcd/pki/client.key snapshot save /root/base.db "
