@@ -92,13 +92,17 @@ pub(crate) fn from_answer(
 }
 
 /// The error a failed request means: a TLS failure is told from an unreachable endpoint.
-pub(crate) fn from_transport(e: &reqwest::Error, endpoint: &str) -> Error {
+/// The request's URL is left out: a presigned URL is a credential (for an hour, the object's
+/// read or write), never to be shown in a status or a log.
+pub(crate) fn from_transport(e: reqwest::Error, endpoint: &str) -> Error {
+    let e = e.without_url();
     let mut why = e.to_string();
-    let mut src = std::error::Error::source(e);
+    let mut src = std::error::Error::source(&e);
     while let Some(s) = src {
         why = format!("{why}: {s}");
         src = s.source();
     }
+    let why = scrub(&why);
     let lower = why.to_lowercase();
     if lower.contains("certificate")
         || lower.contains("unknownissuer")
@@ -116,9 +120,41 @@ pub(crate) fn from_transport(e: &reqwest::Error, endpoint: &str) -> Error {
     }
 }
 
+/// `text` with the query of any presigned URL in it cut (`?X-Amz-…` up to the next space,
+/// quote or parenthesis): the signature in it opens the object.
+pub(crate) fn scrub(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('?') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == ')' || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        if tail[..end].contains("X-Amz-") {
+            out.push_str("?…");
+        } else {
+            out.push_str(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presigned_queries_are_cut_from_error_texts() {
+        let t = "error sending request for url (http://h:1/b/k?X-Amz-Algorithm=A&X-Amz-Signature=abc): closed";
+        assert_eq!(
+            scrub(t),
+            "error sending request for url (http://h:1/b/k?…): closed"
+        );
+        assert_eq!(scrub("what? nothing"), "what? nothing");
+    }
 
     #[test]
     fn s3_error_bodies_name_their_cause() {

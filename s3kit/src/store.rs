@@ -2,7 +2,7 @@
 //! (not for the whole transfer: a large object on a slow link is not cut off), retried with
 //! backoff while the cause is transient.
 
-use crate::error::{from_answer, from_transport, Error};
+use crate::error::{from_answer, from_transport, scrub, Error};
 use crate::target::{Target, PART_SIZE};
 use hostkit::fs::hex;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -129,7 +129,7 @@ impl Store {
         op: &str,
         req: reqwest::blocking::RequestBuilder,
     ) -> Result<reqwest::blocking::Response, Error> {
-        let resp = req.send().map_err(|e| from_transport(&e, &self.endpoint))?;
+        let resp = req.send().map_err(|e| from_transport(e, &self.endpoint))?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
             return Ok(resp);
@@ -321,7 +321,7 @@ impl Store {
                 .http
                 .head(url.clone())
                 .send()
-                .map_err(|e| from_transport(&e, &self.endpoint))?;
+                .map_err(|e| from_transport(e, &self.endpoint))?;
             match resp.status().as_u16() {
                 404 => Ok(None),
                 s if (200..300).contains(&s) => Ok(Some(resp)),
@@ -360,7 +360,7 @@ impl Store {
         loop {
             let n = resp.read(&mut buf).map_err(|e| Error::Unreachable {
                 endpoint: self.endpoint.clone(),
-                why: format!("reading {name} broke off after {size} bytes: {e}"),
+                why: scrub(&format!("reading {name} broke off after {size} bytes: {e}")),
             })?;
             if n == 0 {
                 break;
@@ -400,7 +400,7 @@ impl Store {
             .read_to_end(&mut data)
             .map_err(|e| Error::Unreachable {
                 endpoint: self.endpoint.clone(),
-                why: format!("reading {name}: {e}"),
+                why: scrub(&format!("reading {name}: {e}")),
             })?;
         if data.len() as u64 > limit {
             return Err(Error::Other(format!("{name} is larger than {limit} bytes")));
@@ -465,6 +465,6 @@ fn text(resp: reqwest::blocking::Response) -> Result<String, Error> {
     let mut s = String::new();
     resp.take(4 << 20)
         .read_to_string(&mut s)
-        .map_err(|e| Error::Other(format!("reading the S3 answer: {e}")))?;
+        .map_err(|e| Error::Other(scrub(&format!("reading the S3 answer: {e}"))))?;
     Ok(s)
 }

@@ -265,6 +265,8 @@ fn refused_credentials_and_a_missing_bucket_are_told_apart() {
             .check()
             .unwrap_err();
         assert!(matches!(e, Error::Unreachable { .. }), "{e}");
+        // A presigned URL is a credential: never in an error.
+        assert!(!e.to_string().contains("X-Amz-Signature"), "{e}");
     });
 }
 
@@ -329,5 +331,71 @@ fn an_upload_cut_off_by_the_servers_death_leaves_no_object() {
         let s = weed.store();
         assert_eq!(s.size_of("cut.tar.gz").unwrap(), None);
         assert!(s.list("").unwrap().is_empty(), "{:?}", s.list(""));
+    });
+}
+
+/// A TCP proxy in front of the server that cuts its first connection once `cut_after`
+/// bytes went from the client to the server (mid-part); later connections pass whole.
+fn cutting_proxy(to: &'static str, cut_after: usize) -> u16 {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let server = TcpStream::connect(to).unwrap();
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut sent = 0;
+                loop {
+                    let k = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => k,
+                    };
+                    sent += k;
+                    if n == 0 && sent > cut_after {
+                        // Both ways down at once, as a broken link would.
+                        let _ = c_in.shutdown(Shutdown::Both);
+                        let _ = s_out.shutdown(Shutdown::Both);
+                        break;
+                    }
+                    if s_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+            });
+            std::thread::spawn(move || {
+                // Ends when either side closes; the copy's error is that end.
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_link_broken_mid_part_is_retried_and_the_object_comes_out_whole() {
+    isolated(|| {
+        let weed = Weed::start(false);
+        let port = cutting_proxy("127.0.0.1:8333", PART_SIZE + PART_SIZE / 2);
+        let through = Target {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            ..weed.target()
+        };
+        let s = Store::new(&through)
+            .unwrap()
+            .with_retries(3, Duration::from_millis(200));
+        let big = data(3 * PART_SIZE);
+        let up = s.upload("retried.tar.gz", &mut big.as_slice()).unwrap();
+        assert_eq!((up.size, up.sha256.clone()), (big.len() as u64, sha(&big)));
+        let mut back = vec![];
+        assert_eq!(
+            weed.store().download("retried.tar.gz", &mut back).unwrap(),
+            up
+        );
+        assert!(back == big);
     });
 }
