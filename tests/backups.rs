@@ -317,6 +317,9 @@ fn scheduled_snapshots_reach_the_bucket_verified_pruned_and_rebuild_a_cluster() 
         &task,
         "is encrypted: give the charm its age identity in a Juju secret",
     );
+    // A user secret as Juju 3.6 makes it (cmd/juju/secrets/add.go, grant.go: model-owned,
+    // readable by the applications granted), named by a config option of type secret
+    // (apiserver/facades/client/application/application.go, validateSecretConfig).
     let uri = env
         .ok(&["add-secret", "etcd-age", &format!("identity={identity}")])
         .trim()
@@ -407,6 +410,9 @@ fn a_v1_provider_over_https_with_its_own_ca() {
     let env = Env::new("offsite-v1", &["update-status-hook-interval=1h"]);
     deploy_healthy(&env, 1, &etcd_tarball(work.path(), &etcd35(), "3.5.1"), &[]);
     let probe = repo_root().join("tests/charms/s3-probe");
+    // The probe adds its credentials' secret and grants it in the same hook, as Juju allows
+    // (internal/worker/uniter/runner/context/context.go: GrantSecret looks the secret up in
+    // SecretMetadata, which includes the hook's pending creates).
     env.ok(&[
         "deploy",
         probe.to_str().unwrap(),

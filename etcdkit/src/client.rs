@@ -354,11 +354,13 @@ impl Client {
             "/v3/kv/range",
             json!({"key": "AA==", "range_end": "AA==", "count_only": true, "revision": revision.to_string()}),
         )?;
-        Ok(match v.get("count") {
-            Some(Value::String(s)) => s.parse().unwrap_or(0),
-            Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-            _ => 0, // etcd's JSON leaves a zero count out
-        })
+        /// etcd's JSON leaves a zero count out
+        #[derive(Deserialize)]
+        struct Counted {
+            #[serde(deserialize_with = "de_u64", default)]
+            count: u64,
+        }
+        Ok(Self::decode::<Counted>(endpoint, v)?.count)
     }
 
     /// The current revision as seen by `endpoint`.

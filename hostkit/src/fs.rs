@@ -63,6 +63,36 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&sha2::Sha256::digest(data))
 }
 
+/// A reader that counts the sha256 of what passes through it.
+pub struct Sha256Reader<R: std::io::Read> {
+    inner: R,
+    sha: sha2::Sha256,
+}
+
+impl<R: std::io::Read> Sha256Reader<R> {
+    pub fn new(inner: R) -> Self {
+        Sha256Reader {
+            inner,
+            sha: Default::default(),
+        }
+    }
+
+    /// The sha256 of what was read, lowercase hex.
+    pub fn hex(self) -> String {
+        use sha2::Digest;
+        hex(&self.sha.finalize())
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Sha256Reader<R> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(b)?;
+        self.sha.update(&b[..n]);
+        Ok(n)
+    }
+}
+
 /// Bytes as lowercase hex.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
@@ -108,6 +138,19 @@ pub fn entries_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .map(|e| e.path())
         .collect()
+}
+
+/// A new private scratch directory in `dir` named `<prefix>…` (removed when dropped), the
+/// ones an earlier run left (killed before its drop) removed first: they hold copies only.
+pub fn fresh_scratch_dir(dir: &Path, prefix: &str) -> Result<tempfile::TempDir> {
+    for old in entries_named(dir, prefix) {
+        // One that will not go is tried again by the next run; it costs only its room.
+        let _ = std::fs::remove_dir_all(old);
+    }
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .map_err(|e| anyhow!("creating a scratch dir in {}: {e}", dir.display()))
 }
 
 /// Room kept free beyond what a write needs (etcd's WAL and the system go on writing).

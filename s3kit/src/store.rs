@@ -135,7 +135,8 @@ impl Store {
             return Ok(resp);
         }
         let mut body = String::new();
-        // The error body is only read to name the cause: a part of it is enough.
+        // The error body is only read to name the cause: a part of it is enough, and one
+        // that cannot be read leaves the status code to say it.
         let _ = resp.take(16 << 10).read_to_string(&mut body);
         Err(from_answer(
             op,

@@ -184,6 +184,16 @@ fn sha(b: &[u8]) -> String {
     hostkit::fs::hex(&sha2::Sha256::digest(b))
 }
 
+/// Why the bucket at `t` cannot be listed, asked once (no retries: the cause is not
+/// transient, or the test wants its first answer).
+fn refused_at_once(t: &Target) -> Error {
+    Store::new(t)
+        .unwrap()
+        .with_retries(1, Duration::ZERO)
+        .check()
+        .unwrap_err()
+}
+
 /// Runs `f` in a thread of its own inside a new network namespace.
 fn isolated(f: impl FnOnce() + Send + 'static) {
     std::thread::spawn(move || {
@@ -259,11 +269,7 @@ fn refused_credentials_and_a_missing_bucket_are_told_apart() {
             endpoint: "http://127.0.0.1:9".into(),
             ..weed.target()
         };
-        let e = Store::new(&gone)
-            .unwrap()
-            .with_retries(1, Duration::ZERO)
-            .check()
-            .unwrap_err();
+        let e = refused_at_once(&gone);
         assert!(matches!(e, Error::Unreachable { .. }), "{e}");
         // A presigned URL is a credential: never in an error.
         assert!(!e.to_string().contains("X-Amz-Signature"), "{e}");
@@ -279,11 +285,7 @@ fn an_endpoint_with_its_own_ca_is_trusted_only_with_that_ca() {
             endpoint: "https://127.0.0.1:8334".into(),
             ..weed.target()
         };
-        let e = Store::new(&https)
-            .unwrap()
-            .with_retries(1, Duration::ZERO)
-            .check()
-            .unwrap_err();
+        let e = refused_at_once(&https);
         assert!(matches!(e, Error::Untrusted { .. }), "{e}");
         let trusted = Target {
             ca_pems: vec![ca],
@@ -357,7 +359,8 @@ fn cutting_proxy(to: &'static str, cut_after: usize) -> u16 {
                     };
                     sent += k;
                     if n == 0 && sent > cut_after {
-                        // Both ways down at once, as a broken link would.
+                        // Both ways down at once, as a broken link would (a side the peer
+                        // closed already refuses its shutdown, and is down all the same).
                         let _ = c_in.shutdown(Shutdown::Both);
                         let _ = s_out.shutdown(Shutdown::Both);
                         break;

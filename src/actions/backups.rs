@@ -181,7 +181,7 @@ fn archive_metadata(p: &Path) -> Option<serde_json::Value> {
 /// Downloads the backup `id` into `dir` (a private file), checked against its record as it
 /// arrives; returns the archive's path. Refused when there is no such backup, when it does
 /// not fit, or when what arrives is not what was recorded (the download is removed).
-pub fn download(id: &str, dir: &Path) -> Result<(PathBuf, Backup)> {
+pub fn download(id: &str, dir: &Path, cfg: &crate::config::Config) -> Result<(PathBuf, Backup)> {
     if id.is_empty()
         || id.len() > 128
         || !id
@@ -211,7 +211,7 @@ pub fn download(id: &str, dir: &Path) -> Result<(PathBuf, Backup)> {
     };
     // An encrypted backup needs its identity before anything is downloaded.
     let identity = if rec.encrypted {
-        Some(age_identity(id)?)
+        Some(age_identity(id, cfg)?)
     } else {
         None
     };
@@ -222,24 +222,38 @@ pub fn download(id: &str, dir: &Path) -> Result<(PathBuf, Backup)> {
     let mut f = hostkit::fs::create_private(&fetched)
         .with_context(|| format!("creating {}", fetched.display()))?;
     if let Err(e) = offsite::fetch(&store, id, &mut f) {
-        // Not a copy of the backup: it goes before anything else is done.
+        // Not a copy of the backup: it goes before anything else is done (if it will not,
+        // the scratch dir it is in goes with the action).
         let _ = std::fs::remove_file(&fetched);
         return refuse(format!("{e:#}"));
     }
     drop(f);
+    // Unencrypted, the archive is the object, whose sha256 fetch checked: its record must
+    // say the same of both (no second read of the file).
+    if let Some(want) = rec
+        .archive_sha256
+        .as_ref()
+        .filter(|w| !rec.encrypted && **w != rec.sha256)
+    {
+        return refuse(format!(
+            "the backup {id}'s record says the archive's sha256 is {want} and the object's {}: refused",
+            rec.sha256
+        ));
+    }
     if let Some(identity) = identity {
         juju::action_log("decrypting the backup with backup_age_identity");
         let opened = crate::jobs::sealed::open(&fetched, &path, &identity);
-        // The ciphertext was a step to the archive; the archive or the error is what counts.
+        // The ciphertext was a step to the archive; the archive or the error is what counts
+        // (one that will not go leaves with the scratch dir).
         let _ = std::fs::remove_file(&fetched);
-        if let Err(e) = opened {
-            return refuse(format!("the backup {id}: {e:#}"));
-        }
-    }
-    if let Some(want) = &rec.archive_sha256 {
-        let got = etcdkit::install::sha256_file(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if &got != want {
+        let got = match opened {
+            Ok(sha) => sha,
+            Err(e) => return refuse(format!("the backup {id}: {e:#}")),
+        };
+        if let Some(want) = rec.archive_sha256.as_ref().filter(|w| **w != got) {
+            // A decryption that does not match leaves no archive behind either (else the
+            // scratch dir takes it).
+            let _ = std::fs::remove_file(&path);
             return refuse(format!("the backup {id} decrypts to an archive of sha256 {got}, its record says {want}: refused"));
         }
     }
@@ -247,17 +261,15 @@ pub fn download(id: &str, dir: &Path) -> Result<(PathBuf, Backup)> {
 }
 
 /// The age identity in the secret `backup_age_identity` names (key `identity`).
-fn age_identity(id: &str) -> Result<String> {
-    let cfg =
-        crate::config::Config::parse(&juju::config()?).map_err(crate::actions::support::Refused)?;
-    let Some(uri) = cfg.backup_age_identity else {
+fn age_identity(id: &str, cfg: &crate::config::Config) -> Result<String> {
+    let Some(uri) = &cfg.backup_age_identity else {
         return refuse(format!(
             "the backup {id} is encrypted: give the charm its age identity in a Juju secret \
              (juju add-secret etcd-age identity=AGE-SECRET-KEY-1...; juju grant-secret etcd-age <this application>; \
              juju config <this application> backup_age_identity=<the secret's URI>)"
         ));
     };
-    let content = juju::secret_get(&uri).map_err(|e| {
+    let content = juju::secret_get(uri).map_err(|e| {
         crate::actions::support::Refused(format!(
             "backup_age_identity {uri} cannot be read ({e:#}): was it granted to this application (juju grant-secret)?"
         ))

@@ -270,7 +270,7 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
         param_str(params, "target", "/home/ubuntu/etcd-snapshots"),
         "target",
     )?;
-    let (client, ep, _) = local()?;
+    let (client, ep, cfg) = local()?;
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let name = etcdkit::archive::snapshot_name();
     let upload = param_bool(params, "upload", false);
@@ -309,7 +309,6 @@ fn snapshot(ctx: &Context, params: &std::collections::BTreeMap<String, Value>) -
     ));
     let uploaded = match &bucket {
         Some((store, name)) => {
-            let cfg = crate::config::Config::parse(&juju::config()?).map_err(Refused)?;
             backups::upload(ctx, store, name, &path, &meta, &cfg.backup_age_recipients)?
         }
         None => vec![],

@@ -40,14 +40,7 @@ pub fn verify_backup(
     let inst = Installed::load().ok_or_else(|| anyhow!("etcd is not installed"))?;
     let (client, _, cfg) = local()?;
     let data = std::path::PathBuf::from(unit::data_dir(false)?);
-    // Scratch dirs an earlier run left (killed) hold copies of a backup only.
-    for old in unit::entries_named(&data, ".verify-") {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    let scratch = tempfile::Builder::new()
-        .prefix(".verify-")
-        .tempdir_in(&data)
-        .with_context(|| format!("creating a scratch dir in {}", data.display()))?;
+    let scratch = hostkit::fs::fresh_scratch_dir(&data, ".verify-")?;
     let (conf, ep, rec) = prepare(&id, &inst, &cfg, scratch.path())?;
     juju::action_log(&format!(
         "starting the backup {id} as a scratch member at {ep}"
@@ -89,7 +82,7 @@ fn prepare(
     cfg: &crate::config::Config,
     scratch: &Path,
 ) -> Result<(std::path::PathBuf, String, crate::jobs::offsite::Backup)> {
-    let (archive, rec) = crate::actions::backups::download(id, scratch)?;
+    let (archive, rec) = crate::actions::backups::download(id, scratch, cfg)?;
     let found = fetch::fetch(&archive, scratch)?;
     if found.digest_ok == Some(false) {
         return refuse(format!(

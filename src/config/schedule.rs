@@ -67,6 +67,13 @@ pub fn interval(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult as u64)
 }
 
+/// How long it has been since the last good run (since `since`, when there was none after
+/// it), and whether that is overdue: more than two periods of the schedule.
+pub fn staleness(last_ok: Option<i64>, since: i64, period_secs: u64, now: i64) -> (i64, bool) {
+    let since_good = now - last_ok.unwrap_or(since).max(since);
+    (since_good, since_good > 2 * period_secs as i64)
+}
+
 /// A duration as an operator reads it: `45s`, `12m`, `3h10m`, `2d4h`.
 pub fn human(secs: u64) -> String {
     match secs {

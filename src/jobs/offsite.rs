@@ -108,8 +108,8 @@ impl Offsite {
         if let Some(why) = &self.refused {
             return (true, format!("WARNING: no off-machine backups: {why}"));
         }
-        let since_good = now - self.last_ok.unwrap_or(since).max(since);
-        let overdue = since_good > 2 * period as i64;
+        let (since_good, overdue) =
+            crate::config::schedule::staleness(self.last_ok, since, period, now);
         let why = self
             .failed
             .as_ref()
@@ -229,21 +229,6 @@ pub fn id_of(archive: &Path) -> Result<String> {
         .ok_or_else(|| anyhow!("{} is not a snapshot archive's name", archive.display()))
 }
 
-/// A reader that counts the sha256 of what passes.
-struct Hashed<R: std::io::Read> {
-    inner: R,
-    sha: sha2::Sha256,
-}
-
-impl<R: std::io::Read> std::io::Read for Hashed<R> {
-    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(b)?;
-        self.sha.update(&b[..n]);
-        Ok(n)
-    }
-}
-
 /// Uploads the archive (encrypted to `recipients` as it is read, when there are any) and
 /// its record: refused when a backup of that id is already there (nothing is overwritten);
 /// the record is written only once the object read back whole.
@@ -269,10 +254,7 @@ pub fn upload(
     }
     let f =
         std::fs::File::open(archive).with_context(|| format!("opening {}", archive.display()))?;
-    let mut plain = Hashed {
-        inner: f,
-        sha: Default::default(),
-    };
+    let mut plain = hostkit::fs::Sha256Reader::new(f);
     let sent = if encrypted {
         store.upload(
             &object,
@@ -281,10 +263,7 @@ pub fn upload(
     } else {
         store.upload(&object, &mut plain)?
     };
-    let archive_sha256 = {
-        use sha2::Digest;
-        hostkit::fs::hex(&plain.sha.finalize())
-    };
+    let archive_sha256 = plain.hex();
     let back = store.download(&object, &mut std::io::sink())?;
     if back != sent {
         bail!(
@@ -403,10 +382,8 @@ pub fn after_snapshot(archive: &Path, meta: &serde_json::Value) -> Result<()> {
     };
     let mut rec = load_record()?;
     rec.last_attempt = Some(crate::unit::now() as i64);
-    let attempt = || -> Result<Backup> {
-        let store = plan.store()?;
-        upload(&store, archive, meta, &plan.unit, &plan.recipients)
-    };
+    let store = plan.store()?;
+    let attempt = || upload(&store, archive, meta, &plan.unit, &plan.recipients);
     let result = attempt().or_else(|e| {
         if transient(&e) {
             std::thread::sleep(std::time::Duration::from_secs(15));
@@ -434,7 +411,6 @@ pub fn after_snapshot(archive: &Path, meta: &serde_json::Value) -> Result<()> {
         "backup {} uploaded to {} ({} bytes, sha256 {})",
         b.id, plan.target.bucket, b.size, b.sha256
     );
-    let store = plan.store()?;
     for id in prune(&store, plan.retention, b.cluster_id.as_deref(), &b.id)? {
         println!(
             "removed the backup {id} from the bucket (s3_retention {})",

@@ -87,24 +87,26 @@ impl<R: Read> Read for Sealing<R> {
     }
 }
 
-/// Decrypts the age file `src` into `dst` (a private file) with `identity`; an identity that
-/// does not fit, or ciphertext that does not authenticate, is an error (dst is removed).
-pub fn open(src: &Path, dst: &Path, identity: &str) -> Result<()> {
+/// Decrypts the age file `src` into `dst` (a private file) with `identity`; returns the
+/// plaintext's sha256, counted as it is written. An identity that does not fit, or
+/// ciphertext that does not authenticate, is an error (dst is removed).
+pub fn open(src: &Path, dst: &Path, identity: &str) -> Result<String> {
     let key = crate::config::identity(identity)
         .ok_or_else(|| anyhow!("the backup_age_identity secret's `identity` is not an age identity (AGE-SECRET-KEY-1…)"))?;
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<String> {
         let f = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
         let dec = age::Decryptor::new(std::io::BufReader::new(f))
             .map_err(|e| anyhow!("the backup is not an age file: {e}"))?;
-        let mut plain = dec
+        let plain = dec
             .decrypt(std::iter::once(key.as_ref()))
             .map_err(|e| anyhow!("the backup cannot be decrypted with backup_age_identity: {e}"))?;
         let mut out = hostkit::fs::create_private(dst)
             .with_context(|| format!("creating {}", dst.display()))?;
+        let mut plain = hostkit::fs::Sha256Reader::new(plain);
         std::io::copy(&mut plain, &mut out)
             .map_err(|e| anyhow!("the backup's ciphertext does not authenticate (damaged or not for this identity): {e}"))?;
         out.sync_all()?;
-        Ok(())
+        Ok(plain.hex())
     })();
     if result.is_err() {
         // A part of a decryption is no archive: nothing refers to it.
@@ -136,8 +138,9 @@ mod tests {
         let (src, dst) = (d.path().join("x.age"), d.path().join("x"));
         std::fs::write(&src, &sealed).unwrap();
         use age::secrecy::ExposeSecret;
-        open(&src, &dst, id.to_string().expose_secret()).unwrap();
+        let sha = open(&src, &dst, id.to_string().expose_secret()).unwrap();
         assert_eq!(std::fs::read(&dst).unwrap(), plain);
+        assert_eq!(sha, hostkit::fs::sha256_hex(&plain));
         assert!(open(&src, &dst, other.to_string().expose_secret()).is_err());
         assert!(!dst.exists(), "a failed decryption leaves nothing");
         let mut flipped = sealed.clone();

@@ -183,10 +183,13 @@ pub fn ensure(schedule: &Schedule, plan: &Plan, exe: &Path) -> Result<Plan, Stri
     Ok(plan)
 }
 
-/// This unit takes no scheduled snapshots (any more): the timer goes, the record stays.
+/// This unit takes no scheduled snapshots (any more): the timer and the bucket's plan go, the
+/// records stay.
 pub fn remove() -> Result<(), String> {
     hostkit::systemd::remove(UNIT)?;
-    remove_if_present(Path::new(PLAN)).map_err(|e| format!("{e:#}"))
+    remove_if_present(Path::new(PLAN)).map_err(|e| format!("{e:#}"))?;
+    // Its uploads go with it (the bucket's plan holds the credentials).
+    super::offsite::drop_plan().map_err(|e| format!("{e:#}"))
 }
 
 /// This unit's part once the leader named the taker: with `schedule` (this unit takes them)
@@ -256,8 +259,8 @@ pub fn summary(plan: &Plan, rec: &Record) -> Summary {
 /// began taking them); the last failure when the last attempt failed.
 pub fn note(s: &Summary, now: i64) -> (bool, String) {
     let every = human(s.period_secs);
-    let since_good = now - s.last_ok.unwrap_or(s.since).max(s.since);
-    let overdue = since_good > 2 * s.period_secs as i64;
+    let (since_good, overdue) =
+        crate::config::schedule::staleness(s.last_ok, s.since, s.period_secs, now);
     let failed = s
         .failed
         .as_ref()

@@ -257,8 +257,8 @@ pub(super) fn typed(kind: &str, key: &str, raw: &str) -> Result<Value> {
             .map_err(|_| anyhow!("option {key:?} expected float, got {raw:?}"))?),
         "boolean" => json!(flags::parse_go_bool(raw)
             .ok_or_else(|| anyhow!("option {key:?} expected boolean, got {raw:?}"))?),
-        // A secret's URI (Juju 3.6 charm/config.go: a `secret` option's value parses as
-        // one); empty unsets it.
+        // A secret's URI, as Juju 3.6 checks it (apiserver/facades/client/application/
+        // application.go, validateSecretConfig: core/secrets ParseURI); empty unsets it.
         "secret" if !raw.is_empty() && !valid_secret_uri(raw) => {
             bail!("option {key:?} expected secret URI, got {raw:?}")
         }

@@ -92,7 +92,7 @@ pub fn restore(
     // record; from there on it is restored as a resource would be.
     let source = match resource {
         Some(res) => PathBuf::from(res),
-        None => crate::actions::backups::download(&backup_id, r.staging.path())?.0,
+        None => crate::actions::backups::download(&backup_id, r.staging.path(), &r.cfg)?.0,
     };
     let verified = r.verify(&source)?;
     let mut results = r.backup(target_dir.as_deref())?;
@@ -132,14 +132,9 @@ impl Restore {
         let address = unit::peer_address()?;
         let peer_url = unit::endpoint(&address, cfg.management_port);
         let epoch = next_epoch(ctx)?;
-        // A staging dir an earlier restore left (killed) holds copies of a snapshot only.
-        for old in unit::entries_named(&data, ".restore-staging") {
-            let _ = std::fs::remove_dir_all(old);
-        }
-        let staging = tempfile::Builder::new()
-            .prefix(".restore-staging-")
-            .tempdir_in(&data)
-            .with_context(|| format!("creating a staging dir in {}", data.display()))?;
+        // Where the snapshot is unpacked and restored offline; a staging dir an earlier
+        // restore left (killed) holds copies of a snapshot only and goes.
+        let staging = hostkit::fs::fresh_scratch_dir(&data, ".restore-staging-")?;
         Ok(Restore {
             staging,
             name: member_name(&ctx.unit),

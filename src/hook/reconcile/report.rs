@@ -224,9 +224,6 @@ impl<'a> Reconcile<'a> {
             &self.data,
             || crate::jobs::offsite::reconcile(retention, &unit, &recipients),
         )?;
-        if schedule.is_none() {
-            crate::jobs::offsite::drop_plan().map_err(|e| format!("{e:#}"))?;
-        }
         let Some((summary, note)) = kept else {
             self.set(Key::SnapshotSummary, "");
             return Ok(None);
