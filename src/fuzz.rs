@@ -44,6 +44,26 @@ proptest! {
         let _ = crate::pki::authority::split(bag.get("ca").unwrap());
     }
 
+    /// tls-certificates v4: a provider's application bag with any text, or lists of entries
+    /// with any field values, under the keys read.
+    #[test]
+    fn a_v4_providers_answer_never_panics(certs in remote_text(), errors in remote_text(),
+                                          ca in remote_text(), cert in remote_text(),
+                                          csr in remote_text(), revoked in any::<Option<bool>>(),
+                                          sans in "\\PC{0,80}") {
+        let entry = serde_json::json!([{"ca": ca, "certificate": cert,
+            "certificate_signing_request": csr, "revoked": revoked}]).to_string();
+        for app in [
+            BTreeMap::from([("certificates".to_string(), certs), ("request_errors".to_string(), errors)]),
+            BTreeMap::from([("certificates".to_string(), entry)]),
+        ] {
+            if let Err(e) = crate::pki::provider::read("p", &app, "0123456789abcdef", Some("x"), &["10.0.0.1".into()], 0) {
+                prop_assert!(e.len() < 600, "an unbounded refusal: {} bytes", e.len());
+            }
+        }
+        let _ = crate::config::sans::parse(&sans);
+    }
+
     /// nrpe-external-master's `nagios_hostname` (and the Nagios options).
     #[test]
     fn nagios_names_never_panic(v in "\\PC{0,200}", list in any::<bool>()) {

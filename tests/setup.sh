@@ -207,6 +207,10 @@ if [ ! -d "$FIXTURES/venv" ]; then
   python3 -m venv "$FIXTURES/venv" 2>/dev/null || { apt-get install -y -qq python3-venv >/dev/null; python3 -m venv "$FIXTURES/venv"; }
 fi
 "$FIXTURES/venv/bin/python" -c "import jubilant, ops" 2>/dev/null || "$FIXTURES/venv/bin/pip" install -q jubilant ops pytest
+# tls-certificates v4 as the Charmhub providers speak it (the published library), for the
+# tls-v4 probe charm
+"$FIXTURES/venv/bin/python" -c "import charmlibs.interfaces.tls_certificates" 2>/dev/null \
+  || "$FIXTURES/venv/bin/pip" install -q "charmlibs-interfaces-tls-certificates==1.12.0"
 # charmcraft (the PyPI package) in a venv of its own, to validate both charms' project files
 # and lint their archives (tests/packing.rs); packing itself needs LXD and does not run here.
 if [ ! -x "$FIXTURES/charmcraft/bin/charmcraft" ]; then

@@ -196,7 +196,28 @@ pub fn check_names(requested: &[String], allowed: &[String]) -> Result<()> {
 
 /// A CSR for `key` naming `names` (IP addresses become IP SANs, others DNS SANs).
 pub fn csr_for(key: &KeyPair, common_name: &str, names: &[String]) -> Result<String> {
+    csr_with(key, common_name, names, &[])
+}
+
+/// A CSR as `csr_for`, asking for `profile`'s extended key usages too: a CA that copies a
+/// request's extensions (tls-certificates v4 providers do) issues them as asked.
+pub fn csr_with_usages(
+    key: &KeyPair,
+    common_name: &str,
+    names: &[String],
+    profile: Profile,
+) -> Result<String> {
+    csr_with(key, common_name, names, &profile.ekus())
+}
+
+fn csr_with(
+    key: &KeyPair,
+    common_name: &str,
+    names: &[String],
+    ekus: &[ExtendedKeyUsagePurpose],
+) -> Result<String> {
     let mut p = CertificateParams::default();
+    p.extended_key_usages = ekus.to_vec();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;

@@ -3,6 +3,7 @@
 
 pub mod duration;
 pub mod nagios;
+pub mod sans;
 pub mod schedule;
 pub mod threshold;
 
@@ -50,6 +51,8 @@ pub struct Config {
     pub archive_sha256: Option<String>,
     /// lifetime of the certificates the leader signs
     pub tls_certificate_lifetime: time::Duration,
+    /// names a provider's certificates carry besides the unit's addresses (`{unit}` unfilled)
+    pub certificate_extra_sans: Vec<String>,
     /// snapd's refresh.timer: "max" (monthly, each unit in its own hour) or a timer
     pub snapd_refresh: String,
     /// where a version upgrade stops for the operator: "none", "first" (after the first
@@ -154,6 +157,7 @@ pub struct RawConfig {
     pub archive_url: Option<Value>,
     pub archive_sha256: Option<Value>,
     pub tls_certificate_lifetime: Option<Value>,
+    pub certificate_extra_sans: Option<Value>,
     pub nagios_context: Option<Value>,
     pub nagios_servicegroups: Option<Value>,
 }
@@ -255,6 +259,7 @@ impl Config {
             pause_after_unit_upgrade,
             snapd_refresh,
             tls_certificate_lifetime,
+            certificate_extra_sans: sans::parse(&get_str(&c.certificate_extra_sans))?,
             port: port as u16,
             management_port: mport as u16,
             channel,

@@ -93,7 +93,7 @@ pub fn step(ctx: &Context) -> Result<bool> {
         publish(&mut peers, &ctx.unit, m)?;
     }
     let provided = match &member {
-        Some(_) => exchange(&ctx.unit)?,
+        Some(_) => exchange(&ctx.unit, &mut peers, leader)?,
         None => None,
     };
     // This unit's own takeover, cut short: its turn again, without the health gate (its
@@ -216,12 +216,15 @@ fn publish(peers: &mut Peers, unit: &str, m: &Member) -> Result<()> {
 
 /// What the CA on the `certificates` relation issued for this unit (the request made with
 /// the names this charm's certificates carry), when it did and it checks out.
-fn exchange(unit: &str) -> Result<Option<authority::Provided>> {
+fn exchange(unit: &str, peers: &mut Peers, leader: bool) -> Result<Option<authority::Provided>> {
     let Some(address) = juju::network_ingress(PEER)?.first().cloned() else {
         return Ok(None);
     };
     let names = vec![address.clone(), "127.0.0.1".to_string()];
-    Ok(match authority::exchange(unit, &address, &names)? {
+    let mut st = LocalState::load()?;
+    let answer = authority::exchange(unit, &address, &names, &mut st, peers, leader)?;
+    st.save()?;
+    Ok(match answer {
         Ok(Some(p)) if p.server.is_some() && p.client.is_some() => Some(p),
         Ok(_) => None,
         Err(msg) => {

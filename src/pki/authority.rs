@@ -62,6 +62,8 @@ pub struct Provided {
     pub server: Option<(String, String)>,
     /// the global client certificate and key (the charm's `db` clients get it)
     pub client: Option<(String, String)>,
+    /// why this unit waits for the provider (a revoked certificate), for its status
+    pub note: Option<String>,
 }
 
 /// Whether the application is related to a CA over `certificates`.
@@ -69,13 +71,18 @@ pub fn related() -> anyhow::Result<bool> {
     Ok(!juju::relation_ids(ENDPOINT)?.is_empty())
 }
 
-/// Sends this unit's request (the classic charm's: CN = its address, every address and
-/// 127.0.0.1 as SANs, name `etcd_N`) and reads the answer. `Ok(None)` without the relation
-/// or before a CA has answered; `Err` names the relation value that cannot be used.
+/// Sends this unit's requests, in both protocols the `certificates` endpoint speaks (the
+/// classic charm's legacy one: CN = its address, every address and 127.0.0.1 as SANs, name
+/// `etcd_N`; and tls-certificates v4's CSRs, `provider`), and reads the answer of whichever
+/// the provider speaks. `Ok(None)` without the relation or before a CA has answered; `Err`
+/// names the relation value that cannot be used.
 pub fn exchange(
     unit: &str,
     common_name: &str,
     names: &[String],
+    st: &mut crate::unit::LocalState,
+    peers: &mut crate::unit::peers::Peers,
+    leader: bool,
 ) -> anyhow::Result<Result<Option<Provided>, String>> {
     let Some(rel) = juju::relation_ids(ENDPOINT)?.into_iter().next() else {
         return Ok(Ok(None));
@@ -90,9 +97,26 @@ pub fn exchange(
         ("sans".to_string(), serde_json::to_string(&sans)?),
         ("certificate_name".to_string(), prefix.clone()),
     ]);
-    juju::relation_update(&rel, &juju::relation_get(&rel, unit, false)?, want)?;
+    let mine = juju::relation_get(&rel, unit, false)?;
+    juju::relation_update(&rel, &mine, want)?;
+    let csr = super::provider::server_csr(st, unit, &sans)?;
+    super::provider::request(&rel, &mine, &csr)?;
+    let remotes = juju::relation_list(&rel)?;
+    let Some(remote_app) = remotes.first().and_then(|u| u.split('/').next()) else {
+        return Ok(Ok(None));
+    };
+    let app_bag = juju::relation_get(&rel, remote_app, true)?;
+    // A provider speaks v4 once it answered a unit's request: the leader then asks for the
+    // shared client certificate too (easyrsa gives it without being asked).
+    if super::provider::speaks_v4(&app_bag) {
+        if leader {
+            let app = unit.split('/').next().unwrap_or(unit);
+            super::provider::leader_request(st, peers, &rel, app)?;
+        }
+        return super::provider::exchange(remote_app, &app_bag, &csr, &sans, peers);
+    }
     let mut answers = vec![];
-    for remote in juju::relation_list(&rel)? {
+    for remote in remotes {
         let bag = juju::relation_get(&rel, &remote, false)?;
         if bag.peer(Key::Ca).is_some_and(|c| !c.is_empty()) {
             answers.push((remote, bag));
@@ -110,6 +134,23 @@ pub fn exchange(
     ))
 }
 
+/// The CA a provider gave: one PEM certificate with CA:TRUE, as a bundle of one (the text
+/// the units compare). Err names the provider.
+pub fn check_ca(remote: &str, ca: &str) -> Result<String, String> {
+    let cas = split(ca);
+    if cas.len() != 1 || pki::common_name(ca).is_err() {
+        return Err(format!(
+            "the certificates relation's `ca` from {remote} is not one PEM certificate; check the CA charm"
+        ));
+    }
+    if !pki::is_ca(ca) {
+        return Err(format!(
+            "the certificates relation's `ca` from {remote} is not a CA certificate (no CA:TRUE); check the CA charm"
+        ));
+    }
+    Ok(bundle(&cas))
+}
+
 /// Checks a CA's answer: the CA is one CA certificate, each certificate was signed by it,
 /// comes with its own key, is valid at `now`, has the usages it serves for and (the
 /// server's) names every one of this unit's `names`. Pure.
@@ -120,19 +161,10 @@ pub fn read_answer(
     names: &[String],
     now: i64,
 ) -> Result<Option<Provided>, String> {
-    let ca = bag.peer(Key::Ca).cloned().unwrap_or_default();
-    let cas = split(&ca);
-    if cas.len() != 1 || pki::common_name(&ca).is_err() {
-        return Err(format!(
-            "the certificates relation's `ca` from {remote} is not one PEM certificate; check the CA charm"
-        ));
-    }
-    if !pki::is_ca(&ca) {
-        return Err(format!(
-            "the certificates relation's `ca` from {remote} is not a CA certificate (no CA:TRUE); check the CA charm"
-        ));
-    }
-    let ca = bundle(&cas);
+    let ca = check_ca(
+        remote,
+        bag.peer(Key::Ca).map(String::as_str).unwrap_or_default(),
+    )?;
     if let Some(reason) = bag
         .get(&format!("{prefix}.refused"))
         .filter(|r| !r.is_empty())
@@ -178,6 +210,7 @@ pub fn read_answer(
             false,
         )?,
         ca,
+        note: None,
     }))
 }
 

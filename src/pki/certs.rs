@@ -509,6 +509,7 @@ fn client_side_pairs(
                 ca,
                 server: Some((cert, key)),
                 client: Some((ccert, ckey)),
+                ..
             }) if ca == issuer => {
                 pairs.push(("server", cert.clone(), key.clone()));
                 pairs.push(("client", ccert.clone(), ckey.clone()));

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod certs;
+pub mod provider;
 
 use anyhow::Context as _;
 pub use charmkit::pki::*;

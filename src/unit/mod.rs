@@ -45,6 +45,9 @@ pub struct LocalState {
     /// names this unit's CSRs were made for
     #[serde(default)]
     pub csr_names: Vec<String>,
+    /// names this unit's CSR to a tls-certificates v4 provider was made for
+    #[serde(default)]
+    pub provider_csr_names: Vec<String>,
     /// Digest of the CA bundle etcd last (re)started with (authority::sha16): a new bundle
     /// rolls the members, as a new config does.
     #[serde(default)]

@@ -54,6 +54,7 @@ pub(crate) enum Key {
     CsrServer,
     CsrPeer,
     ClientCertSha,
+    ProviderClientCsr,
     PeerCa,
     TakeoverTurn,
 }
@@ -103,6 +104,7 @@ impl Key {
             Key::CsrPeer => "csr-peer",
             Key::PeerCa => "peer-ca",
             Key::ClientCertSha => "client-cert-sha",
+            Key::ProviderClientCsr => "provider-client-csr",
             Key::Ca => "ca",
             Key::TakeoverTurn => "takeover-turn",
         }

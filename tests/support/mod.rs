@@ -52,6 +52,7 @@ pub fn charmhub() -> PathBuf {
                 ("etcd-client", root.join("tests/charms/etcd-client")),
                 ("easyrsa", packed_easyrsa(&dir)),
                 ("tls-probe", root.join("tests/charms/tls-probe")),
+                ("tls-v4-probe", root.join("tests/charms/tls-v4-probe")),
                 ("probe", root.join("tests/charms/probe")),
             ] {
                 let link = dir.join(name);

@@ -13,15 +13,34 @@ impl<'a> Reconcile<'a> {
     /// Phase 2.
     pub(super) fn certificates(&mut self) -> Result<()> {
         let unit = self.ctx.unit.clone();
-        self.provided = match authority::exchange(&unit, &self.address, &self.names)? {
-            Ok(p) => p,
+        let sans = crate::config::sans::for_unit(&self.cfg.certificate_extra_sans, &unit);
+        let names: Vec<String> = self.names.iter().cloned().chain(sans).collect();
+        let mut refused = false;
+        self.provided = match authority::exchange(
+            &unit,
+            &self.address,
+            &names,
+            self.st,
+            &mut self.peers,
+            self.leader,
+        )? {
+            Ok(p) => {
+                if let Some(note) = p.as_ref().and_then(|p| p.note.as_deref()) {
+                    self.board.report(Level::Maintenance, note);
+                }
+                p
+            }
             Err(msg) => {
                 self.board.report(Level::Blocked, msg);
+                refused = true;
                 None
             }
         };
+        // A provider that refused this unit's request (or answered what cannot be used) is
+        // still the CA the relation names: the leader moves no CA on such an answer (least
+        // of all back to the built-in one, which the provider's clients do not trust).
         if self.leader {
-            self.leader_pki(&unit)?;
+            self.leader_pki(&unit, refused)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it
@@ -59,7 +78,7 @@ impl<'a> Reconcile<'a> {
     /// The leader's side: this unit's CSR signed by the built-in CA, the CA move planned
     /// from what the units report, the shared client pair published and renewed when due
     /// (or when a client relation that had it went).
-    fn leader_pki(&mut self, unit: &str) -> Result<()> {
+    fn leader_pki(&mut self, unit: &str, hold_ca: bool) -> Result<()> {
         leader_sign(
             &mut self.peers,
             unit,
@@ -67,7 +86,9 @@ impl<'a> Reconcile<'a> {
             self.cfg.tls_certificate_lifetime,
         )?;
         let internal = self.peers.app_get(Key::Ca).unwrap_or_default().to_string();
-        plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
+        if !hold_ca {
+            plan_ca_move(&mut self.peers, &internal, self.provided.as_ref());
+        }
         crate::pki::certs::publish_client_sha(&mut self.peers)?;
         // A client relation that goes takes the shared pair with it: the others get a
         // new one (the departed application's copy is not renewed).

@@ -1,7 +1,10 @@
-//! easyrsa, the charm, and the etcd charm's `certificates` relation: the classic runbook's
-//! first lines (deploy easyrsa, deploy etcd, relate, add units), any requirer served and
-//! refused where its request names addresses that are not its own, and the move from one CA
-//! to the other and back while a writer keeps writing.
+//! The etcd charm's `certificates` relation in both protocols it speaks. Legacy, with easyrsa
+//! (the charm): the classic runbook's first lines (deploy easyrsa, deploy etcd, relate, add
+//! units), any requirer served and refused where its request names addresses that are not its
+//! own, and the move from one CA to the other and back while a writer keeps writing.
+//! tls-certificates v4, with a provider built on the published library (tests/charms/
+//! tls-v4-probe): certificates issued for the units' requests, the provider's CA changed under
+//! a writer, a refused request, extra SANs.
 
 mod support;
 
@@ -11,8 +14,8 @@ use std::time::Duration;
 use support::etcd::{self, Creds, Writer, MIN};
 use support::*;
 
-/// Does the certificate carry `addr` as an IP SAN (`openssl x509 -text` on the host)?
-fn names_address(cert: &str, addr: &str) -> bool {
+/// A certificate as `openssl x509 -text` shows it on the host.
+fn cert_text(cert: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cert.pem");
     std::fs::write(&p, cert).unwrap();
@@ -21,7 +24,17 @@ fn names_address(cert: &str, addr: &str) -> bool {
         .arg(&p)
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("IP Address:{addr}"))
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Does the certificate carry `addr` as an IP SAN?
+fn names_address(cert: &str, addr: &str) -> bool {
+    cert_text(cert).contains(&format!("IP Address:{addr}"))
+}
+
+/// Does the certificate carry `name` as a DNS SAN?
+fn names_dns(cert: &str, name: &str) -> bool {
+    cert_text(cert).contains(&format!("DNS:{name}"))
 }
 
 fn cat(env: &Env, unit: &str, path: &str) -> String {
@@ -251,4 +264,176 @@ fn a_lone_running_unit_moves_to_easyrsa_and_back_without_waiting_for_update_stat
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The etcd PIDs of every unit, in unit order.
+fn pids(env: &Env) -> Vec<String> {
+    env.units("etcd")
+        .iter()
+        .map(|u| etcd::etcd_pid(env, u))
+        .collect()
+}
+
+/// tls-certificates v4 end to end with a provider on the published library: the units ask
+/// with CSRs (no key on the relation), the cluster moves onto the provider's CA, the
+/// provider changes its CA as self-signed-certificates does (everything revoked first: the
+/// units keep serving and say so; then the same requests answered from the new CA: the
+/// three-step move) under a writer that loses no acknowledged write, a refused request
+/// blocks with the provider's reason and changes nothing, and new extra SANs are issued
+/// without restarting any member.
+#[test]
+fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
+    let env = Env::new("tls-v4", &[]);
+    let here = tempfile::tempdir().unwrap();
+    deploy_healthy(
+        &env,
+        3,
+        &etcd_tarball(here.path(), &etcd35(), "3.5.1"),
+        &[
+            "--config",
+            "certificate_extra_sans=etcd.example.internal,{unit}.etcd.internal",
+        ],
+    );
+    env.ok(&["deploy", "tls-v4-probe"]);
+    env.wait_units("tls-v4-probe", 1, "active", "CA 1", 2 * MIN);
+    let probe_ca = || cat(&env, "tls-v4-probe/0", "/var/lib/tls-v4-probe/ca.crt");
+    let ca1 = probe_ca();
+    env.ok(&["integrate", "etcd", "tls-v4-probe"]);
+    until("every unit on the v4 provider's CA", 5 * MIN, || {
+        all_on(&env, &ca1)
+    });
+    for u in env.units("etcd") {
+        let server = cat(&env, &u, "/etc/etcd/pki/server.crt");
+        let label = u.replace('/', "-");
+        assert!(names_dns(&server, "etcd.example.internal"), "{u}: {server}");
+        assert!(names_dns(&server, &format!("{label}.etcd.internal")), "{u}");
+        assert!(names_address(&server, &env.address(&u)), "{u}");
+        assert!(openssl_verifies(
+            &ca1,
+            &cat(&env, &u, "/etc/etcd/pki/client.crt")
+        ));
+    }
+    // No private key crossed the relation: every databag the provider reads is keyless.
+    let seen = env.exec_ok(
+        "tls-v4-probe/0",
+        "r=$(relation-ids certificates); for u in $(relation-list -r $r); do relation-get -r $r - $u; done; relation-get -r $r --app - etcd",
+    );
+    assert!(seen.contains("CERTIFICATE REQUEST"), "{seen}");
+    assert!(
+        !seen.contains("PRIVATE KEY"),
+        "a private key on the relation: {seen}"
+    );
+    assert_no_key_material_in_logs(&env);
+
+    // The provider's CA changes under a writer.
+    let creds = |dir: &Creds, ca: &str| {
+        std::fs::write(dir.path("ca.crt"), ca).unwrap();
+        for f in ["client.crt", "client.key"] {
+            let text = cat(&env, "etcd/0", &format!("/etc/etcd/pki/{f}"));
+            std::fs::write(dir.path(f), text).unwrap();
+        }
+    };
+    let old = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let new = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    creds(&old, &ca1);
+    let eps = Arc::new(Mutex::new(etcd::endpoints(&env)));
+    let writer = Writer::start_any(
+        vec![old.dir.path().to_path_buf(), new.dir.path().to_path_buf()],
+        eps.clone(),
+        "/v4-rotation/",
+    );
+    writer.wait_for_writes(20, "before the CA change");
+    let before = pids(&env);
+    let (code, task) = env.run_action("tls-v4-probe/0", &["rotate-ca"]);
+    assert_eq!(code, 0, "{task}");
+    let ca2 = probe_ca();
+    assert_ne!(ca1, ca2);
+    let both = format!("{}\n{}\n", ca1.trim(), ca2.trim());
+    std::fs::write(old.path("ca.crt"), &both).unwrap();
+    until(
+        "every unit saying its certificate was revoked",
+        3 * MIN,
+        || {
+            let s = env.status();
+            env.units("etcd")
+                .iter()
+                .all(|u| unit_message(&s, u).contains("revoked this unit's certificate"))
+        },
+    );
+    // Revoked, not issued anew yet: the units serve on (nothing restarted, writes go on).
+    writer.wait_for_writes(20, "while the certificates are revoked");
+    assert_eq!(
+        pids(&env),
+        before,
+        "a member restarted on a revocation alone"
+    );
+    let (code, task) = env.run_action("tls-v4-probe/0", &["issue"]);
+    assert_eq!(code, 0, "{task}");
+    until("every unit on the provider's new CA", 6 * MIN, || {
+        // The client certificate from the new CA, as `db` clients get it, once issued.
+        let c = cat(&env, "etcd/0", "/etc/etcd/pki/client.crt");
+        if openssl_verifies(&ca2, &c) && !new.path("client.key").exists() {
+            creds(&new, &both);
+        }
+        all_on(&env, &ca2)
+    });
+    for (b, a) in before.iter().zip(&pids(&env)) {
+        assert_ne!(b, a, "a member never restarted to trust the new CA");
+    }
+    let check = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    creds(&check, &ca2);
+    let tally =
+        etcd::no_acknowledged_write_lost(&check, &etcd::endpoints(&env), writer, "v4 CA change");
+    println!(
+        "v4 CA change: {} writes acknowledged, longest time without an acknowledged write {:.1} s",
+        tally.acked,
+        tally.longest_gap.as_secs_f64()
+    );
+    etcd::members_agree(&env, &check, "after the v4 CA change");
+    assert!(
+        tally.longest_gap < Duration::from_secs(6),
+        "writes were refused for {:?}",
+        tally.longest_gap
+    );
+
+    // A refused request: the unit says why and keeps what it serves with.
+    let served = cat(&env, "etcd/1", "/etc/etcd/pki/server.crt");
+    let before = pids(&env);
+    env.ok(&["config", "tls-v4-probe", "refuse-ip-sans=true"]);
+    env.ok(&[
+        "config",
+        "etcd",
+        "certificate_extra_sans=etcd.example.internal,lb.etcd.internal",
+    ]);
+    until(
+        "the provider's refusal in the units' status",
+        3 * MIN,
+        || {
+            let s = env.status();
+            env.units("etcd").iter().all(|u| {
+                unit_message(&s, u).contains(
+                    "tls-v4-probe refused this unit's certificate request: IP_NOT_ALLOWED",
+                )
+            })
+        },
+    );
+    assert_eq!(cat(&env, "etcd/1", "/etc/etcd/pki/server.crt"), served);
+    // Answered: the new name is served, and no member restarted for it.
+    env.ok(&["config", "tls-v4-probe", "refuse-ip-sans=false"]);
+    until("the new extra SAN served by every unit", 3 * MIN, || {
+        env.units("etcd").iter().all(|u| {
+            names_dns(
+                &cat(&env, u, "/etc/etcd/pki/server.crt"),
+                "lb.etcd.internal",
+            )
+        })
+    });
+    etcd::wait_healthy_status(&env, 3, "after the new extra SANs");
+    assert_eq!(pids(&env), before, "a member restarted for new extra SANs");
 }
