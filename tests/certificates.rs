@@ -437,3 +437,51 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
     etcd::wait_healthy_status(&env, 3, "after the new extra SANs");
     assert_eq!(pids(&env), before, "a member restarted for new extra SANs");
 }
+
+/// Renewal with a v4 provider: certificates that live two minutes are renewed before they
+/// expire (a unit sends a new request over the same key once a third of the lifetime is
+/// left; the leader does so for the shared client certificate), and taken without a restart.
+#[test]
+fn v4_certificates_are_renewed_before_they_expire_without_a_restart() {
+    let env = Env::new("tls-v4-renew", &["update-status-hook-interval=10s"]);
+    let here = tempfile::tempdir().unwrap();
+    deploy_healthy(&env, 1, &etcd_tarball(here.path(), &etcd35(), "3.5.1"), &[]);
+    env.ok(&["deploy", "tls-v4-probe", "--config", "validity-minutes=2"]);
+    env.wait_units("tls-v4-probe", 1, "active", "CA 1", 2 * MIN);
+    let ca = cat(&env, "tls-v4-probe/0", "/var/lib/tls-v4-probe/ca.crt");
+    env.ok(&["integrate", "etcd", "tls-v4-probe"]);
+    until("the unit on the v4 provider's CA", 3 * MIN, || {
+        all_on(&env, &ca)
+    });
+    let pki = |f: &str| cat(&env, "etcd/0", &format!("/etc/etcd/pki/{f}"));
+    let (server, client, key) = (pki("server.crt"), pki("client.crt"), pki("server.key"));
+    let pid = etcd::etcd_pid(&env, "etcd/0");
+    until("both certificates renewed", 3 * MIN, || {
+        let (s, c) = (pki("server.crt"), pki("client.crt"));
+        s != server && c != client && openssl_verifies(&ca, &s) && openssl_verifies(&ca, &c)
+    });
+    assert_eq!(
+        pki("server.key"),
+        key,
+        "a renewal is a new request over the same key"
+    );
+    assert_eq!(
+        etcd::etcd_pid(&env, "etcd/0"),
+        pid,
+        "etcd restarted for a renewal"
+    );
+    let check = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    std::fs::write(check.path("ca.crt"), &ca).unwrap();
+    for f in ["client.crt", "client.key"] {
+        std::fs::write(check.path(f), pki(f)).unwrap();
+    }
+    let out = check.etcdctl(&etcd::endpoints(&env), true, &["put", "renewed", "yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    etcd::wait_healthy_status(&env, 1, "after the renewals");
+}
