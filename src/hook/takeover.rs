@@ -221,17 +221,17 @@ fn exchange(unit: &str, peers: &mut Peers, leader: bool) -> Result<Option<author
         return Ok(None);
     };
     let names = vec![address.clone(), "127.0.0.1".to_string()];
-    let mut st = LocalState::load()?;
-    let answer = authority::exchange(unit, &address, &names, &mut st, peers, leader)?;
-    st.save()?;
-    Ok(match answer {
-        Ok(Some(p)) if p.server.is_some() && p.client.is_some() => Some(p),
-        Ok(_) => None,
-        Err(msg) => {
-            juju::log("WARNING", &msg);
-            None
-        }
-    })
+    // No LocalState here: its file is what marks a machine as this charm's (untaken()).
+    Ok(
+        match authority::exchange(unit, &address, &names, None, peers, leader)? {
+            Ok(Some(p)) if p.server.is_some() && p.client.is_some() => Some(p),
+            Ok(_) => None,
+            Err(msg) => {
+                juju::log("WARNING", &msg);
+                None
+            }
+        },
+    )
 }
 
 /// The leader's turns: the next one granted once the unit of the last runs as this charm's

@@ -80,7 +80,7 @@ pub fn exchange(
     unit: &str,
     common_name: &str,
     names: &[String],
-    st: &mut crate::unit::LocalState,
+    st: Option<&mut crate::unit::LocalState>,
     peers: &mut crate::unit::peers::Peers,
     leader: bool,
 ) -> anyhow::Result<Result<Option<Provided>, String>> {
@@ -99,9 +99,14 @@ pub fn exchange(
     ]);
     let mine = juju::relation_get(&rel, unit, false)?;
     juju::relation_update(&rel, &mine, want)?;
+    let remotes = juju::relation_list(&rel)?;
+    // A classic unit being taken over (no state of this charm yet: `st` None) is related to
+    // easyrsa, the only CA the classic charm speaks to: no v4 request.
+    let Some(st) = st else {
+        return legacy_answer(&rel, remotes, &prefix, names);
+    };
     let csr = super::provider::server_csr(st, unit, &sans)?;
     super::provider::request(&rel, &mine, &csr)?;
-    let remotes = juju::relation_list(&rel)?;
     let Some(remote_app) = remotes.first().and_then(|u| u.split('/').next()) else {
         return Ok(Ok(None));
     };
@@ -115,9 +120,19 @@ pub fn exchange(
         }
         return super::provider::exchange(remote_app, &app_bag, &csr, &sans, peers);
     }
+    legacy_answer(&rel, remotes, &prefix, names)
+}
+
+/// The legacy answer: the first remote unit with a `ca`, checked (`read_answer`).
+fn legacy_answer(
+    rel: &str,
+    remotes: Vec<String>,
+    prefix: &str,
+    names: &[String],
+) -> anyhow::Result<Result<Option<Provided>, String>> {
     let mut answers = vec![];
     for remote in remotes {
-        let bag = juju::relation_get(&rel, &remote, false)?;
+        let bag = juju::relation_get(rel, &remote, false)?;
         if bag.peer(Key::Ca).is_some_and(|c| !c.is_empty()) {
             answers.push((remote, bag));
         }
@@ -127,7 +142,7 @@ pub fn exchange(
     };
     Ok(read_answer(
         &remote,
-        &prefix,
+        prefix,
         &bag,
         names,
         crate::unit::now() as i64,

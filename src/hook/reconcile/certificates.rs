@@ -20,7 +20,7 @@ impl<'a> Reconcile<'a> {
             &unit,
             &self.address,
             &names,
-            self.st,
+            Some(&mut *self.st),
             &mut self.peers,
             self.leader,
         )? {
