@@ -55,6 +55,9 @@ enum Cmd {
         #[arg(long)]
         endpoint: String,
     },
+    /// Answer one request for the charm's metrics on stdin/stdout (systemd's metrics socket
+    /// runs it per connection while related over `cos-agent`).
+    ServeMetrics,
     /// The built-in supervisor: runs etcd as a child, restarts it when it fails.
     Supervise {
         #[arg(long)]
@@ -70,6 +73,7 @@ fn main() {
     let result = match cli.cmd {
         Some(Cmd::Supervise { etcd, config }) => etcdkit::service::supervise(&etcd, &config),
         Some(Cmd::ScheduledSnapshot) => jobs::snapshots::run(),
+        Some(Cmd::ServeMetrics) => monitoring::cos::serve(),
         Some(Cmd::NagiosCheck { which }) => {
             let (code, line) = monitoring::nrpe::nagios_check(&which);
             println!("{line}");

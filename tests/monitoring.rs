@@ -3,11 +3,13 @@
 //! and scrapes every target over mTLS, as Prometheus would with that job; `grafana`
 //! (interface `grafana-dashboard`): a probe on the Grafana side imports the dashboard;
 //! `nrpe-external-master`: a subordinate probe installs NRPE beside each unit, as the nrpe
-//! charm does, and runs the checks through it as Nagios would.
+//! charm does, and runs the checks through it as Nagios would. And COS over `cos-agent`: the
+//! shipped alert rules checked and unit-tested with Debian's promtool, and a subordinate probe
+//! (cosl, Debian's Prometheus) that scrapes what each unit names and loads its rules.
 
 mod support;
 
-use support::etcd::{Creds, MIN};
+use support::etcd::{self, Creds, MIN};
 use support::*;
 
 /// Three healthy units of etcd 3.5.1 in a model of their own, and the probe charm `probe`
@@ -372,4 +374,151 @@ fn nrpe_runs_the_service_and_alarm_checks_beside_each_unit_and_leaves_nothing_be
             == "0"
     });
     env.wait_units("etcd", 1, "active", "Healthy with 1 known peers", MIN);
+}
+
+/// The topology the rules are rendered with on the host (the charm fills in its own).
+const TOPOLOGY: &str = r#"juju_model="m",juju_model_uuid="u",juju_application="etcd""#;
+
+/// The alert rules the charm ships (templates/cos/etcd-alerts.yaml: the upstream etcd mixin's
+/// and the charm's own), with a topology filled in, pass `promtool check rules`, and
+/// `promtool test rules` runs tests/cos/etcd-alerts.test.yaml over them: each of the charm's
+/// alerts fires on the series it is about, with its labels and text, and not before.
+#[test]
+fn the_shipped_alert_rules_pass_promtool_check_and_its_unit_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(repo_root().join("templates/cos/etcd-alerts.yaml"))
+        .unwrap()
+        .replace("%%juju_topology%%", TOPOLOGY);
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    std::fs::copy(
+        repo_root().join("tests/cos/etcd-alerts.test.yaml"),
+        dir.path().join("test.yaml"),
+    )
+    .unwrap();
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "test.yaml"],
+    ] {
+        let out = std::process::Command::new(fixtures().join("prometheus/promtool"))
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}: {said}");
+        assert!(said.contains("SUCCESS"), "{said}");
+    }
+}
+
+/// A PromQL query to the cos-probe's Prometheus on a unit's machine: the result vector.
+fn prom_query(env: &Env, unit: &str, query: &str) -> Vec<serde_json::Value> {
+    let q: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let out = env.exec(
+        unit,
+        &format!("curl -sS --max-time 5 'http://127.0.0.1:9090/api/v1/query?query={q}'"),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// What listens on the two metrics ports of a unit's machine.
+fn metrics_listeners(env: &Env, unit: &str) -> String {
+    env.exec_ok(unit, "ss -Hltn '( sport = :2381 or sport = :2382 )'")
+}
+
+/// COS over `cos-agent`: a subordinate on each unit's machine (the probe: cosl and Debian's
+/// Prometheus, as grafana-agent would) finds the two jobs the unit names on loopback, a real
+/// scrape reaches every member's etcd metrics and the charm's own, the 24 rules load in
+/// Prometheus and pass promtool there, the dashboard decompresses with cosl. etcd's metrics
+/// listener is on 127.0.0.1 only and serves no keys; the members restart for it one at a time
+/// and stay healthy; without the relation the listeners are gone.
+#[test]
+fn cos_agent_is_scraped_on_loopback_with_the_charms_rules_and_dashboard() {
+    let (_work, env) = etcd_with_probe(
+        "cos",
+        "cos-probe",
+        ["cos-probe:cos-agent", "etcd:cos-agent"],
+    );
+    let said = "scraping 2 jobs, 2 rule groups, 1 dashboards, promtool ok";
+    env.wait("a probe beside each unit scraping", 3 * MIN, |s| {
+        (0..3).all(|i| unit_message(s, &format!("cos-probe/{i}")) == said)
+    });
+    etcd::wait_healthy_status(&env, 3, "after the metrics listener was opened");
+    let report = env.exec_ok("cos-probe/0", "cat /var/lib/cos-probe/report.json");
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report["dashboards"][0], "etcd (etcd charm)", "{report}");
+    let targets = serde_json::json!(["localhost:2381", "localhost:2382"]);
+    assert_eq!(report["targets"], targets, "{report}");
+    for u in env.units("etcd") {
+        until(&format!("{u}: both jobs scraped"), 2 * MIN, || {
+            let up = prom_query(&env, &u, "up");
+            up.len() == 2 && up.iter().all(|s| s["value"][1] == "1")
+        });
+        let leader = prom_query(&env, &u, "etcd_server_has_leader");
+        assert_eq!(leader.len(), 1, "{u}: {leader:?}");
+        assert_eq!(leader[0]["metric"]["juju_unit"], u.as_str());
+        let q = r#"etcd_charm_certificate_expiry_timestamp_seconds{file="server.crt"} - time()"#;
+        let expiry = prom_query(&env, &u, q);
+        let left: f64 = expiry[0]["value"][1].as_str().unwrap().parse().unwrap();
+        assert!(left > 86400.0 * 30.0, "{u}: server.crt expires in {left} s");
+        let errors = prom_query(&env, &u, "etcd_charm_read_errors");
+        assert_eq!(errors[0]["value"][1], "0", "{u}");
+        let rules = env.exec_ok(
+            &u,
+            "curl -sS --max-time 5 http://127.0.0.1:9090/api/v1/rules",
+        );
+        let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+        let n: usize = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["rules"].as_array().unwrap().len())
+            .sum();
+        assert_eq!(n, 24, "{u}: rules loaded in Prometheus");
+        // Loopback only, and no key read on the metrics listener.
+        let listening = metrics_listeners(&env, &u);
+        for l in listening.lines() {
+            assert!(
+                l.contains("127.0.0.1:238"),
+                "{u} listens beyond loopback: {l}"
+            );
+        }
+        assert_eq!(listening.lines().count(), 2, "{u}: {listening}");
+        let kv = env.exec_ok(
+            &u,
+            r#"curl -s -o /dev/null -w '%{http_code}' -X POST -d '{"key":"Lw=="}' http://127.0.0.1:2381/v3/kv/range"#,
+        );
+        assert_eq!(
+            kv.trim(),
+            "404",
+            "{u}: the metrics listener answered a key read"
+        );
+    }
+    let other = env.address("etcd/1");
+    let r = env.exec(
+        "etcd/0",
+        &format!("curl -s --max-time 3 http://{other}:2381/metrics"),
+    );
+    assert_ne!(
+        r.code, 0,
+        "etcd/1's metrics listener answered from another machine"
+    );
+    // Without the relation: the listeners are gone, the members healthy.
+    env.ok(&["remove-relation", "etcd:cos-agent", "cos-probe:cos-agent"]);
+    until("the metrics listeners closed", 4 * MIN, || {
+        env.units("etcd")
+            .iter()
+            .all(|u| metrics_listeners(&env, u).trim().is_empty())
+    });
+    etcd::wait_healthy_status(&env, 3, "after the metrics listener was closed");
 }

@@ -86,6 +86,18 @@ if [ ! -x "$FIXTURES/weed/weed" ]; then
   chmod 755 "$FIXTURES/weed/weed"
   rm -rf "$tmp"
 fi
+# Debian's Prometheus (this release's package, unpacked, never installed: installing starts a
+# server on the host): `promtool` checks and unit-tests the charm's alert rules on the host,
+# and the cos-probe charm runs `prometheus` inside the test machines.
+if [ ! -x "$FIXTURES/prometheus/promtool" ] || [ ! -x "$FIXTURES/prometheus/prometheus" ]; then
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"
+  (cd "$tmp" && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; })
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  mkdir -p "$FIXTURES/prometheus"
+  cp "$tmp/x/usr/bin/prometheus" "$tmp/x/usr/bin/promtool" "$FIXTURES/prometheus/"
+  rm -rf "$tmp"
+fi
 for cmd in age:age s3cmd:s3cmd; do
   command -v "${cmd%%:*}" >/dev/null 2>&1 || { apt-get install -y -qq "${cmd#*:}" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "${cmd#*:}" >/dev/null; }; }
 done
@@ -211,6 +223,8 @@ fi
 # tls-v4 probe charm
 "$FIXTURES/venv/bin/python" -c "import charmlibs.interfaces.tls_certificates" 2>/dev/null \
   || "$FIXTURES/venv/bin/pip" install -q "charmlibs-interfaces-tls-certificates==1.12.0"
+# cosl (the COS library the cos_agent charm library is built on), for the cos-probe charm
+"$FIXTURES/venv/bin/python" -c "import cosl" 2>/dev/null || "$FIXTURES/venv/bin/pip" install -q "cosl==1.11.3"
 # charmcraft (the PyPI package) in a venv of its own, to validate both charms' project files
 # and lint their archives (tests/packing.rs); packing itself needs LXD and does not run here.
 if [ ! -x "$FIXTURES/charmcraft/bin/charmcraft" ]; then

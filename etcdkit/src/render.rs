@@ -21,6 +21,9 @@ pub struct Settings {
     /// serve the v2 API (3.4 and 3.5 only)
     pub enable_v2: bool,
     pub tls_cipher_suites: Vec<String>,
+    /// a plain-http listener on 127.0.0.1 serving /metrics and /health only, for a metrics
+    /// agent on the same machine (`listen-metrics-urls`); None: none
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for Settings {
@@ -39,6 +42,7 @@ impl Default for Settings {
             bind_with_insecure_http: false,
             enable_v2: false,
             tls_cipher_suites: vec![],
+            metrics_port: None,
         }
     }
 }
@@ -90,6 +94,8 @@ struct File {
     listen_peer_urls: String,
     listen_client_urls: String,
     advertise_client_urls: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen_metrics_urls: Option<String>,
     heartbeat_interval: u32,
     election_timeout: u32,
     snapshot_count: u64,
@@ -180,6 +186,7 @@ pub fn etcd_config(m: &Member, c: &Settings) -> String {
         listen_peer_urls: format!("https://{listen_ip}:{}", c.management_port),
         listen_client_urls: client_listen(&listen_ip, c),
         advertise_client_urls: format!("https://{}:{}", m.address, c.port),
+        listen_metrics_urls: c.metrics_port.map(|p| format!("http://127.0.0.1:{p}")),
         heartbeat_interval: c.heartbeat_interval,
         election_timeout: c.election_timeout,
         snapshot_count: c.snapshot_count,

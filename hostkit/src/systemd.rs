@@ -120,6 +120,74 @@ pub fn remove(unit: &str) -> Result<(), String> {
     ctl(&["daemon-reload"])
 }
 
+/// A socket-activated service, inetd-style (`Accept=yes`): systemd listens on `listen` and
+/// runs `exec` once per connection with the connection as its stdin and stdout. Nothing
+/// runs between requests.
+pub struct Listener<'a> {
+    /// the unit name without suffix: `<unit>.socket` and the template `<unit>@.service`
+    pub unit: &'a str,
+    pub description: &'a str,
+    /// `ListenStream=` (e.g. `127.0.0.1:2382`)
+    pub listen: String,
+    /// the command for each connection (no secrets: unit files are world-readable)
+    pub exec: String,
+}
+
+/// The listener's socket unit. Pure.
+pub fn socket_unit(l: &Listener) -> String {
+    format!(
+        "[Unit]\nDescription={} (etcd charm)\n\n[Socket]\nListenStream={}\nAccept=yes\n\
+         MaxConnections=8\n\n[Install]\nWantedBy=sockets.target\n",
+        l.description, l.listen
+    )
+}
+
+/// The service each connection runs: short-lived, no new privileges. Pure.
+pub fn connection_unit(l: &Listener) -> String {
+    format!(
+        "[Unit]\nDescription={} connection (etcd charm)\n\n[Service]\nExecStart={}\n\
+         StandardInput=socket\nStandardOutput=socket\nStandardError=journal\n\
+         NoNewPrivileges=yes\nRuntimeMaxSec=10\n",
+        l.description, l.exec
+    )
+}
+
+/// The listener's socket is installed, enabled and listening (restarted when its files
+/// changed).
+pub fn ensure_listener(l: &Listener) -> Result<(), String> {
+    let unit = l.unit;
+    let mut changed = false;
+    for (file, body) in [
+        (format!("{SYSTEMD_DIR}/{unit}.socket"), socket_unit(l)),
+        (format!("{SYSTEMD_DIR}/{unit}@.service"), connection_unit(l)),
+    ] {
+        changed |= crate::fs::update_file(Path::new(&file), &body, 0o644)
+            .map_err(|e| format!("writing {e}"))?;
+    }
+    let socket = format!("{unit}.socket");
+    if changed {
+        ctl(&["daemon-reload"])?;
+        ctl(&["enable", &socket])?;
+        ctl(&["restart", &socket])?;
+    } else if ctl(&["is-active", "--quiet", &socket]).is_err() {
+        ctl(&["enable", "--now", &socket])?;
+    }
+    Ok(())
+}
+
+/// The listener is gone (nothing to do when it is not installed).
+pub fn remove_listener(unit: &str) -> Result<(), String> {
+    let socket = format!("{SYSTEMD_DIR}/{unit}.socket");
+    if !Path::new(&socket).exists() {
+        return Ok(());
+    }
+    ctl(&["disable", "--now", &format!("{unit}.socket")])?;
+    for f in [socket, format!("{SYSTEMD_DIR}/{unit}@.service")] {
+        crate::fs::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
+    }
+    ctl(&["daemon-reload"])
+}
+
 /// `systemctl ARGS`, its failure as the message the timer functions' callers report.
 fn ctl(args: &[&str]) -> Result<(), String> {
     systemctl(args).map_err(|e| e.to_string())
@@ -143,6 +211,24 @@ mod tests {
         std::fs::write(&service, super::service_unit(&job)).unwrap();
         std::fs::write(&timer, super::timer_unit(&job)).unwrap();
         let complaints = super::verify(&[&service, &timer]).unwrap();
+        assert!(complaints.is_empty(), "{complaints:?}");
+    }
+
+    /// The same for a socket-activated listener and its per-connection template.
+    #[test]
+    fn systemd_reads_the_listeners_units_without_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let l = super::Listener {
+            unit: "etcd-charm-test-listener",
+            description: "a test listener",
+            listen: "127.0.0.1:2382".into(),
+            exec: "/bin/cat".into(),
+        };
+        let socket = d.path().join("etcd-charm-test-listener.socket");
+        let service = d.path().join("etcd-charm-test-listener@.service");
+        std::fs::write(&socket, super::socket_unit(&l)).unwrap();
+        std::fs::write(&service, super::connection_unit(&l)).unwrap();
+        let complaints = super::verify(&[&socket, &service]).unwrap();
         assert!(complaints.is_empty(), "{complaints:?}");
     }
 

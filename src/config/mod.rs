@@ -3,11 +3,13 @@
 
 pub mod duration;
 pub mod nagios;
+mod ports;
 pub mod sans;
 pub mod schedule;
 pub mod threshold;
 
 use duration::parse_lifetime;
+use ports::{cos_port, ports};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -53,6 +55,9 @@ pub struct Config {
     pub tls_certificate_lifetime: time::Duration,
     /// names a provider's certificates carry besides the unit's addresses (`{unit}` unfilled)
     pub certificate_extra_sans: Vec<String>,
+    /// etcd's loopback metrics listener while related over `cos-agent` (the charm's own
+    /// metrics on the next port)
+    pub cos_metrics_port: u16,
     /// snapd's refresh.timer: "max" (monthly, each unit in its own hour) or a timer
     pub snapd_refresh: String,
     /// where a version upgrade stops for the operator: "none", "first" (after the first
@@ -94,6 +99,7 @@ impl Config {
             bind_with_insecure_http: self.bind_with_insecure_http,
             enable_v2: self.enable_v2,
             tls_cipher_suites: self.tls_cipher_suites.clone(),
+            metrics_port: None,
         }
     }
 }
@@ -158,6 +164,7 @@ pub struct RawConfig {
     pub archive_sha256: Option<Value>,
     pub tls_certificate_lifetime: Option<Value>,
     pub certificate_extra_sans: Option<Value>,
+    pub cos_metrics_port: Option<Value>,
     pub nagios_context: Option<Value>,
     pub nagios_servicegroups: Option<Value>,
 }
@@ -208,12 +215,13 @@ impl Config {
     pub fn parse(map: &BTreeMap<String, Value>) -> Result<Config, String> {
         let raw = RawConfig::from_map(map)?;
         let c = &raw;
-        let (port, mport) = ports(c)?;
+        let (port, mport) = ports(
+            get_int(&c.port, "port", 2379)?,
+            get_int(&c.management_port, "management_port", 2380)?,
+            get_bool(&c.bind_with_insecure_http),
+        )?;
         let (hb, et, snapshot_count) = timings(c)?;
-        let channel = get_str_or(&c.channel, "auto");
-        if !valid_channel(&channel) {
-            return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
-        }
+        let channel = snap_channel(c)?;
         let ciphers = ciphers(c)?;
         let quota = get_int(&c.quota_backend_bytes, "quota_backend_bytes", 0)?;
         if !(0..=8 * 1024 * 1024 * 1024).contains(&quota) {
@@ -260,6 +268,11 @@ impl Config {
             snapd_refresh,
             tls_certificate_lifetime,
             certificate_extra_sans: sans::parse(&get_str(&c.certificate_extra_sans))?,
+            cos_metrics_port: cos_port(
+                get_int(&c.cos_metrics_port, "cos_metrics_port", 2381)?,
+                port,
+                mport,
+            )?,
             port: port as u16,
             management_port: mport as u16,
             channel,
@@ -280,32 +293,6 @@ impl Config {
 }
 
 type Options = RawConfig;
-
-/// `port` and `management_port`: in range, different, clear of the plain-http listener.
-fn ports(c: &Options) -> Result<(i64, i64), String> {
-    let port = get_int(&c.port, "port", 2379)?;
-    let mport = get_int(&c.management_port, "management_port", 2380)?;
-    for (name, p) in [("port", port), ("management_port", mport)] {
-        if !(1..=65535).contains(&p) {
-            return Err(format!(
-                "invalid config: {name} {p} is out of range 1-65535"
-            ));
-        }
-    }
-    if port == mport {
-        return Err(format!(
-            "invalid config: port and management_port are both {port}; choose two different ports"
-        ));
-    }
-    if get_bool(&c.bind_with_insecure_http) {
-        for (name, p) in [("port", port), ("management_port", mport)] {
-            if p == 4001 {
-                return Err(format!("invalid config: {name} 4001 is taken by bind_with_insecure_http (its plain-http listener); choose another port"));
-            }
-        }
-    }
-    Ok((port, mport))
-}
 
 /// `heartbeat_interval`, `election_timeout` (etcd's tuning rules) and `snapshot_count`.
 fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
@@ -334,6 +321,15 @@ fn timings(c: &Options) -> Result<(i64, i64, i64), String> {
         ));
     }
     Ok((hb, et, snapshot_count))
+}
+
+/// `channel`: `auto` or a snap channel.
+fn snap_channel(c: &Options) -> Result<String, String> {
+    let channel = get_str_or(&c.channel, "auto");
+    if !valid_channel(&channel) {
+        return Err(format!("invalid config: channel {channel:?} is not a snap channel (use auto, 3.5/stable, latest/edge, ...)"));
+    }
+    Ok(channel)
 }
 
 /// `tls_cipher_suites`: Go's names, comma-separated.

@@ -179,6 +179,13 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if let Some(e) = &st.nrpe_error {
         board.report(Level::Blocked, format!("nrpe-external-master: {e}"));
     }
+    if crate::monitoring::cos::concerns(ctx.hook.as_ref()) {
+        cos_agent(ctx, &mut st);
+        st.save()?;
+    }
+    if let Some(e) = &st.cos_error {
+        board.report(Level::Blocked, format!("cos-agent: {e}"));
+    }
     mark("end");
     log_slow_hook(ctx.hook_name());
     let (status, msg) = board.winner();
@@ -196,6 +203,25 @@ fn release_volume() -> Result<()> {
         configured.is_some_and(|d| std::path::Path::new(&d).starts_with(etcdkit::VOLUME_MOUNT));
     let runs = on_volume && crate::ops::standdown::service().running()?;
     crate::unit::volume::release(runs)
+}
+
+/// This unit's side of `cos-agent` follows the relation (`monitoring::cos`); what went wrong
+/// is kept for the status until a later try succeeds. A bad configuration is the
+/// reconcile's to report.
+fn cos_agent(ctx: &Context, st: &mut LocalState) {
+    let result = (|| -> Result<()> {
+        let Ok(cfg) = Config::parse(&juju::config()?) else {
+            return Ok(());
+        };
+        crate::monitoring::cos::reconcile(&ctx.unit, ctx.hook.as_ref(), &cfg)
+    })();
+    st.cos_error = match result {
+        Ok(()) => None,
+        Err(e) => {
+            juju::log("ERROR", &format!("cos-agent: {e:#}"));
+            Some(format!("{e:#}"))
+        }
+    };
 }
 
 /// The Nagios checks follow the relation (`nrpe`); what went wrong is kept for the status

@@ -223,7 +223,7 @@ fn exchange(unit: &str, peers: &mut Peers, leader: bool) -> Result<Option<author
     let names = vec![address.clone(), "127.0.0.1".to_string()];
     // No LocalState here: its file is what marks a machine as this charm's (untaken()).
     Ok(
-        match authority::exchange(unit, &address, &names, None, peers, leader)? {
+        match crate::pki::exchange::exchange(unit, &address, &names, None, peers, leader)? {
             Ok(Some(p)) if p.server.is_some() && p.client.is_some() => Some(p),
             Ok(_) => None,
             Err(msg) => {

@@ -86,6 +86,11 @@ pub fn load_record() -> Result<Record> {
     Ok(read_json(RECORD)?.unwrap_or_default())
 }
 
+/// The timer's plan, when this unit takes scheduled snapshots.
+pub fn load_plan() -> Result<Option<Plan>> {
+    read_json(PLAN)
+}
+
 /// The period of `schedule` in seconds; a calendar expression is checked by systemd
 /// (`systemd-analyze calendar`), which also says when it elapses next.
 pub fn period(schedule: &Schedule) -> Result<u64, String> {

@@ -1,1 +1,2 @@
+pub mod cos;
 pub mod nrpe;

@@ -11,6 +11,19 @@ use etcdkit::client::{Client, Member};
 /// database files are fragmented past the threshold, one at a time, the raft leader last,
 /// each behind the health and alarm gate (`one_at_a_time`); never while a roll is under way.
 /// What it finds and does goes to `log` (level, line), before and after sizes included.
+/// What one automatic pass came to (the charm's metrics keep it: `monitoring::cos`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// no member is past the threshold
+    Clean,
+    /// members are past it and wait (a roll under way)
+    Waiting,
+    /// every member past it was defragmented
+    Done,
+    /// a member could not be asked or defragmented
+    Failed,
+}
+
 pub fn automatic(
     th: &Threshold,
     rolling: bool,
@@ -19,7 +32,7 @@ pub fn automatic(
     members: &[Member],
     raft_leader: Option<u64>,
     log: &mut dyn FnMut(&str, &str),
-) {
+) -> Outcome {
     let mut over = vec![];
     for m in members.iter().filter(|m| m.is_voter()) {
         let Some(url) = m.client_url() else { continue };
@@ -42,28 +55,32 @@ pub fn automatic(
                     "WARNING",
                     &format!("defragmentation: member {}: {e}", m.name),
                 );
-                return;
+                return Outcome::Failed;
             }
         }
     }
     if over.is_empty() {
-        return;
+        return Outcome::Clean;
     }
     if rolling {
         log("INFO", "defragmentation waits: a roll is under way");
-        return;
+        return Outcome::Waiting;
     }
     let slow = match crate::pki::tls_client_waiting(std::time::Duration::from_secs(300)) {
         Ok(c) => c,
         Err(e) => {
             log("WARNING", &format!("defragmentation: {e:#}"));
-            return;
+            return Outcome::Failed;
         }
     };
     let targets = order(over, raft_leader.unwrap_or(0));
     let (_, stopped) = one_at_a_time(&slow, ep, &targets, &mut |l| log("INFO", l));
-    if let Some(why) = stopped {
-        log("WARNING", &why);
+    match stopped {
+        Some(why) => {
+            log("WARNING", &why);
+            Outcome::Failed
+        }
+        None => Outcome::Done,
     }
 }
 

@@ -71,7 +71,9 @@ pub(crate) fn render_for(
             .ok_or_else(|| anyhow!("etcd is not installed"))?
             .version()?,
     };
-    Ok(etcdkit::render::etcd_config(&m, &cfg.etcd_settings()))
+    // In an action: no hook leaves the cos-agent relation here.
+    let settings = crate::monitoring::cos::etcd_settings(cfg, None)?;
+    Ok(etcdkit::render::etcd_config(&m, &settings))
 }
 
 pub(crate) fn publish_epoch(

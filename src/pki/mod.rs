@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod certs;
+pub mod exchange;
 pub mod provider;
 
 use anyhow::Context as _;

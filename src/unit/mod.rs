@@ -68,6 +68,9 @@ pub struct LocalState {
     /// why the NRPE checks could not be set up (or removed) the last time it was tried
     #[serde(default)]
     pub nrpe_error: Option<String>,
+    /// why this unit's side of `cos-agent` could not be put in place, until a later try does
+    #[serde(default)]
+    pub cos_error: Option<String>,
     /// the etcd version the running process was started from
     #[serde(default)]
     pub running_version: Option<String>,

@@ -16,7 +16,7 @@ impl<'a> Reconcile<'a> {
         let sans = crate::config::sans::for_unit(&self.cfg.certificate_extra_sans, &unit);
         let names: Vec<String> = self.names.iter().cloned().chain(sans).collect();
         let mut refused = false;
-        self.provided = match authority::exchange(
+        self.provided = match crate::pki::exchange::exchange(
             &unit,
             &self.address,
             &names,

@@ -108,7 +108,8 @@ impl<'a> Reconcile<'a> {
                 ),
             );
         }
-        let rendered = render::etcd_config(&member, &cfg.etcd_settings());
+        let settings = crate::monitoring::cos::etcd_settings(cfg, self.ctx.hook.as_ref())?;
+        let rendered = render::etcd_config(&member, &settings);
         // A config that failed its turn here and was rolled back is held, not tried again,
         // until the charm's config renders another one.
         let held = config_held(&rendered)?;

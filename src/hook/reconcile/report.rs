@@ -122,7 +122,7 @@ impl<'a> Reconcile<'a> {
             let rolling = rolling
                 || self.peers.app_get(Key::RestartGrant).is_some()
                 || self.peers.app_get(Key::UpgradeTurn).is_some();
-            crate::ops::defrag::automatic(
+            let outcome = crate::ops::defrag::automatic(
                 th,
                 rolling,
                 r.client,
@@ -131,6 +131,14 @@ impl<'a> Reconcile<'a> {
                 raft_leader,
                 &mut |l, m| juju::log(l, m),
             );
+            // The record only feeds the charm's metrics: failing to keep it is logged, and
+            // the defragmentation itself stands.
+            if let Err(e) = crate::monitoring::cos::record_defrag(outcome) {
+                juju::log(
+                    "WARNING",
+                    &format!("keeping the defragmentation record: {e:#}"),
+                );
+            }
         }
     }
 
