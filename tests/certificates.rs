@@ -402,6 +402,20 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
         tally.longest_gap
     );
 
+    // The provider's answers gone for a while: nothing moves (no move back to the built-in
+    // CA, no restart), and the answers back change nothing either.
+    let before = pids(&env);
+    let (code, task) = env.run_action("tls-v4-probe/0", &["forget"]);
+    assert_eq!(code, 0, "{task}");
+    env.settle("3m");
+    assert!(all_on(&env, &ca2), "the cluster left the provider's CA when it fell silent");
+    assert_eq!(pids(&env), before, "a member restarted when the provider fell silent");
+    let (code, task) = env.run_action("tls-v4-probe/0", &["issue"]);
+    assert_eq!(code, 0, "{task}");
+    env.settle("3m");
+    assert!(all_on(&env, &ca2));
+    assert_eq!(pids(&env), before, "a member restarted for certificates of the same CA");
+
     // A refused request: the unit says why and keeps what it serves with.
     let served = cat(&env, "etcd/1", "/etc/etcd/pki/server.crt");
     let before = pids(&env);

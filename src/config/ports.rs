@@ -62,7 +62,10 @@ mod tests {
             (65535, "out of range"),
         ] {
             let e = cos_port(p, 2379, 2380).unwrap_err();
-            assert!(e.contains("cos_metrics_port") && e.contains(says), "{p}: {e}");
+            assert!(
+                e.contains("cos_metrics_port") && e.contains(says),
+                "{p}: {e}"
+            );
         }
     }
 }

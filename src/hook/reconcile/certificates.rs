@@ -38,9 +38,18 @@ impl<'a> Reconcile<'a> {
         };
         // A provider that refused this unit's request (or answered what cannot be used) is
         // still the CA the relation names: the leader moves no CA on such an answer (least
-        // of all back to the built-in one, which the provider's clients do not trust).
+        // of all back to the built-in one, which the provider's clients do not trust). Nor
+        // on silence while the cluster is on the provider's CA (a provider whose answers
+        // are gone for a while, a departing provider unit): only the relation's end moves
+        // the cluster back to the built-in CA.
+        let silent = self.provided.is_none() && self.on_provider_ca() && authority::related()? && {
+            let ending = |h: &crate::juju::Hook| {
+                h.is_relation(authority::ENDPOINT, crate::juju::RelationEvent::Broken)
+            };
+            !self.ctx.hook_is(ending)
+        };
         if self.leader {
-            self.leader_pki(&unit, refused)?;
+            self.leader_pki(&unit, refused || silent)?;
         }
         mark("leader-pki");
         // Related to a CA that has not answered yet, before anything runs: wait for it
@@ -103,6 +112,14 @@ impl<'a> Reconcile<'a> {
         };
         crate::pki::certs::renew_client(&mut self.peers, self.cfg.tls_certificate_lifetime, why)?;
         Ok(())
+    }
+
+    /// Whether the client port's certificates come from a CA other than the built-in one.
+    fn on_provider_ca(&self) -> bool {
+        let internal = self.peers.app_get(Key::Ca);
+        self.peers
+            .app_get(Key::IssuerCa)
+            .is_some_and(|i| internal.is_some_and(|c| c != i))
     }
 
     /// What the leader's CA moves wait for: the CA of the certificates this unit serves

@@ -24,6 +24,7 @@ class TlsV4Probe(ops.CharmBase):
             framework.observe(e, self._configure)
         framework.observe(self.on.rotate_ca_action, self._rotate)
         framework.observe(self.on.issue_action, self._issue_action)
+        framework.observe(self.on.forget_action, self._forget)
 
     def _generation(self):
         p = STATE / "generation"
@@ -104,6 +105,12 @@ class TlsV4Probe(ops.CharmBase):
         self._new_ca()
         HOLD.touch()
         event.set_results({"generation": self._generation()})
+
+    def _forget(self, event):
+        HOLD.touch()
+        for rel in self.model.relations["certificates"]:
+            rel.data[self.app].pop("certificates", None)
+        event.set_results({"forgotten": True})
 
     def _issue_action(self, event):
         HOLD.unlink(missing_ok=True)
