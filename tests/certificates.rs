@@ -402,19 +402,58 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
         tally.longest_gap
     );
 
+    // A classic `db` client is handed the provider's CA and the shared client certificate
+    // it issued, and they work.
+    env.ok(&["deploy", "etcd-client", "client"]);
+    env.ok(&["integrate", "etcd:db", "client:db"]);
+    env.wait("the db client's credentials", 3 * MIN, |_| {
+        env.exec("client/0", "test -s /var/lib/etcd-client/client.key")
+            .code
+            == 0
+    });
+    let db = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        let body = cat(&env, "client/0", &format!("/var/lib/etcd-client/{f}"));
+        std::fs::write(db.path(f), body).unwrap();
+    }
+    let db_cert = std::fs::read_to_string(db.path("client.crt")).unwrap();
+    assert!(
+        openssl_verifies(&ca2, &db_cert),
+        "the db client's certificate is not the provider's"
+    );
+    let out = db.etcdctl(&etcd::endpoints(&env), true, &["put", "/db/v4", "ok"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The provider's answers gone for a while: nothing moves (no move back to the built-in
     // CA, no restart), and the answers back change nothing either.
     let before = pids(&env);
     let (code, task) = env.run_action("tls-v4-probe/0", &["forget"]);
     assert_eq!(code, 0, "{task}");
     env.settle("3m");
-    assert!(all_on(&env, &ca2), "the cluster left the provider's CA when it fell silent");
-    assert_eq!(pids(&env), before, "a member restarted when the provider fell silent");
+    assert!(
+        all_on(&env, &ca2),
+        "the cluster left the provider's CA when it fell silent"
+    );
+    assert_eq!(
+        pids(&env),
+        before,
+        "a member restarted when the provider fell silent"
+    );
     let (code, task) = env.run_action("tls-v4-probe/0", &["issue"]);
     assert_eq!(code, 0, "{task}");
     env.settle("3m");
     assert!(all_on(&env, &ca2));
-    assert_eq!(pids(&env), before, "a member restarted for certificates of the same CA");
+    assert_eq!(
+        pids(&env),
+        before,
+        "a member restarted for certificates of the same CA"
+    );
 
     // A refused request: the unit says why and keeps what it serves with.
     let served = cat(&env, "etcd/1", "/etc/etcd/pki/server.crt");
