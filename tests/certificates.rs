@@ -51,11 +51,16 @@ fn creds_with(env: &Env, unit: &str, dir: &str, ca: &str) -> Creds {
     let creds = Creds {
         dir: tempfile::tempdir().unwrap(),
     };
+    fill_creds(env, &creds, unit, dir, ca);
+    creds
+}
+
+/// Writes (again) into `creds` the CA bundle given and a client pair read from a unit.
+fn fill_creds(env: &Env, creds: &Creds, unit: &str, dir: &str, ca: &str) {
     std::fs::write(creds.path("ca.crt"), ca).unwrap();
     for f in ["client.crt", "client.key"] {
         std::fs::write(creds.path(f), cat(env, unit, &format!("{dir}/{f}"))).unwrap();
     }
-    creds
 }
 
 /// Every etcd unit serves with a certificate from `ca` and trusts `ca` alone on the client
@@ -177,22 +182,13 @@ fn the_ca_moves_to_easyrsa_and_back_while_a_writer_keeps_writing() {
         "/ca-move/",
     );
     writer.wait_for_writes(20, "before the move");
-    let pids: Vec<String> = env
-        .units("etcd")
-        .iter()
-        .map(|u| etcd::etcd_pid(&env, u))
-        .collect();
+    let pids = pids(&env);
 
     env.ok(&["integrate", "etcd", "easyrsa"]);
     until("every unit on easyrsa's CA", 5 * MIN, || {
         all_on(&env, &easyrsa)
     });
-    let after: Vec<String> = env
-        .units("etcd")
-        .iter()
-        .map(|u| etcd::etcd_pid(&env, u))
-        .collect();
-    for (b, a) in pids.iter().zip(&after) {
+    for (b, a) in pids.iter().zip(&self::pids(&env)) {
         assert_ne!(b, a, "a member never restarted to trust the new CA");
     }
     writer.wait_for_writes(20, "after the move to easyrsa");
@@ -211,16 +207,7 @@ fn the_ca_moves_to_easyrsa_and_back_while_a_writer_keeps_writing() {
         all_on(&env, &built_in)
     });
     writer.wait_for_writes(20, "after the move back");
-    let check = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    for f in ["ca.crt", "client.crt", "client.key"] {
-        std::fs::write(
-            check.path(f),
-            cat(&env, "etcd/0", &format!("/etc/etcd/pki/{f}")),
-        )
-        .unwrap();
-    }
+    let check = creds_with(&env, "etcd/0", "/etc/etcd/pki", &built_in);
     let tally =
         etcd::no_acknowledged_write_lost(&check, &etcd::endpoints(&env), writer, "CA moves");
     let gap = tally.longest_gap;
@@ -326,20 +313,11 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
     assert_no_key_material_in_logs(&env);
 
     // The provider's CA changes under a writer.
-    let creds = |dir: &Creds, ca: &str| {
-        std::fs::write(dir.path("ca.crt"), ca).unwrap();
-        for f in ["client.crt", "client.key"] {
-            let text = cat(&env, "etcd/0", &format!("/etc/etcd/pki/{f}"));
-            std::fs::write(dir.path(f), text).unwrap();
-        }
-    };
-    let old = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let pki = "/etc/etcd/pki";
+    let old = creds_with(&env, "etcd/0", pki, &ca1);
     let new = Creds {
         dir: tempfile::tempdir().unwrap(),
     };
-    creds(&old, &ca1);
     let eps = Arc::new(Mutex::new(etcd::endpoints(&env)));
     let writer = Writer::start_any(
         vec![old.dir.path().to_path_buf(), new.dir.path().to_path_buf()],
@@ -377,17 +355,14 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
         // The client certificate from the new CA, as `db` clients get it, once issued.
         let c = cat(&env, "etcd/0", "/etc/etcd/pki/client.crt");
         if openssl_verifies(&ca2, &c) && !new.path("client.key").exists() {
-            creds(&new, &both);
+            fill_creds(&env, &new, "etcd/0", pki, &both);
         }
         all_on(&env, &ca2)
     });
     for (b, a) in before.iter().zip(&pids(&env)) {
         assert_ne!(b, a, "a member never restarted to trust the new CA");
     }
-    let check = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    creds(&check, &ca2);
+    let check = creds_with(&env, "etcd/0", pki, &ca2);
     let tally =
         etcd::no_acknowledged_write_lost(&check, &etcd::endpoints(&env), writer, "v4 CA change");
     println!(
@@ -523,13 +498,7 @@ fn v4_certificates_are_renewed_before_they_expire_without_a_restart() {
         pid,
         "etcd restarted for a renewal"
     );
-    let check = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    std::fs::write(check.path("ca.crt"), &ca).unwrap();
-    for f in ["client.crt", "client.key"] {
-        std::fs::write(check.path(f), pki(f)).unwrap();
-    }
+    let check = creds_with(&env, "etcd/0", "/etc/etcd/pki", &ca);
     let out = check.etcdctl(&etcd::endpoints(&env), true, &["put", "renewed", "yes"]);
     assert!(
         out.status.success(),

@@ -98,6 +98,16 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A text file's contents: missing is `None`; any other failure to read is an error naming
+/// the file (never "absent").
+pub fn read_if_present(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
 /// Reads one of the charm's own JSON files: missing is `None`; unreadable or corrupt is an
 /// error that names the file and says what to do (never a silent default).
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<Option<T>> {

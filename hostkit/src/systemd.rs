@@ -41,26 +41,48 @@ pub struct Job<'a> {
 /// The job's timer is installed, enabled and running; a timer whose files changed is
 /// restarted, which starts an interval again from now.
 pub fn ensure(job: &Job) -> Result<(), String> {
-    let service = service_unit(job);
-    let timer = timer_unit(job);
     let unit = job.unit;
+    let service = (format!("{unit}.service"), service_unit(job));
+    activated(&format!("{unit}.timer"), timer_unit(job), service)
+}
+
+/// One unit that activates another (a timer, a socket) is installed with the one it
+/// activates, enabled and active; restarted when either file changed.
+fn activated(
+    activator: &str,
+    activator_body: String,
+    (activated, activated_body): (String, String),
+) -> Result<(), String> {
     let mut changed = false;
     for (file, body) in [
-        (format!("{SYSTEMD_DIR}/{unit}.service"), service),
-        (format!("{SYSTEMD_DIR}/{unit}.timer"), timer),
+        (activator, activator_body),
+        (activated.as_str(), activated_body),
     ] {
-        changed |= crate::fs::update_file(Path::new(&file), &body, 0o644)
-            .map_err(|e| format!("writing {e}"))?;
+        changed |=
+            crate::fs::update_file(Path::new(&format!("{SYSTEMD_DIR}/{file}")), &body, 0o644)
+                .map_err(|e| format!("writing {e}"))?;
     }
-    let timer = format!("{unit}.timer");
     if changed {
         ctl(&["daemon-reload"])?;
-        ctl(&["enable", &timer])?;
-        ctl(&["restart", &timer])?;
-    } else if ctl(&["is-active", "--quiet", &timer]).is_err() {
-        ctl(&["enable", "--now", &timer])?;
+        ctl(&["enable", activator])?;
+        ctl(&["restart", activator])?;
+    } else if ctl(&["is-active", "--quiet", activator]).is_err() {
+        ctl(&["enable", "--now", activator])?;
     }
     Ok(())
+}
+
+/// The activator and the unit it activates are gone (nothing to do when not installed).
+fn deactivated(activator: &str, activated: &str) -> Result<(), String> {
+    let path = format!("{SYSTEMD_DIR}/{activator}");
+    if !Path::new(&path).exists() {
+        return Ok(());
+    }
+    ctl(&["disable", "--now", activator])?;
+    for f in [path, format!("{SYSTEMD_DIR}/{activated}")] {
+        crate::fs::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
+    }
+    ctl(&["daemon-reload"])
 }
 
 /// The job's service: a oneshot with a deadline, so a run that hangs (a snapshot stream
@@ -109,15 +131,7 @@ pub const JOB_DEADLINE: &str = "1h";
 
 /// The job's timer and service are gone (nothing to do when they are not installed).
 pub fn remove(unit: &str) -> Result<(), String> {
-    let timer = format!("{SYSTEMD_DIR}/{unit}.timer");
-    if !Path::new(&timer).exists() {
-        return Ok(());
-    }
-    ctl(&["disable", "--now", &format!("{unit}.timer")])?;
-    for f in [timer, format!("{SYSTEMD_DIR}/{unit}.service")] {
-        crate::fs::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
-    }
-    ctl(&["daemon-reload"])
+    deactivated(&format!("{unit}.timer"), &format!("{unit}.service"))
 }
 
 /// A socket-activated service, inetd-style (`Accept=yes`): systemd listens on `listen` and
@@ -156,36 +170,13 @@ pub fn connection_unit(l: &Listener) -> String {
 /// changed).
 pub fn ensure_listener(l: &Listener) -> Result<(), String> {
     let unit = l.unit;
-    let mut changed = false;
-    for (file, body) in [
-        (format!("{SYSTEMD_DIR}/{unit}.socket"), socket_unit(l)),
-        (format!("{SYSTEMD_DIR}/{unit}@.service"), connection_unit(l)),
-    ] {
-        changed |= crate::fs::update_file(Path::new(&file), &body, 0o644)
-            .map_err(|e| format!("writing {e}"))?;
-    }
-    let socket = format!("{unit}.socket");
-    if changed {
-        ctl(&["daemon-reload"])?;
-        ctl(&["enable", &socket])?;
-        ctl(&["restart", &socket])?;
-    } else if ctl(&["is-active", "--quiet", &socket]).is_err() {
-        ctl(&["enable", "--now", &socket])?;
-    }
-    Ok(())
+    let connection = (format!("{unit}@.service"), connection_unit(l));
+    activated(&format!("{unit}.socket"), socket_unit(l), connection)
 }
 
 /// The listener is gone (nothing to do when it is not installed).
 pub fn remove_listener(unit: &str) -> Result<(), String> {
-    let socket = format!("{SYSTEMD_DIR}/{unit}.socket");
-    if !Path::new(&socket).exists() {
-        return Ok(());
-    }
-    ctl(&["disable", "--now", &format!("{unit}.socket")])?;
-    for f in [socket, format!("{SYSTEMD_DIR}/{unit}@.service")] {
-        crate::fs::remove_if_present(Path::new(&f)).map_err(|e| format!("{e:#}"))?;
-    }
-    ctl(&["daemon-reload"])
+    deactivated(&format!("{unit}.socket"), &format!("{unit}@.service"))
 }
 
 /// `systemctl ARGS`, its failure as the message the timer functions' callers report.
@@ -195,41 +186,55 @@ fn ctl(args: &[&str]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    /// systemd-analyze's complaints about these unit files, written under their names.
+    fn complaints(units: &[(&str, String)]) -> Vec<String> {
+        let d = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = units
+            .iter()
+            .map(|(name, body)| {
+                let p = d.path().join(name);
+                std::fs::write(&p, body).unwrap();
+                p
+            })
+            .collect();
+        let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+        super::verify(&refs).unwrap()
+    }
+
     /// systemd itself reads the job's service and timer and finds nothing it would ignore
     /// (an unknown key, a key in the wrong section).
     #[test]
     fn systemd_reads_the_jobs_units_without_a_warning() {
-        let d = tempfile::tempdir().unwrap();
         let job = super::Job {
             unit: "etcd-charm-test-job",
             description: "a test job",
             exec: "/bin/true".into(),
             when: "OnUnitActiveSec=60s\nOnBootSec=60s\n".into(),
         };
-        let service = d.path().join("etcd-charm-test-job.service");
-        let timer = d.path().join("etcd-charm-test-job.timer");
-        std::fs::write(&service, super::service_unit(&job)).unwrap();
-        std::fs::write(&timer, super::timer_unit(&job)).unwrap();
-        let complaints = super::verify(&[&service, &timer]).unwrap();
-        assert!(complaints.is_empty(), "{complaints:?}");
+        let said = complaints(&[
+            ("etcd-charm-test-job.service", super::service_unit(&job)),
+            ("etcd-charm-test-job.timer", super::timer_unit(&job)),
+        ]);
+        assert!(said.is_empty(), "{said:?}");
     }
 
     /// The same for a socket-activated listener and its per-connection template.
     #[test]
     fn systemd_reads_the_listeners_units_without_a_warning() {
-        let d = tempfile::tempdir().unwrap();
         let l = super::Listener {
             unit: "etcd-charm-test-listener",
             description: "a test listener",
             listen: "127.0.0.1:2382".into(),
             exec: "/bin/cat".into(),
         };
-        let socket = d.path().join("etcd-charm-test-listener.socket");
-        let service = d.path().join("etcd-charm-test-listener@.service");
-        std::fs::write(&socket, super::socket_unit(&l)).unwrap();
-        std::fs::write(&service, super::connection_unit(&l)).unwrap();
-        let complaints = super::verify(&[&socket, &service]).unwrap();
-        assert!(complaints.is_empty(), "{complaints:?}");
+        let said = complaints(&[
+            ("etcd-charm-test-listener.socket", super::socket_unit(&l)),
+            (
+                "etcd-charm-test-listener@.service",
+                super::connection_unit(&l),
+            ),
+        ]);
+        assert!(said.is_empty(), "{said:?}");
     }
 
     use super::*;

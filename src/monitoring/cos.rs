@@ -13,7 +13,6 @@
 use crate::config::Config;
 use crate::juju::{self, Bag, Hook};
 use anyhow::{anyhow, Context as _, Result};
-use std::path::Path;
 
 pub const ENDPOINT: &str = "cos-agent";
 const RULES: &str = include_str!("../../templates/cos/etcd-alerts.yaml");
@@ -184,12 +183,3 @@ pub use metrics::{record_defrag, serve};
 #[cfg(test)]
 #[path = "cos_tests.rs"]
 mod tests;
-
-/// A file's text, None when it is not there (any other failure is an error).
-fn read_if_present(p: &Path) -> Result<Option<String>> {
-    match std::fs::read_to_string(p) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow!("reading {}: {e}", p.display())),
-    }
-}

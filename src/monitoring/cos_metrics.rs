@@ -1,10 +1,10 @@
 //! The charm's own metrics, in Prometheus' text format, and the per-connection server the
 //! metrics listener runs (`etcd-charm serve-metrics`, stdin and stdout the connection).
 
-use super::read_if_present;
 use crate::ops::defrag::Outcome;
 use crate::pki;
 use anyhow::Result;
+use hostkit::fs::read_if_present;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, Read as _, Write};
@@ -64,9 +64,10 @@ fn gauge(out: &mut String, name: &str, help: &str, samples: &[(String, f64)]) {
     if samples.is_empty() {
         return;
     }
+    // Writing to a String cannot fail.
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
     for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{labels} {v}");
+        let _ = writeln!(out, "{name}{labels} {v}"); // to a String: cannot fail
     }
 }
 

@@ -30,33 +30,72 @@ pub(crate) fn ensure_csrs(
     names: &[String],
 ) -> Result<(String, String)> {
     let mut out = vec![];
+    let names_changed = st.csr_names != names;
     for p in [Profile::Server, Profile::Peer] {
         let csr_file = Path::new("/var/lib/etcd-charm").join(format!("{}.csr", p.name()));
-        // Renewal: one new CSR per certificate that is due (not one per hook while waiting).
-        let cert = std::fs::read_to_string(pki::path(&format!("{}.crt", p.name()))).ok();
-        let cert_sha = cert.as_deref().map(|c| pki::sha256_hex(c.as_bytes()));
-        let renew = cert
-            .as_deref()
-            .is_some_and(|c| pki::needs_renewal(c, now() as i64))
-            && st.renewed_for.get(p.name()) != cert_sha.as_ref();
-        let csr = match std::fs::read_to_string(&csr_file).ok() {
-            Some(c) if st.csr_names == names && !renew => c,
-            _ => {
-                if renew {
-                    juju::log("INFO", &format!("the {} certificate is due for renewal; asking the leader for a new one", p.name()));
-                    st.renewed_for
-                        .insert(p.name().to_string(), cert_sha.clone().unwrap_or_default());
-                }
+        let cert_file = format!("{}.crt", p.name());
+        out.push(kept_csr(
+            st,
+            &csr_file,
+            &cert_file,
+            p.name(),
+            names_changed,
+            "the leader",
+            || {
                 let key = pki::unit_key(p)?;
-                let c = pki::csr_for(&key, &member_name(unit), names)?;
-                pki::write_file(&csr_file, c.as_bytes(), 0o644)?;
-                c
-            }
-        };
-        out.push(csr);
+                Ok(pki::csr_for(&key, &member_name(unit), names)?)
+            },
+        )?);
     }
     st.csr_names = names.to_vec();
     Ok((out[0].clone(), out[1].clone()))
+}
+
+/// A CSR kept in `csr_file`, made anew by `make` when `names_changed`, or once per
+/// certificate in `cert_file` (under the PKI dir) that is due for renewal, not once per hook
+/// while the new one is awaited (`renewed_for[tag]` names the certificate a CSR was renewed
+/// for). `asked`: whom the log line says the renewal asks.
+pub(crate) fn kept_csr(
+    st: &mut LocalState,
+    csr_file: &Path,
+    cert_file: &str,
+    tag: &str,
+    names_changed: bool,
+    asked: &str,
+    make: impl FnOnce() -> Result<String>,
+) -> Result<String> {
+    let (renew, cert_sha) = renewal_due(st, cert_file, tag)?;
+    if let Some(c) = hostkit::fs::read_if_present(csr_file)? {
+        if !names_changed && !renew {
+            return Ok(c);
+        }
+    }
+    if renew {
+        juju::log(
+            "INFO",
+            &format!("{cert_file} is due for renewal; asking {asked} for a new certificate"),
+        );
+        st.renewed_for
+            .insert(tag.to_string(), cert_sha.unwrap_or_default());
+    }
+    let c = make()?;
+    pki::write_file(csr_file, c.as_bytes(), 0o644)?;
+    Ok(c)
+}
+
+/// Whether the certificate in `file` (under the PKI dir) needs renewal and no request was
+/// renewed for it yet (`renewed_for[tag]`), and its digest. No file: not due.
+pub(crate) fn renewal_due(
+    st: &LocalState,
+    file: &str,
+    tag: &str,
+) -> Result<(bool, Option<String>)> {
+    let Some(cert) = hostkit::fs::read_if_present(&pki::path(file))? else {
+        return Ok((false, None));
+    };
+    let sha = pki::sha256_hex(cert.as_bytes());
+    let due = pki::needs_renewal(&cert, now() as i64) && st.renewed_for.get(tag) != Some(&sha);
+    Ok((due, Some(sha)))
 }
 
 /// Certificates on disk that have not expired (kept in use while a renewal is pending).

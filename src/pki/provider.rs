@@ -17,6 +17,7 @@
 //! `authority`, with no member down.
 
 use super::authority::{self, Provided};
+use super::certs::{kept_csr, renewal_due};
 use crate::juju::{self, Bag};
 use crate::pki::{self, Profile};
 use crate::unit::peers::{Key, Peers};
@@ -89,58 +90,43 @@ fn requests_value(csr: &str) -> anyhow::Result<String> {
 /// in a file; a new one when the names change, or once per certificate on disk that is due
 /// for renewal.
 pub fn server_csr(st: &mut LocalState, unit: &str, names: &[String]) -> anyhow::Result<String> {
-    let (renew, cert_sha) = renewal_due(st, "server.crt", "provider-server")?;
-    let kept = match std::fs::read_to_string(SERVER_CSR) {
-        Ok(c) => Some(c),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow::anyhow!("reading {SERVER_CSR}: {e}")),
-    };
-    match kept {
-        Some(c) if st.provider_csr_names == names && !renew => Ok(c),
-        _ => {
-            if renew {
-                juju::log("INFO", "the server certificate is due for renewal; asking the certificates provider for a new one");
-                st.renewed_for
-                    .insert("provider-server".into(), cert_sha.unwrap_or_default());
-            }
+    let names_changed = st.provider_csr_names != names;
+    let asked = "the certificates provider";
+    let c = kept_csr(
+        st,
+        Path::new(SERVER_CSR),
+        "server.crt",
+        "provider-server",
+        names_changed,
+        asked,
+        || {
             let key = pki::unit_key(Profile::Server)?;
             let name = crate::unit::member_name(unit);
-            let c = pki::csr_with_usages(&key, &name, names, Profile::Server)?;
-            pki::write_file(Path::new(SERVER_CSR), c.as_bytes(), 0o644)?;
-            st.provider_csr_names = names.to_vec();
-            Ok(c)
-        }
-    }
-}
-
-/// Whether the certificate in `file` (under the PKI dir) needs renewal and no request was
-/// renewed for it yet (`renewed_for[tag]`), and its digest. No file: not due.
-fn renewal_due(st: &LocalState, file: &str, tag: &str) -> anyhow::Result<(bool, Option<String>)> {
-    let p = pki::path(file);
-    let cert = match std::fs::read_to_string(&p) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((false, None)),
-        Err(e) => anyhow::bail!("reading {}: {e}", p.display()),
-    };
-    let sha = pki::sha256_hex(cert.as_bytes());
-    let due = pki::needs_renewal(&cert, crate::unit::now() as i64)
-        && st.renewed_for.get(tag) != Some(&sha);
-    Ok((due, Some(sha)))
+            Ok(pki::csr_with_usages(&key, &name, names, Profile::Server)?)
+        },
+    )?;
+    st.provider_csr_names = names.to_vec();
+    Ok(c)
 }
 
 /// Writes this unit's v4 request into its databag.
 pub fn request(rel: &str, have: &Bag, csr: &str) -> anyhow::Result<()> {
-    let want = Bag::from([(REQUESTS.to_string(), requests_value(csr)?)]);
     // The provider re-reads the list only when its text changes: equal requests are not
     // written again.
     if same_requests(have.get(REQUESTS), csr) {
         return Ok(());
     }
+    let want = Bag::from([(REQUESTS.to_string(), requests_value(csr)?)]);
     Ok(juju::relation_update(rel, have, want)?)
 }
 
+/// The requests in a databag value, when it is a list of them.
+fn requests_in(value: Option<&String>) -> Option<Vec<Request>> {
+    value.and_then(|v| serde_json::from_str(v).ok())
+}
+
 fn same_requests(have: Option<&String>, csr: &str) -> bool {
-    have.and_then(|h| serde_json::from_str::<Vec<Request>>(h).ok())
+    requests_in(have)
         .is_some_and(|r| r.len() == 1 && pem_id(&r[0].certificate_signing_request) == pem_id(csr))
 }
 
@@ -154,9 +140,7 @@ pub fn leader_request(
     app: &str,
 ) -> anyhow::Result<()> {
     let have = juju::relation_get(rel, app, true)?;
-    let kept = have
-        .get(REQUESTS)
-        .and_then(|h| serde_json::from_str::<Vec<Request>>(h).ok())
+    let kept = requests_in(have.get(REQUESTS))
         .and_then(|r| r.into_iter().next())
         .map(|r| r.certificate_signing_request);
     let (due, issued_sha) = renewal_due(st, "client.crt", "provider-client")?;
@@ -323,8 +307,8 @@ fn bounded(s: &str) -> String {
     one.chars().take(200).collect()
 }
 
-/// The whole v4 exchange of this unit: its request (and the leader's), then the answer with
-/// this unit's keys added. The shared client key is read from its secret only when the
+/// The v4 answer for this unit (its requests are written by `exchange::exchange`), with this
+/// unit's keys added. The shared client key is read from its secret only when the
 /// certificate is not the one on disk already.
 pub fn exchange(
     remote_app: &str,
