@@ -507,3 +507,208 @@ fn v4_certificates_are_renewed_before_they_expire_without_a_restart() {
     );
     etcd::wait_healthy_status(&env, 1, "after the renewals");
 }
+
+/// etcd's own start time of each member (`process_start_time_seconds` on /metrics): a
+/// restart changes it even if a PID came back the same.
+fn start_times(env: &Env, creds: &Creds) -> Vec<String> {
+    env.units("etcd")
+        .iter()
+        .map(|u| {
+            let out = creds
+                .curl()
+                .arg(format!("{}/metrics", etcd::unit_endpoint(env, u)))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines()
+                .find(|l| l.starts_with("process_start_time_seconds "))
+                .unwrap_or_else(|| panic!("{u}: no process_start_time_seconds in {text}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// An etcd_client/v0 requirer's credentials on the host: its certificate and key, and the
+/// CA etcd gave it through `secret-tls`.
+fn client_creds(env: &Env, unit: &str) -> Creds {
+    let creds = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let dir = "/var/lib/etcd-client-probe";
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        std::fs::write(creds.path(f), cat(env, unit, &format!("{dir}/{f}"))).unwrap();
+    }
+    creds
+}
+
+/// etcdctl (3.5.1) with `creds` for at most `secs` seconds (a watch does not end by itself):
+/// its stdout and stderr together.
+fn etcdctl_for(creds: &Creds, eps: &str, secs: u32, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg(secs.to_string())
+        .arg(etcd35().join("etcdctl"))
+        .arg(format!("--endpoints={eps}"))
+        .arg(format!("--cacert={}", creds.path("ca.crt").display()))
+        .arg(format!("--cert={}", creds.path("client.crt").display()))
+        .arg(format!("--key={}", creds.path("client.key").display()))
+        .args(args)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `etcd-client` (etcd_client/v0) with two requirers built on ops and the published
+/// tls-certificates library, their certificates from the same v4 provider as etcd's: refused
+/// on an etcd with the known access-control leak until the operator opts in; then each
+/// client reads, writes and watches under its own prefix only, the shared `db` client
+/// certificate keeps full access with authentication on, a client removed loses its user
+/// and role — all under a writer that loses no acknowledged write, and no member restarted
+/// for any of it (etcd's own process start times and PIDs unchanged).
+#[test]
+fn etcd_client_users_are_confined_to_their_prefixes_and_no_member_restarts() {
+    let env = Env::new("etcd-client", &[]);
+    let here = tempfile::tempdir().unwrap();
+    deploy_healthy(&env, 3, &etcd_tarball(here.path(), &etcd35(), "3.5.1"), &[]);
+    env.ok(&["deploy", "tls-v4-probe"]);
+    env.wait_units("tls-v4-probe", 1, "active", "CA 1", 2 * MIN);
+    let ca = cat(&env, "tls-v4-probe/0", "/var/lib/tls-v4-probe/ca.crt");
+    env.ok(&["integrate", "etcd", "tls-v4-probe"]);
+    until("every unit on the v4 provider's CA", 5 * MIN, || {
+        all_on(&env, &ca)
+    });
+    for (app, prefix) in [("client-a", "/a/"), ("client-b", "/b/")] {
+        env.ok(&[
+            "deploy",
+            "etcd-client-probe",
+            app,
+            "--config",
+            &format!("prefix={prefix}"),
+        ]);
+        env.ok(&[
+            "integrate",
+            &format!("{app}:certificates"),
+            "tls-v4-probe:certificates",
+        ]);
+    }
+    for app in ["client-a", "client-b"] {
+        env.wait_units(app, 1, "active", "certificate, no etcd", 3 * MIN);
+    }
+    // the shared db client certificate (what `db` and package-client-credentials give)
+    let root = creds_with(&env, "etcd/0", "/etc/etcd/pki", &ca);
+    let eps = Arc::new(Mutex::new(etcd::endpoints(&env)));
+    let all = etcd::endpoints(&env);
+    let writer = Writer::start_failing_over(root.dir.path().to_path_buf(), eps, "/writer/");
+    writer.wait_for_writes(10, "before any etcd-client");
+    let (pids0, starts0) = (pids(&env), start_times(&env, &root));
+
+    // Refused on etcd 3.5.1 (GHSA-xg4h-6gfc-h4m8) until the operator opts in.
+    env.ok(&["integrate", "etcd", "client-a"]);
+    until("the leader refuses client-a on etcd 3.5.1", 3 * MIN, || {
+        let s = env.status();
+        env.units("etcd").iter().any(|u| {
+            let m = s["applications"]["etcd"]["units"][u.as_str()]["workload-status"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            m.contains("etcd-client client-a: refused") && m.contains("GHSA-xg4h-6gfc-h4m8")
+        })
+    });
+    let users = etcdctl_for(&root, &all, 10, &["user", "list"]);
+    assert!(
+        !users.contains("client-a"),
+        "a refused client got a user: {users}"
+    );
+    env.ok(&["config", "etcd", "etcd_client_allow_vulnerable_etcd=true"]);
+    env.wait_units("client-a", 1, "active", "served as client-a", 3 * MIN);
+    env.ok(&["integrate", "etcd", "client-b"]);
+    env.wait_units("client-b", 1, "active", "served as client-b", 3 * MIN);
+    let answer = cat(&env, "client-a/0", "/var/lib/etcd-client-probe/answer.json");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["version"], "3.5.1", "{answer}");
+    for u in env.units("etcd") {
+        let ep = etcd::unit_endpoint(&env, &u);
+        assert!(
+            answer["endpoints"].as_str().unwrap().contains(&ep),
+            "{answer}: {ep}"
+        );
+    }
+    assert!(
+        answer["tls-ca"].as_str().unwrap().trim() == ca.trim(),
+        "{answer}"
+    );
+
+    let a = client_creds(&env, "client-a/0");
+    let b = client_creds(&env, "client-b/0");
+    for (c, mine, theirs) in [(&a, "/a/", "/b/"), (&b, "/b/", "/a/")] {
+        let put = etcdctl_for(c, &all, 10, &["put", &format!("{mine}k"), "v"]);
+        assert!(put.contains("OK"), "{mine}: {put}");
+        let got = etcdctl_for(c, &all, 10, &["get", "--prefix", mine]);
+        assert!(got.contains(&format!("{mine}k")), "{mine}: {got}");
+        let watched = etcdctl_for(c, &all, 5, &["watch", "--prefix", "--rev=1", mine]);
+        assert!(
+            watched.contains(&format!("{mine}k")),
+            "{mine} watch: {watched}"
+        );
+        for args in [
+            vec!["get".to_string(), "--prefix".into(), theirs.into()],
+            vec!["put".to_string(), format!("{theirs}x"), "v".into()],
+            vec!["get".to_string(), "/writer/000001".into()],
+            vec![
+                "watch".to_string(),
+                "--prefix".into(),
+                "--rev=1".into(),
+                theirs.into(),
+            ],
+            vec!["user".to_string(), "list".into()],
+        ] {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = etcdctl_for(c, &all, 5, &a);
+            assert!(out.contains("permission denied"), "{mine} {args:?}: {out}");
+        }
+    }
+    // The shared client certificate keeps the root role: it reads what every client wrote.
+    let everything = etcdctl_for(&root, &all, 10, &["get", "--prefix", "/", "--keys-only"]);
+    assert!(
+        everything.contains("/a/k") && everything.contains("/b/k"),
+        "{everything}"
+    );
+
+    // client-b goes: its user and role with it; client-a is untouched.
+    env.ok(&["remove-relation", "etcd", "client-b"]);
+    until("client-b's user and role removed", 3 * MIN, || {
+        let users = etcdctl_for(&root, &all, 10, &["user", "list"]);
+        let roles = etcdctl_for(&root, &all, 10, &["role", "list"]);
+        users.contains("root")
+            && users.contains("client-a")
+            && !users.contains("client-b")
+            && roles
+                .lines()
+                .filter(|l| l.starts_with("etcd-client-"))
+                .count()
+                == 1
+    });
+    let denied = etcdctl_for(&b, &all, 10, &["get", "--prefix", "/b/"]);
+    assert!(
+        !denied.contains("/b/k"),
+        "a removed client still reads: {denied}"
+    );
+    let still = etcdctl_for(&a, &all, 10, &["put", "/a/after", "v"]);
+    assert!(still.contains("OK"), "{still}");
+
+    let tally = etcd::no_acknowledged_write_lost(&root, &all, writer, "clients coming and going");
+    assert!(
+        tally.longest_gap < Duration::from_secs(6),
+        "longest write gap {:?}",
+        tally.longest_gap
+    );
+    assert_eq!(pids(&env), pids0, "a member restarted for a client");
+    assert_eq!(
+        start_times(&env, &root),
+        starts0,
+        "a member restarted for a client"
+    );
+}

@@ -519,6 +519,26 @@ pub fn secret_id_by_label(label: &str) -> Result<Option<String>> {
     }
 }
 
+/// Lets the other application of relation `rel` read an owned secret (`secret-grant`).
+pub fn secret_grant(id: &str, rel: &str) -> Result<()> {
+    run("secret-grant", &[id, "--relation", rel], None).map(|_| ())
+}
+
+/// Removes an owned secret, every revision (`secret-remove`); one already gone is no error.
+pub fn secret_remove(id: &str) -> Result<()> {
+    match run("secret-remove", &[id], None) {
+        Ok(_) => Ok(()),
+        Err(e) if e.stderr_contains("not found") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The application at the other end of relation `rel` (`relation-list --app`).
+pub fn relation_remote_app(rel: &str) -> Result<Option<String>> {
+    json::<Option<String>>("relation-list", &["-r", rel, "--app"])
+        .map(|a| a.filter(|a| !a.is_empty()))
+}
+
 /// Gives an owned secret new content (a new revision).
 pub fn secret_set(id: &str, content: &Bag) -> Result<()> {
     secret_tool("secret-set", vec![id.to_string()], content).map(|_| ())

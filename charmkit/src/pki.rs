@@ -390,6 +390,27 @@ pub fn check_leaf(
     checked.map_err(|e| format!("cannot be read ({e})"))?
 }
 
+/// What a client's certificate must be for etcd to take it (Go's crypto/x509 as etcd asks
+/// it): valid now, and usable for client authentication — no extended key usage at all (any
+/// use), or one naming clientAuth (or any). The reason when it is not.
+pub fn check_client(cert_pem: &str, now: i64) -> std::result::Result<(), String> {
+    let checked = with_cert(cert_pem, |c| -> std::result::Result<(), String> {
+        if now < c.validity().not_before.timestamp() {
+            return Err("is not valid yet".into());
+        }
+        if now >= c.validity().not_after.timestamp() {
+            return Err("has expired".into());
+        }
+        match c.extended_key_usage() {
+            Ok(None) => Ok(()),
+            Ok(Some(e)) if e.value.client_auth || e.value.any => Ok(()),
+            Ok(Some(_)) => Err("has extended key usages without clientAuth".into()),
+            Err(e) => Err(format!("has an unreadable extended key usage ({e})")),
+        }
+    });
+    checked.map_err(|e| format!("cannot be read ({e})"))?
+}
+
 /// The CA certificate's path length constraint (None: none, or not a CA).
 pub fn path_len(cert_pem: &str) -> Option<u32> {
     with_cert(cert_pem, |c| {

@@ -6,38 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum EtcdError {
-    #[error("etcd at {endpoint}: HTTP {status}: {message}")]
-    Api {
-        endpoint: String,
-        status: u16,
-        message: String,
-    },
-    #[error("etcd at {endpoint}: {source}")]
-    Transport {
-        endpoint: String,
-        source: reqwest::Error,
-    },
-    #[error("etcd TLS credentials: {0}")]
-    Tls(String),
-    #[error("etcd at {endpoint}: unexpected answer: {detail}")]
-    Decode { endpoint: String, detail: String },
-}
-
-impl EtcdError {
-    pub fn message_contains(&self, s: &str) -> bool {
-        matches!(self, EtcdError::Api { message, .. } if message.contains(s))
-    }
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            EtcdError::Api { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
-pub type Result<T> = std::result::Result<T, EtcdError>;
+pub use crate::api::{EtcdError, Result, Tls};
 
 /// A u64 sent as a JSON string (or a number).
 pub fn de_u64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
@@ -125,27 +94,12 @@ pub struct Alarm {
 }
 
 #[derive(Clone)]
-pub struct Tls {
-    pub ca_pem: Vec<u8>,
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
-
-impl Tls {
-    pub fn from_dir(dir: &str, cert: &str, key: &str) -> std::io::Result<Tls> {
-        Ok(Tls {
-            ca_pem: std::fs::read(format!("{dir}/ca.crt"))?,
-            cert_pem: std::fs::read(format!("{dir}/{cert}"))?,
-            key_pem: std::fs::read(format!("{dir}/{key}"))?,
-        })
-    }
-}
-
-#[derive(Clone)]
 pub struct Client {
     http: reqwest::blocking::Client,
     /// for the gRPC client (the snapshot stream)
     tls: Tls,
+    /// `/v3` requests over gRPC (with authentication on: `with_rpc`), else the gateway
+    rpc: Option<crate::rpc::Rpc>,
 }
 
 impl Client {
@@ -178,7 +132,29 @@ impl Client {
         Ok(Client {
             http,
             tls: tls.clone(),
+            rpc: None,
         })
+    }
+
+    /// This client with its `/v3` requests sent over gRPC (`rpc`), authenticated as
+    /// `credentials` when given, else by its certificate's Common Name: what works once etcd
+    /// authentication is on, when the gateway refuses certificates with a Common Name.
+    pub fn with_rpc(
+        mut self,
+        credentials: Option<crate::rpc::Credentials>,
+        timeout: Duration,
+    ) -> Client {
+        self.rpc = Some(crate::rpc::Rpc::new(&self.tls, timeout, credentials));
+        self
+    }
+
+    /// The `token` metadata for a gRPC stream to `endpoint` (the snapshot), when this client
+    /// authenticates with a password and etcd authentication is on.
+    pub fn token(&self, endpoint: &str) -> Result<Option<String>> {
+        match &self.rpc {
+            Some(r) => r.token_for(endpoint),
+            None => Ok(None),
+        }
     }
 
     pub fn tls(&self) -> &Tls {
@@ -186,6 +162,9 @@ impl Client {
     }
 
     pub fn post(&self, endpoint: &str, path: &str, body: Value) -> Result<Value> {
+        if let Some(rpc) = self.rpc.as_ref().filter(|_| path.starts_with("/v3/")) {
+            return rpc.post(endpoint, path, body);
+        }
         let url = format!("{}{path}", endpoint.trim_end_matches('/'));
         Self::answer(endpoint, self.http.post(&url).json(&body).send())
     }

@@ -44,6 +44,7 @@ const SNAPSHOT: &str = "/etcdserverpb.Maintenance/Snapshot";
 /// (the trailing digest).
 pub fn snapshot(
     tls: &Tls,
+    token: Option<&str>,
     ep: &str,
     mut chunk: impl FnMut(&[u8], u64) -> std::io::Result<()>,
 ) -> Result<()> {
@@ -75,9 +76,16 @@ pub fn snapshot(
             .await
             .map_err(|e| anyhow!("gRPC to {ep}: {}", chain(&e)))?;
         let codec = tonic::codec::ProstCodec::<SnapshotRequest, SnapshotResponse>::default();
+        let mut request = tonic::Request::new(SnapshotRequest {});
+        if let Some(t) = token {
+            let v = t
+                .parse()
+                .map_err(|_| anyhow!("etcd's auth token from {ep} is not ASCII"))?;
+            request.metadata_mut().insert("token", v);
+        }
         let mut stream = grpc
             .server_streaming(
-                tonic::Request::new(SnapshotRequest {}),
+                request,
                 http::uri::PathAndQuery::from_static(SNAPSHOT),
                 codec,
             )
@@ -95,14 +103,4 @@ pub fn snapshot(
     })
 }
 
-/// An error with its causes, as one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+use crate::rpc::chain;

@@ -2,12 +2,14 @@
 //! (`service`: systemd or the built-in supervisor) and the gateway API client (`client`).
 //! Nothing here calls a hook tool.
 
+pub mod api;
 pub mod archive;
 pub mod client;
 pub mod grpc;
 pub mod install;
 pub mod offline;
 pub mod render;
+pub mod rpc;
 pub mod service;
 pub mod snapshot;
 pub mod v2store;

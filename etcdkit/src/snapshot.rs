@@ -65,7 +65,8 @@ pub fn stream_snapshot(client: &Client, ep: &str, out: &mut dyn SnapshotSink) ->
     let mut digest = TrailingDigest::default();
     let mut total = 0u64;
     let mut first = true;
-    crate::grpc::snapshot(client.tls(), ep, |blob, remaining| {
+    let token = client.token(ep)?;
+    crate::grpc::snapshot(client.tls(), token.as_deref(), ep, |blob, remaining| {
         if first {
             // etcd counts only the database in `remaining_bytes`; its digest follows.
             out.begin(remaining + blob.len() as u64 + 32)?;

@@ -45,17 +45,7 @@ impl Tally {
     }
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's rule); every key for "".
-fn range_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+use etcdkit::api::prefix_end as range_end;
 
 /// `parse_endpoints` for the property tests.
 #[cfg(test)]

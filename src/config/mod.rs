@@ -1,6 +1,8 @@
 //! The charm's configuration: typed, validated where it enters. Pure: no I/O.
 //! A bad value becomes one specific message that blocks the unit and changes nothing.
 
+mod ciphers;
+pub mod clients;
 pub mod duration;
 pub mod nagios;
 mod ports;
@@ -8,30 +10,12 @@ pub mod sans;
 pub mod schedule;
 pub mod threshold;
 
+pub use ciphers::KNOWN_CIPHERS;
+use clients::app_names;
 use duration::parse_lifetime;
 use ports::{cos_port, ports};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// Go TLS cipher suite names etcd accepts (crypto/tls, TLS 1.2 suites).
-pub const KNOWN_CIPHERS: &[&str] = &[
-    "TLS_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
-];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -58,6 +42,9 @@ pub struct Config {
     /// etcd's loopback metrics listener while related over `cos-agent` (the charm's own
     /// metrics on the next port)
     pub cos_metrics_port: u16,
+    /// `etcd-client`: serve on an etcd with known access-control bypasses; whole key space
+    pub etcd_client_allow_vulnerable_etcd: bool,
+    pub etcd_client_full_access: Vec<String>,
     /// snapd's refresh.timer: "max" (monthly, each unit in its own hour) or a timer
     pub snapd_refresh: String,
     /// where a version upgrade stops for the operator: "none", "first" (after the first
@@ -165,6 +152,8 @@ pub struct RawConfig {
     pub tls_certificate_lifetime: Option<Value>,
     pub certificate_extra_sans: Option<Value>,
     pub cos_metrics_port: Option<Value>,
+    pub etcd_client_allow_vulnerable_etcd: Option<Value>,
+    pub etcd_client_full_access: Option<Value>,
     pub nagios_context: Option<Value>,
     pub nagios_servicegroups: Option<Value>,
 }
@@ -268,6 +257,8 @@ impl Config {
             snapd_refresh,
             tls_certificate_lifetime,
             certificate_extra_sans: sans::parse(&get_str(&c.certificate_extra_sans))?,
+            etcd_client_allow_vulnerable_etcd: get_bool(&c.etcd_client_allow_vulnerable_etcd),
+            etcd_client_full_access: app_names(&get_str(&c.etcd_client_full_access))?,
             cos_metrics_port: cos_port(
                 get_int(&c.cos_metrics_port, "cos_metrics_port", 2381)?,
                 port,

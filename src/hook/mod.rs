@@ -151,6 +151,11 @@ pub fn hook(ctx: &Context) -> Result<()> {
             crate::unit::status::set_untracked(Level::Maintenance, "Unit removed from the cluster");
         return Ok(());
     }
+    // root's etcd password (etcd-client) on disk before this hook's first etcd request: the
+    // leader turns authentication on only once every unit has it.
+    let password_error = crate::relations::etcd_client::sync_password(&ctx.unit)
+        .err()
+        .map(|e| format!("{e:#}"));
     // A lone leader whose own restart moved a CA move on plans the next step in the same
     // hook: no other unit's hook would wake it.
     // Each pass sees the previous one's writes, as hook tools show a unit its own.
@@ -179,6 +184,7 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if let Some(e) = &st.nrpe_error {
         board.report(Level::Blocked, format!("nrpe-external-master: {e}"));
     }
+    etcd_clients(ctx, &mut board, password_error, r.is_ok());
     if crate::monitoring::cos::concerns(ctx.hook.as_ref()) {
         cos_agent(ctx, &mut st);
         st.save()?;
@@ -203,6 +209,35 @@ fn release_volume() -> Result<()> {
         configured.is_some_and(|d| std::path::Path::new(&d).starts_with(etcdkit::VOLUME_MOUNT));
     let runs = on_volume && crate::ops::standdown::service().running()?;
     crate::unit::volume::release(runs)
+}
+
+/// The leader serves the `etcd-client` relations (`relations::etcd_client`) once this unit's
+/// etcd runs; what it waits for or refuses goes into the status.
+fn etcd_clients(ctx: &Context, board: &mut StatusBoard, password_error: Option<String>, ran: bool) {
+    if let Some(e) = password_error {
+        juju::log("ERROR", &format!("etcd-client: {e}"));
+        board.report(Level::Blocked, format!("etcd-client: {e}"));
+    }
+    let result = (|| -> Result<Vec<(Level, String)>> {
+        if !ran || !juju::is_leader()? || !crate::ops::standdown::service().running()? {
+            return Ok(vec![]);
+        }
+        let Ok(cfg) = Config::parse(&juju::config()?) else {
+            return Ok(vec![]);
+        };
+        crate::relations::etcd_client::reconcile(&ctx.unit, &cfg)
+    })();
+    match result {
+        Ok(notes) => {
+            for (level, msg) in notes {
+                board.report(level, msg);
+            }
+        }
+        Err(e) => {
+            juju::log("ERROR", &format!("etcd-client: {e:#}"));
+            board.report(Level::Blocked, format!("etcd-client: {e:#}"));
+        }
+    }
 }
 
 /// This unit's side of `cos-agent` follows the relation (`monitoring::cos`); what went wrong

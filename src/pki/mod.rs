@@ -49,9 +49,34 @@ pub fn tls_client() -> anyhow::Result<Client> {
     tls_client_waiting(std::time::Duration::from_secs(3))
 }
 
-/// A client whose requests may take up to `timeout` (a defragmentation's answer).
+/// A client whose requests may take up to `timeout` (a defragmentation's answer). Once this
+/// unit holds root's etcd password (`relations::etcd_client`: authentication is or is about
+/// to be on) its `/v3` requests go over gRPC as root: the gateway refuses certificates with
+/// a Common Name while authentication is on.
 pub fn tls_client_waiting(timeout: std::time::Duration) -> anyhow::Result<Client> {
     let tls = Tls::from_dir(PKI_DIR, "server.crt", "server.key")
         .context("reading this unit's certificates")?;
-    Ok(Client::new(&tls, timeout)?)
+    let client = Client::new(&tls, timeout)?;
+    Ok(match root_credentials()? {
+        Some(c) => client.with_rpc(Some(c), timeout),
+        None => client,
+    })
+}
+
+/// This unit's copy of root's etcd password (0600), written from the application secret.
+pub const PASSWORD_FILE: &str = "root.password";
+
+/// root's etcd credentials, from this unit's copy (None before there is one; a file that
+/// cannot be read is an error).
+pub fn root_credentials() -> anyhow::Result<Option<etcdkit::rpc::Credentials>> {
+    let p = path(PASSWORD_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(pw) if pw.trim().is_empty() => anyhow::bail!("{} is empty", p.display()),
+        Ok(pw) => Ok(Some(etcdkit::rpc::Credentials {
+            user: "root".into(),
+            password: pw.trim().to_string(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
 }

@@ -1,2 +1,3 @@
 pub mod clients;
+pub mod etcd_client;
 pub mod s3;

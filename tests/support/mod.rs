@@ -53,6 +53,10 @@ pub fn charmhub() -> PathBuf {
                 ("easyrsa", packed_easyrsa(&dir)),
                 ("tls-probe", root.join("tests/charms/tls-probe")),
                 ("tls-v4-probe", root.join("tests/charms/tls-v4-probe")),
+                (
+                    "etcd-client-probe",
+                    root.join("tests/charms/etcd-client-probe"),
+                ),
                 ("cos-probe", root.join("tests/charms/cos-probe")),
                 ("probe", root.join("tests/charms/probe")),
             ] {

@@ -1,0 +1,175 @@
+//! etcd authentication for `etcd-client`: root's password on every unit, authentication
+//! turned on in order, each client's role and user granted and revoked.
+
+use super::keys::{b64, digest, Grant, AUTH_ON, PEER, READY, ROOT_LABEL, ROOT_SECRET};
+use crate::juju::{self, Bag};
+use crate::pki::{self, PASSWORD_FILE};
+use anyhow::{Context as _, Result};
+use etcdkit::client::Client;
+use serde_json::{json, Value};
+
+/// Every unit, early in every hook: this unit's copy of root's password follows the secret
+/// the leader made (0600 from the moment it exists), and the unit says in the peer data
+/// which one it has.
+pub fn sync_password(unit: &str) -> Result<()> {
+    let Some(peer) = juju::relation_ids(PEER)?.into_iter().next() else {
+        return Ok(());
+    };
+    let app = unit.split('/').next().unwrap_or(unit);
+    let app_bag = juju::relation_get(&peer, app, true)?;
+    let Some(id) = app_bag.get(ROOT_SECRET).filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let content = juju::secret_get(id).context("reading root's etcd password secret")?;
+    let pw = content
+        .get("password")
+        .filter(|p| p.len() >= 32)
+        .ok_or_else(|| anyhow::anyhow!("root's etcd password secret {id} holds no password"))?;
+    pki::update_file(&pki::path(PASSWORD_FILE), pw, 0o600)?;
+    let mine = juju::relation_get(&peer, unit, false)?;
+    juju::relation_update(&peer, &mine, Bag::from([(READY.to_string(), digest(pw))]))?;
+    Ok(())
+}
+
+/// Users with the root role for the shared client certificate's names (no password: the
+/// certificate names them).
+fn root_users(client: &Client, ep: &str, names: &[String]) -> Result<()> {
+    for cn in names {
+        let user = json!({"name": cn, "options": {"no_password": true}});
+        auth(client, ep, "/v3/auth/user/add", user)?;
+        auth(
+            client,
+            ep,
+            "/v3/auth/user/grant",
+            json!({"user": cn, "role": "root"}),
+        )?;
+    }
+    Ok(())
+}
+
+/// root's password: from the secret the peer data names, or a new secret (32 random bytes,
+/// base64) whose id goes into `writes`.
+fn root_password(app_bag: &Bag, writes: &mut Bag) -> Result<String> {
+    let id = match app_bag.get(ROOT_SECRET).filter(|s| !s.is_empty()) {
+        Some(id) => id.clone(),
+        None => {
+            let pw = {
+                use rand::Rng;
+                let bytes: [u8; 32] = rand::thread_rng().gen();
+                b64(&bytes)
+            };
+            let id = match juju::secret_id_by_label(ROOT_LABEL)? {
+                Some(id) => id,
+                None => juju::secret_add(ROOT_LABEL, &Bag::from([("password".to_string(), pw)]))?,
+            };
+            writes.insert(ROOT_SECRET.into(), id.clone());
+            id
+        }
+    };
+    let pw = juju::secret_get(&id)?
+        .get("password")
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("root's etcd password secret {id} holds no password"))?;
+    Ok(pw)
+}
+
+/// One etcd auth request; "already exists" (a step done before) is no error.
+fn auth(client: &Client, ep: &str, path: &str, body: Value) -> Result<()> {
+    match client.post(ep, path, body) {
+        Ok(_) => Ok(()),
+        Err(e) if e.message_contains("already exists") || e.message_contains("already granted") => {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("etcd {path}")),
+    }
+}
+
+/// Authentication on, in order: root's secret, every unit's copy of it, the root user, the
+/// shared client certificate's user with the root role, then `auth enable`. `Some` says what
+/// it waits for.
+pub(super) fn ensure_auth(
+    client: &Client,
+    ep: &str,
+    peer: &str,
+    app_bag: &Bag,
+    shared_cns: &[String],
+    writes: &mut Bag,
+) -> Result<Option<String>> {
+    let pw = root_password(app_bag, writes)?;
+    let want = digest(&pw);
+    let mut behind = vec![];
+    for u in juju::relation_list(peer)? {
+        if juju::relation_get(peer, &u, false)?.get(READY) != Some(&want) {
+            behind.push(u);
+        }
+    }
+    if app_bag.get(AUTH_ON).map(String::as_str) == Some("true") {
+        root_users(client, ep, shared_cns)?;
+        return Ok(None);
+    }
+    // this unit's copy first: its own requests need it once auth is on
+    pki::update_file(&pki::path(PASSWORD_FILE), &pw, 0o600)?;
+    if !behind.is_empty() {
+        return Ok(Some(format!(
+            "etcd-client: waiting for {} to hold root's etcd credentials before authentication is turned on",
+            behind.join(", ")
+        )));
+    }
+    auth(
+        client,
+        ep,
+        "/v3/auth/user/add",
+        json!({"name": "root", "password": pw}),
+    )?;
+    auth(
+        client,
+        ep,
+        "/v3/auth/user/grant",
+        json!({"user": "root", "role": "root"}),
+    )?;
+    root_users(client, ep, shared_cns)?;
+    auth(client, ep, "/v3/auth/enable", json!({}))?;
+    juju::log("INFO", "etcd-client: etcd authentication enabled");
+    writes.insert(AUTH_ON.into(), "true".into());
+    Ok(None)
+}
+
+/// The client's role (read-write on its range) and user (no password: its certificate names
+/// it), the role granted.
+pub(super) fn grant(client: &Client, ep: &str, g: &Grant) -> Result<()> {
+    auth(client, ep, "/v3/auth/role/add", json!({"name": g.role}))?;
+    auth(
+        client,
+        ep,
+        "/v3/auth/role/grant",
+        json!({"name": g.role,
+        "perm": {"permType": "READWRITE", "key": g.key, "range_end": g.range_end}}),
+    )?;
+    auth(
+        client,
+        ep,
+        "/v3/auth/user/add",
+        json!({"name": g.user, "options": {"no_password": true}}),
+    )?;
+    auth(
+        client,
+        ep,
+        "/v3/auth/user/grant",
+        json!({"user": g.user, "role": g.role}),
+    )
+}
+
+/// The user and role go; ones already gone are no error.
+pub(super) fn revoke(client: &Client, ep: &str, g: &Grant) -> Result<()> {
+    for (path, body) in [
+        ("/v3/auth/user/delete", json!({"name": g.user})),
+        ("/v3/auth/role/delete", json!({"role": g.role})),
+    ] {
+        match client.post(ep, path, body) {
+            Ok(_) => {}
+            Err(e) if e.message_contains("not found") => {}
+            Err(e) => return Err(e).with_context(|| format!("etcd {path}")),
+        }
+    }
+    Ok(())
+}
