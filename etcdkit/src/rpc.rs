@@ -43,6 +43,9 @@ pub struct Rpc {
     timeout: Duration,
     credentials: Option<Credentials>,
     tokens: Tokens,
+    /// one runtime and one connection per endpoint for the life of the client
+    rt: Arc<OnceLock<std::result::Result<tokio::runtime::Runtime, String>>>,
+    channels: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
 }
 
 const NOT_ENABLED: &str = "authentication is not enabled";
@@ -55,7 +58,59 @@ impl Rpc {
             timeout,
             credentials,
             tokens: Arc::default(),
+            rt: Arc::default(),
+            channels: Arc::default(),
         }
+    }
+
+    fn runtime(&self, endpoint: &str) -> Result<&tokio::runtime::Runtime> {
+        self.rt
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| EtcdError::Unreachable {
+                endpoint: endpoint.into(),
+                detail: format!("starting the gRPC client's runtime: {e}"),
+            })
+    }
+
+    /// The connection to `endpoint`, made on first use (inside the runtime).
+    async fn channel(&self, endpoint: &str) -> Result<tonic::transport::Channel> {
+        let cached = self
+            .channels
+            .lock()
+            .ok()
+            .and_then(|c| c.get(endpoint).cloned());
+        if let Some(c) = cached {
+            return Ok(c);
+        }
+        let unreachable = |detail: String| EtcdError::Unreachable {
+            endpoint: endpoint.into(),
+            detail,
+        };
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.tls.ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &self.tls.cert_pem,
+                &self.tls.key_pem,
+            ));
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| unreachable(format!("not an endpoint URL: {e}")))?
+            .tls_config(config)
+            .map_err(|e| unreachable(format!("TLS: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(self.timeout)
+            .connect()
+            .await
+            .map_err(|e| unreachable(format!("connecting (gRPC): {}", chain(&e))))?;
+        if let Ok(mut c) = self.channels.lock() {
+            c.insert(endpoint.to_string(), channel.clone());
+        }
+        Ok(channel)
     }
 
     /// Sends the gateway request `path` with its JSON `body` to `endpoint` and answers the
@@ -77,6 +132,12 @@ impl Rpc {
     /// authentication is off).
     pub fn token_for(&self, endpoint: &str) -> Result<Option<String>> {
         self.token(endpoint)
+    }
+
+    fn drop_channel(&self, endpoint: &str) {
+        if let Ok(mut c) = self.channels.lock() {
+            c.remove(endpoint);
+        }
     }
 
     fn forget(&self, endpoint: &str) {
@@ -130,30 +191,13 @@ impl Rpc {
             endpoint: endpoint.into(),
             detail,
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| unreachable(format!("starting the gRPC client's runtime: {e}")))?;
-        let answer = rt.block_on(async {
-            let config = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&self.tls.ca_pem))
-                .identity(tonic::transport::Identity::from_pem(
-                    &self.tls.cert_pem,
-                    &self.tls.key_pem,
-                ));
-            let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-                .map_err(|e| unreachable(format!("not an endpoint URL: {e}")))?
-                .tls_config(config)
-                .map_err(|e| unreachable(format!("TLS: {e}")))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(self.timeout)
-                .connect()
-                .await
-                .map_err(|e| unreachable(format!("connecting (gRPC): {}", chain(&e))))?;
+        let answer = self.runtime(endpoint)?.block_on(async {
+            let channel = self.channel(endpoint).await?;
             let mut grpc = tonic::client::Grpc::new(channel);
-            grpc.ready()
-                .await
-                .map_err(|e| unreachable(format!("gRPC: {}", chain(&e))))?;
+            grpc.ready().await.map_err(|e| {
+                self.drop_channel(endpoint);
+                unreachable(format!("gRPC: {}", chain(&e)))
+            })?;
             let mut req = tonic::Request::new(bytes);
             req.set_timeout(self.timeout);
             if let Some(t) = token {
@@ -166,6 +210,12 @@ impl Rpc {
             grpc.unary(req, path, RawCodec)
                 .await
                 .map(tonic::Response::into_inner)
+                .map_err(|s| {
+                    if s.code() == tonic::Code::Unavailable {
+                        self.drop_channel(endpoint);
+                    }
+                    s
+                })
                 .map_err(|s| EtcdError::Api {
                     endpoint: endpoint.into(),
                     status: http_status(s.code()),

@@ -225,7 +225,14 @@ fn etcd_clients(ctx: &Context, board: &mut StatusBoard, password_error: Option<S
         let Ok(cfg) = Config::parse(&juju::config()?) else {
             return Ok(vec![]);
         };
-        crate::relations::etcd_client::reconcile(&ctx.unit, &cfg)
+        let endpoint = crate::relations::etcd_client::ENDPOINT;
+        let broken = ctx
+            .hook
+            .as_ref()
+            .is_some_and(|h| h.is_relation(endpoint, juju::RelationEvent::Broken))
+            .then(|| std::env::var("JUJU_RELATION_ID").ok())
+            .flatten();
+        crate::relations::etcd_client::reconcile(&ctx.unit, &cfg, broken.as_deref())
     })();
     match result {
         Ok(notes) => {

@@ -568,7 +568,7 @@ pub fn assert_no_key_material_in_logs(env: &Env) {
     for unit in env.units("etcd") {
         let pems = env.exec_ok(
             &unit,
-            "cat /etc/etcd/pki/*.key /var/lib/etcd-charm/*.key 2>/dev/null; true",
+            "cat /etc/etcd/pki/*.key /etc/etcd/pki/root.password /var/lib/etcd-charm/*.key 2>/dev/null; true",
         );
         needles.extend(
             pems.lines()

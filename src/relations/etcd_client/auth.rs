@@ -96,6 +96,23 @@ pub(super) fn ensure_auth(
     writes: &mut Bag,
 ) -> Result<Option<String>> {
     let pw = root_password(app_bag, writes)?;
+    // this unit's copy first: its own requests need it once auth is on
+    pki::update_file(&pki::path(PASSWORD_FILE), &pw, 0o600)?;
+    // etcd's own word, not the peer data's: a restored snapshot may hold either state
+    let root = client.clone().with_rpc(
+        Some(etcdkit::rpc::Credentials {
+            user: "root".into(),
+            password: pw.clone(),
+        }),
+        std::time::Duration::from_secs(5),
+    );
+    if root.token(ep)?.is_some() {
+        root_users(&root, ep, shared_cns)?;
+        if app_bag.get(AUTH_ON).map(String::as_str) != Some("true") {
+            writes.insert(AUTH_ON.into(), "true".into());
+        }
+        return Ok(None);
+    }
     let want = digest(&pw);
     let mut behind = vec![];
     for u in juju::relation_list(peer)? {
@@ -103,32 +120,22 @@ pub(super) fn ensure_auth(
             behind.push(u);
         }
     }
-    if app_bag.get(AUTH_ON).map(String::as_str) == Some("true") {
-        root_users(client, ep, shared_cns)?;
-        return Ok(None);
-    }
-    // this unit's copy first: its own requests need it once auth is on
-    pki::update_file(&pki::path(PASSWORD_FILE), &pw, 0o600)?;
     if !behind.is_empty() {
         return Ok(Some(format!(
             "etcd-client: waiting for {} to hold root's etcd credentials before authentication is turned on",
             behind.join(", ")
         )));
     }
+    let user = json!({"name": "root", "password": pw});
+    auth(&root, ep, "/v3/auth/user/add", user)?;
     auth(
-        client,
-        ep,
-        "/v3/auth/user/add",
-        json!({"name": "root", "password": pw}),
-    )?;
-    auth(
-        client,
+        &root,
         ep,
         "/v3/auth/user/grant",
         json!({"user": "root", "role": "root"}),
     )?;
-    root_users(client, ep, shared_cns)?;
-    auth(client, ep, "/v3/auth/enable", json!({}))?;
+    root_users(&root, ep, shared_cns)?;
+    auth(&root, ep, "/v3/auth/enable", json!({}))?;
     juju::log("INFO", "etcd-client: etcd authentication enabled");
     writes.insert(AUTH_ON.into(), "true".into());
     Ok(None)

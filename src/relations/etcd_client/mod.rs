@@ -54,8 +54,15 @@ struct Pass<'a> {
 
 /// The leader's side: every `etcd-client` relation served or refused, the grants of gone
 /// relations undone. Answers what the unit's status should say.
-pub fn reconcile(unit: &str, cfg: &crate::config::Config) -> Result<Vec<(Level, String)>> {
-    let rels = juju::relation_ids(ENDPOINT)?;
+/// `broken`: the relation whose relation-broken hook this is (gone, though Juju still lists
+/// it during that hook).
+pub fn reconcile(
+    unit: &str,
+    cfg: &crate::config::Config,
+    broken: Option<&str>,
+) -> Result<Vec<(Level, String)>> {
+    let mut rels = juju::relation_ids(ENDPOINT)?;
+    rels.retain(|r| Some(r.as_str()) != broken);
     let Some(peer) = juju::relation_ids(PEER)?.into_iter().next() else {
         return Ok(vec![]);
     };
