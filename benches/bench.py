@@ -4,6 +4,7 @@
     python3 benches/bench.py harness   # controller: hook tool, empty hook, 10-unit deploy, RSS
     python3 benches/bench.py machines  # boot time and memory of a systemd machine beside a namespace one
     python3 benches/bench.py charm     # update-status vs etcdctl; deploy -n 3 vs a bare bootstrap
+    python3 benches/bench.py charm-auth  # update-status with etcd authentication on (etcd-client)
     python3 benches/bench.py actions   # snapshot and restore of a 256 MiB database
     python3 benches/bench.py restore1  # the one-unit restore alone, five rounds
     python3 benches/bench.py restore3  # restore of a 256 MiB database on 3 units vs by hand
@@ -225,8 +226,13 @@ def bench_charm():
                 for u in s["applications"]["etcd"]["units"].values()), timeout=600)
             h("wait-settled", "--timeout", "5m")
             s = status()
-        addr = s["machines"]["0"]["dns-name"]
-        out = json.loads(inside("etcd/0", TIMER + f"""
+        update_status_rows(s, n, "")
+
+
+def update_status_rows(s, n, label):
+    """update-status on etcd/0 beside `etcdctl endpoint health --cluster` (median of 20)."""
+    addr = s["machines"]["0"]["dns-name"]
+    out = json.loads(inside("etcd/0", TIMER + f"""
 charm = os.environ["JUJU_CHARM_DIR"] + "/target/release/etcd-charm"
 env = dict(os.environ, JUJU_DISPATCH_PATH="hooks/update-status")
 ctl = ["{FIX}/etcd-3.5.1/etcdctl", "--endpoints=https://{addr}:2379", "--cacert=/etc/etcd/pki/ca.crt",
@@ -237,12 +243,33 @@ for _ in range(20):
     base.append(measure(ctl, 1))
 med = lambda xs, k: statistics.median(x[k] for x in xs)
 print(json.dumps({{"hook": {{"median_ms": med(hook, "median_ms"), "max_rss_mb": max(x["max_rss_mb"] for x in hook)}},
-                  "etcdctl": {{"median_ms": med(base, "median_ms"), "max_rss_mb": max(x["max_rss_mb"] for x in base)}}}}))
+              "etcdctl": {{"median_ms": med(base, "median_ms"), "max_rss_mb": max(x["max_rss_mb"] for x in base)}}}}))
 """))
-        row(f"update-status hook, {n} units (whole process, median of 20)", out["hook"]["median_ms"], "ms",
-            "etcdctl endpoint health --cluster", out["etcdctl"]["median_ms"], "<= 1x at every size")
-        row(f"update-status hook peak memory, {n} units", out["hook"]["max_rss_mb"], "MB",
-            "etcdctl endpoint health --cluster", out["etcdctl"]["max_rss_mb"], "flat")
+    row(f"update-status hook{label}, {n} units (whole process, median of 20)", out["hook"]["median_ms"], "ms",
+        "etcdctl endpoint health --cluster", out["etcdctl"]["median_ms"], "<= 1x at every size")
+    row(f"update-status hook peak memory{label}, {n} units", out["hook"]["max_rss_mb"], "MB",
+        "etcdctl endpoint health --cluster", out["etcdctl"]["max_rss_mb"], "flat")
+
+
+def bench_charm_auth():
+    """update-status once etcd-client turned authentication on (the charm's requests over
+    gRPC as root) beside etcdctl's health check with the shared client certificate."""
+    tb = tarball(FIX / "etcd-3.5.1", "3.5.1")
+    h("add-model", "--no-switch", "bench")
+    h("model-config", "update-status-hook-interval=1h")
+    h("deploy", str(ROOT), "etcd", "-n", "3", "--resource", f"etcd={tb}",
+      "--config", "etcd_client_allow_vulnerable_etcd=true")
+    h("deploy", str(ROOT / "tests/charms/tls-v4-probe"))
+    h("deploy", str(ROOT / "tests/charms/etcd-client-probe"), "client-a", "--config", "prefix=/a/")
+    h("integrate", "etcd", "tls-v4-probe")
+    h("integrate", "client-a:certificates", "tls-v4-probe:certificates")
+    h("integrate", "etcd", "client-a")
+    s = wait(lambda s: s["applications"].get("client-a", {}).get("units", {}).get("client-a/0", {})
+             .get("workload-status", {}).get("message", "").startswith("served as")
+             and all(u["workload-status"]["message"] == "Healthy with 3 known peers"
+                     for u in s["applications"]["etcd"]["units"].values()), timeout=600)
+    h("wait-settled", "--timeout", "5m")
+    update_status_rows(status(), 3, " with authentication on")
 
 
 def bare_bootstrap():
@@ -296,6 +323,7 @@ def main():
                 "harness": bench_harness,
                 "machines": bench_machines,
                 "charm": bench_charm,
+                "charm-auth": bench_charm_auth,
                 "actions": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME),
                 "restore1": lambda: actions.run(h, inside, row, tarball, wait, FIX, ROOT, HOME, restore_only=True),
                 "restore3": lambda: actions.run_restore3(h, inside, row, tarball, wait, FIX, ROOT, HOME),

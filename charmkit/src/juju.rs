@@ -250,7 +250,7 @@ fn run_process(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
+pub(crate) fn json<T: DeserializeOwned>(tool: &str, args: &[&str]) -> Result<T> {
     let mut a = args.to_vec();
     a.push("--format=json");
     let out = run(tool, &a, None)?;
@@ -325,14 +325,54 @@ pub fn relation_list(rel: &str) -> Result<Vec<String>> {
 
 pub type Bag = BTreeMap<String, String>;
 
+thread_local! {
+    /// (relation, unit or application, app) → its databag, read once per process: Juju shows
+    /// a hook one consistent view of the other side's data (the uniter's relation cache,
+    /// worker/uniter/runner/context/relation.go) and this unit's own writes, which
+    /// `relation_set` applies here too.
+    static BAGS: std::cell::RefCell<std::collections::HashMap<(String, String, bool), Bag>> =
+        Default::default();
+}
+
 /// A unit's databag (`target` a unit name) or an application's (`app` true).
 pub fn relation_get(rel: &str, target: &str, app: bool) -> Result<Bag> {
+    let key = (rel.to_string(), target.to_string(), app);
+    if let Some(b) = BAGS.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(b);
+    }
     let mut args = vec!["-r", rel];
     if app {
         args.push("--app");
     }
     args.extend(["-", target]);
-    json::<Option<Bag>>("relation-get", &args).map(Option::unwrap_or_default)
+    let bag = json::<Option<Bag>>("relation-get", &args).map(Option::unwrap_or_default)?;
+    BAGS.with(|c| c.borrow_mut().insert(key, bag.clone()));
+    Ok(bag)
+}
+
+/// What this unit wrote, applied to its cached bag (an empty value deletes).
+fn remember_write(rel: &str, data: &Bag, app: bool) {
+    let Ok(unit) = std::env::var("JUJU_UNIT_NAME") else {
+        // no unit to name: forget every bag of the relation
+        BAGS.with(|c| c.borrow_mut().retain(|k, _| k.0 != rel));
+        return;
+    };
+    let own = if app {
+        unit.split('/').next().unwrap_or(&unit).to_string()
+    } else {
+        unit.clone()
+    };
+    BAGS.with(|c| {
+        if let Some(b) = c.borrow_mut().get_mut(&(rel.to_string(), own, app)) {
+            for (k, v) in data {
+                if v.is_empty() {
+                    b.remove(k);
+                } else {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    });
 }
 
 /// Writes into this unit's databag only the keys of `want` whose values differ from `have`
@@ -365,7 +405,9 @@ pub fn relation_set(rel: &str, data: &Bag, app: bool) -> Result<()> {
     }
     args.extend(["--file", "-"]);
     let body = serde_json::to_string(data).unwrap_or_default();
-    run("relation-set", &args, Some(&body)).map(|_| ())
+    run("relation-set", &args, Some(&body))?;
+    remember_write(rel, data, app);
+    Ok(())
 }
 
 /// This unit's ingress addresses on `binding`, the first being the one Juju writes into
@@ -473,100 +515,10 @@ fn storage_location_with(list: &str, get: &str, name: &str) -> Result<Option<Str
     }
 }
 
-// Secrets --------------------------------------------------------------------------------
-
-/// Runs a secret tool with `lead` arguments then one `key#file=` per content value: the
-/// values go through private files in a temporary directory, never argv or a process list.
-fn secret_tool(tool: &str, lead: Vec<String>, content: &Bag) -> Result<String> {
-    let spawn = |e| JujuError::Spawn {
-        tool: tool.into(),
-        source: e,
-    };
-    let dir = tempfile::tempdir().map_err(spawn)?;
-    let mut args = lead;
-    for (k, v) in content {
-        let p = dir.path().join(k);
-        write_private(&p, v.as_bytes()).map_err(spawn)?;
-        args.push(format!("{k}#file={}", p.display()));
-    }
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(tool, &a, None)
-}
-
-/// Adds an application-owned secret; returns its id.
-pub fn secret_add(label: &str, content: &Bag) -> Result<String> {
-    let lead = vec![
-        "--owner".into(),
-        "application".into(),
-        "--label".into(),
-        label.into(),
-    ];
-    secret_tool("secret-add", lead, content).map(|s| s.trim().to_string())
-}
-
-/// The URI of a secret this unit's application owns, by its label (`secret-info-get`).
-pub fn secret_id_by_label(label: &str) -> Result<Option<String>> {
-    match json::<BTreeMap<String, Value>>("secret-info-get", &["--label", label]) {
-        Ok(m) => Ok(m.keys().next().map(|k| {
-            if k.starts_with("secret:") {
-                k.clone()
-            } else {
-                format!("secret:{k}")
-            }
-        })),
-        Err(e) if e.stderr_contains("not found") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Lets the other application of relation `rel` read an owned secret (`secret-grant`).
-pub fn secret_grant(id: &str, rel: &str) -> Result<()> {
-    run("secret-grant", &[id, "--relation", rel], None).map(|_| ())
-}
-
-/// Removes an owned secret, every revision (`secret-remove`); one already gone is no error.
-pub fn secret_remove(id: &str) -> Result<()> {
-    match run("secret-remove", &[id], None) {
-        Ok(_) => Ok(()),
-        Err(e) if e.stderr_contains("not found") => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 /// The application at the other end of relation `rel` (`relation-list --app`).
 pub fn relation_remote_app(rel: &str) -> Result<Option<String>> {
     json::<Option<String>>("relation-list", &["-r", rel, "--app"])
         .map(|a| a.filter(|a| !a.is_empty()))
-}
-
-/// Gives an owned secret new content (a new revision).
-pub fn secret_set(id: &str, content: &Bag) -> Result<()> {
-    secret_tool("secret-set", vec![id.to_string()], content).map(|_| ())
-}
-
-/// The content of a secret another application shared with this one (`secret-get <uri>`):
-/// its latest revision, tracked from now on.
-pub fn secret_get(id: &str) -> Result<Bag> {
-    json::<Option<Bag>>("secret-get", &[id, "--refresh"]).map(Option::unwrap_or_default)
-}
-
-pub fn secret_get_by_label(label: &str) -> Result<Option<Bag>> {
-    match json::<Option<Bag>>("secret-get", &["--label", label]) {
-        Ok(b) => Ok(b),
-        Err(e) if e.stderr_contains("not found") => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn write_private(p: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(p)?;
-    f.write_all(data)
 }
 
 // Actions --------------------------------------------------------------------------------
@@ -720,5 +672,51 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("bytes of output"), "{e}");
+    }
+
+    /// relation-get and relation-set as processes on PATH (the one test of this binary that
+    /// uses PATH): relation-get answers a bag naming its target and counts its calls.
+    #[test]
+    fn a_databag_is_read_once_per_process_and_shows_this_units_own_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let count = d.path().join("count");
+        tool(
+            d.path(),
+            "relation-get",
+            &format!(
+                "echo x >> {}; for a; do case $a in -) ;; --format=json) ;; *) t=$a;; esac; done; echo \"{{\\\"k\\\": \\\"v\\\", \\\"who\\\": \\\"$t\\\"}}\"",
+                count.display()
+            ),
+        );
+        tool(d.path(), "relation-set", "cat >/dev/null");
+        let path = std::env::var("PATH").unwrap_or_default();
+        std::env::set_var("PATH", format!("{}:{path}", d.path().display()));
+        std::env::set_var("JUJU_UNIT_NAME", "etcd/0");
+        let n = || {
+            std::fs::read_to_string(&count)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        };
+        let other = relation_get("cluster:0", "etcd/1", false).unwrap();
+        assert_eq!(other["who"], "etcd/1");
+        relation_get("cluster:0", "etcd/1", false).unwrap();
+        assert_eq!(n(), 1, "the other unit's bag is read once");
+        relation_get("cluster:0", "etcd", true).unwrap();
+        assert_eq!(n(), 2, "the application's bag is another bag");
+        // this unit's writes show in its own bag: set, and deleted by an empty value
+        relation_get("cluster:0", "etcd/0", false).unwrap();
+        let writes = Bag::from([("x".into(), "1".into()), ("k".into(), String::new())]);
+        relation_set("cluster:0", &writes, false).unwrap();
+        let mine = relation_get("cluster:0", "etcd/0", false).unwrap();
+        assert_eq!(mine.get("x").map(String::as_str), Some("1"));
+        assert!(!mine.contains_key("k"));
+        relation_set("cluster:0", &Bag::from([("y".into(), "2".into())]), true).unwrap();
+        assert_eq!(relation_get("cluster:0", "etcd", true).unwrap()["y"], "2");
+        // another unit's bag is not this unit's to change
+        assert!(!relation_get("cluster:0", "etcd/1", false)
+            .unwrap()
+            .contains_key("x"));
+        assert_eq!(n(), 3);
     }
 }

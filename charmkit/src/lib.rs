@@ -3,3 +3,4 @@
 
 pub mod juju;
 pub mod pki;
+pub mod secrets;

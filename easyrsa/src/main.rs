@@ -9,6 +9,7 @@
 use anyhow::{Context as _, Result};
 use charmkit::juju::{self, Bag};
 use charmkit::pki::{self, Ca, Profile};
+use charmkit::secrets;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -106,7 +107,7 @@ fn leader_ca() -> Result<Option<Authority>> {
             client_key: b.get("client-key")?.clone(),
         })
     };
-    let authority = match juju::secret_get_by_label(CA_LABEL)? {
+    let authority = match secrets::secret_get_by_label(CA_LABEL)? {
         Some(b) => from(&b).with_context(|| {
             format!("the CA secret {CA_LABEL:?} lacks ca-cert, ca-key, client-cert or client-key; restore it from a backup")
         })?,
@@ -116,7 +117,7 @@ fn leader_ca() -> Result<Option<Authority>> {
             };
             let ca = Ca::create(&address)?;
             let (client_cert, client_key) = ca.issue_with_key(Profile::Client, "client")?;
-            juju::secret_add(
+            secrets::secret_add(
                 CA_LABEL,
                 &Bag::from([
                     ("ca-cert".into(), ca.cert_pem.clone()),

@@ -153,9 +153,10 @@ pub fn hook(ctx: &Context) -> Result<()> {
     }
     // root's etcd password (etcd-client) on disk before this hook's first etcd request: the
     // leader turns authentication on only once every unit has it.
-    let password_error = crate::relations::etcd_client::sync_password(&ctx.unit)
-        .err()
-        .map(|e| format!("{e:#}"));
+    let password_error =
+        crate::relations::etcd_client::sync_password(&ctx.unit, hook == Hook::UpdateStatus)
+            .err()
+            .map(|e| format!("{e:#}"));
     // A lone leader whose own restart moved a CA move on plans the next step in the same
     // hook: no other unit's hook would wake it.
     // Each pass sees the previous one's writes, as hook tools show a unit its own.
@@ -184,7 +185,8 @@ pub fn hook(ctx: &Context) -> Result<()> {
     if let Some(e) = &st.nrpe_error {
         board.report(Level::Blocked, format!("nrpe-external-master: {e}"));
     }
-    etcd_clients(ctx, &mut board, password_error, r.is_ok());
+    etcd_clients(ctx, &mut st, &mut board, password_error, r.is_ok());
+    st.save()?;
     if crate::monitoring::cos::concerns(ctx.hook.as_ref()) {
         cos_agent(ctx, &mut st);
         st.save()?;
@@ -213,10 +215,19 @@ fn release_volume() -> Result<()> {
 
 /// The leader serves the `etcd-client` relations (`relations::etcd_client`) once this unit's
 /// etcd runs; what it waits for or refuses goes into the status.
-fn etcd_clients(ctx: &Context, board: &mut StatusBoard, password_error: Option<String>, ran: bool) {
+fn etcd_clients(
+    ctx: &Context,
+    st: &mut LocalState,
+    board: &mut StatusBoard,
+    password_error: Option<String>,
+    ran: bool,
+) {
     if let Some(e) = password_error {
         juju::log("ERROR", &format!("etcd-client: {e}"));
         board.report(Level::Blocked, format!("etcd-client: {e}"));
+    }
+    if ctx.hook == Some(Hook::UpdateStatus) && st.etcd_client_settled {
+        return;
     }
     let result = (|| -> Result<Vec<(Level, String)>> {
         if !ran || !juju::is_leader()? || !crate::ops::standdown::service().running()? {
@@ -234,6 +245,7 @@ fn etcd_clients(ctx: &Context, board: &mut StatusBoard, password_error: Option<S
             .flatten();
         crate::relations::etcd_client::reconcile(&ctx.unit, &cfg, broken.as_deref())
     })();
+    st.etcd_client_settled = matches!(&result, Ok(notes) if notes.is_empty()) && ran;
     match result {
         Ok(notes) => {
             for (level, msg) in notes {

@@ -71,6 +71,10 @@ pub struct LocalState {
     /// why this unit's side of `cos-agent` could not be put in place, until a later try does
     #[serde(default)]
     pub cos_error: Option<String>,
+    /// the leader's last `etcd-client` pass left nothing waiting, refused or failed: an
+    /// update-status has nothing to do for it (every change comes with a hook of its own)
+    #[serde(default)]
+    pub etcd_client_settled: bool,
     /// the etcd version the running process was started from
     #[serde(default)]
     pub running_version: Option<String>,

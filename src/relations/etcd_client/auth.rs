@@ -1,7 +1,7 @@
 //! etcd authentication for `etcd-client`: root's password on every unit, authentication
 //! turned on in order, each client's role and user granted and revoked.
 
-use super::keys::{b64, digest, Grant, AUTH_ON, PEER, READY, ROOT_LABEL, ROOT_SECRET};
+use super::keys::{b64, digest, Grant, AUTH_ON, PEER, READY, ROOT_LABEL, ROOT_SECRET, SERVER_CN};
 use crate::juju::{self, Bag};
 use crate::pki::{self, PASSWORD_FILE};
 use anyhow::{Context as _, Result};
@@ -11,7 +11,12 @@ use serde_json::{json, Value};
 /// Every unit, early in every hook: this unit's copy of root's password follows the secret
 /// the leader made (0600 from the moment it exists), and the unit says in the peer data
 /// which one it has.
-pub fn sync_password(unit: &str) -> Result<()> {
+/// `quick` (update-status): a unit that has its copy already asks nothing (the password
+/// never changes; a new secret comes with a peer relation hook).
+pub fn sync_password(unit: &str, quick: bool) -> Result<()> {
+    if quick && pki::path(PASSWORD_FILE).exists() {
+        return Ok(());
+    }
     let Some(peer) = juju::relation_ids(PEER)?.into_iter().next() else {
         return Ok(());
     };
@@ -26,12 +31,27 @@ pub fn sync_password(unit: &str) -> Result<()> {
         .filter(|p| p.len() >= 32)
         .ok_or_else(|| anyhow::anyhow!("root's etcd password secret {id} holds no password"))?;
     pki::update_file(&pki::path(PASSWORD_FILE), pw, 0o600)?;
+    let mut said = Bag::from([(READY.to_string(), digest(pw))]);
+    if let Some(cn) = own_server_name()? {
+        said.insert(SERVER_CN.to_string(), cn);
+    }
     let mine = juju::relation_get(&peer, unit, false)?;
-    juju::relation_update(&peer, &mine, Bag::from([(READY.to_string(), digest(pw))]))?;
+    juju::relation_update(&peer, &mine, said)?;
     Ok(())
 }
 
-/// Users with the root role for the shared client certificate's names (no password: the
+/// The Common Name of this unit's server certificate: the charm's own requests are sent as
+/// that user, which the leader gives the root role.
+pub(super) fn own_server_name() -> Result<Option<String>> {
+    let p = pki::path("server.crt");
+    match std::fs::read_to_string(&p) {
+        Ok(pem) => Ok(Some(charmkit::pki::common_name(&pem)?).filter(|cn| !cn.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    }
+}
+
+/// Users with the root role for the names of the charm's own certificates (no password: the
 /// certificate names them).
 fn root_users(client: &Client, ep: &str, names: &[String]) -> Result<()> {
     for cn in names {
@@ -87,17 +107,40 @@ fn auth(client: &Client, ep: &str, path: &str, body: Value) -> Result<()> {
 /// Authentication on, in order: root's secret, every unit's copy of it, the root user, the
 /// shared client certificate's user with the root role, then `auth enable`. `Some` says what
 /// it waits for.
+/// What authentication must be made sure of: the users with the root role (the charm's own
+/// certificates' names), each peer unit with the digest of the root password it holds, and
+/// the cluster it is for.
+pub(super) struct State<'a> {
+    pub root_names: &'a [String],
+    pub units: &'a [(String, Option<String>)],
+    pub cluster_id: u64,
+}
+
 pub(super) fn ensure_auth(
     client: &Client,
     ep: &str,
-    peer: &str,
     app_bag: &Bag,
-    shared_cns: &[String],
+    st: &State,
     writes: &mut Bag,
 ) -> Result<Option<String>> {
     let pw = root_password(app_bag, writes)?;
     // this unit's copy first: its own requests need it once auth is on
     pki::update_file(&pki::path(PASSWORD_FILE), &pw, 0o600)?;
+    let want = digest(&pw);
+    let behind: Vec<String> = st
+        .units
+        .iter()
+        .filter(|(_, d)| d.as_ref() != Some(&want))
+        .map(|(u, _)| u.clone())
+        .collect();
+    let names = st.root_names;
+    let cluster_id = st.cluster_id;
+    // Done already for this cluster (a restore makes a new one), password and names: nothing
+    // to ask etcd.
+    let state = digest(&format!("{cluster_id} {want} {}", names.join(" ")));
+    if app_bag.get(AUTH_ON) == Some(&state) {
+        return Ok(None);
+    }
     // etcd's own word, not the peer data's: a restored snapshot may hold either state
     let root = client.clone().with_rpc(
         Some(etcdkit::rpc::Credentials {
@@ -107,18 +150,9 @@ pub(super) fn ensure_auth(
         std::time::Duration::from_secs(5),
     );
     if root.token(ep)?.is_some() {
-        root_users(&root, ep, shared_cns)?;
-        if app_bag.get(AUTH_ON).map(String::as_str) != Some("true") {
-            writes.insert(AUTH_ON.into(), "true".into());
-        }
+        root_users(&root, ep, names)?;
+        writes.insert(AUTH_ON.into(), state);
         return Ok(None);
-    }
-    let want = digest(&pw);
-    let mut behind = vec![];
-    for u in juju::relation_list(peer)? {
-        if juju::relation_get(peer, &u, false)?.get(READY) != Some(&want) {
-            behind.push(u);
-        }
     }
     if !behind.is_empty() {
         return Ok(Some(format!(
@@ -134,10 +168,10 @@ pub(super) fn ensure_auth(
         "/v3/auth/user/grant",
         json!({"user": "root", "role": "root"}),
     )?;
-    root_users(&root, ep, shared_cns)?;
+    root_users(&root, ep, names)?;
     auth(&root, ep, "/v3/auth/enable", json!({}))?;
     juju::log("INFO", "etcd-client: etcd authentication enabled");
-    writes.insert(AUTH_ON.into(), "true".into());
+    writes.insert(AUTH_ON.into(), state);
     Ok(None)
 }
 

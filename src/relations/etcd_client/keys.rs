@@ -7,10 +7,13 @@ pub(super) const PEER: &str = "cluster";
 pub(super) const ROOT_LABEL: &str = "etcd-root-auth";
 /// peer application data: the root password's secret, auth on, the grants made
 pub(super) const ROOT_SECRET: &str = "root-auth-secret";
+/// what authentication was last made sure of (cluster, password, root users), digested
 pub(super) const AUTH_ON: &str = "auth-enabled";
 pub(super) const GRANTS: &str = "etcd-client-grants";
 /// peer unit data: the digest of the root password this unit has on disk
 pub(super) const READY: &str = "root-auth-ready";
+/// peer unit data: the Common Name of the unit's server certificate (a root user)
+pub(super) const SERVER_CN: &str = "server-cn";
 
 /// What the leader granted one relation (kept in the peer data, to undo when it goes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +28,9 @@ pub struct Grant {
     pub user_secret: String,
     #[serde(default)]
     pub tls_secret: String,
+    /// what was last granted and published, digested (`serve`)
+    #[serde(default)]
+    pub served: String,
 }
 
 pub(super) fn b64(b: &[u8]) -> String {

@@ -49,6 +49,8 @@ struct Pass<'a> {
     client: Client,
     ep: String,
     version: String,
+    cluster_id: u64,
+    members: Vec<etcdkit::client::Member>,
     notes: Vec<(Level, String)>,
 }
 
@@ -76,8 +78,22 @@ pub fn reconcile(
     if rels.is_empty() && recorded.is_empty() {
         return Ok(vec![]);
     }
+    let had_credentials = pki::root_credentials()?.is_some();
     let (client, ep) = local_client()?;
-    let version = client.status(&ep)?.version;
+    let status = client.status(&ep)?;
+    let members = client.member_list(&ep)?;
+    let units = juju::relation_list(&peer)?
+        .into_iter()
+        .map(|u| Ok((juju::relation_get(&peer, &u, false)?, u)))
+        .collect::<Result<Vec<(Bag, String)>>>()?;
+    // the charm's own certificates' names: root users, never a client's
+    let mut own_names: BTreeSet<String> = shared_client_names()?.into_iter().collect();
+    own_names.extend(auth::own_server_name()?);
+    own_names.extend(
+        units
+            .iter()
+            .filter_map(|(b, _)| b.get(SERVER_CN).filter(|n| !n.is_empty()).cloned()),
+    );
     let mut pass = Pass {
         cfg,
         app,
@@ -85,29 +101,35 @@ pub fn reconcile(
         app_bag,
         client,
         ep,
-        version,
+        version: status.version,
+        cluster_id: status.header.cluster_id,
+        members,
         notes: vec![],
     };
-    let shared_cns = shared_client_names()?;
+    let shared_cns: Vec<String> = own_names.into_iter().collect();
     let wants = pass.wants(&rels, &shared_cns)?;
     let mut grants = pass.undo(&rels, &recorded, &wants)?;
     let mut writes = Bag::new();
     if !wants.is_empty() {
         let (client, ep) = (&pass.client, &pass.ep);
-        if let Some(wait) = ensure_auth(
-            client,
-            ep,
-            &pass.peer,
-            &pass.app_bag,
-            &shared_cns,
-            &mut writes,
-        )? {
+        let digests: Vec<(String, Option<String>)> = units
+            .iter()
+            .map(|(b, u)| (u.clone(), b.get(READY).cloned()))
+            .collect();
+        let state = auth::State {
+            root_names: &shared_cns,
+            units: &digests,
+            cluster_id: pass.cluster_id,
+        };
+        if let Some(wait) = ensure_auth(client, ep, &pass.app_bag, &state, &mut writes)? {
             pass.notes.push((Level::Waiting, wait));
             write_grants(&pass.peer, &pass.app_bag, &grants, writes)?;
             return Ok(pass.notes);
         }
         // authentication may have just been turned on: a client that speaks it (gRPC, root)
-        (pass.client, pass.ep) = local_client()?;
+        if !had_credentials {
+            (pass.client, pass.ep) = local_client()?;
+        }
         pass.serve(&wants, &mut grants)?;
     }
     write_grants(&pass.peer, &pass.app_bag, &grants, writes)?;
@@ -245,7 +267,7 @@ impl Pass<'_> {
         grants: &mut BTreeMap<String, Grant>,
     ) -> Result<()> {
         let trust = self.app_bag.get("trust").cloned().unwrap_or_default();
-        let endpoints = member_endpoints(&self.client, &self.ep)?;
+        let endpoints = member_endpoints(&self.members);
         for (rel, (remote, w)) in wants {
             let tag = rel.replace(':', "-");
             let mut g = grants.get(rel).cloned().unwrap_or(Grant {
@@ -256,11 +278,22 @@ impl Pass<'_> {
                 range_end: String::new(),
                 user_secret: String::new(),
                 tls_secret: String::new(),
+                served: String::new(),
             });
             g.user = w.user.clone();
             g.role = format!("etcd-client-{tag}");
             g.key = b64(&w.key);
             g.range_end = b64(&w.range_end);
+            // All of it done already for this cluster (a restore makes a new one): nothing
+            // to ask etcd or Juju.
+            let served = digest(&format!(
+                "{} {} {} {} {} {} {} {trust} {endpoints}",
+                self.cluster_id, g.user, g.role, g.key, g.range_end, self.version, rel
+            ));
+            if g.served == served && !g.user_secret.is_empty() && !g.tls_secret.is_empty() {
+                grants.insert(rel.clone(), g);
+                continue;
+            }
             grant(&self.client, &self.ep, &g)?;
             let user = Bag::from([("username".to_string(), g.user.clone())]);
             g.user_secret = shared_secret(
@@ -283,6 +316,7 @@ impl Pass<'_> {
                     ("secret-tls".to_string(), g.tls_secret.clone()),
                 ]),
             )?;
+            g.served = served;
             grants.insert(rel.clone(), g);
         }
         Ok(())
@@ -333,15 +367,14 @@ fn local_client() -> Result<(Client, String)> {
 }
 
 /// The client URLs of the started members, comma-separated.
-fn member_endpoints(client: &Client, ep: &str) -> Result<String> {
-    let mut urls: Vec<String> = client
-        .member_list(ep)?
+fn member_endpoints(members: &[etcdkit::client::Member]) -> String {
+    let mut urls: Vec<String> = members
         .iter()
         .filter(|m| m.started())
         .filter_map(|m| m.client_url())
         .collect();
     urls.sort();
-    Ok(urls.join(","))
+    urls.join(",")
 }
 
 /// The Common Names of the shared client certificate(s) this unit holds (`db`, `proxy`,
