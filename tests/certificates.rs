@@ -565,7 +565,8 @@ fn etcdctl_for(creds: &Creds, eps: &str, secs: u32, args: &[&str]) -> String {
 /// tls-certificates library, their certificates from the same v4 provider as etcd's: refused
 /// on an etcd with the known access-control leak until the operator opts in; then each
 /// client reads, writes and watches under its own prefix only, the shared `db` client
-/// certificate keeps full access with authentication on, a client removed loses its user
+/// certificate keeps full access with authentication on (a `db` client related meanwhile writes
+/// with it over gRPC; etcd's JSON gateway refuses it), a client removed loses its user
 /// and role — all under a writer that loses no acknowledged write, and no member restarted
 /// for any of it (etcd's own process start times and PIDs unchanged).
 #[test]
@@ -675,6 +676,40 @@ fn etcd_client_users_are_confined_to_their_prefixes_and_no_member_restarts() {
     assert!(
         everything.contains("/a/k") && everything.contains("/b/k"),
         "{everything}"
+    );
+    // A classic `db` client related with authentication on gets credentials that read and
+    // write over gRPC (kube-apiserver's way); etcd's JSON gateway refuses them, as it refuses
+    // every certificate with a Common Name while authentication is on (OPERATIONS says so).
+    env.ok(&["deploy", "etcd-client", "dbclient"]);
+    env.ok(&["integrate", "etcd:db", "dbclient:db"]);
+    until(
+        "dbclient given the db relation's credentials",
+        3 * MIN,
+        || {
+            env.exec("dbclient/0", "test -s /var/lib/etcd-client/result")
+                .code
+                == 0
+        },
+    );
+    let db = Creds {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    for f in ["ca.crt", "client.crt", "client.key"] {
+        let body = cat(&env, "dbclient/0", &format!("/var/lib/etcd-client/{f}"));
+        std::fs::write(db.path(f), body).unwrap();
+    }
+    let put = etcdctl_for(&db, &all, 10, &["put", "/db/k", "v"]);
+    assert!(
+        put.contains("OK"),
+        "the db relation's credentials over gRPC: {put}"
+    );
+    let got = etcdctl_for(&db, &all, 10, &["get", "/a/k"]);
+    assert!(got.contains("/a/k"), "{got}");
+    let gateway = cat(&env, "dbclient/0", "/var/lib/etcd-client/result");
+    assert_eq!(
+        gateway.trim(),
+        "failed",
+        "etcd's gateway took a certificate with a CN"
     );
 
     // client-b goes: its user and role with it; client-a is untouched.
