@@ -238,11 +238,10 @@ impl Rpc {
             grpc.unary(req, path, RawCodec)
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|s| {
+                .inspect_err(|s| {
                     if s.code() == tonic::Code::Unavailable {
                         self.drop_channel(endpoint);
                     }
-                    s
                 })
                 .map_err(|s| EtcdError::Api {
                     endpoint: endpoint.into(),
