@@ -386,13 +386,7 @@ fn a_v4_provider_issues_and_changes_its_ca_under_a_writer() {
             .code
             == 0
     });
-    let db = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    for f in ["ca.crt", "client.crt", "client.key"] {
-        let body = cat(&env, "client/0", &format!("/var/lib/etcd-client/{f}"));
-        std::fs::write(db.path(f), body).unwrap();
-    }
+    let db = Creds::from_unit_dir(&env, "client/0", "/var/lib/etcd-client");
     let db_cert = std::fs::read_to_string(db.path("client.crt")).unwrap();
     assert!(
         openssl_verifies(&ca2, &db_cert),
@@ -528,18 +522,8 @@ fn start_times(env: &Env, creds: &Creds) -> Vec<String> {
         .collect()
 }
 
-/// An etcd_client/v0 requirer's credentials on the host: its certificate and key, and the
-/// CA etcd gave it through `secret-tls`.
-fn client_creds(env: &Env, unit: &str) -> Creds {
-    let creds = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let dir = "/var/lib/etcd-client-probe";
-    for f in ["ca.crt", "client.crt", "client.key"] {
-        std::fs::write(creds.path(f), cat(env, unit, &format!("{dir}/{f}"))).unwrap();
-    }
-    creds
-}
+/// Where the etcd_client/v0 requirer probe keeps its certificate, key and the CA etcd gave it.
+const PROBE: &str = "/var/lib/etcd-client-probe";
 
 /// etcdctl (3.5.1) with `creds` for at most `secs` seconds (a watch does not end by itself):
 /// its stdout and stderr together.
@@ -627,7 +611,7 @@ fn etcd_client_users_are_confined_to_their_prefixes_and_no_member_restarts() {
     env.wait_units("client-a", 1, "active", "served as client-a", 3 * MIN);
     env.ok(&["integrate", "etcd", "client-b"]);
     env.wait_units("client-b", 1, "active", "served as client-b", 3 * MIN);
-    let answer = cat(&env, "client-a/0", "/var/lib/etcd-client-probe/answer.json");
+    let answer = cat(&env, "client-a/0", &format!("{PROBE}/answer.json"));
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["version"], "3.5.1", "{answer}");
     for u in env.units("etcd") {
@@ -642,8 +626,8 @@ fn etcd_client_users_are_confined_to_their_prefixes_and_no_member_restarts() {
         "{answer}"
     );
 
-    let a = client_creds(&env, "client-a/0");
-    let b = client_creds(&env, "client-b/0");
+    let a = Creds::from_unit_dir(&env, "client-a/0", PROBE);
+    let b = Creds::from_unit_dir(&env, "client-b/0", PROBE);
     for (c, mine, theirs) in [(&a, "/a/", "/b/"), (&b, "/b/", "/a/")] {
         let put = etcdctl_for(c, &all, 10, &["put", &format!("{mine}k"), "v"]);
         assert!(put.contains("OK"), "{mine}: {put}");
@@ -691,13 +675,7 @@ fn etcd_client_users_are_confined_to_their_prefixes_and_no_member_restarts() {
                 == 0
         },
     );
-    let db = Creds {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    for f in ["ca.crt", "client.crt", "client.key"] {
-        let body = cat(&env, "dbclient/0", &format!("/var/lib/etcd-client/{f}"));
-        std::fs::write(db.path(f), body).unwrap();
-    }
+    let db = Creds::from_unit_dir(&env, "dbclient/0", "/var/lib/etcd-client");
     let put = etcdctl_for(&db, &all, 10, &["put", "/db/k", "v"]);
     assert!(
         put.contains("OK"),

@@ -148,11 +148,16 @@ impl Client {
         self
     }
 
+    /// Whether `/v3` requests go over gRPC (`with_rpc`).
+    pub fn over_grpc(&self) -> bool {
+        self.rpc.is_some()
+    }
+
     /// The `token` metadata for a gRPC stream to `endpoint` (the snapshot), when this client
     /// authenticates with a password and etcd authentication is on.
     pub fn token(&self, endpoint: &str) -> Result<Option<String>> {
         match &self.rpc {
-            Some(r) => r.token_for(endpoint),
+            Some(r) => r.token(endpoint),
             None => Ok(None),
         }
     }

@@ -53,12 +53,7 @@ pub fn snapshot(
         .build()
         .context("starting the gRPC client's runtime")?;
     rt.block_on(async {
-        let config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &tls.cert_pem,
-                &tls.key_pem,
-            ));
+        let config = tls_config(tls);
         let channel = tonic::transport::Endpoint::from_shared(ep.to_string())
             .map_err(|e| anyhow!("{ep} is not an endpoint URL: {e}"))?
             .tls_config(config)
@@ -78,10 +73,8 @@ pub fn snapshot(
         let codec = tonic::codec::ProstCodec::<SnapshotRequest, SnapshotResponse>::default();
         let mut request = tonic::Request::new(SnapshotRequest {});
         if let Some(t) = token {
-            let v = t
-                .parse()
-                .map_err(|_| anyhow!("etcd's auth token from {ep} is not ASCII"))?;
-            request.metadata_mut().insert("token", v);
+            set_token(&mut request, t)
+                .ok_or_else(|| anyhow!("etcd's auth token from {ep} is not ASCII"))?;
         }
         let mut stream = grpc
             .server_streaming(
@@ -103,4 +96,4 @@ pub fn snapshot(
     })
 }
 
-use crate::rpc::chain;
+use crate::rpc::{chain, set_token, tls_config};

@@ -99,12 +99,7 @@ impl Rpc {
             endpoint: endpoint.into(),
             detail,
         };
-        let config = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&self.tls.ca_pem))
-            .identity(tonic::transport::Identity::from_pem(
-                &self.tls.cert_pem,
-                &self.tls.key_pem,
-            ));
+        let config = tls_config(&self.tls);
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| unreachable(format!("not an endpoint URL: {e}")))?
             .tls_config(config)
@@ -156,12 +151,6 @@ impl Rpc {
             .flatten()
     }
 
-    /// The token requests to `endpoint` carry (None without credentials or while etcd
-    /// authentication is off).
-    pub fn token_for(&self, endpoint: &str) -> Result<Option<String>> {
-        self.token(endpoint)
-    }
-
     fn drop_channel(&self, endpoint: &str) {
         if let Ok(mut c) = self.channels.lock() {
             c.remove(endpoint);
@@ -174,7 +163,9 @@ impl Rpc {
         }
     }
 
-    fn token(&self, endpoint: &str) -> Result<Option<String>> {
+    /// The token requests to `endpoint` carry (None without credentials or while etcd
+    /// authentication is off): authenticated once, then kept.
+    pub fn token(&self, endpoint: &str) -> Result<Option<String>> {
         let Some(c) = &self.credentials else {
             return Ok(None);
         };
@@ -229,10 +220,8 @@ impl Rpc {
             let mut req = tonic::Request::new(bytes);
             req.set_timeout(self.timeout);
             if let Some(t) = token {
-                let v = t
-                    .parse()
-                    .map_err(|_| decode_err("etcd's auth token is not ASCII".into()))?;
-                req.metadata_mut().insert("token", v);
+                set_token(&mut req, t)
+                    .ok_or_else(|| decode_err("etcd's auth token is not ASCII".into()))?;
             }
             let path = http::uri::PathAndQuery::from_static(method);
             grpc.unary(req, path, RawCodec)
@@ -527,6 +516,23 @@ impl tonic::codec::Decoder for RawCodec {
         src.copy_to_slice(&mut out);
         Ok(Some(out))
     }
+}
+
+/// This client's TLS for tonic: the CAs it trusts and its certificate.
+pub(crate) fn tls_config(tls: &Tls) -> tonic::transport::ClientTlsConfig {
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &tls.cert_pem,
+            &tls.key_pem,
+        ))
+}
+
+/// Puts etcd's auth `token` on a request (its `token` metadata); None when the token is not
+/// ASCII, which metadata cannot carry.
+pub(crate) fn set_token<T>(req: &mut tonic::Request<T>, token: &str) -> Option<()> {
+    req.metadata_mut().insert("token", token.parse().ok()?);
+    Some(())
 }
 
 /// An error with its causes, as one line.

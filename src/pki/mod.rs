@@ -70,13 +70,12 @@ pub const PASSWORD_FILE: &str = "root.password";
 /// cannot be read is an error).
 pub fn root_credentials() -> anyhow::Result<Option<etcdkit::rpc::Credentials>> {
     let p = path(PASSWORD_FILE);
-    match std::fs::read_to_string(&p) {
-        Ok(pw) if pw.trim().is_empty() => anyhow::bail!("{} is empty", p.display()),
-        Ok(pw) => Ok(Some(etcdkit::rpc::Credentials {
+    match hostkit::fs::read_if_present(&p)? {
+        Some(pw) if pw.trim().is_empty() => anyhow::bail!("{} is empty", p.display()),
+        Some(pw) => Ok(Some(etcdkit::rpc::Credentials {
             user: "root".into(),
             password: pw.trim().to_string(),
         })),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        None => Ok(None),
     }
 }

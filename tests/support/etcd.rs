@@ -52,12 +52,16 @@ pub struct Creds {
 
 impl Creds {
     pub fn from_unit(env: &Env, unit: &str) -> Creds {
-        let dir = tempfile::tempdir().unwrap();
+        Creds::from_unit_dir(env, unit, "/etc/etcd/pki")
+    }
+    /// ca.crt, client.crt and client.key as a unit keeps them in `dir` (a client charm's).
+    pub fn from_unit_dir(env: &Env, unit: &str, dir: &str) -> Creds {
+        let tmp = tempfile::tempdir().unwrap();
         for f in ["ca.crt", "client.crt", "client.key"] {
-            let body = env.exec_ok(unit, &format!("cat /etc/etcd/pki/{f}"));
-            std::fs::write(dir.path().join(f), body).unwrap();
+            let body = env.exec_ok(unit, &format!("cat {dir}/{f}"));
+            std::fs::write(tmp.path().join(f), body).unwrap();
         }
-        Creds { dir }
+        Creds { dir: tmp }
     }
     pub fn path(&self, f: &str) -> PathBuf {
         self.dir.path().join(f)

@@ -1,8 +1,9 @@
 //! etcd authentication for `etcd-client`: root's password on every unit, authentication
 //! turned on in order, each client's role and user granted and revoked.
 
-use super::keys::{b64, digest, Grant, AUTH_ON, PEER, READY, ROOT_LABEL, ROOT_SECRET, SERVER_CN};
+use super::keys::{b64, Grant, AUTH_ON, PEER, READY, ROOT_LABEL, ROOT_SECRET, SERVER_CN};
 use crate::juju::{self, Bag};
+use crate::pki::authority::sha16;
 use crate::pki::{self, PASSWORD_FILE};
 use anyhow::{Context as _, Result};
 use etcdkit::client::Client;
@@ -31,8 +32,8 @@ pub fn sync_password(unit: &str, quick: bool) -> Result<()> {
         .filter(|p| p.len() >= 32)
         .ok_or_else(|| anyhow::anyhow!("root's etcd password secret {id} holds no password"))?;
     pki::update_file(&pki::path(PASSWORD_FILE), pw, 0o600)?;
-    let mut said = Bag::from([(READY.to_string(), digest(pw))]);
-    if let Some(cn) = own_server_name()? {
+    let mut said = Bag::from([(READY.to_string(), sha16(pw))]);
+    if let Some(cn) = cert_name("server.crt")? {
         said.insert(SERVER_CN.to_string(), cn);
     }
     let mine = juju::relation_get(&peer, unit, false)?;
@@ -40,15 +41,14 @@ pub fn sync_password(unit: &str, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// The Common Name of this unit's server certificate: the charm's own requests are sent as
-/// that user, which the leader gives the root role.
-pub(super) fn own_server_name() -> Result<Option<String>> {
-    let p = pki::path("server.crt");
-    match std::fs::read_to_string(&p) {
-        Ok(pem) => Ok(Some(charmkit::pki::common_name(&pem)?).filter(|cn| !cn.is_empty())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-    }
+/// The Common Name of the charm's certificate `file` (in the PKI directory), if it is there:
+/// the charm's own requests go as its server certificate's, and the shared client
+/// certificate's serves `db` and the rest; the leader gives both the root role.
+pub(super) fn cert_name(file: &str) -> Result<Option<String>> {
+    let Some(pem) = hostkit::fs::read_if_present(&pki::path(file))? else {
+        return Ok(None);
+    };
+    Ok(Some(charmkit::pki::common_name(&pem)?).filter(|cn| !cn.is_empty()))
 }
 
 /// Users with the root role for the names of the charm's own certificates (no password: the
@@ -126,7 +126,7 @@ pub(super) fn ensure_auth(
     let pw = root_password(app_bag, writes)?;
     // this unit's copy first: its own requests need it once auth is on
     pki::update_file(&pki::path(PASSWORD_FILE), &pw, 0o600)?;
-    let want = digest(&pw);
+    let want = sha16(&pw);
     let behind: Vec<String> = st
         .units
         .iter()
@@ -137,7 +137,7 @@ pub(super) fn ensure_auth(
     let cluster_id = st.cluster_id;
     // Done already for this cluster (a restore makes a new one), password and names: nothing
     // to ask etcd.
-    let state = digest(&format!("{cluster_id} {want} {}", names.join(" ")));
+    let state = sha16(&format!("{cluster_id} {want} {}", names.join(" ")));
     if app_bag.get(AUTH_ON) == Some(&state) {
         return Ok(None);
     }

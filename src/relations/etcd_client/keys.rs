@@ -37,9 +37,3 @@ pub(super) fn b64(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
-
-pub(super) fn digest(s: &str) -> String {
-    use sha2::Digest;
-    let d = sha2::Sha256::digest(s.as_bytes());
-    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}

@@ -34,8 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 mod auth;
 mod keys;
 mod request;
+use crate::pki::authority::sha16;
 pub use auth::sync_password;
-use auth::{ensure_auth, grant, revoke};
+use auth::{cert_name, ensure_auth, grant, revoke};
 use keys::*;
 pub use keys::{Grant, ENDPOINT};
 pub use request::{leaky, read_request, NotServed, Want};
@@ -78,8 +79,8 @@ pub fn reconcile(
     if rels.is_empty() && recorded.is_empty() {
         return Ok(vec![]);
     }
-    let had_credentials = pki::root_credentials()?.is_some();
-    let (client, ep) = local_client()?;
+    let (client, ep) = local_client(cfg)?;
+    let had_credentials = client.over_grpc();
     let status = client.status(&ep)?;
     let members = client.member_list(&ep)?;
     let units = juju::relation_list(&peer)?
@@ -87,8 +88,8 @@ pub fn reconcile(
         .map(|u| Ok((juju::relation_get(&peer, &u, false)?, u)))
         .collect::<Result<Vec<(Bag, String)>>>()?;
     // the charm's own certificates' names: root users, never a client's
-    let mut own_names: BTreeSet<String> = shared_client_names()?.into_iter().collect();
-    own_names.extend(auth::own_server_name()?);
+    let mut own_names: BTreeSet<String> = cert_name("client.crt")?.into_iter().collect();
+    own_names.extend(cert_name("server.crt")?);
     own_names.extend(
         units
             .iter()
@@ -128,7 +129,7 @@ pub fn reconcile(
         }
         // authentication may have just been turned on: a client that speaks it (gRPC, root)
         if !had_credentials {
-            (pass.client, pass.ep) = local_client()?;
+            (pass.client, pass.ep) = local_client(cfg)?;
         }
         pass.serve(&wants, &mut grants)?;
     }
@@ -286,7 +287,7 @@ impl Pass<'_> {
             g.range_end = b64(&w.range_end);
             // All of it done already for this cluster (a restore makes a new one): nothing
             // to ask etcd or Juju.
-            let served = digest(&format!(
+            let served = sha16(&format!(
                 "{} {} {} {} {} {} {} {trust} {endpoints}",
                 self.cluster_id, g.user, g.role, g.key, g.range_end, self.version, rel
             ));
@@ -360,8 +361,7 @@ fn shared_secret(id: &str, label: &str, rel: &str, content: Bag) -> Result<Strin
     Ok(id)
 }
 
-fn local_client() -> Result<(Client, String)> {
-    let cfg = crate::config::Config::parse(&juju::config()?).map_err(|e| anyhow::anyhow!(e))?;
+fn local_client(cfg: &crate::config::Config) -> Result<(Client, String)> {
     let ep = crate::unit::endpoint(&crate::unit::peer_address()?, cfg.port);
     Ok((pki::tls_client()?, ep))
 }
@@ -375,19 +375,6 @@ fn member_endpoints(members: &[etcdkit::client::Member]) -> String {
         .collect();
     urls.sort();
     urls.join(",")
-}
-
-/// The Common Names of the shared client certificate(s) this unit holds (`db`, `proxy`,
-/// `prometheus`, package-client-credentials): they keep the root role.
-fn shared_client_names() -> Result<Vec<String>> {
-    let p = pki::path("client.crt");
-    let pem = match std::fs::read_to_string(&p) {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", p.display())),
-    };
-    let cn = charmkit::pki::common_name(&pem)?;
-    Ok(if cn.is_empty() { vec![] } else { vec![cn] })
 }
 
 #[cfg(test)]
